@@ -1,0 +1,280 @@
+//! Types shared by gupwatch's kernel-side programs (`gup-ebpf`) and its
+//! user-space daemon (`gup-user`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the eBPF programs write these
+//! structs into maps and user space reads them back byte for byte, so a field
+//! added here must be added on both sides at once (they are built together).
+#![no_std]
+#![deny(missing_docs)]
+
+/// Number of hooked GUP entry points; the length of [`Api::ALL`].
+pub const API_COUNT: usize = 18;
+
+/// Number of log2 latency buckets per API. Bucket `i` counts calls whose
+/// duration `d` in nanoseconds satisfies `2^i <= d < 2^(i+1)` (bucket 0 also
+/// takes `d == 0`); the last bucket also takes everything longer.
+pub const LATENCY_BUCKETS: usize = 40;
+
+/// "No such argument" in [`HookArgs`]: the count is implied (one page or
+/// folio) or the function has no `gup_flags` parameter.
+pub const ARG_NONE: u8 = 0xff;
+
+/// What a hooked function does to page reference counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum ApiKind {
+    /// Takes FOLL_PIN pins (`pin_user_pages*`, `memfd_pin_folios`). These are
+    /// what `nr_foll_pin_acquired` counts.
+    Pin = 0,
+    /// Takes plain FOLL_GET references (`get_user_pages*`). Not pins: they do
+    /// not move `nr_foll_pin_*` and are released with `put_page`, which
+    /// gupwatch does not hook.
+    Get = 1,
+    /// Releases FOLL_PIN pins (`unpin_user_page*`, `unpin_folio*`). These are
+    /// what `nr_foll_pin_released` counts.
+    Unpin = 2,
+}
+
+macro_rules! apis {
+    ($($(#[$doc:meta])* $variant:ident = $idx:literal, $symbol:literal, $kind:ident;)*) => {
+        /// One hooked kernel entry point of the GUP family.
+        ///
+        /// The discriminant is the index into the per-API maps and globals.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u32)]
+        pub enum Api {
+            $($(#[$doc])* $variant = $idx,)*
+        }
+
+        impl Api {
+            /// Every API, in index order.
+            pub const ALL: [Api; API_COUNT] = [$(Api::$variant,)*];
+
+            /// The kernel symbol this API is hooked at.
+            pub const fn symbol(self) -> &'static str {
+                match self { $(Api::$variant => $symbol,)* }
+            }
+
+            /// Whether it pins, takes references or unpins.
+            pub const fn kind(self) -> ApiKind {
+                match self { $(Api::$variant => ApiKind::$kind,)* }
+            }
+
+            /// The API with this map index, if any.
+            pub const fn from_index(index: u32) -> Option<Api> {
+                match index { $($idx => Some(Api::$variant),)* _ => None }
+            }
+
+            /// The API hooked at this kernel symbol, if any.
+            pub fn from_symbol(symbol: &str) -> Option<Api> {
+                match symbol { $($symbol => Some(Api::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+apis! {
+    /// `pin_user_pages()`: slow path, caller holds mmap_lock.
+    PinUserPages = 0, "pin_user_pages", Pin;
+    /// `pin_user_pages_fast()`: lock-free walk, then the slow path for the rest.
+    PinUserPagesFast = 1, "pin_user_pages_fast", Pin;
+    /// `pin_user_pages_fast_only()` (5.8 to 6.2): lock-free walk only.
+    PinUserPagesFastOnly = 2, "pin_user_pages_fast_only", Pin;
+    /// `pin_user_pages_remote()`: another process's mm (process_vm_*, VFIO).
+    PinUserPagesRemote = 3, "pin_user_pages_remote", Pin;
+    /// `pin_user_pages_unlocked()`: slow path that takes mmap_lock itself.
+    PinUserPagesUnlocked = 4, "pin_user_pages_unlocked", Pin;
+    /// `memfd_pin_folios()` (6.11+): pins folios of a memfd (udmabuf).
+    MemfdPinFolios = 5, "memfd_pin_folios", Pin;
+    /// `get_user_pages()`.
+    GetUserPages = 6, "get_user_pages", Get;
+    /// `get_user_pages_fast()`.
+    GetUserPagesFast = 7, "get_user_pages_fast", Get;
+    /// `get_user_pages_fast_only()`.
+    GetUserPagesFastOnly = 8, "get_user_pages_fast_only", Get;
+    /// `get_user_pages_remote()`.
+    GetUserPagesRemote = 9, "get_user_pages_remote", Get;
+    /// `get_user_pages_unlocked()`.
+    GetUserPagesUnlocked = 10, "get_user_pages_unlocked", Get;
+    /// `unpin_user_page()`: one page.
+    UnpinUserPage = 11, "unpin_user_page", Unpin;
+    /// `unpin_user_pages()`: an array of pages.
+    UnpinUserPages = 12, "unpin_user_pages", Unpin;
+    /// `unpin_user_pages_dirty_lock()`: an array, optionally marked dirty.
+    UnpinUserPagesDirtyLock = 13, "unpin_user_pages_dirty_lock", Unpin;
+    /// `unpin_user_page_range_dirty_lock()`: a range of contiguous pages.
+    UnpinUserPageRangeDirtyLock = 14, "unpin_user_page_range_dirty_lock", Unpin;
+    /// `unpin_folio()` (6.11+): one folio pin.
+    UnpinFolio = 15, "unpin_folio", Unpin;
+    /// `unpin_folios()` (6.11+): an array of folio pins.
+    UnpinFolios = 16, "unpin_folios", Unpin;
+    /// `unpin_user_folio()` (6.11+): `npages` pins of one folio.
+    UnpinUserFolio = 17, "unpin_user_folio", Unpin;
+}
+
+/// Where a hooked function keeps the arguments the programs read, resolved by
+/// parameter *name* from the running kernel's BTF (positions moved between
+/// kernels: `vmas` was dropped in 6.5, `pin_user_pages_unlocked` takes
+/// `pages` before `gup_flags`).
+///
+/// Handed to the programs as a read-only global at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct HookArgs {
+    /// Index of the page/folio count argument, or [`ARG_NONE`] when the
+    /// function always handles exactly one (`unpin_user_page`, `unpin_folio`).
+    pub count_idx: u8,
+    /// Index of the `gup_flags` argument, or [`ARG_NONE`].
+    pub flags_idx: u8,
+    /// Index of the `start` (user address) argument, or [`ARG_NONE`].
+    pub start_idx: u8,
+    /// Number of arguments the function takes.
+    pub nr_args: u8,
+}
+
+impl HookArgs {
+    /// A hook whose arguments are all unknown; it still counts calls.
+    pub const NONE: HookArgs = HookArgs {
+        count_idx: ARG_NONE,
+        flags_idx: ARG_NONE,
+        start_idx: ARG_NONE,
+        nr_args: 0,
+    };
+}
+
+/// Per-API counters, aggregated in the kernel in a per-CPU array indexed by
+/// [`Api`]. User space sums the CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ApiStats {
+    /// Calls that returned (pin/get) or were entered (unpin), nested unpin
+    /// calls excluded (see `nested_calls`).
+    pub calls: u64,
+    /// Pin/get: pages (or, for `memfd_pin_folios`, folio pins) the calls
+    /// returned. Unpin: pins released.
+    pub pages: u64,
+    /// Pin/get: pages the callers asked for.
+    pub requested_pages: u64,
+    /// Pin/get: calls that returned a negative errno.
+    pub errors: u64,
+    /// Pin/get: calls that returned 0.
+    pub zero_calls: u64,
+    /// Pin/get: calls that returned fewer pages than asked (but more than 0).
+    pub short_calls: u64,
+    /// Pin: pins taken and released again inside the same call (for example
+    /// pages unpinned before a LONGTERM migration). The kernel counts them as
+    /// both acquired and released, so gupwatch does too.
+    pub undone_pages: u64,
+    /// Unpin: calls made from inside another hooked unpin (e.g.
+    /// `unpin_user_pages_dirty_lock` → `unpin_user_pages`). Their pages are
+    /// counted once, by the outer call.
+    pub nested_calls: u64,
+    /// Calls whose entry was not recorded (in flight at attach time, or the
+    /// in-flight map was full): counted, but without a latency.
+    pub untimed_calls: u64,
+    /// Sum of call durations in nanoseconds (timed calls only).
+    pub latency_ns_sum: u64,
+    /// log2 histogram of call durations; see [`LATENCY_BUCKETS`].
+    pub latency_log2: [u64; LATENCY_BUCKETS],
+}
+
+impl ApiStats {
+    /// All counters zero.
+    pub const ZERO: ApiStats = ApiStats {
+        calls: 0,
+        pages: 0,
+        requested_pages: 0,
+        errors: 0,
+        zero_calls: 0,
+        short_calls: 0,
+        undone_pages: 0,
+        nested_calls: 0,
+        untimed_calls: 0,
+        latency_ns_sum: 0,
+        latency_log2: [0; LATENCY_BUCKETS],
+    };
+}
+
+/// A call in flight, keyed by thread (`pid_tgid`) in the in-flight map:
+/// written at entry, consumed at exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Inflight {
+    /// The [`Api`] index of the outermost hooked call on this thread.
+    pub api: u32,
+    /// Padding, kept zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at entry.
+    pub start_ns: u64,
+    /// Pages asked for (pin/get), from the count argument.
+    pub requested: u64,
+    /// `gup_flags`, or 0 when the function has none.
+    pub gup_flags: u64,
+}
+
+/// Index of each counter in the per-CPU diagnostics array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Diag {
+    /// An entry could not be recorded because the in-flight map was full.
+    InflightFull = 0,
+    /// An argument could not be read (kprobe register read failed).
+    ArgReadFailed = 1,
+}
+
+/// Length of the diagnostics array.
+pub const DIAG_COUNT: usize = 2;
+
+/// Capacity of the in-flight map: threads inside a hooked call at once.
+pub const INFLIGHT_CAPACITY: u32 = 8192;
+
+/// The log2 latency bucket for a duration in nanoseconds.
+#[inline(always)]
+pub const fn latency_bucket(ns: u64) -> usize {
+    if ns == 0 {
+        return 0;
+    }
+    let b = 63 - ns.leading_zeros() as usize;
+    if b >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers and arrays of them, with explicit
+    // padding fields; every bit pattern is valid.
+    unsafe impl aya::Pod for super::ApiStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HookArgs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Inflight {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn indices_match_discriminants() {
+        for (i, api) in Api::ALL.iter().enumerate() {
+            assert_eq!(*api as usize, i);
+            assert_eq!(Api::from_index(i as u32), Some(*api));
+            assert_eq!(Api::from_symbol(api.symbol()), Some(*api));
+        }
+        assert_eq!(Api::from_index(API_COUNT as u32), None);
+    }
+
+    #[test]
+    fn latency_buckets_are_log2() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(2), 1);
+        assert_eq!(latency_bucket(3), 1);
+        assert_eq!(latency_bucket(1024), 10);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+}

@@ -1,0 +1,323 @@
+//! gupwatch's kernel-side programs.
+//!
+//! Every hooked GUP entry point gets four programs (fentry, fexit, kprobe,
+//! kretprobe); user space loads only the pair its probe plan chose for the
+//! running kernel. They all funnel into [`on_entry`] and [`on_exit`], which
+//! aggregate into per-CPU maps: nothing here wakes user space per call.
+//!
+//! Argument *positions* are not compiled in. The probe plan finds them by
+//! parameter name in the kernel's BTF and hands them over in the read-only
+//! global [`HOOK_ARGS`]; fentry/fexit read them with `bpf_get_func_arg`,
+//! kprobes from a copy of `pt_regs`.
+#![no_std]
+#![no_main]
+// `AtomicU64::fetch_add` is not available for the BPF target; the intrinsic
+// lowers to BPF's atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+};
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        gen::{bpf_get_func_arg, bpf_get_func_ret},
+    },
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::{HashMap, PerCpuArray},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use gup_common::{
+    latency_bucket, Api, ApiKind, ApiStats, Diag, HookArgs, Inflight, API_COUNT, ARG_NONE,
+    DIAG_COUNT, INFLIGHT_CAPACITY,
+};
+
+/// Where each API keeps its arguments on the running kernel; written by the
+/// loader before load, read-only (and so constant to the verifier) after.
+#[no_mangle]
+static HOOK_ARGS: [HookArgs; API_COUNT] = [HookArgs::NONE; API_COUNT];
+
+/// Per-API counters, summed over CPUs by user space.
+#[map]
+static API_STATS: PerCpuArray<ApiStats> = PerCpuArray::with_max_entries(API_COUNT as u32, 0);
+
+/// gupwatch's own health counters (see [`Diag`]).
+#[map]
+static DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32, 0);
+
+/// The outermost hooked call each thread is in: entry time and arguments for
+/// the exit program, and the guard that keeps nested unpins from being
+/// counted twice.
+#[map]
+static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+/// Reads the arguments and return value of the hooked function.
+trait CallArgs {
+    fn arg(&self, idx: u8) -> Option<u64>;
+    fn ret(&self) -> Option<i64>;
+}
+
+/// fentry/fexit context: the trampoline's argument array. The helpers take
+/// a run-time index, which direct context loads (constant offsets only) do not.
+struct Trampoline(*mut c_void);
+
+impl CallArgs for Trampoline {
+    #[inline(always)]
+    fn arg(&self, idx: u8) -> Option<u64> {
+        if idx == ARG_NONE {
+            return None;
+        }
+        let mut v = 0u64;
+        // SAFETY: the helper bounds-checks `idx` against the function's
+        // argument count and writes 8 bytes to `v`.
+        let r = unsafe { bpf_get_func_arg(self.0, idx as u32, &mut v) };
+        (r == 0).then_some(v)
+    }
+
+    #[inline(always)]
+    fn ret(&self) -> Option<i64> {
+        let mut v = 0u64;
+        // SAFETY: fexit programs may call it; writes 8 bytes to `v`.
+        let r = unsafe { bpf_get_func_ret(self.0, &mut v) };
+        (r == 0).then_some(v as i64)
+    }
+}
+
+/// kprobe/kretprobe context: a copy of the x86-64 registers. Copied whole so
+/// that a run-time argument index becomes a bounded stack access.
+struct Regs([u64; 21]);
+
+impl Regs {
+    /// `pt_regs` slots of the first six integer arguments (rdi, rsi, rdx,
+    /// rcx, r8, r9) in the x86-64 calling convention.
+    const ARG_SLOTS: [usize; 6] = [14, 13, 12, 11, 9, 8];
+    /// `pt_regs` slot of rax, the return value.
+    const RET_SLOT: usize = 10;
+
+    #[inline(always)]
+    fn read(regs: *mut pt_regs) -> Option<Regs> {
+        // SAFETY: `regs` is the probe's context pointer; probe_read copies it.
+        unsafe { bpf_probe_read_kernel(regs as *const [u64; 21]) }
+            .ok()
+            .map(Regs)
+    }
+}
+
+impl CallArgs for Regs {
+    #[inline(always)]
+    fn arg(&self, idx: u8) -> Option<u64> {
+        let slot = *Self::ARG_SLOTS.get(idx as usize)?;
+        self.0.get(slot).copied()
+    }
+
+    #[inline(always)]
+    fn ret(&self) -> Option<i64> {
+        self.0.get(Self::RET_SLOT).map(|v| *v as i64)
+    }
+}
+
+#[inline(always)]
+fn hook_args(api: Api) -> HookArgs {
+    // SAFETY: a plain read of a global; volatile so the compiler does not
+    // fold the zero initialiser the loader replaces.
+    unsafe { core::ptr::read_volatile(&HOOK_ARGS[api as usize]) }
+}
+
+#[inline(always)]
+fn add(counter: &mut u64, v: u64) {
+    // SAFETY: map values are 8-aligned; fentry programs can be preempted on
+    // the same CPU, so per-CPU slots still need atomic adds.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
+}
+
+#[inline(always)]
+fn stats(api: Api) -> Option<&'static mut ApiStats> {
+    // SAFETY: per-CPU array values live as long as the map.
+    API_STATS.get_ptr_mut(api as u32).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn diag(d: Diag) {
+    if let Some(p) = DIAG.get_ptr_mut(d as u32) {
+        // SAFETY: as in `stats`.
+        add(unsafe { &mut *p }, 1);
+    }
+}
+
+#[inline(always)]
+fn record_latency(s: &mut ApiStats, start_ns: u64) {
+    // SAFETY: no preconditions.
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
+    add(&mut s.latency_ns_sum, ns);
+    if let Some(slot) = s.latency_log2.get_mut(latency_bucket(ns)) {
+        add(slot, 1);
+    }
+}
+
+#[inline(always)]
+fn on_entry<A: CallArgs>(api: Api, a: &A) {
+    let tid = bpf_get_current_pid_tgid();
+    let args = hook_args(api);
+    let count = if args.count_idx == ARG_NONE {
+        1
+    } else {
+        match a.arg(args.count_idx) {
+            Some(c) => c,
+            None => {
+                diag(Diag::ArgReadFailed);
+                0
+            }
+        }
+    };
+    if api.kind() == ApiKind::Unpin {
+        // SAFETY: the value is only read.
+        if let Some(outer) = unsafe { INFLIGHT.get(&tid) } {
+            match Api::from_index(outer.api) {
+                Some(outer_api) if outer_api.kind() == ApiKind::Unpin => {
+                    // The outer unpin already counted these pages.
+                    if let Some(s) = stats(api) {
+                        add(&mut s.nested_calls, 1);
+                    }
+                    return;
+                }
+                Some(outer_api) => {
+                    // Pins released inside a pin call: real releases, and
+                    // pins the kernel counted as acquired although the call
+                    // does not return them.
+                    if let Some(s) = stats(outer_api) {
+                        add(&mut s.undone_pages, count);
+                    }
+                    if let Some(s) = stats(api) {
+                        add(&mut s.calls, 1);
+                        add(&mut s.pages, count);
+                    }
+                    return;
+                }
+                None => {}
+            }
+        }
+        if let Some(s) = stats(api) {
+            add(&mut s.calls, 1);
+            add(&mut s.pages, count);
+        }
+    }
+    let rec = Inflight {
+        api: api as u32,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        requested: count,
+        gup_flags: a.arg(args.flags_idx).unwrap_or(0),
+    };
+    if INFLIGHT.insert(&tid, &rec, 0).is_err() {
+        diag(Diag::InflightFull);
+    }
+}
+
+#[inline(always)]
+fn on_exit<A: CallArgs>(api: Api, a: &A) {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let rec = unsafe { INFLIGHT.get(&tid) }
+        .copied()
+        .filter(|r| r.api == api as u32);
+    let Some(s) = stats(api) else { return };
+    if api.kind() != ApiKind::Unpin {
+        let ret = a.ret().unwrap_or(0);
+        add(&mut s.calls, 1);
+        if ret > 0 {
+            add(&mut s.pages, ret as u64);
+        } else if ret == 0 {
+            add(&mut s.zero_calls, 1);
+        } else {
+            add(&mut s.errors, 1);
+        }
+        match rec {
+            Some(r) => {
+                add(&mut s.requested_pages, r.requested);
+                if ret > 0 && (ret as u64) < r.requested {
+                    add(&mut s.short_calls, 1);
+                }
+            }
+            None => add(&mut s.untimed_calls, 1),
+        }
+    }
+    if let Some(r) = rec {
+        record_latency(s, r.start_ns);
+        let _ = INFLIGHT.remove(&tid);
+    }
+}
+
+macro_rules! hooks {
+    ($($api:ident: $fe:ident, $fx:ident, $kp:ident, $kr:ident;)*) => {$(
+        #[fentry]
+        pub fn $fe(ctx: FEntryContext) -> i32 {
+            on_entry(Api::$api, &Trampoline(ctx.as_ptr()));
+            0
+        }
+
+        #[fexit]
+        pub fn $fx(ctx: FExitContext) -> i32 {
+            on_exit(Api::$api, &Trampoline(ctx.as_ptr()));
+            0
+        }
+
+        #[kprobe]
+        pub fn $kp(ctx: ProbeContext) -> u32 {
+            match Regs::read(ctx.regs) {
+                Some(regs) => on_entry(Api::$api, &regs),
+                None => diag(Diag::ArgReadFailed),
+            }
+            0
+        }
+
+        #[kretprobe]
+        pub fn $kr(ctx: RetProbeContext) -> u32 {
+            match Regs::read(ctx.regs) {
+                Some(regs) => on_exit(Api::$api, &regs),
+                None => diag(Diag::ArgReadFailed),
+            }
+            0
+        }
+    )*};
+}
+
+// Program names are `<mechanism>_<index>` so they fit the kernel's 16-byte
+// program names; user space derives them from `Api` the same way.
+hooks! {
+    PinUserPages: fe_0, fx_0, kp_0, kr_0;
+    PinUserPagesFast: fe_1, fx_1, kp_1, kr_1;
+    PinUserPagesFastOnly: fe_2, fx_2, kp_2, kr_2;
+    PinUserPagesRemote: fe_3, fx_3, kp_3, kr_3;
+    PinUserPagesUnlocked: fe_4, fx_4, kp_4, kr_4;
+    MemfdPinFolios: fe_5, fx_5, kp_5, kr_5;
+    GetUserPages: fe_6, fx_6, kp_6, kr_6;
+    GetUserPagesFast: fe_7, fx_7, kp_7, kr_7;
+    GetUserPagesFastOnly: fe_8, fx_8, kp_8, kr_8;
+    GetUserPagesRemote: fe_9, fx_9, kp_9, kr_9;
+    GetUserPagesUnlocked: fe_10, fx_10, kp_10, kr_10;
+    UnpinUserPage: fe_11, fx_11, kp_11, kr_11;
+    UnpinUserPages: fe_12, fx_12, kp_12, kr_12;
+    UnpinUserPagesDirtyLock: fe_13, fx_13, kp_13, kr_13;
+    UnpinUserPageRangeDirtyLock: fe_14, fx_14, kp_14, kr_14;
+    UnpinFolio: fe_15, fx_15, kp_15, kr_15;
+    UnpinFolios: fe_16, fx_16, kp_16, kr_16;
+    UnpinUserFolio: fe_17, fx_17, kp_17, kr_17;
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: eBPF programs cannot panic; the verifier rejects any path that
+    // reaches here, so this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,81 @@
+//! Builds `gup-ebpf` for the BPF target and hands its path to the crate as
+//! `GUPWATCH_EBPF_OBJECT`, which `loader.rs` embeds with `include_bytes!`.
+//!
+//! The eBPF crate needs nightly, `rust-src` and `bpf-linker`; `cargo xtask
+//! setup` installs all three. It is built into `target/bpf` (not OUT_DIR) so
+//! the debug, release and static builds share one eBPF build, and a separate
+//! target directory keeps the nested cargo from waiting on our own lock.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.parent().expect("gup-user sits in the workspace root");
+    let ebpf_dir = root.join("gup-ebpf");
+    let common_dir = root.join("gup-common");
+    for dir in [&ebpf_dir, &common_dir] {
+        println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        println!("cargo:rerun-if-changed={}", dir.join("Cargo.toml").display());
+    }
+    println!("cargo:rerun-if-env-changed=GUPWATCH_EBPF_OBJECT");
+
+    // A pre-built object (e.g. from a packager's separate eBPF build).
+    if let Some(obj) = env::var_os("GUPWATCH_EBPF_OBJECT") {
+        println!("cargo:rustc-env=GUPWATCH_EBPF_OBJECT={}", PathBuf::from(obj).display());
+        return;
+    }
+
+    let target_dir = root.join("target").join("bpf");
+    match build_ebpf(&ebpf_dir, &target_dir) {
+        Ok(obj) => println!("cargo:rustc-env=GUPWATCH_EBPF_OBJECT={}", obj.display()),
+        Err(e) => {
+            eprintln!(
+                "\nerror: could not build gupwatch's eBPF programs (gup-ebpf): {e}\n\n\
+                 They need the nightly toolchain with rust-src and bpf-linker.\n\
+                 Run `cargo xtask setup` once; it installs what is missing.\n"
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+fn build_ebpf(ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "build", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(target_dir)
+        .current_dir(ebpf_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    // The outer cargo's settings would otherwise leak into the nested build
+    // (a stable rustc, host RUSTFLAGS such as +crt-static, a wrapper).
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        cmd.env_remove(key);
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run rustup: {e}"))?;
+    if !status.success() {
+        return Err(format!("`cargo +nightly build` of gup-ebpf failed ({status})"));
+    }
+    let obj = target_dir.join("bpfel-unknown-none/release/gup-ebpf");
+    if !obj.is_file() {
+        return Err(format!("the build finished but {} is missing", obj.display()));
+    }
+    Ok(obj)
+}

@@ -1,0 +1,240 @@
+//! The `gupwatch` command line.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use gup_common::{Api, ApiKind};
+use gupwatch::{check, host, loader, plan::ProbePlan, scenarios, vmstat};
+
+/// Watch how this Linux host pins user memory: who calls pin_user_pages*()
+/// and get_user_pages*(), how many pages, and whether the kernel agrees.
+#[derive(Parser, Debug)]
+#[command(name = "gupwatch", version, about, long_about = None, after_help = "\
+Examples:
+  sudo gupwatch                 live summary every second (Ctrl-C to stop)
+  sudo gupwatch -i 5 -c 12      a summary every 5 s, twelve times
+  sudo gupwatch probes          what gets hooked on this kernel, and how
+  sudo gupwatch check --json    pin through real syscalls and compare with /proc/vmstat")]
+struct Cli {
+    /// Seconds between summaries.
+    #[arg(short, long, default_value = "1", value_parser = parse_interval, global = true)]
+    interval: Duration,
+    /// Stop after this many summaries.
+    #[arg(short, long, global = true)]
+    count: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pin pages through ordinary syscalls and check gupwatch's counts
+    /// against the kernel's /proc/vmstat (exit status 1 if any differs).
+    Check {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on a filesystem that supports O_DIRECT (ext4, xfs...).
+        #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
+        scratch: PathBuf,
+    },
+    /// Print the probe plan: each GUP function, how it is hooked on this
+    /// kernel, and whether it attached.
+    Probes {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Resolve the plan without loading anything (no root needed).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Generate a pinning workload (for demos and benchmarks).
+    Workload {
+        /// How long to run.
+        #[arg(long, default_value = "30")]
+        seconds: u64,
+        /// Directory on a filesystem that supports O_DIRECT.
+        #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
+        scratch: PathBuf,
+    },
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(0.05..=3600.0).contains(&secs) {
+        return Err(format!("interval {secs} s is out of range (0.05 to 3600)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Errors are printed with their causes on one screen, never as a
+    // backtrace, whatever RUST_BACKTRACE says.
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gupwatch: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+    }
+    Ok(stop)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        None => watch(cli.interval, cli.count),
+        Some(Command::Probes { json, dry_run }) => probes(json, dry_run),
+        Some(Command::Check { json, scratch }) => run_check(json, &scratch),
+        Some(Command::Workload { seconds, scratch }) => {
+            let stop = stop_flag()?;
+            let stats = scenarios::run_workload(&scratch, Duration::from_secs(seconds), &stop)
+                .context("workload failed")?;
+            eprintln!("workload done: {stats:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn resolve_plan() -> Result<ProbePlan> {
+    ProbePlan::for_running_kernel().context("cannot resolve the probe plan")
+}
+
+fn probes(json: bool, dry_run: bool) -> Result<ExitCode> {
+    let plan = resolve_plan()?;
+    let plan = if dry_run {
+        plan
+    } else {
+        match loader::load(plan.clone()) {
+            Ok(p) => p.plan,
+            Err(e) => {
+                eprintln!("gupwatch: could not load the probes: {e}\n(showing the plan unattached)");
+                plan
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_check(json: bool, scratch: &std::path::Path) -> Result<ExitCode> {
+    let probes = loader::load(resolve_plan()?).context("cannot load gupwatch's probes")?;
+    if probes.plan.attached() == 0 {
+        eprint!(
+            "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
+            host::render(&host::diagnose(Some(&probes.plan), None))
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let report = check::run(&probes, scratch)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.exact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The default mode: a periodic summary, or the reduced mode with a
+/// diagnosis when this kernel will not run the probes.
+fn watch(interval: Duration, count: Option<u64>) -> Result<ExitCode> {
+    let stop = stop_flag()?;
+    let plan = resolve_plan()?;
+    let (probes, load_err) = match loader::load(plan.clone()) {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
+    let mut out = std::io::stdout().lock();
+    if attached == 0 {
+        let findings = host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref());
+        eprintln!(
+            "gupwatch: this kernel ({}) will not run gupwatch's probes:\n{}\nContinuing in reduced mode. Ctrl-C to stop.\n",
+            plan.kernel,
+            host::render(&findings)
+        );
+        drop(probes);
+        host::run_reduced(interval, count, &stop, &mut out).context("reduced mode")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(probes) = probes else { unreachable!("attached > 0 implies probes") };
+    let by_mech = |m| probes.plan.hooks.iter().filter(|h| h.status == gupwatch::plan::HookStatus::Attached && h.mechanism == Some(m)).count();
+    writeln!(
+        out,
+        "gupwatch on {}: {} hooks attached ({} fentry/fexit, {} kprobe). Ctrl-C to stop.",
+        probes.plan.kernel,
+        attached,
+        by_mech(gupwatch::plan::Mechanism::Fentry),
+        by_mech(gupwatch::plan::Mechanism::Kprobe)
+    )?;
+    let first = probes.maps.snapshot()?;
+    let vm_first = vmstat::read(true).ok();
+    let mut prev = first.clone();
+    let mut vm_prev = vm_first;
+    let t0 = Instant::now();
+    let mut printed = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && count.is_none_or(|c| printed < c) {
+        host::sleep_unless_stopped(interval, &stop);
+        let now = probes.maps.snapshot()?;
+        let vm_now = vmstat::read(true).ok();
+        let d = now.since(&prev);
+        let t = d.totals();
+        let mut top: Vec<(Api, u64)> = Api::ALL
+            .iter()
+            .filter(|a| a.kind() != ApiKind::Unpin)
+            .map(|&a| (a, d.api(a).pages))
+            .filter(|(_, p)| *p > 0)
+            .collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1));
+        let top: Vec<String> = top.iter().take(3).map(|(a, p)| format!("{} {}", a.symbol(), p)).collect();
+        let kernel = match (vm_now, vm_prev) {
+            (Some(n), Some(p)) => match n.delta_since(&p) {
+                Ok(k) => format!("kernel +{} / -{}", k.acquired, k.released),
+                Err(_) => "kernel n/a".into(),
+            },
+            _ => "kernel n/a".into(),
+        };
+        writeln!(
+            out,
+            "[{:>5.0}s] pinned +{:<6} unpinned +{:<6} refs +{:<6} calls {:<5} errors {:<3} | {} | outstanding since start {:>6} | {}",
+            t0.elapsed().as_secs_f64(),
+            t.pinned_pages,
+            t.unpinned_pages,
+            t.referenced_pages,
+            t.pin_calls + t.get_calls,
+            t.failed_calls,
+            kernel,
+            now.since(&first).totals().pinned_pages as i64 - now.since(&first).totals().unpinned_pages as i64,
+            if top.is_empty() { "-".to_string() } else { top.join(", ") }
+        )?;
+        out.flush()?;
+        prev = now;
+        vm_prev = vm_now;
+        printed += 1;
+    }
+    let total = probes.maps.snapshot()?.since(&first).totals();
+    writeln!(
+        out,
+        "total: {} pages pinned in {} calls, {} unpinned, {} FOLL_GET references; detaching.",
+        total.pinned_pages, total.pin_calls, total.unpinned_pages, total.referenced_pages
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,241 @@
+//! `gupwatch check`: drive the kernel through real syscalls and compare what
+//! the probes saw with the kernel's own FOLL_PIN accounting.
+//!
+//! Each scenario is measured in a quiet window: the vmstat counters must
+//! settle (some kernels unpin asynchronously: io_uring teardown, direct I/O
+//! completion) before each snapshot, and gupwatch's counters are read
+//! between two identical vmstat readings so both describe the same moment.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use gup_common::Api;
+use serde::Serialize;
+
+use crate::{
+    loader::Probes,
+    model::Snapshot,
+    plan::ProbePlan,
+    scenarios::{self, PinPath, Scenario},
+    vmstat::{self, FollPinCounters},
+};
+
+/// Errors that stop the whole check (a failing scenario does not).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The kernel's counters could not be read.
+    #[error(transparent)]
+    Vmstat(#[from] vmstat::VmstatError),
+    /// gupwatch's maps could not be read.
+    #[error(transparent)]
+    Read(#[from] crate::reader::ReadError),
+    /// The counters never held still long enough to measure.
+    #[error("/proc/vmstat's nr_foll_pin_* counters kept moving for {0:?}: something else on this machine is pinning pages, so an exact comparison is impossible. Run the check on a quiet machine or in a VM (`cargo xtask vm -- gupwatch check`)")]
+    Noisy(Duration),
+}
+
+/// Calls and pages one API saw during a scenario.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct ApiDelta {
+    /// Calls.
+    pub calls: u64,
+    /// Pages (or folio pins) pinned, referenced or released.
+    pub pages: u64,
+}
+
+/// The outcome of one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// FOLL_PIN pins gupwatch saw taken.
+    pub pinned_pages: u64,
+    /// FOLL_PIN pins gupwatch saw released.
+    pub unpinned_pages: u64,
+    /// FOLL_GET references gupwatch saw taken (not pins).
+    pub referenced_pages: u64,
+    /// Change of `nr_foll_pin_acquired`.
+    pub vmstat_acquired: u64,
+    /// Change of `nr_foll_pin_released`.
+    pub vmstat_released: u64,
+    /// gupwatch's pin and unpin counts equal the kernel's, and the scenario ran.
+    pub exact: bool,
+    /// Whether this path pins pages on this kernel (so zero would be wrong).
+    pub pins_expected: bool,
+    /// Calls to pin functions.
+    pub pin_calls: u64,
+    /// Calls to unpin functions.
+    pub unpin_calls: u64,
+    /// Per-function breakdown (functions that saw calls only).
+    pub apis: BTreeMap<&'static str, ApiDelta>,
+    /// Why the numbers are what they are, when that needs saying.
+    pub note: String,
+    /// The scenario's own failure, if it could not run.
+    pub error: Option<String>,
+}
+
+/// The whole check.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Hooks attached.
+    pub hooks_attached: usize,
+    /// Hooks the kernel has that could not be attached.
+    pub hooks_failed: Vec<String>,
+    /// One entry per scenario.
+    pub scenarios: Vec<ScenarioReport>,
+    /// Every scenario exact.
+    pub exact: bool,
+}
+
+/// How long the counters must hold still, and how long to wait for that.
+const QUIET: Duration = Duration::from_millis(150);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn settle_options() -> vmstat::SettleOptions {
+    vmstat::SettleOptions { quiet: QUIET, timeout: SETTLE_TIMEOUT, ..Default::default() }
+}
+
+/// Runs every built-in scenario against attached probes.
+pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
+    let mut reports = vec![];
+    for mut scenario in scenarios::builtin(scratch) {
+        reports.push(run_one(probes, scenario.as_mut())?);
+    }
+    let plan = &probes.plan;
+    Ok(CheckReport {
+        kernel: plan.kernel.clone(),
+        hooks_attached: plan.attached(),
+        hooks_failed: plan.failed().map(|h| h.function.to_string()).collect(),
+        exact: reports.iter().all(|r| r.exact),
+        scenarios: reports,
+    })
+}
+
+/// Reads gupwatch's counters and the kernel's at one quiet moment.
+fn quiet_snapshot(probes: &Probes) -> Result<(Snapshot, FollPinCounters), CheckError> {
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let before = vmstat::settle(&settle_options())?.counters;
+        let snap = probes.maps.snapshot()?;
+        let after = vmstat::read(true)?;
+        if before == after {
+            return Ok((snap, after));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(CheckError::Noisy(SETTLE_TIMEOUT));
+        }
+    }
+}
+
+fn run_one(probes: &Probes, s: &mut dyn Scenario) -> Result<ScenarioReport, CheckError> {
+    let pins_expected = pins_expected(&probes.plan, s.pin_path());
+    let mut report = ScenarioReport {
+        name: s.name().to_string(),
+        description: s.description().to_string(),
+        pinned_pages: 0,
+        unpinned_pages: 0,
+        referenced_pages: 0,
+        vmstat_acquired: 0,
+        vmstat_released: 0,
+        exact: false,
+        pins_expected,
+        pin_calls: 0,
+        unpin_calls: 0,
+        apis: BTreeMap::new(),
+        note: String::new(),
+        error: None,
+    };
+    if let Err(e) = s.prepare() {
+        report.error = Some(format!("prepare: {e}"));
+        let _ = s.cleanup();
+        return Ok(report);
+    }
+    let (snap0, vm0) = quiet_snapshot(probes)?;
+    let ran = s.run();
+    let (snap1, vm1) = quiet_snapshot(probes)?;
+    if let Err(e) = s.cleanup() {
+        report.note = format!("cleanup failed: {e}");
+    }
+    // Let asynchronous releases from cleanup finish before the next scenario.
+    vmstat::settle(&settle_options())?;
+
+    let delta = snap1.since(&snap0);
+    let totals = delta.totals();
+    let vm = vm1.delta_since(&vm0)?;
+    report.pinned_pages = totals.pinned_pages;
+    report.unpinned_pages = totals.unpinned_pages;
+    report.referenced_pages = totals.referenced_pages;
+    report.pin_calls = totals.pin_calls;
+    report.unpin_calls = totals.unpin_calls;
+    report.vmstat_acquired = vm.acquired;
+    report.vmstat_released = vm.released;
+    for api in Api::ALL {
+        let a = delta.api(api);
+        if a.calls > 0 || a.nested_calls > 0 {
+            report.apis.insert(api.symbol(), ApiDelta { calls: a.calls, pages: a.pages });
+        }
+    }
+    if let Err(e) = ran {
+        report.error = Some(format!("run: {e}"));
+    }
+    report.exact = report.error.is_none()
+        && report.pinned_pages == report.vmstat_acquired
+        && report.unpinned_pages == report.vmstat_released;
+    if !pins_expected {
+        report.note = format!(
+            "{}; gupwatch saw {} FOLL_GET page references",
+            probes.plan.capabilities.direct_io_reason, report.referenced_pages
+        );
+    } else if report.exact && report.pinned_pages + report.unpinned_pages == 0 {
+        report.note = "no pins seen although this path pins on this kernel".into();
+    }
+    Ok(report)
+}
+
+/// Whether a scenario's path pins pages on this kernel.
+fn pins_expected(plan: &ProbePlan, path: PinPath) -> bool {
+    match path {
+        PinPath::DirectIo => plan.capabilities.direct_io_pins,
+        PinPath::ProcessVm | PinPath::IoUringRegister | PinPath::IoUringUnregister => true,
+    }
+}
+
+impl CheckReport {
+    /// A human-readable table.
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "gupwatch check on kernel {} ({} hooks attached)\n\n{:<30} {:>7} {:>9} {:>9} {:>9} {:>6}  {}\n",
+            self.kernel, self.hooks_attached, "SCENARIO", "PINNED", "UNPINNED", "VM ACQ", "VM REL", "EXACT", "NOTE"
+        );
+        for r in &self.scenarios {
+            let note = match &r.error {
+                Some(e) => format!("error: {e}"),
+                None => r.note.clone(),
+            };
+            out += &format!(
+                "{:<30} {:>7} {:>9} {:>9} {:>9} {:>6}  {}\n",
+                r.name,
+                r.pinned_pages,
+                r.unpinned_pages,
+                r.vmstat_acquired,
+                r.vmstat_released,
+                if r.exact { "yes" } else { "NO" },
+                note
+            );
+        }
+        let bad = self.scenarios.iter().filter(|r| !r.exact).count();
+        out += &format!(
+            "\n{} scenarios, {} exact, {} not exact\n",
+            self.scenarios.len(),
+            self.scenarios.len() - bad,
+            bad
+        );
+        if !self.hooks_failed.is_empty() {
+            out += &format!("hooks that failed to attach: {}\n", self.hooks_failed.join(", "));
+        }
+        out
+    }
+}

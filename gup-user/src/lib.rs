@@ -1,0 +1,26 @@
+//! gupwatch: see how a Linux host pins user memory.
+//!
+//! The data path, one module per step:
+//!
+//! 1. [`plan`] resolves the running kernel (BTF via [`btf`], symbols via
+//!    [`kallsyms`]) into a probe plan: which GUP functions exist, where their
+//!    arguments are, and how to hook each.
+//! 2. [`loader`] loads the `gup-ebpf` programs and attaches them per plan;
+//!    the programs aggregate in per-CPU maps in the kernel.
+//! 3. [`reader`] reads those maps into a [`model::Snapshot`].
+//! 4. [`model`] turns snapshots into deltas and totals.
+//! 5. Front ends: [`check`] (compares with `/proc/vmstat` via [`vmstat`],
+//!    driving the kernel with [`scenarios`]), [`host`] (diagnosis and the
+//!    reduced mode for kernels that refuse tracing programs), and the
+//!    `gupwatch` binary.
+
+pub mod btf;
+pub mod check;
+pub mod host;
+pub mod kallsyms;
+pub mod loader;
+pub mod model;
+pub mod plan;
+pub mod reader;
+pub mod scenarios;
+pub mod vmstat;

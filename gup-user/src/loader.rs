@@ -1,0 +1,189 @@
+//! Loads gupwatch's eBPF object and attaches the hooks the probe plan chose.
+//!
+//! Attach order matters for exact counts: the exit program of a hook is
+//! attached before its entry program (so no call is entered without being
+//! seen to return), and fentry falls back to kprobe when the kernel refuses
+//! the trampoline. Whatever happens is written back into the plan.
+
+use aya::{
+    programs::{FEntry, FExit, KProbe, ProgramError},
+    Btf, Ebpf, EbpfLoader,
+};
+use gup_common::Api;
+
+use crate::{
+    plan::{HookStatus, Mechanism, ProbePlan},
+    reader::StatsMaps,
+};
+
+/// The eBPF object built from `gup-ebpf` by the build script.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUPWATCH_EBPF_OBJECT"));
+
+/// Errors loading the probes.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The object could not be loaded (map creation or relocation).
+    #[error("the kernel refused gupwatch's BPF maps: {0}. Run as root (or with CAP_BPF and CAP_PERFMON); on kernels before 5.11 also raise the locked-memory limit (ulimit -l)")]
+    Object(#[from] aya::EbpfError),
+    /// A map the programs define was missing or of the wrong type.
+    #[error("gupwatch's eBPF object is inconsistent with this binary: {0}")]
+    Map(String),
+}
+
+/// Loaded, attached probes and the maps they fill.
+pub struct Probes {
+    /// Keeps the programs (and so their links) alive.
+    _ebpf: Ebpf,
+    /// The plan, with each hook's final status.
+    pub plan: ProbePlan,
+    /// The maps user space reads.
+    pub maps: StatsMaps,
+}
+
+/// Loads the object and attaches every planned hook; hooks that fail are
+/// recorded in the plan, not returned as errors, so one missing function
+/// never hides the rest.
+pub fn load(mut plan: ProbePlan) -> Result<Probes, LoadError> {
+    raise_memlock_limit();
+    let hook_args = plan.hook_args();
+    let mut ebpf = EbpfLoader::new().set_global("HOOK_ARGS", &hook_args, true).load(EBPF_OBJECT)?;
+    let btf = Btf::from_sys_fs().ok();
+
+    for hook in plan.hooks.iter_mut() {
+        let (Some(mechanism), Some(symbol)) = (hook.mechanism, hook.symbol.clone()) else {
+            continue;
+        };
+        let idx = hook.api as u32;
+        let result = match (mechanism, &btf) {
+            (Mechanism::Fentry, Some(btf)) => match attach_fentry(&mut ebpf, idx, &symbol, btf) {
+                Ok(()) => Ok(Mechanism::Fentry),
+                Err(e) => {
+                    let fentry_err = describe(&e);
+                    detach(&mut ebpf, idx, Mechanism::Fentry);
+                    match attach_kprobe(&mut ebpf, idx, &symbol) {
+                        Ok(()) => {
+                            hook.reason = format!("fentry refused ({fentry_err}): fell back to kprobe");
+                            Ok(Mechanism::Kprobe)
+                        }
+                        Err(k) => Err(format!("fentry: {fentry_err}; kprobe: {}", describe(&k))),
+                    }
+                }
+            },
+            (Mechanism::Fentry, None) => Err("fentry planned but kernel BTF could not be loaded".into()),
+            (Mechanism::Kprobe, _) => attach_kprobe(&mut ebpf, idx, &symbol)
+                .map(|()| Mechanism::Kprobe)
+                .map_err(|e| format!("kprobe: {}", describe(&e))),
+        };
+        match result {
+            Ok(m) => {
+                hook.mechanism = Some(m);
+                hook.status = HookStatus::Attached;
+            }
+            Err(e) => {
+                detach(&mut ebpf, idx, Mechanism::Kprobe);
+                hook.status = HookStatus::Failed(e);
+            }
+        }
+    }
+    let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
+    Ok(Probes { _ebpf: ebpf, plan, maps })
+}
+
+fn prog_name(prefix: &str, idx: u32) -> String {
+    format!("{prefix}_{idx}")
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf) -> Result<(), ProgramError> {
+    {
+        let fx: &mut FExit = program(ebpf, &prog_name("fx", idx))?.try_into()?;
+        fx.load(symbol, btf)?;
+        fx.attach()?;
+    }
+    let fe: &mut FEntry = program(ebpf, &prog_name("fe", idx))?.try_into()?;
+    fe.load(symbol, btf)?;
+    fe.attach()?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, idx: u32, symbol: &str) -> Result<(), ProgramError> {
+    {
+        let kr: &mut KProbe = program(ebpf, &prog_name("kr", idx))?.try_into()?;
+        kr.load()?;
+        kr.attach(symbol, 0)?;
+    }
+    let kp: &mut KProbe = program(ebpf, &prog_name("kp", idx))?.try_into()?;
+    kp.load()?;
+    kp.attach(symbol, 0)?;
+    Ok(())
+}
+
+/// Unloads a half-attached hook so a fallback starts clean.
+fn detach(ebpf: &mut Ebpf, idx: u32, mechanism: Mechanism) {
+    // Unloading a program that was never loaded is an error we can ignore:
+    // the point is that nothing stays attached.
+    match mechanism {
+        Mechanism::Fentry => {
+            if let Ok(p) = program(ebpf, &prog_name("fe", idx)).and_then(|p| <&mut FEntry>::try_from(p)) {
+                let _ = p.unload();
+            }
+            if let Ok(p) = program(ebpf, &prog_name("fx", idx)).and_then(|p| <&mut FExit>::try_from(p)) {
+                let _ = p.unload();
+            }
+        }
+        Mechanism::Kprobe => {
+            for prefix in ["kp", "kr"] {
+                if let Ok(p) = program(ebpf, &prog_name(prefix, idx)).and_then(|p| <&mut KProbe>::try_from(p)) {
+                    let _ = p.unload();
+                }
+            }
+        }
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, ProgramError> {
+    ebpf.program_mut(name).ok_or_else(|| {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "find program",
+            io_error: std::io::Error::new(std::io::ErrorKind::NotFound, format!("program {name} not in the object")),
+        })
+    })
+}
+
+/// One line for an attach error, with the verifier log's last lines when
+/// the verifier said no.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+            if tail.is_empty() {
+                format!("program load refused: {io_error}")
+            } else {
+                format!("verifier refused the program: {io_error}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+            }
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s += &format!(": {e}");
+                src = e.source();
+            }
+            s
+        }
+    }
+}
+
+/// Maps were charged to RLIMIT_MEMLOCK before 5.11; lift it so map creation
+/// does not fail on those kernels. Failure is harmless on newer ones.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// The API whose programs carry this name (for diagnostics).
+pub fn api_of_program(name: &str) -> Option<Api> {
+    let idx = name.split('_').nth(1)?.parse().ok()?;
+    Api::from_index(idx)
+}

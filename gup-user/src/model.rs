@@ -1,0 +1,175 @@
+//! What gupwatch knows, as plain data: counter snapshots, the deltas
+//! between them, and the totals that are compared with the kernel's own
+//! `nr_foll_pin_*` counters.
+
+use gup_common::{Api, ApiKind, ApiStats, DIAG_COUNT, API_COUNT, LATENCY_BUCKETS};
+use serde::Serialize;
+
+/// All in-kernel counters at one moment, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Per-API counters, indexed by [`Api`].
+    pub apis: [ApiStats; API_COUNT],
+    /// gupwatch's own health counters, indexed by [`gup_common::Diag`].
+    pub diag: [u64; DIAG_COUNT],
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot { apis: [ApiStats::ZERO; API_COUNT], diag: [0; DIAG_COUNT] }
+    }
+}
+
+/// Adds `b` into `a`, field by field (wrapping: counters are monotonic
+/// u64s that will not wrap in practice, and a panic here would be worse).
+pub fn accumulate(a: &mut ApiStats, b: &ApiStats) {
+    a.calls = a.calls.wrapping_add(b.calls);
+    a.pages = a.pages.wrapping_add(b.pages);
+    a.requested_pages = a.requested_pages.wrapping_add(b.requested_pages);
+    a.errors = a.errors.wrapping_add(b.errors);
+    a.zero_calls = a.zero_calls.wrapping_add(b.zero_calls);
+    a.short_calls = a.short_calls.wrapping_add(b.short_calls);
+    a.undone_pages = a.undone_pages.wrapping_add(b.undone_pages);
+    a.nested_calls = a.nested_calls.wrapping_add(b.nested_calls);
+    a.untimed_calls = a.untimed_calls.wrapping_add(b.untimed_calls);
+    a.latency_ns_sum = a.latency_ns_sum.wrapping_add(b.latency_ns_sum);
+    for i in 0..LATENCY_BUCKETS {
+        a.latency_log2[i] = a.latency_log2[i].wrapping_add(b.latency_log2[i]);
+    }
+}
+
+fn diff(a: &ApiStats, b: &ApiStats) -> ApiStats {
+    let d = |x: u64, y: u64| x.wrapping_sub(y);
+    let mut out = ApiStats {
+        calls: d(a.calls, b.calls),
+        pages: d(a.pages, b.pages),
+        requested_pages: d(a.requested_pages, b.requested_pages),
+        errors: d(a.errors, b.errors),
+        zero_calls: d(a.zero_calls, b.zero_calls),
+        short_calls: d(a.short_calls, b.short_calls),
+        undone_pages: d(a.undone_pages, b.undone_pages),
+        nested_calls: d(a.nested_calls, b.nested_calls),
+        untimed_calls: d(a.untimed_calls, b.untimed_calls),
+        latency_ns_sum: d(a.latency_ns_sum, b.latency_ns_sum),
+        latency_log2: [0; LATENCY_BUCKETS],
+    };
+    for i in 0..LATENCY_BUCKETS {
+        out.latency_log2[i] = d(a.latency_log2[i], b.latency_log2[i]);
+    }
+    out
+}
+
+/// Totals over all APIs, in the terms of `/proc/vmstat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// FOLL_PIN pins taken: what `nr_foll_pin_acquired` counts (pages the
+    /// pin calls returned, plus pins they took and released again).
+    pub pinned_pages: u64,
+    /// FOLL_PIN pins released: what `nr_foll_pin_released` counts.
+    pub unpinned_pages: u64,
+    /// FOLL_GET references taken by `get_user_pages*` (not pins).
+    pub referenced_pages: u64,
+    /// Calls to pin functions.
+    pub pin_calls: u64,
+    /// Calls to unpin functions (nested ones excluded).
+    pub unpin_calls: u64,
+    /// Calls to get functions.
+    pub get_calls: u64,
+    /// Pin and get calls that returned an error.
+    pub failed_calls: u64,
+}
+
+impl Snapshot {
+    /// Counters accumulated between `earlier` and `self`.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let mut out = Snapshot::default();
+        for i in 0..API_COUNT {
+            out.apis[i] = diff(&self.apis[i], &earlier.apis[i]);
+        }
+        for i in 0..DIAG_COUNT {
+            out.diag[i] = self.diag[i].wrapping_sub(earlier.diag[i]);
+        }
+        out
+    }
+
+    /// The counters of one API.
+    pub fn api(&self, api: Api) -> &ApiStats {
+        &self.apis[api as usize]
+    }
+
+    /// Totals over all APIs.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for api in Api::ALL {
+            let s = self.api(api);
+            match api.kind() {
+                ApiKind::Pin => {
+                    t.pinned_pages += s.pages + s.undone_pages;
+                    t.pin_calls += s.calls;
+                    t.failed_calls += s.errors;
+                }
+                ApiKind::Get => {
+                    t.referenced_pages += s.pages;
+                    t.get_calls += s.calls;
+                    t.failed_calls += s.errors;
+                }
+                ApiKind::Unpin => {
+                    t.unpinned_pages += s.pages;
+                    t.unpin_calls += s.calls;
+                }
+            }
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(calls: u64, pages: u64, undone: u64) -> ApiStats {
+        ApiStats { calls, pages, undone_pages: undone, ..ApiStats::ZERO }
+    }
+
+    #[test]
+    fn totals_keep_pins_refs_and_unpins_apart() {
+        let mut s = Snapshot::default();
+        s.apis[Api::PinUserPagesFast as usize] = stats(2, 512, 0);
+        s.apis[Api::PinUserPagesRemote as usize] = stats(1, 256, 16);
+        s.apis[Api::GetUserPagesFast as usize] = stats(4, 100, 0);
+        s.apis[Api::UnpinUserPage as usize] = stats(300, 300, 0);
+        s.apis[Api::UnpinUserPages as usize] = stats(1, 256, 0);
+        let t = s.totals();
+        assert_eq!(t.pinned_pages, 512 + 256 + 16);
+        assert_eq!(t.unpinned_pages, 556);
+        assert_eq!(t.referenced_pages, 100);
+        assert_eq!((t.pin_calls, t.unpin_calls, t.get_calls), (3, 301, 4));
+    }
+
+    #[test]
+    fn since_subtracts_every_field() {
+        let mut a = Snapshot::default();
+        let mut b = Snapshot::default();
+        a.apis[0] = stats(5, 50, 1);
+        a.apis[0].latency_log2[3] = 7;
+        a.diag[1] = 9;
+        b.apis[0] = stats(2, 20, 1);
+        b.apis[0].latency_log2[3] = 2;
+        b.diag[1] = 4;
+        let d = a.since(&b);
+        assert_eq!(d.apis[0], ApiStats { calls: 3, pages: 30, latency_log2: { let mut l = [0; LATENCY_BUCKETS]; l[3] = 5; l }, ..ApiStats::ZERO });
+        assert_eq!(d.diag[1], 5);
+    }
+
+    #[test]
+    fn accumulate_sums_cpus() {
+        let mut a = stats(1, 10, 0);
+        let mut b = stats(2, 20, 3);
+        b.latency_log2[0] = 1;
+        accumulate(&mut a, &b);
+        assert_eq!((a.calls, a.pages, a.undone_pages, a.latency_log2[0]), (3, 30, 3, 1));
+        b = ApiStats::ZERO;
+        accumulate(&mut a, &b);
+        assert_eq!(a.calls, 3);
+    }
+}

@@ -1,0 +1,436 @@
+//! The probe plan: everything gupwatch needs to know about the running
+//! kernel, resolved in one place from its BTF and `/proc/kallsyms`.
+//!
+//! For each GUP entry point the plan says whether the kernel has it, where
+//! its arguments are (by parameter name, since positions moved between
+//! versions), and how to hook it: fentry/fexit when BTF describes the
+//! function, kprobe/kretprobe otherwise. The loader then tries the plan and
+//! records what really happened (fentry can still be refused at attach time,
+//! e.g. 6.1's x86 trampoline takes at most six arguments), so the printed
+//! plan shows the truth. No other module looks at kernel versions.
+
+use std::collections::BTreeMap;
+
+use gup_common::{Api, ApiKind, HookArgs, API_COUNT, ARG_NONE};
+use serde::Serialize;
+
+use crate::{btf::KernelBtf, kallsyms::Kallsyms};
+
+/// How a hook is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    /// fentry + fexit through a BPF trampoline (needs BTF).
+    Fentry,
+    /// kprobe + kretprobe (needs CONFIG_KPROBES; works without BTF and on
+    /// module functions and compiler clones).
+    Kprobe,
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mechanism::Fentry => "fentry/fexit",
+            Mechanism::Kprobe => "kprobe/kretprobe",
+        })
+    }
+}
+
+/// Where a hook stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum HookStatus {
+    /// Resolved, not attached yet.
+    Planned,
+    /// Attached and counting.
+    Attached,
+    /// The kernel has no such function (not an error: APIs come and go).
+    Absent,
+    /// Could not be attached; the reason says why.
+    Failed(String),
+}
+
+/// The plan for one hooked function.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookPlan {
+    /// Which API.
+    #[serde(skip)]
+    pub api: Api,
+    /// The kernel function name gupwatch knows it by.
+    pub function: &'static str,
+    /// The symbol to attach to (differs for compiler clones).
+    pub symbol: Option<String>,
+    /// pin, get or unpin.
+    pub kind: &'static str,
+    /// Parameter names from BTF, when BTF describes the function.
+    pub params: Option<Vec<String>>,
+    /// Argument positions handed to the programs.
+    #[serde(serialize_with = "ser_hook_args")]
+    pub args: HookArgs,
+    /// How it is (or will be) attached.
+    pub mechanism: Option<Mechanism>,
+    /// Why that mechanism, and any fallback taken.
+    pub reason: String,
+    /// Attached or not.
+    pub status: HookStatus,
+}
+
+fn ser_hook_args<S: serde::Serializer>(a: &HookArgs, s: S) -> Result<S::Ok, S::Error> {
+    let idx = |i: u8| (i != ARG_NONE).then_some(i);
+    let mut m = BTreeMap::new();
+    m.insert("count", idx(a.count_idx));
+    m.insert("gup_flags", idx(a.flags_idx));
+    m.insert("start", idx(a.start_idx));
+    m.serialize(s)
+}
+
+/// Where the FOLL_* values came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollSource {
+    /// Enumerators in the kernel's BTF (6.3 and later define them as enums).
+    Btf,
+    /// The `#define` values of 5.8–6.2, which BTF cannot carry.
+    DefineTable,
+}
+
+/// The kernel's gup_flags bit values, by name.
+#[derive(Clone, Debug, Serialize)]
+pub struct FollFlags {
+    /// Where they came from.
+    pub source: FollSource,
+    /// Name → bit value.
+    pub values: BTreeMap<&'static str, u64>,
+}
+
+/// FOLL_* names gupwatch decodes.
+pub const FOLL_NAMES: &[&str] = &[
+    "FOLL_WRITE", "FOLL_GET", "FOLL_DUMP", "FOLL_FORCE", "FOLL_NOWAIT", "FOLL_NOFAULT",
+    "FOLL_HWPOISON", "FOLL_ANON", "FOLL_LONGTERM", "FOLL_SPLIT_PMD", "FOLL_PCI_P2PDMA",
+    "FOLL_INTERRUPTIBLE", "FOLL_HONOR_NUMA_FAULT", "FOLL_TOUCH", "FOLL_TRIED", "FOLL_REMOTE",
+    "FOLL_PIN", "FOLL_FAST_ONLY", "FOLL_UNLOCKABLE", "FOLL_MADV_POPULATE", "FOLL_MIGRATION",
+];
+
+/// The FOLL_* `#define`s of 5.8–6.2 (include/linux/mm.h), used only when
+/// BTF has no FOLL_* enumerators.
+const FOLL_DEFINES: &[(&str, u64)] = &[
+    ("FOLL_WRITE", 0x01), ("FOLL_TOUCH", 0x02), ("FOLL_GET", 0x04), ("FOLL_DUMP", 0x08),
+    ("FOLL_FORCE", 0x10), ("FOLL_NOWAIT", 0x20), ("FOLL_NOFAULT", 0x80),
+    ("FOLL_HWPOISON", 0x100), ("FOLL_MIGRATION", 0x400), ("FOLL_TRIED", 0x800),
+    ("FOLL_REMOTE", 0x2000), ("FOLL_ANON", 0x8000), ("FOLL_LONGTERM", 0x10000),
+    ("FOLL_SPLIT_PMD", 0x20000), ("FOLL_PIN", 0x40000), ("FOLL_FAST_ONLY", 0x80000),
+];
+
+impl FollFlags {
+    fn resolve(btf: Option<&KernelBtf>) -> FollFlags {
+        if let Some(btf) = btf {
+            if btf.enumerator("FOLL_PIN").is_some() {
+                let values = FOLL_NAMES
+                    .iter()
+                    .filter_map(|n| btf.enumerator(n).map(|v| (*n, v as u64)))
+                    .collect();
+                return FollFlags { source: FollSource::Btf, values };
+            }
+        }
+        FollFlags { source: FollSource::DefineTable, values: FOLL_DEFINES.iter().copied().collect() }
+    }
+
+    /// The names of the bits set in `flags`, lowest bit first; unknown bits
+    /// are shown in hex.
+    pub fn decode(&self, flags: u64) -> Vec<String> {
+        let mut by_bit: Vec<(&&str, &u64)> = self.values.iter().collect();
+        by_bit.sort_by_key(|(_, v)| **v);
+        let mut rest = flags;
+        let mut out = vec![];
+        for (name, v) in by_bit {
+            if *v != 0 && flags & v == *v {
+                out.push(name.to_string());
+                rest &= !v;
+            }
+        }
+        if rest != 0 {
+            out.push(format!("{rest:#x}"));
+        }
+        out
+    }
+}
+
+/// What a kernel's GUP users do, derived from which functions it has.
+#[derive(Clone, Debug, Serialize)]
+pub struct Capabilities {
+    /// Block direct I/O pins user pages (FOLL_PIN) rather than taking
+    /// references. True when the kernel has `iov_iter_extract_pages`, which
+    /// arrived (6.3) with that change.
+    pub direct_io_pins: bool,
+    /// Why `direct_io_pins` has its value.
+    pub direct_io_reason: String,
+}
+
+/// The probe plan for the running kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbePlan {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Whether kernel BTF was readable, and the error if not.
+    pub btf: Result<(), String>,
+    /// One entry per API, in [`Api`] order.
+    pub hooks: Vec<HookPlan>,
+    /// gup_flags bit values.
+    pub foll: FollFlags,
+    /// Behaviour derived from the kernel's functions.
+    pub capabilities: Capabilities,
+}
+
+/// Parameter names for the page/folio count, in order of preference.
+const COUNT_PARAMS: &[&str] = &["nr_pages", "npages", "nfolios", "max_folios"];
+
+/// Argument positions when BTF is unavailable: the layout of 6.5 and later
+/// (6.1's extra `vmas` argument comes after the ones read here, except for
+/// `pin_user_pages_remote`'s `locked`, which is not read).
+fn fallback_args(api: Api) -> HookArgs {
+    let a = |count_idx: u8, flags_idx: u8, start_idx: u8, nr_args: u8| HookArgs { count_idx, flags_idx, start_idx, nr_args };
+    match api {
+        Api::PinUserPages | Api::PinUserPagesFast | Api::PinUserPagesFastOnly | Api::GetUserPages
+        | Api::GetUserPagesFast | Api::GetUserPagesFastOnly => a(1, 2, 0, 4),
+        Api::PinUserPagesRemote | Api::GetUserPagesRemote => a(2, 3, 1, 6),
+        Api::PinUserPagesUnlocked | Api::GetUserPagesUnlocked => a(1, 3, 0, 4),
+        Api::MemfdPinFolios => a(4, ARG_NONE, ARG_NONE, 6),
+        Api::UnpinUserPage | Api::UnpinFolio => a(ARG_NONE, ARG_NONE, ARG_NONE, 1),
+        Api::UnpinUserPages | Api::UnpinFolios | Api::UnpinUserFolio => a(1, ARG_NONE, ARG_NONE, 2),
+        Api::UnpinUserPagesDirtyLock | Api::UnpinUserPageRangeDirtyLock => a(1, ARG_NONE, ARG_NONE, 3),
+    }
+}
+
+fn kind_name(k: ApiKind) -> &'static str {
+    match k {
+        ApiKind::Pin => "pin",
+        ApiKind::Get => "get",
+        ApiKind::Unpin => "unpin",
+    }
+}
+
+impl ProbePlan {
+    /// Resolves the plan for the running kernel.
+    pub fn for_running_kernel() -> Result<ProbePlan, crate::kallsyms::KallsymsError> {
+        let btf = crate::btf::KernelBtf::from_sys_fs();
+        let kallsyms = Kallsyms::from_proc()?;
+        Ok(Self::resolve(kernel_release(), btf.as_ref().map_err(|e| e.to_string()), &kallsyms))
+    }
+
+    /// Resolves a plan from already-read kernel facts (pure; unit-tested).
+    pub fn resolve(kernel: String, btf: Result<&KernelBtf, String>, kallsyms: &Kallsyms) -> ProbePlan {
+        let btf_ok = btf.as_ref().ok().copied();
+        let hooks = Api::ALL.iter().map(|&api| Self::resolve_hook(api, btf_ok, kallsyms)).collect();
+        let direct_io_pins = kallsyms.get("iov_iter_extract_pages").is_some();
+        let capabilities = Capabilities {
+            direct_io_pins,
+            direct_io_reason: if direct_io_pins {
+                "the kernel has iov_iter_extract_pages: block direct I/O pins user pages (FOLL_PIN)".into()
+            } else {
+                "the kernel has no iov_iter_extract_pages: block direct I/O takes page references (FOLL_GET via get_user_pages_fast), not pins, so it moves no nr_foll_pin_* counter (pins arrived in 6.3)".into()
+            },
+        };
+        ProbePlan {
+            kernel,
+            btf: btf.map(|_| ()),
+            hooks,
+            foll: FollFlags::resolve(btf_ok),
+            capabilities,
+        }
+    }
+
+    fn resolve_hook(api: Api, btf: Option<&KernelBtf>, kallsyms: &Kallsyms) -> HookPlan {
+        let function = api.symbol();
+        let mut hook = HookPlan {
+            api,
+            function,
+            symbol: None,
+            kind: kind_name(api.kind()),
+            params: None,
+            args: fallback_args(api),
+            mechanism: None,
+            reason: String::new(),
+            status: HookStatus::Planned,
+        };
+        let Some((symbol, sym)) = kallsyms.find_function(function) else {
+            hook.status = HookStatus::Absent;
+            hook.reason = "not in this kernel (/proc/kallsyms)".into();
+            return hook;
+        };
+        hook.symbol = Some(symbol.to_string());
+        let proto = btf.and_then(|b| b.func(function));
+        if let Some(p) = proto {
+            let idx = |names: &[&str]| p.param_index(names).map_or(ARG_NONE, |i| i as u8);
+            hook.args = HookArgs {
+                count_idx: match api {
+                    // One page/folio per call, whatever the parameters.
+                    Api::UnpinUserPage | Api::UnpinFolio => ARG_NONE,
+                    _ => idx(COUNT_PARAMS),
+                },
+                flags_idx: idx(&["gup_flags"]),
+                start_idx: idx(&["start"]),
+                nr_args: p.params.len() as u8,
+            };
+            hook.params = Some(p.params.clone());
+        }
+        let exact = symbol == function;
+        let (mechanism, reason) = match (btf, proto, &sym.module) {
+            (_, _, Some(m)) => (Mechanism::Kprobe, format!("in module {m}: aya cannot put fentry on module functions")),
+            (None, _, _) => (Mechanism::Kprobe, "no kernel BTF: fentry needs it; argument positions assumed from the 6.5+ layout".into()),
+            (Some(_), None, _) => (Mechanism::Kprobe, "not described in BTF (static or inlined): kprobe on the symbol".into()),
+            (Some(_), Some(_), _) if !exact => (Mechanism::Kprobe, format!("only the compiler clone {symbol} exists: kprobe")),
+            (Some(_), Some(p), _) => (
+                Mechanism::Fentry,
+                format!("in BTF with {} arguments: fentry/fexit trampoline", p.params.len()),
+            ),
+        };
+        hook.mechanism = Some(mechanism);
+        hook.reason = reason;
+        hook
+    }
+
+    /// The argument positions for every API, as the programs' global.
+    pub fn hook_args(&self) -> [HookArgs; API_COUNT] {
+        let mut out = [HookArgs::NONE; API_COUNT];
+        for h in &self.hooks {
+            out[h.api as usize] = h.args;
+        }
+        out
+    }
+
+    /// The plan entry for one API.
+    pub fn hook(&self, api: Api) -> &HookPlan {
+        &self.hooks[api as usize]
+    }
+
+    /// Number of attached hooks.
+    pub fn attached(&self) -> usize {
+        self.hooks.iter().filter(|h| h.status == HookStatus::Attached).count()
+    }
+
+    /// Hooks the kernel has but that could not be attached.
+    pub fn failed(&self) -> impl Iterator<Item = &HookPlan> {
+        self.hooks.iter().filter(|h| matches!(h.status, HookStatus::Failed(_)))
+    }
+
+    /// A human-readable table of the plan.
+    pub fn to_table(&self) -> String {
+        let mut out = format!("Probe plan for kernel {}\n", self.kernel);
+        out += &format!(
+            "  BTF: {}\n  FOLL_* values: {} (FOLL_PIN={:#x}, FOLL_LONGTERM={:#x})\n  direct I/O: {}\n\n",
+            match &self.btf {
+                Ok(()) => "/sys/kernel/btf/vmlinux".to_string(),
+                Err(e) => format!("unavailable ({e})"),
+            },
+            match self.foll.source {
+                FollSource::Btf => "from BTF enumerators",
+                FollSource::DefineTable => "from the 5.8-6.2 #define table (not in BTF)",
+            },
+            self.foll.values.get("FOLL_PIN").copied().unwrap_or(0),
+            self.foll.values.get("FOLL_LONGTERM").copied().unwrap_or(0),
+            self.capabilities.direct_io_reason,
+        );
+        out += &format!("  {:<34} {:<6} {:<17} {:<9} {}\n", "FUNCTION", "KIND", "MECHANISM", "STATUS", "WHY");
+        for h in &self.hooks {
+            let (status, extra) = match &h.status {
+                HookStatus::Planned => ("planned", String::new()),
+                HookStatus::Attached => ("attached", String::new()),
+                HookStatus::Absent => ("absent", String::new()),
+                HookStatus::Failed(e) => ("FAILED", format!(" — {e}")),
+            };
+            out += &format!(
+                "  {:<34} {:<6} {:<17} {:<9} {}{}\n",
+                h.function,
+                h.kind,
+                h.mechanism.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                status,
+                h.reason,
+                extra
+            );
+        }
+        out
+    }
+}
+
+/// `uname -r` of the running kernel.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btf::tests::Builder;
+
+    fn kallsyms(names: &[&str]) -> Kallsyms {
+        let text: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{:016x} T {n}\n", 0xffffffff81000000u64 + i as u64 * 16))
+            .collect();
+        Kallsyms::parse(&text)
+    }
+
+    /// A 6.1-like kernel: 7-argument pin_user_pages_remote, #define FOLL_*.
+    fn btf_61() -> KernelBtf {
+        let mut b = Builder::new();
+        let long = b.int();
+        b.func("pin_user_pages_remote", &["mm", "start", "nr_pages", "gup_flags", "pages", "vmas", "locked"], long);
+        b.func("pin_user_pages_unlocked", &["start", "nr_pages", "pages", "gup_flags"], long);
+        b.func("unpin_user_page", &["page"], 0);
+        b.func("unpin_user_pages_dirty_lock", &["pages", "npages", "make_dirty"], 0);
+        KernelBtf::parse(&b.build()).expect("valid")
+    }
+
+    #[test]
+    fn arguments_come_from_btf_parameter_names() {
+        let btf = btf_61();
+        let k = kallsyms(&["pin_user_pages_remote", "pin_user_pages_unlocked", "unpin_user_page", "unpin_user_pages_dirty_lock"]);
+        let plan = ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
+        let remote = plan.hook(Api::PinUserPagesRemote);
+        assert_eq!((remote.args.count_idx, remote.args.flags_idx, remote.args.nr_args), (2, 3, 7));
+        assert_eq!(remote.mechanism, Some(Mechanism::Fentry));
+        let unlocked = plan.hook(Api::PinUserPagesUnlocked);
+        assert_eq!((unlocked.args.count_idx, unlocked.args.flags_idx), (1, 3));
+        assert_eq!(plan.hook(Api::UnpinUserPage).args.count_idx, ARG_NONE);
+        assert_eq!(plan.hook(Api::UnpinUserPagesDirtyLock).args.count_idx, 1);
+        assert_eq!(plan.hook(Api::PinUserPagesFastOnly).status, HookStatus::Absent);
+        assert_eq!(plan.hook_args()[Api::PinUserPagesRemote as usize].count_idx, 2);
+    }
+
+    #[test]
+    fn foll_values_come_from_btf_when_it_has_them() {
+        let k = kallsyms(&[]);
+        let legacy = ProbePlan::resolve("6.1".into(), Ok(&btf_61()), &k);
+        assert_eq!(legacy.foll.source, FollSource::DefineTable);
+        assert_eq!(legacy.foll.values["FOLL_PIN"], 0x40000);
+
+        let mut b = Builder::new();
+        b.enumeration(&[("FOLL_WRITE", 1), ("FOLL_LONGTERM", 1 << 8)]);
+        b.enumeration(&[("FOLL_PIN", 1 << 19), ("FOLL_FAST_ONLY", 1 << 20)]);
+        let btf = KernelBtf::parse(&b.build()).expect("valid");
+        let modern = ProbePlan::resolve("6.12".into(), Ok(&btf), &k);
+        assert_eq!(modern.foll.source, FollSource::Btf);
+        assert_eq!(modern.foll.values["FOLL_PIN"], 1 << 19);
+        assert_eq!(modern.foll.decode((1 << 19) | (1 << 8) | 1 | (1 << 30)), ["FOLL_WRITE", "FOLL_LONGTERM", "FOLL_PIN", "0x40000000"]);
+    }
+
+    #[test]
+    fn without_btf_everything_present_is_a_kprobe() {
+        let k = kallsyms(&["pin_user_pages_fast", "unpin_user_page"]);
+        let plan = ProbePlan::resolve("x".into(), Err("no BTF".into()), &k);
+        let fast = plan.hook(Api::PinUserPagesFast);
+        assert_eq!(fast.mechanism, Some(Mechanism::Kprobe));
+        assert_eq!(fast.args.count_idx, 1);
+        assert!(fast.reason.contains("no kernel BTF"));
+        assert!(!plan.capabilities.direct_io_pins);
+    }
+
+    #[test]
+    fn direct_io_capability_follows_iov_iter_extract_pages() {
+        let plan = ProbePlan::resolve("x".into(), Err("none".into()), &kallsyms(&["iov_iter_extract_pages"]));
+        assert!(plan.capabilities.direct_io_pins);
+    }
+}

@@ -1,0 +1,55 @@
+//! Reads the in-kernel aggregation maps into a [`Snapshot`].
+//!
+//! The programs aggregate per CPU; a read sums the CPUs. Reading costs one
+//! syscall per API and never stalls the probes.
+
+use aya::maps::{MapData, PerCpuArray};
+use gup_common::{ApiStats, API_COUNT, DIAG_COUNT};
+
+use crate::model::Snapshot;
+
+/// Errors reading the maps.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read gupwatch's BPF map {map}: {source}")]
+pub struct ReadError {
+    /// Which map.
+    pub map: &'static str,
+    /// The error from the map.
+    #[source]
+    pub source: aya::maps::MapError,
+}
+
+/// Handles on the maps user space reads.
+pub struct StatsMaps {
+    api_stats: PerCpuArray<MapData, ApiStats>,
+    diag: PerCpuArray<MapData, u64>,
+}
+
+impl StatsMaps {
+    /// Takes the maps out of a loaded object.
+    pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<StatsMaps, String> {
+        let mut get = |name: &str| ebpf.take_map(name).ok_or_else(|| format!("map {name} missing"));
+        let api_stats = PerCpuArray::try_from(get("API_STATS")?).map_err(|e| e.to_string())?;
+        let diag = PerCpuArray::try_from(get("DIAG")?).map_err(|e| e.to_string())?;
+        Ok(StatsMaps { api_stats, diag })
+    }
+
+    /// Reads and sums every counter.
+    pub fn snapshot(&self) -> Result<Snapshot, ReadError> {
+        let mut snap = Snapshot::default();
+        for i in 0..API_COUNT {
+            let per_cpu = self
+                .api_stats
+                .get(&(i as u32), 0)
+                .map_err(|source| ReadError { map: "API_STATS", source })?;
+            for cpu in per_cpu.iter() {
+                crate::model::accumulate(&mut snap.apis[i], cpu);
+            }
+        }
+        for i in 0..DIAG_COUNT {
+            let per_cpu = self.diag.get(&(i as u32), 0).map_err(|source| ReadError { map: "DIAG", source })?;
+            snap.diag[i] = per_cpu.iter().sum();
+        }
+        Ok(snap)
+    }
+}
