@@ -8,7 +8,7 @@
 #![deny(missing_docs)]
 
 /// Number of hooked GUP entry points; the length of [`Api::ALL`].
-pub const API_COUNT: usize = 18;
+pub const API_COUNT: usize = 19;
 
 /// Number of log2 latency buckets per API. Bucket `i` counts calls whose
 /// duration `d` in nanoseconds satisfies `2^i <= d < 2^(i+1)` (bucket 0 also
@@ -33,6 +33,9 @@ pub enum ApiKind {
     /// Releases FOLL_PIN pins (`unpin_user_page*`, `unpin_folio*`). These are
     /// what `nr_foll_pin_released` counts.
     Unpin = 2,
+    /// The slow path a `*_fast` call falls back to. Not an entry point: it
+    /// only tells where the lock-free walk stopped.
+    SlowPath = 3,
 }
 
 macro_rules! apis {
@@ -110,6 +113,20 @@ apis! {
     UnpinFolios = 16, "unpin_folios", Unpin;
     /// `unpin_user_folio()` (6.11+): `npages` pins of one folio.
     UnpinUserFolio = 17, "unpin_user_folio", Unpin;
+    /// `__gup_longterm_locked()`: the slow path every GUP call ends in. Its
+    /// `start` argument inside a `*_fast` call says how far the lock-free
+    /// walk got.
+    GupSlowPath = 18, "__gup_longterm_locked", SlowPath;
+}
+
+impl Api {
+    /// Whether this API walks page tables lock-free before any slow path.
+    pub const fn has_fast_path(self) -> bool {
+        matches!(
+            self,
+            Api::PinUserPagesFast | Api::PinUserPagesFastOnly | Api::GetUserPagesFast | Api::GetUserPagesFastOnly
+        )
+    }
 }
 
 /// Where a hooked function keeps the arguments the programs read, resolved by
@@ -174,6 +191,19 @@ pub struct ApiStats {
     pub untimed_calls: u64,
     /// Sum of call durations in nanoseconds (timed calls only).
     pub latency_ns_sum: u64,
+    /// Pin/get: pages the lock-free fast walk took.
+    pub fast_pages: u64,
+    /// Pin/get: pages the slow path took (every page of a non-fast API).
+    pub slow_pages: u64,
+    /// Pin/get of a fast API whose entry was not seen, so the split is
+    /// unknown. `fast_pages + slow_pages + unsplit_pages == pages`.
+    pub unsplit_pages: u64,
+    /// Fast-API calls that fell back to the slow path.
+    pub fell_back_calls: u64,
+    /// Pin/get calls with FOLL_LONGTERM.
+    pub longterm_calls: u64,
+    /// Pages those calls returned.
+    pub longterm_pages: u64,
     /// log2 histogram of call durations; see [`LATENCY_BUCKETS`].
     pub latency_log2: [u64; LATENCY_BUCKETS],
 }
@@ -191,6 +221,12 @@ impl ApiStats {
         nested_calls: 0,
         untimed_calls: 0,
         latency_ns_sum: 0,
+        fast_pages: 0,
+        slow_pages: 0,
+        unsplit_pages: 0,
+        fell_back_calls: 0,
+        longterm_calls: 0,
+        longterm_pages: 0,
         latency_log2: [0; LATENCY_BUCKETS],
     };
 }
@@ -210,6 +246,13 @@ pub struct Inflight {
     pub requested: u64,
     /// `gup_flags`, or 0 when the function has none.
     pub gup_flags: u64,
+    /// The user address the call starts at, or 0 when unknown.
+    pub start: u64,
+    /// Where the slow path started inside this call, or 0 if it was not
+    /// entered (set by the [`Api::GupSlowPath`] hook).
+    pub slow_start: u64,
+    /// Kernel stack id at entry (negative: not captured).
+    pub stack_id: i64,
 }
 
 /// Index of each counter in the per-CPU diagnostics array.
@@ -220,10 +263,58 @@ pub enum Diag {
     InflightFull = 0,
     /// An argument could not be read (kprobe register read failed).
     ArgReadFailed = 1,
+    /// A call could not be attributed: the attribution map was full. Its
+    /// pages are still in the per-API totals.
+    AttribFull = 2,
+    /// A kernel stack could not be captured (stack map full or collision).
+    StackLost = 3,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 2;
+pub const DIAG_COUNT: usize = 4;
+
+/// Capacity of the attribution map: (process, API, call stack) triples.
+pub const ATTRIB_CAPACITY: u32 = 16384;
+
+/// Capacity of the kernel stack map.
+pub const STACK_CAPACITY: u32 = 4096;
+
+/// Capacity of the errno map: distinct (API, errno) pairs.
+pub const ERRNO_CAPACITY: u32 = 1024;
+
+/// Key of the attribution map: who called which API from where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct AttribKey {
+    /// Process (thread group) id.
+    pub tgid: u32,
+    /// [`Api`] index.
+    pub api: u32,
+    /// Kernel stack id in the stack map, or negative when not captured.
+    pub stack_id: i64,
+}
+
+/// Value of the attribution map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct AttribValue {
+    /// Calls.
+    pub calls: u64,
+    /// Pages pinned/referenced (pin/get) or released (unpin).
+    pub pages: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Pages the fast walk took.
+    pub fast_pages: u64,
+    /// Pages the slow path took.
+    pub slow_pages: u64,
+    /// Pages pinned with FOLL_LONGTERM.
+    pub longterm_pages: u64,
+    /// cgroup v2 id of the first caller.
+    pub cgroup_id: u64,
+    /// `comm` of the first caller.
+    pub comm: [u8; 16],
+}
 
 /// Capacity of the in-flight map: threads inside a hooked call at once.
 pub const INFLIGHT_CAPACITY: u32 = 8192;
@@ -251,6 +342,10 @@ mod pod {
     unsafe impl aya::Pod for super::HookArgs {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Inflight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AttribKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AttribValue {}
 }
 
 #[cfg(test)]

@@ -24,23 +24,32 @@ use core::{
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        gen::{bpf_get_func_arg, bpf_get_func_ret},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_ret},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, StackTrace},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use gup_common::{
-    latency_bucket, Api, ApiKind, ApiStats, Diag, HookArgs, Inflight, API_COUNT, ARG_NONE,
-    DIAG_COUNT, INFLIGHT_CAPACITY,
+    latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
+    API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY, INFLIGHT_CAPACITY,
+    STACK_CAPACITY,
 };
+
+/// x86-64 base page size, as a shift.
+const PAGE_SHIFT: u64 = 12;
 
 /// Where each API keeps its arguments on the running kernel; written by the
 /// loader before load, read-only (and so constant to the verifier) after.
 #[no_mangle]
 static HOOK_ARGS: [HookArgs; API_COUNT] = [HookArgs::NONE; API_COUNT];
+
+/// The running kernel's FOLL_LONGTERM bit (it moved in 6.3); 0 disables
+/// LONGTERM accounting.
+#[no_mangle]
+static FOLL_LONGTERM: u64 = 0;
 
 /// Per-API counters, summed over CPUs by user space.
 #[map]
@@ -55,6 +64,21 @@ static DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32,
 /// counted twice.
 #[map]
 static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+/// Who called what from where: per (process, API, kernel stack) counters.
+/// Bounded; when full, calls are still in `API_STATS` and `Diag::AttribFull`
+/// counts what could not be attributed.
+#[map]
+static ATTRIB: HashMap<AttribKey, AttribValue> = HashMap::with_max_entries(ATTRIB_CAPACITY, 0);
+
+/// Kernel call stacks at entry to a hooked function.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(STACK_CAPACITY, 0);
+
+/// Failed calls per API and errno, keyed `api << 16 | errno`. Sparse:
+/// errors are rare, so user space reads a handful of entries, not a table.
+#[map]
+static ERRNOS: HashMap<u32, u64> = HashMap::with_max_entries(ERRNO_CAPACITY, 0);
 
 /// Reads the arguments and return value of the hooked function.
 trait CallArgs {
@@ -160,9 +184,92 @@ fn record_latency(s: &mut ApiStats, start_ns: u64) {
 }
 
 #[inline(always)]
-fn on_entry<A: CallArgs>(api: Api, a: &A) {
+fn foll_longterm() -> u64 {
+    // SAFETY: as in `hook_args`.
+    unsafe { core::ptr::read_volatile(&FOLL_LONGTERM) }
+}
+
+#[inline(always)]
+fn stack_id<C: EbpfContext>(ctx: &C) -> i64 {
+    // SAFETY: the context is the program's own; flags 0 = kernel stack.
+    match unsafe { STACKS.get_stackid(ctx, 0) } {
+        Ok(id) => id,
+        Err(_) => {
+            diag(Diag::StackLost);
+            -1
+        }
+    }
+}
+
+/// Adds one call to the attribution map.
+#[inline(always)]
+fn attribute(tgid: u32, api: Api, stack_id: i64, delta: &AttribValue) {
+    let key = AttribKey { tgid, api: api as u32, stack_id };
+    let mut v = attrib_entry(&key);
+    if v.is_none() {
+        let fresh = AttribValue {
+            calls: 0,
+            pages: 0,
+            errors: 0,
+            fast_pages: 0,
+            slow_pages: 0,
+            longterm_pages: 0,
+            // SAFETY: no preconditions.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        // BPF_NOEXIST: another CPU may have inserted the key meanwhile.
+        let _ = ATTRIB.insert(&key, &fresh, 1);
+        v = attrib_entry(&key);
+    }
+    let Some(v) = v else {
+        diag(Diag::AttribFull);
+        return;
+    };
+    add(&mut v.calls, delta.calls);
+    add(&mut v.pages, delta.pages);
+    add(&mut v.errors, delta.errors);
+    add(&mut v.fast_pages, delta.fast_pages);
+    add(&mut v.slow_pages, delta.slow_pages);
+    add(&mut v.longterm_pages, delta.longterm_pages);
+}
+
+#[inline(always)]
+fn attrib_entry(key: &AttribKey) -> Option<&'static mut AttribValue> {
+    // SAFETY: hash map values live until deleted; gupwatch never deletes
+    // attribution entries while the programs run.
+    ATTRIB.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+const ZERO_ATTRIB: AttribValue = AttribValue {
+    calls: 0,
+    pages: 0,
+    errors: 0,
+    fast_pages: 0,
+    slow_pages: 0,
+    longterm_pages: 0,
+    cgroup_id: 0,
+    comm: [0; 16],
+};
+
+#[inline(always)]
+fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     let tid = bpf_get_current_pid_tgid();
+    let tgid = (tid >> 32) as u32;
     let args = hook_args(api);
+    if api.kind() == ApiKind::SlowPath {
+        // Inside a fast-path call: remember where the slow path took over.
+        if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
+            // SAFETY: a live map value of this thread's own record.
+            let rec = unsafe { &mut *rec };
+            if rec.slow_start == 0 {
+                if let Some(start) = a.arg(args.start_idx) {
+                    rec.slow_start = start.max(1);
+                }
+            }
+        }
+        return;
+    }
     let count = if args.count_idx == ARG_NONE {
         1
     } else {
@@ -176,34 +283,30 @@ fn on_entry<A: CallArgs>(api: Api, a: &A) {
     };
     if api.kind() == ApiKind::Unpin {
         // SAFETY: the value is only read.
-        if let Some(outer) = unsafe { INFLIGHT.get(&tid) } {
-            match Api::from_index(outer.api) {
-                Some(outer_api) if outer_api.kind() == ApiKind::Unpin => {
-                    // The outer unpin already counted these pages.
-                    if let Some(s) = stats(api) {
-                        add(&mut s.nested_calls, 1);
-                    }
-                    return;
+        let outer = unsafe { INFLIGHT.get(&tid) }.and_then(|o| Api::from_index(o.api));
+        if let Some(outer_api) = outer {
+            if outer_api.kind() == ApiKind::Unpin {
+                // The outer unpin already counted these pages.
+                if let Some(s) = stats(api) {
+                    add(&mut s.nested_calls, 1);
                 }
-                Some(outer_api) => {
-                    // Pins released inside a pin call: real releases, and
-                    // pins the kernel counted as acquired although the call
-                    // does not return them.
-                    if let Some(s) = stats(outer_api) {
-                        add(&mut s.undone_pages, count);
-                    }
-                    if let Some(s) = stats(api) {
-                        add(&mut s.calls, 1);
-                        add(&mut s.pages, count);
-                    }
-                    return;
-                }
-                None => {}
+                return;
+            }
+            // Pins released inside a pin call: real releases, and pins the
+            // kernel counted as acquired although the call does not return
+            // them.
+            if let Some(s) = stats(outer_api) {
+                add(&mut s.undone_pages, count);
             }
         }
         if let Some(s) = stats(api) {
             add(&mut s.calls, 1);
             add(&mut s.pages, count);
+        }
+        let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
+        attribute(tgid, api, stack_id(ctx), &delta);
+        if outer.is_some() {
+            return;
         }
     }
     let rec = Inflight {
@@ -213,41 +316,106 @@ fn on_entry<A: CallArgs>(api: Api, a: &A) {
         start_ns: unsafe { bpf_ktime_get_ns() },
         requested: count,
         gup_flags: a.arg(args.flags_idx).unwrap_or(0),
+        start: a.arg(args.start_idx).unwrap_or(0),
+        slow_start: 0,
+        stack_id: if api.kind() == ApiKind::Unpin { -1 } else { stack_id(ctx) },
     };
     if INFLIGHT.insert(&tid, &rec, 0).is_err() {
         diag(Diag::InflightFull);
     }
 }
 
+const EMPTY_INFLIGHT: Inflight = Inflight {
+    api: u32::MAX,
+    _pad: 0,
+    start_ns: 0,
+    requested: 0,
+    gup_flags: 0,
+    start: 0,
+    slow_start: 0,
+    stack_id: -1,
+};
+
 #[inline(always)]
 fn on_exit<A: CallArgs>(api: Api, a: &A) {
     let tid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let rec = unsafe { INFLIGHT.get(&tid) }
-        .copied()
-        .filter(|r| r.api == api as u32);
+    // Copied into a record that is initialised on every path: 6.1's
+    // verifier rejects reads of uninitialised stack, and an Option<Inflight>
+    // lets the compiler read the fields before checking the tag.
+    let mut r = EMPTY_INFLIGHT;
+    let mut have = false;
+    if let Some(p) = INFLIGHT.get_ptr(&tid) {
+        // SAFETY: a live map value; copied before the entry is removed.
+        let v = unsafe { core::ptr::read_volatile(p) };
+        if v.api == api as u32 {
+            r = v;
+            have = true;
+        }
+    }
     let Some(s) = stats(api) else { return };
-    if api.kind() != ApiKind::Unpin {
+    if api.kind() == ApiKind::Pin || api.kind() == ApiKind::Get {
         let ret = a.ret().unwrap_or(0);
         add(&mut s.calls, 1);
+        let pages = if ret > 0 { ret as u64 } else { 0 };
+        let mut delta = AttribValue { calls: 1, pages, ..ZERO_ATTRIB };
         if ret > 0 {
-            add(&mut s.pages, ret as u64);
+            add(&mut s.pages, pages);
         } else if ret == 0 {
             add(&mut s.zero_calls, 1);
         } else {
             add(&mut s.errors, 1);
+            delta.errors = 1;
+            let key = (api as u32) << 16 | ((-ret) as u32 & 0xffff);
+            if ERRNOS.get_ptr_mut(&key).is_none() {
+                // BPF_NOEXIST: another CPU may have inserted it meanwhile.
+                let _ = ERRNOS.insert(&key, &0, 1);
+            }
+            if let Some(slot) = ERRNOS.get_ptr_mut(&key) {
+                // SAFETY: hash values live until deleted; we never delete.
+                add(unsafe { &mut *slot }, 1);
+            }
         }
-        match rec {
-            Some(r) => {
+        match have {
+            true => {
                 add(&mut s.requested_pages, r.requested);
-                if ret > 0 && (ret as u64) < r.requested {
+                if ret > 0 && pages < r.requested {
                     add(&mut s.short_calls, 1);
                 }
+                if api.has_fast_path() {
+                    let fast = if r.slow_start == 0 {
+                        pages
+                    } else {
+                        add(&mut s.fell_back_calls, 1);
+                        (r.slow_start.saturating_sub(r.start) >> PAGE_SHIFT).min(pages)
+                    };
+                    delta.fast_pages = fast;
+                    delta.slow_pages = pages - fast;
+                } else {
+                    delta.slow_pages = pages;
+                }
+                let lt = foll_longterm();
+                if lt != 0 && r.gup_flags & lt != 0 {
+                    add(&mut s.longterm_calls, 1);
+                    add(&mut s.longterm_pages, pages);
+                    delta.longterm_pages = pages;
+                }
+                add(&mut s.fast_pages, delta.fast_pages);
+                add(&mut s.slow_pages, delta.slow_pages);
+                attribute((tid >> 32) as u32, api, r.stack_id, &delta);
             }
-            None => add(&mut s.untimed_calls, 1),
+            false => {
+                add(&mut s.untimed_calls, 1);
+                if api.has_fast_path() {
+                    add(&mut s.unsplit_pages, pages);
+                } else {
+                    add(&mut s.slow_pages, pages);
+                    delta.slow_pages = pages;
+                }
+                attribute((tid >> 32) as u32, api, -1, &delta);
+            }
         }
     }
-    if let Some(r) = rec {
+    if have {
         record_latency(s, r.start_ns);
         let _ = INFLIGHT.remove(&tid);
     }
@@ -257,7 +425,7 @@ macro_rules! hooks {
     ($($api:ident: $fe:ident, $fx:ident, $kp:ident, $kr:ident;)*) => {$(
         #[fentry]
         pub fn $fe(ctx: FEntryContext) -> i32 {
-            on_entry(Api::$api, &Trampoline(ctx.as_ptr()));
+            on_entry(Api::$api, &ctx, &Trampoline(ctx.as_ptr()));
             0
         }
 
@@ -270,7 +438,7 @@ macro_rules! hooks {
         #[kprobe]
         pub fn $kp(ctx: ProbeContext) -> u32 {
             match Regs::read(ctx.regs) {
-                Some(regs) => on_entry(Api::$api, &regs),
+                Some(regs) => on_entry(Api::$api, &ctx, &regs),
                 None => diag(Diag::ArgReadFailed),
             }
             0
@@ -308,6 +476,7 @@ hooks! {
     UnpinFolio: fe_15, fx_15, kp_15, kr_15;
     UnpinFolios: fe_16, fx_16, kp_16, kr_16;
     UnpinUserFolio: fe_17, fx_17, kp_17, kr_17;
+    GupSlowPath: fe_18, fx_18, kp_18, kr_18;
 }
 
 #[cfg(not(test))]

@@ -12,6 +12,8 @@ use gup_common::Api;
 use serde::Serialize;
 
 use crate::{
+    attribution::{self, Subsystem},
+    kallsyms::Kallsyms,
     loader::Probes,
     model::Snapshot,
     plan::ProbePlan,
@@ -67,6 +69,19 @@ pub struct ScenarioReport {
     pub pin_calls: u64,
     /// Calls to unpin functions.
     pub unpin_calls: u64,
+    /// FOLL_PIN pages the lock-free fast walk took.
+    pub fast_pages: u64,
+    /// FOLL_PIN pages the slow path took.
+    pub slow_pages: u64,
+    /// FOLL_PIN pages pinned with FOLL_LONGTERM.
+    pub longterm_pages: u64,
+    /// The subsystem that pinned (or, if nothing was pinned, released) most
+    /// of the scenario's pages, from the kernel call stacks.
+    pub subsystem: Option<Subsystem>,
+    /// The kernel function that called into GUP for most of those pages.
+    pub caller: Option<String>,
+    /// Failed GUP calls by function and errno name.
+    pub errors: BTreeMap<String, u64>,
     /// Per-function breakdown (functions that saw calls only).
     pub apis: BTreeMap<&'static str, ApiDelta>,
     /// Why the numbers are what they are, when that needs saying.
@@ -84,6 +99,8 @@ pub struct CheckReport {
     pub hooks_attached: usize,
     /// Hooks the kernel has that could not be attached.
     pub hooks_failed: Vec<String>,
+    /// Whether fast/slow splits are measured (the slow-path hook attached).
+    pub fast_path_split: bool,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioReport>,
     /// Every scenario exact.
@@ -100,15 +117,18 @@ fn settle_options() -> vmstat::SettleOptions {
 
 /// Runs every built-in scenario against attached probes.
 pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
+    // Symbols for naming callers; without them callers show as unknown.
+    let kallsyms = Kallsyms::from_proc().unwrap_or_default();
     let mut reports = vec![];
     for mut scenario in scenarios::builtin(scratch) {
-        reports.push(run_one(probes, scenario.as_mut())?);
+        reports.push(run_one(probes, &kallsyms, scenario.as_mut())?);
     }
     let plan = &probes.plan;
     Ok(CheckReport {
         kernel: plan.kernel.clone(),
         hooks_attached: plan.attached(),
         hooks_failed: plan.failed().map(|h| h.function.to_string()).collect(),
+        fast_path_split: plan.splits_fast_path(),
         exact: reports.iter().all(|r| r.exact),
         scenarios: reports,
     })
@@ -130,7 +150,7 @@ fn quiet_snapshot(probes: &Probes) -> Result<(Snapshot, FollPinCounters), CheckE
     }
 }
 
-fn run_one(probes: &Probes, s: &mut dyn Scenario) -> Result<ScenarioReport, CheckError> {
+fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result<ScenarioReport, CheckError> {
     let pins_expected = pins_expected(&probes.plan, s.pin_path());
     let mut report = ScenarioReport {
         name: s.name().to_string(),
@@ -144,6 +164,12 @@ fn run_one(probes: &Probes, s: &mut dyn Scenario) -> Result<ScenarioReport, Chec
         pins_expected,
         pin_calls: 0,
         unpin_calls: 0,
+        fast_pages: 0,
+        slow_pages: 0,
+        longterm_pages: 0,
+        subsystem: None,
+        caller: None,
+        errors: BTreeMap::new(),
         apis: BTreeMap::new(),
         note: String::new(),
         error: None,
@@ -172,11 +198,22 @@ fn run_one(probes: &Probes, s: &mut dyn Scenario) -> Result<ScenarioReport, Chec
     report.unpin_calls = totals.unpin_calls;
     report.vmstat_acquired = vm.acquired;
     report.vmstat_released = vm.released;
+    report.fast_pages = totals.fast_pages;
+    report.slow_pages = totals.slow_pages;
+    report.longterm_pages = totals.longterm_pages;
     for api in Api::ALL {
         let a = delta.api(api);
         if a.calls > 0 || a.nested_calls > 0 {
             report.apis.insert(api.symbol(), ApiDelta { calls: a.calls, pages: a.pages });
         }
+        for (errno, n) in delta.errnos_of(api) {
+            report.errors.insert(format!("{}:{}", api.symbol(), errno_name(errno)), n);
+        }
+    }
+    let rows = attribution::resolve(&delta.attrib, kallsyms, |id| probes.maps.stack(id));
+    if let Some((sub, caller)) = dominant(&rows) {
+        report.subsystem = Some(sub);
+        report.caller = Some(caller);
     }
     if let Err(e) = ran {
         report.error = Some(format!("run: {e}"));
@@ -195,6 +232,40 @@ fn run_one(probes: &Probes, s: &mut dyn Scenario) -> Result<ScenarioReport, Chec
     Ok(report)
 }
 
+/// The subsystem and caller behind most pinned pages (or, when nothing was
+/// pinned, most released pages; or, failing that, most calls).
+fn dominant(rows: &[attribution::Row]) -> Option<(Subsystem, String)> {
+    let kind = |api: &str| Api::ALL.iter().find(|a| a.symbol() == api).map(|a| a.kind());
+    let weight = |want: gup_common::ApiKind, by_calls: bool| {
+        let mut by: BTreeMap<(Subsystem, String), u64> = BTreeMap::new();
+        for r in rows.iter().filter(|r| kind(r.api) == Some(want)) {
+            *by.entry((r.caller.subsystem, r.caller.function.clone())).or_default() += if by_calls { r.calls } else { r.pages };
+        }
+        by.into_iter().filter(|(_, w)| *w > 0).max_by_key(|(_, w)| *w).map(|(k, _)| k)
+    };
+    use gup_common::ApiKind::{Pin, Unpin};
+    weight(Pin, false).or_else(|| weight(Unpin, false)).or_else(|| weight(Pin, true))
+}
+
+/// The symbolic name of an errno, for reports.
+pub fn errno_name(errno: u32) -> String {
+    let name = match errno as i32 {
+        libc::EPERM => "EPERM",
+        libc::EINTR => "EINTR",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EHWPOISON => "EHWPOISON",
+        512 => "ERESTARTSYS",
+        _ => return format!("errno{errno}"),
+    };
+    name.to_string()
+}
+
 /// Whether a scenario's path pins pages on this kernel.
 fn pins_expected(plan: &ProbePlan, path: PinPath) -> bool {
     match path {
@@ -207,8 +278,8 @@ impl CheckReport {
     /// A human-readable table.
     pub fn to_table(&self) -> String {
         let mut out = format!(
-            "gupwatch check on kernel {} ({} hooks attached)\n\n{:<30} {:>7} {:>9} {:>9} {:>9} {:>6}  {}\n",
-            self.kernel, self.hooks_attached, "SCENARIO", "PINNED", "UNPINNED", "VM ACQ", "VM REL", "EXACT", "NOTE"
+            "gupwatch check on kernel {} ({} hooks attached)\n\n{:<30} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}  {:<11} {}\n",
+            self.kernel, self.hooks_attached, "SCENARIO", "PINNED", "UNPINNED", "VM ACQ", "VM REL", "EXACT", "FAST", "SLOW", "SUBSYSTEM", "NOTE"
         );
         for r in &self.scenarios {
             let note = match &r.error {
@@ -216,13 +287,16 @@ impl CheckReport {
                 None => r.note.clone(),
             };
             out += &format!(
-                "{:<30} {:>7} {:>9} {:>9} {:>9} {:>6}  {}\n",
+                "{:<30} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}  {:<11} {}\n",
                 r.name,
                 r.pinned_pages,
                 r.unpinned_pages,
                 r.vmstat_acquired,
                 r.vmstat_released,
                 if r.exact { "yes" } else { "NO" },
+                r.fast_pages,
+                r.slow_pages,
+                r.subsystem.map_or("-", |s| s.as_str()),
                 note
             );
         }

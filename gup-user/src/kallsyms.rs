@@ -27,6 +27,8 @@ pub struct Symbol {
 #[derive(Clone, Debug, Default)]
 pub struct Kallsyms {
     text: HashMap<String, Symbol>,
+    /// (address, name) sorted by address, for symbolization.
+    by_addr: Vec<(u64, String)>,
 }
 
 impl Kallsyms {
@@ -39,6 +41,7 @@ impl Kallsyms {
     /// is the kernel's, and one odd line must not hide the rest.
     pub fn parse(text: &str) -> Kallsyms {
         let mut syms = HashMap::new();
+        let mut by_addr = Vec::new();
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
@@ -51,10 +54,14 @@ impl Kallsyms {
                 .next()
                 .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
             let addr = u64::from_str_radix(addr, 16).unwrap_or(0);
+            if addr != 0 {
+                by_addr.push((addr, name.to_string()));
+            }
             // The first definition wins: vmlinux precedes modules.
             syms.entry(name.to_string()).or_insert(Symbol { addr, module });
         }
-        Kallsyms { text: syms }
+        by_addr.sort_unstable();
+        Kallsyms { text: syms, by_addr }
     }
 
     /// The symbol with exactly this name.
@@ -74,6 +81,14 @@ impl Kallsyms {
             .filter(|(k, _)| k.starts_with(&prefix))
             .min_by(|a, b| a.0.cmp(b.0))
             .map(|(k, s)| (k.as_str(), s))
+    }
+
+    /// The function containing `addr` and the offset into it. `None` when
+    /// addresses are hidden (kptr_restrict) or `addr` precedes every symbol.
+    pub fn symbolize(&self, addr: u64) -> Option<(&str, u64)> {
+        let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
+        let (base, name) = self.by_addr.get(i.checked_sub(1)?)?;
+        Some((name.as_str(), addr - base))
     }
 
     /// Whether any module symbol of this module is loaded.
@@ -117,6 +132,14 @@ garbage
         );
         assert!(k.has_module("i915"));
         assert!(!k.has_module("amdgpu"));
+    }
+
+    #[test]
+    fn symbolizes_addresses() {
+        let k = Kallsyms::parse(SAMPLE);
+        assert_eq!(k.symbolize(0xffffffff815f0535), Some(("unpin_user_page", 5)));
+        assert_eq!(k.symbolize(0xffffffff815f3de0), Some(("pin_user_pages_fast", 0)));
+        assert_eq!(k.symbolize(0x1000), None);
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub struct Probes {
 pub fn load(mut plan: ProbePlan) -> Result<Probes, LoadError> {
     raise_memlock_limit();
     let hook_args = plan.hook_args();
-    let mut ebpf = EbpfLoader::new().set_global("HOOK_ARGS", &hook_args, true).load(EBPF_OBJECT)?;
+    let foll_longterm = plan.foll_longterm();
+    let mut ebpf = EbpfLoader::new()
+        .set_global("HOOK_ARGS", &hook_args, true)
+        .set_global("FOLL_LONGTERM", &foll_longterm, true)
+        .load(EBPF_OBJECT)?;
     let btf = Btf::from_sys_fs().ok();
 
     for hook in plan.hooks.iter_mut() {
@@ -54,25 +58,30 @@ pub fn load(mut plan: ProbePlan) -> Result<Probes, LoadError> {
             continue;
         };
         let idx = hook.api as u32;
+        // The slow-path hook only marks where a fast call fell back: no exit.
+        let with_exit = hook.api.kind() != gup_common::ApiKind::SlowPath;
         let result = match (mechanism, &btf) {
-            (Mechanism::Fentry, Some(btf)) => match attach_fentry(&mut ebpf, idx, &symbol, btf) {
+            (Mechanism::Fentry, Some(btf)) => match attach_fentry(&mut ebpf, idx, &symbol, btf, with_exit) {
                 Ok(()) => Ok(Mechanism::Fentry),
                 Err(e) => {
-                    let fentry_err = describe(&e);
+                    let fentry_err = describe(&e, &format!("{}-fentry", hook.function));
                     detach(&mut ebpf, idx, Mechanism::Fentry);
-                    match attach_kprobe(&mut ebpf, idx, &symbol) {
+                    match attach_kprobe(&mut ebpf, idx, &symbol, with_exit) {
                         Ok(()) => {
                             hook.reason = format!("fentry refused ({fentry_err}): fell back to kprobe");
                             Ok(Mechanism::Kprobe)
                         }
-                        Err(k) => Err(format!("fentry: {fentry_err}; kprobe: {}", describe(&k))),
+                        Err(k) => Err(format!(
+                            "fentry: {fentry_err}; kprobe: {}",
+                            describe(&k, &format!("{}-kprobe", hook.function))
+                        )),
                     }
                 }
             },
             (Mechanism::Fentry, None) => Err("fentry planned but kernel BTF could not be loaded".into()),
-            (Mechanism::Kprobe, _) => attach_kprobe(&mut ebpf, idx, &symbol)
+            (Mechanism::Kprobe, _) => attach_kprobe(&mut ebpf, idx, &symbol, with_exit)
                 .map(|()| Mechanism::Kprobe)
-                .map_err(|e| format!("kprobe: {}", describe(&e))),
+                .map_err(|e| format!("kprobe: {}", describe(&e, &format!("{}-kprobe", hook.function)))),
         };
         match result {
             Ok(m) => {
@@ -93,8 +102,8 @@ fn prog_name(prefix: &str, idx: u32) -> String {
     format!("{prefix}_{idx}")
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf) -> Result<(), ProgramError> {
-    {
+fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf, with_exit: bool) -> Result<(), ProgramError> {
+    if with_exit {
         let fx: &mut FExit = program(ebpf, &prog_name("fx", idx))?.try_into()?;
         fx.load(symbol, btf)?;
         fx.attach()?;
@@ -105,8 +114,8 @@ fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf) -> Result<(
     Ok(())
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, idx: u32, symbol: &str) -> Result<(), ProgramError> {
-    {
+fn attach_kprobe(ebpf: &mut Ebpf, idx: u32, symbol: &str, with_exit: bool) -> Result<(), ProgramError> {
+    if with_exit {
         let kr: &mut KProbe = program(ebpf, &prog_name("kr", idx))?.try_into()?;
         kr.load()?;
         kr.attach(symbol, 0)?;
@@ -150,16 +159,31 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 }
 
 /// One line for an attach error, with the verifier log's last lines when
-/// the verifier said no.
-fn describe(e: &ProgramError) -> String {
+/// the verifier said no. The whole log is saved to a file the line names.
+fn describe(e: &ProgramError, what: &str) -> String {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+            let saved = save_verifier_log(what, &log);
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    let l = l.trim();
+                    !l.is_empty()
+                        && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
+                        && !l.starts_with("processed ")
+                })
+                .rev()
+                .take(3)
+                .collect();
             if tail.is_empty() {
                 format!("program load refused: {io_error}")
             } else {
-                format!("verifier refused the program: {io_error}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+                format!(
+                    "verifier refused the program: {io_error}: {}{saved}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )
             }
         }
         other => {
@@ -171,6 +195,20 @@ fn describe(e: &ProgramError) -> String {
             }
             s
         }
+    }
+}
+
+/// Writes a verifier log to `$GUPWATCH_LOG_DIR` (default: the temp dir)
+/// and returns " (full log: PATH)", or "" if it could not be written.
+fn save_verifier_log(what: &str, log: &str) -> String {
+    if log.trim().is_empty() {
+        return String::new();
+    }
+    let dir = std::env::var_os("GUPWATCH_LOG_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("gupwatch-verifier-{what}.log"));
+    match std::fs::write(&path, log) {
+        Ok(()) => format!(" (full verifier log: {})", path.display()),
+        Err(_) => String::new(),
     }
 }
 

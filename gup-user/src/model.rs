@@ -2,7 +2,9 @@
 //! between them, and the totals that are compared with the kernel's own
 //! `nr_foll_pin_*` counters.
 
-use gup_common::{Api, ApiKind, ApiStats, DIAG_COUNT, API_COUNT, LATENCY_BUCKETS};
+use std::collections::BTreeMap;
+
+use gup_common::{Api, ApiKind, ApiStats, AttribKey, AttribValue, API_COUNT, DIAG_COUNT, LATENCY_BUCKETS};
 use serde::Serialize;
 
 /// All in-kernel counters at one moment, summed over CPUs.
@@ -12,51 +14,63 @@ pub struct Snapshot {
     pub apis: [ApiStats; API_COUNT],
     /// gupwatch's own health counters, indexed by [`gup_common::Diag`].
     pub diag: [u64; DIAG_COUNT],
+    /// Per (process, API, stack) counters, in no particular order.
+    pub attrib: Vec<(AttribKey, AttribValue)>,
+    /// Failed calls by (API index, errno).
+    pub errnos: BTreeMap<(u32, u32), u64>,
 }
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot { apis: [ApiStats::ZERO; API_COUNT], diag: [0; DIAG_COUNT] }
+        Snapshot {
+            apis: [ApiStats::ZERO; API_COUNT],
+            diag: [0; DIAG_COUNT],
+            attrib: Vec::new(),
+            errnos: BTreeMap::new(),
+        }
     }
+}
+
+/// Applies `op` to every scalar counter of two `ApiStats` and the latency
+/// buckets, so adding a field to `ApiStats` means adding it here once.
+macro_rules! zip_stats {
+    ($a:expr, $b:expr, $op:expr) => {{
+        let (a, b) = ($a, $b);
+        let op = $op;
+        let mut latency_log2 = [0; LATENCY_BUCKETS];
+        for (i, slot) in latency_log2.iter_mut().enumerate() {
+            *slot = op(a.latency_log2[i], b.latency_log2[i]);
+        }
+        ApiStats {
+            calls: op(a.calls, b.calls),
+            pages: op(a.pages, b.pages),
+            requested_pages: op(a.requested_pages, b.requested_pages),
+            errors: op(a.errors, b.errors),
+            zero_calls: op(a.zero_calls, b.zero_calls),
+            short_calls: op(a.short_calls, b.short_calls),
+            undone_pages: op(a.undone_pages, b.undone_pages),
+            nested_calls: op(a.nested_calls, b.nested_calls),
+            untimed_calls: op(a.untimed_calls, b.untimed_calls),
+            latency_ns_sum: op(a.latency_ns_sum, b.latency_ns_sum),
+            fast_pages: op(a.fast_pages, b.fast_pages),
+            slow_pages: op(a.slow_pages, b.slow_pages),
+            unsplit_pages: op(a.unsplit_pages, b.unsplit_pages),
+            fell_back_calls: op(a.fell_back_calls, b.fell_back_calls),
+            longterm_calls: op(a.longterm_calls, b.longterm_calls),
+            longterm_pages: op(a.longterm_pages, b.longterm_pages),
+            latency_log2,
+        }
+    }};
 }
 
 /// Adds `b` into `a`, field by field (wrapping: counters are monotonic
 /// u64s that will not wrap in practice, and a panic here would be worse).
 pub fn accumulate(a: &mut ApiStats, b: &ApiStats) {
-    a.calls = a.calls.wrapping_add(b.calls);
-    a.pages = a.pages.wrapping_add(b.pages);
-    a.requested_pages = a.requested_pages.wrapping_add(b.requested_pages);
-    a.errors = a.errors.wrapping_add(b.errors);
-    a.zero_calls = a.zero_calls.wrapping_add(b.zero_calls);
-    a.short_calls = a.short_calls.wrapping_add(b.short_calls);
-    a.undone_pages = a.undone_pages.wrapping_add(b.undone_pages);
-    a.nested_calls = a.nested_calls.wrapping_add(b.nested_calls);
-    a.untimed_calls = a.untimed_calls.wrapping_add(b.untimed_calls);
-    a.latency_ns_sum = a.latency_ns_sum.wrapping_add(b.latency_ns_sum);
-    for i in 0..LATENCY_BUCKETS {
-        a.latency_log2[i] = a.latency_log2[i].wrapping_add(b.latency_log2[i]);
-    }
+    *a = zip_stats!(&*a, b, u64::wrapping_add);
 }
 
 fn diff(a: &ApiStats, b: &ApiStats) -> ApiStats {
-    let d = |x: u64, y: u64| x.wrapping_sub(y);
-    let mut out = ApiStats {
-        calls: d(a.calls, b.calls),
-        pages: d(a.pages, b.pages),
-        requested_pages: d(a.requested_pages, b.requested_pages),
-        errors: d(a.errors, b.errors),
-        zero_calls: d(a.zero_calls, b.zero_calls),
-        short_calls: d(a.short_calls, b.short_calls),
-        undone_pages: d(a.undone_pages, b.undone_pages),
-        nested_calls: d(a.nested_calls, b.nested_calls),
-        untimed_calls: d(a.untimed_calls, b.untimed_calls),
-        latency_ns_sum: d(a.latency_ns_sum, b.latency_ns_sum),
-        latency_log2: [0; LATENCY_BUCKETS],
-    };
-    for i in 0..LATENCY_BUCKETS {
-        out.latency_log2[i] = d(a.latency_log2[i], b.latency_log2[i]);
-    }
-    out
+    zip_stats!(a, b, u64::wrapping_sub)
 }
 
 /// Totals over all APIs, in the terms of `/proc/vmstat`.
@@ -77,6 +91,14 @@ pub struct Totals {
     pub get_calls: u64,
     /// Pin and get calls that returned an error.
     pub failed_calls: u64,
+    /// FOLL_PIN pages the lock-free fast walk took.
+    pub fast_pages: u64,
+    /// FOLL_PIN pages the slow path took.
+    pub slow_pages: u64,
+    /// FOLL_PIN pages of fast calls whose split is unknown.
+    pub unsplit_pages: u64,
+    /// FOLL_PIN pages pinned with FOLL_LONGTERM.
+    pub longterm_pages: u64,
 }
 
 impl Snapshot {
@@ -89,7 +111,26 @@ impl Snapshot {
         for i in 0..DIAG_COUNT {
             out.diag[i] = self.diag[i].wrapping_sub(earlier.diag[i]);
         }
+        out.attrib = crate::attribution::since(&self.attrib, &earlier.attrib);
+        out.errnos = self
+            .errnos
+            .iter()
+            .map(|(k, v)| (*k, v.wrapping_sub(earlier.errnos.get(k).copied().unwrap_or(0))))
+            .filter(|(_, v)| *v > 0)
+            .collect();
         out
+    }
+
+    /// Failed calls of one API by errno (positive), largest first.
+    pub fn errnos_of(&self, api: Api) -> Vec<(u32, u64)> {
+        let mut v: Vec<(u32, u64)> = self
+            .errnos
+            .iter()
+            .filter(|((a, _), _)| *a == api as u32)
+            .map(|((_, e), n)| (*e, *n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v
     }
 
     /// The counters of one API.
@@ -117,6 +158,13 @@ impl Snapshot {
                     t.unpinned_pages += s.pages;
                     t.unpin_calls += s.calls;
                 }
+                ApiKind::SlowPath => {}
+            }
+            if api.kind() == ApiKind::Pin {
+                t.fast_pages += s.fast_pages;
+                t.slow_pages += s.slow_pages;
+                t.unsplit_pages += s.unsplit_pages;
+                t.longterm_pages += s.longterm_pages;
             }
         }
         t

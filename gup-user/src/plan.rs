@@ -198,6 +198,7 @@ fn fallback_args(api: Api) -> HookArgs {
         Api::UnpinUserPage | Api::UnpinFolio => a(ARG_NONE, ARG_NONE, ARG_NONE, 1),
         Api::UnpinUserPages | Api::UnpinFolios | Api::UnpinUserFolio => a(1, ARG_NONE, ARG_NONE, 2),
         Api::UnpinUserPagesDirtyLock | Api::UnpinUserPageRangeDirtyLock => a(1, ARG_NONE, ARG_NONE, 3),
+        Api::GupSlowPath => a(2, ARG_NONE, 1, 6),
     }
 }
 
@@ -206,6 +207,7 @@ fn kind_name(k: ApiKind) -> &'static str {
         ApiKind::Pin => "pin",
         ApiKind::Get => "get",
         ApiKind::Unpin => "unpin",
+        ApiKind::SlowPath => "slow-path",
     }
 }
 
@@ -287,6 +289,17 @@ impl ProbePlan {
         hook.mechanism = Some(mechanism);
         hook.reason = reason;
         hook
+    }
+
+    /// The FOLL_LONGTERM bit of this kernel.
+    pub fn foll_longterm(&self) -> u64 {
+        self.foll.values.get("FOLL_LONGTERM").copied().unwrap_or(0)
+    }
+
+    /// Whether the fast/slow split of `*_fast` calls is measured (the
+    /// slow-path hook is attached).
+    pub fn splits_fast_path(&self) -> bool {
+        self.hook(Api::GupSlowPath).status == HookStatus::Attached
     }
 
     /// The argument positions for every API, as the programs' global.

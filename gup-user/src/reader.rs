@@ -3,8 +3,8 @@
 //! The programs aggregate per CPU; a read sums the CPUs. Reading costs one
 //! syscall per API and never stalls the probes.
 
-use aya::maps::{MapData, PerCpuArray};
-use gup_common::{ApiStats, API_COUNT, DIAG_COUNT};
+use aya::maps::{HashMap, MapData, PerCpuArray, StackTraceMap};
+use gup_common::{ApiStats, AttribKey, AttribValue, API_COUNT, DIAG_COUNT};
 
 use crate::model::Snapshot;
 
@@ -23,6 +23,9 @@ pub struct ReadError {
 pub struct StatsMaps {
     api_stats: PerCpuArray<MapData, ApiStats>,
     diag: PerCpuArray<MapData, u64>,
+    attrib: HashMap<MapData, AttribKey, AttribValue>,
+    stacks: StackTraceMap<MapData>,
+    errnos: HashMap<MapData, u32, u64>,
 }
 
 impl StatsMaps {
@@ -31,7 +34,17 @@ impl StatsMaps {
         let mut get = |name: &str| ebpf.take_map(name).ok_or_else(|| format!("map {name} missing"));
         let api_stats = PerCpuArray::try_from(get("API_STATS")?).map_err(|e| e.to_string())?;
         let diag = PerCpuArray::try_from(get("DIAG")?).map_err(|e| e.to_string())?;
-        Ok(StatsMaps { api_stats, diag })
+        let attrib = HashMap::try_from(get("ATTRIB")?).map_err(|e| e.to_string())?;
+        let stacks = StackTraceMap::try_from(get("STACKS")?).map_err(|e| e.to_string())?;
+        let errnos = HashMap::try_from(get("ERRNOS")?).map_err(|e| e.to_string())?;
+        Ok(StatsMaps { api_stats, diag, attrib, stacks, errnos })
+    }
+
+    /// The instruction pointers of a captured kernel stack, innermost first.
+    pub fn stack(&self, id: i64) -> Option<Vec<u64>> {
+        let id = u32::try_from(id).ok()?;
+        let st = self.stacks.get(&id, 0).ok()?;
+        Some(st.frames().iter().map(|f| f.ip).collect())
     }
 
     /// Reads and sums every counter.
@@ -50,6 +63,15 @@ impl StatsMaps {
             let per_cpu = self.diag.get(&(i as u32), 0).map_err(|source| ReadError { map: "DIAG", source })?;
             snap.diag[i] = per_cpu.iter().sum();
         }
+        snap.errnos = self
+            .errnos
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| ((k >> 16, k & 0xffff), v))
+            .collect();
+        // Entries inserted while we iterate may be missed this round and
+        // seen the next; an entry that fails to read is skipped likewise.
+        snap.attrib = self.attrib.iter().filter_map(Result::ok).collect();
         Ok(snap)
     }
 }

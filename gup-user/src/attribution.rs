@@ -1,0 +1,271 @@
+//! Who pins: turns the attribution map's (process, API, kernel stack) rows
+//! into callers and subsystems a person recognises.
+//!
+//! The caller is the first stack frame outside the GUP machinery (and
+//! outside gupwatch's own BPF trampoline frames); the subsystem comes from
+//! the first frame anywhere in the stack that belongs to a known GUP user.
+
+use std::collections::BTreeMap;
+
+use gup_common::{Api, AttribKey, AttribValue};
+use serde::Serialize;
+
+use crate::kallsyms::Kallsyms;
+
+/// A kernel subsystem that pins user memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Subsystem {
+    /// io_uring fixed buffers.
+    IoUring,
+    /// Block and iomap direct I/O.
+    DirectIo,
+    /// process_vm_readv/writev.
+    ProcessVm,
+    /// Intel i915 GPU userptr objects.
+    I915,
+    /// RDMA memory registration.
+    Rdma,
+    /// VFIO device DMA mappings.
+    Vfio,
+    /// udmabuf / memfd pinning.
+    Udmabuf,
+    /// Anything else (the caller symbol still says who).
+    Other,
+}
+
+impl Subsystem {
+    /// The label value used in reports and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subsystem::IoUring => "io_uring",
+            Subsystem::DirectIo => "direct-io",
+            Subsystem::ProcessVm => "process_vm",
+            Subsystem::I915 => "i915",
+            Subsystem::Rdma => "rdma",
+            Subsystem::Vfio => "vfio",
+            Subsystem::Udmabuf => "udmabuf",
+            Subsystem::Other => "other",
+        }
+    }
+
+    /// The subsystem a kernel function belongs to, if it is a known GUP user.
+    pub fn of_function(f: &str) -> Option<Subsystem> {
+        const RULES: &[(&str, Subsystem)] = &[
+            ("io_pin_pages", Subsystem::IoUring),
+            ("io_sqe_buffer", Subsystem::IoUring),
+            ("io_register_", Subsystem::IoUring),
+            ("io_buffer_", Subsystem::IoUring),
+            ("io_rsrc_", Subsystem::IoUring),
+            ("__io_uring_register", Subsystem::IoUring),
+            ("io_ring_exit_work", Subsystem::IoUring),
+            ("io_free_region", Subsystem::IoUring),
+            ("bio_iov_iter_get_pages", Subsystem::DirectIo),
+            ("__bio_iov_iter_get_pages", Subsystem::DirectIo),
+            ("bio_release_pages", Subsystem::DirectIo),
+            ("__bio_release_pages", Subsystem::DirectIo),
+            ("iomap_dio_", Subsystem::DirectIo),
+            ("__blockdev_direct_IO", Subsystem::DirectIo),
+            ("blkdev_direct_IO", Subsystem::DirectIo),
+            ("__iomap_dio_rw", Subsystem::DirectIo),
+            ("process_vm_rw", Subsystem::ProcessVm),
+            ("i915_", Subsystem::I915),
+            ("ib_umem_", Subsystem::Rdma),
+            ("vfio_", Subsystem::Vfio),
+            ("udmabuf_", Subsystem::Udmabuf),
+        ];
+        RULES.iter().find(|(p, _)| f.starts_with(p)).map(|(_, s)| *s)
+    }
+}
+
+/// Frames that are GUP machinery or gupwatch itself, never "the caller".
+fn is_machinery(f: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "bpf_", "__bpf_", "pin_user_pages", "get_user_pages", "unpin_user_page", "unpin_folio",
+        "unpin_user_folio", "memfd_pin_folios", "__gup_", "gup_", "internal_get_user_pages",
+        "__get_user_pages", "lockless_pages_from_mm", "iov_iter_extract", "iov_iter_get_pages",
+        "__iov_iter_get_pages", "want_pages_array", "try_grab_", "follow_page", "faultin_page",
+        "check_and_migrate", "migrate_longterm", "arch_rethook", "rethook", "kretprobe",
+        "__kretprobe", "kprobe", "ftrace", "__x64_sys", "x64_sys_call", "do_syscall_64",
+        "entry_SYSCALL",
+    ];
+    PREFIXES.iter().any(|p| f.starts_with(p))
+}
+
+/// The caller and subsystem of one call stack (innermost frame first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Caller {
+    /// The first frame outside the GUP machinery, or `unknown`.
+    pub function: String,
+    /// The subsystem the stack belongs to.
+    pub subsystem: Subsystem,
+}
+
+/// Classifies a stack of function names.
+pub fn classify(frames: &[&str]) -> Caller {
+    let function = frames
+        .iter()
+        .find(|f| !is_machinery(f))
+        .map_or_else(|| "unknown".to_string(), |f| f.to_string());
+    let subsystem = frames.iter().find_map(|f| Subsystem::of_function(f)).unwrap_or(Subsystem::Other);
+    Caller { function, subsystem }
+}
+
+/// One attribution row, resolved.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// Process id.
+    pub tgid: u32,
+    /// Process name (`comm` of the first call seen).
+    pub comm: String,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// The API called.
+    pub api: &'static str,
+    /// Who called it.
+    pub caller: Caller,
+    /// Calls.
+    pub calls: u64,
+    /// Pages pinned, referenced or released.
+    pub pages: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Pages the fast walk took.
+    pub fast_pages: u64,
+    /// Pages the slow path took.
+    pub slow_pages: u64,
+    /// Pages pinned with FOLL_LONGTERM.
+    pub longterm_pages: u64,
+}
+
+/// Resolves raw attribution entries with their stacks.
+///
+/// `stack` returns the instruction pointers of a stack id (innermost first);
+/// stacks are resolved once per id.
+pub fn resolve(
+    entries: &[(AttribKey, AttribValue)],
+    kallsyms: &Kallsyms,
+    mut stack: impl FnMut(i64) -> Option<Vec<u64>>,
+) -> Vec<Row> {
+    let mut callers: BTreeMap<i64, Caller> = BTreeMap::new();
+    let mut rows = Vec::with_capacity(entries.len());
+    for (k, v) in entries {
+        let caller = callers
+            .entry(k.stack_id)
+            .or_insert_with(|| {
+                let ips = if k.stack_id >= 0 { stack(k.stack_id).unwrap_or_default() } else { vec![] };
+                let names: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
+                classify(&names)
+            })
+            .clone();
+        let Some(api) = Api::from_index(k.api) else { continue };
+        rows.push(Row {
+            tgid: k.tgid,
+            comm: comm_string(&v.comm),
+            cgroup_id: v.cgroup_id,
+            api: api.symbol(),
+            caller,
+            calls: v.calls,
+            pages: v.pages,
+            errors: v.errors,
+            fast_pages: v.fast_pages,
+            slow_pages: v.slow_pages,
+            longterm_pages: v.longterm_pages,
+        });
+    }
+    rows
+}
+
+/// A `comm` as text: up to the first NUL, invalid UTF-8 replaced.
+pub fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// The attribution entries that changed between two readings, as deltas.
+pub fn since(
+    now: &[(AttribKey, AttribValue)],
+    earlier: &[(AttribKey, AttribValue)],
+) -> Vec<(AttribKey, AttribValue)> {
+    let before: std::collections::HashMap<(u32, u32, i64), &AttribValue> =
+        earlier.iter().map(|(k, v)| ((k.tgid, k.api, k.stack_id), v)).collect();
+    now.iter()
+        .filter_map(|(k, v)| {
+            let d = match before.get(&(k.tgid, k.api, k.stack_id)) {
+                Some(b) => AttribValue {
+                    calls: v.calls.wrapping_sub(b.calls),
+                    pages: v.pages.wrapping_sub(b.pages),
+                    errors: v.errors.wrapping_sub(b.errors),
+                    fast_pages: v.fast_pages.wrapping_sub(b.fast_pages),
+                    slow_pages: v.slow_pages.wrapping_sub(b.slow_pages),
+                    longterm_pages: v.longterm_pages.wrapping_sub(b.longterm_pages),
+                    ..*v
+                },
+                None => *v,
+            };
+            (d.calls > 0).then_some((*k, d))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_skips_gup_and_bpf_frames() {
+        let c = classify(&[
+            "bpf_prog_abc_fe_3",
+            "bpf_trampoline_6442",
+            "pin_user_pages_remote",
+            "process_vm_rw_core",
+            "process_vm_rw",
+            "__x64_sys_process_vm_readv",
+            "do_syscall_64",
+        ]);
+        assert_eq!(c.function, "process_vm_rw_core");
+        assert_eq!(c.subsystem, Subsystem::ProcessVm);
+    }
+
+    #[test]
+    fn direct_io_caller_is_the_bio_layer() {
+        let c = classify(&[
+            "pin_user_pages_fast",
+            "iov_iter_extract_pages",
+            "bio_iov_iter_get_pages",
+            "iomap_dio_bio_iter",
+            "__iomap_dio_rw",
+            "ext4_file_write_iter",
+        ]);
+        assert_eq!(c.function, "bio_iov_iter_get_pages");
+        assert_eq!(c.subsystem, Subsystem::DirectIo);
+    }
+
+    #[test]
+    fn unknown_callers_keep_their_symbol() {
+        let c = classify(&["pin_user_pages", "my_driver_map_user", "my_driver_ioctl"]);
+        assert_eq!(c.function, "my_driver_map_user");
+        assert_eq!(c.subsystem, Subsystem::Other);
+        assert_eq!(classify(&[]).function, "unknown");
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_survives_bad_utf8() {
+        let mut c = [0u8; 16];
+        c[..4].copy_from_slice(b"fio\xff");
+        assert_eq!(comm_string(&c), "fio\u{fffd}");
+        assert_eq!(comm_string(&[b'a'; 16]), "aaaaaaaaaaaaaaaa");
+    }
+
+    #[test]
+    fn since_keeps_only_changed_rows() {
+        let k = |tgid| AttribKey { tgid, api: 1, stack_id: 7 };
+        let v = |calls, pages| AttribValue { calls, pages, errors: 0, fast_pages: pages, slow_pages: 0, longterm_pages: 0, cgroup_id: 1, comm: [0; 16] };
+        let earlier = vec![(k(1), v(2, 20)), (k(2), v(1, 1))];
+        let now = vec![(k(1), v(5, 50)), (k(2), v(1, 1)), (k(3), v(1, 4))];
+        let d = since(&now, &earlier);
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[0].1.calls, d[0].1.pages, d[0].1.fast_pages), (3, 30, 30));
+        assert_eq!(d[1].0.tgid, 3);
+    }
+}
