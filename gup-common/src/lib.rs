@@ -147,7 +147,22 @@ pub struct HookArgs {
     pub start_idx: u8,
     /// Number of arguments the function takes.
     pub nr_args: u8,
+    /// Index of the page/folio argument: an array (`struct page **pages`,
+    /// `struct folio **folios`) or a single `struct page *` / `struct folio
+    /// *`, per [`HookArgs::pages_form`]; [`ARG_NONE`] if there is none.
+    pub pages_idx: u8,
+    /// What `pages_idx` points at: one of the `PAGES_*` constants.
+    pub pages_form: u8,
+    /// Padding, kept zero.
+    pub _pad: [u8; 2],
 }
+
+/// `pages_idx` is an array of `count` page (or folio) pointers.
+pub const PAGES_ARRAY: u8 = 0;
+/// `pages_idx` is one page; `count` contiguous `struct page`s follow it.
+pub const PAGES_RANGE: u8 = 1;
+/// `pages_idx` is one folio holding `count` pins.
+pub const PAGES_FOLIO: u8 = 2;
 
 impl HookArgs {
     /// A hook whose arguments are all unknown; it still counts calls.
@@ -156,6 +171,9 @@ impl HookArgs {
         flags_idx: ARG_NONE,
         start_idx: ARG_NONE,
         nr_args: 0,
+        pages_idx: ARG_NONE,
+        pages_form: PAGES_ARRAY,
+        _pad: [0; 2],
     };
 }
 
@@ -253,6 +271,8 @@ pub struct Inflight {
     pub slow_start: u64,
     /// Kernel stack id at entry (negative: not captured).
     pub stack_id: i64,
+    /// The `pages`/`folios` array argument, for tracking at exit.
+    pub pages_ptr: u64,
 }
 
 /// Index of each counter in the per-CPU diagnostics array.
@@ -268,10 +288,63 @@ pub enum Diag {
     AttribFull = 2,
     /// A kernel stack could not be captured (stack map full or collision).
     StackLost = 3,
+    /// Pins recorded in the tracking map.
+    PinsTracked = 4,
+    /// Pins not recorded: the tracking map was full, or a folio already had
+    /// two other owners. Totals stay exact; the outstanding view is partial.
+    PinsUntracked = 5,
+    /// Unpins of pins gupwatch never saw taken (usually taken before it
+    /// started). Per call site in the unbalanced map.
+    UnbalancedUnpins = 6,
+    /// Unpins that matched a tracked pin.
+    UnpinsMatched = 7,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 4;
+pub const DIAG_COUNT: usize = 8;
+
+/// Default capacity of the pin tracking map (folios); user space may set
+/// another at load time.
+pub const TRACK_CAPACITY: u32 = 65536;
+
+/// Most pages one call is tracked for (bpf_loop iterations); the rest
+/// counts as untracked.
+pub const TRACK_MAX_PER_CALL: u32 = 1 << 20;
+
+/// Capacity of the exited-process map (an LRU).
+pub const EXITED_CAPACITY: u32 = 4096;
+
+/// Capacity of the unbalanced-unpin map (call sites).
+pub const UNBALANCED_CAPACITY: u32 = 1024;
+
+/// One owner of the pins on a folio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct PinOwner {
+    /// Process that pinned (0: slot unused).
+    pub tgid: u32,
+    /// Pins it holds on this folio.
+    pub count: u32,
+    /// `bpf_ktime_get_ns()` of its first pin still held.
+    pub first_ns: u64,
+    /// Kernel stack of that pin (negative: unknown).
+    pub stack_id: i64,
+    /// [`Api`] index that pinned.
+    pub api: u32,
+    /// 1 if the pin was FOLL_LONGTERM.
+    pub longterm: u32,
+    /// `comm` of the pinning task.
+    pub comm: [u8; 16],
+}
+
+/// The tracked pins on one folio: up to two owners, so a page pinned by two
+/// processes keeps both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct PinRecord {
+    /// The owners; a slot with `count == 0` is free.
+    pub owners: [PinOwner; 2],
+}
 
 /// Capacity of the attribution map: (process, API, call stack) triples.
 pub const ATTRIB_CAPACITY: u32 = 16384;
@@ -346,6 +419,10 @@ mod pod {
     unsafe impl aya::Pod for super::AttribKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AttribValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PinOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PinRecord {}
 }
 
 #[cfg(test)]

@@ -25,17 +25,18 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_ret},
+        gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_ret, bpf_loop},
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{HashMap, PerCpuArray, StackTrace},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, StackTrace},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use gup_common::{
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
-    API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY, INFLIGHT_CAPACITY,
-    STACK_CAPACITY,
+    PinOwner, PinRecord, API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
+    EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
+    TRACK_CAPACITY, TRACK_MAX_PER_CALL, UNBALANCED_CAPACITY,
 };
 
 /// x86-64 base page size, as a shift.
@@ -50,6 +51,19 @@ static HOOK_ARGS: [HookArgs; API_COUNT] = [HookArgs::NONE; API_COUNT];
 /// LONGTERM accounting.
 #[no_mangle]
 static FOLL_LONGTERM: u64 = 0;
+
+/// Offset of `compound_head` in `struct page` (from BTF), to find a page's
+/// folio: the kernel counts pins per folio.
+#[no_mangle]
+static PAGE_COMPOUND_HEAD: u64 = 8;
+
+/// `sizeof(struct page)` (from BTF), to walk a range of pages.
+#[no_mangle]
+static STRUCT_PAGE_SIZE: u64 = 64;
+
+/// 1: track every pin per folio (outstanding pins, leaks); 0: counters only.
+#[no_mangle]
+static TRACK_PINS: u64 = 1;
 
 /// Per-API counters, summed over CPUs by user space.
 #[map]
@@ -79,6 +93,21 @@ static STACKS: StackTrace = StackTrace::with_max_entries(STACK_CAPACITY, 0);
 /// errors are rare, so user space reads a handful of entries, not a table.
 #[map]
 static ERRNOS: HashMap<u32, u64> = HashMap::with_max_entries(ERRNO_CAPACITY, 0);
+
+/// Outstanding pins per folio, with their owners. Bounded: when full, pins
+/// are counted as untracked (`Diag::PinsUntracked`), never dropped from the
+/// totals. User space may resize it at load time.
+#[map]
+static PINS: HashMap<u64, PinRecord> = HashMap::with_max_entries(TRACK_CAPACITY, 0);
+
+/// Pages unpinned that were never seen pinned, per unpin call site (stack
+/// id): reported once per site.
+#[map]
+static UNBALANCED: HashMap<i64, u64> = HashMap::with_max_entries(UNBALANCED_CAPACITY, 0);
+
+/// Processes that exited, with the time: pins they still own are orphaned.
+#[map]
+static EXITED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(EXITED_CAPACITY, 0);
 
 /// Reads the arguments and return value of the hooked function.
 trait CallArgs {
@@ -170,6 +199,14 @@ fn diag(d: Diag) {
     if let Some(p) = DIAG.get_ptr_mut(d as u32) {
         // SAFETY: as in `stats`.
         add(unsafe { &mut *p }, 1);
+    }
+}
+
+#[inline(always)]
+fn diag_add(d: Diag, v: u64) {
+    if let Some(p) = DIAG.get_ptr_mut(d as u32) {
+        // SAFETY: as in `stats`.
+        add(unsafe { &mut *p }, v);
     }
 }
 
@@ -304,9 +341,22 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             add(&mut s.pages, count);
         }
         let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
-        attribute(tgid, api, stack_id(ctx), &delta);
+        let site = stack_id(ctx);
+        attribute(tgid, api, site, &delta);
         if outer.is_some() {
+            // Pins undone inside a pin call were never tracked.
             return;
+        }
+        if read_global(&TRACK_PINS) != 0 {
+            if let Some(base) = a.arg(args.pages_idx) {
+                let mut c = track_ctx(base, args.pages_form, false, EMPTY_OWNER);
+                if args.pages_form == PAGES_FOLIO {
+                    track_unpin(base, count, &mut c);
+                    publish(&c, site);
+                } else {
+                    track_pages(&mut c, count, site);
+                }
+            }
         }
     }
     let rec = Inflight {
@@ -319,6 +369,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         start: a.arg(args.start_idx).unwrap_or(0),
         slow_start: 0,
         stack_id: if api.kind() == ApiKind::Unpin { -1 } else { stack_id(ctx) },
+        pages_ptr: a.arg(args.pages_idx).unwrap_or(0),
     };
     if INFLIGHT.insert(&tid, &rec, 0).is_err() {
         diag(Diag::InflightFull);
@@ -334,7 +385,193 @@ const EMPTY_INFLIGHT: Inflight = Inflight {
     start: 0,
     slow_start: 0,
     stack_id: -1,
+    pages_ptr: 0,
 };
+
+const EMPTY_OWNER: PinOwner = PinOwner {
+    tgid: 0,
+    count: 0,
+    first_ns: 0,
+    stack_id: -1,
+    api: 0,
+    longterm: 0,
+    comm: [0; 16],
+};
+
+/// State shared with the `bpf_loop` callback that walks a call's pages.
+#[repr(C)]
+struct TrackCtx {
+    /// Array of page/folio pointers, or the first page of a range.
+    base: u64,
+    /// `PAGES_ARRAY` or `PAGES_RANGE`.
+    form: u64,
+    /// 1 to record pins, 0 to release them.
+    pin: u64,
+    /// The owner to record (pins).
+    owner: PinOwner,
+    tracked: u64,
+    untracked: u64,
+    matched: u64,
+    unbalanced: u64,
+}
+
+#[inline(always)]
+fn read_global(g: &u64) -> u64 {
+    // SAFETY: a plain read of a global, volatile as in `hook_args`.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+/// The folio a page belongs to (`page_folio()`): a tail page's
+/// `compound_head` holds the head's address with bit 0 set.
+#[inline(always)]
+fn page_folio(page: u64) -> u64 {
+    let off = read_global(&PAGE_COMPOUND_HEAD);
+    // SAFETY: probe_read tolerates any address.
+    let head = unsafe { bpf_probe_read_kernel((page + off) as *const u64) }.unwrap_or(0);
+    if head & 1 == 1 {
+        head - 1
+    } else {
+        page
+    }
+}
+
+#[inline(always)]
+fn track_pin(folio: u64, c: &mut TrackCtx) {
+    for _attempt in 0..2 {
+        if let Some(rec) = PINS.get_ptr_mut(&folio) {
+            // SAFETY: a live map value.
+            let rec = unsafe { &mut *rec };
+            for o in rec.owners.iter_mut() {
+                if o.count > 0 && o.tgid == c.owner.tgid {
+                    o.count += 1;
+                    c.tracked += 1;
+                    return;
+                }
+            }
+            for o in rec.owners.iter_mut() {
+                if o.count == 0 {
+                    *o = c.owner;
+                    c.tracked += 1;
+                    return;
+                }
+            }
+            // Two other owners already: count, do not evict.
+            c.untracked += 1;
+            return;
+        }
+        let rec = PinRecord { owners: [c.owner, EMPTY_OWNER] };
+        // BPF_NOEXIST; -EEXIST means another CPU inserted it: look again.
+        match PINS.insert(&folio, &rec, 1) {
+            Ok(()) => {
+                c.tracked += 1;
+                return;
+            }
+            Err(e) if e == -17 => continue,
+            Err(_) => break,
+        }
+    }
+    c.untracked += 1;
+}
+
+#[inline(always)]
+fn track_unpin(folio: u64, n: u64, c: &mut TrackCtx) {
+    let Some(rec) = PINS.get_ptr_mut(&folio) else {
+        c.unbalanced += n;
+        return;
+    };
+    // SAFETY: a live map value.
+    let rec = unsafe { &mut *rec };
+    let mut rem = n;
+    for o in rec.owners.iter_mut() {
+        let take = rem.min(o.count as u64);
+        o.count -= take as u32;
+        rem -= take;
+    }
+    c.matched += n - rem;
+    c.unbalanced += rem;
+    if rec.owners[0].count == 0 && rec.owners[1].count == 0 {
+        let _ = PINS.remove(&folio);
+    }
+}
+
+#[inline(never)]
+extern "C" fn track_one(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer we gave it: a TrackCtx on
+    // the caller's stack.
+    let c = unsafe { &mut *(ctx as *mut TrackCtx) };
+    let page = if c.form == PAGES_ARRAY as u64 {
+        // SAFETY: probe_read tolerates any address.
+        match unsafe { bpf_probe_read_kernel((c.base + 8 * i as u64) as *const u64) } {
+            Ok(p) => p,
+            Err(_) => return 1,
+        }
+    } else {
+        c.base + i as u64 * read_global(&STRUCT_PAGE_SIZE)
+    };
+    if page == 0 {
+        return 0;
+    }
+    let folio = page_folio(page);
+    if c.pin == 1 {
+        track_pin(folio, c);
+    } else {
+        track_unpin(folio, 1, c);
+    }
+    0
+}
+
+/// Walks `count` pages and records (pin) or releases (unpin) them, then
+/// publishes what happened in the diagnostics counters.
+#[inline(always)]
+fn track_pages(c: &mut TrackCtx, count: u64, unbalanced_site: i64) {
+    let n = count.min(TRACK_MAX_PER_CALL as u64);
+    if c.pin == 1 {
+        c.untracked += count - n;
+    }
+    // SAFETY: the callback only touches `c`, which outlives the call.
+    unsafe {
+        bpf_loop(n as u32, track_one as *mut c_void, c as *mut TrackCtx as *mut c_void, 0);
+    }
+    publish(c, unbalanced_site);
+}
+
+#[inline(always)]
+fn publish(c: &TrackCtx, unbalanced_site: i64) {
+    let bump = |d: Diag, v: u64| {
+        if v > 0 {
+            if let Some(p) = DIAG.get_ptr_mut(d as u32) {
+                // SAFETY: as in `stats`.
+                add(unsafe { &mut *p }, v);
+            }
+        }
+    };
+    bump(Diag::PinsTracked, c.tracked);
+    bump(Diag::PinsUntracked, c.untracked);
+    bump(Diag::UnpinsMatched, c.matched);
+    bump(Diag::UnbalancedUnpins, c.unbalanced);
+    if c.unbalanced > 0 {
+        if UNBALANCED.get_ptr_mut(&unbalanced_site).is_none() {
+            let _ = UNBALANCED.insert(&unbalanced_site, &0, 1);
+        }
+        if let Some(p) = UNBALANCED.get_ptr_mut(&unbalanced_site) {
+            // SAFETY: hash values live until deleted.
+            add(unsafe { &mut *p }, c.unbalanced);
+        }
+    }
+}
+
+const fn track_ctx(base: u64, form: u8, pin: bool, owner: PinOwner) -> TrackCtx {
+    TrackCtx {
+        base,
+        form: form as u64,
+        pin: pin as u64,
+        owner,
+        tracked: 0,
+        untracked: 0,
+        matched: 0,
+        unbalanced: 0,
+    }
+}
 
 #[inline(always)]
 fn on_exit<A: CallArgs>(api: Api, a: &A) {
@@ -402,6 +639,24 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
                 add(&mut s.fast_pages, delta.fast_pages);
                 add(&mut s.slow_pages, delta.slow_pages);
                 attribute((tid >> 32) as u32, api, r.stack_id, &delta);
+                if api.kind() == ApiKind::Pin && pages > 0 && read_global(&TRACK_PINS) != 0 {
+                    let owner = PinOwner {
+                        tgid: (tid >> 32) as u32,
+                        count: 1,
+                        // SAFETY: no preconditions.
+                        first_ns: unsafe { bpf_ktime_get_ns() },
+                        stack_id: r.stack_id,
+                        api: api as u32,
+                        longterm: (delta.longterm_pages > 0) as u32,
+                        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+                    };
+                    if r.pages_ptr != 0 {
+                        let mut c = track_ctx(r.pages_ptr, PAGES_ARRAY, true, owner);
+                        track_pages(&mut c, pages, -1);
+                    } else {
+                        diag_add(Diag::PinsUntracked, pages);
+                    }
+                }
             }
             false => {
                 add(&mut s.untimed_calls, 1);
@@ -412,6 +667,9 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
                     delta.slow_pages = pages;
                 }
                 attribute((tid >> 32) as u32, api, -1, &delta);
+                if api.kind() == ApiKind::Pin && read_global(&TRACK_PINS) != 0 {
+                    diag_add(Diag::PinsUntracked, pages);
+                }
             }
         }
     }
@@ -477,6 +735,19 @@ hooks! {
     UnpinFolios: fe_16, fx_16, kp_16, kr_16;
     UnpinUserFolio: fe_17, fx_17, kp_17, kr_17;
     GupSlowPath: fe_18, fx_18, kp_18, kr_18;
+}
+
+/// Records process exits (the group leader's), so pins whose owner is gone
+/// can be reported as orphaned.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid();
+    if tid as u32 == (tid >> 32) as u32 {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = EXITED.insert(&((tid >> 32) as u32), &now, 0);
+    }
+    0
 }
 
 #[cfg(not(test))]

@@ -54,11 +54,32 @@ impl FuncProto {
     }
 }
 
+/// A struct or union member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Member {
+    name: String,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+/// What gupwatch keeps of each type: enough to walk struct members.
+#[derive(Clone, Debug, Default)]
+struct TypeInfo {
+    kind: u32,
+    name: String,
+    /// Size for structs/unions, referenced type for typedefs and modifiers.
+    size_or_type: u32,
+    members: Vec<Member>,
+}
+
 /// The parts of a kernel's BTF that gupwatch looks up by name.
 #[derive(Clone, Debug, Default)]
 pub struct KernelBtf {
     funcs: HashMap<String, FuncProto>,
     enumerators: HashMap<String, i128>,
+    /// Indexed by type id (0 = void).
+    types: Vec<TypeInfo>,
+    structs: HashMap<String, u32>,
 }
 
 impl KernelBtf {
@@ -102,6 +123,8 @@ impl KernelBtf {
         let mut protos: HashMap<u32, FuncProto> = HashMap::new();
         let mut funcs: Vec<(String, u32)> = Vec::new();
         let mut enumerators = HashMap::new();
+        let mut all_types = vec![TypeInfo::default()];
+        let mut structs = HashMap::new();
         let mut off = 0usize;
         let mut id = 1u32;
         while off < types.len() {
@@ -120,6 +143,26 @@ impl KernelBtf {
                 0..=19 => 0,
                 other => return Err(BtfError::Malformed(format!("unknown kind {other} at type {id}"))),
             };
+            let mut info_entry = TypeInfo { kind, name: String::new(), size_or_type, members: vec![] };
+            match kind {
+                KIND_STRUCT | KIND_UNION => {
+                    let bitfields = info >> 31 == 1;
+                    info_entry.name = name(name_off)?;
+                    for i in 0..vlen {
+                        let m = body + 12 * i;
+                        let raw = t.u32(m + 8)?;
+                        info_entry.members.push(Member {
+                            name: name(t.u32(m)?)?,
+                            type_id: t.u32(m + 4)?,
+                            bit_offset: if bitfields { raw & 0xff_ffff } else { raw },
+                        });
+                    }
+                    if kind == KIND_STRUCT && !info_entry.name.is_empty() {
+                        structs.entry(info_entry.name.clone()).or_insert(id);
+                    }
+                }
+                _ => {}
+            }
             match kind {
                 KIND_FUNC => funcs.push((name(name_off)?, size_or_type)),
                 KIND_FUNC_PROTO => {
@@ -146,6 +189,7 @@ impl KernelBtf {
                 }
                 _ => {}
             }
+            all_types.push(info_entry);
             off = body + body_len;
             id += 1;
         }
@@ -153,7 +197,49 @@ impl KernelBtf {
             .into_iter()
             .filter_map(|(n, proto)| protos.get(&proto).map(|p| (n, p.clone())))
             .collect();
-        Ok(KernelBtf { funcs, enumerators })
+        Ok(KernelBtf { funcs, enumerators, types: all_types, structs })
+    }
+
+    /// `sizeof(struct name)`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.structs.get(name).and_then(|id| self.types.get(*id as usize)).map(|t| t.size_or_type)
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous
+    /// structs and unions (as C does: `page->compound_head` lives in one).
+    pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        let id = *self.structs.get(name)?;
+        self.find_member(id, member, 0, 0).map(|bits| bits / 8)
+    }
+
+    fn find_member(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        let t = self.types.get(id as usize)?;
+        for m in &t.members {
+            if m.name == member {
+                return Some(base_bits + m.bit_offset);
+            }
+        }
+        for m in t.members.iter().filter(|m| m.name.is_empty()) {
+            let inner = self.strip_modifiers(m.type_id);
+            if let Some(found) = self.find_member(inner, member, base_bits + m.bit_offset, depth + 1) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Follows typedefs and const/volatile/restrict/type-tag to the type.
+    fn strip_modifiers(&self, mut id: u32) -> u32 {
+        for _ in 0..16 {
+            match self.types.get(id as usize) {
+                Some(t) if matches!(t.kind, 8..=11 | 18) => id = t.size_or_type,
+                _ => break,
+            }
+        }
+        id
     }
 
     /// The prototype of a function, if BTF describes it.
@@ -236,6 +322,15 @@ pub(crate) mod tests {
             }
             self.ty("", KIND_ENUM, values.len() as u32, 4, &body)
         }
+        /// A struct (or union with `union = true`) of (name, type, byte offset) members.
+        pub(crate) fn composite(&mut self, name: &str, union: bool, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+            let mut body = vec![];
+            for (n, ty, off) in members {
+                let o = if n.is_empty() { 0 } else { self.str(n) };
+                body.extend([o, *ty, off * 8]);
+            }
+            self.ty(name, if union { KIND_UNION } else { KIND_STRUCT }, members.len() as u32, size, &body)
+        }
         pub(crate) fn build(&self) -> Vec<u8> {
             let mut out = vec![];
             out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
@@ -262,6 +357,21 @@ pub(crate) mod tests {
         assert_eq!(f.param_index(&["npages", "nr_pages"]), Some(1));
         assert_eq!(btf.enumerator("FOLL_PIN"), Some(1 << 19));
         assert!(btf.func("pin_user_pages_fast_only").is_none());
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let mut b = Builder::new();
+        let long = b.int();
+        let inner = b.composite("", false, 40, &[("lru", long, 0), ("compound_head", long, 0)]);
+        let u = b.composite("", true, 40, &[("", inner, 0)]);
+        b.composite("page", false, 64, &[("flags", long, 0), ("", u, 8), ("_refcount", long, 52)]);
+        let btf = KernelBtf::parse(&b.build()).expect("valid");
+        assert_eq!(btf.struct_size("page"), Some(64));
+        assert_eq!(btf.member_offset("page", "compound_head"), Some(8));
+        assert_eq!(btf.member_offset("page", "_refcount"), Some(52));
+        assert_eq!(btf.member_offset("page", "nope"), None);
+        assert_eq!(btf.member_offset("folio", "flags"), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod btf;
 pub mod check;
 pub mod host;
 pub mod kallsyms;
+pub mod leaks;
 pub mod loader;
 pub mod model;
 pub mod plan;

@@ -6,7 +6,7 @@
 //! the trampoline. Whatever happens is written back into the plan.
 
 use aya::{
-    programs::{FEntry, FExit, KProbe, ProgramError},
+    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use gup_common::Api;
@@ -40,17 +40,46 @@ pub struct Probes {
     pub maps: StatsMaps,
 }
 
+/// How the probes are loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Track every pin per folio (outstanding pins and leaks).
+    pub track_pins: bool,
+    /// Capacity of the tracking map, in folios.
+    pub track_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { track_pins: true, track_capacity: gup_common::TRACK_CAPACITY }
+    }
+}
+
 /// Loads the object and attaches every planned hook; hooks that fail are
 /// recorded in the plan, not returned as errors, so one missing function
 /// never hides the rest.
-pub fn load(mut plan: ProbePlan) -> Result<Probes, LoadError> {
+pub fn load(plan: ProbePlan) -> Result<Probes, LoadError> {
+    load_with(plan, LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadError> {
     raise_memlock_limit();
     let hook_args = plan.hook_args();
     let foll_longterm = plan.foll_longterm();
+    let track = opts.track_pins as u64;
     let mut ebpf = EbpfLoader::new()
         .set_global("HOOK_ARGS", &hook_args, true)
         .set_global("FOLL_LONGTERM", &foll_longterm, true)
+        .set_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
+        .set_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
+        .set_global("TRACK_PINS", &track, true)
+        .set_max_entries("PINS", opts.track_capacity.max(1))
         .load(EBPF_OBJECT)?;
+    plan.exit_hook = match attach_exit_tracepoint(&mut ebpf) {
+        Ok(()) => HookStatus::Attached,
+        Err(e) => HookStatus::Failed(format!("tracepoint sched/sched_process_exit: {}", describe(&e, "sched_process_exit"))),
+    };
     let btf = Btf::from_sys_fs().ok();
 
     for hook in plan.hooks.iter_mut() {
@@ -111,6 +140,13 @@ fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf, with_exit: 
     let fe: &mut FEntry = program(ebpf, &prog_name("fe", idx))?.try_into()?;
     fe.load(symbol, btf)?;
     fe.attach()?;
+    Ok(())
+}
+
+fn attach_exit_tracepoint(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
+    let tp: &mut TracePoint = program(ebpf, "sched_process_exit")?.try_into()?;
+    tp.load()?;
+    tp.attach("sched", "sched_process_exit")?;
     Ok(())
 }
 

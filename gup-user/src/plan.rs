@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use gup_common::{Api, ApiKind, HookArgs, API_COUNT, ARG_NONE};
+use gup_common::{Api, ApiKind, HookArgs, API_COUNT, ARG_NONE, PAGES_ARRAY, PAGES_FOLIO, PAGES_RANGE};
 use serde::Serialize;
 
 use crate::{btf::KernelBtf, kallsyms::Kallsyms};
@@ -179,6 +179,31 @@ pub struct ProbePlan {
     pub foll: FollFlags,
     /// Behaviour derived from the kernel's functions.
     pub capabilities: Capabilities,
+    /// `struct page` layout for pin tracking.
+    pub page_layout: PageLayout,
+    /// The process-exit tracepoint (orphaned-pin detection).
+    pub exit_hook: HookStatus,
+}
+
+/// `struct page` facts the tracking programs need, from BTF.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PageLayout {
+    /// Offset of `compound_head`.
+    pub compound_head: u64,
+    /// `sizeof(struct page)`.
+    pub size: u64,
+    /// Whether both came from BTF (else the x86-64 defaults 8 and 64).
+    pub from_btf: bool,
+}
+
+impl PageLayout {
+    fn resolve(btf: Option<&KernelBtf>) -> PageLayout {
+        let found = btf.and_then(|b| Some((b.member_offset("page", "compound_head")?, b.struct_size("page")?)));
+        match found {
+            Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true },
+            None => PageLayout { compound_head: 8, size: 64, from_btf: false },
+        }
+    }
 }
 
 /// Parameter names for the page/folio count, in order of preference.
@@ -188,7 +213,17 @@ const COUNT_PARAMS: &[&str] = &["nr_pages", "npages", "nfolios", "max_folios"];
 /// (6.1's extra `vmas` argument comes after the ones read here, except for
 /// `pin_user_pages_remote`'s `locked`, which is not read).
 fn fallback_args(api: Api) -> HookArgs {
-    let a = |count_idx: u8, flags_idx: u8, start_idx: u8, nr_args: u8| HookArgs { count_idx, flags_idx, start_idx, nr_args };
+    let (pages_idx, pages_form) = pages_arg(api);
+    let a = |count_idx: u8, flags_idx: u8, start_idx: u8, nr_args: u8| HookArgs {
+        count_idx,
+        flags_idx,
+        start_idx,
+        nr_args,
+        // Pin APIs' `pages` position is only known from BTF.
+        pages_idx: if api.kind() == ApiKind::Unpin { pages_idx } else { ARG_NONE },
+        pages_form,
+        _pad: [0; 2],
+    };
     match api {
         Api::PinUserPages | Api::PinUserPagesFast | Api::PinUserPagesFastOnly | Api::GetUserPages
         | Api::GetUserPagesFast | Api::GetUserPagesFastOnly => a(1, 2, 0, 4),
@@ -199,6 +234,17 @@ fn fallback_args(api: Api) -> HookArgs {
         Api::UnpinUserPages | Api::UnpinFolios | Api::UnpinUserFolio => a(1, ARG_NONE, ARG_NONE, 2),
         Api::UnpinUserPagesDirtyLock | Api::UnpinUserPageRangeDirtyLock => a(1, ARG_NONE, ARG_NONE, 3),
         Api::GupSlowPath => a(2, ARG_NONE, 1, 6),
+    }
+}
+
+/// Where the pages a call pins or releases are, and in what form: unpin
+/// APIs take them first; pin APIs in a `pages`/`folios` array found by name.
+fn pages_arg(api: Api) -> (u8, u8) {
+    match api {
+        Api::UnpinUserPage | Api::UnpinUserPageRangeDirtyLock => (0, PAGES_RANGE),
+        Api::UnpinFolio | Api::UnpinUserFolio => (0, PAGES_FOLIO),
+        Api::UnpinUserPages | Api::UnpinUserPagesDirtyLock | Api::UnpinFolios => (0, PAGES_ARRAY),
+        _ => (ARG_NONE, PAGES_ARRAY),
     }
 }
 
@@ -238,6 +284,8 @@ impl ProbePlan {
             hooks,
             foll: FollFlags::resolve(btf_ok),
             capabilities,
+            page_layout: PageLayout::resolve(btf_ok),
+            exit_hook: HookStatus::Planned,
         }
     }
 
@@ -263,6 +311,7 @@ impl ProbePlan {
         let proto = btf.and_then(|b| b.func(function));
         if let Some(p) = proto {
             let idx = |names: &[&str]| p.param_index(names).map_or(ARG_NONE, |i| i as u8);
+            let (_, pages_form) = pages_arg(api);
             hook.args = HookArgs {
                 count_idx: match api {
                     // One page/folio per call, whatever the parameters.
@@ -272,6 +321,12 @@ impl ProbePlan {
                 flags_idx: idx(&["gup_flags"]),
                 start_idx: idx(&["start"]),
                 nr_args: p.params.len() as u8,
+                pages_idx: match api.kind() {
+                    ApiKind::Pin | ApiKind::Unpin => idx(&["pages", "page", "folios", "folio"]),
+                    _ => ARG_NONE,
+                },
+                pages_form,
+                _pad: [0; 2],
             };
             hook.params = Some(p.params.clone());
         }

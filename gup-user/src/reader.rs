@@ -4,7 +4,7 @@
 //! syscall per API and never stalls the probes.
 
 use aya::maps::{HashMap, MapData, PerCpuArray, StackTraceMap};
-use gup_common::{ApiStats, AttribKey, AttribValue, API_COUNT, DIAG_COUNT};
+use gup_common::{ApiStats, AttribKey, AttribValue, PinRecord, API_COUNT, DIAG_COUNT};
 
 use crate::model::Snapshot;
 
@@ -26,6 +26,9 @@ pub struct StatsMaps {
     attrib: HashMap<MapData, AttribKey, AttribValue>,
     stacks: StackTraceMap<MapData>,
     errnos: HashMap<MapData, u32, u64>,
+    pins: HashMap<MapData, u64, PinRecord>,
+    exited: HashMap<MapData, u32, u64>,
+    unbalanced: HashMap<MapData, i64, u64>,
 }
 
 impl StatsMaps {
@@ -37,7 +40,20 @@ impl StatsMaps {
         let attrib = HashMap::try_from(get("ATTRIB")?).map_err(|e| e.to_string())?;
         let stacks = StackTraceMap::try_from(get("STACKS")?).map_err(|e| e.to_string())?;
         let errnos = HashMap::try_from(get("ERRNOS")?).map_err(|e| e.to_string())?;
-        Ok(StatsMaps { api_stats, diag, attrib, stacks, errnos })
+        let pins = HashMap::try_from(get("PINS")?).map_err(|e| e.to_string())?;
+        let exited = HashMap::try_from(get("EXITED")?).map_err(|e| e.to_string())?;
+        let unbalanced = HashMap::try_from(get("UNBALANCED")?).map_err(|e| e.to_string())?;
+        Ok(StatsMaps { api_stats, diag, attrib, stacks, errnos, pins, exited, unbalanced })
+    }
+
+    /// Reads the pin tracking maps (one syscall pair per entry: call it for
+    /// leak reports, not on every refresh).
+    pub fn tracking(&self) -> crate::leaks::TrackingMaps {
+        crate::leaks::TrackingMaps {
+            pins: self.pins.iter().filter_map(Result::ok).collect(),
+            exited: self.exited.iter().filter_map(Result::ok).collect(),
+            unbalanced: self.unbalanced.iter().filter_map(Result::ok).collect(),
+        }
     }
 
     /// The instruction pointers of a captured kernel stack, innermost first.

@@ -1,0 +1,483 @@
+//! Outstanding pins and leak signals, from the per-folio tracking map.
+//!
+//! The analysis is pure: it takes what the maps held, the time, and how to
+//! name call sites, so every signal is unit-tested without a kernel.
+//!
+//! Signals (a group of pins gets at most one, most specific first):
+//! - *orphaned*: the owning process has exited and its pins are still held;
+//! - *long-held*: held longer than the threshold (per subsystem if set);
+//! - *unbalanced*: unpins of pins gupwatch never saw taken, per call site
+//!   (usually pins taken before gupwatch started);
+//! - *growth*: a call site whose outstanding pins rose at every one of the
+//!   last N readings.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::Duration,
+};
+
+use gup_common::{Api, PinRecord};
+use serde::Serialize;
+
+use crate::attribution::{comm_string, Caller, Subsystem};
+
+/// A leak signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakKind {
+    /// Held longer than the threshold.
+    LongHeld,
+    /// The owner exited; the pins remain.
+    Orphaned,
+    /// Unpins without a matching pin seen.
+    Unbalanced,
+    /// Outstanding pins of a call site keep rising.
+    Growth,
+}
+
+impl LeakKind {
+    /// The label value used in reports and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakKind::LongHeld => "long_held",
+            LeakKind::Orphaned => "orphaned",
+            LeakKind::Unbalanced => "unbalanced",
+            LeakKind::Growth => "growth",
+        }
+    }
+}
+
+/// Pins held by one owner from one call site.
+#[derive(Clone, Debug, Serialize)]
+pub struct Holding {
+    /// Owning process.
+    pub owner_tgid: u32,
+    /// Its `comm` at pin time.
+    pub comm: String,
+    /// The API that pinned.
+    pub api: &'static str,
+    /// Who called it.
+    pub caller: Caller,
+    /// Pins held.
+    pub pages: u64,
+    /// Age of the oldest of them.
+    pub oldest_age_secs: f64,
+    /// Any of them FOLL_LONGTERM.
+    pub longterm: bool,
+    /// The owner has exited.
+    pub orphaned: bool,
+    /// Kernel stack id of the call site (for grouping).
+    #[serde(skip)]
+    pub stack_id: i64,
+}
+
+/// One leak signal with what it is about.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Leak {
+    /// Which signal.
+    pub kind: LeakKind,
+    /// Pins concerned.
+    pub pages: u64,
+    /// Owning process (none for unbalanced unpins).
+    pub owner_tgid: Option<u32>,
+    /// Its `comm`.
+    pub comm: Option<String>,
+    /// The call site (pin site, or unpin site for unbalanced).
+    pub caller: String,
+    /// Its subsystem.
+    pub subsystem: Subsystem,
+    /// Age of the oldest pin concerned.
+    pub age_secs: Option<f64>,
+}
+
+/// Thresholds.
+#[derive(Clone, Debug)]
+pub struct LeakPolicy {
+    /// Pins held longer than this are long-held.
+    pub long_held: Duration,
+    /// Per-subsystem overrides of `long_held` (io_uring fixed buffers are
+    /// meant to stay pinned for the ring's life, for example).
+    pub per_subsystem: BTreeMap<Subsystem, Duration>,
+    /// Readings in a row with rising outstanding pins that make a growth
+    /// signal.
+    pub growth_readings: usize,
+}
+
+impl Default for LeakPolicy {
+    fn default() -> Self {
+        LeakPolicy { long_held: Duration::from_secs(300), per_subsystem: BTreeMap::new(), growth_readings: 5 }
+    }
+}
+
+impl LeakPolicy {
+    fn threshold(&self, s: Subsystem) -> Duration {
+        self.per_subsystem.get(&s).copied().unwrap_or(self.long_held)
+    }
+}
+
+/// Remembers outstanding pins per call site across readings.
+#[derive(Clone, Debug, Default)]
+pub struct GrowthTracker {
+    history: HashMap<(u32, String), VecDeque<u64>>,
+}
+
+impl GrowthTracker {
+    /// Records this reading's outstanding pins per (owner, call site) and
+    /// returns the sites that rose at each of the last `readings` readings.
+    fn observe(&mut self, now: &BTreeMap<(u32, String), u64>, readings: usize) -> Vec<(u32, String, u64)> {
+        self.history.retain(|k, _| now.contains_key(k));
+        let mut out = vec![];
+        for (k, v) in now {
+            let h = self.history.entry(k.clone()).or_default();
+            h.push_back(*v);
+            while h.len() > readings + 1 {
+                h.pop_front();
+            }
+            if readings > 0 && h.len() == readings + 1 && h.iter().zip(h.iter().skip(1)).all(|(a, b)| b > a) {
+                out.push((k.0, k.1.clone(), *v));
+            }
+        }
+        out
+    }
+}
+
+/// The raw contents of the tracking maps.
+#[derive(Clone, Debug, Default)]
+pub struct TrackingMaps {
+    /// folio → owners.
+    pub pins: Vec<(u64, PinRecord)>,
+    /// tgid → exit time (ns, monotonic).
+    pub exited: HashMap<u32, u64>,
+    /// unpin call-site stack id → unbalanced pins.
+    pub unbalanced: Vec<(i64, u64)>,
+}
+
+/// The report: what is pinned now, and what looks leaked.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakReport {
+    /// Pins gupwatch tracks as outstanding.
+    pub tracked_outstanding: u64,
+    /// Pins the kernel counts as outstanding (`nr_foll_pin_acquired -
+    /// nr_foll_pin_released`), including those taken before gupwatch started.
+    pub kernel_outstanding: Option<i64>,
+    /// Pins seen but not tracked (map full, or a third owner of a folio).
+    pub untracked_pins: u64,
+    /// Whether the view is partial (`untracked_pins > 0`).
+    pub partial: bool,
+    /// Outstanding pins by owner and call site, oldest first.
+    pub holdings: Vec<Holding>,
+    /// Leak signals.
+    pub leaks: Vec<Leak>,
+    /// Explanations the reader needs (gap to the kernel's total, partial view).
+    pub notes: Vec<String>,
+}
+
+/// Inputs of [`analyze`] besides the maps.
+pub struct Context<'a> {
+    /// Now, on the clock the programs use (CLOCK_MONOTONIC, ns).
+    pub now_ns: u64,
+    /// Only pins first taken at or after this time count (0: all).
+    pub since_ns: u64,
+    /// Names a call-site stack id.
+    pub caller: &'a dyn Fn(i64) -> Caller,
+    /// Whether a process is still alive (for owners whose exit was missed).
+    pub alive: &'a dyn Fn(u32) -> bool,
+    /// The kernel's outstanding total, if readable.
+    pub kernel_outstanding: Option<i64>,
+    /// Untracked pins so far (from the diagnostics counters).
+    pub untracked_pins: u64,
+}
+
+/// Builds the report.
+pub fn analyze(
+    maps: &TrackingMaps,
+    cx: &Context<'_>,
+    policy: &LeakPolicy,
+    growth: Option<&mut GrowthTracker>,
+) -> LeakReport {
+    // (owner, stack) → holding
+    let mut groups: BTreeMap<(u32, i64), Holding> = BTreeMap::new();
+    let mut oldest: BTreeMap<(u32, i64), u64> = BTreeMap::new();
+    let mut tracked = 0u64;
+    for (_folio, rec) in &maps.pins {
+        for o in rec.owners.iter().filter(|o| o.count > 0) {
+            tracked += o.count as u64;
+            if o.first_ns < cx.since_ns {
+                continue;
+            }
+            let key = (o.tgid, o.stack_id);
+            let exited_after_pin = maps.exited.get(&o.tgid).is_some_and(|t| *t >= o.first_ns);
+            let h = groups.entry(key).or_insert_with(|| Holding {
+                owner_tgid: o.tgid,
+                comm: comm_string(&o.comm),
+                api: Api::from_index(o.api).map_or("unknown", |a| a.symbol()),
+                caller: (cx.caller)(o.stack_id),
+                pages: 0,
+                oldest_age_secs: 0.0,
+                longterm: false,
+                orphaned: exited_after_pin || !(cx.alive)(o.tgid),
+                stack_id: o.stack_id,
+            });
+            h.pages += o.count as u64;
+            h.longterm |= o.longterm != 0;
+            let first = oldest.entry(key).or_insert(o.first_ns);
+            *first = (*first).min(o.first_ns);
+        }
+    }
+    let mut holdings: Vec<Holding> = groups
+        .into_iter()
+        .map(|(k, mut h)| {
+            h.oldest_age_secs = cx.now_ns.saturating_sub(oldest[&k]) as f64 / 1e9;
+            h
+        })
+        .collect();
+    holdings.sort_by(|a, b| b.oldest_age_secs.total_cmp(&a.oldest_age_secs));
+
+    let mut leaks = vec![];
+    for h in &holdings {
+        let kind = if h.orphaned {
+            Some(LeakKind::Orphaned)
+        } else if h.oldest_age_secs >= policy.threshold(h.caller.subsystem).as_secs_f64() {
+            Some(LeakKind::LongHeld)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            leaks.push(Leak {
+                kind,
+                pages: h.pages,
+                owner_tgid: Some(h.owner_tgid),
+                comm: Some(h.comm.clone()),
+                caller: h.caller.function.clone(),
+                subsystem: h.caller.subsystem,
+                age_secs: Some(h.oldest_age_secs),
+            });
+        }
+    }
+    let mut notes = vec![];
+    let unbalanced_total: u64 = maps.unbalanced.iter().map(|(_, n)| n).sum();
+    for (site, n) in &maps.unbalanced {
+        let c = (cx.caller)(*site);
+        leaks.push(Leak {
+            kind: LeakKind::Unbalanced,
+            pages: *n,
+            owner_tgid: None,
+            comm: None,
+            caller: c.function,
+            subsystem: c.subsystem,
+            age_secs: None,
+        });
+    }
+    if unbalanced_total > 0 {
+        notes.push(format!(
+            "{unbalanced_total} unpins matched no pin gupwatch saw; pins taken before gupwatch started are the usual cause"
+        ));
+    }
+    if let Some(g) = growth {
+        let mut by_site: BTreeMap<(u32, String), u64> = BTreeMap::new();
+        for h in &holdings {
+            *by_site.entry((h.owner_tgid, h.caller.function.clone())).or_default() += h.pages;
+        }
+        for (tgid, caller, pages) in g.observe(&by_site, policy.growth_readings) {
+            let h = holdings.iter().find(|h| h.owner_tgid == tgid && h.caller.function == caller);
+            leaks.push(Leak {
+                kind: LeakKind::Growth,
+                pages,
+                owner_tgid: Some(tgid),
+                comm: h.map(|h| h.comm.clone()),
+                caller,
+                subsystem: h.map_or(Subsystem::Other, |h| h.caller.subsystem),
+                age_secs: h.map(|h| h.oldest_age_secs),
+            });
+        }
+    }
+    if let Some(k) = cx.kernel_outstanding {
+        let gap = k - tracked as i64;
+        if gap > 0 {
+            notes.push(format!(
+                "the kernel counts {k} pins outstanding, gupwatch tracks {tracked}: {gap} were taken before gupwatch started (or not tracked) and will leave the gap as they are released"
+            ));
+        }
+    }
+    if cx.untracked_pins > 0 {
+        notes.push(format!(
+            "{} pins were not tracked (tracking map full or a folio with more than two owners): totals stay exact, this view is partial; raise --track-capacity",
+            cx.untracked_pins
+        ));
+    }
+    LeakReport {
+        tracked_outstanding: tracked,
+        kernel_outstanding: cx.kernel_outstanding,
+        untracked_pins: cx.untracked_pins,
+        partial: cx.untracked_pins > 0,
+        holdings,
+        leaks,
+        notes,
+    }
+}
+
+impl LeakReport {
+    /// A human-readable table.
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "outstanding pins: {} tracked by gupwatch, {} counted by the kernel{}\n",
+            self.tracked_outstanding,
+            self.kernel_outstanding.map_or("?".into(), |k| k.to_string()),
+            if self.partial { " (PARTIAL view)" } else { "" }
+        );
+        for n in &self.notes {
+            out += &format!("  note: {n}\n");
+        }
+        out += &format!(
+            "\n{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  {}\n",
+            "OWNER", "COMM", "CALLER", "SUBSYSTEM", "PAGES", "AGE", "SIGNAL"
+        );
+        for h in &self.holdings {
+            let signal = self
+                .leaks
+                .iter()
+                .find(|l| l.owner_tgid == Some(h.owner_tgid) && l.caller == h.caller.function && l.kind != LeakKind::Unbalanced)
+                .map_or("", |l| l.kind.as_str());
+            out += &format!(
+                "{:>7} {:<16} {:<34} {:<11} {:>7} {:>8.1}s  {}{}\n",
+                h.owner_tgid,
+                h.comm,
+                h.caller.function,
+                h.caller.subsystem.as_str(),
+                h.pages,
+                h.oldest_age_secs,
+                signal,
+                if h.longterm { " (longterm)" } else { "" }
+            );
+        }
+        for l in self.leaks.iter().filter(|l| l.kind == LeakKind::Unbalanced) {
+            out += &format!("{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  unbalanced\n", "-", "-", l.caller, l.subsystem.as_str(), l.pages, "-");
+        }
+        out
+    }
+}
+
+/// Whether a process exists (`/proc/<tgid>`).
+pub fn process_alive(tgid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{tgid}")).exists()
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gup_common::{PinOwner, PinRecord};
+
+    fn owner(tgid: u32, count: u32, first_ns: u64, stack_id: i64) -> PinOwner {
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"app");
+        PinOwner { tgid, count, first_ns, stack_id, api: Api::PinUserPagesFast as u32, longterm: 1, comm }
+    }
+    const EMPTY: PinOwner = PinOwner { tgid: 0, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16] };
+
+    fn caller(id: i64) -> Caller {
+        match id {
+            1 => Caller { function: "io_sqe_buffer_register".into(), subsystem: Subsystem::IoUring },
+            2 => Caller { function: "bio_iov_iter_get_pages".into(), subsystem: Subsystem::DirectIo },
+            _ => Caller { function: "unknown".into(), subsystem: Subsystem::Other },
+        }
+    }
+
+    fn cx<'a>(now: u64, caller: &'a dyn Fn(i64) -> Caller, alive: &'a dyn Fn(u32) -> bool) -> Context<'a> {
+        Context { now_ns: now, since_ns: 0, caller, alive, kernel_outstanding: None, untracked_pins: 0 }
+    }
+
+    #[test]
+    fn groups_by_owner_and_site_oldest_first() {
+        let maps = TrackingMaps {
+            pins: vec![
+                (0x1000, PinRecord { owners: [owner(10, 1, 5_000_000_000, 1), EMPTY] }),
+                (0x2000, PinRecord { owners: [owner(10, 2, 1_000_000_000, 1), owner(11, 1, 9_000_000_000, 2)] }),
+            ],
+            ..Default::default()
+        };
+        let r = analyze(&maps, &cx(10_000_000_000, &caller, &|_| true), &LeakPolicy::default(), None);
+        assert_eq!(r.tracked_outstanding, 4);
+        assert_eq!(r.holdings.len(), 2);
+        assert_eq!((r.holdings[0].owner_tgid, r.holdings[0].pages), (10, 3));
+        assert!((r.holdings[0].oldest_age_secs - 9.0).abs() < 1e-9);
+        assert!(r.leaks.is_empty(), "nothing is older than 300 s");
+    }
+
+    #[test]
+    fn long_held_orphaned_and_per_subsystem_thresholds() {
+        let maps = TrackingMaps {
+            pins: vec![
+                (0x1000, PinRecord { owners: [owner(10, 256, 0, 1), EMPTY] }),
+                (0x2000, PinRecord { owners: [owner(20, 8, 0, 2), EMPTY] }),
+                (0x3000, PinRecord { owners: [owner(30, 4, 100, 2), EMPTY] }),
+            ],
+            exited: HashMap::from([(30, 200)]),
+            ..Default::default()
+        };
+        let mut policy = LeakPolicy { long_held: Duration::from_secs(5), ..Default::default() };
+        policy.per_subsystem.insert(Subsystem::IoUring, Duration::from_secs(60));
+        let r = analyze(&maps, &cx(10_000_000_000, &caller, &|_| true), &policy, None);
+        let kinds: Vec<(LeakKind, Option<u32>, u64)> = r.leaks.iter().map(|l| (l.kind, l.owner_tgid, l.pages)).collect();
+        // io_uring (60 s override) is not long-held at 10 s; direct-io (5 s) is.
+        assert!(kinds.contains(&(LeakKind::LongHeld, Some(20), 8)));
+        assert!(kinds.contains(&(LeakKind::Orphaned, Some(30), 4)));
+        assert!(!kinds.iter().any(|k| k.1 == Some(10)));
+    }
+
+    #[test]
+    fn exit_before_pin_is_not_orphaned_but_a_dead_pid_is() {
+        let maps = TrackingMaps {
+            pins: vec![(0x1000, PinRecord { owners: [owner(30, 1, 500, 1), EMPTY] })],
+            exited: HashMap::from([(30, 100)]), // an earlier process with the same pid
+            ..Default::default()
+        };
+        let r = analyze(&maps, &cx(1_000, &caller, &|_| true), &LeakPolicy::default(), None);
+        assert!(!r.holdings[0].orphaned);
+        let r = analyze(&maps, &cx(1_000, &caller, &|_| false), &LeakPolicy::default(), None);
+        assert!(r.holdings[0].orphaned);
+    }
+
+    #[test]
+    fn unbalanced_is_reported_once_per_site_with_the_usual_cause() {
+        let maps = TrackingMaps { unbalanced: vec![(2, 512)], ..Default::default() };
+        let r = analyze(&maps, &cx(0, &caller, &|_| true), &LeakPolicy::default(), None);
+        assert_eq!(r.leaks.len(), 1);
+        assert_eq!((r.leaks[0].kind, r.leaks[0].pages, r.leaks[0].caller.as_str()), (LeakKind::Unbalanced, 512, "bio_iov_iter_get_pages"));
+        assert!(r.notes[0].contains("before gupwatch started"));
+    }
+
+    #[test]
+    fn growth_needs_a_rise_at_every_reading() {
+        let policy = LeakPolicy { growth_readings: 3, ..Default::default() };
+        let mut g = GrowthTracker::default();
+        let mut signals = vec![];
+        for (i, n) in [1u32, 2, 3, 4, 4, 5].into_iter().enumerate() {
+            let maps = TrackingMaps { pins: vec![(0x1000, PinRecord { owners: [owner(10, n, 0, 1), EMPTY] })], ..Default::default() };
+            let r = analyze(&maps, &cx(i as u64, &caller, &|_| true), &policy, Some(&mut g));
+            signals.push(r.leaks.iter().any(|l| l.kind == LeakKind::Growth));
+        }
+        assert_eq!(signals, [false, false, false, true, false, false]);
+    }
+
+    #[test]
+    fn since_filters_old_pins_and_notes_explain_gaps() {
+        let maps = TrackingMaps {
+            pins: vec![(0x1000, PinRecord { owners: [owner(10, 2, 100, 1), owner(11, 3, 900, 1)] })],
+            ..Default::default()
+        };
+        let c = Context { since_ns: 500, kernel_outstanding: Some(10), untracked_pins: 7, ..cx(1000, &caller, &|_| true) };
+        let r = analyze(&maps, &c, &LeakPolicy::default(), None);
+        assert_eq!(r.holdings.len(), 1);
+        assert_eq!(r.holdings[0].owner_tgid, 11);
+        assert!(r.partial);
+        assert_eq!(r.notes.len(), 2);
+    }
+}
