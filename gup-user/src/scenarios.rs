@@ -6,7 +6,10 @@
 //! snapshots: one syscall that pins [`pages`](Scenario::pages) base pages, or
 //! that must fail), and [`cleanup`](Scenario::cleanup) (not measured).
 //! Nothing pins or unpins in `run` but its syscall, and whatever that syscall
-//! starts has finished when `run` returns.
+//! starts has finished when `run` returns. (In the two orphan scenarios a
+//! child forked in `run` makes the syscall and has exited when `run`
+//! returns; the second also closes the ring and waits until its teardown
+//! has unpinned.)
 //!
 //! Buffers are 1 MiB, page aligned (mmap) and marked `MADV_NOHUGEPAGE`, so
 //! every page is its own small folio. The first six scenarios write their
@@ -16,6 +19,14 @@
 //! child); the last three hand the kernel memory it must refuse to pin
 //! (PROT_NONE, device memory) and expect an errno. [`Scenario::expectation`]
 //! says which is which.
+//!
+//! Three more leave pins behind on purpose, for the leak report: one keeps
+//! its buffer registered after `run` (long-held), one has a short-lived
+//! child register a buffer and exit while this process keeps the ring
+//! (orphaned), and one does the same and then closes the ring and waits
+//! until its teardown has released the pins. [`Scenario::expected_leak`]
+//! says what the leak report should show right after `run`;
+//! [`run_workload`] leaves these three out.
 //!
 //! No debugfs `gup_test`: Debian kernels do not build it.
 
@@ -31,7 +42,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::vmstat::FollPinDelta;
+use crate::leaks::LeakKind;
+use crate::vmstat::{self, FollPinCounters, FollPinDelta, VmstatError};
 
 /// Size of every scenario's buffer (1 MiB: 256 pages of 4 KiB).
 pub const BUFFER_BYTES: usize = 1 << 20;
@@ -157,6 +169,19 @@ pub const SUBSYSTEM_IO_URING: &str = "io_uring";
 /// [`Expectation::subsystem`] of the O_DIRECT scenarios.
 pub const SUBSYSTEM_DIRECT_IO: &str = "direct-io";
 
+/// A leak the leak report should show right after a scenario's `run` (see
+/// [`Scenario::expected_leak`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ExpectedLeak {
+    /// "long_held" or "orphaned" ([`LeakKind::as_str`]).
+    pub kind: &'static str,
+    /// Pins the leak must cover.
+    pub pages: u64,
+    /// The process that owns the pins (this process, or the child that
+    /// registered them).
+    pub owner_tgid: u32,
+}
+
 /// A built-in workload; see the module documentation for the phases.
 pub trait Scenario: Send {
     /// Stable snake_case name, e.g. `"process_vm_readv"`.
@@ -176,6 +201,20 @@ pub trait Scenario: Send {
     /// scenario.
     fn observed_errno(&self) -> Option<i32> {
         None
+    }
+    /// The leak the checker should find right after `run()` (before
+    /// cleanup), if any. A scenario whose owner is a child forked in `run`
+    /// knows it only after a successful `run` (`None` before, and again
+    /// after the next `prepare`).
+    fn expected_leak(&self) -> Option<ExpectedLeak> {
+        None
+    }
+    /// The settled change of `nr_foll_pin_acquired`/`nr_foll_pin_released`
+    /// over one `run`: by default what [`pin_path`](Scenario::pin_path)
+    /// gives for [`pages`](Scenario::pages); a scenario that also releases
+    /// its pins in `run` (by other means than its pin path) says so here.
+    fn expected_delta(&self) -> FollPinDelta {
+        self.pin_path().expected_delta(self.pages())
     }
     /// Sets up everything `run` needs, pre-faulting its buffers. Calling it
     /// again releases the previous set-up first.
@@ -264,6 +303,29 @@ pub enum ScenarioError {
         scenario: &'static str,
         reason: String,
     },
+    /// The scenario could not read the kernel's FOLL_PIN counters, which it
+    /// needs to wait for an asynchronous release.
+    #[error("{scenario}: {error}")]
+    Vmstat {
+        scenario: &'static str,
+        #[source]
+        error: VmstatError,
+    },
+    /// Pins the scenario let go of (by closing a ring) did not show up as
+    /// released in `/proc/vmstat` in time.
+    #[error(
+        "{scenario}: after {what}, nr_foll_pin_released grew by {released} in {waited:?} \
+         instead of the {expected} pages the ring held; its asynchronous teardown \
+         (io_ring_exit_work) has not unpinned them yet: the machine may be overloaded (a slow \
+         emulated VM?) or the kernel kept the pins (see dmesg for hung tasks)"
+    )]
+    NotReleased {
+        scenario: &'static str,
+        what: &'static str,
+        expected: u64,
+        released: u64,
+        waited: Duration,
+    },
 }
 
 impl ScenarioError {
@@ -276,7 +338,9 @@ impl ScenarioError {
             | ScenarioError::EmulatedDirectIo { scenario, .. }
             | ScenarioError::Sequence { scenario, .. }
             | ScenarioError::UnexpectedOutcome { scenario, .. }
-            | ScenarioError::NotReachable { scenario, .. } => scenario,
+            | ScenarioError::NotReachable { scenario, .. }
+            | ScenarioError::Vmstat { scenario, .. }
+            | ScenarioError::NotReleased { scenario, .. } => scenario,
         }
     }
 
@@ -294,12 +358,19 @@ impl ScenarioError {
     /// EOPNOTSUPP, EPERM/EACCES from seccomp, `io_uring_disabled`, ptrace
     /// policy), the filesystem refuses O_DIRECT (EINVAL) or only emulates it
     /// (tmpfs), or RLIMIT_MEMLOCK is too low for io_uring (ENOMEM), or the
-    /// machine lacks what the scenario needs ([`ScenarioError::NotReachable`]).
+    /// machine lacks what the scenario needs ([`ScenarioError::NotReachable`],
+    /// or a kernel without the FOLL_PIN counters in `/proc/vmstat`).
     /// Such a scenario should be reported as skipped (not reachable here)
     /// with its hint, never as passed.
     pub fn is_unsupported(&self) -> bool {
-        if let ScenarioError::EmulatedDirectIo { .. } | ScenarioError::NotReachable { .. } = self {
-            return true;
+        match self {
+            ScenarioError::EmulatedDirectIo { .. } | ScenarioError::NotReachable { .. } => {
+                return true
+            }
+            ScenarioError::Vmstat { error, .. } => {
+                return matches!(error, VmstatError::Missing { .. })
+            }
+            _ => {}
         }
         let ScenarioError::Syscall { syscall, errno, .. } = self else {
             return false;
@@ -459,6 +530,9 @@ fn hint(syscall: &str, errno: i32) -> &'static str {
             "the scratch directory's filesystem is full (1 MiB is needed)"
         }
         ("mmap", libc::ENOMEM) => "out of memory, or RLIMIT_AS/vm.max_map_count is too low",
+        ("clone", libc::EAGAIN) => {
+            "no new process allowed: RLIMIT_NPROC (`ulimit -u`) or the pids cgroup limit is reached"
+        }
         _ => "",
     }
 }
@@ -1192,6 +1266,10 @@ enum RingOp {
     Unregister,
     /// `run` registers a buffer that was never touched (no PTEs).
     RegisterUnfaulted,
+    /// As `Register`, as a long-held leak: the buffer stays registered
+    /// after `run` until `cleanup` (which [`Register`](RingOp::Register)
+    /// also does, but this one tells the checker to expect the leak).
+    Held,
 }
 
 /// Registers (run) or unregisters (run) a 1 MiB fixed buffer.
@@ -1206,6 +1284,7 @@ impl Scenario for IoUringBuffers {
             RingOp::Register => "io_uring_register_buffers",
             RingOp::Unregister => "io_uring_unregister_buffers",
             RingOp::RegisterUnfaulted => "io_uring_register_unfaulted",
+            RingOp::Held => "io_uring_buffers_held",
         }
     }
 
@@ -1222,12 +1301,16 @@ impl Scenario for IoUringBuffers {
                 "IORING_REGISTER_BUFFERS of a never-touched 1 MiB buffer: the slow path faults in \
                  and long-term pins every page"
             }
+            RingOp::Held => {
+                "IORING_REGISTER_BUFFERS of a 1 MiB fixed buffer kept registered after the run: a \
+                 long-held leak owned by this process until cleanup unregisters it"
+            }
         }
     }
 
     fn pin_path(&self) -> PinPath {
         match self.op {
-            RingOp::Register | RingOp::RegisterUnfaulted => PinPath::IoUringRegister,
+            RingOp::Register | RingOp::RegisterUnfaulted | RingOp::Held => PinPath::IoUringRegister,
             RingOp::Unregister => PinPath::IoUringUnregister,
         }
     }
@@ -1244,7 +1327,7 @@ impl Scenario for IoUringBuffers {
     fn expectation(&self) -> Expectation {
         Expectation {
             path: match self.op {
-                RingOp::Register => ExpectedPath::Any,
+                RingOp::Register | RingOp::Held => ExpectedPath::Any,
                 RingOp::Unregister => ExpectedPath::None,
                 RingOp::RegisterUnfaulted => ExpectedPath::Slow,
             },
@@ -1258,7 +1341,7 @@ impl Scenario for IoUringBuffers {
         self.state = None;
         let name = self.name();
         let mut st = match self.op {
-            RingOp::Register | RingOp::Unregister => RingState::new(name)?,
+            RingOp::Register | RingOp::Unregister | RingOp::Held => RingState::new(name)?,
             RingOp::RegisterUnfaulted => {
                 RingState::with_buffer(name, Mapping::new_untouched(name, BUFFER_BYTES)?)?
             }
@@ -1287,8 +1370,18 @@ impl Scenario for IoUringBuffers {
                 }
                 st.unregister(name)
             }
-            RingOp::Register | RingOp::RegisterUnfaulted => st.register(name),
+            RingOp::Register | RingOp::RegisterUnfaulted | RingOp::Held => st.register(name),
         }
+    }
+
+    /// The held variant's buffer, registered by this process (the checker
+    /// lowers its long-held threshold to see it right after `run`).
+    fn expected_leak(&self) -> Option<ExpectedLeak> {
+        (self.op == RingOp::Held).then(|| ExpectedLeak {
+            kind: LeakKind::LongHeld.as_str(),
+            pages: buffer_pages(),
+            owner_tgid: std::process::id(),
+        })
     }
 
     fn cleanup(&mut self) -> Result<(), ScenarioError> {
@@ -1584,32 +1677,37 @@ impl SharingChild {
             return Ok(());
         }
         self.release = None;
-        let mut status: libc::c_int = 0;
-        loop {
-            // SAFETY: waits for our own child and writes its status into a
-            // local.
-            let rc = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if rc == self.pid {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                self.pid = 0;
-                return Err(sys_err(self.scenario, "waitpid", e));
-            }
+        let pid = std::mem::replace(&mut self.pid, 0);
+        wait_for_child(self.scenario, pid)
+    }
+}
+
+/// Waits until our child `pid` has exited and reaps it (so `/proc/<pid>` is
+/// gone when this returns); an error if it did not exit 0.
+fn wait_for_child(scenario: &'static str, pid: libc::pid_t) -> Result<(), ScenarioError> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waits for our own child and writes its status into a
+        // local.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break;
         }
-        self.pid = 0;
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-            Ok(())
-        } else {
-            Err(sys_err(
-                self.scenario,
-                "waitpid",
-                io::Error::other(format!(
-                    "the forked child ended abnormally (wait status {status:#x})"
-                )),
-            ))
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(sys_err(scenario, "waitpid", e));
         }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(sys_err(
+            scenario,
+            "waitpid",
+            io::Error::other(format!(
+                "the forked child ended abnormally (wait status {status:#x})"
+            )),
+        ))
     }
 }
 
@@ -1839,11 +1937,469 @@ impl Scenario for DirectIo {
     }
 }
 
+// ---------------------------------------------------------------------------
+// io_uring rings that outlive the process that registered their buffers
+
+/// How long `io_uring_orphaned_closed` waits in `run` for the ring's
+/// teardown to release the pins, reading exact totals (as root).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same without `stat_refresh` (not root): the totals catch up only
+/// when the kernel folds its per-CPU deltas (every `vm.stat_interval`).
+const RELEASE_TIMEOUT_NO_REFRESH: Duration = Duration::from_secs(15);
+/// Pause between two readings while waiting for the release.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
+
+/// A reading of the FOLL_PIN counters to wait from.
+struct PinBaseline {
+    counters: FollPinCounters,
+    /// Whether the readings refresh first (root) and so are exact.
+    refresh: bool,
+}
+
+impl PinBaseline {
+    /// Exact (refreshed) as root; otherwise as the kernel last folded them.
+    fn read(scenario: &'static str) -> Result<Self, ScenarioError> {
+        let vm = |error| ScenarioError::Vmstat { scenario, error };
+        match vmstat::read(true) {
+            Ok(counters) => Ok(PinBaseline {
+                counters,
+                refresh: true,
+            }),
+            Err(e) if e.is_refresh_failure() => Ok(PinBaseline {
+                counters: vmstat::read(false).map_err(vm)?,
+                refresh: false,
+            }),
+            Err(e) => Err(vm(e)),
+        }
+    }
+
+    /// Polls `/proc/vmstat` until `nr_foll_pin_released` has grown by
+    /// `pages` since this reading; how long that took, or
+    /// [`ScenarioError::NotReleased`] after the timeout. (Not
+    /// [`vmstat::settle`]: that waits for the counters to stop moving, not
+    /// for a target, and a busy host never stops them.)
+    fn wait_for_release(
+        &self,
+        scenario: &'static str,
+        what: &'static str,
+        pages: u64,
+    ) -> Result<Duration, ScenarioError> {
+        let timeout = if self.refresh {
+            RELEASE_TIMEOUT
+        } else {
+            RELEASE_TIMEOUT_NO_REFRESH
+        };
+        let start = Instant::now();
+        loop {
+            let now = vmstat::read(self.refresh)
+                .map_err(|error| ScenarioError::Vmstat { scenario, error })?;
+            let released = now.released.saturating_sub(self.counters.released);
+            if released >= pages {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= timeout {
+                return Err(ScenarioError::NotReleased {
+                    scenario,
+                    what,
+                    expected: pages,
+                    released,
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(RELEASE_POLL);
+        }
+    }
+}
+
+/// What the child of [`IoUringOrphan`] writes to its report pipe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ChildReport {
+    /// [`CHILD_DONE`] or the stage that failed.
+    stage: u32,
+    /// The errno of the failed stage.
+    errno: i32,
+    /// When done: the ring's descriptor, in the table shared with the parent.
+    ring_fd: i32,
+}
+
+/// The child registered its buffer; `ring_fd` is the ring.
+const CHILD_DONE: u32 = 0;
+/// `io_uring_setup` failed in the child.
+const CHILD_SETUP_FAILED: u32 = 1;
+/// `IORING_REGISTER_BUFFERS` failed in the child (which closed the ring).
+const CHILD_REGISTER_FAILED: u32 = 2;
+
+impl ChildReport {
+    /// The ring of a successful report, as an owned descriptor; the
+    /// child's failure otherwise.
+    ///
+    /// # Safety
+    ///
+    /// A successful report must name a descriptor of this process that
+    /// nothing else owns: one the child left in the table it shared with us.
+    unsafe fn into_ring(self, scenario: &'static str) -> Result<OwnedFd, ScenarioError> {
+        let errno = io::Error::from_raw_os_error(self.errno);
+        match self.stage {
+            CHILD_DONE if self.ring_fd >= 0 => {
+                // SAFETY: the caller guarantees that nothing else owns it.
+                Ok(unsafe { OwnedFd::from_raw_fd(self.ring_fd) })
+            }
+            CHILD_SETUP_FAILED => Err(sys_err(scenario, "io_uring_setup", errno)),
+            CHILD_REGISTER_FAILED => Err(sys_err(scenario, REGISTER, errno)),
+            _ => Err(sys_err(
+                scenario,
+                "clone",
+                io::Error::other(format!("the forked child sent a bad report {self:?}")),
+            )),
+        }
+    }
+}
+
+/// Starts a child process that shares this process's descriptor table
+/// (`clone(CLONE_FILES | SIGCHLD)`; otherwise a fork: its own copy of the
+/// memory), where it faults in its own copy of `buf`, creates a ring,
+/// registers the buffer, writes a [`ChildReport`] to `report` and exits,
+/// leaving the ring in the shared table. Returns its pid; the caller reaps
+/// it.
+///
+/// Why not pass the ring over a Unix socket: the kernel refuses to send an
+/// io_uring descriptor with SCM_RIGHTS (EINVAL, since 6.7 and in the stable
+/// trees, measured on 6.18), and `pidfd_getfd` needs ptrace rights that a
+/// seccomp profile or Yama may deny; a shared table needs nothing.
+fn spawn_registering_child(
+    scenario: &'static str,
+    buf: &Mapping,
+    report: &OwnedFd,
+) -> Result<libc::pid_t, ScenarioError> {
+    let iov = buf.iovec();
+    let tx = report.as_raw_fd();
+    let flags = (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone without CLONE_VM, a null stack and no TID pointers
+    // behaves like fork (the child runs on a copy-on-write copy of this
+    // stack and returns here with 0), except that the descriptor table is
+    // shared. The process may have other threads, so the child only makes
+    // raw syscalls with values already on its stack (no allocation, no lock,
+    // no destructor, nothing that relies on glibc's per-thread data, which a
+    // raw clone does not update) and never returns from this block.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if pid < 0 {
+        return Err(sys_err(scenario, "clone", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are that child; `iov` describes the child's own copy
+        // of a mapping nobody else in the child uses.
+        unsafe { registering_child(iov, tx) }
+    }
+    Ok(pid as libc::pid_t)
+}
+
+/// The child of [`spawn_registering_child`]: faults its buffer in, creates
+/// a ring, registers the buffer, reports and `_exit`s (0 once the report is
+/// written). It closes nothing but a ring whose registration failed: every
+/// other descriptor is the parent's too.
+///
+/// # Safety
+///
+/// Only for that child, right after the clone: `iov` must be a read-write
+/// anonymous mapping of this (child) process that nothing else touches.
+unsafe fn registering_child(iov: libc::iovec, tx: libc::c_int) -> ! {
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // Fault every page in: fresh pages of the child's own memory (the
+    // parent never touched the mapping, so none are shared with it).
+    std::ptr::write_bytes(iov.iov_base.cast::<u8>(), SEED_SOURCE, iov.iov_len);
+    let mut report = ChildReport::default();
+    let mut params = IoUringParams::default();
+    let ring = libc::syscall(
+        libc::SYS_io_uring_setup,
+        IO_URING_ENTRIES,
+        &mut params as *mut IoUringParams,
+    );
+    if ring < 0 {
+        report.stage = CHILD_SETUP_FAILED;
+        report.errno = errno();
+    } else {
+        let ring = ring as libc::c_int;
+        let rc = libc::syscall(
+            libc::SYS_io_uring_register,
+            ring,
+            IORING_REGISTER_BUFFERS,
+            &iov as *const libc::iovec,
+            1 as libc::c_uint,
+        );
+        if rc < 0 {
+            report.stage = CHILD_REGISTER_FAILED;
+            report.errno = errno();
+            libc::close(ring);
+        } else {
+            report.ring_fd = ring;
+        }
+    }
+    let len = std::mem::size_of::<ChildReport>();
+    let n = libc::write(tx, (&report as *const ChildReport).cast(), len);
+    libc::_exit(if n == len as isize { 0 } else { 1 })
+}
+
+/// Reads the report of a child that has exited (the pipe is non-blocking:
+/// no report is an error, not a hang).
+fn read_child_report(scenario: &'static str, rx: &OwnedFd) -> Result<ChildReport, ScenarioError> {
+    let mut report = ChildReport::default();
+    let len = std::mem::size_of::<ChildReport>();
+    // SAFETY: reads at most `len` bytes into a local of that size; any bit
+    // pattern is a valid ChildReport.
+    let n = unsafe {
+        libc::read(
+            rx.as_raw_fd(),
+            (&mut report as *mut ChildReport).cast(),
+            len,
+        )
+    };
+    if n == len as isize {
+        return Ok(report);
+    }
+    let e = if n < 0 {
+        io::Error::last_os_error()
+    } else {
+        io::Error::other(format!("{n} of {len} bytes"))
+    };
+    Err(sys_err(
+        scenario,
+        "read",
+        io::Error::other(format!("the forked child sent no report ({e})")),
+    ))
+}
+
+struct OrphanState {
+    // Field order is drop order: close the orphaned ring first.
+    /// The ring the child registered its buffer on, kept after the child
+    /// exited (the orphaned variant, until cleanup).
+    ring: Option<OwnedFd>,
+    /// The child's report pipe (both ends non-blocking and close-on-exec).
+    report_rx: OwnedFd,
+    report_tx: OwnedFd,
+    /// Never touched by this process: the child inherits the empty mapping
+    /// and faults its own pages into it, so the pinned pages are the
+    /// child's.
+    buf: Mapping,
+}
+
+/// A child process registers a 1 MiB buffer of its own memory on a ring and
+/// exits; this process keeps the ring, so the pins outlive their owner
+/// (orphaned) until `cleanup` closes it. The closed variant closes the ring
+/// in `run` and waits until its teardown has released the pins.
+struct IoUringOrphan {
+    closed: bool,
+    state: Option<OrphanState>,
+    /// The pid of the child of the last successful `run` since `prepare`.
+    child: Option<u32>,
+    /// How long the last closed `run` waited for the release.
+    release_wait: Option<Duration>,
+}
+
+impl IoUringOrphan {
+    fn new(closed: bool) -> Self {
+        IoUringOrphan {
+            closed,
+            state: None,
+            child: None,
+            release_wait: None,
+        }
+    }
+}
+
+impl Scenario for IoUringOrphan {
+    fn name(&self) -> &'static str {
+        if self.closed {
+            "io_uring_orphaned_closed"
+        } else {
+            "io_uring_orphaned"
+        }
+    }
+
+    fn description(&self) -> &'static str {
+        if self.closed {
+            "as io_uring_orphaned, then the ring is closed and the run waits until its \
+             asynchronous teardown has unpinned the buffer: nothing is left behind"
+        } else {
+            "a forked child registers a 1 MiB fixed buffer of its own memory and exits while \
+             this process keeps the ring: pins orphaned until cleanup closes the ring"
+        }
+    }
+
+    fn pin_path(&self) -> PinPath {
+        PinPath::IoUringRegister
+    }
+
+    fn pages(&self) -> u64 {
+        buffer_pages()
+    }
+
+    /// As `io_uring_register_buffers`, in the child: its buffer is
+    /// pre-faulted (by the child) when it registers it.
+    fn expectation(&self) -> Expectation {
+        Expectation {
+            path: ExpectedPath::Any,
+            errno: None,
+            subsystem: SUBSYSTEM_IO_URING,
+            longterm: true,
+        }
+    }
+
+    fn expected_leak(&self) -> Option<ExpectedLeak> {
+        if self.closed {
+            return None;
+        }
+        self.child.map(|pid| ExpectedLeak {
+            kind: LeakKind::Orphaned.as_str(),
+            pages: buffer_pages(),
+            owner_tgid: pid,
+        })
+    }
+
+    /// The closed variant's run also releases what the child pinned.
+    fn expected_delta(&self) -> FollPinDelta {
+        let pages = self.pages();
+        if self.closed {
+            FollPinDelta {
+                acquired: pages,
+                released: pages,
+            }
+        } else {
+            self.pin_path().expected_delta(pages)
+        }
+    }
+
+    /// Maps the (untouched) buffer, creates the report pipe, and checks
+    /// that this process may create a ring at all (so a host without
+    /// io_uring fails here, not in the measured `run`).
+    fn prepare(&mut self) -> Result<(), ScenarioError> {
+        self.state = None;
+        self.child = None;
+        self.release_wait = None;
+        let name = self.name();
+        drop(io_uring_setup(IO_URING_ENTRIES).map_err(|e| sys_err(name, "io_uring_setup", e))?);
+        let buf = Mapping::new_untouched(name, BUFFER_BYTES)?;
+        let mut fds: [libc::c_int; 2] = [-1, -1];
+        // SAFETY: pipe2 writes two new descriptors into the array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(sys_err(name, "pipe2", io::Error::last_os_error()));
+        }
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let (report_rx, report_tx) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        self.state = Some(OrphanState {
+            ring: None,
+            report_rx,
+            report_tx,
+            buf,
+        });
+        Ok(())
+    }
+
+    /// Starts the child and waits until it has exited (reaped: its pid is
+    /// gone), takes over its ring, and for the closed variant closes it and
+    /// waits for the release.
+    fn run(&mut self) -> Result<(), ScenarioError> {
+        let name = self.name();
+        let closed = self.closed;
+        let st = self
+            .state
+            .as_mut()
+            .ok_or_else(|| sequence(name, "run", "before prepare()"))?;
+        if st.ring.is_some() {
+            return Err(sequence(
+                name,
+                "run",
+                "twice without prepare() (the orphaned ring is still held)",
+            ));
+        }
+        let baseline = if closed {
+            Some(PinBaseline::read(name)?)
+        } else {
+            None
+        };
+        let pid = spawn_registering_child(name, &st.buf, &st.report_tx)?;
+        let reaped = wait_for_child(name, pid);
+        // Take the ring over even if the child then failed, so that it is
+        // closed (on return) rather than left in our table.
+        let ring = read_child_report(name, &st.report_rx).and_then(|r| {
+            // SAFETY: the report comes from the child, which created the
+            // ring in the descriptor table it shared with us (CLONE_FILES)
+            // and exited without closing it: nothing else knows or owns it.
+            unsafe { r.into_ring(name) }
+        });
+        reaped?;
+        let ring = ring?;
+        self.child = Some(pid as u32);
+        match baseline {
+            None => st.ring = Some(ring),
+            Some(base) => {
+                drop(ring);
+                let waited = base.wait_for_release(name, "closing the ring", buffer_pages())?;
+                self.release_wait = Some(waited);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the orphaned ring and waits until its asynchronous teardown
+    /// has released the pins (as the closed variant's `run` does), so that
+    /// the release cannot land in the next scenario's window. Fails with
+    /// [`ScenarioError::NotReleased`] after the timeout (the ring is closed
+    /// all the same).
+    fn cleanup(&mut self) -> Result<(), ScenarioError> {
+        let name = self.name();
+        let Some(mut st) = self.state.take() else {
+            return Ok(());
+        };
+        let Some(ring) = st.ring.take() else {
+            return Ok(());
+        };
+        let baseline = PinBaseline::read(name);
+        drop(ring);
+        drop(st);
+        baseline?.wait_for_release(name, "closing the orphaned ring", buffer_pages())?;
+        Ok(())
+    }
+}
+
 /// The built-in scenarios, in a fixed order: the six fast-path ones
 /// (process_vm, io_uring, direct I/O), then the three that need the slow
-/// path, then the three whose syscall must fail. Direct I/O files go in
-/// `scratch_dir`, which should be on ext4 or xfs.
+/// path, then the three whose syscall must fail, then the three that leave
+/// pins behind on purpose (long-held, orphaned, orphaned then released).
+/// Direct I/O files go in `scratch_dir`, which should be on ext4 or xfs.
 pub fn builtin(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
+    let mut all = balanced(scratch_dir);
+    all.extend(leaking());
+    all
+}
+
+/// The scenarios that leave pins behind after `run` on purpose (or, for the
+/// closed orphan, create and release an orphan): left out of
+/// [`run_workload`].
+fn leaking() -> Vec<Box<dyn Scenario>> {
+    vec![
+        Box::new(IoUringBuffers {
+            op: RingOp::Held,
+            state: None,
+        }),
+        Box::new(IoUringOrphan::new(false)),
+        Box::new(IoUringOrphan::new(true)),
+    ]
+}
+
+/// The other built-in scenarios: nothing they pin outlives their
+/// `cleanup`, and none forks in `run`.
+fn balanced(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
     let process_vm = |kind| -> Box<dyn Scenario> { Box::new(ProcessVm { kind, state: None }) };
     let io_uring = |op| -> Box<dyn Scenario> { Box::new(IoUringBuffers { op, state: None }) };
     let direct_io = |kind| -> Box<dyn Scenario> {
@@ -1907,7 +2463,8 @@ pub struct WorkloadStats {
     pub rounds: u64,
     pub elapsed: Duration,
     /// One entry per built-in scenario that pins or unpins (those whose
-    /// syscall must fail are left out), in [`builtin`] order.
+    /// syscall must fail and the leak scenarios are left out), in
+    /// [`builtin`] order.
     pub scenarios: Vec<ScenarioStats>,
 }
 
@@ -1916,7 +2473,8 @@ pub struct WorkloadStats {
 /// has passed (checked between rounds; the first round always runs) or
 /// `stop` is set (checked before every scenario and during the pause). The
 /// scenarios whose syscall must fail are left out: they pin nothing, and one
-/// maps a PCI device's memory, which a demo has no business doing.
+/// maps a PCI device's memory, which a demo has no business doing. So are
+/// the three leak scenarios: they hold or orphan pins on purpose.
 ///
 /// A failing scenario is counted and retried next round, or disabled when
 /// the failure means the host does not support it. Returns the first error
@@ -1927,10 +2485,7 @@ pub fn run_workload(
     stop: &AtomicBool,
 ) -> Result<WorkloadStats, ScenarioError> {
     let start = Instant::now();
-    let mut scenarios: Vec<_> = builtin(scratch_dir)
-        .into_iter()
-        .filter(|s| s.expectation().errno.is_none())
-        .collect();
+    let mut scenarios = workload_scenarios(scratch_dir);
     let mut stats: Vec<ScenarioStats> = scenarios
         .iter()
         .map(|s| ScenarioStats {
@@ -1995,6 +2550,14 @@ pub fn run_workload(
     })
 }
 
+/// The scenarios [`run_workload`] runs, in [`builtin`] order.
+fn workload_scenarios(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
+    balanced(scratch_dir)
+        .into_iter()
+        .filter(|s| s.expectation().errno.is_none())
+        .collect()
+}
+
 /// prepare, run, cleanup; cleanup runs even when an earlier phase failed,
 /// and the first error wins.
 fn run_once(sc: &mut dyn Scenario) -> Result<(), ScenarioError> {
@@ -2026,6 +2589,9 @@ mod tests {
                 "process_vm_readv_prot_none",
                 "io_uring_register_prot_none",
                 "io_uring_register_pfnmap",
+                "io_uring_buffers_held",
+                "io_uring_orphaned",
+                "io_uring_orphaned_closed",
             ]
         );
         let mut unique = names.clone();
@@ -2065,6 +2631,9 @@ mod tests {
                 ProcessVm,
                 IoUringRegister,
                 IoUringRegister,
+                IoUringRegister,
+                IoUringRegister,
+                IoUringRegister,
             ]
         );
     }
@@ -2098,6 +2667,9 @@ mod tests {
                 ("process_vm_readv_prot_none", P::None, efault, pvm, false),
                 ("io_uring_register_prot_none", P::None, efault, uring, true),
                 ("io_uring_register_pfnmap", P::None, efault, uring, true),
+                ("io_uring_buffers_held", P::Any, no, uring, true),
+                ("io_uring_orphaned", P::Any, no, uring, true),
+                ("io_uring_orphaned_closed", P::Any, no, uring, true),
             ]
         );
         // The subsystem agrees with the pin path, and every scenario that
@@ -2134,6 +2706,140 @@ mod tests {
                 format!("\"{}\"", p.as_str())
             );
         }
+    }
+
+    #[test]
+    fn expected_leaks_and_deltas() {
+        let pages = buffer_pages();
+        let all = builtin(Path::new("/nonexistent"));
+        let held = ExpectedLeak {
+            kind: "long_held",
+            pages,
+            owner_tgid: std::process::id(),
+        };
+        for s in &all {
+            let want = (s.name() == "io_uring_buffers_held").then_some(held);
+            assert_eq!(s.expected_leak(), want, "{}", s.name());
+            let delta = match s.name() {
+                "io_uring_orphaned_closed" => FollPinDelta {
+                    acquired: pages,
+                    released: pages,
+                },
+                _ => s.pin_path().expected_delta(s.pages()),
+            };
+            assert_eq!(s.expected_delta(), delta, "{}", s.name());
+        }
+        // The orphan's owner is the child of the last run.
+        let mut orphan = IoUringOrphan::new(false);
+        assert_eq!(orphan.expected_leak(), None);
+        orphan.child = Some(4242);
+        assert_eq!(
+            orphan.expected_leak(),
+            Some(ExpectedLeak {
+                kind: "orphaned",
+                pages,
+                owner_tgid: 4242
+            })
+        );
+        let mut closed = IoUringOrphan::new(true);
+        closed.child = Some(4242);
+        assert_eq!(closed.expected_leak(), None);
+        assert_eq!(
+            LeakKind::LongHeld.as_str(),
+            "long_held",
+            "ExpectedLeak::kind must match the leak report's labels"
+        );
+        assert_eq!(
+            serde_json::to_value(orphan.expected_leak().unwrap()).unwrap(),
+            serde_json::json!({"kind": "orphaned", "pages": pages, "owner_tgid": 4242})
+        );
+    }
+
+    #[test]
+    fn workload_leaves_out_failing_and_leaking_scenarios() {
+        let names: Vec<_> = workload_scenarios(Path::new("/nonexistent"))
+            .iter()
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "process_vm_readv",
+                "process_vm_writev",
+                "io_uring_register_buffers",
+                "io_uring_unregister_buffers",
+                "direct_io_write",
+                "direct_io_read",
+                "process_vm_writev_unfaulted",
+                "io_uring_register_unfaulted",
+                "direct_io_write_after_fork",
+            ]
+        );
+    }
+
+    #[test]
+    fn child_reports() {
+        // SAFETY: none of these reports names a descriptor (failures, or -1).
+        let fail = |stage, errno| unsafe {
+            ChildReport {
+                stage,
+                errno,
+                ring_fd: -1,
+            }
+            .into_ring("t")
+            .unwrap_err()
+        };
+        let e = fail(CHILD_SETUP_FAILED, libc::ENOSYS);
+        assert!(e.is_unsupported(), "{e}");
+        assert!(e.to_string().contains("io_uring_setup"), "{e}");
+        let e = fail(CHILD_REGISTER_FAILED, libc::ENOMEM);
+        assert!(
+            e.is_unsupported() && e.to_string().contains("ulimit -l"),
+            "{e}"
+        );
+        let e = fail(CHILD_REGISTER_FAILED, libc::EFAULT);
+        assert!(!e.is_unsupported(), "{e}");
+        assert!(fail(CHILD_DONE, 0).to_string().contains("bad report"));
+        assert!(fail(7, 0).to_string().contains("bad report"));
+        // A good report hands over the descriptor.
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(File::open("/dev/null").unwrap());
+        let report = ChildReport {
+            stage: CHILD_DONE,
+            errno: 0,
+            ring_fd: raw,
+        };
+        // SAFETY: `raw` was given up by its File just above.
+        let ring = unsafe { report.into_ring("t") }.unwrap();
+        assert_eq!(ring.as_raw_fd(), raw);
+    }
+
+    #[test]
+    fn release_errors() {
+        let e = ScenarioError::NotReleased {
+            scenario: "t",
+            what: "closing the ring",
+            expected: 256,
+            released: 10,
+            waited: Duration::from_secs(10),
+        };
+        assert!(!e.is_unsupported());
+        assert_eq!(e.scenario(), "t");
+        let text = e.to_string();
+        assert!(
+            text.contains("after closing the ring") && text.contains("grew by 10 in 10s"),
+            "{text}"
+        );
+        let e = ScenarioError::Vmstat {
+            scenario: "t",
+            error: VmstatError::Missing {
+                counter: vmstat::ACQUIRED_KEY,
+            },
+        };
+        assert!(e.is_unsupported(), "{e}");
+        assert!(
+            e.to_string().starts_with("t: `nr_foll_pin_acquired`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2441,10 +3147,7 @@ mod host_kernel {
     /// (other activity on the host can only add to the counters). Also
     /// asserts that the observed errno is the expected one.
     fn measure(name: &str) {
-        let expected = {
-            let sc = by_name(name);
-            sc.pin_path().expected_delta(sc.pages())
-        };
+        let expected = by_name(name).expected_delta();
         let want = format!("+{}/+{}", expected.acquired, expected.released);
         let best = measure_with(name, &want, |d| {
             d.acquired.abs_diff(expected.acquired) + d.released.abs_diff(expected.released)
@@ -2823,6 +3526,205 @@ mod host_kernel {
         );
     }
 
+    /// The vmstat deltas of one prepare/run/cleanup of a scenario that may
+    /// leave pins behind after `run`.
+    #[derive(Debug)]
+    struct Phases {
+        /// Right after run() returned (refresh + read, no waiting).
+        run_immediate: FollPinDelta,
+        /// From before run() to after vmstat settled.
+        run: FollPinDelta,
+        /// Right after cleanup() returned.
+        cleanup_immediate: FollPinDelta,
+        /// From after run (settled) to after cleanup (settled).
+        cleanup: FollPinDelta,
+    }
+
+    /// prepare, settle, run, settle, `check`, cleanup, settle. `None` =
+    /// skipped.
+    fn phases<S: Scenario + ?Sized>(sc: &mut S, check: &mut impl FnMut(&S)) -> Option<Phases> {
+        let name = sc.name();
+        if let Err(e) = sc.prepare() {
+            let _ = sc.cleanup();
+            if e.is_unsupported() {
+                println!("SKIPPED: {name}: {e}");
+                return None;
+            }
+            panic!("{name}: prepare failed: {e}");
+        }
+        let before = settle();
+        let run = sc.run();
+        let run_immediate = vmstat::read(true).expect("vmstat read");
+        let after_run = settle();
+        if let Err(e) = run {
+            let _ = sc.cleanup();
+            if e.is_unsupported() {
+                println!("SKIPPED: {name}: {e}");
+                return None;
+            }
+            panic!("{name}: run failed: {e}");
+        }
+        check(sc);
+        sc.cleanup().expect("cleanup");
+        let cleanup_immediate = vmstat::read(true).expect("vmstat read");
+        let after_cleanup = settle();
+        Some(Phases {
+            run_immediate: run_immediate.delta_since(&before).unwrap(),
+            run: after_run.delta_since(&before).unwrap(),
+            cleanup_immediate: cleanup_immediate.delta_since(&after_run).unwrap(),
+            cleanup: after_cleanup.delta_since(&after_run).unwrap(),
+        })
+    }
+
+    /// Up to 5 attempts until both settled deltas are the expected ones (as
+    /// [`measure`]); asserts on the closest attempt. `check` runs between
+    /// `run` and `cleanup` of every attempt.
+    fn measure_phases<S: Scenario + ?Sized>(
+        sc: &mut S,
+        run_want: FollPinDelta,
+        cleanup_want: FollPinDelta,
+        mut check: impl FnMut(&S),
+    ) {
+        let _g = lock();
+        let name = sc.name();
+        if !is_root() {
+            println!("SKIPPED: {name}: needs root for /proc/sys/vm/stat_refresh");
+            return;
+        }
+        let dist = |d: &FollPinDelta, w: &FollPinDelta| {
+            d.acquired.abs_diff(w.acquired) + d.released.abs_diff(w.released)
+        };
+        let show = |d: &FollPinDelta| format!("+{}/+{}", d.acquired, d.released);
+        let mut best: Option<(u64, Phases)> = None;
+        for i in 1..=5 {
+            let Some(p) = phases(sc, &mut check) else {
+                return;
+            };
+            println!(
+                "{name} attempt {i}: run {} (immediate {}), cleanup {} (immediate {}); \
+                 expected run {}, cleanup {}",
+                show(&p.run),
+                show(&p.run_immediate),
+                show(&p.cleanup),
+                show(&p.cleanup_immediate),
+                show(&run_want),
+                show(&cleanup_want),
+            );
+            let d = dist(&p.run, &run_want) + dist(&p.cleanup, &cleanup_want);
+            if best.as_ref().is_none_or(|(b, _)| d < *b) {
+                best = Some((d, p));
+            }
+            if d == 0 {
+                break;
+            }
+        }
+        let (_, p) = best.unwrap();
+        assert_eq!(p.run, run_want, "{name}: vmstat delta over run");
+        assert_eq!(p.cleanup, cleanup_want, "{name}: vmstat delta over cleanup");
+    }
+
+    fn delta(acquired: u64, released: u64) -> FollPinDelta {
+        FollPinDelta { acquired, released }
+    }
+
+    /// The descriptor's target, e.g. `anon_inode:[io_uring]`.
+    fn fd_target(fd: &OwnedFd) -> String {
+        fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|e| format!("? ({e})"))
+    }
+
+    /// Asserts that the child that registered the buffer is gone and was
+    /// not this process.
+    fn assert_child_gone(name: &str, child: Option<u32>) -> u32 {
+        let pid = child.unwrap_or_else(|| panic!("{name}: no child recorded"));
+        assert_ne!(pid, std::process::id(), "{name}: the owner is the child");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{name}: child {pid} still exists after run"
+        );
+        pid
+    }
+
+    /// The buffer stays registered (+256/+0) from run to cleanup, owned by
+    /// this process; cleanup unregisters it (+0/+256).
+    #[test]
+    #[ignore = "needs root and a real kernel; see the module docs"]
+    fn io_uring_buffers_held_keeps_256_until_cleanup() {
+        let mut sc = by_name("io_uring_buffers_held");
+        let pages = buffer_pages();
+        let want = sc.expected_delta();
+        assert_eq!(want, delta(pages, 0));
+        measure_phases(sc.as_mut(), want, delta(0, pages), |sc| {
+            assert_eq!(
+                sc.expected_leak(),
+                Some(ExpectedLeak {
+                    kind: "long_held",
+                    pages,
+                    owner_tgid: std::process::id()
+                })
+            );
+        });
+    }
+
+    /// A child registers its buffer and exits; the pins stay (+256/+0) while
+    /// this process holds the ring, owned by a pid that no longer exists;
+    /// closing the ring in cleanup releases them (+0/+256).
+    #[test]
+    #[ignore = "needs root and a real kernel; see the module docs"]
+    fn io_uring_orphaned_keeps_256_after_the_child_exited() {
+        let mut sc = IoUringOrphan::new(false);
+        assert!(by_name(sc.name()).expected_leak().is_none());
+        let pages = buffer_pages();
+        let want = sc.expected_delta();
+        assert_eq!(want, delta(pages, 0));
+        measure_phases(&mut sc, want, delta(0, pages), |sc| {
+            let pid = assert_child_gone(sc.name(), sc.child);
+            assert_eq!(
+                sc.expected_leak(),
+                Some(ExpectedLeak {
+                    kind: "orphaned",
+                    pages,
+                    owner_tgid: pid
+                })
+            );
+            let ring = sc.state.as_ref().unwrap().ring.as_ref().unwrap();
+            let target = fd_target(ring);
+            assert_eq!(target, "anon_inode:[io_uring]");
+            let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", ring.as_raw_fd()))
+                .unwrap_or_default();
+            let bufs: Vec<_> = fdinfo
+                .lines()
+                .skip_while(|l| !l.starts_with("UserBufs"))
+                .take(2)
+                .collect();
+            println!(
+                "  child {pid} gone; ring fd {} ({target}): {bufs:?}",
+                ring.as_raw_fd()
+            );
+        });
+    }
+
+    /// As the orphan, then run closes the ring and waits for the release:
+    /// +256/+256 over run, nothing in cleanup.
+    #[test]
+    #[ignore = "needs root and a real kernel; see the module docs"]
+    fn io_uring_orphaned_closed_releases_256_in_run() {
+        let mut sc = IoUringOrphan::new(true);
+        let pages = buffer_pages();
+        let want = sc.expected_delta();
+        assert_eq!(want, delta(pages, pages));
+        measure_phases(&mut sc, want, delta(0, 0), |sc| {
+            let pid = assert_child_gone(sc.name(), sc.child);
+            assert_eq!(sc.expected_leak(), None);
+            assert!(sc.state.as_ref().unwrap().ring.is_none());
+            println!(
+                "  child {pid} gone; the ring's teardown released the pins {:?} after close",
+                sc.release_wait.unwrap()
+            );
+        });
+    }
+
     /// tmpfs accepts O_DIRECT (6.6+) without pinning: the scenarios refuse it.
     #[test]
     #[ignore = "needs a tmpfs at /dev/shm"]
@@ -2871,6 +3773,8 @@ mod host_kernel {
                     | "io_uring_unregister_buffers"
                     | "io_uring_register_unfaulted"
                     | "direct_io_write_after_fork"
+                    | "io_uring_buffers_held"
+                    | "io_uring_orphaned"
             );
             sc.prepare().unwrap();
             sc.run().unwrap();
