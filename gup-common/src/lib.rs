@@ -8,7 +8,7 @@
 #![deny(missing_docs)]
 
 /// Number of hooked GUP entry points; the length of [`Api::ALL`].
-pub const API_COUNT: usize = 19;
+pub const API_COUNT: usize = 20;
 
 /// Number of log2 latency buckets per API. Bucket `i` counts calls whose
 /// duration `d` in nanoseconds satisfies `2^i <= d < 2^(i+1)` (bucket 0 also
@@ -36,6 +36,11 @@ pub enum ApiKind {
     /// The slow path a `*_fast` call falls back to. Not an entry point: it
     /// only tells where the lock-free walk stopped.
     SlowPath = 3,
+    /// The internal release of pins (`gup_put_folio`). Counted only where
+    /// no hooked unpin covers it: pins a pin call took and dropped again
+    /// (the fast walk's grab of a page it must refuse), or releases on a
+    /// path gupwatch does not hook.
+    Undo = 4,
 }
 
 macro_rules! apis {
@@ -117,6 +122,9 @@ apis! {
     /// `start` argument inside a `*_fast` call says how far the lock-free
     /// walk got.
     GupSlowPath = 18, "__gup_longterm_locked", SlowPath;
+    /// `gup_put_folio()`: where every FOLL_PIN release ends; see
+    /// [`ApiKind::Undo`].
+    GupPutFolio = 19, "gup_put_folio", Undo;
 }
 
 impl Api {
@@ -214,7 +222,9 @@ pub struct ApiStats {
     /// Pin/get: pages the slow path took (every page of a non-fast API).
     pub slow_pages: u64,
     /// Pin/get of a fast API whose entry was not seen, so the split is
-    /// unknown. `fast_pages + slow_pages + unsplit_pages == pages`.
+    /// unknown. `fast_pages + slow_pages + unsplit_pages == pages +
+    /// undone_pages`: pins taken and dropped inside a call count on the path
+    /// that took them.
     pub unsplit_pages: u64,
     /// Fast-API calls that fell back to the slow path.
     pub fell_back_calls: u64,
@@ -256,8 +266,9 @@ impl ApiStats {
 pub struct Inflight {
     /// The [`Api`] index of the outermost hooked call on this thread.
     pub api: u32,
-    /// Padding, kept zero.
-    pub _pad: u32,
+    /// Non-zero while a hooked unpin runs nested inside this (pin) call, so
+    /// `gup_put_folio` does not count its releases a second time.
+    pub nested_unpin: u32,
     /// `bpf_ktime_get_ns()` at entry.
     pub start_ns: u64,
     /// Pages asked for (pin/get), from the count argument.

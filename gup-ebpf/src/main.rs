@@ -52,6 +52,10 @@ static HOOK_ARGS: [HookArgs; API_COUNT] = [HookArgs::NONE; API_COUNT];
 #[no_mangle]
 static FOLL_LONGTERM: u64 = 0;
 
+/// The running kernel's FOLL_PIN bit (it moved in 6.3).
+#[no_mangle]
+static FOLL_PIN: u64 = 0;
+
 /// Offset of `compound_head` in `struct page` (from BTF), to find a page's
 /// folio: the kernel counts pins per folio.
 #[no_mangle]
@@ -141,21 +145,27 @@ impl CallArgs for Trampoline {
     }
 }
 
-/// kprobe/kretprobe context: a copy of the x86-64 registers. Copied whole so
-/// that a run-time argument index becomes a bounded stack access.
-struct Regs([u64; 21]);
+/// kprobe/kretprobe context: a copy of the x86-64 registers that carry
+/// arguments and the return value (`pt_regs` slots r9..rdi, contiguous), so
+/// a run-time argument index becomes a bounded stack access. Only these
+/// seven are copied: the whole struct would cost 168 bytes of the 512-byte
+/// BPF stack.
+struct Regs([u64; 7]);
 
 impl Regs {
-    /// `pt_regs` slots of the first six integer arguments (rdi, rsi, rdx,
-    /// rcx, r8, r9) in the x86-64 calling convention.
-    const ARG_SLOTS: [usize; 6] = [14, 13, 12, 11, 9, 8];
-    /// `pt_regs` slot of rax, the return value.
-    const RET_SLOT: usize = 10;
+    /// First copied `pt_regs` slot (r9).
+    const FIRST_SLOT: usize = 8;
+    /// Copied slots of the first six integer arguments (rdi, rsi, rdx, rcx,
+    /// r8, r9) in the x86-64 calling convention.
+    const ARG_SLOTS: [usize; 6] = [14 - 8, 13 - 8, 12 - 8, 11 - 8, 9 - 8, 8 - 8];
+    /// Copied slot of rax, the return value.
+    const RET_SLOT: usize = 10 - 8;
 
     #[inline(always)]
     fn read(regs: *mut pt_regs) -> Option<Regs> {
-        // SAFETY: `regs` is the probe's context pointer; probe_read copies it.
-        unsafe { bpf_probe_read_kernel(regs as *const [u64; 21]) }
+        // SAFETY: `regs` is the probe's context pointer; probe_read copies
+        // seven words from inside it.
+        unsafe { bpf_probe_read_kernel((regs as *const u64).add(Self::FIRST_SLOT) as *const [u64; 7]) }
             .ok()
             .map(Regs)
     }
@@ -210,7 +220,7 @@ fn diag_add(d: Diag, v: u64) {
     }
 }
 
-#[inline(always)]
+#[inline(never)]
 fn record_latency(s: &mut ApiStats, start_ns: u64) {
     // SAFETY: no preconditions.
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
@@ -239,7 +249,7 @@ fn stack_id<C: EbpfContext>(ctx: &C) -> i64 {
 }
 
 /// Adds one call to the attribution map.
-#[inline(always)]
+#[inline(never)]
 fn attribute(tgid: u32, api: Api, stack_id: i64, delta: &AttribValue) {
     let key = AttribKey { tgid, api: api as u32, stack_id };
     let mut v = attrib_entry(&key);
@@ -294,6 +304,10 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     let tid = bpf_get_current_pid_tgid();
     let tgid = (tid >> 32) as u32;
     let args = hook_args(api);
+    if api.kind() == ApiKind::Undo {
+        on_put_folio(tid, api, &args, a);
+        return;
+    }
     if api.kind() == ApiKind::SlowPath {
         // Inside a fast-path call: remember where the slow path took over.
         if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
@@ -322,6 +336,10 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         // SAFETY: the value is only read.
         let outer = unsafe { INFLIGHT.get(&tid) }.and_then(|o| Api::from_index(o.api));
         if let Some(outer_api) = outer {
+            if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
+                // SAFETY: this thread's own live record.
+                unsafe { (*rec).nested_unpin = 1 };
+            }
             if outer_api.kind() == ApiKind::Unpin {
                 // The outer unpin already counted these pages.
                 if let Some(s) = stats(api) {
@@ -331,9 +349,10 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             }
             // Pins released inside a pin call: real releases, and pins the
             // kernel counted as acquired although the call does not return
-            // them.
+            // them (taken by the slow path: LONGTERM migration).
             if let Some(s) = stats(outer_api) {
                 add(&mut s.undone_pages, count);
+                add(&mut s.slow_pages, count);
             }
         }
         if let Some(s) = stats(api) {
@@ -361,7 +380,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     }
     let rec = Inflight {
         api: api as u32,
-        _pad: 0,
+        nested_unpin: 0,
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
         requested: count,
@@ -378,7 +397,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
 
 const EMPTY_INFLIGHT: Inflight = Inflight {
     api: u32::MAX,
-    _pad: 0,
+    nested_unpin: 0,
     start_ns: 0,
     requested: 0,
     gup_flags: 0,
@@ -387,6 +406,8 @@ const EMPTY_INFLIGHT: Inflight = Inflight {
     stack_id: -1,
     pages_ptr: 0,
 };
+
+static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER, EMPTY_OWNER] };
 
 const EMPTY_OWNER: PinOwner = PinOwner {
     tgid: 0,
@@ -459,13 +480,12 @@ fn track_pin(folio: u64, c: &mut TrackCtx) {
             c.untracked += 1;
             return;
         }
-        let rec = PinRecord { owners: [c.owner, EMPTY_OWNER] };
-        // BPF_NOEXIST; -EEXIST means another CPU inserted it: look again.
-        match PINS.insert(&folio, &rec, 1) {
-            Ok(()) => {
-                c.tracked += 1;
-                return;
-            }
+        // Insert an empty record and fill it on the next pass: building the
+        // record here would cost 96 bytes of the callback's stack, and 6.1
+        // limits the whole call chain to 512. BPF_NOEXIST; -EEXIST means
+        // another CPU inserted it first, which the next pass handles too.
+        match PINS.insert(&folio, &EMPTY_RECORD, 1) {
+            Ok(()) => continue,
             Err(e) if e == -17 => continue,
             Err(_) => break,
         }
@@ -522,7 +542,7 @@ extern "C" fn track_one(i: u32, ctx: *mut c_void) -> i64 {
 
 /// Walks `count` pages and records (pin) or releases (unpin) them, then
 /// publishes what happened in the diagnostics counters.
-#[inline(always)]
+#[inline(never)]
 fn track_pages(c: &mut TrackCtx, count: u64, unbalanced_site: i64) {
     let n = count.min(TRACK_MAX_PER_CALL as u64);
     if c.pin == 1 {
@@ -535,7 +555,7 @@ fn track_pages(c: &mut TrackCtx, count: u64, unbalanced_site: i64) {
     publish(c, unbalanced_site);
 }
 
-#[inline(always)]
+#[inline(never)]
 fn publish(c: &TrackCtx, unbalanced_site: i64) {
     let bump = |d: Diag, v: u64| {
         if v > 0 {
@@ -591,7 +611,13 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
     }
     let Some(s) = stats(api) else { return };
     if api.kind() == ApiKind::Pin || api.kind() == ApiKind::Get {
-        let ret = a.ret().unwrap_or(0);
+        let mut ret = a.ret().unwrap_or(0);
+        // Some of these return `int` on some kernels (pin_user_pages_fast
+        // on 6.12): the register then holds a zero-extended 32-bit value.
+        // No call pins 2^31 pages, so such a value is a negative errno.
+        if ret >= 1 << 31 && ret < 1 << 32 {
+            ret = ret as i32 as i64;
+        }
         add(&mut s.calls, 1);
         let pages = if ret > 0 { ret as u64 } else { 0 };
         let mut delta = AttribValue { calls: 1, pages, ..ZERO_ATTRIB };
@@ -652,7 +678,10 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
                     };
                     if r.pages_ptr != 0 {
                         let mut c = track_ctx(r.pages_ptr, PAGES_ARRAY, true, owner);
-                        track_pages(&mut c, pages, -1);
+                        // Never walk past what the caller's array can hold.
+                        let n = if r.requested > 0 { pages.min(r.requested) } else { pages };
+                        c.untracked = pages - n;
+                        track_pages(&mut c, n, -1);
                     } else {
                         diag_add(Diag::PinsUntracked, pages);
                     }
@@ -676,6 +705,61 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
     if have {
         record_latency(s, r.start_ns);
         let _ = INFLIGHT.remove(&tid);
+    } else if api.kind() == ApiKind::Unpin {
+        // A nested unpin returning: its outer call's record stays, but
+        // gup_put_folio may count again.
+        if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
+            // SAFETY: this thread's own live record.
+            unsafe { (*rec).nested_unpin = 0 };
+        }
+    }
+}
+
+/// `gup_put_folio(folio, refs, flags)`: counts FOLL_PIN releases that no
+/// hooked unpin accounts for.
+#[inline(never)]
+fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
+    let flags = a.arg(args.flags_idx).unwrap_or(0);
+    let pin = read_global(&FOLL_PIN);
+    if pin == 0 || flags & pin == 0 {
+        return;
+    }
+    let refs = a.arg(args.count_idx).unwrap_or(1) & 0xffff_ffff;
+    let outer = INFLIGHT.get_ptr(&tid).map(|p| {
+        // SAFETY: this thread's own live record, copied.
+        let r = unsafe { core::ptr::read_volatile(p) };
+        (Api::from_index(r.api), r.nested_unpin, r.slow_start)
+    });
+    match outer {
+        // Inside a hooked unpin: that hook counted it.
+        Some((Some(o), _, _)) if o.kind() == ApiKind::Unpin => return,
+        Some((Some(_), nested, _)) if nested != 0 => return,
+        // Inside a pin call: a pin taken and dropped again, by the fast
+        // walk if the slow path has not started yet.
+        Some((Some(o), _, slow_start)) => {
+            if let Some(s) = stats(o) {
+                add(&mut s.undone_pages, refs);
+                if o.has_fast_path() && slow_start == 0 {
+                    add(&mut s.fast_pages, refs);
+                } else {
+                    add(&mut s.slow_pages, refs);
+                }
+            }
+        }
+        // No hooked call: a release on a path gupwatch does not hook.
+        _ => {
+            if read_global(&TRACK_PINS) != 0 {
+                if let Some(folio) = a.arg(args.pages_idx) {
+                    let mut c = track_ctx(folio, PAGES_FOLIO, false, EMPTY_OWNER);
+                    track_unpin(folio, refs, &mut c);
+                    publish(&c, -1);
+                }
+            }
+        }
+    }
+    if let Some(s) = stats(api) {
+        add(&mut s.calls, 1);
+        add(&mut s.pages, refs);
     }
 }
 
@@ -735,6 +819,7 @@ hooks! {
     UnpinFolios: fe_16, fx_16, kp_16, kr_16;
     UnpinUserFolio: fe_17, fx_17, kp_17, kr_17;
     GupSlowPath: fe_18, fx_18, kp_18, kr_18;
+    GupPutFolio: fe_19, fx_19, kp_19, kr_19;
 }
 
 /// Records process exits (the group leader's), so pins whose owner is gone

@@ -17,7 +17,8 @@ use crate::{
     loader::Probes,
     model::Snapshot,
     plan::ProbePlan,
-    scenarios::{self, PinPath, Scenario},
+    leaks::{self, LeakPolicy},
+    scenarios::{self, Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario},
     vmstat::{self, FollPinCounters},
 };
 
@@ -82,12 +83,46 @@ pub struct ScenarioReport {
     pub caller: Option<String>,
     /// Failed GUP calls by function and errno name.
     pub errors: BTreeMap<String, u64>,
+    /// Pins taken and released again inside the same call (included in
+    /// `pinned_pages` and `unpinned_pages`, as the kernel counts them).
+    pub undone_pages: u64,
+    /// What the scenario should make the kernel do.
+    pub expected: Expectation,
+    /// The errno the scenario's syscall returned, if it failed.
+    pub observed_errno: Option<i32>,
+    /// Every expectation held (path, errno, subsystem, LONGTERM, leak).
+    pub expectations_met: bool,
+    /// The expectations that did not hold, in words.
+    pub mismatches: Vec<String>,
+    /// Pins tracked as outstanding after the run, taken during it.
+    pub outstanding_pages: i64,
+    /// `outstanding_pages` equals the kernel's (acquired - released) delta.
+    pub outstanding_exact: bool,
+    /// Leak signals for pins taken during the run (long-held threshold 0 s).
+    pub leaks: Vec<LeakSummary>,
+    /// The leak the scenario should cause, if any.
+    pub expected_leak: Option<ExpectedLeak>,
+    /// `exact`, `outstanding_exact` and `expectations_met` all hold.
+    pub passed: bool,
     /// Per-function breakdown (functions that saw calls only).
     pub apis: BTreeMap<&'static str, ApiDelta>,
     /// Why the numbers are what they are, when that needs saying.
     pub note: String,
     /// The scenario's own failure, if it could not run.
     pub error: Option<String>,
+}
+
+/// A leak signal in a scenario report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LeakSummary {
+    /// Signal kind.
+    pub kind: &'static str,
+    /// Pins concerned.
+    pub pages: u64,
+    /// Owner process.
+    pub owner_tgid: Option<u32>,
+    /// Pin call site.
+    pub caller: String,
 }
 
 /// The whole check.
@@ -105,6 +140,8 @@ pub struct CheckReport {
     pub scenarios: Vec<ScenarioReport>,
     /// Every scenario exact.
     pub exact: bool,
+    /// Every scenario passed (exact and as expected).
+    pub passed: bool,
 }
 
 /// How long the counters must hold still, and how long to wait for that.
@@ -130,6 +167,7 @@ pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
         hooks_failed: plan.failed().map(|h| h.function.to_string()).collect(),
         fast_path_split: plan.splits_fast_path(),
         exact: reports.iter().all(|r| r.exact),
+        passed: reports.iter().all(|r| r.passed),
         scenarios: reports,
     })
 }
@@ -170,6 +208,16 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
         subsystem: None,
         caller: None,
         errors: BTreeMap::new(),
+        undone_pages: 0,
+        expected: s.expectation(),
+        observed_errno: None,
+        expectations_met: false,
+        mismatches: vec![],
+        outstanding_pages: 0,
+        outstanding_exact: false,
+        leaks: vec![],
+        expected_leak: None,
+        passed: false,
         apis: BTreeMap::new(),
         note: String::new(),
         error: None,
@@ -180,8 +228,37 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
         return Ok(report);
     }
     let (snap0, vm0) = quiet_snapshot(probes)?;
+    let run_start_ns = leaks::monotonic_ns();
     let ran = s.run();
     let (snap1, vm1) = quiet_snapshot(probes)?;
+    report.observed_errno = s.observed_errno();
+    // Known only after run (the orphaning child's pid).
+    report.expected_leak = s.expected_leak();
+    // Leaks are judged while the scenario still holds its pins.
+    let caller = |id: i64| -> attribution::Caller {
+        let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
+        let names: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
+        attribution::classify(&names)
+    };
+    let leak_report = leaks::analyze(
+        &probes.maps.tracking(),
+        &leaks::Context {
+            now_ns: leaks::monotonic_ns(),
+            since_ns: run_start_ns,
+            caller: &caller,
+            alive: &leaks::process_alive,
+            kernel_outstanding: None,
+            untracked_pins: 0,
+        },
+        &LeakPolicy { long_held: Duration::ZERO, ..LeakPolicy::default() },
+        None,
+    );
+    report.leaks = leak_report
+        .leaks
+        .iter()
+        .filter(|l| l.kind != leaks::LeakKind::Unbalanced)
+        .map(|l| LeakSummary { kind: l.kind.as_str(), pages: l.pages, owner_tgid: l.owner_tgid, caller: l.caller.clone() })
+        .collect();
     if let Err(e) = s.cleanup() {
         report.note = format!("cleanup failed: {e}");
     }
@@ -198,6 +275,12 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
     report.unpin_calls = totals.unpin_calls;
     report.vmstat_acquired = vm.acquired;
     report.vmstat_released = vm.released;
+    let tracked = |snap: &Snapshot| {
+        snap.diag[gup_common::Diag::PinsTracked as usize] as i64 - snap.diag[gup_common::Diag::UnpinsMatched as usize] as i64
+    };
+    report.outstanding_pages = tracked(&snap1) - tracked(&snap0);
+    report.outstanding_exact = report.outstanding_pages == vm.acquired as i64 - vm.released as i64;
+    report.undone_pages = Api::ALL.iter().map(|a| delta.api(*a).undone_pages).sum();
     report.fast_pages = totals.fast_pages;
     report.slow_pages = totals.slow_pages;
     report.longterm_pages = totals.longterm_pages;
@@ -221,6 +304,9 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
     report.exact = report.error.is_none()
         && report.pinned_pages == report.vmstat_acquired
         && report.unpinned_pages == report.vmstat_released;
+    report.mismatches = mismatches(&report, pins_expected);
+    report.expectations_met = report.mismatches.is_empty();
+    report.passed = report.exact && report.outstanding_exact && report.expectations_met;
     if !pins_expected {
         report.note = format!(
             "{}; gupwatch saw {} FOLL_GET page references",
@@ -230,6 +316,55 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
         report.note = "no pins seen although this path pins on this kernel".into();
     }
     Ok(report)
+}
+
+/// The expectations of a scenario that the run did not meet.
+fn mismatches(r: &ScenarioReport, pins_expected: bool) -> Vec<String> {
+    let e = &r.expected;
+    let mut out = vec![];
+    let returned = r.pinned_pages - r.undone_pages;
+    if pins_expected {
+        match e.path {
+            ExpectedPath::Fast if !(returned > 0 && r.fast_pages >= returned && r.slow_pages == 0) => {
+                out.push(format!("expected the fast path to pin every page; fast {} slow {} of {returned}", r.fast_pages, r.slow_pages))
+            }
+            ExpectedPath::Slow if r.slow_pages == 0 => {
+                out.push(format!("expected the slow path to pin; fast {} slow 0", r.fast_pages))
+            }
+            ExpectedPath::Any if returned == 0 => out.push("expected pages to be pinned; none were".into()),
+            ExpectedPath::None if returned > 0 => out.push(format!("expected no pins to be returned; {returned} were")),
+            _ => {}
+        }
+        if returned > 0 && e.longterm != (r.longterm_pages == returned) {
+            out.push(format!("expected LONGTERM={}, {} of {returned} pages were LONGTERM", e.longterm, r.longterm_pages));
+        }
+        let sub = r.subsystem.map(|s| s.as_str());
+        if sub != Some(e.subsystem) {
+            out.push(format!("expected subsystem {}, saw {}", e.subsystem, sub.unwrap_or("none")));
+        }
+    }
+    if let Some(errno) = e.errno {
+        if r.observed_errno != Some(errno) {
+            out.push(format!("expected the syscall to fail with {}, it returned {:?}", errno_name(errno as u32), r.observed_errno));
+        }
+        let name = errno_name(errno as u32);
+        if pins_expected && !r.errors.keys().any(|k| k.ends_with(&format!(":{name}"))) {
+            out.push(format!("gupwatch saw no GUP call fail with {name}"));
+        }
+    }
+    match &r.expected_leak {
+        Some(l) => {
+            let found = r.leaks.iter().any(|x| x.kind == l.kind && x.pages == l.pages && x.owner_tgid == Some(l.owner_tgid));
+            if !found {
+                out.push(format!("expected a {} leak of {} pages owned by {}; saw {:?}", l.kind, l.pages, l.owner_tgid, r.leaks));
+            }
+        }
+        None if r.expected.path != ExpectedPath::None && !r.leaks.is_empty() && r.outstanding_pages == 0 => {
+            out.push(format!("expected no leak; saw {:?}", r.leaks))
+        }
+        None => {}
+    }
+    out
 }
 
 /// The subsystem and caller behind most pinned pages (or, when nothing was
@@ -284,7 +419,11 @@ impl CheckReport {
         for r in &self.scenarios {
             let note = match &r.error {
                 Some(e) => format!("error: {e}"),
-                None => r.note.clone(),
+                None if !r.mismatches.is_empty() => format!("UNEXPECTED: {}", r.mismatches.join("; ")),
+                None => {
+                    let leaks: Vec<String> = r.leaks.iter().map(|l| format!("{} {}p", l.kind, l.pages)).collect();
+                    if leaks.is_empty() { r.note.clone() } else { format!("leaks: {} {}", leaks.join(", "), r.note) }
+                }
             };
             out += &format!(
                 "{:<30} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}  {:<11} {}\n",
@@ -293,19 +432,21 @@ impl CheckReport {
                 r.unpinned_pages,
                 r.vmstat_acquired,
                 r.vmstat_released,
-                if r.exact { "yes" } else { "NO" },
+                if r.passed { "yes" } else if r.exact { "exp?" } else { "NO" },
                 r.fast_pages,
                 r.slow_pages,
                 r.subsystem.map_or("-", |s| s.as_str()),
                 note
             );
         }
-        let bad = self.scenarios.iter().filter(|r| !r.exact).count();
+        let inexact = self.scenarios.iter().filter(|r| !r.exact).count();
+        let failed = self.scenarios.iter().filter(|r| !r.passed).count();
         out += &format!(
-            "\n{} scenarios, {} exact, {} not exact\n",
+            "\n{} scenarios: {} passed, {} failed ({} not exact against /proc/vmstat)\n",
             self.scenarios.len(),
-            self.scenarios.len() - bad,
-            bad
+            self.scenarios.len() - failed,
+            failed,
+            inexact
         );
         if !self.hooks_failed.is_empty() {
             out += &format!("hooks that failed to attach: {}\n", self.hooks_failed.join(", "));

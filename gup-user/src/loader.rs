@@ -71,24 +71,32 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let mut ebpf = EbpfLoader::new()
         .set_global("HOOK_ARGS", &hook_args, true)
         .set_global("FOLL_LONGTERM", &foll_longterm, true)
+        .set_global("FOLL_PIN", &plan.foll_pin(), true)
         .set_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
         .set_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
         .set_global("TRACK_PINS", &track, true)
         .set_max_entries("PINS", opts.track_capacity.max(1))
         .load(EBPF_OBJECT)?;
+    if std::env::var_os("GUPWATCH_DEBUG").is_some() {
+        eprintln!("gupwatch: object loaded; attaching sched_process_exit");
+    }
     plan.exit_hook = match attach_exit_tracepoint(&mut ebpf) {
         Ok(()) => HookStatus::Attached,
         Err(e) => HookStatus::Failed(format!("tracepoint sched/sched_process_exit: {}", describe(&e, "sched_process_exit"))),
     };
     let btf = Btf::from_sys_fs().ok();
 
+    let debug = std::env::var_os("GUPWATCH_DEBUG").is_some();
     for hook in plan.hooks.iter_mut() {
         let (Some(mechanism), Some(symbol)) = (hook.mechanism, hook.symbol.clone()) else {
             continue;
         };
+        if debug {
+            eprintln!("gupwatch: attaching {} ({mechanism})", hook.function);
+        }
         let idx = hook.api as u32;
         // The slow-path hook only marks where a fast call fell back: no exit.
-        let with_exit = hook.api.kind() != gup_common::ApiKind::SlowPath;
+        let with_exit = !matches!(hook.api.kind(), gup_common::ApiKind::SlowPath | gup_common::ApiKind::Undo);
         let result = match (mechanism, &btf) {
             (Mechanism::Fentry, Some(btf)) => match attach_fentry(&mut ebpf, idx, &symbol, btf, with_exit) {
                 Ok(()) => Ok(Mechanism::Fentry),

@@ -159,6 +159,8 @@ impl Snapshot {
                     t.unpin_calls += s.calls;
                 }
                 ApiKind::SlowPath => {}
+                // Releases no hooked unpin counted (see ApiKind::Undo).
+                ApiKind::Undo => t.unpinned_pages += s.pages,
             }
             if api.kind() == ApiKind::Pin {
                 t.fast_pages += s.fast_pages;

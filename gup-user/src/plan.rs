@@ -207,7 +207,7 @@ impl PageLayout {
 }
 
 /// Parameter names for the page/folio count, in order of preference.
-const COUNT_PARAMS: &[&str] = &["nr_pages", "npages", "nfolios", "max_folios"];
+const COUNT_PARAMS: &[&str] = &["nr_pages", "npages", "nfolios", "max_folios", "refs"];
 
 /// Argument positions when BTF is unavailable: the layout of 6.5 and later
 /// (6.1's extra `vmas` argument comes after the ones read here, except for
@@ -234,6 +234,7 @@ fn fallback_args(api: Api) -> HookArgs {
         Api::UnpinUserPages | Api::UnpinFolios | Api::UnpinUserFolio => a(1, ARG_NONE, ARG_NONE, 2),
         Api::UnpinUserPagesDirtyLock | Api::UnpinUserPageRangeDirtyLock => a(1, ARG_NONE, ARG_NONE, 3),
         Api::GupSlowPath => a(2, ARG_NONE, 1, 6),
+        Api::GupPutFolio => a(1, 2, ARG_NONE, 3),
     }
 }
 
@@ -242,7 +243,7 @@ fn fallback_args(api: Api) -> HookArgs {
 fn pages_arg(api: Api) -> (u8, u8) {
     match api {
         Api::UnpinUserPage | Api::UnpinUserPageRangeDirtyLock => (0, PAGES_RANGE),
-        Api::UnpinFolio | Api::UnpinUserFolio => (0, PAGES_FOLIO),
+        Api::UnpinFolio | Api::UnpinUserFolio | Api::GupPutFolio => (0, PAGES_FOLIO),
         Api::UnpinUserPages | Api::UnpinUserPagesDirtyLock | Api::UnpinFolios => (0, PAGES_ARRAY),
         _ => (ARG_NONE, PAGES_ARRAY),
     }
@@ -254,6 +255,7 @@ fn kind_name(k: ApiKind) -> &'static str {
         ApiKind::Get => "get",
         ApiKind::Unpin => "unpin",
         ApiKind::SlowPath => "slow-path",
+        ApiKind::Undo => "release",
     }
 }
 
@@ -318,11 +320,11 @@ impl ProbePlan {
                     Api::UnpinUserPage | Api::UnpinFolio => ARG_NONE,
                     _ => idx(COUNT_PARAMS),
                 },
-                flags_idx: idx(&["gup_flags"]),
+                flags_idx: idx(&["gup_flags", "flags"]),
                 start_idx: idx(&["start"]),
                 nr_args: p.params.len() as u8,
                 pages_idx: match api.kind() {
-                    ApiKind::Pin | ApiKind::Unpin => idx(&["pages", "page", "folios", "folio"]),
+                    ApiKind::Pin | ApiKind::Unpin | ApiKind::Undo => idx(&["pages", "page", "folios", "folio"]),
                     _ => ARG_NONE,
                 },
                 pages_form,
@@ -344,6 +346,11 @@ impl ProbePlan {
         hook.mechanism = Some(mechanism);
         hook.reason = reason;
         hook
+    }
+
+    /// The FOLL_PIN bit of this kernel.
+    pub fn foll_pin(&self) -> u64 {
+        self.foll.values.get("FOLL_PIN").copied().unwrap_or(0)
     }
 
     /// The FOLL_LONGTERM bit of this kernel.

@@ -1,0 +1,1484 @@
+//! Prometheus / OpenMetrics exposition of gupwatch's counters.
+//!
+//! Two halves, so the format can be tested without a kernel:
+//!
+//! * [`Collector`] owns the loaded [`Probes`] (or none, in the reduced mode)
+//!   and, at scrape time, reads the BPF maps, `/proc/vmstat` and the
+//!   attribution rows into a plain [`ScrapeData`].
+//! * [`render`] turns a [`ScrapeData`] into the exposition text, through the
+//!   official `prometheus-client` crate: a fresh registry per scrape with one
+//!   custom collector that writes every family from the data. The crate
+//!   escapes label values and HELP text, and writes both the OpenMetrics
+//!   1.0 text format and the Prometheus 0.0.4 text format ([`Format`]).
+//!
+//! Conventions: every family is prefixed `gupwatch_`, counters end in
+//! `_total`, durations are in seconds, and page counts are in pages (the
+//! kernel's unit; there is no base unit for pages).
+//!
+//! Cardinality: per-API families have one series per hooked kernel function
+//! (at most 18, ×40 buckets for the latency histogram); per-process families
+//! have no pid label and keep only the top N process names (by pinned
+//! pages, [`Settings::top_processes`]), the rest summed into `comm="other"`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use gup_common::{Api, ApiKind, ApiStats, Diag, ATTRIB_CAPACITY, ERRNO_CAPACITY, LATENCY_BUCKETS};
+use prometheus_client::{
+    collector::Collector as PromCollector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType},
+    registry::{Registry, Unit},
+};
+use serde::Serialize;
+
+use crate::{
+    attribution::{self, Row},
+    kallsyms::Kallsyms,
+    loader::Probes,
+    model::{Snapshot, Totals},
+    plan::{HookStatus, Mechanism, ProbePlan},
+    vmstat::{self, FollPinCounters},
+};
+
+/// How many process names get their own series by default.
+pub const DEFAULT_TOP_PROCESSES: usize = 10;
+
+/// The `comm` label of the series that sums every process outside the top N.
+pub const OTHER_COMM: &str = "other";
+
+/// `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `Content-Type` of the Prometheus text format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The two text exposition formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (ends with `# EOF`).
+    OpenMetrics,
+    /// Prometheus text format 0.0.4.
+    Prometheus,
+}
+
+impl Format {
+    /// Picks the format from an `Accept` header: OpenMetrics when the client
+    /// names `application/openmetrics-text` with a quality at least that of
+    /// any range plain text matches (`text/plain`, `text/*`, `*/*`);
+    /// Prometheus text otherwise (also when there is no header).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else { return Format::Prometheus };
+        let (mut om, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let mut q = 1.0f32;
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        q = v.trim().parse().unwrap_or(0.0);
+                    }
+                }
+            }
+            match media.as_str() {
+                "application/openmetrics-text" => om = om.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if om > 0.0 && om >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// Collector settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Process names with their own `gupwatch_process_pages_total` series.
+    pub top_processes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { top_processes: DEFAULT_TOP_PROCESSES }
+    }
+}
+
+/// One hook of the probe plan, as the metrics and the status page show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookHealth {
+    /// The API.
+    #[serde(skip)]
+    pub api: Api,
+    /// Kernel function name.
+    pub function: &'static str,
+    /// pin, get, unpin or slow-path.
+    pub kind: &'static str,
+    /// `fentry`, `kprobe`, or `none` when the kernel lacks the function.
+    pub mechanism: &'static str,
+    /// Whether it is attached and counting.
+    pub attached: bool,
+    /// planned, attached, absent or failed.
+    pub status: &'static str,
+    /// Why this mechanism, or why it failed.
+    pub reason: String,
+}
+
+/// What the metrics need from the probe plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanSummary {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Every hook of the plan, in [`Api`] order.
+    pub hooks: Vec<HookHealth>,
+}
+
+impl PlanSummary {
+    /// Summarises a plan (as the loader left it, or unattached).
+    pub fn from_plan(plan: &ProbePlan) -> PlanSummary {
+        let hooks = plan
+            .hooks
+            .iter()
+            .map(|h| {
+                let (status, extra) = match &h.status {
+                    HookStatus::Planned => ("planned", None),
+                    HookStatus::Attached => ("attached", None),
+                    HookStatus::Absent => ("absent", None),
+                    HookStatus::Failed(e) => ("failed", Some(e.as_str())),
+                };
+                let mechanism = match (&h.status, h.mechanism) {
+                    (HookStatus::Absent, _) | (_, None) => "none",
+                    (_, Some(Mechanism::Fentry)) => "fentry",
+                    (_, Some(Mechanism::Kprobe)) => "kprobe",
+                };
+                HookHealth {
+                    api: h.api,
+                    function: h.function,
+                    kind: h.kind,
+                    mechanism,
+                    attached: h.status == HookStatus::Attached,
+                    status,
+                    reason: match extra {
+                        Some(e) => format!("{}: {e}", h.reason),
+                        None => h.reason.clone(),
+                    },
+                }
+            })
+            .collect();
+        PlanSummary { kernel: plan.kernel.clone(), hooks }
+    }
+
+    /// Number of attached hooks.
+    pub fn attached(&self) -> usize {
+        self.hooks.iter().filter(|h| h.attached).count()
+    }
+}
+
+/// One `gupwatch_process_pages_total` series.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessSeries {
+    /// Process name, or [`OTHER_COMM`].
+    pub comm: String,
+    /// pin, get or unpin.
+    pub kind: &'static str,
+    /// Pages.
+    pub pages: u64,
+}
+
+const KINDS: [&str; 3] = ["pin", "get", "unpin"];
+
+/// The `kind` label of an API: pin, get, or unpin for anything that
+/// releases pins (the unpin entry points, and `gup_put_folio` for releases
+/// no hooked unpin covers); `None` for the slow-path marker hook.
+fn kind_index(kind: ApiKind) -> Option<usize> {
+    match kind {
+        ApiKind::Pin => Some(0),
+        ApiKind::Get => Some(1),
+        ApiKind::Unpin | ApiKind::Undo => Some(2),
+        ApiKind::SlowPath => None,
+    }
+}
+
+fn kind_label(kind: ApiKind) -> Option<&'static str> {
+    kind_index(kind).map(|i| KINDS[i])
+}
+
+fn row_kind(row: &Row) -> Option<usize> {
+    Api::from_symbol(row.api).and_then(|a| kind_index(a.kind()))
+}
+
+/// The top-N selection of `gupwatch_process_pages_total`, kept across
+/// scrapes so that the `other` series stays a true counter.
+///
+/// The top N names are re-ranked every scrape by cumulative pinned pages
+/// (then all pages, then name). Membership can change; a stateless "sum of
+/// the rest" would then drop whenever a name is promoted, which `rate()`
+/// reads as a counter reset (a huge false spike). Instead `other` only ever
+/// adds the pages that processes outside the top N gained since the last
+/// scrape, so it never decreases and its rate is the rate of the rest.
+/// A process really named `other` is always folded into `other`.
+#[derive(Debug, Default)]
+pub struct TopProcesses {
+    last: HashMap<String, [u64; 3]>,
+    other: [u64; 3],
+}
+
+impl TopProcesses {
+    /// The series for this scrape: the top `n` names (every kind), then
+    /// `other` (every kind).
+    pub fn update(&mut self, rows: &[Row], n: usize) -> Vec<ProcessSeries> {
+        let mut by_comm: HashMap<&str, [u64; 3]> = HashMap::new();
+        for r in rows {
+            if let Some(k) = row_kind(r) {
+                let e = by_comm.entry(r.comm.as_str()).or_default();
+                e[k] = e[k].wrapping_add(r.pages);
+            }
+        }
+        let mut ranked: Vec<(&str, [u64; 3])> =
+            by_comm.iter().filter(|(c, _)| **c != OTHER_COMM).map(|(c, v)| (*c, *v)).collect();
+        ranked.sort_by(|a, b| {
+            let total = |v: &[u64; 3]| v.iter().fold(0u64, |s, x| s.saturating_add(*x));
+            b.1[0].cmp(&a.1[0]).then(total(&b.1).cmp(&total(&a.1))).then(a.0.cmp(b.0))
+        });
+        ranked.truncate(n);
+        let kept: std::collections::HashSet<&str> = ranked.iter().map(|(c, _)| *c).collect();
+        for (comm, now) in &by_comm {
+            if kept.contains(comm) {
+                continue;
+            }
+            let before = self.last.get(*comm).copied().unwrap_or_default();
+            for k in 0..3 {
+                self.other[k] = self.other[k].wrapping_add(now[k].saturating_sub(before[k]));
+            }
+        }
+        self.last = by_comm.iter().map(|(c, v)| (c.to_string(), *v)).collect();
+        let mut out = Vec::with_capacity(3 * (ranked.len() + 1));
+        for (comm, v) in &ranked {
+            for k in 0..3 {
+                out.push(ProcessSeries { comm: comm.to_string(), kind: KINDS[k], pages: v[k] });
+            }
+        }
+        for k in 0..3 {
+            out.push(ProcessSeries { comm: OTHER_COMM.into(), kind: KINDS[k], pages: self.other[k] });
+        }
+        out
+    }
+}
+
+/// Failures to read a data source, by source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReadErrors {
+    /// Reading the BPF maps failed.
+    pub maps: u64,
+    /// Reading `/proc/vmstat` failed.
+    pub vmstat: u64,
+}
+
+/// Everything one scrape renders, as plain data.
+#[derive(Clone, Debug)]
+pub struct ScrapeData {
+    /// gupwatch's version.
+    pub version: String,
+    /// The probe plan, as loaded.
+    pub plan: PlanSummary,
+    /// The in-kernel counters; `None` in the reduced mode (no probes).
+    pub snapshot: Option<Snapshot>,
+    /// The kernel's own FOLL_PIN counters, if readable.
+    pub vmstat: Option<FollPinCounters>,
+    /// Resolved attribution rows.
+    pub rows: Vec<Row>,
+    /// The per-process series (see [`TopProcesses`]).
+    pub processes: Vec<ProcessSeries>,
+    /// Time taken to gather this data (map reads, vmstat, symbolization).
+    pub scrape_duration: Duration,
+    /// Read failures since start.
+    pub read_errors: ReadErrors,
+}
+
+impl ScrapeData {
+    /// Assembles scrape data from its parts, updating the top-N state.
+    pub fn new(
+        plan: PlanSummary,
+        snapshot: Option<Snapshot>,
+        vmstat: Option<FollPinCounters>,
+        rows: Vec<Row>,
+        top: &mut TopProcesses,
+        settings: Settings,
+    ) -> ScrapeData {
+        let processes = if snapshot.is_some() { top.update(&rows, settings.top_processes) } else { vec![] };
+        ScrapeData {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            plan,
+            snapshot,
+            vmstat,
+            rows,
+            processes,
+            scrape_duration: Duration::ZERO,
+            read_errors: ReadErrors::default(),
+        }
+    }
+
+    /// The pin/get/unpin APIs whose hooks are attached, in [`Api`] order.
+    fn counted_apis(&self) -> Vec<(Api, &'static str)> {
+        self.plan
+            .hooks
+            .iter()
+            .filter(|h| h.attached)
+            .filter_map(|h| kind_label(h.api.kind()).map(|k| (h.api, k)))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rendering
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiKindLabels {
+    api: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrnoLabels {
+    api: &'static str,
+    errno: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubsystemLabels {
+    subsystem: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabels {
+    comm: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    function: &'static str,
+    mechanism: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    kernel: String,
+}
+
+/// A classic histogram with precomputed (non-cumulative) buckets.
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The latency histogram of one API in seconds: bucket `i` of the kernel's
+/// log2 nanosecond histogram holds `2^i <= d < 2^(i+1)` ns, so its upper
+/// bound is `2^(i+1)` ns; the last bucket also takes everything longer, so
+/// its bound is `+Inf`.
+fn latency_histogram(s: &ApiStats) -> ConstHistogram {
+    let buckets = s
+        .latency_log2
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let le = if i + 1 == LATENCY_BUCKETS { f64::INFINITY } else { (1u64 << (i + 1)) as f64 / 1e9 };
+            (le, *n)
+        })
+        .collect();
+    let count = s.latency_log2.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+    ConstHistogram { sum: s.latency_ns_sum as f64 / 1e9, count, buckets }
+}
+
+fn counters<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: Option<V>,
+) -> fmt::Result {
+    let m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    match value {
+        Some(v) => ConstGauge::new(v).encode(m),
+        None => Ok(()),
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: Option<u64>) -> fmt::Result {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    match value {
+        Some(v) => ConstCounter::new(v).encode(m),
+        None => Ok(()),
+    }
+}
+
+/// The registry's view of one [`ScrapeData`].
+#[derive(Debug)]
+struct Exposition(Arc<ScrapeData>);
+
+impl PromCollector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let d = &*self.0;
+        let apis = d.counted_apis();
+        let snap = d.snapshot.as_ref();
+        // Per-API samples exist only with probes; families are always listed.
+        let per_api = |f: &dyn Fn(Api, &ApiStats) -> Option<u64>| -> Vec<(ApiLabels, u64)> {
+            let Some(s) = snap else { return vec![] };
+            apis.iter().filter_map(|(a, _)| f(*a, s.api(*a)).map(|v| (ApiLabels { api: a.symbol() }, v))).collect()
+        };
+        let pin_or_get = |a: Api| matches!(a.kind(), ApiKind::Pin | ApiKind::Get);
+
+        // --- What the kernel's GUP functions did.
+        let by_kind = |f: fn(&ApiStats) -> u64| -> Vec<(ApiKindLabels, u64)> {
+            let Some(s) = snap else { return vec![] };
+            apis.iter().map(|(a, k)| (ApiKindLabels { api: a.symbol(), kind: k }, f(s.api(*a)))).collect()
+        };
+        counters(
+            &mut enc,
+            "gupwatch_calls",
+            "Calls to a hooked GUP function since gupwatch started (pin: takes FOLL_PIN pins; get: takes FOLL_GET references; unpin: releases pins, nested unpin calls excluded, gup_put_folio only for releases no hooked unpin covers).",
+            by_kind(|s| s.calls),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_pages",
+            "Pages the calls returned (pin/get; folio pins for memfd_pin_folios) or released (unpin), since gupwatch started.",
+            by_kind(|s| s.pages),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_undone_pin_pages",
+            "Pins a pin call took and released again before returning (e.g. before a FOLL_LONGTERM migration); nr_foll_pin_acquired and nr_foll_pin_released count them too.",
+            per_api(&|a, s| (a.kind() == ApiKind::Pin).then_some(s.undone_pages)),
+        )?;
+        let errnos: Vec<(ErrnoLabels, u64)> = snap
+            .map(|s| {
+                s.errnos
+                    .iter()
+                    .filter_map(|((api, errno), n)| {
+                        let api = Api::from_index(*api)?;
+                        Some((ErrnoLabels { api: api.symbol(), errno: crate::check::errno_name(*errno) }, *n))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        counters(
+            &mut enc,
+            "gupwatch_failed_calls",
+            "Pin/get calls that returned a negative errno, by API and errno name.",
+            errnos,
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_short_calls",
+            "Pin/get calls that returned fewer pages than asked for (but more than zero).",
+            per_api(&|a, s| pin_or_get(a).then_some(s.short_calls)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_fast_path_pages",
+            "Pages the lock-free fast walk of a *_fast API took.",
+            per_api(&|a, s| a.has_fast_path().then_some(s.fast_pages)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_slow_path_pages",
+            "Pages the slow path (mmap_lock held) took: every page of a non-fast API, and what a *_fast API's fast walk left over.",
+            per_api(&|a, s| pin_or_get(a).then_some(s.slow_pages)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_fast_path_fallback_calls",
+            "Calls of a *_fast API that fell back to the slow path.",
+            per_api(&|a, s| a.has_fast_path().then_some(s.fell_back_calls)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_longterm_pages",
+            "Pages pinned or referenced with FOLL_LONGTERM.",
+            per_api(&|a, s| pin_or_get(a).then_some(s.longterm_pages)),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "gupwatch_call_duration",
+                "Duration of hooked GUP calls that were timed (entry and exit both seen), from the kernel's log2 nanosecond histogram.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            if let Some(s) = snap {
+                for (a, _) in &apis {
+                    let labels = ApiLabels { api: a.symbol() };
+                    latency_histogram(s.api(*a)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        // --- Who pinned.
+        let mut subsystems: BTreeMap<(&'static str, usize), u64> = BTreeMap::new();
+        for r in &d.rows {
+            if let Some(k) = row_kind(r) {
+                let e = subsystems.entry((r.caller.subsystem.as_str(), k)).or_default();
+                *e = e.wrapping_add(r.pages);
+            }
+        }
+        counters(
+            &mut enc,
+            "gupwatch_subsystem_pages",
+            "Pages pinned, referenced or released, by the kernel subsystem found in the call stack.",
+            subsystems.into_iter().map(|((subsystem, k), v)| (SubsystemLabels { subsystem, kind: KINDS[k] }, v)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_process_pages",
+            "Pages pinned, referenced or released, by process name (comm); only the top processes by pinned pages, the rest summed into comm other.",
+            d.processes.iter().map(|p| (ProcessLabels { comm: p.comm.clone(), kind: p.kind }, p.pages)),
+        )?;
+
+        // --- Outstanding pins: gupwatch's view and the kernel's.
+        let totals: Option<Totals> = snap.map(Snapshot::totals);
+        gauge(
+            &mut enc,
+            "gupwatch_outstanding_pages",
+            "FOLL_PIN pins taken minus pins released, as seen by gupwatch since it started.",
+            None,
+            totals.map(|t| t.pinned_pages as i64 - t.unpinned_pages as i64),
+        )?;
+        counter(
+            &mut enc,
+            "gupwatch_kernel_foll_pin_acquired",
+            "The kernel's own count of FOLL_PIN pins taken since boot (/proc/vmstat nr_foll_pin_acquired).",
+            d.vmstat.map(|v| v.acquired),
+        )?;
+        counter(
+            &mut enc,
+            "gupwatch_kernel_foll_pin_released",
+            "The kernel's own count of FOLL_PIN pins released since boot (/proc/vmstat nr_foll_pin_released).",
+            d.vmstat.map(|v| v.released),
+        )?;
+        gauge(
+            &mut enc,
+            "gupwatch_kernel_outstanding_pins",
+            "Pins held right now according to the kernel (nr_foll_pin_acquired - nr_foll_pin_released).",
+            None,
+            d.vmstat.map(|v| v.outstanding()),
+        )?;
+
+        // --- gupwatch's own health.
+        gauges(
+            &mut enc,
+            "gupwatch_probe_attached",
+            "1 if the hook on this kernel function is attached and counting, 0 if not (mechanism none: the kernel lacks the function).",
+            None,
+            d.plan.hooks.iter().map(|h| (ProbeLabels { function: h.function, mechanism: h.mechanism }, h.attached as i64)),
+        )?;
+        let maps: Vec<(MapLabels, u64, u64)> = snap
+            .map(|s| {
+                vec![
+                    (MapLabels { map: "ATTRIB" }, s.attrib.len() as u64, u64::from(ATTRIB_CAPACITY)),
+                    (MapLabels { map: "ERRNOS" }, s.errnos.len() as u64, u64::from(ERRNO_CAPACITY)),
+                ]
+            })
+            .unwrap_or_default();
+        gauges(
+            &mut enc,
+            "gupwatch_map_entries",
+            "Entries in one of gupwatch's BPF hash maps; new keys are dropped once it is full.",
+            None,
+            maps.iter().map(|(l, n, _)| (l.clone(), *n)),
+        )?;
+        gauges(
+            &mut enc,
+            "gupwatch_map_capacity",
+            "Capacity of one of gupwatch's BPF hash maps.",
+            None,
+            maps.iter().map(|(l, _, c)| (l.clone(), *c)),
+        )?;
+        const DROPS: [(Diag, &str); 4] = [
+            (Diag::InflightFull, "inflight_full"),
+            (Diag::ArgReadFailed, "arg_read_failed"),
+            (Diag::AttribFull, "attrib_full"),
+            (Diag::StackLost, "stack_lost"),
+        ];
+        counters(
+            &mut enc,
+            "gupwatch_events_dropped",
+            "Events gupwatch's probes could not record in full (inflight_full: call not timed; arg_read_failed: argument unreadable; attrib_full: call not attributed; stack_lost: no call stack). Per-API totals still count the calls.",
+            snap.map(|s| {
+                DROPS
+                    .iter()
+                    .map(|(i, reason)| (ReasonLabels { reason }, s.diag.get(*i as usize).copied().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_read_errors",
+            "Scrapes that could not read a data source (maps: gupwatch's BPF maps; vmstat: /proc/vmstat).",
+            [
+                (SourceLabels { source: "maps" }, d.read_errors.maps),
+                (SourceLabels { source: "vmstat" }, d.read_errors.vmstat),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "gupwatch_scrape_duration",
+            "Time this scrape took to gather its data (BPF map reads, /proc/vmstat, stack symbolization), before encoding.",
+            Some(&Unit::Seconds),
+            Some(d.scrape_duration.as_secs_f64()),
+        )?;
+        let build = enc.encode_descriptor(
+            "gupwatch_build",
+            "gupwatch's version and the kernel it runs on; always 1.",
+            None,
+            MetricType::Info,
+        )?;
+        Info::new(BuildLabels { version: d.version.clone(), kernel: d.plan.kernel.clone() }).encode(build)?;
+        Ok(())
+    }
+}
+
+/// Renders scrape data in the given format.
+pub fn render(data: &Arc<ScrapeData>, format: Format) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition(Arc::clone(data))));
+    let mut out = String::with_capacity(64 * 1024);
+    let r = match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
+        Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
+    };
+    // Writing into a String cannot fail, and every value we hand the
+    // encoder is well-formed.
+    r.expect("encoding metrics into a String");
+    out
+}
+
+// ---------------------------------------------------------------------------
+// JSON snapshot (for /api/snapshot)
+
+#[derive(Serialize)]
+struct ApiJson {
+    api: &'static str,
+    kind: &'static str,
+    attached: bool,
+    calls: u64,
+    pages: u64,
+    requested_pages: u64,
+    errors: u64,
+    zero_calls: u64,
+    short_calls: u64,
+    undone_pages: u64,
+    untimed_calls: u64,
+    latency_ns_sum: u64,
+    fast_pages: u64,
+    slow_pages: u64,
+    unsplit_pages: u64,
+    fell_back_calls: u64,
+    longterm_calls: u64,
+    longterm_pages: u64,
+}
+
+#[derive(Serialize)]
+struct ProcessJson {
+    tgid: u32,
+    comm: String,
+    pinned_pages: u64,
+    referenced_pages: u64,
+    unpinned_pages: u64,
+    calls: u64,
+    errors: u64,
+}
+
+#[derive(Serialize)]
+struct ErrnoJson {
+    api: &'static str,
+    errno: u32,
+    name: String,
+    calls: u64,
+}
+
+#[derive(Serialize)]
+struct KernelJson {
+    acquired: u64,
+    released: u64,
+    outstanding: i64,
+}
+
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    version: &'a str,
+    kernel: &'a str,
+    mode: &'static str,
+    hooks_attached: usize,
+    totals: Option<Totals>,
+    outstanding_pages: Option<i64>,
+    kernel_counters: Option<KernelJson>,
+    apis: Vec<ApiJson>,
+    errnos: Vec<ErrnoJson>,
+    events_dropped: BTreeMap<&'static str, u64>,
+    top_processes: Vec<ProcessJson>,
+    subsystems: Vec<ProcessSeriesJson>,
+    hooks: &'a [HookHealth],
+    scrape_duration_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct ProcessSeriesJson {
+    subsystem: &'static str,
+    kind: &'static str,
+    pages: u64,
+}
+
+/// The JSON document of `/api/snapshot`: totals, per-API counters, the top
+/// processes (by pid; JSON has no cardinality limit), subsystems and the
+/// plan. `top` bounds the process list.
+pub fn snapshot_json(d: &ScrapeData, top: usize) -> serde_json::Value {
+    let snap = d.snapshot.as_ref();
+    let apis = snap
+        .map(|s| {
+            d.plan
+                .hooks
+                .iter()
+                .filter_map(|h| {
+                    let kind = kind_label(h.api.kind())?;
+                    let a = s.api(h.api);
+                    Some(ApiJson {
+                        api: h.function,
+                        kind,
+                        attached: h.attached,
+                        calls: a.calls,
+                        pages: a.pages,
+                        requested_pages: a.requested_pages,
+                        errors: a.errors,
+                        zero_calls: a.zero_calls,
+                        short_calls: a.short_calls,
+                        undone_pages: a.undone_pages,
+                        untimed_calls: a.untimed_calls,
+                        latency_ns_sum: a.latency_ns_sum,
+                        fast_pages: a.fast_pages,
+                        slow_pages: a.slow_pages,
+                        unsplit_pages: a.unsplit_pages,
+                        fell_back_calls: a.fell_back_calls,
+                        longterm_calls: a.longterm_calls,
+                        longterm_pages: a.longterm_pages,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let errnos = snap
+        .map(|s| {
+            s.errnos
+                .iter()
+                .filter_map(|((api, errno), n)| {
+                    Some(ErrnoJson {
+                        api: Api::from_index(*api)?.symbol(),
+                        errno: *errno,
+                        name: crate::check::errno_name(*errno),
+                        calls: *n,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut procs: BTreeMap<(u32, &str), ProcessJson> = BTreeMap::new();
+    for r in &d.rows {
+        let Some(k) = row_kind(r) else { continue };
+        let p = procs.entry((r.tgid, r.comm.as_str())).or_insert_with(|| ProcessJson {
+            tgid: r.tgid,
+            comm: r.comm.clone(),
+            pinned_pages: 0,
+            referenced_pages: 0,
+            unpinned_pages: 0,
+            calls: 0,
+            errors: 0,
+        });
+        match k {
+            0 => p.pinned_pages += r.pages,
+            1 => p.referenced_pages += r.pages,
+            _ => p.unpinned_pages += r.pages,
+        }
+        p.calls += r.calls;
+        p.errors += r.errors;
+    }
+    let mut top_processes: Vec<ProcessJson> = procs.into_values().collect();
+    top_processes.sort_by(|a, b| {
+        b.pinned_pages
+            .cmp(&a.pinned_pages)
+            .then((b.referenced_pages + b.unpinned_pages).cmp(&(a.referenced_pages + a.unpinned_pages)))
+            .then(a.tgid.cmp(&b.tgid))
+    });
+    top_processes.truncate(top);
+    let mut subsystems: BTreeMap<(&'static str, usize), u64> = BTreeMap::new();
+    for r in &d.rows {
+        if let Some(k) = row_kind(r) {
+            *subsystems.entry((r.caller.subsystem.as_str(), k)).or_default() += r.pages;
+        }
+    }
+    let events_dropped = snap
+        .map(|s| {
+            [
+                ("inflight_full", Diag::InflightFull),
+                ("arg_read_failed", Diag::ArgReadFailed),
+                ("attrib_full", Diag::AttribFull),
+                ("stack_lost", Diag::StackLost),
+            ]
+            .into_iter()
+            .map(|(n, i)| (n, s.diag.get(i as usize).copied().unwrap_or(0)))
+            .collect()
+        })
+        .unwrap_or_default();
+    let totals = snap.map(Snapshot::totals);
+    let doc = SnapshotJson {
+        version: &d.version,
+        kernel: &d.plan.kernel,
+        mode: if snap.is_some() { "full" } else { "reduced" },
+        hooks_attached: d.plan.attached(),
+        totals,
+        outstanding_pages: totals.map(|t| t.pinned_pages as i64 - t.unpinned_pages as i64),
+        kernel_counters: d.vmstat.map(|v| KernelJson {
+            acquired: v.acquired,
+            released: v.released,
+            outstanding: v.outstanding(),
+        }),
+        apis,
+        errnos,
+        events_dropped,
+        top_processes,
+        subsystems: subsystems
+            .into_iter()
+            .map(|((subsystem, k), pages)| ProcessSeriesJson { subsystem, kind: KINDS[k], pages })
+            .collect(),
+        hooks: &d.plan.hooks,
+        scrape_duration_seconds: d.scrape_duration.as_secs_f64(),
+    };
+    serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
+}
+
+// ---------------------------------------------------------------------------
+// The live collector
+
+/// Reads the live data sources at scrape time.
+///
+/// Holds the [`Probes`] (dropping the collector detaches them), kallsyms
+/// (read once), a cache of resolved kernel stacks (stack ids are never
+/// reused: the stack map is filled without `BPF_F_REUSE_STACKID`), and the
+/// top-N process state.
+pub struct Collector {
+    probes: Option<Probes>,
+    plan: PlanSummary,
+    settings: Settings,
+    kallsyms: Kallsyms,
+    stacks: HashMap<i64, Vec<u64>>,
+    top: TopProcesses,
+    read_errors: ReadErrors,
+    vmstat_refresh: bool,
+}
+
+impl Collector {
+    /// A collector over loaded probes, or over none (the reduced mode:
+    /// vmstat and the unattached plan only). `plan` is the plan as the
+    /// loader left it (or the resolved plan when loading failed).
+    pub fn new(probes: Option<Probes>, plan: &ProbePlan, settings: Settings) -> Collector {
+        let plan = match &probes {
+            Some(p) => PlanSummary::from_plan(&p.plan),
+            None => PlanSummary::from_plan(plan),
+        };
+        let kallsyms = if probes.is_some() {
+            Kallsyms::from_proc().unwrap_or_else(|e| {
+                eprintln!("gupwatch: {e}; callers and subsystems will show as unknown/other");
+                Kallsyms::default()
+            })
+        } else {
+            Kallsyms::default()
+        };
+        Collector {
+            probes,
+            plan,
+            settings,
+            kallsyms,
+            stacks: HashMap::new(),
+            top: TopProcesses::default(),
+            read_errors: ReadErrors::default(),
+            vmstat_refresh: true,
+        }
+    }
+
+    /// The plan summary.
+    pub fn plan(&self) -> &PlanSummary {
+        &self.plan
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Whether probes are loaded (false in the reduced mode).
+    pub fn has_probes(&self) -> bool {
+        self.probes.is_some()
+    }
+
+    /// Reads every source now.
+    pub fn gather(&mut self) -> Arc<ScrapeData> {
+        let t0 = Instant::now();
+        let snapshot = match &self.probes {
+            Some(p) => match p.maps.snapshot() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    if self.read_errors.maps == 0 {
+                        eprintln!("gupwatch: scrape: {e}");
+                    }
+                    self.read_errors.maps += 1;
+                    None
+                }
+            },
+            None => None,
+        };
+        let vmstat = self.read_vmstat();
+        let rows = match (&snapshot, &self.probes) {
+            (Some(s), Some(p)) => {
+                let stacks = &mut self.stacks;
+                attribution::resolve(&s.attrib, &self.kallsyms, |id| {
+                    if let Some(ips) = stacks.get(&id) {
+                        return Some(ips.clone());
+                    }
+                    let ips = p.maps.stack(id)?;
+                    stacks.insert(id, ips.clone());
+                    Some(ips)
+                })
+            }
+            _ => vec![],
+        };
+        let mut data = ScrapeData::new(self.plan.clone(), snapshot, vmstat, rows, &mut self.top, self.settings);
+        data.read_errors = self.read_errors;
+        data.scrape_duration = t0.elapsed();
+        Arc::new(data)
+    }
+
+    /// One scrape, rendered.
+    pub fn scrape(&mut self, format: Format) -> String {
+        render(&self.gather(), format)
+    }
+
+    fn read_vmstat(&mut self) -> Option<FollPinCounters> {
+        if self.vmstat_refresh {
+            match vmstat::read(true) {
+                Ok(c) => return Some(c),
+                Err(e) if e.is_refresh_failure() => {
+                    eprintln!("gupwatch: {e}");
+                    self.vmstat_refresh = false;
+                }
+                Err(e) => return self.vmstat_failed(e),
+            }
+        }
+        match vmstat::read(false) {
+            Ok(c) => Some(c),
+            Err(e) => self.vmstat_failed(e),
+        }
+    }
+
+    fn vmstat_failed(&mut self, e: vmstat::VmstatError) -> Option<FollPinCounters> {
+        if self.read_errors.vmstat == 0 {
+            eprintln!("gupwatch: scrape: {e}");
+        }
+        self.read_errors.vmstat += 1;
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::attribution::{Caller, Subsystem};
+    use gup_common::{AttribKey, AttribValue};
+
+    pub(crate) fn hook(api: Api, attached: bool, mechanism: &'static str) -> HookHealth {
+        HookHealth {
+            api,
+            function: api.symbol(),
+            kind: match api.kind() {
+                ApiKind::Pin => "pin",
+                ApiKind::Get => "get",
+                ApiKind::Unpin => "unpin",
+                ApiKind::SlowPath => "slow-path",
+                ApiKind::Undo => "release",
+            },
+            mechanism,
+            attached,
+            status: if attached { "attached" } else { "absent" },
+            reason: String::new(),
+        }
+    }
+
+    /// A plan where every API is attached via fentry, except
+    /// pin_user_pages_fast_only (absent) and memfd_pin_folios (kprobe).
+    pub(crate) fn plan() -> PlanSummary {
+        let hooks = Api::ALL
+            .iter()
+            .map(|&a| match a {
+                Api::PinUserPagesFastOnly => hook(a, false, "none"),
+                Api::MemfdPinFolios => hook(a, true, "kprobe"),
+                _ => hook(a, true, "fentry"),
+            })
+            .collect();
+        PlanSummary { kernel: "6.12.0-test".into(), hooks }
+    }
+
+    fn row(tgid: u32, comm: &str, api: Api, pages: u64, subsystem: Subsystem) -> Row {
+        Row {
+            tgid,
+            comm: comm.into(),
+            cgroup_id: 1,
+            api: api.symbol(),
+            caller: Caller { function: "caller_fn".into(), subsystem },
+            calls: 1,
+            pages,
+            errors: 0,
+            fast_pages: 0,
+            slow_pages: pages,
+            longterm_pages: 0,
+        }
+    }
+
+    /// A busy snapshot touching every family.
+    pub(crate) fn sample() -> Arc<ScrapeData> {
+        let mut s = Snapshot::default();
+        let fast = &mut s.apis[Api::PinUserPagesFast as usize];
+        fast.calls = 10;
+        fast.pages = 5120;
+        fast.undone_pages = 16;
+        fast.fast_pages = 4096;
+        fast.slow_pages = 1024;
+        fast.fell_back_calls = 2;
+        fast.short_calls = 1;
+        fast.longterm_pages = 512;
+        fast.latency_ns_sum = 3_000_000;
+        fast.latency_log2[10] = 4; // 1024..2048 ns
+        fast.latency_log2[12] = 5;
+        fast.latency_log2[LATENCY_BUCKETS - 1] = 1;
+        let unpin = &mut s.apis[Api::UnpinUserPages as usize];
+        unpin.calls = 3;
+        unpin.pages = 5000;
+        let get = &mut s.apis[Api::GetUserPagesFast as usize];
+        get.calls = 7;
+        get.pages = 70;
+        get.fast_pages = 70;
+        s.diag[Diag::InflightFull as usize] = 1;
+        s.diag[Diag::StackLost as usize] = 4;
+        s.errnos.insert((Api::PinUserPagesFast as u32, libc::EFAULT as u32), 3);
+        s.errnos.insert((Api::PinUserPagesRemote as u32, 999), 1);
+        let key = AttribKey { tgid: 1, api: 1, stack_id: 0 };
+        let val = AttribValue {
+            calls: 0,
+            pages: 0,
+            errors: 0,
+            fast_pages: 0,
+            slow_pages: 0,
+            longterm_pages: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        };
+        s.attrib = vec![(key, val); 3];
+        let rows = vec![
+            row(100, "fio", Api::PinUserPagesFast, 4096, Subsystem::DirectIo),
+            row(101, "fio", Api::PinUserPagesFast, 1024, Subsystem::DirectIo),
+            row(100, "fio", Api::UnpinUserPages, 5000, Subsystem::DirectIo),
+            row(200, "qemu \"vm\"\\1\nx", Api::GetUserPagesFast, 70, Subsystem::Vfio),
+            row(300, "", Api::PinUserPagesFast, 0, Subsystem::Other),
+            row(400, "bad\u{fffd}utf8\t\r", Api::PinUserPagesFast, 1, Subsystem::IoUring),
+        ];
+        let mut top = TopProcesses::default();
+        let mut d = ScrapeData::new(
+            plan(),
+            Some(s),
+            Some(FollPinCounters { acquired: 1_000_000, released: 999_000 }),
+            rows,
+            &mut top,
+            Settings::default(),
+        );
+        d.scrape_duration = Duration::from_micros(1500);
+        d.read_errors.vmstat = 2;
+        Arc::new(d)
+    }
+
+    /// The sample lines of a family (exact name match before `{` or ` `).
+    fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+            .collect()
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"));
+        line[series.len() + 1..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn families_have_help_type_and_prefix() {
+        let text = render(&sample(), Format::Prometheus);
+        for (name, ty) in [
+            ("gupwatch_calls_total", "counter"),
+            ("gupwatch_pages_total", "counter"),
+            ("gupwatch_undone_pin_pages_total", "counter"),
+            ("gupwatch_failed_calls_total", "counter"),
+            ("gupwatch_short_calls_total", "counter"),
+            ("gupwatch_fast_path_pages_total", "counter"),
+            ("gupwatch_slow_path_pages_total", "counter"),
+            ("gupwatch_fast_path_fallback_calls_total", "counter"),
+            ("gupwatch_longterm_pages_total", "counter"),
+            ("gupwatch_call_duration_seconds", "histogram"),
+            ("gupwatch_subsystem_pages_total", "counter"),
+            ("gupwatch_process_pages_total", "counter"),
+            ("gupwatch_outstanding_pages", "gauge"),
+            ("gupwatch_kernel_foll_pin_acquired_total", "counter"),
+            ("gupwatch_kernel_foll_pin_released_total", "counter"),
+            ("gupwatch_kernel_outstanding_pins", "gauge"),
+            ("gupwatch_probe_attached", "gauge"),
+            ("gupwatch_map_entries", "gauge"),
+            ("gupwatch_map_capacity", "gauge"),
+            ("gupwatch_events_dropped_total", "counter"),
+            ("gupwatch_read_errors_total", "counter"),
+            ("gupwatch_scrape_duration_seconds", "gauge"),
+            ("gupwatch_build_info", "gauge"),
+        ] {
+            assert!(text.contains(&format!("\n# TYPE {name} {ty}\n")), "{name} {ty} missing:\n{text}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+        }
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.starts_with("gupwatch_"), "unprefixed: {l}");
+        }
+    }
+
+    #[test]
+    fn per_api_values_and_labels() {
+        let text = render(&sample(), Format::Prometheus);
+        assert_eq!(value(&text, r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"}"#), 10.0);
+        assert_eq!(value(&text, r#"gupwatch_pages_total{api="pin_user_pages_fast",kind="pin"}"#), 5120.0);
+        assert_eq!(value(&text, r#"gupwatch_pages_total{api="unpin_user_pages",kind="unpin"}"#), 5000.0);
+        assert_eq!(value(&text, r#"gupwatch_calls_total{api="get_user_pages_fast",kind="get"}"#), 7.0);
+        assert_eq!(value(&text, r#"gupwatch_undone_pin_pages_total{api="pin_user_pages_fast"}"#), 16.0);
+        assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_fast",errno="EFAULT"}"#), 3.0);
+        assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_remote",errno="errno999"}"#), 1.0);
+        assert_eq!(value(&text, r#"gupwatch_short_calls_total{api="pin_user_pages_fast"}"#), 1.0);
+        assert_eq!(value(&text, r#"gupwatch_fast_path_pages_total{api="pin_user_pages_fast"}"#), 4096.0);
+        assert_eq!(value(&text, r#"gupwatch_fast_path_pages_total{api="get_user_pages_fast"}"#), 70.0);
+        assert_eq!(value(&text, r#"gupwatch_slow_path_pages_total{api="pin_user_pages_fast"}"#), 1024.0);
+        assert_eq!(value(&text, r#"gupwatch_fast_path_fallback_calls_total{api="pin_user_pages_fast"}"#), 2.0);
+        assert_eq!(value(&text, r#"gupwatch_longterm_pages_total{api="pin_user_pages_fast"}"#), 512.0);
+        // The absent hook has no per-API series; the slow-path hook is no API.
+        assert!(!text.contains(r#"api="pin_user_pages_fast_only""#));
+        assert!(!text.contains(r#"api="__gup_longterm_locked""#));
+        // Fast-path families only for *_fast APIs; unpin has none of these.
+        assert!(samples(&text, "gupwatch_fast_path_pages_total").iter().all(|l| l.contains("_fast")));
+        assert!(!samples(&text, "gupwatch_slow_path_pages_total").iter().any(|l| l.contains("unpin")));
+        // Every attached hook but the slow-path marker has a calls series.
+        let counted = Api::ALL.iter().filter(|a| **a != Api::PinUserPagesFastOnly && a.kind() != ApiKind::SlowPath).count();
+        assert_eq!(samples(&text, "gupwatch_calls_total").len(), counted);
+    }
+
+    #[test]
+    fn latency_histogram_is_cumulative_in_seconds() {
+        let text = render(&sample(), Format::Prometheus);
+        let b = |le: &str| value(&text, &format!(r#"gupwatch_call_duration_seconds_bucket{{api="pin_user_pages_fast",le="{le}"}}"#));
+        // Bucket 0's bound is 2 ns; bucket 10 (1024..2048 ns) ends at 2048 ns.
+        assert_eq!(b("2e-09"), 0.0);
+        assert_eq!(b("1.024e-06"), 0.0);
+        assert_eq!(b("2.048e-06"), 4.0);
+        assert_eq!(b("8.192e-06"), 9.0);
+        // The last log2 bucket is open-ended: it becomes +Inf, with no 2^40 ns bound.
+        assert_eq!(b("+Inf"), 10.0);
+        assert!(!text.contains(r#"le="1099.511627776""#), "{text}");
+        let buckets = samples(&text, "gupwatch_call_duration_seconds_bucket");
+        assert_eq!(buckets.iter().filter(|l| l.contains(r#"api="pin_user_pages_fast""#)).count(), LATENCY_BUCKETS);
+        assert_eq!(value(&text, r#"gupwatch_call_duration_seconds_count{api="pin_user_pages_fast"}"#), 10.0);
+        assert_eq!(value(&text, r#"gupwatch_call_duration_seconds_sum{api="pin_user_pages_fast"}"#), 0.003);
+        let mut prev = 0.0;
+        for l in buckets.iter().filter(|l| l.contains(r#"api="pin_user_pages_fast""#)) {
+            let v: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(v >= prev, "not cumulative: {l}");
+            prev = v;
+        }
+    }
+
+    #[test]
+    fn outstanding_kernel_and_self_metrics() {
+        let text = render(&sample(), Format::Prometheus);
+        // pinned (5120 + 16 undone) − unpinned 5000.
+        assert_eq!(value(&text, "gupwatch_outstanding_pages"), 136.0);
+        assert_eq!(value(&text, "gupwatch_kernel_foll_pin_acquired_total"), 1_000_000.0);
+        assert_eq!(value(&text, "gupwatch_kernel_foll_pin_released_total"), 999_000.0);
+        assert_eq!(value(&text, "gupwatch_kernel_outstanding_pins"), 1000.0);
+        assert_eq!(value(&text, r#"gupwatch_probe_attached{function="pin_user_pages_fast",mechanism="fentry"}"#), 1.0);
+        assert_eq!(value(&text, r#"gupwatch_probe_attached{function="memfd_pin_folios",mechanism="kprobe"}"#), 1.0);
+        assert_eq!(value(&text, r#"gupwatch_probe_attached{function="pin_user_pages_fast_only",mechanism="none"}"#), 0.0);
+        assert_eq!(samples(&text, "gupwatch_probe_attached").len(), gup_common::API_COUNT);
+        assert_eq!(value(&text, r#"gupwatch_map_entries{map="ATTRIB"}"#), 3.0);
+        assert_eq!(value(&text, r#"gupwatch_map_capacity{map="ATTRIB"}"#), f64::from(ATTRIB_CAPACITY));
+        assert_eq!(value(&text, r#"gupwatch_map_entries{map="ERRNOS"}"#), 2.0);
+        assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="inflight_full"}"#), 1.0);
+        assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="arg_read_failed"}"#), 0.0);
+        assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="attrib_full"}"#), 0.0);
+        assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="stack_lost"}"#), 4.0);
+        assert_eq!(value(&text, r#"gupwatch_read_errors_total{source="vmstat"}"#), 2.0);
+        assert_eq!(value(&text, "gupwatch_scrape_duration_seconds"), 0.0015);
+        let v = env!("CARGO_PKG_VERSION");
+        assert_eq!(value(&text, &format!(r#"gupwatch_build_info{{version="{v}",kernel="6.12.0-test"}}"#)), 1.0);
+    }
+
+    #[test]
+    fn subsystems_and_processes() {
+        let text = render(&sample(), Format::Prometheus);
+        assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#), 5120.0);
+        assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#), 5000.0);
+        assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#), 70.0);
+        // Two fio processes merge: no pid label.
+        assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="fio",kind="pin"}"#), 5120.0);
+        assert!(!text.contains("pid="), "{text}");
+        assert!(!text.contains("tgid="), "{text}");
+    }
+
+    #[test]
+    fn comm_label_values_are_escaped() {
+        let text = render(&sample(), Format::Prometheus);
+        // Quote, backslash and newline escaped; the sample stays on one line.
+        assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="qemu \"vm\"\\1\nx",kind="get"}"#), 70.0);
+        // Empty comm is a valid label value.
+        assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="",kind="pin"}"#), 0.0);
+        // Lossy UTF-8 replacement character and other control bytes pass through.
+        assert_eq!(value(&text, "gupwatch_process_pages_total{comm=\"bad\u{fffd}utf8\t\r\",kind=\"pin\"}"), 1.0);
+        let om = render(&sample(), Format::OpenMetrics);
+        assert!(om.contains(r#"gupwatch_process_pages_total{comm="qemu \"vm\"\\1\nx",kind="get"} 70"#), "{om}");
+    }
+
+    #[test]
+    fn top_n_keeps_other_monotonic() {
+        let mut top = TopProcesses::default();
+        let r = |comm: &str, pages| row(1, comm, Api::PinUserPagesFast, pages, Subsystem::Other);
+        let value = |s: &[ProcessSeries], comm: &str| {
+            s.iter().find(|p| p.comm == comm && p.kind == "pin").map(|p| p.pages)
+        };
+        // N = 1: "a" leads, "b" goes to other.
+        let s = top.update(&[r("a", 10), r("b", 5)], 1);
+        assert_eq!((value(&s, "a"), value(&s, "b"), value(&s, OTHER_COMM)), (Some(10), None, Some(5)));
+        assert_eq!(s.len(), 6, "3 kinds for a and for other");
+        // "b" overtakes "a": b is promoted with its full count, a is demoted;
+        // other grows by what non-top processes gained (a: +1) and never drops.
+        let s = top.update(&[r("a", 11), r("b", 20)], 1);
+        assert_eq!((value(&s, "a"), value(&s, "b"), value(&s, OTHER_COMM)), (None, Some(20), Some(6)));
+        let s = top.update(&[r("a", 11), r("b", 20), r("c", 3)], 1);
+        assert_eq!(value(&s, OTHER_COMM), Some(9));
+        // A process really named "other" folds into other.
+        let s = top.update(&[r("a", 11), r("b", 20), r("c", 3), r(OTHER_COMM, 100)], 5);
+        assert_eq!(s.iter().filter(|p| p.comm == OTHER_COMM && p.kind == "pin").count(), 1);
+        assert_eq!(value(&s, OTHER_COMM), Some(109));
+        // N = 0: everything in other.
+        let mut top = TopProcesses::default();
+        let s = top.update(&[r("a", 1), r("b", 2)], 0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(value(&s, OTHER_COMM), Some(3));
+    }
+
+    #[test]
+    fn top_n_limits_series() {
+        let mut top = TopProcesses::default();
+        let rows: Vec<Row> =
+            (0..50).map(|i| row(i, &format!("p{i}"), Api::PinUserPagesFast, u64::from(i), Subsystem::Other)).collect();
+        let s = top.update(&rows, 10);
+        let comms: std::collections::BTreeSet<&str> = s.iter().map(|p| p.comm.as_str()).collect();
+        assert_eq!(comms.len(), 11);
+        assert!(comms.contains("p49") && comms.contains("p40") && !comms.contains("p39"));
+        let other = s.iter().find(|p| p.comm == OTHER_COMM && p.kind == "pin").unwrap().pages;
+        assert_eq!(other, (0..40).sum::<u64>());
+    }
+
+    #[test]
+    fn reduced_mode_has_vmstat_and_probe_health_only() {
+        let mut p = plan();
+        for h in &mut p.hooks {
+            h.attached = false;
+        }
+        let mut top = TopProcesses::default();
+        let d = Arc::new(ScrapeData::new(
+            p,
+            None,
+            Some(FollPinCounters { acquired: 7, released: 5 }),
+            vec![],
+            &mut top,
+            Settings::default(),
+        ));
+        let text = render(&d, Format::Prometheus);
+        assert!(samples(&text, "gupwatch_calls_total").is_empty());
+        assert!(samples(&text, "gupwatch_outstanding_pages").is_empty());
+        assert!(samples(&text, "gupwatch_process_pages_total").is_empty());
+        assert_eq!(value(&text, "gupwatch_kernel_outstanding_pins"), 2.0);
+        assert!(samples(&text, "gupwatch_probe_attached").iter().all(|l| l.ends_with(" 0")));
+        promtool_check(&text);
+    }
+
+    #[test]
+    fn openmetrics_format() {
+        let om = render(&sample(), Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE gupwatch_calls counter\n"));
+        assert!(om.contains("# TYPE gupwatch_call_duration_seconds histogram\n"));
+        assert!(om.contains("# UNIT gupwatch_call_duration_seconds seconds\n"));
+        assert!(om.contains("# TYPE gupwatch_build info\n"));
+        assert!(om.contains(r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"} 10"#));
+        assert!(om.contains(r#"gupwatch_call_duration_seconds_bucket{le="+Inf",api="pin_user_pages_fast"} 10"#));
+        let prom = render(&sample(), Format::Prometheus);
+        assert!(!prom.contains("# EOF"));
+        // OpenMetrics HELP text may not hold bare quotes or backslashes, and
+        // the encoder does not escape HELP: keep them out of the texts.
+        for l in om.lines().filter(|l| l.starts_with("# HELP ")) {
+            assert!(!l.contains(['"', '\\']), "{l}");
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        use Format::*;
+        assert_eq!(Format::negotiate(None), Prometheus);
+        assert_eq!(Format::negotiate(Some("*/*")), Prometheus);
+        assert_eq!(Format::negotiate(Some("text/plain")), Prometheus);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text")), OpenMetrics);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text; version=1.0.0; charset=utf-8")), OpenMetrics);
+        // What Prometheus 2.x sends.
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some("text/plain;q=1, application/openmetrics-text;q=0.2")), Prometheus);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Prometheus);
+        assert_eq!(OpenMetrics.content_type(), "application/openmetrics-text; version=1.0.0; charset=utf-8");
+        assert_eq!(Prometheus.content_type(), "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    #[test]
+    fn json_snapshot() {
+        let j = snapshot_json(&sample(), 10);
+        assert_eq!(j["mode"], "full");
+        assert_eq!(j["totals"]["pinned_pages"], 5136);
+        assert_eq!(j["outstanding_pages"], 136);
+        assert_eq!(j["kernel_counters"]["outstanding"], 1000);
+        assert_eq!(j["top_processes"][0]["comm"], "fio");
+        assert_eq!(j["top_processes"][0]["tgid"], 100);
+        assert_eq!(j["top_processes"][0]["pinned_pages"], 4096);
+        assert_eq!(j["events_dropped"]["stack_lost"], 4);
+        assert!(j["apis"].as_array().unwrap().iter().any(|a| a["api"] == "pin_user_pages_fast" && a["calls"] == 10));
+        assert_eq!(snapshot_json(&sample(), 1)["top_processes"].as_array().unwrap().len(), 1);
+    }
+
+    /// Runs `promtool check metrics` on an exposition; fails when promtool
+    /// is missing (it is a declared dependency: `cargo xtask setup`).
+    pub(crate) fn promtool_check(text: &str) {
+        use std::io::Write;
+        let mut child = match std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "promtool is not installed ({e}): run `cargo xtask setup` (it installs Debian's prometheus package, which provides /usr/bin/promtool)"
+            ),
+        };
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        promtool_check(&render(&sample(), Format::Prometheus));
+    }
+}
