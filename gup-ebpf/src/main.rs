@@ -368,12 +368,10 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         }
         if read_global(&TRACK_PINS) != 0 {
             if let Some(base) = a.arg(args.pages_idx) {
-                let mut c = track_ctx(base, args.pages_form, false, EMPTY_OWNER);
                 if args.pages_form == PAGES_FOLIO {
-                    track_unpin(base, count, &mut c);
-                    publish(&c, site);
+                    track_unpin(base, count, site);
                 } else {
-                    track_pages(&mut c, count, site);
+                    track_pages(&track_ctx(base, args.pages_form, false, site, EMPTY_OWNER), count);
                 }
             }
         }
@@ -419,7 +417,10 @@ const EMPTY_OWNER: PinOwner = PinOwner {
     comm: [0; 16],
 };
 
-/// State shared with the `bpf_loop` callback that walks a call's pages.
+/// What the `bpf_loop` callback needs to walk a call's pages. Read-only
+/// inside the callback: the verifier re-verifies callbacks until their
+/// state converges (since ~6.8), and counters kept here would never let it.
+/// Outcomes go straight to the diagnostics counters instead.
 #[repr(C)]
 struct TrackCtx {
     /// Array of page/folio pointers, or the first page of a range.
@@ -428,12 +429,10 @@ struct TrackCtx {
     form: u64,
     /// 1 to record pins, 0 to release them.
     pin: u64,
+    /// Unpin call site, for unbalanced unpins.
+    site: i64,
     /// The owner to record (pins).
     owner: PinOwner,
-    tracked: u64,
-    untracked: u64,
-    matched: u64,
-    unbalanced: u64,
 }
 
 #[inline(always)]
@@ -457,60 +456,73 @@ fn page_folio(page: u64) -> u64 {
 }
 
 #[inline(always)]
-fn track_pin(folio: u64, c: &mut TrackCtx) {
-    for _attempt in 0..2 {
-        if let Some(rec) = PINS.get_ptr_mut(&folio) {
-            // SAFETY: a live map value.
-            let rec = unsafe { &mut *rec };
-            for o in rec.owners.iter_mut() {
-                if o.count > 0 && o.tgid == c.owner.tgid {
-                    o.count += 1;
-                    c.tracked += 1;
-                    return;
-                }
-            }
-            for o in rec.owners.iter_mut() {
-                if o.count == 0 {
-                    *o = c.owner;
-                    c.tracked += 1;
-                    return;
-                }
-            }
-            // Two other owners already: count, do not evict.
-            c.untracked += 1;
-            return;
-        }
-        // Insert an empty record and fill it on the next pass: building the
-        // record here would cost 96 bytes of the callback's stack, and 6.1
-        // limits the whole call chain to 512. BPF_NOEXIST; -EEXIST means
-        // another CPU inserted it first, which the next pass handles too.
-        match PINS.insert(&folio, &EMPTY_RECORD, 1) {
-            Ok(()) => continue,
-            Err(e) if e == -17 => continue,
-            Err(_) => break,
-        }
+fn track_pin(folio: u64, c: &TrackCtx) {
+    // Straight-line on purpose: since ~6.8 the verifier re-verifies a
+    // bpf_loop callback until its states converge, and a retry loop here
+    // kept it from converging.
+    let mut rec = PINS.get_ptr_mut(&folio);
+    if rec.is_none() {
+        // Insert an empty record and fill it in place: building it here
+        // would cost 96 bytes of the callback's stack (6.1 limits the whole
+        // call chain to 512). BPF_NOEXIST: if another CPU inserted it first,
+        // the lookup finds theirs.
+        let _ = PINS.insert(&folio, &EMPTY_RECORD, 1);
+        rec = PINS.get_ptr_mut(&folio);
     }
-    c.untracked += 1;
-}
-
-#[inline(always)]
-fn track_unpin(folio: u64, n: u64, c: &mut TrackCtx) {
-    let Some(rec) = PINS.get_ptr_mut(&folio) else {
-        c.unbalanced += n;
+    let Some(rec) = rec else {
+        diag_add(Diag::PinsUntracked, 1);
         return;
     };
     // SAFETY: a live map value.
     let rec = unsafe { &mut *rec };
-    let mut rem = n;
-    for o in rec.owners.iter_mut() {
-        let take = rem.min(o.count as u64);
-        o.count -= take as u32;
-        rem -= take;
+    let cur = c.owner.tgid;
+    if rec.owners[0].count > 0 && rec.owners[0].tgid == cur {
+        rec.owners[0].count += 1;
+    } else if rec.owners[1].count > 0 && rec.owners[1].tgid == cur {
+        rec.owners[1].count += 1;
+    } else if rec.owners[0].count == 0 {
+        rec.owners[0] = c.owner;
+    } else if rec.owners[1].count == 0 {
+        rec.owners[1] = c.owner;
+    } else {
+        // Two other owners already: count, do not evict.
+        diag_add(Diag::PinsUntracked, 1);
+        return;
     }
-    c.matched += n - rem;
-    c.unbalanced += rem;
+    diag_add(Diag::PinsTracked, 1);
+}
+
+#[inline(always)]
+fn track_unpin(folio: u64, n: u64, site: i64) {
+    let Some(rec) = PINS.get_ptr_mut(&folio) else {
+        unbalanced(site, n);
+        return;
+    };
+    // SAFETY: a live map value.
+    let rec = unsafe { &mut *rec };
+    let take0 = n.min(rec.owners[0].count as u64);
+    rec.owners[0].count -= take0 as u32;
+    let take1 = (n - take0).min(rec.owners[1].count as u64);
+    rec.owners[1].count -= take1 as u32;
+    diag_add(Diag::UnpinsMatched, take0 + take1);
+    if n > take0 + take1 {
+        unbalanced(site, n - take0 - take1);
+    }
     if rec.owners[0].count == 0 && rec.owners[1].count == 0 {
         let _ = PINS.remove(&folio);
+    }
+}
+
+/// Counts unpins that matched no tracked pin, per unpin call site.
+#[inline(never)]
+fn unbalanced(site: i64, n: u64) {
+    diag_add(Diag::UnbalancedUnpins, n);
+    if UNBALANCED.get_ptr_mut(&site).is_none() {
+        let _ = UNBALANCED.insert(&site, &0, 1);
+    }
+    if let Some(p) = UNBALANCED.get_ptr_mut(&site) {
+        // SAFETY: hash values live until deleted.
+        add(unsafe { &mut *p }, n);
     }
 }
 
@@ -518,7 +530,7 @@ fn track_unpin(folio: u64, n: u64, c: &mut TrackCtx) {
 extern "C" fn track_one(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer we gave it: a TrackCtx on
     // the caller's stack.
-    let c = unsafe { &mut *(ctx as *mut TrackCtx) };
+    let c = unsafe { &*(ctx as *const TrackCtx) };
     let page = if c.form == PAGES_ARRAY as u64 {
         // SAFETY: probe_read tolerates any address.
         match unsafe { bpf_probe_read_kernel((c.base + 8 * i as u64) as *const u64) } {
@@ -535,62 +547,26 @@ extern "C" fn track_one(i: u32, ctx: *mut c_void) -> i64 {
     if c.pin == 1 {
         track_pin(folio, c);
     } else {
-        track_unpin(folio, 1, c);
+        track_unpin(folio, 1, c.site);
     }
     0
 }
 
-/// Walks `count` pages and records (pin) or releases (unpin) them, then
-/// publishes what happened in the diagnostics counters.
+/// Walks `count` pages and records (pin) or releases (unpin) them.
 #[inline(never)]
-fn track_pages(c: &mut TrackCtx, count: u64, unbalanced_site: i64) {
+fn track_pages(c: &TrackCtx, count: u64) {
     let n = count.min(TRACK_MAX_PER_CALL as u64);
-    if c.pin == 1 {
-        c.untracked += count - n;
+    if c.pin == 1 && count > n {
+        diag_add(Diag::PinsUntracked, count - n);
     }
-    // SAFETY: the callback only touches `c`, which outlives the call.
+    // SAFETY: the callback only reads `c`, which outlives the call.
     unsafe {
-        bpf_loop(n as u32, track_one as *mut c_void, c as *mut TrackCtx as *mut c_void, 0);
-    }
-    publish(c, unbalanced_site);
-}
-
-#[inline(never)]
-fn publish(c: &TrackCtx, unbalanced_site: i64) {
-    let bump = |d: Diag, v: u64| {
-        if v > 0 {
-            if let Some(p) = DIAG.get_ptr_mut(d as u32) {
-                // SAFETY: as in `stats`.
-                add(unsafe { &mut *p }, v);
-            }
-        }
-    };
-    bump(Diag::PinsTracked, c.tracked);
-    bump(Diag::PinsUntracked, c.untracked);
-    bump(Diag::UnpinsMatched, c.matched);
-    bump(Diag::UnbalancedUnpins, c.unbalanced);
-    if c.unbalanced > 0 {
-        if UNBALANCED.get_ptr_mut(&unbalanced_site).is_none() {
-            let _ = UNBALANCED.insert(&unbalanced_site, &0, 1);
-        }
-        if let Some(p) = UNBALANCED.get_ptr_mut(&unbalanced_site) {
-            // SAFETY: hash values live until deleted.
-            add(unsafe { &mut *p }, c.unbalanced);
-        }
+        bpf_loop(n as u32, track_one as *mut c_void, c as *const TrackCtx as *mut c_void, 0);
     }
 }
 
-const fn track_ctx(base: u64, form: u8, pin: bool, owner: PinOwner) -> TrackCtx {
-    TrackCtx {
-        base,
-        form: form as u64,
-        pin: pin as u64,
-        owner,
-        tracked: 0,
-        untracked: 0,
-        matched: 0,
-        unbalanced: 0,
-    }
+const fn track_ctx(base: u64, form: u8, pin: bool, site: i64, owner: PinOwner) -> TrackCtx {
+    TrackCtx { base, form: form as u64, pin: pin as u64, site, owner }
 }
 
 #[inline(always)]
@@ -677,11 +653,12 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
                         comm: bpf_get_current_comm().unwrap_or([0; 16]),
                     };
                     if r.pages_ptr != 0 {
-                        let mut c = track_ctx(r.pages_ptr, PAGES_ARRAY, true, owner);
                         // Never walk past what the caller's array can hold.
                         let n = if r.requested > 0 { pages.min(r.requested) } else { pages };
-                        c.untracked = pages - n;
-                        track_pages(&mut c, n, -1);
+                        if pages > n {
+                            diag_add(Diag::PinsUntracked, pages - n);
+                        }
+                        track_pages(&track_ctx(r.pages_ptr, PAGES_ARRAY, true, -1, owner), n);
                     } else {
                         diag_add(Diag::PinsUntracked, pages);
                     }
@@ -750,9 +727,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         _ => {
             if read_global(&TRACK_PINS) != 0 {
                 if let Some(folio) = a.arg(args.pages_idx) {
-                    let mut c = track_ctx(folio, PAGES_FOLIO, false, EMPTY_OWNER);
-                    track_unpin(folio, refs, &mut c);
-                    publish(&c, -1);
+                    track_unpin(folio, refs, -1);
                 }
             }
         }

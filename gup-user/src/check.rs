@@ -157,7 +157,11 @@ pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
     // Symbols for naming callers; without them callers show as unknown.
     let kallsyms = Kallsyms::from_proc().unwrap_or_default();
     let mut reports = vec![];
-    for mut scenario in scenarios::builtin(scratch) {
+    let all = scenarios::builtin(scratch);
+    let n = all.len();
+    for (i, mut scenario) in all.into_iter().enumerate() {
+        // Progress on stderr, so --json output stays clean.
+        eprintln!("[check {}/{n}] {}", i + 1, scenario.name());
         reports.push(run_one(probes, &kallsyms, scenario.as_mut())?);
     }
     let plan = &probes.plan;

@@ -270,12 +270,12 @@ impl TopProcesses {
         self.last = by_comm.iter().map(|(c, v)| (c.to_string(), *v)).collect();
         let mut out = Vec::with_capacity(3 * (ranked.len() + 1));
         for (comm, v) in &ranked {
-            for k in 0..3 {
-                out.push(ProcessSeries { comm: comm.to_string(), kind: KINDS[k], pages: v[k] });
+            for (kind, pages) in KINDS.iter().zip(v) {
+                out.push(ProcessSeries { comm: comm.to_string(), kind, pages: *pages });
             }
         }
-        for k in 0..3 {
-            out.push(ProcessSeries { comm: OTHER_COMM.into(), kind: KINDS[k], pages: self.other[k] });
+        for (kind, pages) in KINDS.iter().zip(self.other) {
+            out.push(ProcessSeries { comm: OTHER_COMM.into(), kind, pages });
         }
         out
     }
