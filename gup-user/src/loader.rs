@@ -38,6 +38,8 @@ pub struct Probes {
     pub plan: ProbePlan,
     /// The maps user space reads.
     pub maps: StatsMaps,
+    /// Capacity the tracking map was created with.
+    pub track_capacity: u32,
 }
 
 /// How the probes are loaded.
@@ -132,7 +134,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         }
     }
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
-    Ok(Probes { _ebpf: ebpf, plan, maps })
+    Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1) })
 }
 
 fn prog_name(prefix: &str, idx: u32) -> String {

@@ -44,6 +44,10 @@ enum Command {
         /// Directory on a filesystem that supports O_DIRECT (ext4, xfs...).
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
         scratch: PathBuf,
+        /// Capacity of the pin tracking map, in folios (make it small to
+        /// see the partial-view accounting).
+        #[arg(long, default_value_t = gup_common::TRACK_CAPACITY)]
+        track_capacity: u32,
     },
     /// Print the probe plan: each GUP function, how it is hooked on this
     /// kernel, and whether it attached.
@@ -89,6 +93,10 @@ enum Command {
         /// How long to run.
         #[arg(long, default_value = "30")]
         seconds: u64,
+        /// Instead of a loop, register one 1 MiB io_uring buffer and hold
+        /// it for this many seconds (to see it in `gupwatch leaks`).
+        #[arg(long)]
+        hold: Option<u64>,
         /// Directory on a filesystem that supports O_DIRECT.
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
         scratch: PathBuf,
@@ -128,12 +136,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => watch(cli.interval, cli.count),
         Some(Command::Probes { json, dry_run }) => probes(json, dry_run),
-        Some(Command::Check { json, scratch }) => run_check(json, &scratch),
+        Some(Command::Check { json, scratch, track_capacity }) => run_check(json, &scratch, track_capacity),
         Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
         Some(Command::Run { listen, top_processes }) => serve(&listen, top_processes),
-        Some(Command::Workload { seconds, scratch }) => {
+        Some(Command::Workload { hold: Some(secs), scratch, .. }) => {
+            let stop = stop_flag()?;
+            let mut held = scenarios::builtin(&scratch)
+                .into_iter()
+                .find(|s| s.name() == "io_uring_buffers_held")
+                .context("the io_uring_buffers_held scenario is missing")?;
+            held.prepare().context("preparing the io_uring buffer")?;
+            held.run().context("registering the io_uring buffer")?;
+            eprintln!("workload: holding a registered 1 MiB io_uring buffer for {secs} s (pid {})", std::process::id());
+            host::sleep_unless_stopped(Duration::from_secs(secs), &stop);
+            held.cleanup().context("unregistering the io_uring buffer")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Workload { seconds, scratch, hold: None }) => {
             let stop = stop_flag()?;
             let stats = scenarios::run_workload(&scratch, Duration::from_secs(seconds), &stop)
                 .context("workload failed")?;
@@ -248,8 +269,9 @@ fn probes(json: bool, dry_run: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_check(json: bool, scratch: &std::path::Path) -> Result<ExitCode> {
-    let probes = loader::load(resolve_plan()?).context("cannot load gupwatch's probes")?;
+fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32) -> Result<ExitCode> {
+    let opts = loader::LoadOptions { track_pins: true, track_capacity };
+    let probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
     if probes.plan.attached() == 0 {
         eprint!(
             "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
