@@ -7,8 +7,10 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod i915;
+
 /// Number of hooked GUP entry points; the length of [`Api::ALL`].
-pub const API_COUNT: usize = 20;
+pub const API_COUNT: usize = 24;
 
 /// Number of log2 latency buckets per API. Bucket `i` counts calls whose
 /// duration `d` in nanoseconds satisfies `2^i <= d < 2^(i+1)` (bucket 0 also
@@ -41,6 +43,9 @@ pub enum ApiKind {
     /// (the fast walk's grab of a page it must refuse), or releases on a
     /// path gupwatch does not hook.
     Undo = 4,
+    /// i915 userptr object lifecycle (module functions, hooked by kprobe):
+    /// they tell which object the pins and unpins inside them belong to.
+    I915 = 5,
 }
 
 macro_rules! apis {
@@ -125,6 +130,14 @@ apis! {
     /// `gup_put_folio()`: where every FOLL_PIN release ends; see
     /// [`ApiKind::Undo`].
     GupPutFolio = 19, "gup_put_folio", Undo;
+    /// `i915_gem_userptr_ioctl()`: creates a userptr object.
+    I915UserptrIoctl = 20, "i915_gem_userptr_ioctl", I915;
+    /// `i915_gem_object_userptr_submit_init()`: pins the object's pages.
+    I915UserptrSubmitInit = 21, "i915_gem_object_userptr_submit_init", I915;
+    /// `i915_gem_object_userptr_drop_ref()`: unpins them at the last ref.
+    I915UserptrDropRef = 22, "i915_gem_object_userptr_drop_ref", I915;
+    /// `i915_gem_userptr_put_pages()`: releases the object's pages.
+    I915UserptrPutPages = 23, "i915_gem_userptr_put_pages", I915;
 }
 
 impl Api {
@@ -309,10 +322,12 @@ pub enum Diag {
     UnbalancedUnpins = 6,
     /// Unpins that matched a tracked pin.
     UnpinsMatched = 7,
+    /// i915 userptr objects not recorded: the object map was full.
+    I915ObjectsFull = 8,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 8;
+pub const DIAG_COUNT: usize = 9;
 
 /// Default capacity of the pin tracking map (folios); user space may set
 /// another at load time.
@@ -324,6 +339,9 @@ pub const TRACK_MAX_PER_CALL: u32 = 1 << 20;
 
 /// Capacity of the exited-process map (an LRU).
 pub const EXITED_CAPACITY: u32 = 4096;
+
+/// Capacity of the i915 userptr object map.
+pub const I915_OBJECTS_CAPACITY: u32 = 4096;
 
 /// Capacity of the unbalanced-unpin map (call sites).
 pub const UNBALANCED_CAPACITY: u32 = 1024;
@@ -434,6 +452,8 @@ mod pod {
     unsafe impl aya::Pod for super::PinOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PinRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::i915::I915Object {}
 }
 
 #[cfg(test)]

@@ -33,10 +33,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use gup_common::{
+    i915::{I915Event, I915Object},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
     PinOwner, PinRecord, API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
-    TRACK_CAPACITY, TRACK_MAX_PER_CALL, UNBALANCED_CAPACITY,
+    TRACK_CAPACITY, TRACK_MAX_PER_CALL, UNBALANCED_CAPACITY, I915_OBJECTS_CAPACITY,
 };
 
 /// x86-64 base page size, as a shift.
@@ -112,6 +113,20 @@ static UNBALANCED: HashMap<i64, u64> = HashMap::with_max_entries(UNBALANCED_CAPA
 /// Processes that exited, with the time: pins they still own are orphaned.
 #[map]
 static EXITED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(EXITED_CAPACITY, 0);
+
+/// i915 userptr objects by address.
+#[map]
+static I915_OBJECTS: HashMap<u64, I915Object> = HashMap::with_max_entries(I915_OBJECTS_CAPACITY, 0);
+
+/// The i915 userptr call each thread is in: (API index << 56 | 0) and the
+/// object, so pins and unpins inside it are credited to the object.
+#[map]
+static I915_CUR: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+/// When each process last created a userptr object (the ioctl does not
+/// expose the object; its first pin does).
+#[map]
+static I915_CREATED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(EXITED_CAPACITY, 0);
 
 /// Reads the arguments and return value of the hooked function.
 trait CallArgs {
@@ -308,6 +323,14 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         on_put_folio(tid, api, &args, a);
         return;
     }
+    if api.kind() == ApiKind::I915 {
+        let obj = a.arg(args.pages_idx).unwrap_or(0);
+        let _ = I915_CUR.insert(&tid, &[api as u64, obj], 0);
+        if let Some(s) = stats(api) {
+            add(&mut s.calls, 1);
+        }
+        return;
+    }
     if api.kind() == ApiKind::SlowPath {
         // Inside a fast-path call: remember where the slow path took over.
         if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
@@ -358,6 +381,9 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         if let Some(s) = stats(api) {
             add(&mut s.calls, 1);
             add(&mut s.pages, count);
+        }
+        if outer.is_none() {
+            i915_event(tid, Api::I915UserptrDropRef, I915Event::Released { pages: count, ns: now() });
         }
         let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
         let site = stack_id(ctx);
@@ -679,6 +705,13 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
             }
         }
     }
+    if api.kind() == ApiKind::I915 {
+        i915_exit(tid, api, a.ret().unwrap_or(0));
+        return;
+    }
+    if api.kind() == ApiKind::Pin && pages_of(a) > 0 {
+        i915_event(tid, Api::I915UserptrSubmitInit, I915Event::Pinned { pages: pages_of(a), requested: r.requested, ns: now() });
+    }
     if have {
         record_latency(s, r.start_ns);
         let _ = INFLIGHT.remove(&tid);
@@ -690,6 +723,77 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
             unsafe { (*rec).nested_unpin = 0 };
         }
     }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The pages a pin call returned (0 on error), sign-fixed as in `on_exit`.
+#[inline(always)]
+fn pages_of<A: CallArgs>(a: &A) -> u64 {
+    let ret = a.ret().unwrap_or(0);
+    if ret > 0 && ret < 1 << 31 {
+        ret as u64
+    } else {
+        0
+    }
+}
+
+/// Credits an event to the i915 object this thread is working on, if the
+/// thread is inside `within` (drop_ref and put_pages both release).
+#[inline(never)]
+fn i915_event(tid: u64, within: Api, ev: I915Event) {
+    let Some(cur) = I915_CUR.get_ptr(&tid) else { return };
+    // SAFETY: this thread's own live entry, copied.
+    let [api, obj] = unsafe { core::ptr::read_volatile(cur) };
+    let matches = api == within as u64
+        || (within == Api::I915UserptrDropRef && api == Api::I915UserptrPutPages as u64);
+    if !matches || obj == 0 {
+        return;
+    }
+    if I915_OBJECTS.get_ptr_mut(&obj).is_none() {
+        let tgid = (tid >> 32) as u32;
+        // SAFETY: the value is only read.
+        let created = unsafe { I915_CREATED.get(&tgid) }.copied().unwrap_or(0);
+        let mut fresh = I915Object::EMPTY;
+        fresh.apply(I915Event::Created {
+            tgid,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            ns: if created != 0 { created } else { now() },
+        });
+        if I915_OBJECTS.insert(&obj, &fresh, 1).is_err() && I915_OBJECTS.get_ptr_mut(&obj).is_none() {
+            diag_add(Diag::I915ObjectsFull, 1);
+            return;
+        }
+    }
+    if let Some(o) = I915_OBJECTS.get_ptr_mut(&obj) {
+        // SAFETY: a live map value.
+        unsafe { (*o).apply(ev) };
+    }
+}
+
+/// Leaving an i915 userptr function.
+#[inline(never)]
+fn i915_exit(tid: u64, api: Api, mut ret: i64) {
+    if ret >= 1 << 31 && ret < 1 << 32 {
+        ret = ret as i32 as i64;
+    }
+    match api {
+        Api::I915UserptrIoctl if ret == 0 => {
+            let _ = I915_CREATED.insert(&((tid >> 32) as u32), &now(), 0);
+        }
+        Api::I915UserptrSubmitInit => i915_event(tid, api, I915Event::Attempt { ret }),
+        _ => {}
+    }
+    if ret < 0 {
+        if let Some(s) = stats(api) {
+            add(&mut s.errors, 1);
+        }
+    }
+    let _ = I915_CUR.remove(&tid);
 }
 
 /// `gup_put_folio(folio, refs, flags)`: counts FOLL_PIN releases that no
@@ -795,6 +899,10 @@ hooks! {
     UnpinUserFolio: fe_17, fx_17, kp_17, kr_17;
     GupSlowPath: fe_18, fx_18, kp_18, kr_18;
     GupPutFolio: fe_19, fx_19, kp_19, kr_19;
+    I915UserptrIoctl: fe_20, fx_20, kp_20, kr_20;
+    I915UserptrSubmitInit: fe_21, fx_21, kp_21, kr_21;
+    I915UserptrDropRef: fe_22, fx_22, kp_22, kr_22;
+    I915UserptrPutPages: fe_23, fx_23, kp_23, kr_23;
 }
 
 /// Records process exits (the group leader's), so pins whose owner is gone

@@ -418,6 +418,21 @@ impl App {
         // A panic in one scrape must not take the endpoint down for good.
         self.collector.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Changes the collector while serving (a configuration reload),
+    /// between two requests.
+    pub fn update(&self, f: impl FnOnce(&mut Collector)) {
+        f(&mut self.collector());
+    }
+}
+
+/// Whether a query string (`a=1&b`) turns a flag on: `name`, `name=1`,
+/// `name=true` or `name=yes`.
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query.unwrap_or("").split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+        k == name && matches!(v, "1" | "true" | "yes")
+    })
 }
 
 impl Handler for App {
@@ -430,11 +445,25 @@ impl Handler for App {
             }
             "/healthz" => Response::text(200, "ok\n"),
             "/api/snapshot" => {
+                // Opt-in extras for `gupwatch top --connect`: `callers=1`
+                // adds the attribution rows, `leaks=1` the leak report
+                // (which reads the whole pin tracking map).
+                let flag = |name: &str| query_flag(req.query.as_deref(), name);
                 let mut c = self.collector();
                 let top = c.settings().top_processes;
                 let data = c.gather();
+                let leaks = if flag("leaks") { Some(c.leak_report(&data)) } else { None };
                 drop(c);
-                let body = serde_json::to_string_pretty(&metrics::snapshot_json(&data, top)).unwrap_or_default();
+                let mut doc = metrics::snapshot_json(&data, top);
+                if flag("callers") {
+                    let (rows, truncated) = metrics::callers_json(&data, metrics::MAX_JSON_CALLERS);
+                    doc["callers"] = rows;
+                    doc["callers_truncated"] = truncated.into();
+                }
+                if let Some(report) = leaks {
+                    doc["leaks"] = serde_json::to_value(report).unwrap_or_default();
+                }
+                let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
                 Response::new(200, "application/json", body + "\n")
             }
             "/" => Response::new(200, "text/html; charset=utf-8", self.index()),
@@ -700,6 +729,15 @@ mod tests {
     }
 
     #[test]
+    fn query_flags() {
+        assert!(query_flag(Some("leaks=1&callers"), "callers"));
+        assert!(query_flag(Some("leaks=1&callers"), "leaks"));
+        assert!(!query_flag(Some("leaks=0"), "leaks"));
+        assert!(!query_flag(Some("leaksx=1"), "leaks"));
+        assert!(!query_flag(None, "leaks"));
+    }
+
+    #[test]
     fn html_is_escaped() {
         assert_eq!(html(r#"<a href="x">&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");
     }
@@ -737,6 +775,13 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(json["mode"], "reduced");
         assert_eq!(json["kernel"], "6.1.0-<test>");
+        assert!(json.get("callers").is_none() && json.get("leaks").is_none(), "extras are opt-in");
+        let (st, body) = get(srv.addr, "/api/snapshot?callers=1&leaks=1");
+        assert_eq!(st, 200);
+        let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(json["callers"], serde_json::json!([]));
+        assert_eq!(json["callers_truncated"], false);
+        assert!(json["leaks"].is_null(), "no leak report without probes");
         let (st, body) = get(srv.addr, "/");
         assert_eq!(st, 200);
         assert!(body.contains("text/html"));

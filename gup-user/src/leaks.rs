@@ -170,6 +170,9 @@ pub struct LeakReport {
     pub leaks: Vec<Leak>,
     /// Explanations the reader needs (gap to the kernel's total, partial view).
     pub notes: Vec<String>,
+    /// i915 userptr objects still holding pinned pages (filled by the
+    /// caller from the object map; empty where i915 is absent).
+    pub i915_objects: Vec<crate::i915::ObjectRow>,
 }
 
 /// Inputs of [`analyze`] besides the maps.
@@ -313,6 +316,7 @@ pub fn analyze(
         holdings,
         leaks,
         notes,
+        i915_objects: vec![],
     }
 }
 
@@ -348,6 +352,16 @@ impl LeakReport {
                 h.oldest_age_secs,
                 signal,
                 if h.longterm { " (longterm)" } else { "" }
+            );
+        }
+        for o in &self.i915_objects {
+            out += &format!(
+                "i915 userptr object {} of process {} ({}) holds {} pages{}\n",
+                o.object,
+                o.owner_tgid,
+                o.comm,
+                o.pinned_pages,
+                if o.orphaned { " — ORPHANED: the process has exited" } else { "" }
             );
         }
         for l in self.leaks.iter().filter(|l| l.kind == LeakKind::Unbalanced) {

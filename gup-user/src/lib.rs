@@ -18,6 +18,7 @@ pub mod attribution;
 pub mod btf;
 pub mod check;
 pub mod host;
+pub mod i915;
 pub mod http;
 pub mod kallsyms;
 pub mod leaks;

@@ -266,6 +266,33 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }
 
+impl Probes {
+    /// Attaches hooks on module functions that were absent when the probes
+    /// loaded (e.g. i915 loaded afterwards). Returns the functions attached.
+    pub fn attach_late_modules(&mut self) -> Vec<&'static str> {
+        let Ok(kallsyms) = crate::kallsyms::Kallsyms::from_proc() else { return vec![] };
+        let mut done = vec![];
+        for hook in self.plan.hooks.iter_mut().filter(|h| h.status == HookStatus::Absent) {
+            let Some((symbol, sym)) = kallsyms.find_function(hook.function) else { continue };
+            if sym.module.is_none() {
+                continue;
+            }
+            let symbol = symbol.to_string();
+            match attach_kprobe(&mut self._ebpf, hook.api as u32, &symbol, true) {
+                Ok(()) => {
+                    hook.symbol = Some(symbol);
+                    hook.mechanism = Some(Mechanism::Kprobe);
+                    hook.reason = "module loaded after gupwatch started: kprobe".into();
+                    hook.status = HookStatus::Attached;
+                    done.push(hook.function);
+                }
+                Err(e) => hook.status = HookStatus::Failed(format!("kprobe: {}", describe(&e, hook.function))),
+            }
+        }
+        done
+    }
+}
+
 /// The API whose programs carry this name (for diagnostics).
 pub fn api_of_program(name: &str) -> Option<Api> {
     let idx = name.split('_').nth(1)?.parse().ok()?;

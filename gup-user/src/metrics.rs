@@ -37,8 +37,9 @@ use prometheus_client::{
 use serde::Serialize;
 
 use crate::{
-    attribution::{self, Row},
+    attribution::{self, Caller, Row},
     kallsyms::Kallsyms,
+    leaks::{self, GrowthTracker, LeakPolicy, LeakReport},
     loader::Probes,
     model::{Snapshot, Totals},
     plan::{HookStatus, Mechanism, ProbePlan},
@@ -211,7 +212,7 @@ fn kind_index(kind: ApiKind) -> Option<usize> {
         ApiKind::Pin => Some(0),
         ApiKind::Get => Some(1),
         ApiKind::Unpin | ApiKind::Undo => Some(2),
-        ApiKind::SlowPath => None,
+        ApiKind::SlowPath | ApiKind::I915 => None,
     }
 }
 
@@ -752,6 +753,9 @@ struct ApiJson {
     fell_back_calls: u64,
     longterm_calls: u64,
     longterm_pages: u64,
+    /// The log2 nanosecond latency histogram (bucket `i`: `2^i <= d <
+    /// 2^(i+1)` ns), for clients that draw it (`gupwatch top --connect`).
+    latency_log2: Vec<u64>,
 }
 
 #[derive(Serialize)]
@@ -837,6 +841,7 @@ pub fn snapshot_json(d: &ScrapeData, top: usize) -> serde_json::Value {
                         fell_back_calls: a.fell_back_calls,
                         longterm_calls: a.longterm_calls,
                         longterm_pages: a.longterm_pages,
+                        latency_log2: a.latency_log2.to_vec(),
                     })
                 })
                 .collect()
@@ -931,6 +936,57 @@ pub fn snapshot_json(d: &ScrapeData, top: usize) -> serde_json::Value {
     serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
 }
 
+/// Most attribution rows `/api/snapshot?callers=1` returns.
+pub const MAX_JSON_CALLERS: usize = 2000;
+
+/// One attribution row of `/api/snapshot?callers=1`.
+#[derive(Serialize)]
+struct CallerJson<'a> {
+    tgid: u32,
+    comm: &'a str,
+    api: &'static str,
+    kind: &'static str,
+    caller: &'a str,
+    subsystem: &'static str,
+    calls: u64,
+    pages: u64,
+    errors: u64,
+    fast_pages: u64,
+    slow_pages: u64,
+    longterm_pages: u64,
+}
+
+/// The attribution rows (process, API, caller) with their cumulative
+/// counters, largest first, at most `limit` of them; the flag says whether
+/// rows were left out. Opt-in (`?callers=1`) because a busy host has
+/// thousands of rows.
+pub fn callers_json(d: &ScrapeData, limit: usize) -> (serde_json::Value, bool) {
+    let mut rows: Vec<&Row> = d.rows.iter().filter(|r| row_kind(r).is_some()).collect();
+    rows.sort_by(|a, b| b.pages.cmp(&a.pages).then(b.calls.cmp(&a.calls)).then(a.tgid.cmp(&b.tgid)));
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let out: Vec<CallerJson<'_>> = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(CallerJson {
+                tgid: r.tgid,
+                comm: &r.comm,
+                api: r.api,
+                kind: KINDS[row_kind(r)?],
+                caller: &r.caller.function,
+                subsystem: r.caller.subsystem.as_str(),
+                calls: r.calls,
+                pages: r.pages,
+                errors: r.errors,
+                fast_pages: r.fast_pages,
+                slow_pages: r.slow_pages,
+                longterm_pages: r.longterm_pages,
+            })
+        })
+        .collect();
+    (serde_json::to_value(out).unwrap_or(serde_json::Value::Null), truncated)
+}
+
 // ---------------------------------------------------------------------------
 // The live collector
 
@@ -949,6 +1005,8 @@ pub struct Collector {
     top: TopProcesses,
     read_errors: ReadErrors,
     vmstat_refresh: bool,
+    leak_policy: LeakPolicy,
+    growth: GrowthTracker,
 }
 
 impl Collector {
@@ -977,7 +1035,67 @@ impl Collector {
             top: TopProcesses::default(),
             read_errors: ReadErrors::default(),
             vmstat_refresh: true,
+            leak_policy: LeakPolicy::default(),
+            growth: GrowthTracker::default(),
         }
+    }
+
+    /// Replaces the settings (a configuration reload); the next scrape
+    /// uses them.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
+    }
+
+    /// The thresholds [`Collector::leak_report`] applies.
+    pub fn leak_policy(&self) -> &LeakPolicy {
+        &self.leak_policy
+    }
+
+    /// Replaces the leak thresholds (a configuration reload).
+    pub fn set_leak_policy(&mut self, policy: LeakPolicy) {
+        self.leak_policy = policy;
+    }
+
+    /// Outstanding pins and leak signals from the pin tracking map, with
+    /// the kernel's total and the untracked count taken from `data` (a
+    /// [`Collector::gather`] result). `None` without probes. Reads one map
+    /// entry per tracked folio, so call it every few seconds, not per frame.
+    pub fn leak_report(&mut self, data: &ScrapeData) -> Option<LeakReport> {
+        let p = self.probes.as_ref()?;
+        let tracking = p.maps.tracking();
+        let stacks = &mut self.stacks;
+        let kallsyms = &self.kallsyms;
+        let names: std::cell::RefCell<HashMap<i64, Caller>> = Default::default();
+        let caller = |id: i64| {
+            if let Some(c) = names.borrow().get(&id) {
+                return c.clone();
+            }
+            let ips = if id < 0 {
+                vec![]
+            } else if let Some(ips) = stacks.get(&id) {
+                ips.clone()
+            } else {
+                p.maps.stack(id).unwrap_or_default()
+            };
+            let frames: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
+            let c = attribution::classify(&frames);
+            names.borrow_mut().insert(id, c.clone());
+            c
+        };
+        let untracked = data.snapshot.as_ref().map_or(0, |s| s.diag[Diag::PinsUntracked as usize]);
+        Some(leaks::analyze(
+            &tracking,
+            &leaks::Context {
+                now_ns: leaks::monotonic_ns(),
+                since_ns: 0,
+                caller: &caller,
+                alive: &leaks::process_alive,
+                kernel_outstanding: data.vmstat.map(|v| v.outstanding()),
+                untracked_pins: untracked,
+            },
+            &self.leak_policy,
+            Some(&mut self.growth),
+        ))
     }
 
     /// The plan summary.
@@ -1079,6 +1197,7 @@ pub(crate) mod tests {
                 ApiKind::Unpin => "unpin",
                 ApiKind::SlowPath => "slow-path",
                 ApiKind::Undo => "release",
+                ApiKind::I915 => "i915",
             },
             mechanism,
             attached,

@@ -161,6 +161,7 @@ impl Snapshot {
                 ApiKind::SlowPath => {}
                 // Releases no hooked unpin counted (see ApiKind::Undo).
                 ApiKind::Undo => t.unpinned_pages += s.pages,
+                ApiKind::I915 => {}
             }
             if api.kind() == ApiKind::Pin {
                 t.fast_pages += s.fast_pages;

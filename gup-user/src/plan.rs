@@ -235,6 +235,17 @@ fn fallback_args(api: Api) -> HookArgs {
         Api::UnpinUserPagesDirtyLock | Api::UnpinUserPageRangeDirtyLock => a(1, ARG_NONE, ARG_NONE, 3),
         Api::GupSlowPath => a(2, ARG_NONE, 1, 6),
         Api::GupPutFolio => a(1, 2, ARG_NONE, 3),
+        // Module functions: no BTF for them here; the object is argument 0
+        // (the ioctl's is its device, unused).
+        Api::I915UserptrIoctl | Api::I915UserptrSubmitInit | Api::I915UserptrDropRef | Api::I915UserptrPutPages => HookArgs {
+            count_idx: ARG_NONE,
+            flags_idx: ARG_NONE,
+            start_idx: ARG_NONE,
+            nr_args: 0,
+            pages_idx: 0,
+            pages_form,
+            _pad: [0; 2],
+        },
     }
 }
 
@@ -256,6 +267,7 @@ fn kind_name(k: ApiKind) -> &'static str {
         ApiKind::Unpin => "unpin",
         ApiKind::SlowPath => "slow-path",
         ApiKind::Undo => "release",
+        ApiKind::I915 => "i915",
     }
 }
 
@@ -306,7 +318,13 @@ impl ProbePlan {
         };
         let Some((symbol, sym)) = kallsyms.find_function(function) else {
             hook.status = HookStatus::Absent;
-            hook.reason = "not in this kernel (/proc/kallsyms)".into();
+            hook.reason = if api.kind() == ApiKind::I915 && !kallsyms.has_module("i915") {
+                "i915 not loaded (attached if the module appears)".into()
+            } else if api.kind() == ApiKind::I915 {
+                "i915 is loaded but has no such function (renamed or not built)".into()
+            } else {
+                "not in this kernel (/proc/kallsyms)".into()
+            };
             return hook;
         };
         hook.symbol = Some(symbol.to_string());

@@ -29,6 +29,7 @@ pub struct StatsMaps {
     pins: HashMap<MapData, u64, PinRecord>,
     exited: HashMap<MapData, u32, u64>,
     unbalanced: HashMap<MapData, i64, u64>,
+    i915: HashMap<MapData, u64, gup_common::i915::I915Object>,
 }
 
 impl StatsMaps {
@@ -43,7 +44,13 @@ impl StatsMaps {
         let pins = HashMap::try_from(get("PINS")?).map_err(|e| e.to_string())?;
         let exited = HashMap::try_from(get("EXITED")?).map_err(|e| e.to_string())?;
         let unbalanced = HashMap::try_from(get("UNBALANCED")?).map_err(|e| e.to_string())?;
-        Ok(StatsMaps { api_stats, diag, attrib, stacks, errnos, pins, exited, unbalanced })
+        let i915 = HashMap::try_from(get("I915_OBJECTS")?).map_err(|e| e.to_string())?;
+        Ok(StatsMaps { api_stats, diag, attrib, stacks, errnos, pins, exited, unbalanced, i915 })
+    }
+
+    /// Reads the i915 userptr objects, by address.
+    pub fn i915_objects(&self) -> Vec<(u64, gup_common::i915::I915Object)> {
+        self.i915.iter().filter_map(Result::ok).collect()
     }
 
     /// Reads the pin tracking maps (one syscall pair per entry: call it for

@@ -187,8 +187,9 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
         gupwatch::attribution::classify(&names)
     };
     let snap = probes.maps.snapshot()?;
-    let report = gupwatch::leaks::analyze(
-        &probes.maps.tracking(),
+    let tracking = probes.maps.tracking();
+    let mut report = gupwatch::leaks::analyze(
+        &tracking,
         &gupwatch::leaks::Context {
             now_ns: gupwatch::leaks::monotonic_ns(),
             since_ns: 0,
@@ -200,6 +201,10 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
         &gupwatch::leaks::LeakPolicy { long_held, ..Default::default() },
         None,
     );
+    report.i915_objects = gupwatch::i915::rows(&probes.maps.i915_objects(), &tracking.exited)
+        .into_iter()
+        .filter(|o| o.pinned_pages > 0)
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -310,7 +315,7 @@ fn watch(interval: Duration, count: Option<u64>) -> Result<ExitCode> {
         host::run_reduced(interval, count, &stop, &mut out).context("reduced mode")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(probes) = probes else { unreachable!("attached > 0 implies probes") };
+    let Some(mut probes) = probes else { unreachable!("attached > 0 implies probes") };
     let by_mech = |m| probes.plan.hooks.iter().filter(|h| h.status == gupwatch::plan::HookStatus::Attached && h.mechanism == Some(m)).count();
     writeln!(
         out,
@@ -328,6 +333,12 @@ fn watch(interval: Duration, count: Option<u64>) -> Result<ExitCode> {
     let mut printed = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && count.is_none_or(|c| printed < c) {
         host::sleep_unless_stopped(interval, &stop);
+        // Module hooks (i915) attach when the module appears.
+        if printed % 5 == 0 {
+            for f in probes.attach_late_modules() {
+                writeln!(out, "gupwatch: {f} appeared (module loaded); attached")?;
+            }
+        }
         let now = probes.maps.snapshot()?;
         let vm_now = vmstat::read(true).ok();
         let d = now.since(&prev);
