@@ -28,4 +28,5 @@ pub mod model;
 pub mod plan;
 pub mod reader;
 pub mod scenarios;
+pub mod tui;
 pub mod vmstat;

@@ -1371,8 +1371,12 @@ pub(crate) mod tests {
         // Fast-path families only for *_fast APIs; unpin has none of these.
         assert!(samples(&text, "gupwatch_fast_path_pages_total").iter().all(|l| l.contains("_fast")));
         assert!(!samples(&text, "gupwatch_slow_path_pages_total").iter().any(|l| l.contains("unpin")));
-        // Every attached hook but the slow-path marker has a calls series.
-        let counted = Api::ALL.iter().filter(|a| **a != Api::PinUserPagesFastOnly && a.kind() != ApiKind::SlowPath).count();
+        // Every attached GUP hook has a calls series; the slow-path marker
+        // and the i915 lifecycle hooks are not GUP calls.
+        let counted = Api::ALL
+            .iter()
+            .filter(|a| **a != Api::PinUserPagesFastOnly && !matches!(a.kind(), ApiKind::SlowPath | ApiKind::I915))
+            .count();
         assert_eq!(samples(&text, "gupwatch_calls_total").len(), counted);
     }
 

@@ -320,6 +320,8 @@ impl ProbePlan {
             hook.status = HookStatus::Absent;
             hook.reason = if api.kind() == ApiKind::I915 && !kallsyms.has_module("i915") {
                 "i915 not loaded (attached if the module appears)".into()
+            } else if api == Api::I915UserptrDropRef && kallsyms.find_function(Api::I915UserptrPutPages.symbol()).is_some() {
+                "not a symbol in this i915 (inlined into its callers); its unpins are credited to the object through i915_gem_userptr_put_pages".into()
             } else if api.kind() == ApiKind::I915 {
                 "i915 is loaded but has no such function (renamed or not built)".into()
             } else {

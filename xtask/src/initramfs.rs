@@ -34,7 +34,12 @@ pub struct CpioWriter<W: Write> {
 impl<W: Write> CpioWriter<W> {
     /// Starts an archive.
     pub fn new(out: W) -> Self {
-        CpioWriter { out, next_ino: 1, written: 0, dirs: HashSet::new() }
+        CpioWriter {
+            out,
+            next_ino: 1,
+            written: 0,
+            dirs: HashSet::new(),
+        }
     }
 
     /// Adds a directory (and its parents).
@@ -91,7 +96,15 @@ impl<W: Write> CpioWriter<W> {
         Ok(())
     }
 
-    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rmajor: u32, rminor: u32, data: &[u8]) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        rmajor: u32,
+        rminor: u32,
+        data: &[u8],
+    ) -> io::Result<()> {
         let ino = self.next_ino;
         self.next_ino = self.next_ino.wrapping_add(1);
         let namesize = name.len() + 1;
@@ -132,10 +145,11 @@ fn clean(path: &str) -> String {
 
 /// Busybox applets to link when `busybox --list` cannot be run.
 const FALLBACK_APPLETS: &[&str] = &[
-    "sh", "ash", "mount", "umount", "mkdir", "cat", "echo", "poweroff", "reboot", "insmod", "lsmod", "ip", "udhcpc",
-    "sleep", "grep", "ls", "dd", "sync", "stty", "uname", "dmesg", "ps", "kill", "head", "tail", "wc", "sed", "awk",
-    "cp", "mv", "rm", "ln", "true", "false", "test", "[", "env", "df", "free", "find", "xargs", "sort", "uniq", "tr",
-    "cut", "date", "seq", "timeout", "hexdump", "stat", "touch", "chmod", "printf", "which", "nproc",
+    "sh", "ash", "mount", "umount", "mkdir", "cat", "echo", "poweroff", "reboot", "insmod",
+    "lsmod", "ip", "udhcpc", "sleep", "grep", "ls", "dd", "sync", "stty", "uname", "dmesg", "ps",
+    "kill", "head", "tail", "wc", "sed", "awk", "cp", "mv", "rm", "ln", "true", "false", "test",
+    "[", "env", "df", "free", "find", "xargs", "sort", "uniq", "tr", "cut", "date", "seq",
+    "timeout", "hexdump", "stat", "touch", "chmod", "printf", "which", "nproc",
 ];
 
 /// Everything that goes into a guest's initramfs.
@@ -157,7 +171,22 @@ pub fn write(contents: &Contents, out: &Path) -> Result<()> {
     let file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = CpioWriter::new(BufWriter::new(file));
     let io = |e: io::Error| anyhow::Error::new(e).context(format!("writing {}", out.display()));
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "mnt/scratch", "etc/gupwatch", "lib/modules", "var/log"] {
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "root",
+        "mnt/scratch",
+        "etc/gupwatch",
+        "lib/modules",
+        "var/log",
+    ] {
         let perm = if d == "tmp" { 0o1777 } else { 0o755 };
         w.dir(d, perm).map_err(io)?;
     }
@@ -168,8 +197,12 @@ pub fn write(contents: &Contents, out: &Path) -> Result<()> {
     w.char_dev("dev/ttyS0", 0o600, 4, 64).map_err(io)?;
     w.char_dev("dev/ttyS1", 0o600, 4, 65).map_err(io)?;
 
-    let busybox = fs::read(contents.busybox)
-        .with_context(|| format!("reading {} (install busybox-static: `cargo xtask setup`)", contents.busybox.display()))?;
+    let busybox = fs::read(contents.busybox).with_context(|| {
+        format!(
+            "reading {} (install busybox-static: `cargo xtask setup`)",
+            contents.busybox.display()
+        )
+    })?;
     w.file("bin/busybox", 0o755, &busybox).map_err(io)?;
     for applet in busybox_applets(contents.busybox) {
         if applet != "busybox" && applet != "gupwatch" && !applet.contains('/') {
@@ -183,17 +216,29 @@ pub fn write(contents: &Contents, out: &Path) -> Result<()> {
     let mut order = String::new();
     for m in contents.modules {
         let name = format!("{}.ko", m.name);
-        w.file(&format!("lib/modules/{name}"), 0o644, &m.data).map_err(io)?;
+        w.file(&format!("lib/modules/{name}"), 0o644, &m.data)
+            .map_err(io)?;
         order.push_str(&name);
         order.push('\n');
     }
-    w.file("etc/gupwatch/modules", 0o644, order.as_bytes()).map_err(io)?;
-    w.file("etc/gupwatch/command", 0o644, contents.command.as_bytes()).map_err(io)?;
-    w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n").map_err(io)?;
-    w.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n").map_err(io)?;
-    w.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n").map_err(io)?;
-    w.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes()).map_err(io)?;
-    w.file("init", 0o755, contents.init.as_bytes()).map_err(io)?;
+    w.file("etc/gupwatch/modules", 0o644, order.as_bytes())
+        .map_err(io)?;
+    w.file("etc/gupwatch/command", 0o644, contents.command.as_bytes())
+        .map_err(io)?;
+    w.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .map_err(io)?;
+    w.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+        .map_err(io)?;
+    w.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n")
+        .map_err(io)?;
+    w.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes())
+        .map_err(io)?;
+    w.file("init", 0o755, contents.init.as_bytes())
+        .map_err(io)?;
     w.finish().map_err(io)?;
     Ok(())
 }
@@ -266,6 +311,11 @@ pub struct InitOptions<'a> {
     pub network: bool,
     /// The device carrying the command's stdout.
     pub stdout_tty: &'a str,
+    /// If the command is still running after this many seconds, print every
+    /// CPU's backtrace (sysrq-l) and the blocked tasks (sysrq-w) on the
+    /// console, so that a run killed by the host's timeout shows where the
+    /// guest was stuck.
+    pub stall_report_after: Option<u64>,
 }
 
 /// The guest's `/init` shell script.
@@ -309,14 +359,24 @@ ip link set lo up
     if o.network {
         s.push_str(
             r#"ip link set eth0 up
+how=dhcp
 if ! udhcpc -i eth0 -n -q -t 5 -T 1 -s /etc/udhcpc.script >/dev/null 2>&1; then
     # QEMU's user network always hands out these addresses.
+    how=static
     ip addr add 10.0.2.15/24 dev eth0
     ip route add default via 10.0.2.2 dev eth0
 fi
-echo "gupwatch-init: eth0 $(ip -4 -o addr show eth0 | awk '{print $4}')"
+echo "gupwatch-init: eth0 $(ip -4 -o addr show eth0 | awk '{print $4}') ($how)"
 "#,
         );
+    }
+    if let Some(secs) = o.stall_report_after {
+        s.push_str(&format!(
+            r#"(sleep {secs}
+ echo "gupwatch-init: the command is still running after {secs} s; backtraces follow" > /dev/console
+ echo l > /proc/sysrq-trigger; echo w > /proc/sysrq-trigger) </dev/null >/dev/null 2>&1 &
+"#
+        ));
     }
     s.push_str(&format!(
         r#"stty -F {tty} raw -echo 2>/dev/null
@@ -359,7 +419,9 @@ mod tests {
             let size = field(a, 6) as usize;
             let namesize = field(a, 11) as usize;
             assert_eq!(field(a, 12), 0, "check field must be 0 in newc");
-            let name = std::str::from_utf8(&a[110..110 + namesize - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&a[110..110 + namesize - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(a[110 + namesize - 1], 0, "name must be NUL-terminated");
             let data_start = (110 + namesize + 3) & !3;
             let data = a[data_start..data_start + size].to_vec();
@@ -419,7 +481,16 @@ mod tests {
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
             names,
-            vec!["lib", "lib/modules", "lib/modules/loop.ko", "dev", "dev/console", "bin", "bin/sh", "TRAILER!!!"]
+            vec![
+                "lib",
+                "lib/modules",
+                "lib/modules/loop.ko",
+                "dev",
+                "dev/console",
+                "bin",
+                "bin/sh",
+                "TRAILER!!!"
+            ]
         );
         let console = &entries[4];
         assert_eq!(console.1, 0o020600);
@@ -458,7 +529,10 @@ mod tests {
     fn exit_marker_parsing() {
         let m = Markers::new("abc");
         assert_eq!(m.exit_status("@@gupwatch-exit:abc:0@@"), Some(0));
-        assert_eq!(m.exit_status("[  1.2] junk @@gupwatch-exit:abc:137@@\r"), Some(137));
+        assert_eq!(
+            m.exit_status("[  1.2] junk @@gupwatch-exit:abc:137@@\r"),
+            Some(137)
+        );
         assert_eq!(m.exit_status("@@gupwatch-exit:xyz:0@@"), None);
         assert_eq!(m.exit_status("@@gupwatch-exit:abc:@@"), None);
     }
@@ -466,13 +540,26 @@ mod tests {
     #[test]
     fn init_script_runs_command_with_stdout_on_second_serial() {
         let m = Markers::new("t0k");
-        let s = init_script(&InitOptions { markers: &m, network: false, stdout_tty: "/dev/ttyS1" });
+        let s = init_script(&InitOptions {
+            markers: &m,
+            network: false,
+            stdout_tty: "/dev/ttyS1",
+            stall_report_after: None,
+        });
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains("echo '@@gupwatch-init-start:t0k@@'"));
         assert!(s.contains("> /dev/ttyS1\n"));
         assert!(s.contains("echo \"@@gupwatch-exit:t0k:$status@@\""));
         assert!(!s.contains("udhcpc"));
-        let n = init_script(&InitOptions { markers: &m, network: true, stdout_tty: "/dev/ttyS1" });
+        let n = init_script(&InitOptions {
+            markers: &m,
+            network: true,
+            stdout_tty: "/dev/ttyS1",
+            stall_report_after: Some(90),
+        });
+        assert!(n.contains("(sleep 90\n"));
+        assert!(n.contains("echo l > /proc/sysrq-trigger"));
+        assert!(!s.contains("sysrq"));
         assert!(n.contains("udhcpc -i eth0"));
     }
 }

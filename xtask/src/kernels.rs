@@ -30,14 +30,26 @@ pub struct KernelAlias {
 
 /// The matrix that `setup` fetches and `test` runs, oldest first.
 pub const MATRIX: [KernelAlias; 3] = [
-    KernelAlias { name: "6.1", suite: "bookworm" },
-    KernelAlias { name: "6.12", suite: "trixie" },
-    KernelAlias { name: "7.2", suite: "sid" },
+    KernelAlias {
+        name: "6.1",
+        suite: "bookworm",
+    },
+    KernelAlias {
+        name: "6.12",
+        suite: "trixie",
+    },
+    KernelAlias {
+        name: "7.2",
+        suite: "sid",
+    },
 ];
 
 /// Finds a matrix entry by alias (`6.12`) or suite name (`trixie`).
 pub fn alias(name: &str) -> Option<KernelAlias> {
-    MATRIX.iter().copied().find(|a| a.name == name || a.suite == name)
+    MATRIX
+        .iter()
+        .copied()
+        .find(|a| a.name == name || a.suite == name)
 }
 
 /// Comma-separated aliases, for messages.
@@ -176,11 +188,7 @@ pub fn resolve_spec(spec: &str, flavour: Flavour, modules: Option<PathBuf>) -> R
     }
     let modules_dir = match modules {
         Some(dir) => Some(dir),
-        // A Debian split package keeps vmlinuz inside the module tree.
-        None => path
-            .parent()
-            .filter(|p| p.join("kernel").is_dir())
-            .map(Path::to_path_buf),
+        None => guess_modules_dir(&path),
     };
     if modules_dir.is_none() {
         say!(
@@ -193,7 +201,28 @@ pub fn resolve_spec(spec: &str, flavour: Flavour, modules: Option<PathBuf>) -> R
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "kernel".into());
-    Ok(BootKernel { label, vmlinuz: path, modules_dir, uname: None })
+    Ok(BootKernel {
+        label,
+        vmlinuz: path,
+        modules_dir,
+        uname: None,
+    })
+}
+
+/// The module tree that belongs to a kernel image given by path, if its
+/// layout tells: a Debian split package keeps `vmlinuz` inside the tree, and
+/// `<root>/boot/vmlinuz-<release>` pairs with `<root>/lib/modules/<release>`.
+fn guess_modules_dir(image: &Path) -> Option<PathBuf> {
+    let parent = image.parent()?;
+    if parent.join("kernel").is_dir() {
+        return Some(parent.to_path_buf());
+    }
+    let release = image.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
+    let root = parent.parent()?;
+    ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|b| root.join(b).join(release))
+        .find(|d| d.join("kernel").is_dir())
 }
 
 /// Makes sure a matrix kernel is fetched and unpacked; with `refresh`,
@@ -242,12 +271,26 @@ pub fn ensure(cache: &Path, a: KernelAlias, flavour: Flavour, refresh: bool) -> 
     }
     if let Some(m) = &existing {
         if m.uname == uname && m.package_version == choice.version {
-            say!(tag, "kernel {label}: {uname} ({}) is current", choice.version);
+            say!(
+                tag,
+                "kernel {label}: {uname} ({}) is current",
+                choice.version
+            );
             return Ok(m.clone());
         }
-        say!(tag, "kernel {label}: {} -> {uname} ({})", m.uname, choice.version);
+        say!(
+            tag,
+            "kernel {label}: {} -> {uname} ({})",
+            m.uname,
+            choice.version
+        );
     } else {
-        say!(tag, "kernel {label}: resolved {uname} ({}) from {}", choice.version, a.suite);
+        say!(
+            tag,
+            "kernel {label}: resolved {uname} ({}) from {}",
+            choice.version,
+            a.suite
+        );
     }
 
     let debs = apt.download(&choice.packages, &cache.join("debs"))?;
@@ -256,13 +299,24 @@ pub fn ensure(cache: &Path, a: KernelAlias, flavour: Flavour, refresh: bool) -> 
     let new_root = dir.join("root.new");
     let root = dir.join("root");
     if new_root.exists() {
-        fs::remove_dir_all(&new_root).with_context(|| format!("removing {}", new_root.display()))?;
+        fs::remove_dir_all(&new_root)
+            .with_context(|| format!("removing {}", new_root.display()))?;
     }
     fs::create_dir_all(&new_root)?;
     for deb in &debs {
-        say!(tag, "unpacking {}", deb.file_name().unwrap_or_default().to_string_lossy());
-        util::run(Command::new("dpkg").arg("-x").arg(deb).arg(&new_root))
-            .context("unpacking a kernel package (dpkg is part of every Debian system)")?;
+        say!(
+            tag,
+            "unpacking {}",
+            deb.file_name().unwrap_or_default().to_string_lossy()
+        );
+        util::run(
+            Command::new("dpkg")
+                .arg("-x")
+                .arg(deb)
+                .arg(&new_root)
+                .stdout(std::io::stderr()),
+        )
+        .context("unpacking a kernel package (dpkg is part of every Debian system)")?;
     }
     let vmlinuz = find_vmlinuz(&new_root, &uname).ok_or_else(|| {
         anyhow!(
@@ -273,15 +327,18 @@ pub fn ensure(cache: &Path, a: KernelAlias, flavour: Flavour, refresh: bool) -> 
     })?;
     let modules = find_modules_dir(&new_root, &uname);
     if modules.is_none() {
-        say!(tag, "warning: no module tree for {uname} in {:?}", choice.packages);
+        say!(
+            tag,
+            "warning: no module tree for {uname} in {:?}",
+            choice.packages
+        );
     }
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing old {}", root.display()))?;
     }
     fs::rename(&new_root, &root)?;
-    let rel = |p: &Path| -> PathBuf {
-        Path::new("root").join(p.strip_prefix(&new_root).unwrap_or(p))
-    };
+    let rel =
+        |p: &Path| -> PathBuf { Path::new("root").join(p.strip_prefix(&new_root).unwrap_or(p)) };
     let m = Manifest {
         alias: a.name.to_string(),
         suite: a.suite.to_string(),
@@ -296,8 +353,28 @@ pub fn ensure(cache: &Path, a: KernelAlias, flavour: Flavour, refresh: bool) -> 
     let path = dir.join("manifest.json");
     fs::write(&path, serde_json::to_string_pretty(&m)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(old) = &existing {
+        prune_debs(&cache.join("debs"), &old.packages, &debs);
+    }
     say!(tag, "kernel {label}: {uname} ready in {}", dir.display());
     Ok(m)
+}
+
+/// Removes the downloaded packages of a kernel that was replaced (they are
+/// 30-100 MB each and only needed until unpacked): files of the old
+/// packages that are not among the ones just used.
+fn prune_debs(dir: &Path, old_packages: &[String], keep: &[PathBuf]) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pkg = name.split('_').next().unwrap_or("");
+        if old_packages.iter().any(|o| o == pkg) && !keep.contains(&path) {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// "6.12.117+deb13" -> "6.12"; "6.1.0-50" -> "6.1".
@@ -322,7 +399,10 @@ fn find_vmlinuz(root: &Path, uname: &str) -> Option<PathBuf> {
     let mut any: Vec<PathBuf> = fs::read_dir(root.join("boot"))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
+        })
         .collect();
     any.sort();
     any.pop()
@@ -355,7 +435,10 @@ enum PkgKind {
 
 impl PkgKind {
     fn bootable(self) -> bool {
-        matches!(self, PkgKind::ImageUnsigned | PkgKind::BinaryUnsigned | PkgKind::Binary | PkgKind::Image)
+        matches!(
+            self,
+            PkgKind::ImageUnsigned | PkgKind::BinaryUnsigned | PkgKind::Binary | PkgKind::Image
+        )
     }
 }
 
@@ -368,22 +451,35 @@ fn valid_abi(abi: &str) -> bool {
     let first = parts.next().unwrap_or("");
     let first_ok = first.starts_with(|c: char| c.is_ascii_digit())
         && first.contains('.')
-        && first.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~'));
+        && first
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~'));
     first_ok && parts.all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
 }
 
 fn classify(name: &str, flavour: Flavour) -> Option<(PkgKind, String)> {
     let fl = flavour.suffix();
     let patterns: [(PkgKind, &str, String); 6] = [
-        (PkgKind::ImageUnsigned, "linux-image-", format!("-{fl}-unsigned")),
-        (PkgKind::BinaryUnsigned, "linux-binary-unsigned-", format!("-{fl}")),
+        (
+            PkgKind::ImageUnsigned,
+            "linux-image-",
+            format!("-{fl}-unsigned"),
+        ),
+        (
+            PkgKind::BinaryUnsigned,
+            "linux-binary-unsigned-",
+            format!("-{fl}"),
+        ),
         (PkgKind::Binary, "linux-binary-", format!("-{fl}")),
         (PkgKind::Image, "linux-image-", format!("-{fl}")),
         (PkgKind::Modules, "linux-modules-", format!("-{fl}")),
         (PkgKind::Base, "linux-base-", format!("-{fl}")),
     ];
     for (kind, prefix, suffix) in patterns {
-        if let Some(abi) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix.as_str())) {
+        if let Some(abi) = name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(suffix.as_str()))
+        {
             if valid_abi(abi) {
                 return Some((kind, abi.to_string()));
             }
@@ -435,7 +531,9 @@ fn choose(infos: &[PkgInfo], flavour: Flavour) -> Result<Choice> {
     // abi -> kind -> (name, version); several versions of one name keep the newest.
     let mut by_abi: BTreeMap<String, BTreeMap<PkgKind, (String, String)>> = BTreeMap::new();
     for info in infos {
-        let Some((kind, abi)) = classify(&info.name, flavour) else { continue };
+        let Some((kind, abi)) = classify(&info.name, flavour) else {
+            continue;
+        };
         let slot = by_abi.entry(abi).or_default();
         let replace = match slot.get(&kind) {
             Some((_, v)) => debversion::compare(&info.version, v).is_gt(),
@@ -460,11 +558,16 @@ fn choose(infos: &[PkgInfo], flavour: Flavour) -> Result<Choice> {
     let (abi, kinds, version) = best;
     // Preference: a package that carries the image itself (unsigned first, as
     // nothing here checks signatures), before a possible metapackage.
-    let image = [PkgKind::ImageUnsigned, PkgKind::BinaryUnsigned, PkgKind::Binary, PkgKind::Image]
-        .iter()
-        .find_map(|k| kinds.get(k))
-        .map(|(n, _)| n.clone())
-        .ok_or_else(|| anyhow!("no kernel image package for {abi}"))?;
+    let image = [
+        PkgKind::ImageUnsigned,
+        PkgKind::BinaryUnsigned,
+        PkgKind::Binary,
+        PkgKind::Image,
+    ]
+    .iter()
+    .find_map(|k| kinds.get(k))
+    .map(|(n, _)| n.clone())
+    .ok_or_else(|| anyhow!("no kernel image package for {abi}"))?;
     let split = image.starts_with("linux-binary-");
     let mut packages = vec![image];
     for k in [PkgKind::Modules, PkgKind::Base] {
@@ -475,7 +578,11 @@ fn choose(infos: &[PkgInfo], flavour: Flavour) -> Result<Choice> {
     if split && !kinds.contains_key(&PkgKind::Modules) {
         bail!("{abi}: the kernel image is split out (linux-binary-*) but no linux-modules-{abi}-{} package exists", flavour.suffix());
     }
-    Ok(Choice { abi: abi.clone(), version: version.to_string(), packages })
+    Ok(Choice {
+        abi: abi.clone(),
+        version: version.to_string(),
+        packages,
+    })
 }
 
 /// Finds the Debian archive URL in the machine's apt sources (deb822
@@ -490,7 +597,8 @@ pub fn debian_mirror() -> Result<String> {
     let mut texts = Vec::new();
     for dir in ["/etc/apt/sources.list.d"] {
         if let Ok(entries) = fs::read_dir(dir) {
-            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut paths: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             paths.sort();
             for p in paths {
                 let name = p.to_string_lossy();
@@ -564,7 +672,10 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 impl AptState {
     fn new(cache: &Path, suite: &str) -> AptState {
-        AptState { suite: suite.to_string(), dir: cache.join("apt").join(suite) }
+        AptState {
+            suite: suite.to_string(),
+            dir: cache.join("apt").join(suite),
+        }
     }
 
     fn opts(&self) -> Vec<String> {
@@ -575,6 +686,8 @@ impl AptState {
             "-oDir::Etc::SourceParts=/dev/null".into(),
             format!("-oDir::Cache={d}/cache"),
             "-oAcquire::Languages=none".into(),
+            // Only the Packages index is needed (not AppStream metadata).
+            "-oAcquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
             // Downloads land in our own cache directory, which the _apt user
             // may not be allowed to write.
             "-oAPT::Sandbox::User=root".into(),
@@ -584,7 +697,9 @@ impl AptState {
 
     fn update(&self) -> Result<()> {
         {
-            let guard = UPDATED.lock().map_err(|_| anyhow!("internal lock poisoned"))?;
+            let guard = UPDATED
+                .lock()
+                .map_err(|_| anyhow!("internal lock poisoned"))?;
             if guard.as_ref().is_some_and(|s| s.contains(&self.suite)) {
                 return Ok(());
             }
@@ -601,9 +716,20 @@ impl AptState {
             self.dir.join("sources.list"),
             format!("deb [signed-by={KEYRING}] {mirror} {} main\n", self.suite),
         )?;
-        say!("setup", "apt-get update ({} from {mirror}, private state in {})", self.suite, self.dir.display());
-        util::output(Command::new("apt-get").args(self.opts()).arg("update"))
-            .with_context(|| format!("updating the package lists of {} (is the Debian archive reachable?)", self.suite))?;
+        say!(
+            "setup",
+            "apt-get update ({} from {mirror}, private state in {})",
+            self.suite,
+            self.dir.display()
+        );
+        util::output(Command::new("apt-get").args(self.opts()).arg("update")).with_context(
+            || {
+                format!(
+                    "updating the package lists of {} (is the Debian archive reachable?)",
+                    self.suite
+                )
+            },
+        )?;
         UPDATED
             .lock()
             .map_err(|_| anyhow!("internal lock poisoned"))?
@@ -613,12 +739,26 @@ impl AptState {
     }
 
     fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
-        let out = util::output(Command::new("apt-cache").args(self.opts()).arg("pkgnames").arg(prefix))?;
-        Ok(out.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+        let out = util::output(
+            Command::new("apt-cache")
+                .args(self.opts())
+                .arg("pkgnames")
+                .arg(prefix),
+        )?;
+        Ok(out
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     fn show(&self, names: &[String]) -> Result<Vec<PkgInfo>> {
-        let out = util::output(Command::new("apt-cache").args(self.opts()).arg("show").args(names))?;
+        let out = util::output(
+            Command::new("apt-cache")
+                .args(self.opts())
+                .arg("show")
+                .args(names),
+        )?;
         Ok(parse_stanzas(&out))
     }
 
@@ -645,8 +785,14 @@ impl AptState {
         }
         if !missing.is_empty() {
             say!("setup", "downloading {}", missing.join(" "));
-            util::output(Command::new("apt-get").args(self.opts()).arg("download").args(&missing).current_dir(dest))
-                .context("downloading kernel packages")?;
+            util::output(
+                Command::new("apt-get")
+                    .args(self.opts())
+                    .arg("download")
+                    .args(&missing)
+                    .current_dir(dest),
+            )
+            .context("downloading kernel packages")?;
         }
         for p in &paths {
             if !p.is_file() {
@@ -662,26 +808,53 @@ mod tests {
     use super::*;
 
     fn info(name: &str, version: &str) -> PkgInfo {
-        PkgInfo { name: name.into(), version: version.into() }
+        PkgInfo {
+            name: name.into(),
+            version: version.into(),
+        }
     }
 
     #[test]
     fn classify_names() {
         use PkgKind::*;
         let c = Flavour::Cloud;
-        assert_eq!(classify("linux-image-6.1.0-50-cloud-amd64-unsigned", c), Some((ImageUnsigned, "6.1.0-50".into())));
-        assert_eq!(classify("linux-image-6.1.0-50-cloud-amd64", c), Some((Image, "6.1.0-50".into())));
-        assert_eq!(classify("linux-binary-unsigned-7.2.13+deb14-cloud-amd64", c), Some((BinaryUnsigned, "7.2.13+deb14".into())));
-        assert_eq!(classify("linux-binary-7.2.13+deb14-cloud-amd64", c), Some((Binary, "7.2.13+deb14".into())));
-        assert_eq!(classify("linux-modules-7.2.13+deb14-cloud-amd64", c), Some((Modules, "7.2.13+deb14".into())));
-        assert_eq!(classify("linux-base-7.2.13+deb14-cloud-amd64", c), Some((Base, "7.2.13+deb14".into())));
+        assert_eq!(
+            classify("linux-image-6.1.0-50-cloud-amd64-unsigned", c),
+            Some((ImageUnsigned, "6.1.0-50".into()))
+        );
+        assert_eq!(
+            classify("linux-image-6.1.0-50-cloud-amd64", c),
+            Some((Image, "6.1.0-50".into()))
+        );
+        assert_eq!(
+            classify("linux-binary-unsigned-7.2.13+deb14-cloud-amd64", c),
+            Some((BinaryUnsigned, "7.2.13+deb14".into()))
+        );
+        assert_eq!(
+            classify("linux-binary-7.2.13+deb14-cloud-amd64", c),
+            Some((Binary, "7.2.13+deb14".into()))
+        );
+        assert_eq!(
+            classify("linux-modules-7.2.13+deb14-cloud-amd64", c),
+            Some((Modules, "7.2.13+deb14".into()))
+        );
+        assert_eq!(
+            classify("linux-base-7.2.13+deb14-cloud-amd64", c),
+            Some((Base, "7.2.13+deb14".into()))
+        );
         assert_eq!(classify("linux-image-cloud-amd64", c), None);
         assert_eq!(classify("linux-image-6.1.0-50-cloud-amd64-dbg", c), None);
         assert_eq!(classify("linux-image-6.1.0-50-rt-amd64", c), None);
         let g = Flavour::Generic;
-        assert_eq!(classify("linux-image-6.12.117+deb13-amd64-unsigned", g), Some((ImageUnsigned, "6.12.117+deb13".into())));
+        assert_eq!(
+            classify("linux-image-6.12.117+deb13-amd64-unsigned", g),
+            Some((ImageUnsigned, "6.12.117+deb13".into()))
+        );
         // Other flavours must not pass as generic ones.
-        assert_eq!(classify("linux-image-6.12.117+deb13-cloud-amd64-unsigned", g), None);
+        assert_eq!(
+            classify("linux-image-6.12.117+deb13-cloud-amd64-unsigned", g),
+            None
+        );
         assert_eq!(classify("linux-image-6.1.0-50-rt-amd64-unsigned", g), None);
         assert_eq!(classify("linux-image-6.1.0-50-cloud-amd64", g), None);
     }
@@ -698,7 +871,10 @@ mod tests {
         let c = choose(&infos, Flavour::Cloud).unwrap();
         assert_eq!(c.abi, "6.1.0-50");
         assert_eq!(c.version, "6.1.176-1");
-        assert_eq!(c.packages, vec!["linux-image-6.1.0-50-cloud-amd64-unsigned"]);
+        assert_eq!(
+            c.packages,
+            vec!["linux-image-6.1.0-50-cloud-amd64-unsigned"]
+        );
         let g = choose(&infos, Flavour::Generic).unwrap();
         assert_eq!(g.packages, vec!["linux-image-6.1.0-50-amd64-unsigned"]);
     }
@@ -736,19 +912,35 @@ mod tests {
     #[test]
     fn stanzas() {
         let text = "Package: a\nVersion: 1.0-1\nDepends: x\n\nPackage: b\nSource: linux (1)\nVersion: 2:3\n";
-        assert_eq!(parse_stanzas(text), vec![info("a", "1.0-1"), info("b", "2:3")]);
+        assert_eq!(
+            parse_stanzas(text),
+            vec![info("a", "1.0-1"), info("b", "2:3")]
+        );
     }
 
     #[test]
     fn mirrors() {
         let deb822 = "Types: deb\n# comment\nURIs: http://example.invalid/debian\nSuites: bookworm\n\n\
                       Types: deb\nURIs: http://example.invalid/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(mirror_from_sources(deb822).as_deref(), Some("http://example.invalid/debian"));
-        let sec_first = "URIs: http://example.invalid/debian-security\n\nURIs: https://m.invalid/debian/\n";
-        assert_eq!(mirror_from_sources(sec_first).as_deref(), Some("https://m.invalid/debian"));
+        assert_eq!(
+            mirror_from_sources(deb822).as_deref(),
+            Some("http://example.invalid/debian")
+        );
+        let sec_first =
+            "URIs: http://example.invalid/debian-security\n\nURIs: https://m.invalid/debian/\n";
+        assert_eq!(
+            mirror_from_sources(sec_first).as_deref(),
+            Some("https://m.invalid/debian")
+        );
         let one_line = "# deb http://old.invalid/debian sid main\ndeb [arch=amd64 signed-by=/k.gpg] http://m.invalid/debian bookworm main\n";
-        assert_eq!(mirror_from_sources(one_line).as_deref(), Some("http://m.invalid/debian"));
-        assert_eq!(mirror_from_sources("deb http://m.invalid/ubuntu jammy main\n"), None);
+        assert_eq!(
+            mirror_from_sources(one_line).as_deref(),
+            Some("http://m.invalid/debian")
+        );
+        assert_eq!(
+            mirror_from_sources("deb http://m.invalid/ubuntu jammy main\n"),
+            None
+        );
     }
 
     #[test]

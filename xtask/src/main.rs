@@ -1,1 +1,199 @@
-fn main() {}
+//! `cargo xtask <command>`: see `cargo xtask --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use xtask::kernels::{self, Flavour};
+use xtask::qemu::{ConsoleEcho, Forward, VmRun};
+use xtask::{binary, demo, say, setup, testsuite, util};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "gupwatch developer tasks: set-up, static build, VMs on real Debian kernels, tests, demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what builds and VM runs need, and fetch the kernel matrix
+    /// (idempotent; a rerun with everything present does no network access).
+    Setup {
+        /// Re-resolve the kernels' current versions from the Debian archive.
+        #[arg(long)]
+        refresh: bool,
+        /// Skip fetching kernels.
+        #[arg(long)]
+        no_kernels: bool,
+    },
+    /// Build the static gupwatch used in the VMs
+    /// (target/x86_64-unknown-linux-gnu/release/gupwatch).
+    Build,
+    /// Run a shell command in a throwaway VM: its stdout on stdout, the
+    /// console on stderr, its exit status as ours.
+    Vm(VmArgs),
+    /// Unit tests, then `gupwatch check --json` on every kernel of the matrix.
+    Test {
+        /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
+        #[arg(long, value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// Time limit of each VM, in seconds (a healthy check takes well
+        /// under a minute even under TCG).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Skip `cargo test --workspace`.
+        #[arg(long)]
+        skip_unit: bool,
+        /// Skip the set-up checks.
+        #[arg(long)]
+        skip_setup: bool,
+    },
+    /// Watch gupwatch follow a pinning workload live in a VM.
+    Demo {
+        /// Kernel to boot.
+        #[arg(long, default_value = "7.2")]
+        kernel: String,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+    },
+}
+
+#[derive(Args)]
+struct VmArgs {
+    /// 6.1, 6.12, 7.2 (or bookworm, trixie, sid), or a path to a bzImage/vmlinuz.
+    #[arg(long)]
+    kernel: String,
+    /// Module tree (`.../lib/modules/<release>`) for a kernel given as a path.
+    #[arg(long)]
+    modules: Option<PathBuf>,
+    /// Debian kernel flavour: cloud (small, default) or generic (has i915);
+    /// fetched on first use.
+    #[arg(long, value_enum, default_value_t)]
+    flavour: Flavour,
+    /// Time limit in seconds; the VM is killed after it.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Do not build gupwatch; use the last build if there is one.
+    #[arg(long)]
+    no_build: bool,
+    /// Forward 127.0.0.1:HOSTPORT on the host to GUESTPORT in the guest
+    /// (HOSTPORT:GUESTPORT; repeatable).
+    #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT")]
+    forwards: Vec<Forward>,
+    /// Extra kernel module to load in the guest, with its dependencies
+    /// (repeatable; e.g. --module i915 with --flavour generic).
+    #[arg(long = "module", value_name = "NAME")]
+    extra_modules: Vec<String>,
+    /// Do not echo the guest console on stderr (it is still logged).
+    #[arg(long)]
+    quiet: bool,
+    /// The command, run with `sh -c` in the guest (after `--`).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn vm(a: VmArgs) -> Result<i32> {
+    let kernel = kernels::resolve_spec(&a.kernel, a.flavour, a.modules)?;
+    let gupwatch = if a.no_build {
+        let p = binary::static_gupwatch_path();
+        if p.is_file() {
+            Some(p)
+        } else {
+            say!(
+                "vm",
+                "warning: {} does not exist (--no-build): the guest has no /bin/gupwatch",
+                p.display()
+            );
+            None
+        }
+    } else {
+        Some(binary::build_static_gupwatch()?)
+    };
+    let mut run = VmRun::new(kernel, a.command.join(" "));
+    run.gupwatch = gupwatch;
+    run.timeout = Duration::from_secs(a.timeout);
+    run.memory_mib = a.memory;
+    run.cpus = a.cpus.max(1);
+    run.forwards = a.forwards;
+    run.extra_modules = a.extra_modules;
+    if a.quiet {
+        run.echo = ConsoleEcho::None;
+    }
+    let outcome = run.run()?;
+    say!(
+        "vm",
+        "command exited with status {} ({}, /init after {:.1} s, {:.1} s in all); console log: {}",
+        outcome.status,
+        outcome.accel,
+        outcome.boot_time.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        outcome.elapsed.as_secs_f64(),
+        outcome.console_log.display()
+    );
+    Ok(outcome.status)
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Setup {
+            refresh,
+            no_kernels,
+        } => setup::run(&setup::SetupOptions {
+            refresh,
+            no_kernels,
+        })
+        .map(|_| 0),
+        Cmd::Build => binary::build_static_gupwatch().map(|_| 0),
+        Cmd::Vm(a) => vm(a),
+        Cmd::Test {
+            kernels,
+            timeout,
+            skip_unit,
+            skip_setup,
+        } => {
+            let ok = testsuite::run(&testsuite::TestOptions {
+                kernels,
+                timeout: Duration::from_secs(timeout),
+                skip_unit,
+                skip_setup,
+            })?;
+            Ok(if ok { 0 } else { 1 })
+        }
+        Cmd::Demo { kernel, no_build } => demo::run(&demo::DemoOptions { kernel, no_build }),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::install_signal_handlers();
+    match dispatch(cli) {
+        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => {
+            eprintln!("[xtask] interrupted: the VM was stopped and its temporary files removed");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            // The chain, without the backtrace that `{:?}` would add when
+            // RUST_BACKTRACE is set: these are user-facing messages.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -19,7 +19,20 @@ use crate::util;
 /// transport, the scratch disk and its filesystem, the network card for
 /// port forwarding, and loop devices. (BPF, kprobes and io_uring are
 /// `bool` options: never modules.)
-pub const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_net", "ext4", "loop", "af_packet"];
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "ext4",
+    "loop",
+    "af_packet",
+];
+
+/// Modules loaded when the kernel has them, and not missed when it does
+/// not: where ext4 is modular it asks the crypto API for "crc32c" at mount
+/// time, which needs modprobe unless a provider is already loaded (its name
+/// changed in 7.x).
+pub const OPTIONAL_GUEST_MODULES: &[&str] = &["crc32c_intel", "crc32c_generic", "crc32c_cryptoapi"];
 
 /// Normalises a module name the way the kernel does (`-` and `_` are equal).
 pub fn normalize(name: &str) -> String {
@@ -40,9 +53,13 @@ pub fn name_from_path(path: &str) -> Option<String> {
 pub fn parse_modules_dep(text: &str) -> HashMap<String, (String, Vec<String>)> {
     let mut map = HashMap::new();
     for line in text.lines() {
-        let Some((module, deps)) = line.split_once(':') else { continue };
+        let Some((module, deps)) = line.split_once(':') else {
+            continue;
+        };
         let module = module.trim();
-        let Some(name) = name_from_path(module) else { continue };
+        let Some(name) = name_from_path(module) else {
+            continue;
+        };
         let deps = deps.split_whitespace().filter_map(name_from_path).collect();
         map.insert(name, (module.to_string(), deps));
     }
@@ -51,7 +68,9 @@ pub fn parse_modules_dep(text: &str) -> HashMap<String, (String, Vec<String>)> {
 
 /// Parses `modules.builtin` (one path per line) into module names.
 pub fn parse_builtin(text: &str) -> HashSet<String> {
-    text.lines().filter_map(|l| name_from_path(l.trim())).collect()
+    text.lines()
+        .filter_map(|l| name_from_path(l.trim()))
+        .collect()
 }
 
 /// The `depends=` entry of a module's `.modinfo` section.
@@ -72,8 +91,14 @@ pub fn modinfo_depends(modinfo: &[u8]) -> Vec<String> {
 
 /// The bytes of the `.modinfo` section of an ELF64 little-endian object.
 pub fn modinfo_section(elf: &[u8]) -> Option<&[u8]> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
     let u64_at = |o: usize| {
         elf.get(o..o + 8)
             .and_then(|b| b.try_into().ok())
@@ -125,7 +150,9 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>> {
                 .arg("-dc")
                 .arg(path)
                 .output()
-                .with_context(|| format!("running `{prog} -dc` (install {pkg}, or run `cargo xtask setup`)"))?;
+                .with_context(|| {
+                    format!("running `{prog} -dc` (install {pkg}, or run `cargo xtask setup`)")
+                })?;
             if !out.status.success() {
                 bail!(
                     "`{prog} -dc {}` failed: {}",
@@ -191,11 +218,18 @@ impl ModuleTree {
                 }
             }
         }
-        let dep = fs::read_to_string(dir.join("modules.dep")).ok().map(|t| parse_modules_dep(&t));
+        let dep = fs::read_to_string(dir.join("modules.dep"))
+            .ok()
+            .map(|t| parse_modules_dep(&t));
         let builtin = fs::read_to_string(dir.join("modules.builtin"))
             .map(|t| parse_builtin(&t))
             .unwrap_or_default();
-        Ok(ModuleTree { dir: dir.to_path_buf(), files, dep, builtin })
+        Ok(ModuleTree {
+            dir: dir.to_path_buf(),
+            files,
+            dep,
+            builtin,
+        })
     }
 
     /// Resolves `wanted` (and their dependencies) into load order.
@@ -217,7 +251,13 @@ impl ModuleTree {
         Ok(out)
     }
 
-    fn visit(&self, name: &str, done: &mut HashSet<String>, path: &mut Vec<String>, out: &mut Vec<Module>) -> Result<()> {
+    fn visit(
+        &self,
+        name: &str,
+        done: &mut HashSet<String>,
+        path: &mut Vec<String>,
+        out: &mut Vec<Module>,
+    ) -> Result<()> {
         if done.contains(name) {
             return Ok(());
         }
@@ -237,7 +277,9 @@ impl ModuleTree {
         let data = read_module(&self.dir.join(rel))?;
         let deps = match &self.dep {
             Some(dep) => dep.get(name).map(|(_, d)| d.clone()).unwrap_or_default(),
-            None => modinfo_section(&data).map(modinfo_depends).unwrap_or_default(),
+            None => modinfo_section(&data)
+                .map(modinfo_depends)
+                .unwrap_or_default(),
         };
         path.push(name.to_string());
         for d in &deps {
@@ -245,7 +287,10 @@ impl ModuleTree {
         }
         path.pop();
         done.insert(name.to_string());
-        out.push(Module { name: name.to_string(), data });
+        out.push(Module {
+            name: name.to_string(),
+            data,
+        });
         Ok(())
     }
 }
@@ -253,10 +298,18 @@ impl ModuleTree {
 /// Convenience: resolve the wanted modules of a tree, or nothing without one.
 pub fn resolve_for_guest(dir: Option<&Path>, extra: &[String]) -> Result<Resolved> {
     let mut wanted: Vec<String> = GUEST_MODULES.iter().map(|s| s.to_string()).collect();
+    wanted.extend(OPTIONAL_GUEST_MODULES.iter().map(|s| s.to_string()));
     wanted.extend(extra.iter().cloned());
     match dir {
-        None => Ok(Resolved { missing: Vec::new(), builtin: Vec::new(), modules: Vec::new() }),
-        Some(d) => ModuleTree::open(d)?.resolve(&wanted),
+        None => Ok(Resolved::default()),
+        Some(d) => {
+            let mut r = ModuleTree::open(d)?.resolve(&wanted)?;
+            r.missing
+                .retain(|m| !OPTIONAL_GUEST_MODULES.contains(&m.as_str()));
+            r.builtin
+                .retain(|m| !OPTIONAL_GUEST_MODULES.contains(&m.as_str()));
+            Ok(r)
+        }
     }
 }
 
@@ -271,9 +324,18 @@ mod tests {
 
     #[test]
     fn names_from_paths() {
-        assert_eq!(name_from_path("kernel/fs/ext4/ext4.ko.xz").as_deref(), Some("ext4"));
-        assert_eq!(name_from_path("kernel/crypto/crc32c-cryptoapi.ko.zst").as_deref(), Some("crc32c_cryptoapi"));
-        assert_eq!(name_from_path("kernel/drivers/block/loop.ko").as_deref(), Some("loop"));
+        assert_eq!(
+            name_from_path("kernel/fs/ext4/ext4.ko.xz").as_deref(),
+            Some("ext4")
+        );
+        assert_eq!(
+            name_from_path("kernel/crypto/crc32c-cryptoapi.ko.zst").as_deref(),
+            Some("crc32c_cryptoapi")
+        );
+        assert_eq!(
+            name_from_path("kernel/drivers/block/loop.ko").as_deref(),
+            Some("loop")
+        );
         assert_eq!(name_from_path("modules.order"), None);
     }
 
@@ -307,7 +369,7 @@ mod tests {
         elf.extend_from_slice(modinfo);
         let str_off = elf.len();
         elf.extend_from_slice(shstrtab);
-        while elf.len() % 8 != 0 {
+        while elf.len() & 7 != 0 {
             elf.push(0);
         }
         let shoff = elf.len();
@@ -333,7 +395,10 @@ mod tests {
         let info = b"depends=jbd2,mbcache\0name=ext4\0";
         let elf = tiny_elf(info);
         assert_eq!(modinfo_section(&elf), Some(&info[..]));
-        assert_eq!(modinfo_depends(modinfo_section(&elf).unwrap()), vec!["jbd2", "mbcache"]);
+        assert_eq!(
+            modinfo_depends(modinfo_section(&elf).unwrap()),
+            vec!["jbd2", "mbcache"]
+        );
         assert_eq!(modinfo_section(b"not an elf"), None);
         assert_eq!(modinfo_section(&elf[..70]), None);
     }
@@ -354,7 +419,13 @@ mod tests {
         fs::write(dir.join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
         let tree = ModuleTree::open(&dir).unwrap();
         let r = tree
-            .resolve(&["a".into(), "ext4".into(), "d".into(), "b".into(), "nope".into()])
+            .resolve(&[
+                "a".into(),
+                "ext4".into(),
+                "d".into(),
+                "b".into(),
+                "nope".into(),
+            ])
             .unwrap();
         let order: Vec<&str> = r.modules.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(order, vec!["c", "b", "a", "d"]);
@@ -371,7 +442,10 @@ mod tests {
         fs::write(k.join("virtio_net.ko"), tiny_elf(b"depends=net_failover\0")).unwrap();
         fs::write(k.join("net_failover.ko"), tiny_elf(b"depends=failover\0")).unwrap();
         fs::write(k.join("failover.ko"), tiny_elf(b"depends=\0")).unwrap();
-        let r = ModuleTree::open(&dir).unwrap().resolve(&["virtio-net".into()]).unwrap();
+        let r = ModuleTree::open(&dir)
+            .unwrap()
+            .resolve(&["virtio-net".into()])
+            .unwrap();
         let order: Vec<&str> = r.modules.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(order, vec!["failover", "net_failover", "virtio_net"]);
         fs::remove_dir_all(&dir).unwrap();
@@ -383,7 +457,10 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("x.ko"), tiny_elf(b"depends=y\0")).unwrap();
         fs::write(dir.join("y.ko"), tiny_elf(b"depends=x\0")).unwrap();
-        assert!(ModuleTree::open(&dir).unwrap().resolve(&["x".into()]).is_err());
+        assert!(ModuleTree::open(&dir)
+            .unwrap()
+            .resolve(&["x".into()])
+            .is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -122,14 +122,19 @@ pub fn output(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim_end()
         );
     }
-    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display_cmd(cmd)))
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("`{}` printed non-UTF-8", display_cmd(cmd)))
 }
 
 /// Runs a command capturing its output, only failing if it cannot start.
 pub fn raw_output(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null());
-    cmd.output()
-        .with_context(|| format!("could not start `{}` (is it installed and on PATH?)", display_cmd(cmd)))
+    cmd.output().with_context(|| {
+        format!(
+            "could not start `{}` (is it installed and on PATH?)",
+            display_cmd(cmd)
+        )
+    })
 }
 
 /// Whether a program can be found on PATH (or is an existing path).
@@ -192,7 +197,11 @@ pub fn nonce() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut x = nanos ^ ((std::process::id() as u64) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut x = nanos
+        ^ ((std::process::id() as u64) << 32)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     // splitmix64 finaliser: spreads the bits so tokens look unrelated.
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -277,9 +286,18 @@ mod tests {
     #[test]
     fn cache_dir_precedence() {
         let p = |s: &str| Some(std::ffi::OsString::from(s));
-        assert_eq!(cache_dir_from(p("/c"), p("/x"), p("/h")).unwrap(), PathBuf::from("/c"));
-        assert_eq!(cache_dir_from(p(""), p("/x"), p("/h")).unwrap(), PathBuf::from("/x/gupwatch"));
-        assert_eq!(cache_dir_from(None, None, p("/h")).unwrap(), PathBuf::from("/h/.cache/gupwatch"));
+        assert_eq!(
+            cache_dir_from(p("/c"), p("/x"), p("/h")).unwrap(),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            cache_dir_from(p(""), p("/x"), p("/h")).unwrap(),
+            PathBuf::from("/x/gupwatch")
+        );
+        assert_eq!(
+            cache_dir_from(None, None, p("/h")).unwrap(),
+            PathBuf::from("/h/.cache/gupwatch")
+        );
         assert!(cache_dir_from(None, None, None).is_err());
     }
 

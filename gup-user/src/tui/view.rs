@@ -210,7 +210,8 @@ impl ViewModel {
         if self.kernel_first.is_none() {
             self.kernel_first = sample.kernel_counters;
         }
-        if let Some(prev) = &self.latest {
+        if let Some(prev) = self.latest.take() {
+            let prev = &prev;
             let dt = t - self.latest_t;
             // A sample from another kernel or daemon restart: start over.
             let restarted = prev.kernel != sample.kernel
@@ -614,7 +615,7 @@ pub(crate) mod tests {
         let t = vm.table(View::Processes, SortKey::Name, false, "");
         assert_eq!(t.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["dd", "fio", "qemu"]);
         assert_eq!(vm.table(View::Processes, SortKey::Name, false, "VFIO")[0].name, "qemu", "by subsystem");
-        assert_eq!(vm.table(View::Processes, SortKey::Name, false, "fi").len(), 1, "by comm");
+        assert_eq!(vm.table(View::Processes, SortKey::Name, false, "dd").len(), 1, "by comm");
         assert!(vm.table(View::Processes, SortKey::Name, false, "nothing").is_empty());
     }
 

@@ -1,0 +1,17 @@
+//! gupwatch's developer tasks, as a library so that every subcommand (and
+//! future ones such as `bench`) reuses the same pieces: set-up, the kernel
+//! matrix, the static build and the VM runner.
+
+#![warn(missing_docs)]
+
+pub mod util;
+
+pub mod binary;
+pub mod debversion;
+pub mod demo;
+pub mod initramfs;
+pub mod kernels;
+pub mod modules;
+pub mod qemu;
+pub mod setup;
+pub mod testsuite;

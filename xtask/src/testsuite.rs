@@ -1,0 +1,470 @@
+//! `cargo xtask test`: unit tests, then `gupwatch check --json` in a VM on
+//! every kernel of the matrix, with a table per kernel and one closing
+//! `N passed, N failed` line.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::binary;
+use crate::kernels::{self, Flavour};
+use crate::qemu::{ConsoleEcho, VmRun};
+use crate::setup::{self, SetupOptions};
+use crate::util;
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// Matrix aliases to run (default: all).
+    pub kernels: Vec<String>,
+    /// Per-VM time limit.
+    pub timeout: Duration,
+    /// Skip `cargo test --workspace`.
+    pub skip_unit: bool,
+    /// Skip `cargo xtask setup`.
+    pub skip_setup: bool,
+}
+
+/// One scenario of `gupwatch check --json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Scenario name.
+    pub name: String,
+    /// Pages the probes saw pinned.
+    pub pinned: i64,
+    /// Pages the probes saw unpinned.
+    pub unpinned: i64,
+    /// `nr_foll_pin_acquired` delta.
+    pub vmstat_acquired: i64,
+    /// `nr_foll_pin_released` delta.
+    pub vmstat_released: i64,
+    /// Probe counts matched vmstat exactly.
+    pub exact: bool,
+    /// Whether the scenario is expected to pin at all.
+    pub pins_expected: bool,
+    /// Free text from gupwatch.
+    pub note: String,
+    /// gupwatch's own verdict (`passed`), when the report carries one: it
+    /// also checks expectations such as errno, code path and leaks.
+    pub self_verdict: Option<bool>,
+    /// gupwatch's reasons for a failed own verdict (`mismatches`, `error`).
+    pub mismatches: Vec<String>,
+}
+
+impl Scenario {
+    /// The accounting rule: exact counts, and pins seen where pins are
+    /// expected.
+    pub fn accounting_ok(&self) -> bool {
+        self.exact && (!self.pins_expected || self.pinned + self.unpinned > 0)
+    }
+
+    /// The verdict: the accounting rule, and gupwatch's own verdict when it
+    /// gives one (a scenario fails if either says so).
+    pub fn passed(&self) -> bool {
+        self.accounting_ok() && self.self_verdict.unwrap_or(true)
+    }
+
+    /// The note column: gupwatch's note, then why the scenario failed.
+    pub fn explanation(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.note.is_empty() {
+            parts.push(self.note.clone());
+        }
+        if !self.exact {
+            parts.push("counts differ from /proc/vmstat".into());
+        } else if !self.accounting_ok() && !self.note.contains("no pins seen") {
+            parts.push("no pins seen".into());
+        }
+        if self.self_verdict == Some(false) {
+            parts.extend(self.mismatches.iter().cloned());
+            if self.mismatches.is_empty() {
+                parts.push("gupwatch judged it failed".into());
+            }
+        }
+        parts.dedup();
+        parts.join("; ")
+    }
+}
+
+/// The parsed report of one kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// `uname -r` in the guest.
+    pub kernel: String,
+    /// Scenarios in report order.
+    pub scenarios: Vec<Scenario>,
+}
+
+/// Parses `gupwatch check --json` output. Unknown fields are ignored so the
+/// report can grow; if stray text surrounds the JSON object, the outermost
+/// `{...}` is used.
+pub fn parse_report(stdout: &str) -> Result<Report> {
+    let v: Value = match serde_json::from_str(stdout.trim()) {
+        Ok(v) => v,
+        Err(first) => {
+            let (Some(a), Some(b)) = (stdout.find('{'), stdout.rfind('}')) else {
+                bail!("gupwatch check printed no JSON object ({first})");
+            };
+            serde_json::from_str(&stdout[a..=b])
+                .with_context(|| format!("gupwatch check printed invalid JSON ({first})"))?
+        }
+    };
+    let kernel = v
+        .get("kernel")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    let list = v
+        .get("scenarios")
+        .and_then(Value::as_array)
+        .context("the JSON has no `scenarios` array")?;
+    let int = |s: &Value, k: &str| {
+        s.get(k)
+            .and_then(|x| x.as_i64().or_else(|| x.as_f64().map(|f| f as i64)))
+            .unwrap_or(0)
+    };
+    let scenarios = list
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Scenario {
+            name: s
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("#{i}")),
+            pinned: int(s, "pinned_pages"),
+            unpinned: int(s, "unpinned_pages"),
+            vmstat_acquired: int(s, "vmstat_acquired"),
+            vmstat_released: int(s, "vmstat_released"),
+            exact: s.get("exact").and_then(Value::as_bool).unwrap_or(false),
+            // Missing means "expected": a scenario must opt out of pinning.
+            pins_expected: s
+                .get("pins_expected")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            note: s
+                .get("note")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            self_verdict: s.get("passed").and_then(Value::as_bool),
+            mismatches: s
+                .get("mismatches")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .chain(
+                    s.get("error")
+                        .and_then(Value::as_str)
+                        .map(|e| format!("error: {e}")),
+                )
+                .collect(),
+        })
+        .collect();
+    Ok(Report { kernel, scenarios })
+}
+
+/// Renders a report as an aligned table.
+pub fn table(report: &Report) -> String {
+    let header = [
+        "scenario",
+        "pinned",
+        "unpinned",
+        "vmstat acq/rel",
+        "verdict",
+        "note",
+    ];
+    let rows: Vec<[String; 6]> = report
+        .scenarios
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.pinned.to_string(),
+                s.unpinned.to_string(),
+                format!("{}/{}", s.vmstat_acquired, s.vmstat_released),
+                if s.passed() {
+                    "PASS".into()
+                } else {
+                    "FAIL".into()
+                },
+                s.explanation(),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut s = String::from("  ");
+        for (i, c) in cells.iter().enumerate() {
+            if i == cells.len() - 1 {
+                s.push_str(c);
+            } else if (1..=3).contains(&i) {
+                s.push_str(&format!("{c:>w$}  ", w = width[i]));
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header.map(String::from));
+    let mut rule = width.map(|w| "-".repeat(w));
+    // The note column is free text: underline its title only.
+    rule[5] = "-".repeat(header[5].len());
+    out.push_str(&line(&rule));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// Totals of the run.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    /// Counts a failure; prints it in full now and keeps a one-line form
+    /// (with the console log's path) for the summary.
+    fn fail(&mut self, what: String) {
+        println!("FAILED: {what}");
+        self.failed += 1;
+        let first = what
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(';')
+            .to_string();
+        let log = what
+            .lines()
+            .find_map(|l| l.split("full console log: ").nth(1))
+            .filter(|_| !first.contains("full console log: "));
+        self.failures.push(match log {
+            Some(path) => format!("{first} (console log: {path})"),
+            None => first,
+        });
+    }
+}
+
+fn banner(step: usize, total: usize, what: &str) {
+    println!("\n==== [{step}/{total}] {what} ====");
+}
+
+/// Runs the whole suite; `Ok(true)` when everything passed.
+pub fn run(o: &TestOptions) -> Result<bool> {
+    let aliases: Vec<kernels::KernelAlias> = if o.kernels.is_empty() {
+        kernels::MATRIX.to_vec()
+    } else {
+        o.kernels
+            .iter()
+            .map(|k| {
+                kernels::alias(k).with_context(|| {
+                    format!(
+                        "unknown kernel `{k}` in --kernels (known: {})",
+                        kernels::alias_names()
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let total = 3 + aliases.len();
+    let mut t = Tally::default();
+    let started = Instant::now();
+
+    banner(1, total, "setup");
+    if o.skip_setup {
+        println!("skipped (--skip-setup)");
+    } else if let Err(e) = setup::run(&SetupOptions {
+        refresh: false,
+        no_kernels: true,
+    }) {
+        t.fail(format!("setup: {e:#}"));
+    }
+
+    banner(2, total, "unit tests: cargo test --workspace");
+    if o.skip_unit {
+        println!("skipped (--skip-unit)");
+    } else {
+        let mut cmd = Command::new(util::cargo());
+        cmd.current_dir(util::workspace_root())
+            .args(["test", "--workspace"]);
+        if let Err(e) = util::run(&mut cmd) {
+            t.fail(format!("unit tests: {e:#}"));
+        }
+    }
+
+    banner(3, total, "build static gupwatch");
+    let gupwatch = match binary::build_static_gupwatch() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            t.fail(format!("build: {e:#}"));
+            None
+        }
+    };
+
+    for (i, a) in aliases.iter().enumerate() {
+        banner(
+            4 + i,
+            total,
+            &format!(
+                "kernel {} (Debian {}): gupwatch check --json",
+                a.name, a.suite
+            ),
+        );
+        let Some(bin) = &gupwatch else {
+            t.fail(format!(
+                "kernel {}: not run, gupwatch did not build",
+                a.name
+            ));
+            continue;
+        };
+        let kernel = match util::cache_dir()
+            .and_then(|c| kernels::ensure(&c, *a, Flavour::Cloud, false).map(|m| m.boot_kernel(&c)))
+        {
+            Ok(k) => k,
+            Err(e) => {
+                t.fail(format!("kernel {}: could not fetch it: {e:#}", a.name));
+                continue;
+            }
+        };
+        let mut run = VmRun::new(kernel, "gupwatch check --json");
+        run.gupwatch = Some(bin.clone());
+        run.timeout = o.timeout;
+        run.echo = ConsoleEcho::None;
+        run.stream_stdout = false;
+        run.tag = format!("test {}", a.name);
+        let outcome = match run.run() {
+            Ok(out) => out,
+            Err(e) => {
+                if e.downcast_ref::<util::Interrupted>().is_some() {
+                    return Err(e);
+                }
+                t.fail(format!("kernel {}: {e:#}", a.name));
+                continue;
+            }
+        };
+        println!(
+            "{} in {:.0} s ({}, /init after {:.1} s), exit status {}; console log: {}",
+            a.name,
+            outcome.elapsed.as_secs_f64(),
+            outcome.accel,
+            outcome.boot_time.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            outcome.status,
+            outcome.console_log.display()
+        );
+        let stdout = String::from_utf8_lossy(&outcome.stdout);
+        match parse_report(&stdout) {
+            Ok(report) => {
+                println!("guest kernel: {}", report.kernel);
+                print!("{}", table(&report));
+                let mut all_ok = true;
+                if report.scenarios.is_empty() {
+                    t.fail(format!("kernel {}: the report lists no scenarios", a.name));
+                    all_ok = false;
+                }
+                for s in &report.scenarios {
+                    if s.passed() {
+                        t.passed += 1;
+                    } else {
+                        all_ok = false;
+                        t.failed += 1;
+                        t.failures.push(format!("kernel {}: scenario {}", a.name, s.name));
+                    }
+                }
+                if outcome.status != 0 && all_ok {
+                    t.fail(format!("kernel {}: gupwatch check exited with status {}", a.name, outcome.status));
+                }
+            }
+            Err(e) => t.fail(format!(
+                "kernel {}: gupwatch check exited with status {} and its output is not a report: {e:#}; console log: {}",
+                a.name,
+                outcome.status,
+                outcome.console_log.display()
+            )),
+        }
+    }
+
+    println!(
+        "\n==== summary ({:.0} s) ====",
+        started.elapsed().as_secs_f64()
+    );
+    for f in &t.failures {
+        println!("  failed: {f}");
+    }
+    println!("{} passed, {} failed", t.passed, t.failed);
+    Ok(t.failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"kernel":"6.12.117+deb13-cloud-amd64","scenarios":[
+        {"name":"odirect_read","pinned_pages":256,"unpinned_pages":256,"vmstat_acquired":256,"vmstat_released":256,"exact":true,"pins_expected":true,"note":"","extra":1},
+        {"name":"plain_read","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":0,"vmstat_released":0,"exact":true,"pins_expected":false,"note":"no pins expected"},
+        {"name":"vmsplice","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":4,"vmstat_released":4,"exact":false,"pins_expected":true,"note":"probe missed"},
+        {"name":"silent","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":0,"vmstat_released":0,"exact":true,"pins_expected":true,"note":""},
+        {"name":"leak","pinned_pages":256,"unpinned_pages":0,"vmstat_acquired":256,"vmstat_released":0,"exact":true,"pins_expected":true,"note":"","passed":false,"mismatches":["expected a leak"],"error":null},
+        {"name":"own_pass","pinned_pages":9,"unpinned_pages":9,"vmstat_acquired":9,"vmstat_released":9,"exact":true,"pins_expected":true,"note":"","passed":true,"mismatches":[]}
+    ]}"#;
+
+    #[test]
+    fn parses_and_judges() {
+        let r = parse_report(SAMPLE).unwrap();
+        assert_eq!(r.kernel, "6.12.117+deb13-cloud-amd64");
+        let verdicts: Vec<bool> = r.scenarios.iter().map(Scenario::passed).collect();
+        assert_eq!(verdicts, vec![true, true, false, false, false, true]);
+        assert_eq!(r.scenarios[4].explanation(), "expected a leak");
+        assert_eq!(r.scenarios[3].explanation(), "no pins seen");
+        assert_eq!(
+            r.scenarios[2].explanation(),
+            "probe missed; counts differ from /proc/vmstat"
+        );
+        assert_eq!(r.scenarios[5].self_verdict, Some(true));
+        assert_eq!(r.scenarios[0].pinned, 256);
+        assert_eq!(r.scenarios[1].note, "no pins expected");
+    }
+
+    #[test]
+    fn tolerates_surrounding_text() {
+        let noisy = format!("warning: something\n{SAMPLE}\n");
+        assert_eq!(parse_report(&noisy).unwrap().scenarios.len(), 6);
+        assert!(parse_report("no json here").is_err());
+        assert!(parse_report(r#"{"kernel":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let r = parse_report(SAMPLE).unwrap();
+        let t = table(&r);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + 6);
+        assert_eq!(lines[1].trim_end().rsplit("  ").next(), Some("----"));
+        assert!(lines[0].starts_with("  scenario"));
+        assert!(lines[2].contains("odirect_read") && lines[2].contains("PASS"));
+        assert!(lines[4].contains("FAIL") && lines[4].ends_with("counts differ from /proc/vmstat"));
+        // The verdict column starts at the same offset on every row.
+        let col = lines[0].find("verdict").unwrap();
+        for l in &lines[2..] {
+            assert!(
+                l[col..].starts_with("PASS") || l[col..].starts_with("FAIL"),
+                "{l}"
+            );
+        }
+    }
+}
