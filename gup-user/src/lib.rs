@@ -15,6 +15,7 @@
 //!    `gupwatch` binary.
 
 pub mod attribution;
+pub mod bench;
 pub mod btf;
 pub mod check;
 pub mod host;

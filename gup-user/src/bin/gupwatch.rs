@@ -88,6 +88,20 @@ enum Command {
         #[arg(long, default_value_t = gupwatch::metrics::DEFAULT_TOP_PROCESSES)]
         top_processes: usize,
     },
+    /// Repeat one pinning operation and print operations per second (for
+    /// `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchWorkload {
+        /// The operation.
+        #[arg(long, value_enum)]
+        kind: gupwatch::bench::BenchKind,
+        /// How long to run.
+        #[arg(long, default_value = "5")]
+        seconds: f64,
+        /// Directory on a filesystem that supports O_DIRECT.
+        #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
+        scratch: PathBuf,
+    },
     /// Generate a pinning workload (for demos and benchmarks).
     Workload {
         /// How long to run.
@@ -141,6 +155,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
         Some(Command::Run { listen, top_processes }) => serve(&listen, top_processes),
+        Some(Command::BenchWorkload { kind, seconds, scratch }) => {
+            let stop = stop_flag()?;
+            let r = gupwatch::bench::run(kind, &scratch, Duration::from_secs_f64(seconds.max(0.1)), &stop)
+                .context("benchmark workload failed")?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Workload { hold: Some(secs), scratch, .. }) => {
             let stop = stop_flag()?;
             let mut held = scenarios::builtin(&scratch)
