@@ -6,7 +6,10 @@
 //! the trampoline. Whatever happens is written back into the plan.
 
 use aya::{
-    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    programs::{
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId, FEntry, FExit, KProbe, ProgramError,
+        TracePoint,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use gup_common::Api;
@@ -40,6 +43,23 @@ pub struct Probes {
     pub maps: StatsMaps,
     /// Capacity the tracking map was created with.
     pub track_capacity: u32,
+    /// The links of every attached hook, so they can be cycled.
+    links: Vec<HookLinks>,
+}
+
+/// The kernel links of one attached hook.
+enum Links {
+    Fentry(FEntryLinkId, Option<FExitLinkId>),
+    Kprobe(KProbeLinkId, Option<KProbeLinkId>),
+}
+
+struct HookLinks {
+    idx: u32,
+    symbol: String,
+    with_exit: bool,
+    mechanism: Mechanism,
+    /// `None` while detached.
+    links: Option<Links>,
 }
 
 /// How the probes are loaded.
@@ -89,6 +109,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let btf = Btf::from_sys_fs().ok();
 
     let debug = std::env::var_os("GUPWATCH_DEBUG").is_some();
+    let mut all_links = vec![];
     for hook in plan.hooks.iter_mut() {
         let (Some(mechanism), Some(symbol)) = (hook.mechanism, hook.symbol.clone()) else {
             continue;
@@ -101,14 +122,14 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         let with_exit = !matches!(hook.api.kind(), gup_common::ApiKind::SlowPath | gup_common::ApiKind::Undo);
         let result = match (mechanism, &btf) {
             (Mechanism::Fentry, Some(btf)) => match attach_fentry(&mut ebpf, idx, &symbol, btf, with_exit) {
-                Ok(()) => Ok(Mechanism::Fentry),
+                Ok(l) => Ok((Mechanism::Fentry, l)),
                 Err(e) => {
                     let fentry_err = describe(&e, &format!("{}-fentry", hook.function));
                     detach(&mut ebpf, idx, Mechanism::Fentry);
                     match attach_kprobe(&mut ebpf, idx, &symbol, with_exit) {
-                        Ok(()) => {
+                        Ok(l) => {
                             hook.reason = format!("fentry refused ({fentry_err}): fell back to kprobe");
-                            Ok(Mechanism::Kprobe)
+                            Ok((Mechanism::Kprobe, l))
                         }
                         Err(k) => Err(format!(
                             "fentry: {fentry_err}; kprobe: {}",
@@ -119,13 +140,14 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
             },
             (Mechanism::Fentry, None) => Err("fentry planned but kernel BTF could not be loaded".into()),
             (Mechanism::Kprobe, _) => attach_kprobe(&mut ebpf, idx, &symbol, with_exit)
-                .map(|()| Mechanism::Kprobe)
+                .map(|l| (Mechanism::Kprobe, l))
                 .map_err(|e| format!("kprobe: {}", describe(&e, &format!("{}-kprobe", hook.function)))),
         };
         match result {
-            Ok(m) => {
+            Ok((m, l)) => {
                 hook.mechanism = Some(m);
                 hook.status = HookStatus::Attached;
+                all_links.push(HookLinks { idx, symbol, with_exit, mechanism: m, links: Some(l) });
             }
             Err(e) => {
                 detach(&mut ebpf, idx, Mechanism::Kprobe);
@@ -134,22 +156,73 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         }
     }
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
-    Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1) })
+    Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1), links: all_links })
 }
 
 fn prog_name(prefix: &str, idx: u32) -> String {
     format!("{prefix}_{idx}")
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf, with_exit: bool) -> Result<(), ProgramError> {
-    if with_exit {
+fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf, with_exit: bool) -> Result<Links, ProgramError> {
+    let fx = if with_exit {
         let fx: &mut FExit = program(ebpf, &prog_name("fx", idx))?.try_into()?;
         fx.load(symbol, btf)?;
-        fx.attach()?;
-    }
+        Some(fx.attach()?)
+    } else {
+        None
+    };
     let fe: &mut FEntry = program(ebpf, &prog_name("fe", idx))?.try_into()?;
     fe.load(symbol, btf)?;
-    fe.attach()?;
+    Ok(Links::Fentry(fe.attach()?, fx))
+}
+
+/// Attaches already-loaded programs again (after [`Probes::detach_all`]).
+fn reattach(ebpf: &mut Ebpf, h: &HookLinks) -> Result<Links, ProgramError> {
+    match h.mechanism {
+        Mechanism::Fentry => {
+            let fx = if h.with_exit {
+                let fx: &mut FExit = program(ebpf, &prog_name("fx", h.idx))?.try_into()?;
+                Some(fx.attach()?)
+            } else {
+                None
+            };
+            let fe: &mut FEntry = program(ebpf, &prog_name("fe", h.idx))?.try_into()?;
+            Ok(Links::Fentry(fe.attach()?, fx))
+        }
+        Mechanism::Kprobe => {
+            let kr = if h.with_exit {
+                let kr: &mut KProbe = program(ebpf, &prog_name("kr", h.idx))?.try_into()?;
+                Some(kr.attach(&h.symbol, 0)?)
+            } else {
+                None
+            };
+            let kp: &mut KProbe = program(ebpf, &prog_name("kp", h.idx))?.try_into()?;
+            Ok(Links::Kprobe(kp.attach(&h.symbol, 0)?, kr))
+        }
+    }
+}
+
+/// Detaches one hook's links, entry first (so no call is entered without
+/// its exit being seen).
+fn detach_links(ebpf: &mut Ebpf, idx: u32, links: Links) -> Result<(), ProgramError> {
+    match links {
+        Links::Fentry(fe, fx) => {
+            let p: &mut FEntry = program(ebpf, &prog_name("fe", idx))?.try_into()?;
+            p.detach(fe)?;
+            if let Some(fx) = fx {
+                let p: &mut FExit = program(ebpf, &prog_name("fx", idx))?.try_into()?;
+                p.detach(fx)?;
+            }
+        }
+        Links::Kprobe(kp, kr) => {
+            let p: &mut KProbe = program(ebpf, &prog_name("kp", idx))?.try_into()?;
+            p.detach(kp)?;
+            if let Some(kr) = kr {
+                let p: &mut KProbe = program(ebpf, &prog_name("kr", idx))?.try_into()?;
+                p.detach(kr)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -160,16 +233,17 @@ fn attach_exit_tracepoint(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
     Ok(())
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, idx: u32, symbol: &str, with_exit: bool) -> Result<(), ProgramError> {
-    if with_exit {
+fn attach_kprobe(ebpf: &mut Ebpf, idx: u32, symbol: &str, with_exit: bool) -> Result<Links, ProgramError> {
+    let kr = if with_exit {
         let kr: &mut KProbe = program(ebpf, &prog_name("kr", idx))?.try_into()?;
         kr.load()?;
-        kr.attach(symbol, 0)?;
-    }
+        Some(kr.attach(symbol, 0)?)
+    } else {
+        None
+    };
     let kp: &mut KProbe = program(ebpf, &prog_name("kp", idx))?.try_into()?;
     kp.load()?;
-    kp.attach(symbol, 0)?;
-    Ok(())
+    Ok(Links::Kprobe(kp.attach(symbol, 0)?, kr))
 }
 
 /// Unloads a half-attached hook so a fallback starts clean.
@@ -267,6 +341,29 @@ fn raise_memlock_limit() {
 }
 
 impl Probes {
+    /// Detaches every hook; the programs stay loaded, so
+    /// [`Probes::reattach_all`] is cheap (no verifier run). Used by the
+    /// stress suite's attach/detach cycles.
+    pub fn detach_all(&mut self) -> Result<(), ProgramError> {
+        for h in self.links.iter_mut() {
+            if let Some(l) = h.links.take() {
+                detach_links(&mut self._ebpf, h.idx, l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches again every hook [`Probes::detach_all`] detached.
+    pub fn reattach_all(&mut self) -> Result<(), ProgramError> {
+        for i in 0..self.links.len() {
+            if self.links[i].links.is_none() {
+                let l = reattach(&mut self._ebpf, &self.links[i])?;
+                self.links[i].links = Some(l);
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches hooks on module functions that were absent when the probes
     /// loaded (e.g. i915 loaded afterwards). Returns the functions attached.
     pub fn attach_late_modules(&mut self) -> Vec<&'static str> {
@@ -279,7 +376,14 @@ impl Probes {
             }
             let symbol = symbol.to_string();
             match attach_kprobe(&mut self._ebpf, hook.api as u32, &symbol, true) {
-                Ok(()) => {
+                Ok(l) => {
+                    self.links.push(HookLinks {
+                        idx: hook.api as u32,
+                        symbol: symbol.clone(),
+                        with_exit: true,
+                        mechanism: Mechanism::Kprobe,
+                        links: Some(l),
+                    });
                     hook.symbol = Some(symbol);
                     hook.mechanism = Some(Mechanism::Kprobe);
                     hook.reason = "module loaded after gupwatch started: kprobe".into();

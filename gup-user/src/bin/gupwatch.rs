@@ -11,15 +11,18 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use gup_common::{Api, ApiKind};
-use gupwatch::{check, host, loader, plan::ProbePlan, scenarios, vmstat};
+use gupwatch::{check, config::LogFormat, host, loader, plan::ProbePlan, scenarios, vmstat};
 
 /// Watch how this Linux host pins user memory: who calls pin_user_pages*()
 /// and get_user_pages*(), how many pages, and whether the kernel agrees.
 #[derive(Parser, Debug)]
 #[command(name = "gupwatch", version, about, long_about = None, after_help = "\
 Examples:
-  sudo gupwatch                 live summary every second (Ctrl-C to stop)
+  sudo gupwatch                 live view on a terminal (q to quit; ? for keys)
+  sudo gupwatch --plain         a summary line every second (Ctrl-C to stop)
   sudo gupwatch -i 5 -c 12      a summary every 5 s, twelve times
+  gupwatch top --connect HOST:PORT   the live view of a `gupwatch run` daemon
+  sudo gupwatch doctor          can gupwatch run here? what would fix it
   sudo gupwatch probes          what gets hooked on this kernel, and how
   sudo gupwatch check --json    pin through real syscalls and compare with /proc/vmstat")]
 struct Cli {
@@ -29,12 +32,39 @@ struct Cli {
     /// Stop after this many summaries.
     #[arg(short, long, global = true)]
     count: Option<u64>,
+    /// Print summary lines even on a terminal (they are the default when
+    /// stdout is not a terminal, or with --count).
+    #[arg(long)]
+    plain: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The live view: processes or call sites, rates, fast-path hit rate,
+    /// latency and leaks. Of this host's probes, or with --connect of a
+    /// `gupwatch run` daemon (its /api/snapshot).
+    Top {
+        /// A daemon's HOST:PORT (e.g. 127.0.0.1:10483).
+        #[arg(long, value_name = "HOST:PORT")]
+        connect: Option<String>,
+    },
+    /// Check whether gupwatch can run here and say what would fix it:
+    /// privileges, BTF, lockdown, BPF JIT, kprobes and fentry (tried, not
+    /// guessed), GUP functions, i915, /proc/vmstat. Exit status 0 full,
+    /// 1 partial or reduced, 2 cannot run.
+    Doctor {
+        /// Print one JSON object (schema documented in doctor.rs).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate shell completions or man pages (for packagers).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Pin pages through ordinary syscalls and check gupwatch's counts
     /// against the kernel's /proc/vmstat (exit status 1 if any differs).
     Check {
@@ -79,14 +109,60 @@ enum Command {
     /// Serve Prometheus metrics on /metrics (plus a status page, /healthz
     /// and /api/snapshot) until Ctrl-C or SIGTERM. Without probes, serves
     /// the kernel's /proc/vmstat counters and probe health only.
+    ///
+    /// Every flag can also be set in a TOML configuration file (--config,
+    /// default /etc/gupwatch/gupwatch.toml if present) under the flag's
+    /// name with underscores; flags win. SIGHUP re-reads the file and
+    /// applies top_processes, long_held and log_level at once (listen,
+    /// track_capacity and log_format need a restart).
     Run {
-        /// Address to listen on.
-        #[arg(long, default_value = gupwatch::http::DEFAULT_LISTEN)]
-        listen: String,
+        /// Address to listen on [default: 127.0.0.1:10483].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         /// Process names with their own gupwatch_process_pages_total series
-        /// (the rest are summed into comm="other").
-        #[arg(long, default_value_t = gupwatch::metrics::DEFAULT_TOP_PROCESSES)]
-        top_processes: usize,
+        /// (the rest are summed into comm="other") [default: 10].
+        #[arg(long, value_name = "N")]
+        top_processes: Option<usize>,
+        /// Pins held longer than this many seconds are long-held in
+        /// /api/snapshot?leaks=1 [default: 300].
+        #[arg(long, value_name = "SECS")]
+        long_held: Option<u64>,
+        /// Capacity of the pin tracking map, in folios [default: 65536].
+        #[arg(long, value_name = "FOLIOS")]
+        track_capacity: Option<u32>,
+        /// Log line format [default: text].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+        /// Log filter: a level (error, warn, info, debug, trace) or tracing
+        /// directives such as gupwatch=debug,warn [default: info].
+        #[arg(long, value_name = "FILTER")]
+        log_level: Option<String>,
+        /// Configuration file (TOML).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// The in-guest part of `cargo xtask stress`: attach/detach cycles
+    /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
+    #[command(hide = true)]
+    Stress {
+        /// Attach/detach cycles.
+        #[arg(long, default_value = "200")]
+        cycles: u32,
+        /// Pin storm processes.
+        #[arg(long, default_value = "2")]
+        storm_procs: u32,
+        /// Milliseconds the storm runs per attached interval.
+        #[arg(long, default_value = "40")]
+        window_ms: u64,
+        /// gupwatch processes to start and SIGKILL.
+        #[arg(long, default_value = "3")]
+        kill_rounds: u32,
+        /// Tracking map capacity (small, so the storm overflows it).
+        #[arg(long, default_value = "128")]
+        track_capacity: u32,
+        /// Directory on ext4 for the storm's direct I/O.
+        #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
+        scratch: PathBuf,
     },
     /// Repeat one pinning operation and print operations per second (for
     /// `cargo xtask bench`).
@@ -148,13 +224,31 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        None => watch(cli.interval, cli.count),
+        None => watch(cli.interval, cli.count, cli.plain),
         Some(Command::Probes { json, dry_run }) => probes(json, dry_run),
         Some(Command::Check { json, scratch, track_capacity }) => run_check(json, &scratch, track_capacity),
         Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
-        Some(Command::Run { listen, top_processes }) => serve(&listen, top_processes),
+        Some(Command::Run { listen, top_processes, long_held, track_capacity, log_format, log_level, config }) => {
+            let flags = gupwatch::config::RunOptions { listen, top_processes, long_held, track_capacity, log_format, log_level };
+            serve(flags, config.as_deref())
+        }
+        Some(Command::Top { connect }) => top(cli.interval, connect),
+        Some(Command::Doctor { json }) => doctor(json),
+        Some(Command::Generate { what }) => generate(what),
+        Some(Command::Stress { cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
+            let r = gupwatch::stress::run(&gupwatch::stress::StressOptions {
+                cycles,
+                storm_procs,
+                window: Duration::from_millis(window_ms),
+                kill_rounds,
+                track_capacity,
+                scratch,
+            });
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(if r.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Some(Command::BenchWorkload { kind, seconds, scratch }) => {
             let stop = stop_flag()?;
             let r = gupwatch::bench::run(kind, &scratch, Duration::from_secs_f64(seconds.max(0.1)), &stop)
@@ -235,39 +329,156 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
 }
 
 /// `gupwatch run`: metrics over HTTP until SIGINT/SIGTERM, then exit 0
-/// with the probes detached (dropping them detaches).
-fn serve(listen: &str, top_processes: usize) -> Result<ExitCode> {
-    use gupwatch::{http, metrics};
+/// with the probes detached (dropping them detaches). Logs through
+/// `tracing`; SIGHUP re-reads the configuration file.
+fn serve(flags: gupwatch::config::RunOptions, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    use gupwatch::{config::RunOptions, http, leaks::LeakPolicy, metrics};
+    let config_path = RunOptions::locate(config);
+    let file = match &config_path {
+        Some(p) => RunOptions::load(p)?,
+        None => RunOptions::default(),
+    };
+    let mut settings = RunOptions::resolve(&flags, &file);
+    let log = init_logging(settings.log_format, &settings.log_level)?;
+    // Before anything slow: SIGHUP's default action would end the daemon.
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .context("cannot install the SIGHUP handler")?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string()),
+        settings = %settings.describe(),
+        "starting"
+    );
     // Bind first: a busy port should fail before anything is loaded.
-    let server = http::Server::bind(listen, http::ServerConfig::default())
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let server = http::Server::bind(settings.listen.as_str(), http::ServerConfig::default())
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let plan = resolve_plan()?;
-    let (probes, load_err) = match loader::load(plan.clone()) {
+    let opts = loader::LoadOptions { track_pins: true, track_capacity: settings.track_capacity };
+    let (probes, load_err) = match loader::load_with(plan.clone(), opts) {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
     if attached == 0 {
-        let findings = host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref());
-        eprintln!(
-            "gupwatch: this kernel ({}) will not run gupwatch's probes:\n{}\nServing the kernel's /proc/vmstat counters and probe health only (reduced mode).",
-            plan.kernel,
-            host::render(&findings)
+        for f in host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref()).iter().filter(|f| !f.ok) {
+            tracing::warn!(check = f.check, detail = %f.detail, fix = f.fix.as_deref().unwrap_or(""), "probe check failed");
+        }
+        tracing::warn!(
+            kernel = %plan.kernel,
+            "this kernel will not run gupwatch's probes: serving the kernel's /proc/vmstat counters and probe health only (reduced mode); `gupwatch doctor` explains"
         );
     }
     let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
     let probes = probes.filter(|_| attached > 0);
-    let collector = metrics::Collector::new(probes, &plan, metrics::Settings { top_processes });
+    let mut collector = metrics::Collector::new(
+        probes,
+        &plan,
+        metrics::Settings { top_processes: settings.top_processes, ..metrics::Settings::default() },
+    );
+    collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
+    let app = Arc::new(http::App::new(collector));
     // Installed only now: until here the default action of SIGINT/SIGTERM
     // (exit, which detaches whatever was attached) ends a slow load at once.
     let stop = stop_flag()?;
-    eprintln!(
-        "gupwatch: {attached} hooks attached; serving http://{}/metrics (Ctrl-C to stop)",
-        server.local_addr()?
-    );
-    server.run(Arc::new(http::App::new(collector)), &stop).context("metrics server")?;
-    eprintln!("gupwatch: stopped; probes detached.");
+    tracing::info!(hooks_attached = attached, url = %format!("http://{}/metrics", server.local_addr()?), "serving");
+    // Reloads run beside the server, which never waits for them.
+    let reloader = {
+        let (app, stop) = (Arc::clone(&app), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("gupwatch-reload".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if reload.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        settings = reload_config(&flags, config_path.as_deref(), &settings, &app, &log);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .context("cannot start the reload thread")?
+    };
+    let handler: Arc<dyn http::Handler> = Arc::clone(&app) as Arc<dyn http::Handler>;
+    let served = server.run(handler, &stop).context("metrics server");
+    let _ = reloader.join();
+    // The last reference: the collector and its probes go with it.
+    drop(app);
+    served?;
+    tracing::info!(hooks_detached = attached, "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the configuration on SIGHUP and applies what can change live;
+/// returns the settings now in force. A bad file changes nothing.
+fn reload_config(
+    flags: &gupwatch::config::RunOptions,
+    explicit: Option<&std::path::Path>,
+    current: &gupwatch::config::RunSettings,
+    app: &gupwatch::http::App,
+    log: &LogHandle,
+) -> gupwatch::config::RunSettings {
+    use gupwatch::{config::RunOptions, leaks::LeakPolicy, metrics};
+    let Some(path) = RunOptions::locate(explicit) else {
+        tracing::info!(default = gupwatch::config::DEFAULT_PATH, "SIGHUP: no configuration file; nothing to reload");
+        return current.clone();
+    };
+    let file = match RunOptions::load(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the settings in force stay");
+            return current.clone();
+        }
+    };
+    let new = RunOptions::resolve(flags, &file);
+    let plan = current.reload_plan(&new);
+    let mut next = current.reloaded(&new);
+    if next.log_level != current.log_level {
+        if let Err(e) = log.set_level(&next.log_level) {
+            tracing::error!(error = %format!("{e:#}"), "SIGHUP: log_level not changed");
+            next.log_level = current.log_level.clone();
+        }
+    }
+    app.update(|c| {
+        c.set_settings(metrics::Settings { top_processes: next.top_processes, ..c.settings() });
+        c.set_leak_policy(LeakPolicy { long_held: next.long_held, ..c.leak_policy().clone() });
+    });
+    tracing::info!(path = %path.display(), applied = ?plan.applied, "configuration reloaded");
+    if !plan.needs_restart.is_empty() {
+        tracing::warn!(keys = ?plan.needs_restart, "changed in the configuration, but only a restart applies them");
+    }
+    next
+}
+
+/// Changes the running logger's filter (SIGHUP).
+struct LogHandle(tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>);
+
+impl LogHandle {
+    fn set_level(&self, level: &str) -> Result<()> {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("bad log filter {level:?}"))?;
+        self.0.reload(filter).context("cannot change the log filter")
+    }
+}
+
+/// Installs the `tracing` subscriber for `gupwatch run`: text or JSON lines
+/// on stderr (journald takes stderr under systemd and stamps each line, so
+/// text lines carry no time of their own there).
+fn init_logging(format: LogFormat, level: &str) -> Result<LogHandle> {
+    use tracing_subscriber::{fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+    let filter = EnvFilter::try_new(level).with_context(|| format!("bad --log-level {level:?}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let installed = match format {
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_current_span(false).with_span_list(false).with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Text if journald => {
+            registry.with(fmt::layer().without_time().with_ansi(false).with_writer(std::io::stderr)).try_init()
+        }
+        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init(),
+    };
+    installed.context("cannot install the logger")?;
+    Ok(LogHandle(handle))
 }
 
 fn resolve_plan() -> Result<ProbePlan> {
@@ -314,9 +525,13 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32) -> Resu
     Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The default mode: a periodic summary, or the reduced mode with a
-/// diagnosis when this kernel will not run the probes.
-fn watch(interval: Duration, count: Option<u64>) -> Result<ExitCode> {
+/// The default mode: the live view on a terminal; else a periodic
+/// summary, or the reduced mode with a diagnosis when this kernel will
+/// not run the probes.
+fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode> {
+    if !plain && count.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return top(interval, None);
+    }
     let stop = stop_flag()?;
     let plan = resolve_plan()?;
     let (probes, load_err) = match loader::load(plan.clone()) {
@@ -403,5 +618,92 @@ fn watch(interval: Duration, count: Option<u64>) -> Result<ExitCode> {
         "total: {} pages pinned in {} calls, {} unpinned, {} FOLL_GET references; detaching.",
         total.pinned_pages, total.pin_calls, total.unpinned_pages, total.referenced_pages
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gupwatch top` (and `gupwatch` on a terminal): the live view.
+fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
+    use gupwatch::{metrics, tui, tui::source};
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("the live view needs a terminal on stdout; `gupwatch --plain` (or --count N) prints summary lines");
+    }
+    // In raw mode Ctrl-C arrives as a key; these cover kill(1) and a
+    // closed terminal, and the view restores the terminal on its way out.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+    }
+    let (src, source_label, diagnosis): (Box<dyn source::Source>, String, Vec<String>) = match connect {
+        Some(addr) => (Box::new(source::RemoteSource::new(addr.clone(), Duration::from_secs(5))), addr, vec![]),
+        None => {
+            eprintln!("gupwatch: loading probes...");
+            let plan = resolve_plan()?;
+            let (probes, load_err) = match loader::load(plan.clone()) {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
+            let diagnosis = if attached == 0 {
+                host::render(&host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref()))
+                    .lines()
+                    .map(String::from)
+                    .collect()
+            } else {
+                vec![]
+            };
+            let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
+            let probes = probes.filter(|_| attached > 0);
+            let collector = metrics::Collector::new(probes, &plan, metrics::Settings::default());
+            (Box::new(source::LocalSource::new(collector)), "local".into(), diagnosis)
+        }
+    };
+    tui::run(src, tui::Options { interval, source_label, diagnosis }, &stop).context("live view")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gupwatch doctor`.
+fn doctor(json: bool) -> Result<ExitCode> {
+    let report = gupwatch::doctor::evaluate(&gupwatch::doctor::Facts::gather());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::from(report.exit_code))
+}
+
+#[derive(Subcommand, Debug)]
+enum Generate {
+    /// A shell completion script, on stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Man pages: gupwatch(1) on stdout, or with --dir one page per
+    /// subcommand (gupwatch-run.1, ...) written there.
+    Man {
+        /// Directory to write the pages into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `gupwatch generate`: completions and man pages from the clap definition.
+fn generate(what: Generate) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match what {
+        Generate::Completions { shell } => {
+            clap_complete::generate(shell, &mut cmd.clone(), "gupwatch", &mut std::io::stdout());
+        }
+        Generate::Man { dir: None } => {
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("cannot write the man page")?;
+        }
+        Generate::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir).with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,290 @@
+//! The in-guest half of `cargo xtask stress`: attach/detach cycles under a
+//! pin storm, exactness per attached interval, SIGKILL of a running
+//! gupwatch with a check that nothing of it stays in the kernel, and a
+//! tracking map too small for the storm.
+//!
+//! Exactness needs a quiet moment at both ends of each attached interval,
+//! so the storm's processes are stopped (SIGSTOP) at those moments and run
+//! (SIGCONT) in between: they pin while gupwatch is attached, and while it
+//! is detached.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{
+    loader::{self, LoadOptions, Probes},
+    model::Snapshot,
+    plan::ProbePlan,
+    vmstat,
+};
+
+/// What to do.
+#[derive(Clone, Debug)]
+pub struct StressOptions {
+    /// Attach/detach cycles.
+    pub cycles: u32,
+    /// Storm processes (one per CPU is a good start).
+    pub storm_procs: u32,
+    /// How long the storm runs in each attached interval.
+    pub window: Duration,
+    /// Times a separate gupwatch is started and SIGKILLed.
+    pub kill_rounds: u32,
+    /// Tracking map capacity (small, to exhaust it).
+    pub track_capacity: u32,
+    /// Scratch directory on ext4 for the direct I/O part of the storm.
+    pub scratch: PathBuf,
+}
+
+/// What happened.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StressReport {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Attach/detach cycles completed.
+    pub cycles: u32,
+    /// Pins gupwatch saw in the attached intervals.
+    pub pins_observed: u64,
+    /// Pins the kernel counted in those intervals.
+    pub kernel_pins: u64,
+    /// Largest |gupwatch − kernel| of pins or unpins in any interval.
+    pub max_gap: u64,
+    /// Intervals that were not exact.
+    pub inexact_intervals: u32,
+    /// Intervals whose counters did not settle (storm still pinning).
+    pub unsettled_intervals: u32,
+    /// Pins the tracking map could not record (it is sized to overflow).
+    pub untracked_pins: u64,
+    /// SIGKILL rounds completed.
+    pub kill_rounds: u32,
+    /// gupwatch programs still loaded after each SIGKILL (should be 0).
+    pub leftover_programs: Vec<usize>,
+    /// Problems that stopped part of the run.
+    pub errors: Vec<String>,
+}
+
+impl StressReport {
+    /// Whether the run met every condition.
+    pub fn passed(&self) -> bool {
+        self.errors.is_empty()
+            && self.inexact_intervals == 0
+            && self.leftover_programs.iter().all(|n| *n == 0)
+            && self.untracked_pins > 0
+            && self.pins_observed > 0
+    }
+}
+
+/// Names gupwatch gives its programs (the kernel keeps 15 characters).
+fn is_ours(name: &str) -> bool {
+    name.starts_with("sched_process_e")
+        || ["fe_", "fx_", "kp_", "kr_"]
+            .iter()
+            .any(|p| name.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// gupwatch programs loaded in the kernel right now (BPF_PROG_GET_NEXT_ID).
+pub fn loaded_gupwatch_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(is_ours))
+        .count()
+}
+
+struct Storm {
+    children: Vec<Child>,
+}
+
+impl Storm {
+    fn start(n: u32, scratch: &Path) -> std::io::Result<Storm> {
+        let exe = std::env::current_exe()?;
+        // One member holds a registered buffer for the whole run, so the
+        // (deliberately small) tracking map overflows.
+        let mut children = vec![Command::new(&exe)
+            .args(["workload", "--hold", "100000", "--scratch"])
+            .arg(scratch)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?];
+        for _ in 0..n {
+            children.push(
+                Command::new(&exe)
+                    .args(["workload", "--seconds", "100000", "--scratch"])
+                    .arg(scratch)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        Ok(Storm { children })
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        for c in &self.children {
+            // SAFETY: kill(2) on our own children.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        for c in self.children.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn quiet(probes: &Probes) -> Result<(Snapshot, vmstat::FollPinCounters, bool), String> {
+    let opts = vmstat::SettleOptions { quiet: Duration::from_millis(80), timeout: Duration::from_secs(3), ..Default::default() };
+    for _ in 0..5 {
+        let s = vmstat::settle(&opts).map_err(|e| e.to_string())?;
+        let snap = probes.maps.snapshot().map_err(|e| e.to_string())?;
+        let after = vmstat::read(true).map_err(|e| e.to_string())?;
+        if after == s.counters {
+            return Ok((snap, after, s.settled));
+        }
+    }
+    Err("the kernel's counters never held still around a snapshot".into())
+}
+
+/// Runs the stress suite inside the guest.
+pub fn run(opts: &StressOptions) -> StressReport {
+    let mut r = StressReport { kernel: crate::plan::kernel_release(), ..Default::default() };
+
+    // SIGKILL rounds first, while this process holds no programs, so any
+    // gupwatch program left afterwards is a leftover.
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            r.errors.push(format!("cannot find own executable: {e}"));
+            return r;
+        }
+    };
+    for _ in 0..opts.kill_rounds {
+        let mut child = match Command::new(&exe).args(["-i", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                r.errors.push(format!("cannot start gupwatch: {e}"));
+                break;
+            }
+        };
+        let t0 = Instant::now();
+        while loaded_gupwatch_programs() < 10 && t0.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Programs are freed when their last fd closes; give RCU a moment.
+        let t1 = Instant::now();
+        let mut left = loaded_gupwatch_programs();
+        while left > 0 && t1.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+            left = loaded_gupwatch_programs();
+        }
+        r.leftover_programs.push(left);
+        r.kill_rounds += 1;
+    }
+
+    let plan = match ProbePlan::for_running_kernel() {
+        Ok(p) => p,
+        Err(e) => {
+            r.errors.push(e.to_string());
+            return r;
+        }
+    };
+    let mut probes = match loader::load_with(plan, LoadOptions { track_pins: true, track_capacity: opts.track_capacity }) {
+        Ok(p) => p,
+        Err(e) => {
+            r.errors.push(e.to_string());
+            return r;
+        }
+    };
+    let storm = match Storm::start(opts.storm_procs, &opts.scratch) {
+        Ok(s) => s,
+        Err(e) => {
+            r.errors.push(format!("cannot start the pin storm: {e}"));
+            return r;
+        }
+    };
+    let first = probes.maps.snapshot().ok();
+    for _ in 0..opts.cycles {
+        storm.signal(libc::SIGSTOP);
+        let begin = quiet(&probes);
+        storm.signal(libc::SIGCONT);
+        std::thread::sleep(opts.window);
+        storm.signal(libc::SIGSTOP);
+        let end = quiet(&probes);
+        match (begin, end) {
+            (Ok((s0, v0, q0)), Ok((s1, v1, q1))) => {
+                let t = s1.since(&s0).totals();
+                let (acq, rel) = match v1.delta_since(&v0) {
+                    Ok(d) => (d.acquired, d.released),
+                    Err(e) => {
+                        r.errors.push(e.to_string());
+                        break;
+                    }
+                };
+                let gap = t.pinned_pages.abs_diff(acq).max(t.unpinned_pages.abs_diff(rel));
+                r.max_gap = r.max_gap.max(gap);
+                r.inexact_intervals += (gap != 0) as u32;
+                r.unsettled_intervals += (!q0 || !q1) as u32;
+                r.pins_observed += t.pinned_pages;
+                r.kernel_pins += acq;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                r.errors.push(e);
+                break;
+            }
+        }
+        // Detached, the storm runs unobserved for a moment: its pins are
+        // released later while attached, and must not upset the counts.
+        if let Err(e) = probes.detach_all() {
+            r.errors.push(format!("detach: {e}"));
+            break;
+        }
+        storm.signal(libc::SIGCONT);
+        std::thread::sleep(opts.window / 2);
+        storm.signal(libc::SIGSTOP);
+        if let Err(e) = probes.reattach_all() {
+            r.errors.push(format!("re-attach: {e}"));
+            break;
+        }
+        r.cycles += 1;
+    }
+    if let (Some(f), Ok(last)) = (first, probes.maps.snapshot()) {
+        r.untracked_pins = last.since(&f).diag[gup_common::Diag::PinsUntracked as usize];
+    }
+    drop(storm);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_gupwatch_program_names() {
+        for n in ["fe_0", "fx_19", "kp_3", "kr_23", "sched_process_e"] {
+            assert!(is_ours(n), "{n}");
+        }
+        for n in ["fe_", "fe_x", "tracing_prog", "kprobe_foo", ""] {
+            assert!(!is_ours(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn passing_needs_exactness_no_leftovers_and_an_overflowed_map() {
+        let ok = StressReport { cycles: 3, pins_observed: 10, untracked_pins: 1, leftover_programs: vec![0, 0], ..Default::default() };
+        assert!(ok.passed());
+        assert!(!StressReport { inexact_intervals: 1, ..ok.clone() }.passed());
+        assert!(!StressReport { leftover_programs: vec![0, 2], ..ok.clone() }.passed());
+        assert!(!StressReport { untracked_pins: 0, ..ok.clone() }.passed());
+        assert!(!StressReport { errors: vec!["x".into()], ..ok }.passed());
+    }
+}
