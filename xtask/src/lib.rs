@@ -6,12 +6,15 @@
 
 pub mod util;
 
+pub mod bench;
 pub mod binary;
 pub mod debversion;
 pub mod demo;
+pub mod e2e;
 pub mod initramfs;
 pub mod kernels;
 pub mod modules;
 pub mod qemu;
 pub mod setup;
+pub mod stress;
 pub mod testsuite;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use xtask::kernels::{self, Flavour};
 use xtask::qemu::{ConsoleEcho, Forward, VmRun};
-use xtask::{binary, demo, say, setup, testsuite, util};
+use xtask::{bench, binary, demo, e2e, say, setup, testsuite, util};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +55,54 @@ enum Cmd {
         /// Skip the set-up checks.
         #[arg(long)]
         skip_setup: bool,
+        /// Skip the end-to-end Prometheus test (reported as skipped).
+        #[arg(long)]
+        skip_e2e: bool,
+    },
+    /// End-to-end: gupwatch in a VM scraped by a real Prometheus on the
+    /// host; every dashboard query and rule checked (also a step of `test`).
+    E2e {
+        /// Kernel to boot.
+        #[arg(long, default_value = "7.2")]
+        kernel: String,
+        /// Time limit of the VM, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// The stress and fault suite on real kernels: attach/detach cycles
+    /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
+    Stress {
+        /// Kernels to run on (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "6.1,6.12,7.2")]
+        kernels: Vec<String>,
+        /// Attach/detach cycles per kernel.
+        #[arg(long, default_value = "200")]
+        cycles: u32,
+        /// gupwatch processes to SIGKILL per kernel.
+        #[arg(long, default_value = "3")]
+        kill_rounds: u32,
+        /// Use the gupwatch binary already built.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Measure what gupwatch costs a pinning workload (throughput ratios,
+    /// RSS, CPU, ns per probe hit) in one VM; reports, never asserts.
+    Bench {
+        /// Kernel to boot (alias or image path).
+        #[arg(long, default_value = "7.2")]
+        kernel: String,
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Rounds of A (alone) B (attached) C (attached and scraped).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Watch gupwatch follow a pinning workload live in a VM.
     Demo {
@@ -147,6 +195,29 @@ fn vm(a: VmArgs) -> Result<i32> {
     Ok(outcome.status)
 }
 
+fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
+    let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
+    let gupwatch = if no_build {
+        binary::static_gupwatch_path()
+    } else {
+        binary::build_static_gupwatch()?
+    };
+    let report = e2e::run(&e2e::E2eOptions {
+        kernel,
+        gupwatch,
+        timeout: Duration::from_secs(timeout),
+    })?;
+    print!("{}", e2e::render(&report));
+    let failed = report.checks.iter().filter(|c| !c.ok).count();
+    println!(
+        "{} passed, {} failed ({:.0} s)",
+        report.checks.len() - failed,
+        failed,
+        report.elapsed.as_secs_f64()
+    );
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Setup {
@@ -164,16 +235,38 @@ fn dispatch(cli: Cli) -> Result<i32> {
             timeout,
             skip_unit,
             skip_setup,
+            skip_e2e,
         } => {
             let ok = testsuite::run(&testsuite::TestOptions {
                 kernels,
                 timeout: Duration::from_secs(timeout),
                 skip_unit,
                 skip_setup,
+                skip_e2e,
             })?;
             Ok(if ok { 0 } else { 1 })
         }
         Cmd::Demo { kernel, no_build } => demo::run(&demo::DemoOptions { kernel, no_build }),
+        Cmd::E2e {
+            kernel,
+            timeout,
+            no_build,
+        } => e2e_command(&kernel, timeout, no_build),
+        Cmd::Stress { kernels, cycles, kill_rounds, no_build } => {
+            xtask::stress::run(&xtask::stress::StressOptions { kernels, cycles, kill_rounds, no_build })
+                .map(|ok| if ok { 0 } else { 1 })
+        }
+        Cmd::Bench {
+            kernel,
+            seconds,
+            rounds,
+            no_build,
+        } => bench::run(&bench::BenchOptions {
+            kernel,
+            seconds,
+            rounds,
+            no_build,
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::binary;
+use crate::e2e;
 use crate::kernels::{self, Flavour};
 use crate::qemu::{ConsoleEcho, VmRun};
 use crate::setup::{self, SetupOptions};
@@ -25,6 +26,8 @@ pub struct TestOptions {
     pub skip_unit: bool,
     /// Skip `cargo xtask setup`.
     pub skip_setup: bool,
+    /// Skip the end-to-end Prometheus test ([`crate::e2e`]).
+    pub skip_e2e: bool,
 }
 
 /// One scenario of `gupwatch check --json`.
@@ -236,6 +239,8 @@ struct Tally {
     passed: usize,
     failed: usize,
     failures: Vec<String>,
+    /// Steps not run; printed as skipped, never counted as passed.
+    skipped: Vec<String>,
 }
 
 impl Tally {
@@ -282,7 +287,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 3 + aliases.len();
+    let total = 3 + aliases.len() + 1;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -399,10 +404,80 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         }
     }
 
+    // The end-to-end Prometheus test, on the newest kernel of the matrix only.
+    let newest = kernels::MATRIX[kernels::MATRIX.len() - 1];
+    banner(
+        total,
+        total,
+        &format!(
+            "end-to-end: gupwatch on kernel {} scraped by Prometheus; every dashboard query and rule",
+            newest.name
+        ),
+    );
+    if o.skip_e2e {
+        println!("SKIPPED (--skip-e2e)");
+        t.skipped
+            .push("end-to-end Prometheus test (--skip-e2e)".into());
+    } else if !aliases.iter().any(|a| a.name == newest.name) {
+        println!(
+            "SKIPPED: it runs on kernel {} only, which --kernels leaves out",
+            newest.name
+        );
+        t.skipped.push(format!(
+            "end-to-end Prometheus test (kernel {} not selected)",
+            newest.name
+        ));
+    } else if let Some(bin) = &gupwatch {
+        match util::cache_dir().and_then(|c| {
+            kernels::ensure(&c, newest, Flavour::Cloud, false).map(|m| m.boot_kernel(&c))
+        }) {
+            Err(e) => t.fail(format!(
+                "end-to-end: could not fetch kernel {}: {e:#}",
+                newest.name
+            )),
+            Ok(kernel) => match e2e::run(&e2e::E2eOptions {
+                kernel,
+                gupwatch: bin.clone(),
+                timeout: o.timeout,
+            }) {
+                Ok(report) => {
+                    print!("{}", e2e::render(&report));
+                    let failed = report.checks.iter().filter(|c| !c.ok).count();
+                    println!(
+                        "end-to-end: {} of {} checks passed in {:.0} s",
+                        report.checks.len() - failed,
+                        report.checks.len(),
+                        report.elapsed.as_secs_f64()
+                    );
+                    for c in &report.checks {
+                        if c.ok {
+                            t.passed += 1;
+                        } else {
+                            t.failed += 1;
+                            t.failures
+                                .push(format!("end-to-end: {}: {}", c.name, c.detail));
+                        }
+                    }
+                }
+                Err(e) => {
+                    if e.downcast_ref::<util::Interrupted>().is_some() {
+                        return Err(e);
+                    }
+                    t.fail(format!("end-to-end: {e:#}"));
+                }
+            },
+        }
+    } else {
+        t.fail("end-to-end: not run, gupwatch did not build".into());
+    }
+
     println!(
         "\n==== summary ({:.0} s) ====",
         started.elapsed().as_secs_f64()
     );
+    for s in &t.skipped {
+        println!("  skipped: {s}");
+    }
     for f in &t.failures {
         println!("  failed: {f}");
     }
