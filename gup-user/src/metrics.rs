@@ -310,6 +310,8 @@ pub struct ScrapeData {
     pub scrape_duration: Duration,
     /// Read failures since start.
     pub read_errors: ReadErrors,
+    /// Leak signals; `None` without probes.
+    pub leaks: Option<LeakMetrics>,
 }
 
 impl ScrapeData {
@@ -332,6 +334,7 @@ impl ScrapeData {
             processes,
             scrape_duration: Duration::ZERO,
             read_errors: ReadErrors::default(),
+            leaks: None,
         }
     }
 
@@ -376,6 +379,43 @@ struct SubsystemLabels {
 struct ProcessLabels {
     comm: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeakLabels {
+    kind: &'static str,
+}
+
+/// Leak signals in metric form, from the pin tracking map.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LeakMetrics {
+    /// Pins gupwatch tracks as outstanding.
+    pub tracked_outstanding: u64,
+    /// Pins the tracking map could not record.
+    pub untracked: u64,
+    /// Per signal kind: (signals, pages).
+    pub by_kind: std::collections::BTreeMap<&'static str, (u64, u64)>,
+}
+
+impl LeakMetrics {
+    /// Summarises a leak report.
+    pub fn from_report(r: &LeakReport) -> LeakMetrics {
+        let mut by_kind: std::collections::BTreeMap<&'static str, (u64, u64)> = [
+            leaks::LeakKind::LongHeld,
+            leaks::LeakKind::Orphaned,
+            leaks::LeakKind::Unbalanced,
+            leaks::LeakKind::Growth,
+        ]
+        .iter()
+        .map(|k| (k.as_str(), (0, 0)))
+        .collect();
+        for l in &r.leaks {
+            let e = by_kind.entry(l.kind.as_str()).or_default();
+            e.0 += 1;
+            e.1 += l.pages;
+        }
+        LeakMetrics { tracked_outstanding: r.tracked_outstanding, untracked: r.untracked_pins, by_kind }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -639,6 +679,37 @@ impl PromCollector for Exposition {
             None,
             d.vmstat.map(|v| v.outstanding()),
         )?;
+
+        // --- Leaks, from the per-folio tracking map.
+        if let Some(l) = &d.leaks {
+            gauge(
+                &mut enc,
+                "gupwatch_tracked_outstanding_pins",
+                "Pins gupwatch tracks as held right now (taken since it started; see untracked).",
+                None,
+                Some(l.tracked_outstanding as i64),
+            )?;
+            counter(
+                &mut enc,
+                "gupwatch_untracked_pins",
+                "Pins the tracking map could not record (full): totals stay exact, the outstanding view is partial.",
+                Some(l.untracked),
+            )?;
+            gauges(
+                &mut enc,
+                "gupwatch_leak_signals",
+                "Leak signals right now, by kind: long_held, orphaned (owner exited), unbalanced (unpins of unseen pins, per call site), growth.",
+                None,
+                l.by_kind.iter().map(|(k, (n, _))| (LeakLabels { kind: k }, *n as i64)),
+            )?;
+            gauges(
+                &mut enc,
+                "gupwatch_leak_pages",
+                "Pins covered by the leak signals of each kind.",
+                None,
+                l.by_kind.iter().map(|(k, (_, p))| (LeakLabels { kind: k }, *p as i64)),
+            )?;
+        }
 
         // --- gupwatch's own health.
         gauges(
@@ -1146,6 +1217,7 @@ impl Collector {
         };
         let mut data = ScrapeData::new(self.plan.clone(), snapshot, vmstat, rows, &mut self.top, self.settings);
         data.read_errors = self.read_errors;
+        data.leaks = self.leak_report(&data).map(|r| LeakMetrics::from_report(&r));
         data.scrape_duration = t0.elapsed();
         Arc::new(data)
     }
@@ -1294,6 +1366,10 @@ pub(crate) mod tests {
         );
         d.scrape_duration = Duration::from_micros(1500);
         d.read_errors.vmstat = 2;
+        let mut leaks = LeakMetrics { tracked_outstanding: 768, untracked: 3, ..Default::default() };
+        leaks.by_kind.insert("long_held", (1, 256));
+        leaks.by_kind.insert("orphaned", (2, 512));
+        d.leaks = Some(leaks);
         Arc::new(d)
     }
 
@@ -1333,6 +1409,10 @@ pub(crate) mod tests {
             ("gupwatch_kernel_foll_pin_acquired_total", "counter"),
             ("gupwatch_kernel_foll_pin_released_total", "counter"),
             ("gupwatch_kernel_outstanding_pins", "gauge"),
+            ("gupwatch_tracked_outstanding_pins", "gauge"),
+            ("gupwatch_untracked_pins_total", "counter"),
+            ("gupwatch_leak_signals", "gauge"),
+            ("gupwatch_leak_pages", "gauge"),
             ("gupwatch_probe_attached", "gauge"),
             ("gupwatch_map_entries", "gauge"),
             ("gupwatch_map_capacity", "gauge"),
@@ -1378,6 +1458,37 @@ pub(crate) mod tests {
             .filter(|a| **a != Api::PinUserPagesFastOnly && !matches!(a.kind(), ApiKind::SlowPath | ApiKind::I915))
             .count();
         assert_eq!(samples(&text, "gupwatch_calls_total").len(), counted);
+    }
+
+    #[test]
+    fn leak_signals_by_kind() {
+        let text = render(&sample(), Format::Prometheus);
+        assert_eq!(value(&text, r#"gupwatch_leak_pages{kind="orphaned"}"#), 512.0);
+        assert_eq!(value(&text, r#"gupwatch_leak_signals{kind="long_held"}"#), 1.0);
+        assert_eq!(value(&text, "gupwatch_tracked_outstanding_pins"), 768.0);
+        assert_eq!(value(&text, "gupwatch_untracked_pins_total"), 3.0);
+        let report = LeakReport {
+            tracked_outstanding: 5,
+            kernel_outstanding: None,
+            untracked_pins: 0,
+            partial: false,
+            holdings: vec![],
+            leaks: vec![leaks::Leak {
+                kind: leaks::LeakKind::Growth,
+                pages: 9,
+                owner_tgid: Some(1),
+                comm: None,
+                caller: "x".into(),
+                subsystem: crate::attribution::Subsystem::Other,
+                age_secs: None,
+            }],
+            notes: vec![],
+            i915_objects: vec![],
+        };
+        let m = LeakMetrics::from_report(&report);
+        assert_eq!(m.by_kind.len(), 4, "every kind is always present");
+        assert_eq!(m.by_kind["growth"], (1, 9));
+        assert_eq!(m.by_kind["orphaned"], (0, 0));
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn full_sample() -> String {
         })
         .collect();
     let mut top = TopProcesses::default();
-    let d = ScrapeData::new(
+    let mut d = ScrapeData::new(
         plan,
         Some(s),
         Some(FollPinCounters { acquired: 10, released: 5 }),
@@ -87,6 +87,10 @@ fn full_sample() -> String {
         &mut top,
         Settings::default(),
     );
+    let mut leaks = gupwatch::metrics::LeakMetrics { tracked_outstanding: 5, untracked: 0, ..Default::default() };
+    leaks.by_kind.insert("orphaned", (1, 5));
+    leaks.by_kind.insert("growth", (0, 0));
+    d.leaks = Some(leaks);
     render(&Arc::new(d), Format::Prometheus)
 }
 
