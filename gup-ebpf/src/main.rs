@@ -24,7 +24,7 @@ use core::{
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_ret, bpf_loop},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
@@ -65,6 +65,11 @@ static PAGE_COMPOUND_HEAD: u64 = 8;
 /// `sizeof(struct page)` (from BTF), to walk a range of pages.
 #[no_mangle]
 static STRUCT_PAGE_SIZE: u64 = 64;
+
+/// Offset of `stack` in `struct task_struct` (from BTF); 0 if unknown,
+/// which turns interrupt-context detection off.
+#[no_mangle]
+static TASK_STACK_OFFSET: u64 = 0;
 
 /// 1: track every pin per folio (outstanding pins, leaks); 0: counters only.
 #[no_mangle]
@@ -128,6 +133,12 @@ static I915_CUR: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(INFLIGHT_CAP
 #[map]
 static I915_CREATED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(EXITED_CAPACITY, 0);
 
+/// Hooked unpins running in interrupt context on each CPU (direct I/O
+/// completions unpin from softirq), so nested ones and their gup_put_folio
+/// releases are counted once. Per CPU because an interrupt does not migrate.
+#[map]
+static IRQ_UNPIN_DEPTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Reads the arguments and return value of the hooked function.
 trait CallArgs {
     fn arg(&self, idx: u8) -> Option<u64>;
@@ -189,8 +200,17 @@ impl Regs {
 impl CallArgs for Regs {
     #[inline(always)]
     fn arg(&self, idx: u8) -> Option<u64> {
-        let slot = *Self::ARG_SLOTS.get(idx as usize)?;
-        self.0.get(slot).copied()
+        // Constant offsets only: a computed index into this stack array is
+        // "math between fp pointer and register" to some verifiers (6.18).
+        match idx {
+            0 => Some(self.0[Self::ARG_SLOTS[0]]),
+            1 => Some(self.0[Self::ARG_SLOTS[1]]),
+            2 => Some(self.0[Self::ARG_SLOTS[2]]),
+            3 => Some(self.0[Self::ARG_SLOTS[3]]),
+            4 => Some(self.0[Self::ARG_SLOTS[4]]),
+            5 => Some(self.0[Self::ARG_SLOTS[5]]),
+            _ => None,
+        }
     }
 
     #[inline(always)]
@@ -224,6 +244,41 @@ fn diag(d: Diag) {
     if let Some(p) = DIAG.get_ptr_mut(d as u32) {
         // SAFETY: as in `stats`.
         add(unsafe { &mut *p }, 1);
+    }
+}
+
+/// Whether this program runs on the current task's own stack (process
+/// context) rather than an interrupt stack. In interrupt context the
+/// "current" task is whichever task was interrupted, so its per-thread
+/// records must not be read or written.
+#[inline(never)]
+fn in_task_context() -> bool {
+    let off = read_global(&TASK_STACK_OFFSET);
+    if off == 0 {
+        return true;
+    }
+    let marker = 0u64;
+    let sp = &marker as *const u64 as u64;
+    // SAFETY: probe_read tolerates any address; the task pointer is the
+    // kernel's current task.
+    let base = unsafe { bpf_probe_read_kernel((bpf_get_current_task() + off) as *const u64) }.unwrap_or(0);
+    // THREAD_SIZE is 16 KiB on x86-64 (32 KiB with KASAN): any address in
+    // that window belongs to the task's stack, never to an IRQ stack.
+    base == 0 || (sp >= base && sp < base + 32768)
+}
+
+#[inline(always)]
+fn irq_depth(delta: i64) -> u64 {
+    match IRQ_UNPIN_DEPTH.get_ptr_mut(0) {
+        Some(p) => {
+            // SAFETY: this CPU's slot; an interrupt handler runs to completion
+            // on one CPU.
+            let v = unsafe { &mut *p };
+            let before = *v;
+            *v = (before as i64 + delta).max(0) as u64;
+            before
+        }
+        None => 0,
     }
 }
 
@@ -355,6 +410,10 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             }
         }
     };
+    if api.kind() == ApiKind::Unpin && !in_task_context() {
+        on_irq_unpin(ctx, api, &args, a, count);
+        return;
+    }
     if api.kind() == ApiKind::Unpin {
         // SAFETY: the value is only read.
         let outer = unsafe { INFLIGHT.get(&tid) }.and_then(|o| Api::from_index(o.api));
@@ -595,8 +654,41 @@ const fn track_ctx(base: u64, form: u8, pin: bool, site: i64, owner: PinOwner) -
     TrackCtx { base, form: form as u64, pin: pin as u64, site, owner }
 }
 
+/// An unpin in interrupt context: counted and tracked without touching the
+/// interrupted task's records; nesting is tracked per CPU. Inlined: as a
+/// subprogram its frame pushed the deepest call chain past 6.1's 512 bytes.
+#[inline(always)]
+fn on_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64) {
+    if irq_depth(1) > 0 {
+        if let Some(s) = stats(api) {
+            add(&mut s.nested_calls, 1);
+        }
+        return;
+    }
+    if let Some(s) = stats(api) {
+        add(&mut s.calls, 1);
+        add(&mut s.pages, count);
+    }
+    let site = stack_id(ctx);
+    // The interrupted task is not the owner; attribute to no process.
+    attribute(0, api, site, &AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB });
+    if read_global(&TRACK_PINS) != 0 {
+        if let Some(base) = a.arg(args.pages_idx) {
+            if args.pages_form == PAGES_FOLIO {
+                track_unpin(base, count, site);
+            } else {
+                track_pages(&track_ctx(base, args.pages_form, false, site, EMPTY_OWNER), count);
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn on_exit<A: CallArgs>(api: Api, a: &A) {
+    if api.kind() == ApiKind::Unpin && !in_task_context() {
+        irq_depth(-1);
+        return;
+    }
     let tid = bpf_get_current_pid_tgid();
     // Copied into a record that is initialised on every path: 6.1's
     // verifier rejects reads of uninitialised stack, and an Option<Inflight>
@@ -806,6 +898,22 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         return;
     }
     let refs = a.arg(args.count_idx).unwrap_or(1) & 0xffff_ffff;
+    if !in_task_context() {
+        // Inside a hooked unpin on this CPU's interrupt stack: counted there.
+        let covered = IRQ_UNPIN_DEPTH.get(0).is_some_and(|d| *d > 0);
+        if !covered {
+            if read_global(&TRACK_PINS) != 0 {
+                if let Some(folio) = a.arg(args.pages_idx) {
+                    track_unpin(folio, refs, -1);
+                }
+            }
+            if let Some(s) = stats(api) {
+                add(&mut s.calls, 1);
+                add(&mut s.pages, refs);
+            }
+        }
+        return;
+    }
     let outer = INFLIGHT.get_ptr(&tid).map(|p| {
         // SAFETY: this thread's own live record, copied.
         let r = unsafe { core::ptr::read_volatile(p) };

@@ -96,6 +96,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .set_global("FOLL_PIN", &plan.foll_pin(), true)
         .set_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
         .set_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
+        .set_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
         .set_global("TRACK_PINS", &track, true)
         .set_max_entries("PINS", opts.track_capacity.max(1))
         .load(EBPF_OBJECT)?;

@@ -164,6 +164,21 @@ pub struct Capabilities {
     pub direct_io_pins: bool,
     /// Why `direct_io_pins` has its value.
     pub direct_io_reason: String,
+    /// GUP refuses FOLL_LONGTERM write pins of file mappings that need
+    /// dirty tracking (ext4, xfs, btrfs; not shmem or hugetlbfs): the fast
+    /// path in `gup_fast_folio_allowed` (`folio_fast_pin_allowed` before
+    /// 6.10), the slow path in `check_vma_flags` with -EFAULT. Both arrived
+    /// in 6.5, in the series that also removed `pin_user_pages`' `vmas`
+    /// parameter and with it io_uring's own check of file-backed buffers.
+    pub longterm_file_rule: bool,
+    /// Why `longterm_file_rule` has its value.
+    pub longterm_file_rule_reason: String,
+    /// io_uring coalesces a fixed buffer that lies in large folios
+    /// (hugetlb): it keeps one pin per folio and drops the others while
+    /// registering. True when `struct io_mapped_ubuf` has a `folio_shift`
+    /// (BTF), or the kernel has `io_check_coalesce_buffer` (kallsyms; 6.12
+    /// inlines it): both arrived with the coalescing (6.10).
+    pub io_uring_coalesces: bool,
 }
 
 /// The probe plan for the running kernel.
@@ -194,14 +209,19 @@ pub struct PageLayout {
     pub size: u64,
     /// Whether both came from BTF (else the x86-64 defaults 8 and 64).
     pub from_btf: bool,
+    /// Offset of `stack` in `struct task_struct`, to tell interrupt
+    /// context (direct I/O completions unpin from softirq) from the
+    /// interrupted task; 0 when BTF lacks it (detection off).
+    pub task_stack: u64,
 }
 
 impl PageLayout {
     fn resolve(btf: Option<&KernelBtf>) -> PageLayout {
         let found = btf.and_then(|b| Some((b.member_offset("page", "compound_head")?, b.struct_size("page")?)));
+        let task_stack = btf.and_then(|b| b.member_offset("task_struct", "stack")).unwrap_or(0) as u64;
         match found {
-            Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true },
-            None => PageLayout { compound_head: 8, size: 64, from_btf: false },
+            Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true, task_stack },
+            None => PageLayout { compound_head: 8, size: 64, from_btf: false, task_stack },
         }
     }
 }
@@ -284,6 +304,20 @@ impl ProbePlan {
         let btf_ok = btf.as_ref().ok().copied();
         let hooks = Api::ALL.iter().map(|&api| Self::resolve_hook(api, btf_ok, kallsyms)).collect();
         let direct_io_pins = kallsyms.get("iov_iter_extract_pages").is_some();
+        let fast_rule = ["gup_fast_folio_allowed", "folio_fast_pin_allowed"]
+            .into_iter()
+            .find(|f| kallsyms.find_function(f).is_some());
+        let pup_params = btf_ok.and_then(|b| b.func("pin_user_pages")).map(|p| p.params.clone());
+        let (longterm_file_rule, longterm_file_rule_reason) = match (fast_rule, &pup_params) {
+            (Some(f), _) => (true, format!("the kernel has {f}: LONGTERM write pins of dirty-tracked file mappings are refused (fast path: {f}; slow path: check_vma_flags, -EFAULT)")),
+            (None, Some(p)) if !p.iter().any(|n| n == "vmas") => (true, "pin_user_pages has no vmas parameter (BTF), which went in the 6.5 series that refuses LONGTERM write pins of dirty-tracked file mappings (its fast-path check is inlined here)".into()),
+            (None, Some(_)) => (false, "pin_user_pages still has its vmas parameter (BTF) and there is no gup_fast_folio_allowed/folio_fast_pin_allowed: GUP does not refuse LONGTERM write pins of file mappings (io_uring checks the VMAs itself)".into()),
+            (None, None) => (false, "no gup_fast_folio_allowed/folio_fast_pin_allowed in /proc/kallsyms and no BTF for pin_user_pages: assuming GUP does not refuse LONGTERM write pins of file mappings".into()),
+        };
+        let io_uring_coalesces = ["io_check_coalesce_buffer", "io_coalesce_buffer", "io_do_coalesce_buffer"]
+            .iter()
+            .any(|f| kallsyms.find_function(f).is_some())
+            || btf_ok.is_some_and(|b| b.member_offset("io_mapped_ubuf", "folio_shift").is_some());
         let capabilities = Capabilities {
             direct_io_pins,
             direct_io_reason: if direct_io_pins {
@@ -291,6 +325,9 @@ impl ProbePlan {
             } else {
                 "the kernel has no iov_iter_extract_pages: block direct I/O takes page references (FOLL_GET via get_user_pages_fast), not pins, so it moves no nr_foll_pin_* counter (pins arrived in 6.3)".into()
             },
+            longterm_file_rule,
+            longterm_file_rule_reason,
+            io_uring_coalesces,
         };
         ProbePlan {
             kernel,
