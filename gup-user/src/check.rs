@@ -18,7 +18,8 @@ use crate::{
     model::Snapshot,
     plan::ProbePlan,
     leaks::{self, LeakPolicy},
-    scenarios::{self, Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario},
+    reference::{self, KernelProfile},
+    scenarios::{self, Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
     vmstat::{self, FollPinCounters},
 };
 
@@ -116,6 +117,35 @@ pub struct ScenarioReport {
     pub note: String,
     /// The scenario's own failure, if it could not run.
     pub error: Option<String>,
+    /// The scenario's memory and syscall as described to the reference
+    /// model, with the pages' presence read from `/proc/self/pagemap`.
+    pub reference_setup: Option<reference::Setup>,
+    /// The reference model's prediction for this kernel.
+    pub reference: Option<reference::Prediction>,
+    /// The kernel did what the model predicted: every count, the fast/slow
+    /// split, the failing GUP call and the syscall's errno.
+    pub agree: bool,
+    /// Why not, in words.
+    pub disagreement: Option<String>,
+    /// The model's account of the GUP calls (and what the pagemap capture
+    /// changed in the description).
+    pub reference_note: String,
+    /// GUP API contracts broken during the scenario (set-up to clean-up),
+    /// from gupwatch's per-function counters.
+    pub contract_violations: Vec<reference::Violation>,
+    /// Why this machine cannot run the scenario (then it is listed under
+    /// the report's `not_reachable`, neither passed nor failed).
+    #[serde(skip)]
+    pub not_reachable: Option<String>,
+}
+
+/// A scenario this machine cannot run.
+#[derive(Clone, Debug, Serialize)]
+pub struct NotReachable {
+    /// Scenario name.
+    pub name: String,
+    /// Why, and what would make it reachable.
+    pub reason: String,
 }
 
 /// A leak signal in a scenario report.
@@ -152,6 +182,14 @@ pub struct CheckReport {
     pub track_capacity: u32,
     /// Pins the tracking map could not record, over the whole check.
     pub untracked_pins: u64,
+    /// The rules of this kernel the reference model applied, and why.
+    pub reference_profile: KernelProfile,
+    /// Every scenario agreed with the reference model.
+    pub agree: bool,
+    /// No scenario broke a GUP API contract.
+    pub contracts_hold: bool,
+    /// Scenarios this machine cannot run (neither passed nor failed).
+    pub not_reachable: Vec<NotReachable>,
 }
 
 /// How long the counters must hold still, and how long to wait for that.
@@ -168,12 +206,18 @@ pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
     // Symbols for naming callers; without them callers show as unknown.
     let kallsyms = Kallsyms::from_proc().unwrap_or_default();
     let mut reports = vec![];
+    let mut not_reachable = vec![];
+    let profile = KernelProfile::from_plan(&probes.plan);
     let all = scenarios::builtin(scratch);
     let n = all.len();
     for (i, mut scenario) in all.into_iter().enumerate() {
         // Progress on stderr, so --json output stays clean.
         eprintln!("[check {}/{n}] {}", i + 1, scenario.name());
-        reports.push(run_one(probes, &kallsyms, scenario.as_mut())?);
+        let r = run_one(probes, &kallsyms, &profile, scenario.as_mut())?;
+        match &r.not_reachable {
+            Some(reason) => not_reachable.push(NotReachable { name: r.name.clone(), reason: reason.clone() }),
+            None => reports.push(r),
+        }
     }
     let plan = &probes.plan;
     Ok(CheckReport {
@@ -185,6 +229,10 @@ pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
         passed: reports.iter().all(|r| r.passed),
         track_capacity: probes.track_capacity,
         untracked_pins: probes.maps.snapshot()?.since(&first).diag[gup_common::Diag::PinsUntracked as usize],
+        agree: reports.iter().all(|r| r.agree),
+        contracts_hold: reports.iter().all(|r| r.contract_violations.is_empty()),
+        reference_profile: profile,
+        not_reachable,
         scenarios: reports,
     })
 }
@@ -205,7 +253,7 @@ fn quiet_snapshot(probes: &Probes) -> Result<(Snapshot, FollPinCounters), CheckE
     }
 }
 
-fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result<ScenarioReport, CheckError> {
+fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mut dyn Scenario) -> Result<ScenarioReport, CheckError> {
     // Whether this kernel's path for the scenario uses FOLL_PIN at all.
     let kernel_pins = pins_expected(&probes.plan, s.pin_path());
     // A scenario that must fail pins nothing by design.
@@ -243,12 +291,44 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
         apis: BTreeMap::new(),
         note: String::new(),
         error: None,
+        reference_setup: None,
+        reference: None,
+        agree: false,
+        disagreement: None,
+        reference_note: String::new(),
+        contract_violations: vec![],
+        not_reachable: None,
     };
+    // Contracts are checked over the whole scenario, set-up to clean-up.
+    let whole0 = probes.maps.snapshot()?;
     if let Err(e) = s.prepare() {
+        if let ScenarioError::NotReachable { reason, .. } = &e {
+            report.not_reachable = Some(reason.clone());
+        }
         report.error = Some(format!("prepare: {e}"));
         let _ = s.cleanup();
         return Ok(report);
     }
+    // Describe the memory to the model before the run touches it: the
+    // scenario's own account, with the pages' presence from pagemap.
+    let mut setup = s.reference_setup();
+    if let (Some(st), Some((addr, len))) = (setup.as_mut(), s.buffer_range()) {
+        st.captured = reference::differential::capture(addr, len).ok();
+    }
+    let prediction = setup.as_ref().map(|st| reference::predict(profile, st));
+    if let (Some(st), Some(p)) = (&setup, &prediction) {
+        let (_, notes) = reference::differential::build(st);
+        report.reference_note = reference::differential::explain(p);
+        if !notes.is_empty() {
+            report.reference_note = format!("{}; {}", report.reference_note, notes.join("; "));
+        }
+        if report.expected.path == ExpectedPath::Reference {
+            // Whether pins must be seen follows from the model here.
+            report.pins_expected = kernel_pins && p.pinned_pages + p.unpinned_pages > 0;
+        }
+    }
+    report.reference_setup = setup;
+    report.reference = prediction;
     let (snap0, vm0) = quiet_snapshot(probes)?;
     let run_start_ns = leaks::monotonic_ns();
     let ran = s.run();
@@ -286,6 +366,7 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
     }
     // Let asynchronous releases from cleanup finish before the next scenario.
     vmstat::settle(&settle_options())?;
+    let whole1 = probes.maps.snapshot()?;
 
     let delta = snap1.since(&snap0);
     let totals = delta.totals();
@@ -331,7 +412,47 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, s: &mut dyn Scenario) -> Result
         && report.unpinned_pages == report.vmstat_released;
     report.mismatches = mismatches(&report, kernel_pins);
     report.expectations_met = report.mismatches.is_empty();
-    report.passed = report.exact && report.outstanding_exact && report.expectations_met;
+    // The GUP API's contracts, on the kernel's calls (unpins of pins the
+    // tracking map could not record are not unbalanced).
+    let (apis, unbalanced) = reference::contracts::live_inputs(&whole1, &whole0);
+    let untracked = whole1.since(&whole0).diag[gup_common::Diag::PinsUntracked as usize];
+    report.contract_violations = reference::contracts::check_live(&apis, unbalanced.saturating_sub(untracked));
+    // The kernel against the reference model.
+    match &report.reference {
+        _ if report.error.is_some() => {
+            report.disagreement = Some("the scenario did not run, so there is nothing to compare".into());
+        }
+        None => {
+            report.agree = true;
+            report.reference_note = "no reference description for this scenario".into();
+        }
+        Some(p) => {
+            let obs = reference::Observation {
+                pinned_pages: report.pinned_pages,
+                unpinned_pages: report.unpinned_pages,
+                fast_pages: report.fast_pages,
+                slow_pages: report.slow_pages,
+                undone_pages: report.undone_pages,
+                referenced_pages: report.referenced_pages,
+                longterm_pages: report.longterm_pages,
+                vmstat_acquired: report.vmstat_acquired,
+                vmstat_released: report.vmstat_released,
+                errors: report.errors.keys().cloned().collect(),
+                syscall_errno: report.observed_errno,
+                fast_path_split: probes.plan.splits_fast_path(),
+            };
+            let diffs = reference::compare(p, &obs);
+            report.agree = diffs.is_empty();
+            if !diffs.is_empty() {
+                report.disagreement = Some(diffs.join("; "));
+            }
+        }
+    }
+    report.passed = report.exact
+        && report.outstanding_exact
+        && report.expectations_met
+        && report.agree
+        && report.contract_violations.is_empty();
     if !kernel_pins {
         report.note = format!(
             "{}; gupwatch saw {} FOLL_GET page references",
@@ -441,20 +562,25 @@ impl CheckReport {
     /// A human-readable table.
     pub fn to_table(&self) -> String {
         let mut out = format!(
-            "gupwatch check on kernel {} ({} hooks attached)\n\n{:<30} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}  {:<11} {}\n",
-            self.kernel, self.hooks_attached, "SCENARIO", "PINNED", "UNPINNED", "VM ACQ", "VM REL", "EXACT", "FAST", "SLOW", "SUBSYSTEM", "NOTE"
+            "gupwatch check on kernel {} ({} hooks attached)\n\n{:<36} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>6}  {:<11} {}\n",
+            self.kernel, self.hooks_attached, "SCENARIO", "PINNED", "UNPINNED", "VM ACQ", "VM REL", "EXACT", "FAST", "SLOW", "MODEL", "SUBSYSTEM", "NOTE"
         );
         for r in &self.scenarios {
             let note = match &r.error {
                 Some(e) => format!("error: {e}"),
                 None if !r.mismatches.is_empty() => format!("UNEXPECTED: {}", r.mismatches.join("; ")),
+                None if r.disagreement.is_some() => format!("MODEL DISAGREES: {}", r.disagreement.as_deref().unwrap_or("")),
+                None if !r.contract_violations.is_empty() => format!(
+                    "CONTRACT: {}",
+                    r.contract_violations.iter().map(|v| format!("{}: {}", v.contract, v.detail)).collect::<Vec<_>>().join("; ")
+                ),
                 None => {
                     let leaks: Vec<String> = r.leaks.iter().map(|l| format!("{} {}p", l.kind, l.pages)).collect();
                     if leaks.is_empty() { r.note.clone() } else { format!("leaks: {} {}", leaks.join(", "), r.note) }
                 }
             };
             out += &format!(
-                "{:<30} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}  {:<11} {}\n",
+                "{:<36} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>6}  {:<11} {}\n",
                 r.name,
                 r.pinned_pages,
                 r.unpinned_pages,
@@ -463,6 +589,11 @@ impl CheckReport {
                 if r.passed { "yes" } else if r.exact { "exp?" } else { "NO" },
                 r.fast_pages,
                 r.slow_pages,
+                match (&r.reference, r.agree) {
+                    (None, _) => "-",
+                    (Some(_), true) => "agree",
+                    (Some(_), false) => "NO",
+                },
                 r.subsystem.map_or("-", |s| s.as_str()),
                 note
             );
@@ -476,6 +607,16 @@ impl CheckReport {
             failed,
             inexact
         );
+        let disagree = self.scenarios.iter().filter(|r| r.reference.is_some() && !r.agree).count();
+        let broken = self.scenarios.iter().filter(|r| !r.contract_violations.is_empty()).count();
+        out += &format!(
+            "reference model: {} of {} scenarios agree; GUP contracts broken in {broken}\n",
+            self.scenarios.iter().filter(|r| r.reference.is_some()).count() - disagree,
+            self.scenarios.iter().filter(|r| r.reference.is_some()).count(),
+        );
+        for r in &self.not_reachable {
+            out += &format!("not reachable here: {}: {}\n", r.name, r.reason);
+        }
         if self.untracked_pins > 0 {
             out += &format!(
                 "PARTIAL tracking view: {} pins were not tracked (tracking map capacity {} folios); totals stay exact\n",

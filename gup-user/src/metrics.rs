@@ -1078,6 +1078,7 @@ pub struct Collector {
     vmstat_refresh: bool,
     leak_policy: LeakPolicy,
     growth: GrowthTracker,
+    last_leak_report: Option<LeakReport>,
 }
 
 impl Collector {
@@ -1108,6 +1109,7 @@ impl Collector {
             vmstat_refresh: true,
             leak_policy: LeakPolicy::default(),
             growth: GrowthTracker::default(),
+            last_leak_report: None,
         }
     }
 
@@ -1120,6 +1122,12 @@ impl Collector {
     /// The thresholds [`Collector::leak_report`] applies.
     pub fn leak_policy(&self) -> &LeakPolicy {
         &self.leak_policy
+    }
+
+    /// The leak report of the last [`Collector::gather`] (`None` without
+    /// probes).
+    pub fn last_leak_report(&self) -> Option<&LeakReport> {
+        self.last_leak_report.as_ref()
     }
 
     /// Replaces the leak thresholds (a configuration reload).
@@ -1217,7 +1225,10 @@ impl Collector {
         };
         let mut data = ScrapeData::new(self.plan.clone(), snapshot, vmstat, rows, &mut self.top, self.settings);
         data.read_errors = self.read_errors;
-        data.leaks = self.leak_report(&data).map(|r| LeakMetrics::from_report(&r));
+        // Kept whole for /api/snapshot?leaks=1 and the live view: a second
+        // analysis would feed the growth tracker the same reading twice.
+        self.last_leak_report = self.leak_report(&data);
+        data.leaks = self.last_leak_report.as_ref().map(LeakMetrics::from_report);
         data.scrape_duration = t0.elapsed();
         Arc::new(data)
     }

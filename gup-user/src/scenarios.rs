@@ -43,6 +43,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::leaks::LeakKind;
+use crate::reference::{self, BufferSpec, Prefault, Prot};
 use crate::vmstat::{self, FollPinCounters, FollPinDelta, VmstatError};
 
 /// Size of every scenario's buffer (1 MiB: 256 pages of 4 KiB).
@@ -131,6 +132,12 @@ pub enum ExpectedPath {
     Any,
     /// Nothing gets pinned: the scenario only unpins, or its syscall must fail.
     None,
+    /// What the reference model predicts for this kernel (the outcome
+    /// differs between kernels, e.g. a LONGTERM pin of a shared ext4 file
+    /// fails with EFAULT on 6.5+ and EOPNOTSUPP before): no fixed
+    /// expectation; `gupwatch check` compares every count, the path split
+    /// and the errno with the model ([`Scenario::reference_setup`]).
+    Reference,
 }
 
 impl ExpectedPath {
@@ -141,6 +148,7 @@ impl ExpectedPath {
             ExpectedPath::Slow => "slow",
             ExpectedPath::Any => "any",
             ExpectedPath::None => "none",
+            ExpectedPath::Reference => "reference",
         }
     }
 }
@@ -215,6 +223,19 @@ pub trait Scenario: Send {
     /// its pins in `run` (by other means than its pin path) says so here.
     fn expected_delta(&self) -> FollPinDelta {
         self.pin_path().expected_delta(self.pages())
+    }
+    /// The memory `run` hands the kernel and what its syscall does with it,
+    /// for the reference model (`gupwatch check` compares the model's
+    /// prediction with what happened). Valid after `prepare`; `None` when
+    /// the scenario has no such description.
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        None
+    }
+    /// The address and length of the buffer `run` hands the kernel, when
+    /// it is this process's memory (after `prepare`), so the checker can
+    /// read its presence from `/proc/self/pagemap`.
+    fn buffer_range(&self) -> Option<(usize, usize)> {
+        None
     }
     /// Sets up everything `run` needs, pre-faulting its buffers. Calling it
     /// again releases the previous set-up first.
@@ -919,6 +940,19 @@ fn process_vm(dir: Direction, local: libc::iovec, remote: libc::iovec) -> io::Re
 }
 
 impl Scenario for ProcessVm {
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        let prefault = if self.unfaulted() { Prefault::None } else { Prefault::Write };
+        let syscall = match self.dir() {
+            Direction::Read => reference::Syscall::ProcessVmReadv,
+            Direction::Write => reference::Syscall::ProcessVmWritev,
+        };
+        Some(reference::Setup { buffer: BufferSpec::anon(buffer_pages(), prefault), syscall, captured: None })
+    }
+
+    fn buffer_range(&self) -> Option<(usize, usize)> {
+        self.state.as_ref().map(|st| (st.remote.addr() as usize, st.remote.len))
+    }
+
     fn name(&self) -> &'static str {
         match self.kind {
             ProcessVmKind::Readv => "process_vm_readv",
@@ -1053,6 +1087,15 @@ struct ProcessVmProtNone {
 }
 
 impl Scenario for ProcessVmProtNone {
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        let buffer = BufferSpec { prot: Prot::None, ..BufferSpec::anon(buffer_pages(), Prefault::None) };
+        Some(reference::Setup { buffer, syscall: reference::Syscall::ProcessVmReadv, captured: None })
+    }
+
+    fn buffer_range(&self) -> Option<(usize, usize)> {
+        self.state.as_ref().map(|st| (st.remote.ptr.as_ptr() as usize, st.remote.len))
+    }
+
     fn name(&self) -> &'static str {
         "process_vm_readv_prot_none"
     }
@@ -1279,6 +1322,20 @@ struct IoUringBuffers {
 }
 
 impl Scenario for IoUringBuffers {
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        let prefault = if self.op == RingOp::RegisterUnfaulted { Prefault::None } else { Prefault::Write };
+        let syscall = if self.op == RingOp::Unregister {
+            reference::Syscall::IoUringUnregister
+        } else {
+            reference::Syscall::IoUringRegister
+        };
+        Some(reference::Setup { buffer: BufferSpec::anon(buffer_pages(), prefault), syscall, captured: None })
+    }
+
+    fn buffer_range(&self) -> Option<(usize, usize)> {
+        self.state.as_ref().map(|st| (st.buf.addr() as usize, st.buf.len))
+    }
+
     fn name(&self) -> &'static str {
         match self.op {
             RingOp::Register => "io_uring_register_buffers",
@@ -1416,6 +1473,25 @@ struct IoUringRefused {
 }
 
 impl Scenario for IoUringRefused {
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        let buffer = match self.what {
+            Refused::ProtNone => BufferSpec { prot: Prot::None, ..BufferSpec::anon(buffer_pages(), Prefault::None) },
+            Refused::PciBar => BufferSpec {
+                pages: (self.state.as_ref()?.buf.len / page_size()) as u64,
+                backing: reference::Backing::Pfnmap,
+                shared: true,
+                prot: Prot::ReadWrite,
+                prefault: Prefault::None,
+                shared_with_child: false,
+            },
+        };
+        Some(reference::Setup { buffer, syscall: reference::Syscall::IoUringRegister, captured: None })
+    }
+
+    fn buffer_range(&self) -> Option<(usize, usize)> {
+        self.state.as_ref().map(|st| (st.buf.ptr.as_ptr() as usize, st.buf.len))
+    }
+
     fn name(&self) -> &'static str {
         match self.what {
             Refused::ProtNone => "io_uring_register_prot_none",
@@ -1775,6 +1851,19 @@ impl DirectIo {
 }
 
 impl Scenario for DirectIo {
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        let buffer = BufferSpec {
+            shared_with_child: self.kind == DirectIoKind::WriteAfterFork,
+            ..BufferSpec::anon(buffer_pages(), Prefault::Write)
+        };
+        let syscall = if self.write() { reference::Syscall::DirectIoWrite } else { reference::Syscall::DirectIoRead };
+        Some(reference::Setup { buffer, syscall, captured: None })
+    }
+
+    fn buffer_range(&self) -> Option<(usize, usize)> {
+        self.state.as_ref().map(|st| (st.buf.addr() as usize, st.buf.len))
+    }
+
     fn name(&self) -> &'static str {
         match self.kind {
             DirectIoKind::Write => "direct_io_write",
@@ -2217,6 +2306,17 @@ impl IoUringOrphan {
 }
 
 impl Scenario for IoUringOrphan {
+    /// The child's own buffer, written in full before it registers it (not
+    /// in this process, so no pagemap capture).
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        let syscall = if self.closed {
+            reference::Syscall::IoUringRegisterThenRelease
+        } else {
+            reference::Syscall::IoUringRegister
+        };
+        Some(reference::Setup { buffer: BufferSpec::anon(buffer_pages(), Prefault::Write), syscall, captured: None })
+    }
+
     fn name(&self) -> &'static str {
         if self.closed {
             "io_uring_orphaned_closed"
@@ -2380,6 +2480,7 @@ impl Scenario for IoUringOrphan {
 pub fn builtin(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
     let mut all = balanced(scratch_dir);
     all.extend(leaking());
+    all.extend(matrix(scratch_dir));
     all
 }
 
@@ -2432,6 +2533,541 @@ fn balanced(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
         }),
         refused(Refused::ProtNone),
         refused(Refused::PciBar),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The reference model's matrix: backing × sharing × permissions × syscall
+
+/// `memfd_secret(2)` on x86-64 (not in every libc).
+const SYS_MEMFD_SECRET: libc::c_long = 447;
+
+/// Bytes of one huge page: a hugetlb buffer maps this much and hands the
+/// kernel its first [`BUFFER_BYTES`].
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// A mapping of any backing, handed to the kernel by address only; this
+/// process touches it only through volatile accesses in `prepare`.
+/// Unmapped on drop.
+struct RawMapping {
+    ptr: NonNull<u8>,
+    /// Bytes mapped.
+    len: usize,
+    /// Bytes handed to the kernel (the first ones).
+    used: usize,
+}
+
+// SAFETY: exclusively owned, like Mapping; only raw addresses escape.
+unsafe impl Send for RawMapping {}
+
+impl RawMapping {
+    /// Reads or writes one byte of every page of the used part.
+    fn prefault(&mut self, how: Prefault) {
+        for off in (0..self.used).step_by(page_size()) {
+            // SAFETY: `off` is inside the mapping, which is mapped readable
+            // and writable while `prepare` pre-faults it; `&mut self` means
+            // no slice aliases it.
+            unsafe {
+                let p = self.ptr.as_ptr().add(off);
+                match how {
+                    Prefault::None => {}
+                    Prefault::Read => {
+                        std::ptr::read_volatile(p);
+                    }
+                    Prefault::Write => std::ptr::write_volatile(p, pattern_byte(SEED_SOURCE, off)),
+                }
+            }
+        }
+    }
+
+    fn protect(&self, scenario: &'static str, prot: Prot) -> Result<(), ScenarioError> {
+        let p = match prot {
+            Prot::ReadWrite => return Ok(()),
+            Prot::ReadOnly => libc::PROT_READ,
+            Prot::None => libc::PROT_NONE,
+        };
+        // SAFETY: changes the protection of this value's own mapping; no
+        // Rust reference into it exists.
+        if unsafe { libc::mprotect(self.ptr.as_ptr().cast(), self.len, p) } != 0 {
+            return Err(sys_err(scenario, "mprotect", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl UserBuffer for RawMapping {
+    fn iovec(&self) -> libc::iovec {
+        libc::iovec { iov_base: self.ptr.as_ptr().cast(), iov_len: self.used }
+    }
+}
+
+impl Drop for RawMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range mmap returned; nothing borrows it.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Free huge pages, from `/proc/meminfo` (`None` if it does not say).
+fn free_huge_pages() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A descriptor of an anonymous file from a syscall returning one.
+fn owned_fd(scenario: &'static str, syscall: &'static str, rc: libc::c_long) -> Result<OwnedFd, ScenarioError> {
+    if rc < 0 {
+        return Err(sys_err(scenario, syscall, io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) })
+}
+
+fn ftruncate(scenario: &'static str, fd: &OwnedFd, len: usize) -> Result<(), ScenarioError> {
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(sys_err(scenario, "ftruncate", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// What a [`Matrix`] scenario keeps between its phases.
+struct MatrixState {
+    // Field order is drop order (after Drop::drop unregisters): release
+    // and reap the child, close the ring, close and unlink the direct I/O
+    // file, unmap, then close or unlink what backed the mapping.
+    child: Option<SharingChild>,
+    ring: Option<OwnedFd>,
+    registered: bool,
+    dio: Option<(File, ScratchFile)>,
+    /// The `local_iov` side of process_vm_readv/writev.
+    local: Option<Mapping>,
+    buf: RawMapping,
+    _memfd: Option<OwnedFd>,
+    _file: Option<ScratchFile>,
+}
+
+impl Drop for MatrixState {
+    fn drop(&mut self) {
+        if let (Some(ring), true) = (&self.ring, self.registered) {
+            let _ = io_uring_register(ring, IORING_UNREGISTER_BUFFERS, std::ptr::null(), 0);
+        }
+    }
+}
+
+/// One combination of backing, sharing, permissions and syscall, judged by
+/// the reference model (and by a fixed expectation where every kernel
+/// agrees).
+struct Matrix {
+    name: &'static str,
+    description: &'static str,
+    buffer: BufferSpec,
+    syscall: reference::Syscall,
+    path: ExpectedPath,
+    errno: Option<i32>,
+    dir: PathBuf,
+    state: Option<MatrixState>,
+    observed: Option<i32>,
+}
+
+impl Matrix {
+    fn bytes(&self) -> usize {
+        self.buffer.pages as usize * page_size()
+    }
+
+    fn syscall_name(&self) -> &'static str {
+        use reference::Syscall as S;
+        match self.syscall {
+            S::ProcessVmReadv => "process_vm_readv",
+            S::ProcessVmWritev => "process_vm_writev",
+            S::IoUringRegister | S::IoUringUnregister | S::IoUringRegisterThenRelease => REGISTER,
+            S::DirectIoWrite => "pwrite(O_DIRECT)",
+            S::DirectIoRead => "pread(O_DIRECT)",
+        }
+    }
+
+    /// Maps the buffer as the spec says (read-write for now).
+    fn map(&self) -> Result<(RawMapping, Option<OwnedFd>, Option<ScratchFile>), ScenarioError> {
+        let name = self.name;
+        let b = &self.buffer;
+        let used = self.bytes();
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let share = if b.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        let unreachable = |reason: String| ScenarioError::NotReachable { scenario: name, reason };
+        let (len, ptr, memfd, file) = match b.backing {
+            reference::Backing::Anon => {
+                let ptr = mmap_new(used, rw, share | libc::MAP_ANONYMOUS, None).map_err(|e| sys_err(name, "mmap", e))?;
+                (used, ptr, None, None)
+            }
+            reference::Backing::Shmem => {
+                // SAFETY: a NUL-terminated name; no memory is handed over.
+                let rc = unsafe { libc::memfd_create(c"gupwatch".as_ptr(), libc::MFD_CLOEXEC) };
+                let fd = owned_fd(name, "memfd_create", rc as libc::c_long)?;
+                ftruncate(name, &fd, used)?;
+                // SAFETY: `fd` is an open memfd; mmap_new borrows it for the call only.
+                let f = unsafe { File::from_raw_fd(fd.as_raw_fd()) };
+                let r = mmap_new(used, rw, share, Some(&f));
+                std::mem::forget(f);
+                (used, r.map_err(|e| sys_err(name, "mmap(memfd)", e))?, Some(fd), None)
+            }
+            reference::Backing::File => {
+                if let Some(fs) = emulated_direct_io_fs(name, &self.dir)? {
+                    return Err(unreachable(format!(
+                        "the scratch directory {} is on {fs}, whose files are shmem: a file-backed scenario needs a filesystem that writes dirty pages back (ext4, xfs)",
+                        self.dir.display()
+                    )));
+                }
+                let scratch = ScratchFile::create(name, &self.dir, used, SEED_SOURCE)?;
+                let f = OpenOptions::new().read(true).write(true).open(&scratch.path).map_err(|e| sys_err(name, "open", e))?;
+                let ptr = mmap_new(used, rw, share, Some(&f)).map_err(|e| sys_err(name, "mmap(file)", e))?;
+                (used, ptr, None, Some(scratch))
+            }
+            reference::Backing::Hugetlb => {
+                let free = free_huge_pages();
+                if free.unwrap_or(0) == 0 {
+                    return Err(unreachable(format!(
+                        "no free huge page (HugePages_Free: {} in /proc/meminfo): set vm.nr_hugepages, or boot with hugepages=N (in the VM: GUPWATCH_VM_APPEND=hugepages=2)",
+                        free.map_or("missing".to_string(), |n| n.to_string())
+                    )));
+                }
+                let ptr = mmap_new(HUGE_PAGE_BYTES, rw, share | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB, None)
+                    .map_err(|e| unreachable(format!("mmap(MAP_HUGETLB) of 2 MiB failed: {e}")))?;
+                (HUGE_PAGE_BYTES, ptr, None, None)
+            }
+            reference::Backing::Secretmem => {
+                // SAFETY: memfd_secret takes flags only.
+                let rc = unsafe { libc::syscall(SYS_MEMFD_SECRET, 0 as libc::c_uint) };
+                let fd = match owned_fd(name, "memfd_secret", rc) {
+                    Ok(fd) => fd,
+                    Err(e) if matches!(e.errno(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+                        return Err(unreachable(format!(
+                            "memfd_secret is not available ({}): the kernel lacks CONFIG_SECRETMEM or, before 6.5, was booted without secretmem.enable=1",
+                            io::Error::from_raw_os_error(e.errno().unwrap_or(0))
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                };
+                ftruncate(name, &fd, used)?;
+                // SAFETY: as for the memfd.
+                let f = unsafe { File::from_raw_fd(fd.as_raw_fd()) };
+                let r = mmap_new(used, rw, libc::MAP_SHARED, Some(&f));
+                std::mem::forget(f);
+                (used, r.map_err(|e| sys_err(name, "mmap(memfd_secret)", e))?, Some(fd), None)
+            }
+            reference::Backing::Pfnmap => {
+                return Err(unreachable("PFN maps are covered by io_uring_register_pfnmap".into()));
+            }
+        };
+        let m = RawMapping { ptr, len, used };
+        if b.backing != reference::Backing::Hugetlb {
+            // SAFETY: advice on this mapping only; harmless if refused.
+            unsafe { libc::madvise(m.ptr.as_ptr().cast(), m.len, libc::MADV_NOHUGEPAGE) };
+        }
+        Ok((m, memfd, file))
+    }
+}
+
+impl Scenario for Matrix {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn pin_path(&self) -> PinPath {
+        use reference::Syscall as S;
+        match self.syscall {
+            S::ProcessVmReadv | S::ProcessVmWritev => PinPath::ProcessVm,
+            S::IoUringRegister | S::IoUringRegisterThenRelease => PinPath::IoUringRegister,
+            S::IoUringUnregister => PinPath::IoUringUnregister,
+            S::DirectIoWrite | S::DirectIoRead => PinPath::DirectIo,
+        }
+    }
+
+    fn pages(&self) -> u64 {
+        if self.errno.is_some() {
+            0
+        } else {
+            self.buffer.pages
+        }
+    }
+
+    fn expectation(&self) -> Expectation {
+        let pin_path = self.pin_path();
+        Expectation {
+            path: self.path,
+            errno: self.errno,
+            subsystem: match pin_path {
+                PinPath::ProcessVm => SUBSYSTEM_PROCESS_VM,
+                PinPath::IoUringRegister | PinPath::IoUringUnregister => SUBSYSTEM_IO_URING,
+                PinPath::DirectIo => SUBSYSTEM_DIRECT_IO,
+            },
+            longterm: matches!(pin_path, PinPath::IoUringRegister | PinPath::IoUringUnregister),
+        }
+    }
+
+    fn observed_errno(&self) -> Option<i32> {
+        self.observed
+    }
+
+    fn reference_setup(&self) -> Option<reference::Setup> {
+        Some(reference::Setup { buffer: self.buffer.clone(), syscall: self.syscall, captured: None })
+    }
+
+    fn buffer_range(&self) -> Option<(usize, usize)> {
+        self.state.as_ref().map(|st| (st.buf.ptr.as_ptr() as usize, st.buf.used))
+    }
+
+    /// Maps and pre-faults the buffer, protects it, sets up the syscall's
+    /// other side (ring, O_DIRECT file, local buffer), and forks the
+    /// sharing child last. Fails with [`ScenarioError::NotReachable`] when
+    /// the machine lacks the backing (no free huge page, no memfd_secret).
+    fn prepare(&mut self) -> Result<(), ScenarioError> {
+        use reference::Syscall as S;
+        self.state = None;
+        self.observed = None;
+        let name = self.name;
+        let direct_io = matches!(self.syscall, S::DirectIoWrite | S::DirectIoRead);
+        if direct_io {
+            if let Some(fs) = emulated_direct_io_fs(name, &self.dir)? {
+                return Err(ScenarioError::EmulatedDirectIo { scenario: name, dir: self.dir.clone(), fs });
+            }
+        }
+        let (mut buf, memfd, file) = self.map()?;
+        buf.prefault(self.buffer.prefault);
+        buf.protect(name, self.buffer.prot)?;
+        let local = match self.syscall {
+            S::ProcessVmReadv | S::ProcessVmWritev => Some(Mapping::new_prefaulted(name, self.bytes(), SEED_DEST)?),
+            _ => None,
+        };
+        let ring = match self.syscall {
+            S::IoUringRegister | S::IoUringUnregister | S::IoUringRegisterThenRelease => {
+                Some(io_uring_setup(IO_URING_ENTRIES).map_err(|e| sys_err(name, "io_uring_setup", e))?)
+            }
+            _ => None,
+        };
+        let dio = match self.syscall {
+            S::DirectIoWrite | S::DirectIoRead => {
+                let scratch = ScratchFile::create(name, &self.dir, self.bytes(), SEED_DEST)?;
+                let f = scratch.open_direct(name, self.syscall == S::DirectIoWrite)?;
+                Some((f, scratch))
+            }
+            _ => None,
+        };
+        let child = if self.buffer.shared_with_child { Some(SharingChild::spawn(name)?) } else { None };
+        self.state = Some(MatrixState { child, ring, registered: false, dio, local, buf, _memfd: memfd, _file: file });
+        Ok(())
+    }
+
+    /// Makes the syscall once. An errno is recorded for the checker to judge
+    /// (the model says which one each kernel returns), unless it means the
+    /// host does not support the syscall at all.
+    fn run(&mut self) -> Result<(), ScenarioError> {
+        use reference::Syscall as S;
+        let name = self.name;
+        let syscall = self.syscall_name();
+        let bytes = self.bytes();
+        let st = self.state.as_mut().ok_or_else(|| sequence(name, "run", "before prepare()"))?;
+        if st.registered {
+            return Err(sequence(name, "run", "twice without prepare() (buffer already registered)"));
+        }
+        self.observed = None;
+        let iov = st.buf.iovec();
+        let res: io::Result<usize> = match self.syscall {
+            S::ProcessVmReadv | S::ProcessVmWritev => {
+                let dir = if self.syscall == S::ProcessVmReadv { Direction::Read } else { Direction::Write };
+                let local = st.local.as_ref().expect("prepared").iovec();
+                process_vm(dir, local, iov)
+            }
+            S::IoUringRegister | S::IoUringUnregister | S::IoUringRegisterThenRelease => {
+                let ring = st.ring.as_ref().expect("prepared");
+                let r = io_uring_register(ring, IORING_REGISTER_BUFFERS, (&iov as *const libc::iovec).cast(), 1);
+                if r.is_ok() {
+                    st.registered = true;
+                }
+                r.map(|()| bytes)
+            }
+            S::DirectIoWrite | S::DirectIoRead => {
+                let (f, _) = st.dio.as_ref().expect("prepared");
+                // SAFETY: `iov` is the live buffer of `st`, which no Rust
+                // reference aliases; the kernel checks the range.
+                let n = unsafe {
+                    if self.syscall == S::DirectIoWrite {
+                        libc::pwrite(f.as_raw_fd(), iov.iov_base, iov.iov_len, 0)
+                    } else {
+                        libc::pread(f.as_raw_fd(), iov.iov_base, iov.iov_len, 0)
+                    }
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }
+        };
+        match res {
+            Ok(n) if n == bytes => Ok(()),
+            Ok(n) => Err(ScenarioError::ShortTransfer { scenario: name, syscall, expected: bytes, got: n }),
+            Err(e) => {
+                let errno = e.raw_os_error();
+                let err = sys_err(name, syscall, e);
+                // EOPNOTSUPP from IORING_REGISTER_BUFFERS is io_uring
+                // refusing a file-backed buffer (before 6.5), an outcome
+                // the model predicts, not a missing feature.
+                if err.is_unsupported() && errno != Some(libc::EOPNOTSUPP) {
+                    return Err(err);
+                }
+                self.observed = errno;
+                Ok(())
+            }
+        }
+    }
+
+    fn cleanup(&mut self) -> Result<(), ScenarioError> {
+        let name = self.name;
+        let Some(mut st) = self.state.take() else {
+            return Ok(());
+        };
+        let mut res = Ok(());
+        if let (Some(ring), true) = (&st.ring, st.registered) {
+            res = io_uring_register(ring, IORING_UNREGISTER_BUFFERS, std::ptr::null(), 0).map_err(|e| sys_err(name, UNREGISTER, e));
+            st.registered = false;
+        }
+        let reaped = st.child.take().map_or(Ok(()), |mut c| c.reap());
+        drop(st);
+        res.and(reaped)
+    }
+}
+
+/// The matrix scenarios: every combination of backing, sharing and
+/// permissions that an ordinary syscall can pin, each judged by the
+/// reference model. Direct I/O and ext4 files go in `scratch_dir`.
+fn matrix(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
+    use reference::{Backing as B, Syscall as S};
+    let pages = buffer_pages();
+    let spec = |backing, shared, prot, prefault, shared_with_child| BufferSpec { pages, backing, shared, prot, prefault, shared_with_child };
+    let rw = Prot::ReadWrite;
+    let m = |name, description, buffer, syscall, path, errno| -> Box<dyn Scenario> {
+        Box::new(Matrix { name, description, buffer, syscall, path, errno, dir: scratch_dir.to_path_buf(), state: None, observed: None })
+    };
+    let efault = Some(libc::EFAULT);
+    vec![
+        m(
+            "io_uring_register_memfd_shared",
+            "IORING_REGISTER_BUFFERS of 1 MiB of a memfd mapped MAP_SHARED and written: shmem needs no dirty tracking, so the LONGTERM write pin is allowed",
+            spec(B::Shmem, true, rw, Prefault::Write, false),
+            S::IoUringRegister,
+            ExpectedPath::Any,
+            None,
+        ),
+        m(
+            "io_uring_register_memfd_private",
+            "IORING_REGISTER_BUFFERS of 1 MiB of a memfd mapped MAP_PRIVATE and written (anonymous COW copies): allowed",
+            spec(B::Shmem, false, rw, Prefault::Write, false),
+            S::IoUringRegister,
+            ExpectedPath::Any,
+            None,
+        ),
+        m(
+            "io_uring_register_file_shared",
+            "IORING_REGISTER_BUFFERS of 1 MiB of an ext4 file mapped MAP_SHARED and written: 6.5+ GUP refuses the LONGTERM write pin (EFAULT, after one transient fast-path pin); 6.1 pins it and io_uring refuses the file (EOPNOTSUPP)",
+            spec(B::File, true, rw, Prefault::Write, false),
+            S::IoUringRegister,
+            ExpectedPath::Reference,
+            None,
+        ),
+        m(
+            "io_uring_register_file_private",
+            "IORING_REGISTER_BUFFERS of 1 MiB of an ext4 file mapped MAP_PRIVATE and written (anonymous COW copies): 6.5+ pins them on the fast path; 6.1 pins them and io_uring refuses the file (EOPNOTSUPP)",
+            spec(B::File, false, rw, Prefault::Write, false),
+            S::IoUringRegister,
+            ExpectedPath::Reference,
+            None,
+        ),
+        m(
+            "io_uring_register_file_private_read",
+            "IORING_REGISTER_BUFFERS of 1 MiB of an ext4 file mapped MAP_PRIVATE and only read: the write pin breaks COW on the slow path (6.1: then EOPNOTSUPP)",
+            spec(B::File, false, rw, Prefault::Read, false),
+            S::IoUringRegister,
+            ExpectedPath::Reference,
+            None,
+        ),
+        m(
+            "io_uring_register_read_only",
+            "IORING_REGISTER_BUFFERS of 1 MiB of written anonymous memory made PROT_READ: a write pin of a VMA without VM_WRITE fails with EFAULT, nothing pinned",
+            spec(B::Anon, false, Prot::ReadOnly, Prefault::Write, false),
+            S::IoUringRegister,
+            ExpectedPath::None,
+            efault,
+        ),
+        m(
+            "io_uring_register_secretmem",
+            "IORING_REGISTER_BUFFERS of 1 MiB of memfd_secret memory: GUP refuses secretmem (EFAULT; the fast walk grabs and drops one page first)",
+            spec(B::Secretmem, true, rw, Prefault::Write, false),
+            S::IoUringRegister,
+            ExpectedPath::None,
+            efault,
+        ),
+        m(
+            "io_uring_register_hugetlb",
+            "IORING_REGISTER_BUFFERS of the first 1 MiB of a written 2 MiB MAP_HUGETLB page: pinned; io_uring with buffer coalescing keeps one pin per huge folio (needs a free huge page)",
+            spec(B::Hugetlb, false, rw, Prefault::Write, false),
+            S::IoUringRegister,
+            ExpectedPath::Any,
+            None,
+        ),
+        m(
+            "process_vm_readv_file_shared",
+            "process_vm_readv of 1 MiB from an ext4 file mapped MAP_SHARED: short-term read-only pins of page cache pages",
+            spec(B::File, true, rw, Prefault::Write, false),
+            S::ProcessVmReadv,
+            ExpectedPath::Slow,
+            None,
+        ),
+        m(
+            "process_vm_writev_file_shared",
+            "process_vm_writev of 1 MiB into an ext4 file mapped MAP_SHARED and only read: short-term write pins (allowed, not LONGTERM) after write faults",
+            spec(B::File, true, rw, Prefault::Read, false),
+            S::ProcessVmWritev,
+            ExpectedPath::Slow,
+            None,
+        ),
+        m(
+            "process_vm_readv_after_fork",
+            "process_vm_readv of 1 MiB of anonymous memory shared with a forked child: the slow path unshares (copies) each page before its read-only pin, without a transient pin",
+            spec(B::Anon, false, rw, Prefault::Write, true),
+            S::ProcessVmReadv,
+            ExpectedPath::Slow,
+            None,
+        ),
+        m(
+            "process_vm_writev_read_only",
+            "process_vm_writev of 1 MiB into written anonymous memory made PROT_READ: a write pin of a VMA without VM_WRITE fails with EFAULT",
+            spec(B::Anon, false, Prot::ReadOnly, Prefault::Write, false),
+            S::ProcessVmWritev,
+            ExpectedPath::None,
+            efault,
+        ),
+        m(
+            "direct_io_write_memfd_shared",
+            "O_DIRECT pwrite of 1 MiB from a memfd mapped MAP_SHARED: read-only short-term pins of shmem pages on the fast path",
+            spec(B::Shmem, true, rw, Prefault::Write, false),
+            S::DirectIoWrite,
+            ExpectedPath::Fast,
+            None,
+        ),
+        m(
+            "direct_io_read_file_private",
+            "O_DIRECT pread of 1 MiB into an ext4 file mapped MAP_PRIVATE and only read: the write pins break COW on the slow path",
+            spec(B::File, false, rw, Prefault::Read, false),
+            S::DirectIoRead,
+            ExpectedPath::Slow,
+            None,
+        ),
     ]
 }
 
@@ -2570,9 +3206,44 @@ fn run_once(sc: &mut dyn Scenario) -> Result<(), ScenarioError> {
 mod tests {
     use super::*;
 
+    /// The built-in scenarios before the reference model's matrix (which
+    /// `matrix_scenarios` checks).
+    fn original(dir: &Path) -> Vec<Box<dyn Scenario>> {
+        let mut all = balanced(dir);
+        all.extend(leaking());
+        all
+    }
+
+    #[test]
+    fn matrix_scenarios() {
+        let all = builtin(Path::new("/nonexistent"));
+        let mut names: Vec<_> = all.iter().map(|s| s.name()).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "names are unique");
+        let m = matrix(Path::new("/nonexistent"));
+        assert_eq!(all.len(), original(Path::new("/nonexistent")).len() + m.len());
+        for s in &m {
+            let setup = s.reference_setup().expect("every matrix scenario describes its memory");
+            assert_eq!(setup.buffer.pages, buffer_pages(), "{}", s.name());
+            let e = s.expectation();
+            assert_eq!(e.longterm, s.pin_path() == PinPath::IoUringRegister, "{}", s.name());
+            assert_eq!(e.errno.is_some(), e.path == ExpectedPath::None, "{}", s.name());
+            assert!(s.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", s.name());
+        }
+        let reference: Vec<_> = m.iter().filter(|s| s.expectation().path == ExpectedPath::Reference).map(|s| s.name()).collect();
+        assert_eq!(reference, ["io_uring_register_file_shared", "io_uring_register_file_private", "io_uring_register_file_private_read"]);
+        // Every scenario but the PCI BAR one (sized at prepare) describes
+        // its memory before prepare.
+        for s in original(Path::new("/nonexistent")) {
+            assert_eq!(s.reference_setup().is_some(), s.name() != "io_uring_register_pfnmap", "{}", s.name());
+        }
+    }
+
     #[test]
     fn builtin_names_are_stable_unique_snake_case() {
-        let all = builtin(Path::new("/nonexistent"));
+        let all = original(Path::new("/nonexistent"));
         let names: Vec<_> = all.iter().map(|s| s.name()).collect();
         assert_eq!(
             names,
@@ -2640,7 +3311,7 @@ mod tests {
 
     #[test]
     fn expectations() {
-        let all = builtin(Path::new("/nonexistent"));
+        let all = original(Path::new("/nonexistent"));
         let got: Vec<_> = all
             .iter()
             .map(|s| {
@@ -2711,7 +3382,7 @@ mod tests {
     #[test]
     fn expected_leaks_and_deltas() {
         let pages = buffer_pages();
-        let all = builtin(Path::new("/nonexistent"));
+        let all = original(Path::new("/nonexistent"));
         let held = ExpectedLeak {
             kind: "long_held",
             pages,

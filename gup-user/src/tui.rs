@@ -242,10 +242,13 @@ mod tests {
         let vm = busy();
         let ui = UiState::new("local", std::time::Duration::from_secs(1));
         let s = screen(&vm, &ui, 80, 24);
+        if std::env::var_os("GUPWATCH_SHOW_SCREEN").is_some() {
+            eprintln!("{s}");
+        }
         for want in [
             "6.12.0-test",
             "19/19 hooks",
-            "gupwatch +8400",
+            "gupwatch pinned     8400",
             "vmstat",
             "Processes",
             "PAGES/s▼",
@@ -255,7 +258,7 @@ mod tests {
             "Pin rate",
             "Latency · all APIs",
             "long_held",
-            "held 256 tracked",
+            "held 256 · kernel 300",
             "q quit",
         ] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
@@ -300,11 +303,19 @@ mod tests {
         vm.ingest(reduced(1000), 0.0);
         vm.ingest(reduced(3000), 1.0);
         let mut ui = UiState::new("local", std::time::Duration::from_secs(1));
-        ui.diagnosis = vec!["  [FAIL] kprobes        the kernel is built without CONFIG_KPROBES".into()];
+        ui.diagnosis = vec![
+            "  [ ok ] privileges     running as root".into(),
+            "  [FAIL] kprobes        the kernel is built without CONFIG_KPROBES".into(),
+            "                        fix: use a kernel with CONFIG_KPROBES=y".into(),
+        ];
         let s = screen(&vm, &ui, 80, 24);
-        for want in ["0/19 hooks", "reduced mode", "Reduced mode", "CONFIG_KPROBES", "vmstat   +3000 -2990 held 10", "2000/s", "needs probes"] {
+        if std::env::var_os("GUPWATCH_SHOW_SCREEN").is_some() {
+            eprintln!("{s}");
+        }
+        for want in ["0/19 hooks", "reduced mode", "Reduced mode", "[FAIL] kprobes", "CONFIG_KPROBES", "acquired   3000 released   2990 held     10", "2000/s", "pins acquired (vmstat)"] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
         }
+        assert!(!s.contains("privileges"), "only failed checks are shown:\n{s}");
     }
 
     #[test]

@@ -13,11 +13,9 @@
 //!
 //! Workloads, each for a fixed duration: io_uring buffer registration and
 //! unregistration, `process_vm_readv` of 1 MiB, and 4 KiB `O_DIRECT` reads,
-//! from `gupwatch bench-workload --kind K --seconds N` (one JSON line:
-//! `{"kind":..,"ops":..,"seconds":..}`). A gupwatch without that subcommand
-//! is measured with stand-ins: busybox `dd iflag=direct bs=4k` for the
-//! O_DIRECT reads and `gupwatch workload` (mixed, in pinned pages per
-//! second) for the rest.
+//! each `gupwatch bench-workload --kind io-uring|process-vm|odirect
+//! --seconds N` (which prints one JSON line, `{"kind":..,"ops":..,
+//! "seconds":..,"ops_per_sec":..}`).
 //!
 //! Besides throughput: the daemon's start-up time, peak RSS (`VmHWM`), CPU
 //! time (`utime+stime`) while idle-attached and while scraped, and the cost
@@ -77,37 +75,22 @@ PORT=@PORT@
 CAL=$(( S < 2 ? S : 2 ))
 cs() { awk '{printf "%d\n", $1*100}' /proc/uptime; }
 acq() { awk '$1=="nr_foll_pin_acquired" {print $2}' /proc/vmstat; }
-calls() { wget -q -T 10 -O - http://127.0.0.1:$PORT/metrics 2>/dev/null | awk '/^gupwatch_calls_total[{ ]/ {s+=$NF} END {printf "%.0f\n", s}'; }
+calls() { timeout 10 wget -q -O - http://127.0.0.1:$PORT/metrics 2>/dev/null | awk '/^gupwatch_calls_total[{ ]/ {s+=$NF} END {printf "%.0f\n", s}'; }
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 kib() { awk -v k="$2:" '$1==k {print $2}' /proc/$1/status; }
 bpfrun() { cat /proc/$1/fdinfo/* 2>/dev/null | awk '$1=="run_cnt:" {c+=$2} $1=="run_time_ns:" {t+=$2} END {printf "%.0f %.0f\n", c, t}'; }
 ctl() { echo "$1" | timeout 5 nc 10.0.2.2 $CTRL >/dev/null 2>&1 || echo "BENCH warn control message not delivered: $1"; }
 say() { echo "bench: $*" >&2; }
 cd /mnt/scratch
-if gupwatch bench-workload --help >/dev/null 2>&1; then BW=1; KINDS="io_uring process_vm odirect"; else BW=0; KINDS="workload odirect"; fi
-echo "BENCH info have_bench_workload=$BW kinds=$(echo $KINDS | tr ' ' ,) uname=$(uname -r) cpus=$(nproc)"
-dd if=/dev/zero of=odirect.dat bs=1M count=16 2>/dev/null
-sync
-# work KIND SECONDS: runs a workload; prints ops=N, ops=- (count pins) or json=...
+if ! gupwatch bench-workload --help >/dev/null 2>&1; then
+    echo "BENCH error this gupwatch has no bench-workload subcommand"; exit 8
+fi
+KINDS="io-uring process-vm odirect"
+echo "BENCH info kinds=$(echo $KINDS | tr ' ' ,) uname=$(uname -r) cpus=$(nproc)"
+# work KIND SECONDS: runs one workload; prints json=<its JSON line>.
 work() {
-    case "$BW:$1" in
-    1:*)
-        J=$(gupwatch bench-workload --kind "$1" --seconds "$2" --scratch /mnt/scratch) || return 1
-        echo "json=$J" ;;
-    0:odirect)
-        n=0
-        end=$(( $(cs) + $2 * 100 ))
-        while :; do
-            dd if=odirect.dat of=/dev/null bs=4096 count=1024 iflag=direct 2>/dev/null || return 1
-            n=$((n + 1024))
-            [ $(cs) -ge $end ] && break
-        done
-        echo "ops=$n" ;;
-    0:workload)
-        gupwatch workload --seconds "$2" --scratch /mnt/scratch 2>/dev/null || return 1
-        echo "ops=-" ;;
-    *) return 1 ;;
-    esac
+    J=$(gupwatch bench-workload --kind "$1" --seconds "$2" --scratch /mnt/scratch) || return 1
+    echo "json=$J"
 }
 D=""
 one() {
@@ -129,7 +112,7 @@ start_daemon() {
     gupwatch run --listen 0.0.0.0:$PORT 2>>/tmp/daemon.err &
     D=$!
     i=0
-    while ! wget -q -T 2 -O /dev/null http://127.0.0.1:$PORT/healthz 2>/dev/null; do
+    while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:$PORT/healthz 2>/dev/null; do
         i=$((i + 1))
         if [ $i -gt 240 ] || ! kill -0 $D 2>/dev/null; then
             echo "BENCH error gupwatch run did not start serving"; tail -20 /tmp/daemon.err >&2; exit 6
@@ -251,7 +234,7 @@ pub struct Run {
     pub round: u32,
     /// Workload kind.
     pub kind: String,
-    /// Operations done (pinned pages for the `workload` stand-in).
+    /// Operations done.
     pub ops: f64,
     /// Seconds the run took.
     pub secs: f64,
@@ -261,8 +244,6 @@ pub struct Run {
     pub calls: Option<f64>,
     /// Daemon CPU ticks (1/100 s) during the run (B, C).
     pub daemon_ticks: Option<f64>,
-    /// Whether `ops` counts operations (else pinned pages).
-    pub counts_ops: bool,
 }
 
 impl Run {
@@ -276,24 +257,18 @@ impl Run {
     }
 }
 
-/// Ops and seconds of a run line: from `bench-workload`'s JSON if present,
-/// else `ops=N` over the guest's own timing, else pinned pages.
-fn ops_of(l: &Line) -> Option<(f64, f64, bool)> {
+/// Ops and seconds of a line, from `bench-workload`'s JSON (its own
+/// timing, which leaves out process start-up; the guest's timing if absent).
+fn ops_of(l: &Line) -> Option<(f64, f64)> {
     let secs = l.num("cs")? / 100.0;
-    if let Some(j) = l.kv.get("json") {
-        let v: Value = serde_json::from_str(j).ok()?;
-        let ops = v.get("ops").and_then(Value::as_f64)?;
-        let s = v
-            .get("seconds")
-            .and_then(Value::as_f64)
-            .filter(|s| *s > 0.0)
-            .unwrap_or(secs);
-        return Some((ops, s, true));
-    }
-    match l.get("ops") {
-        "-" | "" => Some((l.num("pins")?, secs, false)),
-        n => Some((n.parse().ok()?, secs, true)),
-    }
+    let v: Value = serde_json::from_str(l.kv.get("json")?).ok()?;
+    let ops = v.get("ops").and_then(Value::as_f64)?;
+    let s = v
+        .get("seconds")
+        .and_then(Value::as_f64)
+        .filter(|s| *s > 0.0)
+        .unwrap_or(secs);
+    Some((ops, s))
 }
 
 /// The measured runs.
@@ -302,7 +277,7 @@ pub fn runs(lines: &[Line]) -> Vec<Run> {
         .iter()
         .filter(|l| l.what == "run")
         .filter_map(|l| {
-            let (ops, secs, counts_ops) = ops_of(l)?;
+            let (ops, secs) = ops_of(l)?;
             Some(Run {
                 mode: l.get("mode").chars().next()?,
                 round: l.num("round")? as u32,
@@ -312,7 +287,6 @@ pub fn runs(lines: &[Line]) -> Vec<Run> {
                 pins: l.num("pins").unwrap_or(0.0),
                 calls: l.num("calls"),
                 daemon_ticks: l.num("dticks"),
-                counts_ops,
             })
         })
         .collect()
@@ -362,6 +336,8 @@ pub struct Inputs {
     pub rounds: u32,
     /// Wall-clock time of the VM.
     pub vm_secs: f64,
+    /// The host's load averages (1, 5, 15 min) before and after the VM.
+    pub host_load: Option<(String, String)>,
 }
 
 fn pct(x: f64) -> String {
@@ -404,9 +380,6 @@ fn table(rows: &[Vec<String>], right_from: usize) -> String {
 pub fn report(inp: &Inputs) -> String {
     let lines = &inp.lines;
     let info = lines.iter().find(|l| l.what == "info");
-    let have_bw = info
-        .map(|l| l.get("have_bench_workload") == "1")
-        .unwrap_or(false);
     let kinds: Vec<String> = info
         .map(|l| {
             l.get("kinds")
@@ -441,12 +414,13 @@ pub fn report(inp: &Inputs) -> String {
     } else {
         let _ = writeln!(o, "  These are reported figures, not assertions.");
     }
-    if !have_bw {
+    if let Some((before, after)) = &inp.host_load {
         let _ = writeln!(
             o,
-            "  NOTE: this gupwatch has no `bench-workload` subcommand; stand-ins measured instead:\n        \
-             odirect = busybox `dd iflag=direct bs=4k` (4 KiB O_DIRECT reads, ops/s);\n        \
-             workload = `gupwatch workload` (mixed io_uring, process_vm, direct I/O with 50 ms pauses; pinned pages/s)."
+            "  host load average (1/5/15 min): {before} before, {after} after, on {} host CPUs",
+            thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
         );
     }
     o.push('\n');
@@ -454,17 +428,16 @@ pub fn report(inp: &Inputs) -> String {
     // Throughput.
     let mut rows = vec![vec![
         "workload".to_string(),
-        "unit".into(),
-        "A".into(),
-        "B".into(),
-        "C".into(),
+        "A ops/s".into(),
+        "B ops/s".into(),
+        "C ops/s".into(),
         "B/A".into(),
         "C/A".into(),
         "B/A per round".into(),
         "C/A per round".into(),
     ]];
-    // (kind, median rate of A, B, C, whether the unit is operations)
-    type KindRates = (String, Option<f64>, Option<f64>, Option<f64>, bool);
+    // (kind, median rate of A, B, C)
+    type KindRates = (String, Option<f64>, Option<f64>, Option<f64>);
     let mut per_kind: Vec<KindRates> = Vec::new();
     for k in &kinds {
         let of = |m: char| -> Vec<&Run> {
@@ -474,7 +447,6 @@ pub fn report(inp: &Inputs) -> String {
         };
         let med = |m: char| median(of(m).iter().map(|r| r.rate()).collect());
         let (a, b, c) = (med('A'), med('B'), med('C'));
-        let counts_ops = of('A').first().map(|r| r.counts_ops).unwrap_or(true);
         let paired = |m: char| -> String {
             let v: Vec<String> = of(m)
                 .iter()
@@ -492,11 +464,6 @@ pub fn report(inp: &Inputs) -> String {
         };
         rows.push(vec![
             k.clone(),
-            if counts_ops {
-                "ops/s".into()
-            } else {
-                "pages/s".into()
-            },
             f(a),
             f(b),
             f(c),
@@ -505,16 +472,16 @@ pub fn report(inp: &Inputs) -> String {
             paired('B'),
             paired('C'),
         ]);
-        per_kind.push((k.clone(), a, b, c, counts_ops));
+        per_kind.push((k.clone(), a, b, c));
     }
     let _ = writeln!(
         o,
         "Throughput (median of the rounds; ratios > 1 are noise in gupwatch's favour)"
     );
-    o.push_str(&table(&rows, 2));
+    o.push_str(&table(&rows, 1));
     // Targets.
     let mut verdicts = Vec::new();
-    for (k, a, b, c, _) in &per_kind {
+    for (k, a, b, c) in &per_kind {
         for (m, x) in [("B", b), ("C", c)] {
             if let (Some(x), Some(a)) = (x, a) {
                 if *a > 0.0 {
@@ -551,7 +518,7 @@ pub fn report(inp: &Inputs) -> String {
         "ns/hit (B-A)".into(),
         "ns/hit in BPF".into(),
     ]];
-    for (k, a, b, _, counts_ops) in &per_kind {
+    for (k, a, b, _) in &per_kind {
         let unit_ops: Vec<&Run> = runs
             .iter()
             .filter(|r| &r.kind == k && r.mode == 'B')
@@ -563,7 +530,7 @@ pub fn report(inp: &Inputs) -> String {
         let calls_per_op =
             (ops > 0.0 && unit_ops.iter().any(|r| r.calls.is_some())).then(|| calls / ops);
         let (runs_per_op, bpf_ns) = match bpf.get(k).and_then(|l| Some((l, ops_of(l)?))) {
-            Some((l, (bops, _, _))) if bops > 0.0 => {
+            Some((l, (bops, _))) if bops > 0.0 => {
                 let n = l.num("runs").unwrap_or(0.0);
                 (
                     Some(n / bops),
@@ -581,14 +548,19 @@ pub fn report(inp: &Inputs) -> String {
         };
         let f =
             |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
+        // A negative difference is noise (B ran faster than A).
+        let per_hit_text = match per_hit {
+            Some(v) if v < 0.0 => format!("{v:.0} (noise)"),
+            other => f(other, 0),
+        };
         rows.push(vec![
-            format!("{k}{}", if *counts_ops { "" } else { " (per page)" }),
+            k.clone(),
             f(pins_per_op, 1),
             f(calls_per_op, 2),
             f(runs_per_op, 2),
             f(ns_a, 0),
             f(ns_b, 0),
-            f(per_hit, 0),
+            per_hit_text,
             f(bpf_ns, 0),
         ]);
     }
@@ -791,6 +763,17 @@ fn scraper_thread(
     })
 }
 
+/// The host's 1, 5 and 15 minute load averages.
+fn loadavg() -> Option<String> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
 /// Runs the benchmark; prints the report and saves it.
 pub fn run(o: &BenchOptions) -> Result<i32> {
     if o.seconds == 0 || o.rounds == 0 {
@@ -843,7 +826,9 @@ pub fn run(o: &BenchOptions) -> Result<i32> {
         o.seconds,
         timeout
     );
+    let load_before = loadavg();
     let outcome = run.run();
+    let host_load = load_before.zip(loadavg());
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -885,6 +870,7 @@ pub fn run(o: &BenchOptions) -> Result<i32> {
         seconds: o.seconds,
         rounds: o.rounds,
         vm_secs: outcome.elapsed.as_secs_f64(),
+        host_load,
     });
     print!("{text}");
     let path = dir.join("latest.txt");
@@ -904,18 +890,18 @@ mod tests {
 
     const SAMPLE: &str = "\
 noise
-BENCH info have_bench_workload=1 kinds=io_uring,odirect uname=7.2.13+deb14-cloud-amd64 cpus=2
+BENCH info kinds=io_uring,odirect uname=7.2.13+deb14-cloud-amd64 cpus=2
 BENCH run mode=A round=1 kind=io_uring cs=300 pins=25600  json={\"kind\":\"io_uring\",\"ops\":100,\"seconds\":3.0}
-BENCH run mode=A round=1 kind=odirect cs=300 pins=3000  ops=3000
+BENCH run mode=A round=1 kind=odirect cs=300 pins=3000  json={\"kind\":\"Odirect\",\"ops\":3000,\"seconds\":3.0}
 BENCH daemon_up round=1 cs=600 ticks=250 hwm=70000 rss=65000
 BENCH run mode=B round=1 kind=io_uring cs=300 pins=24320 calls=190 dticks=3 hwm=71000 rss=66000 json={\"kind\":\"io_uring\",\"ops\":95,\"seconds\":3.0}
-BENCH run mode=B round=1 kind=odirect cs=300 pins=2900 calls=5800 dticks=2 hwm=71000 rss=66000 ops=2900
+BENCH run mode=B round=1 kind=odirect cs=300 pins=2900 calls=5800 dticks=2 hwm=71000 rss=66000 json={\"ops\":2900,\"seconds\":3.0}
 BENCH run mode=C round=1 kind=io_uring cs=300 pins=23040 calls=180 dticks=30 hwm=72000 rss=66000 json={\"kind\":\"io_uring\",\"ops\":90,\"seconds\":3.0}
-BENCH run mode=C round=1 kind=odirect cs=300 pins=2700 calls=5400 dticks=33 hwm=72000 rss=66000 ops=2700
+BENCH run mode=C round=1 kind=odirect cs=300 pins=2700 calls=5400 dticks=33 hwm=72000 rss=66000 json={\"ops\":2700}
 BENCH daemon_end round=1 ticks=400 hwm=72500 rss=66000
 BENCH daemon_up round=0 cs=600 ticks=250 hwm=70000 rss=65000
 BENCH bpfstats kind=io_uring cs=200 pins=12800 runs=400 run_ns=400000 json={\"kind\":\"io_uring\",\"ops\":50,\"seconds\":2.0}
-BENCH bpfstats kind=odirect cs=200 pins=2000 runs=8000 run_ns=800000 ops=2000
+BENCH bpfstats kind=odirect cs=200 pins=2000 runs=8000 run_ns=800000 json={\"ops\":2000,\"seconds\":2.0}
 BENCH daemon_end round=0 ticks=300 hwm=70500 rss=65000
 BENCH done
 ";
@@ -931,15 +917,6 @@ BENCH done
         assert!((rs[0].rate() - 33.333).abs() < 0.01);
         assert_eq!(rs[1].rate(), 1000.0);
         assert_eq!(rs[2].calls, Some(190.0));
-        assert!(rs.iter().all(|r| r.counts_ops));
-    }
-
-    #[test]
-    fn stand_in_counts_pages() {
-        let lines = parse_lines("BENCH run mode=A round=1 kind=workload cs=250 pins=5000 ops=-\n");
-        let r = &runs(&lines)[0];
-        assert!(!r.counts_ops);
-        assert_eq!(r.rate(), 2000.0);
     }
 
     #[test]
@@ -963,6 +940,7 @@ BENCH done
             seconds: 3,
             rounds: 1,
             vm_secs: 100.0,
+            host_load: Some(("1.00 0.50 0.25".into(), "2.00 1.00 0.50".into())),
         });
         assert!(text.contains("TCG"), "{text}");
         assert!(text.contains("not assertions"), "{text}");

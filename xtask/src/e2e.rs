@@ -715,7 +715,8 @@ pub fn guest_command(release_wait_s: u64) -> String {
 gupwatch run --listen 0.0.0.0:{port} 2>/tmp/run.err &
 RUN=$!
 i=0
-while ! wget -q -T 2 -O /dev/null http://127.0.0.1:{port}/healthz 2>/dev/null; do
+# (busybox 1.35's wget -T crashes: timeout(1) bounds it instead.)
+while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:{port}/healthz 2>/dev/null; do
     i=$((i+1))
     if [ $i -gt 240 ] || ! kill -0 $RUN 2>/dev/null; then
         echo "e2e: gupwatch run did not start serving" >&2; cat /tmp/run.err >&2; exit 3
@@ -727,9 +728,14 @@ gupwatch workload --seconds 50 --scratch /mnt/scratch 2>/tmp/workload.err &
 W1=$!
 gupwatch workload --hold 40 --scratch /mnt/scratch 2>/tmp/hold.err &
 W2=$!
-# Failing GUP calls for the errno panel: an unmapped page of /proc/self/mem
-# makes get_user_pages_remote() fail with EFAULT.
-( for i in $(seq 12); do dd if=/proc/self/mem of=/dev/null bs=4096 skip=1 count=1 2>/dev/null; sleep 5; done ) &
+# Failing GUP calls for the errno panel: reading this shell's [vvar] mapping
+# (VM_IO | VM_PFNMAP) through /proc/PID/mem makes get_user_pages_remote()
+# fail with EFAULT.
+V=$(awk '/\[vvar\]/ {{ split($1, a, "-"); print a[1]; exit }}' /proc/$$/maps)
+if [ -z "$V" ]; then echo "e2e: no [vvar] mapping; no failing GUP calls" >&2; fi
+( [ -n "$V" ] && for i in $(seq 12); do
+    dd if=/proc/$$/mem of=/dev/null bs=4096 skip=$((0x$V / 4096)) count=1 2>/dev/null; sleep 5
+  done ) &
 W3=$!
 echo "e2e: workloads started; waiting for the host (at most {wait} s)" >&2
 echo ready | timeout {wait} nc -l -p {release} >/dev/null 2>&1

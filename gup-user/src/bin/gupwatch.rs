@@ -331,6 +331,9 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
 /// `gupwatch run`: metrics over HTTP until SIGINT/SIGTERM, then exit 0
 /// with the probes detached (dropping them detaches). Logs through
 /// `tracing`; SIGHUP re-reads the configuration file.
+// `..Default`/`..c.settings()` keep these literals valid if the structs
+// gain fields.
+#[allow(clippy::needless_update)]
 fn serve(flags: gupwatch::config::RunOptions, config: Option<&std::path::Path>) -> Result<ExitCode> {
     use gupwatch::{config::RunOptions, http, leaks::LeakPolicy, metrics};
     let config_path = RunOptions::locate(config);
@@ -409,6 +412,9 @@ fn serve(flags: gupwatch::config::RunOptions, config: Option<&std::path::Path>) 
 
 /// Re-reads the configuration on SIGHUP and applies what can change live;
 /// returns the settings now in force. A bad file changes nothing.
+// `..Default`/`..c.settings()` keep these literals valid if the structs
+// gain fields.
+#[allow(clippy::needless_update)]
 fn reload_config(
     flags: &gupwatch::config::RunOptions,
     explicit: Option<&std::path::Path>,
@@ -706,4 +712,40 @@ fn generate(what: Generate) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_are_optional_so_the_config_file_can_fill_them() {
+        let cli = Cli::try_parse_from(["gupwatch", "run", "--top-processes", "3", "--log-format", "json"]).unwrap();
+        let Some(Command::Run { listen, top_processes, log_format, config, .. }) = cli.command else { panic!() };
+        assert_eq!((listen, top_processes, log_format, config), (None, Some(3), Some(LogFormat::Json), None));
+        assert!(Cli::try_parse_from(["gupwatch", "run", "--log-format", "xml"]).is_err());
+        let cli = Cli::try_parse_from(["gupwatch", "top", "--connect", "127.0.0.1:10483", "-i", "2"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Top { connect: Some(_) })));
+        assert_eq!(cli.interval, Duration::from_secs(2));
+        assert!(Cli::try_parse_from(["gupwatch", "generate", "completions", "zsh"]).is_ok());
+        assert!(Cli::try_parse_from(["gupwatch", "doctor", "--json"]).is_ok());
+    }
+
+    #[test]
+    fn man_pages_and_completions_generate() {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.contains("doctor") && page.contains("top"), "subcommands listed");
+        assert!(!page.contains("generate"), "the packagers' subcommand stays hidden");
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "gupwatch", &mut bash);
+        assert!(String::from_utf8(bash).unwrap().contains("--connect"));
+    }
 }

@@ -75,6 +75,10 @@ fn human_secs(s: f64) -> String {
     }
 }
 
+fn pct_text(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".into(), |p| format!("{p:.0}%"))
+}
+
 fn opt_pct(p: Option<f64>) -> String {
     p.map_or_else(|| "-".into(), |p| format!("{p:.0}"))
 }
@@ -90,7 +94,13 @@ pub fn draw(f: &mut Frame, vm: &ViewModel, ui: &UiState) {
     draw_header(f, header, vm, ui);
     // The panels need about 7 lines to say anything; below that the table
     // has the room.
-    let bottom_h = if middle.height >= 14 { (middle.height / 2).clamp(7, 14) } else { 0 };
+    let bottom_h = match (middle.height >= 14 && vm.latest().is_some(), vm.full()) {
+        (false, _) => 0,
+        (true, true) => (middle.height / 2).clamp(7, 14),
+        // Reduced mode has only the kernel's rate to draw; the diagnosis
+        // gets the room.
+        (true, false) => 6,
+    };
     let [table, bottom] = Layout::vertical([Constraint::Min(3), Constraint::Length(bottom_h)]).areas(middle);
     if vm.latest().is_none() {
         let msg = match &ui.error {
@@ -103,7 +113,9 @@ pub fn draw(f: &mut Frame, vm: &ViewModel, ui: &UiState) {
     } else {
         draw_reduced(f, table, vm, ui);
     }
-    if bottom_h > 0 {
+    if bottom_h > 0 && !vm.full() {
+        draw_sparklines(f, bottom, vm);
+    } else if bottom_h > 0 {
         let [spark, latency, leaks] =
             Layout::horizontal([Constraint::Ratio(1, 3), Constraint::Ratio(1, 3), Constraint::Ratio(1, 3)])
                 .spacing(1)
@@ -135,30 +147,42 @@ fn draw_header(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     } else {
         Style::new().fg(Color::Green)
     };
-    let mut first = vec![
-        Span::styled("gupwatch", BOLD),
-        Span::raw(format!(" · {} · ", s.kernel)),
-        Span::styled(format!("{}/{} hooks", s.hooks_attached, s.hooks_present), hooks_style),
-        Span::raw(format!(" · {} · {}s · up {}", ui.source, trim_secs(ui.interval.as_secs_f64()), human_secs(vm.uptime()))),
-    ];
+    let tail = format!(" · {} · {}s · up {}", ui.source, trim_secs(ui.interval.as_secs_f64()), human_secs(vm.uptime()));
+    let hooks = format!("{}/{} hooks", s.hooks_attached, s.hooks_present);
+    // The name goes first when the line is too long (long kernel strings).
+    let fits = "gupwatch · ".len() + s.kernel.chars().count() + 3 + hooks.len() + tail.chars().count() <= area.width as usize;
+    let mut first = if fits { vec![Span::styled("gupwatch", BOLD), Span::raw(" · ")] } else { vec![] };
+    first.extend([
+        Span::styled(s.kernel.clone(), if fits { Style::new() } else { BOLD }),
+        Span::raw(" · "),
+        Span::styled(hooks, hooks_style),
+        Span::raw(tail),
+    ]);
     if ui.paused {
         first.push(Span::raw(" "));
         first.push(Span::styled(" PAUSED ", Style::new().add_modifier(Modifier::REVERSED)));
     }
     lines.push(Line::from(first));
+    // gupwatch's totals (since its probes were attached) above the
+    // kernel's (since boot), in the same columns, so the two line up.
     match s.totals {
         Some(t) => lines.push(Line::from(vec![
             Span::styled("gupwatch ", BOLD),
             Span::raw(format!(
-                "+{} -{} held {} refs {} err {} ",
+                "pinned   {:>6} unpinned {:>6} held {:>6} ",
                 human(t.pinned_pages),
                 human(t.unpinned_pages),
                 human(t.pinned_pages.saturating_sub(t.unpinned_pages)),
-                human(t.referenced_pages),
-                human(t.failed_calls),
             )),
-            Span::styled(format!("│ {}/s", human_rate(vm.pin_rate().unwrap_or(0.0))), Style::new().fg(Color::Cyan)),
-            Span::raw(format!(" fast {}%", opt_pct(vm.hit_pct()))),
+            Span::styled(
+                format!("│ {:>5}/s", human_rate(vm.pin_rate().unwrap_or(0.0))),
+                Style::new().fg(Color::Cyan),
+            ),
+            Span::raw(format!(" fast {} err {}", pct_text(vm.hit_pct()), human(t.failed_calls))),
+            Span::styled(
+                if t.referenced_pages > 0 { format!(" refs {}", human(t.referenced_pages)) } else { String::new() },
+                DIM,
+            ),
         ])),
         None => lines.push(Line::from(vec![
             Span::styled("gupwatch ", BOLD),
@@ -170,9 +194,14 @@ fn draw_header(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
             let (ra, rr) = vm.kernel_rate().unwrap_or((0.0, 0.0));
             lines.push(Line::from(vec![
                 Span::styled("vmstat   ", BOLD),
-                Span::raw(format!("+{} -{} held {} ", human(acq), human(rel), human(acq.saturating_sub(rel)))),
-                Span::styled(format!("│ {}/s", human_rate(ra)), Style::new().fg(Color::Cyan)),
-                Span::styled(format!(" -{}/s (since boot)", human_rate(rr)), DIM),
+                Span::raw(format!(
+                    "acquired {:>6} released {:>6} held {:>6} ",
+                    human(acq),
+                    human(rel),
+                    human(acq.saturating_sub(rel))
+                )),
+                Span::styled(format!("│ {:>5}/s", human_rate(ra)), Style::new().fg(Color::Cyan)),
+                Span::styled(format!(" out {}/s", human_rate(rr)), DIM),
             ]));
         }
         None => lines.push(Line::from(Span::styled("vmstat   nr_foll_pin_* unreadable", DIM))),
@@ -196,7 +225,7 @@ fn draw_table(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     if !ui.filter.is_empty() {
         title += &format!(" · filter \"{}\"", ui.filter);
     }
-    title += &format!(" · {} ", rows.len());
+    title += &format!(" · {} rows ", rows.len());
     let wide = area.width >= 90;
     // (header, width, right-aligned, sort key)
     let mut cols: Vec<(&str, Constraint, bool, Option<SortKey>)> = match ui.view {
@@ -290,9 +319,11 @@ fn draw_reduced(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
         ),
         Line::raw("Shown: the kernel's own FOLL_PIN counters (/proc/vmstat nr_foll_pin_*)."),
     ];
-    if !ui.diagnosis.is_empty() {
+    // The failed checks only (the full list, with fixes, is `doctor`'s).
+    let failed: Vec<&String> = ui.diagnosis.iter().filter(|l| l.trim_start().starts_with("[FAIL]")).collect();
+    if !failed.is_empty() {
         lines.push(Line::raw(""));
-        lines.extend(ui.diagnosis.iter().map(|l| Line::raw(l.clone())));
+        lines.extend(failed.iter().map(|l| Line::styled(l.trim().to_string(), Style::new().fg(Color::Red))));
     } else if let Some(s) = vm.latest() {
         // A remote daemon: its hooks' reasons say why.
         let mut seen = std::collections::BTreeSet::new();
@@ -307,10 +338,29 @@ fn draw_reduced(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
 }
 
 fn draw_sparklines(f: &mut Frame, area: Rect, vm: &ViewModel) {
-    let block = titled(" Pin rate · fast-path hit ");
+    let block = titled(if vm.full() { " Pin rate · fast-path hit " } else { " Pin rate " });
     let inner = block.inner(area);
     f.render_widget(block, area);
     if inner.height < 4 || inner.width < 4 {
+        return;
+    }
+    if !vm.full() {
+        // Reduced mode: the kernel's acquire rate, nothing else.
+        let [l1, s1] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
+        let n = inner.width as usize;
+        let points: Vec<_> = vm.history().collect();
+        let recent = &points[points.len().saturating_sub(n)..];
+        let rates: Vec<u64> = recent.iter().map(|p| p.pin_rate.round() as u64).collect();
+        let now = recent.last().map_or(0.0, |p| p.pin_rate);
+        let max = rates.iter().copied().max().unwrap_or(0);
+        f.render_widget(
+            Paragraph::new(Line::from(vec![
+                Span::styled(format!("{}/s", human_rate(now)), Style::new().fg(Color::Cyan)),
+                Span::styled(format!(" pins acquired (vmstat) · max {}", human_rate(max as f64)), DIM),
+            ])),
+            l1,
+        );
+        f.render_widget(Sparkline::default().data(&rates).style(Style::new().fg(Color::Cyan)), s1);
         return;
     }
     let spark_h = (inner.height - 2) / 2;
@@ -340,7 +390,7 @@ fn draw_sparklines(f: &mut Frame, area: Rect, vm: &ViewModel) {
     let hit_now = recent.iter().rev().find_map(|p| p.hit_pct);
     f.render_widget(
         Paragraph::new(Line::from(vec![
-            Span::styled(format!("fast {}%", opt_pct(hit_now)), Style::new().fg(Color::Green)),
+            Span::styled(format!("fast {}", pct_text(hit_now)), Style::new().fg(Color::Green)),
             Span::styled(" of *_fast pages", DIM),
         ])),
         l2,
@@ -379,7 +429,9 @@ fn bar(n: u64, max: u64, width: usize) -> String {
 
 fn draw_latency(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     let which = ui.latency_api.as_deref();
-    let title = format!(" Latency · {} ", which.unwrap_or("all APIs"));
+    let name = which.unwrap_or("all APIs");
+    // A long API name alone, rather than cut.
+    let title = if name.len() + 12 <= area.width as usize { format!(" Latency · {name} ") } else { format!(" {name} ") };
     let block = titled(&title);
     let inner = block.inner(area);
     f.render_widget(block, area);
@@ -419,9 +471,9 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
         None => lines.push(Line::styled("reading the tracking map…", DIM)),
         Some(o) => {
             lines.push(Line::from(vec![
-                Span::raw(format!("held {} tracked", human(o.tracked_outstanding))),
+                Span::raw(format!("held {}", human(o.tracked_outstanding))),
                 Span::styled(
-                    o.kernel_outstanding.map_or_else(String::new, |k| format!(" / {} kernel", human(k.max(0) as u64))),
+                    o.kernel_outstanding.map_or_else(String::new, |k| format!(" · kernel {}", human(k.max(0) as u64))),
                     DIM,
                 ),
                 Span::styled(if o.partial { " PARTIAL" } else { "" }, Style::new().fg(Color::Yellow)),
@@ -437,7 +489,7 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
                 let who = l.comm.clone().unwrap_or_else(|| l.caller.clone());
                 lines.push(Line::from(vec![
                     Span::styled(format!("{:<10}", l.kind), Style::new().fg(color).add_modifier(Modifier::BOLD)),
-                    Span::raw(format!("{:>6}p ", human(l.pages))),
+                    Span::raw(format!("{:>5}p ", human(l.pages))),
                     Span::raw(who),
                     Span::styled(format!(" {}", l.subsystem), DIM),
                 ]));
@@ -483,6 +535,9 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Line::raw("  OUTST    pins held now (tracking map, every few s)"),
         Line::raw("  FAST%    *_fast pages the lock-free walk took"),
         Line::raw("  LT%      pages pinned FOLL_LONGTERM (since start)"),
+        Line::styled("Header", BOLD),
+        Line::raw("  gupwatch: pins since its probes attached; vmstat:"),
+        Line::raw("  the kernel's nr_foll_pin_* since boot; │ rate/s"),
     ];
     let w = 58.min(area.width);
     let h = (text.len() as u16 + 2).min(area.height);

@@ -335,6 +335,17 @@ struct CallerDoc {
     longterm_pages: u64,
 }
 
+/// A subsystem name in the metrics' spelling ([`Subsystem::as_str`]).
+///
+/// [`Subsystem::as_str`]: crate::attribution::Subsystem::as_str
+fn subsystem_label(s: &str) -> String {
+    use crate::attribution::Subsystem::*;
+    [IoUring, DirectIo, ProcessVm, I915, Rdma, Vfio, Udmabuf, Other]
+        .into_iter()
+        .find(|x| serde_json::to_value(x).ok().and_then(|v| v.as_str().map(|v| v == s)).unwrap_or(false))
+        .map_or_else(|| s.to_string(), |x| x.as_str().to_string())
+}
+
 fn fast_api(symbol: &str) -> bool {
     Api::from_symbol(symbol).is_some_and(Api::has_fast_path)
 }
@@ -501,7 +512,17 @@ impl Outstanding {
         if v.is_null() {
             return Ok(None);
         }
-        Ok(Some(serde_json::from_value(v)?))
+        let mut o: Outstanding = serde_json::from_value(v)?;
+        // The leak report spells subsystems as serde does (`io-uring`), the
+        // attribution rows as the metrics do (`io_uring`): one spelling,
+        // so filters and groups match.
+        for h in &mut o.holdings {
+            h.caller.subsystem = subsystem_label(&h.caller.subsystem);
+        }
+        for l in &mut o.leaks {
+            l.subsystem = subsystem_label(&l.subsystem);
+        }
+        Ok(Some(o))
     }
 
     /// From a local leak report.
@@ -557,7 +578,7 @@ mod tests {
         let v = serde_json::json!({
             "tracked_outstanding": 256, "kernel_outstanding": 300, "untracked_pins": 0, "partial": false,
             "holdings": [{"owner_tgid": 7, "comm": "fio", "api": "pin_user_pages_fast",
-                "caller": {"function": "io_sqe_buffer_register", "subsystem": "io_uring"},
+                "caller": {"function": "io_sqe_buffer_register", "subsystem": "io-uring"},
                 "pages": 256, "oldest_age_secs": 12.5, "longterm": true, "orphaned": true}],
             "leaks": [{"kind": "orphaned", "pages": 256, "owner_tgid": 7, "comm": "fio",
                 "caller": "io_sqe_buffer_register", "subsystem": "io_uring", "age_secs": 12.5}],
@@ -565,6 +586,9 @@ mod tests {
         });
         let o = Outstanding::from_value(v).unwrap().unwrap();
         assert_eq!(o.holdings[0].caller.subsystem, "io_uring");
+        assert_eq!(subsystem_label("process-vm"), "process_vm", "serde's spelling becomes the metrics'");
+        assert_eq!(subsystem_label("direct-io"), "direct-io");
+        assert_eq!(subsystem_label("something"), "something");
         assert_eq!(o.leaks[0].kind, "orphaned");
     }
 }

@@ -47,9 +47,10 @@ impl LocalSource {
 
 impl Source for LocalSource {
     fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<Outstanding>), SourceError> {
+        // gather() also analyses the tracking map (for the leak metrics).
         let data: Arc<ScrapeData> = self.collector.gather();
         let outstanding = if with_outstanding {
-            self.collector.leak_report(&data).as_ref().and_then(Outstanding::from_report)
+            self.collector.last_leak_report().and_then(Outstanding::from_report)
         } else {
             None
         };
@@ -226,10 +227,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{
-        net::TcpListener,
-        sync::atomic::{AtomicBool, Ordering},
-    };
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
     fn responses_parse() {

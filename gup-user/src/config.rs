@@ -1,0 +1,301 @@
+//! The `gupwatch run` daemon's configuration: a TOML file whose keys are
+//! the flags of `run` (flags given on the command line win), and what a
+//! reload (SIGHUP) can change without a restart.
+//!
+//! ```toml
+//! # /etc/gupwatch/gupwatch.toml (every key optional)
+//! listen = "127.0.0.1:10483"   # restart needed
+//! top_processes = 10           # live
+//! long_held = 300              # seconds; live
+//! track_capacity = 65536       # folios; restart needed
+//! log_format = "text"          # or "json"; restart needed
+//! log_level = "info"           # tracing filter, e.g. "gupwatch=debug,info"; live
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Where `gupwatch run` looks for its configuration when `--config` is
+/// not given (used only if it exists).
+pub const DEFAULT_PATH: &str = "/etc/gupwatch/gupwatch.toml";
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (no timestamps under journald, which adds them).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The settings of `run`, each optional: from the command line or the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunOptions {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Process names with their own per-process metric series.
+    pub top_processes: Option<usize>,
+    /// Pins held longer than this many seconds are long-held.
+    pub long_held: Option<u64>,
+    /// Capacity of the pin tracking map, in folios.
+    pub track_capacity: Option<u32>,
+    /// Log line format.
+    pub log_format: Option<LogFormat>,
+    /// Log filter (`tracing` directives: `info`, `gupwatch=debug,warn`).
+    pub log_level: Option<String>,
+}
+
+/// The settings `run` uses, every one decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSettings {
+    /// Address to listen on.
+    pub listen: String,
+    /// Per-process series.
+    pub top_processes: usize,
+    /// Long-held threshold.
+    pub long_held: Duration,
+    /// Tracking map capacity.
+    pub track_capacity: u32,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or an unknown key or wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value out of range.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl RunOptions {
+    /// Parses a configuration file's text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<RunOptions, ConfigError> {
+        let o: RunOptions =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        if o.track_capacity == Some(0) {
+            return Err(invalid("track_capacity must be at least 1".into()));
+        }
+        if let Some(l) = &o.log_level {
+            tracing_subscriber::EnvFilter::try_new(l).map_err(|e| invalid(format!("log_level {l:?}: {e}")))?;
+        }
+        Ok(o)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<RunOptions, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        RunOptions::parse(&text, path)
+    }
+
+    /// The file to read: `explicit` if given (it must exist), else
+    /// [`DEFAULT_PATH`] if it exists, else none.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Path::new(DEFAULT_PATH).exists().then(|| PathBuf::from(DEFAULT_PATH)),
+        }
+    }
+
+    /// Command-line values over file values over defaults.
+    pub fn resolve(cli: &RunOptions, file: &RunOptions) -> RunSettings {
+        RunSettings {
+            listen: cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| crate::http::DEFAULT_LISTEN.into()),
+            top_processes: cli.top_processes.or(file.top_processes).unwrap_or(crate::metrics::DEFAULT_TOP_PROCESSES),
+            long_held: Duration::from_secs(
+                cli.long_held.or(file.long_held).unwrap_or(crate::leaks::LeakPolicy::default().long_held.as_secs()),
+            ),
+            track_capacity: cli.track_capacity.or(file.track_capacity).unwrap_or(gup_common::TRACK_CAPACITY),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            log_level: cli.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into()),
+        }
+    }
+}
+
+/// What a reload changes: settings applied live, and keys whose new value
+/// waits for a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// `key: old -> new` for each live change.
+    pub applied: Vec<String>,
+    /// Keys that changed but need a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl RunSettings {
+    /// Compares the settings in force with reloaded ones.
+    pub fn reload_plan(&self, new: &RunSettings) -> ReloadPlan {
+        let mut p = ReloadPlan::default();
+        if self.top_processes != new.top_processes {
+            p.applied.push(format!("top_processes: {} -> {}", self.top_processes, new.top_processes));
+        }
+        if self.long_held != new.long_held {
+            p.applied.push(format!("long_held: {}s -> {}s", self.long_held.as_secs(), new.long_held.as_secs()));
+        }
+        if self.log_level != new.log_level {
+            p.applied.push(format!("log_level: {} -> {}", self.log_level, new.log_level));
+        }
+        // The socket is bound, the maps are created and the subscriber is
+        // installed once, at start.
+        if self.listen != new.listen {
+            p.needs_restart.push("listen");
+        }
+        if self.track_capacity != new.track_capacity {
+            p.needs_restart.push("track_capacity");
+        }
+        if self.log_format != new.log_format {
+            p.needs_restart.push("log_format");
+        }
+        p
+    }
+
+    /// The settings after a reload: live keys from `new`, the rest as they
+    /// are.
+    pub fn reloaded(&self, new: &RunSettings) -> RunSettings {
+        RunSettings {
+            top_processes: new.top_processes,
+            long_held: new.long_held,
+            log_level: new.log_level.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// For logs: `key=value ...`.
+    pub fn describe(&self) -> String {
+        format!(
+            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={}",
+            self.listen,
+            self.top_processes,
+            self.long_held.as_secs(),
+            self.track_capacity,
+            self.log_format.as_str(),
+            self.log_level
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("/etc/gupwatch/gupwatch.toml")
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let o = RunOptions::parse(
+            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\n",
+            p(),
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            RunOptions {
+                listen: Some("0.0.0.0:9000".into()),
+                top_processes: Some(3),
+                long_held: Some(60),
+                track_capacity: Some(1024),
+                log_format: Some(LogFormat::Json),
+                log_level: Some("gupwatch=debug,warn".into()),
+            }
+        );
+        assert_eq!(RunOptions::parse("", p()).unwrap(), RunOptions::default());
+        // The example in the packaging directory is valid.
+        let example = include_str!("../../packaging/gupwatch.toml");
+        RunOptions::parse(example, p()).expect("packaging/gupwatch.toml parses");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let e = RunOptions::parse("top_procesess = 3\n", p()).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/gupwatch/gupwatch.toml:") && e.contains("top_procesess"), "{e}");
+        let e = RunOptions::parse("top_processes = \"many\"\n", p()).unwrap_err().to_string();
+        assert!(e.contains("top_processes"), "{e}");
+        let e = RunOptions::parse("log_format = \"xml\"\n", p()).unwrap_err().to_string();
+        assert!(e.contains("xml"), "{e}");
+        assert!(RunOptions::parse("track_capacity = 0\n", p()).is_err());
+        assert!(RunOptions::parse("log_level = \"[[[\"\n", p()).is_err());
+        assert!(RunOptions::parse("listen = \n", p()).is_err());
+        let e = RunOptions::load(Path::new("/nonexistent/gupwatch.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read /nonexistent/gupwatch.toml"), "{e}");
+    }
+
+    #[test]
+    fn command_line_wins_over_file_over_defaults() {
+        let file = RunOptions { listen: Some("0.0.0.0:1".into()), top_processes: Some(3), ..Default::default() };
+        let cli = RunOptions { top_processes: Some(7), log_level: Some("debug".into()), ..Default::default() };
+        let s = RunOptions::resolve(&cli, &file);
+        assert_eq!(s.listen, "0.0.0.0:1");
+        assert_eq!(s.top_processes, 7);
+        assert_eq!(s.long_held, Duration::from_secs(300));
+        assert_eq!(s.track_capacity, gup_common::TRACK_CAPACITY);
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.log_level, "debug");
+        assert_eq!(RunOptions::resolve(&RunOptions::default(), &RunOptions::default()).listen, crate::http::DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn reload_applies_live_keys_and_lists_the_rest() {
+        let old = RunOptions::resolve(&RunOptions::default(), &RunOptions::default());
+        let new = RunOptions::resolve(
+            &RunOptions::default(),
+            &RunOptions {
+                listen: Some("0.0.0.0:2".into()),
+                top_processes: Some(2),
+                long_held: Some(5),
+                log_format: Some(LogFormat::Json),
+                log_level: Some("info".into()),
+                ..Default::default()
+            },
+        );
+        let plan = old.reload_plan(&new);
+        assert_eq!(plan.applied, ["top_processes: 10 -> 2", "long_held: 300s -> 5s"]);
+        assert_eq!(plan.needs_restart, ["listen", "log_format"]);
+        let after = old.reloaded(&new);
+        assert_eq!((after.top_processes, after.long_held.as_secs()), (2, 5));
+        assert_eq!((after.listen.as_str(), after.log_format), (old.listen.as_str(), LogFormat::Text), "restart keys stay");
+        assert_eq!(old.reload_plan(&old), ReloadPlan::default());
+    }
+}
