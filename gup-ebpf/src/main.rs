@@ -461,6 +461,20 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             }
         }
     }
+    if api.kind() != ApiKind::Unpin {
+        // A GUP call made from inside another hooked one (6.1's
+        // get_user_pages_fast falls back through get_user_pages_unlocked):
+        // the outer call counts the pages; recording this one would replace
+        // the outer record and count them twice.
+        // SAFETY: the value is only read.
+        let outer = unsafe { INFLIGHT.get(&tid) }.and_then(|o| Api::from_index(o.api));
+        if outer.is_some_and(|o| matches!(o.kind(), ApiKind::Pin | ApiKind::Get)) {
+            if let Some(s) = stats(api) {
+                add(&mut s.nested_calls, 1);
+            }
+            return;
+        }
+    }
     let rec = Inflight {
         api: api as u32,
         nested_unpin: 0,
@@ -603,7 +617,8 @@ fn track_unpin(folio: u64, n: u64, site: i64) {
 fn unbalanced(site: i64, n: u64) {
     diag_add(Diag::UnbalancedUnpins, n);
     if UNBALANCED.get_ptr_mut(&site).is_none() {
-        let _ = UNBALANCED.insert(&site, &0, 1);
+        let zero: u64 = 0;
+        let _ = UNBALANCED.insert(&site, &zero, 1);
     }
     if let Some(p) = UNBALANCED.get_ptr_mut(&site) {
         // SAFETY: hash values live until deleted.
@@ -704,6 +719,15 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
         }
     }
     let Some(s) = stats(api) else { return };
+    if !have && matches!(api.kind(), ApiKind::Pin | ApiKind::Get) {
+        // Returning from a call nested in another hooked GUP call (see
+        // on_entry): the outer call counts its pages.
+        // SAFETY: the value is only read.
+        let outer = unsafe { INFLIGHT.get(&tid) }.and_then(|o| Api::from_index(o.api));
+        if outer.is_some_and(|o| matches!(o.kind(), ApiKind::Pin | ApiKind::Get)) {
+            return;
+        }
+    }
     if api.kind() == ApiKind::Pin || api.kind() == ApiKind::Get {
         let mut ret = a.ret().unwrap_or(0);
         // Some of these return `int` on some kernels (pin_user_pages_fast
@@ -725,7 +749,11 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
             let key = (api as u32) << 16 | ((-ret) as u32 & 0xffff);
             if ERRNOS.get_ptr_mut(&key).is_none() {
                 // BPF_NOEXIST: another CPU may have inserted it meanwhile.
-                let _ = ERRNOS.insert(&key, &0, 1);
+                // A typed zero: a bare `&0` here was laid out narrower than
+                // the 8-byte value the map copies, so counts started from
+                // whatever followed it.
+                let zero: u64 = 0;
+                let _ = ERRNOS.insert(&key, &zero, 1);
             }
             if let Some(slot) = ERRNOS.get_ptr_mut(&key) {
                 // SAFETY: hash values live until deleted; we never delete.
