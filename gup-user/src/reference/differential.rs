@@ -9,7 +9,7 @@ use gup_common::Api;
 use serde::{Deserialize, Serialize};
 
 use super::contracts::{self, PinLedger, Violation};
-use super::gup::{self, Foll, GotPage, GupOutcome, GupPath};
+use super::gup::{self, Foll, GotPage, GupOutcome};
 use super::profile::KernelProfile;
 use super::space::{AddressSpace, Backing, FolioId, PMD_PAGES};
 
@@ -585,12 +585,6 @@ pub fn capture(addr: usize, len: usize) -> std::io::Result<Captured> {
     let present: Vec<bool> = entries.iter().map(|e| e >> 63 & 1 == 1).collect();
     let exclusive = entries.iter().filter(|e| *e >> 63 & 1 == 1 && *e >> 56 & 1 == 1).count() as u64;
     Ok(Captured::from_pages(&present, exclusive))
-}
-
-/// Path of the pins a prediction's calls took, for tests.
-pub fn paths(o: &GupOutcome) -> (u64, u64) {
-    let f = o.pages.iter().filter(|p| p.path == GupPath::Fast).count() as u64;
-    (f, o.pages.len() as u64 - f)
 }
 
 #[cfg(test)]
