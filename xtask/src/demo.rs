@@ -15,11 +15,12 @@ use crate::util;
 /// Host port that reaches the guest's metrics port.
 pub const HOST_PORT: u16 = 19483;
 /// gupwatch's metrics port in the guest.
-pub const GUEST_PORT: u16 = 9483;
+pub const GUEST_PORT: u16 = 10483;
 
 /// The guest command: a workload that pins memory in the background and
 /// gupwatch's periodic summary in the foreground.
-pub const DEMO_COMMAND: &str = "gupwatch workload --seconds 40 & gupwatch --interval 2 --count 20";
+pub const DEMO_COMMAND: &str = "gupwatch run --listen 0.0.0.0:10483 >/dev/null 2>&1 & \
+     gupwatch workload --seconds 40 & gupwatch --interval 2 --count 20";
 
 /// Options of `cargo xtask demo`.
 #[derive(Debug, Clone)]
