@@ -219,12 +219,15 @@ impl KernelBtf {
         let t = self.types.get(id as usize)?;
         for m in &t.members {
             if m.name == member {
-                return Some(base_bits + m.bit_offset);
+                return base_bits.checked_add(m.bit_offset);
             }
         }
         for m in t.members.iter().filter(|m| m.name.is_empty()) {
             let inner = self.strip_modifiers(m.type_id);
-            if let Some(found) = self.find_member(inner, member, base_bits + m.bit_offset, depth + 1) {
+            // Offsets past u32 come only from malformed BTF (found by the
+            // btf_parse fuzz target): no such member, rather than overflow.
+            let Some(base) = base_bits.checked_add(m.bit_offset) else { continue };
+            if let Some(found) = self.find_member(inner, member, base, depth + 1) {
                 return Some(found);
             }
         }
@@ -372,6 +375,19 @@ pub(crate) mod tests {
         assert_eq!(btf.member_offset("page", "_refcount"), Some(52));
         assert_eq!(btf.member_offset("page", "nope"), None);
         assert_eq!(btf.member_offset("folio", "flags"), None);
+    }
+
+    /// The btf_parse fuzz target's crash: member offsets summing past u32
+    /// (only in malformed BTF) overflowed; now such a member is not found.
+    #[test]
+    fn member_offsets_past_u32_are_not_found() {
+        let mut b = Builder::new();
+        let long = b.int();
+        let inner = b.composite("", false, 16, &[("lru", long, 0), ("compound_head", long, 1)]);
+        b.composite("page", false, 64, &[("", inner, 0x1fff_ffff)]);
+        let btf = KernelBtf::parse(&b.build()).expect("parses");
+        assert_eq!(btf.member_offset("page", "lru"), Some(0x1fff_ffff));
+        assert_eq!(btf.member_offset("page", "compound_head"), None);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl RunOptions {
             return Err(invalid("track_capacity must be at least 1".into()));
         }
         if let Some(l) = &o.log_level {
-            tracing_subscriber::EnvFilter::try_new(l).map_err(|e| invalid(format!("log_level {l:?}: {e}")))?;
+            crate::args::log_filter(l).map_err(|e| invalid(format!("log_level {l:?}: {e}")))?;
         }
         Ok(o)
     }

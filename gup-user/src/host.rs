@@ -202,12 +202,34 @@ pub fn run_reduced(
 
 /// Sleeps in small steps so Ctrl-C is answered promptly.
 pub fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
+    // `Instant + Duration` panics past the clock's range (`leaks
+    // --duration 18446744073709551615`): such a sleep lasts until stopped.
+    let end = Instant::now().checked_add(d);
     while !stop.load(Ordering::Relaxed) {
-        let left = end.saturating_duration_since(Instant::now());
+        let left = end.map_or(Duration::MAX, |e| e.saturating_duration_since(Instant::now()));
         if left.is_zero() {
             break;
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A duration no `Instant` can hold (`leaks --duration u64::MAX`)
+    /// sleeps until stopped instead of panicking.
+    #[test]
+    fn endless_sleep_ends_when_stopped() {
+        let stop = AtomicBool::new(true);
+        sleep_unless_stopped(Duration::MAX, &stop);
+        sleep_unless_stopped(Duration::from_secs(u64::MAX), &stop);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = std::sync::Arc::clone(&stop);
+        let t = std::thread::spawn(move || sleep_unless_stopped(Duration::MAX, &s));
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
     }
 }

@@ -7,6 +7,16 @@
 //! trickling bytes cannot hold a worker), a write timeout, one request per
 //! connection (`Connection: close`), GET and HEAD only.
 //!
+//! With a web configuration ([`Server::with_web_config`], from
+//! `--web-config`, see [`crate::webconfig`]) connections are TLS (rustls)
+//! and/or requests need basic-auth credentials (401 with
+//! `WWW-Authenticate` without them). The TLS handshake counts against the
+//! request-head deadline, each socket read of it bounded by what is left,
+//! so a client trickling handshake bytes cannot hold a worker either. A
+//! plain-HTTP request to the TLS port is answered 400 in plain text, as Go
+//! servers do, so `curl http://` says what is wrong. Without a web
+//! configuration nothing changes: plain HTTP, no authentication.
+//!
 //! Routes ([`App`]): `/metrics`, `/` (status page), `/healthz`,
 //! `/api/snapshot` (JSON), anything else 404.
 
@@ -21,7 +31,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::metrics::{self, Collector, Format};
+use crate::{
+    metrics::{self, Collector, Format},
+    webconfig::{Security, WebConfigWatcher},
+};
 
 /// Where `gupwatch run` listens by default.
 ///
@@ -128,6 +141,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -197,6 +211,16 @@ fn read_head(stream: &mut impl ReadTimeout, max: usize, timeout: Duration) -> Re
     }
 }
 
+/// Parses a request head (the bytes before the blank line), as the server
+/// does; the error is the reason a client would get with its 400/505. For
+/// tests and fuzzing.
+pub fn parse_request_head(head: &[u8]) -> Result<Request, String> {
+    parse_head(head).map_err(|e| match e {
+        HeadError::Bad(why) => why.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
 /// Where the head ends (exclusive of the blank line), tolerating bare LF.
 fn head_end(buf: &[u8]) -> Option<usize> {
     for i in 0..buf.len() {
@@ -264,10 +288,29 @@ fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
     Ok(Request { method: method.to_string(), path: path.to_string(), query, headers })
 }
 
+/// Why `addr` could not be bound, and what to do: the message
+/// `gupwatch run` prints for `--listen` (or `listen` in its config).
+pub fn explain_bind_error(addr: &str, e: &io::Error) -> String {
+    let fix = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "another process (another gupwatch?) listens there: stop it, or choose another port with --listen HOST:PORT"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "that address is not one of this host's: use one it has, 127.0.0.1 or 0.0.0.0, with --listen HOST:PORT"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need CAP_NET_BIND_SERVICE: choose a port above 1023 with --listen HOST:PORT"
+        }
+        _ => "--listen takes HOST:PORT, such as 127.0.0.1:10483, 0.0.0.0:10483 or [::1]:10483",
+    };
+    format!("cannot listen on {addr}: {e}; {fix}")
+}
+
 /// A bound listener, not yet serving.
 pub struct Server {
     listener: TcpListener,
     config: ServerConfig,
+    web: Option<Arc<WebConfigWatcher>>,
 }
 
 impl Server {
@@ -275,7 +318,18 @@ impl Server {
     pub fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
-        Ok(Server { listener, config })
+        Ok(Server { listener, config, web: None })
+    }
+
+    /// Serves with TLS and/or basic auth as this web configuration says.
+    pub fn with_web_config(mut self, web: Arc<WebConfigWatcher>) -> Server {
+        self.web = Some(web);
+        self
+    }
+
+    /// `https` when connections are TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.web.as_ref().map_or("http", |w| w.scheme())
     }
 
     /// The bound address (with the real port when bound to port 0).
@@ -299,11 +353,12 @@ impl Server {
                 let rx = Arc::clone(&rx);
                 let handler = Arc::clone(&handler);
                 let open = Arc::clone(&open);
+                let web = self.web.clone();
                 thread::Builder::new().name(format!("gupwatch-http-{i}")).spawn(move || loop {
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(stream) = next else { break };
                     let _slot = Slot(&open);
-                    serve_connection(stream, &*handler, &cfg);
+                    serve_connection(stream, &*handler, &cfg, web.as_deref());
                 })
             })
             .collect::<io::Result<_>>()?;
@@ -373,10 +428,45 @@ fn close(mut s: TcpStream) {
     }
 }
 
-fn serve_connection(mut stream: TcpStream, handler: &dyn Handler, cfg: &ServerConfig) {
+fn serve_connection(stream: TcpStream, handler: &dyn Handler, cfg: &ServerConfig, web: Option<&WebConfigWatcher>) {
     let _ = stream.set_write_timeout(Some(cfg.write_timeout));
     let _ = stream.set_nodelay(true);
-    let (resp, head_only) = match read_head(&mut stream, cfg.max_head_bytes, cfg.head_timeout).and_then(|h| parse_head(&h)) {
+    // The handshake and the request head share one deadline.
+    let deadline = Instant::now() + cfg.head_timeout;
+    let security = web.map(|w| w.current());
+    let Some(tls) = security.as_ref().and_then(|s| s.tls().cloned()) else {
+        let mut stream = stream;
+        respond(&mut stream, handler, cfg, security.as_deref(), deadline);
+        close(stream);
+        return;
+    };
+    if sends_plain_http(&stream, deadline) {
+        let mut stream = stream;
+        let _ = Response::text(400, "Client sent an HTTP request to an HTTPS server.\n").write_to(&mut stream, false);
+        close(stream);
+        return;
+    }
+    let Ok(conn) = rustls::ServerConnection::new(tls) else { return };
+    let mut conn = TlsStream { tls: conn, sock: stream, deadline };
+    if conn.handshake().is_err() {
+        // Wrong protocol, a refused client certificate, or too slow: the
+        // alert (if any) has been sent; there is no channel for a response.
+        return;
+    }
+    respond(&mut conn, handler, cfg, security.as_deref(), deadline);
+    conn.close();
+}
+
+/// Reads, authorizes and answers one request on an established connection.
+fn respond<C: ReadTimeout + Write>(
+    conn: &mut C,
+    handler: &dyn Handler,
+    cfg: &ServerConfig,
+    security: Option<&Security>,
+    deadline: Instant,
+) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let (mut resp, head_only) = match read_head(conn, cfg.max_head_bytes, left).and_then(|h| parse_head(&h)) {
         Err(HeadError::Closed) => return,
         Err(HeadError::Timeout) => (Response::text(408, "request head not received in time\n"), false),
         Err(HeadError::TooLarge) => (
@@ -385,6 +475,13 @@ fn serve_connection(mut stream: TcpStream, handler: &dyn Handler, cfg: &ServerCo
         ),
         Err(HeadError::Bad(why)) => (Response::text(400, format!("{why}\n")), false),
         Err(HeadError::Version) => (Response::text(505, "HTTP/1.x only\n"), false),
+        // Credentials first: nothing about the server (not even which
+        // methods it allows) before them.
+        Ok(req) if !security.is_none_or(|s| s.authorize(req.header("authorization"))) => {
+            let mut r = Response::text(401, "Unauthorized: this endpoint needs basic-auth credentials (see --web-config)\n");
+            r.headers.push(("WWW-Authenticate", crate::webconfig::CHALLENGE.into()));
+            (r, req.method == "HEAD")
+        }
         Ok(req) if req.method != "GET" && req.method != "HEAD" => {
             let mut r = Response::text(405, "GET or HEAD only\n");
             r.headers.push(("Allow", "GET, HEAD".into()));
@@ -396,8 +493,116 @@ fn serve_connection(mut stream: TcpStream, handler: &dyn Handler, cfg: &ServerCo
             (r, req.method == "HEAD")
         }
     };
-    let _ = resp.write_to(&mut stream, head_only);
-    close(stream);
+    if let Some(s) = security {
+        resp.headers.extend(s.headers().iter().cloned());
+    }
+    let _ = resp.write_to(conn, head_only);
+}
+
+/// Whether the first bytes on a TLS port are a plain-HTTP request line
+/// (a TLS record starts with a binary content type, never a letter).
+fn sends_plain_http(stream: &TcpStream, deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first), Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// A TLS connection whose every socket read is bounded by one deadline
+/// (set through [`ReadTimeout`]), so a slow peer cannot stretch it.
+struct TlsStream {
+    tls: rustls::ServerConnection,
+    sock: TcpStream,
+    deadline: Instant,
+}
+
+impl TlsStream {
+    fn handshake(&mut self) -> io::Result<()> {
+        while self.tls.is_handshaking() {
+            self.flush_tls()?;
+            if !self.tls.is_handshaking() {
+                break;
+            }
+            self.read_tls_once()?;
+        }
+        self.flush_tls()
+    }
+
+    /// Sends whatever TLS records are pending.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut self.sock)?;
+        }
+        Ok(())
+    }
+
+    /// One socket read, bounded by the deadline, and its processing.
+    fn read_tls_once(&mut self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.sock.set_read_timeout(Some(left))?;
+        if self.tls.read_tls(&mut self.sock)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Err(e) = self.tls.process_new_packets() {
+            // Send the alert rustls queued, so the peer learns why.
+            let _ = self.flush_tls();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        Ok(())
+    }
+
+    fn close(mut self) {
+        self.tls.send_close_notify();
+        let _ = self.flush_tls();
+        close(self.sock);
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            self.flush_tls()?;
+            match self.read_tls_once() {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                r => r?,
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut n = self.tls.writer().write(buf)?;
+        self.flush_tls()?;
+        if n == 0 && !buf.is_empty() {
+            // The plaintext buffer was full; it has just been sent.
+            n = self.tls.writer().write(buf)?;
+            self.flush_tls()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls()?;
+        self.sock.flush()
+    }
+}
+
+impl ReadTimeout for TlsStream {
+    fn set_timeout(&mut self, d: Duration) -> io::Result<()> {
+        self.deadline = Instant::now() + d;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -452,7 +657,7 @@ impl Handler for App {
                 let mut c = self.collector();
                 let top = c.settings().top_processes;
                 let data = c.gather();
-                let leaks = if flag("leaks") { Some(c.last_leak_report().cloned()) } else { None };
+                let leaks = if flag("leaks") { Some(c.leak_report(&data)) } else { None };
                 drop(c);
                 let mut doc = metrics::snapshot_json(&data, top);
                 if flag("callers") {

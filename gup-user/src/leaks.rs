@@ -258,7 +258,9 @@ pub fn analyze(
         }
     }
     let mut notes = vec![];
-    let unbalanced_total: u64 = maps.unbalanced.iter().map(|(_, n)| n).sum();
+    // Sums of map values saturate: they are arbitrary u64s to this code
+    // (found by the map_records fuzz target; `Iterator::sum` overflowed).
+    let unbalanced_total = maps.unbalanced.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n));
     for (site, n) in &maps.unbalanced {
         let c = (cx.caller)(*site);
         leaks.push(Leak {
@@ -295,7 +297,7 @@ pub fn analyze(
         }
     }
     if let Some(k) = cx.kernel_outstanding {
-        let gap = k - tracked as i64;
+        let gap = k.saturating_sub(i64::try_from(tracked).unwrap_or(i64::MAX));
         if gap > 0 {
             notes.push(format!(
                 "the kernel counts {k} pins outstanding, gupwatch tracks {tracked}: {gap} were taken before gupwatch started (or not tracked) and will leave the gap as they are released"
@@ -406,6 +408,26 @@ mod tests {
 
     fn cx<'a>(now: u64, caller: &'a dyn Fn(i64) -> Caller, alive: &'a dyn Fn(u32) -> bool) -> Context<'a> {
         Context { now_ns: now, since_ns: 0, caller, alive, kernel_outstanding: None, untracked_pins: 0 }
+    }
+
+    /// The map_records fuzz target's crashes: unbalanced counts summing
+    /// past u64::MAX, and a kernel total near i64::MIN, overflowed.
+    #[test]
+    fn extreme_map_values_do_not_overflow() {
+        let maps = TrackingMaps {
+            pins: vec![(0x1000, PinRecord { owners: [owner(7, 3, 10, 1), EMPTY] })],
+            exited: HashMap::new(),
+            unbalanced: vec![(1, u64::MAX), (2, u64::MAX)],
+        };
+        let alive = |_| true;
+        let mut c = cx(20, &caller, &alive);
+        c.kernel_outstanding = Some(i64::MIN);
+        let r = analyze(&maps, &c, &LeakPolicy::default(), None);
+        assert_eq!(r.tracked_outstanding, 3);
+        assert!(r.notes[0].starts_with(&format!("{} unpins matched no pin", u64::MAX)), "{:?}", r.notes);
+        c.kernel_outstanding = Some(i64::MAX);
+        let r = analyze(&maps, &c, &LeakPolicy::default(), None);
+        assert!(r.notes.iter().any(|n| n.contains(&format!("{} were taken before", i64::MAX - 3))), "{:?}", r.notes);
     }
 
     #[test]

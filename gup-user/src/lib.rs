@@ -14,6 +14,7 @@
 //!    reduced mode for kernels that refuse tracing programs), and the
 //!    `gupwatch` binary.
 
+pub mod args;
 pub mod attribution;
 pub mod bench;
 pub mod btf;
@@ -29,9 +30,11 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod privileges;
 pub mod reader;
 pub mod reference;
 pub mod scenarios;
 pub mod stress;
 pub mod tui;
 pub mod vmstat;
+pub mod webconfig;

@@ -403,3 +403,35 @@ pub fn api_of_program(name: &str) -> Option<Api> {
     let idx = name.split('_').nth(1)?.parse().ok()?;
     Api::from_index(idx)
 }
+
+/// The verifier-refusal message (`describe`) and the saved log, without a
+/// kernel: what `gupwatch probes` and the diagnosis show when the verifier
+/// says no.
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn verifier_refusals_are_summarized_and_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = "func#0 @0\n0: R1=ctx() R10=fp0\n; int x = *(u64 *)(r1 + 8)\n1: (79) r2 = *(u64 *)(r1 +8)\ninvalid bpf_context access off=8 size=8\nprocessed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n";
+        let refused = |log: &str| ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log.to_string()),
+        };
+        // The only test that sets it; describe() reads it when it saves.
+        std::env::set_var("GUPWATCH_LOG_DIR", dir.path());
+        let msg = describe(&refused(log), "pin_user_pages-kprobe");
+        let empty = describe(&refused(""), "unpin_user_pages-kprobe");
+        std::env::remove_var("GUPWATCH_LOG_DIR");
+        assert!(msg.starts_with("verifier refused the program: Permission denied"), "{msg}");
+        assert!(msg.contains("1: (79) r2 = *(u64 *)(r1 +8) | invalid bpf_context access off=8 size=8"), "{msg}");
+        assert!(!msg.contains("processed 2 insns"), "bookkeeping lines are left out: {msg}");
+        let saved = dir.path().join("gupwatch-verifier-pin_user_pages-kprobe.log");
+        assert!(msg.ends_with(&format!(" (full verifier log: {})", saved.display())), "{msg}");
+        assert_eq!(std::fs::read_to_string(&saved).unwrap(), log, "the whole log is saved");
+        // No log: the errno alone, nothing saved.
+        assert_eq!(empty, "program load refused: Permission denied (os error 13)");
+        assert!(!dir.path().join("gupwatch-verifier-unpin_user_pages-kprobe.log").exists());
+    }
+}

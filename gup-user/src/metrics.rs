@@ -467,17 +467,24 @@ impl EncodeMetric for ConstHistogram {
 /// bound is `2^(i+1)` ns; the last bucket also takes everything longer, so
 /// its bound is `+Inf`.
 fn latency_histogram(s: &ApiStats) -> ConstHistogram {
+    // The encoder sums the buckets into cumulative counts. Counts whose sum
+    // passes u64::MAX (only from wrapped or corrupt counters) saturate
+    // there: unchecked, the sum overflowed (a panic in debug builds, a
+    // decreasing cumulative bucket in release; found by the
+    // metrics_exposition fuzz target).
+    let mut total = 0u64;
     let buckets = s
         .latency_log2
         .iter()
         .enumerate()
         .map(|(i, n)| {
             let le = if i + 1 == LATENCY_BUCKETS { f64::INFINITY } else { (1u64 << (i + 1)) as f64 / 1e9 };
-            (le, *n)
+            let n = (*n).min(u64::MAX - total);
+            total += n;
+            (le, n)
         })
         .collect();
-    let count = s.latency_log2.iter().fold(0u64, |a, b| a.wrapping_add(*b));
-    ConstHistogram { sum: s.latency_ns_sum as f64 / 1e9, count, buckets }
+    ConstHistogram { sum: s.latency_ns_sum as f64 / 1e9, count: total, buckets }
 }
 
 fn counters<L: EncodeLabelSet>(
@@ -658,7 +665,9 @@ impl PromCollector for Exposition {
             "gupwatch_outstanding_pages",
             "FOLL_PIN pins taken minus pins released, as seen by gupwatch since it started.",
             None,
-            totals.map(|t| t.pinned_pages as i64 - t.unpinned_pages as i64),
+            // Wrapping: exact whenever the true difference fits an i64, and
+            // no overflow panic on wrapped counters (metrics_exposition fuzz target).
+            totals.map(|t| (t.pinned_pages as i64).wrapping_sub(t.unpinned_pages as i64)),
         )?;
         counter(
             &mut enc,
@@ -987,7 +996,7 @@ pub fn snapshot_json(d: &ScrapeData, top: usize) -> serde_json::Value {
         mode: if snap.is_some() { "full" } else { "reduced" },
         hooks_attached: d.plan.attached(),
         totals,
-        outstanding_pages: totals.map(|t| t.pinned_pages as i64 - t.unpinned_pages as i64),
+        outstanding_pages: totals.map(|t| (t.pinned_pages as i64).wrapping_sub(t.unpinned_pages as i64)),
         kernel_counters: d.vmstat.map(|v| KernelJson {
             acquired: v.acquired,
             released: v.released,

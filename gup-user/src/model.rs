@@ -138,36 +138,42 @@ impl Snapshot {
         &self.apis[api as usize]
     }
 
-    /// Totals over all APIs.
+    /// Totals over all APIs. Sums wrap, as [`accumulate`] and
+    /// [`Snapshot::since`] do: counters read from the maps are arbitrary
+    /// u64s to this code (a delta across a reset is huge), and a panic here
+    /// would take a scrape down (found by the map_records fuzz target).
     pub fn totals(&self) -> Totals {
+        fn add(total: &mut u64, v: u64) {
+            *total = total.wrapping_add(v);
+        }
         let mut t = Totals::default();
         for api in Api::ALL {
             let s = self.api(api);
             match api.kind() {
                 ApiKind::Pin => {
-                    t.pinned_pages += s.pages + s.undone_pages;
-                    t.pin_calls += s.calls;
-                    t.failed_calls += s.errors;
+                    add(&mut t.pinned_pages, s.pages.wrapping_add(s.undone_pages));
+                    add(&mut t.pin_calls, s.calls);
+                    add(&mut t.failed_calls, s.errors);
                 }
                 ApiKind::Get => {
-                    t.referenced_pages += s.pages;
-                    t.get_calls += s.calls;
-                    t.failed_calls += s.errors;
+                    add(&mut t.referenced_pages, s.pages);
+                    add(&mut t.get_calls, s.calls);
+                    add(&mut t.failed_calls, s.errors);
                 }
                 ApiKind::Unpin => {
-                    t.unpinned_pages += s.pages;
-                    t.unpin_calls += s.calls;
+                    add(&mut t.unpinned_pages, s.pages);
+                    add(&mut t.unpin_calls, s.calls);
                 }
                 ApiKind::SlowPath => {}
                 // Releases no hooked unpin counted (see ApiKind::Undo).
-                ApiKind::Undo => t.unpinned_pages += s.pages,
+                ApiKind::Undo => add(&mut t.unpinned_pages, s.pages),
                 ApiKind::I915 => {}
             }
             if api.kind() == ApiKind::Pin {
-                t.fast_pages += s.fast_pages;
-                t.slow_pages += s.slow_pages;
-                t.unsplit_pages += s.unsplit_pages;
-                t.longterm_pages += s.longterm_pages;
+                add(&mut t.fast_pages, s.fast_pages);
+                add(&mut t.slow_pages, s.slow_pages);
+                add(&mut t.unsplit_pages, s.unsplit_pages);
+                add(&mut t.longterm_pages, s.longterm_pages);
             }
         }
         t
@@ -210,6 +216,22 @@ mod tests {
         let d = a.since(&b);
         assert_eq!(d.apis[0], ApiStats { calls: 3, pages: 30, latency_log2: { let mut l = [0; LATENCY_BUCKETS]; l[3] = 5; l }, ..ApiStats::ZERO });
         assert_eq!(d.diag[1], 5);
+    }
+
+    /// The map_records fuzz target's crash: counters summing past u64::MAX
+    /// (e.g. a delta across a counter reset) wrap instead of panicking.
+    #[test]
+    fn totals_wrap_instead_of_overflowing() {
+        let mut s = Snapshot::default();
+        s.apis[Api::PinUserPagesFast as usize] = ApiStats { fast_pages: u64::MAX, ..stats(u64::MAX, u64::MAX, 2) };
+        s.apis[Api::PinUserPagesRemote as usize] = ApiStats { fast_pages: 2, ..stats(3, 5, 0) };
+        s.apis[Api::UnpinUserPages as usize] = stats(1, u64::MAX, 0);
+        s.apis[Api::GupPutFolio as usize] = stats(1, 2, 0);
+        let t = s.totals();
+        assert_eq!(t.pinned_pages, 6); // MAX + 2 + 5 wraps to 6
+        assert_eq!(t.pin_calls, 2);
+        assert_eq!(t.unpinned_pages, 1);
+        assert_eq!(t.fast_pages, 1);
     }
 
     #[test]

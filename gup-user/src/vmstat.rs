@@ -192,7 +192,11 @@ pub fn parse(text: &str) -> Result<FollPinCounters, VmstatError> {
                 return Err(VmstatError::Malformed {
                     counter,
                     line: lineno,
-                    value: line[name.len()..].trim().to_string(),
+                    // After the name, which starts the line once leading
+                    // (Unicode) whitespace is gone, as split_whitespace
+                    // sees it; slicing `line` itself cut a character in
+                    // two (found by the vmstat_parse fuzz target).
+                    value: line.trim_start().get(name.len()..).unwrap_or("").trim().to_string(),
                 })
             }
         };
@@ -430,6 +434,22 @@ thp_fault_alloc 12
             }
         ));
         assert!(matches!(parse(""), Err(VmstatError::Missing { .. })));
+    }
+
+    /// The vmstat_parse fuzz target's crash: a counter line that starts
+    /// with Unicode whitespace (U+0085) made the message slice `line` inside
+    /// a character. Now it names the value after the counter.
+    #[test]
+    fn leading_unicode_whitespace() {
+        let e = parse("   \u{85}\u{85}nr_foll_pin_released\r`\r\nnr_foll_pin_acquired 1\n").unwrap_err();
+        match e {
+            VmstatError::Malformed { counter, line, ref value } => {
+                assert_eq!((counter, line, value.as_str()), (RELEASED_KEY, 1, "`"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let ok = parse("\u{85} nr_foll_pin_acquired 5\n\tnr_foll_pin_released 3\n").unwrap();
+        assert_eq!((ok.acquired, ok.released), (5, 3));
     }
 
     #[test]

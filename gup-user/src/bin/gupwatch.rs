@@ -27,7 +27,7 @@ Examples:
   sudo gupwatch check --json    pin through real syscalls and compare with /proc/vmstat")]
 struct Cli {
     /// Seconds between summaries.
-    #[arg(short, long, default_value = "1", value_parser = parse_interval, global = true)]
+    #[arg(short, long, default_value = "1", value_parser = gupwatch::args::parse_interval, global = true)]
     interval: Duration,
     /// Stop after this many summaries.
     #[arg(short, long, global = true)]
@@ -140,6 +140,11 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// TLS and basic auth for the endpoint, in the YAML format of
+        /// Prometheus' exporter-toolkit (tls_server_config,
+        /// basic_auth_users); re-read when it or its files change.
+        #[arg(long, value_name = "FILE")]
+        web_config: Option<PathBuf>,
     },
     /// The in-guest part of `cargo xtask stress`: attach/detach cycles
     /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
@@ -172,7 +177,7 @@ enum Command {
         #[arg(long, value_enum)]
         kind: gupwatch::bench::BenchKind,
         /// How long to run.
-        #[arg(long, default_value = "5")]
+        #[arg(long, default_value = "5", value_parser = gupwatch::args::parse_run_seconds)]
         seconds: f64,
         /// Directory on a filesystem that supports O_DIRECT.
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
@@ -193,14 +198,6 @@ enum Command {
     },
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(0.05..=3600.0).contains(&secs) {
-        return Err(format!("interval {secs} s is out of range (0.05 to 3600)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Errors are printed with their causes on one screen, never as a
@@ -208,10 +205,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gupwatch: error: {e:#}");
+            eprintln!("gupwatch: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each once: a message that already
+/// quotes its cause (as thiserror messages with `{source}` do) is not
+/// followed by it again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if out.contains(&c) {
+            continue;
+        }
+        if !out.is_empty() {
+            out += ": ";
+        }
+        out += &c;
+    }
+    out
 }
 
 fn stop_flag() -> Result<Arc<AtomicBool>> {
@@ -230,9 +245,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
-        Some(Command::Run { listen, top_processes, long_held, track_capacity, log_format, log_level, config }) => {
+        Some(Command::Run { listen, top_processes, long_held, track_capacity, log_format, log_level, config, web_config }) => {
             let flags = gupwatch::config::RunOptions { listen, top_processes, long_held, track_capacity, log_format, log_level };
-            serve(flags, config.as_deref())
+            serve(flags, config.as_deref(), web_config.as_deref())
         }
         Some(Command::Top { connect }) => top(cli.interval, connect),
         Some(Command::Doctor { json }) => doctor(json),
@@ -334,7 +349,11 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
 // `..Default`/`..c.settings()` keep these literals valid if the structs
 // gain fields.
 #[allow(clippy::needless_update)]
-fn serve(flags: gupwatch::config::RunOptions, config: Option<&std::path::Path>) -> Result<ExitCode> {
+fn serve(
+    flags: gupwatch::config::RunOptions,
+    config: Option<&std::path::Path>,
+    web_config: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     use gupwatch::{config::RunOptions, http, leaks::LeakPolicy, metrics};
     let config_path = RunOptions::locate(config);
     let file = match &config_path {
@@ -343,6 +362,10 @@ fn serve(flags: gupwatch::config::RunOptions, config: Option<&std::path::Path>) 
     };
     let mut settings = RunOptions::resolve(&flags, &file);
     let log = init_logging(settings.log_format, &settings.log_level)?;
+    let inherited = gupwatch::privileges::close_inherited_fds();
+    if !inherited.is_empty() {
+        tracing::info!(fds = ?inherited, "closed descriptors inherited from the parent");
+    }
     // Before anything slow: SIGHUP's default action would end the daemon.
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
@@ -353,9 +376,25 @@ fn serve(flags: gupwatch::config::RunOptions, config: Option<&std::path::Path>) 
         settings = %settings.describe(),
         "starting"
     );
+    let web = match web_config {
+        Some(p) => {
+            let w = gupwatch::webconfig::WebConfigWatcher::load(p)?;
+            let c = w.config();
+            tracing::info!(path = %p.display(), settings = %c.describe(), "web config");
+            for n in &c.notes {
+                tracing::warn!(path = %p.display(), "web config: {n}");
+            }
+            Some(Arc::new(w))
+        }
+        None => None,
+    };
     // Bind first: a busy port should fail before anything is loaded.
     let server = http::Server::bind(settings.listen.as_str(), http::ServerConfig::default())
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        .map_err(|e| anyhow::anyhow!(http::explain_bind_error(&settings.listen, &e)))?;
+    let server = match web {
+        Some(w) => server.with_web_config(w),
+        None => server,
+    };
     let plan = resolve_plan()?;
     let opts = loader::LoadOptions { track_pins: true, track_capacity: settings.track_capacity };
     let (probes, load_err) = match loader::load_with(plan.clone(), opts) {
@@ -381,10 +420,13 @@ fn serve(flags: gupwatch::config::RunOptions, config: Option<&std::path::Path>) 
     );
     collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
     let app = Arc::new(http::App::new(collector));
+    // Loaded, attached, kallsyms read: shed every capability before any
+    // thread starts (threads inherit them). `run` never attaches late.
+    drop_privileges(false);
     // Installed only now: until here the default action of SIGINT/SIGTERM
     // (exit, which detaches whatever was attached) ends a slow load at once.
     let stop = stop_flag()?;
-    tracing::info!(hooks_attached = attached, url = %format!("http://{}/metrics", server.local_addr()?), "serving");
+    tracing::info!(hooks_attached = attached, url = %format!("{}://{}/metrics", server.scheme(), server.local_addr()?), "serving");
     // Reloads run beside the server, which never waits for them.
     let reloader = {
         let (app, stop) = (Arc::clone(&app), Arc::clone(&stop));
@@ -459,7 +501,7 @@ struct LogHandle(tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilte
 
 impl LogHandle {
     fn set_level(&self, level: &str) -> Result<()> {
-        let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("bad log filter {level:?}"))?;
+        let filter = gupwatch::args::log_filter(level).map_err(|e| anyhow::anyhow!("bad log filter {level:?}: {e}"))?;
         self.0.reload(filter).context("cannot change the log filter")
     }
 }
@@ -468,8 +510,8 @@ impl LogHandle {
 /// on stderr (journald takes stderr under systemd and stamps each line, so
 /// text lines carry no time of their own there).
 fn init_logging(format: LogFormat, level: &str) -> Result<LogHandle> {
-    use tracing_subscriber::{fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
-    let filter = EnvFilter::try_new(level).with_context(|| format!("bad --log-level {level:?}"))?;
+    use tracing_subscriber::{fmt, layer::SubscriberExt, reload, util::SubscriberInitExt};
+    let filter = gupwatch::args::log_filter(level).map_err(|e| anyhow::anyhow!("bad --log-level {level:?}: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
@@ -538,6 +580,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
     if !plain && count.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         return top(interval, None);
     }
+    gupwatch::privileges::close_inherited_fds();
     let stop = stop_flag()?;
     let plan = resolve_plan()?;
     let (probes, load_err) = match loader::load(plan.clone()) {
@@ -545,6 +588,8 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
         Err(e) => (None, Some(e.to_string())),
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
+    let mut late_attach = attached > 0 && probes.as_ref().is_some_and(late_attach_pending);
+    drop_privileges(late_attach);
     let mut out = std::io::stdout().lock();
     if attached == 0 {
         let findings = host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref());
@@ -579,6 +624,10 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
         if printed % 5 == 0 {
             for f in probes.attach_late_modules() {
                 writeln!(out, "gupwatch: {f} appeared (module loaded); attached")?;
+            }
+            if late_attach && !late_attach_pending(&probes) {
+                late_attach = false;
+                drop_privileges(false);
             }
         }
         let now = probes.maps.snapshot()?;
@@ -660,11 +709,39 @@ fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
             let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
             let probes = probes.filter(|_| attached > 0);
             let collector = metrics::Collector::new(probes, &plan, metrics::Settings::default());
+            drop_privileges(false);
             (Box::new(source::LocalSource::new(collector)), "local".into(), diagnosis)
         }
     };
     tui::run(src, tui::Options { interval, source_label, diagnosis }, &stop).context("live view")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a hook still waits for its module (i915 loads after start): the
+/// summary mode then attaches it later, which needs CAP_BPF + CAP_PERFMON.
+fn late_attach_pending(probes: &loader::Probes) -> bool {
+    probes
+        .plan
+        .hooks
+        .iter()
+        .any(|h| h.status == gupwatch::plan::HookStatus::Absent && h.api.kind() == ApiKind::I915)
+}
+
+/// Drops the capabilities not needed any more (see privileges.rs) and says
+/// what remains; a failure leaves them as they are, with a warning.
+fn drop_privileges(late_attach: bool) {
+    let r = gupwatch::privileges::drop_privileges(&gupwatch::privileges::Needs::here(late_attach));
+    let fds = gupwatch::privileges::fd_summary();
+    // `run` logs through tracing; the other modes have no subscriber, and
+    // stderr keeps their stdout clean.
+    match r {
+        Ok(r) if tracing::dispatcher::has_been_set() => tracing::info!(open_fds = %fds, "{r}"),
+        Ok(r) => eprintln!("gupwatch: {r}; open fds: {fds}"),
+        Err(e) if tracing::dispatcher::has_been_set() => {
+            tracing::warn!(error = %e, "could not drop capabilities; running with those it has")
+        }
+        Err(e) => eprintln!("gupwatch: could not drop capabilities ({e}); running with those it has"),
+    }
 }
 
 /// `gupwatch doctor`.

@@ -1,0 +1,358 @@
+//! `--web-config` with real clients: TLS (rustls, and curl when it is
+//! installed) and basic auth against the real server, with certificates
+//! made here by rcgen; then the same through the `gupwatch run` binary.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use gupwatch::{
+    http::{Handler, Request, Response, Server, ServerConfig},
+    webconfig::WebConfigWatcher,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate, written as PEM files into a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "gupwatch test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.extended_key_usages = vec![usage];
+            p.distinguished_name.push(DnType::CommonName, cn);
+            (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+        };
+        let (srv, srv_key) =
+            leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth, "gupwatch");
+        let (cli, cli_key) = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "prometheus");
+        let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        w("ca.crt", &ca.pem());
+        w("tls.crt", &srv);
+        w("tls.key", &srv_key);
+        w("client.crt", &cli);
+        w("client.key", &cli_key);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a web config (relative file names resolve against its dir).
+    fn config(&self, text: &str) -> PathBuf {
+        let p = self.path("web.yml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+fn bcrypt_of(password: &str) -> String {
+    bcrypt::hash(password, 4).unwrap()
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn serve(web: &Path, cfg: ServerConfig) -> Running {
+    let watcher = Arc::new(WebConfigWatcher::load(web).unwrap());
+    let server = Server::bind("127.0.0.1:0", cfg).unwrap().with_web_config(watcher);
+    let addr = server.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let handler: Arc<dyn Handler> = Arc::new(|req: &Request| Response::text(200, format!("hello {}\n", req.path)));
+    let thread = Some(thread::spawn(move || server.run(handler, &s).unwrap()));
+    Running { addr, stop, thread }
+}
+
+fn tls_client(pki: &Pki, client_cert: bool) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.path("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(if client_cert {
+        let chain: Vec<_> = CertificateDer::pem_file_iter(pki.path("client.crt")).unwrap().map(Result::unwrap).collect();
+        b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(pki.path("client.key")).unwrap()).unwrap()
+    } else {
+        b.with_no_client_auth()
+    })
+}
+
+/// GET over TLS; returns the whole response, or the error.
+fn https_get(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, path: &str, auth: Option<(&str, &str)>) -> Result<String, String> {
+    https_request(addr, cfg, "GET", path, auth)
+}
+
+fn https_request(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> Result<String, String> {
+    let conn = rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+    if let Some((u, p)) = auth {
+        req += &format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+    }
+    req += "\r\n";
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn plain_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn tls_and_basic_auth_with_a_rustls_client() {
+    let pki = Pki::new();
+    let web = pki.config(&format!(
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  prometheus: {}\nhttp_server_config:\n  headers:\n    Strict-Transport-Security: max-age=63072000\n",
+        bcrypt_of("s3cret")
+    ));
+    let srv = serve(&web, ServerConfig::default());
+    let cfg = tls_client(&pki, false);
+
+    // No credentials: 401 with a challenge, over TLS.
+    let r = https_get(srv.addr, Arc::clone(&cfg), "/metrics", None).unwrap();
+    assert_eq!(status(&r), 401, "{r}");
+    assert!(r.contains("\r\nWWW-Authenticate: Basic realm=\"gupwatch\""), "{r}");
+    assert!(!r.contains("hello"), "{r}");
+    // Wrong password, unknown user: 401.
+    assert_eq!(status(&https_get(srv.addr, Arc::clone(&cfg), "/metrics", Some(("prometheus", "nope"))).unwrap()), 401);
+    assert_eq!(status(&https_get(srv.addr, Arc::clone(&cfg), "/metrics", Some(("root", "s3cret"))).unwrap()), 401);
+    // Right ones: 200, with the configured header.
+    let r = https_get(srv.addr, Arc::clone(&cfg), "/metrics", Some(("prometheus", "s3cret"))).unwrap();
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.ends_with("hello /metrics\n"), "{r}");
+    assert!(r.contains("\r\nStrict-Transport-Security: max-age=63072000\r\n"), "{r}");
+    // Credentials before anything else: a POST without them is 401, not 405.
+    assert_eq!(status(&https_request(srv.addr, Arc::clone(&cfg), "POST", "/metrics", None).unwrap()), 401);
+    assert_eq!(status(&https_request(srv.addr, Arc::clone(&cfg), "POST", "/", Some(("prometheus", "s3cret"))).unwrap()), 405);
+    // Plain HTTP on the TLS port: a plain-text 400 saying so.
+    let r = plain_get(srv.addr, "/metrics");
+    assert_eq!(status(&r), 400, "{r}");
+    assert!(r.contains("HTTP request to an HTTPS server"), "{r}");
+    // A client that does not trust the certificate fails the handshake.
+    let untrusting = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    );
+    assert!(https_get(srv.addr, untrusting, "/", None).is_err());
+    // The server is still fine after all that.
+    assert_eq!(status(&https_get(srv.addr, cfg, "/healthz", Some(("prometheus", "s3cret"))).unwrap()), 200);
+}
+
+#[test]
+fn with_curl() {
+    if Command::new("curl").arg("--version").stdout(Stdio::null()).status().is_err() {
+        eprintln!("curl is not installed: skipping the curl half (the rustls client test covers the protocol)");
+        return;
+    }
+    let pki = Pki::new();
+    let web = pki.config(&format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  prometheus: {}\n",
+        pki.path("tls.crt").display(),
+        pki.path("tls.key").display(),
+        bcrypt_of("s3cret")
+    ));
+    let srv = serve(&web, ServerConfig::default());
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(pki.path("ca.crt"))
+            .args(args)
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let url = format!("https://127.0.0.1:{}/metrics", srv.addr.port());
+    assert_eq!(curl(&[&url]).0, "401");
+    assert_eq!(curl(&["-u", "prometheus:wrong", &url]).0, "401");
+    let (code, exit, err) = curl(&["-u", "prometheus:s3cret", &url]);
+    assert_eq!((code.as_str(), exit), ("200", Some(0)), "{err}");
+    // curl speaking plain HTTP to the TLS port gets the 400.
+    let (code, _, _) = curl(&[&format!("http://127.0.0.1:{}/metrics", srv.addr.port())]);
+    assert_eq!(code, "400");
+    // curl expecting TLS from a port that does not verify fails outright.
+    let (_, exit, _) = curl(&["--cacert", "/dev/null", "-u", "prometheus:s3cret", &url]);
+    assert_ne!(exit, Some(0));
+}
+
+#[test]
+fn client_certificates() {
+    let pki = Pki::new();
+    let web = pki.config("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n");
+    let srv = serve(&web, ServerConfig::default());
+    let r = https_get(srv.addr, tls_client(&pki, true), "/", None).unwrap();
+    assert_eq!(status(&r), 200, "{r}");
+    // Without a certificate: refused in the handshake (TLS 1.3 reports it
+    // on the first read).
+    assert!(https_get(srv.addr, tls_client(&pki, false), "/", None).map(|r| status(&r)) != Ok(200));
+    // VerifyClientCertIfGiven: both pass.
+    let web = pki.config("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n");
+    let srv = serve(&web, ServerConfig::default());
+    assert_eq!(status(&https_get(srv.addr, tls_client(&pki, true), "/", None).unwrap()), 200);
+    assert_eq!(status(&https_get(srv.addr, tls_client(&pki, false), "/", None).unwrap()), 200);
+}
+
+#[test]
+fn a_stalled_handshake_does_not_hold_a_worker() {
+    let pki = Pki::new();
+    let web = pki.config("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n");
+    let cfg = ServerConfig { head_timeout: Duration::from_millis(400), workers: 1, queue: 0, ..ServerConfig::default() };
+    let srv = serve(&web, cfg);
+    // Half a ClientHello record header, then silence; then a byte at a
+    // time, which must not reset the deadline.
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&[0x16, 0x03]).unwrap();
+    for _ in 0..20 {
+        if s.write_all(&[0x01]).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = vec![];
+    let _ = s.read_to_end(&mut buf);
+    assert!(t0.elapsed() < Duration::from_secs(3), "the stalled handshake held on for {:?}", t0.elapsed());
+    // The one worker is free again.
+    assert_eq!(status(&https_get(srv.addr, tls_client(&pki, false), "/", None).unwrap()), 200);
+}
+
+#[test]
+fn changes_are_picked_up_and_bad_ones_ignored() {
+    let pki = Pki::new();
+    let web = pki.config(&format!("basic_auth_users:\n  a: {}\n", bcrypt_of("one")));
+    let srv = serve(&web, ServerConfig::default());
+    let get = |user: &str, pass: &str| {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        s.write_all(format!("GET / HTTP/1.1\r\nAuthorization: Basic {auth}\r\n\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        status(&out)
+    };
+    assert_eq!(get("a", "one"), 200);
+    thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&web, format!("basic_auth_users:\n  a: {}\n", bcrypt_of("two"))).unwrap();
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get("a", "two"), 200, "the new password applies");
+    assert_eq!(get("a", "one"), 401, "the old one no longer does");
+    // A broken file changes nothing.
+    std::fs::write(&web, "basic_auth_users: [\n").unwrap();
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get("a", "two"), 200);
+}
+
+#[test]
+fn certificate_problems_are_explained() {
+    let pki = Pki::new();
+    let load = |text: &str| WebConfigWatcher::load(&pki.config(text)).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = load("tls_server_config:\n  cert_file: missing.crt\n  key_file: tls.key\n");
+    assert!(e.contains("cannot read the TLS certificate") && e.contains("missing.crt"), "{e}");
+    let e = load("tls_server_config:\n  cert_file: tls.key\n  key_file: tls.key\n");
+    assert!(e.contains("BEGIN CERTIFICATE"), "{e}");
+    let e = load("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.crt\n");
+    assert!(e.contains("no usable private key"), "{e}");
+    let e = load("tls_server_config:\n  cert_file: tls.crt\n  key_file: client.key\n");
+    assert!(e.contains("cannot be used together"), "{e}");
+}
+
+/// The whole path through the binary: `gupwatch run --web-config` (in the
+/// reduced mode on a host without probes, which is enough for the endpoint).
+#[test]
+fn gupwatch_run_serves_tls_with_auth() {
+    let pki = Pki::new();
+    let web = pki.config(&format!(
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  prometheus: {}\n",
+        bcrypt_of("s3cret")
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_gupwatch"))
+        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--web-config"])
+        .arg(&web)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cfg = tls_client(&pki, false);
+    let mut last = Err(String::new());
+    while Instant::now() < deadline {
+        last = https_get(addr, Arc::clone(&cfg), "/metrics", None);
+        if last.is_ok() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let denied = last.clone();
+    let ok = https_get(addr, Arc::clone(&cfg), "/metrics", Some(("prometheus", "s3cret")));
+    let plain = TcpStream::connect(addr).map(|_| plain_get(addr, "/metrics"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(denied.map(|r| status(&r)), Ok(401), "{log}");
+    let ok = ok.unwrap();
+    assert_eq!(status(&ok), 200, "{log}");
+    assert!(ok.contains("gupwatch_build"), "{ok}");
+    assert_eq!(plain.map(|r| status(&r)).ok(), Some(400));
+    assert!(log.contains("https://"), "the log names the https URL: {log}");
+    assert!(out.status.success(), "{log}");
+}
