@@ -10,6 +10,9 @@
 //! track_capacity = 65536       # folios; restart needed
 //! log_format = "text"          # or "json"; restart needed
 //! log_level = "info"           # tracing filter, e.g. "gupwatch=debug,info"; live
+//! web_config = "/etc/gupwatch/web.yml"  # TLS/basic auth (exporter-toolkit
+//!                                       # format); which file: restart needed,
+//!                                       # its contents: re-read on change
 //! ```
 
 use std::{
@@ -59,6 +62,8 @@ pub struct RunOptions {
     pub log_format: Option<LogFormat>,
     /// Log filter (`tracing` directives: `info`, `gupwatch=debug,warn`).
     pub log_level: Option<String>,
+    /// Web configuration file (TLS, basic auth) for the endpoint.
+    pub web_config: Option<PathBuf>,
 }
 
 /// The settings `run` uses, every one decided.
@@ -76,6 +81,8 @@ pub struct RunSettings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Web configuration file, if any (plain HTTP without one).
+    pub web_config: Option<PathBuf>,
 }
 
 /// Why the configuration could not be used.
@@ -149,6 +156,7 @@ impl RunOptions {
             track_capacity: cli.track_capacity.or(file.track_capacity).unwrap_or(gup_common::TRACK_CAPACITY),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             log_level: cli.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into()),
+            web_config: cli.web_config.clone().or(file.web_config.clone()),
         }
     }
 }
@@ -187,6 +195,10 @@ impl RunSettings {
         if self.log_format != new.log_format {
             p.needs_restart.push("log_format");
         }
+        // The watcher follows the chosen file's contents, not the choice.
+        if self.web_config != new.web_config {
+            p.needs_restart.push("web_config");
+        }
         p
     }
 
@@ -204,13 +216,14 @@ impl RunSettings {
     /// For logs: `key=value ...`.
     pub fn describe(&self) -> String {
         format!(
-            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={}",
+            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={} web_config={}",
             self.listen,
             self.top_processes,
             self.long_held.as_secs(),
             self.track_capacity,
             self.log_format.as_str(),
-            self.log_level
+            self.log_level,
+            self.web_config.as_ref().map_or_else(|| "none".into(), |p| p.display().to_string())
         )
     }
 }
@@ -226,7 +239,7 @@ mod tests {
     #[test]
     fn every_key_parses() {
         let o = RunOptions::parse(
-            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\n",
+            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\nweb_config = \"/etc/gupwatch/web.yml\"\n",
             p(),
         )
         .unwrap();
@@ -239,6 +252,7 @@ mod tests {
                 track_capacity: Some(1024),
                 log_format: Some(LogFormat::Json),
                 log_level: Some("gupwatch=debug,warn".into()),
+                web_config: Some("/etc/gupwatch/web.yml".into()),
             }
         );
         assert_eq!(RunOptions::parse("", p()).unwrap(), RunOptions::default());
@@ -273,6 +287,11 @@ mod tests {
         assert_eq!(s.track_capacity, gup_common::TRACK_CAPACITY);
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_level, "debug");
+        assert_eq!(s.web_config, None, "plain HTTP unless a web config is named");
+        let cli = RunOptions { web_config: Some("/a.yml".into()), ..Default::default() };
+        let file = RunOptions { web_config: Some("/b.yml".into()), ..Default::default() };
+        assert_eq!(RunOptions::resolve(&cli, &file).web_config, Some("/a.yml".into()));
+        assert_eq!(RunOptions::resolve(&RunOptions::default(), &file).web_config, Some("/b.yml".into()));
         assert_eq!(RunOptions::resolve(&RunOptions::default(), &RunOptions::default()).listen, crate::http::DEFAULT_LISTEN);
     }
 
@@ -287,12 +306,13 @@ mod tests {
                 long_held: Some(5),
                 log_format: Some(LogFormat::Json),
                 log_level: Some("info".into()),
+                web_config: Some("/etc/gupwatch/web.yml".into()),
                 ..Default::default()
             },
         );
         let plan = old.reload_plan(&new);
         assert_eq!(plan.applied, ["top_processes: 10 -> 2", "long_held: 300s -> 5s"]);
-        assert_eq!(plan.needs_restart, ["listen", "log_format"]);
+        assert_eq!(plan.needs_restart, ["listen", "log_format", "web_config"]);
         let after = old.reloaded(&new);
         assert_eq!((after.top_processes, after.long_held.as_secs()), (2, 5));
         assert_eq!((after.listen.as_str(), after.log_format), (old.listen.as_str(), LogFormat::Text), "restart keys stay");

@@ -58,6 +58,26 @@ enum Cmd {
         /// Skip the end-to-end Prometheus test (reported as skipped).
         #[arg(long)]
         skip_e2e: bool,
+        /// Seconds each fuzz target runs (0 skips fuzzing, reported as
+        /// skipped).
+        #[arg(long, default_value_t = 10)]
+        fuzz_seconds: u32,
+    },
+    /// Build what a host without Rust installs: a static x86_64 binary, a
+    /// tarball (binary, man pages, completions, unit) and a Debian package,
+    /// in target/dist/.
+    Dist,
+    /// Run the cargo-fuzz targets (fuzz/) for a while each; crashes are
+    /// left in fuzz/artifacts/<target>/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Sanitizer: address (default; slower) or none.
+        #[arg(long, default_value = "address", value_parser = ["address", "none"])]
+        sanitizer: String,
+        /// Targets (default: all; `cargo +nightly fuzz list` in fuzz/).
+        targets: Vec<String>,
     },
     /// End-to-end: gupwatch in a VM scraped by a real Prometheus on the
     /// host; every dashboard query and rule checked (also a step of `test`).
@@ -236,6 +256,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             skip_unit,
             skip_setup,
             skip_e2e,
+            fuzz_seconds,
         } => {
             let ok = testsuite::run(&testsuite::TestOptions {
                 kernels,
@@ -243,8 +264,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 skip_unit,
                 skip_setup,
                 skip_e2e,
+                fuzz_seconds,
             })?;
             Ok(if ok { 0 } else { 1 })
+        }
+        Cmd::Dist => xtask::dist::run().map(|d| {
+            println!("{}", xtask::dist::describe(&d));
+            0
+        }),
+        Cmd::Fuzz { seconds, sanitizer, targets } => {
+            setup::ensure_cargo_tool(&setup::CARGO_TOOLS[0])?;
+            let t = xtask::fuzz::run(&xtask::fuzz::FuzzOptions { seconds, targets, sanitizer })?;
+            Ok(if t.failed == 0 { 0 } else { 1 })
         }
         Cmd::Demo { kernel, no_build } => demo::run(&demo::DemoOptions { kernel, no_build }),
         Cmd::E2e {

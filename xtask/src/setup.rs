@@ -39,6 +39,9 @@ pub fn run(o: &SetupOptions) -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     ensure_debian_packages()?;
+    for tool in CARGO_TOOLS {
+        ensure_cargo_tool(tool)?;
+    }
     if !o.no_kernels {
         let cache = util::cache_dir()?;
         for a in kernels::MATRIX {
@@ -86,6 +89,56 @@ fn ensure_rust_src() -> Result<()> {
         "nightly",
     ]))
     .context("adding rust-src to the nightly toolchain (needed for -Z build-std=core)")
+}
+
+/// A cargo subcommand installed from crates.io.
+pub struct CargoTool {
+    /// The crate (and `cargo <sub>` name, without the `cargo-` prefix).
+    pub krate: &'static str,
+    /// The subcommand.
+    pub sub: &'static str,
+    /// What it is for, for the progress line.
+    pub why: &'static str,
+}
+
+/// Cargo subcommands the test suite and `dist` use.
+pub const CARGO_TOOLS: &[CargoTool] = &[
+    CargoTool {
+        krate: "cargo-fuzz",
+        sub: "fuzz",
+        why: "the fuzz targets (fuzz/) that `cargo xtask test` runs",
+    },
+    CargoTool {
+        krate: "cargo-deb",
+        sub: "deb",
+        why: "the Debian package of `cargo xtask dist`",
+    },
+];
+
+fn tool_version(t: &CargoTool) -> Option<String> {
+    // Cargo finds `cargo-<sub>` in ~/.cargo/bin whatever the toolchain.
+    let out = Command::new(util::cargo()).args([t.sub, "--version"]).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Installs a cargo subcommand unless it runs already.
+pub fn ensure_cargo_tool(t: &CargoTool) -> Result<()> {
+    if let Some(v) = tool_version(t) {
+        say!("setup", "{}: {v}", t.krate);
+        return Ok(());
+    }
+    say!("setup", "cargo install {} --locked (for {}); takes a few minutes", t.krate, t.why);
+    util::run(Command::new(util::cargo()).args(["install", t.krate, "--locked"]))
+        .with_context(|| format!("installing {} (needs crates.io)", t.krate))?;
+    match tool_version(t) {
+        Some(v) => {
+            say!("setup", "{}: {v}", t.krate);
+            Ok(())
+        }
+        None => bail!("{} was installed but `cargo {} --version` does not run; is ~/.cargo/bin on PATH?", t.krate, t.sub),
+    }
 }
 
 fn cargo_bin_dir() -> Option<PathBuf> {

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::binary;
+use crate::dist;
 use crate::e2e;
+use crate::fuzz;
 use crate::kernels::{self, Flavour};
 use crate::qemu::{ConsoleEcho, VmRun};
 use crate::setup::{self, SetupOptions};
@@ -28,6 +30,8 @@ pub struct TestOptions {
     pub skip_setup: bool,
     /// Skip the end-to-end Prometheus test ([`crate::e2e`]).
     pub skip_e2e: bool,
+    /// Seconds per fuzz target ([`crate::fuzz`]); 0 skips fuzzing.
+    pub fuzz_seconds: u32,
 }
 
 /// One scenario of `gupwatch check --json`.
@@ -287,7 +291,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 3 + aliases.len() + 1;
+    let total = 5 + aliases.len() + 1;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -313,7 +317,31 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         }
     }
 
-    banner(3, total, "build static gupwatch");
+    banner(3, total, "fuzz: every cargo-fuzz target, bounded");
+    if o.fuzz_seconds == 0 {
+        println!("SKIPPED (--fuzz-seconds 0)");
+        t.skipped.push("fuzzing (--fuzz-seconds 0)".into());
+    } else {
+        match fuzz::run(&fuzz::FuzzOptions {
+            seconds: o.fuzz_seconds,
+            targets: Vec::new(),
+            sanitizer: "none".into(),
+        }) {
+            Ok(tally) => {
+                t.passed += tally.passed as usize;
+                t.failed += tally.failed as usize;
+                if tally.failed > 0 {
+                    t.failures.push(format!(
+                        "fuzz: {} target(s) crashed; inputs in fuzz/artifacts/ (see above)",
+                        tally.failed
+                    ));
+                }
+            }
+            Err(e) => t.fail(format!("fuzz: {e:#}")),
+        }
+    }
+
+    banner(4, total, "build static gupwatch");
     let gupwatch = match binary::build_static_gupwatch() {
         Ok(p) => Some(p),
         Err(e) => {
@@ -322,9 +350,22 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         }
     };
 
+    banner(5, total, "dist: static binary, tarball and Debian package");
+    if gupwatch.is_none() {
+        t.fail("dist: not run, gupwatch did not build".into());
+    } else {
+        match dist::run() {
+            Ok(d) => {
+                println!("{}", dist::describe(&d));
+                t.passed += 1;
+            }
+            Err(e) => t.fail(format!("dist: {e:#}")),
+        }
+    }
+
     for (i, a) in aliases.iter().enumerate() {
         banner(
-            4 + i,
+            6 + i,
             total,
             &format!(
                 "kernel {} (Debian {}): gupwatch check --json",

@@ -246,8 +246,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
         Some(Command::Run { listen, top_processes, long_held, track_capacity, log_format, log_level, config, web_config }) => {
-            let flags = gupwatch::config::RunOptions { listen, top_processes, long_held, track_capacity, log_format, log_level };
-            serve(flags, config.as_deref(), web_config.as_deref())
+            let flags =
+                gupwatch::config::RunOptions { listen, top_processes, long_held, track_capacity, log_format, log_level, web_config };
+            serve(flags, config.as_deref())
         }
         Some(Command::Top { connect }) => top(cli.interval, connect),
         Some(Command::Doctor { json }) => doctor(json),
@@ -352,7 +353,6 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
 fn serve(
     flags: gupwatch::config::RunOptions,
     config: Option<&std::path::Path>,
-    web_config: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     use gupwatch::{config::RunOptions, http, leaks::LeakPolicy, metrics};
     let config_path = RunOptions::locate(config);
@@ -376,7 +376,7 @@ fn serve(
         settings = %settings.describe(),
         "starting"
     );
-    let web = match web_config {
+    let web = match settings.web_config.as_deref() {
         Some(p) => {
             let w = gupwatch::webconfig::WebConfigWatcher::load(p)?;
             let c = w.config();
