@@ -28,6 +28,17 @@ pub enum LoadError {
     /// The object could not be loaded (map creation or relocation).
     #[error("the kernel refused gupwatch's BPF maps: {0}. Run as root (or with CAP_BPF and CAP_PERFMON); on kernels before 5.11 also raise the locked-memory limit (ulimit -l)")]
     Object(#[from] aya::EbpfError),
+    /// The kernel refused to create one of the maps.
+    #[error("the kernel refused to create BPF map {name}: {source}. {hint}")]
+    MapCreate {
+        /// The map.
+        name: String,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+        /// What to do about it (depends on the errno).
+        hint: &'static str,
+    },
     /// A map the programs define was missing or of the wrong type.
     #[error("gupwatch's eBPF object is inconsistent with this binary: {0}")]
     Map(String),
@@ -84,6 +95,37 @@ pub fn load(plan: ProbePlan) -> Result<Probes, LoadError> {
     load_with(plan, LoadOptions::default())
 }
 
+/// The advice for a refused map creation, by errno.
+pub fn map_create_hint(errno: Option<i32>) -> &'static str {
+    match errno {
+        Some(libc::E2BIG) | Some(libc::EINVAL) => {
+            "A map is larger than this kernel accepts: lower --track-capacity (track_capacity in the configuration file)."
+        }
+        Some(libc::ENOMEM) => {
+            "The kernel could not allocate it: BPF maps are charged to the memory cgroup since 5.11, so a memory limit \
+             (MemoryMax= of the unit, a container's limit) or the host's free memory is too small for it. Lower \
+             --track-capacity or raise the limit; on kernels before 5.11 raise the locked-memory limit (ulimit -l \
+             unlimited, LimitMEMLOCK=infinity)."
+        }
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "Run as root (or with CAP_BPF and CAP_PERFMON); on kernels before 5.11 also raise the locked-memory limit \
+             (ulimit -l unlimited, LimitMEMLOCK=infinity)."
+        }
+        _ => "Run gupwatch doctor for what this kernel allows.",
+    }
+}
+
+/// Names map-creation refusals precisely; other load errors pass through.
+fn map_create_error(e: aya::EbpfError) -> LoadError {
+    match e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error, .. }) => {
+            let hint = map_create_hint(io_error.raw_os_error());
+            LoadError::MapCreate { name, source: io_error, hint }
+        }
+        e => LoadError::Object(e),
+    }
+}
+
 /// [`load`] with options.
 pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadError> {
     raise_memlock_limit();
@@ -99,7 +141,8 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .set_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
         .set_global("TRACK_PINS", &track, true)
         .set_max_entries("PINS", opts.track_capacity.max(1))
-        .load(EBPF_OBJECT)?;
+        .load(EBPF_OBJECT)
+        .map_err(map_create_error)?;
     if std::env::var_os("GUPWATCH_DEBUG").is_some() {
         eprintln!("gupwatch: object loaded; attaching sched_process_exit");
     }
@@ -402,6 +445,32 @@ impl Probes {
 pub fn api_of_program(name: &str) -> Option<Api> {
     let idx = name.split('_').nth(1)?.parse().ok()?;
     Api::from_index(idx)
+}
+
+/// Refused map creations say what to change, by errno.
+#[cfg(test)]
+mod map_create_tests {
+    use super::*;
+
+    #[test]
+    fn each_errno_gets_its_fix() {
+        let err = |errno| {
+            map_create_error(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                name: "PINS".into(),
+                code: -1,
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }))
+            .to_string()
+        };
+        let big = err(libc::E2BIG);
+        assert!(big.starts_with("the kernel refused to create BPF map PINS: Argument list too long"), "{big}");
+        assert!(big.contains("lower --track-capacity") && !big.contains("Run as root"), "{big}");
+        let nomem = err(libc::ENOMEM);
+        assert!(nomem.contains("memory cgroup") && nomem.contains("MemoryMax"), "{nomem}");
+        let perm = err(libc::EPERM);
+        assert!(perm.contains("Run as root") && perm.contains("CAP_BPF"), "{perm}");
+        assert!(err(libc::EBADF).contains("gupwatch doctor"));
+    }
 }
 
 /// The verifier-refusal message (`describe`) and the saved log, without a

@@ -92,6 +92,9 @@ pub enum FollSource {
     Btf,
     /// The `#define` values of 5.8–6.2, which BTF cannot carry.
     DefineTable,
+    /// No BTF on a 6.3+ kernel: the enum values those kernels share
+    /// (unchanged from 6.3 to 7.2; new flags were only appended).
+    EnumTable,
 }
 
 /// The kernel's gup_flags bit values, by name.
@@ -121,8 +124,33 @@ const FOLL_DEFINES: &[(&str, u64)] = &[
     ("FOLL_SPLIT_PMD", 0x20000), ("FOLL_PIN", 0x40000), ("FOLL_FAST_ONLY", 0x80000),
 ];
 
+/// The FOLL_* enumerators of 6.3 and later (include/linux/mm_types.h and
+/// mm/internal.h), for a 6.3+ kernel without BTF. Identical in the BTF of
+/// Debian's 6.12 and 7.2; the internal flags start at bit 16 so that public
+/// flags added later (FOLL_HONOR_NUMA_FAULT in 6.5) do not move them.
+const FOLL_ENUMS: &[(&str, u64)] = &[
+    ("FOLL_WRITE", 1 << 0), ("FOLL_GET", 1 << 1), ("FOLL_DUMP", 1 << 2), ("FOLL_FORCE", 1 << 3),
+    ("FOLL_NOWAIT", 1 << 4), ("FOLL_NOFAULT", 1 << 5), ("FOLL_HWPOISON", 1 << 6), ("FOLL_ANON", 1 << 7),
+    ("FOLL_LONGTERM", 1 << 8), ("FOLL_SPLIT_PMD", 1 << 9), ("FOLL_PCI_P2PDMA", 1 << 10),
+    ("FOLL_INTERRUPTIBLE", 1 << 11), ("FOLL_HONOR_NUMA_FAULT", 1 << 12), ("FOLL_TOUCH", 1 << 16),
+    ("FOLL_TRIED", 1 << 17), ("FOLL_REMOTE", 1 << 18), ("FOLL_PIN", 1 << 19), ("FOLL_FAST_ONLY", 1 << 20),
+    ("FOLL_UNLOCKABLE", 1 << 21), ("FOLL_MADV_POPULATE", 1 << 22),
+];
+
+/// `major.minor` of a kernel release string (`7.2.13+deb14-cloud-amd64`).
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 impl FollFlags {
-    fn resolve(btf: Option<&KernelBtf>) -> FollFlags {
+    /// From BTF when it has the enumerators (6.3+); otherwise from the
+    /// table of the kernel's generation: the only place gupwatch reads the
+    /// release number, because without BTF nothing else tells the two
+    /// layouts apart.
+    fn resolve(btf: Option<&KernelBtf>, release: &str) -> FollFlags {
         if let Some(btf) = btf {
             if btf.enumerator("FOLL_PIN").is_some() {
                 let values = FOLL_NAMES
@@ -132,7 +160,12 @@ impl FollFlags {
                 return FollFlags { source: FollSource::Btf, values };
             }
         }
-        FollFlags { source: FollSource::DefineTable, values: FOLL_DEFINES.iter().copied().collect() }
+        match release_version(release) {
+            Some(v) if v >= (6, 3) && btf.is_none() => {
+                FollFlags { source: FollSource::EnumTable, values: FOLL_ENUMS.iter().copied().collect() }
+            }
+            _ => FollFlags { source: FollSource::DefineTable, values: FOLL_DEFINES.iter().copied().collect() },
+        }
     }
 
     /// The names of the bits set in `flags`, lowest bit first; unknown bits
@@ -302,6 +335,7 @@ impl ProbePlan {
     /// Resolves a plan from already-read kernel facts (pure; unit-tested).
     pub fn resolve(kernel: String, btf: Result<&KernelBtf, String>, kallsyms: &Kallsyms) -> ProbePlan {
         let btf_ok = btf.as_ref().ok().copied();
+        let foll = FollFlags::resolve(btf_ok, &kernel);
         let hooks = Api::ALL.iter().map(|&api| Self::resolve_hook(api, btf_ok, kallsyms)).collect();
         let direct_io_pins = kallsyms.get("iov_iter_extract_pages").is_some();
         let fast_rule = ["gup_fast_folio_allowed", "folio_fast_pin_allowed"]
@@ -333,7 +367,7 @@ impl ProbePlan {
             kernel,
             btf: btf.map(|_| ()),
             hooks,
-            foll: FollFlags::resolve(btf_ok),
+            foll,
             capabilities,
             page_layout: PageLayout::resolve(btf_ok),
             exit_hook: HookStatus::Planned,
@@ -457,6 +491,7 @@ impl ProbePlan {
             match self.foll.source {
                 FollSource::Btf => "from BTF enumerators",
                 FollSource::DefineTable => "from the 5.8-6.2 #define table (not in BTF)",
+                FollSource::EnumTable => "from the 6.3+ enum table (no BTF to read them from)",
             },
             self.foll.values.get("FOLL_PIN").copied().unwrap_or(0),
             self.foll.values.get("FOLL_LONGTERM").copied().unwrap_or(0),
@@ -547,6 +582,26 @@ mod tests {
         assert_eq!(modern.foll.source, FollSource::Btf);
         assert_eq!(modern.foll.values["FOLL_PIN"], 1 << 19);
         assert_eq!(modern.foll.decode((1 << 19) | (1 << 8) | 1 | (1 << 30)), ["FOLL_WRITE", "FOLL_LONGTERM", "FOLL_PIN", "0x40000000"]);
+    }
+
+    /// Without BTF, the kernel's generation picks the table: a 6.3+ kernel
+    /// with the 5.8-6.2 values would count LONGTERM and FOLL_PIN releases
+    /// wrongly (seen on 7.2 with /sys/kernel/btf hidden).
+    #[test]
+    fn foll_values_without_btf_follow_the_kernel_generation() {
+        let k = kallsyms(&[]);
+        let old = ProbePlan::resolve("6.1.0-50-cloud-amd64".into(), Err("no BTF".into()), &k);
+        assert_eq!(old.foll.source, FollSource::DefineTable);
+        assert_eq!((old.foll.values["FOLL_PIN"], old.foll.values["FOLL_LONGTERM"]), (0x40000, 0x10000));
+        for r in ["6.3.0", "6.12.117+deb13-cloud-amd64", "7.2.13+deb14-cloud-amd64", "10.0-rc1"] {
+            let new = ProbePlan::resolve(r.into(), Err("no BTF".into()), &k);
+            assert_eq!(new.foll.source, FollSource::EnumTable, "{r}");
+            assert_eq!((new.foll.values["FOLL_PIN"], new.foll.values["FOLL_LONGTERM"]), (1 << 19, 1 << 8), "{r}");
+        }
+        let unknown = ProbePlan::resolve("weird".into(), Err("no BTF".into()), &k);
+        assert_eq!(unknown.foll.source, FollSource::DefineTable);
+        assert_eq!(release_version("6.12.117+deb13-cloud-amd64"), Some((6, 12)));
+        assert_eq!(release_version("7"), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod debversion;
 pub mod demo;
 pub mod dist;
 pub mod e2e;
+pub mod faults;
 pub mod fuzz;
 pub mod initramfs;
 pub mod kernels;

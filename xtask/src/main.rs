@@ -63,6 +63,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         fuzz_seconds: u32,
     },
+    /// The faults a user meets, on a real kernel: no BTF, corrupt BTF, a
+    /// map too large, a memory cgroup too small (also a step of `test`).
+    Faults {
+        /// Kernel to boot.
+        #[arg(long, default_value = "7.2")]
+        kernel: String,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Build what a host without Rust installs: a static x86_64 binary, a
     /// tarball (binary, man pages, completions, unit) and a Debian package,
     /// in target/dist/.
@@ -267,6 +277,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 fuzz_seconds,
             })?;
             Ok(if ok { 0 } else { 1 })
+        }
+        Cmd::Faults { kernel, no_build } => {
+            let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+            let cases = xtask::faults::run(&kernel, bin, Duration::from_secs(300))?;
+            let failed = cases.iter().filter(|c| !c.ok).count();
+            for c in &cases {
+                println!("  {}  {}: {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+            }
+            println!("{} passed, {} failed", cases.len() - failed, failed);
+            Ok(if failed == 0 { 0 } else { 1 })
         }
         Cmd::Dist => xtask::dist::run().map(|d| {
             println!("{}", xtask::dist::describe(&d));

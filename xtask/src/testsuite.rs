@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::binary;
 use crate::dist;
 use crate::e2e;
+use crate::faults;
 use crate::fuzz;
 use crate::kernels::{self, Flavour};
 use crate::qemu::{ConsoleEcho, VmRun};
@@ -291,7 +292,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 5 + aliases.len() + 1;
+    let total = 5 + aliases.len() + 2;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -445,8 +446,41 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         }
     }
 
-    // The end-to-end Prometheus test, on the newest kernel of the matrix only.
+    // Faults and refusals, and the end-to-end Prometheus test, on the newest
+    // kernel of the matrix only.
     let newest = kernels::MATRIX[kernels::MATRIX.len() - 1];
+    banner(
+        total - 1,
+        total,
+        &format!("faults on kernel {}: no BTF, corrupt BTF, a map too large, a memory cgroup too small", newest.name),
+    );
+    if !aliases.iter().any(|a| a.name == newest.name) {
+        println!("SKIPPED: it runs on kernel {} only, which --kernels leaves out", newest.name);
+        t.skipped.push(format!("faults (kernel {} not selected)", newest.name));
+    } else if let Some(bin) = &gupwatch {
+        match faults::run(newest.name, bin.clone(), o.timeout) {
+            Ok(cases) => {
+                for c in cases {
+                    if c.ok {
+                        println!("  ok    {}: {}", c.name, c.detail);
+                        t.passed += 1;
+                    } else {
+                        println!("  FAIL  {}: {}", c.name, c.detail);
+                        t.failed += 1;
+                        t.failures.push(format!("faults: {}: {}", c.name, c.detail));
+                    }
+                }
+            }
+            Err(e) => {
+                if e.downcast_ref::<util::Interrupted>().is_some() {
+                    return Err(e);
+                }
+                t.fail(format!("faults: {e:#}"));
+            }
+        }
+    } else {
+        t.fail("faults: not run, gupwatch did not build".into());
+    }
     banner(
         total,
         total,

@@ -1,0 +1,220 @@
+//! Faults a user meets, on a real kernel (a step of `cargo xtask test`, and
+//! `cargo xtask faults`): in one VM, gupwatch is run without kernel BTF,
+//! with corrupt BTF, with a tracking map larger than the kernel accepts,
+//! and inside a memory cgroup too small for its maps. Without BTF it must
+//! fall back to kprobes and stay exact against /proc/vmstat; the refusals
+//! must end with exit status 2 and a message that names the cause and the
+//! fix.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::kernels::{self, Flavour};
+use crate::qemu::{ConsoleEcho, VmRun};
+use crate::testsuite;
+use crate::util;
+
+/// The guest script (`case` is a shell keyword, hence `begin`): each case prints `@@case NAME`, its output, then
+/// `@@rc STATUS`.
+const SCRIPT: &str = r#"
+begin() { echo "@@case $1"; }
+rc() { echo "@@rc $1"; }
+# No BTF at all: hide /sys/kernel/btf.
+mount -t tmpfs none /sys/kernel/btf
+begin probes_without_btf; gupwatch probes --json 2>&1; rc $?
+begin check_without_btf; gupwatch check --json 2>/dev/null; rc $?
+# BTF that does not parse.
+echo 'not BTF' > /sys/kernel/btf/vmlinux
+begin probes_with_corrupt_btf; gupwatch probes --dry-run 2>&1; rc $?
+umount /sys/kernel/btf
+# A tracking map beyond what the kernel allocates (E2BIG).
+begin map_too_large; gupwatch check --track-capacity 2000000000 2>&1 >/dev/null; rc $?
+# Maps that do not fit the memory cgroup (ENOMEM): 96 MiB, 16M folios.
+mkdir -p /sys/fs/cgroup
+mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
+echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+mkdir -p /sys/fs/cgroup/small
+echo 96M > /sys/fs/cgroup/small/memory.max
+begin memory_cgroup_too_small
+sh -c 'echo $$ > /sys/fs/cgroup/small/cgroup.procs; exec gupwatch check --track-capacity 16000000' 2>&1 >/dev/null
+rc $?
+"#;
+
+/// One case's result.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Name.
+    pub name: String,
+    /// Whether it behaved.
+    pub ok: bool,
+    /// What was seen (on failure: why).
+    pub detail: String,
+}
+
+/// Splits the guest output into case name → (output, exit status).
+pub fn split_cases(stdout: &str) -> BTreeMap<String, (String, Option<i32>)> {
+    let mut out = BTreeMap::new();
+    let mut cur: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix("@@case ") {
+            cur = Some((name.trim().to_string(), String::new()));
+        } else if let Some(rc) = line.strip_prefix("@@rc ") {
+            if let Some((name, text)) = cur.take() {
+                out.insert(name, (text, rc.trim().parse().ok()));
+            }
+        } else if let Some((_, text)) = cur.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    out
+}
+
+/// Judges the cases (pure; unit-tested on recorded output).
+pub fn judge(stdout: &str) -> Vec<Case> {
+    let cases = split_cases(stdout);
+    let mut res = Vec::new();
+    let mut push = |name: &str, r: Result<String, String>| {
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        res.push(Case { name: name.into(), ok, detail });
+    };
+    let get = |name: &str| cases.get(name).ok_or_else(|| format!("the guest never ran case {name}"));
+
+    push(
+        "probes_without_btf",
+        get("probes_without_btf").and_then(|(text, rc)| {
+            if *rc != Some(0) {
+                return Err(format!("exit status {rc:?}: {text}"));
+            }
+            let v: Value = serde_json::from_str(text.trim()).map_err(|e| format!("not JSON ({e}): {text}"))?;
+            let source = v["foll"]["source"].as_str().unwrap_or("?");
+            if source != "enum_table" {
+                return Err(format!("FOLL_* values from {source:?}, expected the 6.3+ enum table"));
+            }
+            let hooks = v["hooks"].as_array().ok_or("no hooks in the plan")?;
+            let core: Vec<&Value> = hooks.iter().filter(|h| h["kind"] != "i915").collect();
+            let attached: Vec<&Value> = core.iter().copied().filter(|h| h["status"]["state"] == "attached").collect();
+            if let Some(h) = attached.iter().find(|h| h["mechanism"] != "kprobe") {
+                return Err(format!("{} attached by {} without BTF", h["function"], h["mechanism"]));
+            }
+            let broken: Vec<String> = core
+                .iter()
+                .filter(|h| h["status"]["state"] != "attached" && h["status"]["state"] != "absent")
+                .map(|h| h["function"].to_string())
+                .collect();
+            if attached.is_empty() || !broken.is_empty() {
+                return Err(format!("{} attached; not attached: {}", attached.len(), broken.join(", ")));
+            }
+            Ok(format!("{} hooks attached by kprobe, FOLL_* from the enum table", attached.len()))
+        }),
+    );
+    push(
+        "check_without_btf",
+        get("check_without_btf").and_then(|(text, rc)| {
+            let report = testsuite::parse_report(text).map_err(|e| format!("exit status {rc:?}, no report: {e:#}"))?;
+            let failed: Vec<&str> =
+                report.scenarios.iter().filter(|s| !s.passed()).map(|s| s.name.as_str()).collect();
+            if report.scenarios.is_empty() || !failed.is_empty() || *rc != Some(0) {
+                return Err(format!("exit status {rc:?}; failed: {}", failed.join(", ")));
+            }
+            Ok(format!("{} scenarios exact against /proc/vmstat through kprobes", report.scenarios.len()))
+        }),
+    );
+    let refusal = |name: &str, rc_want: Option<i32>, must: &[&str]| {
+        get(name).and_then(|(text, rc)| {
+            if *rc != rc_want {
+                return Err(format!("exit status {rc:?}, expected {rc_want:?}: {text}"));
+            }
+            let missing: Vec<&&str> = must.iter().filter(|m| !text.contains(**m)).collect();
+            if !missing.is_empty() {
+                return Err(format!("the message lacks {missing:?}: {text}"));
+            }
+            if text.contains("panicked") || text.lines().count() > 3 {
+                return Err(format!("not a one-paragraph message: {text}"));
+            }
+            Ok(text.trim().to_string())
+        })
+    };
+    push(
+        "probes_with_corrupt_btf",
+        get("probes_with_corrupt_btf").and_then(|(text, rc)| {
+            let btf_line = text.lines().find(|l| l.trim_start().starts_with("BTF: unavailable"));
+            match (rc, btf_line) {
+                (Some(0), Some(l)) if text.contains("kprobe/kretprobe") && !text.contains("fentry/fexit") => {
+                    Ok(format!("the plan says `{}` and uses kprobes", l.trim()))
+                }
+                _ => Err(format!("exit status {rc:?}; expected a kprobe-only plan naming the bad BTF: {text}")),
+            }
+        }),
+    );
+    push(
+        "map_too_large",
+        refusal(
+            "map_too_large",
+            Some(2),
+            &["refused to create BPF map PINS", "Argument list too long", "lower --track-capacity"],
+        ),
+    );
+    push(
+        "memory_cgroup_too_small",
+        refusal(
+            "memory_cgroup_too_small",
+            Some(2),
+            &["refused to create BPF map", "Cannot allocate memory", "memory cgroup", "--track-capacity"],
+        ),
+    );
+    res
+}
+
+/// Boots `kernel` once and runs every case.
+pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Case>> {
+    let alias = kernels::alias(kernel).with_context(|| format!("unknown kernel {kernel}"))?;
+    let cache = util::cache_dir()?;
+    let boot = kernels::ensure(&cache, alias, Flavour::Cloud, false)?.boot_kernel(&cache);
+    let mut vm = VmRun::new(boot, SCRIPT);
+    vm.gupwatch = Some(gupwatch);
+    vm.timeout = timeout;
+    vm.echo = ConsoleEcho::None;
+    vm.stream_stdout = false;
+    vm.tag = format!("faults {kernel}");
+    let out = vm.run()?;
+    println!(
+        "faults on {kernel}: VM ran {:.0} s; console log: {}",
+        out.elapsed.as_secs_f64(),
+        out.console_log.display()
+    );
+    Ok(judge(&String::from_utf8_lossy(&out.stdout)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_are_split_and_judged() {
+        let out = "\
+@@case map_too_large
+gupwatch: error: cannot load gupwatch's probes: the kernel refused to create BPF map PINS: Argument list too long (os error 7). A map is larger than this kernel accepts: lower --track-capacity (track_capacity in the configuration file).
+@@rc 2
+@@case memory_cgroup_too_small
+gupwatch: error: all fine
+@@rc 0
+";
+        let cases = split_cases(out);
+        assert_eq!(cases["map_too_large"].1, Some(2));
+        let judged = judge(out);
+        let by = |n: &str| judged.iter().find(|c| c.name == n).unwrap().clone();
+        assert!(by("map_too_large").ok, "{:?}", by("map_too_large"));
+        let small = by("memory_cgroup_too_small");
+        assert!(!small.ok && small.detail.contains("exit status Some(0)"), "{small:?}");
+        let missing = by("check_without_btf");
+        assert!(!missing.ok && missing.detail.contains("never ran"), "{missing:?}");
+    }
+}
