@@ -25,7 +25,7 @@ use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc, Arc, Mutex,
+        Arc, Mutex,
     },
     thread,
     time::{Duration, Instant},
@@ -54,10 +54,13 @@ pub struct ServerConfig {
     pub head_timeout: Duration,
     /// Time a client has to take the response.
     pub write_timeout: Duration,
-    /// Requests handled at once.
+    /// Requests handled (rendered) at once.
     pub workers: usize,
-    /// Connections that may wait for a worker; beyond `workers + queue`
-    /// open connections, new ones are refused with 503.
+    /// Connections beyond `workers` that may be open at once, each reading
+    /// its request head (or TLS handshake) on its own thread or waiting for
+    /// a worker; beyond `workers + queue` open connections, new ones are
+    /// refused with 503. Clients that stall mid-head hold only such a slot,
+    /// never a worker, so a few of them cannot starve the scrapes.
     pub queue: usize,
 }
 
@@ -68,7 +71,7 @@ impl Default for ServerConfig {
             head_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             workers: 4,
-            queue: 8,
+            queue: 60,
         }
     }
 }
@@ -341,41 +344,46 @@ impl Server {
     /// (each is bounded by the timeouts) and returns.
     ///
     /// At most `workers + queue` connections are open at once (counted from
-    /// accept to close); more are answered 503 straight away.
+    /// accept to close), each on its own short-lived thread bounded by the
+    /// timeouts; more are answered 503 straight away. At most `workers`
+    /// requests are rendered at once.
     pub fn run(self, handler: Arc<dyn Handler>, stop: &AtomicBool) -> io::Result<()> {
         let cfg = self.config;
         let limit = cfg.workers.max(1) + cfg.queue;
         let open = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = mpsc::channel::<TcpStream>();
-        let rx = Arc::new(Mutex::new(rx));
-        let workers: Vec<_> = (0..cfg.workers.max(1))
-            .map(|i| {
-                let rx = Arc::clone(&rx);
-                let handler = Arc::clone(&handler);
-                let open = Arc::clone(&open);
-                let web = self.web.clone();
-                thread::Builder::new().name(format!("gupwatch-http-{i}")).spawn(move || loop {
-                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(stream) = next else { break };
-                    let _slot = Slot(&open);
-                    serve_connection(stream, &*handler, &cfg, web.as_deref());
-                })
-            })
-            .collect::<io::Result<_>>()?;
+        let handler: Arc<dyn Handler> = Arc::new(Limited { inner: handler, permits: Permits::new(cfg.workers.max(1)) });
+        let mut threads: Vec<thread::JoinHandle<()>> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     let _ = stream.set_nonblocking(false);
+                    threads.retain(|t| !t.is_finished());
                     if open.load(Ordering::Acquire) >= limit {
                         reject_busy(stream);
                         continue;
                     }
                     open.fetch_add(1, Ordering::AcqRel);
-                    if let Err(mpsc::SendError(s)) = tx.send(stream) {
-                        // Every worker is gone (cannot happen while we hold
-                        // the sender unless they all panicked).
-                        open.fetch_sub(1, Ordering::AcqRel);
-                        reject_busy(s);
+                    let (handler, open2, web) = (Arc::clone(&handler), Arc::clone(&open), self.web.clone());
+                    // The stream moves into the closure; if the thread cannot
+                    // start, it comes back through this slot to be refused.
+                    let pending = Arc::new(Mutex::new(Some(stream)));
+                    let taken = Arc::clone(&pending);
+                    let spawned = thread::Builder::new().name("gupwatch-http".into()).spawn(move || {
+                        let _slot = Slot(&open2);
+                        let stream = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some(stream) = stream {
+                            serve_connection(stream, &*handler, &cfg, web.as_deref());
+                        }
+                    });
+                    match spawned {
+                        Ok(t) => threads.push(t),
+                        Err(e) => {
+                            open.fetch_sub(1, Ordering::AcqRel);
+                            eprintln!("gupwatch: http: cannot start a connection thread: {e}");
+                            if let Some(s) = pending.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                                reject_busy(s);
+                            }
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(25)),
@@ -387,11 +395,55 @@ impl Server {
                 }
             }
         }
-        drop(tx);
-        for w in workers {
-            let _ = w.join();
+        for t in threads {
+            let _ = t.join();
         }
         Ok(())
+    }
+}
+
+/// A counting semaphore: how many requests render at once.
+struct Permits {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Permits {
+    fn new(n: usize) -> Permits {
+        Permits { free: Mutex::new(n), freed: std::sync::Condvar::new() }
+    }
+
+    fn acquire(&self) -> PermitGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        PermitGuard(self)
+    }
+}
+
+struct PermitGuard<'a>(&'a Permits);
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// The handler behind the render limit: heads are read and TLS is
+/// negotiated concurrently, rendering (which locks the collector and walks
+/// the maps) is not.
+struct Limited {
+    inner: Arc<dyn Handler>,
+    permits: Permits,
+}
+
+impl Handler for Limited {
+    fn handle(&self, req: &Request) -> Response {
+        let _permit = self.permits.acquire();
+        self.inner.handle(req)
     }
 }
 
