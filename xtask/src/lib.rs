@@ -11,6 +11,7 @@ pub mod binary;
 pub mod debversion;
 pub mod demo;
 pub mod e2e;
+pub mod i915test;
 pub mod initramfs;
 pub mod kernels;
 pub mod modules;

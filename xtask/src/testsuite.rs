@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::binary;
 use crate::e2e;
+use crate::i915test;
 use crate::kernels::{self, Flavour};
 use crate::qemu::{ConsoleEcho, VmRun};
 use crate::setup::{self, SetupOptions};
@@ -28,6 +29,8 @@ pub struct TestOptions {
     pub skip_setup: bool,
     /// Skip the end-to-end Prometheus test ([`crate::e2e`]).
     pub skip_e2e: bool,
+    /// Skip the i915 hook test ([`crate::i915test`]).
+    pub skip_i915: bool,
 }
 
 /// One scenario of `gupwatch check --json`.
@@ -287,7 +290,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 3 + aliases.len() + 1;
+    let total = 3 + aliases.len() + 2;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -402,6 +405,41 @@ pub fn run(o: &TestOptions) -> Result<bool> {
                 outcome.console_log.display()
             )),
         }
+    }
+
+    // The i915 hooks, on the generic flavour of the selected kernels.
+    banner(
+        total - 1,
+        total,
+        &format!(
+            "i915 hooks on the generic kernels ({}): attached at start and when i915 loads later",
+            aliases.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    if o.skip_i915 {
+        println!("SKIPPED (--skip-i915)");
+        t.skipped.push("i915 hook test (--skip-i915)".into());
+    } else if let Some(bin) = &gupwatch {
+        let results = i915test::run(&i915test::I915Options {
+            kernels: aliases.clone(),
+            gupwatch: bin.clone(),
+            timeout: o.timeout,
+        })?;
+        for r in &results {
+            for c in &r.checks {
+                if c.ok {
+                    t.passed += 1;
+                } else {
+                    t.failed += 1;
+                    t.failures.push(format!("i915 on kernel {}: {}: {}", r.alias, c.name, c.detail));
+                }
+            }
+            if let Some(e) = &r.error {
+                t.fail(format!("i915 on kernel {}: {e}", r.alias));
+            }
+        }
+    } else {
+        t.fail("i915: not run, gupwatch did not build".into());
     }
 
     // The end-to-end Prometheus test, on the newest kernel of the matrix only.
