@@ -307,7 +307,7 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
     // 6. Capabilities: while waiting, only the late-attach thread holds
     // CAP_BPF + CAP_PERFMON; once attached, no thread holds any.
     let waiting = parse_caps(get("caps-waiting"));
-    let holders: Vec<&(String, String)> = waiting.iter().filter(|(_, e)| e.trim_start_matches('0') != "").collect();
+    let holders: Vec<&(String, String)> = waiting.iter().filter(|(_, e)| !e.trim_start_matches('0').is_empty()).collect();
     let paranoid: Option<i32> = get("paranoid").trim().parse().ok();
     let expected = late_attach_caps(paranoid);
     let ok_waiting = holders.len() == 1 && holders[0].0.starts_with("gupwatch-late") && holders[0].1 == expected;
@@ -317,7 +317,7 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
         format!("expected {expected} (perf_event_paranoid {paranoid:?}) in gupwatch-late-attach alone; threads: {waiting:?}"),
     );
     let after = parse_caps(get("caps-after"));
-    let left: Vec<&(String, String)> = after.iter().filter(|(_, e)| e.trim_start_matches('0') != "").collect();
+    let left: Vec<&(String, String)> = after.iter().filter(|(_, e)| !e.trim_start_matches('0').is_empty()).collect();
     check(
         "after the late attach no thread keeps a capability",
         !after.is_empty() && left.is_empty(),
