@@ -1,6 +1,7 @@
 //! `cargo xtask test`: unit tests, then `gupwatch check --json` in a VM on
-//! every kernel of the matrix, with a table per kernel and one closing
-//! `N passed, N failed` line.
+//! every kernel of the matrix, with a table per kernel, then the i915 hooks
+//! on the generic flavour of those kernels ([`crate::i915test`]) and the
+//! end-to-end Prometheus test, and one closing `N passed, N failed` line.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
