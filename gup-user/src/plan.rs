@@ -675,7 +675,7 @@ impl ProbePlan {
             self.foll.values.get("FOLL_LONGTERM").copied().unwrap_or(0),
             self.capabilities.direct_io_reason,
         );
-        out += &format!("  {:<34} {:<6} {:<17} {:<9} {}\n", "FUNCTION", "KIND", "MECHANISM", "STATUS", "WHY");
+        out += &format!("  {:<36} {:<6} {:<17} {:<9} {}\n", "FUNCTION", "KIND", "MECHANISM", "STATUS", "WHY");
         for h in &self.hooks {
             let (status, extra) = match &h.status {
                 HookStatus::Planned => ("planned", String::new()),
@@ -684,7 +684,7 @@ impl ProbePlan {
                 HookStatus::Failed(e) => ("FAILED", format!(" — {e}")),
             };
             out += &format!(
-                "  {:<34} {:<6} {:<17} {:<9} {}{}\n",
+                "  {:<36} {:<6} {:<17} {:<9} {}{}\n",
                 h.function,
                 h.kind,
                 h.mechanism.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
