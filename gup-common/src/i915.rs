@@ -2,7 +2,11 @@
 //!
 //! One pure state machine, [`I915Object::apply`], used twice: the eBPF
 //! programs apply kernel events to the object's map value, and user-space
-//! tests replay recorded event sequences through the same code.
+//! tests replay recorded event sequences through the same code. The rules
+//! that say which object an event belongs to ([`credited_within`],
+//! [`enter_replaces`], [`leave_clears`]) are shared the same way.
+
+use crate::Api;
 
 /// One i915 userptr object's history, keyed by the object's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +77,63 @@ pub enum I915Event {
 
 /// -EAGAIN.
 const EAGAIN: i64 = 11;
+
+/// The kind of an [`I915Event`], for [`credited_within`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum I915EventKind {
+    /// [`I915Event::Attempt`].
+    Attempt,
+    /// [`I915Event::Pinned`].
+    Pinned,
+    /// [`I915Event::Released`].
+    Released,
+}
+
+/// Whether an event seen while the thread is inside the i915 hook `cur`
+/// (an [`Api`] index) belongs to the object that hook is working on.
+///
+/// - Pins and pin attempts happen only in the pin hook
+///   ([`Api::I915UserptrSubmitInit`]).
+/// - Unpins are the object's in every hook that holds it: the release
+///   hooks, and also the pin hook, which unpins what it just pinned when
+///   it loses an mmu-notifier race (-EAGAIN) or finds the pages already
+///   there, and which rebinds (put_pages) a stale object before pinning.
+/// - Nothing is credited inside the ioctl: its first argument is the
+///   device, not an object.
+#[inline(always)]
+pub fn credited_within(cur: u64, ev: I915EventKind) -> bool {
+    let pin = cur == Api::I915UserptrSubmitInit as u64;
+    match ev {
+        I915EventKind::Attempt | I915EventKind::Pinned => pin,
+        I915EventKind::Released => {
+            pin || cur == Api::I915UserptrDropRef as u64 || cur == Api::I915UserptrPutPages as u64
+        }
+    }
+}
+
+/// Whether entering an i915 hook on object `obj` replaces the thread's
+/// current entry `cur` (`[api, object]`).
+///
+/// i915's hooks nest: the pin function rebinds a stale object through
+/// `i915_gem_userptr_put_pages` and gets its pages through
+/// `i915_gem_userptr_get_pages` before it returns. A nested call on the
+/// *same* object keeps the outer entry, so the outer hook still sees the
+/// pins, unpins and return value that follow the nested call. A different
+/// object (or a stale entry left by a missed return probe) is replaced.
+#[inline(always)]
+pub fn enter_replaces(cur: Option<[u64; 2]>, obj: u64) -> bool {
+    match cur {
+        Some([_, o]) => o != obj || obj == 0,
+        None => true,
+    }
+}
+
+/// Whether leaving the i915 hook `api` ends the thread's current entry,
+/// whose hook is `cur`: only the hook that made the entry ends it.
+#[inline(always)]
+pub fn leave_clears(cur: u64, api: Api) -> bool {
+    cur == api as u64
+}
 
 impl I915Object {
     /// A fresh object.
@@ -177,6 +238,111 @@ mod tests {
         ]);
         assert_eq!((o.attempts, o.eagain, o.failures, o.pinned_pages, o.total_pinned), (2, 1, 0, 256, 512));
         assert_eq!(o.first_pin_ns, 110);
+    }
+
+    /// One thread as the eBPF programs see it: the `[api, object]` entry of
+    /// `I915_CUR`, updated by the shared rules, and the object map.
+    struct Thread {
+        cur: Option<[u64; 2]>,
+        objects: std::collections::HashMap<u64, I915Object>,
+    }
+
+    impl Thread {
+        fn new() -> Self {
+            Thread { cur: None, objects: Default::default() }
+        }
+        fn enter(&mut self, api: Api, obj: u64) {
+            if enter_replaces(self.cur, obj) {
+                self.cur = Some([api as u64, obj]);
+            }
+        }
+        fn event(&mut self, kind: I915EventKind, ev: I915Event) {
+            let Some([api, obj]) = self.cur else { return };
+            if credited_within(api, kind) && obj != 0 {
+                self.objects.entry(obj).or_insert(I915Object::EMPTY).apply(ev);
+            }
+        }
+        fn leave(&mut self, api: Api, ret: i64) {
+            if api == Api::I915UserptrSubmitInit {
+                self.event(I915EventKind::Attempt, I915Event::Attempt { ret });
+            }
+            if self.cur.is_some_and(|[c, _]| leave_clears(c, api)) {
+                self.cur = None;
+            }
+        }
+        fn pin(&mut self, pages: u64, ns: u64) {
+            self.event(I915EventKind::Pinned, I915Event::Pinned { pages, requested: pages, ns });
+        }
+        fn unpin(&mut self, pages: u64, ns: u64) {
+            self.event(I915EventKind::Released, I915Event::Released { pages, ns });
+        }
+    }
+
+    /// 6.x's submit_init on a stale object: it puts the old pages
+    /// (put_pages, nested), pins again, and gets its pages through
+    /// get_pages (nested; the drop-ref role where drop_ref is inlined).
+    /// The nested calls must not end the outer entry, or the new pins and
+    /// the attempt would be lost.
+    #[test]
+    fn nested_calls_on_the_same_object_keep_crediting_the_outer_call() {
+        let obj = 0xffff_8880_1234_0000;
+        let mut t = Thread::new();
+        t.enter(Api::I915UserptrSubmitInit, obj);
+        t.pin(256, 10);
+        t.leave(Api::I915UserptrSubmitInit, 0);
+        // The notifier moved on: the next submit rebinds.
+        t.enter(Api::I915UserptrSubmitInit, obj);
+        t.enter(Api::I915UserptrPutPages, obj);
+        t.unpin(256, 20);
+        t.leave(Api::I915UserptrPutPages, 0);
+        t.pin(256, 30);
+        t.enter(Api::I915UserptrDropRef, obj);
+        t.leave(Api::I915UserptrDropRef, 0);
+        t.leave(Api::I915UserptrSubmitInit, 0);
+        assert_eq!(t.cur, None, "the outer call's return ends the entry");
+        let o = t.objects[&obj];
+        assert_eq!((o.attempts, o.pinned_pages, o.total_pinned, o.released_ns), (2, 256, 512, 20));
+    }
+
+    /// An mmu-notifier race: submit_init unpins what it pinned and returns
+    /// -EAGAIN; the caller retries. Those unpins are the object's.
+    #[test]
+    fn eagain_unpins_inside_the_pin_call_are_credited() {
+        let obj = 0xffff_8880_0000_1000;
+        let mut t = Thread::new();
+        t.enter(Api::I915UserptrSubmitInit, obj);
+        t.pin(64, 1);
+        t.unpin(64, 2);
+        t.leave(Api::I915UserptrSubmitInit, -11);
+        t.enter(Api::I915UserptrSubmitInit, obj);
+        t.pin(64, 3);
+        t.leave(Api::I915UserptrSubmitInit, 0);
+        let o = t.objects[&obj];
+        assert_eq!((o.attempts, o.eagain, o.pinned_pages, o.total_pinned), (2, 1, 64, 128));
+        // Released later through put_pages, outside any pin call.
+        t.enter(Api::I915UserptrPutPages, obj);
+        t.unpin(64, 9);
+        t.leave(Api::I915UserptrPutPages, 0);
+        assert_eq!((t.objects[&obj].pinned_pages, t.objects[&obj].released_ns), (0, 9));
+    }
+
+    #[test]
+    fn nothing_is_credited_inside_the_ioctl_or_outside_any_hook() {
+        let mut t = Thread::new();
+        t.pin(8, 1);
+        t.enter(Api::I915UserptrIoctl, 0xdead_0000); // the device, not an object
+        t.pin(8, 2);
+        t.unpin(8, 3);
+        t.leave(Api::I915UserptrIoctl, 0);
+        assert!(t.objects.is_empty());
+        assert_eq!(t.cur, None);
+        // Another object's call replaces a stale entry (missed return).
+        t.cur = Some([Api::I915UserptrPutPages as u64, 1]);
+        t.enter(Api::I915UserptrSubmitInit, 2);
+        assert_eq!(t.cur, Some([Api::I915UserptrSubmitInit as u64, 2]));
+        // A nested call that is not the entry's owner does not end it.
+        t.leave(Api::I915UserptrPutPages, 0);
+        assert_eq!(t.cur, Some([Api::I915UserptrSubmitInit as u64, 2]));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use gup_common::{
-    i915::{I915Event, I915Object},
+    i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
     PinOwner, PinRecord, API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
@@ -123,8 +123,9 @@ static EXITED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(EXITED_CAPACI
 #[map]
 static I915_OBJECTS: HashMap<u64, I915Object> = HashMap::with_max_entries(I915_OBJECTS_CAPACITY, 0);
 
-/// The i915 userptr call each thread is in: (API index << 56 | 0) and the
-/// object, so pins and unpins inside it are credited to the object.
+/// The i915 userptr call each thread is in: `[API index, object]`, so pins
+/// and unpins inside it are credited to the object. Nested calls on the
+/// same object keep the outer entry (`gup_common::i915::enter_replaces`).
 #[map]
 static I915_CUR: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
 
@@ -380,7 +381,11 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     }
     if api.kind() == ApiKind::I915 {
         let obj = a.arg(args.pages_idx).unwrap_or(0);
-        let _ = I915_CUR.insert(&tid, &[api as u64, obj], 0);
+        // SAFETY: the value is copied out at once.
+        let cur = unsafe { I915_CUR.get(&tid) }.copied();
+        if enter_replaces(cur, obj) {
+            let _ = I915_CUR.insert(&tid, &[api as u64, obj], 0);
+        }
         if let Some(s) = stats(api) {
             add(&mut s.calls, 1);
         }
@@ -442,7 +447,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             add(&mut s.pages, count);
         }
         if outer.is_none() {
-            i915_event(tid, Api::I915UserptrDropRef, I915Event::Released { pages: count, ns: now() });
+            i915_event(tid, I915EventKind::Released, I915Event::Released { pages: count, ns: now() });
         }
         let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
         let site = stack_id(ctx);
@@ -830,7 +835,7 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
         return;
     }
     if api.kind() == ApiKind::Pin && pages_of(a) > 0 {
-        i915_event(tid, Api::I915UserptrSubmitInit, I915Event::Pinned { pages: pages_of(a), requested: r.requested, ns: now() });
+        i915_event(tid, I915EventKind::Pinned, I915Event::Pinned { pages: pages_of(a), requested: r.requested, ns: now() });
     }
     if have {
         record_latency(s, r.start_ns);
@@ -863,15 +868,13 @@ fn pages_of<A: CallArgs>(a: &A) -> u64 {
 }
 
 /// Credits an event to the i915 object this thread is working on, if the
-/// thread is inside `within` (drop_ref and put_pages both release).
+/// hook it is inside owns events of this kind (`credited_within`).
 #[inline(never)]
-fn i915_event(tid: u64, within: Api, ev: I915Event) {
+fn i915_event(tid: u64, kind: I915EventKind, ev: I915Event) {
     let Some(cur) = I915_CUR.get_ptr(&tid) else { return };
     // SAFETY: this thread's own live entry, copied.
     let [api, obj] = unsafe { core::ptr::read_volatile(cur) };
-    let matches = api == within as u64
-        || (within == Api::I915UserptrDropRef && api == Api::I915UserptrPutPages as u64);
-    if !matches || obj == 0 {
+    if !credited_within(api, kind) || obj == 0 {
         return;
     }
     if I915_OBJECTS.get_ptr_mut(&obj).is_none() {
@@ -905,15 +908,24 @@ fn i915_exit(tid: u64, api: Api, mut ret: i64) {
         Api::I915UserptrIoctl if ret == 0 => {
             let _ = I915_CREATED.insert(&((tid >> 32) as u32), &now(), 0);
         }
-        Api::I915UserptrSubmitInit => i915_event(tid, api, I915Event::Attempt { ret }),
+        Api::I915UserptrSubmitInit => i915_event(tid, I915EventKind::Attempt, I915Event::Attempt { ret }),
         _ => {}
     }
-    if ret < 0 {
+    // Only these two return an int: the release hooks' functions are void
+    // (or, as a fallback, not the call whose result means anything), and a
+    // leftover kernel pointer in the return register looks negative.
+    if ret < 0 && matches!(api, Api::I915UserptrIoctl | Api::I915UserptrSubmitInit) {
         if let Some(s) = stats(api) {
             add(&mut s.errors, 1);
         }
     }
-    let _ = I915_CUR.remove(&tid);
+    // A nested call on the same object returns into the outer one, whose
+    // entry stays.
+    // SAFETY: the value is copied out at once.
+    let cur = unsafe { I915_CUR.get(&tid) }.map(|c| c[0]);
+    if cur.is_some_and(|c| leave_clears(c, api)) {
+        let _ = I915_CUR.remove(&tid);
+    }
 }
 
 /// `gup_put_folio(folio, refs, flags)`: counts FOLL_PIN releases that no

@@ -141,5 +141,13 @@ mod tests {
         t.apply(1, I915Event::Pinned { pages: 1, requested: 1, ns: 9 });
         assert_eq!((t.objects.len(), t.dropped), (2, 1));
         assert_eq!(t.objects[&1].pinned_pages, 1);
+        // Every later event of the object that found no room is dropped
+        // too (a pin, its release), and counted; the others are untouched.
+        t.apply(3, I915Event::Pinned { pages: 8, requested: 8, ns: 10 });
+        t.apply(3, I915Event::Released { pages: 8, ns: 11 });
+        assert_eq!((t.objects.len(), t.dropped), (2, 3));
+        assert!(!t.objects.contains_key(&3));
+        let rows = rows(&t.objects.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(), &HashMap::new());
+        assert_eq!(rows.iter().map(|r| r.pinned_pages).sum::<u64>(), 1);
     }
 }

@@ -64,6 +64,12 @@ impl Kallsyms {
         Kallsyms { text: syms, by_addr }
     }
 
+    /// Whether addresses were readable (kptr_restrict and the reader's
+    /// capabilities decide; without them every address reads as zero).
+    pub fn has_addresses(&self) -> bool {
+        !self.by_addr.is_empty()
+    }
+
     /// The symbol with exactly this name.
     pub fn get(&self, name: &str) -> Option<&Symbol> {
         self.text.get(name)

@@ -296,16 +296,16 @@ fn detach(ebpf: &mut Ebpf, idx: u32, mechanism: Mechanism) {
     // the point is that nothing stays attached.
     match mechanism {
         Mechanism::Fentry => {
-            if let Ok(p) = program(ebpf, &prog_name("fe", idx)).and_then(|p| <&mut FEntry>::try_from(p)) {
+            if let Ok(p) = program(ebpf, &prog_name("fe", idx)).and_then(<&mut FEntry>::try_from) {
                 let _ = p.unload();
             }
-            if let Ok(p) = program(ebpf, &prog_name("fx", idx)).and_then(|p| <&mut FExit>::try_from(p)) {
+            if let Ok(p) = program(ebpf, &prog_name("fx", idx)).and_then(<&mut FExit>::try_from) {
                 let _ = p.unload();
             }
         }
         Mechanism::Kprobe => {
             for prefix in ["kp", "kr"] {
-                if let Ok(p) = program(ebpf, &prog_name(prefix, idx)).and_then(|p| <&mut KProbe>::try_from(p)) {
+                if let Ok(p) = program(ebpf, &prog_name(prefix, idx)).and_then(<&mut KProbe>::try_from) {
                     let _ = p.unload();
                 }
             }
@@ -409,36 +409,59 @@ impl Probes {
     }
 
     /// Attaches hooks on module functions that were absent when the probes
-    /// loaded (e.g. i915 loaded afterwards). Returns the functions attached.
+    /// loaded (e.g. i915 loaded afterwards): the plan resolves them again
+    /// from a fresh `/proc/kallsyms` ([`ProbePlan::resolve_late`]), and
+    /// whatever happens is written into it. Returns the functions attached.
+    ///
+    /// Cheap when nothing waits: kallsyms is read only when a waiting
+    /// hook's module is live in `/sys/module`.
     pub fn attach_late_modules(&mut self) -> Vec<&'static str> {
+        if !self.late_attach_pending() || !module_live("i915") {
+            return vec![];
+        }
         let Ok(kallsyms) = crate::kallsyms::Kallsyms::from_proc() else { return vec![] };
         let mut done = vec![];
-        for hook in self.plan.hooks.iter_mut().filter(|h| h.status == HookStatus::Absent) {
-            let Some((symbol, sym)) = kallsyms.find_function(hook.function) else { continue };
-            if sym.module.is_none() {
+        for api in self.plan.resolve_late(&kallsyms) {
+            let hook = &mut self.plan.hooks[api as usize];
+            let (Some(symbol), Some(Mechanism::Kprobe)) = (hook.symbol.clone(), hook.mechanism) else {
+                // Not in a module after all: it would have been found at start.
+                hook.status = HookStatus::Failed("found late but not in a module: restart gupwatch to hook it".into());
                 continue;
-            }
-            let symbol = symbol.to_string();
-            match attach_kprobe(&mut self._ebpf, hook.api as u32, &symbol, true) {
+            };
+            match attach_kprobe(&mut self._ebpf, api as u32, &symbol, true) {
                 Ok(l) => {
                     self.links.push(HookLinks {
-                        idx: hook.api as u32,
-                        symbol: symbol.clone(),
+                        idx: api as u32,
+                        symbol,
                         with_exit: true,
                         mechanism: Mechanism::Kprobe,
                         links: Some(l),
                     });
-                    hook.symbol = Some(symbol);
-                    hook.mechanism = Some(Mechanism::Kprobe);
-                    hook.reason = "module loaded after gupwatch started: kprobe".into();
+                    hook.reason = format!("{} (module loaded after gupwatch started)", hook.reason);
                     hook.status = HookStatus::Attached;
                     done.push(hook.function);
                 }
-                Err(e) => hook.status = HookStatus::Failed(format!("kprobe: {}", describe(&e, hook.function))),
+                Err(e) => {
+                    detach(&mut self._ebpf, api as u32, Mechanism::Kprobe);
+                    hook.status = HookStatus::Failed(format!("kprobe: {}", describe(&e, hook.function)));
+                }
             }
         }
         done
     }
+
+    /// Whether a hook still waits for its module (an i915 hook absent
+    /// because i915 is not loaded yet). Hooks that failed, or that the
+    /// loaded module lacks, do not wait.
+    pub fn late_attach_pending(&self) -> bool {
+        self.plan.hooks.iter().any(|h| h.waits_for_module)
+    }
+}
+
+/// Whether a module is loaded and initialised (`/sys/module/NAME/initstate`
+/// says `live`): its symbols are final then.
+fn module_live(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/module/{name}/initstate")).is_ok_and(|s| s.trim() == "live")
 }
 
 /// The API whose programs carry this name (for diagnostics).

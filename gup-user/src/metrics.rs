@@ -1201,6 +1201,33 @@ impl Collector {
         self.probes.is_some()
     }
 
+    /// Whether a hook waits for its module (i915 not loaded yet); see
+    /// [`Probes::late_attach_pending`].
+    pub fn late_attach_pending(&self) -> bool {
+        self.probes.as_ref().is_some_and(Probes::late_attach_pending)
+    }
+
+    /// Attaches the hooks whose module appeared since the last call, and
+    /// refreshes the plan the metrics and `/api/snapshot` show. Returns
+    /// the functions attached; see [`Probes::attach_late_modules`].
+    pub fn attach_late_modules(&mut self) -> Vec<&'static str> {
+        let Some(p) = self.probes.as_mut() else { return vec![] };
+        let done = p.attach_late_modules();
+        // Failures change the plan too, so refresh whenever it was re-read.
+        self.plan = PlanSummary::from_plan(&p.plan);
+        if !done.is_empty() {
+            // The module's functions, for naming call sites. Only when the
+            // addresses are readable: after the capability drop they may
+            // read as zero, and the old table is better than none.
+            if let Ok(k) = Kallsyms::from_proc() {
+                if k.has_addresses() {
+                    self.kallsyms = k;
+                }
+            }
+        }
+        done
+    }
+
     /// Reads every source now.
     pub fn gather(&mut self) -> Arc<ScrapeData> {
         let t0 = Instant::now();

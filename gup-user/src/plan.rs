@@ -56,8 +56,21 @@ pub struct HookPlan {
     /// Which API.
     #[serde(skip)]
     pub api: Api,
-    /// The kernel function name gupwatch knows it by.
+    /// The kernel function hooked. For a logical hook (i915's, see
+    /// [`I915Role`]) the candidate chosen on this kernel, or its first
+    /// candidate when none exists.
     pub function: &'static str,
+    /// What a logical hook does, whichever function plays it (`None` for
+    /// the GUP APIs, which are their function).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// A logical hook's candidate functions, best first, and what became
+    /// of each on this kernel.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<CandidateCheck>,
+    /// Absent because its module is not loaded yet: attached when it is
+    /// ([`ProbePlan::resolve_late`]).
+    pub waits_for_module: bool,
     /// The symbol to attach to (differs for compiler clones).
     pub symbol: Option<String>,
     /// pin, get or unpin.
@@ -259,6 +272,164 @@ impl PageLayout {
     }
 }
 
+/// One function that can play a logical i915 hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The i915 function.
+    pub function: &'static str,
+    /// Which kernels have it as a symbol, and what hooking it covers.
+    pub covers: &'static str,
+}
+
+/// A logical i915 hook: what it does, and the functions that can do it on
+/// some kernel, best first. i915's userptr code was rewritten in 5.13 and
+/// its static helpers are inlined or not depending on the build, so a role
+/// is resolved to whichever candidate the running i915 has as a symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct I915Role {
+    /// What the hook does.
+    pub role: &'static str,
+    /// Candidates, best first.
+    pub candidates: &'static [Candidate],
+    /// Said when no candidate exists: where the role's events are seen then.
+    pub when_none: &'static str,
+}
+
+const I915_CREATE: I915Role = I915Role {
+    role: "create a userptr object",
+    candidates: &[Candidate {
+        function: "i915_gem_userptr_ioctl",
+        covers: "the DRM_I915_GEM_USERPTR ioctl, in every i915 with userptr objects",
+    }],
+    when_none: "object creation times are then taken from their first pin",
+};
+
+const I915_PIN: I915Role = I915Role {
+    role: "pin the object's pages",
+    candidates: &[
+        Candidate {
+            function: "i915_gem_object_userptr_submit_init",
+            covers: "5.13 and later: pins the pages with pin_user_pages_fast in the submitting thread, and unpins them itself when an mmu-notifier invalidation races it (-EAGAIN)",
+        },
+        Candidate {
+            function: "i915_gem_userptr_get_pages",
+            covers: "before 5.13: pins with pin_user_pages_fast_only in the calling thread and returns -EAGAIN while __i915_gem_userptr_get_pages_worker pins the rest with pin_user_pages_remote in a kworker; the worker's pins are counted per API but not credited to the object (its object is not an argument)",
+        },
+    ],
+    when_none: "pins are still counted per API, but not per object",
+};
+
+const I915_DROP_REF: I915Role = I915Role {
+    role: "unpin the object's pages at their last reference",
+    candidates: &[
+        Candidate {
+            function: "i915_gem_object_userptr_drop_ref",
+            covers: "5.13 and later, where the compiler kept it: every unpin of the object's pages goes through it",
+        },
+        Candidate {
+            function: "i915_gem_userptr_get_pages",
+            covers: "5.13 and later, where i915_gem_object_userptr_drop_ref is static and inlined: its callers are i915_gem_userptr_put_pages (the put-pages hook) and the error path of i915_gem_userptr_get_pages (hooked here), so every unpin still happens inside a hooked call on the object",
+        },
+    ],
+    when_none: "before 5.13 there is no page reference: i915_gem_userptr_put_pages unpins the pages itself, and the put-pages hook credits them",
+};
+
+const I915_PUT_PAGES: I915Role = I915Role {
+    role: "give back the object's pages",
+    candidates: &[Candidate {
+        function: "i915_gem_userptr_put_pages",
+        covers: "the object's put_pages operation in every i915 with userptr objects (a symbol because its address is taken); it unpins directly before 5.13 and through the last page reference since",
+    }],
+    when_none: "unpins outside the pin hook are then counted per API, but not per object",
+};
+
+/// The logical role of an i915 API slot (`None` for the GUP APIs).
+pub fn i915_role(api: Api) -> Option<&'static I915Role> {
+    match api {
+        Api::I915UserptrIoctl => Some(&I915_CREATE),
+        Api::I915UserptrSubmitInit => Some(&I915_PIN),
+        Api::I915UserptrDropRef => Some(&I915_DROP_REF),
+        Api::I915UserptrPutPages => Some(&I915_PUT_PAGES),
+        _ => None,
+    }
+}
+
+/// What became of one candidate of a logical hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CandidateCheck {
+    /// The function.
+    pub function: &'static str,
+    /// `chosen`, `not a symbol`, `already hooked as <role>`, or `not
+    /// needed` (an earlier candidate was chosen).
+    pub verdict: String,
+}
+
+/// A logical hook resolved against kallsyms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct I915Choice {
+    /// Index into the role's candidates, and the symbol to attach to.
+    pub chosen: Option<(usize, String)>,
+    /// Every candidate's verdict.
+    pub checks: Vec<CandidateCheck>,
+    /// Why this one (or why none).
+    pub reason: String,
+    /// None was found because i915 is not loaded (yet).
+    pub module_not_loaded: bool,
+}
+
+/// Resolves a logical i915 hook: the first candidate this kernel has as a
+/// symbol and no other hook already uses. A function is hooked at most
+/// once, because two hooks on one function would count its calls twice
+/// and give its unpins to whichever entry came last. `taken` lists the
+/// functions earlier hooks chose. Pure; unit-tested.
+pub fn resolve_i915(role: &I915Role, kallsyms: &Kallsyms, taken: &[(&str, &str)]) -> I915Choice {
+    let mut checks = Vec::with_capacity(role.candidates.len());
+    let mut chosen: Option<(usize, String)> = None;
+    for (i, c) in role.candidates.iter().enumerate() {
+        let verdict = if chosen.is_some() {
+            "not needed".to_string()
+        } else if let Some((_, by)) = taken.iter().find(|(f, _)| *f == c.function) {
+            format!("already hooked to {by}")
+        } else if let Some((symbol, _)) = kallsyms.find_function(c.function) {
+            chosen = Some((i, symbol.to_string()));
+            "chosen".to_string()
+        } else {
+            "not a symbol".to_string()
+        };
+        checks.push(CandidateCheck { function: c.function, verdict });
+    }
+    let why_not = |upto: usize| -> String {
+        role.candidates[..upto]
+            .iter()
+            .zip(&checks)
+            .map(|(c, k)| match k.verdict.as_str() {
+                "not a symbol" => format!("{} is not a symbol in this i915 (static and inlined, or not built)", c.function),
+                v => format!("{} is {v}", c.function),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let reason = match &chosen {
+        Some((0, _)) => format!("{}: {} ({})", role.role, role.candidates[0].function, role.candidates[0].covers),
+        Some((i, _)) => format!(
+            "{}: {}, because {}. It covers {}",
+            role.role,
+            role.candidates[*i].function,
+            why_not(*i),
+            role.candidates[*i].covers
+        ),
+        None if !kallsyms.has_module("i915") => "i915 not loaded (attached if the module appears)".to_string(),
+        None => format!(
+            "{}: i915 is loaded but has none of its functions: {}. Missing here, so {}",
+            role.role,
+            why_not(role.candidates.len()),
+            role.when_none
+        ),
+    };
+    let module_not_loaded = chosen.is_none() && !kallsyms.has_module("i915");
+    I915Choice { chosen, checks, reason, module_not_loaded }
+}
+
 /// Parameter names for the page/folio count, in order of preference.
 const COUNT_PARAMS: &[&str] = &["nr_pages", "npages", "nfolios", "max_folios", "refs"];
 
@@ -336,7 +507,11 @@ impl ProbePlan {
     pub fn resolve(kernel: String, btf: Result<&KernelBtf, String>, kallsyms: &Kallsyms) -> ProbePlan {
         let btf_ok = btf.as_ref().ok().copied();
         let foll = FollFlags::resolve(btf_ok, &kernel);
-        let hooks = Api::ALL.iter().map(|&api| Self::resolve_hook(api, btf_ok, kallsyms)).collect();
+        let mut hooks: Vec<HookPlan> = Vec::with_capacity(Api::ALL.len());
+        for &api in Api::ALL.iter() {
+            let taken = taken_by(&hooks);
+            hooks.push(Self::resolve_hook(api, btf_ok, kallsyms, &taken));
+        }
         let direct_io_pins = kallsyms.get("iov_iter_extract_pages").is_some();
         let fast_rule = ["gup_fast_folio_allowed", "folio_fast_pin_allowed"]
             .into_iter()
@@ -374,11 +549,13 @@ impl ProbePlan {
         }
     }
 
-    fn resolve_hook(api: Api, btf: Option<&KernelBtf>, kallsyms: &Kallsyms) -> HookPlan {
-        let function = api.symbol();
+    fn resolve_hook(api: Api, btf: Option<&KernelBtf>, kallsyms: &Kallsyms, taken: &[(&str, &str)]) -> HookPlan {
         let mut hook = HookPlan {
             api,
-            function,
+            function: api.symbol(),
+            role: None,
+            candidates: vec![],
+            waits_for_module: false,
             symbol: None,
             kind: kind_name(api.kind()),
             params: None,
@@ -387,17 +564,29 @@ impl ProbePlan {
             reason: String::new(),
             status: HookStatus::Planned,
         };
+        // A logical hook is resolved to the candidate this kernel has.
+        let mut choice_reason = None;
+        if let Some(role) = i915_role(api) {
+            let choice = resolve_i915(role, kallsyms, taken);
+            hook.role = Some(role.role);
+            hook.candidates = choice.checks;
+            match choice.chosen {
+                Some((i, _)) => {
+                    hook.function = role.candidates[i].function;
+                    choice_reason = Some(choice.reason);
+                }
+                None => {
+                    hook.status = HookStatus::Absent;
+                    hook.reason = choice.reason;
+                    hook.waits_for_module = choice.module_not_loaded;
+                    return hook;
+                }
+            }
+        }
+        let function = hook.function;
         let Some((symbol, sym)) = kallsyms.find_function(function) else {
             hook.status = HookStatus::Absent;
-            hook.reason = if api.kind() == ApiKind::I915 && !kallsyms.has_module("i915") {
-                "i915 not loaded (attached if the module appears)".into()
-            } else if api == Api::I915UserptrDropRef && kallsyms.find_function(Api::I915UserptrPutPages.symbol()).is_some() {
-                "not a symbol in this i915 (inlined into its callers); its unpins are credited to the object through i915_gem_userptr_put_pages".into()
-            } else if api.kind() == ApiKind::I915 {
-                "i915 is loaded but has no such function (renamed or not built)".into()
-            } else {
-                "not in this kernel (/proc/kallsyms)".into()
-            };
+            hook.reason = "not in this kernel (/proc/kallsyms)".into();
             return hook;
         };
         hook.symbol = Some(symbol.to_string());
@@ -435,8 +624,32 @@ impl ProbePlan {
             ),
         };
         hook.mechanism = Some(mechanism);
-        hook.reason = reason;
+        hook.reason = match choice_reason {
+            Some(why) => format!("{why}; {reason}"),
+            None => reason,
+        };
         hook
+    }
+
+    /// Resolves again the logical (i915) hooks that found no function, from
+    /// a fresh kallsyms (a module loaded since). Returns the APIs that now
+    /// have a function to attach to; their entries are `Planned`.
+    pub fn resolve_late(&mut self, kallsyms: &Kallsyms) -> Vec<Api> {
+        let mut found = vec![];
+        for i in 0..self.hooks.len() {
+            let api = self.hooks[i].api;
+            if !self.hooks[i].waits_for_module {
+                continue;
+            }
+            let taken = taken_by(&self.hooks);
+            // Module functions have no vmlinux BTF: kprobes, as at start.
+            let hook = Self::resolve_hook(api, None, kallsyms, &taken);
+            if hook.symbol.is_some() {
+                found.push(api);
+            }
+            self.hooks[i] = hook;
+        }
+        found
     }
 
     /// The FOLL_PIN bit of this kernel.
@@ -497,7 +710,7 @@ impl ProbePlan {
             self.foll.values.get("FOLL_LONGTERM").copied().unwrap_or(0),
             self.capabilities.direct_io_reason,
         );
-        out += &format!("  {:<34} {:<6} {:<17} {:<9} {}\n", "FUNCTION", "KIND", "MECHANISM", "STATUS", "WHY");
+        out += &format!("  {:<36} {:<6} {:<17} {:<9} {}\n", "FUNCTION", "KIND", "MECHANISM", "STATUS", "WHY");
         for h in &self.hooks {
             let (status, extra) = match &h.status {
                 HookStatus::Planned => ("planned", String::new()),
@@ -506,7 +719,7 @@ impl ProbePlan {
                 HookStatus::Failed(e) => ("FAILED", format!(" — {e}")),
             };
             out += &format!(
-                "  {:<34} {:<6} {:<17} {:<9} {}{}\n",
+                "  {:<36} {:<6} {:<17} {:<9} {}{}\n",
                 h.function,
                 h.kind,
                 h.mechanism.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
@@ -517,6 +730,12 @@ impl ProbePlan {
         }
         out
     }
+}
+
+/// The functions logical hooks already chose, with their roles, so no
+/// function is hooked twice.
+fn taken_by(hooks: &[HookPlan]) -> Vec<(&'static str, &'static str)> {
+    hooks.iter().filter(|h| h.symbol.is_some()).filter_map(|h| Some((h.function, h.role?))).collect()
 }
 
 /// `uname -r` of the running kernel.
@@ -613,6 +832,135 @@ mod tests {
         assert_eq!(fast.args.count_idx, 1);
         assert!(fast.reason.contains("no kernel BTF"));
         assert!(!plan.capabilities.direct_io_pins);
+    }
+
+    /// kallsyms lines of module functions (`t name [module]`).
+    fn with_module(vmlinux: &[&str], module: &str, funcs: &[&str]) -> Kallsyms {
+        let mut text: String = vmlinux
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{:016x} T {n}\n", 0xffffffff81000000u64 + i as u64 * 16))
+            .collect();
+        for (i, f) in funcs.iter().enumerate() {
+            text += &format!("{:016x} t {f}\t[{module}]\n", 0xffffffffc0000000u64 + i as u64 * 16);
+        }
+        Kallsyms::parse(&text)
+    }
+
+    /// The userptr functions of Debian's 6.1, 6.12 and 7.2 i915 (kallsyms in
+    /// the VMs): i915_gem_object_userptr_drop_ref is static and inlined.
+    const I915_DEBIAN: &[&str] = &[
+        "i915_gem_userptr_ioctl",
+        "i915_gem_object_userptr_submit_init",
+        "i915_gem_object_userptr_submit_done",
+        "i915_gem_object_userptr_validate",
+        "i915_gem_userptr_get_pages",
+        "i915_gem_userptr_put_pages",
+        "i915_gem_userptr_release",
+    ];
+
+    fn i915_hooks(plan: &ProbePlan) -> Vec<&HookPlan> {
+        plan.hooks.iter().filter(|h| h.api.kind() == ApiKind::I915).collect()
+    }
+
+    #[test]
+    fn i915_roles_resolve_to_the_functions_debian_builds_have() {
+        let k = with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN);
+        let plan = ProbePlan::resolve("6.12".into(), Ok(&btf_61()), &k);
+        let by = |api| plan.hook(api);
+        assert_eq!(by(Api::I915UserptrIoctl).function, "i915_gem_userptr_ioctl");
+        assert_eq!(by(Api::I915UserptrSubmitInit).function, "i915_gem_object_userptr_submit_init");
+        assert_eq!(by(Api::I915UserptrPutPages).function, "i915_gem_userptr_put_pages");
+        // drop_ref is inlined: its other caller plays the role.
+        let drop = by(Api::I915UserptrDropRef);
+        assert_eq!(drop.function, "i915_gem_userptr_get_pages");
+        assert_eq!(drop.symbol.as_deref(), Some("i915_gem_userptr_get_pages"));
+        assert_eq!(drop.role, Some("unpin the object's pages at their last reference"));
+        assert_eq!(
+            drop.candidates,
+            [
+                CandidateCheck { function: "i915_gem_object_userptr_drop_ref", verdict: "not a symbol".into() },
+                CandidateCheck { function: "i915_gem_userptr_get_pages", verdict: "chosen".into() },
+            ]
+        );
+        assert!(drop.reason.contains("because i915_gem_object_userptr_drop_ref is not a symbol in this i915"), "{}", drop.reason);
+        for h in i915_hooks(&plan) {
+            assert_eq!((h.status.clone(), h.mechanism, h.waits_for_module), (HookStatus::Planned, Some(Mechanism::Kprobe), false), "{}", h.function);
+            assert!(h.reason.ends_with("in module i915: aya cannot put fentry on module functions"), "{}", h.reason);
+        }
+        // Every i915 function is hooked at most once.
+        let mut symbols: Vec<_> = i915_hooks(&plan).iter().filter_map(|h| h.symbol.clone()).collect();
+        symbols.sort();
+        symbols.dedup();
+        assert_eq!(symbols.len(), 4);
+    }
+
+    #[test]
+    fn drop_ref_is_chosen_where_it_is_a_symbol() {
+        let mut funcs = I915_DEBIAN.to_vec();
+        funcs.push("i915_gem_object_userptr_drop_ref");
+        let plan = ProbePlan::resolve("x".into(), Err("no BTF".into()), &with_module(&[], "i915", &funcs));
+        let drop = plan.hook(Api::I915UserptrDropRef);
+        assert_eq!(drop.function, "i915_gem_object_userptr_drop_ref");
+        assert_eq!(drop.candidates[1].verdict, "not needed");
+        assert!(drop.reason.starts_with("unpin the object's pages at their last reference: i915_gem_object_userptr_drop_ref ("), "{}", drop.reason);
+    }
+
+    #[test]
+    fn before_5_13_get_pages_pins_and_no_function_is_hooked_twice() {
+        // 5.10-like i915: no submit_init, no drop_ref; get_pages pins.
+        let k = with_module(&[], "i915", &["i915_gem_userptr_ioctl", "i915_gem_userptr_get_pages", "i915_gem_userptr_put_pages", "__i915_gem_userptr_get_pages_worker"]);
+        let plan = ProbePlan::resolve("5.10".into(), Err("no BTF".into()), &k);
+        let pin = plan.hook(Api::I915UserptrSubmitInit);
+        assert_eq!((pin.function, pin.status.clone()), ("i915_gem_userptr_get_pages", HookStatus::Planned));
+        assert!(pin.reason.contains("i915_gem_object_userptr_submit_init is not a symbol"), "{}", pin.reason);
+        assert!(pin.reason.contains("pin_user_pages_fast_only"), "{}", pin.reason);
+        let drop = plan.hook(Api::I915UserptrDropRef);
+        assert_eq!(drop.status, HookStatus::Absent);
+        assert!(!drop.waits_for_module, "i915 is loaded: nothing to wait for");
+        assert_eq!(drop.candidates[1].verdict, "already hooked to pin the object's pages");
+        assert!(drop.reason.contains("i915 is loaded but has none of its functions"), "{}", drop.reason);
+        assert!(drop.reason.contains("put-pages hook credits them"), "{}", drop.reason);
+        assert_eq!(plan.hook(Api::I915UserptrPutPages).status, HookStatus::Planned);
+    }
+
+    #[test]
+    fn without_i915_its_hooks_wait_then_resolve_late() {
+        let mut plan = ProbePlan::resolve("6.12".into(), Ok(&btf_61()), &kallsyms(&["pin_user_pages_fast"]));
+        for h in i915_hooks(&plan) {
+            assert_eq!((h.status.clone(), h.waits_for_module), (HookStatus::Absent, true));
+            assert_eq!(h.reason, "i915 not loaded (attached if the module appears)");
+        }
+        let fast = plan.hook(Api::PinUserPagesFast).clone();
+        // Still not loaded: nothing found, still waiting.
+        assert!(plan.resolve_late(&kallsyms(&["pin_user_pages_fast"])).is_empty());
+        assert!(plan.hook(Api::I915UserptrIoctl).waits_for_module);
+        // i915 loads.
+        let found = plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
+        assert_eq!(found, [Api::I915UserptrIoctl, Api::I915UserptrSubmitInit, Api::I915UserptrDropRef, Api::I915UserptrPutPages]);
+        assert_eq!(plan.hook(Api::I915UserptrDropRef).function, "i915_gem_userptr_get_pages");
+        for h in i915_hooks(&plan) {
+            assert_eq!((h.status.clone(), h.mechanism, h.waits_for_module), (HookStatus::Planned, Some(Mechanism::Kprobe), false));
+        }
+        // GUP hooks are left alone.
+        assert_eq!((plan.hook(Api::PinUserPagesFast).mechanism, plan.hook(Api::PinUserPagesFast).reason.clone()), (fast.mechanism, fast.reason));
+        // Nothing waits any more: a second look finds nothing new.
+        assert!(plan.resolve_late(&with_module(&[], "i915", I915_DEBIAN)).is_empty());
+    }
+
+    #[test]
+    fn a_loaded_i915_without_a_role_function_names_what_is_missing() {
+        let k = with_module(&[], "i915", &["i915_gem_userptr_ioctl", "i915_gem_userptr_put_pages"]);
+        let plan = ProbePlan::resolve("x".into(), Err("no BTF".into()), &k);
+        let pin = plan.hook(Api::I915UserptrSubmitInit);
+        assert_eq!((pin.status.clone(), pin.waits_for_module, pin.function), (HookStatus::Absent, false, "i915_gem_object_userptr_submit_init"));
+        assert!(
+            pin.reason.contains("i915_gem_object_userptr_submit_init is not a symbol in this i915")
+                && pin.reason.contains("i915_gem_userptr_get_pages is not a symbol in this i915"),
+            "{}",
+            pin.reason
+        );
+        assert!(pin.reason.ends_with("pins are still counted per API, but not per object"), "{}", pin.reason);
     }
 
     #[test]

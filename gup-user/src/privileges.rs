@@ -13,12 +13,15 @@
 //! | writing `/proc/sys/vm/stat_refresh` (exact vmstat totals) | uid 0 (a DAC check on a root-owned 0200 file), no capability |
 //! | symbolizing stacks | nothing: `/proc/kallsyms` is read once, before the drop |
 //! | reloading the config and the `--web-config` files (certificates) | uid 0 and root-owned files (no CAP_DAC_OVERRIDE) |
-//! | attaching i915 hooks when the module loads later (the summary mode re-checks every 5 intervals) | CAP_BPF + CAP_PERFMON (program load + kprobe perf event), CAP_SYS_ADMIN before 5.8 |
+//! | attaching i915 hooks when the module loads later (`gupwatch run` looks every 5 s, the summary mode every 5 intervals) | CAP_BPF (program load) + CAP_PERFMON (kprobe perf event); CAP_SYS_ADMIN instead of CAP_PERFMON where `kernel.perf_event_paranoid` is above 2 (Debian's and Ubuntu's patch lets only CAP_SYS_ADMIN call perf_event_open(2) at 3, their default: measured on Debian 7.2, where CAP_PERFMON alone gets EACCES); CAP_SYS_ADMIN alone before 5.8 |
 //!
-//! So the daemon keeps **no capability at all** on 5.19+ kernels
-//! (`gupwatch run` never attaches late). The summary mode keeps CAP_BPF and
-//! CAP_PERFMON only while an i915 hook is still waiting for its module, and
-//! sheds them once everything it could attach is attached. The bounding and
+//! So once everything is attached no thread keeps **any capability** on
+//! 5.19+ kernels. While an i915 hook still waits for its module, `gupwatch
+//! run` keeps the late-attach capabilities in one thread only, the one
+//! that attaches (the HTTP workers and the reload thread start after the
+//! others dropped them, with none), and that thread drops them once
+//! nothing waits. The summary mode (one thread) keeps them the same way
+//! and sheds them at the same point. The bounding and
 //! ambient sets are cleared to match (so nothing this process runs can
 //! regain more), and `PR_SET_NO_NEW_PRIVS` is set (no privilege through
 //! setuid binaries or file capabilities either). The uid stays 0: files
@@ -77,6 +80,10 @@ pub struct Needs {
     pub late_attach: bool,
     /// The running kernel's release (`uname -r`).
     pub kernel_release: String,
+    /// `kernel.perf_event_paranoid` (None: unreadable). Above 2 (Debian's
+    /// and Ubuntu's 3) perf_event_open(2), and so a kprobe, needs
+    /// CAP_SYS_ADMIN.
+    pub perf_event_paranoid: Option<i32>,
     /// `kernel.unprivileged_bpf_disabled` (None: unreadable).
     pub unprivileged_bpf_disabled: Option<u32>,
 }
@@ -87,6 +94,9 @@ impl Needs {
         Needs {
             late_attach,
             kernel_release: crate::plan::kernel_release(),
+            perf_event_paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
             unprivileged_bpf_disabled: std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
@@ -121,7 +131,14 @@ pub fn capabilities_to_keep(needs: &Needs) -> Vec<(u32, &'static str)> {
             if !keep.iter().any(|(c, _)| *c == CAP_BPF) {
                 keep.push((CAP_BPF, "attaching i915 hooks when the module loads: loading their programs"));
             }
-            keep.push((CAP_PERFMON, "attaching i915 hooks when the module loads: kprobe perf events"));
+            // Unknown: both, the cautious side.
+            let paranoid = needs.perf_event_paranoid;
+            if paranoid.is_none_or(|p| p <= 2) {
+                keep.push((CAP_PERFMON, "attaching i915 hooks when the module loads: kprobe perf events"));
+            }
+            if paranoid.is_none_or(|p| p > 2) {
+                keep.push((CAP_SYS_ADMIN, "attaching i915 hooks when the module loads: kprobe perf events, which kernel.perf_event_paranoid above 2 (a Debian/Ubuntu patch) allows only with CAP_SYS_ADMIN"));
+            }
         } else if keep.is_empty() {
             keep.push((CAP_SYS_ADMIN, "attaching i915 hooks when the module loads (before Linux 5.8)"));
         }
@@ -370,10 +387,15 @@ mod tests {
     use super::*;
 
     fn needs(release: &str, sysctl: Option<u32>, late: bool) -> Vec<u32> {
+        needs_paranoid(release, sysctl, late, Some(2))
+    }
+
+    fn needs_paranoid(release: &str, sysctl: Option<u32>, late: bool, paranoid: Option<i32>) -> Vec<u32> {
         capabilities_to_keep(&Needs {
             late_attach: late,
             kernel_release: release.into(),
             unprivileged_bpf_disabled: sysctl,
+            perf_event_paranoid: paranoid,
         })
         .into_iter()
         .map(|(c, _)| c)
@@ -392,6 +414,10 @@ mod tests {
         assert_eq!(needs("5.15.0-100-generic", Some(2), false), [CAP_BPF]);
         assert_eq!(needs("5.15.0-100-generic", Some(0), false), Vec::<u32>::new());
         assert_eq!(needs("5.15.0", None, true), [CAP_BPF, CAP_PERFMON]);
+        // Debian's perf_event_paranoid=3: kprobes need CAP_SYS_ADMIN.
+        assert_eq!(needs_paranoid("7.2.13+deb14-amd64", Some(2), true, Some(3)), [CAP_BPF, CAP_SYS_ADMIN]);
+        assert_eq!(needs_paranoid("7.2.13+deb14-amd64", Some(2), false, Some(3)), Vec::<u32>::new());
+        assert_eq!(needs_paranoid("6.12.0", Some(2), true, None), [CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN]);
         // Before 5.8: CAP_SYS_ADMIN.
         assert_eq!(needs("5.4.0", Some(1), false), [CAP_SYS_ADMIN]);
         assert_eq!(needs("5.4.0", Some(1), true), [CAP_SYS_ADMIN]);
@@ -420,6 +446,7 @@ mod tests {
                 late_attach: false,
                 kernel_release: "6.12.0".into(),
                 unprivileged_bpf_disabled: Some(2),
+                perf_event_paranoid: Some(2),
             })
             .unwrap();
             (before, report, status_lines(Path::new("/proc/thread-self/status")))

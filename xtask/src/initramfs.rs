@@ -160,11 +160,24 @@ pub struct Contents<'a> {
     pub gupwatch: Option<&'a Path>,
     /// Modules in load order.
     pub modules: &'a [Module],
+    /// Modules shipped but not loaded at boot, in load order; the guest
+    /// loads them with `gupwatch-load-deferred`.
+    pub deferred: &'a [Module],
     /// The guest's `/init`.
     pub init: &'a str,
     /// The command to run, stored in `/etc/gupwatch/command`.
     pub command: &'a str,
 }
+
+/// `/bin/gupwatch-load-deferred`: loads the deferred modules in order,
+/// failing on the first that does not load.
+const LOAD_DEFERRED: &str = r#"#!/bin/sh
+# Loads the modules the initramfs ships but /init did not load.
+for m in $(cat /etc/gupwatch/modules.deferred); do
+    insmod "/lib/modules/$m" || { echo "gupwatch-load-deferred: insmod $m failed" >&2; exit 1; }
+done
+echo "gupwatch-load-deferred: loaded $(cat /etc/gupwatch/modules.deferred | tr '\n' ' ')" >&2
+"#;
 
 /// Writes the initramfs to `out`.
 pub fn write(contents: &Contents, out: &Path) -> Result<()> {
@@ -222,6 +235,18 @@ pub fn write(contents: &Contents, out: &Path) -> Result<()> {
         order.push('\n');
     }
     w.file("etc/gupwatch/modules", 0o644, order.as_bytes())
+        .map_err(io)?;
+    let mut later = String::new();
+    for m in contents.deferred {
+        let name = format!("{}.ko", m.name);
+        w.file(&format!("lib/modules/{name}"), 0o644, &m.data)
+            .map_err(io)?;
+        later.push_str(&name);
+        later.push('\n');
+    }
+    w.file("etc/gupwatch/modules.deferred", 0o644, later.as_bytes())
+        .map_err(io)?;
+    w.file("bin/gupwatch-load-deferred", 0o755, LOAD_DEFERRED.as_bytes())
         .map_err(io)?;
     w.file("etc/gupwatch/command", 0o644, contents.command.as_bytes())
         .map_err(io)?;

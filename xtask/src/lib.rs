@@ -14,6 +14,7 @@ pub mod dist;
 pub mod e2e;
 pub mod faults;
 pub mod fuzz;
+pub mod i915test;
 pub mod initramfs;
 pub mod kernels;
 pub mod modules;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use xtask::kernels::{self, Flavour};
 use xtask::qemu::{ConsoleEcho, Forward, VmRun};
-use xtask::{bench, binary, demo, e2e, say, setup, testsuite, util};
+use xtask::{bench, binary, demo, e2e, i915test, say, setup, testsuite, util};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,9 @@ enum Cmd {
         /// skipped).
         #[arg(long, default_value_t = 10)]
         fuzz_seconds: u32,
+        /// Skip the i915 hook test (reported as skipped).
+        #[arg(long)]
+        skip_i915: bool,
     },
     /// The faults a user meets, on a real kernel: no BTF, corrupt BTF, a
     /// map too large, a memory cgroup too small (also a step of `test`).
@@ -88,6 +91,20 @@ enum Cmd {
         sanitizer: String,
         /// Targets (default: all; `cargo +nightly fuzz list` in fuzz/).
         targets: Vec<String>,
+    },
+    /// The i915 hooks on the generic Debian kernels (also a step of
+    /// `test`): one boot each; `gupwatch probes` without and with i915,
+    /// and `gupwatch run` attaching them when i915 loads after it started.
+    I915 {
+        /// Kernels to run on (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "6.1,6.12,7.2")]
+        kernels: Vec<String>,
+        /// Time limit of each VM, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
     },
     /// End-to-end: gupwatch in a VM scraped by a real Prometheus on the
     /// host; every dashboard query and rule checked (also a step of `test`).
@@ -177,6 +194,11 @@ struct VmArgs {
     /// (repeatable; e.g. --module i915 with --flavour generic).
     #[arg(long = "module", value_name = "NAME")]
     extra_modules: Vec<String>,
+    /// Kernel module to ship in the guest (with its dependencies) without
+    /// loading it at boot; `gupwatch-load-deferred` in the guest loads it
+    /// (repeatable; to test a module that appears while gupwatch runs).
+    #[arg(long = "defer-module", value_name = "NAME")]
+    deferred_modules: Vec<String>,
     /// Do not echo the guest console on stderr (it is still logged).
     #[arg(long)]
     quiet: bool,
@@ -209,6 +231,7 @@ fn vm(a: VmArgs) -> Result<i32> {
     run.cpus = a.cpus.max(1);
     run.forwards = a.forwards;
     run.extra_modules = a.extra_modules;
+    run.deferred_modules = a.deferred_modules;
     if a.quiet {
         run.echo = ConsoleEcho::None;
     }
@@ -248,6 +271,21 @@ fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
+    let kernels = names
+        .iter()
+        .map(|k| {
+            kernels::alias(k).ok_or_else(|| anyhow::anyhow!("unknown kernel `{k}` (known: {})", kernels::alias_names()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let gupwatch = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+    let results = i915test::run(&i915test::I915Options { kernels, gupwatch, timeout: Duration::from_secs(timeout) })?;
+    let passed: usize = results.iter().map(|r| r.checks.iter().filter(|c| c.ok).count()).sum();
+    let failed: usize = results.iter().map(|r| r.checks.iter().filter(|c| !c.ok).count() + r.error.is_some() as usize).sum();
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Setup {
@@ -267,6 +305,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             skip_setup,
             skip_e2e,
             fuzz_seconds,
+            skip_i915,
         } => {
             let ok = testsuite::run(&testsuite::TestOptions {
                 kernels,
@@ -275,6 +314,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 skip_setup,
                 skip_e2e,
                 fuzz_seconds,
+                skip_i915,
             })?;
             Ok(if ok { 0 } else { 1 })
         }
@@ -297,6 +337,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let t = xtask::fuzz::run(&xtask::fuzz::FuzzOptions { seconds, targets, sanitizer })?;
             Ok(if t.failed == 0 { 0 } else { 1 })
         }
+        Cmd::I915 { kernels, timeout, no_build } => i915_command(&kernels, timeout, no_build),
         Cmd::Demo { kernel, no_build } => demo::run(&demo::DemoOptions { kernel, no_build }),
         Cmd::E2e {
             kernel,

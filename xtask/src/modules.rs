@@ -313,6 +313,36 @@ pub fn resolve_for_guest(dir: Option<&Path>, extra: &[String]) -> Result<Resolve
     }
 }
 
+/// The modules `deferred` needs (with their dependencies, in load order)
+/// beyond those `boot` already loads, for shipping in the initramfs
+/// without loading them at boot.
+pub fn resolve_deferred(
+    dir: Option<&Path>,
+    extra: &[String],
+    deferred: &[String],
+    boot: &Resolved,
+) -> Result<Vec<Module>> {
+    let Some(d) = dir else {
+        bail!("no module tree for this kernel: cannot ship {}", deferred.join(" "));
+    };
+    let mut wanted: Vec<String> = extra.to_vec();
+    wanted.extend(deferred.iter().cloned());
+    let all = ModuleTree::open(d)?.resolve(&wanted)?;
+    let missing: Vec<&String> = deferred.iter().filter(|w| all.missing.contains(&normalize(w))).collect();
+    if !missing.is_empty() {
+        bail!(
+            "module(s) {} not in {} (the generic flavour carries i915: --flavour generic)",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+            d.display()
+        );
+    }
+    Ok(all
+        .modules
+        .into_iter()
+        .filter(|m| !boot.modules.iter().any(|b| b.name == m.name))
+        .collect())
+}
+
 /// Whether the tools to decompress modules exist (for `setup` to report).
 pub fn have_decompressors() -> bool {
     util::have_program("xz") && util::have_program("zstd")

@@ -125,6 +125,11 @@ pub struct VmRun {
     pub forwards: Vec<Forward>,
     /// Modules to load on top of [`modules::GUEST_MODULES`].
     pub extra_modules: Vec<String>,
+    /// Modules shipped in the initramfs (with their dependencies) but not
+    /// loaded at boot: the command loads them with
+    /// `gupwatch-load-deferred` (to test what happens when a module
+    /// appears while gupwatch runs).
+    pub deferred_modules: Vec<String>,
     /// Console echo on the host's stderr.
     pub echo: ConsoleEcho,
     /// Copy the command's stdout to the host's stdout as it arrives.
@@ -145,6 +150,7 @@ impl VmRun {
             timeout: Duration::from_secs(600),
             forwards: Vec::new(),
             extra_modules: Vec::new(),
+            deferred_modules: Vec::new(),
             echo: ConsoleEcho::All,
             stream_stdout: true,
             tag: "vm".into(),
@@ -403,6 +409,25 @@ impl VmRun {
         let resolved =
             modules::resolve_for_guest(self.kernel.modules_dir.as_deref(), &self.extra_modules)
                 .with_context(|| format!("collecting kernel modules for {}", self.kernel.label))?;
+        let deferred = if self.deferred_modules.is_empty() {
+            vec![]
+        } else {
+            modules::resolve_deferred(
+                self.kernel.modules_dir.as_deref(),
+                &self.extra_modules,
+                &self.deferred_modules,
+                &resolved,
+            )
+            .with_context(|| format!("collecting deferred kernel modules for {}", self.kernel.label))?
+        };
+        if !deferred.is_empty() {
+            say!(
+                tag,
+                "shipping {} module(s) to load later with gupwatch-load-deferred: {}",
+                deferred.len(),
+                deferred.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(" ")
+            );
+        }
         let names: Vec<String> = resolved.modules.iter().map(|m| m.name.clone()).collect();
         say!(
             tag,
@@ -446,6 +471,7 @@ impl VmRun {
                 busybox,
                 gupwatch: self.gupwatch.as_deref(),
                 modules: &resolved.modules,
+                deferred: &deferred,
                 init: &init,
                 command: &self.command,
             },

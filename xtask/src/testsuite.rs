@@ -1,6 +1,7 @@
 //! `cargo xtask test`: unit tests, then `gupwatch check --json` in a VM on
-//! every kernel of the matrix, with a table per kernel and one closing
-//! `N passed, N failed` line.
+//! every kernel of the matrix, with a table per kernel, then the i915 hooks
+//! on the generic flavour of those kernels ([`crate::i915test`]) and the
+//! end-to-end Prometheus test, and one closing `N passed, N failed` line.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use crate::dist;
 use crate::e2e;
 use crate::faults;
 use crate::fuzz;
+use crate::i915test;
 use crate::kernels::{self, Flavour};
 use crate::qemu::{ConsoleEcho, VmRun};
 use crate::setup::{self, SetupOptions};
@@ -33,6 +35,8 @@ pub struct TestOptions {
     pub skip_e2e: bool,
     /// Seconds per fuzz target ([`crate::fuzz`]); 0 skips fuzzing.
     pub fuzz_seconds: u32,
+    /// Skip the i915 hook test ([`crate::i915test`]).
+    pub skip_i915: bool,
 }
 
 /// One scenario of `gupwatch check --json`.
@@ -292,7 +296,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 5 + aliases.len() + 2;
+    let total = 5 + aliases.len() + 3;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -444,6 +448,41 @@ pub fn run(o: &TestOptions) -> Result<bool> {
                 outcome.console_log.display()
             )),
         }
+    }
+
+    // The i915 hooks, on the generic flavour of the selected kernels.
+    banner(
+        total - 2,
+        total,
+        &format!(
+            "i915 hooks on the generic kernels ({}): attached at start and when i915 loads later",
+            aliases.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    if o.skip_i915 {
+        println!("SKIPPED (--skip-i915)");
+        t.skipped.push("i915 hook test (--skip-i915)".into());
+    } else if let Some(bin) = &gupwatch {
+        let results = i915test::run(&i915test::I915Options {
+            kernels: aliases.clone(),
+            gupwatch: bin.clone(),
+            timeout: o.timeout,
+        })?;
+        for r in &results {
+            for c in &r.checks {
+                if c.ok {
+                    t.passed += 1;
+                } else {
+                    t.failed += 1;
+                    t.failures.push(format!("i915 on kernel {}: {}: {}", r.alias, c.name, c.detail));
+                }
+            }
+            if let Some(e) = &r.error {
+                t.fail(format!("i915 on kernel {}: {e}", r.alias));
+            }
+        }
+    } else {
+        t.fail("i915: not run, gupwatch did not build".into());
     }
 
     // Faults and refusals, and the end-to-end Prometheus test, on the newest

@@ -419,13 +419,25 @@ fn serve(
         metrics::Settings { top_processes: settings.top_processes, ..metrics::Settings::default() },
     );
     collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
+    let late_attach = collector.late_attach_pending();
     let app = Arc::new(http::App::new(collector));
     // Loaded, attached, kallsyms read: shed every capability before any
-    // thread starts (threads inherit them). `run` never attaches late.
-    drop_privileges(false);
+    // thread starts (capabilities are per thread, and threads inherit
+    // them). While an i915 hook waits for its module, CAP_BPF and
+    // CAP_PERFMON stay for the late-attach thread alone: it starts with
+    // them, then this thread drops them too, so the HTTP workers and the
+    // reload thread start with none.
+    drop_privileges(late_attach);
     // Installed only now: until here the default action of SIGINT/SIGTERM
     // (exit, which detaches whatever was attached) ends a slow load at once.
     let stop = stop_flag()?;
+    let late_attacher = if late_attach {
+        let t = spawn_late_attacher(Arc::clone(&app), Arc::clone(&stop))?;
+        drop_privileges(false);
+        Some(t)
+    } else {
+        None
+    };
     tracing::info!(hooks_attached = attached, url = %format!("{}://{}/metrics", server.scheme(), server.local_addr()?), "serving");
     // Reloads run beside the server, which never waits for them.
     let reloader = {
@@ -445,11 +457,64 @@ fn serve(
     let handler: Arc<dyn http::Handler> = Arc::clone(&app) as Arc<dyn http::Handler>;
     let served = server.run(handler, &stop).context("metrics server");
     let _ = reloader.join();
+    if let Some(t) = late_attacher {
+        let _ = t.join();
+    }
     // The last reference: the collector and its probes go with it.
     drop(app);
     served?;
     tracing::info!(hooks_detached = attached, "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often `run` looks for the module a waiting hook needs (a look is a
+/// `/sys/module` read; kallsyms is read only once the module is live).
+const LATE_ATTACH_EVERY: Duration = Duration::from_secs(5);
+
+/// `run`'s late-attach thread: attaches the hooks whose module (i915)
+/// loads after gupwatch started, logs each, and once none waits drops
+/// the capabilities it kept for that (CAP_BPF, CAP_PERFMON) and ends.
+fn spawn_late_attacher(app: Arc<gupwatch::http::App>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    std::thread::Builder::new()
+        .name("gupwatch-late-attach".into())
+        .spawn(move || {
+            tracing::info!(every_secs = LATE_ATTACH_EVERY.as_secs(), "i915 not loaded: its hooks attach when it loads");
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if last.elapsed() < LATE_ATTACH_EVERY {
+                    continue;
+                }
+                last = Instant::now();
+                let (mut done, mut pending, mut failed) = (vec![], true, vec![]);
+                app.update(|c| {
+                    done = c.attach_late_modules();
+                    pending = c.late_attach_pending();
+                    if !done.is_empty() || !pending {
+                        failed = c
+                            .plan()
+                            .hooks
+                            .iter()
+                            .filter(|h| h.api.kind() == ApiKind::I915 && h.status == "failed")
+                            .map(|h| (h.function, h.reason.clone()))
+                            .collect();
+                    }
+                });
+                for f in &done {
+                    tracing::info!(function = f, mechanism = "kprobe", "module loaded after start: hook attached");
+                }
+                for (f, why) in &failed {
+                    tracing::warn!(function = f, reason = %why, "module loaded after start: hook not attached");
+                }
+                if !pending {
+                    tracing::info!("no hook waits for a module any more: dropping the capabilities kept for attaching");
+                    drop_privileges(false);
+                    return;
+                }
+            }
+        })
+        .context("cannot start the late-attach thread")
 }
 
 /// Re-reads the configuration on SIGHUP and applies what can change live;
@@ -588,7 +653,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
         Err(e) => (None, Some(e.to_string())),
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
-    let mut late_attach = attached > 0 && probes.as_ref().is_some_and(late_attach_pending);
+    let mut late_attach = attached > 0 && probes.as_ref().is_some_and(loader::Probes::late_attach_pending);
     drop_privileges(late_attach);
     let mut out = std::io::stdout().lock();
     if attached == 0 {
@@ -625,7 +690,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
             for f in probes.attach_late_modules() {
                 writeln!(out, "gupwatch: {f} appeared (module loaded); attached")?;
             }
-            if late_attach && !late_attach_pending(&probes) {
+            if late_attach && !probes.late_attach_pending() {
                 late_attach = false;
                 drop_privileges(false);
             }
@@ -640,7 +705,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
             .map(|&a| (a, d.api(a).pages))
             .filter(|(_, p)| *p > 0)
             .collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|e| std::cmp::Reverse(e.1));
         let top: Vec<String> = top.iter().take(3).map(|(a, p)| format!("{} {}", a.symbol(), p)).collect();
         let kernel = match (vm_now, vm_prev) {
             (Some(n), Some(p)) => match n.delta_since(&p) {
@@ -715,16 +780,6 @@ fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
     };
     tui::run(src, tui::Options { interval, source_label, diagnosis }, &stop).context("live view")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whether a hook still waits for its module (i915 loads after start): the
-/// summary mode then attaches it later, which needs CAP_BPF + CAP_PERFMON.
-fn late_attach_pending(probes: &loader::Probes) -> bool {
-    probes
-        .plan
-        .hooks
-        .iter()
-        .any(|h| h.status == gupwatch::plan::HookStatus::Absent && h.api.kind() == ApiKind::I915)
 }
 
 /// Drops the capabilities not needed any more (see privileges.rs) and says

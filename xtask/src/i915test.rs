@@ -1,0 +1,529 @@
+//! `cargo xtask i915` (also a step of `cargo xtask test`): the i915 hooks
+//! on Debian's generic kernels, which carry i915 as a module.
+//!
+//! One boot per kernel. The initramfs ships i915 and its dependencies
+//! without loading them (`VmRun::deferred_modules`), and the guest:
+//!
+//! 1. runs `gupwatch probes --json` without i915 (its hooks must say
+//!    "i915 not loaded" and wait for the module);
+//! 2. starts `gupwatch run`, notes each thread's effective capabilities
+//!    (only the late-attach thread may hold CAP_BPF + CAP_PERFMON), then
+//!    loads i915 with `gupwatch-load-deferred`;
+//! 3. waits for `/metrics` to show the four i915 hooks attached by kprobe,
+//!    and notes the capabilities again (none left anywhere);
+//! 4. runs `gupwatch probes --json` with i915 loaded, and lists the i915
+//!    userptr symbols of `/proc/kallsyms`.
+//!
+//! The host then checks the sections the guest printed ([`evaluate`], pure
+//! and unit-tested): every i915 hook attached by kprobe (at start and
+//! late), the choice of each logical hook consistent with kallsyms, and
+//! the GUP hooks the same with and without i915.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::kernels::{self, Flavour, KernelAlias};
+use crate::qemu::{ConsoleEcho, VmRun};
+use crate::{say, util};
+
+/// The port `gupwatch run` listens on in the guest.
+const PORT: u16 = 10483;
+
+/// What the late-attach thread keeps, as `/proc/<pid>/status` prints
+/// `CapEff`: CAP_BPF and, for the kprobe perf event, CAP_PERFMON, or
+/// CAP_SYS_ADMIN where `kernel.perf_event_paranoid` is above 2 (Debian's
+/// default is 3).
+fn late_attach_caps(paranoid: Option<i32>) -> &'static str {
+    match paranoid {
+        Some(p) if p <= 2 => "000000c000000000",
+        Some(_) => "0000008000200000",
+        None => "000000c000200000",
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct I915Options {
+    /// Kernels of the matrix to boot (generic flavour).
+    pub kernels: Vec<KernelAlias>,
+    /// The static gupwatch to install in the guests.
+    pub gupwatch: PathBuf,
+    /// Time limit of each VM.
+    pub timeout: Duration,
+}
+
+/// One verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The result of one kernel.
+#[derive(Debug)]
+pub struct KernelResult {
+    /// Matrix alias (`6.12`).
+    pub alias: &'static str,
+    /// The checks, in order; empty when the VM did not run.
+    pub checks: Vec<Check>,
+    /// The chosen function of each i915 hook, for the report.
+    pub chosen: Vec<String>,
+    /// Wall-clock time of the boot, host side.
+    pub elapsed: Duration,
+    /// Console log of the VM.
+    pub console_log: Option<PathBuf>,
+    /// Set when the VM could not run at all.
+    pub error: Option<String>,
+}
+
+/// The guest's command: see the module docs. Sections start with
+/// `@@section NAME@@` lines.
+pub fn guest_script() -> String {
+    format!(
+        r#"sec() {{ echo "@@section $1@@"; }}
+caps() {{ for t in /proc/$1/task/*; do echo "$(cat $t/comm) $(awk '/^CapEff/ {{print $2}}' $t/status)"; done; }}
+url=http://127.0.0.1:{PORT}
+sec without; gupwatch probes --json 2>/tmp/probes.err; echo; cat /tmp/probes.err >&2
+gupwatch run --listen 127.0.0.1:{PORT} --log-format json 2>/tmp/run.log &
+pid=$!
+i=0; until wget -qO /dev/null $url/healthz 2>/dev/null; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done
+sleep 1
+sec caps-waiting; caps $pid
+sec paranoid; cat /proc/sys/kernel/perf_event_paranoid
+sec load; t0=$(date +%s); gupwatch-load-deferred 2>&1; echo "status $?"; echo "/sys/module/i915: $(cat /sys/module/i915/initstate 2>&1)"
+i=0; until [ "$(wget -qO- $url/metrics | grep -c 'gupwatch_probe_attached{{function="i915[^"]*",mechanism="kprobe"}} 1')" -ge 4 ]; do i=$((i+1)); [ $i -gt 240 ] && break; sleep 0.5; done
+sec attach-seconds; echo $(( $(date +%s) - t0 ))
+sec metrics; wget -qO- $url/metrics | grep '^gupwatch_probe_attached'
+sleep 1
+sec caps-after; caps $pid
+kill $pid; wait $pid; echo "run exited with status $?" >&2
+sec run-log; cat /tmp/run.log
+sec with; gupwatch probes --json 2>/tmp/probes.err; echo; cat /tmp/probes.err >&2
+sec kallsyms; grep -E ' t (i915_gem_[a-z_]*userptr[a-z_]*|__i915_gem_userptr[a-z_]*)' /proc/kallsyms | awk '{{print $3}}' | sort -u
+sec end
+"#
+    )
+}
+
+/// Splits the guest's output into its sections.
+pub fn sections(stdout: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut name: Option<String> = None;
+    let mut body = String::new();
+    for line in stdout.lines() {
+        if let Some(n) = line.strip_prefix("@@section ").and_then(|l| l.strip_suffix("@@")) {
+            if let Some(prev) = name.take() {
+                out.insert(prev, std::mem::take(&mut body));
+            }
+            name = Some(n.to_string());
+        } else if name.is_some() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    if let Some(prev) = name {
+        out.insert(prev, body);
+    }
+    out
+}
+
+/// One hook of `gupwatch probes --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hook {
+    function: String,
+    kind: String,
+    state: String,
+    mechanism: String,
+    reason: String,
+    waits: bool,
+    /// (function, verdict) of a logical hook's candidates.
+    candidates: Vec<(String, String)>,
+}
+
+fn parse_hooks(json: &str) -> Result<(String, Vec<Hook>)> {
+    let v: Value = serde_json::from_str(json.trim()).context("`gupwatch probes --json` printed no JSON")?;
+    let kernel = v.get("kernel").and_then(Value::as_str).unwrap_or("?").to_string();
+    let s = |h: &Value, k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let hooks = v
+        .get("hooks")
+        .and_then(Value::as_array)
+        .context("the plan has no `hooks`")?
+        .iter()
+        .map(|h| Hook {
+            function: s(h, "function"),
+            kind: s(h, "kind"),
+            state: h.get("status").map(|st| s(st, "state")).unwrap_or_default(),
+            mechanism: s(h, "mechanism"),
+            reason: s(h, "reason"),
+            waits: h.get("waits_for_module").and_then(Value::as_bool).unwrap_or(false),
+            candidates: h
+                .get("candidates")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|c| (s(c, "function"), s(c, "verdict"))).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok((kernel, hooks))
+}
+
+/// `comm capeff` lines of [`guest_script`]'s `caps`.
+fn parse_caps(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(c, e)| (c.to_string(), e.trim().to_string()))
+        .collect()
+}
+
+/// The checks of one kernel, from the guest's sections. Also returns the
+/// function chosen for each i915 hook (`role slot: function`).
+pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
+    let mut checks = vec![];
+    let mut check = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.to_string(), ok, detail });
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
+    let kallsyms: Vec<&str> = get("kallsyms").lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+
+    let without = parse_hooks(get("without"));
+    let with = parse_hooks(get("with"));
+    let (without, with) = match (without, with) {
+        (Ok(a), Ok(b)) => (a.1, b.1),
+        (a, b) => {
+            let err = |r: &Result<(String, Vec<Hook>)>| r.as_ref().err().map(|e| format!("{e:#}"));
+            check(
+                "probes --json parses",
+                false,
+                format!("without i915: {:?}; with i915: {:?}", err(&a), err(&b)),
+            );
+            return (checks, vec![]);
+        }
+    };
+    let i915 = |hs: &[Hook]| hs.iter().filter(|h| h.kind == "i915").cloned().collect::<Vec<_>>();
+    let (w0, w1) = (i915(&without), i915(&with));
+
+    // 1. Without i915: every i915 hook waits for it.
+    let bad: Vec<String> = w0
+        .iter()
+        .filter(|h| !(h.state == "absent" && h.waits && h.reason.starts_with("i915 not loaded")))
+        .map(|h| format!("{} {} ({})", h.function, h.state, h.reason))
+        .collect();
+    check(
+        "without i915: its hooks say \"i915 not loaded\"",
+        w0.len() == 4 && bad.is_empty(),
+        if bad.is_empty() { format!("{} hooks waiting", w0.len()) } else { bad.join("; ") },
+    );
+
+    // 2. With i915: every hook attached by kprobe, on four distinct functions.
+    let bad: Vec<String> = w1
+        .iter()
+        .filter(|h| !(h.state == "attached" && h.mechanism == "kprobe"))
+        .map(|h| format!("{} {} {} ({})", h.function, h.state, h.mechanism, h.reason))
+        .collect();
+    let mut functions: Vec<&str> = w1.iter().map(|h| h.function.as_str()).collect();
+    functions.sort_unstable();
+    functions.dedup();
+    check(
+        "with i915: every i915 hook attached (kprobe)",
+        w1.len() == 4 && bad.is_empty() && functions.len() == 4,
+        if bad.is_empty() { format!("{} attached on {} functions", w1.len(), functions.len()) } else { bad.join("; ") },
+    );
+
+    // 3. Each choice agrees with kallsyms: the chosen function is a symbol,
+    // every candidate passed over as "not a symbol" is really not one.
+    let mut wrong = vec![];
+    for h in &w1 {
+        if !kallsyms.contains(&h.function.as_str()) {
+            wrong.push(format!("{} is not in kallsyms", h.function));
+        }
+        for (f, verdict) in &h.candidates {
+            if verdict == "not a symbol" && kallsyms.contains(&f.as_str()) {
+                wrong.push(format!("{f} was passed over as not a symbol, but kallsyms has it"));
+            }
+        }
+    }
+    check(
+        "i915 hook choices agree with /proc/kallsyms",
+        !kallsyms.is_empty() && wrong.is_empty() && !w1.is_empty(),
+        if wrong.is_empty() { format!("userptr symbols: {}", kallsyms.join(" ")) } else { wrong.join("; ") },
+    );
+
+    // 4. The GUP hooks do not change with i915.
+    let gup = |hs: &[Hook]| {
+        hs.iter()
+            .filter(|h| h.kind != "i915")
+            .map(|h| (h.function.clone(), h.state.clone(), h.mechanism.clone()))
+            .collect::<Vec<_>>()
+    };
+    let (g0, g1) = (gup(&without), gup(&with));
+    let attached = g1.iter().filter(|g| g.1 == "attached").count();
+    let differ: Vec<String> = g0
+        .iter()
+        .zip(&g1)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("{}: {} {} -> {} {}", a.0, a.1, a.2, b.1, b.2))
+        .collect();
+    check(
+        "GUP hooks unaffected by i915",
+        g0.len() == g1.len() && differ.is_empty() && attached > 0,
+        if differ.is_empty() { format!("{attached} of {} attached, the same with and without i915", g1.len()) } else { differ.join("; ") },
+    );
+
+    // 5. Late attach in `gupwatch run`: /metrics shows every i915 function
+    // chosen above attached by kprobe, and the log says so.
+    let late: Vec<&str> = get("metrics")
+        .lines()
+        .filter(|l| l.ends_with(" 1") && l.contains("mechanism=\"kprobe\""))
+        .filter_map(|l| l.split("function=\"").nth(1)?.split('"').next())
+        .filter(|f| f.starts_with("i915"))
+        .collect();
+    let missing: Vec<&str> = w1.iter().map(|h| h.function.as_str()).filter(|f| !late.contains(f)).collect();
+    let log = get("run-log");
+    let unlogged: Vec<&str> = w1
+        .iter()
+        .map(|h| h.function.as_str())
+        .filter(|f| !log.lines().any(|l| l.contains("hook attached") && l.contains(&format!("\"{f}\""))))
+        .collect();
+    check(
+        "gupwatch run attaches the i915 hooks when i915 loads later",
+        !w1.is_empty() && missing.is_empty() && unlogged.is_empty(),
+        if missing.is_empty() && unlogged.is_empty() {
+            format!("{} attached {} s after the load began", late.len(), get("attach-seconds").trim())
+        } else {
+            format!(
+                "not attached in /metrics: {missing:?}; not logged: {unlogged:?}; load: {}; i915 in /metrics: {:?}; log: {:?}",
+                get("load").trim().replace('\n', " | "),
+                get("metrics").lines().filter(|l| l.contains("i915")).collect::<Vec<_>>(),
+                log.lines().filter(|l| l.contains("i915") || l.contains("attach") || l.contains("capabilit")).collect::<Vec<_>>()
+            )
+        },
+    );
+
+    // 6. Capabilities: while waiting, only the late-attach thread holds
+    // CAP_BPF + CAP_PERFMON; once attached, no thread holds any.
+    let waiting = parse_caps(get("caps-waiting"));
+    let holders: Vec<&(String, String)> = waiting.iter().filter(|(_, e)| !e.trim_start_matches('0').is_empty()).collect();
+    let paranoid: Option<i32> = get("paranoid").trim().parse().ok();
+    let expected = late_attach_caps(paranoid);
+    let ok_waiting = holders.len() == 1 && holders[0].0.starts_with("gupwatch-late") && holders[0].1 == expected;
+    check(
+        "while i915 is absent only the late-attach thread keeps its capabilities",
+        ok_waiting,
+        format!("expected {expected} (perf_event_paranoid {paranoid:?}) in gupwatch-late-attach alone; threads: {waiting:?}"),
+    );
+    let after = parse_caps(get("caps-after"));
+    let left: Vec<&(String, String)> = after.iter().filter(|(_, e)| !e.trim_start_matches('0').is_empty()).collect();
+    check(
+        "after the late attach no thread keeps a capability",
+        !after.is_empty() && left.is_empty(),
+        format!("threads: {after:?}"),
+    );
+
+    let chosen = w1.iter().map(|h| format!("{}: {}", h.reason.split(':').next().unwrap_or("?"), h.function)).collect();
+    (checks, chosen)
+}
+
+/// Boots one generic kernel and evaluates it.
+pub fn run_kernel(alias: KernelAlias, gupwatch: &std::path::Path, timeout: Duration) -> KernelResult {
+    let started = Instant::now();
+    let mut result = KernelResult {
+        alias: alias.name,
+        checks: vec![],
+        chosen: vec![],
+        elapsed: Duration::ZERO,
+        console_log: None,
+        error: None,
+    };
+    // Fetched on first use, with the same progress lines as `setup`.
+    let kernel = match util::cache_dir().and_then(|c| kernels::ensure(&c, alias, Flavour::Generic, false).map(|m| m.boot_kernel(&c))) {
+        Ok(k) => k,
+        Err(e) => {
+            result.error = Some(format!("could not fetch the generic {} kernel: {e:#}", alias.name));
+            return result;
+        }
+    };
+    let mut run = VmRun::new(kernel, guest_script());
+    run.gupwatch = Some(gupwatch.to_path_buf());
+    run.timeout = timeout;
+    run.deferred_modules = vec!["i915".into()];
+    run.echo = ConsoleEcho::None;
+    run.stream_stdout = false;
+    run.tag = format!("i915 {}", alias.name);
+    match run.run() {
+        Ok(outcome) => {
+            result.console_log = Some(outcome.console_log.clone());
+            let stdout = String::from_utf8_lossy(&outcome.stdout);
+            let s = sections(&stdout);
+            if !s.contains_key("end") {
+                result.error = Some(format!(
+                    "the guest script stopped early (exit status {}); console log: {}",
+                    outcome.status,
+                    outcome.console_log.display()
+                ));
+            }
+            let (checks, chosen) = evaluate(&s);
+            result.checks = checks;
+            result.chosen = chosen;
+        }
+        Err(e) => result.error = Some(format!("{e:#}")),
+    }
+    result.elapsed = started.elapsed();
+    result
+}
+
+/// Runs every kernel of `o`, printing each result; returns them.
+pub fn run(o: &I915Options) -> Result<Vec<KernelResult>> {
+    let mut out = vec![];
+    for a in &o.kernels {
+        say!("i915", "kernel {} (generic flavour): one boot, i915 loaded late", a.name);
+        if util::interrupted() {
+            return Err(util::Interrupted.into());
+        }
+        let r = run_kernel(*a, &o.gupwatch, o.timeout);
+        print!("{}", render(&r));
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The report of one kernel.
+pub fn render(r: &KernelResult) -> String {
+    let mut s = format!("kernel {} (generic): {:.0} s", r.alias, r.elapsed.as_secs_f64());
+    if let Some(log) = &r.console_log {
+        s += &format!("; console log: {}", log.display());
+    }
+    s.push('\n');
+    for c in &r.chosen {
+        s += &format!("  hook  {c}\n");
+    }
+    for c in &r.checks {
+        s += &format!("  {}  {}: {}\n", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
+    }
+    if let Some(e) = &r.error {
+        s += &format!("  FAIL  {e}\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(function: &str, kind: &str, state: &str, mechanism: &str, reason: &str, waits: bool) -> String {
+        format!(
+            r#"{{"function":"{function}","kind":"{kind}","status":{{"state":"{state}"}},"mechanism":{},"reason":"{reason}","waits_for_module":{waits}}}"#,
+            if mechanism.is_empty() { "null".to_string() } else { format!("\"{mechanism}\"") }
+        )
+    }
+
+    const FUNCS: [&str; 4] = [
+        "i915_gem_userptr_ioctl",
+        "i915_gem_object_userptr_submit_init",
+        "i915_gem_userptr_get_pages",
+        "i915_gem_userptr_put_pages",
+    ];
+
+    fn plan(i915: &[String]) -> String {
+        let mut hooks = vec![hook("pin_user_pages_fast", "pin", "attached", "fentry", "in BTF", false)];
+        hooks.extend(i915.iter().cloned());
+        format!(r#"{{"kernel":"7.2","hooks":[{}]}}"#, hooks.join(","))
+    }
+
+    fn good() -> BTreeMap<String, String> {
+        let waiting: Vec<String> = FUNCS.iter().map(|f| hook(f, "i915", "absent", "", "i915 not loaded (attached if the module appears)", true)).collect();
+        let attached: Vec<String> = FUNCS.iter().map(|f| hook(f, "i915", "attached", "kprobe", "role: x", false)).collect();
+        let metrics: String = FUNCS.iter().map(|f| format!("gupwatch_probe_attached{{function=\"{f}\",mechanism=\"kprobe\"}} 1\n")).collect();
+        let log: String = FUNCS.iter().map(|f| format!("{{\"fields\":{{\"message\":\"module loaded after start: hook attached\",\"function\":\"{f}\"}}}}\n")).collect();
+        let mut kallsyms: Vec<&str> = FUNCS.to_vec();
+        kallsyms.push("i915_gem_userptr_release");
+        let text = format!(
+            "@@section without@@\n{}\n@@section caps-waiting@@\ngupwatch 0000000000000000\ngupwatch-late-a 0000008000200000\n@@section paranoid@@\n3\n@@section metrics@@\n{metrics}@@section caps-after@@\ngupwatch 0000000000000000\ngupwatch-http 0000000000000000\n@@section run-log@@\n{log}@@section with@@\n{}\n@@section kallsyms@@\n{}\n@@section end@@\n",
+            plan(&waiting),
+            plan(&attached),
+            kallsyms.join("\n")
+        );
+        sections(&text)
+    }
+
+    #[test]
+    fn a_good_run_passes_every_check() {
+        let (checks, chosen) = evaluate(&good());
+        assert_eq!(checks.len(), 7);
+        assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+        assert_eq!(chosen.len(), 4);
+    }
+
+    #[test]
+    fn each_failure_is_caught() {
+        let failing = |f: &dyn Fn(&mut BTreeMap<String, String>)| {
+            let mut s = good();
+            f(&mut s);
+            evaluate(&s).0.into_iter().filter(|c| !c.ok).map(|c| c.name).collect::<Vec<_>>()
+        };
+        // A hook that did not attach late.
+        let f = failing(&|s| {
+            let m = s["metrics"].replace("submit_init\",mechanism=\"kprobe\"} 1", "submit_init\",mechanism=\"kprobe\"} 0");
+            s.insert("metrics".into(), m);
+        });
+        assert_eq!(f, ["gupwatch run attaches the i915 hooks when i915 loads later"]);
+        // The plan passed over a function kallsyms has.
+        let f = failing(&|s| {
+            let w = s["with"].replace(
+                r#""function":"i915_gem_userptr_get_pages","kind":"i915""#,
+                r#""function":"i915_gem_userptr_get_pages","kind":"i915","candidates":[{"function":"i915_gem_userptr_release","verdict":"not a symbol"}]"#,
+            );
+            s.insert("with".into(), w);
+        });
+        assert_eq!(f, ["i915 hook choices agree with /proc/kallsyms"]);
+        // A capability left behind, and the waiting set held by the wrong thread.
+        let f = failing(&|s| {
+            s.insert("caps-after".into(), "gupwatch 0000008000000000\n".into());
+            s.insert("caps-waiting".into(), "gupwatch 0000008000200000\n".into());
+        });
+        assert_eq!(
+            f,
+            [
+                "while i915 is absent only the late-attach thread keeps its capabilities",
+                "after the late attach no thread keeps a capability"
+            ]
+        );
+        // A GUP hook changed, and an i915 hook failed.
+        let f = failing(&|s| {
+            let w = s["with"].replace(r#""state":"attached"},"mechanism":"fentry""#, r#""state":"failed"},"mechanism":"fentry""#);
+            let w = w.replacen(r#""status":{"state":"attached"},"mechanism":"kprobe""#, r#""status":{"state":"failed"},"mechanism":"kprobe""#, 1);
+            s.insert("with".into(), w);
+        });
+        assert_eq!(f, ["with i915: every i915 hook attached (kprobe)", "GUP hooks unaffected by i915"]);
+        // Without i915 a hook that does not wait.
+        let f = failing(&|s| {
+            let w = s["without"].replacen("\"waits_for_module\":true", "\"waits_for_module\":false", 1);
+            s.insert("without".into(), w);
+        });
+        assert_eq!(f, ["without i915: its hooks say \"i915 not loaded\""]);
+        // No JSON at all.
+        let f = failing(&|s| {
+            s.insert("with".into(), "gupwatch: error\n".into());
+        });
+        assert_eq!(f, ["probes --json parses"]);
+    }
+
+    #[test]
+    fn sections_split_on_markers() {
+        let s = sections("noise\n@@section a@@\n1\n2\n@@section b@@\n@@section c@@\nx\n");
+        assert_eq!(s.len(), 3);
+        assert_eq!((s["a"].as_str(), s["b"].as_str(), s["c"].as_str()), ("1\n2\n", "", "x\n"));
+    }
+
+    #[test]
+    fn the_guest_script_waits_for_all_four_hooks() {
+        let g = guest_script();
+        assert!(g.contains("-ge 4"));
+        assert!(g.contains("gupwatch-load-deferred"));
+        assert!(g.contains(&format!("127.0.0.1:{PORT}")));
+    }
+}
