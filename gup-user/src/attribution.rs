@@ -111,6 +111,13 @@ pub fn classify(frames: &[&str]) -> Caller {
     Caller { function, subsystem }
 }
 
+/// Symbolizes a kernel stack (return addresses, innermost first) and
+/// classifies it: what every view that names a caller uses.
+pub fn caller_of(ips: &[u64], kallsyms: &Kallsyms) -> Caller {
+    let names: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
+    classify(&names)
+}
+
 /// One attribution row, resolved.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -154,8 +161,7 @@ pub fn resolve(
             .entry(k.stack_id)
             .or_insert_with(|| {
                 let ips = if k.stack_id >= 0 { stack(k.stack_id).unwrap_or_default() } else { vec![] };
-                let names: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
-                classify(&names)
+                caller_of(&ips, kallsyms)
             })
             .clone();
         let Some(api) = Api::from_index(k.api) else { continue };
@@ -211,6 +217,18 @@ pub fn since(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_symbolized_then_classified() {
+        let k = Kallsyms::parse(
+            "ffffffff81000000 T pin_user_pages\nffffffff81000100 T io_pin_pages\nffffffff81000200 T io_sqe_buffers_register\n",
+        );
+        let c = caller_of(&[0xffffffff81000010, 0xffffffff81000123, 0xffffffff81000210], &k);
+        assert_eq!(c.function, "io_pin_pages");
+        assert_eq!(c.subsystem, Subsystem::IoUring);
+        assert_eq!(caller_of(&[], &k).function, "unknown");
+        assert_eq!(caller_of(&[0x10], &k).function, "unknown", "addresses outside the table name nothing");
+    }
 
     #[test]
     fn caller_skips_gup_and_bpf_frames() {

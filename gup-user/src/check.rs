@@ -339,8 +339,7 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
     // Leaks are judged while the scenario still holds its pins.
     let caller = |id: i64| -> attribution::Caller {
         let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
-        let names: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
-        attribution::classify(&names)
+        attribution::caller_of(&ips, kallsyms)
     };
     let leak_report = leaks::analyze(
         &probes.maps.tracking(),

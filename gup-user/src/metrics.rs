@@ -1165,8 +1165,7 @@ impl Collector {
             } else {
                 p.maps.stack(id).unwrap_or_default()
             };
-            let frames: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
-            let c = attribution::classify(&frames);
+            let c = attribution::caller_of(&ips, kallsyms);
             names.borrow_mut().insert(id, c.clone());
             c
         };

@@ -314,8 +314,7 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     let kallsyms = gupwatch::kallsyms::Kallsyms::from_proc().unwrap_or_default();
     let caller = |id: i64| {
         let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
-        let names: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
-        gupwatch::attribution::classify(&names)
+        gupwatch::attribution::caller_of(&ips, &kallsyms)
     };
     let snap = probes.maps.snapshot()?;
     let tracking = probes.maps.tracking();
