@@ -709,7 +709,9 @@ impl Handler for App {
                 let mut c = self.collector();
                 let top = c.settings().top_processes;
                 let data = c.gather();
-                let leaks = if flag("leaks") { Some(c.leak_report(&data)) } else { None };
+                // The report gather() made: analysing again would count the
+                // same reading twice in the growth tracker.
+                let leaks = if flag("leaks") { Some(c.last_leak_report().cloned()) } else { None };
                 drop(c);
                 let mut doc = metrics::snapshot_json(&data, top);
                 if flag("callers") {

@@ -1070,6 +1070,10 @@ pub fn callers_json(d: &ScrapeData, limit: usize) -> (serde_json::Value, bool) {
 // ---------------------------------------------------------------------------
 // The live collector
 
+/// The leak report is made at most this often; scrapes in between reuse
+/// it (ages in it are then up to this much older).
+pub const LEAK_REPORT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads the live data sources at scrape time.
 ///
 /// Holds the [`Probes`] (dropping the collector detaches them), kallsyms
@@ -1088,6 +1092,8 @@ pub struct Collector {
     leak_policy: LeakPolicy,
     growth: GrowthTracker,
     last_leak_report: Option<LeakReport>,
+    /// When `last_leak_report` was made.
+    last_leak_at: Option<std::time::Instant>,
 }
 
 impl Collector {
@@ -1119,6 +1125,7 @@ impl Collector {
             leak_policy: LeakPolicy::default(),
             growth: GrowthTracker::default(),
             last_leak_report: None,
+            last_leak_at: None,
         }
     }
 
@@ -1262,7 +1269,13 @@ impl Collector {
         data.read_errors = self.read_errors;
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
         // analysis would feed the growth tracker the same reading twice.
-        self.last_leak_report = self.leak_report(&data);
+        // It reads the whole tracking map (a syscall per folio), so scrapes
+        // closer together than LEAK_REPORT_MIN_INTERVAL share one.
+        let fresh = self.last_leak_at.is_some_and(|t| t.elapsed() < LEAK_REPORT_MIN_INTERVAL);
+        if !fresh {
+            self.last_leak_report = self.leak_report(&data);
+            self.last_leak_at = Some(std::time::Instant::now());
+        }
         data.leaks = self.last_leak_report.as_ref().map(LeakMetrics::from_report);
         data.scrape_duration = t0.elapsed();
         Arc::new(data)
