@@ -4,8 +4,6 @@
 //! has static functions, module functions and compiler clones
 //! (`foo.isra.0`), which is what kprobes can attach to.
 
-use std::collections::HashMap;
-
 /// Errors reading kallsyms.
 #[derive(Debug, thiserror::Error)]
 pub enum KallsymsError {
@@ -15,20 +13,46 @@ pub enum KallsymsError {
 }
 
 /// A text symbol.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Symbol {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Symbol<'a> {
     /// Its address (0 when kptr_restrict hides addresses from us).
     pub addr: u64,
     /// The module it belongs to, or `None` for vmlinux.
-    pub module: Option<String>,
+    pub module: Option<&'a str>,
 }
 
-/// The kernel's text symbols, by name.
+/// Where a name sits in the arena.
+#[derive(Clone, Copy, Debug)]
+struct Name {
+    start: u32,
+    len: u16,
+}
+
+/// One symbol, first definition of its name.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    addr: u64,
+    name: Name,
+    /// Index into `modules`, or `NO_MODULE`.
+    module: u16,
+}
+
+const NO_MODULE: u16 = u16::MAX;
+
+/// The kernel's text symbols, by name and by address.
+///
+/// Compact on purpose: a distribution kernel has 100,000+ text symbols and
+/// the daemon keeps them all for symbolization. Names live once in one
+/// arena and the indexes are small fixed-size records: about 8 MiB where a
+/// `HashMap<String, _>` plus a `Vec<(u64, String)>` took 28 MiB.
 #[derive(Clone, Debug, Default)]
 pub struct Kallsyms {
-    text: HashMap<String, Symbol>,
-    /// (address, name) sorted by address, for symbolization.
-    by_addr: Vec<(u64, String)>,
+    names: String,
+    modules: Vec<String>,
+    /// First definition of each name, sorted by name.
+    by_name: Vec<Entry>,
+    /// Every definition with an address, sorted by address.
+    by_addr: Vec<(u64, Name)>,
 }
 
 impl Kallsyms {
@@ -40,28 +64,56 @@ impl Kallsyms {
     /// Parses kallsyms text. Lines that do not parse are skipped: the file
     /// is the kernel's, and one odd line must not hide the rest.
     pub fn parse(text: &str) -> Kallsyms {
-        let mut syms = HashMap::new();
-        let mut by_addr = Vec::new();
+        let mut k = Kallsyms::default();
+        // (entry, order seen): the first definition wins (vmlinux precedes
+        // modules), so ties in the name sort go to the earliest line.
+        let mut all: Vec<(Entry, u32)> = Vec::new();
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
                 continue;
             };
-            if !matches!(kind, "t" | "T" | "w" | "W") {
+            if !matches!(kind, "t" | "T" | "w" | "W") || name.len() > u16::MAX as usize {
                 continue;
             }
-            let module = it
-                .next()
-                .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
+            let Ok(start) = u32::try_from(k.names.len()) else { break };
+            k.names.push_str(name);
+            let name = Name { start, len: name.len() as u16 };
+            let module = match it.next().map(|m| m.trim_start_matches('[').trim_end_matches(']')) {
+                None => NO_MODULE,
+                Some(m) => match k.modules.iter().position(|x| x == m) {
+                    Some(i) => i as u16,
+                    None if k.modules.len() < NO_MODULE as usize => {
+                        k.modules.push(m.to_string());
+                        (k.modules.len() - 1) as u16
+                    }
+                    None => NO_MODULE,
+                },
+            };
             let addr = u64::from_str_radix(addr, 16).unwrap_or(0);
             if addr != 0 {
-                by_addr.push((addr, name.to_string()));
+                k.by_addr.push((addr, name));
             }
-            // The first definition wins: vmlinux precedes modules.
-            syms.entry(name.to_string()).or_insert(Symbol { addr, module });
+            all.push((Entry { addr, name, module }, all.len() as u32));
         }
-        by_addr.sort_unstable();
-        Kallsyms { text: syms, by_addr }
+        let names = &k.names;
+        let text_of = |n: Name| &names[n.start as usize..n.start as usize + n.len as usize];
+        all.sort_by(|(a, ia), (b, ib)| text_of(a.name).cmp(text_of(b.name)).then(ia.cmp(ib)));
+        all.dedup_by(|(later, _), (first, _)| text_of(later.name) == text_of(first.name));
+        k.by_name = all.into_iter().map(|(e, _)| e).collect();
+        k.by_addr.sort_unstable_by_key(|(a, _)| *a);
+        k.names.shrink_to_fit();
+        k.by_name.shrink_to_fit();
+        k.by_addr.shrink_to_fit();
+        k
+    }
+
+    fn text(&self, n: Name) -> &str {
+        &self.names[n.start as usize..n.start as usize + n.len as usize]
+    }
+
+    fn symbol(&self, e: &Entry) -> Symbol<'_> {
+        Symbol { addr: e.addr, module: self.modules.get(e.module as usize).map(String::as_str) }
     }
 
     /// Whether addresses were readable (kptr_restrict and the reader's
@@ -71,22 +123,23 @@ impl Kallsyms {
     }
 
     /// The symbol with exactly this name.
-    pub fn get(&self, name: &str) -> Option<&Symbol> {
-        self.text.get(name)
+    pub fn get(&self, name: &str) -> Option<Symbol<'_>> {
+        let i = self.by_name.binary_search_by(|e| self.text(e.name).cmp(name)).ok()?;
+        Some(self.symbol(&self.by_name[i]))
     }
 
     /// Whether a function of this name exists, exactly or as a compiler clone
     /// (`name.isra.0`, `name.constprop.0`, ...). Returns the symbol to attach to.
-    pub fn find_function(&self, name: &str) -> Option<(&str, &Symbol)> {
-        if let Some((k, s)) = self.text.get_key_value(name) {
-            return Some((k.as_str(), s));
+    pub fn find_function(&self, name: &str) -> Option<(&str, Symbol<'_>)> {
+        if let Some(s) = self.get(name) {
+            let i = self.by_name.binary_search_by(|e| self.text(e.name).cmp(name)).ok()?;
+            return Some((self.text(self.by_name[i].name), s));
         }
+        // Clones sort right after `name.`: the first of them is the least.
         let prefix = format!("{name}.");
-        self.text
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .min_by(|a, b| a.0.cmp(b.0))
-            .map(|(k, s)| (k.as_str(), s))
+        let i = self.by_name.partition_point(|e| self.text(e.name) < prefix.as_str());
+        let e = self.by_name.get(i)?;
+        self.text(e.name).starts_with(&prefix).then(|| (self.text(e.name), self.symbol(e)))
     }
 
     /// The function containing `addr` and the offset into it. `None` when
@@ -94,22 +147,22 @@ impl Kallsyms {
     pub fn symbolize(&self, addr: u64) -> Option<(&str, u64)> {
         let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
         let (base, name) = self.by_addr.get(i.checked_sub(1)?)?;
-        Some((name.as_str(), addr - base))
+        Some((self.text(*name), addr - base))
     }
 
     /// Whether any module symbol of this module is loaded.
     pub fn has_module(&self, module: &str) -> bool {
-        self.text.values().any(|s| s.module.as_deref() == Some(module))
+        self.modules.iter().any(|m| m == module)
     }
 
     /// Number of text symbols.
     pub fn len(&self) -> usize {
-        self.text.len()
+        self.by_name.len()
     }
 
     /// True when no text symbol was found.
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty()
+        self.by_name.is_empty()
     }
 }
 
@@ -133,7 +186,7 @@ garbage
         assert_eq!(k.get("pin_user_pages_fast").map(|s| s.addr), Some(0xffffffff815f3de0));
         assert!(k.get("some_data").is_none());
         assert_eq!(
-            k.get("i915_gem_userptr_ioctl").and_then(|s| s.module.as_deref()),
+            k.get("i915_gem_userptr_ioctl").and_then(|s| s.module),
             Some("i915")
         );
         assert!(k.has_module("i915"));
@@ -146,6 +199,19 @@ garbage
         assert_eq!(k.symbolize(0xffffffff815f0535), Some(("unpin_user_page", 5)));
         assert_eq!(k.symbolize(0xffffffff815f3de0), Some(("pin_user_pages_fast", 0)));
         assert_eq!(k.symbolize(0x1000), None);
+    }
+
+    #[test]
+    fn the_first_definition_wins_and_every_one_symbolizes() {
+        let k = Kallsyms::parse(
+            "ffffffff81000000 t dup\nffffffffc0000000 t dup\t[mod]\nffffffff81000100 t x.isra.2\nffffffff81000200 t x.constprop.0\n",
+        );
+        assert_eq!(k.len(), 3);
+        assert_eq!(k.get("dup"), Some(Symbol { addr: 0xffffffff81000000, module: None }));
+        assert_eq!(k.symbolize(0xffffffffc0000004), Some(("dup", 4)), "the module's copy still names its address");
+        assert_eq!(k.find_function("x").map(|(n, _)| n), Some("x.constprop.0"), "the least clone name");
+        assert!(k.has_module("mod"));
+        assert!(Kallsyms::parse("").is_empty());
     }
 
     #[test]

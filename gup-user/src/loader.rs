@@ -95,6 +95,21 @@ pub fn load(plan: ProbePlan) -> Result<Probes, LoadError> {
     load_with(plan, LoadOptions::default())
 }
 
+/// Gives the heap's free memory back to the kernel. Start-up parses the
+/// kernel's BTF twice (the plan, then aya's relocations: some 40 MiB of
+/// short-lived allocations each on a distribution kernel) and reads all of
+/// /proc/kallsyms; glibc keeps those pages after they are freed, which left
+/// the daemon at ~77 MiB RSS for good. Measured on this project's host:
+/// 89 MiB -> 31 MiB after resolving a plan.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The advice for a refused map creation, by errno.
 pub fn map_create_hint(errno: Option<i32>) -> &'static str {
     match errno {
@@ -200,6 +215,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         }
     }
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
+    trim_heap();
     Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1), links: all_links })
 }
 

@@ -784,6 +784,9 @@ fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
 /// Drops the capabilities not needed any more (see privileges.rs) and says
 /// what remains; a failure leaves them as they are, with a warning.
 fn drop_privileges(late_attach: bool) {
+    // Start-up is over (the collector has read kallsyms too): what it
+    // freed goes back to the kernel.
+    loader::trim_heap();
     let r = gupwatch::privileges::drop_privileges(&gupwatch::privileges::Needs::here(late_attach));
     let fds = gupwatch::privileges::fd_summary();
     // `run` logs through tracing; the other modes have no subscriber, and
