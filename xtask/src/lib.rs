@@ -11,6 +11,7 @@ pub mod binary;
 pub mod debversion;
 pub mod demo;
 pub mod e2e;
+pub mod guesttools;
 pub mod initramfs;
 pub mod kernels;
 pub mod modules;
