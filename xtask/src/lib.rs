@@ -14,6 +14,7 @@ pub mod e2e;
 pub mod guesttools;
 pub mod initramfs;
 pub mod kernels;
+pub mod livetest;
 pub mod modules;
 pub mod qemu;
 pub mod setup;
