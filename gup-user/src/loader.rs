@@ -271,16 +271,16 @@ fn detach(ebpf: &mut Ebpf, idx: u32, mechanism: Mechanism) {
     // the point is that nothing stays attached.
     match mechanism {
         Mechanism::Fentry => {
-            if let Ok(p) = program(ebpf, &prog_name("fe", idx)).and_then(|p| <&mut FEntry>::try_from(p)) {
+            if let Ok(p) = program(ebpf, &prog_name("fe", idx)).and_then(<&mut FEntry>::try_from) {
                 let _ = p.unload();
             }
-            if let Ok(p) = program(ebpf, &prog_name("fx", idx)).and_then(|p| <&mut FExit>::try_from(p)) {
+            if let Ok(p) = program(ebpf, &prog_name("fx", idx)).and_then(<&mut FExit>::try_from) {
                 let _ = p.unload();
             }
         }
         Mechanism::Kprobe => {
             for prefix in ["kp", "kr"] {
-                if let Ok(p) = program(ebpf, &prog_name(prefix, idx)).and_then(|p| <&mut KProbe>::try_from(p)) {
+                if let Ok(p) = program(ebpf, &prog_name(prefix, idx)).and_then(<&mut KProbe>::try_from) {
                     let _ = p.unload();
                 }
             }

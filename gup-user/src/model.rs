@@ -129,7 +129,7 @@ impl Snapshot {
             .filter(|((a, _), _)| *a == api as u32)
             .map(|((_, e), n)| (*e, *n))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|x| std::cmp::Reverse(x.1));
         v
     }
 

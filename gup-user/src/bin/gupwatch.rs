@@ -640,7 +640,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
             .map(|&a| (a, d.api(a).pages))
             .filter(|(_, p)| *p > 0)
             .collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|x| std::cmp::Reverse(x.1));
         let top: Vec<String> = top.iter().take(3).map(|(a, p)| format!("{} {}", a.symbol(), p)).collect();
         let kernel = match (vm_now, vm_prev) {
             (Some(n), Some(p)) => match n.delta_since(&p) {
