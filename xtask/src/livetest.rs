@@ -105,7 +105,8 @@ pub fn parse_human(s: &str) -> Option<f64> {
         'G' => (&s[..s.len() - 1], 1e9),
         _ => (s, 1.0),
     };
-    num.parse::<f64>().ok().map(|n| n * mult)
+    // 32.3k is 32300 pages, not 32299.999…
+    num.parse::<f64>().ok().map(|n| if mult > 1.0 { (n * mult).round() } else { n })
 }
 
 /// The three header lines of the live view.
@@ -190,7 +191,7 @@ pub fn parse_title(screen: &str) -> Option<Title> {
     let mut filter = None;
     let mut rows = None;
     for p in parts {
-        let p = p.trim().trim_end_matches(|c| c == '─' || c == ' ');
+        let p = p.trim().trim_end_matches(['─', ' ']);
         if let Some(f) = p.strip_prefix("filter \"") {
             filter = Some(f.trim_end_matches('"').to_string());
         } else if let Some(n) = p.strip_suffix(" rows") {
@@ -910,6 +911,7 @@ q quit  v view  s/S sort  / filter  a latency  p pause  ? help
     fn numbers() {
         assert_eq!(parse_human("3451/s"), Some(3451.0));
         assert_eq!(parse_human("35.2k"), Some(35200.0));
+        assert_eq!(parse_human("32.3k"), Some(32300.0));
         assert_eq!(parse_human("1.23M"), Some(1_230_000.0));
         assert_eq!(parse_human("0.5"), Some(0.5));
         assert_eq!(parse_human("67%"), Some(67.0));
