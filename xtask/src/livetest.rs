@@ -687,6 +687,12 @@ impl Drop for Tmux {
             .env_remove("TMUX")
             .stderr(std::process::Stdio::null())
             .status();
+        // kill-server leaves the socket file behind; it is where tmux(1)
+        // says -L puts it.
+        let dir = std::env::var_os("TMUX_TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        // SAFETY: getuid(2) cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let _ = std::fs::remove_file(dir.join(format!("tmux-{uid}")).join(&self.socket));
     }
 }
 
