@@ -169,7 +169,8 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
 
     let debug = std::env::var_os("GUPWATCH_DEBUG").is_some();
     let mut all_links = vec![];
-    for hook in plan.hooks.iter_mut() {
+    for i in attach_order(&plan) {
+        let hook = &mut plan.hooks[i];
         let (Some(mechanism), Some(symbol)) = (hook.mechanism, hook.symbol.clone()) else {
             continue;
         };
@@ -217,6 +218,23 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
     trim_heap();
     Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1), links: all_links })
+}
+
+/// The order in which the plan's hooks are attached: the ones that
+/// release pins (unpins, and the internal release) first, then the rest in
+/// plan order. Attached one by one, the hooks leave a window in which some
+/// are live and others not. With pins live before unpins, a pin taken in
+/// that window and released before the unpin hook was in place stayed
+/// "outstanding" for ever (a workload running while gupwatch started left
+/// 25,600 pages tracked that the kernel had released). The other way
+/// round, the window only adds releases of pins taken before gupwatch
+/// started, which it has to handle anyway.
+pub fn attach_order(plan: &ProbePlan) -> Vec<usize> {
+    let releases = |k: gup_common::ApiKind| matches!(k, gup_common::ApiKind::Unpin | gup_common::ApiKind::Undo);
+    let mut order: Vec<usize> = (0..plan.hooks.len()).collect();
+    // Stable: plan order within each group.
+    order.sort_by_key(|&i| !releases(plan.hooks[i].api.kind()));
+    order
 }
 
 fn prog_name(prefix: &str, idx: u32) -> String {
@@ -541,5 +559,38 @@ mod describe_tests {
         // No log: the errno alone, nothing saved.
         assert_eq!(empty, "program load refused: Permission denied (os error 13)");
         assert!(!dir.path().join("gupwatch-verifier-unpin_user_pages-kprobe.log").exists());
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use gup_common::{Api, ApiKind};
+
+    use super::*;
+    use crate::kallsyms::Kallsyms;
+
+    #[test]
+    fn releases_attach_before_pins() {
+        let text: String = Api::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{:016x} T {}\n", 0xffffffff81000000u64 + i as u64 * 16, a.symbol()))
+            .collect();
+        let plan = ProbePlan::resolve("test".into(), Err("no BTF".into()), &Kallsyms::parse(&text));
+        let order = attach_order(&plan);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..plan.hooks.len()).collect::<Vec<_>>(), "every hook once");
+        let kinds: Vec<ApiKind> = order.iter().map(|&i| plan.hooks[i].api.kind()).collect();
+        let first_other = kinds.iter().position(|k| !matches!(k, ApiKind::Unpin | ApiKind::Undo)).unwrap_or(kinds.len());
+        assert!(first_other > 0, "some release hooks exist: {kinds:?}");
+        assert!(
+            kinds[first_other..].iter().all(|k| !matches!(k, ApiKind::Unpin | ApiKind::Undo)),
+            "no release after a pin: {kinds:?}"
+        );
+        assert!(kinds.contains(&ApiKind::Pin));
+        // Plan order within a group.
+        let pins: Vec<usize> = order.iter().copied().filter(|&i| plan.hooks[i].api.kind() == ApiKind::Pin).collect();
+        assert!(pins.windows(2).all(|w| w[0] < w[1]), "{pins:?}");
     }
 }

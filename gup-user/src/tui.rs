@@ -319,6 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn refs_are_shown_whole_or_not_at_all() {
+        let mut vm = ViewModel::new();
+        for i in 1..=3u64 {
+            let mut s = sample(i * 2);
+            if let Some(t) = s.totals.as_mut() {
+                t.referenced_pages = 12_345 * i;
+            }
+            vm.ingest(s, i as f64);
+        }
+        let ui = UiState::new("local", std::time::Duration::from_secs(1));
+        // At 80 columns the counts fill the line: a cut " refs" read "re".
+        let narrow = screen(&vm, &ui, 80, 24);
+        let line = narrow.lines().nth(1).unwrap_or_default().trim_end().to_string();
+        assert!(line.ends_with("err 0"), "{line:?}");
+        let wide = screen(&vm, &ui, 100, 24);
+        assert!(wide.lines().nth(1).unwrap_or_default().contains(" refs 37.0k"), "{wide}");
+    }
+
+    #[test]
     fn tiny_and_empty_terminals_do_not_panic() {
         let vm = busy();
         let ui = UiState::new("local", std::time::Duration::from_secs(1));

@@ -760,7 +760,7 @@ exit $st
 /// Tells the guest the host is done: connects to the release port until
 /// the guest's `nc` answers (a connection made before it listens is closed
 /// by QEMU without data).
-fn release_guest(port: u16, vm: &thread::JoinHandle<Result<VmOutcome>>, within: Duration) -> bool {
+pub fn release_guest(port: u16, vm: &thread::JoinHandle<Result<VmOutcome>>, within: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < within && !vm.is_finished() {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

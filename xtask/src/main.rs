@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use xtask::kernels::{self, Flavour};
 use xtask::qemu::{ConsoleEcho, Forward, VmRun};
-use xtask::{bench, binary, demo, e2e, i915test, say, setup, testsuite, util};
+use xtask::{bench, binary, demo, e2e, i915test, livetest, say, setup, testsuite, util};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +65,9 @@ enum Cmd {
         /// Skip the i915 hook test (reported as skipped).
         #[arg(long)]
         skip_i915: bool,
+        /// Skip the live-view test (reported as skipped).
+        #[arg(long)]
+        skip_live: bool,
     },
     /// The faults a user meets, on a real kernel: no BTF, corrupt BTF, a
     /// map too large, a memory cgroup too small (also a step of `test`).
@@ -105,6 +108,24 @@ enum Cmd {
         /// Use the gupwatch built last instead of building it.
         #[arg(long)]
         no_build: bool,
+    },
+    /// The live view driven through tmux: `gupwatch top` inside a VM, and
+    /// `gupwatch top --connect` from the host to a daemon in the same VM;
+    /// checks numbers, sort, filter and terminal restore (also a step of
+    /// `test`).
+    LiveTest {
+        /// Kernel to boot.
+        #[arg(long, default_value = "7.2")]
+        kernel: String,
+        /// Time limit of the VM, in seconds.
+        #[arg(long, default_value_t = xtask::livetest::MIN_TIMEOUT_S)]
+        timeout: u64,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+        /// Print every captured screen, not only the first of each side.
+        #[arg(long)]
+        screens: bool,
     },
     /// End-to-end: gupwatch in a VM scraped by a real Prometheus on the
     /// host; every dashboard query and rule checked (also a step of `test`).
@@ -202,6 +223,10 @@ struct VmArgs {
     /// Do not echo the guest console on stderr (it is still logged).
     #[arg(long)]
     quiet: bool,
+    /// Ship the host's tmux into the guest (with its shared libraries, a
+    /// UTF-8 locale and terminfo), to drive the live view there.
+    #[arg(long)]
+    tmux: bool,
     /// The command, run with `sh -c` in the guest (after `--`).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -232,6 +257,7 @@ fn vm(a: VmArgs) -> Result<i32> {
     run.forwards = a.forwards;
     run.extra_modules = a.extra_modules;
     run.deferred_modules = a.deferred_modules;
+    run.tmux = a.tmux;
     if a.quiet {
         run.echo = ConsoleEcho::None;
     }
@@ -286,6 +312,42 @@ fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -> Result<i32> {
+    let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
+    let gupwatch = if no_build {
+        binary::static_gupwatch_path()
+    } else {
+        binary::build_static_gupwatch()?
+    };
+    let report = livetest::run(&livetest::LiveOptions {
+        kernel,
+        gupwatch,
+        timeout: Duration::from_secs(timeout),
+    })?;
+    if all_screens {
+        for (name, screen) in &report.screens {
+            println!("  {name}:");
+            for l in screen.lines() {
+                println!("    |{l}");
+            }
+        }
+    } else {
+        print!("{}", livetest::render_screens(&report));
+    }
+    print!(
+        "{}",
+        e2e::render(&e2e::E2eReport {
+            checks: report.checks.clone(),
+            notes: vec![],
+            elapsed: report.elapsed
+        })
+    );
+    println!("{}", livetest::timing(&report));
+    let failed = report.checks.iter().filter(|c| !c.ok).count();
+    println!("{} passed, {} failed", report.checks.len() - failed, failed);
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Setup {
@@ -306,6 +368,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             skip_e2e,
             fuzz_seconds,
             skip_i915,
+            skip_live,
         } => {
             let ok = testsuite::run(&testsuite::TestOptions {
                 kernels,
@@ -315,6 +378,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 skip_e2e,
                 fuzz_seconds,
                 skip_i915,
+                skip_live,
             })?;
             Ok(if ok { 0 } else { 1 })
         }
@@ -344,6 +408,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             timeout,
             no_build,
         } => e2e_command(&kernel, timeout, no_build),
+        Cmd::LiveTest {
+            kernel,
+            timeout,
+            no_build,
+            screens,
+        } => live_command(&kernel, timeout, no_build, screens),
         Cmd::Stress { kernels, cycles, kill_rounds, no_build } => {
             xtask::stress::run(&xtask::stress::StressOptions { kernels, cycles, kill_rounds, no_build })
                 .map(|ok| if ok { 0 } else { 1 })

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::guesttools;
 use crate::initramfs::{self, InitOptions, Markers};
 use crate::kernels::BootKernel;
 use crate::modules;
@@ -136,6 +137,9 @@ pub struct VmRun {
     pub stream_stdout: bool,
     /// Tag of progress lines.
     pub tag: String,
+    /// Ship the host's tmux (with its libraries, a UTF-8 locale and
+    /// terminfo) as /usr/bin/tmux.
+    pub tmux: bool,
 }
 
 impl VmRun {
@@ -154,6 +158,7 @@ impl VmRun {
             echo: ConsoleEcho::All,
             stream_stdout: true,
             tag: "vm".into(),
+            tmux: false,
         }
     }
 }
@@ -465,6 +470,11 @@ impl VmRun {
             // few seconds after qemu's).
             stall_report_after: self.timeout.as_secs().checked_sub(15).filter(|s| *s >= 15),
         });
+        let extra = if self.tmux {
+            guesttools::tmux_bundle().context("shipping tmux into the guest")?
+        } else {
+            Vec::new()
+        };
         let cpio = initramfs::path_in(&work.0);
         initramfs::write(
             &initramfs::Contents {
@@ -474,6 +484,7 @@ impl VmRun {
                 deferred: &deferred,
                 init: &init,
                 command: &self.command,
+                extra: &extra,
             },
             &cpio,
         )?;

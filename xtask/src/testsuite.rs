@@ -16,6 +16,7 @@ use crate::faults;
 use crate::fuzz;
 use crate::i915test;
 use crate::kernels::{self, Flavour};
+use crate::livetest;
 use crate::qemu::{ConsoleEcho, VmRun};
 use crate::setup::{self, SetupOptions};
 use crate::util;
@@ -37,6 +38,8 @@ pub struct TestOptions {
     pub fuzz_seconds: u32,
     /// Skip the i915 hook test ([`crate::i915test`]).
     pub skip_i915: bool,
+    /// Skip the live-view test ([`crate::livetest`]).
+    pub skip_live: bool,
 }
 
 /// One scenario of `gupwatch check --json`.
@@ -242,6 +245,130 @@ pub fn table(report: &Report) -> String {
     out
 }
 
+/// Marker lines around `gupwatch doctor --json` in the guest's stdout, so
+/// that its JSON and `gupwatch check --json`'s stay apart.
+pub const DOCTOR_BEGIN: &str = "@@gupwatch-doctor-begin@@";
+/// Prefix of the line after doctor's JSON; its exit status follows, then `@@`.
+pub const DOCTOR_END: &str = "@@gupwatch-doctor-end:";
+
+/// The guest command of a kernel's step: `gupwatch doctor --json` between
+/// markers, then `gupwatch check --json` (whose status is the command's).
+/// One boot for both: a VM boot under TCG costs more than either command.
+pub fn kernel_step_command() -> String {
+    format!("echo '{DOCTOR_BEGIN}'; gupwatch doctor --json; echo \"{DOCTOR_END}$?@@\"; gupwatch check --json")
+}
+
+/// Splits a kernel step's stdout into doctor's JSON with its exit status
+/// (`None` when the markers are missing) and the rest (check's output).
+pub fn split_doctor(stdout: &str) -> (Option<(String, Option<i32>)>, String) {
+    let Some(b) = stdout.find(DOCTOR_BEGIN) else {
+        return (None, stdout.to_string());
+    };
+    let after_begin = &stdout[b + DOCTOR_BEGIN.len()..];
+    let Some(e) = after_begin.find(DOCTOR_END) else {
+        return (None, stdout.to_string());
+    };
+    let json = after_begin[..e].trim().to_string();
+    let rest = &after_begin[e + DOCTOR_END.len()..];
+    let (status, check) = match rest.find("@@") {
+        Some(i) => (rest[..i].trim().parse().ok(), &rest[i + 2..]),
+        None => (None, rest),
+    };
+    (Some((json, status)), stdout[..b].to_string() + check)
+}
+
+/// One verdict on `gupwatch doctor --json` in a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorCheck {
+    /// What must hold.
+    pub what: String,
+    /// Whether it does.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+/// Findings that must be `ok` in the test VMs: root, BTF, no lockdown,
+/// the JIT, kallsyms with addresses, and every mechanism (the guests'
+/// init mounts tracefs, and Debian's kernels have fentry and kprobes).
+pub const DOCTOR_OK_IN_VMS: &[&str] = &[
+    "privileges",
+    "kernel_btf",
+    "lockdown",
+    "bpf_jit",
+    "kallsyms",
+    "tracepoint",
+    "fentry",
+    "kprobe",
+    "gup_functions",
+    "vmstat",
+    "probe_plan",
+];
+
+/// Judges doctor's report from a test VM (a Debian kernel, root, no i915):
+/// every check of [`DOCTOR_OK_IN_VMS`] ok, each mechanism tried and
+/// working, every GUP function the kernel has hooked, i915 reported not
+/// loaded, verdict `full` with exit status 0, and the kernel the one that
+/// was booted.
+pub fn judge_doctor(json: &str, status: Option<i32>, uname: Option<&str>) -> Vec<DoctorCheck> {
+    let mut out = vec![];
+    let mut push = |what: String, ok: bool, detail: String| out.push(DoctorCheck { what, ok, detail });
+    let v: Value = match serde_json::from_str(json) {
+        Ok(v) => v,
+        Err(e) => {
+            let head: String = json.chars().take(300).collect();
+            push("doctor printed its JSON report".into(), false, format!("{e}: {head:?}"));
+            return out;
+        }
+    };
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("?").to_string();
+    let n = |p: &str| v.pointer(p).and_then(Value::as_u64);
+    push(
+        "verdict full, exit status 0".into(),
+        s("/verdict") == "full" && n("/exit_code") == Some(0) && status == Some(0),
+        format!("verdict {}, exit_code {:?}, process status {status:?}: {}", s("/verdict"), n("/exit_code"), s("/summary")),
+    );
+    if let Some(u) = uname {
+        push(format!("kernel is {u}"), s("/kernel") == u, format!("doctor says {}", s("/kernel")));
+    }
+    let findings: Vec<&Value> = v.get("findings").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+    let finding = |id: &str| findings.iter().find(|f| f.get("id").and_then(Value::as_str) == Some(id));
+    for id in DOCTOR_OK_IN_VMS {
+        let (status, detail) = match finding(id) {
+            Some(f) => (
+                f.get("status").and_then(Value::as_str).unwrap_or("?").to_string(),
+                f.get("detail").and_then(Value::as_str).unwrap_or("").to_string(),
+            ),
+            None => ("missing".into(), "no such finding".into()),
+        };
+        push(format!("{id} ok"), status == "ok", format!("{status}: {detail}"));
+    }
+    let i915 = finding("i915").and_then(|f| f.get("detail")).and_then(Value::as_str).unwrap_or("");
+    push("i915 reported not loaded".into(), i915.starts_with("i915 not loaded"), i915.to_string());
+    for m in ["tracepoint", "fentry", "kprobe"] {
+        let r = s(&format!("/mechanisms/{m}/result"));
+        push(
+            format!("{m} tried and works"),
+            r == "works",
+            format!("{r} on {} {}", s(&format!("/mechanisms/{m}/target")), v.pointer(&format!("/mechanisms/{m}/error")).and_then(Value::as_str).unwrap_or("")),
+        );
+    }
+    let (present, attached) = (n("/hooks/present").unwrap_or(0), n("/hooks/attached").unwrap_or(0));
+    let failed = v.pointer("/hooks/failed").and_then(Value::as_array).map_or(usize::MAX, Vec::len);
+    let load_error = v.pointer("/hooks/load_error").filter(|e| !e.is_null()).map(|e| e.to_string());
+    push(
+        "every GUP function present is hooked".into(),
+        present > 0 && attached == present && failed == 0 && load_error.is_none(),
+        format!("{attached} of {present} attached, {failed} failed, load error {load_error:?}"),
+    );
+    push(
+        "reduced mode available (vmstat counters)".into(),
+        v.pointer("/reduced_mode/available").and_then(Value::as_bool) == Some(true),
+        format!("acquired {:?} released {:?}", n("/reduced_mode/acquired"), n("/reduced_mode/released")),
+    );
+    out
+}
+
 /// Totals of the run.
 #[derive(Debug, Default)]
 struct Tally {
@@ -296,7 +423,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 5 + aliases.len() + 3;
+    let total = 5 + aliases.len() + 4;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -373,7 +500,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             6 + i,
             total,
             &format!(
-                "kernel {} (Debian {}): gupwatch check --json",
+                "kernel {} (Debian {}): gupwatch doctor --json, gupwatch check --json",
                 a.name, a.suite
             ),
         );
@@ -393,7 +520,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
                 continue;
             }
         };
-        let mut run = VmRun::new(kernel, "gupwatch check --json");
+        let mut run = VmRun::new(kernel, kernel_step_command());
         run.gupwatch = Some(bin.clone());
         run.timeout = o.timeout;
         run.echo = ConsoleEcho::None;
@@ -419,9 +546,30 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             outcome.console_log.display()
         );
         let stdout = String::from_utf8_lossy(&outcome.stdout);
+        let (doctor, stdout) = split_doctor(&stdout);
+        let uname = parse_report(&stdout).ok().map(|r| r.kernel).filter(|k| k != "?");
+        match &doctor {
+            Some((json, status)) => {
+                println!("gupwatch doctor --json:");
+                for c in judge_doctor(json, *status, uname.as_deref()) {
+                    println!("  {}  {:<40} {}", if c.ok { "PASS" } else { "FAIL" }, c.what, c.detail);
+                    if c.ok {
+                        t.passed += 1;
+                    } else {
+                        t.failed += 1;
+                        t.failures.push(format!("kernel {}: doctor: {}: {}", a.name, c.what, c.detail));
+                    }
+                }
+            }
+            None => t.fail(format!(
+                "kernel {}: gupwatch doctor --json printed nothing between its markers; console log: {}",
+                a.name,
+                outcome.console_log.display()
+            )),
+        }
         match parse_report(&stdout) {
             Ok(report) => {
-                println!("guest kernel: {}", report.kernel);
+                println!("gupwatch check --json on guest kernel: {}", report.kernel);
                 print!("{}", table(&report));
                 let mut all_ok = true;
                 if report.scenarios.is_empty() {
@@ -452,7 +600,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
 
     // The i915 hooks, on the generic flavour of the selected kernels.
     banner(
-        total - 2,
+        total - 3,
         total,
         &format!(
             "i915 hooks on the generic kernels ({}): attached at start and when i915 loads later",
@@ -485,11 +633,12 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         t.fail("i915: not run, gupwatch did not build".into());
     }
 
-    // Faults and refusals, and the end-to-end Prometheus test, on the newest
-    // kernel of the matrix only.
+    // Faults and refusals, the live view through tmux (in the guest and from
+    // the host), and the end-to-end Prometheus test: on the newest kernel of
+    // the matrix only.
     let newest = kernels::MATRIX[kernels::MATRIX.len() - 1];
     banner(
-        total - 1,
+        total - 2,
         total,
         &format!("faults on kernel {}: no BTF, corrupt BTF, a map too large, a memory cgroup too small", newest.name),
     );
@@ -520,6 +669,50 @@ pub fn run(o: &TestOptions) -> Result<bool> {
     } else {
         t.fail("faults: not run, gupwatch did not build".into());
     }
+
+    banner(
+        total - 1,
+        total,
+        &format!(
+            "live view: gupwatch top in tmux on kernel {}, in the guest and through top --connect from the host",
+            newest.name
+        ),
+    );
+    if o.skip_live {
+        println!("SKIPPED (--skip-live)");
+        t.skipped.push("live-view test (--skip-live)".into());
+    } else if !aliases.iter().any(|a| a.name == newest.name) {
+        println!("SKIPPED: it runs on kernel {} only, which --kernels leaves out", newest.name);
+        t.skipped.push(format!("live-view test (kernel {} not selected)", newest.name));
+    } else if let Some(bin) = &gupwatch {
+        match util::cache_dir().and_then(|c| kernels::ensure(&c, newest, Flavour::Cloud, false).map(|m| m.boot_kernel(&c))) {
+            Err(e) => t.fail(format!("live view: could not fetch kernel {}: {e:#}", newest.name)),
+            Ok(kernel) => match livetest::run(&livetest::LiveOptions { kernel, gupwatch: bin.clone(), timeout: o.timeout.max(Duration::from_secs(livetest::MIN_TIMEOUT_S)) }) {
+                Ok(report) => {
+                    print!("{}", e2e::render(&e2e::E2eReport { checks: report.checks.clone(), notes: vec![], elapsed: report.elapsed }));
+                    print!("{}", livetest::render_screens(&report));
+                    println!("{}", livetest::timing(&report));
+                    for c in &report.checks {
+                        if c.ok {
+                            t.passed += 1;
+                        } else {
+                            t.failed += 1;
+                            t.failures.push(format!("live view: {}", c.name));
+                        }
+                    }
+                }
+                Err(e) => {
+                    if e.downcast_ref::<util::Interrupted>().is_some() {
+                        return Err(e);
+                    }
+                    t.fail(format!("live view: {e:#}"));
+                }
+            },
+        }
+    } else {
+        t.fail("live view: not run, gupwatch did not build".into());
+    }
+
     banner(
         total,
         total,
@@ -635,6 +828,64 @@ mod tests {
         assert_eq!(parse_report(&noisy).unwrap().scenarios.len(), 6);
         assert!(parse_report("no json here").is_err());
         assert!(parse_report(r#"{"kernel":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn doctor_and_check_outputs_stay_apart() {
+        let out = format!("{DOCTOR_BEGIN}\n{{\"verdict\":\"full\"}}\n{DOCTOR_END}0@@\n{SAMPLE}\n");
+        let (doctor, rest) = split_doctor(&out);
+        let (json, status) = doctor.unwrap();
+        assert_eq!((json.as_str(), status), ("{\"verdict\":\"full\"}", Some(0)));
+        assert_eq!(parse_report(&rest).unwrap().scenarios.len(), 6, "check's JSON alone");
+        let (none, same) = split_doctor(SAMPLE);
+        assert!(none.is_none());
+        assert_eq!(same, SAMPLE);
+        // A doctor that died before the end marker: no doctor, all kept.
+        assert!(split_doctor(&format!("{DOCTOR_BEGIN}\n{{")).0.is_none());
+        let cmd = kernel_step_command();
+        assert!(cmd.contains("gupwatch doctor --json") && cmd.ends_with("gupwatch check --json"), "{cmd}");
+    }
+
+    /// Doctor's JSON (schema 1) as a healthy guest gives it.
+    fn healthy_doctor() -> Value {
+        let ok = |id: &str| serde_json::json!({"id": id, "status": "ok", "detail": "fine", "fix": null});
+        let mut findings: Vec<Value> = DOCTOR_OK_IN_VMS.iter().map(|id| ok(id)).collect();
+        findings.push(serde_json::json!({"id": "i915", "status": "info", "detail": "i915 not loaded: its hooks attach if the module appears", "fix": null}));
+        serde_json::json!({
+            "schema": 1, "kernel": "7.2.0-1-cloud-amd64", "verdict": "full", "exit_code": 0, "summary": "s",
+            "findings": findings,
+            "mechanisms": {
+                "tracepoint": {"result": "works", "target": "sched_process_exit"},
+                "fentry": {"result": "works", "target": "unpin_user_page"},
+                "kprobe": {"result": "works", "target": "unpin_user_page"}
+            },
+            "hooks": {"present": 19, "attached": 19, "fentry": 18, "kprobe": 1, "failed": [], "absent": [], "load_error": null},
+            "reduced_mode": {"available": true, "acquired": 10, "released": 10, "error": null}
+        })
+    }
+
+    #[test]
+    fn doctor_verdicts_in_vms() {
+        let good = healthy_doctor().to_string();
+        let c = judge_doctor(&good, Some(0), Some("7.2.0-1-cloud-amd64"));
+        assert!(c.iter().all(|c| c.ok), "{c:#?}");
+        assert!(c.len() >= DOCTOR_OK_IN_VMS.len() + 6);
+        let failed = |v: Value, status: Option<i32>| -> Vec<String> {
+            judge_doctor(&v.to_string(), status, Some("7.2.0-1-cloud-amd64")).into_iter().filter(|c| !c.ok).map(|c| c.what).collect()
+        };
+        let mut v = healthy_doctor();
+        v["mechanisms"]["fentry"] = serde_json::json!({"result": "fails", "target": "x", "error": "EPERM"});
+        v["findings"][6]["status"] = "fail".into();
+        v["verdict"] = "partial".into();
+        assert_eq!(failed(v, Some(1)), ["verdict full, exit status 0", "fentry ok", "fentry tried and works"]);
+        let mut v = healthy_doctor();
+        v["hooks"]["attached"] = 18.into();
+        v["findings"][11]["detail"] = "i915 loaded: ...".into();
+        assert_eq!(failed(v, Some(0)), ["i915 reported not loaded", "every GUP function present is hooked"]);
+        assert_eq!(failed(healthy_doctor(), None), ["verdict full, exit status 0"], "the process status counts too");
+        let c = judge_doctor("gupwatch: error: boom", Some(2), None);
+        assert_eq!(c.len(), 1);
+        assert!(!c[0].ok && c[0].detail.contains("boom"));
     }
 
     #[test]

@@ -166,24 +166,30 @@ fn draw_header(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     // gupwatch's totals (since its probes were attached) above the
     // kernel's (since boot), in the same columns, so the two line up.
     match s.totals {
-        Some(t) => lines.push(Line::from(vec![
-            Span::styled("gupwatch ", BOLD),
-            Span::raw(format!(
-                "pinned   {:>6} unpinned {:>6} held {:>6} ",
-                human(t.pinned_pages),
-                human(t.unpinned_pages),
-                human(t.pinned_pages.saturating_sub(t.unpinned_pages)),
-            )),
-            Span::styled(
-                format!("│ {:>5}/s", human_rate(vm.pin_rate().unwrap_or(0.0))),
-                Style::new().fg(Color::Cyan),
-            ),
-            Span::raw(format!(" fast {} err {}", pct_text(vm.hit_pct()), human(t.failed_calls))),
-            Span::styled(
-                if t.referenced_pages > 0 { format!(" refs {}", human(t.referenced_pages)) } else { String::new() },
-                DIM,
-            ),
-        ])),
+        Some(t) => {
+            let mut spans = vec![
+                Span::styled("gupwatch ", BOLD),
+                Span::raw(format!(
+                    "pinned   {:>6} unpinned {:>6} held {:>6} ",
+                    human(t.pinned_pages),
+                    human(t.unpinned_pages),
+                    human(t.pinned_pages.saturating_sub(t.unpinned_pages)),
+                )),
+                Span::styled(
+                    format!("│ {:>5}/s", human_rate(vm.pin_rate().unwrap_or(0.0))),
+                    Style::new().fg(Color::Cyan),
+                ),
+                Span::raw(format!(" fast {} err {}", pct_text(vm.hit_pct()), human(t.failed_calls))),
+            ];
+            // FOLL_GET references only where they fit whole: cut at 80
+            // columns they read as a stray "re".
+            let refs = format!(" refs {}", human(t.referenced_pages));
+            let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
+            if t.referenced_pages > 0 && used + refs.chars().count() <= area.width as usize {
+                spans.push(Span::styled(refs, DIM));
+            }
+            lines.push(Line::from(spans));
+        }
         None => lines.push(Line::from(vec![
             Span::styled("gupwatch ", BOLD),
             Span::styled("reduced mode: no probes, only the kernel's counters", Style::new().fg(Color::Yellow)),
