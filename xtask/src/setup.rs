@@ -21,6 +21,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "zstd",
     "prometheus",
     "tmux",
+    // `systemd-analyze verify` of the unit (packaging/verify-unit.sh).
+    "systemd",
+    // The web-config tests scrape over TLS with curl as a second client.
+    "curl",
     // Signs the archive's package lists that the kernel fetch reads.
     "debian-archive-keyring",
 ];
