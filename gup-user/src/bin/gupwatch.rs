@@ -827,6 +827,42 @@ enum Generate {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Markdown pages, one per subcommand, into DIR (docs/cli in the
+    /// repository, kept up to date by a test).
+    Markdown {
+        /// Directory to write the pages into.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// One Markdown page per visible subcommand, plus an index: the command's
+/// own `--help` text, so the pages say exactly what the binary says.
+fn markdown_pages(cmd: &mut clap::Command) -> Vec<(String, String)> {
+    cmd.build();
+    let mut pages = Vec::new();
+    let mut index = String::from(
+        "# gupwatch command reference\n\nGenerated from the command-line definition by \
+         `gupwatch generate markdown --dir docs/cli`; `cargo test` fails when a page is out of date.\n\n\
+         | command | what it does |\n|---|---|\n",
+    );
+    let mut page = |name: &str, c: &mut clap::Command| {
+        let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+        let help = c.render_long_help().to_string();
+        let file = format!("{}.md", name.replace(' ', "-"));
+        index += &format!("| [`{name}`]({file}) | {} |\n", about.lines().next().unwrap_or(""));
+        pages.push((file, format!("# `{name}`\n\n{about}\n\n```text\n{}\n```\n", help.trim_end())));
+    };
+    page("gupwatch", cmd);
+    let subs: Vec<String> =
+        cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help").map(|c| c.get_name().to_string()).collect();
+    for sub in subs {
+        if let Some(c) = cmd.find_subcommand_mut(&sub) {
+            page(&format!("gupwatch {sub}"), c);
+        }
+    }
+    pages.push(("README.md".into(), index));
+    pages
 }
 
 /// `gupwatch generate`: completions and man pages from the clap definition.
@@ -839,6 +875,13 @@ fn generate(what: Generate) -> Result<ExitCode> {
         }
         Generate::Man { dir: None } => {
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("cannot write the man page")?;
+        }
+        Generate::Markdown { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for (file, text) in markdown_pages(&mut cmd.clone()) {
+                let path = dir.join(file);
+                std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            }
         }
         Generate::Man { dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
