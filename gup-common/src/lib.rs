@@ -456,8 +456,55 @@ mod pod {
     unsafe impl aya::Pod for super::i915::I915Object {}
 }
 
+/// The folio (head page) of `page`, from the word at the `compound_head`
+/// offset of its `struct page` (`compound_head` before 7.0,
+/// `compound_info` since), as the kernel's `compound_head()` computes it:
+///
+/// - bit 0 clear: not a tail page, the page is its own folio;
+/// - bit 0 set, the rest a pointer: the head page's address (+1);
+/// - bit 0 set, the rest a mask (7.0+, with HugeTLB vmemmap optimization
+///   and a power-of-two `struct page`): ones from bit 63 down to
+///   `order + log2(sizeof(struct page))`, so `page & info` is the head.
+///
+/// The two tail forms are told apart by shape: a mask is a run of ones
+/// from the top bit, which no `struct page` address is (vmemmap lives far
+/// below the top of the address space). Shared by the eBPF programs and
+/// their tests.
+#[inline(always)]
+pub fn folio_of(page: u64, info: u64) -> u64 {
+    if info & 1 == 0 {
+        return page;
+    }
+    let rest = info & !1;
+    if rest != 0 && (rest | rest.wrapping_sub(1)) == u64::MAX {
+        page & rest
+    } else {
+        rest
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn folio_of_decodes_every_compound_form() {
+        use super::folio_of;
+        let head = 0xffff_ea00_0408_0000u64; // a 2 MiB folio's head (order 9)
+        let tail = head + 255 * 64;
+        // Not a tail.
+        assert_eq!(folio_of(head, 0), head);
+        assert_eq!(folio_of(head, 0xffff_ea00_1111_1100), head, "bit 0 clear: a list pointer, not a head");
+        // Pointer form (before 7.0, or without HVO).
+        assert_eq!(folio_of(tail, head | 1), head);
+        // Mask form: order 9, 64-byte struct page -> bits 63..15.
+        let mask = !((1u64 << 15) - 1);
+        assert_eq!(folio_of(tail, mask | 1), head);
+        assert_eq!(folio_of(head + 64, mask | 1), head);
+        // Order 18 (1 GiB hugetlb).
+        let gig_head = 0xffff_ea00_4000_0000u64;
+        let gig_mask = !((1u64 << 24) - 1);
+        assert_eq!(folio_of(gig_head + 1000 * 64, gig_mask | 1), gig_head);
+    }
+
     extern crate std;
     use super::*;
 

@@ -545,18 +545,14 @@ fn read_global(g: &u64) -> u64 {
     unsafe { core::ptr::read_volatile(g) }
 }
 
-/// The folio a page belongs to (`page_folio()`): a tail page's
-/// `compound_head` holds the head's address with bit 0 set.
+/// The folio a page belongs to (`page_folio()`), decoded by
+/// [`gup_common::folio_of`] from the word a tail page keeps for it.
 #[inline(always)]
 fn page_folio(page: u64) -> u64 {
     let off = read_global(&PAGE_COMPOUND_HEAD);
     // SAFETY: probe_read tolerates any address.
-    let head = unsafe { bpf_probe_read_kernel((page + off) as *const u64) }.unwrap_or(0);
-    if head & 1 == 1 {
-        head - 1
-    } else {
-        page
-    }
+    let info = unsafe { bpf_probe_read_kernel((page + off) as *const u64) }.unwrap_or(0);
+    gup_common::folio_of(page, info)
 }
 
 #[inline(always)]

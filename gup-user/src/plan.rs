@@ -249,7 +249,7 @@ pub struct ProbePlan {
 /// `struct page` facts the tracking programs need, from BTF.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct PageLayout {
-    /// Offset of `compound_head`.
+    /// Offset of `compound_head` (`compound_info` since 7.0).
     pub compound_head: u64,
     /// `sizeof(struct page)`.
     pub size: u64,
@@ -263,7 +263,10 @@ pub struct PageLayout {
 
 impl PageLayout {
     fn resolve(btf: Option<&KernelBtf>) -> PageLayout {
-        let found = btf.and_then(|b| Some((b.member_offset("page", "compound_head")?, b.struct_size("page")?)));
+        // Renamed compound_info in 7.0 (same word, a new tail encoding that
+        // gup_common::folio_of also decodes).
+        let head = |b: &KernelBtf| b.member_offset("page", "compound_head").or_else(|| b.member_offset("page", "compound_info"));
+        let found = btf.and_then(|b| Some((head(b)?, b.struct_size("page")?)));
         let task_stack = btf.and_then(|b| b.member_offset("task_struct", "stack")).unwrap_or(0) as u64;
         match found {
             Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true, task_stack },

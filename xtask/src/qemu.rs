@@ -140,6 +140,8 @@ pub struct VmRun {
     /// Ship the host's tmux (with its libraries, a UTF-8 locale and
     /// terminfo) as /usr/bin/tmux.
     pub tmux: bool,
+    /// Extra kernel command-line arguments (GUPWATCH_VM_APPEND adds more).
+    pub kernel_args: Vec<String>,
 }
 
 impl VmRun {
@@ -159,6 +161,7 @@ impl VmRun {
             stream_stdout: true,
             tag: "vm".into(),
             tmux: false,
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -569,6 +572,10 @@ impl VmRun {
         c.arg("-kernel").arg(&self.kernel.vmlinuz);
         c.arg("-initrd").arg(cpio);
         let mut append = String::from("console=ttyS0 panic=-1 printk.time=1 rdinit=/init");
+        for a in &self.kernel_args {
+            append.push(' ');
+            append.push_str(a);
+        }
         if let Ok(extra) = std::env::var("GUPWATCH_VM_APPEND") {
             append.push(' ');
             append.push_str(&extra);

@@ -42,6 +42,9 @@ pub struct TestOptions {
     pub skip_live: bool,
 }
 
+/// Huge pages reserved at boot in the kernel steps' VMs (8 MiB).
+pub const HUGEPAGES: u32 = 4;
+
 /// One scenario of `gupwatch check --json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
@@ -521,6 +524,10 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             }
         };
         let mut run = VmRun::new(kernel, kernel_step_command());
+        // A few 2 MiB huge pages, so io_uring_register_hugetlb runs (it
+        // caught 7.0's compound_info mask encoding) instead of being
+        // reported unreachable.
+        run.kernel_args.push(format!("hugepages={HUGEPAGES}"));
         run.gupwatch = Some(bin.clone());
         run.timeout = o.timeout;
         run.echo = ConsoleEcho::None;
