@@ -229,8 +229,8 @@ pub struct ViewModel {
     /// right after a restart, when every rate reads zero only for lack of
     /// a window and no row can be called idle.
     rated: bool,
-    /// When each attribution row last had calls (sample time), to tell
-    /// whether the leak report was read after it.
+    /// When each pinning attribution row last had calls (sample time), to
+    /// tell whether the leak report was read after it.
     last_active: HashMap<RowKey, f64>,
     outstanding: Option<Outstanding>,
     /// The sample time the leak report came with.
@@ -307,9 +307,11 @@ impl ViewModel {
             _ => None,
         };
         let before = merged(&prev.rows);
-        self.rates = merged(&now.rows)
-            .into_iter()
+        let now_rows = merged(&now.rows);
+        self.rates = now_rows
+            .iter()
             .map(|(k, r)| {
+                let k = k.clone();
                 let (calls0, pages0) = match before.get(&k) {
                     Some(b) => (b.calls, b.pages),
                     // Left out of a truncated list last time: its count
@@ -320,13 +322,17 @@ impl ViewModel {
                 (k, RowRate { calls: rate(r.calls, calls0, dt), pages: rate(r.pages, pages0, dt) })
             })
             .collect();
-        // Kept for the rows of this sample only, so it stays bounded.
+        // Only FOLL_PIN calls can hold pages the leak report would show
+        // (the tracking map records pins, not FOLL_GET references: an
+        // exec's get_user_pages_remote never makes holdings unknown). Kept
+        // for the rows of this sample only, so it stays bounded.
         let before = std::mem::take(&mut self.last_active);
-        self.last_active = self
-            .rates
+        self.last_active = now_rows
             .iter()
-            .filter_map(|(k, r)| {
-                let at = if r.calls > 0.0 || r.pages > 0.0 { Some(t) } else { before.get(k).copied() };
+            .filter(|(_, r)| r.kind == Kind::Pin)
+            .filter_map(|(k, _)| {
+                let moved = self.rates.get(k).is_some_and(|r| r.calls > 0.0 || r.pages > 0.0);
+                let at = if moved { Some(t) } else { before.get(k).copied() };
                 at.map(|at| (k.clone(), at))
             })
             .collect();
@@ -486,7 +492,8 @@ impl ViewModel {
             .into_values()
             .filter(|g| g.counts)
             .map(|g| {
-                // Quiet now, but it pinned after the leak report was made:
+                // Quiet now, but it pinned (FOLL_PIN) after the leak report
+                // was made:
                 // what it holds is not known yet (and a new pin must not
                 // be hidden as idle). Busy rows keep the last report's
                 // count; their rates keep them shown anyway.
@@ -831,6 +838,23 @@ pub(crate) mod tests {
         vm.ingest(with_exec(1), 6.0);
         let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false);
         assert_eq!((v.rows.len(), v.idle_hidden), (3, 0));
+    }
+
+    #[test]
+    fn get_calls_never_make_holdings_unknown() {
+        // A shell execs between two readings (a get_user_pages_remote,
+        // FOLL_GET: not tracked, it can hold nothing the report shows).
+        let mut vm = ViewModel::new();
+        vm.ingest(sample(1), 0.0);
+        vm.set_outstanding(Some(nothing_held()));
+        vm.ingest(with_exec(2), 1.0);
+        let sh = |vm: &ViewModel| vm.table(View::Processes, SortKey::Name, false, "sh").into_iter().next();
+        assert!(sh(&vm).is_some_and(|r| !r.idle && r.pins_per_sec > 0.0), "active in its window");
+        vm.ingest(with_exec(2), 2.0);
+        let r = sh(&vm);
+        assert!(r.as_ref().is_some_and(|r| r.idle && r.outstanding == Some(0)), "quiet, and gets are never held: {r:?}");
+        // fio pinned after the report too, and stays (see above).
+        assert!(vm.table(View::Processes, SortKey::Name, false, "fio").iter().all(|r| !r.idle && r.outstanding.is_none()));
     }
 
     #[test]
