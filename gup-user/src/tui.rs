@@ -289,6 +289,41 @@ mod tests {
     }
 
     #[test]
+    fn idle_rows_are_hidden_until_i() {
+        let mut vm = busy();
+        let report = vm.outstanding().cloned();
+        // A shell that exec'd once: its row never moves again.
+        for i in 31..=35 {
+            let mut s = sample(i * 2);
+            s.rows.push(super::view::tests::row(300, "sh", "get_user_pages_remote", "copy_strings", "exec", 3, 3));
+            vm.ingest(s, i as f64);
+        }
+        // The tracking map read well after the shell's exec.
+        vm.set_outstanding(report);
+        let mut ui = UiState::new("local", std::time::Duration::from_secs(1));
+        let s = screen(&vm, &ui, 80, 24);
+        if std::env::var_os("GUPWATCH_SHOW_SCREEN").is_some() {
+            eprintln!("{s}");
+        }
+        assert!(s.contains(" · 2 rows · 1 idle hidden (i) "), "{s}");
+        assert!(!s.lines().any(|l| l.contains(" sh ")), "the idle row is hidden:\n{s}");
+        let footer = s.lines().last().unwrap_or_default();
+        assert!(footer.contains("i idle") && footer.contains("? help"), "the footer fits 80 columns: {footer:?}");
+        ui.show_idle = true;
+        let s = screen(&vm, &ui, 80, 24);
+        assert!(s.contains(" · 3 rows · idle shown (i) "), "{s}");
+        assert!(s.lines().any(|l| l.contains(" sh ")), "{s}");
+        // Only idle rows: the table says why it is empty.
+        ui.show_idle = false;
+        ui.filter = "sh".into();
+        let s = screen(&vm, &ui, 80, 24);
+        assert!(s.contains("1 idle hidden (i shows them)"), "{s}");
+        ui.help = true;
+        let s = screen(&vm, &ui, 80, 24);
+        assert!(s.contains("show/hide idle rows"), "{s}");
+    }
+
+    #[test]
     fn reduced_mode_screen_explains() {
         let mut vm = ViewModel::new();
         let reduced = |acq| super::sample::Sample {

@@ -13,8 +13,8 @@
 //!
 //! * In the guest, a script starts `gupwatch top` (local probes) in a
 //!   detached 80×24 tmux session, captures the pane, presses `s` (sort by
-//!   PINS/s), five more `s` (sort by name), `/zz-pin⏎` (filter), `q`, and
-//!   captures after each; then it runs `gupwatch top --connect` in a second
+//!   PINS/s), five more `s` (sort by name), `i` (show idle rows), `i`
+//!   again (hide them), `/zz-pin⏎` (filter), `q`, and captures after each; then it runs `gupwatch top --connect` in a second
 //!   session and ends it with SIGTERM. The captures come back on stdout.
 //! * At the same time, on the host, the same keys drive `gupwatch top
 //!   --connect 127.0.0.1:PORT` in a tmux server of its own (`tmux -L`).
@@ -22,7 +22,8 @@
 //! All the judging happens here, on the host, from the captured screens
 //! ([`judge`]): the header's numbers are real (non-zero, gupwatch's pin
 //! rate close to the kernel's vmstat rate), the workload's row is there,
-//! each sort orders the rows by its column, the filter keeps only matching
+//! each sort orders the rows by its column, idle rows (no calls, nothing
+//! held) are hidden until `i` shows them, the filter keeps only matching
 //! rows, and after `q` or SIGTERM the terminal is back (the shell's output
 //! shows, `stty -a` has `icanon` and `echo`, tmux says the alternate screen
 //! is off and the cursor visible). A failed check quotes the screen.
@@ -168,7 +169,8 @@ pub fn parse_header(screen: &str) -> std::result::Result<Header, String> {
     })
 }
 
-/// The table's title: `Processes · sort PAGES/s ▼ · filter "x" · 2 rows`.
+/// The table's title: `Processes · sort PAGES/s ▼ · filter "x" · 2 rows
+/// · 12 idle hidden (i)` (or `· idle shown (i)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Title {
     /// The sort column's label.
@@ -179,6 +181,10 @@ pub struct Title {
     pub filter: Option<String>,
     /// Rows the title counts.
     pub rows: usize,
+    /// Idle rows the title says are hidden (0 when it names none).
+    pub idle_hidden: usize,
+    /// The title says idle rows are shown.
+    pub idle_shown: bool,
 }
 
 /// Reads the processes table's title line.
@@ -190,12 +196,18 @@ pub fn parse_title(screen: &str) -> Option<Title> {
     let (sort, arrow) = sort_part.rsplit_once(' ')?;
     let mut filter = None;
     let mut rows = None;
+    let mut idle_hidden = 0;
+    let mut idle_shown = false;
     for p in parts {
         let p = p.trim().trim_end_matches(['─', ' ']);
         if let Some(f) = p.strip_prefix("filter \"") {
             filter = Some(f.trim_end_matches('"').to_string());
         } else if let Some(n) = p.strip_suffix(" rows") {
             rows = n.trim().parse().ok();
+        } else if let Some(n) = p.strip_suffix(" idle hidden (i)") {
+            idle_hidden = n.trim().parse().ok()?;
+        } else if p == "idle shown (i)" {
+            idle_shown = true;
         }
     }
     Some(Title {
@@ -203,6 +215,8 @@ pub fn parse_title(screen: &str) -> Option<Title> {
         descending: arrow == "▼",
         filter,
         rows: rows?,
+        idle_hidden,
+        idle_shown,
     })
 }
 
@@ -219,6 +233,14 @@ pub struct ProcRow {
     pub pages_per_sec: f64,
     /// Pins held now (`None`: `?`, not read yet).
     pub outstanding: Option<f64>,
+}
+
+impl ProcRow {
+    /// Idle as the live view means it: no calls and no pages per second,
+    /// and the tracking map read and holding nothing for it.
+    pub fn idle(&self) -> bool {
+        self.pins_per_sec == 0.0 && self.pages_per_sec == 0.0 && self.outstanding == Some(0.0)
+    }
 }
 
 /// The processes table's rows: the lines after the column header that read
@@ -350,6 +372,19 @@ impl Judge<'_> {
         );
     }
 
+    /// Checks that no row on the screen is idle (idle rows are hidden by
+    /// default), and that there are rows to look at.
+    fn no_idle_rows(&mut self, step: &str) {
+        let rows = parse_rows(self.screen(step));
+        let idle: Vec<&str> = rows.iter().filter(|r| r.idle()).map(|r| r.comm.as_str()).collect();
+        self.check(
+            step,
+            "no idle row shown (0 calls/s, 0 pages/s, nothing held)",
+            !rows.is_empty() && idle.is_empty(),
+            format!("{} rows; idle among them: {}", rows.len(), idle.join(", ")),
+        );
+    }
+
     fn title_is(&mut self, step: &str, sort: &str, descending: bool) {
         let t = parse_title(self.screen(step));
         let ok = t.as_ref().is_some_and(|t| t.sort == sort && t.descending == descending);
@@ -465,32 +500,74 @@ pub fn judge(side: &str, source: &str, screens: &BTreeMap<String, String>) -> Ve
     );
     j.title_is("initial", "PAGES/s", true);
     j.ordered("initial", "PAGES/s", true, |r| r.pages_per_sec);
+    j.no_idle_rows("initial");
 
     // `s`: PINS/s, largest first.
     j.title_is("sort-pins", "PINS/s", true);
     j.ordered("sort-pins", "PINS/s", true, |r| r.pins_per_sec);
 
-    // Five more `s`: by name, A to Z. Every process that execs shows up
-    // (execve copies its arguments with get_user_pages_remote), so the
-    // pinner may be below the screen's last row; the holder must lead it.
+    // Five more `s`: by name, A to Z. Every process that execs has a row
+    // (execve copies its arguments with get_user_pages_remote), but those
+    // are idle and hidden, so the screen holds the few active rows: the
+    // holder (it holds its buffer) first, and the pinner on the screen.
     j.title_is("sort-name", "NAME", false);
+    j.no_idle_rows("sort-name");
     let names: Vec<String> = parse_rows(j.screen("sort-name")).into_iter().map(|r| r.comm).collect();
-    let sorted = {
-        let mut s = names.clone();
-        s.sort();
-        s
-    };
-    let pos = |n: &str| names.iter().position(|x| x == n);
+    let sorted = |names: &[String]| names.windows(2).all(|w| w[0] <= w[1]);
     let first_before = parse_rows(j.screen("initial")).first().map(|r| r.comm.clone());
     j.check(
         "sort-name",
-        &format!("rows sorted by name ({HOLDER} before {PINNER}, the other way round from PAGES/s)"),
+        &format!("rows sorted by name ({HOLDER} first, {PINNER} shown: the other way round from PAGES/s)"),
         names.len() >= 2
-            && names == sorted
-            && pos(HOLDER).is_some_and(|h| pos(PINNER).is_none_or(|p| h < p))
+            && sorted(&names)
+            && names.first().map(String::as_str) == Some(HOLDER)
+            && names.iter().any(|n| n == PINNER)
             && names.first() != first_before.as_ref(),
         format!("rows: {}; first row by PAGES/s was {first_before:?}", names.join(", ")),
     );
+
+    // `i`: the idle rows join the table; the title stops counting them as
+    // hidden. Then `i` again hides them.
+    let hidden_title = parse_title(j.screen("sort-name"));
+    let shown_title = parse_title(j.screen("show-idle"));
+    let shown_rows = parse_rows(j.screen("show-idle"));
+    let idle_shown: Vec<&str> = shown_rows.iter().filter(|r| r.idle()).map(|r| r.comm.as_str()).collect();
+    j.check(
+        "show-idle",
+        "before `i` the title counts hidden idle rows",
+        hidden_title.as_ref().is_some_and(|t| t.idle_hidden > 0 && !t.idle_shown),
+        format!("title before `i` (sort-name): {hidden_title:?}"),
+    );
+    j.check(
+        "show-idle",
+        "after `i` the table has more rows and the title counts none hidden",
+        match (&hidden_title, &shown_title) {
+            (Some(h), Some(s)) => s.rows > h.rows && s.idle_hidden == 0 && s.idle_shown,
+            _ => false,
+        },
+        format!("title before: {hidden_title:?}; after: {shown_title:?}"),
+    );
+    j.check(
+        "show-idle",
+        "after `i` idle rows are on the screen, still sorted by name",
+        !idle_shown.is_empty() && sorted(&shown_rows.iter().map(|r| r.comm.clone()).collect::<Vec<_>>()),
+        format!(
+            "rows: {}; idle: {}",
+            shown_rows.iter().map(|r| r.comm.as_str()).collect::<Vec<_>>().join(", "),
+            idle_shown.join(", ")
+        ),
+    );
+    let rehidden = parse_title(j.screen("hide-idle"));
+    j.check(
+        "hide-idle",
+        "`i` again hides them: fewer rows, the title counts them hidden",
+        match (&shown_title, &rehidden) {
+            (Some(s), Some(h)) => h.rows < s.rows && h.idle_hidden > 0 && !h.idle_shown,
+            _ => false,
+        },
+        format!("title with idle rows shown: {shown_title:?}; after `i` again: {rehidden:?}"),
+    );
+    j.no_idle_rows("hide-idle");
 
     // `/zz-pin⏎`: only the pinner.
     let t = parse_title(j.screen("filter"));
@@ -580,6 +657,12 @@ cap sort-pins tui
 $T send-keys -t tui s s s s s
 sleep 2
 cap sort-name tui
+$T send-keys -t tui i
+sleep 2
+cap show-idle tui
+$T send-keys -t tui i
+sleep 2
+cap hide-idle tui
 $T send-keys -t tui -l /
 $T send-keys -t tui -l @FILTER@
 $T send-keys -t tui Enter
@@ -745,6 +828,8 @@ fn host_part(gupwatch: &Path, addr: &str) -> Result<BTreeMap<String, String>> {
     };
     step("sort-pins", &[&["s"]], &mut caps)?;
     step("sort-name", &[&["s", "s", "s", "s", "s"]], &mut caps)?;
+    step("show-idle", &[&["i"]], &mut caps)?;
+    step("hide-idle", &[&["i"]], &mut caps)?;
     step("filter", &[&["-l", "/"], &["-l", FILTER], &["Enter"]], &mut caps)?;
     tmux.run(&["send-keys", "-t", "tui", "q"])?;
     let _ = tmux.wait_for("tui", "RESTORED:", Duration::from_secs(30));
@@ -901,17 +986,28 @@ mod tests {
 gupwatch · 7.2.0-1-cloud-amd64 · 19/19 hooks · local · 1s · up 12s
 gupwatch pinned    35.2k unpinned  34.9k held    256 │  3451/s fast 67% err 0
 vmstat   acquired  40.1k released  39.8k held    256 │  3420/s out 3716/s
- Processes · sort PAGES/s ▼ · 3 rows ───────────────────────────────────────────
+ Processes · sort PAGES/s ▼ · 2 rows · 14 idle hidden (i) ─────────────────────
     PID COMM                      SUBSYS      PINS/s PAGES/s▼   OUTST FAST%  LT%
     187 zz-pinner                 process_vm      13     3449   15.9k    67   33
     190 aa-holder                 io_uring         0        0     256     -  100
-     12 tmux: server                               0        0       0     -    -
+
 
  Pin rate · fast-path hit   Latency · all APIs ──────  Outstanding · leaks ─────
 3451/s max 11.0k · 7s         1µs ████████████ 510.9k held 15.9k · kernel 0
     █                         2µs ▏              7349 orphaned   3764p gupwatch
-q quit  v view  s/S sort  / filter  a latency  p pause  ? help
+q quit  v view  s/S sort  / filter  i idle  a latency  p pause  ? help
 ";
+
+    /// The table of [`SCREEN`] after sorting by name and `i`: idle rows
+    /// shown (a shell that exec'd, tmux).
+    fn idle_shown() -> String {
+        SCREEN
+            .replace("sort PAGES/s ▼ · 2 rows · 14 idle hidden (i) ─", "sort NAME ▲ · 4 rows · idle shown (i) ────────")
+            .replace(
+                "    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n    190 aa-holder                 io_uring         0        0     256     -  100\n\n",
+                "    190 aa-holder                 io_uring         0        0     256     -  100\n     95 sh                        exec             0        0       0     -    -\n     12 tmux: server                               0        0       0     -    -\n    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n",
+            )
+    }
 
     #[test]
     fn numbers() {
@@ -932,18 +1028,30 @@ q quit  v view  s/S sort  / filter  a latency  p pause  ? help
         assert_eq!((h.pinned, h.unpinned, h.pin_rate), (35200.0, 34900.0, 3451.0));
         assert_eq!((h.vm_acquired, h.vm_released, h.vm_rate), (40100.0, 39800.0, 3420.0));
         let t = parse_title(SCREEN).unwrap();
-        assert_eq!(t, Title { sort: "PAGES/s".into(), descending: true, filter: None, rows: 3 });
+        assert_eq!(t, Title { sort: "PAGES/s".into(), descending: true, filter: None, rows: 2, idle_hidden: 14, idle_shown: false });
         let rows = parse_rows(SCREEN);
-        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(rows[0], ProcRow { pid: 187, comm: PINNER.into(), pins_per_sec: 13.0, pages_per_sec: 3449.0, outstanding: Some(15900.0) });
         assert_eq!((rows[1].comm.as_str(), rows[1].outstanding), (HOLDER, Some(256.0)));
+        assert!(!rows[1].idle(), "a holder is not idle");
+        let shown = idle_shown();
+        assert_eq!(
+            parse_title(&shown).unwrap(),
+            Title { sort: "NAME".into(), descending: false, filter: None, rows: 4, idle_hidden: 0, idle_shown: true }
+        );
+        let rows = parse_rows(&shown);
+        assert_eq!(rows.len(), 4, "{rows:?}");
         assert_eq!(rows[2].comm, "tmux: server", "a name with a space, an empty subsystem column");
+        assert_eq!(rows.iter().filter(|r| r.idle()).map(|r| r.comm.as_str()).collect::<Vec<_>>(), ["sh", "tmux: server"]);
         let wide = SCREEN
             .replace("FAST%  LT%", "FAST%  LT%    PAGES")
             .replace("67   33", "67   33   35.2k");
         assert_eq!(parse_rows(&wide)[0].pages_per_sec, 3449.0, "the PAGES column of wide terminals");
-        let f = SCREEN.replace("sort PAGES/s ▼ · 3 rows", "sort NAME ▲ · filter \"zz-pin\" · 1 rows");
-        assert_eq!(parse_title(&f).unwrap(), Title { sort: "NAME".into(), descending: false, filter: Some("zz-pin".into()), rows: 1 });
+        let f = SCREEN.replace("sort PAGES/s ▼ · 2 rows · 14 idle hidden (i)", "sort NAME ▲ · filter \"zz-pin\" · 1 rows");
+        assert_eq!(
+            parse_title(&f).unwrap(),
+            Title { sort: "NAME".into(), descending: false, filter: Some("zz-pin".into()), rows: 1, idle_hidden: 0, idle_shown: false }
+        );
         assert!(parse_header("nothing").is_err());
         assert!(parse_rows("no table").is_empty());
     }
@@ -962,16 +1070,16 @@ q quit  v view  s/S sort  / filter  a latency  p pause  ? help
         m.insert("initial".to_string(), initial.to_string());
         let by_pins = initial.replace("sort PAGES/s ▼", "sort PINS/s ▼");
         m.insert("sort-pins".into(), by_pins);
-        let by_name = initial
-            .replace("sort PAGES/s ▼ · 3 rows", "sort NAME ▲ · 3 rows")
-            .replace(
-                "    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n    190 aa-holder                 io_uring         0        0     256     -  100\n     12 tmux: server                               0        0       0     -    -\n",
-                "    190 aa-holder                 io_uring         0        0     256     -  100\n     12 tmux: server                               0        0       0     -    -\n    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n",
-            );
-        m.insert("sort-name".into(), by_name);
+        let by_name = initial.replace("sort PAGES/s ▼", "sort NAME ▲").replace(
+            "    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n    190 aa-holder                 io_uring         0        0     256     -  100\n",
+            "    190 aa-holder                 io_uring         0        0     256     -  100\n    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n",
+        );
+        m.insert("sort-name".into(), by_name.clone());
+        m.insert("show-idle".into(), idle_shown());
+        m.insert("hide-idle".into(), by_name);
         let filtered = initial
-            .replace("sort PAGES/s ▼ · 3 rows", "sort NAME ▲ · filter \"zz-pin\" · 1 rows")
-            .replace("    190 aa-holder                 io_uring         0        0     256     -  100\n     12 tmux: server                               0        0       0     -    -\n", "");
+            .replace("sort PAGES/s ▼ · 2 rows · 14 idle hidden (i)", "sort NAME ▲ · filter \"zz-pin\" · 1 rows")
+            .replace("    190 aa-holder                 io_uring         0        0     256     -  100\n", "");
         m.insert("filter".into(), filtered);
         let restored = "$ \nRESTORED:0\nspeed 38400 baud; rows 24; columns 80;\nisig icanon iexten echo echoe echok -echonl\n";
         m.insert("quit".into(), restored.into());
@@ -1012,10 +1120,50 @@ q quit  v view  s/S sort  / filter  a latency  p pause  ? help
         assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
         // A filter that does not filter.
         let mut m = screens(SCREEN);
-        let unfiltered = m["initial"].replace("sort PAGES/s ▼ · 3 rows", "sort PAGES/s ▼ · filter \"zz-pin\" · 3 rows");
+        let unfiltered = m["initial"].replace("sort PAGES/s ▼ · 2 rows", "sort PAGES/s ▼ · filter \"zz-pin\" · 2 rows");
         m.insert("filter".into(), unfiltered);
         let f = fail(m);
         assert!(f.iter().any(|n| n.contains("only rows matching")), "{f:?}");
+        // Idle rows not hidden: the first screen lists a shell at 0/s.
+        let f = fail(screens(&SCREEN.replace(
+            "    190 aa-holder                 io_uring         0        0     256     -  100\n\n",
+            "    190 aa-holder                 io_uring         0        0     256     -  100\n     95 sh                        exec             0        0       0     -    -\n",
+        )));
+        assert!(f.iter().any(|n| n.contains("no idle row shown")), "{f:?}");
+        // `i` does nothing.
+        let mut m = screens(SCREEN);
+        let same = m["sort-name"].clone();
+        m.insert("show-idle".into(), same);
+        let f = fail(m);
+        assert!(f.iter().any(|n| n.contains("after `i` the table has more rows")), "{f:?}");
+        assert!(f.iter().any(|n| n.contains("after `i` idle rows are on the screen")), "{f:?}");
+        // The title does not say idle rows are hidden.
+        let mut m = screens(SCREEN);
+        let silent = m["sort-name"].replace(" · 14 idle hidden (i) ", " ────────────────── ");
+        m.insert("sort-name".into(), silent);
+        let f = fail(m);
+        assert!(f.iter().any(|n| n.contains("before `i` the title counts")), "{f:?}");
+        // `i` again does not hide them.
+        let mut m = screens(SCREEN);
+        m.insert("hide-idle".into(), idle_shown());
+        let f = fail(m);
+        assert!(f.iter().any(|n| n.contains("`i` again hides them")), "{f:?}");
+        assert!(f.iter().any(|n| n.contains("no idle row shown")), "{f:?}");
+        // By name, the pinner is pushed off the screen, or the holder is
+        // not first.
+        let mut m = screens(SCREEN);
+        let no_pinner = m["sort-name"].replace("    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n", "");
+        m.insert("sort-name".into(), no_pinner);
+        let f = fail(m);
+        assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
+        let mut m = screens(SCREEN);
+        let late_holder = m["sort-name"].replace(
+            "    190 aa-holder  ",
+            "      7 a-first                   exec             1        1       0     -    -\n    190 aa-holder  ",
+        );
+        m.insert("sort-name".into(), late_holder);
+        let f = fail(m);
+        assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
         // Raw mode left on, alternate screen still on.
         let mut m = screens(SCREEN);
         m.insert("quit".into(), "RESTORED:0\nisig -icanon iexten -echo\n".into());
@@ -1034,7 +1182,7 @@ q quit  v view  s/S sort  / filter  a latency  p pause  ? help
     #[test]
     fn guest_script_has_every_step() {
         let s = guest_command(100);
-        for want in ["cap initial tui", "cap sort-pins tui", "cap sort-name tui", "cap filter tui", "cap quit tui", "cap sigterm term", "nc -l -p 10484", "-x 80 -y 24", "/tmp/zz-pinner workload"] {
+        for want in ["cap initial tui", "cap sort-pins tui", "cap sort-name tui", "cap show-idle tui", "cap hide-idle tui", "cap filter tui", "cap quit tui", "cap sigterm term", "nc -l -p 10484", "-x 80 -y 24", "/tmp/zz-pinner workload"] {
             assert!(s.contains(want), "{want}");
         }
         for p in ["@PORT@", "@RELEASE@", "@WAIT@", "@PINNER@", "@HOLDER@", "@FILTER@", "@COLS@", "@ROWS@"] {

@@ -27,6 +27,10 @@ pub struct UiState {
     pub paused: bool,
     /// The help overlay is open.
     pub help: bool,
+    /// Idle rows (no calls in the last interval, nothing held) are listed
+    /// too. Off by default: every exec leaves such a row behind, and they
+    /// would push the busy processes off the screen.
+    pub show_idle: bool,
     /// The latency histogram's API (`None`: all).
     pub latency_api: Option<String>,
     /// Where the data comes from ("local", or the daemon's address).
@@ -52,6 +56,7 @@ impl UiState {
             filter_before: String::new(),
             paused: false,
             help: false,
+            show_idle: false,
             latency_api: None,
             source: source.into(),
             interval,
@@ -122,6 +127,7 @@ pub fn handle_key(ui: &mut UiState, key: KeyEvent, vm: &ViewModel) -> Action {
             ui.editing = Some(ui.filter.clone());
         }
         KeyCode::Char('p') | KeyCode::Char(' ') => ui.paused = !ui.paused,
+        KeyCode::Char('i') | KeyCode::Char('I') => ui.show_idle = !ui.show_idle,
         KeyCode::Char('?') | KeyCode::Char('h') => ui.help = true,
         KeyCode::Char('a') | KeyCode::Char('A') => {
             let apis = vm.latency_apis();
@@ -168,6 +174,11 @@ mod tests {
         assert_eq!((ui.sort, ui.descending), (SortKey::Name, false), "names sort A-Z");
         handle_key(&mut ui, key('p'), &vm);
         assert!(ui.paused);
+        assert!(!ui.show_idle, "idle rows are hidden by default");
+        assert_eq!(handle_key(&mut ui, key('i'), &vm), Action::Redraw);
+        assert!(ui.show_idle);
+        handle_key(&mut ui, key('i'), &vm);
+        assert!(!ui.show_idle, "i toggles back");
         handle_key(&mut ui, key('?'), &vm);
         assert!(ui.help);
         assert_eq!(handle_key(&mut ui, key('x'), &vm), Action::Redraw);

@@ -19,7 +19,7 @@ use ratatui::{
 
 use super::{
     input::UiState,
-    view::{SortKey, TableRow, View, ViewModel},
+    view::{visible_rows, SortKey, TableRow, View, ViewModel, VisibleRows},
 };
 
 /// Compact count: 9999, 12.3k, 1.23M, 4.56G.
@@ -225,13 +225,21 @@ fn right(s: String) -> Cell<'static> {
 }
 
 fn draw_table(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
-    let rows = vm.table(ui.view, ui.sort, ui.descending, &ui.filter);
+    let VisibleRows { rows, idle_hidden } = visible_rows(vm.table(ui.view, ui.sort, ui.descending, &ui.filter), ui.show_idle);
     let arrow = if ui.descending { "▼" } else { "▲" };
     let mut title = format!(" {} · sort {} {arrow}", ui.view.title(), ui.sort.label());
     if !ui.filter.is_empty() {
         title += &format!(" · filter \"{}\"", ui.filter);
     }
-    title += &format!(" · {} rows ", rows.len());
+    title += &format!(" · {} rows", rows.len());
+    // Say what is left out, and the key that brings it back, so a short
+    // table is not mistaken for a quiet machine.
+    if idle_hidden > 0 {
+        title += &format!(" · {idle_hidden} idle hidden (i)");
+    } else if ui.show_idle {
+        title += " · idle shown (i)";
+    }
+    title.push(' ');
     let wide = area.width >= 90;
     // (header, width, right-aligned, sort key)
     let mut cols: Vec<(&str, Constraint, bool, Option<SortKey>)> = match ui.view {
@@ -301,16 +309,17 @@ fn draw_table(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
         .collect();
     let block = titled(&title);
     if body.is_empty() {
-        let msg = if ui.filter.is_empty() {
-            "no pin_user_pages*/get_user_pages* calls seen yet".to_string()
-        } else {
-            format!("nothing matches \"{}\" (/ to change, Esc to clear)", ui.filter)
+        let msg = match (ui.filter.is_empty(), idle_hidden > 0) {
+            (true, false) => "no pin_user_pages*/get_user_pages* calls seen yet".to_string(),
+            (true, true) => format!("no pin or get calls in the last interval; {idle_hidden} idle hidden (i shows them)"),
+            (false, false) => format!("nothing matches \"{}\" (/ to change, Esc to clear)", ui.filter),
+            (false, true) => format!("nothing active matches \"{}\"; {idle_hidden} idle hidden (i shows them)", ui.filter),
         };
         let inner = block.inner(area);
         f.render_widget(block, area);
         let [h, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
         f.render_widget(Table::new(Vec::<Row>::new(), cols.iter().map(|c| c.1)).header(header), h);
-        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), rest);
+        f.render_widget(Paragraph::new(Span::styled(msg, DIM)).wrap(Wrap { trim: true }), rest);
         return;
     }
     let table = Table::new(body, cols.iter().map(|c| c.1)).header(header).column_spacing(1).block(block);
@@ -512,7 +521,7 @@ fn draw_footer(f: &mut Frame, area: Rect, ui: &UiState) {
             Span::styled("  Enter keep · Esc cancel", DIM),
         ])
     } else {
-        let keys = [("q", "quit"), ("v", "view"), ("s/S", "sort"), ("/", "filter"), ("a", "latency"), ("p", "pause"), ("?", "help")];
+        let keys = [("q", "quit"), ("v", "view"), ("s/S", "sort"), ("/", "filter"), ("i", "idle"), ("a", "latency"), ("p", "pause"), ("?", "help")];
         let mut spans = vec![];
         for (k, what) in keys {
             spans.push(Span::styled(k, Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD)));
@@ -532,6 +541,7 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Line::raw("  v        processes ⇄ call sites"),
         Line::raw("  s / S    next sort column / reverse order"),
         Line::raw("  /        filter by process, call site or subsystem"),
+        Line::raw("  i        show/hide idle rows (no calls, none held)"),
         Line::raw("  a / A    latency histogram: next / previous API"),
         Line::raw("  p        pause (the data keeps being read)"),
         Line::raw("  q, Ctrl-C quit · ? or Esc closes this"),

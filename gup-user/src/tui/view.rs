@@ -14,6 +14,15 @@ use super::sample::{Kind, Mode, Outstanding, RowSample, Sample};
 /// How much history the sparklines keep, in seconds.
 pub const HISTORY_SECS: f64 = 600.0;
 
+/// How much older than the reading it comes with a leak report can be, in
+/// seconds: the collector reuses one for [`LEAK_REPORT_MIN_INTERVAL`]
+/// (locally and in a daemon), plus a second for the request. A row that
+/// pinned or got pages later than this before the report was taken may
+/// hold pages the report does not show.
+///
+/// [`LEAK_REPORT_MIN_INTERVAL`]: crate::metrics::LEAK_REPORT_MIN_INTERVAL
+pub const HOLDINGS_LAG_SECS: f64 = 3.0;
+
 /// What the table lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
@@ -115,12 +124,49 @@ pub struct TableRow {
     pub pages_per_sec: f64,
     /// Pages pinned or referenced since start.
     pub total_pages: u64,
-    /// Pins held now, when the tracking map has been read.
+    /// Pins held now, when the tracking map has been read since the row
+    /// last pinned or got pages (else its report may miss a new pin).
     pub outstanding: Option<u64>,
     /// Share of `*_fast` pages the lock-free walk took, in percent.
     pub fast_pct: Option<f64>,
     /// Share of pages pinned with FOLL_LONGTERM, in percent.
     pub longterm_pct: Option<f64>,
+    /// No pin or get activity in the current rate window and nothing held
+    /// (see [`is_idle`]); such rows are hidden unless asked for.
+    pub idle: bool,
+}
+
+/// Whether a row is idle: no pin or get calls and no pages in the current
+/// rate window, and the tracking map, read, says it holds no pages.
+///
+/// A row whose holdings are unknown (`None`: the map not read yet, or read
+/// before the row last pinned; see [`TableRow::outstanding`]) is not idle: a held or leaked pin must never be hidden, and "not read" is not
+/// "nothing held". Every process that execs gets a row (execve copies its
+/// arguments with `get_user_pages_remote`), which is what this filters out.
+pub fn is_idle(pins_per_sec: f64, pages_per_sec: f64, outstanding: Option<u64>) -> bool {
+    pins_per_sec <= 0.0 && pages_per_sec <= 0.0 && outstanding == Some(0)
+}
+
+/// The rows to draw, and how many idle rows were left out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VisibleRows {
+    /// The rows shown, in table order.
+    pub rows: Vec<TableRow>,
+    /// Idle rows left out (zero when idle rows are shown).
+    pub idle_hidden: usize,
+}
+
+/// The rows of `table` (already filtered and sorted) that are drawn: all of
+/// them with `show_idle`, else those not [`TableRow::idle`], keeping their
+/// order. The hidden count is of rows that passed the filter, so it is the
+/// number of rows that showing idle rows would add.
+pub fn visible_rows(table: Vec<TableRow>, show_idle: bool) -> VisibleRows {
+    if show_idle {
+        return VisibleRows { rows: table, idle_hidden: 0 };
+    }
+    let all = table.len();
+    let rows: Vec<TableRow> = table.into_iter().filter(|r| !r.idle).collect();
+    VisibleRows { idle_hidden: all - rows.len(), rows }
 }
 
 /// One point of history.
@@ -179,7 +225,16 @@ pub struct ViewModel {
     pin_rate: Option<f64>,
     history: VecDeque<Point>,
     rates: HashMap<RowKey, RowRate>,
+    /// Whether `rates` cover an interval: not before the second sample nor
+    /// right after a restart, when every rate reads zero only for lack of
+    /// a window and no row can be called idle.
+    rated: bool,
+    /// When each pinning attribution row last had calls (sample time), to
+    /// tell whether the leak report was read after it.
+    last_active: HashMap<RowKey, f64>,
     outstanding: Option<Outstanding>,
+    /// The sample time the leak report came with.
+    outstanding_t: f64,
 }
 
 fn rate(now: u64, before: u64, dt: f64) -> f64 {
@@ -221,8 +276,11 @@ impl ViewModel {
                 };
             if restarted {
                 self.rates.clear();
+                self.last_active.clear();
+                self.rated = false;
             } else if dt > 0.0 {
-                self.update_rates(prev, &sample, dt);
+                self.update_rates(prev, &sample, dt, t);
+                self.rated = true;
                 let hit_pct = {
                     let (f1, a1) = fast_split(&sample);
                     let (f0, a0) = fast_split(prev);
@@ -239,7 +297,7 @@ impl ViewModel {
         self.latest_t = t;
     }
 
-    fn update_rates(&mut self, prev: &Sample, now: &Sample, dt: f64) {
+    fn update_rates(&mut self, prev: &Sample, now: &Sample, dt: f64, t: f64) {
         self.kernel_rate = match (prev.kernel_counters, now.kernel_counters) {
             (Some(a), Some(b)) => Some((rate(b.0, a.0, dt), rate(b.1, a.1, dt))),
             _ => None,
@@ -249,9 +307,11 @@ impl ViewModel {
             _ => None,
         };
         let before = merged(&prev.rows);
-        self.rates = merged(&now.rows)
-            .into_iter()
+        let now_rows = merged(&now.rows);
+        self.rates = now_rows
+            .iter()
             .map(|(k, r)| {
+                let k = k.clone();
                 let (calls0, pages0) = match before.get(&k) {
                     Some(b) => (b.calls, b.pages),
                     // Left out of a truncated list last time: its count
@@ -262,11 +322,26 @@ impl ViewModel {
                 (k, RowRate { calls: rate(r.calls, calls0, dt), pages: rate(r.pages, pages0, dt) })
             })
             .collect();
+        // Only FOLL_PIN calls can hold pages the leak report would show
+        // (the tracking map records pins, not FOLL_GET references: an
+        // exec's get_user_pages_remote never makes holdings unknown). Kept
+        // for the rows of this sample only, so it stays bounded.
+        let before = std::mem::take(&mut self.last_active);
+        self.last_active = now_rows
+            .iter()
+            .filter(|(_, r)| r.kind == Kind::Pin)
+            .filter_map(|(k, _)| {
+                let moved = self.rates.get(k).is_some_and(|r| r.calls > 0.0 || r.pages > 0.0);
+                let at = if moved { Some(t) } else { before.get(k).copied() };
+                at.map(|at| (k.clone(), at))
+            })
+            .collect();
     }
 
     /// Takes a fresh leak report (or none: reduced mode, or not read).
     pub fn set_outstanding(&mut self, o: Option<Outstanding>) {
         self.outstanding = o;
+        self.outstanding_t = self.latest_t;
     }
 
     /// The latest sample.
@@ -341,6 +416,8 @@ impl ViewModel {
 
     /// The table: grouped by `view`, filtered by `filter` (a case-blind
     /// substring of the process name, call site or subsystem), sorted.
+    /// Idle rows are included and marked ([`TableRow::idle`]);
+    /// [`visible_rows`] leaves them out.
     pub fn table(&self, view: View, sort: SortKey, descending: bool, filter: &str) -> Vec<TableRow> {
         let Some(sample) = &self.latest else { return vec![] };
         let filter = filter.to_lowercase();
@@ -357,6 +434,7 @@ impl ViewModel {
             fast_all: u64,
             longterm: u64,
             outstanding: Option<u64>,
+            last_active: Option<f64>,
             counts: bool,
         }
         let mut groups: BTreeMap<(u32, String), Acc> = BTreeMap::new();
@@ -380,6 +458,9 @@ impl ViewModel {
             }
             g.counts = true;
             let rt = self.rates.get(&k).copied().unwrap_or_default();
+            if let Some(&at) = self.last_active.get(&k) {
+                g.last_active = Some(g.last_active.map_or(at, |a: f64| a.max(at)));
+            }
             g.calls_rate += rt.calls;
             g.pages_rate += rt.pages;
             g.pages += r.pages;
@@ -406,10 +487,18 @@ impl ViewModel {
                 g.outstanding.get_or_insert(0);
             }
         }
+        let report_t = self.outstanding_t - HOLDINGS_LAG_SECS;
         let mut rows: Vec<TableRow> = groups
             .into_values()
             .filter(|g| g.counts)
             .map(|g| {
+                // Quiet now, but it pinned (FOLL_PIN) after the leak report
+                // was made:
+                // what it holds is not known yet (and a new pin must not
+                // be hidden as idle). Busy rows keep the last report's
+                // count; their rates keep them shown anyway.
+                let quiet = g.calls_rate <= 0.0 && g.pages_rate <= 0.0;
+                let outstanding = if quiet && g.last_active.is_some_and(|a| a >= report_t) { None } else { g.outstanding };
                 let subsystem = g
                     .subsystems
                     .iter()
@@ -424,9 +513,10 @@ impl ViewModel {
                     pins_per_sec: g.calls_rate,
                     pages_per_sec: g.pages_rate,
                     total_pages: g.pages,
-                    outstanding: g.outstanding,
+                    outstanding,
                     fast_pct: pct(g.fast, g.fast_all),
                     longterm_pct: pct(g.longterm, g.pages),
+                    idle: self.rated && is_idle(g.calls_rate, g.pages_rate, outstanding),
                 }
             })
             .filter(|r| {
@@ -617,6 +707,154 @@ pub(crate) mod tests {
         assert_eq!(vm.table(View::Processes, SortKey::Name, false, "VFIO")[0].name, "qemu", "by subsystem");
         assert_eq!(vm.table(View::Processes, SortKey::Name, false, "dd").len(), 1, "by comm");
         assert!(vm.table(View::Processes, SortKey::Name, false, "nothing").is_empty());
+    }
+
+    /// [`sample`] plus a shell that exec'd once, long ago: a
+    /// `get_user_pages_remote` row whose counts never move.
+    fn with_exec(step: u64) -> Sample {
+        let mut s = sample(step);
+        s.rows.push(row(300, "sh", "get_user_pages_remote", "copy_strings", "exec", 3, 3));
+        s
+    }
+
+    fn held_by(tgid: u32, comm: &str, caller: &str, pages: u64) -> Outstanding {
+        Outstanding {
+            tracked_outstanding: pages,
+            kernel_outstanding: None,
+            partial: false,
+            holdings: vec![HoldingSample {
+                owner_tgid: tgid,
+                comm: comm.into(),
+                caller: CallerSample { function: caller.into(), subsystem: "exec".into() },
+                pages,
+                oldest_age_secs: 1.0,
+                longterm: false,
+                orphaned: false,
+            }],
+            leaks: vec![],
+            notes: vec![],
+        }
+    }
+
+    fn nothing_held() -> Outstanding {
+        Outstanding { holdings: vec![], tracked_outstanding: 0, ..held_by(0, "", "", 0) }
+    }
+
+    fn names(v: &VisibleRows) -> Vec<&str> {
+        v.rows.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn idle_is_no_rate_and_nothing_held() {
+        assert!(is_idle(0.0, 0.0, Some(0)));
+        assert!(!is_idle(0.5, 0.0, Some(0)), "calls in the window");
+        assert!(!is_idle(0.0, 3.0, Some(0)), "pages in the window");
+        assert!(!is_idle(0.0, 0.0, Some(1)), "a held pin keeps its row");
+        assert!(!is_idle(0.0, 0.0, None), "holdings unknown: not provably idle");
+    }
+
+    #[test]
+    fn idle_rows_are_hidden_counted_and_shown_on_request() {
+        let mut vm = ViewModel::new();
+        vm.ingest(with_exec(1), 0.0);
+        vm.set_outstanding(Some(nothing_held()));
+        let t = vm.table(View::Processes, SortKey::Name, false, "");
+        assert!(t.iter().all(|r| !r.idle), "one sample: no window, so nothing is idle yet");
+        assert_eq!(visible_rows(t, false).idle_hidden, 0);
+
+        vm.ingest(with_exec(2), 1.0);
+        let t = vm.table(View::Processes, SortKey::Name, false, "");
+        assert_eq!(t.iter().filter(|r| r.idle).map(|r| r.name.as_str()).collect::<Vec<_>>(), ["sh"]);
+        let hidden = visible_rows(t.clone(), false);
+        assert_eq!((names(&hidden), hidden.idle_hidden), (vec!["dd", "fio"], 1));
+        // The toggle: everything, in the same order, nothing counted hidden.
+        let shown = visible_rows(t, true);
+        assert_eq!((names(&shown), shown.idle_hidden), (vec!["dd", "fio", "sh"], 0));
+
+        // Sorting and filtering apply to what is visible; the count is of
+        // idle rows the filter lets through (what `i` would add).
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, true, ""), false);
+        assert_eq!(names(&v), ["fio", "dd"]);
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, "sh"), false);
+        assert_eq!((v.rows.len(), v.idle_hidden), (0, 1));
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, "fio"), false);
+        assert_eq!((names(&v), v.idle_hidden), (vec!["fio"], 0));
+
+        // Call sites: the exec call site is idle too.
+        let v = visible_rows(vm.table(View::CallSites, SortKey::Name, false, ""), false);
+        assert_eq!(v.idle_hidden, 1);
+        assert!(!names(&v).contains(&"copy_strings"), "{:?}", names(&v));
+    }
+
+    #[test]
+    fn held_or_unknown_pins_keep_a_row_visible() {
+        let mut vm = ViewModel::new();
+        vm.ingest(with_exec(1), 0.0);
+        vm.ingest(with_exec(2), 1.0);
+        // The shell still holds a page: a held (or leaked) pin is shown.
+        vm.set_outstanding(Some(held_by(300, "sh", "copy_strings", 1)));
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false);
+        assert_eq!((names(&v), v.idle_hidden), (vec!["dd", "fio", "sh"], 0));
+        let v = visible_rows(vm.table(View::CallSites, SortKey::Name, false, ""), false);
+        assert!(names(&v).contains(&"copy_strings"), "{:?}", names(&v));
+        // A holder that never pinned in view (only in the leak report).
+        vm.set_outstanding(Some(held_by(400, "qemu", "vfio_pin_pages_remote", 8)));
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false);
+        assert_eq!((names(&v), v.idle_hidden), (vec!["dd", "fio", "qemu"], 1));
+        // The tracking map not read (or unreadable): nothing is hidden.
+        vm.set_outstanding(None);
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false);
+        assert_eq!((names(&v), v.idle_hidden), (vec!["dd", "fio", "sh"], 0));
+    }
+
+    #[test]
+    fn rows_go_idle_when_activity_stops_and_restarts_judge_nothing() {
+        let mut vm = ViewModel::new();
+        vm.ingest(with_exec(1), 0.0);
+        vm.set_outstanding(Some(nothing_held()));
+        vm.ingest(with_exec(2), 1.0);
+        // Nothing moved since: quiet, but fio and dd pinned after the leak
+        // report was made, so what they hold is unknown and they stay.
+        vm.ingest(with_exec(2), 2.0);
+        let t = vm.table(View::Processes, SortKey::Name, false, "");
+        let held: Vec<(&str, Option<u64>)> = t.iter().map(|r| (r.name.as_str(), r.outstanding)).collect();
+        assert_eq!(held, [("dd", None), ("fio", None), ("sh", Some(0))]);
+        let v = visible_rows(t, false);
+        assert_eq!((names(&v), v.idle_hidden), (vec!["dd", "fio"], 1));
+        // A report made well after their last pin says they hold nothing.
+        // (HOLDINGS_LAG_SECS after it: a report at 4 s may have been made
+        // at 1 s, as they pinned.)
+        vm.ingest(with_exec(2), 4.0);
+        vm.set_outstanding(Some(nothing_held()));
+        assert_eq!(visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false).idle_hidden, 1);
+        vm.ingest(with_exec(2), 4.5);
+        vm.set_outstanding(Some(nothing_held()));
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false);
+        assert_eq!((v.rows.len(), v.idle_hidden), (0, 3));
+        // Work again: the rows come back.
+        vm.ingest(with_exec(3), 5.0);
+        assert_eq!(visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false).idle_hidden, 1);
+        // A daemon restart (counters go back): no window, nothing hidden.
+        vm.ingest(with_exec(1), 6.0);
+        let v = visible_rows(vm.table(View::Processes, SortKey::Name, false, ""), false);
+        assert_eq!((v.rows.len(), v.idle_hidden), (3, 0));
+    }
+
+    #[test]
+    fn get_calls_never_make_holdings_unknown() {
+        // A shell execs between two readings (a get_user_pages_remote,
+        // FOLL_GET: not tracked, it can hold nothing the report shows).
+        let mut vm = ViewModel::new();
+        vm.ingest(sample(1), 0.0);
+        vm.set_outstanding(Some(nothing_held()));
+        vm.ingest(with_exec(2), 1.0);
+        let sh = |vm: &ViewModel| vm.table(View::Processes, SortKey::Name, false, "sh").into_iter().next();
+        assert!(sh(&vm).is_some_and(|r| !r.idle && r.pins_per_sec > 0.0), "active in its window");
+        vm.ingest(with_exec(2), 2.0);
+        let r = sh(&vm);
+        assert!(r.as_ref().is_some_and(|r| r.idle && r.outstanding == Some(0)), "quiet, and gets are never held: {r:?}");
+        // fio pinned after the report too, and stays (see above).
+        assert!(vm.table(View::Processes, SortKey::Name, false, "fio").iter().all(|r| !r.idle && r.outstanding.is_none()));
     }
 
     #[test]
