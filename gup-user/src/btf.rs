@@ -54,10 +54,12 @@ impl FuncProto {
     }
 }
 
-/// A struct or union member.
+/// A struct or union member. Names are offsets into the string table:
+/// a distribution kernel's BTF has some 100,000 members and as many
+/// prototype parameters, and a `String` each made parsing peak at ~45 MiB.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Member {
-    name: String,
+    name: u32,
     type_id: u32,
     bit_offset: u32,
 }
@@ -66,16 +68,18 @@ struct Member {
 #[derive(Clone, Debug, Default)]
 struct TypeInfo {
     kind: u32,
-    name: String,
     /// Size for structs/unions, referenced type for typedefs and modifiers.
     size_or_type: u32,
-    members: Vec<Member>,
+    members: Box<[Member]>,
 }
 
 /// The parts of a kernel's BTF that gupwatch looks up by name.
 #[derive(Clone, Debug, Default)]
 pub struct KernelBtf {
-    funcs: HashMap<String, FuncProto>,
+    /// The string section, which names point into.
+    strings: Box<[u8]>,
+    /// Function name -> its parameters' name offsets.
+    funcs: HashMap<String, Box<[u32]>>,
     enumerators: HashMap<String, i128>,
     /// Indexed by type id (0 = void).
     types: Vec<TypeInfo>,
@@ -117,10 +121,17 @@ impl KernelBtf {
             let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
             Ok(String::from_utf8_lossy(&s[..end]).into_owned())
         };
+        let check_name = |off: u32| -> Result<(), BtfError> {
+            if (off as usize) < strings.len() || off == 0 {
+                Ok(())
+            } else {
+                Err(BtfError::Malformed(format!("string offset {off} out of range")))
+            }
+        };
 
         let t = Reader { data: types };
         // Type ids start at 1; id 0 is void.
-        let mut protos: HashMap<u32, FuncProto> = HashMap::new();
+        let mut protos: HashMap<u32, Box<[u32]>> = HashMap::new();
         let mut funcs: Vec<(String, u32)> = Vec::new();
         let mut enumerators = HashMap::new();
         let mut all_types = vec![TypeInfo::default()];
@@ -143,34 +154,40 @@ impl KernelBtf {
                 0..=19 => 0,
                 other => return Err(BtfError::Malformed(format!("unknown kind {other} at type {id}"))),
             };
-            let mut info_entry = TypeInfo { kind, name: String::new(), size_or_type, members: vec![] };
-            match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    let bitfields = info >> 31 == 1;
-                    info_entry.name = name(name_off)?;
-                    for i in 0..vlen {
-                        let m = body + 12 * i;
-                        let raw = t.u32(m + 8)?;
-                        info_entry.members.push(Member {
-                            name: name(t.u32(m)?)?,
-                            type_id: t.u32(m + 4)?,
-                            bit_offset: if bitfields { raw & 0xff_ffff } else { raw },
-                        });
-                    }
-                    if kind == KIND_STRUCT && !info_entry.name.is_empty() {
-                        structs.entry(info_entry.name.clone()).or_insert(id);
+            let mut info_entry = TypeInfo { kind, size_or_type, members: Box::default() };
+            if let KIND_STRUCT | KIND_UNION = kind {
+                let bitfields = info >> 31 == 1;
+                let mut members = Vec::with_capacity(vlen);
+                for i in 0..vlen {
+                    let m = body + 12 * i;
+                    let raw = t.u32(m + 8)?;
+                    let name_at = t.u32(m)?;
+                    // Checked now so that lookups can trust every offset.
+                    check_name(name_at)?;
+                    members.push(Member {
+                        name: name_at,
+                        type_id: t.u32(m + 4)?,
+                        bit_offset: if bitfields { raw & 0xff_ffff } else { raw },
+                    });
+                }
+                info_entry.members = members.into_boxed_slice();
+                if kind == KIND_STRUCT {
+                    let n = name(name_off)?;
+                    if !n.is_empty() {
+                        structs.entry(n).or_insert(id);
                     }
                 }
-                _ => {}
             }
             match kind {
                 KIND_FUNC => funcs.push((name(name_off)?, size_or_type)),
                 KIND_FUNC_PROTO => {
                     let mut params = Vec::with_capacity(vlen);
                     for i in 0..vlen {
-                        params.push(name(t.u32(body + 8 * i)?)?);
+                        let at = t.u32(body + 8 * i)?;
+                        check_name(at)?;
+                        params.push(at);
                     }
-                    protos.insert(id, FuncProto { params });
+                    protos.insert(id, params.into_boxed_slice());
                 }
                 KIND_ENUM => {
                     let signed = info >> 31 == 1;
@@ -197,7 +214,14 @@ impl KernelBtf {
             .into_iter()
             .filter_map(|(n, proto)| protos.get(&proto).map(|p| (n, p.clone())))
             .collect();
-        Ok(KernelBtf { funcs, enumerators, types: all_types, structs })
+        drop(protos);
+        Ok(KernelBtf { strings: strings.into(), funcs, enumerators, types: all_types, structs })
+    }
+
+    /// The string at `off` (checked at parse time to lie in the table).
+    fn str_at(&self, off: u32) -> &[u8] {
+        let s = self.strings.get(off as usize..).unwrap_or_default();
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
     }
 
     /// `sizeof(struct name)`.
@@ -217,12 +241,12 @@ impl KernelBtf {
             return None;
         }
         let t = self.types.get(id as usize)?;
-        for m in &t.members {
-            if m.name == member {
+        for m in t.members.iter() {
+            if self.str_at(m.name) == member.as_bytes() {
                 return base_bits.checked_add(m.bit_offset);
             }
         }
-        for m in t.members.iter().filter(|m| m.name.is_empty()) {
+        for m in t.members.iter().filter(|m| self.str_at(m.name).is_empty()) {
             let inner = self.strip_modifiers(m.type_id);
             // Offsets past u32 come only from malformed BTF (found by the
             // btf_parse fuzz target): no such member, rather than overflow.
@@ -246,8 +270,11 @@ impl KernelBtf {
     }
 
     /// The prototype of a function, if BTF describes it.
-    pub fn func(&self, name: &str) -> Option<&FuncProto> {
-        self.funcs.get(name)
+    pub fn func(&self, name: &str) -> Option<FuncProto> {
+        let params = self.funcs.get(name)?;
+        Some(FuncProto {
+            params: params.iter().map(|&at| String::from_utf8_lossy(self.str_at(at)).into_owned()).collect(),
+        })
     }
 
     /// The value of an enumerator (any enum), if BTF has it.

@@ -594,7 +594,7 @@ impl ProbePlan {
         };
         hook.symbol = Some(symbol.to_string());
         let proto = btf.and_then(|b| b.func(function));
-        if let Some(p) = proto {
+        if let Some(p) = &proto {
             let idx = |names: &[&str]| p.param_index(names).map_or(ARG_NONE, |i| i as u8);
             let (_, pages_form) = pages_arg(api);
             hook.args = HookArgs {

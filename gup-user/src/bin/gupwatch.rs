@@ -594,7 +594,11 @@ fn init_logging(format: LogFormat, level: &str) -> Result<LogHandle> {
 }
 
 fn resolve_plan() -> Result<ProbePlan> {
-    ProbePlan::for_running_kernel().context("cannot resolve the probe plan")
+    let plan = ProbePlan::for_running_kernel().context("cannot resolve the probe plan");
+    // The BTF and kallsyms it read are gone: give their pages back before
+    // aya parses the BTF again, so the two parses' peaks do not stack.
+    loader::trim_heap();
+    plan
 }
 
 fn probes(json: bool, dry_run: bool) -> Result<ExitCode> {
