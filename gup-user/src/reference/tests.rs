@@ -299,15 +299,22 @@ mod checker {
 
     #[test]
     fn the_right_model_agrees_with_recorded_runs() {
-        for (fixture, what) in [(RUN_612, "6.12"), (RUN_72_HUGE, "7.2 with huge pages")] {
+        for (fixture, what, min) in [(RUN_612, "6.12", 28), (RUN_72_HUGE, "7.2 with huge pages", 28), (RUN_61, "6.1", 28)] {
             let r = replay(fixture, None);
-            assert!(r.len() >= 28, "{what}");
+            assert!(r.len() >= min, "{what}");
             assert_eq!(disagreeing(&r), Vec::<&str>::new(), "{what}: {r:?}");
         }
-        // On 6.1 the one disagreement is gupwatch's, not the model's: a
-        // get_user_pages_fast that falls back calls get_user_pages_unlocked,
-        // another hooked entry point, and both count the references.
-        let r = replay(RUN_61, None);
+        // The 6.1 run recorded before nested calls were counted once had
+        // direct_io_read_file_private at 512 referenced pages (a
+        // get_user_pages_fast falling back to get_user_pages_unlocked,
+        // both hooked): the model said 256, and the model was right.
+        let mut old: Value = serde_json::from_str(RUN_61).expect("fixture is JSON");
+        for s in old["scenarios"].as_array_mut().expect("scenarios") {
+            if s["name"] == "direct_io_read_file_private" {
+                s["referenced_pages"] = 512.into();
+            }
+        }
+        let r = replay(&old.to_string(), None);
         assert_eq!(disagreeing(&r), ["direct_io_read_file_private"]);
         assert_eq!(r["direct_io_read_file_private"], ["referenced_pages: model 256, kernel 512"]);
     }
@@ -320,7 +327,7 @@ mod checker {
         assert!(d.contains("fast_pages: model 256, kernel 1"), "{d}");
         assert!(d.contains("syscall: model success, kernel EFAULT"), "{d}");
         // 6.1 has no such rule, so the same mutation changes nothing there.
-        assert_eq!(disagreeing(&replay(RUN_61, Some(Mutation::FastPathAllowsLongtermFile))), ["direct_io_read_file_private"]);
+        assert_eq!(disagreeing(&replay(RUN_61, Some(Mutation::FastPathAllowsLongtermFile))), Vec::<&str>::new());
     }
 
     #[test]
