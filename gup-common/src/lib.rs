@@ -329,6 +329,60 @@ pub enum Diag {
 /// Length of the diagnostics array.
 pub const DIAG_COUNT: usize = 9;
 
+impl Diag {
+    /// Every counter, in index order.
+    pub const ALL: [Diag; DIAG_COUNT] = [
+        Diag::InflightFull,
+        Diag::ArgReadFailed,
+        Diag::AttribFull,
+        Diag::StackLost,
+        Diag::PinsTracked,
+        Diag::PinsUntracked,
+        Diag::UnbalancedUnpins,
+        Diag::UnpinsMatched,
+        Diag::I915ObjectsFull,
+    ];
+
+    /// The counter with this index, if any.
+    pub const fn from_index(index: u32) -> Option<Diag> {
+        if (index as usize) < DIAG_COUNT {
+            Some(Diag::ALL[index as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// Debug-level logging of the eBPF side's own trouble (`gupwatch::ebpf`):
+/// when user space sets the programs' `LOG_DIAG` global, the first
+/// [`diag_log::FIRST`] events of each [`Diag`] counter on each CPU are
+/// logged through aya-log with their details, as one line of
+/// `diag=D why=W api=A tgid=T n=N err=E key=K` that user space renders.
+pub mod diag_log {
+    /// Events logged per counter and CPU; the rest are only counted.
+    pub const FIRST: u64 = 4;
+    /// `api` when the event belongs to no one API.
+    pub const API_NONE: u32 = u32::MAX;
+
+    /// `why`: nothing more to say than the counter.
+    pub const WHY_NONE: u32 = 0;
+    /// A map insert was refused (usually full); `err` is the errno.
+    pub const WHY_MAP_FULL: u32 = 1;
+    /// The folio already had two other owners.
+    pub const WHY_TWO_OWNERS: u32 = 2;
+    /// The call returned pages but gupwatch has no pages array to walk.
+    pub const WHY_NO_PAGES_ARRAY: u32 = 3;
+    /// The call returned more pages than its array can hold.
+    pub const WHY_BEYOND_ARRAY: u32 = 4;
+    /// The call's entry was not seen (attached mid-call, or the in-flight
+    /// record was lost).
+    pub const WHY_NO_ENTRY: u32 = 5;
+    /// More pages in one call than are walked per call.
+    pub const WHY_PER_CALL_LIMIT: u32 = 6;
+    /// A function argument could not be read; `key` is its index.
+    pub const WHY_ARG: u32 = 7;
+}
+
 /// Default capacity of the pin tracking map (folios); user space may set
 /// another at load time.
 pub const TRACK_CAPACITY: u32 = 65536;
@@ -485,6 +539,16 @@ pub fn folio_of(page: u64, info: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn diag_indices_round_trip() {
+        use super::{Diag, DIAG_COUNT};
+        for (i, d) in Diag::ALL.iter().enumerate() {
+            assert_eq!(*d as usize, i);
+            assert_eq!(Diag::from_index(i as u32), Some(*d));
+        }
+        assert_eq!(Diag::from_index(DIAG_COUNT as u32), None);
+    }
+
     #[test]
     fn folio_of_decodes_every_compound_form() {
         use super::folio_of;

@@ -33,6 +33,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use gup_common::{
+    diag_log::{
+        self, API_NONE, WHY_ARG, WHY_BEYOND_ARRAY, WHY_MAP_FULL, WHY_NONE, WHY_NO_ENTRY,
+        WHY_NO_PAGES_ARRAY, WHY_PER_CALL_LIMIT, WHY_TWO_OWNERS,
+    },
     i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
     PinOwner, PinRecord, API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
@@ -74,6 +78,13 @@ static TASK_STACK_OFFSET: u64 = 0;
 /// 1: track every pin per folio (outstanding pins, leaks); 0: counters only.
 #[no_mangle]
 static TRACK_PINS: u64 = 1;
+
+/// 1: log the first few diagnostics events through aya-log (user space
+/// sets it only when gupwatch runs at debug level). Read-only, so at 0 the
+/// verifier knows every logging branch is dead and removes it: the default
+/// level pays nothing.
+#[no_mangle]
+static LOG_DIAG: u64 = 0;
 
 /// Per-API counters, summed over CPUs by user space.
 #[map]
@@ -134,6 +145,32 @@ static I915_CUR: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(INFLIGHT_CAP
 #[map]
 static I915_CREATED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(EXITED_CAPACITY, 0);
 
+/// A diagnostics event waiting to be logged on this CPU: written where it
+/// happens (anywhere, bpf_loop callbacks included), logged at the end of
+/// the program, which has the context aya-log's perf output needs. Only
+/// used when [`LOG_DIAG`] is set.
+#[map]
+static DIAG_NOTE: PerCpuArray<DiagNote> = PerCpuArray::with_max_entries(1, 0);
+
+/// Events logged so far per diagnostics counter on this CPU (at most
+/// [`diag_log::FIRST`] each).
+#[map]
+static DIAG_LOGGED: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32, 0);
+
+/// The details of one diagnostics event (see [`gup_common::diag_log`]).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct DiagNote {
+    /// `Diag` index + 1; 0: the slot is free.
+    diag: u32,
+    why: u32,
+    api: u32,
+    tgid: u32,
+    n: u64,
+    err: i64,
+    key: u64,
+}
+
 /// Hooked unpins running in interrupt context on each CPU (direct I/O
 /// completions unpin from softirq), so nested ones and their gup_put_folio
 /// releases are counted once. Per CPU because an interrupt does not migrate.
@@ -189,12 +226,10 @@ impl Regs {
     const RET_SLOT: usize = 10 - 8;
 
     #[inline(always)]
-    fn read(regs: *mut pt_regs) -> Option<Regs> {
+    fn read(regs: *mut pt_regs) -> Result<Regs, i64> {
         // SAFETY: `regs` is the probe's context pointer; probe_read copies
         // seven words from inside it.
-        unsafe { bpf_probe_read_kernel((regs as *const u64).add(Self::FIRST_SLOT) as *const [u64; 7]) }
-            .ok()
-            .map(Regs)
+        unsafe { bpf_probe_read_kernel((regs as *const u64).add(Self::FIRST_SLOT) as *const [u64; 7]) }.map(Regs)
     }
 }
 
@@ -246,6 +281,78 @@ fn diag(d: Diag) {
         // SAFETY: as in `stats`.
         add(unsafe { &mut *p }, 1);
     }
+}
+
+/// Keeps the details of a diagnostics event for the log, if logging is on
+/// and this counter has not logged its first few yet on this CPU. Called
+/// only where the counter is bumped (cold paths); inlined, so at
+/// `LOG_DIAG == 0` the verifier drops it with the branch.
+#[inline(always)]
+fn note(d: Diag, why: u32, api: u32, tgid: u32, n: u64, err: i64, key: u64) {
+    if read_global(&LOG_DIAG) == 0 {
+        return;
+    }
+    let Some(logged) = DIAG_LOGGED.get_ptr_mut(d as u32) else { return };
+    let Some(slot) = DIAG_NOTE.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slots; a program that interrupts this one may
+    // take the note slot first, and then this event is only counted.
+    unsafe {
+        if *logged >= diag_log::FIRST || (*slot).diag != 0 {
+            return;
+        }
+        *logged += 1;
+        *slot = DiagNote { diag: d as u32 + 1, why, api, tgid, n, err, key };
+    }
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// The context pointer of whichever program runs, for aya-log's perf
+/// output (the helper takes any program type's context).
+struct RawCtx(*mut c_void);
+
+impl EbpfContext for RawCtx {
+    fn as_ptr(&self) -> *mut c_void {
+        self.0
+    }
+}
+
+/// Logs the pending diagnostics event, if any; every hook program ends
+/// here. The branch is dead unless user space set `LOG_DIAG`.
+#[inline(always)]
+fn log_notes(ctx: *mut c_void) {
+    if read_global(&LOG_DIAG) != 0 {
+        flush_note(ctx);
+    }
+}
+
+/// A subprogram of its own, reached only from `log_notes`: aya-log's
+/// formatting stays out of the hook's frame, and the record is built in
+/// aya-log's per-CPU buffer, not on the stack.
+#[inline(never)]
+fn flush_note(ctx: *mut c_void) {
+    let Some(slot) = DIAG_NOTE.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot, copied, then freed.
+    let n = unsafe { core::ptr::read_volatile(slot) };
+    if n.diag == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).diag = 0 };
+    aya_log_ebpf::debug!(
+        &RawCtx(ctx),
+        "diag={} why={} api={} tgid={} n={} err={} key={:x}",
+        n.diag - 1,
+        n.why,
+        n.api,
+        n.tgid,
+        n.n,
+        n.err,
+        n.key
+    );
 }
 
 /// Whether this program runs on the current task's own stack (process
@@ -308,12 +415,13 @@ fn foll_longterm() -> u64 {
 }
 
 #[inline(always)]
-fn stack_id<C: EbpfContext>(ctx: &C) -> i64 {
+fn stack_id<C: EbpfContext>(ctx: &C, api: Api) -> i64 {
     // SAFETY: the context is the program's own; flags 0 = kernel stack.
     match unsafe { STACKS.get_stackid(ctx, 0) } {
         Ok(id) => id,
-        Err(_) => {
+        Err(e) => {
             diag(Diag::StackLost);
+            note(Diag::StackLost, WHY_NONE, api as u32, current_tgid(), 1, e, 0);
             -1
         }
     }
@@ -337,8 +445,16 @@ fn attribute(tgid: u32, api: Api, stack_id: i64, delta: &AttribValue) {
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
         // BPF_NOEXIST: another CPU may have inserted the key meanwhile.
-        let _ = ATTRIB.insert(&key, &fresh, 1);
-        v = attrib_entry(&key);
+        if let Err(e) = ATTRIB.insert(&key, &fresh, 1) {
+            v = attrib_entry(&key);
+            if v.is_none() {
+                diag(Diag::AttribFull);
+                note(Diag::AttribFull, WHY_MAP_FULL, api as u32, tgid, delta.pages, e, stack_id as u64);
+                return;
+            }
+        } else {
+            v = attrib_entry(&key);
+        }
     }
     let Some(v) = v else {
         diag(Diag::AttribFull);
@@ -411,6 +527,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             Some(c) => c,
             None => {
                 diag(Diag::ArgReadFailed);
+                note(Diag::ArgReadFailed, WHY_ARG, api as u32, tgid, 1, 0, args.count_idx as u64);
                 0
             }
         }
@@ -450,7 +567,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             i915_event(tid, I915EventKind::Released, I915Event::Released { pages: count, ns: now() });
         }
         let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
-        let site = stack_id(ctx);
+        let site = stack_id(ctx, api);
         attribute(tgid, api, site, &delta);
         if outer.is_some() {
             // Pins undone inside a pin call were never tracked.
@@ -489,11 +606,12 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         gup_flags: a.arg(args.flags_idx).unwrap_or(0),
         start: a.arg(args.start_idx).unwrap_or(0),
         slow_start: 0,
-        stack_id: if api.kind() == ApiKind::Unpin { -1 } else { stack_id(ctx) },
+        stack_id: if api.kind() == ApiKind::Unpin { -1 } else { stack_id(ctx, api) },
         pages_ptr: a.arg(args.pages_idx).unwrap_or(0),
     };
-    if INFLIGHT.insert(&tid, &rec, 0).is_err() {
+    if let Err(e) = INFLIGHT.insert(&tid, &rec, 0) {
         diag(Diag::InflightFull);
+        note(Diag::InflightFull, WHY_MAP_FULL, api as u32, tgid, count, e, 0);
     }
 }
 
@@ -566,8 +684,16 @@ fn track_pin(folio: u64, c: &TrackCtx) {
         // would cost 96 bytes of the callback's stack (6.1 limits the whole
         // call chain to 512). BPF_NOEXIST: if another CPU inserted it first,
         // the lookup finds theirs.
-        let _ = PINS.insert(&folio, &EMPTY_RECORD, 1);
-        rec = PINS.get_ptr_mut(&folio);
+        if let Err(e) = PINS.insert(&folio, &EMPTY_RECORD, 1) {
+            rec = PINS.get_ptr_mut(&folio);
+            if rec.is_none() {
+                diag_add(Diag::PinsUntracked, 1);
+                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e, folio);
+                return;
+            }
+        } else {
+            rec = PINS.get_ptr_mut(&folio);
+        }
     }
     let Some(rec) = rec else {
         diag_add(Diag::PinsUntracked, 1);
@@ -587,6 +713,7 @@ fn track_pin(folio: u64, c: &TrackCtx) {
     } else {
         // Two other owners already: count, do not evict.
         diag_add(Diag::PinsUntracked, 1);
+        note(Diag::PinsUntracked, WHY_TWO_OWNERS, c.owner.api, cur, 1, 0, folio);
         return;
     }
     diag_add(Diag::PinsTracked, 1);
@@ -617,6 +744,7 @@ fn track_unpin(folio: u64, n: u64, site: i64) {
 #[inline(never)]
 fn unbalanced(site: i64, n: u64) {
     diag_add(Diag::UnbalancedUnpins, n);
+    note(Diag::UnbalancedUnpins, WHY_NONE, API_NONE, current_tgid(), n, 0, site as u64);
     if UNBALANCED.get_ptr_mut(&site).is_none() {
         let zero: u64 = 0;
         let _ = UNBALANCED.insert(&site, &zero, 1);
@@ -659,6 +787,7 @@ fn track_pages(c: &TrackCtx, count: u64) {
     let n = count.min(TRACK_MAX_PER_CALL as u64);
     if c.pin == 1 && count > n {
         diag_add(Diag::PinsUntracked, count - n);
+        note(Diag::PinsUntracked, WHY_PER_CALL_LIMIT, c.owner.api, c.owner.tgid, count - n, 0, n);
     }
     // SAFETY: the callback only reads `c`, which outlives the call.
     unsafe {
@@ -685,7 +814,7 @@ fn on_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs,
         add(&mut s.calls, 1);
         add(&mut s.pages, count);
     }
-    let site = stack_id(ctx);
+    let site = stack_id(ctx, api);
     // The interrupted task is not the owner; attribute to no process.
     attribute(0, api, site, &AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB });
     if read_global(&TRACK_PINS) != 0 {
@@ -804,10 +933,12 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
                         let n = if r.requested > 0 { pages.min(r.requested) } else { pages };
                         if pages > n {
                             diag_add(Diag::PinsUntracked, pages - n);
+                            note(Diag::PinsUntracked, WHY_BEYOND_ARRAY, api as u32, owner.tgid, pages - n, 0, n);
                         }
                         track_pages(&track_ctx(r.pages_ptr, PAGES_ARRAY, true, -1, owner), n);
                     } else {
                         diag_add(Diag::PinsUntracked, pages);
+                        note(Diag::PinsUntracked, WHY_NO_PAGES_ARRAY, api as u32, owner.tgid, pages, 0, 0);
                     }
                 }
             }
@@ -822,6 +953,9 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
                 attribute((tid >> 32) as u32, api, -1, &delta);
                 if api.kind() == ApiKind::Pin && read_global(&TRACK_PINS) != 0 {
                     diag_add(Diag::PinsUntracked, pages);
+                    if pages > 0 {
+                        note(Diag::PinsUntracked, WHY_NO_ENTRY, api as u32, (tid >> 32) as u32, pages, 0, 0);
+                    }
                 }
             }
         }
@@ -883,9 +1017,12 @@ fn i915_event(tid: u64, kind: I915EventKind, ev: I915Event) {
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
             ns: if created != 0 { created } else { now() },
         });
-        if I915_OBJECTS.insert(&obj, &fresh, 1).is_err() && I915_OBJECTS.get_ptr_mut(&obj).is_none() {
-            diag_add(Diag::I915ObjectsFull, 1);
-            return;
+        if let Err(e) = I915_OBJECTS.insert(&obj, &fresh, 1) {
+            if I915_OBJECTS.get_ptr_mut(&obj).is_none() {
+                diag_add(Diag::I915ObjectsFull, 1);
+                note(Diag::I915ObjectsFull, WHY_MAP_FULL, api as u32, tgid, 1, e, obj);
+                return;
+            }
         }
     }
     if let Some(o) = I915_OBJECTS.get_ptr_mut(&obj) {
@@ -986,35 +1123,45 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
     }
 }
 
+#[inline(always)]
+fn arg_read_failed(api: Api, err: i64) {
+    diag(Diag::ArgReadFailed);
+    note(Diag::ArgReadFailed, WHY_NONE, api as u32, current_tgid(), 1, err, 0);
+}
+
 macro_rules! hooks {
     ($($api:ident: $fe:ident, $fx:ident, $kp:ident, $kr:ident;)*) => {$(
         #[fentry]
         pub fn $fe(ctx: FEntryContext) -> i32 {
             on_entry(Api::$api, &ctx, &Trampoline(ctx.as_ptr()));
+            log_notes(ctx.as_ptr());
             0
         }
 
         #[fexit]
         pub fn $fx(ctx: FExitContext) -> i32 {
             on_exit(Api::$api, &Trampoline(ctx.as_ptr()));
+            log_notes(ctx.as_ptr());
             0
         }
 
         #[kprobe]
         pub fn $kp(ctx: ProbeContext) -> u32 {
             match Regs::read(ctx.regs) {
-                Some(regs) => on_entry(Api::$api, &ctx, &regs),
-                None => diag(Diag::ArgReadFailed),
+                Ok(regs) => on_entry(Api::$api, &ctx, &regs),
+                Err(e) => arg_read_failed(Api::$api, e),
             }
+            log_notes(ctx.as_ptr());
             0
         }
 
         #[kretprobe]
         pub fn $kr(ctx: RetProbeContext) -> u32 {
             match Regs::read(ctx.regs) {
-                Some(regs) => on_exit(Api::$api, &regs),
-                None => diag(Diag::ArgReadFailed),
+                Ok(regs) => on_exit(Api::$api, &regs),
+                Err(e) => arg_read_failed(Api::$api, e),
             }
+            log_notes(ctx.as_ptr());
             0
         }
     )*};

@@ -414,7 +414,7 @@ impl Facts {
 
     fn try_mechanisms(&mut self, plan: &ProbePlan) {
         // Small maps: a trial needs no pin tracking.
-        let opts = LoadOptions { track_pins: false, track_capacity: 1 };
+        let opts = LoadOptions { track_pins: false, track_capacity: 1, ebpf_log: false };
         let target = TRIAL_TARGETS.iter().copied().find(|a| plan.hook(*a).status != HookStatus::Absent);
         let Some(api) = target else {
             let why = "none of the trial functions (unpin_user_page, unpin_user_pages, pin_user_pages_fast, pin_user_pages) is in this kernel".to_string();

@@ -21,6 +21,7 @@ pub mod btf;
 pub mod check;
 pub mod config;
 pub mod doctor;
+pub mod ebpflog;
 pub mod host;
 pub mod i915;
 pub mod http;

@@ -56,6 +56,8 @@ pub struct Probes {
     pub track_capacity: u32,
     /// The links of every attached hook, so they can be cycled.
     links: Vec<HookLinks>,
+    /// The eBPF side's debug log reader, until the caller takes it.
+    ebpf_log: Option<crate::ebpflog::EbpfLog>,
 }
 
 /// The kernel links of one attached hook.
@@ -80,11 +82,23 @@ pub struct LoadOptions {
     pub track_pins: bool,
     /// Capacity of the tracking map, in folios.
     pub track_capacity: u32,
+    /// Let the programs log their first diagnostics events through aya-log
+    /// (debug level; see [`crate::ebpflog`]). Fixed for the programs'
+    /// lifetime.
+    pub ebpf_log: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { track_pins: true, track_capacity: gup_common::TRACK_CAPACITY }
+        LoadOptions { track_pins: true, track_capacity: gup_common::TRACK_CAPACITY, ebpf_log: false }
+    }
+}
+
+fn warn_no_ebpf_log(why: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!(error = %why, "eBPF debug logs unavailable; the probes run without them");
+    } else {
+        eprintln!("gupwatch: eBPF debug logs unavailable ({why}); the probes run without them");
     }
 }
 
@@ -147,6 +161,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let hook_args = plan.hook_args();
     let foll_longterm = plan.foll_longterm();
     let track = opts.track_pins as u64;
+    let log_diag = opts.ebpf_log as u64;
     let mut ebpf = EbpfLoader::new()
         .set_global("HOOK_ARGS", &hook_args, true)
         .set_global("FOLL_LONGTERM", &foll_longterm, true)
@@ -155,6 +170,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .set_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
         .set_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
         .set_global("TRACK_PINS", &track, true)
+        .set_global("LOG_DIAG", &log_diag, true)
         .set_max_entries("PINS", opts.track_capacity.max(1))
         .load(EBPF_OBJECT)
         .map_err(map_create_error)?;
@@ -216,8 +232,21 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         }
     }
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
+    // Logging never costs the probes: without its reader the programs'
+    // records are dropped in the kernel, and only the first few are made.
+    let ebpf_log = if opts.ebpf_log {
+        match crate::ebpflog::EbpfLog::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn_no_ebpf_log(&e);
+                None
+            }
+        }
+    } else {
+        None
+    };
     trim_heap();
-    Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1), links: all_links })
+    Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1), links: all_links, ebpf_log })
 }
 
 /// The order in which the plan's hooks are attached: the ones that
@@ -419,6 +448,13 @@ fn raise_memlock_limit() {
 }
 
 impl Probes {
+    /// The eBPF side's debug log reader ([`LoadOptions::ebpf_log`]), for
+    /// the caller to [`start`](crate::ebpflog::EbpfLog::start) once it has
+    /// dropped its capabilities, and to keep while the probes run.
+    pub fn take_ebpf_log(&mut self) -> Option<crate::ebpflog::EbpfLog> {
+        self.ebpf_log.take()
+    }
+
     /// Detaches every hook; the programs stay loaded, so
     /// [`Probes::reattach_all`] is cheap (no verifier run). Used by the
     /// stress suite's attach/detach cycles.

@@ -198,7 +198,7 @@ pub fn run(opts: &StressOptions) -> StressReport {
             return r;
         }
     };
-    let mut probes = match loader::load_with(plan, LoadOptions { track_pins: true, track_capacity: opts.track_capacity }) {
+    let mut probes = match loader::load_with(plan, LoadOptions { track_pins: true, track_capacity: opts.track_capacity, ebpf_log: false }) {
         Ok(p) => p,
         Err(e) => {
             r.errors.push(e.to_string());

@@ -4,7 +4,9 @@
 //! and inside a memory cgroup too small for its maps. Without BTF it must
 //! fall back to kprobes and stay exact against /proc/vmstat; the refusals
 //! must end with exit status 2 and a message that names the cause and the
-//! fix.
+//! fix. First, with a 16-folio tracking map that overflows at once, the
+//! eBPF side must log its untracked pins at debug level and nothing at
+//! info level.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +25,9 @@ use crate::util;
 const SCRIPT: &str = r#"
 begin() { echo "@@case $1"; }
 rc() { echo "@@rc $1"; }
+# eBPF-side debug logs: 16 folios overflow at the first pins (PinsUntracked).
+begin ebpf_log_debug; NO_COLOR=1 GUPWATCH_LOG=gupwatch=debug gupwatch check --track-capacity 16 2>&1 >/dev/null; rc $?
+begin ebpf_log_info; NO_COLOR=1 GUPWATCH_LOG=info gupwatch check --track-capacity 16 2>&1 >/dev/null; rc $?
 # No BTF at all: hide /sys/kernel/btf.
 mount -t tmpfs none /sys/kernel/btf
 begin probes_without_btf; gupwatch probes --json 2>&1; rc $?
@@ -87,6 +92,35 @@ pub fn judge(stdout: &str) -> Vec<Case> {
     };
     let get = |name: &str| cases.get(name).ok_or_else(|| format!("the guest never ran case {name}"));
 
+    push(
+        "ebpf_log_debug",
+        get("ebpf_log_debug").and_then(|(text, rc)| {
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains("gupwatch::ebpf")).collect();
+            if *rc != Some(0) || text.contains("panicked") {
+                return Err(format!("exit status {rc:?}: {text}"));
+            }
+            // The first 4 per counter and CPU (the VM has at most a few
+            // CPUs), of the thousands of pins the map refuses.
+            let untracked = lines.iter().filter(|l| l.contains("pins_untracked")).count();
+            match lines.iter().find(|l| l.contains("tracking map PINS refused")) {
+                Some(l) if untracked <= 32 => Ok(format!("{} eBPF log lines, e.g. {}", lines.len(), l.trim())),
+                Some(_) => Err(format!("{untracked} untracked-pin lines: more than the first few")),
+                None => Err(format!("no eBPF log line for the overflowing tracking map: {text}")),
+            }
+        }),
+    );
+    push(
+        "ebpf_log_info",
+        get("ebpf_log_info").and_then(|(text, rc)| {
+            if *rc != Some(0) {
+                return Err(format!("exit status {rc:?}: {text}"));
+            }
+            match text.lines().find(|l| l.contains("gupwatch::ebpf")) {
+                Some(l) => Err(format!("an eBPF log line at info level: {l}")),
+                None => Ok("no eBPF log line at info level".into()),
+            }
+        }),
+    );
     push(
         "probes_without_btf",
         get("probes_without_btf").and_then(|(text, rc)| {
@@ -206,6 +240,12 @@ gupwatch: error: cannot load gupwatch's probes: the kernel refused to create BPF
 @@case memory_cgroup_too_small
 gupwatch: error: all fine
 @@rc 0
+@@case ebpf_log_debug
+2026-11-29T20:00:00.000000Z DEBUG gupwatch::ebpf: tracking map PINS refused folio 0xffffea0000a1b2c0: pin not tracked (pin_user_pages_fast, tgid 312): E2BIG (-7) diag=\"pins_untracked\" api=pin_user_pages_fast tgid=312 n=1 err=-7 key=0xffffea0000a1b2c0
+@@rc 0
+@@case ebpf_log_info
+2026-11-29T20:00:00.000000Z DEBUG gupwatch::ebpf: unbalanced
+@@rc 0
 ";
         let cases = split_cases(out);
         assert_eq!(cases["map_too_large"].1, Some(2));
@@ -214,6 +254,8 @@ gupwatch: error: all fine
         assert!(by("map_too_large").ok, "{:?}", by("map_too_large"));
         let small = by("memory_cgroup_too_small");
         assert!(!small.ok && small.detail.contains("exit status Some(0)"), "{small:?}");
+        assert!(by("ebpf_log_debug").ok, "{:?}", by("ebpf_log_debug"));
+        assert!(!by("ebpf_log_info").ok, "{:?}", by("ebpf_log_info"));
         let missing = by("check_without_btf");
         assert!(!missing.ok && missing.detail.contains("never ran"), "{missing:?}");
     }

@@ -296,9 +296,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u32) -> Result<ExitCode> {
+    init_env_logging()?;
     let stop = stop_flag()?;
-    let opts = loader::LoadOptions { track_pins: true, track_capacity };
-    let probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
+    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
+    let mut probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
+    let mut ebpf_log = probes.take_ebpf_log();
+    if let Some(l) = ebpf_log.as_mut() {
+        l.start();
+    }
     if probes.plan.attached() == 0 {
         eprint!(
             "gupwatch: no GUP hook could be attached, so no pin can be tracked.\n{}",
@@ -395,12 +400,18 @@ fn serve(
         None => server,
     };
     let plan = resolve_plan()?;
-    let opts = loader::LoadOptions { track_pins: true, track_capacity: settings.track_capacity };
-    let (probes, load_err) = match loader::load_with(plan.clone(), opts) {
+    let opts = loader::LoadOptions {
+        track_pins: true,
+        track_capacity: settings.track_capacity,
+        ebpf_log: gupwatch::ebpflog::wanted(),
+    };
+    let (mut probes, load_err) = match loader::load_with(plan.clone(), opts) {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
+    // Started once this thread has no capabilities left (below).
+    let mut ebpf_log = probes.as_mut().and_then(loader::Probes::take_ebpf_log).filter(|_| attached > 0);
     if attached == 0 {
         for f in host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref()).iter().filter(|f| !f.ok) {
             tracing::warn!(check = f.check, detail = %f.detail, fix = f.fix.as_deref().unwrap_or(""), "probe check failed");
@@ -437,6 +448,14 @@ fn serve(
     } else {
         None
     };
+    if let Some(l) = ebpf_log.as_mut() {
+        l.start();
+        tracing::debug!(
+            target: "gupwatch::ebpf",
+            first = gup_common::diag_log::FIRST,
+            "eBPF debug logs on: the first events of each diagnostics counter, per CPU"
+        );
+    }
     tracing::info!(hooks_attached = attached, url = %format!("{}://{}/metrics", server.scheme(), server.local_addr()?), "serving");
     // Reloads run beside the server, which never waits for them.
     let reloader = {
@@ -461,6 +480,7 @@ fn serve(
     }
     // The last reference: the collector and its probes go with it.
     drop(app);
+    drop(ebpf_log);
     served?;
     tracing::info!(hooks_detached = attached, "stopped");
     Ok(ExitCode::SUCCESS)
@@ -570,6 +590,23 @@ impl LogHandle {
     }
 }
 
+/// The modes other than `run` log through `tracing` only when
+/// `GUPWATCH_LOG` holds a filter (as `--log-level`: `debug`,
+/// `gupwatch::ebpf=debug`): text lines on stderr. Its use is the eBPF
+/// side's debug logs in `gupwatch check`, `leaks` and the summary mode.
+fn init_env_logging() -> Result<()> {
+    let Some(level) = std::env::var_os("GUPWATCH_LOG") else { return Ok(()) };
+    let level = level.to_string_lossy();
+    let filter =
+        gupwatch::args::log_filter(&level).map_err(|e| anyhow::anyhow!("bad GUPWATCH_LOG {level:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
 /// Installs the `tracing` subscriber for `gupwatch run`: text or JSON lines
 /// on stderr (journald takes stderr under systemd and stamps each line, so
 /// text lines carry no time of their own there).
@@ -623,8 +660,13 @@ fn probes(json: bool, dry_run: bool) -> Result<ExitCode> {
 }
 
 fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32) -> Result<ExitCode> {
-    let opts = loader::LoadOptions { track_pins: true, track_capacity };
-    let probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
+    init_env_logging()?;
+    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
+    let mut probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
+    let mut ebpf_log = probes.take_ebpf_log();
+    if let Some(l) = ebpf_log.as_mut() {
+        l.start();
+    }
     if probes.plan.attached() == 0 {
         eprint!(
             "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
@@ -648,16 +690,23 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
     if !plain && count.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         return top(interval, None);
     }
+    init_env_logging()?;
     gupwatch::privileges::close_inherited_fds();
     let stop = stop_flag()?;
     let plan = resolve_plan()?;
-    let (probes, load_err) = match loader::load(plan.clone()) {
+    let opts = loader::LoadOptions { ebpf_log: gupwatch::ebpflog::wanted(), ..loader::LoadOptions::default() };
+    let (mut probes, load_err) = match loader::load_with(plan.clone(), opts) {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
+    let mut ebpf_log = probes.as_mut().and_then(loader::Probes::take_ebpf_log).filter(|_| attached > 0);
     let mut late_attach = attached > 0 && probes.as_ref().is_some_and(loader::Probes::late_attach_pending);
     drop_privileges(late_attach);
+    // A thread: started after the drop, so it holds no capability.
+    if let Some(l) = ebpf_log.as_mut() {
+        l.start();
+    }
     let mut out = std::io::stdout().lock();
     if attached == 0 {
         let findings = host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref());
