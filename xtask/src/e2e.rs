@@ -712,19 +712,7 @@ fn short_number(v: &str) -> String {
 pub fn guest_command(release_wait_s: u64) -> String {
     format!(
         r#"up() {{ cut -d' ' -f1 /proc/uptime; }}
-gupwatch run --listen 0.0.0.0:{port} 2>/tmp/run.err &
-RUN=$!
-i=0
-# (busybox 1.35's wget -T crashes: timeout(1) bounds it instead.)
-while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:{port}/healthz 2>/dev/null; do
-    i=$((i+1))
-    if [ $i -gt 240 ] || ! kill -0 $RUN 2>/dev/null; then
-        echo "e2e: gupwatch run did not start serving" >&2; cat /tmp/run.err >&2; exit 3
-    fi
-    sleep 0.5
-done
-echo "e2e: gupwatch run serving ($(up) s after boot)" >&2
-gupwatch workload --seconds 50 --scratch /mnt/scratch 2>/tmp/workload.err &
+{serve}gupwatch workload --seconds 50 --scratch /mnt/scratch 2>/tmp/workload.err &
 W1=$!
 gupwatch workload --hold 40 --scratch /mnt/scratch 2>/tmp/hold.err &
 W2=$!
@@ -751,7 +739,7 @@ cat /tmp/workload.err /tmp/hold.err >&2
 if [ $rel -ne 0 ]; then exit 4; fi
 exit $st
 "#,
-        port = GUEST_METRICS_PORT,
+        serve = crate::qemu::serve_and_wait_sh("e2e", GUEST_METRICS_PORT),
         release = GUEST_RELEASE_PORT,
         wait = release_wait_s,
     )

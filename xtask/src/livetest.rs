@@ -597,6 +597,7 @@ pub fn judge(side: &str, source: &str, screens: &BTreeMap<String, String>) -> Ve
 /// workloads, the key presses and captures, then the wait for the host.
 pub fn guest_command(release_wait_s: u64) -> String {
     GUEST_SCRIPT
+        .replace("@SERVE@", &crate::qemu::serve_and_wait_sh("live", GUEST_PORT))
         .replace("@PORT@", &GUEST_PORT.to_string())
         .replace("@RELEASE@", &GUEST_RELEASE_PORT.to_string())
         .replace("@WAIT@", &release_wait_s.to_string())
@@ -626,18 +627,7 @@ waitfor() {
         sleep 1
     done
 }
-gupwatch run --listen 0.0.0.0:@PORT@ 2>/tmp/run.err &
-RUN=$!
-i=0
-while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:@PORT@/healthz 2>/dev/null; do
-    i=$((i+1))
-    if [ $i -gt 240 ] || ! kill -0 $RUN 2>/dev/null; then
-        echo "live: gupwatch run did not start serving" >&2; cat /tmp/run.err >&2; exit 3
-    fi
-    sleep 0.5
-done
-echo "live: gupwatch run serving ($(up) s)" >&2
-ln -s /bin/gupwatch /tmp/@PINNER@
+@SERVE@ln -s /bin/gupwatch /tmp/@PINNER@
 ln -s /bin/gupwatch /tmp/@HOLDER@
 $T new-session -d -s tui -x @COLS@ -y @ROWS@ sh -c 'gupwatch top; echo RESTORED:$?; stty -a; exec sleep 100000'
 waitfor tui ' hooks ' 240 || cap attach tui
@@ -1185,7 +1175,7 @@ q quit  v view  s/S sort  / filter  i idle  a latency  p pause  ? help
         for want in ["cap initial tui", "cap sort-pins tui", "cap sort-name tui", "cap show-idle tui", "cap hide-idle tui", "cap filter tui", "cap quit tui", "cap sigterm term", "nc -l -p 10484", "-x 80 -y 24", "/tmp/zz-pinner workload"] {
             assert!(s.contains(want), "{want}");
         }
-        for p in ["@PORT@", "@RELEASE@", "@WAIT@", "@PINNER@", "@HOLDER@", "@FILTER@", "@COLS@", "@ROWS@"] {
+        for p in ["@SERVE@", "@PORT@", "@RELEASE@", "@WAIT@", "@PINNER@", "@HOLDER@", "@FILTER@", "@COLS@", "@ROWS@"] {
             assert!(!s.contains(p), "{p} replaced");
         }
     }

@@ -144,6 +144,29 @@ pub struct VmRun {
     pub kernel_args: Vec<String>,
 }
 
+/// Guest shell lines that start `gupwatch run` on `port` in the background
+/// (`$RUN` is its pid, stderr in /tmp/run.err) and wait until /healthz
+/// answers; if it dies or takes over two minutes, they print `TAG: gupwatch
+/// run did not start serving` with its stderr and exit 3. The script must
+/// define `up()` (seconds since boot).
+pub fn serve_and_wait_sh(tag: &str, port: u16) -> String {
+    format!(
+        r#"gupwatch run --listen 0.0.0.0:{port} 2>/tmp/run.err &
+RUN=$!
+i=0
+# (busybox 1.35's wget -T crashes: timeout(1) bounds it instead.)
+while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:{port}/healthz 2>/dev/null; do
+    i=$((i+1))
+    if [ $i -gt 240 ] || ! kill -0 $RUN 2>/dev/null; then
+        echo "{tag}: gupwatch run did not start serving" >&2; cat /tmp/run.err >&2; exit 3
+    fi
+    sleep 0.5
+done
+echo "{tag}: gupwatch run serving ($(up) s after boot)" >&2
+"#
+    )
+}
+
 impl VmRun {
     /// A run with the defaults of `cargo xtask vm`.
     pub fn new(kernel: BootKernel, command: impl Into<String>) -> VmRun {
@@ -1009,6 +1032,15 @@ fn remember_kvm(ok: bool) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serve_and_wait_names_its_port_and_tag() {
+        let s = super::serve_and_wait_sh("live", 10483);
+        assert!(s.starts_with("gupwatch run --listen 0.0.0.0:10483 "), "{s}");
+        assert!(s.contains("http://127.0.0.1:10483/healthz"), "{s}");
+        assert!(s.contains("\"live: gupwatch run did not start serving\" >&2; cat /tmp/run.err >&2; exit 3"), "{s}");
+        assert!(s.ends_with("serving ($(up) s after boot)\" >&2\n"), "{s}");
+    }
+
     use super::*;
 
     #[test]
