@@ -116,6 +116,19 @@ impl Kallsyms {
         Symbol { addr: e.addr, module: self.modules.get(e.module as usize).map(String::as_str) }
     }
 
+    /// A table of text symbols at consecutive made-up addresses, in the
+    /// order given: the fixture the plan's and the reference model's tests
+    /// resolve against.
+    #[cfg(test)]
+    pub(crate) fn with_functions(names: &[&str]) -> Kallsyms {
+        let text: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{:016x} T {n}\n", 0xffffffff81000000u64 + i as u64 * 16))
+            .collect();
+        Kallsyms::parse(&text)
+    }
+
     /// Whether addresses were readable (kptr_restrict and the reader's
     /// capabilities decide; without them every address reads as zero).
     pub fn has_addresses(&self) -> bool {

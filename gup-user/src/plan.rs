@@ -754,12 +754,7 @@ mod tests {
     use crate::btf::tests::Builder;
 
     fn kallsyms(names: &[&str]) -> Kallsyms {
-        let text: String = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("{:016x} T {n}\n", 0xffffffff81000000u64 + i as u64 * 16))
-            .collect();
-        Kallsyms::parse(&text)
+        Kallsyms::with_functions(names)
     }
 
     /// A 6.1-like kernel: 7-argument pin_user_pages_remote, #define FOLL_*.

@@ -193,12 +193,7 @@ mod tests {
     use crate::{btf::tests::Builder, btf::KernelBtf, kallsyms::Kallsyms};
 
     fn kallsyms(names: &[&str]) -> Kallsyms {
-        let text: String = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("{:016x} T {n}\n", 0xffffffff81000000u64 + i as u64 * 16))
-            .collect();
-        Kallsyms::parse(&text)
+        Kallsyms::with_functions(names)
     }
 
     fn btf(pin_user_pages: &[&str]) -> KernelBtf {
