@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod i915;
+pub mod irq;
 
 /// Number of hooked GUP entry points; the length of [`Api::ALL`].
 pub const API_COUNT: usize = 24;
@@ -297,6 +298,13 @@ pub struct Inflight {
     pub stack_id: i64,
     /// The `pages`/`folios` array argument, for tracking at exit.
     pub pages_ptr: u64,
+    /// The stack pointer at the hooked function's entry. A later call of
+    /// this thread that cannot be inside this one
+    /// ([`irq::is_inside`]) shows the record stale: the kernel skipped its
+    /// exit program.
+    pub frame: u64,
+    /// 1 if the call was hooked by fentry/fexit (see [`irq::is_inside`]).
+    pub trampoline: u64,
 }
 
 /// Index of each counter in the per-CPU diagnostics array.
@@ -324,10 +332,22 @@ pub enum Diag {
     UnpinsMatched = 7,
     /// i915 userptr objects not recorded: the object map was full.
     I915ObjectsFull = 8,
+    /// Unpins whose entry program did not run (the kernel skipped it: it
+    /// was running the same program on the CPU; or the call was already
+    /// running when the probes attached), counted at their exit instead
+    /// ([`irq`]).
+    EntrySkipped = 9,
+    /// Such unpins that could not be counted at their exit either: a
+    /// kretprobe does not see the arguments. Their pages are missing.
+    EntrySkippedLost = 10,
+    /// Per-thread records of calls whose exit program never ran (the
+    /// kernel skipped it), dropped when the thread's next call showed them
+    /// stale ([`Inflight::frame`]).
+    StaleRecords = 11,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 9;
+pub const DIAG_COUNT: usize = 12;
 
 impl Diag {
     /// Every counter, in index order.
@@ -341,6 +361,9 @@ impl Diag {
         Diag::UnbalancedUnpins,
         Diag::UnpinsMatched,
         Diag::I915ObjectsFull,
+        Diag::EntrySkipped,
+        Diag::EntrySkippedLost,
+        Diag::StaleRecords,
     ];
 
     /// The counter with this index, if any.
@@ -508,6 +531,8 @@ mod pod {
     unsafe impl aya::Pod for super::PinRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::i915::I915Object {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::irq::IrqUnpins {}
 }
 
 /// The folio (head page) of `page`, from the word at the `compound_head`

@@ -25,7 +25,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_ret, bpf_loop},
+        gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_arg_cnt, bpf_get_func_ret, bpf_loop},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, StackTrace},
@@ -38,6 +38,7 @@ use gup_common::{
         WHY_NO_PAGES_ARRAY, WHY_PER_CALL_LIMIT, WHY_TWO_OWNERS,
     },
     i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
+    irq::{is_inside, IrqEntry, IrqExit, IrqUnpins},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
     PinOwner, PinRecord, API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
@@ -171,16 +172,23 @@ struct DiagNote {
     key: u64,
 }
 
-/// Hooked unpins running in interrupt context on each CPU (direct I/O
-/// completions unpin from softirq), so nested ones and their gup_put_folio
-/// releases are counted once. Per CPU because an interrupt does not migrate.
+/// Hooked unpins in progress in interrupt context on each CPU (direct I/O
+/// completions unpin from the block layer's interrupt handlers), so nested
+/// ones and their gup_put_folio releases are counted once, and a call whose
+/// entry program the kernel skipped is counted at its exit
+/// (`gup_common::irq`). Per CPU because an interrupt does not migrate.
 #[map]
-static IRQ_UNPIN_DEPTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static IRQ_UNPINS: PerCpuArray<IrqUnpins> = PerCpuArray::with_max_entries(1, 0);
 
 /// Reads the arguments and return value of the hooked function.
 trait CallArgs {
     fn arg(&self, idx: u8) -> Option<u64>;
     fn ret(&self) -> Option<i64>;
+    /// The stack pointer at the hooked function's entry (within a word): a
+    /// call made inside this one enters deeper (`gup_common::irq`).
+    fn frame(&self) -> u64;
+    /// Whether the call runs under an fentry/fexit trampoline.
+    fn trampoline(&self) -> bool;
 }
 
 /// fentry/fexit context: the trampoline's argument array. The helpers take
@@ -207,14 +215,35 @@ impl CallArgs for Trampoline {
         let r = unsafe { bpf_get_func_ret(self.0, &mut v) };
         (r == 0).then_some(v as i64)
     }
+
+    /// The trampoline keeps the arguments one word each below its saved
+    /// frame pointer (and, with fexit, a return-value word), and its frame
+    /// pointer sits two words below the function's entry stack pointer.
+    #[inline(always)]
+    fn frame(&self) -> u64 {
+        // SAFETY: the helper reads the argument count the trampoline keeps
+        // next to the arguments.
+        let n = unsafe { bpf_get_func_arg_cnt(self.0) }.max(0) as u64;
+        // 6.1's verifier refuses arithmetic on the context pointer; read
+        // back through the helper, its value is a plain number.
+        let ctx = self.0 as u64;
+        // SAFETY: reads the local above.
+        let base = unsafe { bpf_probe_read_kernel(&ctx as *const u64) }.unwrap_or(0);
+        base + 8 * n + 16
+    }
+
+    #[inline(always)]
+    fn trampoline(&self) -> bool {
+        true
+    }
 }
 
 /// kprobe/kretprobe context: a copy of the x86-64 registers that carry
 /// arguments and the return value (`pt_regs` slots r9..rdi, contiguous), so
-/// a run-time argument index becomes a bounded stack access. Only these
-/// seven are copied: the whole struct would cost 168 bytes of the 512-byte
-/// BPF stack.
-struct Regs([u64; 7]);
+/// a run-time argument index becomes a bounded stack access, and the stack
+/// pointer. Only these are copied: the whole struct would cost 168 bytes of
+/// the 512-byte BPF stack.
+struct Regs([u64; 7], u64);
 
 impl Regs {
     /// First copied `pt_regs` slot (r9).
@@ -224,12 +253,16 @@ impl Regs {
     const ARG_SLOTS: [usize; 6] = [14 - 8, 13 - 8, 12 - 8, 11 - 8, 9 - 8, 8 - 8];
     /// Copied slot of rax, the return value.
     const RET_SLOT: usize = 10 - 8;
+    /// `pt_regs` slot of rsp.
+    const SP_SLOT: usize = 19;
 
     #[inline(always)]
     fn read(regs: *mut pt_regs) -> Result<Regs, i64> {
         // SAFETY: `regs` is the probe's context pointer; probe_read copies
-        // seven words from inside it.
-        unsafe { bpf_probe_read_kernel((regs as *const u64).add(Self::FIRST_SLOT) as *const [u64; 7]) }.map(Regs)
+        // seven words, then one, from inside it.
+        let args = unsafe { bpf_probe_read_kernel((regs as *const u64).add(Self::FIRST_SLOT) as *const [u64; 7]) }?;
+        let sp = unsafe { bpf_probe_read_kernel((regs as *const u64).add(Self::SP_SLOT)) }?;
+        Ok(Regs(args, sp))
     }
 }
 
@@ -252,6 +285,16 @@ impl CallArgs for Regs {
     #[inline(always)]
     fn ret(&self) -> Option<i64> {
         self.0.get(Self::RET_SLOT).map(|v| *v as i64)
+    }
+
+    #[inline(always)]
+    fn frame(&self) -> u64 {
+        self.1
+    }
+
+    #[inline(always)]
+    fn trampoline(&self) -> bool {
+        false
     }
 }
 
@@ -376,18 +419,11 @@ fn in_task_context() -> bool {
 }
 
 #[inline(always)]
-fn irq_depth(delta: i64) -> u64 {
-    match IRQ_UNPIN_DEPTH.get_ptr_mut(0) {
-        Some(p) => {
-            // SAFETY: this CPU's slot; an interrupt handler runs to completion
-            // on one CPU.
-            let v = unsafe { &mut *p };
-            let before = *v;
-            *v = (before as i64 + delta).max(0) as u64;
-            before
-        }
-        None => 0,
-    }
+fn irq_unpins() -> Option<&'static mut IrqUnpins> {
+    // SAFETY: this CPU's slot; an interrupt handler runs to completion on
+    // one CPU, and one that interrupts this program sees a consistent value
+    // (the rules tolerate the frames it leaves).
+    IRQ_UNPINS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
@@ -509,6 +545,9 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     }
     if api.kind() == ApiKind::SlowPath {
         // Inside a fast-path call: remember where the slow path took over.
+        if live_outer(tid, a.frame()).is_none() {
+            return;
+        }
         if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
             // SAFETY: a live map value of this thread's own record.
             let rec = unsafe { &mut *rec };
@@ -537,8 +576,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         return;
     }
     if api.kind() == ApiKind::Unpin {
-        // SAFETY: the value is only read.
-        let outer = unsafe { INFLIGHT.get(&tid) }.and_then(|o| Api::from_index(o.api));
+        let outer = live_outer(tid, a.frame()).and_then(|o| Api::from_index(o.api));
         if let Some(outer_api) = outer {
             if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
                 // SAFETY: this thread's own live record.
@@ -559,28 +597,9 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
                 add(&mut s.slow_pages, count);
             }
         }
-        if let Some(s) = stats(api) {
-            add(&mut s.calls, 1);
-            add(&mut s.pages, count);
-        }
-        if outer.is_none() {
-            i915_event(tid, I915EventKind::Released, I915Event::Released { pages: count, ns: now() });
-        }
-        let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
-        let site = stack_id(ctx, api);
-        attribute(tgid, api, site, &delta);
         if outer.is_some() {
-            // Pins undone inside a pin call were never tracked.
+            count_unpin(ctx, api, &args, a, count, tid, true);
             return;
-        }
-        if read_global(&TRACK_PINS) != 0 {
-            if let Some(base) = a.arg(args.pages_idx) {
-                if args.pages_form == PAGES_FOLIO {
-                    track_unpin(base, count, site);
-                } else {
-                    track_pages(&track_ctx(base, args.pages_form, false, site, EMPTY_OWNER), count);
-                }
-            }
         }
     }
     if api.kind() != ApiKind::Unpin {
@@ -588,8 +607,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         // get_user_pages_fast falls back through get_user_pages_unlocked):
         // the outer call counts the pages; recording this one would replace
         // the outer record and count them twice.
-        // SAFETY: the value is only read.
-        let outer = unsafe { INFLIGHT.get(&tid) }.and_then(|o| Api::from_index(o.api));
+        let outer = live_outer(tid, a.frame()).and_then(|o| Api::from_index(o.api));
         if outer.is_some_and(|o| matches!(o.kind(), ApiKind::Pin | ApiKind::Get)) {
             if let Some(s) = stats(api) {
                 add(&mut s.nested_calls, 1);
@@ -608,10 +626,63 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         slow_start: 0,
         stack_id: if api.kind() == ApiKind::Unpin { -1 } else { stack_id(ctx, api) },
         pages_ptr: a.arg(args.pages_idx).unwrap_or(0),
+        frame: a.frame(),
+        trampoline: a.trampoline() as u64,
     };
-    if let Err(e) = INFLIGHT.insert(&tid, &rec, 0) {
-        diag(Diag::InflightFull);
-        note(Diag::InflightFull, WHY_MAP_FULL, api as u32, tgid, count, e, 0);
+    match INFLIGHT.insert(&tid, &rec, 0) {
+        // Counted once the record is in: without one, the exit counts it.
+        Ok(()) if api.kind() == ApiKind::Unpin => count_unpin(ctx, api, &args, a, count, tid, false),
+        Ok(()) => {}
+        Err(e) => {
+            diag(Diag::InflightFull);
+            note(Diag::InflightFull, WHY_MAP_FULL, api as u32, tgid, count, e, 0);
+        }
+    }
+}
+
+/// This thread's record of the hooked call it is inside, if that call is
+/// still in progress. A call made inside it runs deeper on the stack
+/// (`gup_common::irq::is_inside`); a call at the record's depth or above
+/// cannot be, so the record belongs to a call whose exit program the kernel
+/// skipped (seen on 7.2, where a task preempted inside an exit program
+/// made another task's call of that function skip it), and is dropped
+/// before it makes this call look nested.
+#[inline(always)]
+fn live_outer(tid: u64, frame: u64) -> Option<Inflight> {
+    // SAFETY: the value is copied out at once.
+    let rec = unsafe { INFLIGHT.get(&tid) }.copied()?;
+    if rec.frame != 0 && !is_inside(frame, rec.frame, rec.trampoline != 0) {
+        let _ = INFLIGHT.remove(&tid);
+        diag(Diag::StaleRecords);
+        return None;
+    }
+    Some(rec)
+}
+
+/// Counts a hooked unpin in task context: its pages, its call site and,
+/// unless it runs inside a pin call (whose undone pins were never tracked),
+/// the release of the tracked pins and of an i915 object's pages.
+#[inline(always)]
+fn count_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64, tid: u64, inside_pin: bool) {
+    if let Some(s) = stats(api) {
+        add(&mut s.calls, 1);
+        add(&mut s.pages, count);
+    }
+    if !inside_pin {
+        i915_event(tid, I915EventKind::Released, I915Event::Released { pages: count, ns: now() });
+    }
+    let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
+    let site = stack_id(ctx, api);
+    attribute((tid >> 32) as u32, api, site, &delta);
+    if inside_pin || read_global(&TRACK_PINS) == 0 {
+        return;
+    }
+    if let Some(base) = a.arg(args.pages_idx) {
+        if args.pages_form == PAGES_FOLIO {
+            track_unpin(base, count, site);
+        } else {
+            track_pages(&track_ctx(base, args.pages_form, false, site, EMPTY_OWNER), count);
+        }
     }
 }
 
@@ -625,6 +696,8 @@ const EMPTY_INFLIGHT: Inflight = Inflight {
     slow_start: 0,
     stack_id: -1,
     pages_ptr: 0,
+    frame: 0,
+    trampoline: 0,
 };
 
 static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER, EMPTY_OWNER] };
@@ -804,12 +877,20 @@ const fn track_ctx(base: u64, form: u8, pin: bool, site: i64, owner: PinOwner) -
 /// subprogram its frame pushed the deepest call chain past 6.1's 512 bytes.
 #[inline(always)]
 fn on_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64) {
-    if irq_depth(1) > 0 {
+    let entry = irq_unpins().map_or(IrqEntry::Count, |st| st.enter(api as u64, a.frame(), a.trampoline(), now()));
+    if entry == IrqEntry::Nested {
         if let Some(s) = stats(api) {
             add(&mut s.nested_calls, 1);
         }
         return;
     }
+    count_irq_unpin(ctx, api, args, a, count);
+}
+
+/// Counts a hooked unpin in interrupt context, at its entry or, when the
+/// kernel skipped the entry program, at its exit.
+#[inline(always)]
+fn count_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64) {
     if let Some(s) = stats(api) {
         add(&mut s.calls, 1);
         add(&mut s.pages, count);
@@ -829,9 +910,15 @@ fn on_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs,
 }
 
 #[inline(always)]
-fn on_exit<A: CallArgs>(api: Api, a: &A) {
+fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: bool) {
     if api.kind() == ApiKind::Unpin && !in_task_context() {
-        irq_depth(-1);
+        let exit = irq_unpins().map_or(IrqExit::Closed, |st| st.exit(api as u64, now()));
+        if let IrqExit::CountNow { already } = exit {
+            let args = hook_args(api);
+            if let Some(c) = count_at_exit(api, &args, a, args_at_exit, 0) {
+                count_irq_unpin(ctx, api, &args, a, c.saturating_sub(already));
+            }
+        }
         return;
     }
     let tid = bpf_get_current_pid_tgid();
@@ -971,12 +1058,46 @@ fn on_exit<A: CallArgs>(api: Api, a: &A) {
         record_latency(s, r.start_ns);
         let _ = INFLIGHT.remove(&tid);
     } else if api.kind() == ApiKind::Unpin {
-        // A nested unpin returning: its outer call's record stays, but
-        // gup_put_folio may count again.
         if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
+            // A nested unpin returning: its outer call's record stays, but
+            // gup_put_folio may count again.
             // SAFETY: this thread's own live record.
             unsafe { (*rec).nested_unpin = 0 };
+        } else {
+            // No record at all: the entry program did not run (the kernel
+            // skipped it, or the call began before the probes attached).
+            unpin_without_entry(api, ctx, a, args_at_exit, tid);
         }
+    }
+}
+
+/// The page count of an unpin whose entry program did not run, read at
+/// its exit, or `None` (counted as lost) where the exit cannot see it.
+#[inline(always)]
+fn count_at_exit<A: CallArgs>(api: Api, args: &HookArgs, a: &A, args_at_exit: bool, tgid: u32) -> Option<u64> {
+    // Only fexit still has the arguments; a kretprobe's registers hold
+    // whatever the function left there.
+    let count = if args.count_idx == ARG_NONE { Some(1) } else { a.arg(args.count_idx) };
+    match count.filter(|_| args_at_exit) {
+        Some(c) => {
+            diag(Diag::EntrySkipped);
+            Some(c)
+        }
+        None => {
+            diag(Diag::EntrySkippedLost);
+            note(Diag::EntrySkippedLost, WHY_NONE, api as u32, tgid, 1, 0, 0);
+            None
+        }
+    }
+}
+
+/// A hooked unpin in task context returned with no record of its entry.
+/// Inlined: one more call frame puts 6.1's combined stack over 512 bytes.
+#[inline(always)]
+fn unpin_without_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: bool, tid: u64) {
+    let args = hook_args(api);
+    if let Some(c) = count_at_exit(api, &args, a, args_at_exit, (tid >> 32) as u32) {
+        count_unpin(ctx, api, &args, a, c, tid, false);
     }
 }
 
@@ -1073,7 +1194,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
     let refs = a.arg(args.count_idx).unwrap_or(1) & 0xffff_ffff;
     if !in_task_context() {
         // Inside a hooked unpin on this CPU's interrupt stack: counted there.
-        let covered = IRQ_UNPIN_DEPTH.get(0).is_some_and(|d| *d > 0);
+        let covered = irq_unpins().is_some_and(|st| st.put_folio(refs, a.frame(), now()));
         if !covered {
             if read_global(&TRACK_PINS) != 0 {
                 if let Some(folio) = a.arg(args.pages_idx) {
@@ -1087,11 +1208,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         }
         return;
     }
-    let outer = INFLIGHT.get_ptr(&tid).map(|p| {
-        // SAFETY: this thread's own live record, copied.
-        let r = unsafe { core::ptr::read_volatile(p) };
-        (Api::from_index(r.api), r.nested_unpin, r.slow_start)
-    });
+    let outer = live_outer(tid, a.frame()).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
     match outer {
         // Inside a hooked unpin: that hook counted it.
         Some((Some(o), _, _)) if o.kind() == ApiKind::Unpin => return,
@@ -1140,7 +1257,7 @@ macro_rules! hooks {
 
         #[fexit]
         pub fn $fx(ctx: FExitContext) -> i32 {
-            on_exit(Api::$api, &Trampoline(ctx.as_ptr()));
+            on_exit(Api::$api, &ctx, &Trampoline(ctx.as_ptr()), true);
             log_notes(ctx.as_ptr());
             0
         }
@@ -1158,7 +1275,7 @@ macro_rules! hooks {
         #[kretprobe]
         pub fn $kr(ctx: RetProbeContext) -> u32 {
             match Regs::read(ctx.regs) {
-                Ok(regs) => on_exit(Api::$api, &regs),
+                Ok(regs) => on_exit(Api::$api, &ctx, &regs, false),
                 Err(e) => arg_read_failed(Api::$api, e),
             }
             log_notes(ctx.as_ptr());

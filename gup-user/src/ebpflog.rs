@@ -158,6 +158,9 @@ impl DiagEvent {
             Diag::UnbalancedUnpins => "unbalanced_unpins",
             Diag::UnpinsMatched => "unpins_matched",
             Diag::I915ObjectsFull => "i915_objects_full",
+            Diag::EntrySkipped => "entry_skipped",
+            Diag::EntrySkippedLost => "entry_skipped_lost",
+            Diag::StaleRecords => "stale_records",
         }
     }
 
@@ -214,7 +217,10 @@ impl DiagEvent {
             (Diag::I915ObjectsFull, _) => {
                 format!("i915 object map I915_OBJECTS refused object {:#x} ({who})", self.key)
             }
-            (Diag::PinsTracked | Diag::UnpinsMatched, _) => format!("{} ({who})", self.counter_name()),
+            (Diag::EntrySkippedLost, _) => format!(
+                "an unpin's entry program did not run (the kernel skipped it, or the call began before the probes attached), and its kretprobe cannot see the page count: pages not counted ({who})"
+            ),
+            (Diag::PinsTracked | Diag::UnpinsMatched | Diag::EntrySkipped | Diag::StaleRecords, _) => format!("{} ({who})", self.counter_name()),
         };
         if self.err != 0 {
             let _ = write!(s, ": {}", errno_text(self.err));

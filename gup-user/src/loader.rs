@@ -13,6 +13,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use gup_common::Api;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use crate::{
     plan::{HookStatus, Mechanism, ProbePlan},
@@ -42,6 +43,91 @@ pub enum LoadError {
     /// A map the programs define was missing or of the wrong type.
     #[error("gupwatch's eBPF object is inconsistent with this binary: {0}")]
     Map(String),
+    /// The object `GUPWATCH_EBPF_OBJECT` names could not be read.
+    #[error("cannot read the eBPF object {path} (named by GUPWATCH_EBPF_OBJECT): {source}. Fix the path, or unset GUPWATCH_EBPF_OBJECT to use the programs built into gupwatch")]
+    ObjectFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The eBPF object to load, as 8-byte words: the object parser reads ELF
+/// structures in place and needs them aligned, which a `Vec<u8>` does not
+/// promise.
+enum Object {
+    /// The programs built into this binary.
+    BuiltIn,
+    /// A file named by `GUPWATCH_EBPF_OBJECT` at run time, to try an eBPF
+    /// build without rebuilding gupwatch (the faults suite loads one with a
+    /// program the verifier must refuse).
+    File { words: Vec<u64>, len: usize },
+}
+
+impl Object {
+    fn from_env() -> Result<Object, LoadError> {
+        let Some(path) = std::env::var_os("GUPWATCH_EBPF_OBJECT").filter(|p| !p.is_empty()) else {
+            return Ok(Object::BuiltIn);
+        };
+        let path = std::path::PathBuf::from(path);
+        let bytes = std::fs::read(&path).map_err(|source| LoadError::ObjectFile { path: path.clone(), source })?;
+        eprintln!("gupwatch: loading eBPF programs from {} (GUPWATCH_EBPF_OBJECT), not the built-in ones", path.display());
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(b);
+        }
+        Ok(Object::File { words, len: bytes.len() })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Object::BuiltIn => EBPF_OBJECT,
+            // SAFETY: `words` holds at least `len` initialised bytes, and u8
+            // has no alignment or validity requirements.
+            Object::File { words, len } => unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len) },
+        }
+    }
+}
+
+/// Errors detaching and attaching the probes again.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// A program could not be attached or detached.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// A per-call map could not be read or cleared.
+    #[error("cannot clear gupwatch's per-call records: {0}")]
+    Map(#[from] aya::maps::MapError),
+    /// The eBPF object lacks a map this binary expects.
+    #[error("gupwatch's eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    /// Building a per-CPU value failed.
+    #[error("cannot build per-CPU values: {0}")]
+    PerCpu(#[from] std::io::Error),
+}
+
+/// Records of calls that were in progress when the probes were detached,
+/// found and cleared by [`Probes::reattach_all`].
+#[derive(Clone, Debug, Default)]
+pub struct StaleRecords {
+    /// `INFLIGHT` entries: (pid_tgid, the API of the call).
+    pub inflight: Vec<(u64, Option<Api>)>,
+    /// `I915_CUR` entries.
+    pub i915: usize,
+    /// Open interrupt-context unpin frames, summed over CPUs (0 when
+    /// nothing was inside a hooked unpin in interrupt context).
+    pub irq_depth: u64,
+}
+
+impl StaleRecords {
+    /// How many records were cleared.
+    pub fn count(&self) -> usize {
+        self.inflight.len() + self.i915 + self.irq_depth as usize
+    }
 }
 
 /// Loaded, attached probes and the maps they fill.
@@ -162,6 +248,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let foll_longterm = plan.foll_longterm();
     let track = opts.track_pins as u64;
     let log_diag = opts.ebpf_log as u64;
+    let object = Object::from_env()?;
     let mut ebpf = EbpfLoader::new()
         .set_global("HOOK_ARGS", &hook_args, true)
         .set_global("FOLL_LONGTERM", &foll_longterm, true)
@@ -172,7 +259,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .set_global("TRACK_PINS", &track, true)
         .set_global("LOG_DIAG", &log_diag, true)
         .set_max_entries("PINS", opts.track_capacity.max(1))
-        .load(EBPF_OBJECT)
+        .load(object.bytes())
         .map_err(map_create_error)?;
     if std::env::var_os("GUPWATCH_DEBUG").is_some() {
         eprintln!("gupwatch: object loaded; attaching sched_process_exit");
@@ -439,6 +526,11 @@ fn save_verifier_log(what: &str, log: &str) -> String {
     }
 }
 
+/// The `recursion_misses:` field of a BPF program's fdinfo.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| l.strip_prefix("recursion_misses:")).and_then(|v| v.trim().parse().ok())
+}
+
 /// Maps were charged to RLIMIT_MEMLOCK before 5.11; lift it so map creation
 /// does not fail on those kernels. Failure is harmless on newer ones.
 fn raise_memlock_limit() {
@@ -467,15 +559,96 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches again every hook [`Probes::detach_all`] detached.
-    pub fn reattach_all(&mut self) -> Result<(), ProgramError> {
+    /// Attaches again every hook [`Probes::detach_all`] detached, after
+    /// clearing the per-thread and per-CPU records calls in flight at the
+    /// detach left behind ([`Probes::clear_stale_records`]). Returns what
+    /// was cleared.
+    pub fn reattach_all(&mut self) -> Result<StaleRecords, CycleError> {
+        let stale = self.clear_stale_records()?;
         for i in 0..self.links.len() {
             if self.links[i].links.is_none() {
                 let l = reattach(&mut self._ebpf, &self.links[i])?;
                 self.links[i].links = Some(l);
             }
         }
-        Ok(())
+        Ok(stale)
+    }
+
+    /// Per hooked function, the calls the kernel ran without gupwatch's
+    /// program because that program was already running on the CPU: an
+    /// interrupt that calls the same function arrived while it ran, and the
+    /// kernel's BPF recursion guard skipped it. Such a call's pages are
+    /// missing from gupwatch's counts, so they are reported, not hidden.
+    ///
+    /// From each program's `recursion_misses` (in its fdinfo, 5.12+;
+    /// kprobe programs count there from 6.7). Every attached hook has an
+    /// entry, 0 when nothing was missed.
+    pub fn probe_misses(&self) -> Vec<(Api, u64)> {
+        let mut out: Vec<(Api, u64)> = Vec::new();
+        for h in self.links.iter().filter(|h| h.links.is_some()) {
+            let Some(api) = Api::from_index(h.idx) else { continue };
+            let prefixes: &[&str] = match h.mechanism {
+                Mechanism::Fentry => &["fe", "fx"],
+                Mechanism::Kprobe => &["kp", "kr"],
+            };
+            let misses: u64 = prefixes
+                .iter()
+                .filter_map(|p| self._ebpf.program(&prog_name(p, h.idx)))
+                .filter_map(|prog| prog.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
+                .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+                .filter_map(|info| recursion_misses(&info))
+                .sum();
+            match out.iter_mut().find(|(a, _)| *a == api) {
+                Some((_, m)) => *m += misses,
+                None => out.push((api, misses)),
+            }
+        }
+        out
+    }
+
+    /// Empties the maps that hold one record per call in progress
+    /// (`INFLIGHT`, `I915_CUR`) and the per-CPU interrupt-unpin frames.
+    ///
+    /// Only valid while nothing is attached. A call that was inside a
+    /// hooked function when its exit program was detached never removes its
+    /// record; left there, the thread's next hooked call would look nested
+    /// in it and go uncounted (seen once in 7.2's stress run: 256 unpinned
+    /// pages missing from one interval).
+    fn clear_stale_records(&mut self) -> Result<StaleRecords, CycleError> {
+        use aya::maps::{HashMap, PerCpuArray, PerCpuValues};
+        let mut out = StaleRecords::default();
+        {
+            let map = self._ebpf.map_mut("INFLIGHT").ok_or(CycleError::MissingMap("INFLIGHT"))?;
+            let mut m: HashMap<_, u64, gup_common::Inflight> = HashMap::try_from(map)?;
+            let stale: Vec<(u64, gup_common::Inflight)> = m.iter().filter_map(Result::ok).collect();
+            for (tid, rec) in stale {
+                if m.remove(&tid).is_ok() {
+                    out.inflight.push((tid, Api::from_index(rec.api)));
+                }
+            }
+        }
+        {
+            let map = self._ebpf.map_mut("I915_CUR").ok_or(CycleError::MissingMap("I915_CUR"))?;
+            let mut m: HashMap<_, u64, [u64; 2]> = HashMap::try_from(map)?;
+            let keys: Vec<u64> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                out.i915 += m.remove(&k).is_ok() as usize;
+            }
+        }
+        {
+            use gup_common::irq::IrqUnpins;
+            let map = self._ebpf.map_mut("IRQ_UNPINS").ok_or(CycleError::MissingMap("IRQ_UNPINS"))?;
+            let mut m: PerCpuArray<_, IrqUnpins> = PerCpuArray::try_from(map)?;
+            let cpus = m.get(&0, 0)?;
+            out.irq_depth = cpus.iter().map(|c| c.depth + c.overflow).sum();
+            if out.irq_depth != 0 {
+                // Only the frames: the counters in the value stay.
+                let cleared: Vec<IrqUnpins> =
+                    cpus.iter().map(|c| IrqUnpins { depth: 0, overflow: 0, loose_pages: 0, ..*c }).collect();
+                m.set(0, PerCpuValues::try_from(cleared)?, 0)?;
+            }
+        }
+        Ok(out)
     }
 
     /// Attaches hooks on module functions that were absent when the probes
@@ -572,6 +745,15 @@ mod map_create_tests {
 #[cfg(test)]
 mod describe_tests {
     use super::*;
+
+    #[test]
+    fn recursion_misses_are_read_from_fdinfo() {
+        // The layout of 6.12's bpf_prog_show_fdinfo.
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2071\nprog_type:\t26\nprog_jited:\t1\nprog_tag:\t94aa1b3c5e6b0b4f\nmemlock:\t4096\nprog_id:\t41\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t310\n";
+        assert_eq!(recursion_misses(info), Some(17));
+        // Before 5.12 the field does not exist.
+        assert_eq!(recursion_misses("prog_type:\t26\nprog_id:\t41\n"), None);
+    }
 
     #[test]
     fn verifier_refusals_are_summarized_and_saved() {

@@ -312,6 +312,9 @@ pub struct ScrapeData {
     pub read_errors: ReadErrors,
     /// Leak signals; `None` without probes.
     pub leaks: Option<LeakMetrics>,
+    /// Per attached hook's function, the calls the kernel ran without
+    /// gupwatch's program ([`crate::loader::Probes::probe_misses`]).
+    pub probe_misses: Vec<(&'static str, u64)>,
 }
 
 impl ScrapeData {
@@ -335,6 +338,7 @@ impl ScrapeData {
             scrape_duration: Duration::ZERO,
             read_errors: ReadErrors::default(),
             leaks: None,
+            probe_misses: Vec::new(),
         }
     }
 
@@ -422,6 +426,16 @@ impl LeakMetrics {
 struct ProbeLabels {
     function: &'static str,
     mechanism: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -727,6 +741,24 @@ impl PromCollector for Exposition {
             "1 if the hook on this kernel function is attached and counting, 0 if not (mechanism none: the kernel lacks the function).",
             None,
             d.plan.hooks.iter().map(|h| (ProbeLabels { function: h.function, mechanism: h.mechanism }, h.attached as i64)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_probe_misses",
+            "Calls of this kernel function the kernel ran without gupwatch's program, because the same program was already running on that CPU (an interrupt called the function meanwhile; the BPF recursion guard). Their pages are missing from gupwatch's counts. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+).",
+            d.probe_misses.iter().map(|(f, n)| (FunctionLabels { function: f }, *n)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_skipped_entries",
+            "Unpins in interrupt context whose entry program the kernel skipped (see gupwatch_probe_misses_total), by outcome: counted_at_exit (the exit program counted them; totals stay exact) or lost (a kretprobe cannot see the page count; those pages are missing).",
+            snap.map(|s| {
+                [(Diag::EntrySkipped, "counted_at_exit"), (Diag::EntrySkippedLost, "lost")]
+                    .iter()
+                    .map(|(i, outcome)| (OutcomeLabels { outcome }, s.diag.get(*i as usize).copied().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
         )?;
         let maps: Vec<(MapLabels, u64, u64)> = snap
             .map(|s| {
@@ -1267,6 +1299,11 @@ impl Collector {
         };
         let mut data = ScrapeData::new(self.plan.clone(), snapshot, vmstat, rows, &mut self.top, self.settings);
         data.read_errors = self.read_errors;
+        data.probe_misses = self
+            .probes
+            .as_ref()
+            .map(|p| p.probe_misses().into_iter().map(|(a, n)| (a.symbol(), n)).collect())
+            .unwrap_or_default();
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
         // analysis would feed the growth tracker the same reading twice.
         // It reads the whole tracking map (a syscall per folio), so scrapes
@@ -1392,6 +1429,7 @@ pub(crate) mod tests {
         get.fast_pages = 70;
         s.diag[Diag::InflightFull as usize] = 1;
         s.diag[Diag::StackLost as usize] = 4;
+        s.diag[Diag::EntrySkipped as usize] = 256;
         s.errnos.insert((Api::PinUserPagesFast as u32, libc::EFAULT as u32), 3);
         s.errnos.insert((Api::PinUserPagesRemote as u32, 999), 1);
         let key = AttribKey { tgid: 1, api: 1, stack_id: 0 };
@@ -1429,6 +1467,7 @@ pub(crate) mod tests {
         leaks.by_kind.insert("long_held", (1, 256));
         leaks.by_kind.insert("orphaned", (2, 512));
         d.leaks = Some(leaks);
+        d.probe_misses = vec![("pin_user_pages_fast", 0), ("unpin_user_folio", 3)];
         Arc::new(d)
     }
 
@@ -1476,6 +1515,8 @@ pub(crate) mod tests {
             ("gupwatch_map_entries", "gauge"),
             ("gupwatch_map_capacity", "gauge"),
             ("gupwatch_events_dropped_total", "counter"),
+            ("gupwatch_probe_misses_total", "counter"),
+            ("gupwatch_skipped_entries_total", "counter"),
             ("gupwatch_read_errors_total", "counter"),
             ("gupwatch_scrape_duration_seconds", "gauge"),
             ("gupwatch_build_info", "gauge"),
@@ -1486,6 +1527,16 @@ pub(crate) mod tests {
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(l.starts_with("gupwatch_"), "unprefixed: {l}");
         }
+    }
+
+    #[test]
+    fn probe_misses_are_counted_per_function_from_zero() {
+        let text = render(&sample(), Format::Prometheus);
+        assert_eq!(value(&text, r#"gupwatch_probe_misses_total{function="unpin_user_folio"}"#), 3.0);
+        assert_eq!(value(&text, r#"gupwatch_probe_misses_total{function="pin_user_pages_fast"}"#), 0.0);
+        assert_eq!(samples(&text, "gupwatch_probe_misses_total").len(), 2);
+        assert_eq!(value(&text, r#"gupwatch_skipped_entries_total{outcome="counted_at_exit"}"#), 256.0);
+        assert_eq!(value(&text, r#"gupwatch_skipped_entries_total{outcome="lost"}"#), 0.0);
     }
 
     #[test]

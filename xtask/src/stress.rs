@@ -56,20 +56,24 @@ pub fn run(o: &StressOptions) -> Result<bool> {
                     Some(j) => {
                         let ok = out.status == 0;
                         let get = |f: &str| j.get(f).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
-                        (
-                            ok,
-                            format!(
-                                "cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} | untracked pins {} | leftover programs after SIGKILL {} | kernel-log findings 0 | errors {}",
-                                get("cycles"),
-                                get("pins_observed"),
-                                get("kernel_pins"),
-                                get("max_gap"),
-                                get("inexact_intervals"),
-                                get("untracked_pins"),
-                                get("leftover_programs"),
-                                get("errors")
-                            ),
-                        )
+                        let mut detail = format!(
+                            "cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
+                            get("cycles"),
+                            get("pins_observed"),
+                            get("kernel_pins"),
+                            get("max_gap"),
+                            get("inexact_intervals"),
+                            get("unexplained_intervals"),
+                            get("probe_misses"),
+                            get("untracked_pins"),
+                            get("leftover_programs"),
+                            get("stale_records_cleared"),
+                            get("errors")
+                        );
+                        for d in j.get("inexact_details").and_then(Value::as_array).into_iter().flatten() {
+                            detail.push_str(&format!("\n        inexact {}", d.as_str().unwrap_or("?")));
+                        }
+                        (ok, detail)
                     }
                     None => (false, format!("no JSON report (exit {}); console: {}", out.status, out.console_log.display())),
                 }
