@@ -1,7 +1,9 @@
 //! Faults a user meets, on a real kernel (a step of `cargo xtask test`, and
 //! `cargo xtask faults`): in one VM, gupwatch is run without kernel BTF,
 //! with corrupt BTF, with a tracking map larger than the kernel accepts,
-//! and inside a memory cgroup too small for its maps. Without BTF it must
+//! inside a memory cgroup too small for its maps, with an eBPF object whose
+//! programs for one hook every verifier refuses, and with an eBPF object
+//! that does not exist. Without BTF it must
 //! fall back to kprobes and stay exact against /proc/vmstat; the refusals
 //! must end with exit status 2 and a message that names the cause and the
 //! fix. First, with a 16-folio tracking map that overflows at once, the
@@ -15,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::initramfs::GuestFile;
 use crate::kernels::{self, Flavour};
 use crate::qemu::{ConsoleEcho, VmRun};
 use crate::testsuite;
@@ -28,6 +31,15 @@ rc() { echo "@@rc $1"; }
 # eBPF-side debug logs: 16 folios overflow at the first pins (PinsUntracked).
 begin ebpf_log_debug; NO_COLOR=1 GUPWATCH_LOG=gupwatch=debug gupwatch check --track-capacity 16 2>&1 >/dev/null; rc $?
 begin ebpf_log_info; NO_COLOR=1 GUPWATCH_LOG=info gupwatch check --track-capacity 16 2>&1 >/dev/null; rc $?
+# A program every verifier refuses: pin_user_pages_fast's entry, by fentry
+# and by kprobe alike (xtask's refusable_object). The check must fail
+# (that hook's pins go uncounted), name the hook, and save both logs.
+mkdir -p /tmp/vlog
+begin verifier_refused
+GUPWATCH_LOG_DIR=/tmp/vlog GUPWATCH_EBPF_OBJECT=/opt/gupwatch-faults/refused.bpf.o gupwatch check --json 2>&1 >/dev/null
+rc $?
+begin verifier_log_saved; cat /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-fentry.log /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-kprobe.log; rc $?
+begin object_unreadable; GUPWATCH_EBPF_OBJECT=/nonexistent/gupwatch.bpf.o gupwatch check 2>&1 >/dev/null; rc $?
 # No BTF at all: hide /sys/kernel/btf.
 mount -t tmpfs none /sys/kernel/btf
 begin probes_without_btf; gupwatch probes --json 2>&1; rc $?
@@ -189,6 +201,48 @@ pub fn judge(stdout: &str) -> Vec<Case> {
         }),
     );
     push(
+        "verifier_refused",
+        get("verifier_refused").and_then(|(text, rc)| {
+            if *rc != Some(1) {
+                return Err(format!("exit status {rc:?}, expected 1 (a hook's pins uncounted): {text}"));
+            }
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("gupwatch: pin_user_pages_fast is not hooked"))
+                .ok_or_else(|| format!("no line names the refused hook: {text}"))?;
+            let must = [
+                "verifier refused the program",
+                "!read_ok",
+                "(full verifier log: /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-fentry.log)",
+                "(full verifier log: /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-kprobe.log)",
+                "please report it",
+            ];
+            let missing: Vec<&&str> = must.iter().filter(|m| !line.contains(**m)).collect();
+            if !missing.is_empty() {
+                return Err(format!("the line lacks {missing:?}: {line}"));
+            }
+            Ok(line.to_string())
+        }),
+    );
+    push(
+        "verifier_log_saved",
+        get("verifier_log_saved").and_then(|(text, rc)| {
+            let refusals = text.matches("R5 !read_ok").count();
+            if *rc != Some(0) || refusals != 2 {
+                return Err(format!("exit status {rc:?}, {refusals} of 2 logs end in R5 !read_ok: {text}"));
+            }
+            Ok(format!("both logs saved ({} lines), each ending in `R5 !read_ok`", text.lines().count()))
+        }),
+    );
+    push(
+        "object_unreadable",
+        refusal(
+            "object_unreadable",
+            Some(2),
+            &["/nonexistent/gupwatch.bpf.o", "GUPWATCH_EBPF_OBJECT", "No such file", "unset GUPWATCH_EBPF_OBJECT"],
+        ),
+    );
+    push(
         "map_too_large",
         refusal(
             "map_too_large",
@@ -207,12 +261,78 @@ pub fn judge(stdout: &str) -> Vec<Case> {
     res
 }
 
+/// `r0 = r5` (BPF_ALU64 | BPF_MOV | BPF_X, destination r0, source r5). At
+/// a program's entry only r1 (the context) and r10 (the frame) hold values,
+/// so every kernel's verifier refuses it with "R5 !read_ok".
+const READ_UNSET_REGISTER: [u8; 8] = [0xbf, 0x50, 0, 0, 0, 0, 0, 0];
+
+/// The programs [`refusable_object`] breaks: both mechanisms of
+/// `pin_user_pages_fast`'s entry hook (index 1), so the fallback from
+/// fentry to kprobe is refused too and the hook ends failed.
+const REFUSED_PROGRAMS: [&str; 2] = ["fe_1", "kp_1"];
+
+/// Where the guest finds the object with refused programs.
+const REFUSED_OBJECT_IN_GUEST: &str = "opt/gupwatch-faults/refused.bpf.o";
+
+/// A copy of the eBPF object `obj` in which each program named in
+/// `programs` starts by reading a register nothing wrote: a real verifier
+/// refusal for the faults suite, without a special build of gupwatch.
+pub fn refusable_object(obj: &[u8], programs: &[&str]) -> Result<Vec<u8>> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    // The ELF parser reads structures in place and wants them aligned.
+    let mut words = vec![0u64; obj.len().div_ceil(8)];
+    for (w, chunk) in words.iter_mut().zip(obj.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = u64::from_ne_bytes(b);
+    }
+    // SAFETY: `words` holds at least obj.len() initialised bytes.
+    let aligned = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), obj.len()) };
+    let file = object::File::parse(aligned).context("parsing the eBPF object")?;
+    let mut out = obj.to_vec();
+    for name in programs {
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok(*name))
+            .with_context(|| format!("the eBPF object has no program {name}"))?;
+        let section = file
+            .section_by_index(sym.section_index().with_context(|| format!("{name} is not in a section"))?)
+            .with_context(|| format!("the section of {name}"))?;
+        let (offset, size) = section.file_range().with_context(|| format!("{name}'s section has no bytes in the file"))?;
+        let at = sym.address();
+        if at + 8 > size {
+            anyhow::bail!("{name} starts outside its section");
+        }
+        // A relocated first instruction (a map load) would be rewritten by
+        // the loader, or make it fail before the verifier is asked.
+        if section.relocations().any(|(r, _)| r >= at && r < at + 16) {
+            anyhow::bail!("{name}'s first instruction is relocated; break another program");
+        }
+        let pos = (offset + at) as usize;
+        out[pos..pos + 8].copy_from_slice(&READ_UNSET_REGISTER);
+    }
+    Ok(out)
+}
+
+/// The eBPF object the last build embedded in gupwatch.
+fn built_object() -> PathBuf {
+    util::target_dir().join("bpf/bpfel-unknown-none/release/gup-ebpf")
+}
+
 /// Boots `kernel` once and runs every case.
 pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Case>> {
     let alias = kernels::alias(kernel).with_context(|| format!("unknown kernel {kernel}"))?;
     let cache = util::cache_dir()?;
     let boot = kernels::ensure(&cache, alias, Flavour::Cloud, false)?.boot_kernel(&cache);
+    let object = built_object();
+    let bytes = std::fs::read(&object)
+        .with_context(|| format!("reading the eBPF object {} (run `cargo xtask build` first)", object.display()))?;
     let mut vm = VmRun::new(boot, SCRIPT);
+    vm.files.push(GuestFile {
+        path: REFUSED_OBJECT_IN_GUEST.into(),
+        mode: 0o644,
+        data: refusable_object(&bytes, &REFUSED_PROGRAMS)?,
+    });
     vm.gupwatch = Some(gupwatch);
     vm.timeout = timeout;
     vm.echo = ConsoleEcho::None;

@@ -142,6 +142,8 @@ pub struct VmRun {
     pub tmux: bool,
     /// Extra kernel command-line arguments (GUPWATCH_VM_APPEND adds more).
     pub kernel_args: Vec<String>,
+    /// More files to put into the guest.
+    pub files: Vec<initramfs::GuestFile>,
 }
 
 /// Guest shell lines that start `gupwatch run` on `port` in the background
@@ -185,6 +187,7 @@ impl VmRun {
             tag: "vm".into(),
             tmux: false,
             kernel_args: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -496,11 +499,12 @@ impl VmRun {
             // few seconds after qemu's).
             stall_report_after: self.timeout.as_secs().checked_sub(15).filter(|s| *s >= 15),
         });
-        let extra = if self.tmux {
+        let mut extra = if self.tmux {
             guesttools::tmux_bundle().context("shipping tmux into the guest")?
         } else {
             Vec::new()
         };
+        extra.extend(self.files.iter().cloned());
         let cpio = initramfs::path_in(&work.0);
         initramfs::write(
             &initramfs::Contents {

@@ -24,7 +24,16 @@ Examples:
   gupwatch top --connect HOST:PORT   the live view of a `gupwatch run` daemon
   sudo gupwatch doctor          can gupwatch run here? what would fix it
   sudo gupwatch probes          what gets hooked on this kernel, and how
-  sudo gupwatch check --json    pin through real syscalls and compare with /proc/vmstat")]
+  sudo gupwatch check --json    pin through real syscalls and compare with /proc/vmstat
+
+Environment:
+  GUPWATCH_LOG=debug            log level of the commands other than `run`
+                                (gupwatch=debug adds the eBPF side's first events)
+  GUPWATCH_LOG_DIR=DIR          where refused programs' verifier logs are saved
+                                (default: the temporary directory)
+  GUPWATCH_EBPF_OBJECT=FILE     load this eBPF object instead of the built-in one
+                                (to try an eBPF build without rebuilding gupwatch)
+  NO_COLOR=1                    no colours in log lines")]
 struct Cli {
     /// Seconds between summaries.
     #[arg(short, long, default_value = "1", value_parser = gupwatch::args::parse_interval, global = true)]
@@ -348,6 +357,34 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     Ok(ExitCode::SUCCESS)
 }
 
+/// One warning per hook the kernel has but refused: its calls go uncounted,
+/// and the reason names the fix (and the saved verifier log, if any).
+fn warn_failed_hooks(plan: Option<&gupwatch::plan::ProbePlan>) {
+    for h in plan.into_iter().flat_map(|p| p.failed()) {
+        if let gupwatch::plan::HookStatus::Failed(why) = &h.status {
+            tracing::warn!(function = h.function, reason = %why, fix = failed_hook_fix(why).trim(), "hook not attached: its calls go uncounted");
+        }
+    }
+}
+
+/// [`warn_failed_hooks`] for the commands that write to a terminal.
+fn print_failed_hooks(plan: &gupwatch::plan::ProbePlan) {
+    for h in plan.failed() {
+        if let gupwatch::plan::HookStatus::Failed(why) = &h.status {
+            eprintln!("gupwatch: {} is not hooked, so its calls go uncounted: {why}.{}", h.function, failed_hook_fix(why));
+        }
+    }
+}
+
+/// What to do about a refused hook, from the reason's wording.
+fn failed_hook_fix(why: &str) -> &'static str {
+    if why.contains("verifier refused") {
+        " The verifier refusing gupwatch's own program is a gupwatch bug on this kernel: please report it with the saved verifier log."
+    } else {
+        " `gupwatch doctor` says what this kernel allows."
+    }
+}
+
 /// `gupwatch run`: metrics over HTTP until SIGINT/SIGTERM, then exit 0
 /// with the probes detached (dropping them detaches). Logs through
 /// `tracing`; SIGHUP re-reads the configuration file.
@@ -420,6 +457,9 @@ fn serve(
             kernel = %plan.kernel,
             "this kernel will not run gupwatch's probes: serving the kernel's /proc/vmstat counters and probe health only (reduced mode); `gupwatch doctor` explains"
         );
+    }
+    if attached > 0 {
+        warn_failed_hooks(probes.as_ref().map(|p| &p.plan));
     }
     let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
     let probes = probes.filter(|_| attached > 0);
@@ -674,6 +714,7 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32) -> Resu
         );
         return Ok(ExitCode::from(2));
     }
+    print_failed_hooks(&probes.plan);
     let report = check::run(&probes, scratch)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -729,6 +770,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
         by_mech(gupwatch::plan::Mechanism::Fentry),
         by_mech(gupwatch::plan::Mechanism::Kprobe)
     )?;
+    print_failed_hooks(&probes.plan);
     let first = probes.maps.snapshot()?;
     let vm_first = vmstat::read(true).ok();
     let mut prev = first.clone();
