@@ -68,6 +68,15 @@ pub struct StressReport {
     pub unsettled_intervals: u32,
     /// Pins the tracking map could not record (it is sized to overflow).
     pub untracked_pins: u64,
+    /// Unpins whose entry program did not run, counted at their exit
+    /// (`gupwatch_skipped_entries_total{outcome="counted_at_exit"}`).
+    pub entries_counted_at_exit: u64,
+    /// Unpins whose entry program did not run and whose exit could not
+    /// count them (kretprobe).
+    pub entries_lost: u64,
+    /// Per-thread records of calls whose exit program was skipped, dropped
+    /// when the thread's next call showed them stale.
+    pub stale_records_dropped: u64,
     /// SIGKILL rounds completed.
     pub kill_rounds: u32,
     /// gupwatch programs still loaded after each SIGKILL (should be 0).
@@ -326,7 +335,12 @@ pub fn run(opts: &StressOptions) -> StressReport {
         r.cycles += 1;
     }
     if let (Some(f), Ok(last)) = (first, probes.maps.snapshot()) {
-        r.untracked_pins = last.since(&f).diag[gup_common::Diag::PinsUntracked as usize];
+        use gup_common::Diag;
+        let d = last.since(&f).diag;
+        r.untracked_pins = d[Diag::PinsUntracked as usize];
+        r.entries_counted_at_exit = d[Diag::EntrySkipped as usize];
+        r.entries_lost = d[Diag::EntrySkippedLost as usize];
+        r.stale_records_dropped = d[Diag::StaleRecords as usize];
     }
     drop(storm);
     r
