@@ -4,8 +4,10 @@
 //!
 //! Not triggered here, and why:
 //! - *Verifier rejection*: needs a kernel that loads and then refuses a
-//!   program; `loader.rs`'s unit test `verifier_refusals_are_summarized_and_saved`
-//!   checks the message (last verifier lines) and the saved full log.
+//!   program. The faults step of `cargo xtask test` (`xtask/src/faults.rs`)
+//!   makes 7.2's verifier refuse a deliberately broken copy of the eBPF
+//!   object and checks the message and both saved logs; `loader.rs`'s unit
+//!   test `verifier_refusals_are_summarized_and_saved` checks the summary.
 //! - *Locked-memory limit* (kernels before 5.11 charge maps to
 //!   RLIMIT_MEMLOCK): gupwatch lifts the limit itself before loading, so
 //!   it takes a pre-5.11 kernel and a hard limit the process may not raise.
