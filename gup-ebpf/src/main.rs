@@ -615,6 +615,20 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             return;
         }
     }
+    // Counted once the record is in: without one, the exit counts it.
+    if record_entry(ctx, api, a, count, tid) && api.kind() == ApiKind::Unpin {
+        count_unpin(ctx, api, &args, a, count, tid, false);
+    }
+}
+
+/// Stores this thread's in-flight record; false if the map refused it.
+/// Not inlined: the record would otherwise sit in the entry program's own
+/// frame, and 6.1's verifier refuses the kprobe programs' combined stack
+/// (over 512 bytes) on the unpin path.
+#[inline(never)]
+fn record_entry<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, count: u64, tid: u64) -> bool {
+    // BPF functions take at most five arguments.
+    let args = hook_args(api);
     let rec = Inflight {
         api: api as u32,
         nested_unpin: 0,
@@ -630,12 +644,11 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         trampoline: a.trampoline() as u64,
     };
     match INFLIGHT.insert(&tid, &rec, 0) {
-        // Counted once the record is in: without one, the exit counts it.
-        Ok(()) if api.kind() == ApiKind::Unpin => count_unpin(ctx, api, &args, a, count, tid, false),
-        Ok(()) => {}
+        Ok(()) => true,
         Err(e) => {
             diag(Diag::InflightFull);
-            note(Diag::InflightFull, WHY_MAP_FULL, api as u32, tgid, count, e, 0);
+            note(Diag::InflightFull, WHY_MAP_FULL, api as u32, (tid >> 32) as u32, count, e, 0);
+            false
         }
     }
 }
