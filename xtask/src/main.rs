@@ -70,8 +70,9 @@ enum Cmd {
         skip_live: bool,
     },
     /// The faults a user meets, on a real kernel: no BTF, corrupt BTF, a
-    /// map too large, a memory cgroup too small, and the eBPF side's debug
-    /// logs of an overflowing tracking map (also a step of `test`).
+    /// map too large, a memory cgroup too small, a program the verifier
+    /// refuses, a missing eBPF object, and the eBPF side's debug logs of an
+    /// overflowing tracking map (also a step of `test`).
     Faults {
         /// Kernel to boot.
         #[arg(long, default_value = "7.2")]

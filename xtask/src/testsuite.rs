@@ -647,7 +647,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
     banner(
         total - 2,
         total,
-        &format!("faults on kernel {}: no BTF, corrupt BTF, a map too large, a memory cgroup too small", newest.name),
+        &format!("faults on kernel {}: no BTF, corrupt BTF, a map too large, a memory cgroup too small, a verifier refusal, a missing eBPF object", newest.name),
     );
     if !aliases.iter().any(|a| a.name == newest.name) {
         println!("SKIPPED: it runs on kernel {} only, which --kernels leaves out", newest.name);
