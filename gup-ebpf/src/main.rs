@@ -543,9 +543,11 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         }
         return;
     }
+    // Two helper calls under fentry: read once per call.
+    let frame = a.frame();
     if api.kind() == ApiKind::SlowPath {
         // Inside a fast-path call: remember where the slow path took over.
-        if live_outer(tid, a.frame()).is_none() {
+        if live_outer(tid, frame).is_none() {
             return;
         }
         if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
@@ -572,11 +574,11 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         }
     };
     if api.kind() == ApiKind::Unpin && !in_task_context() {
-        on_irq_unpin(ctx, api, &args, a, count);
+        on_irq_unpin(ctx, api, &args, a, count, frame);
         return;
     }
     if api.kind() == ApiKind::Unpin {
-        let outer = live_outer(tid, a.frame()).and_then(|o| Api::from_index(o.api));
+        let outer = live_outer(tid, frame).and_then(|o| Api::from_index(o.api));
         if let Some(outer_api) = outer {
             if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
                 // SAFETY: this thread's own live record.
@@ -607,7 +609,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         // get_user_pages_fast falls back through get_user_pages_unlocked):
         // the outer call counts the pages; recording this one would replace
         // the outer record and count them twice.
-        let outer = live_outer(tid, a.frame()).and_then(|o| Api::from_index(o.api));
+        let outer = live_outer(tid, frame).and_then(|o| Api::from_index(o.api));
         if outer.is_some_and(|o| matches!(o.kind(), ApiKind::Pin | ApiKind::Get)) {
             if let Some(s) = stats(api) {
                 add(&mut s.nested_calls, 1);
@@ -616,7 +618,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         }
     }
     // Counted once the record is in: without one, the exit counts it.
-    if record_entry(ctx, api, a, count, tid) && api.kind() == ApiKind::Unpin {
+    if record_entry(ctx, api, a, count, frame) && api.kind() == ApiKind::Unpin {
         count_unpin(ctx, api, &args, a, count, tid, false);
     }
 }
@@ -626,9 +628,10 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
 /// frame, and 6.1's verifier refuses the kprobe programs' combined stack
 /// (over 512 bytes) on the unpin path.
 #[inline(never)]
-fn record_entry<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, count: u64, tid: u64) -> bool {
-    // BPF functions take at most five arguments.
+fn record_entry<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, count: u64, frame: u64) -> bool {
+    // BPF functions take at most five arguments: these two are re-read.
     let args = hook_args(api);
+    let tid = bpf_get_current_pid_tgid();
     let rec = Inflight {
         api: api as u32,
         nested_unpin: 0,
@@ -640,7 +643,7 @@ fn record_entry<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, count: u6
         slow_start: 0,
         stack_id: if api.kind() == ApiKind::Unpin { -1 } else { stack_id(ctx, api) },
         pages_ptr: a.arg(args.pages_idx).unwrap_or(0),
-        frame: a.frame(),
+        frame,
         trampoline: a.trampoline() as u64,
     };
     match INFLIGHT.insert(&tid, &rec, 0) {
@@ -889,8 +892,8 @@ const fn track_ctx(base: u64, form: u8, pin: bool, site: i64, owner: PinOwner) -
 /// interrupted task's records; nesting is tracked per CPU. Inlined: as a
 /// subprogram its frame pushed the deepest call chain past 6.1's 512 bytes.
 #[inline(always)]
-fn on_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64) {
-    let entry = irq_unpins().map_or(IrqEntry::Count, |st| st.enter(api as u64, a.frame(), a.trampoline(), now()));
+fn on_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64, frame: u64) {
+    let entry = irq_unpins().map_or(IrqEntry::Count, |st| st.enter(api as u64, frame, a.trampoline(), now()));
     if entry == IrqEntry::Nested {
         if let Some(s) = stats(api) {
             add(&mut s.nested_calls, 1);

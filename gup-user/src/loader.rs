@@ -110,26 +110,6 @@ pub enum CycleError {
     PerCpu(#[from] std::io::Error),
 }
 
-/// Records of calls that were in progress when the probes were detached,
-/// found and cleared by [`Probes::reattach_all`].
-#[derive(Clone, Debug, Default)]
-pub struct StaleRecords {
-    /// `INFLIGHT` entries: (pid_tgid, the API of the call).
-    pub inflight: Vec<(u64, Option<Api>)>,
-    /// `I915_CUR` entries.
-    pub i915: usize,
-    /// Open interrupt-context unpin frames, summed over CPUs (0 when
-    /// nothing was inside a hooked unpin in interrupt context).
-    pub irq_depth: u64,
-}
-
-impl StaleRecords {
-    /// How many records were cleared.
-    pub fn count(&self) -> usize {
-        self.inflight.len() + self.i915 + self.irq_depth as usize
-    }
-}
-
 /// Loaded, attached probes and the maps they fill.
 pub struct Probes {
     /// Keeps the programs (and so their links) alive.
@@ -561,9 +541,9 @@ impl Probes {
 
     /// Attaches again every hook [`Probes::detach_all`] detached, after
     /// clearing the per-thread and per-CPU records calls in flight at the
-    /// detach left behind ([`Probes::clear_stale_records`]). Returns what
-    /// was cleared.
-    pub fn reattach_all(&mut self) -> Result<StaleRecords, CycleError> {
+    /// detach left behind ([`Probes::clear_stale_records`]). Returns how
+    /// many records were cleared.
+    pub fn reattach_all(&mut self) -> Result<u64, CycleError> {
         let stale = self.clear_stale_records()?;
         for i in 0..self.links.len() {
             if self.links[i].links.is_none() {
@@ -574,11 +554,12 @@ impl Probes {
         Ok(stale)
     }
 
-    /// Per hooked function, the calls the kernel ran without gupwatch's
-    /// program because that program was already running on the CPU: an
-    /// interrupt that calls the same function arrived while it ran, and the
-    /// kernel's BPF recursion guard skipped it. Such a call's pages are
-    /// missing from gupwatch's counts, so they are reported, not hidden.
+    /// Per hooked function, the calls the kernel ran without one of
+    /// gupwatch's programs because that program was already running on the
+    /// CPU (an interrupt calling the same function while it ran, or a task
+    /// preempted inside it): the kernel's BPF recursion guard skipped it.
+    /// Most such calls are still counted at their other end
+    /// (`gup_common::irq`); the rest are missing, so every skip is reported.
     ///
     /// From each program's `recursion_misses` (in its fdinfo, 5.12+;
     /// kprobe programs count there from 6.7). Every attached hook has an
@@ -611,20 +592,17 @@ impl Probes {
     ///
     /// Only valid while nothing is attached. A call that was inside a
     /// hooked function when its exit program was detached never removes its
-    /// record; left there, the thread's next hooked call would look nested
-    /// in it and go uncounted (seen once in 7.2's stress run: 256 unpinned
-    /// pages missing from one interval).
-    fn clear_stale_records(&mut self) -> Result<StaleRecords, CycleError> {
+    /// record. The programs drop such records once a later call shows them
+    /// stale, but clearing them here leaves nothing to chance.
+    fn clear_stale_records(&mut self) -> Result<u64, CycleError> {
         use aya::maps::{HashMap, PerCpuArray, PerCpuValues};
-        let mut out = StaleRecords::default();
+        let mut cleared = 0;
         {
             let map = self._ebpf.map_mut("INFLIGHT").ok_or(CycleError::MissingMap("INFLIGHT"))?;
             let mut m: HashMap<_, u64, gup_common::Inflight> = HashMap::try_from(map)?;
-            let stale: Vec<(u64, gup_common::Inflight)> = m.iter().filter_map(Result::ok).collect();
-            for (tid, rec) in stale {
-                if m.remove(&tid).is_ok() {
-                    out.inflight.push((tid, Api::from_index(rec.api)));
-                }
+            let keys: Vec<u64> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                cleared += m.remove(&k).is_ok() as u64;
             }
         }
         {
@@ -632,7 +610,7 @@ impl Probes {
             let mut m: HashMap<_, u64, [u64; 2]> = HashMap::try_from(map)?;
             let keys: Vec<u64> = m.keys().filter_map(Result::ok).collect();
             for k in keys {
-                out.i915 += m.remove(&k).is_ok() as usize;
+                cleared += m.remove(&k).is_ok() as u64;
             }
         }
         {
@@ -640,15 +618,16 @@ impl Probes {
             let map = self._ebpf.map_mut("IRQ_UNPINS").ok_or(CycleError::MissingMap("IRQ_UNPINS"))?;
             let mut m: PerCpuArray<_, IrqUnpins> = PerCpuArray::try_from(map)?;
             let cpus = m.get(&0, 0)?;
-            out.irq_depth = cpus.iter().map(|c| c.depth + c.overflow).sum();
-            if out.irq_depth != 0 {
+            let frames: u64 = cpus.iter().map(|c| c.depth + c.overflow).sum();
+            cleared += frames;
+            if frames != 0 {
                 // Only the frames: the counters in the value stay.
                 let cleared: Vec<IrqUnpins> =
                     cpus.iter().map(|c| IrqUnpins { depth: 0, overflow: 0, loose_pages: 0, ..*c }).collect();
                 m.set(0, PerCpuValues::try_from(cleared)?, 0)?;
             }
         }
-        Ok(out)
+        Ok(cleared)
     }
 
     /// Attaches hooks on module functions that were absent when the probes

@@ -745,7 +745,7 @@ impl PromCollector for Exposition {
         counters(
             &mut enc,
             "gupwatch_probe_misses",
-            "Calls of this kernel function the kernel ran without gupwatch's program, because the same program was already running on that CPU (an interrupt called the function meanwhile; the BPF recursion guard). Their pages are missing from gupwatch's counts. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+).",
+            "Calls of this kernel function the kernel ran without one of gupwatch's programs, because the same program was already running on that CPU (under an interrupt, or in a preempted task: the BPF recursion guard). gupwatch_skipped_entries_total says which were still counted. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+).",
             d.probe_misses.iter().map(|(f, n)| (FunctionLabels { function: f }, *n)),
         )?;
         counters(

@@ -60,9 +60,10 @@ pub struct StressReport {
     /// be 0.
     pub unexplained_intervals: u32,
     /// Runs of gupwatch's programs the kernel skipped in the attached
-    /// intervals (BPF recursion guard: an interrupt called a hooked function
-    /// while the same program ran on that CPU). Reported by gupwatch as
-    /// `gupwatch_probe_misses_total`; each can cost that call's pages.
+    /// intervals (BPF recursion guard: the same program was already running
+    /// on that CPU, under an interrupt or in a preempted task). Reported by
+    /// gupwatch as `gupwatch_probe_misses_total`; most are counted at the
+    /// call's other end, the rest cost that call's pages.
     pub probe_misses: u64,
     /// Intervals whose counters did not settle (storm still pinning).
     pub unsettled_intervals: u32,
@@ -292,7 +293,8 @@ pub fn run(opts: &StressOptions) -> StressReport {
         r.probe_misses += missed;
         match (begin, end) {
             (Ok((s0, v0, q0)), Ok((s1, v1, q1))) => {
-                let t = s1.since(&s0).totals();
+                let delta = s1.since(&s0);
+                let t = delta.totals();
                 let (acq, rel) = match v1.delta_since(&v0) {
                     Ok(d) => (d.acquired, d.released),
                     Err(e) => {
@@ -302,7 +304,7 @@ pub fn run(opts: &StressOptions) -> StressReport {
                 };
                 let gap = t.pinned_pages.abs_diff(acq).max(t.unpinned_pages.abs_diff(rel));
                 if gap != 0 && r.inexact_details.len() < MAX_DETAILS {
-                    r.inexact_details.push(describe_interval(r.cycles, &s1.since(&s0), acq, rel, &misses));
+                    r.inexact_details.push(describe_interval(r.cycles, &delta, acq, rel, &misses));
                 }
                 r.max_gap = r.max_gap.max(gap);
                 r.inexact_intervals += (gap != 0) as u32;
@@ -326,7 +328,7 @@ pub fn run(opts: &StressOptions) -> StressReport {
         std::thread::sleep(opts.window / 2);
         storm.signal(libc::SIGSTOP);
         match probes.reattach_all() {
-            Ok(stale) => r.stale_records_cleared += stale.count() as u64,
+            Ok(cleared) => r.stale_records_cleared += cleared,
             Err(e) => {
                 r.errors.push(format!("re-attach: {e}"));
                 break;
