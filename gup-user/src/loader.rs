@@ -236,6 +236,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .override_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
         .override_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
         .override_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
+        .override_global("RETURN_TRAMPOLINE", &plan.return_trampoline, true)
         .override_global("TRACK_PINS", &track, true)
         .override_global("LOG_DIAG", &log_diag, true)
         .map_max_entries("PINS", opts.track_capacity.max(1))
@@ -282,9 +283,31 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
                 }
             },
             (Mechanism::Fentry, None) => Err("fentry planned but kernel BTF could not be loaded".into()),
-            (Mechanism::Kprobe, _) => attach_kprobe(&mut ebpf, idx, &symbol, with_exit)
-                .map(|l| (Mechanism::Kprobe, l))
-                .map_err(|e| format!("kprobe: {}", describe(&e, &format!("{}-kprobe", hook.function)))),
+            (Mechanism::Kprobe, _) => match attach_kprobe(&mut ebpf, idx, &symbol, with_exit) {
+                Ok(l) => Ok((Mechanism::Kprobe, l)),
+                Err(e) => {
+                    let kprobe_err = describe(&e, &format!("{}-kprobe", hook.function));
+                    match (&btf, hook.fentry_possible) {
+                        (Some(btf), true) => {
+                            detach(&mut ebpf, idx, Mechanism::Kprobe);
+                            match attach_fentry(&mut ebpf, idx, &symbol, btf, with_exit) {
+                                Ok(l) => {
+                                    hook.reason = format!("kprobe refused ({kprobe_err}): fell back to fentry");
+                                    Ok((Mechanism::Fentry, l))
+                                }
+                                Err(f) => {
+                                    detach(&mut ebpf, idx, Mechanism::Fentry);
+                                    Err(format!(
+                                    "kprobe: {kprobe_err}; fentry: {}",
+                                    describe(&f, &format!("{}-fentry", hook.function))
+                                    ))
+                                }
+                            }
+                        }
+                        _ => Err(format!("kprobe: {kprobe_err}")),
+                    }
+                }
+            },
         };
         match result {
             Ok((m, l)) => {
