@@ -268,18 +268,20 @@ pub fn map_records(data: &[u8]) {
     // Pin records → leak report.
     let pins: Vec<(u64, PinRecord)> = (0..input.u8() % 8).map(|_| (input.u64(), input.pod())).collect();
     let exited: HashMap<u32, u64> = (0..input.u8() % 4).map(|_| (input.u32(), input.u64())).collect();
-    let unbalanced: Vec<(i64, u64)> = (0..input.u8() % 4).map(|_| (input.u64() as i64, input.u64())).collect();
+    let unbalanced: Vec<(u64, u64)> = (0..input.u8() % 4).map(|_| (input.u64(), input.u64())).collect();
     let maps = leaks::TrackingMaps { pins, exited: exited.clone(), unbalanced };
     let alive_mask = input.u8();
     let caller = |id: i64| Caller {
         function: if id < 0 { "unknown".into() } else { format!("site_{}", id % 5) },
         subsystem: if id % 2 == 0 { Subsystem::IoUring } else { Subsystem::Other },
     };
+    let site = |ip: u64| Caller { function: format!("site_{:x}", ip % 5), subsystem: Subsystem::Other };
     let alive = |tgid: u32| alive_mask & (1 << (tgid % 8)) != 0;
     let cx = leaks::Context {
         now_ns: input.u64(),
         since_ns: if input.u8() & 1 == 1 { input.u64() } else { 0 },
         caller: &caller,
+        site: &site,
         alive: &alive,
         kernel_outstanding: if input.u8() & 1 == 1 { Some(input.u64() as i64) } else { None },
         untracked_pins: input.u64(),

@@ -347,6 +347,7 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
             now_ns: leaks::monotonic_ns(),
             since_ns: run_start_ns,
             caller: &caller,
+            site: &|ip| attribution::caller_of(&[ip], kallsyms),
             alive: &leaks::process_alive,
             kernel_outstanding: None,
             untracked_pins: 0,

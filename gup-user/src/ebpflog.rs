@@ -171,7 +171,6 @@ impl DiagEvent {
             Diag::UnpinsMatched => "unpins_matched",
             Diag::I915ObjectsFull => "i915_objects_full",
             Diag::EntrySkipped => "entry_skipped",
-            Diag::EntrySkippedLost => "entry_skipped_lost",
             Diag::StaleRecords => "stale_records",
         }
     }
@@ -229,9 +228,6 @@ impl DiagEvent {
             (Diag::I915ObjectsFull, _) => {
                 format!("i915 object map I915_OBJECTS refused object {:#x} ({who})", self.key)
             }
-            (Diag::EntrySkippedLost, _) => format!(
-                "an unpin's entry program did not run (the kernel skipped it, or the call began before the probes attached), and its kretprobe cannot see the page count: pages not counted ({who})"
-            ),
             (Diag::PinsTracked | Diag::UnpinsMatched | Diag::EntrySkipped | Diag::StaleRecords, _) => format!("{} ({who})", self.counter_name()),
         };
         if self.err != 0 {

@@ -338,6 +338,7 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
             now_ns: gupwatch::leaks::monotonic_ns(),
             since_ns: 0,
             caller: &caller,
+            site: &|ip| gupwatch::attribution::caller_of(&[ip], &kallsyms),
             alive: &gupwatch::leaks::process_alive,
             kernel_outstanding: vmstat::read(true).ok().map(|v| v.outstanding()),
             untracked_pins: snap.diag[gup_common::Diag::PinsUntracked as usize],
