@@ -26,6 +26,7 @@ pub mod host;
 pub mod i915;
 pub mod http;
 pub mod kallsyms;
+pub mod kernel;
 pub mod leaks;
 pub mod loader;
 pub mod metrics;
