@@ -20,6 +20,7 @@ pub mod bench;
 pub mod btf;
 pub mod check;
 pub mod config;
+pub mod crash;
 pub mod doctor;
 pub mod ebpflog;
 pub mod host;
