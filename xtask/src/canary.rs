@@ -215,10 +215,15 @@ fn panic_lines(console_log: &Path) -> Vec<String> {
 
 fn judge(run: &KernelRun, uname: &str, r: &mut StepReport) {
     let panics = panic_lines(&run.outcome.console_log);
-    let panic_detail = |status: i32| {
+    // gupwatch's own line names its command; Rust's default one does not,
+    // so without a line of this command's, every panic line is shown.
+    let panic_detail = |status: i32, command: &str| {
+        let own: Vec<&String> = panics.iter().filter(|l| l.contains(&format!("`{command}`"))).collect();
+        let shown: Vec<&String> = if own.is_empty() { panics.iter().collect() } else { own };
+        let shown: Vec<&str> = shown.into_iter().map(String::as_str).collect();
         format!(
             "exit status {status}{}",
-            if panics.is_empty() { String::new() } else { format!(": {}", panics.join(" | ")) }
+            if shown.is_empty() { String::new() } else { format!(": {}", shown.join(" | ")) }
         )
     };
     r.checks.push(Check {
@@ -228,7 +233,7 @@ fn judge(run: &KernelRun, uname: &str, r: &mut StepReport) {
     });
     let doctor_status = run.doctor.as_ref().and_then(|(_, s)| *s);
     r.checks.push(match doctor_status {
-        Some(s) if PANIC_STATUSES.contains(&s) => Check { name: "gupwatch doctor --json did not panic".into(), ok: false, detail: panic_detail(s) },
+        Some(s) if PANIC_STATUSES.contains(&s) => Check { name: "gupwatch doctor --json did not panic".into(), ok: false, detail: panic_detail(s, "gupwatch doctor") },
         Some(s) => Check { name: "gupwatch doctor --json did not panic".into(), ok: true, detail: format!("exit status {s}") },
         None => Check {
             name: "gupwatch doctor --json did not panic".into(),
@@ -240,7 +245,7 @@ fn judge(run: &KernelRun, uname: &str, r: &mut StepReport) {
     r.checks.push(Check {
         name: "gupwatch check --json did not panic".into(),
         ok: !PANIC_STATUSES.contains(&check_status),
-        detail: if PANIC_STATUSES.contains(&check_status) { panic_detail(check_status) } else { format!("exit status {check_status}") },
+        detail: if PANIC_STATUSES.contains(&check_status) { panic_detail(check_status, "gupwatch check") } else { format!("exit status {check_status}") },
     });
     if let Some((json, status)) = &run.doctor {
         doctor_notes(json, *status, uname, &mut r.notes);
