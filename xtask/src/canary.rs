@@ -333,6 +333,29 @@ mod tests {
         assert!(is_newer("7.4~rc1-1~exp1", "7.3.2-1"));
     }
 
+    /// Experimental's lists as seen on 2026-12-04: the split layout of
+    /// sid, an ABI without a patch level, and an older candidate.
+    #[test]
+    fn experimental_lists_resolve_to_the_newest_candidate() {
+        let info = |name: &str, version: &str| kernels::PkgInfo { name: name.into(), version: version.into() };
+        let infos = [
+            info("linux-binary-unsigned-7.3-cloud-amd64", "7.3~rc7-1~exp1"),
+            info("linux-binary-7.3-cloud-amd64", "7.3~rc7-1~exp1"),
+            info("linux-modules-7.3-cloud-amd64", "7.3~rc7-1~exp1"),
+            info("linux-base-7.3-cloud-amd64", "7.3~rc7-1~exp1"),
+            info("linux-binary-unsigned-7.3-cloud-amd64", "7.3~rc6-1~exp1"),
+            info("linux-binary-unsigned-7.3-amd64", "7.3~rc7-1~exp1"),
+        ];
+        let c = kernels::choose(&infos, Flavour::Cloud).unwrap();
+        assert_eq!((c.abi.as_str(), c.version.as_str()), ("7.3", "7.3~rc7-1~exp1"));
+        assert_eq!(c.uname(Flavour::Cloud), "7.3-cloud-amd64");
+        assert_eq!(
+            c.packages,
+            ["linux-binary-unsigned-7.3-cloud-amd64", "linux-modules-7.3-cloud-amd64", "linux-base-7.3-cloud-amd64"]
+        );
+        assert!(is_newer(&c.version, "7.2.13-1"));
+    }
+
     fn run_with(stdout: &str, status: i32) -> KernelRun {
         let (doctor, check_stdout) = testsuite::split_doctor(stdout);
         KernelRun {

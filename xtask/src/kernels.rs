@@ -570,7 +570,7 @@ impl Choice {
 
 /// Picks the newest kernel ABI of a flavour and the packages that make it
 /// bootable, whichever packaging layout the suite uses.
-fn choose(infos: &[PkgInfo], flavour: Flavour) -> Result<Choice> {
+pub(crate) fn choose(infos: &[PkgInfo], flavour: Flavour) -> Result<Choice> {
     // abi -> kind -> (name, version); several versions of one name keep the newest.
     let mut by_abi: BTreeMap<String, BTreeMap<PkgKind, (String, String)>> = BTreeMap::new();
     for info in infos {
