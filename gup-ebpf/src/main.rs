@@ -25,7 +25,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_arg_cnt, bpf_get_func_ret, bpf_loop},
+        generated::{bpf_get_current_cgroup_id, bpf_get_stackid, bpf_get_func_arg, bpf_get_func_arg_cnt, bpf_get_func_ret, bpf_loop},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, StackTrace},
@@ -453,14 +453,13 @@ fn foll_longterm() -> u64 {
 #[inline(always)]
 fn stack_id<C: EbpfContext>(ctx: &C, api: Api) -> i64 {
     // SAFETY: the context is the program's own; flags 0 = kernel stack.
-    match unsafe { STACKS.get_stackid(ctx, 0) } {
-        Ok(id) => id,
-        Err(e) => {
-            diag(Diag::StackLost);
-            note(Diag::StackLost, WHY_NONE, api as u32, current_tgid(), 1, e, 0);
-            -1
-        }
+    let id = unsafe { bpf_get_stackid(ctx.as_ptr(), &STACKS as *const StackTrace as *mut c_void, 0) };
+    if id < 0 {
+        diag(Diag::StackLost);
+        note(Diag::StackLost, WHY_NONE, api as u32, current_tgid(), 1, id, 0);
+        return -1;
     }
+    id
 }
 
 /// Adds one call to the attribution map.
@@ -485,7 +484,7 @@ fn attribute(tgid: u32, api: Api, stack_id: i64, delta: &AttribValue) {
             v = attrib_entry(&key);
             if v.is_none() {
                 diag(Diag::AttribFull);
-                note(Diag::AttribFull, WHY_MAP_FULL, api as u32, tgid, delta.pages, e, stack_id as u64);
+                note(Diag::AttribFull, WHY_MAP_FULL, api as u32, tgid, delta.pages, e.into(), stack_id as u64);
                 return;
             }
         } else {
@@ -650,7 +649,7 @@ fn record_entry<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, count: u6
         Ok(()) => true,
         Err(e) => {
             diag(Diag::InflightFull);
-            note(Diag::InflightFull, WHY_MAP_FULL, api as u32, (tid >> 32) as u32, count, e, 0);
+            note(Diag::InflightFull, WHY_MAP_FULL, api as u32, (tid >> 32) as u32, count, e.into(), 0);
             false
         }
     }
@@ -777,7 +776,7 @@ fn track_pin(folio: u64, c: &TrackCtx) {
             rec = PINS.get_ptr_mut(&folio);
             if rec.is_none() {
                 diag_add(Diag::PinsUntracked, 1);
-                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e, folio);
+                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e.into(), folio);
                 return;
             }
         } else {
@@ -1157,7 +1156,7 @@ fn i915_event(tid: u64, kind: I915EventKind, ev: I915Event) {
         if let Err(e) = I915_OBJECTS.insert(&obj, &fresh, 1) {
             if I915_OBJECTS.get_ptr_mut(&obj).is_none() {
                 diag_add(Diag::I915ObjectsFull, 1);
-                note(Diag::I915ObjectsFull, WHY_MAP_FULL, api as u32, tgid, 1, e, obj);
+                note(Diag::I915ObjectsFull, WHY_MAP_FULL, api as u32, tgid, 1, e.into(), obj);
                 return;
             }
         }

@@ -230,15 +230,15 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let log_diag = opts.ebpf_log as u64;
     let object = Object::from_env()?;
     let mut ebpf = EbpfLoader::new()
-        .set_global("HOOK_ARGS", &hook_args, true)
-        .set_global("FOLL_LONGTERM", &foll_longterm, true)
-        .set_global("FOLL_PIN", &plan.foll_pin(), true)
-        .set_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
-        .set_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
-        .set_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
-        .set_global("TRACK_PINS", &track, true)
-        .set_global("LOG_DIAG", &log_diag, true)
-        .set_max_entries("PINS", opts.track_capacity.max(1))
+        .override_global("HOOK_ARGS", &hook_args, true)
+        .override_global("FOLL_LONGTERM", &foll_longterm, true)
+        .override_global("FOLL_PIN", &plan.foll_pin(), true)
+        .override_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
+        .override_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
+        .override_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
+        .override_global("TRACK_PINS", &track, true)
+        .override_global("LOG_DIAG", &log_diag, true)
+        .map_max_entries("PINS", opts.track_capacity.max(1))
         .load(object.bytes())
         .map_err(map_create_error)?;
     if std::env::var_os("GUPWATCH_DEBUG").is_some() {
@@ -702,7 +702,6 @@ mod map_create_tests {
         let err = |errno| {
             map_create_error(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
                 name: "PINS".into(),
-                code: -1,
                 io_error: std::io::Error::from_raw_os_error(errno),
             }))
             .to_string()
