@@ -342,8 +342,9 @@ impl RunningKernel {
             (Ok(_), Some(v)) if v.is_prerelease() => (
                 Standing::PreRelease,
                 format!(
-                    "{what}: a release candidate; its GUP functions may still change, so the hooks below are \
-                     tried, not assumed, and `gupwatch check` shows whether the counts are exact on it"
+                    "{what}: a release candidate; its GUP functions may still change, so doctor's hook \
+                     findings are tried on it, not assumed, and `gupwatch check` shows whether the counts are \
+                     exact on it"
                 ),
                 None,
             ),
