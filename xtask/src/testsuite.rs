@@ -297,7 +297,8 @@ pub struct DoctorCheck {
 
 /// Findings that must be `ok` in the test VMs: root, BTF, no lockdown,
 /// the JIT, kallsyms with addresses, and every mechanism (the guests'
-/// init mounts tracefs, and Debian's kernels have fentry and kprobes).
+/// init mounts tracefs, and Debian's kernels have fentry and kprobes);
+/// and `kernel`: a released Debian kernel's version must be readable.
 pub const DOCTOR_OK_IN_VMS: &[&str] = &[
     "privileges",
     "kernel_btf",
@@ -310,6 +311,7 @@ pub const DOCTOR_OK_IN_VMS: &[&str] = &[
     "gup_functions",
     "vmstat",
     "probe_plan",
+    "kernel",
 ];
 
 /// Judges doctor's report from a test VM (a Debian kernel, root, no i915):
@@ -941,7 +943,7 @@ mod tests {
         assert_eq!(failed(v, Some(1)), ["verdict full, exit status 0", "fentry ok", "fentry tried and works"]);
         let mut v = healthy_doctor();
         v["hooks"]["attached"] = 18.into();
-        v["findings"][11]["detail"] = "i915 loaded: ...".into();
+        v["findings"][DOCTOR_OK_IN_VMS.len()]["detail"] = "i915 loaded: ...".into();
         assert_eq!(failed(v, Some(0)), ["i915 reported not loaded", "every GUP function present is hooked"]);
         assert_eq!(failed(healthy_doctor(), None), ["verdict full, exit status 0"], "the process status counts too");
         let c = judge_doctor("gupwatch: error: boom", Some(2), None);
