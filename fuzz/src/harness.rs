@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("btf_parse", btf_parse),
     ("kallsyms", kallsyms),
     ("vmstat_parse", vmstat_parse),
+    ("kernel_version", kernel_version),
     ("map_records", map_records),
     ("cli_values", cli_values),
     ("config_toml", config_toml),
@@ -180,6 +181,31 @@ pub fn kallsyms(data: &[u8]) {
     assert!(!c.function.is_empty());
     let plan = ProbePlan::resolve("6.1.0-fuzz".into(), Err("no BTF (fuzz)".into()), &k);
     let _ = plan.to_table();
+}
+
+// ---------------------------------------------------------------------------
+// Kernel version strings
+
+/// Every kernel version parser (gup-user/src/kernel.rs) on the same text:
+/// an error or a version, never a panic (issue 21: a version string aya
+/// 0.13 could not parse crashed gupwatch). A version that parses prints
+/// and orders without panicking, and a release string's version comes
+/// back from its own display.
+pub fn kernel_version(data: &[u8]) {
+    use gupwatch::kernel;
+    let text = String::from_utf8_lossy(data);
+    let parsed = [
+        kernel::parse_release(&text).ok(),
+        kernel::parse_debian_version(&text).ok(),
+        kernel::parse_uname_version(&text).ok().map(|(_, v)| v),
+        kernel::parse_version_signature(&text).ok().map(|(_, v)| v),
+    ];
+    for v in parsed.into_iter().flatten() {
+        let _ = (v.at_least(6, 3), v.is_prerelease(), v.cmp(&v));
+        assert_eq!(kernel::parse_release(&v.to_string()), Ok(v), "{v} round-trips");
+    }
+    let k = kernel::RunningKernel::from_strings(&text, Some(&text), Some(&text));
+    let _ = (k.version(), k.describe(), k.assess());
 }
 
 // ---------------------------------------------------------------------------

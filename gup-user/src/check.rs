@@ -468,7 +468,9 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
 fn mismatches(r: &ScenarioReport, pins_expected: bool) -> Vec<String> {
     let e = &r.expected;
     let mut out = vec![];
-    let returned = r.pinned_pages - r.undone_pages;
+    // Deltas of kernel-side counters: saturating, so that a counter that
+    // went wrong shows as a mismatch below rather than a panic here.
+    let returned = r.pinned_pages.saturating_sub(r.undone_pages);
     if pins_expected {
         match e.path {
             ExpectedPath::Fast if !(returned > 0 && r.fast_pages >= returned && r.slow_pages == 0) => {

@@ -7,7 +7,9 @@
 //! function, kprobe/kretprobe otherwise. The loader then tries the plan and
 //! records what really happened (fentry can still be refused at attach time,
 //! e.g. 6.1's x86 trampoline takes at most six arguments), so the printed
-//! plan shows the truth. No other module looks at kernel versions.
+//! plan shows the truth. Kernel version strings are parsed only in
+//! [`crate::kernel`], and read here only for the FOLL_* values of a kernel
+//! without BTF.
 
 use std::collections::BTreeMap;
 
@@ -155,14 +157,6 @@ const FOLL_ENUMS: &[(&str, u64)] = &[
     ("FOLL_UNLOCKABLE", 1 << 21), ("FOLL_MADV_POPULATE", 1 << 22),
 ];
 
-/// `major.minor` of a kernel release string (`7.2.13+deb14-cloud-amd64`).
-pub fn release_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 impl FollFlags {
     /// From BTF when it has the enumerators (6.3+); otherwise from the
     /// table of the kernel's generation: the only place gupwatch reads the
@@ -178,7 +172,10 @@ impl FollFlags {
                 return FollFlags { source: FollSource::Btf, values };
             }
         }
-        match release_version(release) {
+        // An unreadable release takes the older table: a 5.8-6.2 kernel
+        // is likelier than a 6.3+ one without BTF (every 6.3+ distribution
+        // kernel has BTF).
+        match crate::kernel::release_major_minor(release) {
             Some(v) if v >= (6, 3) && btf.is_none() => {
                 FollFlags { source: FollSource::EnumTable, values: FOLL_ENUMS.iter().copied().collect() }
             }
@@ -554,7 +551,7 @@ impl ProbePlan {
     pub fn for_running_kernel() -> Result<ProbePlan, crate::kallsyms::KallsymsError> {
         let btf = crate::btf::KernelBtf::from_sys_fs();
         let kallsyms = Kallsyms::from_proc()?;
-        let mut plan = Self::resolve(kernel_release(), btf.as_ref().map_err(|e| e.to_string()), &kallsyms);
+        let mut plan = Self::resolve(crate::kernel::release(), btf.as_ref().map_err(|e| e.to_string()), &kallsyms);
         let pref = Preference::from_env().unwrap_or_else(|e| {
             tracing::warn!("{e}; using auto");
             Preference::Auto
@@ -829,13 +826,6 @@ fn taken_by(hooks: &[HookPlan]) -> Vec<(&'static str, &'static str)> {
 /// 5.19, the kretprobe trampoline before (renamed in 5.16).
 const RETURN_TRAMPOLINES: [&str; 3] = ["arch_rethook_trampoline", "__kretprobe_trampoline", "kretprobe_trampoline"];
 
-/// `uname -r` of the running kernel.
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -905,8 +895,13 @@ mod tests {
         }
         let unknown = ProbePlan::resolve("weird".into(), Err("no BTF".into()), &k);
         assert_eq!(unknown.foll.source, FollSource::DefineTable);
-        assert_eq!(release_version("6.12.117+deb13-cloud-amd64"), Some((6, 12)));
-        assert_eq!(release_version("7"), None);
+        // Experimental's pre-release names: 7.3, so the 6.3+ table.
+        for r in ["7.3-cloud-amd64", "7.3.0-rc7+"] {
+            assert_eq!(ProbePlan::resolve(r.into(), Err("no BTF".into()), &k).foll.source, FollSource::EnumTable, "{r}");
+        }
+        for r in ["", "7", "99999999999.1-huge"] {
+            assert_eq!(ProbePlan::resolve(r.into(), Err("no BTF".into()), &k).foll.source, FollSource::DefineTable, "{r:?}");
+        }
     }
 
     #[test]

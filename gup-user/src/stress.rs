@@ -235,7 +235,7 @@ fn misses_since(now: &[(gup_common::Api, u64)], before: &[(gup_common::Api, u64)
 
 /// Runs the stress suite inside the guest.
 pub fn run(opts: &StressOptions) -> StressReport {
-    let mut r = StressReport { kernel: crate::plan::kernel_release(), ..Default::default() };
+    let mut r = StressReport { kernel: crate::kernel::release(), ..Default::default() };
 
     // SIGKILL rounds first, while this process holds no programs, so any
     // gupwatch program left afterwards is a leftover.

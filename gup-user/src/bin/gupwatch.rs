@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use gup_common::{Api, ApiKind};
 use gupwatch::{check, config::LogFormat, host, loader, plan::ProbePlan, scenarios, vmstat};
 
@@ -208,15 +208,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // First, so that any panic is one line naming the command and kernel,
+    // then exit status 70 (crash.rs).
+    gupwatch::crash::install();
+    let matches = Cli::command().get_matches();
+    gupwatch::crash::set_command(matches.subcommand_name());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Caught here rather than exiting in the hook: unwinding runs the
+    // destructors that detach probes and restore the terminal.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gupwatch::crash::test_trigger();
+        run(cli)
+    }));
     // Errors are printed with their causes on one screen, never as a
     // backtrace, whatever RUST_BACKTRACE says.
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
+    match outcome {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("gupwatch: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
+        // The hook has printed the report.
+        Err(_) => ExitCode::from(gupwatch::crash::EX_SOFTWARE),
     }
 }
 
