@@ -29,6 +29,7 @@ pub mod http;
 pub mod kallsyms;
 pub mod kernel;
 pub mod leaks;
+pub mod linkinfo;
 pub mod loader;
 pub mod metrics;
 pub mod model;

@@ -112,6 +112,10 @@ pub enum CycleError {
 
 /// Loaded, attached probes and the maps they fill.
 pub struct Probes {
+    /// The links of every attached hook, so they can be cycled. Declared
+    /// first so it drops first: it holds descriptors of the kprobe links,
+    /// which must be closed before aya's own for the links to go away.
+    links: Vec<HookLinks>,
     /// Keeps the programs (and so their links) alive.
     _ebpf: Ebpf,
     /// The plan, with each hook's final status.
@@ -120,8 +124,6 @@ pub struct Probes {
     pub maps: StatsMaps,
     /// Capacity the tracking map was created with.
     pub track_capacity: u32,
-    /// The links of every attached hook, so they can be cycled.
-    links: Vec<HookLinks>,
     /// The eBPF side's debug log reader, until the caller takes it.
     ebpf_log: Option<crate::ebpflog::EbpfLog>,
 }
@@ -139,6 +141,26 @@ struct HookLinks {
     mechanism: Mechanism,
     /// `None` while detached.
     links: Option<Links>,
+    /// Descriptors of this hook's kprobe links, for the kernel's count of
+    /// calls the probes missed ([`crate::linkinfo`]); empty for fentry,
+    /// and closed before the hook is detached.
+    kprobe_links: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Opens this hook's kprobe links (see [`crate::linkinfo`]).
+fn kprobe_links(ebpf: &Ebpf, idx: u32, mechanism: Mechanism) -> Vec<std::os::fd::OwnedFd> {
+    if mechanism != Mechanism::Kprobe {
+        return vec![];
+    }
+    let ids: Vec<u32> = ["kp", "kr"]
+        .iter()
+        .filter_map(|p| ebpf.program(&prog_name(p, idx)))
+        .filter_map(|prog| prog.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
+        .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+        .filter_map(|info| fdinfo_field(&info, "prog_id:"))
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect();
+    crate::linkinfo::open_links_of(&ids)
 }
 
 /// How the probes are loaded.
@@ -313,7 +335,8 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
             Ok((m, l)) => {
                 hook.mechanism = Some(m);
                 hook.status = HookStatus::Attached;
-                all_links.push(HookLinks { idx, symbol, with_exit, mechanism: m, links: Some(l) });
+                let kprobe_links = kprobe_links(&ebpf, idx, m);
+                all_links.push(HookLinks { idx, symbol, with_exit, mechanism: m, links: Some(l), kprobe_links });
             }
             Err(e) => {
                 detach(&mut ebpf, idx, Mechanism::Kprobe);
@@ -531,7 +554,12 @@ fn save_verifier_log(what: &str, log: &str) -> String {
 
 /// The `recursion_misses:` field of a BPF program's fdinfo.
 fn recursion_misses(fdinfo: &str) -> Option<u64> {
-    fdinfo.lines().find_map(|l| l.strip_prefix("recursion_misses:")).and_then(|v| v.trim().parse().ok())
+    fdinfo_field(fdinfo, "recursion_misses:")
+}
+
+/// A numeric field of an fdinfo file.
+fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
 }
 
 /// Maps were charged to RLIMIT_MEMLOCK before 5.11; lift it so map creation
@@ -555,6 +583,7 @@ impl Probes {
     /// stress suite's attach/detach cycles.
     pub fn detach_all(&mut self) -> Result<(), ProgramError> {
         for h in self.links.iter_mut() {
+            h.kprobe_links.clear();
             if let Some(l) = h.links.take() {
                 detach_links(&mut self._ebpf, h.idx, l)?;
             }
@@ -572,6 +601,7 @@ impl Probes {
             if self.links[i].links.is_none() {
                 let l = reattach(&mut self._ebpf, &self.links[i])?;
                 self.links[i].links = Some(l);
+                self.links[i].kprobe_links = kprobe_links(&self._ebpf, self.links[i].idx, self.links[i].mechanism);
             }
         }
         Ok(stale)
@@ -585,8 +615,10 @@ impl Probes {
     /// (`gup_common::irq`); the rest are missing, so every skip is reported.
     ///
     /// From each program's `recursion_misses` (in its fdinfo, 5.12+;
-    /// kprobe programs count there from 6.7). Every attached hook has an
-    /// entry, 0 when nothing was missed.
+    /// kprobe programs count there from 6.7), plus, for kprobes, the calls
+    /// the probe itself let through (a kretprobe out of instances, a
+    /// kprobe hit inside another's handler: the link's `missed`, 6.7+).
+    /// Every attached hook has an entry, 0 when nothing was missed.
     pub fn probe_misses(&self) -> Vec<(Api, u64)> {
         let mut out: Vec<(Api, u64)> = Vec::new();
         for h in self.links.iter().filter(|h| h.links.is_some()) {
@@ -601,7 +633,8 @@ impl Probes {
                 .filter_map(|prog| prog.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
                 .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
                 .filter_map(|info| recursion_misses(&info))
-                .sum();
+                .sum::<u64>()
+                + crate::linkinfo::missed(&h.kprobe_links);
             match out.iter_mut().find(|(a, _)| *a == api) {
                 Some((_, m)) => *m += misses,
                 None => out.push((api, misses)),
@@ -675,12 +708,14 @@ impl Probes {
             };
             match attach_kprobe(&mut self._ebpf, api as u32, &symbol, true) {
                 Ok(l) => {
+                    let kprobe_links = kprobe_links(&self._ebpf, api as u32, Mechanism::Kprobe);
                     self.links.push(HookLinks {
                         idx: api as u32,
                         symbol,
                         with_exit: true,
                         mechanism: Mechanism::Kprobe,
                         links: Some(l),
+                        kprobe_links,
                     });
                     hook.reason = format!("{} (module loaded after gupwatch started)", hook.reason);
                     hook.status = HookStatus::Attached;

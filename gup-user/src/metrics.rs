@@ -745,7 +745,7 @@ impl PromCollector for Exposition {
         counters(
             &mut enc,
             "gupwatch_probe_misses",
-            "Calls of this kernel function the kernel ran without one of gupwatch's programs, because the same program was already running on that CPU (under an interrupt, or in a preempted task: the BPF recursion guard). gupwatch_skipped_entries_total says which were still counted. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+).",
+            "Calls of this kernel function the kernel ran without one of gupwatch's programs: the BPF recursion guard skipped it (the same program, or for kprobes any kprobe program, was already running on that CPU), or a kprobe let the call through (a kretprobe out of instances). gupwatch_skipped_entries_total says which unpins were still counted. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+) and the kprobe links' missed count (6.7+).",
             d.probe_misses.iter().map(|(f, n)| (FunctionLabels { function: f }, *n)),
         )?;
         counters(
