@@ -6,7 +6,7 @@
 //! completion) before each snapshot, and gupwatch's counters are read
 //! between two identical vmstat readings so both describe the same moment.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use gup_common::Api;
 use serde::Serialize;
@@ -19,9 +19,13 @@ use crate::{
     plan::ProbePlan,
     leaks::{self, LeakPolicy},
     reference::{self, KernelProfile},
-    scenarios::{self, Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
+    scenarios::{Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
     vmstat::{self, FollPinCounters},
 };
+
+mod select;
+
+pub use select::{CheckOptions, NoMatch, PreAttach, Selection};
 
 /// Errors that stop the whole check (a failing scenario does not).
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +109,35 @@ pub struct ScenarioReport {
     pub untracked_pins: u64,
     /// Unpins during the run that matched no tracked pin.
     pub unbalanced_unpins: u64,
+    /// The ledger's view of the run was partial: some pin went untracked.
+    pub partial: bool,
+    /// Unbalanced unpins that are not of pins this scenario took before
+    /// gupwatch attached (`unbalanced_unpins - pre_attach_unpins`): unpins
+    /// of pins gupwatch should have seen taken. 0 when the ledger holds.
+    pub unbalanced_pages: u64,
+    /// Pins the scenario took before gupwatch attached its probes
+    /// ([`Scenario::before_attach`]); its run releases them.
+    pub pre_attach_pins: u64,
+    /// Unbalanced unpins accounted as releases of those pre-attach pins:
+    /// reported as such, never as leaks.
+    pub pre_attach_unpins: u64,
+    /// The scenario requires the ledger to hold ([`Scenario::ledger_must_hold`]).
+    pub ledger_required: bool,
+    /// Not partial, no untracked pin, no unbalanced page.
+    pub ledger_holds: bool,
+    /// Runs of gupwatch's programs the kernel skipped during the run
+    /// (`recursion_misses`, summed over the hooks).
+    pub probe_misses: u64,
+    /// Unpins whose entry program was skipped, counted at their exit.
+    pub entries_counted_at_exit: u64,
+    /// Unpins whose entry program was skipped and that could not be counted.
+    pub entries_lost: u64,
     /// Leak signals for pins taken during the run (long-held threshold 0 s).
     pub leaks: Vec<LeakSummary>,
     /// The leak the scenario should cause, if any.
     pub expected_leak: Option<ExpectedLeak>,
-    /// `exact`, `outstanding_exact` and `expectations_met` all hold.
+    /// `exact`, `outstanding_exact`, `expectations_met`, `agree`, no
+    /// contract broken, and `ledger_holds` where `ledger_required`.
     pub passed: bool,
     /// Per-function breakdown (functions that saw calls only).
     pub apis: BTreeMap<&'static str, ApiDelta>,
@@ -190,6 +218,10 @@ pub struct CheckReport {
     pub contracts_hold: bool,
     /// Scenarios this machine cannot run (neither passed nor failed).
     pub not_reachable: Vec<NotReachable>,
+    /// Some scenario's ledger view was partial.
+    pub partial: bool,
+    /// The phase before the probes attached.
+    pub pre_attach: PreAttach,
 }
 
 /// How long the counters must hold still, and how long to wait for that.
@@ -200,20 +232,22 @@ fn settle_options() -> vmstat::SettleOptions {
     vmstat::SettleOptions { quiet: QUIET, timeout: SETTLE_TIMEOUT, ..Default::default() }
 }
 
-/// Runs every built-in scenario against attached probes.
-pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
+/// Runs the selected scenarios against attached probes (their phase before
+/// attach, if any, has run: [`Selection::before_attach`]).
+pub fn run(probes: &Probes, selection: Selection) -> Result<CheckReport, CheckError> {
     let first = probes.maps.snapshot()?;
     // Symbols for naming callers; without them callers show as unknown.
     let kallsyms = Kallsyms::from_proc().unwrap_or_default();
     let mut reports = vec![];
     let mut not_reachable = vec![];
     let profile = KernelProfile::from_plan(&probes.plan);
-    let all = scenarios::builtin(scratch);
+    let Selection { scenarios: all, pre_attach } = selection;
     let n = all.len();
-    for (i, mut scenario) in all.into_iter().enumerate() {
+    for (i, (mut scenario, pre_pins)) in all.into_iter().enumerate() {
         // Progress on stderr, so --json output stays clean.
         eprintln!("[check {}/{n}] {}", i + 1, scenario.name());
-        let r = run_one(probes, &kallsyms, &profile, scenario.as_mut())?;
+        let mut r = run_one(probes, &kallsyms, &profile, scenario.as_mut())?;
+        judge_ledger(&mut r, pre_pins);
         match &r.not_reachable {
             Some(reason) => not_reachable.push(NotReachable { name: r.name.clone(), reason: reason.clone() }),
             None => reports.push(r),
@@ -233,6 +267,8 @@ pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
         contracts_hold: reports.iter().all(|r| r.contract_violations.is_empty()),
         reference_profile: profile,
         not_reachable,
+        partial: reports.iter().any(|r| r.partial),
+        pre_attach,
         scenarios: reports,
     })
 }
@@ -285,6 +321,15 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
         outstanding_exact: false,
         untracked_pins: 0,
         unbalanced_unpins: 0,
+        partial: false,
+        unbalanced_pages: 0,
+        pre_attach_pins: 0,
+        pre_attach_unpins: 0,
+        ledger_required: s.ledger_must_hold(),
+        ledger_holds: false,
+        probe_misses: 0,
+        entries_counted_at_exit: 0,
+        entries_lost: 0,
         leaks: vec![],
         expected_leak: None,
         passed: false,
@@ -330,9 +375,12 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
     report.reference_setup = setup;
     report.reference = prediction;
     let (snap0, vm0) = quiet_snapshot(probes)?;
+    let misses0: u64 = probes.probe_misses().iter().map(|(_, n)| n).sum();
     let run_start_ns = leaks::monotonic_ns();
     let ran = s.run();
     let (snap1, vm1) = quiet_snapshot(probes)?;
+    // Counters only grow while the programs stay loaded.
+    report.probe_misses = probes.probe_misses().iter().map(|(_, n)| n).sum::<u64>().saturating_sub(misses0);
     report.observed_errno = s.observed_errno();
     // Known only after run (the orphaning child's pid).
     report.expected_leak = s.expected_leak();
@@ -383,6 +431,8 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
     report.outstanding_pages = tracked(&snap1) - tracked(&snap0);
     report.untracked_pins = delta.diag[gup_common::Diag::PinsUntracked as usize];
     report.unbalanced_unpins = delta.diag[gup_common::Diag::UnbalancedUnpins as usize];
+    report.entries_counted_at_exit = delta.diag[gup_common::Diag::EntrySkipped as usize];
+    report.entries_lost = delta.diag[gup_common::Diag::EntrySkippedLost as usize];
     report.outstanding_exact = report.outstanding_pages + report.untracked_pins as i64 - report.unbalanced_unpins as i64
         == vm.acquired as i64 - vm.released as i64;
     report.undone_pages = Api::ALL.iter().map(|a| delta.api(*a).undone_pages).sum();
@@ -461,6 +511,28 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
         report.note = "no pins seen although this path pins on this kernel".into();
     }
     Ok(report)
+}
+
+/// The ledger's verdict on one run. Pins the scenario took before attach
+/// (`pre_pins`) are released in its run, where gupwatch can only see them
+/// as unpins of pins it never saw taken: up to `pre_pins` such unpins are
+/// reported as pre-attach releases; the rest are unbalanced pages. Where the
+/// scenario requires the ledger to hold, a partial view or an unbalanced
+/// page fails it.
+fn judge_ledger(r: &mut ScenarioReport, pre_pins: u64) {
+    r.pre_attach_pins = pre_pins;
+    r.pre_attach_unpins = r.unbalanced_unpins.min(pre_pins);
+    r.unbalanced_pages = r.unbalanced_unpins - r.pre_attach_unpins;
+    r.partial = r.untracked_pins > 0;
+    r.ledger_holds = !r.partial && r.unbalanced_pages == 0;
+    if r.ledger_required && !r.ledger_holds && r.error.is_none() {
+        r.mismatches.push(format!(
+            "the pin ledger did not hold: partial {}, untracked pins {}, unbalanced pages {} (pre-attach unpins {} of {})",
+            r.partial, r.untracked_pins, r.unbalanced_pages, r.pre_attach_unpins, pre_pins
+        ));
+        r.expectations_met = false;
+        r.passed = false;
+    }
 }
 
 /// The expectations of a scenario that the run did not meet.
