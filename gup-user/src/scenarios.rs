@@ -3970,6 +3970,13 @@ mod host_kernel {
         measure("inflight_odirect_shared");
     }
 
+    /// 4 processes × 16 rounds × 8 reads of 4 pages.
+    #[test]
+    #[ignore = "needs root, a real kernel and an O_DIRECT filesystem; see the module docs"]
+    fn inflight_odirect_owners_pins_2048() {
+        measure("inflight_odirect_owners");
+    }
+
     /// Without a before-attach phase the fixed buffers are registered in
     /// prepare (outside the window); run releases them: +1024/+1088.
     #[test]

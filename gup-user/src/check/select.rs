@@ -109,7 +109,14 @@ mod tests {
         let names = sel(&["churn", "inflight_"]).map(|s| s.names()).unwrap_or_default();
         assert_eq!(
             names,
-            ["churn_process_vm", "churn_io_uring", "churn_odirect", "inflight_odirect_shared", "inflight_fixed_pre_attach"]
+            [
+                "churn_process_vm",
+                "churn_io_uring",
+                "churn_odirect",
+                "inflight_odirect_shared",
+                "inflight_fixed_pre_attach",
+                "inflight_odirect_owners"
+            ]
         );
         assert_eq!(sel(&["process_vm_readv"]).map(|s| s.names()).unwrap_or_default(), ["process_vm_readv"]);
         let all = sel(&[]).map(|s| s.names()).unwrap_or_default();

@@ -17,7 +17,13 @@
 //!   could never have seen taken. Those must be reported as taken before
 //!   attach, never as a leak or an unbalanced unpin of its own pins.
 //!
-//! For both, `gupwatch check` requires the pin ledger to hold
+//! - `inflight_odirect_owners`: the same reads, from [`OWNERS`] processes
+//!   at once (each with its own ring, [`IN_FLIGHT`] / [`OWNERS`] reads in
+//!   flight) into one pool shared between them (`MAP_SHARED`), so each
+//!   folio has several owners at the same time, and completions unpin in
+//!   whichever task the interrupt hit.
+//!
+//! For all three, `gupwatch check` requires the pin ledger to hold
 //! ([`Scenario::ledger_must_hold`]): no untracked pin, no unbalanced unpin
 //! beyond the pre-attach ones.
 
@@ -45,6 +51,8 @@ const FILE_BYTES: usize = IN_FLIGHT as usize * IO_BYTES;
 const ROUNDS: u32 = 16;
 /// Fixed buffers registered before attach.
 pub const FIXED_BUFS: usize = 16;
+/// Processes reading into the shared pool at once (`inflight_odirect_owners`).
+pub const OWNERS: u32 = 4;
 
 fn io_pages() -> u64 {
     (IO_BYTES / page_size()) as u64
@@ -55,6 +63,7 @@ fn io_pages() -> u64 {
 enum Kind {
     Shared,
     FixedPreAttach,
+    SharedOwners,
 }
 
 /// Fixed buffers and the ring they are registered with.
@@ -102,7 +111,7 @@ pub struct Inflight {
 
 /// Both `inflight_` scenarios, with their O_DIRECT files in `dir`.
 pub fn scenarios(dir: &std::path::Path) -> Vec<Box<dyn Scenario>> {
-    [Kind::Shared, Kind::FixedPreAttach]
+    [Kind::Shared, Kind::FixedPreAttach, Kind::SharedOwners]
         .into_iter()
         .map(|kind| Box::new(Inflight { kind, dir: dir.to_path_buf(), pre: None, state: None }) as Box<dyn Scenario>)
         .collect()
@@ -112,7 +121,7 @@ impl Inflight {
     /// Plain reads per round (the rest of the slots are fixed reads).
     fn plain_per_round(&self) -> u32 {
         match self.kind {
-            Kind::Shared => IN_FLIGHT,
+            Kind::Shared | Kind::SharedOwners => IN_FLIGHT,
             Kind::FixedPreAttach => IN_FLIGHT / 2,
         }
     }
@@ -186,6 +195,7 @@ impl Scenario for Inflight {
         match self.kind {
             Kind::Shared => "inflight_odirect_shared",
             Kind::FixedPreAttach => "inflight_fixed_pre_attach",
+            Kind::SharedOwners => "inflight_odirect_owners",
         }
     }
 
@@ -195,6 +205,7 @@ impl Scenario for Inflight {
             Kind::FixedPreAttach => {
                 "16 fixed buffers registered before attach; 16 READ_FIXED + 16 shared-pool reads in flight, 16 rounds; then unregister"
             }
+            Kind::SharedOwners => "4 processes, 8 io_uring O_DIRECT reads in flight each, into 4 16 KiB buffers they all share, 16 rounds",
         }
     }
 
@@ -209,7 +220,7 @@ impl Scenario for Inflight {
     fn expected_delta(&self) -> FollPinDelta {
         let pinned = self.pinned_pages();
         let fixed = match self.kind {
-            Kind::Shared => 0,
+            Kind::Shared | Kind::SharedOwners => 0,
             Kind::FixedPreAttach => FIXED_BUFS as u64 * io_pages(),
         };
         FollPinDelta { acquired: pinned, released: pinned + fixed }
@@ -244,9 +255,14 @@ impl Scenario for Inflight {
         }
         let scratch = ScratchFile::create(name, &self.dir, FILE_BYTES, SEED_SOURCE)?;
         let file = scratch.open_direct(name, false)?;
-        let pool = Mapping::new_prefaulted(name, POOL_BUFS * IO_BYTES, SEED_DEST)?;
+        let pool = match self.kind {
+            Kind::SharedOwners => shared_pool(name)?,
+            _ => Mapping::new_prefaulted(name, POOL_BUFS * IO_BYTES, SEED_DEST)?,
+        };
         let (fixed, ring) = match self.kind {
             Kind::Shared => (None, Some(Uring::new(IN_FLIGHT).map_err(|e| sys_err(name, "io_uring_setup", e))?)),
+            // Each owner makes its own ring in `run`.
+            Kind::SharedOwners => (None, None),
             // Without a before-attach phase (a plain workload), the pins
             // are simply taken after attach.
             Kind::FixedPreAttach => match self.pre.take() {
@@ -260,6 +276,11 @@ impl Scenario for Inflight {
 
     fn run(&mut self) -> Result<(), ScenarioError> {
         let mut st = self.state.take().ok_or_else(|| sequence(self.name(), "run", "without prepare()"))?;
+        if self.kind == Kind::SharedOwners {
+            let res = owners(self.name(), &st);
+            self.state = Some(st);
+            return res;
+        }
         let res = (0..ROUNDS).try_for_each(|r| self.round(&mut st, r)).and_then(|()| match st.fixed.as_mut() {
             Some(f) if f.registered => {
                 f.ring.unregister_buffers().map_err(|e| sys_err(self.name(), super::UNREGISTER, e))?;
@@ -282,4 +303,91 @@ impl Scenario for Inflight {
         }
         Ok(())
     }
+}
+
+/// The pool as one `MAP_SHARED` anonymous mapping, written in full: after
+/// `fork` every owner's reads land in (and pin) the same folios.
+fn shared_pool(name: &'static str) -> Result<Mapping, ScenarioError> {
+    let len = POOL_BUFS * IO_BYTES;
+    let ptr = super::mmap_new(len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, None)
+        .map_err(|e| sys_err(name, "mmap(MAP_SHARED)", e))?;
+    let mut pool = Mapping { ptr, len };
+    pool.fill(SEED_DEST);
+    Ok(pool)
+}
+
+/// One owner's reads: [`ROUNDS`] rounds of `IN_FLIGHT / OWNERS` reads into
+/// the shared pool on a ring of its own. Runs in a forked child: only raw
+/// syscalls and stack values (no allocation); an errno on failure.
+fn owner_reads(fd: i32, pool: u64, owner: u32) -> Result<(), i32> {
+    let per = IN_FLIGHT / OWNERS;
+    let mut ring = Uring::new(per).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    for round in 0..ROUNDS {
+        for i in 0..per {
+            let slot = (owner * per + i + round) % IN_FLIGHT;
+            let buf = (owner + i) as usize % POOL_BUFS;
+            let sqe = Sqe {
+                opcode: OP_READ,
+                fd,
+                off: (slot as usize * IO_BYTES) as u64,
+                addr: pool + (buf * IO_BYTES) as u64,
+                len: IO_BYTES as u32,
+                user_data: i as u64,
+                ..Sqe::default()
+            };
+            if !ring.push(sqe) {
+                return Err(libc::EOVERFLOW);
+            }
+        }
+        ring.submit_and_wait(per).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let mut reaped = 0;
+        while reaped < per {
+            let Some(cqe) = ring.reap() else {
+                ring.submit_and_wait(per - reaped).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                continue;
+            };
+            reaped += 1;
+            if cqe.res < 0 {
+                return Err(-cqe.res);
+            }
+            if cqe.res as usize != IO_BYTES {
+                return Err(libc::EIO);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forks the [`OWNERS`] and waits for them all; the first that failed.
+fn owners(name: &'static str, st: &State) -> Result<(), ScenarioError> {
+    let fd = st.file.as_raw_fd();
+    let pool = st.pool.addr() as u64;
+    let mut pids = vec![];
+    let mut fork_error = None;
+    for owner in 0..OWNERS {
+        // SAFETY: the child runs owner_reads (raw syscalls on the shared
+        // pool and a ring of its own, no allocation), then _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                let code = match owner_reads(fd, pool, owner) {
+                    Ok(()) => 0,
+                    // The errno in the exit status (errnos fit in 8 bits).
+                    Err(e) => e.clamp(1, 255),
+                };
+                // SAFETY: ends the child without the parent's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            p if p < 0 => {
+                fork_error = Some(std::io::Error::last_os_error());
+                break;
+            }
+            p => pids.push(p),
+        }
+    }
+    // Reap every owner that started, whatever happened.
+    let waited: Vec<_> = pids.into_iter().map(|p| super::wait_for_child(name, p)).collect();
+    if let Some(e) = fork_error {
+        return Err(sys_err(name, "fork", e));
+    }
+    waited.into_iter().collect()
 }
