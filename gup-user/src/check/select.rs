@@ -12,8 +12,8 @@ use crate::vmstat;
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
     /// Name prefixes to run (empty: every scenario). `churn` selects the
-    /// `churn_` family, `inflight_` both in-flight scenarios, a full name
-    /// one scenario.
+    /// `churn_` family, `inflight_` the in-flight ones; a full name also
+    /// selects the scenarios whose names extend it.
     pub only: Vec<String>,
     /// Short-lived processes per `churn_` scenario.
     pub churn_procs: u32,
@@ -118,7 +118,11 @@ mod tests {
                 "inflight_odirect_owners"
             ]
         );
-        assert_eq!(sel(&["process_vm_readv"]).map(|s| s.names()).unwrap_or_default(), ["process_vm_readv"]);
+        // A prefix, not a name: the whole family behind it.
+        assert_eq!(
+            sel(&["process_vm_readv"]).map(|s| s.names()).unwrap_or_default(),
+            ["process_vm_readv", "process_vm_readv_prot_none", "process_vm_readv_file_shared", "process_vm_readv_after_fork"]
+        );
         let all = sel(&[]).map(|s| s.names()).unwrap_or_default();
         assert!(all.len() > 20 && all.contains(&"churn_odirect") && all.contains(&"process_vm_readv"), "{all:?}");
         let err = sel(&["chrun"]).err().map(|e| e.to_string()).unwrap_or_default();
