@@ -646,7 +646,9 @@ impl CheckReport {
             self.kernel, self.hooks_attached, "SCENARIO", "PINNED", "UNPINNED", "VM ACQ", "VM REL", "EXACT", "FAST", "SLOW", "MODEL", "SUBSYSTEM", "NOTE"
         );
         for r in &self.scenarios {
-            let note = match &r.error {
+            // What the kernel skipped is the first lead when counts differ.
+            let skipped = if !r.exact && r.probe_misses > 0 { format!("[{} probe misses] ", r.probe_misses) } else { String::new() };
+            let note = skipped + &match &r.error {
                 Some(e) => format!("error: {e}"),
                 None if !r.mismatches.is_empty() => format!("UNEXPECTED: {}", r.mismatches.join("; ")),
                 None if r.disagreement.is_some() => format!("MODEL DISAGREES: {}", r.disagreement.as_deref().unwrap_or("")),
@@ -696,6 +698,17 @@ impl CheckReport {
         );
         for r in &self.not_reachable {
             out += &format!("not reachable here: {}: {}\n", r.name, r.reason);
+        }
+        if self.pre_attach.pins > 0 {
+            out += &format!(
+                "taken before attach: {} pins (kernel's outstanding count moved by {}); released during the runs as pre-attach unpins: {}\n",
+                self.pre_attach.pins,
+                self.pre_attach.vmstat_outstanding.map_or("?".to_string(), |n| n.to_string()),
+                self.scenarios.iter().map(|r| r.pre_attach_unpins).sum::<u64>()
+            );
+        }
+        for e in &self.pre_attach.errors {
+            out += &format!("before attach: {e}\n");
         }
         if self.untracked_pins > 0 {
             out += &format!(
