@@ -73,7 +73,10 @@ pub fn run(o: &StressOptions) -> Result<bool> {
                 match text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()) {
                     Some(j) => {
                         let ok = out.status == 0;
-                        let get = |f: &str| j.get(f).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                        // Strings bare (mode churn), the rest as JSON (errors as a list).
+                        let get = |f: &str| {
+                            j.get(f).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).unwrap_or_else(|| "?".into())
+                        };
                         let mut detail = format!(
                             "mode {} | cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (entries counted at exit {}, lost {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
                             get("mode"),
