@@ -91,6 +91,10 @@ enum Command {
         /// prefixes (comma-separated), e.g. `churn,inflight_`.
         #[arg(long, value_delimiter = ',', value_name = "PREFIX")]
         only: Vec<String>,
+        /// Leave out the scenarios whose names start with one of these
+        /// prefixes (comma-separated; after --only).
+        #[arg(long, value_delimiter = ',', value_name = "PREFIX")]
+        skip: Vec<String>,
         /// Short-lived processes each `churn_` scenario forks (32 alive at
         /// a time).
         #[arg(long, default_value_t = scenarios::churn::DEFAULT_PROCS, value_name = "N")]
@@ -266,8 +270,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => watch(cli.interval, cli.count, cli.plain),
         Some(Command::Probes { json, dry_run }) => probes(json, dry_run),
-        Some(Command::Check { json, scratch, track_capacity, only, churn_procs }) => {
-            run_check(json, &scratch, track_capacity, &check::CheckOptions { only, churn_procs })
+        Some(Command::Check { json, scratch, track_capacity, only, skip, churn_procs }) => {
+            run_check(json, &scratch, track_capacity, &check::CheckOptions { only, skip, churn_procs })
         }
         Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)

@@ -15,19 +15,21 @@ pub struct CheckOptions {
     /// `churn_` family, `inflight_` the in-flight ones; a full name also
     /// selects the scenarios whose names extend it.
     pub only: Vec<String>,
+    /// Name prefixes to leave out (applied after `only`).
+    pub skip: Vec<String>,
     /// Short-lived processes per `churn_` scenario.
     pub churn_procs: u32,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { only: vec![], churn_procs: scenarios::churn::DEFAULT_PROCS }
+        CheckOptions { only: vec![], skip: vec![], churn_procs: scenarios::churn::DEFAULT_PROCS }
     }
 }
 
 /// A filter that matches no scenario (a typo must not pass as "all exact").
 #[derive(Debug, thiserror::Error)]
-#[error("--only {filter} matches no scenario; the scenarios are: {known}")]
+#[error("--only {filter} (less --skip) matches no scenario; the scenarios are: {known}")]
 pub struct NoMatch {
     /// The filter as given.
     pub filter: String,
@@ -54,8 +56,9 @@ pub struct Selection {
     pub(super) pre_attach: PreAttach,
 }
 
-fn matches(name: &str, only: &[String]) -> bool {
-    only.is_empty() || only.iter().any(|p| name.starts_with(p.as_str()))
+fn matches(name: &str, opts: &CheckOptions) -> bool {
+    let starts = |p: &String| name.starts_with(p.as_str());
+    (opts.only.is_empty() || opts.only.iter().any(starts)) && !opts.skip.iter().any(starts)
 }
 
 impl Selection {
@@ -63,7 +66,7 @@ impl Selection {
     pub fn new(scratch: &Path, opts: &CheckOptions) -> Result<Selection, NoMatch> {
         let all = scenarios::for_check(scratch, opts.churn_procs);
         let known = all.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ");
-        let chosen: Vec<_> = all.into_iter().filter(|s| matches(s.name(), &opts.only)).map(|s| (s, 0)).collect();
+        let chosen: Vec<_> = all.into_iter().filter(|s| matches(s.name(), opts)).map(|s| (s, 0)).collect();
         if chosen.is_empty() {
             return Err(NoMatch { filter: opts.only.join(","), known });
         }
@@ -103,9 +106,11 @@ mod tests {
     #[test]
     fn only_selects_by_prefix_and_refuses_a_filter_that_matches_nothing() {
         let dir = Path::new("/nonexistent");
-        let sel = |only: &[&str]| {
-            Selection::new(dir, &CheckOptions { only: only.iter().map(|s| s.to_string()).collect(), churn_procs: 10 })
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let sel_skip = |only: &[&str], skip: &[&str]| {
+            Selection::new(dir, &CheckOptions { only: strings(only), skip: strings(skip), churn_procs: 10 })
         };
+        let sel = |only: &[&str]| sel_skip(only, &[]);
         let names = sel(&["churn", "inflight_"]).map(|s| s.names()).unwrap_or_default();
         assert_eq!(
             names,
@@ -126,6 +131,10 @@ mod tests {
         let all = sel(&[]).map(|s| s.names()).unwrap_or_default();
         assert!(all.len() > 20 && all.contains(&"churn_odirect") && all.contains(&"process_vm_readv"), "{all:?}");
         let err = sel(&["chrun"]).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("--only chrun matches no scenario") && err.contains("churn_io_uring"), "{err}");
+        assert!(err.contains("--only chrun (less --skip) matches no scenario") && err.contains("churn_io_uring"), "{err}");
+        let rest = sel_skip(&[], &["churn", "inflight_"]).map(|s| s.names()).unwrap_or_default();
+        assert_eq!(rest.len(), all.len() - 6, "{rest:?}");
+        assert!(!rest.iter().any(|n| n.starts_with("churn") || n.starts_with("inflight_")), "{rest:?}");
+        assert!(sel_skip(&["churn"], &["churn"]).is_err(), "everything skipped is an error too");
     }
 }
