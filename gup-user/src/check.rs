@@ -288,19 +288,9 @@ fn quiet_snapshot(probes: &Probes) -> Result<(Snapshot, FollPinCounters), CheckE
     }
 }
 
-/// Runs one scenario; `pre_pins` are the pins its before-attach phase took.
-fn run_one(
-    probes: &Probes,
-    kallsyms: &Kallsyms,
-    profile: &KernelProfile,
-    s: &mut dyn Scenario,
-    pre_pins: u64,
-) -> Result<ScenarioReport, CheckError> {
-    // Whether this kernel's path for the scenario uses FOLL_PIN at all.
-    let kernel_pins = pins_expected(&probes.plan, s.pin_path());
-    // A scenario that must fail pins nothing by design.
-    let pins_expected = kernel_pins && s.expectation().path != ExpectedPath::None;
-    let mut report = ScenarioReport {
+/// A report for `s` with nothing measured yet.
+fn blank_report(s: &dyn Scenario, pins_expected: bool) -> ScenarioReport {
+    ScenarioReport {
         name: s.name().to_string(),
         description: s.description().to_string(),
         pinned_pages: 0,
@@ -349,7 +339,22 @@ fn run_one(
         reference_note: String::new(),
         contract_violations: vec![],
         not_reachable: None,
-    };
+    }
+}
+
+/// Runs one scenario; `pre_pins` are the pins its before-attach phase took.
+fn run_one(
+    probes: &Probes,
+    kallsyms: &Kallsyms,
+    profile: &KernelProfile,
+    s: &mut dyn Scenario,
+    pre_pins: u64,
+) -> Result<ScenarioReport, CheckError> {
+    // Whether this kernel's path for the scenario uses FOLL_PIN at all.
+    let kernel_pins = pins_expected(&probes.plan, s.pin_path());
+    // A scenario that must fail pins nothing by design.
+    let pins_expected = kernel_pins && s.expectation().path != ExpectedPath::None;
+    let mut report = blank_report(s, pins_expected);
     // Contracts are checked over the whole scenario, set-up to clean-up.
     let whole0 = probes.maps.snapshot()?;
     if let Err(e) = s.prepare() {
@@ -720,5 +725,55 @@ impl CheckReport {
             out += &format!("hooks that failed to attach: {}\n", self.hooks_failed.join(", "));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::inflight;
+
+    fn inflight_report() -> ScenarioReport {
+        let all = inflight::scenarios(std::path::Path::new("/nonexistent"));
+        let s = all.iter().find(|s| s.name() == "inflight_fixed_pre_attach").map(|s| s.as_ref());
+        let mut r = blank_report(s.expect("inflight_fixed_pre_attach exists"), true);
+        assert!(r.ledger_required, "the inflight_ scenarios require the ledger");
+        r.expectations_met = true;
+        r
+    }
+
+    #[test]
+    fn pre_attach_unpins_are_not_unbalanced_and_the_rest_fail_the_ledger() {
+        // 64 unpins of the 64 pins taken before attach: reported as such.
+        let mut r = inflight_report();
+        r.unbalanced_unpins = 64;
+        judge_ledger(&mut r, 64);
+        assert_eq!((r.pre_attach_unpins, r.unbalanced_pages), (64, 0));
+        assert!(r.ledger_holds && r.expectations_met && r.mismatches.is_empty(), "{:?}", r.mismatches);
+        // One more is an unpin of a pin taken after attach that gupwatch lost.
+        let mut r = inflight_report();
+        r.unbalanced_unpins = 65;
+        judge_ledger(&mut r, 64);
+        assert_eq!((r.pre_attach_unpins, r.unbalanced_pages), (64, 1));
+        assert!(!r.ledger_holds && !r.expectations_met);
+        assert!(r.mismatches[0].contains("unbalanced pages 1"), "{:?}", r.mismatches);
+        // Without pre-attach pins every unbalanced unpin counts; a partial
+        // view fails on its own.
+        let mut r = inflight_report();
+        r.untracked_pins = 3;
+        judge_ledger(&mut r, 0);
+        assert!(r.partial && !r.ledger_holds && !r.expectations_met);
+    }
+
+    #[test]
+    fn a_scenario_that_does_not_require_the_ledger_reports_it_without_failing() {
+        let all = crate::scenarios::builtin(std::path::Path::new("/nonexistent"));
+        let mut r = blank_report(all[0].as_ref(), true);
+        r.expectations_met = true;
+        r.untracked_pins = 5;
+        r.unbalanced_unpins = 7;
+        judge_ledger(&mut r, 0);
+        assert!(r.partial && !r.ledger_holds && r.unbalanced_pages == 7);
+        assert!(r.expectations_met && r.mismatches.is_empty());
     }
 }
