@@ -6,7 +6,7 @@
 //! completion) before each snapshot, and gupwatch's counters are read
 //! between two identical vmstat readings so both describe the same moment.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use gup_common::Api;
 use serde::Serialize;
@@ -19,9 +19,13 @@ use crate::{
     plan::ProbePlan,
     leaks::{self, LeakPolicy},
     reference::{self, KernelProfile},
-    scenarios::{self, Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
+    scenarios::{Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
     vmstat::{self, FollPinCounters},
 };
+
+mod select;
+
+pub use select::{CheckOptions, NoMatch, PreAttach, Selection};
 
 /// Errors that stop the whole check (a failing scenario does not).
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +109,34 @@ pub struct ScenarioReport {
     pub untracked_pins: u64,
     /// Unpins during the run that matched no tracked pin.
     pub unbalanced_unpins: u64,
+    /// The ledger's view of the run was partial: some pin went untracked.
+    pub partial: bool,
+    /// Unbalanced unpins that are not of pins this scenario took before
+    /// gupwatch attached (`unbalanced_unpins - pre_attach_unpins`): unpins
+    /// of pins gupwatch should have seen taken. 0 when the ledger holds.
+    pub unbalanced_pages: u64,
+    /// Pins the scenario took before gupwatch attached its probes
+    /// ([`Scenario::before_attach`]); its run releases them.
+    pub pre_attach_pins: u64,
+    /// Unbalanced unpins accounted as releases of those pre-attach pins:
+    /// reported as such, never as leaks.
+    pub pre_attach_unpins: u64,
+    /// The scenario requires the ledger to hold ([`Scenario::ledger_must_hold`]).
+    pub ledger_required: bool,
+    /// Not partial, no untracked pin, no unbalanced page.
+    pub ledger_holds: bool,
+    /// Runs of gupwatch's programs the kernel skipped during the run
+    /// (`recursion_misses`, summed over the hooks).
+    pub probe_misses: u64,
+    /// Unpins whose entry program did not run, counted by the
+    /// `gup_put_folio` calls inside them.
+    pub entries_skipped: u64,
     /// Leak signals for pins taken during the run (long-held threshold 0 s).
     pub leaks: Vec<LeakSummary>,
     /// The leak the scenario should cause, if any.
     pub expected_leak: Option<ExpectedLeak>,
-    /// `exact`, `outstanding_exact` and `expectations_met` all hold.
+    /// `exact`, `outstanding_exact`, `expectations_met`, `agree`, no
+    /// contract broken, and `ledger_holds` where `ledger_required`.
     pub passed: bool,
     /// Per-function breakdown (functions that saw calls only).
     pub apis: BTreeMap<&'static str, ApiDelta>,
@@ -190,6 +217,10 @@ pub struct CheckReport {
     pub contracts_hold: bool,
     /// Scenarios this machine cannot run (neither passed nor failed).
     pub not_reachable: Vec<NotReachable>,
+    /// Some scenario's ledger view was partial.
+    pub partial: bool,
+    /// The phase before the probes attached.
+    pub pre_attach: PreAttach,
 }
 
 /// How long the counters must hold still, and how long to wait for that.
@@ -200,20 +231,21 @@ fn settle_options() -> vmstat::SettleOptions {
     vmstat::SettleOptions { quiet: QUIET, timeout: SETTLE_TIMEOUT, ..Default::default() }
 }
 
-/// Runs every built-in scenario against attached probes.
-pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
+/// Runs the selected scenarios against attached probes (their phase before
+/// attach, if any, has run: [`Selection::before_attach`]).
+pub fn run(probes: &Probes, selection: Selection) -> Result<CheckReport, CheckError> {
     let first = probes.maps.snapshot()?;
     // Symbols for naming callers; without them callers show as unknown.
     let kallsyms = Kallsyms::from_proc().unwrap_or_default();
     let mut reports = vec![];
     let mut not_reachable = vec![];
     let profile = KernelProfile::from_plan(&probes.plan);
-    let all = scenarios::builtin(scratch);
+    let Selection { scenarios: all, pre_attach } = selection;
     let n = all.len();
-    for (i, mut scenario) in all.into_iter().enumerate() {
+    for (i, (mut scenario, pre_pins)) in all.into_iter().enumerate() {
         // Progress on stderr, so --json output stays clean.
         eprintln!("[check {}/{n}] {}", i + 1, scenario.name());
-        let r = run_one(probes, &kallsyms, &profile, scenario.as_mut())?;
+        let r = run_one(probes, &kallsyms, &profile, scenario.as_mut(), pre_pins)?;
         match &r.not_reachable {
             Some(reason) => not_reachable.push(NotReachable { name: r.name.clone(), reason: reason.clone() }),
             None => reports.push(r),
@@ -233,6 +265,8 @@ pub fn run(probes: &Probes, scratch: &Path) -> Result<CheckReport, CheckError> {
         contracts_hold: reports.iter().all(|r| r.contract_violations.is_empty()),
         reference_profile: profile,
         not_reachable,
+        partial: reports.iter().any(|r| r.partial),
+        pre_attach,
         scenarios: reports,
     })
 }
@@ -253,12 +287,9 @@ fn quiet_snapshot(probes: &Probes) -> Result<(Snapshot, FollPinCounters), CheckE
     }
 }
 
-fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mut dyn Scenario) -> Result<ScenarioReport, CheckError> {
-    // Whether this kernel's path for the scenario uses FOLL_PIN at all.
-    let kernel_pins = pins_expected(&probes.plan, s.pin_path());
-    // A scenario that must fail pins nothing by design.
-    let pins_expected = kernel_pins && s.expectation().path != ExpectedPath::None;
-    let mut report = ScenarioReport {
+/// A report for `s` with nothing measured yet.
+fn blank_report(s: &dyn Scenario, pins_expected: bool) -> ScenarioReport {
+    ScenarioReport {
         name: s.name().to_string(),
         description: s.description().to_string(),
         pinned_pages: 0,
@@ -285,6 +316,14 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
         outstanding_exact: false,
         untracked_pins: 0,
         unbalanced_unpins: 0,
+        partial: false,
+        unbalanced_pages: 0,
+        pre_attach_pins: 0,
+        pre_attach_unpins: 0,
+        ledger_required: s.ledger_must_hold(),
+        ledger_holds: false,
+        probe_misses: 0,
+        entries_skipped: 0,
         leaks: vec![],
         expected_leak: None,
         passed: false,
@@ -298,7 +337,22 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
         reference_note: String::new(),
         contract_violations: vec![],
         not_reachable: None,
-    };
+    }
+}
+
+/// Runs one scenario; `pre_pins` are the pins its before-attach phase took.
+fn run_one(
+    probes: &Probes,
+    kallsyms: &Kallsyms,
+    profile: &KernelProfile,
+    s: &mut dyn Scenario,
+    pre_pins: u64,
+) -> Result<ScenarioReport, CheckError> {
+    // Whether this kernel's path for the scenario uses FOLL_PIN at all.
+    let kernel_pins = pins_expected(&probes.plan, s.pin_path());
+    // A scenario that must fail pins nothing by design.
+    let pins_expected = kernel_pins && s.expectation().path != ExpectedPath::None;
+    let mut report = blank_report(s, pins_expected);
     // Contracts are checked over the whole scenario, set-up to clean-up.
     let whole0 = probes.maps.snapshot()?;
     if let Err(e) = s.prepare() {
@@ -330,9 +384,12 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
     report.reference_setup = setup;
     report.reference = prediction;
     let (snap0, vm0) = quiet_snapshot(probes)?;
+    let misses0: u64 = probes.probe_misses().iter().map(|(_, n)| n).sum();
     let run_start_ns = leaks::monotonic_ns();
     let ran = s.run();
     let (snap1, vm1) = quiet_snapshot(probes)?;
+    // Counters only grow while the programs stay loaded.
+    report.probe_misses = probes.probe_misses().iter().map(|(_, n)| n).sum::<u64>().saturating_sub(misses0);
     report.observed_errno = s.observed_errno();
     // Known only after run (the orphaning child's pid).
     report.expected_leak = s.expected_leak();
@@ -384,6 +441,7 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
     report.outstanding_pages = tracked(&snap1) - tracked(&snap0);
     report.untracked_pins = delta.diag[gup_common::Diag::PinsUntracked as usize];
     report.unbalanced_unpins = delta.diag[gup_common::Diag::UnbalancedUnpins as usize];
+    report.entries_skipped = delta.diag[gup_common::Diag::EntrySkipped as usize];
     report.outstanding_exact = report.outstanding_pages + report.untracked_pins as i64 - report.unbalanced_unpins as i64
         == vm.acquired as i64 - vm.released as i64;
     report.undone_pages = Api::ALL.iter().map(|a| delta.api(*a).undone_pages).sum();
@@ -413,10 +471,13 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
     report.mismatches = mismatches(&report, kernel_pins);
     report.expectations_met = report.mismatches.is_empty();
     // The GUP API's contracts, on the kernel's calls (unpins of pins the
-    // tracking map could not record are not unbalanced).
+    // tracking map could not record are not unbalanced, nor are releases of
+    // the pins the scenario took before attach).
     let (apis, unbalanced) = reference::contracts::live_inputs(&whole1, &whole0);
     let untracked = whole1.since(&whole0).diag[gup_common::Diag::PinsUntracked as usize];
-    report.contract_violations = reference::contracts::check_live(&apis, unbalanced.saturating_sub(untracked));
+    report.contract_violations =
+        reference::contracts::check_live(&apis, unbalanced.saturating_sub(untracked).saturating_sub(pre_pins));
+    judge_ledger(&mut report, pre_pins);
     // The kernel against the reference model.
     match &report.reference {
         _ if report.error.is_some() => {
@@ -451,6 +512,7 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
     report.passed = report.exact
         && report.outstanding_exact
         && report.expectations_met
+        && (report.ledger_holds || !report.ledger_required)
         && report.agree
         && report.contract_violations.is_empty();
     if !kernel_pins {
@@ -462,6 +524,27 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
         report.note = "no pins seen although this path pins on this kernel".into();
     }
     Ok(report)
+}
+
+/// The ledger's verdict on one run. Pins the scenario took before attach
+/// (`pre_pins`) are released in its run, where gupwatch can only see them
+/// as unpins of pins it never saw taken: up to `pre_pins` such unpins are
+/// reported as pre-attach releases; the rest are unbalanced pages. Where the
+/// scenario requires the ledger to hold, a partial view or an unbalanced
+/// page fails it.
+fn judge_ledger(r: &mut ScenarioReport, pre_pins: u64) {
+    r.pre_attach_pins = pre_pins;
+    r.pre_attach_unpins = r.unbalanced_unpins.min(pre_pins);
+    r.unbalanced_pages = r.unbalanced_unpins - r.pre_attach_unpins;
+    r.partial = r.untracked_pins > 0;
+    r.ledger_holds = !r.partial && r.unbalanced_pages == 0;
+    if r.ledger_required && !r.ledger_holds && r.error.is_none() {
+        r.mismatches.push(format!(
+            "the pin ledger did not hold: partial {}, untracked pins {}, unbalanced pages {} (pre-attach unpins {} of {})",
+            r.partial, r.untracked_pins, r.unbalanced_pages, r.pre_attach_unpins, pre_pins
+        ));
+        r.expectations_met = false;
+    }
 }
 
 /// The expectations of a scenario that the run did not meet.
@@ -568,7 +651,9 @@ impl CheckReport {
             self.kernel, self.hooks_attached, "SCENARIO", "PINNED", "UNPINNED", "VM ACQ", "VM REL", "EXACT", "FAST", "SLOW", "MODEL", "SUBSYSTEM", "NOTE"
         );
         for r in &self.scenarios {
-            let note = match &r.error {
+            // What the kernel skipped is the first lead when counts differ.
+            let skipped = if !r.exact && r.probe_misses > 0 { format!("[{} probe misses] ", r.probe_misses) } else { String::new() };
+            let note = skipped + &match &r.error {
                 Some(e) => format!("error: {e}"),
                 None if !r.mismatches.is_empty() => format!("UNEXPECTED: {}", r.mismatches.join("; ")),
                 None if r.disagreement.is_some() => format!("MODEL DISAGREES: {}", r.disagreement.as_deref().unwrap_or("")),
@@ -619,6 +704,17 @@ impl CheckReport {
         for r in &self.not_reachable {
             out += &format!("not reachable here: {}: {}\n", r.name, r.reason);
         }
+        if self.pre_attach.pins > 0 {
+            out += &format!(
+                "taken before attach: {} pins (kernel's outstanding count moved by {}); released during the runs as pre-attach unpins: {}\n",
+                self.pre_attach.pins,
+                self.pre_attach.vmstat_outstanding.map_or("?".to_string(), |n| n.to_string()),
+                self.scenarios.iter().map(|r| r.pre_attach_unpins).sum::<u64>()
+            );
+        }
+        for e in &self.pre_attach.errors {
+            out += &format!("before attach: {e}\n");
+        }
         if self.untracked_pins > 0 {
             out += &format!(
                 "PARTIAL tracking view: {} pins were not tracked (tracking map capacity {} folios); totals stay exact\n",
@@ -629,5 +725,55 @@ impl CheckReport {
             out += &format!("hooks that failed to attach: {}\n", self.hooks_failed.join(", "));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::inflight;
+
+    fn inflight_report() -> ScenarioReport {
+        let all = inflight::scenarios(std::path::Path::new("/nonexistent"));
+        let s = all.iter().find(|s| s.name() == "inflight_fixed_pre_attach").map(|s| s.as_ref());
+        let mut r = blank_report(s.expect("inflight_fixed_pre_attach exists"), true);
+        assert!(r.ledger_required, "the inflight_ scenarios require the ledger");
+        r.expectations_met = true;
+        r
+    }
+
+    #[test]
+    fn pre_attach_unpins_are_not_unbalanced_and_the_rest_fail_the_ledger() {
+        // 64 unpins of the 64 pins taken before attach: reported as such.
+        let mut r = inflight_report();
+        r.unbalanced_unpins = 64;
+        judge_ledger(&mut r, 64);
+        assert_eq!((r.pre_attach_unpins, r.unbalanced_pages), (64, 0));
+        assert!(r.ledger_holds && r.expectations_met && r.mismatches.is_empty(), "{:?}", r.mismatches);
+        // One more is an unpin of a pin taken after attach that gupwatch lost.
+        let mut r = inflight_report();
+        r.unbalanced_unpins = 65;
+        judge_ledger(&mut r, 64);
+        assert_eq!((r.pre_attach_unpins, r.unbalanced_pages), (64, 1));
+        assert!(!r.ledger_holds && !r.expectations_met);
+        assert!(r.mismatches[0].contains("unbalanced pages 1"), "{:?}", r.mismatches);
+        // Without pre-attach pins every unbalanced unpin counts; a partial
+        // view fails on its own.
+        let mut r = inflight_report();
+        r.untracked_pins = 3;
+        judge_ledger(&mut r, 0);
+        assert!(r.partial && !r.ledger_holds && !r.expectations_met);
+    }
+
+    #[test]
+    fn a_scenario_that_does_not_require_the_ledger_reports_it_without_failing() {
+        let all = crate::scenarios::builtin(std::path::Path::new("/nonexistent"));
+        let mut r = blank_report(all[0].as_ref(), true);
+        r.expectations_met = true;
+        r.untracked_pins = 5;
+        r.unbalanced_unpins = 7;
+        judge_ledger(&mut r, 0);
+        assert!(r.partial && !r.ledger_holds && r.unbalanced_pages == 7);
+        assert!(r.expectations_met && r.mismatches.is_empty());
     }
 }

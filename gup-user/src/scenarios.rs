@@ -42,6 +42,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
+pub mod churn;
+pub mod inflight;
+mod uring;
+
 use crate::leaks::LeakKind;
 use crate::reference::{self, BufferSpec, Prefault, Prot};
 use crate::vmstat::{self, FollPinCounters, FollPinDelta, VmstatError};
@@ -236,6 +240,20 @@ pub trait Scenario: Send {
     /// read its presence from `/proc/self/pagemap`.
     fn buffer_range(&self) -> Option<(usize, usize)> {
         None
+    }
+    /// Takes the pins this scenario must hold before gupwatch attaches its
+    /// probes (`gupwatch check` calls it once for every selected scenario,
+    /// before loading anything), so the run can release pins gupwatch never
+    /// saw taken. Returns the pins it took (the checker compares the sum
+    /// with the kernel's counters). Most scenarios take none.
+    fn before_attach(&mut self) -> Result<u64, ScenarioError> {
+        Ok(0)
+    }
+    /// Whether the pin ledger must hold for the scenario to pass: no pin
+    /// left untracked (`partial: false`), no unpin unmatched beyond those of
+    /// pins taken before attach. The `inflight_` scenarios require it.
+    fn ledger_must_hold(&self) -> bool {
+        false
     }
     /// Sets up everything `run` needs, pre-faulting its buffers. Calling it
     /// again releases the previous set-up first.
@@ -1187,6 +1205,12 @@ struct IoUringParams {
 const _: () = assert!(std::mem::size_of::<IoUringParams>() == 120);
 
 fn io_uring_setup(entries: u32) -> io::Result<OwnedFd> {
+    io_uring_setup_params(entries).map(|(fd, _)| fd)
+}
+
+/// `io_uring_setup(2)` with the parameters the kernel filled in (the ring
+/// offsets that [`uring::Uring`] needs to map the rings).
+fn io_uring_setup_params(entries: u32) -> io::Result<(OwnedFd, IoUringParams)> {
     let mut params = IoUringParams::default();
     // SAFETY: `params` is a valid, zeroed io_uring_params the kernel may
     // write back into; it outlives the call.
@@ -1202,7 +1226,7 @@ fn io_uring_setup(entries: u32) -> io::Result<OwnedFd> {
     }
     // SAFETY: on success io_uring_setup returns a new descriptor that nothing
     // else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) })
+    Ok((unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) }, params))
 }
 
 fn io_uring_register(
@@ -2487,6 +2511,17 @@ pub fn builtin(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
     all
 }
 
+/// What `gupwatch check` runs: the [`builtin`] scenarios, then the
+/// `churn_` family ([`churn`], `churn_procs` short-lived processes each) and
+/// the `inflight_` ones ([`inflight`]). Kept apart from [`builtin`], which
+/// the demo workload and the benchmark also draw from.
+pub fn for_check(scratch_dir: &Path, churn_procs: u32) -> Vec<Box<dyn Scenario>> {
+    let mut all = builtin(scratch_dir);
+    all.extend(churn::scenarios(scratch_dir, churn_procs));
+    all.extend(inflight::scenarios(scratch_dir));
+    all
+}
+
 /// The scenarios that leave pins behind after `run` on purpose (or, for the
 /// closed orphan, create and release an orphan): left out of
 /// [`run_workload`].
@@ -3762,7 +3797,8 @@ mod host_kernel {
     }
 
     fn by_name(name: &str) -> Box<dyn Scenario> {
-        builtin(&scratch_dir())
+        // 200 churn children: enough to pin at once, quick on a host.
+        for_check(&scratch_dir(), 200)
             .into_iter()
             .find(|s| s.name() == name)
             .unwrap()
@@ -3913,6 +3949,46 @@ mod host_kernel {
     #[ignore = "needs root, a real kernel and an O_DIRECT filesystem; see the module docs"]
     fn direct_io_read_pins_256() {
         measure("direct_io_read");
+    }
+
+    #[test]
+    #[ignore = "needs root and a real kernel; see the module docs"]
+    fn churn_process_vm_pins_4_per_child() {
+        measure("churn_process_vm");
+    }
+
+    #[test]
+    #[ignore = "needs root and a real kernel; see the module docs"]
+    fn churn_io_uring_pins_and_unpins_4_per_child() {
+        measure("churn_io_uring");
+    }
+
+    #[test]
+    #[ignore = "needs root, a real kernel and an O_DIRECT filesystem; see the module docs"]
+    fn churn_odirect_pins_4_per_child() {
+        measure("churn_odirect");
+    }
+
+    /// 16 rounds of 32 reads of 4 pages in flight.
+    #[test]
+    #[ignore = "needs root, a real kernel and an O_DIRECT filesystem; see the module docs"]
+    fn inflight_odirect_shared_pins_2048() {
+        measure("inflight_odirect_shared");
+    }
+
+    /// 4 processes × 16 rounds × 8 reads of 4 pages.
+    #[test]
+    #[ignore = "needs root, a real kernel and an O_DIRECT filesystem; see the module docs"]
+    fn inflight_odirect_owners_pins_2048() {
+        measure("inflight_odirect_owners");
+    }
+
+    /// Without a before-attach phase the fixed buffers are registered in
+    /// prepare (outside the window); run releases them: +1024/+1088.
+    #[test]
+    #[ignore = "needs root, a real kernel and an O_DIRECT filesystem; see the module docs"]
+    fn inflight_fixed_pre_attach_releases_its_fixed_buffers() {
+        measure("inflight_fixed_pre_attach");
     }
 
     #[test]

@@ -176,6 +176,17 @@ enum Cmd {
         /// Use the gupwatch binary already built.
         #[arg(long)]
         no_build: bool,
+        /// storm (attach/detach under a pin storm) or churn (short-lived
+        /// processes pinning at once, every cycle exact; issue 24).
+        #[arg(long, default_value = "storm", value_parser = ["storm", "churn"])]
+        mode: String,
+        /// Short-lived processes per churn cycle.
+        #[arg(long, default_value_t = 500)]
+        churn_procs: u32,
+        /// Extra kernel command-line argument (repeatable), e.g.
+        /// `--append preempt=full` for a preemptible 6.12.
+        #[arg(long = "append", value_name = "ARG")]
+        append: Vec<String>,
     },
     /// Measure what gupwatch costs a pinning workload (throughput ratios,
     /// RSS, CPU, ns per probe hit) in one VM; reports, never asserts.
@@ -249,6 +260,11 @@ struct VmArgs {
     /// UTF-8 locale and terminfo), to drive the live view there.
     #[arg(long)]
     tmux: bool,
+    /// Extra kernel command-line argument (repeatable; GUPWATCH_VM_APPEND
+    /// adds more), e.g. `--append preempt=full` to boot Debian's 6.12
+    /// preemptible like 7.2 (7.2 refuses `preempt=voluntary`).
+    #[arg(long = "append", value_name = "ARG")]
+    append: Vec<String>,
     /// The command, run with `sh -c` in the guest (after `--`).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -280,6 +296,7 @@ fn vm(a: VmArgs) -> Result<i32> {
     run.extra_modules = a.extra_modules;
     run.deferred_modules = a.deferred_modules;
     run.tmux = a.tmux;
+    run.kernel_args = a.append;
     if a.quiet {
         run.echo = ConsoleEcho::None;
     }
@@ -445,8 +462,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             no_build,
             screens,
         } => live_command(&kernel, timeout, no_build, screens),
-        Cmd::Stress { kernels, cycles, kill_rounds, no_build } => {
-            xtask::stress::run(&xtask::stress::StressOptions { kernels, cycles, kill_rounds, no_build })
+        Cmd::Stress { kernels, cycles, kill_rounds, no_build, mode, churn_procs, append } => {
+            xtask::stress::run(&xtask::stress::StressOptions { kernels, cycles, kill_rounds, no_build, mode, churn_procs, append })
                 .map(|ok| if ok { 0 } else { 1 })
         }
         Cmd::Bench {

@@ -2,6 +2,11 @@
 //! of the matrix. Each VM runs `gupwatch stress` (attach/detach cycles under
 //! a pin storm, SIGKILL rounds, an overflowing tracking map); the VM runner
 //! fails the kernel on any WARNING, BUG, soft lockup or RCU stall.
+//!
+//! `--mode churn` runs `gupwatch stress --mode churn` instead: the churn_
+//! scenarios of `gupwatch check` (short-lived processes pinning at once),
+//! one exact interval per cycle. `--append ARG` adds kernel arguments, e.g.
+//! `preempt=full` to make Debian's 6.12 preemptible like 7.2.
 
 use std::time::Duration;
 
@@ -27,6 +32,12 @@ pub struct StressOptions {
     pub kill_rounds: u32,
     /// Skip building gupwatch.
     pub no_build: bool,
+    /// "storm" or "churn" (`gupwatch stress --mode`).
+    pub mode: String,
+    /// Short-lived processes per churn cycle.
+    pub churn_procs: u32,
+    /// Extra kernel command-line arguments.
+    pub append: Vec<String>,
 }
 
 /// Runs the suite; `Ok(true)` when every kernel passed.
@@ -39,15 +50,22 @@ pub fn run(o: &StressOptions) -> Result<bool> {
     for k in &o.kernels {
         let alias = kernels::alias(k).with_context(|| format!("unknown kernel `{k}` (known: {})", kernels::alias_names()))?;
         let manifest = kernels::ensure(&cache, alias, Flavour::Cloud, false)?;
-        let cmd = format!(
-            "gupwatch stress --cycles {} --kill-rounds {} --scratch /mnt/scratch",
-            o.cycles, o.kill_rounds
-        );
-        eprintln!("==== stress on {k}: {cmd} ====");
+        let cmd = match o.mode.as_str() {
+            "churn" => format!(
+                "gupwatch stress --mode churn --cycles {} --churn-procs {} --scratch /mnt/scratch",
+                o.cycles, o.churn_procs
+            ),
+            _ => format!("gupwatch stress --cycles {} --kill-rounds {} --scratch /mnt/scratch", o.cycles, o.kill_rounds),
+        };
+        let args = if o.append.is_empty() { String::new() } else { format!(" (kernel args: {})", o.append.join(" ")) };
+        eprintln!("==== stress on {k}{args}: {cmd} ====");
         let mut vm = VmRun::new(manifest.boot_kernel(&cache), cmd);
         vm.gupwatch = Some(gupwatch.clone());
-        // Cycles take ~0.5-3 s each under TCG.
-        vm.timeout = Duration::from_secs(120 + 4 * o.cycles as u64);
+        vm.kernel_args.extend(o.append.iter().cloned());
+        // Storm cycles take ~0.5-3 s each under TCG; a churn cycle about
+        // 20 ms per process.
+        let per_cycle = if o.mode == "churn" { 4 + o.churn_procs as u64 / 25 } else { 4 };
+        vm.timeout = Duration::from_secs(120 + per_cycle * o.cycles as u64);
         vm.tag = format!("stress-{k}");
         let (verdict, detail) = match vm.run() {
             Ok(out) => {
@@ -55,9 +73,13 @@ pub fn run(o: &StressOptions) -> Result<bool> {
                 match text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()) {
                     Some(j) => {
                         let ok = out.status == 0;
-                        let get = |f: &str| j.get(f).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                        // Strings bare (mode churn), the rest as JSON (errors as a list).
+                        let get = |f: &str| {
+                            j.get(f).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).unwrap_or_else(|| "?".into())
+                        };
                         let mut detail = format!(
-                            "cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (unpins without entry, counted at release {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
+                            "mode {} | cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (unpins without entry, counted at release {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
+                            get("mode"),
                             get("cycles"),
                             get("pins_observed"),
                             get("kernel_pins"),

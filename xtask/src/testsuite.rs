@@ -73,6 +73,36 @@ pub struct Scenario {
     pub self_verdict: Option<bool>,
     /// gupwatch's reasons for a failed own verdict (`mismatches`, `error`).
     pub mismatches: Vec<String>,
+    /// The pin ledger as the scenario saw it (`partial`, `untracked_pins`,
+    /// `unbalanced_pages`, ...); `None` from a gupwatch older than these
+    /// fields.
+    pub ledger: Option<Ledger>,
+    /// Runs of gupwatch's programs the kernel skipped during the run.
+    pub probe_misses: i64,
+}
+
+/// The pin ledger's fields of one scenario (issue 14: the `inflight_`
+/// scenarios require `partial: false`, 0 untracked pins, 0 unbalanced
+/// pages; gupwatch's own verdict already includes that).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ledger {
+    /// Some pin went untracked during the run.
+    pub partial: bool,
+    /// Pins the tracking map could not record.
+    pub untracked_pins: i64,
+    /// Unpins of pins taken after attach that matched no tracked pin.
+    pub unbalanced_pages: i64,
+    /// Pins the scenario took before gupwatch attached.
+    pub pre_attach_pins: i64,
+    /// The scenario's verdict requires the ledger to hold.
+    pub required: bool,
+}
+
+impl Ledger {
+    /// Not partial, nothing untracked or unbalanced.
+    pub fn holds(&self) -> bool {
+        !self.partial && self.untracked_pins == 0 && self.unbalanced_pages == 0
+    }
 }
 
 impl Scenario {
@@ -85,7 +115,7 @@ impl Scenario {
     /// The verdict: the accounting rule, and gupwatch's own verdict when it
     /// gives one (a scenario fails if either says so).
     pub fn passed(&self) -> bool {
-        self.accounting_ok() && self.self_verdict.unwrap_or(true)
+        self.accounting_ok() && self.self_verdict.unwrap_or(true) && self.ledger.as_ref().is_none_or(|l| !l.required || l.holds())
     }
 
     /// The note column: gupwatch's note, then why the scenario failed.
@@ -98,6 +128,15 @@ impl Scenario {
             parts.push("counts differ from /proc/vmstat".into());
         } else if !self.accounting_ok() && !self.note.contains("no pins seen") {
             parts.push("no pins seen".into());
+        }
+        if let Some(l) = self.ledger.as_ref().filter(|l| !l.holds() || l.pre_attach_pins > 0) {
+            parts.push(format!(
+                "ledger: partial {}, untracked {}, unbalanced {}, pre-attach pins {}",
+                l.partial, l.untracked_pins, l.unbalanced_pages, l.pre_attach_pins
+            ));
+        }
+        if !self.exact && self.probe_misses > 0 {
+            parts.push(format!("{} probe misses", self.probe_misses));
         }
         if self.self_verdict == Some(false) {
             parts.extend(self.mismatches.iter().cloned());
@@ -189,6 +228,14 @@ pub fn parse_report(stdout: &str) -> Result<Report> {
                         .map(|e| format!("error: {e}")),
                 )
                 .collect(),
+            ledger: s.get("partial").and_then(Value::as_bool).map(|partial| Ledger {
+                partial,
+                untracked_pins: int(s, "untracked_pins"),
+                unbalanced_pages: int(s, "unbalanced_pages"),
+                pre_attach_pins: int(s, "pre_attach_pins"),
+                required: s.get("ledger_required").and_then(Value::as_bool).unwrap_or(false),
+            }),
+            probe_misses: int(s, "probe_misses"),
         })
         .collect();
     Ok(Report { kernel, scenarios })
@@ -883,6 +930,34 @@ mod tests {
         assert_eq!(r.scenarios[5].self_verdict, Some(true));
         assert_eq!(r.scenarios[0].pinned, 256);
         assert_eq!(r.scenarios[1].note, "no pins expected");
+    }
+
+    #[test]
+    fn ledger_fields_fail_an_inflight_scenario_that_gupwatch_passed() {
+        let one = |ledger: &str| {
+            format!(
+                r#"{{"kernel":"7.2","scenarios":[{{"name":"inflight_odirect_shared","pinned_pages":4,"unpinned_pages":4,
+                "vmstat_acquired":4,"vmstat_released":4,"exact":true,"pins_expected":true,"passed":true,"probe_misses":3{ledger}}}]}}"#
+            )
+        };
+        let held = r#","partial":false,"untracked_pins":0,"unbalanced_pages":0,"pre_attach_pins":64,"ledger_required":true"#;
+        let r = parse_report(&one(held)).unwrap();
+        let s = &r.scenarios[0];
+        assert!(s.passed());
+        assert_eq!(s.ledger.as_ref().map(|l| l.pre_attach_pins), Some(64));
+        assert_eq!(s.probe_misses, 3);
+        assert!(s.explanation().contains("pre-attach pins 64"), "{}", s.explanation());
+        // Even if gupwatch's own verdict were missing or wrong, a broken
+        // ledger fails a scenario that requires it.
+        let broken = r#","partial":true,"untracked_pins":156,"unbalanced_pages":626,"ledger_required":true"#;
+        let s = &parse_report(&one(broken)).unwrap().scenarios[0];
+        assert!(!s.passed());
+        assert!(s.explanation().contains("ledger: partial true, untracked 156, unbalanced 626"), "{}", s.explanation());
+        // Not required: reported, not judged here.
+        let s = &parse_report(&one(&broken.replace("true}", "false}").replace(r#""ledger_required":true"#, r#""ledger_required":false"#))).unwrap().scenarios[0];
+        assert!(s.passed());
+        // An older report without the fields still parses.
+        assert!(parse_report(&one("")).unwrap().scenarios[0].ledger.is_none());
     }
 
     #[test]

@@ -87,6 +87,18 @@ enum Command {
         /// see the partial-view accounting).
         #[arg(long, default_value_t = gup_common::TRACK_CAPACITY)]
         track_capacity: u32,
+        /// Run only the scenarios whose names start with one of these
+        /// prefixes (comma-separated), e.g. `churn,inflight_`.
+        #[arg(long, value_delimiter = ',', value_name = "PREFIX")]
+        only: Vec<String>,
+        /// Leave out the scenarios whose names start with one of these
+        /// prefixes (comma-separated; after --only).
+        #[arg(long, value_delimiter = ',', value_name = "PREFIX")]
+        skip: Vec<String>,
+        /// Short-lived processes each `churn_` scenario forks (32 alive at
+        /// a time).
+        #[arg(long, default_value_t = scenarios::churn::DEFAULT_PROCS, value_name = "N")]
+        churn_procs: u32,
     },
     /// Print the probe plan: each GUP function, how it is hooked on this
     /// kernel, and whether it attached.
@@ -159,7 +171,15 @@ enum Command {
     /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
     #[command(hide = true)]
     Stress {
-        /// Attach/detach cycles.
+        /// storm: attach/detach cycles under a pin storm (the rest of the
+        /// flags); churn: the churn_ scenarios, one exact interval per
+        /// cycle (uses --cycles, --churn-procs and --scratch only).
+        #[arg(long, value_enum, default_value_t)]
+        mode: gupwatch::stress::StressMode,
+        /// Short-lived processes per churn cycle.
+        #[arg(long, default_value = "500")]
+        churn_procs: u32,
+        /// Attach/detach cycles (storm) or churn cycles.
         #[arg(long, default_value = "200")]
         cycles: u32,
         /// Pin storm processes.
@@ -263,7 +283,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => watch(cli.interval, cli.count, cli.plain),
         Some(Command::Probes { json, dry_run }) => probes(json, dry_run),
-        Some(Command::Check { json, scratch, track_capacity }) => run_check(json, &scratch, track_capacity),
+        Some(Command::Check { json, scratch, track_capacity, only, skip, churn_procs }) => {
+            run_check(json, &scratch, track_capacity, &check::CheckOptions { only, skip, churn_procs })
+        }
         Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
@@ -275,8 +297,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Top { connect }) => top(cli.interval, connect),
         Some(Command::Doctor { json }) => doctor(json),
         Some(Command::Generate { what }) => generate(what),
-        Some(Command::Stress { cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
+        Some(Command::Stress { mode, churn_procs, cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
             let r = gupwatch::stress::run(&gupwatch::stress::StressOptions {
+                mode,
+                churn_procs,
                 cycles,
                 storm_procs,
                 window: Duration::from_millis(window_ms),
@@ -713,8 +737,11 @@ fn probes(json: bool, dry_run: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32) -> Result<ExitCode> {
+fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32, select: &check::CheckOptions) -> Result<ExitCode> {
     init_env_logging()?;
+    let mut selection = check::Selection::new(scratch, select)?;
+    // Pins some scenarios must hold before the probes exist.
+    selection.before_attach();
     let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
     let mut probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
     let mut ebpf_log = probes.take_ebpf_log();
@@ -729,7 +756,7 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32) -> Resu
         return Ok(ExitCode::from(2));
     }
     print_failed_hooks(&probes.plan);
-    let report = check::run(&probes, scratch)?;
+    let report = check::run(&probes, selection)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
