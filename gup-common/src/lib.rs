@@ -441,13 +441,23 @@ pub struct PinOwner {
     pub comm: [u8; 16],
 }
 
-/// The tracked pins on one folio: up to two owners, so a page pinned by two
-/// processes keeps both.
+/// Owner slots per tracked folio.
+pub const PIN_OWNERS: usize = 3;
+
+/// The tracked pins on one folio, by owner. Any number of processes may
+/// pin one folio at once (direct I/O into a shared buffer pool): the first
+/// [`PIN_OWNERS`] − 1 each get a slot, and the last slot counts the pins of
+/// every further owner too, attributed to the first of them. So every pin
+/// is tracked and every unpin finds its count; only attribution is
+/// approximate past that many owners.
+///
+/// Counts change only by atomic adds, so pins and unpins of one folio on
+/// several CPUs at once never lose one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct PinRecord {
     /// The owners; a slot with `count == 0` is free.
-    pub owners: [PinOwner; 2],
+    pub owners: [PinOwner; PIN_OWNERS],
 }
 
 /// Capacity of the attribution map: (process, API, call stack) triples.

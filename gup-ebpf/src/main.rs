@@ -35,12 +35,12 @@ use aya_ebpf::{
 use gup_common::{
     diag_log::{
         self, API_NONE, WHY_ARG, WHY_BEYOND_ARRAY, WHY_MAP_FULL, WHY_NONE, WHY_NO_ENTRY,
-        WHY_NO_PAGES_ARRAY, WHY_PER_CALL_LIMIT, WHY_TWO_OWNERS,
+        WHY_NO_PAGES_ARRAY, WHY_PER_CALL_LIMIT,
     },
     i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
     irq::{is_inside, record_is_live, ret_slot, IrqEntry, IrqExit, IrqUnpins},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
-    PinOwner, PinRecord, API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
+    PinOwner, PinRecord, API_COUNT, PIN_OWNERS, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
     TRACK_CAPACITY, TRACK_MAX_PER_CALL, UNBALANCED_CAPACITY, I915_OBJECTS_CAPACITY,
 };
@@ -738,7 +738,7 @@ const EMPTY_INFLIGHT: Inflight = Inflight {
     ret: 0,
 };
 
-static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER, EMPTY_OWNER] };
+static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER; PIN_OWNERS] };
 
 const EMPTY_OWNER: PinOwner = PinOwner {
     tgid: 0,
@@ -813,21 +813,47 @@ fn track_pin(folio: u64, c: &TrackCtx) {
     // SAFETY: a live map value.
     let rec = unsafe { &mut *rec };
     let cur = c.owner.tgid;
-    if rec.owners[0].count > 0 && rec.owners[0].tgid == cur {
-        rec.owners[0].count += 1;
+    // The slot this owner already holds, else the first free one, else the
+    // last, which takes every further owner (see PinRecord).
+    let k = if rec.owners[0].count > 0 && rec.owners[0].tgid == cur {
+        0
     } else if rec.owners[1].count > 0 && rec.owners[1].tgid == cur {
-        rec.owners[1].count += 1;
+        1
     } else if rec.owners[0].count == 0 {
-        rec.owners[0] = c.owner;
+        claim(&mut rec.owners[0], &c.owner);
+        0
     } else if rec.owners[1].count == 0 {
-        rec.owners[1] = c.owner;
+        claim(&mut rec.owners[1], &c.owner);
+        1
     } else {
-        // Two other owners already: count, do not evict.
-        diag_add(Diag::PinsUntracked, 1);
-        note(Diag::PinsUntracked, WHY_TWO_OWNERS, c.owner.api, cur, 1, 0, folio);
-        return;
+        if rec.owners[2].count == 0 {
+            claim(&mut rec.owners[2], &c.owner);
+        }
+        2
+    };
+    if let Some(o) = rec.owners.get_mut(k) {
+        add32(&mut o.count, 1);
     }
     diag_add(Diag::PinsTracked, 1);
+}
+
+/// Writes an owner into a free slot, all but its count: the count moves
+/// only by atomic adds, so two CPUs claiming one slot at once lose no pin
+/// (the slot is then attributed to whichever wrote last).
+#[inline(always)]
+fn claim(slot: &mut PinOwner, owner: &PinOwner) {
+    slot.tgid = owner.tgid;
+    slot.first_ns = owner.first_ns;
+    slot.stack_id = owner.stack_id;
+    slot.api = owner.api;
+    slot.longterm = owner.longterm;
+    slot.comm = owner.comm;
+}
+
+#[inline(always)]
+fn add32(counter: &mut u32, v: u32) {
+    // SAFETY: map values are 4-aligned; as `add`, for several CPUs at once.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, v) };
 }
 
 #[inline(always)]
@@ -838,15 +864,20 @@ fn track_unpin(folio: u64, n: u64, site: u64) {
     };
     // SAFETY: a live map value.
     let rec = unsafe { &mut *rec };
-    let take0 = n.min(rec.owners[0].count as u64);
-    rec.owners[0].count -= take0 as u32;
-    let take1 = (n - take0).min(rec.owners[1].count as u64);
-    rec.owners[1].count -= take1 as u32;
-    diag_add(Diag::UnpinsMatched, take0 + take1);
-    if n > take0 + take1 {
-        unbalanced(site, n - take0 - take1);
+    // Which owner an unpin releases is not known (the kernel does not know
+    // either): the last slot first, then the others.
+    let take2 = n.min(rec.owners[2].count as u64);
+    add32(&mut rec.owners[2].count, (take2 as u32).wrapping_neg());
+    let take1 = (n - take2).min(rec.owners[1].count as u64);
+    add32(&mut rec.owners[1].count, (take1 as u32).wrapping_neg());
+    let take0 = (n - take2 - take1).min(rec.owners[0].count as u64);
+    add32(&mut rec.owners[0].count, (take0 as u32).wrapping_neg());
+    let taken = take0 + take1 + take2;
+    diag_add(Diag::UnpinsMatched, taken);
+    if n > taken {
+        unbalanced(site, n - taken);
     }
-    if rec.owners[0].count == 0 && rec.owners[1].count == 0 {
+    if rec.owners[0].count == 0 && rec.owners[1].count == 0 && rec.owners[2].count == 0 {
         let _ = PINS.remove(&folio);
     }
 }

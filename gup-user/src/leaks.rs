@@ -160,7 +160,7 @@ pub struct LeakReport {
     /// Pins the kernel counts as outstanding (`nr_foll_pin_acquired -
     /// nr_foll_pin_released`), including those taken before gupwatch started.
     pub kernel_outstanding: Option<i64>,
-    /// Pins seen but not tracked (map full, or a third owner of a folio).
+    /// Pins seen but not tracked (the tracking map was full).
     pub untracked_pins: u64,
     /// Whether the view is partial (`untracked_pins > 0`).
     pub partial: bool,
@@ -308,7 +308,7 @@ pub fn analyze(
     }
     if cx.untracked_pins > 0 {
         notes.push(format!(
-            "{} pins were not tracked (tracking map full or a folio with more than two owners): totals stay exact, this view is partial; raise --track-capacity",
+            "{} pins were not tracked (tracking map full): totals stay exact, this view is partial; raise --track-capacity",
             cx.untracked_pins
         ));
     }
@@ -423,7 +423,7 @@ mod tests {
     #[test]
     fn extreme_map_values_do_not_overflow() {
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [owner(7, 3, 10, 1), EMPTY] })],
+            pins: vec![(0x1000, PinRecord { owners: [owner(7, 3, 10, 1), EMPTY, EMPTY] })],
             exited: HashMap::new(),
             unbalanced: vec![(1, u64::MAX), (2, u64::MAX)],
         };
@@ -442,8 +442,8 @@ mod tests {
     fn groups_by_owner_and_site_oldest_first() {
         let maps = TrackingMaps {
             pins: vec![
-                (0x1000, PinRecord { owners: [owner(10, 1, 5_000_000_000, 1), EMPTY] }),
-                (0x2000, PinRecord { owners: [owner(10, 2, 1_000_000_000, 1), owner(11, 1, 9_000_000_000, 2)] }),
+                (0x1000, PinRecord { owners: [owner(10, 1, 5_000_000_000, 1), EMPTY, EMPTY] }),
+                (0x2000, PinRecord { owners: [owner(10, 2, 1_000_000_000, 1), owner(11, 1, 9_000_000_000, 2), EMPTY] }),
             ],
             ..Default::default()
         };
@@ -459,9 +459,9 @@ mod tests {
     fn long_held_orphaned_and_per_subsystem_thresholds() {
         let maps = TrackingMaps {
             pins: vec![
-                (0x1000, PinRecord { owners: [owner(10, 256, 0, 1), EMPTY] }),
-                (0x2000, PinRecord { owners: [owner(20, 8, 0, 2), EMPTY] }),
-                (0x3000, PinRecord { owners: [owner(30, 4, 100, 2), EMPTY] }),
+                (0x1000, PinRecord { owners: [owner(10, 256, 0, 1), EMPTY, EMPTY] }),
+                (0x2000, PinRecord { owners: [owner(20, 8, 0, 2), EMPTY, EMPTY] }),
+                (0x3000, PinRecord { owners: [owner(30, 4, 100, 2), EMPTY, EMPTY] }),
             ],
             exited: HashMap::from([(30, 200)]),
             ..Default::default()
@@ -479,7 +479,7 @@ mod tests {
     #[test]
     fn exit_before_pin_is_not_orphaned_but_a_dead_pid_is() {
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [owner(30, 1, 500, 1), EMPTY] })],
+            pins: vec![(0x1000, PinRecord { owners: [owner(30, 1, 500, 1), EMPTY, EMPTY] })],
             exited: HashMap::from([(30, 100)]), // an earlier process with the same pid
             ..Default::default()
         };
@@ -504,7 +504,7 @@ mod tests {
         let mut g = GrowthTracker::default();
         let mut signals = vec![];
         for (i, n) in [1u32, 2, 3, 4, 4, 5].into_iter().enumerate() {
-            let maps = TrackingMaps { pins: vec![(0x1000, PinRecord { owners: [owner(10, n, 0, 1), EMPTY] })], ..Default::default() };
+            let maps = TrackingMaps { pins: vec![(0x1000, PinRecord { owners: [owner(10, n, 0, 1), EMPTY, EMPTY] })], ..Default::default() };
             let r = analyze(&maps, &cx(i as u64, &caller, &|_| true), &policy, Some(&mut g));
             signals.push(r.leaks.iter().any(|l| l.kind == LeakKind::Growth));
         }
@@ -514,7 +514,7 @@ mod tests {
     #[test]
     fn since_filters_old_pins_and_notes_explain_gaps() {
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [owner(10, 2, 100, 1), owner(11, 3, 900, 1)] })],
+            pins: vec![(0x1000, PinRecord { owners: [owner(10, 2, 100, 1), owner(11, 3, 900, 1), EMPTY] })],
             ..Default::default()
         };
         let c = Context { since_ns: 500, kernel_outstanding: Some(10), untracked_pins: 7, ..cx(1000, &caller, &|_| true) };
