@@ -34,8 +34,9 @@
 //! the user exists or not. bcrypt is slow on purpose (tens of ms at cost
 //! 10); as in exporter-toolkit, a successful check is cached, as an
 //! HMAC-SHA256 tag of the credentials under a key drawn at start (never
-//! the password itself), compared in constant time. The server's bounded
-//! worker pool caps how many bcrypt checks run at once. Wrong or missing
+//! the password itself), compared in constant time. bcrypt checks run on
+//! the server's render threads, so its render limit (at most 4 at once,
+//! see [`crate::http`]) caps them too. Wrong or missing
 //! credentials get 401 with `WWW-Authenticate: Basic`.
 //!
 //! The file and the files it names are checked for changes (at most once a
