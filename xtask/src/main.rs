@@ -81,6 +81,19 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// The real `gupwatch run` on loopback against hostile clients, on
+    /// the host (no VM), plain and with TLS + basic auth: 2,000 stalled
+    /// reconnecting clients, a 200 × 25 flood, slow readers, a client over
+    /// the per-address cap and malformed requests, while /metrics is
+    /// scraped once a second (also a step of `test`).
+    Hostile {
+        /// Use this gupwatch binary instead of building the static one.
+        #[arg(long, value_name = "PATH")]
+        gupwatch: Option<PathBuf>,
+        /// Use the static gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Build what a host without Rust installs: a static x86_64 binary, a
     /// tarball (binary, man pages, completions, unit) and a Debian package,
     /// in target/dist/.
@@ -350,6 +363,23 @@ fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+fn hostile_command(gupwatch: Option<PathBuf>, no_build: bool) -> Result<i32> {
+    let gupwatch = match gupwatch {
+        Some(p) => p,
+        None if no_build => binary::static_gupwatch_path(),
+        None => binary::build_static_gupwatch()?,
+    };
+    let reports = xtask::hostile::run(&xtask::hostile::HostileOptions::new(gupwatch))?;
+    let (mut passed, mut failed) = (0, 0);
+    for r in &reports {
+        print!("{}", xtask::hostile::render(r));
+        passed += r.checks.iter().filter(|c| c.ok).count();
+        failed += r.checks.iter().filter(|c| !c.ok).count();
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Setup {
@@ -394,6 +424,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             println!("{} passed, {} failed", cases.len() - failed, failed);
             Ok(if failed == 0 { 0 } else { 1 })
         }
+        Cmd::Hostile { gupwatch, no_build } => hostile_command(gupwatch, no_build),
         Cmd::Dist => xtask::dist::run().map(|d| {
             println!("{}", xtask::dist::describe(&d));
             0

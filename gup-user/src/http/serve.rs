@@ -39,6 +39,8 @@ const LINGER_BYTES: usize = 64 * 1024;
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// How long a stopping server waits for requests in progress.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// The listening socket's accept queue.
+const ACCEPT_BACKLOG: libc::c_int = 4096;
 /// Refusals and accept errors are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -53,6 +55,13 @@ impl Server {
     /// Binds `addr` (e.g. `127.0.0.1:10483`, `[::1]:0`).
     pub fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
+        // std listens with a backlog of 128: a burst of reconnecting
+        // clients (a thousand stalled ones cut at the same deadline) would
+        // overflow it, and a scrape's SYN dropped then waits for the 1 s
+        // retransmit. Listening again only raises the backlog (the kernel
+        // caps it at net.core.somaxconn); failing, 128 stays.
+        // SAFETY: listen(2) on a socket this function owns.
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), ACCEPT_BACKLOG) };
         listener.set_nonblocking(true)?;
         Ok(Server { listener, config, web: None })
     }
