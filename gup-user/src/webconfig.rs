@@ -527,6 +527,17 @@ impl Security {
         }
     }
 
+    /// [`Security::authorize`]'s answer when it needs no bcrypt (no
+    /// `basic_auth_users`, no usable header, or credentials verified
+    /// before), so the server can give it without a render slot; `None`
+    /// when only bcrypt can tell.
+    pub fn authorize_quick(&self, authorization: Option<&str>) -> Option<bool> {
+        match &self.auth {
+            None => Some(true),
+            Some(a) => a.check_cached(authorization),
+        }
+    }
+
     /// Headers added to every response.
     pub fn headers(&self) -> &[(&'static str, String)] {
         &self.headers
@@ -577,6 +588,24 @@ impl BasicAuth {
         ctx.update(&[0]);
         ctx.update(password);
         ctx.sign()
+    }
+
+    /// [`BasicAuth::check`] without bcrypt: `Some(false)` without usable
+    /// credentials, `Some(true)` for credentials verified before, `None`
+    /// when bcrypt must tell.
+    pub fn check_cached(&self, authorization: Option<&str>) -> Option<bool> {
+        let Some((user, password)) = authorization.and_then(parse_basic_authorization) else { return Some(false) };
+        if self.users.is_empty() {
+            return Some(false);
+        }
+        if self.users.contains_key(&user) {
+            let tag = self.tag(&user, &password);
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.get(&user).is_some_and(|t| ct_eq(t.as_ref(), tag.as_ref())) {
+                return Some(true);
+            }
+        }
+        None
     }
 
     /// Whether this `Authorization` header carries valid credentials.
@@ -779,8 +808,13 @@ mod tests {
         assert!(!auth.check(Some("Basic")));
         assert!(!auth.check(Some(&hdr("alice", "wrong"))));
         assert!(!auth.check(Some(&hdr("bob", "secret"))), "an unknown user never passes");
+        assert_eq!(auth.check_cached(Some(&hdr("alice", "secret"))), None, "only bcrypt can tell yet");
         assert!(auth.check(Some(&hdr("alice", "secret"))));
         assert!(auth.check(Some(&hdr("alice", "secret"))), "cached");
+        assert_eq!(auth.check_cached(Some(&hdr("alice", "secret"))), Some(true));
+        assert_eq!(auth.check_cached(Some(&hdr("alice", "wrong"))), None, "a miss still goes to bcrypt");
+        assert_eq!(auth.check_cached(Some("Basic")), Some(false));
+        assert_eq!(auth.check_cached(None), Some(false));
         assert!(!auth.check(Some(&hdr("alice", "wrong"))), "the cache does not widen what passes");
         assert!(!auth.check(Some(&hdr("alice", &"x".repeat(100)))));
         assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));

@@ -93,6 +93,9 @@ enum Cmd {
         /// Use the static gupwatch built last instead of building it.
         #[arg(long)]
         no_build: bool,
+        /// Run only this mode (plain or tls; repeatable; default both).
+        #[arg(long, value_enum)]
+        mode: Vec<xtask::hostile::Mode>,
     },
     /// Build what a host without Rust installs: a static x86_64 binary, a
     /// tarball (binary, man pages, completions, unit) and a Debian package,
@@ -363,13 +366,17 @@ fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-fn hostile_command(gupwatch: Option<PathBuf>, no_build: bool) -> Result<i32> {
+fn hostile_command(gupwatch: Option<PathBuf>, no_build: bool, modes: Vec<xtask::hostile::Mode>) -> Result<i32> {
     let gupwatch = match gupwatch {
         Some(p) => p,
         None if no_build => binary::static_gupwatch_path(),
         None => binary::build_static_gupwatch()?,
     };
-    let reports = xtask::hostile::run(&xtask::hostile::HostileOptions::new(gupwatch))?;
+    let mut opts = xtask::hostile::HostileOptions::new(gupwatch);
+    if !modes.is_empty() {
+        opts.modes = modes;
+    }
+    let reports = xtask::hostile::run(&opts)?;
     let (mut passed, mut failed) = (0, 0);
     for r in &reports {
         print!("{}", xtask::hostile::render(r));
@@ -424,7 +431,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             println!("{} passed, {} failed", cases.len() - failed, failed);
             Ok(if failed == 0 { 0 } else { 1 })
         }
-        Cmd::Hostile { gupwatch, no_build } => hostile_command(gupwatch, no_build),
+        Cmd::Hostile { gupwatch, no_build, mode } => hostile_command(gupwatch, no_build, mode),
         Cmd::Dist => xtask::dist::run().map(|d| {
             println!("{}", xtask::dist::describe(&d));
             0

@@ -1,6 +1,7 @@
-//! A connection whose writes must make progress: a client that stops
-//! reading a response would otherwise hold the task and its response
-//! buffer for as long as it likes (hyper has no write timeout).
+//! Wrappers of a connection: writes that must make progress (a client
+//! that stops reading a response would otherwise hold the task and its
+//! response buffer for as long as it likes: hyper has no write timeout),
+//! and bytes read before hyper took the connection, served to it first.
 
 use std::{
     future::Future,
@@ -89,5 +90,69 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.track(cx, polled)
+    }
+}
+
+/// `inner`, with bytes already read from it served first: the first
+/// request head, read before hyper takes the connection.
+pub struct Prepend<T> {
+    head: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T> Prepend<T> {
+    /// `head` comes first, then the rest of `inner`.
+    pub fn new(head: Vec<u8>, inner: T) -> Prepend<T> {
+        Prepend { head, pos: 0, inner }
+    }
+
+    /// The wrapped connection (what was not yet served of `head` is lost).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prepend<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.pos < self.head.len() {
+            let n = buf.remaining().min(self.head.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.head[start..start + n]);
+            self.pos += n;
+            if self.pos == self.head.len() {
+                // Served: give the memory back now, not with the connection.
+                self.head = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prepend<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -176,6 +176,14 @@ impl Response {
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, req: &Request) -> Response;
+
+    /// Whether answering `req` is work that must wait for a render slot
+    /// (and may be shed with 503). `false` only for answers that take no
+    /// lock and no I/O, given at once on the server's own threads: so
+    /// `/healthz` answers a liveness probe even while scrapes are shed.
+    fn renders(&self, _req: &Request) -> bool {
+        true
+    }
 }
 
 impl<F: Fn(&Request) -> Response + Send + Sync + 'static> Handler for F {

@@ -1,6 +1,7 @@
-//! One request, from hyper's parsed head to hyper's response: admission
-//! (per-client share, then a render slot within the wait), then on a
-//! blocking thread the credentials, the method and the route.
+//! One request, from hyper's parsed head to hyper's response. What needs
+//! no work is answered at once; the rest (a page that reads the
+//! collector, a bcrypt check) is admitted (the client's share, then a
+//! render slot within the wait) and run on a blocking thread.
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 
@@ -70,6 +71,24 @@ async fn answer(request: Request, conn: &Connection) -> Response {
     if !request.path.starts_with('/') {
         return Response::text(400, "request target must be a path\n");
     }
+    // What needs neither bcrypt nor the collector is answered at once,
+    // on this thread: refusals, 404s and /healthz cannot be shed.
+    let quick = conn.security.as_ref().map_or(Some(true), |s| s.authorize_quick(request.header("authorization")));
+    match quick {
+        Some(false) => return unauthorized(),
+        Some(true) => {
+            if let Some(r) = refuse_method(&request) {
+                return r;
+            }
+            if !shared.handler.renders(&request) {
+                let handler = &*shared.handler;
+                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&request)))
+                    .unwrap_or_else(|_| Response::text(500, "internal error\n"));
+            }
+        }
+        // Only bcrypt can tell: that is work, as a render is.
+        None => {}
+    }
     let Some(_admitted) = shared.limits.admit_request(conn.peer) else {
         return busy("busy: too many requests from your address at once");
     };
@@ -89,20 +108,28 @@ async fn answer(request: Request, conn: &Connection) -> Response {
     job.await.unwrap_or_else(|_| Response::text(500, "internal error\n"))
 }
 
+fn unauthorized() -> Response {
+    let mut r = Response::text(401, "Unauthorized: this endpoint needs basic-auth credentials (see --web-config)\n");
+    r.headers.push(("WWW-Authenticate", crate::webconfig::CHALLENGE.into()));
+    r
+}
+
+fn refuse_method(req: &Request) -> Option<Response> {
+    if req.method == "GET" || req.method == "HEAD" {
+        return None;
+    }
+    let mut r = Response::text(405, "GET or HEAD only\n");
+    r.headers.push(("Allow", "GET, HEAD".into()));
+    Some(r)
+}
+
 /// Credentials, method, route: in that order, so nothing about the server
 /// (not even which methods it allows) is told before the credentials.
 pub fn decide(req: &Request, handler: &dyn Handler, security: Option<&Security>) -> Response {
     if !security.is_none_or(|s| s.authorize(req.header("authorization"))) {
-        let mut r = Response::text(401, "Unauthorized: this endpoint needs basic-auth credentials (see --web-config)\n");
-        r.headers.push(("WWW-Authenticate", crate::webconfig::CHALLENGE.into()));
-        return r;
+        return unauthorized();
     }
-    if req.method != "GET" && req.method != "HEAD" {
-        let mut r = Response::text(405, "GET or HEAD only\n");
-        r.headers.push(("Allow", "GET, HEAD".into()));
-        return r;
-    }
-    handler.handle(req)
+    refuse_method(req).unwrap_or_else(|| handler.handle(req))
 }
 
 /// Our response as hyper's, with the headers every response carries.

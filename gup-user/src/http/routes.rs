@@ -40,6 +40,12 @@ pub(super) fn query_flag(query: Option<&str>, name: &str) -> bool {
 }
 
 impl Handler for App {
+    /// The pages that read the collector; `/healthz` and 404s are answered
+    /// at once.
+    fn renders(&self, req: &Request) -> bool {
+        matches!(req.path.as_str(), "/metrics" | "/api/snapshot" | "/")
+    }
+
     fn handle(&self, req: &Request) -> Response {
         match req.path.as_str() {
             "/metrics" => {

@@ -5,7 +5,6 @@ use std::{
     future::poll_fn,
     io,
     net::{SocketAddr, TcpListener, ToSocketAddrs},
-    pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -22,7 +21,7 @@ use tokio::{
 };
 
 use super::{
-    io::WriteDeadline,
+    io::{Prepend, WriteDeadline},
     limits::{self, Limits, PeerKey, Refusal},
     respond::{self, Shared},
     Handler, ServeError, ServerConfig,
@@ -259,13 +258,69 @@ async fn connection(stream: TcpStream, conn: Arc<respond::Connection>, stopping:
     }
 }
 
+/// How the first request head ended, read before hyper takes over.
+enum FirstHead {
+    /// Complete (or past the size limit, for hyper to answer 431).
+    Read(Vec<u8>),
+    /// The client closed, or the server is stopping.
+    Closed,
+    /// The head deadline passed; `true` if part of a head had come.
+    TimedOut(bool),
+}
+
+/// Reads the first request head into a buffer the size of what came.
+/// hyper allocates some 16 KiB of buffers per connection as it starts
+/// serving it; read first, a connection that stalls before its first
+/// whole head (the cheapest attack: thousands of them) costs its socket,
+/// a small task and the bytes it sent, never those buffers.
+async fn first_head<I: AsyncRead + Unpin>(io: &mut I, max: usize, limit: Duration) -> FirstHead {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Err(_) => return FirstHead::TimedOut(!head.is_empty()),
+            Ok(Ok(0) | Err(_)) => return FirstHead::Closed,
+            Ok(Ok(n)) => n,
+        };
+        // The end may straddle two reads.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        let tail = &head[from..];
+        // httparse, like the hand-written server before it, accepts bare
+        // LF line ends.
+        if head.len() > max || tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
+            return FirstHead::Read(head);
+        }
+    }
+}
+
+/// Resolves when the server stops (or its stop signal is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if !*stopping.borrow() {
+        let _ = stopping.changed().await;
+    }
+}
+
 /// hyper's HTTP/1.1 on an established connection, until either side ends
 /// it, the server stops, or a limit is hit.
-async fn serve_http<I>(io: I, conn: Arc<respond::Connection>, mut stopping: watch::Receiver<bool>)
+async fn serve_http<I>(mut io: I, conn: Arc<respond::Connection>, mut stopping: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = conn.shared.cfg;
+    let first = tokio::select! {
+        h = first_head(&mut io, cfg.max_head_bytes, cfg.head_timeout) => h,
+        _ = stopped(&mut stopping) => FirstHead::Closed,
+    };
+    let head = match first {
+        FirstHead::Read(head) => head,
+        FirstHead::Closed | FirstHead::TimedOut(false) => return,
+        FirstHead::TimedOut(true) => {
+            let _ = tokio::time::timeout(cfg.write_timeout, io.write_all(&canned("408 Request Timeout", HEAD_LATE))).await;
+            return linger_close(io).await;
+        }
+    };
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -277,33 +332,33 @@ where
         // them, for clients (and scripts) that match names exactly.
         .title_case_headers(true);
     let svc = hyper::service::service_fn(move |req| respond::service(req, Arc::clone(&conn)));
-    let mut http = builder.serve_connection(TokioIo::new(WriteDeadline::new(io, cfg.write_timeout)), svc);
-    let mut graceful = *stopping.borrow();
-    if graceful {
-        Pin::new(&mut http).graceful_shutdown();
-    }
+    let io = WriteDeadline::new(Prepend::new(head, io), cfg.write_timeout);
+    let mut http = builder.serve_connection(TokioIo::new(io), svc);
+    let mut graceful = false;
     let result = loop {
         tokio::select! {
             r = poll_fn(|cx| http.poll_without_shutdown(cx)) => break r,
-            _ = stopping.changed(), if !graceful => {
+            _ = stopped(&mut stopping), if !graceful => {
                 // Idle connections close now, a request in progress ends
                 // with its response.
                 graceful = true;
-                Pin::new(&mut http).graceful_shutdown();
+                std::pin::Pin::new(&mut http).graceful_shutdown();
             }
         }
     };
     let parts = http.into_parts();
-    let mut io = parts.io.into_inner().into_inner();
+    let mut io = parts.io.into_inner().into_inner().into_inner();
     if let Err(e) = &result {
         // hyper closes silently at the head deadline; a client that had
         // started a head learns why.
         if e.is_timeout() && !parts.read_buf.is_empty() {
-            let _ = tokio::time::timeout(cfg.write_timeout, io.write_all(&canned("408 Request Timeout", "request head not received in time\n"))).await;
+            let _ = tokio::time::timeout(cfg.write_timeout, io.write_all(&canned("408 Request Timeout", HEAD_LATE))).await;
         }
     }
     linger_close(io).await;
 }
+
+const HEAD_LATE: &str = "request head not received in time\n";
 
 /// Ends our side, then reads and discards what the client still sends,
 /// briefly and up to a bound, before dropping the socket.

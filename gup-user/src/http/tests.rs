@@ -248,6 +248,35 @@ fn load_is_shed_with_503() {
 }
 
 #[test]
+fn work_free_answers_are_not_shed() {
+    /// `/slow` renders; `/healthz` and unknown paths need no slot.
+    struct Routes;
+    impl Handler for Routes {
+        fn handle(&self, req: &Request) -> Response {
+            if req.path == "/slow" {
+                thread::sleep(Duration::from_millis(600));
+            }
+            Response::text(if req.path == "/nope" { 404 } else { 200 }, "x\n")
+        }
+        fn renders(&self, req: &Request) -> bool {
+            req.path == "/slow"
+        }
+    }
+    let cfg = ServerConfig { max_renders: 1, render_wait: Duration::from_millis(100), ..test_config() };
+    let srv = start(cfg, Arc::new(Routes));
+    let addr = srv.addr;
+    let slow = thread::spawn(move || get(addr, "/slow").0);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(get(addr, "/slow").0, 503, "the one slot is taken");
+    let t0 = Instant::now();
+    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(get(addr, "/nope").0, 404);
+    assert_eq!(raw(addr, b"DELETE /slow HTTP/1.1\r\n\r\n").0, 405);
+    assert!(t0.elapsed() < Duration::from_millis(300), "{:?}", t0.elapsed());
+    assert_eq!(slow.join().unwrap(), 200);
+}
+
+#[test]
 fn per_client_caps() {
     let cfg = ServerConfig { max_connections_per_peer: 3, max_requests_per_peer: 1, ..test_config() };
     let srv = start(cfg, echo());

@@ -52,12 +52,14 @@ pub struct HostileOptions {
     pub flood_requests: usize,
     /// Slow readers.
     pub slow_readers: usize,
+    /// The modes to run, in order.
+    pub modes: Vec<Mode>,
 }
 
 impl HostileOptions {
     /// The numbers, with this binary.
     pub fn new(gupwatch: PathBuf) -> HostileOptions {
-        HostileOptions { gupwatch, stallers: 2000, scrapes: 8, flood_clients: 200, flood_requests: 25, slow_readers: 50 }
+        HostileOptions { gupwatch, stallers: 2000, scrapes: 8, flood_clients: 200, flood_requests: 25, slow_readers: 50, modes: vec![Mode::Plain, Mode::TlsAuth] }
     }
 }
 
@@ -75,11 +77,12 @@ const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 const CUT_SLACK: Duration = Duration::from_secs(2);
 
 /// Plain HTTP, or TLS with basic auth.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// No web configuration.
     Plain,
     /// A web configuration with TLS and basic auth.
+    #[value(name = "tls")]
     TlsAuth,
 }
 
@@ -144,7 +147,7 @@ pub fn run(o: &HostileOptions) -> Result<Vec<ModeReport>> {
         .enable_all()
         .build()
         .context("cannot start the clients' tokio runtime")?;
-    [Mode::Plain, Mode::TlsAuth].into_iter().map(|m| run_mode(o, m, &rt)).collect()
+    o.modes.iter().map(|&m| run_mode(o, m, &rt)).collect()
 }
 
 fn run_mode(o: &HostileOptions, mode: Mode, rt: &tokio::runtime::Runtime) -> Result<ModeReport> {
@@ -195,6 +198,7 @@ struct Seen {
     hog: (usize, usize),
     healthy_after: Result<net::Answer, String>,
     rss_idle_kib: u64,
+    rss_stalled_kib: u64,
     peaks: daemon::Peaks,
 }
 
@@ -223,6 +227,7 @@ async fn exercise(o: &HostileOptions, t: &Target, pid: u32) -> Result<Seen> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ramp = t0.elapsed();
+    let rss_stalled_kib = daemon::status_field(pid, "VmRSS:").unwrap_or(0);
     let (scrapes, (flood_time, flood), slow, corpus, hog) = tokio::join!(
         load::scraper(t, o.scrapes),
         async {
@@ -246,7 +251,7 @@ async fn exercise(o: &HostileOptions, t: &Target, pid: u32) -> Result<Seen> {
     while stallers.join_next().await.is_some() {}
     let (_, healthy_after) = load::request(t, local, &t.get("/healthz")).await;
     let peaks = sampler.finish();
-    Ok(Seen { stall, ramp, scrapes, flood, flood_time, slow, corpus, hog, healthy_after, rss_idle_kib, peaks })
+    Ok(Seen { stall, ramp, scrapes, flood, flood_time, slow, corpus, hog, healthy_after, rss_idle_kib, rss_stalled_kib, peaks })
 }
 
 /// Status counts (`200 ×4862`) and errors of a group of requests.
@@ -346,8 +351,9 @@ fn judge(o: &HostileOptions, s: &Seen) -> Vec<Check> {
         format!("daemon RSS under {} MiB", RSS_LIMIT_KIB / 1024),
         p.samples > 0 && p.rss_kib < RSS_LIMIT_KIB,
         format!(
-            "idle {:.1} MiB, peak {:.1} MiB ({} samples); peak threads {}, descriptors {}",
+            "idle {:.1} MiB, with the stalled clients {:.1} MiB, peak {:.1} MiB ({} samples); peak threads {}, descriptors {}",
             s.rss_idle_kib as f64 / 1024.0,
+            s.rss_stalled_kib as f64 / 1024.0,
             p.rss_kib as f64 / 1024.0,
             p.samples,
             p.threads,
