@@ -231,11 +231,22 @@ fn canned(status: &str, body: &str) -> Vec<u8> {
 }
 
 /// One connection: TLS first if configured, then HTTP/1.1.
-async fn connection(stream: TcpStream, conn: Arc<respond::Connection>, stopping: watch::Receiver<bool>) {
+pub(super) async fn connection(stream: TcpStream, conn: Arc<respond::Connection>, stopping: watch::Receiver<bool>) {
+    match conn.security.as_ref().and_then(|s| s.tls().cloned()) {
+        None => serve_http(stream, conn, stopping).await,
+        // Boxed: rustls' connection state inline would make every plain
+        // connection's task as large as a TLS one's.
+        Some(tls) => Box::pin(serve_tls(stream, tls, conn, stopping)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    conn: Arc<respond::Connection>,
+    stopping: watch::Receiver<bool>,
+) {
     let cfg = conn.shared.cfg;
-    let Some(tls) = conn.security.as_ref().and_then(|s| s.tls().cloned()) else {
-        return serve_http(stream, conn, stopping).await;
-    };
     // The handshake has the head deadline; each request head then has its
     // own.
     let deadline = tokio::time::Instant::now() + cfg.head_timeout;
@@ -244,7 +255,11 @@ async fn connection(stream: TcpStream, conn: Arc<respond::Connection>, stopping:
         // A TLS record starts with a binary content type, never a letter.
         Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
             let mut stream = stream;
-            let _ = tokio::time::timeout(cfg.write_timeout, stream.write_all(&canned("400 Bad Request", "Client sent an HTTP request to an HTTPS server.\n"))).await;
+            let _ = tokio::time::timeout(
+                cfg.write_timeout,
+                stream.write_all(&canned("400 Bad Request", "Client sent an HTTP request to an HTTPS server.\n")),
+            )
+            .await;
             return linger_close(stream).await;
         }
         Ok(Ok(1)) => {}
@@ -321,6 +336,17 @@ where
             return linger_close(io).await;
         }
     };
+    // Boxed: hyper's connection state is kilobytes, and inline it would
+    // be part of every connection's task from the accept on.
+    Box::pin(serve_hyper(Prepend::new(head, io), conn, stopping)).await;
+}
+
+/// hyper's part: from the first whole head to the end of the connection.
+async fn serve_hyper<I>(io: Prepend<I>, conn: Arc<respond::Connection>, mut stopping: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = conn.shared.cfg;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -332,7 +358,7 @@ where
         // them, for clients (and scripts) that match names exactly.
         .title_case_headers(true);
     let svc = hyper::service::service_fn(move |req| respond::service(req, Arc::clone(&conn)));
-    let io = WriteDeadline::new(Prepend::new(head, io), cfg.write_timeout);
+    let io = WriteDeadline::new(io, cfg.write_timeout);
     let mut http = builder.serve_connection(TokioIo::new(io), svc);
     let mut graceful = false;
     let result = loop {

@@ -393,3 +393,33 @@ fn app_routes() {
     let head = body.split("\r\n\r\n").next().unwrap();
     assert!(io::BufReader::new(head.as_bytes()).lines().all(|l| !l.unwrap().contains('\r')));
 }
+
+/// What every connection's task costs from the accept on, before its
+/// first whole head: the reason thousands of stalled clients are cheap.
+/// hyper's and rustls' state are boxed only once needed.
+#[test]
+fn a_waiting_connection_is_a_small_task() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let cfg = ServerConfig::default();
+        let shared = Arc::new(super::respond::Shared {
+            handler: echo(),
+            limits: super::limits::Limits::new(10, 10, 10),
+            renders: Arc::new(tokio::sync::Semaphore::new(1)),
+            cfg,
+        });
+        let conn = Arc::new(super::respond::Connection {
+            shared,
+            security: None,
+            peer: super::limits::PeerKey::of("127.0.0.1".parse().unwrap()),
+        });
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let fut = super::serve::connection(stream, conn, rx);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("a connection's future: {size} bytes");
+        assert!(size < 2048, "{size} bytes");
+    });
+}
