@@ -25,12 +25,13 @@ pub async fn request(t: &Target, from: Ipv4Addr, req: &[u8]) -> (Duration, Resul
     let t0 = Instant::now();
     let r = async {
         let mut io = t.open(from, None, STEP_LIMIT).await.map_err(|e| format!("connect: {e}"))?;
+        let connect = t0.elapsed();
         io.write_all(req).await.map_err(|e| format!("write: {e}"))?;
         match tokio::time::timeout(STEP_LIMIT, read_response(&mut *io, false, 16 * 1024, Duration::ZERO)).await {
             Err(_) => Err("no response in time".to_string()),
             Ok(Err(e)) => Err(format!("read: {e}")),
             Ok(Ok(None)) => Err("closed without a response".to_string()),
-            Ok(Ok(Some(a))) => Ok(a),
+            Ok(Ok(Some(a))) => Ok(Answer { connect, ..a }),
         }
     }
     .await;
@@ -109,18 +110,26 @@ pub fn stallers(
 /// Every request's outcome, for the flood and the slow readers.
 pub type Outcomes = Vec<(Duration, Result<Answer, String>)>;
 
-/// `clients` × `requests` GETs of /metrics, each on a new connection, each
-/// client from its own address (so no per-address limit spares the
-/// scraper: only the server's first-come-first-served render slots do).
+/// `clients` × `requests` GETs of /metrics, each client from its own
+/// address (so no per-address limit spares the scraper: only the
+/// server's first-come-first-served render slots do), back to back on a
+/// keep-alive connection as HTTP/1.1 clients do, reconnecting after an
+/// error. (New connections by the thousand are the stalled clients' part.)
 pub async fn flood(t: &Target, clients: usize, requests: usize) -> Outcomes {
     let mut set = JoinSet::new();
     for i in 0..clients {
         let t = t.clone();
         set.spawn(async move {
-            let req = t.get("/metrics");
+            let req = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{}\r\n", t.auth).into_bytes();
+            let mut conn: Option<Box<dyn net::Io>> = None;
             let mut out = Vec::with_capacity(requests);
             for _ in 0..requests {
-                out.push(request(&t, net::source(2, i), &req).await);
+                let t0 = Instant::now();
+                let r = keep_alive_request(&t, net::source(2, i), &mut conn, &req).await;
+                if r.is_err() {
+                    conn = None;
+                }
+                out.push((t0.elapsed(), r));
             }
             out
         });
@@ -130,6 +139,26 @@ pub async fn flood(t: &Target, clients: usize, requests: usize) -> Outcomes {
         all.extend(r.unwrap_or_default());
     }
     all
+}
+
+/// One request on `conn`, opened first if there is none.
+async fn keep_alive_request(
+    t: &Target,
+    from: Ipv4Addr,
+    conn: &mut Option<Box<dyn net::Io>>,
+    req: &[u8],
+) -> Result<Answer, String> {
+    if conn.is_none() {
+        *conn = Some(t.open(from, None, STEP_LIMIT).await.map_err(|e| format!("connect: {e}"))?);
+    }
+    let Some(io) = conn.as_mut() else { return Err("no connection".into()) };
+    io.write_all(req).await.map_err(|e| format!("write: {e}"))?;
+    match tokio::time::timeout(STEP_LIMIT, read_response(&mut **io, false, 16 * 1024, Duration::ZERO)).await {
+        Err(_) => Err("no response in time".to_string()),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Ok(Ok(None)) => Err("closed without a response".to_string()),
+        Ok(Ok(Some(a))) => Ok(a),
+    }
 }
 
 /// Clients with a 4 KiB receive buffer that read the response 256 bytes
@@ -187,8 +216,10 @@ pub async fn hog(t: &Target, n: usize) -> (usize, usize) {
         let Ok(mut s) = net::connect_from(from, t.addr, None).await else { continue };
         set.spawn(async move {
             let mut b = [0u8; 64];
-            // Refused: an answer or a close at once; held: silence.
-            match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut b)).await {
+            // Refused: an answer or a close as soon as the daemon accepts
+            // it; held: silence until the daemon's 5 s deadline. 4 s
+            // leaves a busy accept loop time to get to all 300.
+            match tokio::time::timeout(Duration::from_secs(4), s.read(&mut b)).await {
                 Err(_) => true,
                 Ok(_) => false,
             }

@@ -173,7 +173,7 @@ fn run_mode(o: &HostileOptions, mode: Mode, rt: &tokio::runtime::Runtime) -> Res
     let target = Target { addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), tls, auth };
     let seen = rt.block_on(exercise(o, &target, child.id()));
     let (exit, took) = daemon::terminate(&mut child, Duration::from_secs(10));
-    let mut checks = judge(o, &seen?);
+    let mut checks = judge(o, &seen?, mode == Mode::TlsAuth);
     let clean = exit.is_some_and(|s| s.success());
     checks.push(check(
         "SIGTERM ends the daemon cleanly",
@@ -269,7 +269,7 @@ fn summarize(outcomes: &Outcomes) -> (String, Vec<String>) {
     (s.join(", "), errors.keys().cloned().collect())
 }
 
-fn judge(o: &HostileOptions, s: &Seen) -> Vec<Check> {
+fn judge(o: &HostileOptions, s: &Seen, mode_tls: bool) -> Vec<Check> {
     let mut v = Vec::new();
     let peak = s.stall.peak.load(Ordering::Relaxed) as usize;
     let cut = s.stall.cut.load(Ordering::Relaxed);
@@ -296,7 +296,13 @@ fn judge(o: &HostileOptions, s: &Seen) -> Vec<Check> {
         .scrapes
         .iter()
         .map(|(d, r)| match r {
-            Ok(a) => format!("{} in {:.0} ms", a.status, d.as_secs_f64() * 1000.0),
+            Ok(a) => format!(
+                "{} in {:.0} ms (connect{} {:.0} ms)",
+                a.status,
+                d.as_secs_f64() * 1000.0,
+                if mode_tls { " + TLS" } else { "" },
+                a.connect.as_secs_f64() * 1000.0
+            ),
             Err(e) => format!("{e} after {:.0} ms", d.as_secs_f64() * 1000.0),
         })
         .collect();

@@ -77,6 +77,8 @@ pub struct Answer {
     pub status: u16,
     /// Body bytes read.
     pub body: usize,
+    /// Time to connect (and complete the TLS handshake), when measured.
+    pub connect: Duration,
 }
 
 /// Longest response head accepted.
@@ -134,5 +136,5 @@ pub async fn read_response<R: AsyncRead + Unpin + ?Sized>(
             tokio::time::sleep(pause).await;
         }
     }
-    Ok(Some(Answer { status, body: got }))
+    Ok(Some(Answer { status, body: got, connect: Duration::ZERO }))
 }
