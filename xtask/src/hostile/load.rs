@@ -219,10 +219,7 @@ pub async fn hog(t: &Target, n: usize) -> (usize, usize) {
             // Refused: an answer or a close as soon as the daemon accepts
             // it; held: silence until the daemon's 5 s deadline. 4 s
             // leaves a busy accept loop time to get to all 300.
-            match tokio::time::timeout(Duration::from_secs(4), s.read(&mut b)).await {
-                Err(_) => true,
-                Ok(_) => false,
-            }
+            tokio::time::timeout(Duration::from_secs(4), s.read(&mut b)).await.is_err()
         });
     }
     let (mut held, mut refused) = (0, 0);
