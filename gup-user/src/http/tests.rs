@@ -142,6 +142,15 @@ fn keep_alive_serves_several_requests_per_connection() {
     assert!(out.contains("\r\nConnection: close\r\n"), "{out}");
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    // A partial second head gets 408 at the deadline (hyper's timeout).
+    let mut s2 = TcpStream::connect(srv.addr).unwrap();
+    s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s2.write_all(b"GET /one HTTP/1.1\r\n\r\n").unwrap();
+    assert!(read_response(&mut s2, false).starts_with("HTTP/1.1 200 "));
+    s2.write_all(b"GET /two HTTP/1.1\r\nX-Slow: ").unwrap();
+    let mut out = String::new();
+    let _ = s2.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
     // An idle keep-alive connection is closed at the head deadline.
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -206,6 +215,29 @@ fn slow_clients_time_out() {
     // One that connects and closes hurts nothing.
     drop(TcpStream::connect(srv.addr).unwrap());
     assert_eq!(get(srv.addr, "/").0, 200);
+}
+
+#[test]
+fn a_client_that_does_not_read_is_dropped() {
+    // 32 MiB: more than the socket buffers on both sides hold.
+    let big: Arc<dyn Handler> = Arc::new(|_: &Request| Response::new(200, "application/octet-stream", vec![b'x'; 32 << 20]));
+    let srv = start(ServerConfig { write_timeout: Duration::from_millis(300), ..test_config() }, big);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    // Not reading for well past the write timeout.
+    thread::sleep(Duration::from_millis(1500));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < 32 << 20, "the whole response came ({got} bytes): the stalled write was not cut");
+    assert!(t0.elapsed() < Duration::from_secs(10), "the connection stayed open");
 }
 
 #[test]
