@@ -41,6 +41,7 @@
 //! Routes ([`App`]): `/metrics`, `/` (status page), `/healthz`,
 //! `/api/snapshot` (JSON), anything else 404.
 
+mod flights;
 mod io;
 mod limits;
 mod respond;
@@ -183,6 +184,13 @@ pub trait Handler: Send + Sync + 'static {
     /// `/healthz` answers a liveness probe even while scrapes are shed.
     fn renders(&self, _req: &Request) -> bool {
         true
+    }
+
+    /// Requests with the same key may share one render (see
+    /// `flights.rs`): the key names the page, e.g. `/metrics` and its
+    /// format. `None`: each renders its own.
+    fn coalesce(&self, _req: &Request) -> Option<String> {
+        None
     }
 }
 

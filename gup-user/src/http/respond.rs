@@ -13,6 +13,7 @@ use hyper::{
 use tokio::sync::Semaphore;
 
 use super::{
+    flights::{self, Flights, Role},
     limits::{Limits, PeerKey},
     Handler, Request, Response, ServerConfig,
 };
@@ -31,6 +32,8 @@ pub struct Shared {
     pub renders: Arc<Semaphore>,
     /// The limits.
     pub cfg: ServerConfig,
+    /// Renders in flight that later requests for the same page share.
+    pub flights: Flights,
 }
 
 /// What one connection's requests share.
@@ -92,6 +95,25 @@ async fn answer(request: Request, conn: &Connection) -> Response {
     let Some(_admitted) = shared.limits.admit_request(conn.peer) else {
         return busy("busy: too many requests from your address at once");
     };
+    // Authorized (quick) requests for a shared page join its render.
+    let key = if quick == Some(true) { shared.handler.coalesce(&request) } else { None };
+    let leader = match key.map(|k| shared.flights.join(k)) {
+        Some(Role::Follow(rx)) => {
+            return flights::follow(rx).await.unwrap_or_else(|| busy("busy: the render this request waited for was abandoned"))
+        }
+        Some(Role::Lead(l)) => Some(l),
+        None => None,
+    };
+    let resp = render(request, conn).await;
+    if let Some(l) = leader {
+        l.publish(&resp);
+    }
+    resp
+}
+
+/// A render slot within the wait, then the work on a blocking thread.
+async fn render(request: Request, conn: &Connection) -> Response {
+    let shared = &conn.shared;
     let permit =
         match tokio::time::timeout(shared.cfg.render_wait, Arc::clone(&shared.renders).acquire_owned()).await {
             Ok(Ok(p)) => p,

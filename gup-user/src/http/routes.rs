@@ -46,6 +46,11 @@ impl Handler for App {
         matches!(req.path.as_str(), "/metrics" | "/api/snapshot" | "/")
     }
 
+    /// `/metrics` in one format is the same page for every scraper.
+    fn coalesce(&self, req: &Request) -> Option<String> {
+        (req.path == "/metrics").then(|| format!("/metrics {}", Format::negotiate(req.header("Accept")).content_type()))
+    }
+
     fn handle(&self, req: &Request) -> Response {
         match req.path.as_str() {
             "/metrics" => {

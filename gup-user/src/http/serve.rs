@@ -105,6 +105,7 @@ impl Server {
             limits: Limits::new(max_connections, cfg.max_connections_per_peer, cfg.max_requests_per_peer),
             renders: Arc::new(Semaphore::new(cfg.max_renders.max(1))),
             cfg,
+            flights: Default::default(),
         });
         tracing::debug!(max_connections, nofile, "http: connection budget");
         let served = rt.block_on(self.serve(shared, stop));

@@ -309,6 +309,36 @@ fn work_free_answers_are_not_shed() {
 }
 
 #[test]
+fn requests_for_one_page_share_its_render() {
+    /// `/shared` takes 300 ms and may be shared; counts its renders.
+    struct Counting(std::sync::atomic::AtomicUsize);
+    impl Handler for Counting {
+        fn handle(&self, _: &Request) -> Response {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            thread::sleep(Duration::from_millis(300));
+            Response::text(200, format!("render {n}\n"))
+        }
+        fn coalesce(&self, req: &Request) -> Option<String> {
+            (req.path == "/shared").then(|| req.path.clone())
+        }
+    }
+    // One slot, 100 ms of wait: ten requests rendering each their own
+    // would mostly be shed.
+    let handler = Arc::new(Counting(Default::default()));
+    let cfg = ServerConfig { max_renders: 1, render_wait: Duration::from_millis(100), ..test_config() };
+    let srv = start(cfg, Arc::clone(&handler) as Arc<dyn Handler>);
+    let addr = srv.addr;
+    let clients: Vec<_> = (0..10).map(|_| thread::spawn(move || get(addr, "/shared"))).collect();
+    let answers: Vec<(u16, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(answers.iter().all(|(st, _)| *st == 200), "{answers:?}");
+    let renders = handler.0.load(Ordering::SeqCst);
+    assert!(renders <= 3, "{renders} renders for 10 requests");
+    // Afterwards a new request renders anew.
+    let (_, body) = get(addr, "/shared");
+    assert!(body.ends_with(&format!("render {}\n", renders + 1)), "{body}");
+}
+
+#[test]
 fn per_client_caps() {
     let cfg = ServerConfig { max_connections_per_peer: 3, max_requests_per_peer: 1, ..test_config() };
     let srv = start(cfg, echo());
@@ -442,6 +472,7 @@ fn a_waiting_connection_is_a_small_task() {
             limits: super::limits::Limits::new(10, 10, 10),
             renders: Arc::new(tokio::sync::Semaphore::new(1)),
             cfg,
+            flights: Default::default(),
         });
         let conn = Arc::new(super::respond::Connection {
             shared,
