@@ -25,7 +25,10 @@
 //!   running, is answered 503 with `Retry-After: 1` at once: load shedding,
 //!   as node_exporter's `--web.max-requests`. The wait is first come, first
 //!   served, so a scraper waits behind at most that many requests of each
-//!   other client.
+//!   other client; requests for a page being rendered (`/metrics` in one
+//!   format, see [`Handler::coalesce`]) share that render and do not wait
+//!   for a slot at all. Answers that need no work (`/healthz`, 404s,
+//!   refusals) are given at once and never shed.
 //!
 //! GET and HEAD only (405 otherwise, with `Allow`). HTTP/1.1 keep-alive.
 //! Every response carries `Content-Length` (never chunked), so simple
