@@ -19,11 +19,11 @@
 //!   lines (431 beyond); request bodies are never read.
 //! - **Work**: at most [`ServerConfig::max_renders`] requests are handled
 //!   at once, on tokio's blocking threads (rendering reads the BPF maps and
-//!   basic auth runs bcrypt, both synchronous). A request that cannot start
-//!   within [`ServerConfig::render_wait`], or whose client address already
-//!   has [`ServerConfig::max_requests_per_peer`] requests waiting or
-//!   running, is answered 503 with `Retry-After: 1` at once: load shedding,
-//!   as node_exporter's `--web.max-requests`. The wait is first come, first
+//!   basic auth runs bcrypt, both synchronous). A request whose client
+//!   address already has [`ServerConfig::max_requests_per_peer`] requests
+//!   waiting or running is answered 503 with `Retry-After: 1` at once, one
+//!   that cannot start within [`ServerConfig::render_wait`] when that wait
+//!   is over: load shedding, as node_exporter's `--web.max-requests`. The wait is first come, first
 //!   served, so a scraper waits behind at most that many requests of each
 //!   other client; requests for a page being rendered (`/metrics` in one
 //!   format, see [`Handler::coalesce`]) share that render and do not wait
