@@ -40,7 +40,8 @@ enum Cmd {
     /// Run a shell command in a throwaway VM: its stdout on stdout, the
     /// console on stderr, its exit status as ours.
     Vm(VmArgs),
-    /// Unit tests, then `gupwatch check --json` on every kernel of the matrix.
+    /// Unit tests, the hostile-client test on the host, then `gupwatch
+    /// check --json` on every kernel of the matrix.
     Test {
         /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
         #[arg(long, value_delimiter = ',')]
