@@ -13,6 +13,8 @@
 //! web_config = "/etc/gupwatch/web.yml"  # TLS/basic auth (exporter-toolkit
 //!                                       # format); which file: restart needed,
 //!                                       # its contents: re-read on change
+//! max_connections_per_peer = 256  # open connections per client address
+//!                                 # (IPv6: per /64); restart needed
 //! ```
 
 use std::{
@@ -64,6 +66,8 @@ pub struct RunOptions {
     pub log_level: Option<String>,
     /// Web configuration file (TLS, basic auth) for the endpoint.
     pub web_config: Option<PathBuf>,
+    /// Connections one client address may have open at once.
+    pub max_connections_per_peer: Option<usize>,
 }
 
 /// The settings `run` uses, every one decided.
@@ -83,6 +87,8 @@ pub struct RunSettings {
     pub log_level: String,
     /// Web configuration file, if any (plain HTTP without one).
     pub web_config: Option<PathBuf>,
+    /// Connections one client address may have open at once.
+    pub max_connections_per_peer: usize,
 }
 
 /// Why the configuration could not be used.
@@ -124,6 +130,9 @@ impl RunOptions {
         if o.track_capacity == Some(0) {
             return Err(invalid("track_capacity must be at least 1".into()));
         }
+        if o.max_connections_per_peer == Some(0) {
+            return Err(invalid("max_connections_per_peer must be at least 1".into()));
+        }
         if let Some(l) = &o.log_level {
             crate::args::log_filter(l).map_err(|e| invalid(format!("log_level {l:?}: {e}")))?;
         }
@@ -157,6 +166,10 @@ impl RunOptions {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             log_level: cli.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into()),
             web_config: cli.web_config.clone().or(file.web_config.clone()),
+            max_connections_per_peer: cli
+                .max_connections_per_peer
+                .or(file.max_connections_per_peer)
+                .unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS_PER_PEER),
         }
     }
 }
@@ -199,6 +212,10 @@ impl RunSettings {
         if self.web_config != new.web_config {
             p.needs_restart.push("web_config");
         }
+        // The server's limits are fixed when it starts.
+        if self.max_connections_per_peer != new.max_connections_per_peer {
+            p.needs_restart.push("max_connections_per_peer");
+        }
         p
     }
 
@@ -216,14 +233,15 @@ impl RunSettings {
     /// For logs: `key=value ...`.
     pub fn describe(&self) -> String {
         format!(
-            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={} web_config={}",
+            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={} web_config={} max_connections_per_peer={}",
             self.listen,
             self.top_processes,
             self.long_held.as_secs(),
             self.track_capacity,
             self.log_format.as_str(),
             self.log_level,
-            self.web_config.as_ref().map_or_else(|| "none".into(), |p| p.display().to_string())
+            self.web_config.as_ref().map_or_else(|| "none".into(), |p| p.display().to_string()),
+            self.max_connections_per_peer
         )
     }
 }
@@ -239,7 +257,7 @@ mod tests {
     #[test]
     fn every_key_parses() {
         let o = RunOptions::parse(
-            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\nweb_config = \"/etc/gupwatch/web.yml\"\n",
+            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\nweb_config = \"/etc/gupwatch/web.yml\"\nmax_connections_per_peer = 64\n",
             p(),
         )
         .unwrap();
@@ -253,6 +271,7 @@ mod tests {
                 log_format: Some(LogFormat::Json),
                 log_level: Some("gupwatch=debug,warn".into()),
                 web_config: Some("/etc/gupwatch/web.yml".into()),
+                max_connections_per_peer: Some(64),
             }
         );
         assert_eq!(RunOptions::parse("", p()).unwrap(), RunOptions::default());
@@ -270,6 +289,8 @@ mod tests {
         let e = RunOptions::parse("log_format = \"xml\"\n", p()).unwrap_err().to_string();
         assert!(e.contains("xml"), "{e}");
         assert!(RunOptions::parse("track_capacity = 0\n", p()).is_err());
+        let e = RunOptions::parse("max_connections_per_peer = 0\n", p()).unwrap_err().to_string();
+        assert!(e.contains("max_connections_per_peer must be at least 1"), "{e}");
         assert!(RunOptions::parse("log_level = \"[[[\"\n", p()).is_err());
         assert!(RunOptions::parse("listen = \n", p()).is_err());
         let e = RunOptions::load(Path::new("/nonexistent/gupwatch.toml")).unwrap_err().to_string();
@@ -288,6 +309,11 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_level, "debug");
         assert_eq!(s.web_config, None, "plain HTTP unless a web config is named");
+        assert_eq!(s.max_connections_per_peer, 256);
+        let cli = RunOptions { max_connections_per_peer: Some(9), ..Default::default() };
+        let file = RunOptions { max_connections_per_peer: Some(5), ..Default::default() };
+        assert_eq!(RunOptions::resolve(&cli, &file).max_connections_per_peer, 9);
+        assert_eq!(RunOptions::resolve(&RunOptions::default(), &file).max_connections_per_peer, 5);
         let cli = RunOptions { web_config: Some("/a.yml".into()), ..Default::default() };
         let file = RunOptions { web_config: Some("/b.yml".into()), ..Default::default() };
         assert_eq!(RunOptions::resolve(&cli, &file).web_config, Some("/a.yml".into()));
@@ -307,12 +333,13 @@ mod tests {
                 log_format: Some(LogFormat::Json),
                 log_level: Some("info".into()),
                 web_config: Some("/etc/gupwatch/web.yml".into()),
+                max_connections_per_peer: Some(8),
                 ..Default::default()
             },
         );
         let plan = old.reload_plan(&new);
         assert_eq!(plan.applied, ["top_processes: 10 -> 2", "long_held: 300s -> 5s"]);
-        assert_eq!(plan.needs_restart, ["listen", "log_format", "web_config"]);
+        assert_eq!(plan.needs_restart, ["listen", "log_format", "web_config", "max_connections_per_peer"]);
         let after = old.reloaded(&new);
         assert_eq!((after.top_processes, after.long_held.as_secs()), (2, 5));
         assert_eq!((after.listen.as_str(), after.log_format), (old.listen.as_str(), LogFormat::Text), "restart keys stay");

@@ -34,8 +34,9 @@
 //! the user exists or not. bcrypt is slow on purpose (tens of ms at cost
 //! 10); as in exporter-toolkit, a successful check is cached, as an
 //! HMAC-SHA256 tag of the credentials under a key drawn at start (never
-//! the password itself), compared in constant time. The server's bounded
-//! worker pool caps how many bcrypt checks run at once. Wrong or missing
+//! the password itself), compared in constant time. bcrypt checks run on
+//! the server's render threads, so its render limit (at most 4 at once,
+//! see [`crate::http`]) caps them too. Wrong or missing
 //! credentials get 401 with `WWW-Authenticate: Basic`.
 //!
 //! The file and the files it names are checked for changes (at most once a
@@ -526,6 +527,17 @@ impl Security {
         }
     }
 
+    /// [`Security::authorize`]'s answer when it needs no bcrypt (no
+    /// `basic_auth_users`, no usable header, or credentials verified
+    /// before), so the server can give it without a render slot; `None`
+    /// when only bcrypt can tell.
+    pub fn authorize_quick(&self, authorization: Option<&str>) -> Option<bool> {
+        match &self.auth {
+            None => Some(true),
+            Some(a) => a.check_cached(authorization),
+        }
+    }
+
     /// Headers added to every response.
     pub fn headers(&self) -> &[(&'static str, String)] {
         &self.headers
@@ -576,6 +588,24 @@ impl BasicAuth {
         ctx.update(&[0]);
         ctx.update(password);
         ctx.sign()
+    }
+
+    /// [`BasicAuth::check`] without bcrypt: `Some(false)` without usable
+    /// credentials, `Some(true)` for credentials verified before, `None`
+    /// when bcrypt must tell.
+    pub fn check_cached(&self, authorization: Option<&str>) -> Option<bool> {
+        let Some((user, password)) = authorization.and_then(parse_basic_authorization) else { return Some(false) };
+        if self.users.is_empty() {
+            return Some(false);
+        }
+        if self.users.contains_key(&user) {
+            let tag = self.tag(&user, &password);
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.get(&user).is_some_and(|t| ct_eq(t.as_ref(), tag.as_ref())) {
+                return Some(true);
+            }
+        }
+        None
     }
 
     /// Whether this `Authorization` header carries valid credentials.
@@ -778,8 +808,13 @@ mod tests {
         assert!(!auth.check(Some("Basic")));
         assert!(!auth.check(Some(&hdr("alice", "wrong"))));
         assert!(!auth.check(Some(&hdr("bob", "secret"))), "an unknown user never passes");
+        assert_eq!(auth.check_cached(Some(&hdr("alice", "secret"))), None, "only bcrypt can tell yet");
         assert!(auth.check(Some(&hdr("alice", "secret"))));
         assert!(auth.check(Some(&hdr("alice", "secret"))), "cached");
+        assert_eq!(auth.check_cached(Some(&hdr("alice", "secret"))), Some(true));
+        assert_eq!(auth.check_cached(Some(&hdr("alice", "wrong"))), None, "a miss still goes to bcrypt");
+        assert_eq!(auth.check_cached(Some("Basic")), Some(false));
+        assert_eq!(auth.check_cached(None), Some(false));
         assert!(!auth.check(Some(&hdr("alice", "wrong"))), "the cache does not widen what passes");
         assert!(!auth.check(Some(&hdr("alice", &"x".repeat(100)))));
         assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));

@@ -17,6 +17,7 @@ pub mod faults;
 pub mod fuzz;
 pub mod i915test;
 pub mod guesttools;
+pub mod hostile;
 pub mod initramfs;
 pub mod kernels;
 pub mod livetest;

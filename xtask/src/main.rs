@@ -40,7 +40,8 @@ enum Cmd {
     /// Run a shell command in a throwaway VM: its stdout on stdout, the
     /// console on stderr, its exit status as ours.
     Vm(VmArgs),
-    /// Unit tests, then `gupwatch check --json` on every kernel of the matrix.
+    /// Unit tests, the hostile-client test on the host, then `gupwatch
+    /// check --json` on every kernel of the matrix.
     Test {
         /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
         #[arg(long, value_delimiter = ',')]
@@ -99,6 +100,22 @@ enum Cmd {
         /// Use the gupwatch built last instead of building it.
         #[arg(long)]
         no_build: bool,
+    },
+    /// The real `gupwatch run` on loopback against hostile clients, on
+    /// the host (no VM), plain and with TLS + basic auth: 2,000 stalled
+    /// reconnecting clients, a 200 × 25 flood, slow readers, a client over
+    /// the per-address cap and malformed requests, while /metrics is
+    /// scraped once a second (also a step of `test`).
+    Hostile {
+        /// Use this gupwatch binary instead of building the static one.
+        #[arg(long, value_name = "PATH")]
+        gupwatch: Option<PathBuf>,
+        /// Use the static gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+        /// Run only this mode (plain or tls; repeatable; default both).
+        #[arg(long, value_enum)]
+        mode: Vec<xtask::hostile::Mode>,
     },
     /// Build what a host without Rust installs: a static x86_64 binary, a
     /// tarball (binary, man pages, completions, unit) and a Debian package,
@@ -387,6 +404,27 @@ fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+fn hostile_command(gupwatch: Option<PathBuf>, no_build: bool, modes: Vec<xtask::hostile::Mode>) -> Result<i32> {
+    let gupwatch = match gupwatch {
+        Some(p) => p,
+        None if no_build => binary::static_gupwatch_path(),
+        None => binary::build_static_gupwatch()?,
+    };
+    let mut opts = xtask::hostile::HostileOptions::new(gupwatch);
+    if !modes.is_empty() {
+        opts.modes = modes;
+    }
+    let reports = xtask::hostile::run(&opts)?;
+    let (mut passed, mut failed) = (0, 0);
+    for r in &reports {
+        print!("{}", xtask::hostile::render(r));
+        passed += r.checks.iter().filter(|c| c.ok).count();
+        failed += r.checks.iter().filter(|c| !c.ok).count();
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Setup {
@@ -433,6 +471,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             println!("{} passed, {} failed", cases.len() - failed, failed);
             Ok(if failed == 0 { 0 } else { 1 })
         }
+        Cmd::Hostile { gupwatch, no_build, mode } => hostile_command(gupwatch, no_build, mode),
         Cmd::Dist => xtask::dist::run().map(|d| {
             println!("{}", xtask::dist::describe(&d));
             0

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: unit tests, then `gupwatch check --json` in a VM on
+//! `cargo xtask test`: unit tests, the hostile-client test on the host
+//! ([`crate::hostile`]), then `gupwatch check --json` in a VM on
 //! every kernel of the matrix, with a table per kernel, then the i915 hooks
 //! on the generic flavour of those kernels ([`crate::i915test`]) and the
 //! end-to-end Prometheus test, and one closing `N passed, N failed` line.
@@ -16,6 +17,7 @@ use crate::dist;
 use crate::e2e;
 use crate::faults;
 use crate::fuzz;
+use crate::hostile;
 use crate::i915test;
 use crate::kernels::{self, BootKernel, Flavour};
 use crate::livetest;
@@ -502,6 +504,26 @@ fn banner(step: usize, total: usize, what: &str) {
     println!("\n==== [{step}/{total}] {what} ====");
 }
 
+/// The hostile-client step ([`hostile`]): each check counts in the tally.
+fn hostile_step(t: &mut Tally, bin: &std::path::Path) {
+    match hostile::run(&hostile::HostileOptions::new(bin.to_path_buf())) {
+        Ok(reports) => {
+            for r in &reports {
+                print!("{}", hostile::render(r));
+                for c in &r.checks {
+                    if c.ok {
+                        t.passed += 1;
+                    } else {
+                        t.failed += 1;
+                        t.failures.push(format!("hostile clients ({}): {}: {}", r.mode.name(), c.name, c.detail));
+                    }
+                }
+            }
+        }
+        Err(e) => t.fail(format!("hostile clients: {e:#}")),
+    }
+}
+
 /// Runs the whole suite; `Ok(true)` when everything passed.
 pub fn run(o: &TestOptions) -> Result<bool> {
     let aliases: Vec<kernels::KernelAlias> = if o.kernels.is_empty() {
@@ -519,7 +541,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 5 + aliases.len() + 5;
+    let total = 6 + aliases.len() + 5;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -591,9 +613,19 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         }
     }
 
+    banner(
+        6,
+        total,
+        "hostile clients on the host: gupwatch run against 2,000 stalled clients, a flood, slow readers and malformed requests, plain and TLS + basic auth",
+    );
+    match &gupwatch {
+        None => t.fail("hostile clients: not run, gupwatch did not build".into()),
+        Some(bin) => hostile_step(&mut t, bin),
+    }
+
     for (i, a) in aliases.iter().enumerate() {
         banner(
-            6 + i,
+            7 + i,
             total,
             &format!(
                 "kernel {} (Debian {}): gupwatch doctor --json, gupwatch check --json",

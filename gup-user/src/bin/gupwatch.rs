@@ -166,6 +166,11 @@ enum Command {
         /// basic_auth_users); re-read when it or its files change.
         #[arg(long, value_name = "FILE")]
         web_config: Option<PathBuf>,
+        /// Connections one client address (IPv6: one /64) may have open at
+        /// once; more are closed at once, so one client cannot take the
+        /// whole descriptor budget [default: 256].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_connections_per_peer: Option<u64>,
     },
     /// The in-guest part of `cargo xtask stress`: attach/detach cycles
     /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
@@ -289,9 +294,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
-        Some(Command::Run { listen, top_processes, long_held, track_capacity, log_format, log_level, config, web_config }) => {
-            let flags =
-                gupwatch::config::RunOptions { listen, top_processes, long_held, track_capacity, log_format, log_level, web_config };
+        Some(Command::Run {
+            listen,
+            top_processes,
+            long_held,
+            track_capacity,
+            log_format,
+            log_level,
+            config,
+            web_config,
+            max_connections_per_peer,
+        }) => {
+            let flags = gupwatch::config::RunOptions {
+                listen,
+                top_processes,
+                long_held,
+                track_capacity,
+                log_format,
+                log_level,
+                web_config,
+                max_connections_per_peer: max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            };
             serve(flags, config.as_deref())
         }
         Some(Command::Top { connect }) => top(cli.interval, connect),
@@ -468,7 +491,11 @@ fn serve(
         None => None,
     };
     // Bind first: a busy port should fail before anything is loaded.
-    let server = http::Server::bind(settings.listen.as_str(), http::ServerConfig::default())
+    let limits = http::ServerConfig {
+        max_connections_per_peer: settings.max_connections_per_peer,
+        ..http::ServerConfig::default()
+    };
+    let server = http::Server::bind(settings.listen.as_str(), limits)
         .map_err(|e| anyhow::anyhow!(http::explain_bind_error(&settings.listen, &e)))?;
     let server = match web {
         Some(w) => server.with_web_config(w),
