@@ -285,7 +285,9 @@ pub struct Inflight {
     pub nested_unpin: u32,
     /// `bpf_ktime_get_ns()` at entry.
     pub start_ns: u64,
-    /// Pages asked for (pin/get), from the count argument.
+    /// Pages asked for (pin/get), from the count argument; for an unpin,
+    /// the pages its entry counted that `gup_put_folio` has not released
+    /// yet.
     pub requested: u64,
     /// `gup_flags`, or 0 when the function has none.
     pub gup_flags: u64,

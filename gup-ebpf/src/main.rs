@@ -103,8 +103,10 @@ static DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32,
 /// The outermost hooked call each thread is in: entry time and arguments for
 /// the exit program, and the guard that keeps nested unpins from being
 /// counted twice.
+/// An LRU: a thread whose exit program the kernel skipped, and that never
+/// calls again (it exited), would otherwise keep its record for good.
 #[map]
-static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
 
 /// Who called what from where: per (process, API, kernel stack) counters.
 /// Bounded; when full, calls are still in `API_STATS` and `Diag::AttribFull`
@@ -1249,10 +1251,23 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         }
         return;
     }
-    let outer = live_outer(tid, u32::MAX, a.frame()).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
+    let mut outer = live_outer(tid, u32::MAX, a.frame()).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
+    if let Some((Some(o), _, _)) = outer {
+        if o.kind() == ApiKind::Unpin {
+            // Inside a hooked unpin, which counted these pages at its entry,
+            // as long as it has any left to release. One whose releases are
+            // all done is left over from a call whose exit the kernel
+            // skipped, found again by a call at the same place whose entry
+            // it skipped too: that release is counted here.
+            if consume_covered(tid, refs) {
+                return;
+            }
+            let _ = INFLIGHT.remove(&tid);
+            diag(Diag::StaleRecords);
+            outer = None;
+        }
+    }
     match outer {
-        // Inside a hooked unpin: that hook counted it.
-        Some((Some(o), _, _)) if o.kind() == ApiKind::Unpin => return,
         Some((Some(_), nested, _)) if nested != 0 => return,
         // Inside a pin call: a pin taken and dropped again, by the fast
         // walk if the slow path has not started yet.
@@ -1279,6 +1294,22 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         add(&mut s.calls, 1);
         add(&mut s.pages, refs);
     }
+}
+
+/// Takes `refs` from the pages the thread's hooked unpin counted at its
+/// entry and has not released yet ([`Inflight::requested`]); false when it
+/// has fewer left.
+#[inline(always)]
+fn consume_covered(tid: u64, refs: u64) -> bool {
+    let Some(rec) = INFLIGHT.get_ptr_mut(&tid) else { return false };
+    // SAFETY: this thread's own live record.
+    unsafe {
+        if (*rec).requested < refs {
+            return false;
+        }
+        (*rec).requested -= refs;
+    }
+    true
 }
 
 #[inline(always)]

@@ -531,6 +531,13 @@ pub const KPROBE_WHY: &str = "kprobe: its handlers run with preemption disabled,
 cannot make the kernel skip them (fentry, possible here, skipped 1,885 program runs under process churn \
 on Debian 7.2, kprobes none: docs/exactness.md)";
 
+/// Why the unpin functions stay on fentry when pins move to kprobes.
+pub const UNPIN_FENTRY_WHY: &str = "fentry/fexit: unpins also run in interrupt context (direct I/O \
+completions), where the kernel skips a kprobe program whenever the interrupt came during any kprobe \
+program on that CPU (O_DIRECT churn on 7.2 lost 24 of 8,000 releases so), a trampoline program only \
+for itself; an unpin whose entry a preempted task made the kernel skip is counted at gup_put_folio, a \
+kprobe (docs/exactness.md)";
+
 impl Preference {
     /// The preference named in [`MECHANISM_ENV`], or `Auto`. An unknown
     /// value is an error that names the accepted ones.
@@ -561,8 +568,8 @@ impl ProbePlan {
     }
 
     /// Moves the hooks planned as fentry to kprobes when `pref` asks for
-    /// it and the kernel has kprobes (`Auto`), or back (`Fentry` keeps the
-    /// plan). The loader falls back to fentry where a kprobe will not
+    /// it, or when the kernel has kprobes (`Auto`: all but the unpins, see
+    /// [`UNPIN_FENTRY_WHY`]); `Fentry` keeps the plan. The loader falls back to fentry where a kprobe will not
     /// attach ([`HookPlan::fentry_possible`]).
     pub fn prefer(&mut self, pref: Preference, kprobes: bool) {
         let to_kprobe = match pref {
@@ -574,7 +581,12 @@ impl ProbePlan {
             return;
         }
         for h in &mut self.hooks {
-            if h.mechanism == Some(Mechanism::Fentry) {
+            if h.mechanism != Some(Mechanism::Fentry) {
+                continue;
+            }
+            if pref == Preference::Auto && h.api.kind() == ApiKind::Unpin {
+                h.reason = UNPIN_FENTRY_WHY.to_string();
+            } else {
                 h.mechanism = Some(Mechanism::Kprobe);
                 h.reason = KPROBE_WHY.to_string();
             }
@@ -922,10 +934,17 @@ mod tests {
         let fresh = || ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
         let mut auto = fresh();
         auto.prefer(Preference::Auto, true);
-        let h = auto.hook(Api::UnpinUserPage);
+        let h = auto.hook(Api::PinUserPagesRemote);
         assert_eq!(h.mechanism, Some(Mechanism::Kprobe));
         assert!(h.fentry_possible, "fentry stays the fallback");
         assert!(h.reason.contains("preemption disabled"), "{}", h.reason);
+        // Unpins run in interrupt context too: they stay on fentry.
+        let u = auto.hook(Api::UnpinUserPage);
+        assert_eq!(u.mechanism, Some(Mechanism::Fentry));
+        assert!(u.reason.contains("interrupt context"), "{}", u.reason);
+        let mut all = fresh();
+        all.prefer(Preference::Kprobe, true);
+        assert_eq!(all.hook(Api::UnpinUserPage).mechanism, Some(Mechanism::Kprobe));
         assert_ne!(auto.return_trampoline, 0, "the kretprobe trampoline comes from kallsyms");
         let mut no_kprobes = fresh();
         no_kprobes.prefer(Preference::Auto, false);
