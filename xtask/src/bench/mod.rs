@@ -284,16 +284,33 @@ fn spread_text(s: &Summary) -> String {
     )
 }
 
-/// `git describe --always --dirty` of the workspace, or `unknown`.
+/// The workspace's commit, `-dirty` when tracked files other than
+/// docs/bench.md (which runs on other kernels rewrite) differ from it.
 fn commit() -> String {
-    Command::new("git")
-        .current_dir(util::workspace_root())
-        .args(["describe", "--always", "--dirty"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(util::workspace_root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let changes = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!docs/bench.md",
+    ]);
+    match changes {
+        Some(c) if c.is_empty() => head,
+        _ => format!("{head}-dirty"),
+    }
 }
 
 /// Runs the benchmark; prints the report and saves it. Exit status 1 only
