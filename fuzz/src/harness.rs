@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("btf_parse", btf_parse),
     ("kallsyms", kallsyms),
     ("vmstat_parse", vmstat_parse),
+    ("kernel_version", kernel_version),
     ("map_records", map_records),
     ("cli_values", cli_values),
     ("config_toml", config_toml),
@@ -183,6 +184,31 @@ pub fn kallsyms(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
+// Kernel version strings
+
+/// Every kernel version parser (gup-user/src/kernel.rs) on the same text:
+/// an error or a version, never a panic (issue 21: a version string aya
+/// 0.13 could not parse crashed gupwatch). A version that parses prints
+/// and orders without panicking, and a release string's version comes
+/// back from its own display.
+pub fn kernel_version(data: &[u8]) {
+    use gupwatch::kernel;
+    let text = String::from_utf8_lossy(data);
+    let parsed = [
+        kernel::parse_release(&text).ok(),
+        kernel::parse_debian_version(&text).ok(),
+        kernel::parse_uname_version(&text).ok().map(|(_, v)| v),
+        kernel::parse_version_signature(&text).ok().map(|(_, v)| v),
+    ];
+    for v in parsed.into_iter().flatten() {
+        let _ = (v.at_least(6, 3), v.is_prerelease(), v.cmp(&v));
+        assert_eq!(kernel::parse_release(&v.to_string()), Ok(v), "{v} round-trips");
+    }
+    let k = kernel::RunningKernel::from_strings(&text, Some(&text), Some(&text));
+    let _ = (k.version(), k.describe(), k.assess());
+}
+
+// ---------------------------------------------------------------------------
 // /proc/vmstat
 
 /// `vmstat::parse`, and the arithmetic done on what it returns.
@@ -268,18 +294,20 @@ pub fn map_records(data: &[u8]) {
     // Pin records → leak report.
     let pins: Vec<(u64, PinRecord)> = (0..input.u8() % 8).map(|_| (input.u64(), input.pod())).collect();
     let exited: HashMap<u32, u64> = (0..input.u8() % 4).map(|_| (input.u32(), input.u64())).collect();
-    let unbalanced: Vec<(i64, u64)> = (0..input.u8() % 4).map(|_| (input.u64() as i64, input.u64())).collect();
+    let unbalanced: Vec<(u64, u64)> = (0..input.u8() % 4).map(|_| (input.u64(), input.u64())).collect();
     let maps = leaks::TrackingMaps { pins, exited: exited.clone(), unbalanced };
     let alive_mask = input.u8();
     let caller = |id: i64| Caller {
         function: if id < 0 { "unknown".into() } else { format!("site_{}", id % 5) },
         subsystem: if id % 2 == 0 { Subsystem::IoUring } else { Subsystem::Other },
     };
+    let site = |ip: u64| Caller { function: format!("site_{:x}", ip % 5), subsystem: Subsystem::Other };
     let alive = |tgid: u32| alive_mask & (1 << (tgid % 8)) != 0;
     let cx = leaks::Context {
         now_ns: input.u64(),
         since_ns: if input.u8() & 1 == 1 { input.u64() } else { 0 },
         caller: &caller,
+        site: &site,
         alive: &alive,
         kernel_outstanding: if input.u8() & 1 == 1 { Some(input.u64() as i64) } else { None },
         untracked_pins: input.u64(),

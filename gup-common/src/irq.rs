@@ -46,6 +46,65 @@ pub const fn is_inside(frame: u64, outer: u64, outer_trampoline: bool) -> bool {
     }
 }
 
+/// Whether a thread's in-flight record, written at the entry of a hooked
+/// call of `outer_api` entered at `outer` with return address
+/// `outer_ret` (read from the stack at entry, see [`ret_slot`]), still
+/// belongs to a call in progress when the same thread enters a hooked call
+/// of `api` at `frame` and the return-address slot now reads `ret_now`.
+///
+/// The kernel skips an exit program now and then (a recursion miss, or a
+/// kretprobe out of instances), leaving the record behind; treating it as
+/// live makes the thread's next calls look nested and loses them. It is
+/// stale when:
+///
+/// - the new call is not inside it by stack position ([`is_inside`]);
+/// - the new call is of the same function: no GUP function runs inside
+///   itself, so a second entry means the first one returned;
+/// - the return address in the record's frame changed: while a call is in
+///   progress the return address it was entered with stays where it was,
+///   so a later call that happens to run deeper, from another system
+///   call, finds another one there (or none).
+///
+/// `api == u32::MAX` stands for a hook that is never an outer call
+/// (`gup_put_folio`, the slow path). `trampoline_ret` is the kernel's
+/// kretprobe return trampoline (0: none): a kretprobe on the call, or on
+/// a function it tail-calls, puts it in place of the return address for
+/// as long as the call runs.
+#[inline(always)]
+pub fn record_is_live(
+    outer_api: u32,
+    outer: u64,
+    outer_trampoline: bool,
+    outer_ret: u64,
+    api: u32,
+    frame: u64,
+    ret_now: u64,
+    trampoline_ret: u64,
+) -> bool {
+    if outer == 0 {
+        // Recorded without a frame: nothing to judge by; keep the old rule.
+        return true;
+    }
+    // While the call runs the slot holds what its entry read, or the
+    // trampoline once a kretprobe hijacked it (its handler may run before or
+    // after the entry program); the original comes back only on return.
+    let same_ret = ret_now == outer_ret || (trampoline_ret != 0 && ret_now == trampoline_ret);
+    is_inside(frame, outer, outer_trampoline) && api != outer_api && same_ret
+}
+
+/// Where the hooked function's return address sits, given the probe frame
+/// of its entry: a kprobe's frame is the entry stack pointer, which holds
+/// it; a trampoline's frame (see the eBPF side) is one word lower, where
+/// the trampoline's own return into the function sits.
+#[inline(always)]
+pub const fn ret_slot(frame: u64, trampoline: bool) -> u64 {
+    if trampoline {
+        frame + 8
+    } else {
+        frame
+    }
+}
+
 /// Frames kept; calls nested deeper are treated as nested but get none.
 pub const IRQ_FRAMES: usize = 4;
 
@@ -333,5 +392,38 @@ mod tests {
         }
         assert_eq!((s.depth, s.overflow), (0, 0));
         assert_eq!(s.exit(UNPIN_PAGES, 3), IrqExit::CountNow { already: 0 });
+    }
+
+    #[test]
+    fn a_record_is_live_only_while_its_call_is() {
+        let ret = 0xffff_ffff_8100_1234;
+        let outer = 0xffff_c900_0001_3e00;
+        // gup_put_folio inside the unpin that recorded: live.
+        assert!(record_is_live(12, outer, false, ret, u32::MAX, outer - 64, ret, 0));
+        // Kprobe tail call at the same depth into another function: live.
+        assert!(record_is_live(13, outer, false, ret, 12, outer, ret, 0));
+        // The same function again, even deeper: the first call returned.
+        assert!(!record_is_live(3, outer, false, ret, 3, outer - 256, ret, 0));
+        assert!(!record_is_live(3, outer, true, ret, 3, outer, ret, 0));
+        // Above the record's frame: not inside.
+        assert!(!record_is_live(3, outer, false, ret, 1, outer + 8, ret, 0));
+        // Deeper, but the return address at the frame was overwritten: a
+        // later system call, the record's exit was skipped.
+        assert!(!record_is_live(3, outer, false, ret, 1, outer - 512, 0xffff_ffff_8100_9999, 0));
+        assert!(!record_is_live(3, outer, true, ret, u32::MAX, outer - 512, 0, 0));
+        // Under a trampoline a nested call is at least NESTED_MIN_DEPTH deeper.
+        assert!(!record_is_live(3, outer, true, ret, u32::MAX, outer - 8, ret, 0));
+        assert!(record_is_live(3, outer, true, ret, u32::MAX, outer - NESTED_MIN_DEPTH, ret, 0));
+        // No frame recorded: kept.
+        assert!(record_is_live(3, 0, false, ret, 3, outer, 0, 0));
+        // A kretprobe swapped the return address for its trampoline: live.
+        let tramp = 0xffff_ffff_8100_0500;
+        assert!(record_is_live(13, outer, false, ret, u32::MAX, outer - 64, tramp, tramp));
+        assert!(record_is_live(13, outer, false, tramp, u32::MAX, outer - 64, tramp, tramp));
+        // Entered hijacked, and the original is back: the call returned.
+        assert!(!record_is_live(13, outer, false, tramp, u32::MAX, outer - 64, ret, tramp));
+        assert!(!record_is_live(13, outer, false, ret, u32::MAX, outer - 64, 0xffff_ffff_8100_9999, tramp));
+        assert_eq!(ret_slot(outer, false), outer);
+        assert_eq!(ret_slot(outer, true), outer + 8);
     }
 }

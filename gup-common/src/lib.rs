@@ -294,8 +294,6 @@ pub struct Inflight {
     /// Where the slow path started inside this call, or 0 if it was not
     /// entered (set by the [`Api::GupSlowPath`] hook).
     pub slow_start: u64,
-    /// Kernel stack id at entry (negative: not captured).
-    pub stack_id: i64,
     /// The `pages`/`folios` array argument, for tracking at exit.
     pub pages_ptr: u64,
     /// The stack pointer at the hooked function's entry. A later call of
@@ -305,6 +303,10 @@ pub struct Inflight {
     pub frame: u64,
     /// 1 if the call was hooked by fentry/fexit (see [`irq::is_inside`]).
     pub trampoline: u64,
+    /// The call's return address, read at entry from its slot
+    /// ([`irq::ret_slot`]): unchanged while the call is in progress
+    /// ([`irq::record_is_live`]), and the call's site ([`AttribKey::site`]).
+    pub ret: u64,
 }
 
 /// Index of each counter in the per-CPU diagnostics array.
@@ -332,22 +334,19 @@ pub enum Diag {
     UnpinsMatched = 7,
     /// i915 userptr objects not recorded: the object map was full.
     I915ObjectsFull = 8,
-    /// Unpins whose entry program did not run (the kernel skipped it: it
-    /// was running the same program on the CPU; or the call was already
-    /// running when the probes attached), counted at their exit instead
-    /// ([`irq`]).
+    /// Unpins whose entry program did not run (the kernel skipped it, or
+    /// the call was already running when the probes attached). Nothing
+    /// covered the `gup_put_folio` calls inside them, so those counted
+    /// their releases, where the kernel counts them: totals stay exact.
     EntrySkipped = 9,
-    /// Such unpins that could not be counted at their exit either: a
-    /// kretprobe does not see the arguments. Their pages are missing.
-    EntrySkippedLost = 10,
     /// Per-thread records of calls whose exit program never ran (the
     /// kernel skipped it), dropped when the thread's next call showed them
-    /// stale ([`Inflight::frame`]).
-    StaleRecords = 11,
+    /// stale ([`irq::record_is_live`]).
+    StaleRecords = 10,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 12;
+pub const DIAG_COUNT: usize = 11;
 
 impl Diag {
     /// Every counter, in index order.
@@ -362,7 +361,6 @@ impl Diag {
         Diag::UnpinsMatched,
         Diag::I915ObjectsFull,
         Diag::EntrySkipped,
-        Diag::EntrySkippedLost,
         Diag::StaleRecords,
     ];
 
@@ -420,7 +418,7 @@ pub const EXITED_CAPACITY: u32 = 4096;
 /// Capacity of the i915 userptr object map.
 pub const I915_OBJECTS_CAPACITY: u32 = 4096;
 
-/// Capacity of the unbalanced-unpin map (call sites).
+/// Capacity of the unbalanced-unpin map (call sites, by return address).
 pub const UNBALANCED_CAPACITY: u32 = 1024;
 
 /// One owner of the pins on a folio.
@@ -462,6 +460,10 @@ pub const STACK_CAPACITY: u32 = 4096;
 pub const ERRNO_CAPACITY: u32 = 1024;
 
 /// Key of the attribution map: who called which API from where.
+///
+/// The site is the return address into the caller, one stack read: the
+/// whole kernel stack (thousands of instructions to unwind) is taken only
+/// when a key is first seen, into [`AttribValue::stack_id`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(C)]
 pub struct AttribKey {
@@ -469,8 +471,9 @@ pub struct AttribKey {
     pub tgid: u32,
     /// [`Api`] index.
     pub api: u32,
-    /// Kernel stack id in the stack map, or negative when not captured.
-    pub stack_id: i64,
+    /// Return address into the calling function; 0 when unknown (an exit
+    /// whose entry was not seen).
+    pub site: u64,
 }
 
 /// Value of the attribution map.
@@ -491,6 +494,9 @@ pub struct AttribValue {
     pub longterm_pages: u64,
     /// cgroup v2 id of the first caller.
     pub cgroup_id: u64,
+    /// Kernel stack of the first call seen with this key, in the stack
+    /// map (negative: not captured).
+    pub stack_id: i64,
     /// `comm` of the first caller.
     pub comm: [u8; 16],
 }

@@ -25,7 +25,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        gen::{bpf_get_current_cgroup_id, bpf_get_func_arg, bpf_get_func_arg_cnt, bpf_get_func_ret, bpf_loop},
+        generated::{bpf_get_current_cgroup_id, bpf_get_stackid, bpf_get_func_arg, bpf_get_func_arg_cnt, bpf_get_func_ret, bpf_loop},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, StackTrace},
@@ -38,7 +38,7 @@ use gup_common::{
         WHY_NO_PAGES_ARRAY, WHY_PER_CALL_LIMIT, WHY_TWO_OWNERS,
     },
     i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
-    irq::{is_inside, IrqEntry, IrqExit, IrqUnpins},
+    irq::{is_inside, record_is_live, ret_slot, IrqEntry, IrqExit, IrqUnpins},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
     PinOwner, PinRecord, API_COUNT, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
@@ -70,6 +70,11 @@ static PAGE_COMPOUND_HEAD: u64 = 8;
 /// `sizeof(struct page)` (from BTF), to walk a range of pages.
 #[no_mangle]
 static STRUCT_PAGE_SIZE: u64 = 64;
+
+/// The kernel's kretprobe return trampoline (from kallsyms; 0: unknown),
+/// which a kretprobe writes over its function's return address.
+#[no_mangle]
+static RETURN_TRAMPOLINE: u64 = 0;
 
 /// Offset of `stack` in `struct task_struct` (from BTF); 0 if unknown,
 /// which turns interrupt-context detection off.
@@ -122,10 +127,10 @@ static ERRNOS: HashMap<u32, u64> = HashMap::with_max_entries(ERRNO_CAPACITY, 0);
 #[map]
 static PINS: HashMap<u64, PinRecord> = HashMap::with_max_entries(TRACK_CAPACITY, 0);
 
-/// Pages unpinned that were never seen pinned, per unpin call site (stack
-/// id): reported once per site.
+/// Pages unpinned that were never seen pinned, per unpin call site (return
+/// address): reported once per site.
 #[map]
-static UNBALANCED: HashMap<i64, u64> = HashMap::with_max_entries(UNBALANCED_CAPACITY, 0);
+static UNBALANCED: HashMap<u64, u64> = HashMap::with_max_entries(UNBALANCED_CAPACITY, 0);
 
 /// Processes that exited, with the time: pins they still own are orphaned.
 #[map]
@@ -451,23 +456,23 @@ fn foll_longterm() -> u64 {
 }
 
 #[inline(always)]
-fn stack_id<C: EbpfContext>(ctx: &C, api: Api) -> i64 {
+fn stack_id<C: EbpfContext>(ctx: &C, api: u32) -> i64 {
     // SAFETY: the context is the program's own; flags 0 = kernel stack.
-    match unsafe { STACKS.get_stackid(ctx, 0) } {
-        Ok(id) => id,
-        Err(e) => {
-            diag(Diag::StackLost);
-            note(Diag::StackLost, WHY_NONE, api as u32, current_tgid(), 1, e, 0);
-            -1
-        }
+    let id = unsafe { bpf_get_stackid(ctx.as_ptr(), &STACKS as *const StackTrace as *mut c_void, 0) };
+    if id < 0 {
+        diag(Diag::StackLost);
+        note(Diag::StackLost, WHY_NONE, api, current_tgid(), 1, id, 0);
+        return -1;
     }
+    id
 }
 
-/// Adds one call to the attribution map.
+/// Adds one call to the attribution map and returns the entry's stack id.
+/// The kernel stack is taken only when the key is new: the site (a return
+/// address) keeps keys apart, the first stack names the caller.
 #[inline(never)]
-fn attribute(tgid: u32, api: Api, stack_id: i64, delta: &AttribValue) {
-    let key = AttribKey { tgid, api: api as u32, stack_id };
-    let mut v = attrib_entry(&key);
+fn attribute<C: EbpfContext>(ctx: &C, key: &AttribKey, delta: &AttribValue) -> i64 {
+    let mut v = attrib_entry(key);
     if v.is_none() {
         let fresh = AttribValue {
             calls: 0,
@@ -478,23 +483,24 @@ fn attribute(tgid: u32, api: Api, stack_id: i64, delta: &AttribValue) {
             longterm_pages: 0,
             // SAFETY: no preconditions.
             cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            stack_id: stack_id(ctx, key.api),
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
         // BPF_NOEXIST: another CPU may have inserted the key meanwhile.
-        if let Err(e) = ATTRIB.insert(&key, &fresh, 1) {
-            v = attrib_entry(&key);
+        if let Err(e) = ATTRIB.insert(key, &fresh, 1) {
+            v = attrib_entry(key);
             if v.is_none() {
                 diag(Diag::AttribFull);
-                note(Diag::AttribFull, WHY_MAP_FULL, api as u32, tgid, delta.pages, e, stack_id as u64);
-                return;
+                note(Diag::AttribFull, WHY_MAP_FULL, key.api, key.tgid, delta.pages, e.into(), key.site);
+                return -1;
             }
         } else {
-            v = attrib_entry(&key);
+            v = attrib_entry(key);
         }
     }
     let Some(v) = v else {
         diag(Diag::AttribFull);
-        return;
+        return -1;
     };
     add(&mut v.calls, delta.calls);
     add(&mut v.pages, delta.pages);
@@ -502,6 +508,7 @@ fn attribute(tgid: u32, api: Api, stack_id: i64, delta: &AttribValue) {
     add(&mut v.fast_pages, delta.fast_pages);
     add(&mut v.slow_pages, delta.slow_pages);
     add(&mut v.longterm_pages, delta.longterm_pages);
+    v.stack_id
 }
 
 #[inline(always)]
@@ -519,6 +526,7 @@ const ZERO_ATTRIB: AttribValue = AttribValue {
     slow_pages: 0,
     longterm_pages: 0,
     cgroup_id: 0,
+    stack_id: -1,
     comm: [0; 16],
 };
 
@@ -547,7 +555,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     let frame = a.frame();
     if api.kind() == ApiKind::SlowPath {
         // Inside a fast-path call: remember where the slow path took over.
-        if live_outer(tid, frame).is_none() {
+        if live_outer(tid, u32::MAX, frame).is_none() {
             return;
         }
         if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
@@ -578,7 +586,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         return;
     }
     if api.kind() == ApiKind::Unpin {
-        let outer = live_outer(tid, frame).and_then(|o| Api::from_index(o.api));
+        let outer = live_outer(tid, api as u32, frame).and_then(|o| Api::from_index(o.api));
         if let Some(outer_api) = outer {
             if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
                 // SAFETY: this thread's own live record.
@@ -609,7 +617,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         // get_user_pages_fast falls back through get_user_pages_unlocked):
         // the outer call counts the pages; recording this one would replace
         // the outer record and count them twice.
-        let outer = live_outer(tid, frame).and_then(|o| Api::from_index(o.api));
+        let outer = live_outer(tid, api as u32, frame).and_then(|o| Api::from_index(o.api));
         if outer.is_some_and(|o| matches!(o.kind(), ApiKind::Pin | ApiKind::Get)) {
             if let Some(s) = stats(api) {
                 add(&mut s.nested_calls, 1);
@@ -617,8 +625,9 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             return;
         }
     }
-    // Counted once the record is in: without one, the exit counts it.
-    if record_entry(ctx, api, a, count, frame) && api.kind() == ApiKind::Unpin {
+    // Counted once the record is in: without one, nothing covers the
+    // gup_put_folio calls inside it, and they count its releases.
+    if record_entry(api, a, count, frame) && api.kind() == ApiKind::Unpin {
         count_unpin(ctx, api, &args, a, count, tid, false);
     }
 }
@@ -628,7 +637,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
 /// frame, and 6.1's verifier refuses the kprobe programs' combined stack
 /// (over 512 bytes) on the unpin path.
 #[inline(never)]
-fn record_entry<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, count: u64, frame: u64) -> bool {
+fn record_entry<A: CallArgs>(api: Api, a: &A, count: u64, frame: u64) -> bool {
     // BPF functions take at most five arguments: these two are re-read.
     let args = hook_args(api);
     let tid = bpf_get_current_pid_tgid();
@@ -641,38 +650,51 @@ fn record_entry<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, count: u6
         gup_flags: a.arg(args.flags_idx).unwrap_or(0),
         start: a.arg(args.start_idx).unwrap_or(0),
         slow_start: 0,
-        stack_id: if api.kind() == ApiKind::Unpin { -1 } else { stack_id(ctx, api) },
         pages_ptr: a.arg(args.pages_idx).unwrap_or(0),
         frame,
         trampoline: a.trampoline() as u64,
+        ret: return_address(frame, a.trampoline()),
     };
     match INFLIGHT.insert(&tid, &rec, 0) {
         Ok(()) => true,
         Err(e) => {
             diag(Diag::InflightFull);
-            note(Diag::InflightFull, WHY_MAP_FULL, api as u32, (tid >> 32) as u32, count, e, 0);
+            note(Diag::InflightFull, WHY_MAP_FULL, api as u32, (tid >> 32) as u32, count, e.into(), 0);
             false
         }
     }
 }
 
 /// This thread's record of the hooked call it is inside, if that call is
-/// still in progress. A call made inside it runs deeper on the stack
-/// (`gup_common::irq::is_inside`); a call at the record's depth or above
-/// cannot be, so the record belongs to a call whose exit program the kernel
-/// skipped (seen on 7.2, where a task preempted inside an exit program
-/// made another task's call of that function skip it), and is dropped
-/// before it makes this call look nested.
+/// still in progress ([`gup_common::irq::record_is_live`]): a record whose
+/// exit program the kernel skipped (seen on 7.2, where a task preempted
+/// inside an exit program made another task's call of that function skip
+/// it) is dropped before it makes this call of `api` look nested.
 #[inline(always)]
-fn live_outer(tid: u64, frame: u64) -> Option<Inflight> {
+fn live_outer(tid: u64, api: u32, frame: u64) -> Option<Inflight> {
     // SAFETY: the value is copied out at once.
     let rec = unsafe { INFLIGHT.get(&tid) }.copied()?;
-    if rec.frame != 0 && !is_inside(frame, rec.frame, rec.trampoline != 0) {
+    let tramp = rec.trampoline != 0;
+    // The stack words are read only when position and function allow the
+    // record to be live: one probe_read on the nested path, none otherwise.
+    let ret_now = if rec.frame != 0 && is_inside(frame, rec.frame, tramp) && api != rec.api {
+        return_address(rec.frame, tramp)
+    } else {
+        0
+    };
+    if !record_is_live(rec.api, rec.frame, tramp, rec.ret, api, frame, ret_now, read_global(&RETURN_TRAMPOLINE)) {
         let _ = INFLIGHT.remove(&tid);
         diag(Diag::StaleRecords);
         return None;
     }
     Some(rec)
+}
+
+/// The return address of the call entered at `frame` ([`Inflight::ret`]).
+#[inline(always)]
+fn return_address(frame: u64, trampoline: bool) -> u64 {
+    // SAFETY: probe_read tolerates any address.
+    unsafe { bpf_probe_read_kernel(ret_slot(frame, trampoline) as *const u64) }.unwrap_or(0)
 }
 
 /// Counts a hooked unpin in task context: its pages, its call site and,
@@ -688,8 +710,8 @@ fn count_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, 
         i915_event(tid, I915EventKind::Released, I915Event::Released { pages: count, ns: now() });
     }
     let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
-    let site = stack_id(ctx, api);
-    attribute((tid >> 32) as u32, api, site, &delta);
+    let site = return_address(a.frame(), a.trampoline());
+    attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site }, &delta);
     if inside_pin || read_global(&TRACK_PINS) == 0 {
         return;
     }
@@ -710,10 +732,10 @@ const EMPTY_INFLIGHT: Inflight = Inflight {
     gup_flags: 0,
     start: 0,
     slow_start: 0,
-    stack_id: -1,
     pages_ptr: 0,
     frame: 0,
     trampoline: 0,
+    ret: 0,
 };
 
 static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER, EMPTY_OWNER] };
@@ -740,8 +762,8 @@ struct TrackCtx {
     form: u64,
     /// 1 to record pins, 0 to release them.
     pin: u64,
-    /// Unpin call site, for unbalanced unpins.
-    site: i64,
+    /// Unpin call site (return address), for unbalanced unpins.
+    site: u64,
     /// The owner to record (pins).
     owner: PinOwner,
 }
@@ -777,7 +799,7 @@ fn track_pin(folio: u64, c: &TrackCtx) {
             rec = PINS.get_ptr_mut(&folio);
             if rec.is_none() {
                 diag_add(Diag::PinsUntracked, 1);
-                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e, folio);
+                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e.into(), folio);
                 return;
             }
         } else {
@@ -809,7 +831,7 @@ fn track_pin(folio: u64, c: &TrackCtx) {
 }
 
 #[inline(always)]
-fn track_unpin(folio: u64, n: u64, site: i64) {
+fn track_unpin(folio: u64, n: u64, site: u64) {
     let Some(rec) = PINS.get_ptr_mut(&folio) else {
         unbalanced(site, n);
         return;
@@ -831,9 +853,9 @@ fn track_unpin(folio: u64, n: u64, site: i64) {
 
 /// Counts unpins that matched no tracked pin, per unpin call site.
 #[inline(never)]
-fn unbalanced(site: i64, n: u64) {
+fn unbalanced(site: u64, n: u64) {
     diag_add(Diag::UnbalancedUnpins, n);
-    note(Diag::UnbalancedUnpins, WHY_NONE, API_NONE, current_tgid(), n, 0, site as u64);
+    note(Diag::UnbalancedUnpins, WHY_NONE, API_NONE, current_tgid(), n, 0, site);
     if UNBALANCED.get_ptr_mut(&site).is_none() {
         let zero: u64 = 0;
         let _ = UNBALANCED.insert(&site, &zero, 1);
@@ -884,7 +906,7 @@ fn track_pages(c: &TrackCtx, count: u64) {
     }
 }
 
-const fn track_ctx(base: u64, form: u8, pin: bool, site: i64, owner: PinOwner) -> TrackCtx {
+const fn track_ctx(base: u64, form: u8, pin: bool, site: u64, owner: PinOwner) -> TrackCtx {
     TrackCtx { base, form: form as u64, pin: pin as u64, site, owner }
 }
 
@@ -911,9 +933,9 @@ fn count_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookAr
         add(&mut s.calls, 1);
         add(&mut s.pages, count);
     }
-    let site = stack_id(ctx, api);
+    let site = return_address(a.frame(), a.trampoline());
     // The interrupted task is not the owner; attribute to no process.
-    attribute(0, api, site, &AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB });
+    attribute(ctx, &AttribKey { tgid: 0, api: api as u32, site }, &AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB });
     if read_global(&TRACK_PINS) != 0 {
         if let Some(base) = a.arg(args.pages_idx) {
             if args.pages_form == PAGES_FOLIO {
@@ -926,14 +948,13 @@ fn count_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookAr
 }
 
 #[inline(always)]
-fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: bool) {
+fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     if api.kind() == ApiKind::Unpin && !in_task_context() {
         let exit = irq_unpins().map_or(IrqExit::Closed, |st| st.exit(api as u64, now()));
-        if let IrqExit::CountNow { already } = exit {
-            let args = hook_args(api);
-            if let Some(c) = count_at_exit(api, &args, a, args_at_exit, 0) {
-                count_irq_unpin(ctx, api, &args, a, c.saturating_sub(already));
-            }
+        if let IrqExit::CountNow { .. } = exit {
+            // Its entry program did not run, so no frame covered the
+            // gup_put_folio calls inside it: they counted its releases.
+            diag(Diag::EntrySkipped);
         }
         return;
     }
@@ -1019,14 +1040,14 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: 
                 }
                 add(&mut s.fast_pages, delta.fast_pages);
                 add(&mut s.slow_pages, delta.slow_pages);
-                attribute((tid >> 32) as u32, api, r.stack_id, &delta);
+                let stack = attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site: r.ret }, &delta);
                 if api.kind() == ApiKind::Pin && pages > 0 && read_global(&TRACK_PINS) != 0 {
                     let owner = PinOwner {
                         tgid: (tid >> 32) as u32,
                         count: 1,
                         // SAFETY: no preconditions.
                         first_ns: unsafe { bpf_ktime_get_ns() },
-                        stack_id: r.stack_id,
+                        stack_id: stack,
                         api: api as u32,
                         longterm: (delta.longterm_pages > 0) as u32,
                         comm: bpf_get_current_comm().unwrap_or([0; 16]),
@@ -1038,7 +1059,7 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: 
                             diag_add(Diag::PinsUntracked, pages - n);
                             note(Diag::PinsUntracked, WHY_BEYOND_ARRAY, api as u32, owner.tgid, pages - n, 0, n);
                         }
-                        track_pages(&track_ctx(r.pages_ptr, PAGES_ARRAY, true, -1, owner), n);
+                        track_pages(&track_ctx(r.pages_ptr, PAGES_ARRAY, true, 0, owner), n);
                     } else {
                         diag_add(Diag::PinsUntracked, pages);
                         note(Diag::PinsUntracked, WHY_NO_PAGES_ARRAY, api as u32, owner.tgid, pages, 0, 0);
@@ -1053,7 +1074,7 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: 
                     add(&mut s.slow_pages, pages);
                     delta.slow_pages = pages;
                 }
-                attribute((tid >> 32) as u32, api, -1, &delta);
+                attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site: 0 }, &delta);
                 if api.kind() == ApiKind::Pin && read_global(&TRACK_PINS) != 0 {
                     diag_add(Diag::PinsUntracked, pages);
                     if pages > 0 {
@@ -1082,38 +1103,11 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: 
         } else {
             // No record at all: the entry program did not run (the kernel
             // skipped it, or the call began before the probes attached).
-            unpin_without_entry(api, ctx, a, args_at_exit, tid);
-        }
-    }
-}
-
-/// The page count of an unpin whose entry program did not run, read at
-/// its exit, or `None` (counted as lost) where the exit cannot see it.
-#[inline(always)]
-fn count_at_exit<A: CallArgs>(api: Api, args: &HookArgs, a: &A, args_at_exit: bool, tgid: u32) -> Option<u64> {
-    // Only fexit still has the arguments; a kretprobe's registers hold
-    // whatever the function left there.
-    let count = if args.count_idx == ARG_NONE { Some(1) } else { a.arg(args.count_idx) };
-    match count.filter(|_| args_at_exit) {
-        Some(c) => {
+            // Nothing covered the gup_put_folio calls inside it, so they
+            // counted its releases, where the kernel counts them; counting
+            // it here too would count them twice.
             diag(Diag::EntrySkipped);
-            Some(c)
         }
-        None => {
-            diag(Diag::EntrySkippedLost);
-            note(Diag::EntrySkippedLost, WHY_NONE, api as u32, tgid, 1, 0, 0);
-            None
-        }
-    }
-}
-
-/// A hooked unpin in task context returned with no record of its entry.
-/// Inlined: one more call frame puts 6.1's combined stack over 512 bytes.
-#[inline(always)]
-fn unpin_without_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, args_at_exit: bool, tid: u64) {
-    let args = hook_args(api);
-    if let Some(c) = count_at_exit(api, &args, a, args_at_exit, (tid >> 32) as u32) {
-        count_unpin(ctx, api, &args, a, c, tid, false);
     }
 }
 
@@ -1157,7 +1151,7 @@ fn i915_event(tid: u64, kind: I915EventKind, ev: I915Event) {
         if let Err(e) = I915_OBJECTS.insert(&obj, &fresh, 1) {
             if I915_OBJECTS.get_ptr_mut(&obj).is_none() {
                 diag_add(Diag::I915ObjectsFull, 1);
-                note(Diag::I915ObjectsFull, WHY_MAP_FULL, api as u32, tgid, 1, e, obj);
+                note(Diag::I915ObjectsFull, WHY_MAP_FULL, api as u32, tgid, 1, e.into(), obj);
                 return;
             }
         }
@@ -1214,7 +1208,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         if !covered {
             if read_global(&TRACK_PINS) != 0 {
                 if let Some(folio) = a.arg(args.pages_idx) {
-                    track_unpin(folio, refs, -1);
+                    track_unpin(folio, refs, return_address(a.frame(), false));
                 }
             }
             if let Some(s) = stats(api) {
@@ -1224,7 +1218,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         }
         return;
     }
-    let outer = live_outer(tid, a.frame()).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
+    let outer = live_outer(tid, u32::MAX, a.frame()).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
     match outer {
         // Inside a hooked unpin: that hook counted it.
         Some((Some(o), _, _)) if o.kind() == ApiKind::Unpin => return,
@@ -1245,7 +1239,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         _ => {
             if read_global(&TRACK_PINS) != 0 {
                 if let Some(folio) = a.arg(args.pages_idx) {
-                    track_unpin(folio, refs, -1);
+                    track_unpin(folio, refs, return_address(a.frame(), false));
                 }
             }
         }
@@ -1273,7 +1267,7 @@ macro_rules! hooks {
 
         #[fexit]
         pub fn $fx(ctx: FExitContext) -> i32 {
-            on_exit(Api::$api, &ctx, &Trampoline(ctx.as_ptr()), true);
+            on_exit(Api::$api, &ctx, &Trampoline(ctx.as_ptr()));
             log_notes(ctx.as_ptr());
             0
         }
@@ -1291,7 +1285,7 @@ macro_rules! hooks {
         #[kretprobe]
         pub fn $kr(ctx: RetProbeContext) -> u32 {
             match Regs::read(ctx.regs) {
-                Ok(regs) => on_exit(Api::$api, &ctx, &regs, false),
+                Ok(regs) => on_exit(Api::$api, &ctx, &regs),
                 Err(e) => arg_read_failed(Api::$api, e),
             }
             log_notes(ctx.as_ptr());

@@ -148,19 +148,22 @@ pub struct Row {
 /// Resolves raw attribution entries with their stacks.
 ///
 /// `stack` returns the instruction pointers of a stack id (innermost first);
-/// stacks are resolved once per id.
+/// stacks are resolved once per id. An entry whose stack was not captured
+/// is named by its site (the return address into its caller) alone.
 pub fn resolve(
     entries: &[(AttribKey, AttribValue)],
     kallsyms: &Kallsyms,
     mut stack: impl FnMut(i64) -> Option<Vec<u64>>,
 ) -> Vec<Row> {
-    let mut callers: BTreeMap<i64, Caller> = BTreeMap::new();
+    let mut callers: BTreeMap<(i64, u64), Caller> = BTreeMap::new();
     let mut rows = Vec::with_capacity(entries.len());
     for (k, v) in entries {
+        let by = if v.stack_id >= 0 { (v.stack_id, 0) } else { (-1, k.site) };
         let caller = callers
-            .entry(k.stack_id)
+            .entry(by)
             .or_insert_with(|| {
-                let ips = if k.stack_id >= 0 { stack(k.stack_id).unwrap_or_default() } else { vec![] };
+                let captured = if v.stack_id >= 0 { stack(v.stack_id) } else { None };
+                let ips = captured.unwrap_or_else(|| if k.site != 0 { vec![k.site] } else { vec![] });
                 caller_of(&ips, kallsyms)
             })
             .clone();
@@ -193,11 +196,11 @@ pub fn since(
     now: &[(AttribKey, AttribValue)],
     earlier: &[(AttribKey, AttribValue)],
 ) -> Vec<(AttribKey, AttribValue)> {
-    let before: std::collections::HashMap<(u32, u32, i64), &AttribValue> =
-        earlier.iter().map(|(k, v)| ((k.tgid, k.api, k.stack_id), v)).collect();
+    let before: std::collections::HashMap<(u32, u32, u64), &AttribValue> =
+        earlier.iter().map(|(k, v)| ((k.tgid, k.api, k.site), v)).collect();
     now.iter()
         .filter_map(|(k, v)| {
-            let d = match before.get(&(k.tgid, k.api, k.stack_id)) {
+            let d = match before.get(&(k.tgid, k.api, k.site)) {
                 Some(b) => AttribValue {
                     calls: v.calls.wrapping_sub(b.calls),
                     pages: v.pages.wrapping_sub(b.pages),
@@ -277,8 +280,8 @@ mod tests {
 
     #[test]
     fn since_keeps_only_changed_rows() {
-        let k = |tgid| AttribKey { tgid, api: 1, stack_id: 7 };
-        let v = |calls, pages| AttribValue { calls, pages, errors: 0, fast_pages: pages, slow_pages: 0, longterm_pages: 0, cgroup_id: 1, comm: [0; 16] };
+        let k = |tgid| AttribKey { tgid, api: 1, site: 0xffff_ffff_8100_0007 };
+        let v = |calls, pages| AttribValue { calls, pages, errors: 0, fast_pages: pages, slow_pages: 0, longterm_pages: 0, cgroup_id: 1, stack_id: 7, comm: [0; 16] };
         let earlier = vec![(k(1), v(2, 20)), (k(2), v(1, 1))];
         let now = vec![(k(1), v(5, 50)), (k(2), v(1, 1)), (k(3), v(1, 4))];
         let d = since(&now, &earlier);

@@ -347,6 +347,7 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
             now_ns: leaks::monotonic_ns(),
             since_ns: run_start_ns,
             caller: &caller,
+            site: &|ip| attribution::caller_of(&[ip], kallsyms),
             alive: &leaks::process_alive,
             kernel_outstanding: None,
             untracked_pins: 0,
@@ -467,7 +468,9 @@ fn run_one(probes: &Probes, kallsyms: &Kallsyms, profile: &KernelProfile, s: &mu
 fn mismatches(r: &ScenarioReport, pins_expected: bool) -> Vec<String> {
     let e = &r.expected;
     let mut out = vec![];
-    let returned = r.pinned_pages - r.undone_pages;
+    // Deltas of kernel-side counters: saturating, so that a counter that
+    // went wrong shows as a mismatch below rather than a panic here.
+    let returned = r.pinned_pages.saturating_sub(r.undone_pages);
     if pins_expected {
         match e.path {
             ExpectedPath::Fast if !(returned > 0 && r.fast_pages >= returned && r.slow_pages == 0) => {

@@ -87,7 +87,7 @@ pub enum Status {
 pub struct Finding {
     /// Stable identifier: `privileges`, `kernel_btf`, `lockdown`, `bpf_jit`,
     /// `kallsyms`, `tracepoint`, `fentry`, `kprobe`, `gup_functions`,
-    /// `i915`, `vmstat`, `memlock`, `probe_plan`.
+    /// `i915`, `vmstat`, `memlock`, `probe_plan`, `kernel`.
     pub id: &'static str,
     /// How it stands.
     pub status: Status,
@@ -208,6 +208,8 @@ pub struct ReducedMode {
 pub struct Facts {
     /// `uname -r`.
     pub kernel: String,
+    /// Its version, as far as the kernel's strings tell.
+    pub running: crate::kernel::RunningKernel,
     /// Effective uid.
     pub euid: u32,
     /// `CapEff` of this process, if readable.
@@ -369,8 +371,10 @@ impl Facts {
             Ok(p) => p.btf.clone(),
             Err(_) => crate::btf::KernelBtf::from_sys_fs().map(|_| ()).map_err(|e| e.to_string()),
         };
+        let running = crate::kernel::RunningKernel::here();
         let mut facts = Facts {
-            kernel: crate::plan::kernel_release(),
+            kernel: running.release.clone(),
+            running,
             euid,
             cap_eff,
             btf,
@@ -789,6 +793,14 @@ pub fn evaluate(f: &Facts) -> Report {
         }
         None => push("probe_plan", Status::Fail, "no probe plan (see kallsyms)".into(), None),
     }
+    // Last, so the ids before it keep their places in the JSON.
+    let (standing, detail, fix) = f.running.assess();
+    let status = match standing {
+        crate::kernel::Standing::Release => Status::Ok,
+        crate::kernel::Standing::PreRelease => Status::Info,
+        crate::kernel::Standing::Unknown => Status::Warn,
+    };
+    push("kernel", status, detail, fix);
     let reasons: Vec<&str> = out.iter().filter(|x| x.status == Status::Fail).map(|x| x.id).collect();
     let summary = match verdict {
         Verdict::Full => format!("gupwatch can run fully here: every GUP function this kernel has is hooked ({} hooks)", f.hooks.as_ref().map_or(0, |h| h.attached)),
@@ -855,6 +867,7 @@ mod tests {
     fn healthy() -> Facts {
         Facts {
             kernel: "6.12.0-test".into(),
+            running: crate::kernel::RunningKernel::from_strings("6.12.0-test", None, None),
             euid: 0,
             cap_eff: Some(0x1ff_ffff_ffff),
             btf: Ok(()),
@@ -1044,8 +1057,23 @@ mod tests {
         let ids: Vec<&str> = v["findings"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
         assert_eq!(
             ids,
-            ["privileges", "kernel_btf", "lockdown", "bpf_jit", "kallsyms", "tracepoint", "fentry", "kprobe", "gup_functions", "i915", "vmstat", "probe_plan"]
+            ["privileges", "kernel_btf", "lockdown", "bpf_jit", "kallsyms", "tracepoint", "fentry", "kprobe", "gup_functions", "i915", "vmstat", "probe_plan", "kernel"]
         );
+    }
+
+    #[test]
+    fn kernel_version_finding() {
+        assert_eq!(find(&evaluate(&healthy()), "kernel").status, Status::Ok);
+        let rc = |release: &str, uname_v: &str| Facts {
+            running: crate::kernel::RunningKernel::from_strings(release, Some(uname_v), None),
+            ..healthy()
+        };
+        let r = evaluate(&rc("7.3-cloud-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 7.3~rc7-1~exp1 (2026-10-16)"));
+        assert_eq!((find(&r, "kernel").status, r.verdict), (Status::Info, Verdict::Full), "a pre-release alone changes no verdict");
+        let r = evaluate(&rc("?!", ""));
+        let k = find(&r, "kernel");
+        assert_eq!((k.status, r.verdict), (Status::Warn, Verdict::Full));
+        assert!(k.fix.is_some(), "a warning says what to do");
     }
 
     #[test]

@@ -9,18 +9,31 @@
 //! their read-only `LOG_DIAG` global ([`wanted`] decides it): at info level
 //! the logging code is dead to the verifier, and no reader runs.
 //!
-//! aya-log 0.2 (the line that goes with aya 0.13) reads its perf buffers
-//! with tokio tasks: a current-thread runtime, created at load time in the
-//! loading thread and driven only once [`EbpfLog::start`] is called, after
-//! the caller has dropped its capabilities (threads keep their own).
+//! aya-log 0.3 (the line that goes with aya 0.14) hands the records over
+//! through a BPF ring buffer; [`EbpfLog::start`] reads it in a thread of
+//! its own, started only after the caller has dropped its capabilities
+//! (threads keep their own), woken by `poll(2)` on the ring's descriptor.
 
-use std::{collections::BTreeMap, fmt::Write as _, thread::JoinHandle};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+};
 
 use aya::Ebpf;
 use gup_common::{diag_log, Api, Diag};
 
 /// The `tracing` target of the eBPF side's log lines.
 pub const TARGET: &str = "gupwatch::ebpf";
+
+/// How long the reader sleeps in `poll(2)` before it looks at the stop
+/// flag again: the worst-case delay of a clean shutdown.
+const POLL_MS: libc::c_int = 200;
 
 /// Whether the installed `tracing` subscriber wants the eBPF side's debug
 /// lines (`--log-level debug`, `gupwatch=debug`, `gupwatch::ebpf=debug`).
@@ -31,40 +44,41 @@ pub fn wanted() -> bool {
 
 /// Reads the programs' aya-log records and logs them on [`TARGET`].
 pub struct EbpfLog {
-    rt: Option<tokio::runtime::Runtime>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    logger: Option<aya_log::EbpfLogger<Forward>>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EbpfLog {
-    /// Takes the programs' log map and prepares its readers (no thread
-    /// yet: see [`EbpfLog::start`]). An error means no eBPF log lines,
-    /// never a failed load: callers warn and go on.
+    /// Takes the programs' log map (no thread yet: see
+    /// [`EbpfLog::start`]). An error means no eBPF log lines, never a
+    /// failed load: callers warn and go on.
     pub fn init(ebpf: &mut Ebpf) -> Result<EbpfLog, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(|e| format!("cannot create the log reader's runtime: {e}"))?;
-        {
-            // The readers register their perf buffers with this runtime.
-            let _in = rt.enter();
-            aya_log::EbpfLogger::init_with_logger(ebpf, Forward).map_err(|e| e.to_string())?;
-        }
-        Ok(EbpfLog { rt: Some(rt), stop: None, thread: None })
+        let logger = aya_log::EbpfLogger::init_with_logger(ebpf, Forward).map_err(|e| e.to_string())?;
+        Ok(EbpfLog { logger: Some(logger), stop: Arc::new(AtomicBool::new(false)), thread: None })
     }
 
     /// Starts the thread that reads the records (once; later calls do
     /// nothing). Call it after dropping capabilities.
     pub fn start(&mut self) {
-        let Some(rt) = self.rt.take() else { return };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        match std::thread::Builder::new().name("gupwatch-ebpflog".into()).spawn(move || {
-            let _ = rt.block_on(rx);
-        }) {
-            Ok(t) => {
-                self.stop = Some(tx);
-                self.thread = Some(t);
+        let Some(mut logger) = self.logger.take() else { return };
+        let stop = Arc::clone(&self.stop);
+        let spawned = std::thread::Builder::new().name("gupwatch-ebpflog".into()).spawn(move || {
+            let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: one valid pollfd, owned by this frame.
+                let n = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+                if n > 0 {
+                    logger.flush();
+                } else if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    tracing::warn!("the eBPF log reader stopped: poll on its ring buffer failed");
+                    return;
+                }
             }
+            logger.flush();
+        });
+        match spawned {
+            Ok(t) => self.thread = Some(t),
             Err(e) => tracing::warn!(error = %e, "cannot start the eBPF log reader: no eBPF debug lines"),
         }
     }
@@ -72,9 +86,7 @@ impl EbpfLog {
 
 impl Drop for EbpfLog {
     fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -159,7 +171,6 @@ impl DiagEvent {
             Diag::UnpinsMatched => "unpins_matched",
             Diag::I915ObjectsFull => "i915_objects_full",
             Diag::EntrySkipped => "entry_skipped",
-            Diag::EntrySkippedLost => "entry_skipped_lost",
             Diag::StaleRecords => "stale_records",
         }
     }
@@ -217,9 +228,6 @@ impl DiagEvent {
             (Diag::I915ObjectsFull, _) => {
                 format!("i915 object map I915_OBJECTS refused object {:#x} ({who})", self.key)
             }
-            (Diag::EntrySkippedLost, _) => format!(
-                "an unpin's entry program did not run (the kernel skipped it, or the call began before the probes attached), and its kretprobe cannot see the page count: pages not counted ({who})"
-            ),
             (Diag::PinsTracked | Diag::UnpinsMatched | Diag::EntrySkipped | Diag::StaleRecords, _) => format!("{} ({who})", self.counter_name()),
         };
         if self.err != 0 {

@@ -51,7 +51,7 @@ fn read_kernel_config() -> Option<String> {
             return Some(s);
         }
     }
-    std::fs::read_to_string(format!("/boot/config-{}", crate::plan::kernel_release())).ok()
+    std::fs::read_to_string(format!("/boot/config-{}", crate::kernel::release())).ok()
 }
 
 /// Explains why hooks could not attach (or confirms they did), from the

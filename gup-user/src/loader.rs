@@ -112,6 +112,10 @@ pub enum CycleError {
 
 /// Loaded, attached probes and the maps they fill.
 pub struct Probes {
+    /// The links of every attached hook, so they can be cycled. Declared
+    /// first so it drops first: it holds descriptors of the kprobe links,
+    /// which must be closed before aya's own for the links to go away.
+    links: Vec<HookLinks>,
     /// Keeps the programs (and so their links) alive.
     _ebpf: Ebpf,
     /// The plan, with each hook's final status.
@@ -120,8 +124,6 @@ pub struct Probes {
     pub maps: StatsMaps,
     /// Capacity the tracking map was created with.
     pub track_capacity: u32,
-    /// The links of every attached hook, so they can be cycled.
-    links: Vec<HookLinks>,
     /// The eBPF side's debug log reader, until the caller takes it.
     ebpf_log: Option<crate::ebpflog::EbpfLog>,
 }
@@ -139,6 +141,26 @@ struct HookLinks {
     mechanism: Mechanism,
     /// `None` while detached.
     links: Option<Links>,
+    /// Descriptors of this hook's kprobe links, for the kernel's count of
+    /// calls the probes missed ([`crate::linkinfo`]); empty for fentry,
+    /// and closed before the hook is detached.
+    kprobe_links: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Opens this hook's kprobe links (see [`crate::linkinfo`]).
+fn kprobe_links(ebpf: &Ebpf, idx: u32, mechanism: Mechanism) -> Vec<std::os::fd::OwnedFd> {
+    if mechanism != Mechanism::Kprobe {
+        return vec![];
+    }
+    let ids: Vec<u32> = ["kp", "kr"]
+        .iter()
+        .filter_map(|p| ebpf.program(&prog_name(p, idx)))
+        .filter_map(|prog| prog.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
+        .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+        .filter_map(|info| fdinfo_field(&info, "prog_id:"))
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect();
+    crate::linkinfo::open_links_of(&ids)
 }
 
 /// How the probes are loaded.
@@ -230,15 +252,16 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let log_diag = opts.ebpf_log as u64;
     let object = Object::from_env()?;
     let mut ebpf = EbpfLoader::new()
-        .set_global("HOOK_ARGS", &hook_args, true)
-        .set_global("FOLL_LONGTERM", &foll_longterm, true)
-        .set_global("FOLL_PIN", &plan.foll_pin(), true)
-        .set_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
-        .set_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
-        .set_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
-        .set_global("TRACK_PINS", &track, true)
-        .set_global("LOG_DIAG", &log_diag, true)
-        .set_max_entries("PINS", opts.track_capacity.max(1))
+        .override_global("HOOK_ARGS", &hook_args, true)
+        .override_global("FOLL_LONGTERM", &foll_longterm, true)
+        .override_global("FOLL_PIN", &plan.foll_pin(), true)
+        .override_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
+        .override_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
+        .override_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
+        .override_global("RETURN_TRAMPOLINE", &plan.return_trampoline, true)
+        .override_global("TRACK_PINS", &track, true)
+        .override_global("LOG_DIAG", &log_diag, true)
+        .map_max_entries("PINS", opts.track_capacity.max(1))
         .load(object.bytes())
         .map_err(map_create_error)?;
     if std::env::var_os("GUPWATCH_DEBUG").is_some() {
@@ -282,15 +305,38 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
                 }
             },
             (Mechanism::Fentry, None) => Err("fentry planned but kernel BTF could not be loaded".into()),
-            (Mechanism::Kprobe, _) => attach_kprobe(&mut ebpf, idx, &symbol, with_exit)
-                .map(|l| (Mechanism::Kprobe, l))
-                .map_err(|e| format!("kprobe: {}", describe(&e, &format!("{}-kprobe", hook.function)))),
+            (Mechanism::Kprobe, _) => match attach_kprobe(&mut ebpf, idx, &symbol, with_exit) {
+                Ok(l) => Ok((Mechanism::Kprobe, l)),
+                Err(e) => {
+                    let kprobe_err = describe(&e, &format!("{}-kprobe", hook.function));
+                    match (&btf, hook.fentry_possible) {
+                        (Some(btf), true) => {
+                            detach(&mut ebpf, idx, Mechanism::Kprobe);
+                            match attach_fentry(&mut ebpf, idx, &symbol, btf, with_exit) {
+                                Ok(l) => {
+                                    hook.reason = format!("kprobe refused ({kprobe_err}): fell back to fentry");
+                                    Ok((Mechanism::Fentry, l))
+                                }
+                                Err(f) => {
+                                    detach(&mut ebpf, idx, Mechanism::Fentry);
+                                    Err(format!(
+                                    "kprobe: {kprobe_err}; fentry: {}",
+                                    describe(&f, &format!("{}-fentry", hook.function))
+                                    ))
+                                }
+                            }
+                        }
+                        _ => Err(format!("kprobe: {kprobe_err}")),
+                    }
+                }
+            },
         };
         match result {
             Ok((m, l)) => {
                 hook.mechanism = Some(m);
                 hook.status = HookStatus::Attached;
-                all_links.push(HookLinks { idx, symbol, with_exit, mechanism: m, links: Some(l) });
+                let kprobe_links = kprobe_links(&ebpf, idx, m);
+                all_links.push(HookLinks { idx, symbol, with_exit, mechanism: m, links: Some(l), kprobe_links });
             }
             Err(e) => {
                 detach(&mut ebpf, idx, Mechanism::Kprobe);
@@ -508,7 +554,12 @@ fn save_verifier_log(what: &str, log: &str) -> String {
 
 /// The `recursion_misses:` field of a BPF program's fdinfo.
 fn recursion_misses(fdinfo: &str) -> Option<u64> {
-    fdinfo.lines().find_map(|l| l.strip_prefix("recursion_misses:")).and_then(|v| v.trim().parse().ok())
+    fdinfo_field(fdinfo, "recursion_misses:")
+}
+
+/// A numeric field of an fdinfo file.
+fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
 }
 
 /// Maps were charged to RLIMIT_MEMLOCK before 5.11; lift it so map creation
@@ -532,6 +583,7 @@ impl Probes {
     /// stress suite's attach/detach cycles.
     pub fn detach_all(&mut self) -> Result<(), ProgramError> {
         for h in self.links.iter_mut() {
+            h.kprobe_links.clear();
             if let Some(l) = h.links.take() {
                 detach_links(&mut self._ebpf, h.idx, l)?;
             }
@@ -549,6 +601,7 @@ impl Probes {
             if self.links[i].links.is_none() {
                 let l = reattach(&mut self._ebpf, &self.links[i])?;
                 self.links[i].links = Some(l);
+                self.links[i].kprobe_links = kprobe_links(&self._ebpf, self.links[i].idx, self.links[i].mechanism);
             }
         }
         Ok(stale)
@@ -562,8 +615,10 @@ impl Probes {
     /// (`gup_common::irq`); the rest are missing, so every skip is reported.
     ///
     /// From each program's `recursion_misses` (in its fdinfo, 5.12+;
-    /// kprobe programs count there from 6.7). Every attached hook has an
-    /// entry, 0 when nothing was missed.
+    /// kprobe programs count there from 6.7), plus, for kprobes, the calls
+    /// the probe itself let through (a kretprobe out of instances, a
+    /// kprobe hit inside another's handler: the link's `missed`, 6.7+).
+    /// Every attached hook has an entry, 0 when nothing was missed.
     pub fn probe_misses(&self) -> Vec<(Api, u64)> {
         let mut out: Vec<(Api, u64)> = Vec::new();
         for h in self.links.iter().filter(|h| h.links.is_some()) {
@@ -578,7 +633,8 @@ impl Probes {
                 .filter_map(|prog| prog.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
                 .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
                 .filter_map(|info| recursion_misses(&info))
-                .sum();
+                .sum::<u64>()
+                + crate::linkinfo::missed(&h.kprobe_links);
             match out.iter_mut().find(|(a, _)| *a == api) {
                 Some((_, m)) => *m += misses,
                 None => out.push((api, misses)),
@@ -652,12 +708,14 @@ impl Probes {
             };
             match attach_kprobe(&mut self._ebpf, api as u32, &symbol, true) {
                 Ok(l) => {
+                    let kprobe_links = kprobe_links(&self._ebpf, api as u32, Mechanism::Kprobe);
                     self.links.push(HookLinks {
                         idx: api as u32,
                         symbol,
                         with_exit: true,
                         mechanism: Mechanism::Kprobe,
                         links: Some(l),
+                        kprobe_links,
                     });
                     hook.reason = format!("{} (module loaded after gupwatch started)", hook.reason);
                     hook.status = HookStatus::Attached;
@@ -702,7 +760,6 @@ mod map_create_tests {
         let err = |errno| {
             map_create_error(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
                 name: "PINS".into(),
-                code: -1,
                 io_error: std::io::Error::from_raw_os_error(errno),
             }))
             .to_string()

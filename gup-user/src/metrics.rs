@@ -745,15 +745,15 @@ impl PromCollector for Exposition {
         counters(
             &mut enc,
             "gupwatch_probe_misses",
-            "Calls of this kernel function the kernel ran without one of gupwatch's programs, because the same program was already running on that CPU (under an interrupt, or in a preempted task: the BPF recursion guard). gupwatch_skipped_entries_total says which were still counted. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+).",
+            "Calls of this kernel function the kernel ran without one of gupwatch's programs: the BPF recursion guard skipped it (the same program, or for kprobes any kprobe program, was already running on that CPU), or a kprobe let the call through (a kretprobe out of instances). gupwatch_skipped_entries_total says which unpins were still counted. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+) and the kprobe links' missed count (6.7+).",
             d.probe_misses.iter().map(|(f, n)| (FunctionLabels { function: f }, *n)),
         )?;
         counters(
             &mut enc,
             "gupwatch_skipped_entries",
-            "Unpins in interrupt context whose entry program the kernel skipped (see gupwatch_probe_misses_total), by outcome: counted_at_exit (the exit program counted them; totals stay exact) or lost (a kretprobe cannot see the page count; those pages are missing).",
+            "Unpins whose entry program did not run (the kernel skipped it, see gupwatch_probe_misses_total, or the call began before gupwatch attached), by outcome: counted_at_release (the gup_put_folio calls inside them counted their releases, where the kernel counts them; totals stay exact).",
             snap.map(|s| {
-                [(Diag::EntrySkipped, "counted_at_exit"), (Diag::EntrySkippedLost, "lost")]
+                [(Diag::EntrySkipped, "counted_at_release")]
                     .iter()
                     .map(|(i, outcome)| (OutcomeLabels { outcome }, s.diag.get(*i as usize).copied().unwrap_or(0)))
                     .collect::<Vec<_>>()
@@ -1215,6 +1215,7 @@ impl Collector {
                 now_ns: leaks::monotonic_ns(),
                 since_ns: 0,
                 caller: &caller,
+                site: &|ip| attribution::caller_of(&[ip], kallsyms),
                 alive: &leaks::process_alive,
                 kernel_outstanding: data.vmstat.map(|v| v.outstanding()),
                 untracked_pins: untracked,
@@ -1432,7 +1433,7 @@ pub(crate) mod tests {
         s.diag[Diag::EntrySkipped as usize] = 256;
         s.errnos.insert((Api::PinUserPagesFast as u32, libc::EFAULT as u32), 3);
         s.errnos.insert((Api::PinUserPagesRemote as u32, 999), 1);
-        let key = AttribKey { tgid: 1, api: 1, stack_id: 0 };
+        let key = AttribKey { tgid: 1, api: 1, site: 0 };
         let val = AttribValue {
             calls: 0,
             pages: 0,
@@ -1441,6 +1442,7 @@ pub(crate) mod tests {
             slow_pages: 0,
             longterm_pages: 0,
             cgroup_id: 0,
+            stack_id: 0,
             comm: [0; 16],
         };
         s.attrib = vec![(key, val); 3];
@@ -1535,8 +1537,7 @@ pub(crate) mod tests {
         assert_eq!(value(&text, r#"gupwatch_probe_misses_total{function="unpin_user_folio"}"#), 3.0);
         assert_eq!(value(&text, r#"gupwatch_probe_misses_total{function="pin_user_pages_fast"}"#), 0.0);
         assert_eq!(samples(&text, "gupwatch_probe_misses_total").len(), 2);
-        assert_eq!(value(&text, r#"gupwatch_skipped_entries_total{outcome="counted_at_exit"}"#), 256.0);
-        assert_eq!(value(&text, r#"gupwatch_skipped_entries_total{outcome="lost"}"#), 0.0);
+        assert_eq!(value(&text, r#"gupwatch_skipped_entries_total{outcome="counted_at_release"}"#), 256.0);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! function, kprobe/kretprobe otherwise. The loader then tries the plan and
 //! records what really happened (fentry can still be refused at attach time,
 //! e.g. 6.1's x86 trampoline takes at most six arguments), so the printed
-//! plan shows the truth. No other module looks at kernel versions.
+//! plan shows the truth. Kernel version strings are parsed only in
+//! [`crate::kernel`], and read here only for the FOLL_* values of a kernel
+//! without BTF.
 
 use std::collections::BTreeMap;
 
@@ -82,6 +84,11 @@ pub struct HookPlan {
     pub args: HookArgs,
     /// How it is (or will be) attached.
     pub mechanism: Option<Mechanism>,
+    /// fentry/fexit would work here too (BTF describes the function under
+    /// its own name, in vmlinux): the fallback when a preferred kprobe
+    /// cannot be attached.
+    #[serde(skip)]
+    pub fentry_possible: bool,
     /// Why that mechanism, and any fallback taken.
     pub reason: String,
     /// Attached or not.
@@ -150,14 +157,6 @@ const FOLL_ENUMS: &[(&str, u64)] = &[
     ("FOLL_UNLOCKABLE", 1 << 21), ("FOLL_MADV_POPULATE", 1 << 22),
 ];
 
-/// `major.minor` of a kernel release string (`7.2.13+deb14-cloud-amd64`).
-pub fn release_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 impl FollFlags {
     /// From BTF when it has the enumerators (6.3+); otherwise from the
     /// table of the kernel's generation: the only place gupwatch reads the
@@ -173,7 +172,10 @@ impl FollFlags {
                 return FollFlags { source: FollSource::Btf, values };
             }
         }
-        match release_version(release) {
+        // An unreadable release takes the older table: a 5.8-6.2 kernel
+        // is likelier than a 6.3+ one without BTF (every 6.3+ distribution
+        // kernel has BTF).
+        match crate::kernel::release_major_minor(release) {
             Some(v) if v >= (6, 3) && btf.is_none() => {
                 FollFlags { source: FollSource::EnumTable, values: FOLL_ENUMS.iter().copied().collect() }
             }
@@ -242,6 +244,11 @@ pub struct ProbePlan {
     pub capabilities: Capabilities,
     /// `struct page` layout for pin tracking.
     pub page_layout: PageLayout,
+    /// Address of the kernel's kretprobe return trampoline (0: unknown). A
+    /// kretprobe replaces its function's return address with it, so the
+    /// programs accept it in place of the one a call was entered with
+    /// (`gup_common::irq::record_is_live`).
+    pub return_trampoline: u64,
     /// The process-exit tracepoint (orphaned-pin detection).
     pub exit_hook: HookStatus,
 }
@@ -498,12 +505,80 @@ fn kind_name(k: ApiKind) -> &'static str {
     }
 }
 
+/// Which attach mechanism the GUP hooks use where both would work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preference {
+    /// kprobe/kretprobe where the kernel has kprobes, else fentry/fexit.
+    Auto,
+    /// kprobe/kretprobe wherever it attaches.
+    Kprobe,
+    /// fentry/fexit wherever BTF allows it (the cheaper trampoline, but
+    /// preemptible: see [`KPROBE_WHY`]).
+    Fentry,
+}
+
+/// The environment variable that overrides [`Preference::Auto`]:
+/// `kprobe`, `fentry` or `auto`.
+pub const MECHANISM_ENV: &str = "GUPWATCH_MECHANISM";
+
+/// Why kprobes are preferred. Measured with `cargo xtask stress --mode
+/// churn` (5,000 short-lived processes, each one process_vm_readv of 16
+/// KiB) on Debian 7.2, whose default preemption model is lazy: with
+/// fentry/fexit the kernel skipped 1,885 program runs and gupwatch's
+/// totals were 1,016 pins short and 1,880 unpins over; with
+/// kprobe/kretprobe it skipped none and both totals were exact.
+pub const KPROBE_WHY: &str = "kprobe: its handlers run with preemption disabled, so a preempted task \
+cannot make the kernel skip them (fentry, possible here, skipped 1,885 program runs under process churn \
+on Debian 7.2, kprobes none: docs/exactness.md)";
+
+impl Preference {
+    /// The preference named in [`MECHANISM_ENV`], or `Auto`. An unknown
+    /// value is an error that names the accepted ones.
+    pub fn from_env() -> Result<Preference, String> {
+        match std::env::var(MECHANISM_ENV).ok().as_deref().map(str::trim) {
+            None | Some("") | Some("auto") => Ok(Preference::Auto),
+            Some("kprobe") => Ok(Preference::Kprobe),
+            Some("fentry") => Ok(Preference::Fentry),
+            Some(other) => Err(format!("{MECHANISM_ENV}={other} is not a mechanism: use kprobe, fentry or auto")),
+        }
+    }
+}
+
 impl ProbePlan {
-    /// Resolves the plan for the running kernel.
+    /// Resolves the plan for the running kernel, with the mechanism
+    /// preference of [`MECHANISM_ENV`] (an unknown value falls back to
+    /// `Auto` with a warning).
     pub fn for_running_kernel() -> Result<ProbePlan, crate::kallsyms::KallsymsError> {
         let btf = crate::btf::KernelBtf::from_sys_fs();
         let kallsyms = Kallsyms::from_proc()?;
-        Ok(Self::resolve(kernel_release(), btf.as_ref().map_err(|e| e.to_string()), &kallsyms))
+        let mut plan = Self::resolve(crate::kernel::release(), btf.as_ref().map_err(|e| e.to_string()), &kallsyms);
+        let pref = Preference::from_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}; using auto");
+            Preference::Auto
+        });
+        plan.prefer(pref, std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists());
+        Ok(plan)
+    }
+
+    /// Moves the hooks planned as fentry to kprobes when `pref` asks for
+    /// it and the kernel has kprobes (`Auto`), or back (`Fentry` keeps the
+    /// plan). The loader falls back to fentry where a kprobe will not
+    /// attach ([`HookPlan::fentry_possible`]).
+    pub fn prefer(&mut self, pref: Preference, kprobes: bool) {
+        let to_kprobe = match pref {
+            Preference::Fentry => false,
+            Preference::Kprobe => true,
+            Preference::Auto => kprobes,
+        };
+        if !to_kprobe {
+            return;
+        }
+        for h in &mut self.hooks {
+            if h.mechanism == Some(Mechanism::Fentry) {
+                h.mechanism = Some(Mechanism::Kprobe);
+                h.reason = KPROBE_WHY.to_string();
+            }
+        }
     }
 
     /// Resolves a plan from already-read kernel facts (pure; unit-tested).
@@ -548,6 +623,10 @@ impl ProbePlan {
             foll,
             capabilities,
             page_layout: PageLayout::resolve(btf_ok),
+            return_trampoline: RETURN_TRAMPOLINES
+                .iter()
+                .find_map(|f| kallsyms.get(f))
+                .map_or(0, |s| s.addr),
             exit_hook: HookStatus::Planned,
         }
     }
@@ -564,6 +643,7 @@ impl ProbePlan {
             params: None,
             args: fallback_args(api),
             mechanism: None,
+            fentry_possible: false,
             reason: String::new(),
             status: HookStatus::Planned,
         };
@@ -627,6 +707,7 @@ impl ProbePlan {
             ),
         };
         hook.mechanism = Some(mechanism);
+        hook.fentry_possible = mechanism == Mechanism::Fentry;
         hook.reason = match choice_reason {
             Some(why) => format!("{why}; {reason}"),
             None => reason,
@@ -741,12 +822,9 @@ fn taken_by(hooks: &[HookPlan]) -> Vec<(&'static str, &'static str)> {
     hooks.iter().filter(|h| h.symbol.is_some()).filter_map(|h| Some((h.function, h.role?))).collect()
 }
 
-/// `uname -r` of the running kernel.
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
+/// Where kretprobes return through, by kernel generation: rethook's since
+/// 5.19, the kretprobe trampoline before (renamed in 5.16).
+const RETURN_TRAMPOLINES: [&str; 3] = ["arch_rethook_trampoline", "__kretprobe_trampoline", "kretprobe_trampoline"];
 
 #[cfg(test)]
 mod tests {
@@ -817,8 +895,13 @@ mod tests {
         }
         let unknown = ProbePlan::resolve("weird".into(), Err("no BTF".into()), &k);
         assert_eq!(unknown.foll.source, FollSource::DefineTable);
-        assert_eq!(release_version("6.12.117+deb13-cloud-amd64"), Some((6, 12)));
-        assert_eq!(release_version("7"), None);
+        // Experimental's pre-release names: 7.3, so the 6.3+ table.
+        for r in ["7.3-cloud-amd64", "7.3.0-rc7+"] {
+            assert_eq!(ProbePlan::resolve(r.into(), Err("no BTF".into()), &k).foll.source, FollSource::EnumTable, "{r}");
+        }
+        for r in ["", "7", "99999999999.1-huge"] {
+            assert_eq!(ProbePlan::resolve(r.into(), Err("no BTF".into()), &k).foll.source, FollSource::DefineTable, "{r:?}");
+        }
     }
 
     #[test]
@@ -830,6 +913,29 @@ mod tests {
         assert_eq!(fast.args.count_idx, 1);
         assert!(fast.reason.contains("no kernel BTF"));
         assert!(!plan.capabilities.direct_io_pins);
+    }
+
+    #[test]
+    fn kprobes_are_preferred_where_the_kernel_has_them() {
+        let btf = btf_61();
+        let k = kallsyms(&["pin_user_pages_remote", "unpin_user_page", "arch_rethook_trampoline"]);
+        let fresh = || ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
+        let mut auto = fresh();
+        auto.prefer(Preference::Auto, true);
+        let h = auto.hook(Api::UnpinUserPage);
+        assert_eq!(h.mechanism, Some(Mechanism::Kprobe));
+        assert!(h.fentry_possible, "fentry stays the fallback");
+        assert!(h.reason.contains("preemption disabled"), "{}", h.reason);
+        assert_ne!(auto.return_trampoline, 0, "the kretprobe trampoline comes from kallsyms");
+        let mut no_kprobes = fresh();
+        no_kprobes.prefer(Preference::Auto, false);
+        assert_eq!(no_kprobes.hook(Api::UnpinUserPage).mechanism, Some(Mechanism::Fentry));
+        let mut forced = fresh();
+        forced.prefer(Preference::Fentry, true);
+        assert_eq!(forced.hook(Api::UnpinUserPage).mechanism, Some(Mechanism::Fentry));
+        // Absent functions get no mechanism either way.
+        assert_eq!(forced.hook(Api::PinUserPagesFast).mechanism, None);
+        assert_eq!(auto.hook(Api::PinUserPagesFast).mechanism, None);
     }
 
     /// kallsyms lines of module functions (`t name [module]`).

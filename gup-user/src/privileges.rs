@@ -93,7 +93,7 @@ impl Needs {
     pub fn here(late_attach: bool) -> Needs {
         Needs {
             late_attach,
-            kernel_release: crate::plan::kernel_release(),
+            kernel_release: crate::kernel::release(),
             perf_event_paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
@@ -104,18 +104,10 @@ impl Needs {
     }
 }
 
-/// `(major, minor)` of a kernel release such as `6.12.117+deb13-cloud-amd64`.
-pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit());
-    let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 /// The capabilities to keep, each with why. Pure: see the module docs.
 pub fn capabilities_to_keep(needs: &Needs) -> Vec<(u32, &'static str)> {
     // Unknown version: assume the older rules (keeping more, not less).
-    let v = kernel_version(&needs.kernel_release).unwrap_or((0, 0));
+    let v = crate::kernel::release_major_minor(&needs.kernel_release).unwrap_or((0, 0));
     let has_cap_bpf = v >= (5, 8);
     let mut keep = vec![];
     let restricted_map_access = v < (5, 19) && needs.unprivileged_bpf_disabled != Some(0);
@@ -427,9 +419,12 @@ mod tests {
 
     #[test]
     fn versions_and_names() {
-        assert_eq!(kernel_version("6.12.117+deb13-cloud-amd64"), Some((6, 12)));
-        assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
-        assert_eq!(kernel_version("6"), None);
+        // Release candidates keep what their release would (7.3-rc7 is
+        // past 5.19), not the cautious pre-5.8 set of an unknown version.
+        for rc in ["7.3-cloud-amd64", "7.3.0-rc7+", "7.3.0-rc7-cloud-amd64"] {
+            assert_eq!(needs(rc, Some(2), true), needs("6.12.117+deb13-cloud-amd64", Some(2), true), "{rc}");
+        }
+        assert_ne!(needs("7.3.0-rc7+", Some(2), true), needs("garbage", Some(2), true));
         assert_eq!(cap_name(CAP_BPF), "CAP_BPF");
         assert_eq!(cap_name(CAP_PERFMON), "CAP_PERFMON");
         assert_eq!(cap_name(CAP_SYSLOG), "CAP_SYSLOG");

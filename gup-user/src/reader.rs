@@ -28,7 +28,7 @@ pub struct StatsMaps {
     errnos: HashMap<MapData, u32, u64>,
     pins: HashMap<MapData, u64, PinRecord>,
     exited: HashMap<MapData, u32, u64>,
-    unbalanced: HashMap<MapData, i64, u64>,
+    unbalanced: HashMap<MapData, u64, u64>,
     i915: HashMap<MapData, u64, gup_common::i915::I915Object>,
 }
 

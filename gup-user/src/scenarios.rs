@@ -1605,7 +1605,10 @@ fn parse_pci_resources(text: &str) -> Vec<(usize, u64)> {
         .filter_map(|(i, line)| {
             let mut f = line.split_whitespace().map(hex);
             let (start, end, flags) = (f.next()??, f.next()??, f.next()??);
-            (flags & IORESOURCE_MEM != 0 && end > start).then(|| (i, end - start + 1))
+            // A BAR spanning the whole address space would overflow the
+            // size: such a file is garbage, not a BAR to map.
+            let size = end.checked_sub(start)?.checked_add(1)?;
+            (flags & IORESOURCE_MEM != 0 && end > start).then_some((i, size))
         })
         .collect()
 }
@@ -3565,6 +3568,9 @@ mod tests {
         assert_eq!(parse_pci_resources(text), [(0, 8 << 20), (3, 4096)]);
         assert!(parse_pci_resources("").is_empty());
         assert!(parse_pci_resources("garbage\n0x1 0x2\n").is_empty());
+        // Kernel-read values: an end before the start, or a BAR whose size
+        // overflows u64, are skipped, not a panic.
+        assert!(parse_pci_resources("0x2000 0x1000 0x200\n0x0 0xffffffffffffffff 0x200\n").is_empty());
     }
 
     #[test]

@@ -179,10 +179,17 @@ pub fn resolve_spec(spec: &str, flavour: Flavour, modules: Option<PathBuf>) -> R
         }
         return Ok(k);
     }
+    if (spec == crate::canary::ALIAS.name || spec == crate::canary::ALIAS.suite) && flavour == Flavour::Cloud {
+        let mut k = crate::canary::boot_kernel()?;
+        if let Some(dir) = modules {
+            k.modules_dir = Some(dir);
+        }
+        return Ok(k);
+    }
     let path = PathBuf::from(spec);
     if !path.is_file() {
         bail!(
-            "unknown kernel `{spec}`: use one of {} (or bookworm/trixie/sid), or a path to a bzImage/vmlinuz file",
+            "unknown kernel `{spec}`: use one of {} (or bookworm/trixie/sid), `canary` (experimental's newest, cloud only), or a path to a bzImage/vmlinuz file",
             alias_names()
         );
     }
@@ -238,26 +245,16 @@ pub fn ensure(cache: &Path, a: KernelAlias, flavour: Flavour, refresh: bool) -> 
         return Ok(m.clone());
     }
 
-    let apt = AptState::new(cache, a.suite);
-    apt.update()?;
-    let names = apt.pkgnames("linux-")?;
-    let relevant: Vec<String> = names
-        .into_iter()
-        .filter(|n| classify(n, flavour).is_some())
-        .collect();
-    if relevant.is_empty() {
-        bail!(
+    let choice = newest_in_suite(cache, a.suite, flavour)?.ok_or_else(|| {
+        anyhow!(
             "the {} package lists have no {} kernel packages (looked for linux-image-*-{}*, linux-binary-*); \
              check the archive in /etc/apt/sources.list.d/ or set GUPWATCH_DEBIAN_MIRROR",
             a.suite,
             flavour,
             flavour.suffix()
-        );
-    }
-    let infos = apt.show(&relevant)?;
-    let choice = choose(&infos, flavour)
-        .with_context(|| format!("choosing the {} kernel of {}", flavour, a.suite))?;
-    let uname = format!("{}-{}", choice.abi, flavour.suffix());
+        )
+    })?;
+    let uname = choice.uname(flavour);
     match major_minor(&choice.abi) {
         Some(mm) if mm == a.name => {}
         other => say!(
@@ -269,7 +266,43 @@ pub fn ensure(cache: &Path, a: KernelAlias, flavour: Flavour, refresh: bool) -> 
             a.name
         ),
     }
-    if let Some(m) = &existing {
+    install(cache, a, flavour, &choice, existing.as_ref())
+}
+
+/// The newest kernel of a flavour in a suite's package lists (after an
+/// `apt-get update` of that suite), or `None` when the suite has no
+/// kernel packages of that flavour (experimental often has none).
+pub(crate) fn newest_in_suite(cache: &Path, suite: &str, flavour: Flavour) -> Result<Option<Choice>> {
+    let apt = AptState::new(cache, suite);
+    apt.update()?;
+    let relevant: Vec<String> = apt
+        .pkgnames("linux-")?
+        .into_iter()
+        .filter(|n| classify(n, flavour).is_some())
+        .collect();
+    if relevant.is_empty() {
+        return Ok(None);
+    }
+    let infos = apt.show(&relevant)?;
+    choose(&infos, flavour)
+        .with_context(|| format!("choosing the {flavour} kernel of {suite}"))
+        .map(Some)
+}
+
+/// Downloads and unpacks a chosen kernel under the alias's cache directory
+/// and writes its manifest; `existing` is the manifest it replaces.
+pub(crate) fn install(
+    cache: &Path,
+    a: KernelAlias,
+    flavour: Flavour,
+    choice: &Choice,
+    existing: Option<&Manifest>,
+) -> Result<Manifest> {
+    let tag = "setup";
+    let label = Manifest::key(a.name, flavour);
+    let uname = choice.uname(flavour);
+    let apt = AptState::new(cache, a.suite);
+    if let Some(m) = existing {
         if m.uname == uname && m.package_version == choice.version {
             say!(
                 tag,
@@ -353,7 +386,7 @@ pub fn ensure(cache: &Path, a: KernelAlias, flavour: Flavour, refresh: bool) -> 
     let path = dir.join("manifest.json");
     fs::write(&path, serde_json::to_string_pretty(&m)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
-    if let Some(old) = &existing {
+    if let Some(old) = existing {
         prune_debs(&cache.join("debs"), &old.packages, &debs);
     }
     say!(tag, "kernel {label}: {uname} ready in {}", dir.display());
@@ -519,15 +552,25 @@ fn parse_stanzas(text: &str) -> Vec<PkgInfo> {
 
 /// The kernel chosen in one suite.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Choice {
-    abi: String,
-    version: String,
-    packages: Vec<String>,
+pub(crate) struct Choice {
+    /// The ABI in the package names (`7.2.13+deb14`, `7.3`).
+    pub(crate) abi: String,
+    /// The Debian package version (`7.3~rc7-1~exp1`).
+    pub(crate) version: String,
+    /// The packages that make it bootable.
+    pub(crate) packages: Vec<String>,
+}
+
+impl Choice {
+    /// The release string its packages are named for (`uname -r`).
+    pub(crate) fn uname(&self, flavour: Flavour) -> String {
+        format!("{}-{}", self.abi, flavour.suffix())
+    }
 }
 
 /// Picks the newest kernel ABI of a flavour and the packages that make it
 /// bootable, whichever packaging layout the suite uses.
-fn choose(infos: &[PkgInfo], flavour: Flavour) -> Result<Choice> {
+pub(crate) fn choose(infos: &[PkgInfo], flavour: Flavour) -> Result<Choice> {
     // abi -> kind -> (name, version); several versions of one name keep the newest.
     let mut by_abi: BTreeMap<String, BTreeMap<PkgKind, (String, String)>> = BTreeMap::new();
     for info in infos {

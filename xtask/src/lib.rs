@@ -8,6 +8,7 @@ pub mod util;
 
 pub mod bench;
 pub mod binary;
+pub mod canary;
 pub mod debversion;
 pub mod demo;
 pub mod dist;

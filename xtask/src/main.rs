@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use xtask::kernels::{self, Flavour};
 use xtask::qemu::{ConsoleEcho, Forward, VmRun};
-use xtask::{bench, binary, demo, e2e, i915test, livetest, say, setup, testsuite, util};
+use xtask::{bench, binary, canary, demo, e2e, i915test, livetest, say, setup, testsuite, util};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +68,25 @@ enum Cmd {
         /// Skip the live-view test (reported as skipped).
         #[arg(long)]
         skip_live: bool,
+        /// Skip the canary step, experimental's newest kernel (reported
+        /// as skipped).
+        #[arg(long)]
+        skip_canary: bool,
+    },
+    /// The canary (also a step of `test`): Debian experimental's newest
+    /// cloud kernel, when newer than sid's, runs `gupwatch doctor --json`
+    /// and `gupwatch check --json`; fails only on a gupwatch panic or a
+    /// kernel oops/BUG/WARNING, reports differences from the matrix.
+    Canary {
+        /// Time limit of the VM, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Re-resolve experimental's and sid's kernels from the archive.
+        #[arg(long)]
+        refresh: bool,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
     },
     /// The faults a user meets, on a real kernel: no BTF, corrupt BTF, a
     /// map too large, a memory cgroup too small, a program the verifier
@@ -203,7 +222,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct VmArgs {
-    /// 6.1, 6.12, 7.2 (or bookworm, trixie, sid), or a path to a bzImage/vmlinuz.
+    /// 6.1, 6.12, 7.2 (or bookworm, trixie, sid), canary (experimental's
+    /// newest, when newer than sid's), or a path to a bzImage/vmlinuz.
     #[arg(long)]
     kernel: String,
     /// Module tree (`.../lib/modules/<release>`) for a kernel given as a path.
@@ -387,6 +407,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             fuzz_seconds,
             skip_i915,
             skip_live,
+            skip_canary,
         } => {
             let ok = testsuite::run(&testsuite::TestOptions {
                 kernels,
@@ -397,6 +418,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 fuzz_seconds,
                 skip_i915,
                 skip_live,
+                skip_canary,
             })?;
             Ok(if ok { 0 } else { 1 })
         }
@@ -420,6 +442,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if t.failed == 0 { 0 } else { 1 })
         }
         Cmd::I915 { kernels, timeout, no_build } => i915_command(&kernels, timeout, no_build),
+        Cmd::Canary { timeout, refresh, no_build } => {
+            let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+            let r = canary::run(&bin, Duration::from_secs(timeout), refresh)?;
+            print!("{}", canary::render(&r));
+            // A skip is not a pass, but nothing failed: 0, with SKIPPED printed.
+            Ok(if r.failed() == 0 { 0 } else { 1 })
+        }
         Cmd::Demo { kernel, no_build } => demo::run(&demo::DemoOptions { kernel, no_build }),
         Cmd::E2e {
             kernel,

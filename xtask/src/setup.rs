@@ -52,6 +52,9 @@ pub fn run(o: &SetupOptions) -> Result<()> {
             kernels::ensure(&cache, a, Flavour::Cloud, o.refresh)
                 .with_context(|| format!("fetching kernel {} (Debian {})", a.name, a.suite))?;
         }
+        // The canary: experimental's newest kernel when it is newer than
+        // sid's (crate::canary); its own line says which, or why none.
+        crate::canary::ensure(&cache, o.refresh).context("resolving the canary kernel (Debian experimental)")?;
     }
     say!("setup", "done");
     Ok(())

@@ -57,7 +57,7 @@ pub fn run(o: &StressOptions) -> Result<bool> {
                         let ok = out.status == 0;
                         let get = |f: &str| j.get(f).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
                         let mut detail = format!(
-                            "cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (entries counted at exit {}, lost {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
+                            "cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (unpins without entry, counted at release {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
                             get("cycles"),
                             get("pins_observed"),
                             get("kernel_pins"),
@@ -65,8 +65,7 @@ pub fn run(o: &StressOptions) -> Result<bool> {
                             get("inexact_intervals"),
                             get("unexplained_intervals"),
                             get("probe_misses"),
-                            get("entries_counted_at_exit"),
-                            get("entries_lost"),
+                            get("entries_skipped"),
                             get("stale_records_dropped"),
                             get("untracked_pins"),
                             get("leftover_programs"),

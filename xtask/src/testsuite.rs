@@ -3,6 +3,7 @@
 //! on the generic flavour of those kernels ([`crate::i915test`]) and the
 //! end-to-end Prometheus test, and one closing `N passed, N failed` line.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,14 +11,15 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::binary;
+use crate::canary;
 use crate::dist;
 use crate::e2e;
 use crate::faults;
 use crate::fuzz;
 use crate::i915test;
-use crate::kernels::{self, Flavour};
+use crate::kernels::{self, BootKernel, Flavour};
 use crate::livetest;
-use crate::qemu::{ConsoleEcho, VmRun};
+use crate::qemu::{ConsoleEcho, VmOutcome, VmRun};
 use crate::setup::{self, SetupOptions};
 use crate::util;
 
@@ -40,6 +42,8 @@ pub struct TestOptions {
     pub skip_i915: bool,
     /// Skip the live-view test ([`crate::livetest`]).
     pub skip_live: bool,
+    /// Skip the canary kernel step ([`crate::canary`]).
+    pub skip_canary: bool,
 }
 
 /// Huge pages reserved at boot in the kernel steps' VMs (8 MiB).
@@ -293,7 +297,8 @@ pub struct DoctorCheck {
 
 /// Findings that must be `ok` in the test VMs: root, BTF, no lockdown,
 /// the JIT, kallsyms with addresses, and every mechanism (the guests'
-/// init mounts tracefs, and Debian's kernels have fentry and kprobes).
+/// init mounts tracefs, and Debian's kernels have fentry and kprobes);
+/// and `kernel`: a released Debian kernel's version must be readable.
 pub const DOCTOR_OK_IN_VMS: &[&str] = &[
     "privileges",
     "kernel_btf",
@@ -306,6 +311,7 @@ pub const DOCTOR_OK_IN_VMS: &[&str] = &[
     "gup_functions",
     "vmstat",
     "probe_plan",
+    "kernel",
 ];
 
 /// Judges doctor's report from a test VM (a Debian kernel, root, no i915):
@@ -372,6 +378,46 @@ pub fn judge_doctor(json: &str, status: Option<i32>, uname: Option<&str>) -> Vec
     out
 }
 
+/// What one kernel step's VM gave back.
+#[derive(Debug)]
+pub struct KernelRun {
+    /// The VM run; its status is `gupwatch check`'s.
+    pub outcome: VmOutcome,
+    /// Doctor's JSON and exit status ([`split_doctor`]).
+    pub doctor: Option<(String, Option<i32>)>,
+    /// The rest of the guest's stdout: check's report.
+    pub check_stdout: String,
+}
+
+/// Boots `kernel` and runs [`kernel_step_command`] in it: the step the
+/// matrix kernels and the canary share. Fails (naming the console line)
+/// when the guest kernel reports an oops, BUG, WARNING, lockup or panic,
+/// or the VM never reports the command's status.
+pub fn run_kernel_step(kernel: BootKernel, label: &str, gupwatch: &Path, timeout: Duration) -> Result<KernelRun> {
+    let mut run = VmRun::new(kernel, kernel_step_command());
+    // A few 2 MiB huge pages, so io_uring_register_hugetlb runs (it
+    // caught 7.0's compound_info mask encoding) instead of being
+    // reported unreachable.
+    run.kernel_args.push(format!("hugepages={HUGEPAGES}"));
+    run.gupwatch = Some(gupwatch.to_path_buf());
+    run.timeout = timeout;
+    run.echo = ConsoleEcho::None;
+    run.stream_stdout = false;
+    run.tag = format!("test {label}");
+    let outcome = run.run()?;
+    println!(
+        "{label} in {:.0} s ({}, /init after {:.1} s), exit status {}; console log: {}",
+        outcome.elapsed.as_secs_f64(),
+        outcome.accel,
+        outcome.boot_time.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        outcome.status,
+        outcome.console_log.display()
+    );
+    let stdout = String::from_utf8_lossy(&outcome.stdout).into_owned();
+    let (doctor, check_stdout) = split_doctor(&stdout);
+    Ok(KernelRun { outcome, doctor, check_stdout })
+}
+
 /// Totals of the run.
 #[derive(Debug, Default)]
 struct Tally {
@@ -426,7 +472,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 5 + aliases.len() + 4;
+    let total = 5 + aliases.len() + 5;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -523,18 +569,8 @@ pub fn run(o: &TestOptions) -> Result<bool> {
                 continue;
             }
         };
-        let mut run = VmRun::new(kernel, kernel_step_command());
-        // A few 2 MiB huge pages, so io_uring_register_hugetlb runs (it
-        // caught 7.0's compound_info mask encoding) instead of being
-        // reported unreachable.
-        run.kernel_args.push(format!("hugepages={HUGEPAGES}"));
-        run.gupwatch = Some(bin.clone());
-        run.timeout = o.timeout;
-        run.echo = ConsoleEcho::None;
-        run.stream_stdout = false;
-        run.tag = format!("test {}", a.name);
-        let outcome = match run.run() {
-            Ok(out) => out,
+        let KernelRun { outcome, doctor, check_stdout: stdout } = match run_kernel_step(kernel, a.name, bin, o.timeout) {
+            Ok(r) => r,
             Err(e) => {
                 if e.downcast_ref::<util::Interrupted>().is_some() {
                     return Err(e);
@@ -543,17 +579,6 @@ pub fn run(o: &TestOptions) -> Result<bool> {
                 continue;
             }
         };
-        println!(
-            "{} in {:.0} s ({}, /init after {:.1} s), exit status {}; console log: {}",
-            a.name,
-            outcome.elapsed.as_secs_f64(),
-            outcome.accel,
-            outcome.boot_time.map(|d| d.as_secs_f64()).unwrap_or(0.0),
-            outcome.status,
-            outcome.console_log.display()
-        );
-        let stdout = String::from_utf8_lossy(&outcome.stdout);
-        let (doctor, stdout) = split_doctor(&stdout);
         let uname = parse_report(&stdout).ok().map(|r| r.kernel).filter(|k| k != "?");
         match &doctor {
             Some((json, status)) => {
@@ -603,6 +628,37 @@ pub fn run(o: &TestOptions) -> Result<bool> {
                 outcome.console_log.display()
             )),
         }
+    }
+
+    banner(
+        total - 4,
+        total,
+        "canary: experimental's newest kernel, if newer than sid's: gupwatch doctor --json, gupwatch check --json; fails only on a panic or a kernel oops/BUG/WARNING",
+    );
+    if o.skip_canary {
+        println!("SKIPPED (--skip-canary)");
+        t.skipped.push("canary kernel step (--skip-canary)".into());
+    } else if let Some(bin) = &gupwatch {
+        match canary::run(bin, o.timeout, false) {
+            Ok(r) => {
+                print!("{}", canary::render(&r));
+                if let Some(why) = &r.skipped {
+                    t.skipped.push(format!("canary kernel step: {why}"));
+                }
+                for c in &r.checks {
+                    if c.ok {
+                        t.passed += 1;
+                    } else {
+                        t.failed += 1;
+                        t.failures.push(format!("canary on {}: {}: {}", r.kernel.as_deref().unwrap_or("?"), c.name, c.detail));
+                    }
+                }
+            }
+            Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => return Err(e),
+            Err(e) => t.fail(format!("canary: {e:#}")),
+        }
+    } else {
+        t.fail("canary: not run, gupwatch did not build".into());
     }
 
     // The i915 hooks, on the generic flavour of the selected kernels.
@@ -887,7 +943,7 @@ mod tests {
         assert_eq!(failed(v, Some(1)), ["verdict full, exit status 0", "fentry ok", "fentry tried and works"]);
         let mut v = healthy_doctor();
         v["hooks"]["attached"] = 18.into();
-        v["findings"][11]["detail"] = "i915 loaded: ...".into();
+        v["findings"][DOCTOR_OK_IN_VMS.len()]["detail"] = "i915 loaded: ...".into();
         assert_eq!(failed(v, Some(0)), ["i915 reported not loaded", "every GUP function present is hooked"]);
         assert_eq!(failed(healthy_doctor(), None), ["verdict full, exit status 0"], "the process status counts too");
         let c = judge_doctor("gupwatch: error: boom", Some(2), None);

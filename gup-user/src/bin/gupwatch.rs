@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use gup_common::{Api, ApiKind};
 use gupwatch::{check, config::LogFormat, host, loader, plan::ProbePlan, scenarios, vmstat};
 
@@ -216,15 +216,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // First, so that any panic is one line naming the command and kernel,
+    // then exit status 70 (crash.rs).
+    gupwatch::crash::install();
+    let matches = Cli::command().get_matches();
+    gupwatch::crash::set_command(matches.subcommand_name());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Caught here rather than exiting in the hook: unwinding runs the
+    // destructors that detach probes and restore the terminal.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gupwatch::crash::test_trigger();
+        run(cli)
+    }));
     // Errors are printed with their causes on one screen, never as a
     // backtrace, whatever RUST_BACKTRACE says.
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
+    match outcome {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("gupwatch: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
+        // The hook has printed the report.
+        Err(_) => ExitCode::from(gupwatch::crash::EX_SOFTWARE),
     }
 }
 
@@ -356,6 +369,7 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
             now_ns: gupwatch::leaks::monotonic_ns(),
             since_ns: 0,
             caller: &caller,
+            site: &|ip| gupwatch::attribution::caller_of(&[ip], &kallsyms),
             alive: &gupwatch::leaks::process_alive,
             kernel_outstanding: vmstat::read(true).ok().map(|v| v.outstanding()),
             untracked_pins: snap.diag[gup_common::Diag::PinsUntracked as usize],
