@@ -614,7 +614,12 @@ impl VmRun {
             Accel::Tcg => c.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
         };
         if self.icount && accel == Accel::Tcg {
-            c.args(ICOUNT_ARGS);
+            // GUPWATCH_VM_ICOUNT replaces the -icount options, to try
+            // others (sleep=off) without a rebuild.
+            match std::env::var("GUPWATCH_VM_ICOUNT") {
+                Ok(opts) if !opts.trim().is_empty() => c.args([ICOUNT_ARGS[0], opts.trim()]),
+                _ => c.args(ICOUNT_ARGS),
+            };
         }
         c.arg("-kernel").arg(&self.kernel.vmlinuz);
         c.arg("-initrd").arg(cpio);

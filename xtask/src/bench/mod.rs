@@ -109,8 +109,18 @@ impl BenchOptions {
     }
     /// The command line that reproduces these options (for docs/bench.md).
     fn command_line(&self) -> String {
+        // Kernel arguments and clock options change what is measured
+        // (maxcpus=1 on 6.1, sleep=off).
+        let mut env = String::new();
+        for var in ["GUPWATCH_VM_APPEND", "GUPWATCH_VM_ICOUNT"] {
+            if let Ok(a) = std::env::var(var) {
+                if !a.trim().is_empty() {
+                    let _ = write!(env, "{var}='{}' ", a.trim());
+                }
+            }
+        }
         let mut c = format!(
-            "cargo xtask bench --kernel {} --seconds {} --rounds {}",
+            "{env}cargo xtask bench --kernel {} --seconds {} --rounds {}",
             self.kernel, self.seconds, self.rounds
         );
         if self.wall_clock {
