@@ -206,7 +206,8 @@ enum Cmd {
         append: Vec<String>,
     },
     /// Measure what gupwatch costs a pinning workload (throughput ratios,
-    /// RSS, CPU, ns per probe hit) in one VM; reports, never asserts.
+    /// instructions per probe hit and per program, RSS, CPU) on QEMU's
+    /// instruction-counting clock, twice; reports, never asserts.
     Bench {
         /// Kernel to boot (alias or image path).
         #[arg(long, default_value = "7.2")]
@@ -220,6 +221,21 @@ enum Cmd {
         /// Use the gupwatch built last instead of building it.
         #[arg(long)]
         no_build: bool,
+        /// Measure in host time (KVM when it works, scraped from the host)
+        /// instead of on QEMU's instruction-counting clock.
+        #[arg(long)]
+        wall_clock: bool,
+        /// VM runs, to check that they agree [default: 2, or 1 with
+        /// --wall-clock].
+        #[arg(long)]
+        repeat: Option<u32>,
+        /// Exit with status 1 when two runs disagree by more than 0.5% on a
+        /// ratio (the figures themselves are never judged).
+        #[arg(long)]
+        require_deterministic: bool,
+        /// Do not rewrite docs/bench.md (for trial runs).
+        #[arg(long)]
+        no_docs: bool,
     },
     /// Watch gupwatch follow a pinning workload live in a VM.
     Demo {
@@ -510,11 +526,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
             seconds,
             rounds,
             no_build,
+            wall_clock,
+            repeat,
+            require_deterministic,
+            no_docs,
         } => bench::run(&bench::BenchOptions {
             kernel,
             seconds,
             rounds,
             no_build,
+            wall_clock,
+            repeat,
+            require_deterministic,
+            no_docs,
         }),
     }
 }

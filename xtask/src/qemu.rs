@@ -144,7 +144,18 @@ pub struct VmRun {
     pub kernel_args: Vec<String>,
     /// More files to put into the guest.
     pub files: Vec<initramfs::GuestFile>,
+    /// Run the guest on QEMU's instruction-counting clock
+    /// ([`ICOUNT_ARGS`]): TCG only (KVM has no such clock), so guest time
+    /// is instructions executed and host load does not move it.
+    pub icount: bool,
 }
+
+/// QEMU's deterministic clock: one guest nanosecond per instruction
+/// (`shift=0`). `sleep=on` keeps QEMU's default for an idle guest (the clock
+/// follows the host while every vCPU halts) so that guest timeouts on the
+/// host's network and disk stay meaningful; a measured run keeps a vCPU busy,
+/// so inside it time is instructions only.
+pub const ICOUNT_ARGS: [&str; 2] = ["-icount", "shift=0,sleep=on"];
 
 /// Guest shell lines that start `gupwatch run` on `port` in the background
 /// (`$RUN` is its pid, stderr in /tmp/run.err) and wait until /healthz
@@ -188,6 +199,7 @@ impl VmRun {
             tmux: false,
             kernel_args: Vec::new(),
             files: Vec::new(),
+            icount: false,
         }
     }
 }
@@ -520,7 +532,12 @@ impl VmRun {
         )?;
 
         let _guard = util::guest_active();
-        let mut accels = choose_accels(tag)?;
+        let mut accels = if self.icount {
+            // Only TCG counts instructions.
+            vec![Accel::Tcg]
+        } else {
+            choose_accels(tag)?
+        };
         loop {
             let accel = accels.remove(0);
             let fallback = !accels.is_empty();
@@ -596,6 +613,14 @@ impl VmRun {
             // static keys or attaches probes: exactly what gupwatch does.
             Accel::Tcg => c.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
         };
+        if self.icount && accel == Accel::Tcg {
+            // GUPWATCH_VM_ICOUNT replaces the -icount options, to try
+            // others (sleep=off) without a rebuild.
+            match std::env::var("GUPWATCH_VM_ICOUNT") {
+                Ok(opts) if !opts.trim().is_empty() => c.args([ICOUNT_ARGS[0], opts.trim()]),
+                _ => c.args(ICOUNT_ARGS),
+            };
+        }
         c.arg("-kernel").arg(&self.kernel.vmlinuz);
         c.arg("-initrd").arg(cpio);
         let mut append = String::from("console=ttyS0 panic=-1 printk.time=1 rdinit=/init");

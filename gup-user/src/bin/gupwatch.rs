@@ -216,7 +216,15 @@ enum Command {
         /// Directory on a filesystem that supports O_DIRECT.
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
         scratch: PathBuf,
+        /// For `odirect`: read this block device (its first 1 MiB is
+        /// overwritten) instead of a file in --scratch.
+        #[arg(long)]
+        device: Option<PathBuf>,
     },
+    /// Print every loaded BPF program's run count and run time as one JSON
+    /// line (for `cargo xtask bench`; needs `kernel.bpf_stats_enabled`).
+    #[command(hide = true, name = "bench-bpfstats")]
+    BenchBpfStats,
     /// Generate a pinning workload (for demos and benchmarks).
     Workload {
         /// How long to run.
@@ -334,11 +342,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(if r.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Some(Command::BenchWorkload { kind, seconds, scratch }) => {
+        Some(Command::BenchWorkload { kind, seconds, scratch, device }) => {
             let stop = stop_flag()?;
-            let r = gupwatch::bench::run(kind, &scratch, Duration::from_secs_f64(seconds.max(0.1)), &stop)
-                .context("benchmark workload failed")?;
+            let r = gupwatch::bench::run(
+                kind,
+                &scratch,
+                device.as_deref(),
+                Duration::from_secs_f64(seconds.max(0.1)),
+                &stop,
+            )
+            .context("benchmark workload failed")?;
             println!("{}", serde_json::to_string(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::BenchBpfStats) => {
+            println!("{}", serde_json::to_string(&gupwatch::bench::prog_stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Workload { hold: Some(secs), scratch, .. }) => {
