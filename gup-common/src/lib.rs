@@ -446,10 +446,15 @@ pub struct PinOwner {
 /// Owner slots per tracked folio.
 pub const PIN_OWNERS: usize = 3;
 
+/// `PinOwner::tgid` of the last slot once it holds pins of more than one
+/// process: no single owner, so never orphaned.
+pub const SHARED_OWNER: u32 = 0;
+
 /// The tracked pins on one folio, by owner. Any number of processes may
 /// pin one folio at once (direct I/O into a shared buffer pool): the first
 /// [`PIN_OWNERS`] − 1 each get a slot, and the last slot counts the pins of
-/// every further owner too, attributed to the first of them. So every pin
+/// every further owner too, as [`SHARED_OWNER`] once it holds more than
+/// one's. So every pin
 /// is tracked and every unpin finds its count; only attribution is
 /// approximate past that many owners.
 ///

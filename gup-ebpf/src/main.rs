@@ -40,7 +40,7 @@ use gup_common::{
     i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
     irq::{is_inside, record_is_live, ret_slot, IrqEntry, IrqExit, IrqUnpins},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
-    PinOwner, PinRecord, API_COUNT, PIN_OWNERS, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
+    PinOwner, PinRecord, API_COUNT, PIN_OWNERS, SHARED_OWNER, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
     TRACK_CAPACITY, TRACK_MAX_PER_CALL, UNBALANCED_CAPACITY, I915_OBJECTS_CAPACITY,
 };
@@ -830,6 +830,10 @@ fn track_pin(folio: u64, c: &TrackCtx) {
     } else {
         if rec.owners[2].count == 0 {
             claim(&mut rec.owners[2], &c.owner);
+        } else if rec.owners[2].tgid != cur {
+            // Pins of several processes now: no one of them is the owner
+            // (one exiting would make the rest look orphaned).
+            rec.owners[2].tgid = SHARED_OWNER;
         }
         2
     };

@@ -220,7 +220,9 @@ pub fn analyze(
                 pages: 0,
                 oldest_age_secs: 0.0,
                 longterm: false,
-                orphaned: exited_after_pin || !(cx.alive)(o.tgid),
+                // Pins of several processes (the last slot) have no single
+                // owner whose exit orphans them.
+                orphaned: o.tgid != gup_common::SHARED_OWNER && (exited_after_pin || !(cx.alive)(o.tgid)),
                 stack_id: o.stack_id,
             });
             h.pages += o.count as u64;
@@ -474,6 +476,22 @@ mod tests {
         assert!(kinds.contains(&(LeakKind::LongHeld, Some(20), 8)));
         assert!(kinds.contains(&(LeakKind::Orphaned, Some(30), 4)));
         assert!(!kinds.iter().any(|k| k.1 == Some(10)));
+    }
+
+    #[test]
+    fn pins_shared_by_several_processes_are_never_orphaned() {
+        let shared = owner(gup_common::SHARED_OWNER, 6, 500, 1);
+        let maps = TrackingMaps {
+            pins: vec![(0x1000, PinRecord { owners: [owner(30, 1, 500, 1), owner(31, 1, 500, 1), shared] })],
+            ..Default::default()
+        };
+        // Every process looks dead: the two single owners are orphaned,
+        // the shared slot is not.
+        let r = analyze(&maps, &cx(1_000, &caller, &|_| false), &LeakPolicy::default(), None);
+        assert_eq!(r.tracked_outstanding, 8);
+        let shared_row = r.holdings.iter().find(|h| h.owner_tgid == gup_common::SHARED_OWNER).expect("shared row");
+        assert!(!shared_row.orphaned);
+        assert!(r.holdings.iter().filter(|h| h.owner_tgid != gup_common::SHARED_OWNER).all(|h| h.orphaned));
     }
 
     #[test]
