@@ -340,7 +340,14 @@ fn requests_for_one_page_share_its_render() {
 
 #[test]
 fn per_client_caps() {
-    let cfg = ServerConfig { max_connections_per_peer: 3, max_requests_per_peer: 1, ..test_config() };
+    // A head deadline far beyond the test's waits: the held connections
+    // send no head, and must not be cut before the fourth one is refused.
+    let cfg = ServerConfig {
+        max_connections_per_peer: 3,
+        max_requests_per_peer: 1,
+        head_timeout: Duration::from_secs(10),
+        ..test_config()
+    };
     let srv = start(cfg, echo());
     let addr = srv.addr;
     // Requests: a second one from the same address while the first runs.
@@ -353,7 +360,8 @@ fn per_client_caps() {
     // Connections: the fourth from one address is refused at once, with a
     // 503 (other addresses: see limits.rs's tests).
     let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    thread::sleep(Duration::from_millis(50));
+    // Time for the server to accept them.
+    thread::sleep(Duration::from_millis(200));
     let (st, body) = get(addr, "/ok");
     assert_eq!(st, 503, "{body}");
     assert!(body.contains("too many connections"), "{body}");
