@@ -610,7 +610,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             }
         }
         if outer.is_some() {
-            count_unpin(ctx, api, &args, a, count, tid, true);
+            count_unpin(ctx, api, &args, a, count, tid, true, return_address(frame, a.trampoline()));
             return;
         }
     }
@@ -629,8 +629,11 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     }
     // Counted once the record is in: without one, nothing covers the
     // gup_put_folio calls inside it, and they count its releases.
-    if record_entry(api, a, count, frame) && api.kind() == ApiKind::Unpin {
-        count_unpin(ctx, api, &args, a, count, tid, false);
+    // The return address is the record's liveness check and the call
+    // site: read once.
+    let ret = return_address(frame, a.trampoline());
+    if record_entry(api, a, count, frame, ret) && api.kind() == ApiKind::Unpin {
+        count_unpin(ctx, api, &args, a, count, tid, false, ret);
     }
 }
 
@@ -639,7 +642,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
 /// frame, and 6.1's verifier refuses the kprobe programs' combined stack
 /// (over 512 bytes) on the unpin path.
 #[inline(never)]
-fn record_entry<A: CallArgs>(api: Api, a: &A, count: u64, frame: u64) -> bool {
+fn record_entry<A: CallArgs>(api: Api, a: &A, count: u64, frame: u64, ret: u64) -> bool {
     // BPF functions take at most five arguments: these two are re-read.
     let args = hook_args(api);
     let tid = bpf_get_current_pid_tgid();
@@ -655,7 +658,7 @@ fn record_entry<A: CallArgs>(api: Api, a: &A, count: u64, frame: u64) -> bool {
         pages_ptr: a.arg(args.pages_idx).unwrap_or(0),
         frame,
         trampoline: a.trampoline() as u64,
-        ret: return_address(frame, a.trampoline()),
+        ret,
     };
     match INFLIGHT.insert(&tid, &rec, 0) {
         Ok(()) => true,
@@ -703,7 +706,16 @@ fn return_address(frame: u64, trampoline: bool) -> u64 {
 /// unless it runs inside a pin call (whose undone pins were never tracked),
 /// the release of the tracked pins and of an i915 object's pages.
 #[inline(always)]
-fn count_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64, tid: u64, inside_pin: bool) {
+fn count_unpin<C: EbpfContext, A: CallArgs>(
+    ctx: &C,
+    api: Api,
+    args: &HookArgs,
+    a: &A,
+    count: u64,
+    tid: u64,
+    inside_pin: bool,
+    site: u64,
+) {
     if let Some(s) = stats(api) {
         add(&mut s.calls, 1);
         add(&mut s.pages, count);
@@ -712,7 +724,6 @@ fn count_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, 
         i915_event(tid, I915EventKind::Released, I915Event::Released { pages: count, ns: now() });
     }
     let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
-    let site = return_address(a.frame(), a.trampoline());
     attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site }, &delta);
     if inside_pin || read_global(&TRACK_PINS) == 0 {
         return;
@@ -959,18 +970,17 @@ fn on_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs,
         }
         return;
     }
-    count_irq_unpin(ctx, api, args, a, count);
+    count_irq_unpin(ctx, api, args, a, count, return_address(frame, a.trampoline()));
 }
 
 /// Counts a hooked unpin in interrupt context, at its entry or, when the
 /// kernel skipped the entry program, at its exit.
 #[inline(always)]
-fn count_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64) {
+fn count_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookArgs, a: &A, count: u64, site: u64) {
     if let Some(s) = stats(api) {
         add(&mut s.calls, 1);
         add(&mut s.pages, count);
     }
-    let site = return_address(a.frame(), a.trampoline());
     // The interrupted task is not the owner; attribute to no process.
     attribute(ctx, &AttribKey { tgid: 0, api: api as u32, site }, &AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB });
     if read_global(&TRACK_PINS) != 0 {
@@ -1239,13 +1249,15 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         return;
     }
     let refs = a.arg(args.count_idx).unwrap_or(1) & 0xffff_ffff;
+    // Two helper calls under fentry: read once.
+    let frame = a.frame();
     if !in_task_context() {
         // Inside a hooked unpin on this CPU's interrupt stack: counted there.
-        let covered = irq_unpins().is_some_and(|st| st.put_folio(refs, a.frame(), now()));
+        let covered = irq_unpins().is_some_and(|st| st.put_folio(refs, frame, now()));
         if !covered {
             if read_global(&TRACK_PINS) != 0 {
                 if let Some(folio) = a.arg(args.pages_idx) {
-                    track_unpin(folio, refs, return_address(a.frame(), false));
+                    track_unpin(folio, refs, return_address(frame, false));
                 }
             }
             if let Some(s) = stats(api) {
@@ -1255,7 +1267,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         }
         return;
     }
-    let mut outer = live_outer(tid, u32::MAX, a.frame()).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
+    let mut outer = live_outer(tid, u32::MAX, frame).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
     if let Some((Some(o), _, _)) = outer {
         if o.kind() == ApiKind::Unpin {
             // Inside a hooked unpin, which counted these pages at its entry,
@@ -1289,7 +1301,7 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         _ => {
             if read_global(&TRACK_PINS) != 0 {
                 if let Some(folio) = a.arg(args.pages_idx) {
-                    track_unpin(folio, refs, return_address(a.frame(), false));
+                    track_unpin(folio, refs, return_address(frame, false));
                 }
             }
         }
