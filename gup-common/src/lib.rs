@@ -9,6 +9,7 @@
 
 pub mod i915;
 pub mod irq;
+pub mod skipped;
 
 /// Number of hooked GUP entry points; the length of [`Api::ALL`].
 pub const API_COUNT: usize = 24;
@@ -309,6 +310,10 @@ pub struct Inflight {
     /// ([`irq::ret_slot`]): unchanged while the call is in progress
     /// ([`irq::record_is_live`]), and the call's site ([`AttribKey::site`]).
     pub ret: u64,
+    /// Pages the call counted at entry (an unpin), kept for the mark its
+    /// exit leaves when it ran inside another hooked unpin
+    /// ([`skipped`]); for a mark ([`skipped::MARK`]), the pages it holds.
+    pub counted: u64,
 }
 
 /// Index of each counter in the per-CPU diagnostics array.
@@ -337,18 +342,27 @@ pub enum Diag {
     /// i915 userptr objects not recorded: the object map was full.
     I915ObjectsFull = 8,
     /// Unpins whose entry program did not run (the kernel skipped it, or
-    /// the call was already running when the probes attached). Nothing
-    /// covered the `gup_put_folio` calls inside them, so those counted
-    /// their releases, where the kernel counts them: totals stay exact.
+    /// the call was already running when the probes attached) and whose
+    /// releases were all counted inside them: nothing covered the
+    /// `gup_put_folio` calls (or the hooked unpin) they made, so those
+    /// counted them, where the kernel counts them ([`skipped`]).
     EntrySkipped = 9,
     /// Per-thread records of calls whose exit program never ran (the
     /// kernel skipped it), dropped when the thread's next call showed them
     /// stale ([`irq::record_is_live`]).
     StaleRecords = 10,
+    /// Unpins whose entry program did not run and whose exit counted their
+    /// pages, less any counted inside them ([`skipped`]): the release
+    /// happened where nothing else could see it (`gup_put_folio` inlined).
+    CountedAtExit = 11,
+    /// Unpins whose entry program did not run, under a kretprobe that
+    /// cannot read their arguments at exit: whatever was not counted
+    /// inside them is lost (`gupwatch_skipped_entries_total`).
+    UncountedAtExit = 12,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 11;
+pub const DIAG_COUNT: usize = 13;
 
 impl Diag {
     /// Every counter, in index order.
@@ -364,6 +378,8 @@ impl Diag {
         Diag::I915ObjectsFull,
         Diag::EntrySkipped,
         Diag::StaleRecords,
+        Diag::CountedAtExit,
+        Diag::UncountedAtExit,
     ];
 
     /// The counter with this index, if any.
@@ -556,6 +572,8 @@ mod pod {
     unsafe impl aya::Pod for super::i915::I915Object {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::irq::IrqUnpins {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::skipped::TextRange {}
 }
 
 /// The folio (head page) of `page`, from the word at the `compound_head`

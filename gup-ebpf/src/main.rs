@@ -39,6 +39,7 @@ use gup_common::{
     },
     i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
     irq::{is_inside, record_is_live, ret_slot, IrqEntry, IrqExit, IrqUnpins},
+    skipped::{self, Mark, TextRange, MARK},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
     PinOwner, PinRecord, API_COUNT, PIN_OWNERS, SHARED_OWNER, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
@@ -75,6 +76,19 @@ static STRUCT_PAGE_SIZE: u64 = 64;
 /// which a kretprobe writes over its function's return address.
 #[no_mangle]
 static RETURN_TRAMPOLINE: u64 = 0;
+
+/// Each API's function text (from kallsyms), to tell whether a release
+/// counted with no record around it was made inside a given unpin
+/// ([`gup_common::skipped`]). `[0, 0)` where unknown.
+#[no_mangle]
+static TEXT_RANGES: [TextRange; API_COUNT] = [TextRange::NONE; API_COUNT];
+
+/// The core kernel's text (from kallsyms; `[0, 0)` if unknown). A hooked
+/// unpin returning to an address outside it was called from a module or
+/// tail-called under another function's BPF trampoline, maybe another
+/// hooked unpin's ([`gup_common::skipped`]).
+#[no_mangle]
+static KERNEL_TEXT: TextRange = TextRange::NONE;
 
 /// Offset of `stack` in `struct task_struct` (from BTF); 0 if unknown,
 /// which turns interrupt-context detection off.
@@ -310,6 +324,31 @@ fn hook_args(api: Api) -> HookArgs {
     // SAFETY: a plain read of a global; volatile so the compiler does not
     // fold the zero initialiser the loader replaces.
     unsafe { core::ptr::read_volatile(&HOOK_ARGS[api as usize]) }
+}
+
+#[inline(always)]
+fn text_range(api: Api) -> TextRange {
+    // SAFETY: a plain read of a global, volatile as in `hook_args`.
+    unsafe { core::ptr::read_volatile(&TEXT_RANGES[api as usize]) }
+}
+
+#[inline(always)]
+fn kernel_text() -> TextRange {
+    // SAFETY: a plain read of a global, volatile as in `hook_args`.
+    unsafe { core::ptr::read_volatile(&KERNEL_TEXT) }
+}
+
+/// Whether `addr` lies in the text of a hooked unpin function.
+#[inline(always)]
+fn in_unpin_text(addr: u64) -> bool {
+    let mut i = 0;
+    while i < API_COUNT {
+        if Api::ALL[i].kind() == ApiKind::Unpin && text_range(Api::ALL[i]).contains(addr) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[inline(always)]
@@ -659,6 +698,7 @@ fn record_entry<A: CallArgs>(api: Api, a: &A, count: u64, frame: u64, ret: u64) 
         frame,
         trampoline: a.trampoline() as u64,
         ret,
+        counted: count,
     };
     match INFLIGHT.insert(&tid, &rec, 0) {
         Ok(()) => true,
@@ -679,6 +719,10 @@ fn record_entry<A: CallArgs>(api: Api, a: &A, count: u64, frame: u64, ret: u64) 
 fn live_outer(tid: u64, api: u32, frame: u64) -> Option<Inflight> {
     // SAFETY: the value is copied out at once.
     let rec = unsafe { INFLIGHT.get(&tid) }.copied()?;
+    if rec.api == MARK {
+        // Not a call: the next record written replaces it.
+        return None;
+    }
     let tramp = rec.trampoline != 0;
     // The stack words are read only when position and function allow the
     // record to be live: one probe_read on the nested path, none otherwise.
@@ -749,6 +793,7 @@ const EMPTY_INFLIGHT: Inflight = Inflight {
     frame: 0,
     trampoline: 0,
     ret: 0,
+    counted: 0,
 };
 
 static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER; PIN_OWNERS] };
@@ -998,10 +1043,19 @@ fn count_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookAr
 fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     if api.kind() == ApiKind::Unpin && !in_task_context() {
         let exit = irq_unpins().map_or(IrqExit::Closed, |st| st.exit(api as u64, now()));
-        if let IrqExit::CountNow { .. } = exit {
+        if let IrqExit::CountNow { already } = exit {
             // Its entry program did not run, so no frame covered the
-            // gup_put_folio calls inside it: they counted its releases.
-            diag(Diag::EntrySkipped);
+            // gup_put_folio calls inside it: they counted what they
+            // released; the rest (an inlined release) is counted here.
+            let args = hook_args(api);
+            match exit_requested(&args, a) {
+                Some(n) if n > already => {
+                    diag(Diag::CountedAtExit);
+                    count_irq_unpin(ctx, api, &args, a, n - already, return_address(a.frame(), true));
+                }
+                Some(_) => diag(Diag::EntrySkipped),
+                None => diag(if already > 0 { Diag::EntrySkipped } else { Diag::UncountedAtExit }),
+            }
         }
         return;
     }
@@ -1018,6 +1072,14 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             r = v;
             have = true;
         }
+    }
+    if have && api.kind() == ApiKind::Unpin && a.trampoline() && !same_unpin(api, a, &r) {
+        // Left by an earlier call of this function whose exit the kernel
+        // skipped (a loop unpinning folio after folio runs each call at
+        // the same place), and this call's entry was skipped too.
+        let _ = INFLIGHT.remove(&tid);
+        diag(Diag::StaleRecords);
+        have = false;
     }
     let Some(s) = stats(api) else { return };
     if !have && matches!(api.kind(), ApiKind::Pin | ApiKind::Get) {
@@ -1140,22 +1202,107 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     }
     if have {
         record_latency(s, r.start_ns);
-        let _ = INFLIGHT.remove(&tid);
+        if api.kind() == ApiKind::Unpin && leaves_mark(r.ret) {
+            // Maybe called from another hooked unpin that has no record
+            // (else this one would have been nested): that one's entry was
+            // skipped, and its exit must not count these pages again.
+            let _ = INFLIGHT.remove(&tid);
+            leave_mark(tid, r.ret, r.frame, r.counted);
+        } else {
+            let _ = INFLIGHT.remove(&tid);
+        }
     } else if api.kind() == ApiKind::Unpin {
-        if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
+        let nested = INFLIGHT.get_ptr_mut(&tid).filter(|rec| {
+            // SAFETY: this thread's own live record.
+            unsafe { (**rec).api != MARK }
+        });
+        match nested {
             // A nested unpin returning: its outer call's record stays, but
             // gup_put_folio may count again.
             // SAFETY: this thread's own live record.
-            unsafe { (*rec).nested_unpin = 0 };
-        } else {
-            // No record at all: the entry program did not run (the kernel
-            // skipped it, or the call began before the probes attached).
-            // Nothing covered the gup_put_folio calls inside it, so they
-            // counted its releases, where the kernel counts them; counting
-            // it here too would count them twice.
-            diag(Diag::EntrySkipped);
+            Some(rec) => unsafe { (*rec).nested_unpin = 0 },
+            // No record: the entry program did not run (the kernel skipped
+            // it, or the call began before the probes attached).
+            None => unpin_exit_unseen(ctx, api, a, tid),
         }
     }
+}
+
+/// The exit of an unpin whose entry program did not run: counts what the
+/// calls inside it did not ([`gup_common::skipped`]), from its arguments,
+/// which only fexit can read.
+#[inline(always)]
+fn unpin_exit_unseen<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, a: &A, tid: u64) {
+    // SAFETY: the value is copied out at once.
+    let mark = unsafe { INFLIGHT.get(&tid) }
+        .filter(|r| r.api == MARK)
+        .map(|r| Mark { ret: r.ret, frame: r.frame, pages: r.counted });
+    if mark.is_some() {
+        let _ = INFLIGHT.remove(&tid);
+    }
+    let args = hook_args(api);
+    let Some(requested) = exit_requested(&args, a) else {
+        // A kretprobe's registers no longer hold the arguments: what was
+        // counted inside is all there is.
+        diag(if mark.is_some() { Diag::EntrySkipped } else { Diag::UncountedAtExit });
+        return;
+    };
+    let frame = a.frame();
+    let ret = return_address(frame, true);
+    let count = skipped::exit_count(requested, mark, text_range(api), frame);
+    if count == 0 {
+        diag(Diag::EntrySkipped);
+    } else {
+        diag(Diag::CountedAtExit);
+        count_unpin(ctx, api, &args, a, count, tid, false, ret);
+    }
+    if leaves_mark(ret) {
+        // Its pages are all counted now; an outer unpin whose entry was
+        // skipped too must not count them again.
+        leave_mark(tid, ret, frame, requested);
+    }
+}
+
+/// Whether a hooked unpin returning to `ret` may have been called by
+/// another hooked unpin (its body, or a tail call under its trampoline,
+/// which returns outside the kernel's text; a module's call does too, and
+/// leaves a mark the next hooked entry overwrites).
+#[inline(always)]
+fn leaves_mark(ret: u64) -> bool {
+    in_unpin_text(ret) || !kernel_text().contains(ret)
+}
+
+/// Whether the record `r` of an unpin of `api` is this call's, by the
+/// pages it releases (fexit still has the arguments).
+#[inline(always)]
+fn same_unpin<A: CallArgs>(api: Api, a: &A, r: &Inflight) -> bool {
+    let idx = hook_args(api).pages_idx;
+    idx == ARG_NONE || a.arg(idx).is_none_or(|p| p == r.pages_ptr)
+}
+
+/// The pages an unpin was asked to release, read at its exit: only fexit
+/// still has the arguments (a kretprobe's registers were reused).
+#[inline(always)]
+fn exit_requested<A: CallArgs>(args: &HookArgs, a: &A) -> Option<u64> {
+    match (a.trampoline(), args.count_idx) {
+        (false, _) => None,
+        (true, ARG_NONE) => Some(1),
+        (true, idx) => a.arg(idx),
+    }
+}
+
+/// Leaves the thread's mark: `pages` counted with no hooked call recorded
+/// around them, by a call at return address `ret` entered at `frame`
+/// ([`gup_common::skipped`]). The next hooked entry overwrites it.
+#[inline(never)]
+fn leave_mark(tid: u64, ret: u64, frame: u64, pages: u64) {
+    // SAFETY: the value is copied out at once.
+    let prev = unsafe { INFLIGHT.get(&tid) }
+        .filter(|r| r.api == MARK)
+        .map(|r| Mark { ret: r.ret, frame: r.frame, pages: r.counted });
+    let m = skipped::add_to_mark(prev, ret, frame, pages);
+    let rec = Inflight { api: MARK, ret: m.ret, frame: m.frame, counted: m.pages, ..EMPTY_INFLIGHT };
+    let _ = INFLIGHT.insert(&tid, &rec, 0);
 }
 
 #[inline(always)]
@@ -1297,13 +1444,17 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
                 }
             }
         }
-        // No hooked call: a release on a path gupwatch does not hook.
+        // No hooked call: a release on a path gupwatch does not hook, or
+        // inside an unpin whose entry the kernel skipped, which must then
+        // not count it again at its exit.
         _ => {
+            let ret = return_address(frame, a.trampoline());
             if read_global(&TRACK_PINS) != 0 {
                 if let Some(folio) = a.arg(args.pages_idx) {
-                    track_unpin(folio, refs, return_address(frame, false));
+                    track_unpin(folio, refs, ret);
                 }
             }
+            leave_mark(tid, ret, frame, refs);
         }
     }
     if let Some(s) = stats(api) {

@@ -131,6 +131,12 @@ pub struct ScenarioReport {
     /// Unpins whose entry program did not run, counted by the
     /// `gup_put_folio` calls inside them.
     pub entries_skipped: u64,
+    /// Unpins whose entry program did not run, counted at their exit
+    /// (`gup_common::skipped`).
+    pub entries_counted_at_exit: u64,
+    /// Unpins whose entry program did not run and whose exit could not
+    /// read their arguments (kretprobe): lost unless counted inside.
+    pub entries_uncounted: u64,
     /// Leak signals for pins taken during the run (long-held threshold 0 s).
     pub leaks: Vec<LeakSummary>,
     /// The leak the scenario should cause, if any.
@@ -324,6 +330,8 @@ fn blank_report(s: &dyn Scenario, pins_expected: bool) -> ScenarioReport {
         ledger_holds: false,
         probe_misses: 0,
         entries_skipped: 0,
+        entries_counted_at_exit: 0,
+        entries_uncounted: 0,
         leaks: vec![],
         expected_leak: None,
         passed: false,
@@ -442,6 +450,8 @@ fn run_one(
     report.untracked_pins = delta.diag[gup_common::Diag::PinsUntracked as usize];
     report.unbalanced_unpins = delta.diag[gup_common::Diag::UnbalancedUnpins as usize];
     report.entries_skipped = delta.diag[gup_common::Diag::EntrySkipped as usize];
+    report.entries_counted_at_exit = delta.diag[gup_common::Diag::CountedAtExit as usize];
+    report.entries_uncounted = delta.diag[gup_common::Diag::UncountedAtExit as usize];
     report.outstanding_exact = report.outstanding_pages + report.untracked_pins as i64 - report.unbalanced_unpins as i64
         == vm.acquired as i64 - vm.released as i64;
     report.undone_pages = Api::ALL.iter().map(|a| delta.api(*a).undone_pages).sum();

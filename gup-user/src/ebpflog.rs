@@ -172,6 +172,8 @@ impl DiagEvent {
             Diag::I915ObjectsFull => "i915_objects_full",
             Diag::EntrySkipped => "entry_skipped",
             Diag::StaleRecords => "stale_records",
+            Diag::CountedAtExit => "counted_at_exit",
+            Diag::UncountedAtExit => "uncounted_at_exit",
         }
     }
 
@@ -228,7 +230,14 @@ impl DiagEvent {
             (Diag::I915ObjectsFull, _) => {
                 format!("i915 object map I915_OBJECTS refused object {:#x} ({who})", self.key)
             }
-            (Diag::PinsTracked | Diag::UnpinsMatched | Diag::EntrySkipped | Diag::StaleRecords, _) => format!("{} ({who})", self.counter_name()),
+            (Diag::PinsTracked
+            | Diag::UnpinsMatched
+            | Diag::EntrySkipped
+            | Diag::StaleRecords
+            | Diag::CountedAtExit
+            | Diag::UncountedAtExit,
+                _,
+            ) => format!("{} ({who})", self.counter_name()),
         };
         if self.err != 0 {
             let _ = write!(s, ": {}", errno_text(self.err));

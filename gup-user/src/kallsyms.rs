@@ -163,6 +163,26 @@ impl Kallsyms {
         Some((self.text(*name), addr - base))
     }
 
+    /// The text of the function at `addr`: from it to the next symbol's
+    /// address. `None` when addresses are hidden or nothing follows it.
+    pub fn text_range(&self, addr: u64) -> Option<(u64, u64)> {
+        if addr == 0 {
+            return None;
+        }
+        let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
+        let (end, _) = self.by_addr.get(i)?;
+        Some((addr, *end))
+    }
+
+    /// The span of the core kernel's text (vmlinux, not modules), from its
+    /// lowest to just past its highest function address. Modules and BPF
+    /// trampolines live outside it.
+    pub fn core_text(&self) -> Option<(u64, u64)> {
+        let core = self.by_name.iter().filter(|e| e.module == NO_MODULE && e.addr != 0).map(|e| e.addr);
+        let (lo, hi) = core.fold((u64::MAX, 0), |(lo, hi), a| (lo.min(a), hi.max(a)));
+        (lo < hi).then_some((lo, hi + 1))
+    }
+
     /// Whether any module symbol of this module is loaded.
     pub fn has_module(&self, module: &str) -> bool {
         self.modules.iter().any(|m| m == module)
@@ -191,6 +211,23 @@ ffffffff815f2000 D some_data
 ffffffffc0a00000 t i915_gem_userptr_ioctl\t[i915]
 garbage
 ";
+
+    #[test]
+    fn a_function_ends_where_the_next_symbol_begins() {
+        let k = Kallsyms::parse(SAMPLE);
+        assert_eq!(k.text_range(0xffffffff815f0530), Some((0xffffffff815f0530, 0xffffffff815f1000)));
+        // Data symbols are not text: the next function bounds it.
+        assert_eq!(k.text_range(0xffffffff815f1000), Some((0xffffffff815f1000, 0xffffffff815f3de0)));
+        assert_eq!(k.text_range(0), None);
+        assert_eq!(k.text_range(0xffffffffc0a00000), None, "nothing follows the last symbol");
+    }
+
+    #[test]
+    fn core_text_leaves_modules_out() {
+        let k = Kallsyms::parse(SAMPLE);
+        assert_eq!(k.core_text(), Some((0xffffffff815f0530, 0xffffffff815f3de1)));
+        assert_eq!(Kallsyms::parse("0000000000000000 T unpin_user_page\n").core_text(), None);
+    }
 
     #[test]
     fn parses_text_symbols_and_modules() {

@@ -247,6 +247,7 @@ fn map_create_error(e: aya::EbpfError) -> LoadError {
 pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadError> {
     raise_memlock_limit();
     let hook_args = plan.hook_args();
+    let text_ranges = plan.text_ranges();
     let foll_longterm = plan.foll_longterm();
     let track = opts.track_pins as u64;
     let log_diag = opts.ebpf_log as u64;
@@ -259,6 +260,8 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .override_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
         .override_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
         .override_global("RETURN_TRAMPOLINE", &plan.return_trampoline, true)
+        .override_global("TEXT_RANGES", &text_ranges, true)
+        .override_global("KERNEL_TEXT", &plan.kernel_text, true)
         .override_global("TRACK_PINS", &track, true)
         .override_global("LOG_DIAG", &log_diag, true)
         .map_max_entries("PINS", opts.track_capacity.max(1))

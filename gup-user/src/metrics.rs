@@ -751,9 +751,13 @@ impl PromCollector for Exposition {
         counters(
             &mut enc,
             "gupwatch_skipped_entries",
-            "Unpins whose entry program did not run (the kernel skipped it, see gupwatch_probe_misses_total, or the call began before gupwatch attached), by outcome: counted_at_release (the gup_put_folio calls inside them counted their releases, where the kernel counts them; totals stay exact).",
+            "Unpins whose entry program did not run (the kernel skipped it, see gupwatch_probe_misses_total, or the call began before gupwatch attached), by outcome: counted_at_release (the gup_put_folio calls, or the hooked unpin, inside them counted their releases, where the kernel counts them), counted_at_exit (their fexit counted the pages nothing inside them counted: a release the compiler inlined), uncounted (a kretprobe exit cannot read the arguments, and nothing inside counted: those pages are missing from the unpinned totals).",
             snap.map(|s| {
-                [(Diag::EntrySkipped, "counted_at_release")]
+                [
+                    (Diag::EntrySkipped, "counted_at_release"),
+                    (Diag::CountedAtExit, "counted_at_exit"),
+                    (Diag::UncountedAtExit, "uncounted"),
+                ]
                     .iter()
                     .map(|(i, outcome)| (OutcomeLabels { outcome }, s.diag.get(*i as usize).copied().unwrap_or(0)))
                     .collect::<Vec<_>>()

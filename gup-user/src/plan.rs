@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use gup_common::{Api, ApiKind, HookArgs, API_COUNT, ARG_NONE, PAGES_ARRAY, PAGES_FOLIO, PAGES_RANGE};
+use gup_common::{skipped::TextRange, Api, ApiKind, HookArgs, API_COUNT, ARG_NONE, PAGES_ARRAY, PAGES_FOLIO, PAGES_RANGE};
 use serde::Serialize;
 
 use crate::{btf::KernelBtf, kallsyms::Kallsyms};
@@ -89,6 +89,11 @@ pub struct HookPlan {
     /// cannot be attached.
     #[serde(skip)]
     pub fentry_possible: bool,
+    /// Where the function's text lies (kallsyms): the programs tell by it
+    /// whether a release counted with no record around it was made inside
+    /// this function ([`gup_common::skipped`]).
+    #[serde(skip)]
+    pub text: TextRange,
     /// Why that mechanism, and any fallback taken.
     pub reason: String,
     /// Attached or not.
@@ -249,6 +254,10 @@ pub struct ProbePlan {
     /// programs accept it in place of the one a call was entered with
     /// (`gup_common::irq::record_is_live`).
     pub return_trampoline: u64,
+    /// The core kernel's text ([`Kallsyms::core_text`]), for the programs'
+    /// `KERNEL_TEXT`.
+    #[serde(skip)]
+    pub kernel_text: TextRange,
     /// The process-exit tracepoint (orphaned-pin detection).
     pub exit_hook: HookStatus,
 }
@@ -639,6 +648,7 @@ impl ProbePlan {
                 .iter()
                 .find_map(|f| kallsyms.get(f))
                 .map_or(0, |s| s.addr),
+            kernel_text: kallsyms.core_text().map_or(TextRange::NONE, |(start, end)| TextRange { start, end }),
             exit_hook: HookStatus::Planned,
         }
     }
@@ -656,6 +666,7 @@ impl ProbePlan {
             args: fallback_args(api),
             mechanism: None,
             fentry_possible: false,
+            text: TextRange::NONE,
             reason: String::new(),
             status: HookStatus::Planned,
         };
@@ -685,6 +696,7 @@ impl ProbePlan {
             return hook;
         };
         hook.symbol = Some(symbol.to_string());
+        hook.text = kallsyms.text_range(sym.addr).map_or(TextRange::NONE, |(start, end)| TextRange { start, end });
         let proto = btf.and_then(|b| b.func(function));
         if let Some(p) = &proto {
             let idx = |names: &[&str]| p.param_index(names).map_or(ARG_NONE, |i| i as u8);
@@ -769,6 +781,15 @@ impl ProbePlan {
         let mut out = [HookArgs::NONE; API_COUNT];
         for h in &self.hooks {
             out[h.api as usize] = h.args;
+        }
+        out
+    }
+
+    /// Each API's function text, as the programs' global.
+    pub fn text_ranges(&self) -> [TextRange; API_COUNT] {
+        let mut out = [TextRange::NONE; API_COUNT];
+        for h in &self.hooks {
+            out[h.api as usize] = h.text;
         }
         out
     }

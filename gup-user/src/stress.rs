@@ -97,6 +97,12 @@ pub struct StressReport {
     /// `gup_put_folio` calls inside them
     /// (`gupwatch_skipped_entries_total{outcome="counted_at_release"}`).
     pub entries_skipped: u64,
+    /// Unpins whose entry program did not run, counted at their exit
+    /// (`counted_at_exit`).
+    pub entries_counted_at_exit: u64,
+    /// Unpins whose entry program did not run that nothing could count
+    /// (`uncounted_at_exit`).
+    pub entries_uncounted: u64,
     /// Per-thread records of calls whose exit program was skipped, dropped
     /// when the thread's next call showed them stale.
     pub stale_records_dropped: u64,
@@ -297,6 +303,8 @@ fn record_diag(r: &mut StressReport, first: Option<Snapshot>, probes: &Probes) {
         let d = last.since(&f).diag;
         r.untracked_pins = d[Diag::PinsUntracked as usize];
         r.entries_skipped = d[Diag::EntrySkipped as usize];
+        r.entries_counted_at_exit = d[Diag::CountedAtExit as usize];
+        r.entries_uncounted = d[Diag::UncountedAtExit as usize];
         r.stale_records_dropped = d[Diag::StaleRecords as usize];
     }
 }

@@ -78,7 +78,7 @@ pub fn run(o: &StressOptions) -> Result<bool> {
                             j.get(f).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).unwrap_or_else(|| "?".into())
                         };
                         let mut detail = format!(
-                            "mode {} | cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (unpins without entry, counted at release {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
+                            "mode {} | cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (unpins without entry, counted at release {}, at exit {}, uncounted {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
                             get("mode"),
                             get("cycles"),
                             get("pins_observed"),
@@ -88,6 +88,8 @@ pub fn run(o: &StressOptions) -> Result<bool> {
                             get("unexplained_intervals"),
                             get("probe_misses"),
                             get("entries_skipped"),
+                            get("entries_counted_at_exit"),
+                            get("entries_uncounted"),
                             get("stale_records_dropped"),
                             get("untracked_pins"),
                             get("leftover_programs"),
