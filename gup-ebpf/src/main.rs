@@ -99,6 +99,13 @@ static TASK_STACK_OFFSET: u64 = 0;
 #[no_mangle]
 static TRACK_PINS: u64 = 1;
 
+/// 1: every hook program returns at once. Only for measuring what the
+/// attach mechanisms (trampolines, kprobes) cost by themselves
+/// (`cargo xtask bench --empty-programs`); read-only, so at 0 the check
+/// is gone after verification.
+#[no_mangle]
+static EMPTY_PROGRAMS: u64 = 0;
+
 /// 1: log the first few diagnostics events through aya-log (user space
 /// sets it only when gupwatch runs at debug level). Read-only, so at 0 the
 /// verifier knows every logging branch is dead and removes it: the default
@@ -1489,6 +1496,9 @@ macro_rules! hooks {
     ($($api:ident: $fe:ident, $fx:ident, $kp:ident, $kr:ident;)*) => {$(
         #[fentry]
         pub fn $fe(ctx: FEntryContext) -> i32 {
+            if read_global(&EMPTY_PROGRAMS) != 0 {
+                return 0;
+            }
             on_entry(Api::$api, &ctx, &Trampoline(ctx.as_ptr()));
             log_notes(ctx.as_ptr());
             0
@@ -1496,6 +1506,9 @@ macro_rules! hooks {
 
         #[fexit]
         pub fn $fx(ctx: FExitContext) -> i32 {
+            if read_global(&EMPTY_PROGRAMS) != 0 {
+                return 0;
+            }
             on_exit(Api::$api, &ctx, &Trampoline(ctx.as_ptr()));
             log_notes(ctx.as_ptr());
             0
@@ -1503,6 +1516,9 @@ macro_rules! hooks {
 
         #[kprobe]
         pub fn $kp(ctx: ProbeContext) -> u32 {
+            if read_global(&EMPTY_PROGRAMS) != 0 {
+                return 0;
+            }
             match Regs::read(ctx.regs) {
                 Ok(regs) => on_entry(Api::$api, &ctx, &regs),
                 Err(e) => arg_read_failed(Api::$api, e),
@@ -1513,6 +1529,9 @@ macro_rules! hooks {
 
         #[kretprobe]
         pub fn $kr(ctx: RetProbeContext) -> u32 {
+            if read_global(&EMPTY_PROGRAMS) != 0 {
+                return 0;
+            }
             match Regs::read(ctx.regs) {
                 Ok(regs) => on_exit(Api::$api, &ctx, &regs),
                 Err(e) => arg_read_failed(Api::$api, e),

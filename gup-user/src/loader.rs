@@ -251,6 +251,9 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     let foll_longterm = plan.foll_longterm();
     let track = opts.track_pins as u64;
     let log_diag = opts.ebpf_log as u64;
+    // Hidden, for `cargo xtask bench --empty-programs`: programs that return
+    // at once, so the bench can show what attaching alone costs.
+    let empty = std::env::var_os("GUPWATCH_EMPTY_PROGRAMS").is_some_and(|v| v == "1") as u64;
     let object = Object::from_env()?;
     let mut ebpf = EbpfLoader::new()
         .override_global("HOOK_ARGS", &hook_args, true)
@@ -264,6 +267,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .override_global("KERNEL_TEXT", &plan.kernel_text, true)
         .override_global("TRACK_PINS", &track, true)
         .override_global("LOG_DIAG", &log_diag, true)
+        .override_global("EMPTY_PROGRAMS", &empty, true)
         .map_max_entries("PINS", opts.track_capacity.max(1))
         .load(object.bytes())
         .map_err(map_create_error)?;

@@ -236,6 +236,11 @@ enum Cmd {
         /// Do not rewrite docs/bench.md (for trial runs).
         #[arg(long)]
         no_docs: bool,
+        /// Run B and C with gupwatch's programs returning at once: what
+        /// the trampolines and kprobes cost by themselves, the floor any
+        /// program on these hooks pays (docs/bench.md is left alone).
+        #[arg(long)]
+        empty_programs: bool,
     },
     /// Watch gupwatch follow a pinning workload live in a VM.
     Demo {
@@ -530,6 +535,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             repeat,
             require_deterministic,
             no_docs,
+            empty_programs,
         } => bench::run(&bench::BenchOptions {
             kernel,
             seconds,
@@ -539,6 +545,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             repeat,
             require_deterministic,
             no_docs,
+            empty_programs,
         }),
     }
 }

@@ -21,6 +21,7 @@ const GUEST_SCRIPT: &str = r#"S=@SECS@
 R=@ROUNDS@
 CTRL=@CTRL@
 PORT=@PORT@
+EMPTY=@EMPTY@
 DET=@DET@
 CAL=$(( S < 2 ? S : 2 ))
 cs() { awk '{printf "%d\n", $1*100}' /proc/uptime; }
@@ -100,7 +101,7 @@ one() {
 }
 start_daemon() {
     t0=$(cs)
-    gupwatch run --listen 0.0.0.0:$PORT 2>>/tmp/daemon.err &
+    GUPWATCH_EMPTY_PROGRAMS=$EMPTY gupwatch run --listen 0.0.0.0:$PORT 2>>/tmp/daemon.err &
     D=$!
     i=0
     while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:$PORT/healthz 2>/dev/null; do
@@ -166,9 +167,11 @@ echo "BENCH done"
 "#;
 
 /// The guest script for these settings; `deterministic` selects the
-/// in-guest scraper of C (see [`GUEST_SCRIPT`]).
-pub fn guest_script(seconds: u64, rounds: u32, ctrl_port: u16, deterministic: bool) -> String {
+/// in-guest scraper of C (see [`GUEST_SCRIPT`]); `empty`, programs that
+/// return at once.
+pub fn guest_script(seconds: u64, rounds: u32, ctrl_port: u16, deterministic: bool, empty: bool) -> String {
     GUEST_SCRIPT
+        .replace("@EMPTY@", if empty { "1" } else { "0" })
         .replace("@SECS@", &seconds.to_string())
         .replace("@ROUNDS@", &rounds.to_string())
         .replace("@CTRL@", &ctrl_port.to_string())
@@ -182,9 +185,9 @@ mod tests {
 
     #[test]
     fn script_is_filled_in() {
-        let s = guest_script(3, 2, 4444, true);
-        assert!(s.starts_with("S=3\nR=2\nCTRL=4444\nPORT=10483\nDET=1\n"));
+        let s = guest_script(3, 2, 4444, true, false);
+        assert!(s.starts_with("S=3\nR=2\nCTRL=4444\nPORT=10483\nEMPTY=0\nDET=1\n"));
         assert!(!s.contains('@'));
-        assert!(guest_script(3, 2, 4444, false).contains("DET=0\n"));
+        assert!(guest_script(3, 2, 4444, false, true).contains("DET=0\n"));
     }
 }

@@ -84,6 +84,9 @@ pub struct BenchOptions {
     pub require_deterministic: bool,
     /// Leave docs/bench.md alone.
     pub no_docs: bool,
+    /// B and C with programs that return at once: what the attach
+    /// mechanisms cost by themselves (never written to docs/bench.md).
+    pub empty_programs: bool,
 }
 
 impl BenchOptions {
@@ -128,6 +131,9 @@ impl BenchOptions {
         }
         if self.repeat.is_some() {
             let _ = write!(c, " --repeat {}", self.repeats());
+        }
+        if self.empty_programs {
+            c.push_str(" --empty-programs");
         }
         c
     }
@@ -177,7 +183,7 @@ fn run_once(o: &BenchOptions, kernel: &BootKernel, gupwatch: &Path, n: u32) -> R
     let timeout = 120 + if icount { 8 * guest } else { guest };
     let mut run = VmRun::new(
         kernel.clone(),
-        guest_script(o.seconds, o.rounds, ctrl_port, icount),
+        guest_script(o.seconds, o.rounds, ctrl_port, icount, o.empty_programs),
     );
     run.gupwatch = Some(gupwatch.to_path_buf());
     run.icount = icount;
@@ -376,7 +382,10 @@ pub fn run(o: &BenchOptions) -> Result<i32> {
         dir = dir.display(),
         tag = o.file_tag()
     );
-    if o.icount() && !o.no_docs {
+    if o.empty_programs {
+        say!("bench", "B and C ran gupwatch with empty programs (--empty-programs): the attach mechanisms' own cost; docs/bench.md left alone");
+    }
+    if o.icount() && !o.no_docs && !o.empty_programs {
         let path = util::workspace_root().join("docs").join("bench.md");
         docs::update(&path, &s, &o.command_line(), &commit())?;
         say!(
