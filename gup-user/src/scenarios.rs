@@ -3142,6 +3142,29 @@ pub struct WorkloadStats {
     pub scenarios: Vec<ScenarioStats>,
 }
 
+/// What people read when the workload ends (the demo's report shows it):
+/// one line of rounds, then a line per scenario. `{:?}` is for debugging.
+impl std::fmt::Display for WorkloadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} rounds in {:.1} s", self.rounds, self.elapsed.as_secs_f64())?;
+        for s in &self.scenarios {
+            // Unregister runs release pages; every other path pins them.
+            let verb = if s.pin_path == PinPath::IoUringUnregister { "unpinned" } else { "pinned" };
+            write!(f, "\n  {:<30} {:>6} runs {:>9} pages {verb}", s.name, s.runs, s.pages)?;
+            if s.failures > 0 {
+                write!(f, ", {} failed", s.failures)?;
+                if let Some(e) = &s.last_error {
+                    write!(f, " (last: {e})")?;
+                }
+            }
+            if s.disabled {
+                write!(f, ", dropped: not supported here")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the built-in scenarios that pin or unpin (prepare, run, cleanup
 /// each) round after round, pausing ~50 ms between rounds, until `duration`
 /// has passed (checked between rounds; the first round always runs) or
@@ -4553,6 +4576,39 @@ mod host_kernel {
     }
 
     /// A short demo workload (no root needed).
+    #[test]
+    fn workload_summary_is_plain_text() {
+        let stats = WorkloadStats {
+            rounds: 3,
+            elapsed: Duration::from_millis(2500),
+            scenarios: vec![
+                ScenarioStats {
+                    name: "io_uring_register_buffers",
+                    pin_path: PinPath::IoUringRegister,
+                    runs: 3,
+                    pages: 768,
+                    failures: 0,
+                    disabled: false,
+                    last_error: None,
+                },
+                ScenarioStats {
+                    name: "direct_io_read",
+                    pin_path: PinPath::DirectIo,
+                    runs: 0,
+                    pages: 0,
+                    failures: 1,
+                    disabled: true,
+                    last_error: Some("EINVAL".into()),
+                },
+            ],
+        };
+        let text = stats.to_string();
+        assert!(text.starts_with("3 rounds in 2.5 s\n"), "{text}");
+        assert!(text.contains("io_uring_register_buffers") && text.contains("768 pages pinned"), "{text}");
+        assert!(text.contains("1 failed (last: EINVAL), dropped: not supported here"), "{text}");
+        assert!(!text.contains('{') && !text.contains("ScenarioStats"), "{text}");
+    }
+
     #[test]
     #[ignore = "needs a real kernel with io_uring and an O_DIRECT filesystem"]
     fn workload_runs_and_stops() {

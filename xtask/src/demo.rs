@@ -4,11 +4,14 @@
 //! On a terminal, the VM runs `gupwatch run` and a mixed workload, and the
 //! host shows the live view of that daemon (`gupwatch top --connect`
 //! through a forwarded port) until `q` or Ctrl-C; the guest is then
-//! released and powers off. Piped, the guest prints gupwatch's periodic
-//! summary lines instead, which is what a log or CI keeps.
+//! released and powers off. Piped, the same workload runs for a fixed time
+//! and the host prints one short report on stdout (what ran, gupwatch's
+//! counts beside the kernel's, where the metrics were): that is what a log
+//! or CI keeps, so the guest's console goes to its log file only.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,7 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::binary;
 use crate::e2e::{free_port, http_get, release_guest};
 use crate::kernels::{self, Flavour, Manifest};
-use crate::qemu::{ConsoleEcho, Forward, VmRun};
+use crate::qemu::{ConsoleEcho, Forward, VmOutcome, VmRun};
 use crate::say;
 use crate::setup::{self, SetupOptions};
 use crate::util;
@@ -27,11 +30,6 @@ use crate::util;
 pub const HOST_PORT: u16 = 19483;
 /// gupwatch's metrics port in the guest.
 pub const GUEST_PORT: u16 = 10483;
-
-/// The guest command: a workload that pins memory in the background and
-/// gupwatch's periodic summary in the foreground.
-pub const DEMO_COMMAND: &str = "gupwatch run --listen 0.0.0.0:10483 >/dev/null 2>&1 & \
-     gupwatch workload --seconds 40 & gupwatch --interval 2 --count 20";
 
 /// Port in the guest where it waits for the host to be done (live view).
 pub const GUEST_RELEASE_PORT: u16 = 10484;
@@ -69,6 +67,300 @@ exit $st
 "#,
         wait = release_wait_s
     )
+}
+
+/// Seconds the piped demo's workload runs.
+pub const REPORT_WORKLOAD_S: u64 = 30;
+
+/// The guest command of the piped demo: the daemon, then the same two
+/// workloads as the live demo, bracketed by rendezvous with the host. Each
+/// `echo ready | nc -l` returns once the host has connected, so the host
+/// reads its baseline before the workload starts, its final reading after
+/// `pin-loop` ended (with `pin-holder` still holding), and then lets the
+/// guest stop. `pin-loop`'s summary is the command's stdout; the guest's
+/// stderr, like the console, goes to the log only.
+pub fn report_command(workload_s: u64, wait_s: u64) -> String {
+    format!(
+        r#"gupwatch run --listen 0.0.0.0:{GUEST_PORT} >/dev/null 2>/tmp/run.err &
+RUN=$!
+i=0
+while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:{GUEST_PORT}/healthz 2>/dev/null; do
+    i=$((i+1)); if [ $i -gt 240 ] || ! kill -0 $RUN 2>/dev/null; then cat /tmp/run.err >&2; exit 3; fi
+    sleep 0.5
+done
+rendezvous() {{ echo ready | timeout {wait_s} nc -l -p {GUEST_RELEASE_PORT} >/dev/null 2>&1; }}
+rendezvous
+ln -s /bin/gupwatch /tmp/pin-loop
+ln -s /bin/gupwatch /tmp/pin-holder
+/tmp/pin-holder workload --hold {wait_s} --scratch /mnt/scratch 2>/dev/null &
+W2=$!
+/tmp/pin-loop workload --seconds {workload_s} --scratch /mnt/scratch 2>/tmp/loop.txt
+cat /tmp/loop.txt
+# io_uring tears down an exited process's rings from a kworker: let those
+# unpins land before the final reading, so both counters have them.
+sleep 2
+rendezvous
+rendezvous
+kill $W2 2>/dev/null
+kill -TERM $RUN
+wait $RUN
+st=$?
+[ $st -ne 0 ] && cat /tmp/run.err >&2
+exit $st
+"#
+    )
+}
+
+/// What the report needs from one `/api/snapshot` of the daemon.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    /// The guest kernel's release, as the daemon reports it.
+    pub kernel: String,
+    /// Hooks attached in the guest.
+    pub hooks_attached: u64,
+    /// gupwatch's FOLL_PIN pins taken since it attached.
+    pub pinned: u64,
+    /// gupwatch's FOLL_PIN pins released since it attached.
+    pub unpinned: u64,
+    /// The kernel's `nr_foll_pin_acquired` (since boot).
+    pub acquired: u64,
+    /// The kernel's `nr_foll_pin_released` (since boot).
+    pub released: u64,
+    /// Pins held now, by gupwatch's count (since it attached).
+    pub held: i64,
+    /// Pins held now, by the kernel's count (since boot).
+    pub kernel_held: i64,
+    /// (comm, pinned pages), largest first, as the daemon ranks them.
+    pub processes: Vec<(String, u64)>,
+}
+
+impl Reading {
+    /// Parses `/api/snapshot` (see `gup-user/src/metrics.rs`,
+    /// `snapshot_json`). A reduced-mode daemon has no totals: an error, as
+    /// the demo then has nothing to show.
+    pub fn parse(body: &[u8]) -> Result<Reading> {
+        let v: serde_json::Value = serde_json::from_slice(body).context("/api/snapshot is not JSON")?;
+        let u = |p: &str| v.pointer(p).and_then(|x| x.as_u64());
+        let i = |p: &str| v.pointer(p).and_then(|x| x.as_i64());
+        let need = |x: Option<u64>, what: &str| x.ok_or_else(|| anyhow!("/api/snapshot has no {what}"));
+        if v["mode"] != "full" {
+            bail!("gupwatch runs in reduced mode in the guest (mode {}): no probe attached", v["mode"]);
+        }
+        Ok(Reading {
+            kernel: v["kernel"].as_str().unwrap_or("?").to_string(),
+            hooks_attached: u("/hooks_attached").unwrap_or(0),
+            pinned: need(u("/totals/pinned_pages"), "totals")?,
+            unpinned: need(u("/totals/unpinned_pages"), "totals")?,
+            acquired: need(u("/kernel_counters/acquired"), "kernel counters")?,
+            released: need(u("/kernel_counters/released"), "kernel counters")?,
+            held: i("/outstanding_pages").unwrap_or(0),
+            kernel_held: i("/kernel_counters/outstanding").unwrap_or(0),
+            processes: v["top_processes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| Some((p["comm"].as_str()?.to_string(), p["pinned_pages"].as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Everything the piped demo's report says.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The guest kernel's release string.
+    pub kernel: String,
+    /// The Debian suite it came from.
+    pub suite: String,
+    /// KVM or TCG.
+    pub accel: String,
+    /// How long `pin-loop` ran.
+    pub workload_s: u64,
+    /// `pin-loop`'s own summary (the `workload` command's plain text).
+    pub workload: String,
+    /// The daemon before the workload started.
+    pub before: Reading,
+    /// The daemon after `pin-loop` ended (`pin-holder` still holding).
+    pub after: Reading,
+    /// Where the host reached `/metrics` while the demo ran.
+    pub metrics_url: String,
+    /// The last scrape, kept after the VM is gone.
+    pub metrics_copy: PathBuf,
+    /// The guest's console log.
+    pub console_log: PathBuf,
+}
+
+/// Groups digits by thousands: counts are easier to compare that way.
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut o = String::new();
+    for (k, c) in digits.chars().enumerate() {
+        if k > 0 && (digits.len() - k).is_multiple_of(3) {
+            o.push(',');
+        }
+        o.push(c);
+    }
+    if n < 0 {
+        o.insert(0, '-');
+    }
+    o
+}
+
+/// The report, as printed on stdout.
+pub fn render(r: &Report) -> String {
+    let (b, a) = (&r.before, &r.after);
+    let mut o = String::new();
+    let _ = writeln!(o, "gupwatch demo: Debian {} kernel {} in a VM ({})", r.suite, r.kernel, r.accel);
+    let _ = writeln!(o, "  gupwatch run attached {} hooks; then, for {} s:", a.hooks_attached, r.workload_s);
+    let _ = writeln!(o, "  pin-loop    io_uring buffers, direct I/O and process_vm_readv in a loop");
+    let _ = writeln!(o, "  pin-holder  one registered 1 MiB io_uring buffer, held to the end");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "pin-loop's own count:");
+    for l in r.workload.lines().filter(|l| !l.trim().is_empty()) {
+        let _ = writeln!(o, "  {}", l.trim_start_matches("workload done: "));
+    }
+    let _ = writeln!(o);
+    let pinned = a.pinned.wrapping_sub(b.pinned) as i64;
+    let unpinned = a.unpinned.wrapping_sub(b.unpinned) as i64;
+    let acquired = a.acquired.wrapping_sub(b.acquired) as i64;
+    let released = a.released.wrapping_sub(b.released) as i64;
+    let same = |x: i64, y: i64| if x == y { "equal" } else { "DIFFERENT" };
+    let _ = writeln!(o, "during the workload     gupwatch   kernel (/proc/vmstat)");
+    let _ = writeln!(o, "  pages pinned       {:>12} {:>12}   {}", thousands(pinned), thousands(acquired), same(pinned, acquired));
+    let _ = writeln!(o, "  pages unpinned     {:>12} {:>12}   {}", thousands(unpinned), thousands(released), same(unpinned, released));
+    let _ = writeln!(o, "  held at the end    {:>12} {:>12}   {}", thousands(a.held), thousands(a.kernel_held), same(a.held, a.kernel_held));
+    let top: Vec<String> = a
+        .processes
+        .iter()
+        .filter(|(_, p)| *p > 0)
+        .take(4)
+        .map(|(c, p)| format!("{c} {}", thousands(*p as i64)))
+        .collect();
+    if !top.is_empty() {
+        let _ = writeln!(o, "  pinned by process: {}", top.join(", "));
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "metrics:       {} (served while the demo ran)", r.metrics_url);
+    let _ = writeln!(o, "last scrape:   {}", r.metrics_copy.display());
+    let _ = writeln!(o, "guest console: {}", r.console_log.display());
+    o
+}
+
+/// The piped demo: the workload runs for a fixed time in the VM, the host
+/// reads the daemon before and after it, and prints one report on stdout.
+/// Progress goes to stderr and the guest's console to its log, so a pipe
+/// or CI log gets the report alone. Returns 0 when the guest ended cleanly
+/// and the counts were equal.
+fn report(manifest: &Manifest, cache: &Path, gupwatch: &Path) -> Result<i32> {
+    let release_port = free_port()?;
+    let metrics_url = format!("http://127.0.0.1:{HOST_PORT}/metrics");
+    say!("demo", "booting Debian's {} kernel in a VM (about a minute under TCG); its console goes to target/vm-logs/", manifest.uname);
+    let _guard = util::guest_active();
+    // The time the guest waits at each rendezvous before giving up.
+    let wait_s = 600;
+    let mut run = VmRun::new(manifest.boot_kernel(cache), report_command(REPORT_WORKLOAD_S, wait_s));
+    run.gupwatch = Some(gupwatch.to_path_buf());
+    run.forwards = vec![
+        Forward { host: HOST_PORT, guest: GUEST_PORT },
+        Forward { host: release_port, guest: GUEST_RELEASE_PORT },
+    ];
+    run.echo = ConsoleEcho::None;
+    run.stream_stdout = false;
+    run.timeout = Duration::from_secs(3 * wait_s);
+    run.tag = "demo".into();
+    let vm = thread::spawn(move || run.run());
+
+    let readings = (|| -> Result<(Reading, Reading)> {
+        wait_for_daemon(&vm)?;
+        let before = snapshot()?;
+        if !release_guest(release_port, &vm, Duration::from_secs(60)) {
+            bail!("the guest did not take the signal to start the workload");
+        }
+        say!("demo", "gupwatch run serves {metrics_url}; the workload runs for {REPORT_WORKLOAD_S} s");
+        if !release_guest(release_port, &vm, Duration::from_secs(REPORT_WORKLOAD_S + 300)) {
+            bail!("the workload did not end in time");
+        }
+        let after = snapshot()?;
+        Ok((before, after))
+    })();
+    // The last scrape is kept, so the metrics can be read after the VM is gone.
+    let metrics_copy = util::target_dir().join("demo").join("metrics.txt");
+    if readings.is_ok() {
+        let saved = http_get(HOST_PORT, "/metrics", Duration::from_secs(10)).and_then(|(_, body)| {
+            std::fs::create_dir_all(metrics_copy.parent().unwrap_or(Path::new(".")))?;
+            Ok(std::fs::write(&metrics_copy, body)?)
+        });
+        if let Err(e) = saved {
+            say!("demo", "could not keep a copy of /metrics: {e:#}");
+        }
+        // Let the guest stop its workload and the daemon.
+        release_guest(release_port, &vm, Duration::from_secs(30));
+    } else {
+        // Take the guest through whichever rendezvous it still waits at,
+        // so it ends now rather than at its time limit.
+        for _ in 0..3 {
+            release_guest(release_port, &vm, Duration::from_secs(5));
+        }
+    }
+    let outcome = vm.join().map_err(|_| anyhow!("the VM thread panicked"))?;
+    let ((before, after), out) = match (readings, outcome) {
+        (Ok(r), Ok(out)) => (r, out),
+        (Err(e), Ok(out)) => bail!("{e:#} (guest console: {})", out.console_log.display()),
+        (_, Err(e)) => return Err(e),
+    };
+    let exact = after.pinned.wrapping_sub(before.pinned) == after.acquired.wrapping_sub(before.acquired)
+        && after.unpinned.wrapping_sub(before.unpinned) == after.released.wrapping_sub(before.released);
+    print!(
+        "{}",
+        render(&Report {
+            kernel: manifest.uname.clone(),
+            suite: manifest.suite.clone(),
+            accel: out.accel.to_string(),
+            workload_s: REPORT_WORKLOAD_S,
+            workload: String::from_utf8_lossy(&out.stdout).into_owned(),
+            before,
+            after,
+            metrics_url,
+            metrics_copy,
+            console_log: out.console_log.clone(),
+        })
+    );
+    if out.status != 0 {
+        say!("demo", "the guest ended with status {}: see {}", out.status, out.console_log.display());
+    }
+    Ok(if out.status == 0 && exact { 0 } else { 1 })
+}
+
+/// Waits until the daemon in the VM answers `/healthz` through the
+/// forwarded port (boot plus probe attach: about a minute under TCG).
+fn wait_for_daemon(vm: &thread::JoinHandle<Result<VmOutcome>>) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        if util::interrupted() {
+            return Err(anyhow!(util::Interrupted));
+        }
+        if vm.is_finished() {
+            bail!("the VM ended before gupwatch run served");
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("gupwatch run did not serve within 300 s");
+        }
+        if let Ok((200, _)) = http_get(HOST_PORT, "/healthz", Duration::from_secs(5)) {
+            return Ok(t.elapsed());
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One reading of the daemon, through the forwarded port.
+fn snapshot() -> Result<Reading> {
+    let (status, body) = http_get(HOST_PORT, "/api/snapshot", Duration::from_secs(10))?;
+    if status != 200 {
+        bail!("/api/snapshot answered {status}");
+    }
+    Reading::parse(&body)
 }
 
 /// Options of `cargo xtask demo`.
@@ -110,43 +402,7 @@ pub fn run(o: &DemoOptions) -> Result<i32> {
         return live(&manifest, &cache, &gupwatch);
     }
 
-    eprintln!(
-        "\n\
-         gupwatch demo\n\
-         -------------\n\
-         A throwaway VM boots Debian's {kernel} kernel (Debian {suite}). Inside it,\n\
-         `gupwatch workload` makes the kernel pin user memory for 40 s while\n\
-         `gupwatch` prints, every 2 s, how many pages were pinned and unpinned\n\
-         (pin_user_pages / FOLL_PIN) as its eBPF probes saw them, next to the\n\
-         kernel's own nr_foll_pin_* counters from /proc/vmstat.\n\
-         stdout carries gupwatch's output; kernel messages and stderr come on stderr.\n\
-         The guest's port {GUEST_PORT} (where `gupwatch run` serves Prometheus metrics)\n\
-         is forwarded to 127.0.0.1:{HOST_PORT}. Ctrl-C stops the VM.\n",
-        kernel = manifest.uname,
-        suite = manifest.suite,
-    );
-    say!("demo", "guest command: {DEMO_COMMAND}");
-
-    let mut run = VmRun::new(manifest.boot_kernel(&cache), DEMO_COMMAND);
-    run.gupwatch = Some(gupwatch);
-    run.forwards = vec![Forward {
-        host: HOST_PORT,
-        guest: GUEST_PORT,
-    }];
-    run.echo = ConsoleEcho::AfterInit;
-    run.stream_stdout = true;
-    run.timeout = Duration::from_secs(600);
-    run.tag = "demo".into();
-    let outcome = run.run()?;
-    say!(
-        "demo",
-        "finished with status {} in {:.0} s ({}); console log: {}",
-        outcome.status,
-        outcome.elapsed.as_secs_f64(),
-        outcome.accel,
-        outcome.console_log.display()
-    );
-    Ok(outcome.status)
+    report(&manifest, &cache, &gupwatch)
 }
 
 /// The demo on a terminal: the live view on the host, of the daemon in the
@@ -188,24 +444,9 @@ fn live(manifest: &Manifest, cache: &Path, gupwatch: &Path) -> Result<i32> {
     let vm = thread::spawn(move || run.run());
 
     say!("demo", "booting the VM and waiting for gupwatch run to serve (about a minute under TCG)...");
-    let t = Instant::now();
-    let served = loop {
-        if util::interrupted() {
-            break Err(anyhow!(util::Interrupted));
-        }
-        if vm.is_finished() {
-            break Err(anyhow!("the VM ended before gupwatch run served"));
-        }
-        if t.elapsed() > Duration::from_secs(300) {
-            break Err(anyhow!("gupwatch run did not serve within 300 s"));
-        }
-        if let Ok((200, _)) = http_get(HOST_PORT, "/healthz", Duration::from_secs(5)) {
-            break Ok(());
-        }
-        thread::sleep(Duration::from_millis(500));
-    };
-    let view = served.and_then(|()| {
-        say!("demo", "gupwatch run serves after {:.0} s; opening the live view", t.elapsed().as_secs_f64());
+    let served = wait_for_daemon(&vm);
+    let view = served.and_then(|t| {
+        say!("demo", "gupwatch run serves after {:.0} s; opening the live view", t.as_secs_f64());
         Command::new(gupwatch)
             .args(["top", "--connect", &format!("127.0.0.1:{HOST_PORT}")])
             .status()
@@ -243,5 +484,78 @@ mod tests {
         assert!(c.contains("/tmp/pin-holder workload --hold 60"), "{c}");
         assert!(c.contains("nc -l -p 10484"), "{c}");
         assert!(c.contains("kill -TERM $RUN"), "{c}");
+    }
+
+    #[test]
+    fn report_command_meets_the_host_three_times() {
+        let c = report_command(30, 600);
+        assert_eq!(c.lines().filter(|l| *l == "rendezvous").count(), 3, "{c}");
+        assert!(c.contains("/tmp/pin-loop workload --seconds 30"), "{c}");
+        assert!(c.contains("/tmp/pin-holder workload --hold 600"), "{c}");
+        // pin-loop's summary is the guest's stdout, read into the report.
+        assert!(c.contains("2>/tmp/loop.txt\ncat /tmp/loop.txt"), "{c}");
+    }
+
+    fn reading(pinned: u64, unpinned: u64, acquired: u64, released: u64) -> Reading {
+        Reading {
+            kernel: "7.2.13+deb14-cloud-amd64".into(),
+            hooks_attached: 19,
+            pinned,
+            unpinned,
+            acquired,
+            released,
+            held: pinned as i64 - unpinned as i64,
+            kernel_held: acquired as i64 - released as i64,
+            processes: vec![("pin-loop".into(), 30_000), ("pin-holder".into(), 256), ("sh".into(), 0)],
+        }
+    }
+
+    #[test]
+    fn snapshot_json_parses() {
+        let body = br#"{"kernel":"7.2","mode":"full","hooks_attached":19,
+            "totals":{"pinned_pages":300,"unpinned_pages":44},"outstanding_pages":256,
+            "kernel_counters":{"acquired":310,"released":54,"outstanding":256},
+            "top_processes":[{"comm":"pin-holder","pinned_pages":256}]}"#;
+        let r = Reading::parse(body).unwrap();
+        assert_eq!((r.pinned, r.unpinned, r.acquired, r.released, r.held), (300, 44, 310, 54, 256));
+        assert_eq!(r.processes, vec![("pin-holder".to_string(), 256)]);
+        let reduced = br#"{"kernel":"7.2","mode":"reduced","totals":null}"#;
+        assert!(Reading::parse(reduced).is_err());
+    }
+
+    #[test]
+    fn report_is_plain_and_compares_deltas() {
+        let text = render(&Report {
+            kernel: "7.2.13+deb14-cloud-amd64".into(),
+            suite: "sid".into(),
+            accel: "TCG".into(),
+            workload_s: 30,
+            workload: "workload done: 58 rounds in 30.1 s\n  io_uring_register   58 runs\n".into(),
+            before: reading(10, 10, 12, 12),
+            after: reading(34_110, 33_854, 34_112, 33_856),
+            metrics_url: "http://127.0.0.1:19483/metrics".into(),
+            metrics_copy: "target/demo/metrics.txt".into(),
+            console_log: "target/vm-logs/x.log".into(),
+        });
+        let row = |label: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or("");
+            line[line.find(label).map_or(0, |i| i + label.len())..].split_whitespace().map(str::to_string).collect()
+        };
+        // Deltas over the workload, not totals since attach or boot.
+        assert_eq!(row("pages pinned"), ["34,100", "34,100", "equal"], "{text}");
+        assert_eq!(row("pages unpinned"), ["33,844", "33,844", "equal"], "{text}");
+        assert_eq!(row("held at the end"), ["256", "256", "equal"], "{text}");
+        assert!(text.contains("pinned by process: pin-loop 30,000, pin-holder 256\n"), "{text}");
+        assert!(text.contains("  58 rounds in 30.1 s\n"), "{text}");
+        assert!(text.contains("guest console: target/vm-logs/x.log"), "{text}");
+        assert!(!text.contains('{') && !text.contains("DIFFERENT"), "{text}");
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(-1234567), "-1,234,567");
     }
 }

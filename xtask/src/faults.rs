@@ -48,7 +48,7 @@ mount -t tmpfs none /sys/kernel/btf
 begin probes_without_btf; gupwatch probes --json 2>&1; rc $?
 # The load scenarios stay out here too: with them the whole VM ran past its
 # 300 s (2026-12-04, 7.2), and the inflight_ ledger recorded no pin at all
-# without BTF. The README records them through kprobes, run by hand.
+# without BTF (docs/check.md says why they are partial there).
 begin check_without_btf; gupwatch check --skip churn,inflight_ --json 2>/dev/null; rc $?
 # BTF that does not parse.
 echo 'not BTF' > /sys/kernel/btf/vmlinux

@@ -971,7 +971,7 @@ pub fn render_screens(r: &LiveReport) -> String {
 mod tests {
     use super::*;
 
-    /// A screen as the live view draws it (from the README, 80×24).
+    /// A screen as the live view draws it (as in docs/live-view.md, 80×24).
     const SCREEN: &str = "\
 gupwatch · 7.2.0-1-cloud-amd64 · 19/19 hooks · local · 1s · up 12s
 gupwatch pinned    35.2k unpinned  34.9k held    256 │  3451/s fast 67% err 0

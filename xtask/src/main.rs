@@ -40,8 +40,10 @@ enum Cmd {
     /// Run a shell command in a throwaway VM: its stdout on stdout, the
     /// console on stderr, its exit status as ours.
     Vm(VmArgs),
-    /// Unit tests, the hostile-client test on the host, then `gupwatch
-    /// check --json` on every kernel of the matrix.
+    /// All tests: unit tests, fuzzing, the static build and packages, the
+    /// hostile-client test, `gupwatch doctor` and `gupwatch check` on every
+    /// kernel of the matrix, then the canary, i915, faults, live-view and
+    /// Prometheus end-to-end steps; ends with `N passed, N failed`.
     Test {
         /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
         #[arg(long, value_delimiter = ',')]
@@ -242,7 +244,9 @@ enum Cmd {
         #[arg(long)]
         empty_programs: bool,
     },
-    /// Watch gupwatch follow a pinning workload live in a VM.
+    /// The main job: gupwatch following a pinning workload in a VM. On a
+    /// terminal, the live view until `q`; piped, a short report of
+    /// gupwatch's counts beside the kernel's (the console goes to a log).
     Demo {
         /// Kernel to boot.
         #[arg(long, default_value = "7.2")]

@@ -376,7 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let stop = stop_flag()?;
             let stats = scenarios::run_workload(&scratch, Duration::from_secs(seconds), &stop)
                 .context("workload failed")?;
-            eprintln!("workload done: {stats:?}");
+            eprintln!("workload done: {stats}");
             Ok(ExitCode::SUCCESS)
         }
     }

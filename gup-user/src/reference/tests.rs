@@ -342,7 +342,7 @@ mod checker {
         assert_eq!(disagreeing(&r), ["direct_io_write_after_fork"]);
         // No scenario pins the zero page (its pins are not counted, so
         // gupwatch's counts could not match vmstat there): this wrong rule
-        // goes unnoticed, a gap the README names.
+        // goes unnoticed, a gap docs/check.md names.
         assert_eq!(disagreeing(&replay(RUN_612, Some(Mutation::ZeroPageCounted))), Vec::<&str>::new());
     }
 }
