@@ -260,6 +260,24 @@ impl IrqUnpins {
     }
 }
 
+/// x86-64's `THREAD_SIZE`: 16 KiB, doubled by KASAN (`KASAN_STACK_ORDER`).
+#[inline(always)]
+pub const fn thread_size(kasan: bool) -> u64 {
+    if kasan {
+        32 << 10
+    } else {
+        16 << 10
+    }
+}
+
+/// Whether stack address `sp` lies on the task stack starting at `base`,
+/// `size` bytes long (`THREAD_SIZE`): if not, the code runs on an interrupt
+/// stack. `base == 0` (unknown) says yes: the task rules apply.
+#[inline(always)]
+pub const fn on_task_stack(sp: u64, base: u64, size: u64) -> bool {
+    base == 0 || (sp >= base && sp < base.saturating_add(size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +443,19 @@ mod tests {
         assert!(!record_is_live(13, outer, false, ret, u32::MAX, outer - 64, 0xffff_ffff_8100_9999, tramp));
         assert_eq!(ret_slot(outer, false), outer);
         assert_eq!(ret_slot(outer, true), outer + 8);
+    }
+
+    #[test]
+    fn the_task_stack_is_thread_size_long() {
+        let base = 0xffffc900_0010_0000;
+        let size = thread_size(false);
+        assert!(on_task_stack(base + 100, base, size));
+        assert!(on_task_stack(base + size - 8, base, size));
+        // Past 16 KiB is another stack (an interrupt stack, or the next
+        // vmap area), not this task's: a 32 KiB window took it for the task.
+        assert!(!on_task_stack(base + size + 64, base, size));
+        assert!(on_task_stack(base + size + 64, base, thread_size(true)));
+        assert!(!on_task_stack(base - 8, base, size));
+        assert!(on_task_stack(12345, 0, size), "unknown base: task rules");
     }
 }

@@ -95,6 +95,11 @@ static KERNEL_TEXT: TextRange = TextRange::NONE;
 #[no_mangle]
 static TASK_STACK_OFFSET: u64 = 0;
 
+/// The kernel's `THREAD_SIZE` (16 KiB, 32 KiB with KASAN; from kallsyms):
+/// the task stack's length, beyond which an address is on another stack.
+#[no_mangle]
+static TASK_STACK_SIZE: u64 = 16384;
+
 /// 1: track every pin per folio (outstanding pins, leaks); 0: counters only.
 #[no_mangle]
 static TRACK_PINS: u64 = 1;
@@ -466,9 +471,7 @@ fn in_task_context() -> bool {
     // SAFETY: probe_read tolerates any address; the task pointer is the
     // kernel's current task.
     let base = unsafe { bpf_probe_read_kernel((bpf_get_current_task() + off) as *const u64) }.unwrap_or(0);
-    // THREAD_SIZE is 16 KiB on x86-64 (32 KiB with KASAN): any address in
-    // that window belongs to the task's stack, never to an IRQ stack.
-    base == 0 || (sp >= base && sp < base + 32768)
+    gup_common::irq::on_task_stack(sp, base, read_global(&TASK_STACK_SIZE))
 }
 
 #[inline(always)]

@@ -262,6 +262,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .override_global("PAGE_COMPOUND_HEAD", &plan.page_layout.compound_head, true)
         .override_global("STRUCT_PAGE_SIZE", &plan.page_layout.size, true)
         .override_global("TASK_STACK_OFFSET", &plan.page_layout.task_stack, true)
+        .override_global("TASK_STACK_SIZE", &plan.page_layout.task_stack_size, true)
         .override_global("RETURN_TRAMPOLINE", &plan.return_trampoline, true)
         .override_global("TEXT_RANGES", &text_ranges, true)
         .override_global("KERNEL_TEXT", &plan.kernel_text, true)

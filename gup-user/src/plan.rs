@@ -275,18 +275,23 @@ pub struct PageLayout {
     /// context (direct I/O completions unpin from softirq) from the
     /// interrupted task; 0 when BTF lacks it (detection off).
     pub task_stack: u64,
+    /// The task stack's length (`THREAD_SIZE`): 32 KiB when kallsyms shows
+    /// KASAN, else 16 KiB (x86-64).
+    pub task_stack_size: u64,
 }
 
 impl PageLayout {
-    fn resolve(btf: Option<&KernelBtf>) -> PageLayout {
+    fn resolve(btf: Option<&KernelBtf>, kallsyms: &Kallsyms) -> PageLayout {
+        let kasan = ["kasan_report", "__asan_load8"].iter().any(|f| kallsyms.get(f).is_some());
+        let task_stack_size = gup_common::irq::thread_size(kasan);
         // Renamed compound_info in 7.0 (same word, a new tail encoding that
         // gup_common::folio_of also decodes).
         let head = |b: &KernelBtf| b.member_offset("page", "compound_head").or_else(|| b.member_offset("page", "compound_info"));
         let found = btf.and_then(|b| Some((head(b)?, b.struct_size("page")?)));
         let task_stack = btf.and_then(|b| b.member_offset("task_struct", "stack")).unwrap_or(0) as u64;
         match found {
-            Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true, task_stack },
-            None => PageLayout { compound_head: 8, size: 64, from_btf: false, task_stack },
+            Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true, task_stack, task_stack_size },
+            None => PageLayout { compound_head: 8, size: 64, from_btf: false, task_stack, task_stack_size },
         }
     }
 }
@@ -643,7 +648,7 @@ impl ProbePlan {
             hooks,
             foll,
             capabilities,
-            page_layout: PageLayout::resolve(btf_ok),
+            page_layout: PageLayout::resolve(btf_ok, kallsyms),
             return_trampoline: RETURN_TRAMPOLINES
                 .iter()
                 .find_map(|f| kallsyms.get(f))
@@ -935,6 +940,20 @@ mod tests {
         for r in ["", "7", "99999999999.1-huge"] {
             assert_eq!(ProbePlan::resolve(r.into(), Err("no BTF".into()), &k).foll.source, FollSource::DefineTable, "{r:?}");
         }
+    }
+
+    #[test]
+    fn function_texts_and_stack_size_come_from_kallsyms() {
+        let btf = btf_61();
+        let k = kallsyms(&["unpin_user_page", "unpin_user_pages_dirty_lock", "next_function"]);
+        let plan = ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
+        let t = plan.text_ranges()[Api::UnpinUserPagesDirtyLock as usize];
+        assert_eq!((t.start, t.end), (0xffffffff81000010, 0xffffffff81000020));
+        assert_eq!(plan.text_ranges()[Api::PinUserPagesFast as usize], TextRange::NONE, "absent");
+        assert_eq!((plan.kernel_text.start, plan.kernel_text.end), (0xffffffff81000000, 0xffffffff81000021));
+        assert_eq!(plan.page_layout.task_stack_size, 16 << 10);
+        let kasan = kallsyms(&["unpin_user_page", "kasan_report"]);
+        assert_eq!(ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &kasan).page_layout.task_stack_size, 32 << 10);
     }
 
     #[test]
