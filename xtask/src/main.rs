@@ -240,7 +240,7 @@ enum Cmd {
         no_docs: bool,
         /// Run B and C with gupwatch's programs returning at once: what
         /// the trampolines and kprobes cost by themselves, the floor any
-        /// program on these hooks pays (docs/bench.md is left alone).
+        /// program on these hooks pays (its own section of docs/bench.md).
         #[arg(long)]
         empty_programs: bool,
     },

@@ -59,10 +59,24 @@ fn with_runs(s: &Summary, kind: &str, figure: &str, mean: Option<f64>, decimals:
     }
 }
 
+/// The marker key of a kernel series' section; `empty`: the run with
+/// programs that return at once, a section of its own.
+pub fn key(kernel: &str, empty: bool) -> String {
+    match empty {
+        true => format!("{} empty-programs", series(kernel)),
+        false => series(kernel),
+    }
+}
+
 /// The section of one kernel series, markers included.
-pub fn section(s: &Summary, command: &str, commit: &str) -> String {
-    let key = series(&s.kernel);
-    let mut o = format!("<!-- bench:begin {key} -->\n### Linux {}\n\n", s.kernel);
+pub fn section(s: &Summary, command: &str, commit: &str, empty: bool) -> String {
+    let key = key(&s.kernel, empty);
+    let what = if empty {
+        ", programs that return at once (what attaching alone costs: the floor any gupwatch program pays)"
+    } else {
+        ""
+    };
+    let mut o = format!("<!-- bench:begin {key} -->\n### Linux {}{what}\n\n", s.kernel);
     let _ = writeln!(
         o,
         "`{command}` at commit `{commit}`: QEMU TCG with `-icount shift=0` (guest time = instructions), \
@@ -161,13 +175,13 @@ pub fn splice(text: &str, key: &str, new: &str) -> String {
 }
 
 /// Writes `s`'s section into `path` (created with a short preamble).
-pub fn update(path: &Path, s: &Summary, command: &str, commit: &str) -> Result<()> {
+pub fn update(path: &Path, s: &Summary, command: &str, commit: &str, empty: bool) -> Result<()> {
     let old = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => PREAMBLE.to_string(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let new = splice(&old, &series(&s.kernel), &section(s, command, commit));
+    let new = splice(&old, &key(&s.kernel, empty), &section(s, command, commit, empty));
     fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -212,7 +226,7 @@ mod tests {
 
     #[test]
     fn section_has_runs_spreads_and_programs() {
-        let t = section(&summary(), "cargo xtask bench", "abc1234");
+        let t = section(&summary(), "cargo xtask bench", "abc1234", false);
         assert!(
             t.contains(
                 "| io_uring register+unregister 1 MiB | 0.875 (0.875, 0.876; 0.11 %) | 0.860"
