@@ -1049,24 +1049,147 @@ fn count_irq_unpin<C: EbpfContext, A: CallArgs>(ctx: &C, api: Api, args: &HookAr
     }
 }
 
+/// The exit of an unpin in interrupt context ([`gup_common::irq`]).
+#[inline(always)]
+fn irq_unpin_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
+    let exit = irq_unpins().map_or(IrqExit::Closed, |st| st.exit(api as u64, now()));
+    if let IrqExit::CountNow { already } = exit {
+        // Its entry program did not run, so no frame covered the
+        // gup_put_folio calls inside it: they counted what they
+        // released; the rest (an inlined release) is counted here.
+        let args = hook_args(api);
+        match exit_requested(&args, a) {
+            Some(n) if n > already => {
+                diag(Diag::CountedAtExit);
+                count_irq_unpin(ctx, api, &args, a, n - already, return_address(a.frame(), true));
+            }
+            Some(_) => diag(Diag::EntrySkipped),
+            None => diag(if already > 0 { Diag::EntrySkipped } else { Diag::UncountedAtExit }),
+        }
+    }
+}
+
+/// The exit of a pin or get call: its pages from the return value, its
+/// errno, the fast/slow split and LONGTERM from its record (`have`), its
+/// call site, and the ledger.
+#[inline(always)]
+fn pin_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A, s: &mut ApiStats, tid: u64, r: &Inflight, have: bool) {
+    let mut ret = a.ret().unwrap_or(0);
+    // Some of these return `int` on some kernels (pin_user_pages_fast
+    // on 6.12): the register then holds a zero-extended 32-bit value.
+    // No call pins 2^31 pages, so such a value is a negative errno.
+    if ret >= 1 << 31 && ret < 1 << 32 {
+        ret = ret as i32 as i64;
+    }
+    add(&mut s.calls, 1);
+    let pages = if ret > 0 { ret as u64 } else { 0 };
+    let mut delta = AttribValue { calls: 1, pages, ..ZERO_ATTRIB };
+    if ret > 0 {
+        add(&mut s.pages, pages);
+    } else if ret == 0 {
+        add(&mut s.zero_calls, 1);
+    } else {
+        add(&mut s.errors, 1);
+        delta.errors = 1;
+        let key = (api as u32) << 16 | ((-ret) as u32 & 0xffff);
+        if ERRNOS.get_ptr_mut(&key).is_none() {
+            // BPF_NOEXIST: another CPU may have inserted it meanwhile.
+            // A typed zero: a bare `&0` here was laid out narrower than
+            // the 8-byte value the map copies, so counts started from
+            // whatever followed it.
+            let zero: u64 = 0;
+            let _ = ERRNOS.insert(&key, &zero, 1);
+        }
+        if let Some(slot) = ERRNOS.get_ptr_mut(&key) {
+            // SAFETY: hash values live until deleted; we never delete.
+            add(unsafe { &mut *slot }, 1);
+        }
+    }
+    if have {
+        pin_exit_seen(api, ctx, s, tid, r, pages, delta);
+    } else {
+        pin_exit_unseen(api, ctx, s, tid, pages, delta);
+    }
+}
+
+/// A pin or get call whose entry was recorded.
+#[inline(always)]
+fn pin_exit_seen<C: EbpfContext>(api: Api, ctx: &C, s: &mut ApiStats, tid: u64, r: &Inflight, pages: u64, mut delta: AttribValue) {
+    add(&mut s.requested_pages, r.requested);
+    if pages > 0 && pages < r.requested {
+        add(&mut s.short_calls, 1);
+    }
+    if api.has_fast_path() {
+        let fast = if r.slow_start == 0 {
+            pages
+        } else {
+            add(&mut s.fell_back_calls, 1);
+            (r.slow_start.saturating_sub(r.start) >> PAGE_SHIFT).min(pages)
+        };
+        delta.fast_pages = fast;
+        delta.slow_pages = pages - fast;
+    } else {
+        delta.slow_pages = pages;
+    }
+    let lt = foll_longterm();
+    if lt != 0 && r.gup_flags & lt != 0 {
+        add(&mut s.longterm_calls, 1);
+        add(&mut s.longterm_pages, pages);
+        delta.longterm_pages = pages;
+    }
+    add(&mut s.fast_pages, delta.fast_pages);
+    add(&mut s.slow_pages, delta.slow_pages);
+    let stack = attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site: r.ret }, &delta);
+    if api.kind() == ApiKind::Pin && pages > 0 && read_global(&TRACK_PINS) != 0 {
+        let owner = PinOwner {
+            tgid: (tid >> 32) as u32,
+            count: 1,
+            // SAFETY: no preconditions.
+            first_ns: unsafe { bpf_ktime_get_ns() },
+            stack_id: stack,
+            api: api as u32,
+            longterm: (delta.longterm_pages > 0) as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        if r.pages_ptr != 0 {
+            // Never walk past what the caller's array can hold.
+            let n = if r.requested > 0 { pages.min(r.requested) } else { pages };
+            if pages > n {
+                diag_add(Diag::PinsUntracked, pages - n);
+                note(Diag::PinsUntracked, WHY_BEYOND_ARRAY, api as u32, owner.tgid, pages - n, 0, n);
+            }
+            track_pages(&track_ctx(r.pages_ptr, PAGES_ARRAY, true, 0, owner), n);
+        } else {
+            diag_add(Diag::PinsUntracked, pages);
+            note(Diag::PinsUntracked, WHY_NO_PAGES_ARRAY, api as u32, owner.tgid, pages, 0, 0);
+        }
+    }
+}
+
+/// A pin or get call whose entry did not run: counted, not split, not
+/// tracked.
+#[inline(always)]
+fn pin_exit_unseen<C: EbpfContext>(api: Api, ctx: &C, s: &mut ApiStats, tid: u64, pages: u64, mut delta: AttribValue) {
+    add(&mut s.untimed_calls, 1);
+    if api.has_fast_path() {
+        add(&mut s.unsplit_pages, pages);
+    } else {
+        add(&mut s.slow_pages, pages);
+        delta.slow_pages = pages;
+    }
+    attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site: 0 }, &delta);
+    if api.kind() == ApiKind::Pin && read_global(&TRACK_PINS) != 0 {
+        diag_add(Diag::PinsUntracked, pages);
+        if pages > 0 {
+            note(Diag::PinsUntracked, WHY_NO_ENTRY, api as u32, (tid >> 32) as u32, pages, 0, 0);
+        }
+    }
+}
+
 #[inline(always)]
 fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     if api.kind() == ApiKind::Unpin && !in_task_context() {
-        let exit = irq_unpins().map_or(IrqExit::Closed, |st| st.exit(api as u64, now()));
-        if let IrqExit::CountNow { already } = exit {
-            // Its entry program did not run, so no frame covered the
-            // gup_put_folio calls inside it: they counted what they
-            // released; the rest (an inlined release) is counted here.
-            let args = hook_args(api);
-            match exit_requested(&args, a) {
-                Some(n) if n > already => {
-                    diag(Diag::CountedAtExit);
-                    count_irq_unpin(ctx, api, &args, a, n - already, return_address(a.frame(), true));
-                }
-                Some(_) => diag(Diag::EntrySkipped),
-                None => diag(if already > 0 { Diag::EntrySkipped } else { Diag::UncountedAtExit }),
-            }
-        }
+        irq_unpin_exit(api, ctx, a);
         return;
     }
     let tid = bpf_get_current_pid_tgid();
@@ -1102,106 +1225,7 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         }
     }
     if api.kind() == ApiKind::Pin || api.kind() == ApiKind::Get {
-        let mut ret = a.ret().unwrap_or(0);
-        // Some of these return `int` on some kernels (pin_user_pages_fast
-        // on 6.12): the register then holds a zero-extended 32-bit value.
-        // No call pins 2^31 pages, so such a value is a negative errno.
-        if ret >= 1 << 31 && ret < 1 << 32 {
-            ret = ret as i32 as i64;
-        }
-        add(&mut s.calls, 1);
-        let pages = if ret > 0 { ret as u64 } else { 0 };
-        let mut delta = AttribValue { calls: 1, pages, ..ZERO_ATTRIB };
-        if ret > 0 {
-            add(&mut s.pages, pages);
-        } else if ret == 0 {
-            add(&mut s.zero_calls, 1);
-        } else {
-            add(&mut s.errors, 1);
-            delta.errors = 1;
-            let key = (api as u32) << 16 | ((-ret) as u32 & 0xffff);
-            if ERRNOS.get_ptr_mut(&key).is_none() {
-                // BPF_NOEXIST: another CPU may have inserted it meanwhile.
-                // A typed zero: a bare `&0` here was laid out narrower than
-                // the 8-byte value the map copies, so counts started from
-                // whatever followed it.
-                let zero: u64 = 0;
-                let _ = ERRNOS.insert(&key, &zero, 1);
-            }
-            if let Some(slot) = ERRNOS.get_ptr_mut(&key) {
-                // SAFETY: hash values live until deleted; we never delete.
-                add(unsafe { &mut *slot }, 1);
-            }
-        }
-        match have {
-            true => {
-                add(&mut s.requested_pages, r.requested);
-                if ret > 0 && pages < r.requested {
-                    add(&mut s.short_calls, 1);
-                }
-                if api.has_fast_path() {
-                    let fast = if r.slow_start == 0 {
-                        pages
-                    } else {
-                        add(&mut s.fell_back_calls, 1);
-                        (r.slow_start.saturating_sub(r.start) >> PAGE_SHIFT).min(pages)
-                    };
-                    delta.fast_pages = fast;
-                    delta.slow_pages = pages - fast;
-                } else {
-                    delta.slow_pages = pages;
-                }
-                let lt = foll_longterm();
-                if lt != 0 && r.gup_flags & lt != 0 {
-                    add(&mut s.longterm_calls, 1);
-                    add(&mut s.longterm_pages, pages);
-                    delta.longterm_pages = pages;
-                }
-                add(&mut s.fast_pages, delta.fast_pages);
-                add(&mut s.slow_pages, delta.slow_pages);
-                let stack = attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site: r.ret }, &delta);
-                if api.kind() == ApiKind::Pin && pages > 0 && read_global(&TRACK_PINS) != 0 {
-                    let owner = PinOwner {
-                        tgid: (tid >> 32) as u32,
-                        count: 1,
-                        // SAFETY: no preconditions.
-                        first_ns: unsafe { bpf_ktime_get_ns() },
-                        stack_id: stack,
-                        api: api as u32,
-                        longterm: (delta.longterm_pages > 0) as u32,
-                        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-                    };
-                    if r.pages_ptr != 0 {
-                        // Never walk past what the caller's array can hold.
-                        let n = if r.requested > 0 { pages.min(r.requested) } else { pages };
-                        if pages > n {
-                            diag_add(Diag::PinsUntracked, pages - n);
-                            note(Diag::PinsUntracked, WHY_BEYOND_ARRAY, api as u32, owner.tgid, pages - n, 0, n);
-                        }
-                        track_pages(&track_ctx(r.pages_ptr, PAGES_ARRAY, true, 0, owner), n);
-                    } else {
-                        diag_add(Diag::PinsUntracked, pages);
-                        note(Diag::PinsUntracked, WHY_NO_PAGES_ARRAY, api as u32, owner.tgid, pages, 0, 0);
-                    }
-                }
-            }
-            false => {
-                add(&mut s.untimed_calls, 1);
-                if api.has_fast_path() {
-                    add(&mut s.unsplit_pages, pages);
-                } else {
-                    add(&mut s.slow_pages, pages);
-                    delta.slow_pages = pages;
-                }
-                attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site: 0 }, &delta);
-                if api.kind() == ApiKind::Pin && read_global(&TRACK_PINS) != 0 {
-                    diag_add(Diag::PinsUntracked, pages);
-                    if pages > 0 {
-                        note(Diag::PinsUntracked, WHY_NO_ENTRY, api as u32, (tid >> 32) as u32, pages, 0, 0);
-                    }
-                }
-            }
-        }
+        pin_exit(api, ctx, a, s, tid, &r, have);
     }
     if api.kind() == ApiKind::I915 {
         i915_exit(tid, api, a.ret().unwrap_or(0));
