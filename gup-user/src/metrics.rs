@@ -380,6 +380,13 @@ struct SubsystemLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLabels {
+    module: &'static str,
+    subsystem: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessLabels {
     comm: String,
     kind: &'static str,
@@ -664,6 +671,23 @@ impl PromCollector for Exposition {
             "gupwatch_subsystem_pages",
             "Pages pinned, referenced or released, by the kernel subsystem found in the call stack.",
             subsystems.into_iter().map(|((subsystem, k), v)| (SubsystemLabels { subsystem, kind: KINDS[k] }, v)),
+        )?;
+        // Only modules of attribution's table get a series: the label's
+        // values are that table's strings, so at most one series per row
+        // and kind whatever modules a host loads.
+        let mut modules: BTreeMap<(&'static str, &'static str, usize), u64> = BTreeMap::new();
+        for r in &d.rows {
+            let known = r.caller.module.as_deref().and_then(attribution::of_module);
+            if let (Some(k), Some((module, _, _))) = (row_kind(r), known) {
+                let e = modules.entry((module, r.caller.subsystem.as_str(), k)).or_default();
+                *e = e.wrapping_add(r.pages);
+            }
+        }
+        counters(
+            &mut enc,
+            "gupwatch_module_pages",
+            "Pages pinned, referenced or released from call stacks through a known driver module (GPU, RDMA, VFIO; the table in attribution.rs), by module, the subsystem it gave, and kind.",
+            modules.into_iter().map(|((module, subsystem, k), v)| (ModuleLabels { module, subsystem, kind: KINDS[k] }, v)),
         )?;
         counters(
             &mut enc,
@@ -1060,6 +1084,8 @@ struct CallerJson<'a> {
     kind: &'static str,
     caller: &'a str,
     subsystem: &'static str,
+    /// The driver module of the stack ([`Caller::module`]), or null.
+    module: Option<&'a str>,
     calls: u64,
     pages: u64,
     errors: u64,
@@ -1087,6 +1113,7 @@ pub fn callers_json(d: &ScrapeData, limit: usize) -> (serde_json::Value, bool) {
                 kind: KINDS[row_kind(r)?],
                 caller: &r.caller.function,
                 subsystem: r.caller.subsystem.as_str(),
+                module: r.caller.module.as_deref(),
                 calls: r.calls,
                 pages: r.pages,
                 errors: r.errors,
@@ -1395,7 +1422,7 @@ pub(crate) mod tests {
             comm: comm.into(),
             cgroup_id: 1,
             api: api.symbol(),
-            caller: Caller { function: "caller_fn".into(), subsystem },
+            caller: Caller { function: "caller_fn".into(), subsystem, module: None },
             calls: 1,
             pages,
             errors: 0,
@@ -1403,6 +1430,11 @@ pub(crate) mod tests {
             slow_pages: pages,
             longterm_pages: 0,
         }
+    }
+
+    fn with_module(mut r: Row, module: &str) -> Row {
+        r.caller.module = Some(module.into());
+        r
     }
 
     /// A busy snapshot touching every family.
@@ -1453,6 +1485,9 @@ pub(crate) mod tests {
             row(200, "qemu \"vm\"\\1\nx", Api::GetUserPagesFast, 70, Subsystem::Vfio),
             row(300, "", Api::PinUserPagesFast, 0, Subsystem::Other),
             row(400, "bad\u{fffd}utf8\t\r", Api::PinUserPagesFast, 1, Subsystem::IoUring),
+            with_module(row(500, "cuda_app", Api::PinUserPages, 2048, Subsystem::Gpu), "nvidia"),
+            with_module(row(500, "cuda_app", Api::UnpinUserPage, 2000, Subsystem::Gpu), "nvidia"),
+            with_module(row(600, "odd", Api::PinUserPages, 8, Subsystem::Other), "mydrv"),
         ];
         let mut top = TopProcesses::default();
         let mut d = ScrapeData::new(
@@ -1504,6 +1539,7 @@ pub(crate) mod tests {
             ("gupwatch_longterm_pages_total", "counter"),
             ("gupwatch_call_duration_seconds", "histogram"),
             ("gupwatch_subsystem_pages_total", "counter"),
+            ("gupwatch_module_pages_total", "counter"),
             ("gupwatch_process_pages_total", "counter"),
             ("gupwatch_outstanding_pages", "gauge"),
             ("gupwatch_kernel_foll_pin_acquired_total", "counter"),
@@ -1657,6 +1693,14 @@ pub(crate) mod tests {
         assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#), 5120.0);
         assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#), 5000.0);
         assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#), 70.0);
+        assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="gpu",kind="pin"}"#), 2048.0);
+        assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="pin"}"#), 2048.0);
+        assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="unpin"}"#), 2000.0);
+        // A module outside attribution's table gets no series (bounded label).
+        assert!(!text.contains("mydrv"), "{text}");
+        let (callers, _) = callers_json(&sample(), MAX_JSON_CALLERS);
+        let nv = callers.as_array().and_then(|a| a.iter().find(|c| c["comm"] == "cuda_app")).cloned().unwrap_or_default();
+        assert_eq!((nv["module"].as_str(), nv["subsystem"].as_str()), (Some("nvidia"), Some("gpu")));
         // Two fio processes merge: no pid label.
         assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="fio",kind="pin"}"#), 5120.0);
         assert!(!text.contains("pid="), "{text}");

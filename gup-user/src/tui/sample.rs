@@ -340,7 +340,7 @@ struct CallerDoc {
 /// [`Subsystem::as_str`]: crate::attribution::Subsystem::as_str
 fn subsystem_label(s: &str) -> String {
     use crate::attribution::Subsystem::*;
-    [IoUring, DirectIo, ProcessVm, I915, Rdma, Vfio, Udmabuf, Other]
+    [IoUring, DirectIo, ProcessVm, I915, Gpu, Rdma, Vfio, Udmabuf, Other]
         .into_iter()
         .find(|x| serde_json::to_value(x).ok().and_then(|v| v.as_str().map(|v| v == s)).unwrap_or(false))
         .map_or_else(|| s.to_string(), |x| x.as_str().to_string())
