@@ -215,9 +215,17 @@ pub fn kernel_version(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // /proc/vmstat
 
-/// `vmstat::parse`, and the arithmetic done on what it returns.
+/// `vmstat::parse`, and the arithmetic done on what it returns; and the
+/// reduced mode's other /proc parsers (`/proc/PID/status`, io_uring
+/// fdinfo), which read the same kind of kernel text.
 pub fn vmstat_parse(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    if let Ok(s) = gupwatch::accounted::parse_status(&text) {
+        assert!(s.pinned_bytes % 1024 == 0 && s.locked_bytes % 1024 == 0);
+    }
+    if let Ok(Some(b)) = gupwatch::accounted::parse_uring_fdinfo(data, 4096) {
+        assert!(b.bytes == 0 || b.pages > 0 || b.listed == 0, "{b:?}");
+    }
     let (a, b) = text.split_once("\n---\n").unwrap_or((&text, ""));
     match vmstat::parse(a) {
         Ok(now) => {

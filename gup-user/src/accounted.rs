@@ -1,9 +1,9 @@
 //! Pinned memory as the kernel accounts it, per process: what the reduced
 //! mode can still say about owners when no probe runs.
 //!
-//! Two sources, both plain `/proc` reads (no BPF, no capability for the
-//! caller's own uid; root's other processes need CAP_SYS_PTRACE for fdinfo
-//! once gupwatch has dropped its capabilities):
+//! Two sources, both plain `/proc` reads (no BPF; descriptor links and
+//! fdinfo need ptrace read access, so CAP_SYS_PTRACE for a process that
+//! holds capabilities gupwatch does not: the reduced mode keeps it):
 //!
 //! * `VmPin` and `VmLck` of `/proc/PID/status`: the mm's `pinned_vm`
 //!   (io_uring registered buffers, RDMA memory registrations, and other
@@ -330,9 +330,17 @@ fn uring_buffers(proc_root: &Path, pid: u32, page: u64, acc: &mut Accounted) -> 
             break;
         }
         acc.fds += 1;
-        let is_uring = fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[io_uring]");
-        if !is_uring {
-            continue;
+        // Needs ptrace read access to the process (CAP_SYS_PTRACE for one
+        // with capabilities gupwatch lacks): refused for one descriptor,
+        // refused for all of them, so the process counts once.
+        match fs::read_link(fd.path()) {
+            Ok(t) if t.as_os_str() == "anon_inode:[io_uring]" => {}
+            Ok(_) => continue,
+            Err(e) if vanished(&e) => continue,
+            Err(_) => {
+                acc.unreadable += 1;
+                break;
+            }
         }
         let info = dir.join("fdinfo").join(fd.file_name());
         let parsed = match fs::File::open(&info) {
@@ -441,9 +449,10 @@ pub fn human_bytes(b: u64) -> String {
 /// interval), at most `limit` rows.
 pub fn render_table(a: &Accounted, limit: usize) -> String {
     let mut s = format!(
-        "accounted pinned memory (kernel per-process charges from /proc/PID/status VmPin/VmLck and io_uring fdinfo; not traced): {} holders of {} processes{}\n",
+        "accounted pinned memory (kernel per-process charges from /proc/PID/status VmPin/VmLck and io_uring fdinfo; not traced): {} holders of {} processes{}{}\n",
         a.holders.len(),
         a.processes,
+        if a.unreadable > 0 { format!(", {} unreadable", a.unreadable) } else { String::new() },
         if a.truncated { ", some left out" } else { "" }
     );
     s += &format!(
