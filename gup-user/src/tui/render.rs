@@ -369,7 +369,8 @@ fn draw_accounted(f: &mut Frame, area: Rect, a: &crate::accounted::Accounted) {
         a.holders.len(),
         if a.truncated { " (some left out)" } else { "" }
     );
-    let header = Row::new(["PID", "COMM", "PINNED", "VmPin", "VmLck", "URING", "URING_PG"].map(Cell::from))
+    // Numbers are right-aligned in their cells; so are their headers.
+    let header = Row::new(["    PID", "COMM", "  PINNED", "  VmPin", "  VmLck", "URING", "URING_PG"].map(Cell::from))
         .style(Style::new().add_modifier(Modifier::BOLD));
     let rows = a.holders.iter().map(|h| {
         Row::new([
