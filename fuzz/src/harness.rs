@@ -170,9 +170,13 @@ pub fn kallsyms(data: &[u8]) {
             names.push(name.to_string());
         }
     }
+    let c = attribution::caller_of(&addrs, &k);
+    if let Some(m) = &c.module {
+        assert!(k.has_module(m), "caller module {m} is not in the table");
+    }
     for a in addrs {
         if let Some((name, off)) = k.symbolize(a) {
-            assert!(off <= a, "offset {off} beyond address {a:#x}");
+            assert!(off <= a && off <= gupwatch::kallsyms::MAX_SYMBOL_OFFSET, "offset {off} beyond address {a:#x}");
             assert!(k.get(name).is_some(), "symbolize gave {name}, which get() does not know");
         }
     }
@@ -211,9 +215,17 @@ pub fn kernel_version(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // /proc/vmstat
 
-/// `vmstat::parse`, and the arithmetic done on what it returns.
+/// `vmstat::parse`, and the arithmetic done on what it returns; and the
+/// reduced mode's other /proc parsers (`/proc/PID/status`, io_uring
+/// fdinfo), which read the same kind of kernel text.
 pub fn vmstat_parse(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    if let Ok(s) = gupwatch::accounted::parse_status(&text) {
+        assert!(s.pinned_bytes % 1024 == 0 && s.locked_bytes % 1024 == 0);
+    }
+    if let Ok(Some(b)) = gupwatch::accounted::parse_uring_fdinfo(data, 4096) {
+        assert!(b.bytes == 0 || b.pages > 0 || b.listed == 0, "{b:?}");
+    }
     let (a, b) = text.split_once("\n---\n").unwrap_or((&text, ""));
     match vmstat::parse(a) {
         Ok(now) => {
@@ -300,8 +312,9 @@ pub fn map_records(data: &[u8]) {
     let caller = |id: i64| Caller {
         function: if id < 0 { "unknown".into() } else { format!("site_{}", id % 5) },
         subsystem: if id % 2 == 0 { Subsystem::IoUring } else { Subsystem::Other },
+        module: None,
     };
-    let site = |ip: u64| Caller { function: format!("site_{:x}", ip % 5), subsystem: Subsystem::Other };
+    let site = |ip: u64| Caller { function: format!("site_{:x}", ip % 5), subsystem: Subsystem::Other, module: None };
     let alive = |tgid: u32| alive_mask & (1 << (tgid % 8)) != 0;
     let cx = leaks::Context {
         now_ns: input.u64(),
@@ -423,7 +436,8 @@ fn scrape_input(data: &[u8]) -> (ScrapeData, Vec<String>, Format) {
                 api: api.symbol(),
                 caller: Caller {
                     function: input.text(24),
-                    subsystem: [Subsystem::IoUring, Subsystem::DirectIo, Subsystem::Other][input.u8() as usize % 3],
+                    subsystem: [Subsystem::IoUring, Subsystem::DirectIo, Subsystem::Gpu, Subsystem::Other][input.u8() as usize % 4],
+                    module: (input.u8() & 1 == 1).then(|| input.text(12)),
                 },
                 calls: input.u32() as u64,
                 pages: input.u32() as u64,

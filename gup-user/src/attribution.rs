@@ -3,7 +3,11 @@
 //!
 //! The caller is the first stack frame outside the GUP machinery (and
 //! outside gupwatch's own BPF trampoline frames); the subsystem comes from
-//! the first frame anywhere in the stack that belongs to a known GUP user.
+//! the first frame anywhere in the stack that belongs to a known GUP user:
+//! by its function's name ([`Subsystem::of_function`]) or, for drivers
+//! built as modules, by the module kallsyms says it lives in
+//! ([`DRIVER_MODULES`]). Out-of-tree drivers (NVIDIA's) have function
+//! names no prefix rule can know, but their module names are stable.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +28,9 @@ pub enum Subsystem {
     ProcessVm,
     /// Intel i915 GPU userptr objects.
     I915,
+    /// Other GPU and accelerator drivers (NVIDIA, AMD, Intel Xe, Habana...),
+    /// recognised by their kernel module.
+    Gpu,
     /// RDMA memory registration.
     Rdma,
     /// VFIO device DMA mappings.
@@ -42,6 +49,7 @@ impl Subsystem {
             Subsystem::DirectIo => "direct-io",
             Subsystem::ProcessVm => "process_vm",
             Subsystem::I915 => "i915",
+            Subsystem::Gpu => "gpu",
             Subsystem::Rdma => "rdma",
             Subsystem::Vfio => "vfio",
             Subsystem::Udmabuf => "udmabuf",
@@ -78,6 +86,73 @@ impl Subsystem {
     }
 }
 
+/// Whether a module is a driver of its subsystem or the subsystem's
+/// common core (which the drivers call into).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleRole {
+    /// A device driver: the module a person wants named.
+    Driver,
+    /// Shared core code (ib_core, ib_uverbs): named only when no driver
+    /// module is in the stack.
+    Core,
+}
+
+/// Kernel modules whose stack frames give the subsystem, one row each:
+/// (module name as kallsyms spells it, subsystem, role). The only place
+/// module names are matched; the module named in reports and metrics is
+/// always one of these strings, which bounds the `module` label.
+///
+/// i915 keeps its own subsystem (`i915`), as its function-name rule has
+/// always given it; the module rule covers stacks whose i915 frames do not
+/// start with `i915_`.
+pub const DRIVER_MODULES: &[(&str, Subsystem, ModuleRole)] = &[
+    // NVIDIA's out-of-tree driver: os_lock_user_pages → pin_user_pages
+    // (FOLL_LONGTERM) for cudaHostRegister, unpin_user_page per page on unlock.
+    ("nvidia", Subsystem::Gpu, ModuleRole::Driver),
+    ("nvidia_uvm", Subsystem::Gpu, ModuleRole::Driver),
+    ("nvidia_drm", Subsystem::Gpu, ModuleRole::Driver),
+    ("nvidia_modeset", Subsystem::Gpu, ModuleRole::Driver),
+    ("nvidia_peermem", Subsystem::Gpu, ModuleRole::Driver),
+    ("nvidia_vgpu_vfio", Subsystem::Gpu, ModuleRole::Driver),
+    ("nouveau", Subsystem::Gpu, ModuleRole::Driver),
+    ("amdgpu", Subsystem::Gpu, ModuleRole::Driver),
+    ("radeon", Subsystem::Gpu, ModuleRole::Driver),
+    ("xe", Subsystem::Gpu, ModuleRole::Driver),
+    ("i915", Subsystem::I915, ModuleRole::Driver),
+    ("habanalabs", Subsystem::Gpu, ModuleRole::Driver),
+    ("etnaviv", Subsystem::Gpu, ModuleRole::Driver),
+    ("ivpu", Subsystem::Gpu, ModuleRole::Driver),
+    ("qaic", Subsystem::Gpu, ModuleRole::Driver),
+    ("amdxdna", Subsystem::Gpu, ModuleRole::Driver),
+    // RDMA providers (they register memory through ib_umem_get in ib_core).
+    ("mlx5_ib", Subsystem::Rdma, ModuleRole::Driver),
+    ("mlx4_ib", Subsystem::Rdma, ModuleRole::Driver),
+    ("rdma_rxe", Subsystem::Rdma, ModuleRole::Driver),
+    ("siw", Subsystem::Rdma, ModuleRole::Driver),
+    ("irdma", Subsystem::Rdma, ModuleRole::Driver),
+    ("bnxt_re", Subsystem::Rdma, ModuleRole::Driver),
+    ("efa", Subsystem::Rdma, ModuleRole::Driver),
+    ("hfi1", Subsystem::Rdma, ModuleRole::Driver),
+    ("qedr", Subsystem::Rdma, ModuleRole::Driver),
+    ("mana_ib", Subsystem::Rdma, ModuleRole::Driver),
+    ("erdma", Subsystem::Rdma, ModuleRole::Driver),
+    ("hns_roce_hw_v2", Subsystem::Rdma, ModuleRole::Driver),
+    ("ocrdma", Subsystem::Rdma, ModuleRole::Driver),
+    ("vmw_pvrdma", Subsystem::Rdma, ModuleRole::Driver),
+    ("iw_cxgb4", Subsystem::Rdma, ModuleRole::Driver),
+    ("ib_uverbs", Subsystem::Rdma, ModuleRole::Core),
+    ("ib_core", Subsystem::Rdma, ModuleRole::Core),
+    // VFIO as modules (the `vfio_` name rule covers its functions too).
+    ("vfio_iommu_type1", Subsystem::Vfio, ModuleRole::Core),
+    ("vfio", Subsystem::Vfio, ModuleRole::Core),
+];
+
+/// The [`DRIVER_MODULES`] row of a module: its name (static, for labels),
+/// subsystem and role.
+pub fn of_module(module: &str) -> Option<(&'static str, Subsystem, ModuleRole)> {
+    DRIVER_MODULES.iter().find(|(m, _, _)| *m == module).copied()
+}
+
 /// Frames that are GUP machinery or gupwatch itself, never "the caller".
 fn is_machinery(f: &str) -> bool {
     const PREFIXES: &[&str] = &[
@@ -99,23 +174,56 @@ pub struct Caller {
     pub function: String,
     /// The subsystem the stack belongs to.
     pub subsystem: Subsystem,
+    /// The driver module of the stack: the innermost [`DRIVER_MODULES`]
+    /// driver frame, else its innermost core-module frame, else the module
+    /// of the caller's function (any module), else `None` (vmlinux).
+    pub module: Option<String>,
 }
 
-/// Classifies a stack of function names.
+/// One frame of a stack as attribution reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// Function name.
+    pub function: &'a str,
+    /// Its module, `None` for vmlinux.
+    pub module: Option<&'a str>,
+}
+
+/// Classifies a stack of function names (all in vmlinux).
 pub fn classify(frames: &[&str]) -> Caller {
-    let function = frames
+    let frames: Vec<Frame<'_>> = frames.iter().map(|f| Frame { function: f, module: None }).collect();
+    classify_frames(&frames)
+}
+
+/// Classifies a stack of frames with their modules (innermost first).
+pub fn classify_frames(frames: &[Frame<'_>]) -> Caller {
+    let caller = frames.iter().find(|f| !is_machinery(f.function));
+    // Per frame, its module decides before its name: a module is what the
+    // frame's code is, a name prefix only what it looks like.
+    let subsystem = frames
         .iter()
-        .find(|f| !is_machinery(f))
-        .map_or_else(|| "unknown".to_string(), |f| f.to_string());
-    let subsystem = frames.iter().find_map(|f| Subsystem::of_function(f)).unwrap_or(Subsystem::Other);
-    Caller { function, subsystem }
+        .find_map(|f| f.module.and_then(of_module).map(|(_, s, _)| s).or_else(|| Subsystem::of_function(f.function)))
+        .unwrap_or(Subsystem::Other);
+    let known = |role| frames.iter().find_map(|f| f.module.and_then(of_module).filter(|(_, _, r)| *r == role));
+    let module = known(ModuleRole::Driver)
+        .or_else(|| known(ModuleRole::Core))
+        .map(|(m, _, _)| m.to_string())
+        .or_else(|| caller.and_then(|f| f.module).map(str::to_string));
+    Caller {
+        function: caller.map_or_else(|| "unknown".to_string(), |f| f.function.to_string()),
+        subsystem,
+        module,
+    }
 }
 
 /// Symbolizes a kernel stack (return addresses, innermost first) and
 /// classifies it: what every view that names a caller uses.
 pub fn caller_of(ips: &[u64], kallsyms: &Kallsyms) -> Caller {
-    let names: Vec<&str> = ips.iter().filter_map(|ip| kallsyms.symbolize(*ip).map(|(n, _)| n)).collect();
-    classify(&names)
+    let frames: Vec<Frame<'_>> = ips
+        .iter()
+        .filter_map(|ip| kallsyms.frame(*ip).map(|f| Frame { function: f.function, module: f.module }))
+        .collect();
+    classify_frames(&frames)
 }
 
 /// One attribution row, resolved.
@@ -288,5 +396,82 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!((d[0].1.calls, d[0].1.pages, d[0].1.fast_pages), (3, 30, 30));
         assert_eq!(d[1].0.tgid, 3);
+    }
+
+    fn at(k: &Kallsyms, name: &str, off: u64) -> u64 {
+        k.get(name).map(|s| s.addr + off).expect("fixture symbol")
+    }
+
+    /// cudaHostRegister on NVIDIA's driver: os_lock_user_pages in the
+    /// nvidia module calls pin_user_pages (FOLL_LONGTERM).
+    #[test]
+    fn nvidia_pins_are_gpu_named_by_module() {
+        let k = Kallsyms::parse(crate::kallsyms::tests::WITH_MODULES);
+        let ips = [at(&k, "pin_user_pages", 0x9a), at(&k, "os_lock_user_pages", 0x31), at(&k, "nvidia_ioctl", 0x200), at(&k, "__x64_sys_ioctl", 0x40)];
+        let c = caller_of(&ips, &k);
+        assert_eq!(c.function, "os_lock_user_pages");
+        assert_eq!(c.subsystem, Subsystem::Gpu);
+        assert_eq!(c.module.as_deref(), Some("nvidia"));
+        // The unlock path: unpin_user_page per page from os_unlock_user_pages.
+        let c = caller_of(&[at(&k, "unpin_user_page", 0x10), at(&k, "os_unlock_user_pages", 0x8)], &k);
+        assert_eq!((c.function.as_str(), c.subsystem, c.module.as_deref()), ("os_unlock_user_pages", Subsystem::Gpu, Some("nvidia")));
+    }
+
+    /// The module frame sits above generic vmlinux frames: the caller is
+    /// the first generic frame, the subsystem and module still the driver's.
+    #[test]
+    fn a_module_frame_above_generic_frames_names_the_driver() {
+        let k = Kallsyms::parse(crate::kallsyms::tests::WITH_MODULES);
+        let ips = [
+            at(&k, "pin_user_pages_fast", 4),
+            at(&k, "iov_iter_extract_pages", 0x60),
+            at(&k, "dma_buf_map_attachment", 0x20),
+            at(&k, "os_lock_user_pages", 0x31),
+            at(&k, "nvidia_ioctl", 0x10),
+        ];
+        let c = caller_of(&ips, &k);
+        assert_eq!(c.function, "dma_buf_map_attachment");
+        assert_eq!(c.subsystem, Subsystem::Gpu);
+        assert_eq!(c.module.as_deref(), Some("nvidia"));
+    }
+
+    /// An RDMA registration: ib_umem_get (ib_core) called by the mlx5
+    /// provider. The provider, not the shared core, is the module named.
+    #[test]
+    fn rdma_providers_are_named_over_the_core() {
+        let k = Kallsyms::parse(crate::kallsyms::tests::WITH_MODULES);
+        let c = caller_of(&[at(&k, "pin_user_pages_fast", 8), at(&k, "ib_umem_get", 0x90), at(&k, "mlx5_ib_reg_user_mr", 0x40)], &k);
+        assert_eq!((c.function.as_str(), c.subsystem, c.module.as_deref()), ("ib_umem_get", Subsystem::Rdma, Some("mlx5_ib")));
+        let c = caller_of(&[at(&k, "unpin_user_page", 8), at(&k, "ib_umem_release", 0x20)], &k);
+        assert_eq!((c.subsystem, c.module.as_deref()), (Subsystem::Rdma, Some("ib_core")), "the core when no provider is in the stack");
+    }
+
+    #[test]
+    fn every_table_module_classifies_and_i915_keeps_its_subsystem() {
+        for (m, s, _) in DRIVER_MODULES {
+            let c = classify_frames(&[Frame { function: "pin_user_pages", module: None }, Frame { function: "some_fn", module: Some(m) }]);
+            assert_eq!((c.subsystem, c.module.as_deref()), (*s, Some(*m)), "{m}");
+        }
+        for gpu in ["nvidia", "nvidia_uvm", "nvidia_drm", "nvidia_modeset", "nvidia_peermem", "amdgpu", "xe", "habanalabs", "nouveau", "radeon"] {
+            assert_eq!(of_module(gpu).map(|(_, s, _)| s), Some(Subsystem::Gpu), "{gpu}");
+        }
+        for rdma in ["mlx5_ib", "mlx4_ib", "rdma_rxe", "siw", "irdma", "bnxt_re", "efa", "hfi1", "qedr", "ib_uverbs", "ib_core"] {
+            assert_eq!(of_module(rdma).map(|(_, s, _)| s), Some(Subsystem::Rdma), "{rdma}");
+        }
+        assert_eq!(of_module("i915").map(|(_, s, _)| s), Some(Subsystem::I915));
+        assert_eq!(classify(&["pin_user_pages_fast", "i915_gem_userptr_get_pages"]).subsystem, Subsystem::I915, "built-in i915: the name rule");
+        let unique: std::collections::HashSet<_> = DRIVER_MODULES.iter().map(|(m, _, _)| m).collect();
+        assert_eq!(unique.len(), DRIVER_MODULES.len(), "one row per module");
+    }
+
+    #[test]
+    fn unknown_modules_are_named_but_stay_other() {
+        let c = classify_frames(&[
+            Frame { function: "pin_user_pages", module: None },
+            Frame { function: "mydrv_map_user", module: Some("mydrv") },
+            Frame { function: "bpf_prog_1_x", module: Some("bpf") },
+        ]);
+        assert_eq!((c.function.as_str(), c.subsystem, c.module.as_deref()), ("mydrv_map_user", Subsystem::Other, Some("mydrv")));
+        assert_eq!(classify(&["pin_user_pages", "io_sqe_buffer_register"]).module, None);
     }
 }

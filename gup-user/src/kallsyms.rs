@@ -51,9 +51,30 @@ pub struct Kallsyms {
     modules: Vec<String>,
     /// First definition of each name, sorted by name.
     by_name: Vec<Entry>,
-    /// Every definition with an address, sorted by address.
-    by_addr: Vec<(u64, Name)>,
+    /// Every definition with an address, sorted by address, with its
+    /// module (index into `modules`, or `NO_MODULE`).
+    by_addr: Vec<(u64, Name, u16)>,
 }
+
+/// One symbolized stack frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The function containing the address.
+    pub function: &'a str,
+    /// The offset into it.
+    pub offset: u64,
+    /// The module the function belongs to (`[nvidia]` in kallsyms), or
+    /// `None` for vmlinux.
+    pub module: Option<&'a str>,
+}
+
+/// How far past its nearest preceding symbol an address may lie and still
+/// be named after it. No kernel function is anywhere near this large; an
+/// address further out lies where kallsyms listed nothing when it was
+/// read (a module loaded later, or the gap between vmlinux and the module
+/// area), and naming it after whatever symbol precedes it would attribute
+/// a driver's pins to an unrelated function.
+pub const MAX_SYMBOL_OFFSET: u64 = 1 << 20;
 
 impl Kallsyms {
     /// Reads the running kernel's symbols.
@@ -92,7 +113,7 @@ impl Kallsyms {
             };
             let addr = u64::from_str_radix(addr, 16).unwrap_or(0);
             if addr != 0 {
-                k.by_addr.push((addr, name));
+                k.by_addr.push((addr, name, module));
             }
             all.push((Entry { addr, name, module }, all.len() as u32));
         }
@@ -101,7 +122,11 @@ impl Kallsyms {
         all.sort_by(|(a, ia), (b, ib)| text_of(a.name).cmp(text_of(b.name)).then(ia.cmp(ib)));
         all.dedup_by(|(later, _), (first, _)| text_of(later.name) == text_of(first.name));
         k.by_name = all.into_iter().map(|(e, _)| e).collect();
-        k.by_addr.sort_unstable_by_key(|(a, _)| *a);
+        // Module symbols follow vmlinux's in the file, module by module, in
+        // no address order (a module's own symbols are not sorted either):
+        // only a sort of the whole table makes the nearest-preceding search
+        // below correct.
+        k.by_addr.sort_unstable_by_key(|(a, _, _)| *a);
         k.names.shrink_to_fit();
         k.by_name.shrink_to_fit();
         k.by_addr.shrink_to_fit();
@@ -158,9 +183,21 @@ impl Kallsyms {
     /// The function containing `addr` and the offset into it. `None` when
     /// addresses are hidden (kptr_restrict) or `addr` precedes every symbol.
     pub fn symbolize(&self, addr: u64) -> Option<(&str, u64)> {
-        let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
-        let (base, name) = self.by_addr.get(i.checked_sub(1)?)?;
-        Some((self.text(*name), addr - base))
+        self.frame(addr).map(|f| (f.function, f.offset))
+    }
+
+    /// The function containing `addr`, the offset into it and its module.
+    /// `None` when addresses are hidden, `addr` precedes every symbol, or
+    /// it lies more than [`MAX_SYMBOL_OFFSET`] past the nearest symbol.
+    pub fn frame(&self, addr: u64) -> Option<Frame<'_>> {
+        let i = self.by_addr.partition_point(|(a, _, _)| *a <= addr);
+        let (base, name, module) = self.by_addr.get(i.checked_sub(1)?)?;
+        let offset = addr - base;
+        (offset <= MAX_SYMBOL_OFFSET).then(|| Frame {
+            function: self.text(*name),
+            offset,
+            module: self.modules.get(*module as usize).map(String::as_str),
+        })
     }
 
     /// The text of the function at `addr`: from it to the next symbol's
@@ -200,7 +237,7 @@ impl Kallsyms {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SAMPLE: &str = "\
@@ -273,5 +310,54 @@ garbage
         );
         assert_eq!(k.find_function("unpin_user_page").map(|(n, _)| n), Some("unpin_user_page"));
         assert!(k.find_function("unpin_user_pag").is_none());
+    }
+
+    /// What /proc/kallsyms looks like with GPU and RDMA drivers loaded:
+    /// vmlinux first, in address order, then each module's symbols, its
+    /// own out of order, and modules not in address order either.
+    pub(crate) const WITH_MODULES: &str = "\
+ffffffff81000000 T _stext
+ffffffff815f0530 T unpin_user_page
+ffffffff815f3de0 T pin_user_pages_fast
+ffffffff815f4200 T pin_user_pages
+ffffffff815f5000 T iov_iter_extract_pages
+ffffffff81700000 T dma_buf_map_attachment
+ffffffff81a00000 T __x64_sys_ioctl
+ffffffffc0a1b2c0 t os_lock_user_pages\t[nvidia]
+ffffffffc0a10000 t nvidia_ioctl\t[nvidia]
+ffffffffc0a1c400 t os_unlock_user_pages\t[nvidia]
+ffffffffc0a20000 d nv_data\t[nvidia]
+ffffffffc0300200 t mlx5_ib_reg_user_mr\t[mlx5_ib]
+ffffffffc0200100 T ib_umem_get\t[ib_core]
+ffffffffc0200900 t ib_umem_release\t[ib_core]
+ffffffffc0600000 t bpf_prog_6deef7357e7b4530_fentry\t[bpf]
+";
+
+    #[test]
+    fn module_symbols_symbolize_with_their_module() {
+        let k = Kallsyms::parse(WITH_MODULES);
+        assert_eq!(
+            k.frame(0xffffffffc0a1b2c0 + 0x44),
+            Some(Frame { function: "os_lock_user_pages", offset: 0x44, module: Some("nvidia") })
+        );
+        // Listed after os_lock_user_pages but lower: the sort finds it.
+        assert_eq!(k.frame(0xffffffffc0a10010).map(|f| (f.function, f.module)), Some(("nvidia_ioctl", Some("nvidia"))));
+        assert_eq!(k.frame(0xffffffffc0a1c401).map(|f| f.function), Some("os_unlock_user_pages"));
+        // Data symbols (`d`) are no frames: the text before them names the address.
+        assert_eq!(k.frame(0xffffffffc0a20008).map(|f| f.function), Some("os_unlock_user_pages"));
+        assert_eq!(k.frame(0xffffffffc0200104).map(|f| (f.function, f.module)), Some(("ib_umem_get", Some("ib_core"))));
+        assert_eq!(k.frame(0xffffffffc0300208).map(|f| f.module), Some(Some("mlx5_ib")));
+        assert_eq!(k.frame(0xffffffff815f3de8).map(|f| (f.function, f.module)), Some(("pin_user_pages_fast", None)));
+        assert_eq!(k.get("ib_umem_get").and_then(|s| s.module), Some("ib_core"));
+    }
+
+    #[test]
+    fn addresses_far_past_every_symbol_name_nothing() {
+        let k = Kallsyms::parse(WITH_MODULES);
+        // Between vmlinux and the module area: kallsyms listed nothing there.
+        assert_eq!(k.frame(0xffffffffa0000000), None);
+        // A module loaded after kallsyms was read, far above the last one.
+        assert_eq!(k.frame(0xffffffffc0600000 + MAX_SYMBOL_OFFSET + 1), None);
+        assert_eq!(k.symbolize(0xffffffffc0600000 + MAX_SYMBOL_OFFSET).map(|(_, o)| o), Some(MAX_SYMBOL_OFFSET));
     }
 }

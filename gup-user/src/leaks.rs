@@ -404,9 +404,9 @@ mod tests {
 
     fn caller(id: i64) -> Caller {
         match id {
-            1 => Caller { function: "io_sqe_buffer_register".into(), subsystem: Subsystem::IoUring },
-            2 => Caller { function: "bio_iov_iter_get_pages".into(), subsystem: Subsystem::DirectIo },
-            _ => Caller { function: "unknown".into(), subsystem: Subsystem::Other },
+            1 => Caller { function: "io_sqe_buffer_register".into(), subsystem: Subsystem::IoUring, module: None },
+            2 => Caller { function: "bio_iov_iter_get_pages".into(), subsystem: Subsystem::DirectIo, module: None },
+            _ => Caller { function: "unknown".into(), subsystem: Subsystem::Other, module: None },
         }
     }
 

@@ -14,6 +14,7 @@
 //!    reduced mode for kernels that refuse tracing programs), and the
 //!    `gupwatch` binary.
 
+pub mod accounted;
 pub mod args;
 pub mod attribution;
 pub mod bench;

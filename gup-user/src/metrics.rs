@@ -37,6 +37,7 @@ use prometheus_client::{
 use serde::Serialize;
 
 use crate::{
+    accounted::Accounted,
     attribution::{self, Caller, Row},
     kallsyms::Kallsyms,
     leaks::{self, GrowthTracker, LeakPolicy, LeakReport},
@@ -315,6 +316,13 @@ pub struct ScrapeData {
     /// Per attached hook's function, the calls the kernel ran without
     /// gupwatch's program ([`crate::loader::Probes::probe_misses`]).
     pub probe_misses: Vec<(&'static str, u64)>,
+    /// Pinned memory as the kernel accounts it per process (reduced mode
+    /// only: with probes the traced view says more, and the /proc walk
+    /// is not free).
+    pub accounted: Option<Arc<Accounted>>,
+    /// Holders with their own `gupwatch_accounted_*` series
+    /// ([`Settings::top_processes`]).
+    pub top_processes: usize,
 }
 
 impl ScrapeData {
@@ -339,9 +347,15 @@ impl ScrapeData {
             read_errors: ReadErrors::default(),
             leaks: None,
             probe_misses: Vec::new(),
+            accounted: None,
+            top_processes: settings.top_processes,
         }
     }
 
+    /// How many holders get per-process accounted series.
+    fn processes_limit(&self) -> usize {
+        self.top_processes
+    }
     /// The pin/get/unpin APIs whose hooks are attached, in [`Api`] order.
     fn counted_apis(&self) -> Vec<(Api, &'static str)> {
         self.plan
@@ -375,6 +389,19 @@ struct ErrnoLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubsystemLabels {
+    subsystem: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabels {
+    pid: String,
+    comm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLabels {
+    module: &'static str,
     subsystem: &'static str,
     kind: &'static str,
 }
@@ -665,6 +692,23 @@ impl PromCollector for Exposition {
             "Pages pinned, referenced or released, by the kernel subsystem found in the call stack.",
             subsystems.into_iter().map(|((subsystem, k), v)| (SubsystemLabels { subsystem, kind: KINDS[k] }, v)),
         )?;
+        // Only modules of attribution's table get a series: the label's
+        // values are that table's strings, so at most one series per row
+        // and kind whatever modules a host loads.
+        let mut modules: BTreeMap<(&'static str, &'static str, usize), u64> = BTreeMap::new();
+        for r in &d.rows {
+            let known = r.caller.module.as_deref().and_then(attribution::of_module);
+            if let (Some(k), Some((module, _, _))) = (row_kind(r), known) {
+                let e = modules.entry((module, r.caller.subsystem.as_str(), k)).or_default();
+                *e = e.wrapping_add(r.pages);
+            }
+        }
+        counters(
+            &mut enc,
+            "gupwatch_module_pages",
+            "Pages pinned, referenced or released from call stacks through a known driver module (GPU, RDMA, VFIO; the table in attribution.rs), by module, the subsystem it gave, and kind.",
+            modules.into_iter().map(|((module, subsystem, k), v)| (ModuleLabels { module, subsystem, kind: KINDS[k] }, v)),
+        )?;
         counters(
             &mut enc,
             "gupwatch_process_pages",
@@ -733,6 +777,9 @@ impl PromCollector for Exposition {
                 l.by_kind.iter().map(|(k, (_, p))| (LeakLabels { kind: k }, *p as i64)),
             )?;
         }
+
+        // --- Accounted pins (reduced mode): the kernel's per-process charges.
+        accounted_families(&mut enc, d)?;
 
         // --- gupwatch's own health.
         gauges(
@@ -831,6 +878,45 @@ impl PromCollector for Exposition {
     }
 }
 
+/// The `gupwatch_accounted_*` families: per holder (pid and comm) for the
+/// top [`Settings::top_processes`] holders only, so a host with thousands
+/// of mlocking processes still has a bounded series count; the holder
+/// count says how many there were. Samples only in the reduced mode.
+fn accounted_families(enc: &mut DescriptorEncoder, d: &ScrapeData) -> fmt::Result {
+    let top = d.accounted.as_deref().map_or(&[][..], |a| &a.holders[..a.holders.len().min(d.processes_limit())]);
+    let per = |f: fn(&crate::accounted::Holder) -> u64| {
+        top.iter().map(move |h| (HolderLabels { pid: h.pid.to_string(), comm: h.comm.clone() }, f(h)))
+    };
+    gauges(
+        enc,
+        "gupwatch_accounted_pinned",
+        "Pinned memory the kernel accounts to a process: the larger of VmPin (/proc/PID/status: io_uring buffers, RDMA registrations...) and its io_uring registered buffers (fdinfo), whole pages; accounted, not traced; reduced mode, top holders only.",
+        Some(&Unit::Bytes),
+        per(|h| h.pinned_bytes),
+    )?;
+    gauges(
+        enc,
+        "gupwatch_accounted_locked",
+        "Locked memory the kernel charges to a process (VmLck: mlock, VFIO type1 mappings), for the same holders.",
+        Some(&Unit::Bytes),
+        per(|h| h.locked_bytes),
+    )?;
+    gauges(
+        enc,
+        "gupwatch_accounted_io_uring_buffer",
+        "Bytes of io_uring registered buffers (from /proc/PID/fdinfo of its io_uring descriptors), for the same holders.",
+        Some(&Unit::Bytes),
+        per(|h| h.io_uring_bytes),
+    )?;
+    gauge(
+        enc,
+        "gupwatch_accounted_holders",
+        "Processes with non-zero VmPin, VmLck or io_uring buffers (all of them, not only the top holders).",
+        None,
+        d.accounted.as_deref().map(|a| a.holders.len() as i64),
+    )
+}
+
 /// Renders scrape data in the given format.
 pub fn render(data: &Arc<ScrapeData>, format: Format) -> String {
     let mut registry = Registry::default();
@@ -916,6 +1002,8 @@ struct SnapshotJson<'a> {
     subsystems: Vec<ProcessSeriesJson>,
     hooks: &'a [HookHealth],
     scrape_duration_seconds: f64,
+    /// Reduced mode: who holds pinned memory, as the kernel accounts it.
+    accounted: Option<&'a Accounted>,
 }
 
 #[derive(Serialize)]
@@ -1048,6 +1136,7 @@ pub fn snapshot_json(d: &ScrapeData, top: usize) -> serde_json::Value {
             .collect(),
         hooks: &d.plan.hooks,
         scrape_duration_seconds: d.scrape_duration.as_secs_f64(),
+        accounted: d.accounted.as_deref(),
     };
     serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
 }
@@ -1064,6 +1153,8 @@ struct CallerJson<'a> {
     kind: &'static str,
     caller: &'a str,
     subsystem: &'static str,
+    /// The driver module of the stack ([`Caller::module`]), or null.
+    module: Option<&'a str>,
     calls: u64,
     pages: u64,
     errors: u64,
@@ -1091,6 +1182,7 @@ pub fn callers_json(d: &ScrapeData, limit: usize) -> (serde_json::Value, bool) {
                 kind: KINDS[row_kind(r)?],
                 caller: &r.caller.function,
                 subsystem: r.caller.subsystem.as_str(),
+                module: r.caller.module.as_deref(),
                 calls: r.calls,
                 pages: r.pages,
                 errors: r.errors,
@@ -1109,6 +1201,10 @@ pub fn callers_json(d: &ScrapeData, limit: usize) -> (serde_json::Value, bool) {
 /// The leak report is made at most this often; scrapes in between reuse
 /// it (ages in it are then up to this much older).
 pub const LEAK_REPORT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Accounted pins are read at most this often; scrapes in between reuse
+/// the reading.
+pub const ACCOUNTED_MIN_INTERVAL: Duration = Duration::from_millis(900);
 
 /// Reads the live data sources at scrape time.
 ///
@@ -1130,6 +1226,10 @@ pub struct Collector {
     last_leak_report: Option<LeakReport>,
     /// When `last_leak_report` was made.
     last_leak_at: Option<std::time::Instant>,
+    /// The last accounted-pins reading and when it was made.
+    accounted: Option<(Instant, Arc<Accounted>)>,
+    /// Where accounted pins are read (`/proc`).
+    proc_root: std::path::PathBuf,
 }
 
 impl Collector {
@@ -1162,6 +1262,8 @@ impl Collector {
             growth: GrowthTracker::default(),
             last_leak_report: None,
             last_leak_at: None,
+            accounted: None,
+            proc_root: std::path::PathBuf::from("/proc"),
         }
     }
 
@@ -1319,8 +1421,31 @@ impl Collector {
             self.last_leak_at = Some(std::time::Instant::now());
         }
         data.leaks = self.last_leak_report.as_ref().map(LeakMetrics::from_report);
+        if self.probes.is_none() {
+            data.accounted = Some(self.accounted());
+        }
         data.scrape_duration = t0.elapsed();
         Arc::new(data)
+    }
+
+    /// The accounted pins, read again when the last reading is older than
+    /// [`ACCOUNTED_MIN_INTERVAL`]: a walk of /proc per scrape would let a
+    /// client flood (or many viewers) cost a /proc walk each.
+    fn accounted(&mut self) -> Arc<Accounted> {
+        match &self.accounted {
+            Some((at, a)) if at.elapsed() < ACCOUNTED_MIN_INTERVAL => Arc::clone(a),
+            _ => {
+                let a = Arc::new(crate::accounted::scan(&self.proc_root));
+                self.accounted = Some((Instant::now(), Arc::clone(&a)));
+                a
+            }
+        }
+    }
+
+    /// Reads the accounted pins from another /proc (tests).
+    pub fn set_proc_root(&mut self, root: std::path::PathBuf) {
+        self.proc_root = root;
+        self.accounted = None;
     }
 
     /// One scrape, rendered.
@@ -1399,7 +1524,7 @@ pub(crate) mod tests {
             comm: comm.into(),
             cgroup_id: 1,
             api: api.symbol(),
-            caller: Caller { function: "caller_fn".into(), subsystem },
+            caller: Caller { function: "caller_fn".into(), subsystem, module: None },
             calls: 1,
             pages,
             errors: 0,
@@ -1407,6 +1532,11 @@ pub(crate) mod tests {
             slow_pages: pages,
             longterm_pages: 0,
         }
+    }
+
+    fn with_module(mut r: Row, module: &str) -> Row {
+        r.caller.module = Some(module.into());
+        r
     }
 
     /// A busy snapshot touching every family.
@@ -1457,6 +1587,9 @@ pub(crate) mod tests {
             row(200, "qemu \"vm\"\\1\nx", Api::GetUserPagesFast, 70, Subsystem::Vfio),
             row(300, "", Api::PinUserPagesFast, 0, Subsystem::Other),
             row(400, "bad\u{fffd}utf8\t\r", Api::PinUserPagesFast, 1, Subsystem::IoUring),
+            with_module(row(500, "cuda_app", Api::PinUserPages, 2048, Subsystem::Gpu), "nvidia"),
+            with_module(row(500, "cuda_app", Api::UnpinUserPage, 2000, Subsystem::Gpu), "nvidia"),
+            with_module(row(600, "odd", Api::PinUserPages, 8, Subsystem::Other), "mydrv"),
         ];
         let mut top = TopProcesses::default();
         let mut d = ScrapeData::new(
@@ -1508,6 +1641,7 @@ pub(crate) mod tests {
             ("gupwatch_longterm_pages_total", "counter"),
             ("gupwatch_call_duration_seconds", "histogram"),
             ("gupwatch_subsystem_pages_total", "counter"),
+            ("gupwatch_module_pages_total", "counter"),
             ("gupwatch_process_pages_total", "counter"),
             ("gupwatch_outstanding_pages", "gauge"),
             ("gupwatch_kernel_foll_pin_acquired_total", "counter"),
@@ -1661,6 +1795,14 @@ pub(crate) mod tests {
         assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#), 5120.0);
         assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#), 5000.0);
         assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#), 70.0);
+        assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="gpu",kind="pin"}"#), 2048.0);
+        assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="pin"}"#), 2048.0);
+        assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="unpin"}"#), 2000.0);
+        // A module outside attribution's table gets no series (bounded label).
+        assert!(!text.contains("mydrv"), "{text}");
+        let (callers, _) = callers_json(&sample(), MAX_JSON_CALLERS);
+        let nv = callers.as_array().and_then(|a| a.iter().find(|c| c["comm"] == "cuda_app")).cloned().unwrap_or_default();
+        assert_eq!((nv["module"].as_str(), nv["subsystem"].as_str()), (Some("nvidia"), Some("gpu")));
         // Two fio processes merge: no pid label.
         assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="fio",kind="pin"}"#), 5120.0);
         assert!(!text.contains("pid="), "{text}");
@@ -1743,6 +1885,72 @@ pub(crate) mod tests {
         assert_eq!(value(&text, "gupwatch_kernel_outstanding_pins"), 2.0);
         assert!(samples(&text, "gupwatch_probe_attached").iter().all(|l| l.ends_with(" 0")));
         promtool_check(&text);
+    }
+
+    /// Accounted holders: per pid and comm for the top N only, the holder
+    /// count for all, in both formats.
+    #[test]
+    fn reduced_mode_names_the_accounted_holders() {
+        use crate::accounted::{Accounted, Holder};
+        let holder = |pid: u32, comm: &str, pinned: u64| Holder {
+            pid,
+            comm: comm.into(),
+            pinned_bytes: pinned,
+            pinned_pages: pinned / 4096,
+            vm_pin_bytes: pinned,
+            locked_bytes: 4096,
+            io_uring_buffers: 1,
+            io_uring_bytes: pinned,
+            io_uring_pages: pinned / 4096,
+        };
+        let mut top = TopProcesses::default();
+        let mut d = ScrapeData::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2 });
+        d.accounted = Some(Arc::new(Accounted {
+            source: crate::accounted::SOURCE.into(),
+            holders: vec![holder(200, "aa-holder", 1 << 20), holder(7, "qemu \"vm\"", 8192), holder(9, "third", 4096)],
+            processes: 50,
+            fds: 0,
+            unreadable: 0,
+            truncated: false,
+        }));
+        let d = Arc::new(d);
+        let text = render(&d, Format::Prometheus);
+        assert_eq!(value(&text, r#"gupwatch_accounted_pinned_bytes{pid="200",comm="aa-holder"}"#), 1048576.0);
+        assert_eq!(value(&text, r#"gupwatch_accounted_io_uring_buffer_bytes{pid="200",comm="aa-holder"}"#), 1048576.0);
+        assert_eq!(value(&text, r#"gupwatch_accounted_locked_bytes{pid="7",comm="qemu \"vm\""}"#), 4096.0);
+        assert_eq!(samples(&text, "gupwatch_accounted_pinned_bytes").len(), 2, "top 2 only:\n{text}");
+        assert!(!text.contains("third"), "{text}");
+        assert_eq!(value(&text, "gupwatch_accounted_holders"), 3.0);
+        promtool_check(&text);
+        assert!(render(&d, Format::OpenMetrics).contains("# UNIT gupwatch_accounted_pinned_bytes bytes"));
+        let j = snapshot_json(&d, 10);
+        assert_eq!((j["mode"].as_str(), j["accounted"]["source"].as_str()), (Some("reduced"), Some("accounted")));
+        assert_eq!(j["accounted"]["holders"].as_array().map(Vec::len), Some(3), "JSON has every holder");
+        // The live view reads the same document back.
+        let s = crate::tui::sample::Sample::from_json(&j.to_string()).expect("parses");
+        assert_eq!(s.accounted.as_ref().map(|a| a.holders[0].pid), Some(200));
+        assert_eq!(crate::tui::sample::Sample::from_scrape(&d).accounted, s.accounted);
+    }
+
+    /// A reduced-mode collector reads /proc (here a fake one) and reuses
+    /// the reading for scrapes closer than ACCOUNTED_MIN_INTERVAL.
+    #[test]
+    fn reduced_collector_reads_accounted_pins() {
+        let root = std::env::temp_dir().join(format!("gupwatch-collector-proc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("42")).unwrap();
+        std::fs::write(root.join("42/status"), "Name:\tpinner\nVmLck:\t0 kB\nVmPin:\t64 kB\n").unwrap();
+        let kallsyms = Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
+        let plan = ProbePlan::resolve("6.1.0-test".into(), Err("no BTF".into()), &kallsyms);
+        let mut c = Collector::new(None, &plan, Settings::default());
+        c.set_proc_root(root.clone());
+        let first = c.gather();
+        std::fs::write(root.join("42/status"), "Name:\tpinner\nVmPin:\t128 kB\n").unwrap();
+        let second = c.gather();
+        let _ = std::fs::remove_dir_all(&root);
+        let pinned = |d: &ScrapeData| d.accounted.as_ref().map(|a| a.holders.iter().map(|h| (h.pid, h.pinned_bytes)).collect::<Vec<_>>());
+        assert_eq!(pinned(&first), Some(vec![(42, 64 << 10)]));
+        assert_eq!(pinned(&second), pinned(&first), "reused within the interval");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! | `/proc/vmstat`, `/proc/<pid>` | nothing |
 //! | writing `/proc/sys/vm/stat_refresh` (exact vmstat totals) | uid 0 (a DAC check on a root-owned 0200 file), no capability |
 //! | symbolizing stacks | nothing: `/proc/kallsyms` is read once, before the drop |
+//! | the reduced mode's accounted pins: `/proc/<pid>/status` | nothing |
+//! | the reduced mode's accounted pins: `/proc/<pid>/fd` links and `fdinfo` of other processes (io_uring buffers) | CAP_SYS_PTRACE: both need ptrace read access, which the kernel refuses when the target's permitted capabilities are not a subset of the reader's (any root daemon, or a root `gupwatch workload --hold`, measured on Debian 7.2: with no capability left, every io_uring descriptor went unseen). Kept in the reduced mode only, where no probe runs |
 //! | reloading the config and the `--web-config` files (certificates) | uid 0 and root-owned files (no CAP_DAC_OVERRIDE) |
 //! | attaching i915 hooks when the module loads later (`gupwatch run` looks every 5 s, the summary mode every 5 intervals) | CAP_BPF (program load) + CAP_PERFMON (kprobe perf event); CAP_SYS_ADMIN instead of CAP_PERFMON where `kernel.perf_event_paranoid` is above 2 (Debian's and Ubuntu's patch lets only CAP_SYS_ADMIN call perf_event_open(2) at 3, their default: measured on Debian 7.2, where CAP_PERFMON alone gets EACCES); CAP_SYS_ADMIN alone before 5.8 |
 //!
@@ -48,6 +50,8 @@ use std::{fmt, io, path::Path};
 
 /// `CAP_SETPCAP`.
 pub const CAP_SETPCAP: u32 = 8;
+/// `CAP_SYS_PTRACE`.
+pub const CAP_SYS_PTRACE: u32 = 19;
 /// `CAP_SYS_ADMIN`.
 pub const CAP_SYS_ADMIN: u32 = 21;
 /// `CAP_SYSLOG`.
@@ -86,6 +90,9 @@ pub struct Needs {
     pub perf_event_paranoid: Option<i32>,
     /// `kernel.unprivileged_bpf_disabled` (None: unreadable).
     pub unprivileged_bpf_disabled: Option<u32>,
+    /// The reduced mode runs: it reads other processes' descriptors for
+    /// their io_uring buffers ([`crate::accounted`]).
+    pub reads_other_processes: bool,
 }
 
 impl Needs {
@@ -93,6 +100,7 @@ impl Needs {
     pub fn here(late_attach: bool) -> Needs {
         Needs {
             late_attach,
+            reads_other_processes: false,
             kernel_release: crate::kernel::release(),
             perf_event_paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .ok()
@@ -134,6 +142,9 @@ pub fn capabilities_to_keep(needs: &Needs) -> Vec<(u32, &'static str)> {
         } else if keep.is_empty() {
             keep.push((CAP_SYS_ADMIN, "attaching i915 hooks when the module loads (before Linux 5.8)"));
         }
+    }
+    if needs.reads_other_processes {
+        keep.push((CAP_SYS_PTRACE, "reading other processes' io_uring descriptors (/proc/PID/fd, fdinfo) for the reduced mode's accounted pins"));
     }
     keep
 }
@@ -388,6 +399,7 @@ mod tests {
             kernel_release: release.into(),
             unprivileged_bpf_disabled: sysctl,
             perf_event_paranoid: paranoid,
+            reads_other_processes: false,
         })
         .into_iter()
         .map(|(c, _)| c)
@@ -442,6 +454,7 @@ mod tests {
                 kernel_release: "6.12.0".into(),
                 unprivileged_bpf_disabled: Some(2),
                 perf_event_paranoid: Some(2),
+                reads_other_processes: false,
             })
             .unwrap();
             (before, report, status_lines(Path::new("/proc/thread-self/status")))
@@ -466,5 +479,16 @@ mod tests {
     fn fds_are_named() {
         let s = fd_summary();
         assert!(s.contains("stdio"), "{s}");
+    }
+
+    #[test]
+    fn the_reduced_mode_keeps_ptrace_read_only() {
+        let mut n = Needs::here(false);
+        n.kernel_release = "7.2.13".into();
+        n.unprivileged_bpf_disabled = Some(2);
+        assert!(!capabilities_to_keep(&n).iter().any(|(c, _)| *c == CAP_SYS_PTRACE));
+        n.reads_other_processes = true;
+        assert_eq!(capabilities_to_keep(&n).iter().map(|(c, _)| *c).collect::<Vec<_>>(), [CAP_SYS_PTRACE]);
+        assert_eq!(cap_name(CAP_SYS_PTRACE), "CAP_SYS_PTRACE");
     }
 }

@@ -333,6 +333,24 @@ mod tests {
             rows: vec![],
             hooks_attached: 0,
             kernel_counters: Some((acq, acq - 10)),
+            accounted: Some(crate::accounted::Accounted {
+                source: crate::accounted::SOURCE.into(),
+                holders: vec![crate::accounted::Holder {
+                    pid: 201,
+                    comm: "aa-holder".into(),
+                    pinned_bytes: 1 << 20,
+                    pinned_pages: 256,
+                    vm_pin_bytes: 0,
+                    locked_bytes: 0,
+                    io_uring_buffers: 1,
+                    io_uring_bytes: 1 << 20,
+                    io_uring_pages: 256,
+                }],
+                processes: 40,
+                fds: 0,
+                unreadable: 0,
+                truncated: false,
+            }),
             ..sample(0)
         };
         vm.ingest(reduced(1000), 0.0);
@@ -347,10 +365,12 @@ mod tests {
         if std::env::var_os("GUPWATCH_SHOW_SCREEN").is_some() {
             eprintln!("{s}");
         }
-        for want in ["0/19 hooks", "reduced mode", "Reduced mode", "[FAIL] kprobes", "CONFIG_KPROBES", "acquired   3000 released   2990 held     10", "2000/s", "pins acquired (vmstat)"] {
+        for want in ["0/19 hooks", "reduced mode", "Reduced mode", "[FAIL] kprobes", "CONFIG_KPROBES", "acquired   3000 released   2990 held     10", "2000/s", "pins acquired (vmstat)", "Accounted pinned memory", "not traced", "1 holders"] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
         }
         assert!(!s.contains("privileges"), "only failed checks are shown:\n{s}");
+        let holder = s.lines().find(|l| l.contains("aa-holder")).unwrap_or_else(|| panic!("no holder row in\n{s}"));
+        assert_eq!(holder.split_whitespace().collect::<Vec<_>>(), ["201", "aa-holder", "256", "0", "0", "1", "256"], "{s}");
     }
 
     #[test]

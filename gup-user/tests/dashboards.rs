@@ -69,7 +69,7 @@ fn full_sample() -> String {
             comm: "fio".into(),
             cgroup_id: 1,
             api: api.symbol(),
-            caller: Caller { function: "iomap_dio_bio_iter".into(), subsystem: Subsystem::DirectIo },
+            caller: Caller { function: "iomap_dio_bio_iter".into(), subsystem: Subsystem::DirectIo, module: None },
             calls: 1,
             pages: 8,
             errors: 0,

@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod livetest;
 pub mod modules;
 pub mod qemu;
+pub mod reducedcheck;
 pub mod setup;
 pub mod stress;
 pub mod testsuite;

@@ -598,6 +598,7 @@ pub fn judge(side: &str, source: &str, screens: &BTreeMap<String, String>) -> Ve
 pub fn guest_command(release_wait_s: u64) -> String {
     GUEST_SCRIPT
         .replace("@SERVE@", &crate::qemu::serve_and_wait_sh("live", GUEST_PORT))
+        .replace("@REDUCED@", &crate::reducedcheck::guest_part())
         .replace("@PORT@", &GUEST_PORT.to_string())
         .replace("@RELEASE@", &GUEST_RELEASE_PORT.to_string())
         .replace("@WAIT@", &release_wait_s.to_string())
@@ -672,7 +673,7 @@ waitfor term RESTORED: 30
 sleep 1
 cap sigterm term
 state sigterm-state term
-echo "@@guest-done:$(up)@@"
+@REDUCED@echo "@@guest-done:$(up)@@"
 echo "live: guest part done ($(up) s); waiting for the host (at most @WAIT@ s)" >&2
 echo ready | timeout @WAIT@ nc -l -p @RELEASE@ >/dev/null 2>&1
 rel=$?
@@ -909,6 +910,7 @@ pub fn run(o: &LiveOptions) -> Result<LiveReport> {
                 .find_map(|l| l.trim().strip_prefix("@@guest-done:")?.strip_suffix("@@")?.parse::<f64>().ok())
                 .map(Duration::from_secs_f64);
             checks.extend(judge("guest", "local", &caps));
+            checks.extend(crate::reducedcheck::judge(&caps));
             checks.push(Check {
                 name: "guest: the daemon and workloads ended cleanly".into(),
                 expr: None,
@@ -1175,7 +1177,7 @@ q quit  v view  s/S sort  / filter  i idle  a latency  p pause  ? help
         for want in ["cap initial tui", "cap sort-pins tui", "cap sort-name tui", "cap show-idle tui", "cap hide-idle tui", "cap filter tui", "cap quit tui", "cap sigterm term", "nc -l -p 10484", "-x 80 -y 24", "/tmp/zz-pinner workload"] {
             assert!(s.contains(want), "{want}");
         }
-        for p in ["@SERVE@", "@PORT@", "@RELEASE@", "@WAIT@", "@PINNER@", "@HOLDER@", "@FILTER@", "@COLS@", "@ROWS@"] {
+        for p in ["@SERVE@", "@PORT@", "@RELEASE@", "@WAIT@", "@PINNER@", "@HOLDER@", "@FILTER@", "@COLS@", "@ROWS@", "@REDUCED@", "@REDUCED_PORT@"] {
             assert!(!s.contains(p), "{p} replaced");
         }
     }

@@ -45,6 +45,11 @@ struct Cli {
     /// stdout is not a terminal, or with --count).
     #[arg(long)]
     plain: bool,
+    /// Load no probes: the reduced mode (the kernel's FOLL_PIN counters
+    /// and the pinned memory it accounts per process), as on a kernel that
+    /// refuses tracing programs.
+    #[arg(long)]
+    reduced: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,6 +63,10 @@ enum Command {
         /// A daemon's HOST:PORT (e.g. 127.0.0.1:10483).
         #[arg(long, value_name = "HOST:PORT")]
         connect: Option<String>,
+        /// Load no probes: the reduced mode's screen (kernel counters and
+        /// accounted pins per process).
+        #[arg(long, conflicts_with = "connect")]
+        reduced: bool,
     },
     /// Check whether gupwatch can run here and say what would fix it:
     /// privileges, BTF, lockdown, BPF JIT, kprobes and fentry (tried, not
@@ -171,6 +180,11 @@ enum Command {
         /// whole descriptor budget [default: 256].
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_connections_per_peer: Option<u64>,
+        /// Load no probes: serve the reduced mode (vmstat counters and the
+        /// gupwatch_accounted_* families) as on a kernel that refuses
+        /// tracing programs.
+        #[arg(long)]
+        reduced: bool,
     },
     /// The in-guest part of `cargo xtask stress`: attach/detach cycles
     /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
@@ -294,7 +308,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        None => watch(cli.interval, cli.count, cli.plain),
+        None => watch(cli.interval, cli.count, cli.plain, cli.reduced),
         Some(Command::Probes { json, dry_run }) => probes(json, dry_run),
         Some(Command::Check { json, scratch, track_capacity, only, skip, churn_procs }) => {
             run_check(json, &scratch, track_capacity, &check::CheckOptions { only, skip, churn_procs })
@@ -312,6 +326,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             web_config,
             max_connections_per_peer,
+            reduced,
         }) => {
             let flags = gupwatch::config::RunOptions {
                 listen,
@@ -323,9 +338,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 web_config,
                 max_connections_per_peer: max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             };
-            serve(flags, config.as_deref())
+            serve(flags, config.as_deref(), reduced)
         }
-        Some(Command::Top { connect }) => top(cli.interval, connect),
+        Some(Command::Top { connect, reduced }) => top(cli.interval, connect, reduced || cli.reduced),
         Some(Command::Doctor { json }) => doctor(json),
         Some(Command::Generate { what }) => generate(what),
         Some(Command::Stress { mode, churn_procs, cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
@@ -473,6 +488,7 @@ fn failed_hook_fix(why: &str) -> &'static str {
 fn serve(
     flags: gupwatch::config::RunOptions,
     config: Option<&std::path::Path>,
+    reduced: bool,
 ) -> Result<ExitCode> {
     use gupwatch::{config::RunOptions, http, leaks::LeakPolicy, metrics};
     let config_path = RunOptions::locate(config);
@@ -525,14 +541,16 @@ fn serve(
         track_capacity: settings.track_capacity,
         ebpf_log: gupwatch::ebpflog::wanted(),
     };
-    let (mut probes, load_err) = match loader::load_with(plan.clone(), opts) {
-        Ok(p) => (Some(p), None),
+    let (mut probes, load_err) = match load_unless_reduced(&plan, opts, reduced) {
+        Ok(p) => (p, None),
         Err(e) => (None, Some(e.to_string())),
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
     // Started once this thread has no capabilities left (below).
     let mut ebpf_log = probes.as_mut().and_then(loader::Probes::take_ebpf_log).filter(|_| attached > 0);
-    if attached == 0 {
+    if reduced {
+        tracing::info!("--reduced: no probes loaded; serving /proc/vmstat counters and accounted pins (reduced mode)");
+    } else if attached == 0 {
         for f in host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref()).iter().filter(|f| !f.ok) {
             tracing::warn!(check = f.check, detail = %f.detail, fix = f.fix.as_deref().unwrap_or(""), "probe check failed");
         }
@@ -559,8 +577,9 @@ fn serve(
     // them). While an i915 hook waits for its module, CAP_BPF and
     // CAP_PERFMON stay for the late-attach thread alone: it starts with
     // them, then this thread drops them too, so the HTTP workers and the
-    // reload thread start with none.
-    drop_privileges(late_attach);
+    // reload thread start with none. The reduced mode keeps the one its
+    // walk of other processes' descriptors needs.
+    drop_privileges_for(late_attach, attached == 0);
     // Installed only now: until here the default action of SIGINT/SIGTERM
     // (exit, which detaches whatever was attached) ends a slow load at once.
     let stop = stop_flag()?;
@@ -813,37 +832,41 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32, select:
 /// The default mode: the live view on a terminal; else a periodic
 /// summary, or the reduced mode with a diagnosis when this kernel will
 /// not run the probes.
-fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode> {
+fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> Result<ExitCode> {
     if !plain && count.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return top(interval, None);
+        return top(interval, None, reduced);
     }
     init_env_logging()?;
     gupwatch::privileges::close_inherited_fds();
     let stop = stop_flag()?;
     let plan = resolve_plan()?;
     let opts = loader::LoadOptions { ebpf_log: gupwatch::ebpflog::wanted(), ..loader::LoadOptions::default() };
-    let (mut probes, load_err) = match loader::load_with(plan.clone(), opts) {
-        Ok(p) => (Some(p), None),
+    let (mut probes, load_err) = match load_unless_reduced(&plan, opts, reduced) {
+        Ok(p) => (p, None),
         Err(e) => (None, Some(e.to_string())),
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
     let mut ebpf_log = probes.as_mut().and_then(loader::Probes::take_ebpf_log).filter(|_| attached > 0);
     let mut late_attach = attached > 0 && probes.as_ref().is_some_and(loader::Probes::late_attach_pending);
-    drop_privileges(late_attach);
+    drop_privileges_for(late_attach, attached == 0);
     // A thread: started after the drop, so it holds no capability.
     if let Some(l) = ebpf_log.as_mut() {
         l.start();
     }
     let mut out = std::io::stdout().lock();
     if attached == 0 {
-        let findings = host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref());
-        eprintln!(
-            "gupwatch: this kernel ({}) will not run gupwatch's probes:\n{}\nContinuing in reduced mode. Ctrl-C to stop.\n",
-            plan.kernel,
-            host::render(&findings)
-        );
+        if reduced {
+            eprintln!("gupwatch: --reduced: no probes loaded on {}; reduced mode. Ctrl-C to stop.\n", plan.kernel);
+        } else {
+            let findings = host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref());
+            eprintln!(
+                "gupwatch: this kernel ({}) will not run gupwatch's probes:\n{}\nContinuing in reduced mode. Ctrl-C to stop.\n",
+                plan.kernel,
+                host::render(&findings)
+            );
+        }
         drop(probes);
-        host::run_reduced(interval, count, &stop, &mut out).context("reduced mode")?;
+        host::run_reduced(interval, count, &stop, &mut out, std::path::Path::new("/proc")).context("reduced mode")?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(mut probes) = probes else { unreachable!("attached > 0 implies probes") };
@@ -922,7 +945,16 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool) -> Result<ExitCode
 }
 
 /// `gupwatch top` (and `gupwatch` on a terminal): the live view.
-fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
+/// Loads and attaches the probes, or none when the reduced mode was asked
+/// for (`--reduced`).
+fn load_unless_reduced(plan: &ProbePlan, opts: loader::LoadOptions, reduced: bool) -> Result<Option<loader::Probes>> {
+    if reduced {
+        return Ok(None);
+    }
+    Ok(Some(loader::load_with(plan.clone(), opts)?))
+}
+
+fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<ExitCode> {
     use gupwatch::{metrics, tui, tui::source};
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("the live view needs a terminal on stdout; `gupwatch --plain` (or --count N) prints summary lines");
@@ -938,12 +970,12 @@ fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
         None => {
             eprintln!("gupwatch: loading probes...");
             let plan = resolve_plan()?;
-            let (probes, load_err) = match loader::load(plan.clone()) {
-                Ok(p) => (Some(p), None),
+            let (probes, load_err) = match load_unless_reduced(&plan, loader::LoadOptions::default(), reduced) {
+                Ok(p) => (p, None),
                 Err(e) => (None, Some(e.to_string())),
             };
             let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
-            let diagnosis = if attached == 0 {
+            let diagnosis = if attached == 0 && !reduced {
                 host::render(&host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref()))
                     .lines()
                     .map(String::from)
@@ -954,7 +986,7 @@ fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
             let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
             let probes = probes.filter(|_| attached > 0);
             let collector = metrics::Collector::new(probes, &plan, metrics::Settings::default());
-            drop_privileges(false);
+            drop_privileges_for(false, attached == 0);
             (Box::new(source::LocalSource::new(collector)), "local".into(), diagnosis)
         }
     };
@@ -965,10 +997,17 @@ fn top(interval: Duration, connect: Option<String>) -> Result<ExitCode> {
 /// Drops the capabilities not needed any more (see privileges.rs) and says
 /// what remains; a failure leaves them as they are, with a warning.
 fn drop_privileges(late_attach: bool) {
+    drop_privileges_for(late_attach, false);
+}
+
+/// [`drop_privileges`], keeping what the reduced mode's walk of other
+/// processes' descriptors needs when `reduced` (see privileges.rs).
+fn drop_privileges_for(late_attach: bool, reduced: bool) {
     // Start-up is over (the collector has read kallsyms too): what it
     // freed goes back to the kernel.
     loader::trim_heap();
-    let r = gupwatch::privileges::drop_privileges(&gupwatch::privileges::Needs::here(late_attach));
+    let needs = gupwatch::privileges::Needs { reads_other_processes: reduced, ..gupwatch::privileges::Needs::here(late_attach) };
+    let r = gupwatch::privileges::drop_privileges(&needs);
     let fds = gupwatch::privileges::fd_summary();
     // `run` logs through tracing; the other modes have no subscriber, and
     // stderr keeps their stdout clean.
@@ -1089,7 +1128,7 @@ mod tests {
         assert_eq!((listen, top_processes, log_format, config), (None, Some(3), Some(LogFormat::Json), None));
         assert!(Cli::try_parse_from(["gupwatch", "run", "--log-format", "xml"]).is_err());
         let cli = Cli::try_parse_from(["gupwatch", "top", "--connect", "127.0.0.1:10483", "-i", "2"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Top { connect: Some(_) })));
+        assert!(matches!(cli.command, Some(Command::Top { connect: Some(_), .. })));
         assert_eq!(cli.interval, Duration::from_secs(2));
         assert!(Cli::try_parse_from(["gupwatch", "generate", "completions", "zsh"]).is_ok());
         assert!(Cli::try_parse_from(["gupwatch", "doctor", "--json"]).is_ok());

@@ -96,7 +96,7 @@ impl App {
         let mode = if c.has_probes() && plan.attached() > 0 {
             format!("{} of {} hooks attached", plan.attached(), plan.hooks.len())
         } else {
-            "reduced mode: no probe attached; only the kernel's /proc/vmstat counters are exported".to_string()
+            "reduced mode: no probe attached; the kernel's /proc/vmstat counters and per-process accounted pins (gupwatch_accounted_*, VmPin/VmLck and io_uring buffers) are exported".to_string()
         };
         let mut rows = String::new();
         for h in &plan.hooks {

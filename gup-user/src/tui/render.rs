@@ -192,7 +192,7 @@ fn draw_header(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
         }
         None => lines.push(Line::from(vec![
             Span::styled("gupwatch ", BOLD),
-            Span::styled("reduced mode: no probes, only the kernel's counters", Style::new().fg(Color::Yellow)),
+            Span::styled("reduced mode: no probes; kernel counters, accounted pins", Style::new().fg(Color::Yellow)),
         ])),
     }
     match s.kernel_counters {
@@ -329,15 +329,13 @@ fn draw_table(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
 fn draw_reduced(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     let mut lines = vec![
         Line::styled(
-            "This kernel will not run gupwatch's probes: no per-process, per-caller or per-API detail.",
+            "No probes run: no per-caller or per-API detail. The kernel's FOLL_PIN counters (/proc/vmstat) and, below, what it charges each process.",
             Style::new().fg(Color::Yellow),
         ),
-        Line::raw("Shown: the kernel's own FOLL_PIN counters (/proc/vmstat nr_foll_pin_*)."),
     ];
     // The failed checks only (the full list, with fixes, is `doctor`'s).
     let failed: Vec<&String> = ui.diagnosis.iter().filter(|l| l.trim_start().starts_with("[FAIL]")).collect();
     if !failed.is_empty() {
-        lines.push(Line::raw(""));
         lines.extend(failed.iter().map(|l| Line::styled(l.trim().to_string(), Style::new().fg(Color::Red))));
     } else if let Some(s) = vm.latest() {
         // A remote daemon: its hooks' reasons say why.
@@ -349,7 +347,53 @@ fn draw_reduced(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
         }
     }
     lines.push(Line::styled("Run `gupwatch doctor` for every check and its fix.", DIM));
-    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(titled(" Reduced mode ")), area);
+    let accounted = vm.latest().and_then(|s| s.accounted.as_ref());
+    // The explanation gets what it needs (it wraps), the holders the rest.
+    let want = (lines.len() as u16 + 3).min(area.height / 2).max(3);
+    let [why, holders] = if accounted.is_some() {
+        Layout::vertical([Constraint::Length(want), Constraint::Min(0)]).areas(area)
+    } else {
+        [area, Rect::default()]
+    };
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(titled(" Reduced mode ")), why);
+    if let Some(a) = accounted {
+        draw_accounted(f, holders, a);
+    }
+}
+
+/// The holders of accounted pinned memory (reduced mode).
+fn draw_accounted(f: &mut Frame, area: Rect, a: &crate::accounted::Accounted) {
+    use crate::accounted::human_bytes;
+    let title = format!(
+        " Accounted pinned memory · kernel charges, not traced · {} holders{} ",
+        a.holders.len(),
+        if a.truncated { " (some left out)" } else { "" }
+    );
+    // Numbers are right-aligned in their cells; so are their headers.
+    let header = Row::new(["    PID", "COMM", "  PINNED", "  VmPin", "  VmLck", "URING", "URING_PG"].map(Cell::from))
+        .style(Style::new().add_modifier(Modifier::BOLD));
+    let rows = a.holders.iter().map(|h| {
+        Row::new([
+            Cell::from(format!("{:>7}", h.pid)),
+            Cell::from(h.comm.clone()),
+            Cell::from(format!("{:>8}", human(h.pinned_pages))),
+            Cell::from(format!("{:>7}", human_bytes(h.vm_pin_bytes))),
+            Cell::from(format!("{:>7}", human_bytes(h.locked_bytes))),
+            Cell::from(format!("{:>5}", h.io_uring_buffers)),
+            Cell::from(format!("{:>8}", human(h.io_uring_pages))),
+        ])
+    });
+    let widths = [
+        Constraint::Length(7),
+        Constraint::Min(12),
+        Constraint::Length(8),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(8),
+    ];
+    let table = Table::new(rows, widths).header(header).column_spacing(1).block(titled(&title));
+    f.render_widget(table, area);
 }
 
 fn draw_sparklines(f: &mut Frame, area: Rect, vm: &ViewModel) {

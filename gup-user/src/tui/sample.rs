@@ -9,7 +9,7 @@
 use gup_common::{Api, ApiKind, LATENCY_BUCKETS};
 use serde::Deserialize;
 
-use crate::{metrics::ScrapeData, model::Totals};
+use crate::{accounted::Accounted, metrics::ScrapeData, model::Totals};
 
 /// Whether the probes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +147,8 @@ pub struct Sample {
     pub rows: Vec<RowSample>,
     /// Whether rows were left out (a remote daemon sends the largest only).
     pub rows_truncated: bool,
+    /// Reduced mode: pinned memory as the kernel accounts it per process.
+    pub accounted: Option<Accounted>,
 }
 
 /// Why a JSON document could not be read as a sample.
@@ -224,6 +226,7 @@ impl Sample {
             apis,
             rows,
             rows_truncated: false,
+            accounted: d.accounted.as_deref().cloned(),
         }
     }
 
@@ -256,6 +259,8 @@ struct SnapshotDoc {
     callers: Vec<CallerDoc>,
     #[serde(default)]
     callers_truncated: bool,
+    #[serde(default)]
+    accounted: Option<Accounted>,
 }
 
 #[derive(Deserialize, Default)]
@@ -340,7 +345,7 @@ struct CallerDoc {
 /// [`Subsystem::as_str`]: crate::attribution::Subsystem::as_str
 fn subsystem_label(s: &str) -> String {
     use crate::attribution::Subsystem::*;
-    [IoUring, DirectIo, ProcessVm, I915, Rdma, Vfio, Udmabuf, Other]
+    [IoUring, DirectIo, ProcessVm, I915, Gpu, Rdma, Vfio, Udmabuf, Other]
         .into_iter()
         .find(|x| serde_json::to_value(x).ok().and_then(|v| v.as_str().map(|v| v == s)).unwrap_or(false))
         .map_or_else(|| s.to_string(), |x| x.as_str().to_string())
@@ -427,6 +432,7 @@ impl SnapshotDoc {
             apis,
             rows,
             rows_truncated: self.callers_truncated,
+            accounted: self.accounted,
         }
     }
 }

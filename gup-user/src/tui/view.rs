@@ -619,6 +619,7 @@ pub(crate) mod tests {
                 row(200, "dd", "unpin_user_pages", "bio_release_pages", "direct-io", 2 * step, 40 * step),
             ],
             rows_truncated: false,
+            accounted: None,
         }
     }
 
