@@ -206,8 +206,8 @@ impl Kallsyms {
         if addr == 0 {
             return None;
         }
-        let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
-        let (end, _) = self.by_addr.get(i)?;
+        let i = self.by_addr.partition_point(|(a, _, _)| *a <= addr);
+        let (end, _, _) = self.by_addr.get(i)?;
         Some((addr, *end))
     }
 
