@@ -1198,7 +1198,8 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     // lets the compiler read the fields before checking the tag.
     let mut r = EMPTY_INFLIGHT;
     let mut have = false;
-    if let Some(p) = INFLIGHT.get_ptr(&tid) {
+    let rec = INFLIGHT.get_ptr_mut(&tid);
+    if let Some(p) = rec {
         // SAFETY: a live map value; copied before the entry is removed.
         let v = unsafe { core::ptr::read_volatile(p) };
         if v.api == api as u32 {
@@ -1236,14 +1237,17 @@ fn on_exit<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
     }
     if have {
         record_latency(s, r.start_ns);
-        if api.kind() == ApiKind::Unpin && leaves_mark(r.ret) {
+        match rec {
             // Maybe called from another hooked unpin that has no record
             // (else this one would have been nested): that one's entry was
-            // skipped, and its exit must not count these pages again.
-            let _ = INFLIGHT.remove(&tid);
-            leave_mark(tid, r.ret, r.frame, r.counted);
-        } else {
-            let _ = INFLIGHT.remove(&tid);
+            // skipped, and its exit must not count these pages again. The
+            // record becomes the mark where it is: its return address,
+            // frame and pages are the mark's.
+            // SAFETY: this thread's own live record.
+            Some(p) if api.kind() == ApiKind::Unpin && leaves_mark(r.ret) => unsafe { (*p).api = MARK },
+            _ => {
+                let _ = INFLIGHT.remove(&tid);
+            }
         }
     } else if api.kind() == ApiKind::Unpin {
         let nested = INFLIGHT.get_ptr_mut(&tid).filter(|rec| {
