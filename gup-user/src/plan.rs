@@ -73,6 +73,11 @@ pub struct HookPlan {
     /// Absent because its module is not loaded yet: attached when it is
     /// ([`ProbePlan::resolve_late`]).
     pub waits_for_module: bool,
+    /// The module the function is in (`None`: vmlinux), or the one a
+    /// waiting hook waits for: its hooks die when it is unloaded and are
+    /// attached again when it loads ([`crate::modwatch`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
     /// The symbol to attach to (differs for compiler clones).
     pub symbol: Option<String>,
     /// pin, get or unpin.
@@ -650,6 +655,7 @@ impl ProbePlan {
             role: None,
             candidates: vec![],
             waits_for_module: false,
+            module: None,
             symbol: None,
             kind: kind_name(api.kind()),
             params: None,
@@ -674,6 +680,7 @@ impl ProbePlan {
                     hook.status = HookStatus::Absent;
                     hook.reason = choice.reason;
                     hook.waits_for_module = choice.module_not_loaded;
+                    hook.module = choice.module_not_loaded.then(|| "i915".to_string());
                     return hook;
                 }
             }
@@ -685,6 +692,7 @@ impl ProbePlan {
             return hook;
         };
         hook.symbol = Some(symbol.to_string());
+        hook.module = sym.module.map(str::to_string);
         let proto = btf.and_then(|b| b.func(function));
         if let Some(p) = &proto {
             let idx = |names: &[&str]| p.param_index(names).map_or(ARG_NONE, |i| i as u8);
@@ -739,9 +747,14 @@ impl ProbePlan {
             }
             let taken = taken_by(&self.hooks);
             // Module functions have no vmlinux BTF: kprobes, as at start.
-            let hook = Self::resolve_hook(api, None, kallsyms, &taken);
+            let mut hook = Self::resolve_hook(api, None, kallsyms, &taken);
             if hook.symbol.is_some() {
                 found.push(api);
+            } else if let Some(m) = self.hooks[i].module.clone().filter(|m| !kallsyms.has_module(m)) {
+                // Its module is still away (another one loaded): keep waiting.
+                hook.waits_for_module = true;
+                hook.reason = self.hooks[i].reason.clone();
+                hook.module = Some(m);
             }
             self.hooks[i] = hook;
         }
