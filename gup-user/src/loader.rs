@@ -158,6 +158,10 @@ struct HookLinks {
     /// The load of that module the probes were attached to: they die with
     /// it ([`crate::modwatch`]).
     instance: Option<crate::modwatch::ModuleInstance>,
+    /// The hook's plan entry while it was attached, kept when its module
+    /// goes away: the next load is attached by the same function names
+    /// without reading kallsyms again.
+    last_plan: Option<crate::plan::HookPlan>,
 }
 
 /// Opens this hook's kprobe links (see [`crate::linkinfo`]).
@@ -360,6 +364,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
                     kprobe_links,
                     module,
                     instance: None,
+                    last_plan: None,
                 });
             }
             Err(e) => {

@@ -1272,20 +1272,17 @@ impl Collector {
     /// `/api/snapshot` show; see [`Probes::follow_modules`].
     pub fn follow_modules(&mut self) -> crate::loader::ModuleEvents {
         let Some(p) = self.probes.as_mut() else { return Default::default() };
-        let ev = p.follow_modules();
+        let mut ev = p.follow_modules();
         if ev.is_empty() {
             return ev;
         }
         self.plan = PlanSummary::from_plan(&p.plan);
-        if !ev.attached.is_empty() {
-            // The module's functions, for naming call sites. Only when the
-            // addresses are readable: after the capability drop they may
-            // read as zero, and the old table is better than none.
-            if let Ok(k) = Kallsyms::from_proc() {
-                if k.has_addresses() {
-                    self.kallsyms = k;
-                }
-            }
+        // The module's functions, for naming call sites: the table the
+        // attach read. Only when the addresses are readable: after the
+        // capability drop they may read as zero, and the old table is
+        // better than none.
+        if let Some(k) = ev.kallsyms.take().filter(|k| !ev.attached.is_empty() && k.has_addresses()) {
+            self.kallsyms = k;
         }
         ev
     }

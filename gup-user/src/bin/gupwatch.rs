@@ -658,7 +658,12 @@ fn log_module_events(ev: &loader::ModuleEvents) {
         );
     }
     for f in &ev.attached {
-        tracing::info!(function = f, mechanism = "kprobe", "module loaded after start: hook attached");
+        tracing::info!(
+            function = f,
+            mechanism = "kprobe",
+            attach_ms = ev.attach_time.as_millis() as u64,
+            "module loaded after start: hook attached"
+        );
     }
     for (f, why) in &ev.failed {
         tracing::warn!(function = f, reason = %why, "module loaded after start: hook not attached");

@@ -24,7 +24,7 @@ pub struct Detach {
 }
 
 /// What one look at the modules changed.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct ModuleEvents {
     /// Hooks detached because their module's load went away.
     pub detached: Vec<Detach>,
@@ -32,6 +32,12 @@ pub struct ModuleEvents {
     pub attached: Vec<&'static str>,
     /// Hooks whose module is in but could not be attached, and why.
     pub failed: Vec<(&'static str, String)>,
+    /// How long attaching took, kallsyms included (0 when nothing was due).
+    pub attach_time: std::time::Duration,
+    /// The kallsyms read to attach, for the caller to name call sites in
+    /// the module's new load without reading it again (a read of a
+    /// distribution kernel's kallsyms takes seconds under emulation).
+    pub kallsyms: Option<crate::kallsyms::Kallsyms>,
 }
 
 impl ModuleEvents {
@@ -107,6 +113,7 @@ impl Probes {
         let idx = h.idx;
         let links = h.links.take()?;
         let hook = &mut self.plan.hooks[idx as usize];
+        self.links[i].last_plan = Some(hook.clone());
         let function = hook.function;
         if let Err(e) = detach_links(&mut self._ebpf, idx, links) {
             // The links are dropped with the error's value either way; say
@@ -133,16 +140,65 @@ impl Probes {
 
     /// Attaches the hooks that wait for a module live in `look`.
     fn attach_waiting(&mut self, look: &Modules, ev: &mut ModuleEvents) {
-        let due = self
-            .plan
-            .hooks
-            .iter()
-            .any(|h| h.waits_for_module && h.module.as_deref().is_some_and(|m| look.live(m)));
-        if !due {
+        if !self.waits_on_live(look) {
             return;
         }
-        let Ok(kallsyms) = crate::kallsyms::Kallsyms::from_proc() else { return };
-        for api in self.plan.resolve_late(&kallsyms) {
+        let t0 = std::time::Instant::now();
+        self.reattach_known(look, ev);
+        if self.waits_on_live(look) {
+            if let Ok(kallsyms) = crate::kallsyms::Kallsyms::from_proc() {
+                self.attach_resolved(&kallsyms, look, ev);
+                ev.kallsyms = Some(kallsyms);
+            }
+        }
+        ev.attach_time = t0.elapsed();
+    }
+
+    /// Whether a hook waits for a module that `look` found live.
+    fn waits_on_live(&self, look: &Modules) -> bool {
+        self.plan
+            .hooks
+            .iter()
+            .any(|h| h.waits_for_module && h.module.as_deref().is_some_and(|m| look.live(m)))
+    }
+
+    /// Attaches again, by the same function names, the hooks that were
+    /// attached on an earlier load of their module. Reading kallsyms to
+    /// choose them afresh takes about a second on a distribution kernel
+    /// under emulation, and a module loaded again is almost always the same
+    /// file. A hook whose function is not in the new load stays waiting
+    /// and is resolved from kallsyms by the caller.
+    fn reattach_known(&mut self, look: &Modules, ev: &mut ModuleEvents) {
+        for i in 0..self.links.len() {
+            let h = &self.links[i];
+            let idx = h.idx as usize;
+            let (None, Some(module), Some(plan)) = (&h.links, h.module.clone(), h.last_plan.clone()) else { continue };
+            if !self.plan.hooks[idx].waits_for_module || !look.live(&module) {
+                continue;
+            }
+            let instance = look.instance(&module);
+            match attach_kprobe(&mut self._ebpf, h.idx, &h.symbol.clone(), h.with_exit) {
+                Ok(l) => {
+                    let h = &mut self.links[i];
+                    h.links = Some(l);
+                    h.instance = instance;
+                    h.kprobe_links = kprobe_links(&self._ebpf, h.idx, Mechanism::Kprobe);
+                    ev.attached.push(plan.function);
+                    self.plan.hooks[idx] = plan;
+                }
+                Err(_) => {
+                    // Half attached (the kretprobe without the kprobe) is
+                    // undone by unloading; the kallsyms path loads again.
+                    detach(&mut self._ebpf, self.links[i].idx, Mechanism::Kprobe);
+                    self.links[i].last_plan = None;
+                }
+            }
+        }
+    }
+
+    /// Attaches the waiting hooks `kallsyms` now has a function for.
+    fn attach_resolved(&mut self, kallsyms: &crate::kallsyms::Kallsyms, look: &Modules, ev: &mut ModuleEvents) {
+        for api in self.plan.resolve_late(kallsyms) {
             let idx = api as u32;
             let hook = &mut self.plan.hooks[api as usize];
             let (Some(symbol), Some(Mechanism::Kprobe), Some(module)) =
@@ -169,6 +225,7 @@ impl Probes {
                         kprobe_links,
                         module: Some(module),
                         instance,
+                        last_plan: None,
                     };
                     match self.links.iter_mut().find(|h| h.idx == idx) {
                         Some(h) => *h = entry,
