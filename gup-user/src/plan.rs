@@ -1085,6 +1085,25 @@ mod tests {
     }
 
     #[test]
+    fn hooks_know_their_module_and_wait_while_it_is_away() {
+        let mut plan = ProbePlan::resolve("6.12".into(), Ok(&btf_61()), &kallsyms(&["pin_user_pages_fast"]));
+        assert_eq!(plan.hook(Api::PinUserPagesFast).module, None, "vmlinux");
+        assert!(i915_hooks(&plan).iter().all(|h| h.module.as_deref() == Some("i915")), "awaited module");
+        plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
+        assert!(i915_hooks(&plan).iter().all(|h| h.module.as_deref() == Some("i915") && h.symbol.is_some()));
+        // Unloaded (the loader marks the hook so), then a look while another
+        // module's symbols are in: it keeps waiting, with the loader's reason.
+        let h = &mut plan.hooks[Api::I915UserptrIoctl as usize];
+        (h.status, h.waits_for_module, h.symbol, h.reason) = (HookStatus::Absent, true, None, "i915 was unloaded".into());
+        assert!(plan.resolve_late(&with_module(&["pin_user_pages_fast"], "nvidia", &["nv_ioctl"])).is_empty());
+        let h = plan.hook(Api::I915UserptrIoctl);
+        assert_eq!((h.waits_for_module, h.module.as_deref(), h.reason.as_str()), (true, Some("i915"), "i915 was unloaded"));
+        // i915 back: resolved afresh.
+        let found = plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
+        assert_eq!(found, [Api::I915UserptrIoctl]);
+    }
+
+    #[test]
     fn a_loaded_i915_without_a_role_function_names_what_is_missing() {
         let k = with_module(&[], "i915", &["i915_gem_userptr_ioctl", "i915_gem_userptr_put_pages"]);
         let plan = ProbePlan::resolve("x".into(), Err("no BTF".into()), &k);
