@@ -471,6 +471,16 @@ fn evaluate_cycles(s: &BTreeMap<String, String>) -> Vec<(String, bool, String)> 
         first.is_some() && seen.iter().all(|f| *f == first),
         format!("(fds, programs, links) after the first load {first:?}; after each cycle {seen:?}"),
     ));
+    // The kernel's list and the module table agree: no hook was ever found
+    // dead by the list alone (which would mean detaching and attaching a
+    // live hook over and over).
+    let kernel_gone: Vec<&str> =
+        get("detached").lines().filter(|l| l.contains("reason=\"kernel_gone\"") && !l.ends_with(" 0")).collect();
+    out.push((
+        "no hook found dead by the kernel's kprobe list alone (reason kernel_gone stays 0)".into(),
+        get("detached").contains("reason=\"kernel_gone\"") && kernel_gone.is_empty(),
+        if kernel_gone.is_empty() { "0 for the four hooks".into() } else { kernel_gone.join("; ") },
+    ));
     let unseen = parse_cycle(get("reload-unseen"));
     let reloaded = get("detached").lines().filter(|l| l.contains("reason=\"module_reloaded\"") && l.ends_with(" 1")).count();
     let unloaded = get("detached")
@@ -610,7 +620,7 @@ mod tests {
             .iter()
             .map(|f| {
                 format!(
-                    "gupwatch_probe_detached_total{{function=\"{f}\",reason=\"module_unloaded\"}} {CYCLES}\ngupwatch_probe_detached_total{{function=\"{f}\",reason=\"module_reloaded\"}} 1\n"
+                    "gupwatch_probe_detached_total{{function=\"{f}\",reason=\"module_unloaded\"}} {CYCLES}\ngupwatch_probe_detached_total{{function=\"{f}\",reason=\"module_reloaded\"}} 1\ngupwatch_probe_detached_total{{function=\"{f}\",reason=\"kernel_gone\"}} 0\n"
                 )
             })
             .collect();
@@ -626,7 +636,7 @@ mod tests {
     #[test]
     fn a_good_run_passes_every_check() {
         let (checks, chosen) = evaluate(&good());
-        assert_eq!(checks.len(), 11);
+        assert_eq!(checks.len(), 12);
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
         assert_eq!(chosen.len(), 4);
     }
@@ -689,6 +699,11 @@ mod tests {
             s.insert("detached".into(), d);
         });
         assert_eq!(f, ["an unload and load while gupwatch is stopped is seen as a reload, and the hooks attach again"]);
+        let f = failing(&|s| {
+            let d = s["detached"].replacen("kernel_gone\"} 0", "kernel_gone\"} 3", 1);
+            s.insert("detached".into(), d);
+        });
+        assert_eq!(f, ["no hook found dead by the kernel's kprobe list alone (reason kernel_gone stays 0)"]);
         // The cycles did not run at all.
         let f = failing(&|s| {
             s.retain(|k, _| !k.starts_with("cycle-"));
