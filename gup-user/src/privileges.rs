@@ -13,7 +13,7 @@
 //! | writing `/proc/sys/vm/stat_refresh` (exact vmstat totals) | uid 0 (a DAC check on a root-owned 0200 file), no capability |
 //! | symbolizing stacks | nothing: `/proc/kallsyms` is read once, before the drop |
 //! | reloading the config and the `--web-config` files (certificates) | uid 0 and root-owned files (no CAP_DAC_OVERRIDE) |
-//! | attaching i915 hooks when the module loads later, or again after an unload (`gupwatch run` looks every 2 s, the summary mode every interval) | CAP_BPF (program load) + CAP_PERFMON (kprobe perf event); CAP_SYS_ADMIN instead of CAP_PERFMON where `kernel.perf_event_paranoid` is above 2 (Debian's and Ubuntu's patch lets only CAP_SYS_ADMIN call perf_event_open(2) at 3, their default: measured on Debian 7.2, where CAP_PERFMON alone gets EACCES); CAP_SYS_ADMIN alone before 5.8 |
+//! | attaching i915 hooks when the module loads later, or again after an unload (`gupwatch run` looks every second, the summary mode every interval) | CAP_BPF (program load) + CAP_PERFMON (kprobe perf event); CAP_SYS_ADMIN instead of CAP_PERFMON where `kernel.perf_event_paranoid` is above 2 (Debian's and Ubuntu's patch lets only CAP_SYS_ADMIN call perf_event_open(2) at 3, their default: measured on Debian 7.2, where CAP_PERFMON alone gets EACCES); CAP_SYS_ADMIN alone before 5.8 |
 //!
 //! So with no hook on a module no thread keeps **any capability** on
 //! 5.19+ kernels. While hooks live on a module (i915, loaded or awaited),

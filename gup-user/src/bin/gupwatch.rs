@@ -616,8 +616,10 @@ fn serve(
 /// read of `/proc/modules`, a stat per module and the kernel's kprobe list
 /// (kallsyms is read only when a waiting hook's module is live). A hook on
 /// an unloaded module reads as detached at most this long after the
-/// unload, and attaches at most this long after the module is back.
-const MODULE_LOOK_EVERY: Duration = Duration::from_secs(2);
+/// unload, and attaches at most this long after the module is back. A
+/// look costs little (the files are short), so once a second: the
+/// attached gauge is wrong for at most a second.
+const MODULE_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// `run`'s module thread: detaches the hooks whose module is unloaded,
 /// attaches those whose module loads (after gupwatch started, or again),
