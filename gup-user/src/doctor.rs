@@ -723,9 +723,9 @@ pub fn evaluate(f: &Facts) -> Report {
         "i915",
         Status::Info,
         if f.i915_loaded {
-            "i915 loaded: its userptr objects are attributed (kprobes on module functions)".into()
+            "i915 loaded: its userptr objects are attributed (kprobes on module functions; a running gupwatch detaches them when i915 is unloaded, since the kernel kills a module's kprobes with it, and attaches new ones when it is loaded again)".into()
         } else {
-            "i915 not loaded: its hooks attach if the module appears".into()
+            "i915 not loaded: its hooks attach if the module appears, and follow it through later unloads and loads".into()
         },
         None,
     );

@@ -34,6 +34,7 @@ pub mod linkinfo;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod modwatch;
 pub mod plan;
 pub mod privileges;
 pub mod reader;

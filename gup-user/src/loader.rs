@@ -20,6 +20,9 @@ use crate::{
     reader::StatsMaps,
 };
 
+mod follow;
+pub use follow::{Detach, ModuleEvents};
+
 /// The eBPF object built from `gup-ebpf` by the build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUPWATCH_EBPF_OBJECT"));
 
@@ -126,6 +129,11 @@ pub struct Probes {
     pub track_capacity: u32,
     /// The eBPF side's debug log reader, until the caller takes it.
     ebpf_log: Option<crate::ebpflog::EbpfLog>,
+    /// `/proc/modules`, opened at load (see [`crate::modwatch`]).
+    modules: crate::modwatch::ModuleTable,
+    /// Hooks found dead, by function and reason, since start
+    /// (`gupwatch_probe_detached_total`).
+    detached: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// The kernel links of one attached hook.
@@ -145,6 +153,15 @@ struct HookLinks {
     /// calls the probes missed ([`crate::linkinfo`]); empty for fentry,
     /// and closed before the hook is detached.
     kprobe_links: Vec<std::os::fd::OwnedFd>,
+    /// The module the function is in (`None`: vmlinux).
+    module: Option<String>,
+    /// The load of that module the probes were attached to: they die with
+    /// it ([`crate::modwatch`]).
+    instance: Option<crate::modwatch::ModuleInstance>,
+    /// The hook's plan entry while it was attached, kept when its module
+    /// goes away: the next load is attached by the same function names
+    /// without reading kallsyms again.
+    last_plan: Option<crate::plan::HookPlan>,
 }
 
 /// Opens this hook's kprobe links (see [`crate::linkinfo`]).
@@ -280,6 +297,8 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         Err(e) => HookStatus::Failed(format!("tracepoint sched/sched_process_exit: {}", describe(&e, "sched_process_exit"))),
     };
     let btf = Btf::from_sys_fs().ok();
+    // Opened while the start-up capabilities are held: see ModuleTable.
+    let mut modules = crate::modwatch::ModuleTable::open();
 
     let debug = std::env::var_os("GUPWATCH_DEBUG").is_some();
     let mut all_links = vec![];
@@ -292,8 +311,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
             eprintln!("gupwatch: attaching {} ({mechanism})", hook.function);
         }
         let idx = hook.api as u32;
-        // The slow-path hook only marks where a fast call fell back: no exit.
-        let with_exit = !matches!(hook.api.kind(), gup_common::ApiKind::SlowPath | gup_common::ApiKind::Undo);
+        let with_exit = has_exit(hook.api);
         let result = match (mechanism, &btf) {
             (Mechanism::Fentry, Some(btf)) => match attach_fentry(&mut ebpf, idx, &symbol, btf, with_exit) {
                 Ok(l) => Ok((Mechanism::Fentry, l)),
@@ -344,13 +362,29 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
                 hook.mechanism = Some(m);
                 hook.status = HookStatus::Attached;
                 let kprobe_links = kprobe_links(&ebpf, idx, m);
-                all_links.push(HookLinks { idx, symbol, with_exit, mechanism: m, links: Some(l), kprobe_links });
+                let module = hook.module.clone();
+                all_links.push(HookLinks {
+                    idx,
+                    symbol,
+                    with_exit,
+                    mechanism: m,
+                    links: Some(l),
+                    kprobe_links,
+                    module,
+                    instance: None,
+                    last_plan: None,
+                });
             }
             Err(e) => {
                 detach(&mut ebpf, idx, Mechanism::Kprobe);
                 hook.status = HookStatus::Failed(e);
             }
         }
+    }
+    // Which load of each module the hooks on it belong to.
+    let look = modules.look();
+    for h in all_links.iter_mut() {
+        h.instance = h.module.as_deref().and_then(|m| look.instance(m));
     }
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
     // Logging never costs the probes: without its reader the programs'
@@ -367,7 +401,22 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         None
     };
     trim_heap();
-    Ok(Probes { _ebpf: ebpf, plan, maps, track_capacity: opts.track_capacity.max(1), links: all_links, ebpf_log })
+    Ok(Probes {
+        _ebpf: ebpf,
+        plan,
+        maps,
+        track_capacity: opts.track_capacity.max(1),
+        links: all_links,
+        ebpf_log,
+        modules,
+        detached: vec![],
+    })
+}
+
+/// Whether a hook has an exit program: the slow-path hook only marks where
+/// a fast call fell back, and the undo hook needs no return value.
+fn has_exit(api: Api) -> bool {
+    !matches!(api.kind(), gup_common::ApiKind::SlowPath | gup_common::ApiKind::Undo)
 }
 
 /// The order in which the plan's hooks are attached: the ones that
@@ -464,14 +513,24 @@ fn attach_exit_tracepoint(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
 fn attach_kprobe(ebpf: &mut Ebpf, idx: u32, symbol: &str, with_exit: bool) -> Result<Links, ProgramError> {
     let kr = if with_exit {
         let kr: &mut KProbe = program(ebpf, &prog_name("kr", idx))?.try_into()?;
-        kr.load()?;
+        load_once(kr)?;
         Some(kr.attach(symbol, 0)?)
     } else {
         None
     };
     let kp: &mut KProbe = program(ebpf, &prog_name("kp", idx))?.try_into()?;
-    kp.load()?;
+    load_once(kp)?;
     Ok(Links::Kprobe(kp.attach(symbol, 0)?, kr))
+}
+
+/// Loads a kprobe program unless it is loaded: a module hook attached
+/// again after its module came back reuses its programs, so the verifier
+/// does not run again and the number of programs stays the same.
+fn load_once(p: &mut KProbe) -> Result<(), ProgramError> {
+    match p.load() {
+        Err(ProgramError::AlreadyLoaded) => Ok(()),
+        r => r,
+    }
 }
 
 /// Unloads a half-attached hook so a fallback starts clean.
@@ -694,62 +753,6 @@ impl Probes {
         Ok(cleared)
     }
 
-    /// Attaches hooks on module functions that were absent when the probes
-    /// loaded (e.g. i915 loaded afterwards): the plan resolves them again
-    /// from a fresh `/proc/kallsyms` ([`ProbePlan::resolve_late`]), and
-    /// whatever happens is written into it. Returns the functions attached.
-    ///
-    /// Cheap when nothing waits: kallsyms is read only when a waiting
-    /// hook's module is live in `/sys/module`.
-    pub fn attach_late_modules(&mut self) -> Vec<&'static str> {
-        if !self.late_attach_pending() || !module_live("i915") {
-            return vec![];
-        }
-        let Ok(kallsyms) = crate::kallsyms::Kallsyms::from_proc() else { return vec![] };
-        let mut done = vec![];
-        for api in self.plan.resolve_late(&kallsyms) {
-            let hook = &mut self.plan.hooks[api as usize];
-            let (Some(symbol), Some(Mechanism::Kprobe)) = (hook.symbol.clone(), hook.mechanism) else {
-                // Not in a module after all: it would have been found at start.
-                hook.status = HookStatus::Failed("found late but not in a module: restart gupwatch to hook it".into());
-                continue;
-            };
-            match attach_kprobe(&mut self._ebpf, api as u32, &symbol, true) {
-                Ok(l) => {
-                    let kprobe_links = kprobe_links(&self._ebpf, api as u32, Mechanism::Kprobe);
-                    self.links.push(HookLinks {
-                        idx: api as u32,
-                        symbol,
-                        with_exit: true,
-                        mechanism: Mechanism::Kprobe,
-                        links: Some(l),
-                        kprobe_links,
-                    });
-                    hook.reason = format!("{} (module loaded after gupwatch started)", hook.reason);
-                    hook.status = HookStatus::Attached;
-                    done.push(hook.function);
-                }
-                Err(e) => {
-                    detach(&mut self._ebpf, api as u32, Mechanism::Kprobe);
-                    hook.status = HookStatus::Failed(format!("kprobe: {}", describe(&e, hook.function)));
-                }
-            }
-        }
-        done
-    }
-
-    /// Whether a hook still waits for its module (an i915 hook absent
-    /// because i915 is not loaded yet). Hooks that failed, or that the
-    /// loaded module lacks, do not wait.
-    pub fn late_attach_pending(&self) -> bool {
-        self.plan.hooks.iter().any(|h| h.waits_for_module)
-    }
-}
-
-/// Whether a module is loaded and initialised (`/sys/module/NAME/initstate`
-/// says `live`): its symbols are final then.
-fn module_live(name: &str) -> bool {
-    std::fs::read_to_string(format!("/sys/module/{name}/initstate")).is_ok_and(|s| s.trim() == "live")
 }
 
 /// The API whose programs carry this name (for diagnostics).

@@ -323,6 +323,9 @@ pub struct ScrapeData {
     /// Holders with their own `gupwatch_accounted_*` series
     /// ([`Settings::top_processes`]).
     pub top_processes: usize,
+    /// Per module hook's function and reason, the times it was found dead
+    /// ([`crate::loader::Probes::probe_detached`]).
+    pub probe_detached: Vec<(&'static str, &'static str, u64)>,
 }
 
 impl ScrapeData {
@@ -349,6 +352,7 @@ impl ScrapeData {
             probe_misses: Vec::new(),
             accounted: None,
             top_processes: settings.top_processes,
+            probe_detached: Vec::new(),
         }
     }
 
@@ -458,6 +462,12 @@ struct ProbeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabels {
     function: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetachLabels {
+    function: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -794,6 +804,12 @@ impl PromCollector for Exposition {
             "gupwatch_probe_misses",
             "Calls of this kernel function the kernel ran without one of gupwatch's programs: the BPF recursion guard skipped it (the same program, or for kprobes any kprobe program, was already running on that CPU), or a kprobe let the call through (a kretprobe out of instances). gupwatch_skipped_entries_total says which unpins were still counted. From the programs' recursion_misses (kernel 5.12+; kprobes 6.7+) and the kprobe links' missed count (6.7+).",
             d.probe_misses.iter().map(|(f, n)| (FunctionLabels { function: f }, *n)),
+        )?;
+        counters(
+            &mut enc,
+            "gupwatch_probe_detached",
+            "Times a hook on a module function was found dead and detached, by reason: module_unloaded, module_reloaded (unloaded and loaded again between two looks), kernel_gone (the kernel lists its kprobe as [GONE] or not at all). A kprobe dies with the load of its module; gupwatch attaches the hook again when the module is back (gupwatch_probe_attached says when).",
+            d.probe_detached.iter().map(|(f, r, n)| (DetachLabels { function: f, reason: r }, *n)),
         )?;
         counters(
             &mut enc,
@@ -1352,25 +1368,29 @@ impl Collector {
         self.probes.as_ref().is_some_and(Probes::late_attach_pending)
     }
 
-    /// Attaches the hooks whose module appeared since the last call, and
-    /// refreshes the plan the metrics and `/api/snapshot` show. Returns
-    /// the functions attached; see [`Probes::attach_late_modules`].
-    pub fn attach_late_modules(&mut self) -> Vec<&'static str> {
-        let Some(p) = self.probes.as_mut() else { return vec![] };
-        let done = p.attach_late_modules();
-        // Failures change the plan too, so refresh whenever it was re-read.
-        self.plan = PlanSummary::from_plan(&p.plan);
-        if !done.is_empty() {
-            // The module's functions, for naming call sites. Only when the
-            // addresses are readable: after the capability drop they may
-            // read as zero, and the old table is better than none.
-            if let Ok(k) = Kallsyms::from_proc() {
-                if k.has_addresses() {
-                    self.kallsyms = k;
-                }
-            }
+    /// Whether any hook lives on a module ([`Probes::follows_modules`]).
+    pub fn follows_modules(&self) -> bool {
+        self.probes.as_ref().is_some_and(Probes::follows_modules)
+    }
+
+    /// Detaches the hooks whose module went away, attaches those whose
+    /// module is (back) in, and refreshes the plan the metrics and
+    /// `/api/snapshot` show; see [`Probes::follow_modules`].
+    pub fn follow_modules(&mut self) -> crate::loader::ModuleEvents {
+        let Some(p) = self.probes.as_mut() else { return Default::default() };
+        let mut ev = p.follow_modules();
+        if ev.is_empty() {
+            return ev;
         }
-        done
+        self.plan = PlanSummary::from_plan(&p.plan);
+        // The module's functions, for naming call sites: the table the
+        // attach read. Only when the addresses are readable: after the
+        // capability drop they may read as zero, and the old table is
+        // better than none.
+        if let Some(k) = ev.kallsyms.take().filter(|k| !ev.attached.is_empty() && k.has_addresses()) {
+            self.kallsyms = k;
+        }
+        ev
     }
 
     /// Reads every source now.
@@ -1411,6 +1431,7 @@ impl Collector {
             .as_ref()
             .map(|p| p.probe_misses().into_iter().map(|(a, n)| (a.symbol(), n)).collect())
             .unwrap_or_default();
+        data.probe_detached = self.probes.as_ref().map(Probes::probe_detached).unwrap_or_default();
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
         // analysis would feed the growth tracker the same reading twice.
         // It reads the whole tracking map (a syscall per folio), so scrapes
@@ -1607,6 +1628,7 @@ pub(crate) mod tests {
         leaks.by_kind.insert("orphaned", (2, 512));
         d.leaks = Some(leaks);
         d.probe_misses = vec![("pin_user_pages_fast", 0), ("unpin_user_folio", 3)];
+        d.probe_detached = vec![("i915_gem_userptr_ioctl", "module_unloaded", 2), ("i915_gem_userptr_ioctl", "kernel_gone", 0)];
         Arc::new(d)
     }
 
@@ -1656,6 +1678,7 @@ pub(crate) mod tests {
             ("gupwatch_map_capacity", "gauge"),
             ("gupwatch_events_dropped_total", "counter"),
             ("gupwatch_probe_misses_total", "counter"),
+            ("gupwatch_probe_detached_total", "counter"),
             ("gupwatch_skipped_entries_total", "counter"),
             ("gupwatch_read_errors_total", "counter"),
             ("gupwatch_scrape_duration_seconds", "gauge"),
@@ -1676,6 +1699,14 @@ pub(crate) mod tests {
         assert_eq!(value(&text, r#"gupwatch_probe_misses_total{function="pin_user_pages_fast"}"#), 0.0);
         assert_eq!(samples(&text, "gupwatch_probe_misses_total").len(), 2);
         assert_eq!(value(&text, r#"gupwatch_skipped_entries_total{outcome="counted_at_release"}"#), 256.0);
+    }
+
+    #[test]
+    fn module_hooks_found_dead_are_counted_by_reason() {
+        let text = render(&sample(), Format::Prometheus);
+        assert_eq!(value(&text, r#"gupwatch_probe_detached_total{function="i915_gem_userptr_ioctl",reason="module_unloaded"}"#), 2.0);
+        assert_eq!(value(&text, r#"gupwatch_probe_detached_total{function="i915_gem_userptr_ioctl",reason="kernel_gone"}"#), 0.0);
+        assert_eq!(samples(&text, "gupwatch_probe_detached_total").len(), 2);
     }
 
     #[test]

@@ -73,6 +73,11 @@ pub struct HookPlan {
     /// Absent because its module is not loaded yet: attached when it is
     /// ([`ProbePlan::resolve_late`]).
     pub waits_for_module: bool,
+    /// The module the function is in (`None`: vmlinux), or the one a
+    /// waiting hook waits for: its hooks die when it is unloaded and are
+    /// attached again when it loads ([`crate::modwatch`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
     /// The symbol to attach to (differs for compiler clones).
     pub symbol: Option<String>,
     /// pin, get or unpin.
@@ -672,6 +677,7 @@ impl ProbePlan {
             role: None,
             candidates: vec![],
             waits_for_module: false,
+            module: None,
             symbol: None,
             kind: kind_name(api.kind()),
             params: None,
@@ -697,6 +703,7 @@ impl ProbePlan {
                     hook.status = HookStatus::Absent;
                     hook.reason = choice.reason;
                     hook.waits_for_module = choice.module_not_loaded;
+                    hook.module = choice.module_not_loaded.then(|| "i915".to_string());
                     return hook;
                 }
             }
@@ -709,6 +716,7 @@ impl ProbePlan {
         };
         hook.symbol = Some(symbol.to_string());
         hook.text = kallsyms.text_range(sym.addr).map_or(TextRange::NONE, |(start, end)| TextRange { start, end });
+        hook.module = sym.module.map(str::to_string);
         let proto = btf.and_then(|b| b.func(function));
         if let Some(p) = &proto {
             let idx = |names: &[&str]| p.param_index(names).map_or(ARG_NONE, |i| i as u8);
@@ -763,9 +771,14 @@ impl ProbePlan {
             }
             let taken = taken_by(&self.hooks);
             // Module functions have no vmlinux BTF: kprobes, as at start.
-            let hook = Self::resolve_hook(api, None, kallsyms, &taken);
+            let mut hook = Self::resolve_hook(api, None, kallsyms, &taken);
             if hook.symbol.is_some() {
                 found.push(api);
+            } else if let Some(m) = self.hooks[i].module.clone().filter(|m| !kallsyms.has_module(m)) {
+                // Its module is still away (another one loaded): keep waiting.
+                hook.waits_for_module = true;
+                hook.reason = self.hooks[i].reason.clone();
+                hook.module = Some(m);
             }
             self.hooks[i] = hook;
         }
@@ -1121,6 +1134,25 @@ mod tests {
         assert_eq!((plan.hook(Api::PinUserPagesFast).mechanism, plan.hook(Api::PinUserPagesFast).reason.clone()), (fast.mechanism, fast.reason));
         // Nothing waits any more: a second look finds nothing new.
         assert!(plan.resolve_late(&with_module(&[], "i915", I915_DEBIAN)).is_empty());
+    }
+
+    #[test]
+    fn hooks_know_their_module_and_wait_while_it_is_away() {
+        let mut plan = ProbePlan::resolve("6.12".into(), Ok(&btf_61()), &kallsyms(&["pin_user_pages_fast"]));
+        assert_eq!(plan.hook(Api::PinUserPagesFast).module, None, "vmlinux");
+        assert!(i915_hooks(&plan).iter().all(|h| h.module.as_deref() == Some("i915")), "awaited module");
+        plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
+        assert!(i915_hooks(&plan).iter().all(|h| h.module.as_deref() == Some("i915") && h.symbol.is_some()));
+        // Unloaded (the loader marks the hook so), then a look while another
+        // module's symbols are in: it keeps waiting, with the loader's reason.
+        let h = &mut plan.hooks[Api::I915UserptrIoctl as usize];
+        (h.status, h.waits_for_module, h.symbol, h.reason) = (HookStatus::Absent, true, None, "i915 was unloaded".into());
+        assert!(plan.resolve_late(&with_module(&["pin_user_pages_fast"], "nvidia", &["nv_ioctl"])).is_empty());
+        let h = plan.hook(Api::I915UserptrIoctl);
+        assert_eq!((h.waits_for_module, h.module.as_deref(), h.reason.as_str()), (true, Some("i915"), "i915 was unloaded"));
+        // i915 back: resolved afresh.
+        let found = plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
+        assert_eq!(found, [Api::I915UserptrIoctl]);
     }
 
     #[test]

@@ -15,15 +15,16 @@
 //! | the reduced mode's accounted pins: `/proc/<pid>/status` | nothing |
 //! | the reduced mode's accounted pins: `/proc/<pid>/fd` links and `fdinfo` of other processes (io_uring buffers) | CAP_SYS_PTRACE: both need ptrace read access, which the kernel refuses when the target's permitted capabilities are not a subset of the reader's (any root daemon, or a root `gupwatch workload --hold`, measured on Debian 7.2: with no capability left, every io_uring descriptor went unseen). Kept in the reduced mode only, where no probe runs |
 //! | reloading the config and the `--web-config` files (certificates) | uid 0 and root-owned files (no CAP_DAC_OVERRIDE) |
-//! | attaching i915 hooks when the module loads later (`gupwatch run` looks every 5 s, the summary mode every 5 intervals) | CAP_BPF (program load) + CAP_PERFMON (kprobe perf event); CAP_SYS_ADMIN instead of CAP_PERFMON where `kernel.perf_event_paranoid` is above 2 (Debian's and Ubuntu's patch lets only CAP_SYS_ADMIN call perf_event_open(2) at 3, their default: measured on Debian 7.2, where CAP_PERFMON alone gets EACCES); CAP_SYS_ADMIN alone before 5.8 |
+//! | attaching i915 hooks when the module loads later, or again after an unload (`gupwatch run` looks every second, the summary mode every interval) | CAP_BPF (program load) + CAP_PERFMON (kprobe perf event); CAP_SYS_ADMIN instead of CAP_PERFMON where `kernel.perf_event_paranoid` is above 2 (Debian's and Ubuntu's patch lets only CAP_SYS_ADMIN call perf_event_open(2) at 3, their default: measured on Debian 7.2, where CAP_PERFMON alone gets EACCES); CAP_SYS_ADMIN alone before 5.8 |
 //!
-//! So once everything is attached no thread keeps **any capability** on
-//! 5.19+ kernels. While an i915 hook still waits for its module, `gupwatch
-//! run` keeps the late-attach capabilities in one thread only, the one
-//! that attaches (the HTTP workers and the reload thread start after the
-//! others dropped them, with none), and that thread drops them once
-//! nothing waits. The summary mode (one thread) keeps them the same way
-//! and sheds them at the same point. The bounding and
+//! So with no hook on a module no thread keeps **any capability** on
+//! 5.19+ kernels. While hooks live on a module (i915, loaded or awaited),
+//! `gupwatch run` keeps the late-attach capabilities in one thread only,
+//! the one that follows the module (the HTTP workers and the reload thread
+//! start after the others dropped them, with none), for as long as it
+//! runs: a module can be unloaded and loaded again at any time, and each
+//! load needs new kprobes (those of the previous load are dead). The
+//! summary mode (one thread) keeps them the same way. The bounding and
 //! ambient sets are cleared to match (so nothing this process runs can
 //! regain more), and `PR_SET_NO_NEW_PRIVS` is set (no privilege through
 //! setuid binaries or file capabilities either). The uid stays 0: files
@@ -129,12 +130,12 @@ pub fn capabilities_to_keep(needs: &Needs) -> Vec<(u32, &'static str)> {
     if needs.late_attach {
         if has_cap_bpf {
             if !keep.iter().any(|(c, _)| *c == CAP_BPF) {
-                keep.push((CAP_BPF, "attaching i915 hooks when the module loads: loading their programs"));
+                keep.push((CAP_BPF, "attaching i915 hooks when the module loads (again): loading their programs"));
             }
             // Unknown: both, the cautious side.
             let paranoid = needs.perf_event_paranoid;
             if paranoid.is_none_or(|p| p <= 2) {
-                keep.push((CAP_PERFMON, "attaching i915 hooks when the module loads: kprobe perf events"));
+                keep.push((CAP_PERFMON, "attaching i915 hooks when the module loads (again): kprobe perf events"));
             }
             if paranoid.is_none_or(|p| p > 2) {
                 keep.push((CAP_SYS_ADMIN, "attaching i915 hooks when the module loads: kprobe perf events, which kernel.perf_event_paranoid above 2 (a Debian/Ubuntu patch) allows only with CAP_SYS_ADMIN"));

@@ -137,7 +137,9 @@ enum Cmd {
     },
     /// The i915 hooks on the generic Debian kernels (also a step of
     /// `test`): one boot each; `gupwatch probes` without and with i915,
-    /// and `gupwatch run` attaching them when i915 loads after it started.
+    /// `gupwatch run` attaching them when i915 loads after it started, and
+    /// 10 unload/load cycles of i915 under it (hooks detached and attached
+    /// again each time, no descriptor leaked).
     I915 {
         /// Kernels to run on (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "6.1,6.12,7.2")]

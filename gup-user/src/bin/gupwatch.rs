@@ -570,15 +570,18 @@ fn serve(
         metrics::Settings { top_processes: settings.top_processes, ..metrics::Settings::default() },
     );
     collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
-    let late_attach = collector.late_attach_pending();
+    // Module hooks are followed for as long as gupwatch runs: a module can
+    // be unloaded and loaded again at any time, and each load needs fresh
+    // kprobes.
+    let late_attach = collector.follows_modules();
     let app = Arc::new(http::App::new(collector));
     // Loaded, attached, kallsyms read: shed every capability before any
     // thread starts (capabilities are per thread, and threads inherit
-    // them). While an i915 hook waits for its module, CAP_BPF and
-    // CAP_PERFMON stay for the late-attach thread alone: it starts with
-    // them, then this thread drops them too, so the HTTP workers and the
-    // reload thread start with none. The reduced mode keeps the one its
-    // walk of other processes' descriptors needs.
+    // them). While a hook lives on a module (i915), CAP_BPF and
+    // CAP_PERFMON stay for the module thread alone: it starts with them,
+    // then this thread drops them too, so the HTTP workers and the reload
+    // thread start with none. The reduced mode keeps the one its walk of
+    // other processes' descriptors needs.
     drop_privileges_for(late_attach, attached == 0);
     // Installed only now: until here the default action of SIGINT/SIGTERM
     // (exit, which detaches whatever was attached) ends a slow load at once.
@@ -628,54 +631,64 @@ fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// How often `run` looks for the module a waiting hook needs (a look is a
-/// `/sys/module` read; kallsyms is read only once the module is live).
-const LATE_ATTACH_EVERY: Duration = Duration::from_secs(5);
+/// How often `run` looks at the modules its hooks live on: a look is a
+/// read of `/proc/modules`, a stat per module and the kernel's kprobe list
+/// (kallsyms is read only when a waiting hook's module is live). A hook on
+/// an unloaded module reads as detached at most this long after the
+/// unload, and attaches at most this long after the module is back. A
+/// look costs little (the files are short), so once a second: the
+/// attached gauge is wrong for at most a second.
+const MODULE_LOOK_EVERY: Duration = Duration::from_secs(1);
 
-/// `run`'s late-attach thread: attaches the hooks whose module (i915)
-/// loads after gupwatch started, logs each, and once none waits drops
-/// the capabilities it kept for that (CAP_BPF, CAP_PERFMON) and ends.
+/// `run`'s module thread: detaches the hooks whose module is unloaded,
+/// attaches those whose module loads (after gupwatch started, or again),
+/// and logs each. It keeps the capabilities attaching needs (CAP_BPF,
+/// CAP_PERFMON) for the life of the daemon, alone of all threads.
 fn spawn_late_attacher(app: Arc<gupwatch::http::App>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
     use std::sync::atomic::Ordering;
     std::thread::Builder::new()
         .name("gupwatch-late-attach".into())
         .spawn(move || {
-            tracing::info!(every_secs = LATE_ATTACH_EVERY.as_secs(), "i915 not loaded: its hooks attach when it loads");
+            tracing::info!(
+                every_secs = MODULE_LOOK_EVERY.as_secs(),
+                "hooks on modules (i915) follow their module: attached when it loads, detached when it unloads"
+            );
             let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
-                if last.elapsed() < LATE_ATTACH_EVERY {
+                if last.elapsed() < MODULE_LOOK_EVERY {
                     continue;
                 }
                 last = Instant::now();
-                let (mut done, mut pending, mut failed) = (vec![], true, vec![]);
-                app.update(|c| {
-                    done = c.attach_late_modules();
-                    pending = c.late_attach_pending();
-                    if !done.is_empty() || !pending {
-                        failed = c
-                            .plan()
-                            .hooks
-                            .iter()
-                            .filter(|h| h.api.kind() == ApiKind::I915 && h.status == "failed")
-                            .map(|h| (h.function, h.reason.clone()))
-                            .collect();
-                    }
-                });
-                for f in &done {
-                    tracing::info!(function = f, mechanism = "kprobe", "module loaded after start: hook attached");
-                }
-                for (f, why) in &failed {
-                    tracing::warn!(function = f, reason = %why, "module loaded after start: hook not attached");
-                }
-                if !pending {
-                    tracing::info!("no hook waits for a module any more: dropping the capabilities kept for attaching");
-                    drop_privileges(false);
-                    return;
-                }
+                let mut ev = Default::default();
+                app.update(|c| ev = c.follow_modules());
+                log_module_events(&ev);
             }
         })
         .context("cannot start the late-attach thread")
+}
+
+/// Logs what one look at the modules changed.
+fn log_module_events(ev: &loader::ModuleEvents) {
+    for d in &ev.detached {
+        tracing::warn!(
+            function = d.function,
+            module = %d.module,
+            reason = d.reason,
+            "module hook dead: detached; attached again when the module loads"
+        );
+    }
+    for f in &ev.attached {
+        tracing::info!(
+            function = f,
+            mechanism = "kprobe",
+            attach_ms = ev.attach_time.as_millis() as u64,
+            "module loaded after start: hook attached"
+        );
+    }
+    for (f, why) in &ev.failed {
+        tracing::warn!(function = f, reason = %why, "module loaded after start: hook not attached");
+    }
 }
 
 /// Re-reads the configuration on SIGHUP and applies what can change live;
@@ -847,7 +860,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
     };
     let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
     let mut ebpf_log = probes.as_mut().and_then(loader::Probes::take_ebpf_log).filter(|_| attached > 0);
-    let mut late_attach = attached > 0 && probes.as_ref().is_some_and(loader::Probes::late_attach_pending);
+    let late_attach = attached > 0 && probes.as_ref().is_some_and(loader::Probes::follows_modules);
     drop_privileges_for(late_attach, attached == 0);
     // A thread: started after the drop, so it holds no capability.
     if let Some(l) = ebpf_log.as_mut() {
@@ -888,14 +901,18 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
     let mut printed = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && count.is_none_or(|c| printed < c) {
         host::sleep_unless_stopped(interval, &stop);
-        // Module hooks (i915) attach when the module appears.
-        if printed % 5 == 0 {
-            for f in probes.attach_late_modules() {
+        // Module hooks (i915) attach when their module loads and detach
+        // when it unloads; every interval, so either shows within one.
+        if late_attach {
+            let ev = probes.follow_modules();
+            for d in &ev.detached {
+                writeln!(out, "gupwatch: {} detached ({} {}); attached again when it loads", d.function, d.module, d.reason)?;
+            }
+            for f in &ev.attached {
                 writeln!(out, "gupwatch: {f} appeared (module loaded); attached")?;
             }
-            if late_attach && !probes.late_attach_pending() {
-                late_attach = false;
-                drop_privileges(false);
+            for (f, why) in &ev.failed {
+                writeln!(out, "gupwatch: {f} not attached: {why}")?;
             }
         }
         let now = probes.maps.snapshot()?;
