@@ -101,7 +101,7 @@ mod tests {
     const DIRTY_LOCK: TextRange = TextRange { start: 0x1000, end: 0x1100 };
     const FOLIO: TextRange = TextRange { start: 0x2000, end: 0x2040 };
     /// The unpin's frame at its fexit; calls made inside it run deeper.
-    const EXIT: u64 = 0xffffc900_0000_8000;
+    const EXIT: u64 = 0xffff_c900_0000_8000;
     const DEEPER: u64 = EXIT - 0x100;
     const ABOVE: u64 = EXIT + 0x200;
 
