@@ -248,6 +248,23 @@ pub fn render(r: &Report) -> String {
     o
 }
 
+/// The demo's VM: the daemon's port and the release port forwarded, the
+/// console to the log only (it would draw over the live view, and a pipe
+/// gets the report alone).
+fn demo_vm(manifest: &Manifest, cache: &Path, gupwatch: &Path, command: String, release_port: u16, timeout_s: u64) -> VmRun {
+    let mut run = VmRun::new(manifest.boot_kernel(cache), command);
+    run.gupwatch = Some(gupwatch.to_path_buf());
+    run.forwards = vec![
+        Forward { host: HOST_PORT, guest: GUEST_PORT },
+        Forward { host: release_port, guest: GUEST_RELEASE_PORT },
+    ];
+    run.echo = ConsoleEcho::None;
+    run.stream_stdout = false;
+    run.timeout = Duration::from_secs(timeout_s);
+    run.tag = "demo".into();
+    run
+}
+
 /// The piped demo: the workload runs for a fixed time in the VM, the host
 /// reads the daemon before and after it, and prints one report on stdout.
 /// Progress goes to stderr and the guest's console to its log, so a pipe
@@ -260,16 +277,7 @@ fn report(manifest: &Manifest, cache: &Path, gupwatch: &Path) -> Result<i32> {
     let _guard = util::guest_active();
     // The time the guest waits at each rendezvous before giving up.
     let wait_s = 600;
-    let mut run = VmRun::new(manifest.boot_kernel(cache), report_command(REPORT_WORKLOAD_S, wait_s));
-    run.gupwatch = Some(gupwatch.to_path_buf());
-    run.forwards = vec![
-        Forward { host: HOST_PORT, guest: GUEST_PORT },
-        Forward { host: release_port, guest: GUEST_RELEASE_PORT },
-    ];
-    run.echo = ConsoleEcho::None;
-    run.stream_stdout = false;
-    run.timeout = Duration::from_secs(3 * wait_s);
-    run.tag = "demo".into();
+    let run = demo_vm(manifest, cache, gupwatch, report_command(REPORT_WORKLOAD_S, wait_s), release_port, 3 * wait_s);
     let vm = thread::spawn(move || run.run());
 
     let readings = (|| -> Result<(Reading, Reading)> {
@@ -430,17 +438,7 @@ fn live(manifest: &Manifest, cache: &Path, gupwatch: &Path) -> Result<i32> {
     let _guard = util::guest_active();
     // An hour of workload at most; quitting the view ends it sooner.
     let wait_s = 3600;
-    let mut run = VmRun::new(manifest.boot_kernel(cache), live_command(wait_s));
-    run.gupwatch = Some(gupwatch.to_path_buf());
-    run.forwards = vec![
-        Forward { host: HOST_PORT, guest: GUEST_PORT },
-        Forward { host: release_port, guest: GUEST_RELEASE_PORT },
-    ];
-    // The console would draw over the live view: it goes to the log only.
-    run.echo = ConsoleEcho::None;
-    run.stream_stdout = false;
-    run.timeout = Duration::from_secs(wait_s + 300);
-    run.tag = "demo".into();
+    let run = demo_vm(manifest, cache, gupwatch, live_command(wait_s), release_port, wait_s + 300);
     let vm = thread::spawn(move || run.run());
 
     say!("demo", "booting the VM and waiting for gupwatch run to serve (about a minute under TCG)...");
