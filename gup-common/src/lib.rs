@@ -574,6 +574,8 @@ mod pod {
     unsafe impl aya::Pod for super::irq::IrqUnpins {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::skipped::TextRange {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::skipped::UnpinTexts {}
 }
 
 /// The folio (head page) of `page`, from the word at the `compound_head`

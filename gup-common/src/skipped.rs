@@ -49,6 +49,39 @@ impl TextRange {
     }
 }
 
+/// Room for the hooked unpin functions' texts in [`UnpinTexts`].
+pub const UNPIN_TEXTS: usize = 8;
+
+/// The texts of the hooked unpin functions, and the span that holds them
+/// all (they sit together in mm/gup.c), so that most addresses are told
+/// apart by two comparisons on the hot path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct UnpinTexts {
+    /// From the lowest start to the highest end of `texts`.
+    pub span: TextRange,
+    /// Each hooked unpin function's text; unused slots are empty.
+    pub texts: [TextRange; UNPIN_TEXTS],
+}
+
+impl UnpinTexts {
+    /// None known.
+    pub const NONE: UnpinTexts = UnpinTexts { span: TextRange::NONE, texts: [TextRange::NONE; UNPIN_TEXTS] };
+
+    /// From the functions' texts (the first [`UNPIN_TEXTS`] non-empty).
+    pub fn new(texts: impl IntoIterator<Item = TextRange>) -> UnpinTexts {
+        let mut out = UnpinTexts::NONE;
+        let mut n = 0;
+        for t in texts.into_iter().filter(|t| t.start < t.end).take(UNPIN_TEXTS) {
+            out.texts[n] = t;
+            n += 1;
+            out.span.start = if out.span.end == 0 { t.start } else { out.span.start.min(t.start) };
+            out.span.end = out.span.end.max(t.end);
+        }
+        out
+    }
+}
+
 /// Pages counted with no record around them, and where: a thread's mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mark {
@@ -158,6 +191,14 @@ mod tests {
         let m = Mark { ret: 0x1080, frame: DEEPER, pages: 3 };
         assert_eq!(add_to_mark(Some(m), 0x2010, DEEPER, 1).pages, 1);
         assert_eq!(add_to_mark(None, 0x2010, DEEPER, 2).pages, 2);
+    }
+
+    #[test]
+    fn unpin_texts_span_them_all() {
+        let u = UnpinTexts::new([FOLIO, TextRange::NONE, DIRTY_LOCK]);
+        assert_eq!(u.span, TextRange { start: 0x1000, end: 0x2040 });
+        assert_eq!(&u.texts[..2], &[FOLIO, DIRTY_LOCK]);
+        assert_eq!(UnpinTexts::new([]), UnpinTexts::NONE);
     }
 
     #[test]

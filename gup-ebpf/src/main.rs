@@ -39,7 +39,7 @@ use gup_common::{
     },
     i915::{credited_within, enter_replaces, leave_clears, I915Event, I915EventKind, I915Object},
     irq::{is_inside, record_is_live, ret_slot, IrqEntry, IrqExit, IrqUnpins},
-    skipped::{self, Mark, TextRange, MARK},
+    skipped::{self, Mark, TextRange, UnpinTexts, MARK, UNPIN_TEXTS},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
     PinOwner, PinRecord, API_COUNT, PIN_OWNERS, SHARED_OWNER, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
@@ -82,6 +82,11 @@ static RETURN_TRAMPOLINE: u64 = 0;
 /// ([`gup_common::skipped`]). `[0, 0)` where unknown.
 #[no_mangle]
 static TEXT_RANGES: [TextRange; API_COUNT] = [TextRange::NONE; API_COUNT];
+
+/// The hooked unpin functions' texts (from kallsyms), for the check on
+/// every hooked unpin's exit ([`in_unpin_text`]).
+#[no_mangle]
+static UNPIN_FUNCTIONS: UnpinTexts = UnpinTexts::NONE;
 
 /// The core kernel's text (from kallsyms; `[0, 0)` if unknown). A hooked
 /// unpin returning to an address outside it was called from a module or
@@ -350,12 +355,20 @@ fn kernel_text() -> TextRange {
     unsafe { core::ptr::read_volatile(&KERNEL_TEXT) }
 }
 
-/// Whether `addr` lies in the text of a hooked unpin function.
+/// Whether `addr` lies in the text of a hooked unpin function: on every
+/// hooked unpin's exit, so most addresses (outside mm/gup.c) are turned
+/// away by the span's two comparisons.
 #[inline(always)]
 fn in_unpin_text(addr: u64) -> bool {
+    // SAFETY: plain reads of a global, volatile as in `hook_args`.
+    let span = unsafe { core::ptr::read_volatile(&UNPIN_FUNCTIONS.span) };
+    if !span.contains(addr) {
+        return false;
+    }
     let mut i = 0;
-    while i < API_COUNT {
-        if Api::ALL[i].kind() == ApiKind::Unpin && text_range(Api::ALL[i]).contains(addr) {
+    while i < UNPIN_TEXTS {
+        // SAFETY: as above; `i` is in bounds.
+        if unsafe { core::ptr::read_volatile(&UNPIN_FUNCTIONS.texts[i]) }.contains(addr) {
             return true;
         }
         i += 1;

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use gup_common::{skipped::TextRange, Api, ApiKind, HookArgs, API_COUNT, ARG_NONE, PAGES_ARRAY, PAGES_FOLIO, PAGES_RANGE};
+use gup_common::{skipped::{TextRange, UnpinTexts}, Api, ApiKind, HookArgs, API_COUNT, ARG_NONE, PAGES_ARRAY, PAGES_FOLIO, PAGES_RANGE};
 use serde::Serialize;
 
 use crate::{btf::KernelBtf, kallsyms::Kallsyms};
@@ -817,6 +817,11 @@ impl ProbePlan {
             out[h.api as usize] = h.text;
         }
         out
+    }
+
+    /// The hooked unpin functions' texts, as the programs' global.
+    pub fn unpin_texts(&self) -> UnpinTexts {
+        UnpinTexts::new(self.hooks.iter().filter(|h| h.api.kind() == ApiKind::Unpin && h.symbol.is_some()).map(|h| h.text))
     }
 
     /// The plan entry for one API.
