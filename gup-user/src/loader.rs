@@ -291,6 +291,11 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .load(object.bytes())
         .map_err(map_create_error)?;
     if std::env::var_os("GUPWATCH_DEBUG").is_some() {
+        let u = plan.unpin_texts();
+        eprintln!(
+            "gupwatch: kernel text {:#x}..{:#x}, unpin functions {:#x}..{:#x}",
+            plan.kernel_text.start, plan.kernel_text.end, u.span.start, u.span.end
+        );
         eprintln!("gupwatch: object loaded; attaching sched_process_exit");
     }
     plan.exit_hook = match attach_exit_tracepoint(&mut ebpf) {
