@@ -554,13 +554,8 @@ on Debian 7.2, kprobes none: docs/exactness.md)";
 pub const UNPIN_FENTRY_WHY: &str = "fentry/fexit: unpins also run in interrupt context (direct I/O \
 completions), where the kernel skips a kprobe program whenever the interrupt came during any kprobe \
 program on that CPU (O_DIRECT churn on 7.2 lost 24 of 8,000 releases so), a trampoline program only \
-for itself; an unpin whose entry a preempted task made the kernel skip is counted at its exit, less \
-what was counted inside it (docs/exactness.md)";
-
-/// Why `gup_put_folio` stays on fentry when pins move to kprobes.
-pub const PUT_FENTRY_WHY: &str = "fentry: called once per folio released (256 times for a 1 MiB \
-process_vm_readv), where a kprobe costs many times a trampoline (cargo xtask bench --empty-programs, \
-docs/bench.md); a skipped run inside an unpin is counted at the unpin's exit (docs/exactness.md)";
+for itself; an unpin whose entry a preempted task made the kernel skip is counted at gup_put_folio, a \
+kprobe (docs/exactness.md)";
 
 impl Preference {
     /// The preference named in [`MECHANISM_ENV`], or `Auto`. An unknown
@@ -610,8 +605,6 @@ impl ProbePlan {
             }
             if pref == Preference::Auto && h.api.kind() == ApiKind::Unpin {
                 h.reason = UNPIN_FENTRY_WHY.to_string();
-            } else if pref == Preference::Auto && h.api.kind() == ApiKind::Undo {
-                h.reason = PUT_FENTRY_WHY.to_string();
             } else {
                 h.mechanism = Some(Mechanism::Kprobe);
                 h.reason = KPROBE_WHY.to_string();
@@ -906,7 +899,6 @@ mod tests {
         b.func("pin_user_pages_unlocked", &["start", "nr_pages", "pages", "gup_flags"], long);
         b.func("unpin_user_page", &["page"], 0);
         b.func("unpin_user_pages_dirty_lock", &["pages", "npages", "make_dirty"], 0);
-        b.func("gup_put_folio", &["folio", "refs", "flags"], 0);
         KernelBtf::parse(&b.build()).expect("valid")
     }
 
@@ -996,7 +988,7 @@ mod tests {
     #[test]
     fn kprobes_are_preferred_where_the_kernel_has_them() {
         let btf = btf_61();
-        let k = kallsyms(&["pin_user_pages_remote", "unpin_user_page", "gup_put_folio", "arch_rethook_trampoline"]);
+        let k = kallsyms(&["pin_user_pages_remote", "unpin_user_page", "arch_rethook_trampoline"]);
         let fresh = || ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
         let mut auto = fresh();
         auto.prefer(Preference::Auto, true);
@@ -1008,10 +1000,6 @@ mod tests {
         let u = auto.hook(Api::UnpinUserPage);
         assert_eq!(u.mechanism, Some(Mechanism::Fentry));
         assert!(u.reason.contains("interrupt context"), "{}", u.reason);
-        // gup_put_folio runs once per folio: a kprobe there costs too much.
-        let p = auto.hook(Api::GupPutFolio);
-        assert_eq!(p.mechanism, Some(Mechanism::Fentry));
-        assert!(p.reason.contains("once per folio"), "{}", p.reason);
         let mut all = fresh();
         all.prefer(Preference::Kprobe, true);
         assert_eq!(all.hook(Api::UnpinUserPage).mechanism, Some(Mechanism::Kprobe));
