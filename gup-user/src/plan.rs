@@ -554,8 +554,8 @@ on Debian 7.2, kprobes none: docs/exactness.md)";
 pub const UNPIN_FENTRY_WHY: &str = "fentry/fexit: unpins also run in interrupt context (direct I/O \
 completions), where the kernel skips a kprobe program whenever the interrupt came during any kprobe \
 program on that CPU (O_DIRECT churn on 7.2 lost 24 of 8,000 releases so), a trampoline program only \
-for itself; an unpin whose entry a preempted task made the kernel skip is counted at gup_put_folio, a \
-kprobe (docs/exactness.md)";
+for itself; an unpin whose entry a preempted task made the kernel skip is counted at its exit, less \
+what gup_put_folio (a kprobe) counted inside it (docs/exactness.md)";
 
 impl Preference {
     /// The preference named in [`MECHANISM_ENV`], or `Auto`. An unknown
