@@ -316,7 +316,7 @@ pub const DOCTOR_END: &str = "@@gupwatch-doctor-end:";
 /// nothing else sees them), and with every hook on kprobes direct I/O
 /// completions lose them instead (docs/exactness.md).
 const OPEN_WORK: [(&str, &str); 2] = [
-    ("churn_", "issue 24: churn_io_uring on 7.2 lost one process's 4 releases once in eight runs, under host load"),
+    ("churn_", "issue 24: under host load, churn_io_uring on 7.2 loses a ring's 4 releases when both unpin programs are blocked"),
     ("inflight_", "issue 14: the ledger under real concurrency"),
 ];
 
