@@ -359,10 +359,14 @@ pub enum Diag {
     /// cannot read their arguments at exit: whatever was not counted
     /// inside them is lost (`gupwatch_skipped_entries_total`).
     UncountedAtExit = 12,
+    /// Pins that landed in a tracking record an unpin on another CPU had
+    /// just removed (it released the folio's last tracked pin at the same
+    /// moment), taken back and placed in the folio's current record.
+    LedgerReplaced = 13,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 13;
+pub const DIAG_COUNT: usize = 14;
 
 impl Diag {
     /// Every counter, in index order.
@@ -380,6 +384,7 @@ impl Diag {
         Diag::StaleRecords,
         Diag::CountedAtExit,
         Diag::UncountedAtExit,
+        Diag::LedgerReplaced,
     ];
 
     /// The counter with this index, if any.
@@ -475,12 +480,51 @@ pub const SHARED_OWNER: u32 = 0;
 /// approximate past that many owners.
 ///
 /// Counts change only by atomic adds, so pins and unpins of one folio on
-/// several CPUs at once never lose one.
+/// several CPUs at once never lose one; a slot can go below zero for a
+/// while ([`PinRecord::total`], [`PinRecord::held`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct PinRecord {
     /// The owners; a slot with `count == 0` is free.
     pub owners: [PinOwner; PIN_OWNERS],
+}
+
+impl PinRecord {
+    /// Pins held on the folio in all: the slots' sum. Unpins on several CPUs
+    /// at once choose the slot to take from on reads another CPU may just
+    /// have changed, so one slot can drop below zero (read as `i32`) while
+    /// another keeps the pins it lost; the sum stays right.
+    #[inline(always)]
+    pub fn total(&self) -> u32 {
+        self.owners[0].count.wrapping_add(self.owners[1].count).wrapping_add(self.owners[2].count)
+    }
+
+    /// Pins per slot with any slot below zero settled against the others,
+    /// the last slot first (the order unpins take from): what each owner
+    /// holds as far as the ledger can tell.
+    pub fn held(&self) -> [u32; PIN_OWNERS] {
+        let mut c = [0i64; PIN_OWNERS];
+        for (v, o) in c.iter_mut().zip(self.owners.iter()) {
+            *v = i64::from(o.count as i32);
+        }
+        for k in 0..PIN_OWNERS {
+            while c[k] < 0 {
+                let Some(j) = (0..PIN_OWNERS).rev().find(|&j| c[j] > 0) else {
+                    // More released than held: nothing is held.
+                    c[k] = 0;
+                    break;
+                };
+                let moved = c[j].min(-c[k]);
+                c[j] -= moved;
+                c[k] += moved;
+            }
+        }
+        let mut out = [0u32; PIN_OWNERS];
+        for (o, v) in out.iter_mut().zip(c) {
+            *o = v as u32;
+        }
+        out
+    }
 }
 
 /// Capacity of the attribution map: (process, API, call stack) triples.
@@ -602,6 +646,50 @@ pub fn folio_of(page: u64, info: u64) -> u64 {
         page & rest
     } else {
         rest
+    }
+}
+
+#[cfg(test)]
+mod pin_record_tests {
+    use super::*;
+
+    fn rec(counts: [u32; PIN_OWNERS]) -> PinRecord {
+        let o = PinOwner { tgid: 1, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16] };
+        let mut r = PinRecord { owners: [o; PIN_OWNERS] };
+        for (s, c) in r.owners.iter_mut().zip(counts) {
+            s.count = c;
+        }
+        r
+    }
+
+    #[test]
+    fn two_unpins_that_both_took_the_same_slot_keep_the_sum() {
+        // Slots 1 and 2 held one pin each; two unpins on two CPUs both read
+        // slot 2 as 1 and both took from it.
+        let r = rec([0, 1, 1u32.wrapping_sub(2)]);
+        assert_eq!(r.total(), 0, "both pins were released: the record is empty");
+        assert_eq!(r.held(), [0, 0, 0]);
+    }
+
+    #[test]
+    fn a_negative_slot_is_settled_against_the_others_last_first() {
+        let r = rec([3, 2, 0u32.wrapping_sub(3)]);
+        assert_eq!(r.total(), 2);
+        assert_eq!(r.held(), [2, 0, 0]);
+        let r = rec([0u32.wrapping_sub(1), 2, 4]);
+        assert_eq!(r.held(), [0, 2, 3]);
+    }
+
+    #[test]
+    fn plain_counts_are_untouched() {
+        let r = rec([5, 0, 7]);
+        assert_eq!((r.total(), r.held()), (12, [5, 0, 7]));
+    }
+
+    #[test]
+    fn more_released_than_held_holds_nothing() {
+        let r = rec([1, 0, 0u32.wrapping_sub(4)]);
+        assert_eq!(r.held(), [0, 0, 0]);
     }
 }
 

@@ -210,6 +210,15 @@ struct DiagNote {
     key: u64,
 }
 
+/// Bit `api` set: that unpin's task-context entries are counted by its
+/// kprobe and interrupt-context ones by its fentry program (each returns at
+/// once for the other's). A kprobe handler runs with preemption disabled,
+/// so a task preempted inside an fentry program cannot make the kernel skip
+/// another task's unpin (docs/exactness.md). Written by the loader once the
+/// kprobe is attached; clear, the fentry program counts every call.
+#[map]
+static TASK_KPROBES: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
 /// Hooked unpins in progress in interrupt context on each CPU (direct I/O
 /// completions unpin from the block layer's interrupt handlers), so nested
 /// ones and their gup_put_folio releases are counted once, and a call whose
@@ -487,6 +496,12 @@ fn in_task_context() -> bool {
     gup_common::irq::on_task_stack(sp, base, read_global(&TASK_STACK_SIZE))
 }
 
+/// Whether `api`'s task-context entries belong to its kprobe (TASK_KPROBES).
+#[inline(always)]
+fn task_kprobe(api: Api) -> bool {
+    TASK_KPROBES.get(0).is_some_and(|bits| bits & (1u64 << (api as u32)) != 0)
+}
+
 #[inline(always)]
 fn irq_unpins() -> Option<&'static mut IrqUnpins> {
     // SAFETY: this CPU's slot; an interrupt handler runs to completion on
@@ -615,6 +630,11 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         }
         return;
     }
+    let task = api.kind() != ApiKind::Unpin || in_task_context();
+    if api.kind() == ApiKind::Unpin && task == a.trampoline() && task_kprobe(api) {
+        // The other program of the pair counts this call (TASK_KPROBES).
+        return;
+    }
     // Two helper calls under fentry: read once per call.
     let frame = a.frame();
     if api.kind() == ApiKind::SlowPath {
@@ -645,7 +665,7 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             }
         }
     };
-    if api.kind() == ApiKind::Unpin && !in_task_context() {
+    if !task {
         on_irq_unpin(ctx, api, &args, a, count, frame);
         return;
     }
@@ -865,11 +885,31 @@ fn page_folio(page: u64) -> u64 {
     gup_common::folio_of(page, info)
 }
 
+/// Records one pin of `folio`. A pin can land in a record that an unpin on
+/// another CPU has just removed (it released the folio's last tracked pin
+/// between this pin's lookup and its add): the record is re-read after the
+/// add, and if it is no longer the map's, the pin is taken back and placed
+/// once more, in the record that is there now or a fresh one
+/// (`Diag::LedgerReplaced`).
 #[inline(always)]
 fn track_pin(folio: u64, c: &TrackCtx) {
-    // Straight-line on purpose: since ~6.8 the verifier re-verifies a
-    // bpf_loop callback until its states converge, and a retry loop here
-    // kept it from converging.
+    if place_pin(folio, c) {
+        diag_add(Diag::LedgerReplaced, 1);
+        // Once more, and no further: a second removal inside this one's
+        // window would need a third CPU releasing the same folio's last pin
+        // twice within a few instructions.
+        let _ = place_pin(folio, c);
+    }
+}
+
+/// Adds one pin to `folio`'s record. Returns true if the record was removed
+/// under it (the pin was taken back and must be placed again).
+///
+/// Not inlined: `track_pin` calls it twice, and one body keeps the bpf_loop
+/// callback small for the verifier (which re-verifies callbacks until their
+/// states converge since ~6.8; a retry loop here kept it from converging).
+#[inline(never)]
+fn place_pin(folio: u64, c: &TrackCtx) -> bool {
     let mut rec = PINS.get_ptr_mut(&folio);
     if rec.is_none() {
         // Insert an empty record and fill it in place: building it here
@@ -881,18 +921,18 @@ fn track_pin(folio: u64, c: &TrackCtx) {
             if rec.is_none() {
                 diag_add(Diag::PinsUntracked, 1);
                 note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e.into(), folio);
-                return;
+                return false;
             }
         } else {
             rec = PINS.get_ptr_mut(&folio);
         }
     }
-    let Some(rec) = rec else {
+    let Some(ptr) = rec else {
         diag_add(Diag::PinsUntracked, 1);
-        return;
+        return false;
     };
     // SAFETY: a live map value.
-    let rec = unsafe { &mut *rec };
+    let rec = unsafe { &mut *ptr };
     let cur = c.owner.tgid;
     // The slot this owner already holds, else the first free one, else the
     // last, which takes every further owner (see PinRecord).
@@ -916,10 +956,20 @@ fn track_pin(folio: u64, c: &TrackCtx) {
         }
         2
     };
-    if let Some(o) = rec.owners.get_mut(k) {
-        add32(&mut o.count, 1);
+    let Some(o) = rec.owners.get_mut(k) else {
+        return false;
+    };
+    add32(&mut o.count, 1);
+    // The unpin that removes a record checks it empty first, then deletes
+    // it: a pin whose add fell between the two is in a record nobody will
+    // read. Still the map's record after the add means the add counts.
+    let now = PINS.get_ptr_mut(&folio).map_or(0, |p| p as u64);
+    if now != ptr as u64 {
+        add32(&mut o.count, u32::MAX);
+        return true;
     }
     diag_add(Diag::PinsTracked, 1);
+    false
 }
 
 /// Writes an owner into a free slot, all but its count: the count moves
@@ -951,20 +1001,30 @@ fn track_unpin(folio: u64, n: u64, site: u64) {
     let rec = unsafe { &mut *rec };
     // Which owner an unpin releases is not known (the kernel does not know
     // either): the last slot first, then the others.
-    let take2 = n.min(rec.owners[2].count as u64);
+    // The counts are read, then taken from by atomic adds: an unpin on
+    // another CPU may take from the same slot in between and drive it below
+    // zero (PinRecord::total keeps the sum right). A slot below zero has
+    // nothing to give.
+    let take2 = n.min(held(rec.owners[2].count));
     add32(&mut rec.owners[2].count, (take2 as u32).wrapping_neg());
-    let take1 = (n - take2).min(rec.owners[1].count as u64);
+    let take1 = (n - take2).min(held(rec.owners[1].count));
     add32(&mut rec.owners[1].count, (take1 as u32).wrapping_neg());
-    let take0 = (n - take2 - take1).min(rec.owners[0].count as u64);
+    let take0 = (n - take2 - take1).min(held(rec.owners[0].count));
     add32(&mut rec.owners[0].count, (take0 as u32).wrapping_neg());
     let taken = take0 + take1 + take2;
     diag_add(Diag::UnpinsMatched, taken);
     if n > taken {
         unbalanced(site, n - taken);
     }
-    if rec.owners[0].count == 0 && rec.owners[1].count == 0 && rec.owners[2].count == 0 {
+    if rec.total() == 0 {
         let _ = PINS.remove(&folio);
     }
+}
+
+/// A slot's count as pins it can give up: none when below zero.
+#[inline(always)]
+fn held(count: u32) -> u64 {
+    (count as i32).max(0) as u64
 }
 
 /// Counts unpins that matched no tracked pin, per unpin call site.

@@ -137,6 +137,9 @@ pub struct ScenarioReport {
     /// Unpins whose entry program did not run and whose exit could not
     /// read their arguments (kretprobe): lost unless counted inside.
     pub entries_uncounted: u64,
+    /// Pins placed again after a concurrent unpin removed the tracking
+    /// record they landed in (`gupwatch_ledger_replaced_pins_total`).
+    pub ledger_replaced: u64,
     /// Leak signals for pins taken during the run (long-held threshold 0 s).
     pub leaks: Vec<LeakSummary>,
     /// The leak the scenario should cause, if any.
@@ -332,6 +335,7 @@ fn blank_report(s: &dyn Scenario, pins_expected: bool) -> ScenarioReport {
         entries_skipped: 0,
         entries_counted_at_exit: 0,
         entries_uncounted: 0,
+        ledger_replaced: 0,
         leaks: vec![],
         expected_leak: None,
         passed: false,
@@ -452,6 +456,7 @@ fn run_one(
     report.entries_skipped = delta.diag[gup_common::Diag::EntrySkipped as usize];
     report.entries_counted_at_exit = delta.diag[gup_common::Diag::CountedAtExit as usize];
     report.entries_uncounted = delta.diag[gup_common::Diag::UncountedAtExit as usize];
+    report.ledger_replaced = delta.diag[gup_common::Diag::LedgerReplaced as usize];
     report.outstanding_exact = report.outstanding_pages + report.untracked_pins as i64 - report.unbalanced_unpins as i64
         == vm.acquired as i64 - vm.released as i64;
     report.undone_pages = Api::ALL.iter().map(|a| delta.api(*a).undone_pages).sum();

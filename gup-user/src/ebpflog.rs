@@ -174,6 +174,7 @@ impl DiagEvent {
             Diag::StaleRecords => "stale_records",
             Diag::CountedAtExit => "counted_at_exit",
             Diag::UncountedAtExit => "uncounted_at_exit",
+            Diag::LedgerReplaced => "ledger_replaced",
         }
     }
 
@@ -235,7 +236,8 @@ impl DiagEvent {
             | Diag::EntrySkipped
             | Diag::StaleRecords
             | Diag::CountedAtExit
-            | Diag::UncountedAtExit,
+            | Diag::UncountedAtExit
+            | Diag::LedgerReplaced,
                 _,
             ) => format!("{} ({who})", self.counter_name()),
         };

@@ -205,8 +205,8 @@ pub fn analyze(
     let mut oldest: BTreeMap<(u32, i64), u64> = BTreeMap::new();
     let mut tracked = 0u64;
     for (_folio, rec) in &maps.pins {
-        for o in rec.owners.iter().filter(|o| o.count > 0) {
-            tracked += o.count as u64;
+        for (o, count) in rec.owners.iter().zip(rec.held()).filter(|(_, c)| *c > 0) {
+            tracked += count as u64;
             if o.first_ns < cx.since_ns {
                 continue;
             }
@@ -225,7 +225,7 @@ pub fn analyze(
                 orphaned: o.tgid != gup_common::SHARED_OWNER && (exited_after_pin || !(cx.alive)(o.tgid)),
                 stack_id: o.stack_id,
             });
-            h.pages += o.count as u64;
+            h.pages += count as u64;
             h.longterm |= o.longterm != 0;
             let first = oldest.entry(key).or_insert(o.first_ns);
             *first = (*first).min(o.first_ns);

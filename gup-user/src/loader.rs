@@ -138,7 +138,9 @@ pub struct Probes {
 
 /// The kernel links of one attached hook.
 enum Links {
-    Fentry(FEntryLinkId, Option<FExitLinkId>),
+    /// Entry, exit, and the kprobe that counts the entries of task-context
+    /// calls ([`crate::plan::HookPlan::task_kprobe`]).
+    Fentry(FEntryLinkId, Option<FExitLinkId>, Option<KProbeLinkId>),
     Kprobe(KProbeLinkId, Option<KProbeLinkId>),
 }
 
@@ -146,6 +148,8 @@ struct HookLinks {
     idx: u32,
     symbol: String,
     with_exit: bool,
+    /// Task-context entries counted by a kprobe beside the fentry program.
+    task_kprobe: bool,
     mechanism: Mechanism,
     /// `None` while detached.
     links: Option<Links>,
@@ -166,10 +170,7 @@ struct HookLinks {
 
 /// Opens this hook's kprobe links (see [`crate::linkinfo`]).
 fn kprobe_links(ebpf: &Ebpf, idx: u32, mechanism: Mechanism) -> Vec<std::os::fd::OwnedFd> {
-    if mechanism != Mechanism::Kprobe {
-        return vec![];
-    }
-    let ids: Vec<u32> = ["kp", "kr"]
+    let ids: Vec<u32> = kprobe_prefixes(mechanism)
         .iter()
         .filter_map(|p| ebpf.program(&prog_name(p, idx)))
         .filter_map(|prog| prog.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
@@ -178,6 +179,45 @@ fn kprobe_links(ebpf: &Ebpf, idx: u32, mechanism: Mechanism) -> Vec<std::os::fd:
         .filter_map(|id| u32::try_from(id).ok())
         .collect();
     crate::linkinfo::open_links_of(&ids)
+}
+
+/// The kprobe programs a hook may have: under fentry, the task-entry kprobe
+/// (an unloaded program has no descriptor, so it drops out where absent).
+fn kprobe_prefixes(mechanism: Mechanism) -> &'static [&'static str] {
+    match mechanism {
+        Mechanism::Kprobe => &["kp", "kr"],
+        Mechanism::Fentry => &["kp"],
+    }
+}
+
+/// Attaches the kprobe that counts an fentry hook's task-context entries,
+/// then tells the programs so (the `TASK_KPROBES` bit): from then on the
+/// fentry program leaves task-context calls to it.
+fn attach_task_kprobe(ebpf: &mut Ebpf, idx: u32, symbol: &str) -> Result<KProbeLinkId, ProgramError> {
+    let kp: &mut KProbe = program(ebpf, &prog_name("kp", idx))?.try_into()?;
+    load_once(kp)?;
+    let link = kp.attach(symbol, 0)?;
+    if let Err(e) = set_task_kprobe(ebpf, idx, true) {
+        let kp: &mut KProbe = program(ebpf, &prog_name("kp", idx))?.try_into()?;
+        let _ = kp.detach(link);
+        return Err(e);
+    }
+    Ok(link)
+}
+
+/// Sets or clears `idx`'s bit in `TASK_KPROBES`. Between the attach and
+/// the bit (or the bit and the detach) both programs may leave a call to
+/// the other: its exit counts it then, from its arguments (an unseen
+/// entry, `gup_common::skipped`).
+fn set_task_kprobe(ebpf: &mut Ebpf, idx: u32, on: bool) -> Result<(), ProgramError> {
+    let map = ebpf
+        .map_mut("TASK_KPROBES")
+        .ok_or_else(|| aya::maps::MapError::InvalidName { name: "TASK_KPROBES".into() })?;
+    let mut bits: aya::maps::Array<_, u64> = aya::maps::Array::try_from(map)?;
+    let cur = bits.get(&0, 0)?;
+    let next = if on { cur | 1 << idx } else { cur & !(1 << idx) };
+    bits.set(0, next, 0)?;
+    Ok(())
 }
 
 /// How the probes are loaded.
@@ -363,6 +403,26 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
                 }
             },
         };
+        let result = match result {
+            Ok((Mechanism::Fentry, Links::Fentry(fe, fx, None))) if hook.task_kprobe => {
+                let kp = match attach_task_kprobe(&mut ebpf, idx, &symbol) {
+                    Ok(kp) => Some(kp),
+                    Err(e) => {
+                        hook.task_kprobe = false;
+                        hook.reason = format!("{}; the task-entry kprobe was refused ({}), so preempted tasks can make the kernel skip this hook's entries", hook.reason, describe(&e, &format!("{}-kprobe", hook.function)));
+                        None
+                    }
+                };
+                Ok((Mechanism::Fentry, Links::Fentry(fe, fx, kp)))
+            }
+            Ok((m, l)) => {
+                if m != Mechanism::Fentry {
+                    hook.task_kprobe = false;
+                }
+                Ok((m, l))
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok((m, l)) => {
                 hook.mechanism = Some(m);
@@ -373,6 +433,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
                     idx,
                     symbol,
                     with_exit,
+                    task_kprobe: hook.task_kprobe,
                     mechanism: m,
                     links: Some(l),
                     kprobe_links,
@@ -456,7 +517,7 @@ fn attach_fentry(ebpf: &mut Ebpf, idx: u32, symbol: &str, btf: &Btf, with_exit: 
     };
     let fe: &mut FEntry = program(ebpf, &prog_name("fe", idx))?.try_into()?;
     fe.load(symbol, btf)?;
-    Ok(Links::Fentry(fe.attach()?, fx))
+    Ok(Links::Fentry(fe.attach()?, fx, None))
 }
 
 /// Attaches already-loaded programs again (after [`Probes::detach_all`]).
@@ -470,7 +531,9 @@ fn reattach(ebpf: &mut Ebpf, h: &HookLinks) -> Result<Links, ProgramError> {
                 None
             };
             let fe: &mut FEntry = program(ebpf, &prog_name("fe", h.idx))?.try_into()?;
-            Ok(Links::Fentry(fe.attach()?, fx))
+            let fe = fe.attach()?;
+            let kp = if h.task_kprobe { Some(attach_task_kprobe(ebpf, h.idx, &h.symbol)?) } else { None };
+            Ok(Links::Fentry(fe, fx, kp))
         }
         Mechanism::Kprobe => {
             let kr = if h.with_exit {
@@ -489,7 +552,14 @@ fn reattach(ebpf: &mut Ebpf, h: &HookLinks) -> Result<Links, ProgramError> {
 /// its exit being seen).
 fn detach_links(ebpf: &mut Ebpf, idx: u32, links: Links) -> Result<(), ProgramError> {
     match links {
-        Links::Fentry(fe, fx) => {
+        Links::Fentry(fe, fx, kp) => {
+            if let Some(kp) = kp {
+                // The bit first: the fentry program takes task-context
+                // calls back before the kprobe stops seeing them.
+                set_task_kprobe(ebpf, idx, false)?;
+                let p: &mut KProbe = program(ebpf, &prog_name("kp", idx))?.try_into()?;
+                p.detach(kp)?;
+            }
             let p: &mut FEntry = program(ebpf, &prog_name("fe", idx))?.try_into()?;
             p.detach(fe)?;
             if let Some(fx) = fx {
@@ -697,7 +767,7 @@ impl Probes {
         for h in self.links.iter().filter(|h| h.links.is_some()) {
             let Some(api) = Api::from_index(h.idx) else { continue };
             let prefixes: &[&str] = match h.mechanism {
-                Mechanism::Fentry => &["fe", "fx"],
+                Mechanism::Fentry => &["fe", "fx", "kp"],
                 Mechanism::Kprobe => &["kp", "kr"],
             };
             let misses: u64 = prefixes

@@ -772,6 +772,12 @@ impl PromCollector for Exposition {
                 "Pins the tracking map could not record (full): totals stay exact, the outstanding view is partial.",
                 Some(l.untracked),
             )?;
+            counter(
+                &mut enc,
+                "gupwatch_ledger_replaced_pins",
+                "Pins that landed in a tracking record an unpin on another CPU removed at the same moment (it released the folio's last tracked pin), and were placed again in the folio's current record. Nothing is lost; a high rate means folios pinned and released concurrently by many CPUs.",
+                snap.map(|s| s.diag.get(Diag::LedgerReplaced as usize).copied().unwrap_or(0)),
+            )?;
             gauges(
                 &mut enc,
                 "gupwatch_leak_signals",

@@ -99,6 +99,11 @@ pub struct HookPlan {
     /// this function ([`gup_common::skipped`]).
     #[serde(skip)]
     pub text: TextRange,
+    /// Under fentry, a kprobe beside it counts the calls made in task
+    /// context (the fentry program keeps those in interrupts): a kprobe
+    /// handler runs with preemption disabled, so no preempted task can make
+    /// the kernel skip it ([`TASK_KPROBE_WHY`]).
+    pub task_kprobe: bool,
     /// Why that mechanism, and any fallback taken.
     pub reason: String,
     /// Attached or not.
@@ -557,6 +562,13 @@ program on that CPU (O_DIRECT churn on 7.2 lost 24 of 8,000 releases so), a tram
 for itself; an unpin whose entry a preempted task made the kernel skip is counted at its exit, less \
 what gup_put_folio (a kprobe) counted inside it (docs/exactness.md)";
 
+/// Why an unpin on fentry gets a kprobe for its task-context calls.
+pub const TASK_KPROBE_WHY: &str = "plus a kprobe for calls in task context: on a preemptible kernel a \
+task preempted inside an fentry program makes the kernel skip that program for every other task on its \
+CPU, and an unpin whose release is inlined (unpin_user_folio on 7.2) has nothing else to count it \
+(io_uring churn on 7.2 lost 4 of 8,000 releases so under host load); a kprobe handler runs with \
+preemption disabled";
+
 impl Preference {
     /// The preference named in [`MECHANISM_ENV`], or `Auto`. An unknown
     /// value is an error that names the accepted ones.
@@ -604,7 +616,8 @@ impl ProbePlan {
                 continue;
             }
             if pref == Preference::Auto && h.api.kind() == ApiKind::Unpin {
-                h.reason = UNPIN_FENTRY_WHY.to_string();
+                h.reason = format!("{UNPIN_FENTRY_WHY}; {TASK_KPROBE_WHY}");
+                h.task_kprobe = true;
             } else {
                 h.mechanism = Some(Mechanism::Kprobe);
                 h.reason = KPROBE_WHY.to_string();
@@ -677,6 +690,7 @@ impl ProbePlan {
             args: fallback_args(api),
             mechanism: None,
             fentry_possible: false,
+            task_kprobe: false,
             text: TextRange::NONE,
             reason: String::new(),
             status: HookStatus::Planned,
@@ -862,7 +876,11 @@ impl ProbePlan {
                 "  {:<36} {:<6} {:<17} {:<9} {}{}\n",
                 h.function,
                 h.kind,
-                h.mechanism.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                match (h.mechanism, h.task_kprobe) {
+                    (Some(m), true) => format!("{m} + task kprobe"),
+                    (Some(m), false) => m.to_string(),
+                    (None, _) => "-".into(),
+                },
                 status,
                 h.reason,
                 extra

@@ -220,6 +220,7 @@ impl Probes {
                         idx,
                         symbol,
                         with_exit,
+                        task_kprobe: false,
                         mechanism: Mechanism::Kprobe,
                         links: Some(l),
                         kprobe_links,
