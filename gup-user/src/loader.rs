@@ -181,12 +181,15 @@ fn kprobe_links(ebpf: &Ebpf, idx: u32, mechanism: Mechanism) -> Vec<std::os::fd:
     crate::linkinfo::open_links_of(&ids)
 }
 
-/// The kprobe programs a hook may have: under fentry, the task-entry kprobe
-/// (an unloaded program has no descriptor, so it drops out where absent).
+/// The kprobe programs whose misses count against a hook. Not the
+/// task-entry kprobe beside an fentry program: the kernel skips it in
+/// every interrupt that comes during a kprobe program, where it would have
+/// left the call to the fentry program anyway; in a task nothing skips it
+/// (and the exit would count such a call, `counted_at_exit`).
 fn kprobe_prefixes(mechanism: Mechanism) -> &'static [&'static str] {
     match mechanism {
         Mechanism::Kprobe => &["kp", "kr"],
-        Mechanism::Fentry => &["kp"],
+        Mechanism::Fentry => &[],
     }
 }
 
@@ -767,7 +770,7 @@ impl Probes {
         for h in self.links.iter().filter(|h| h.links.is_some()) {
             let Some(api) = Api::from_index(h.idx) else { continue };
             let prefixes: &[&str] = match h.mechanism {
-                Mechanism::Fentry => &["fe", "fx", "kp"],
+                Mechanism::Fentry => &["fe", "fx"],
                 Mechanism::Kprobe => &["kp", "kr"],
             };
             let misses: u64 = prefixes
