@@ -58,7 +58,7 @@ mod uring;
 mod workload;
 
 #[cfg(test)]
-mod host_kernel;
+mod live;
 #[cfg(test)]
 mod tests;
 

@@ -527,3 +527,37 @@ fn io_uring_params_layout() {
     assert_eq!(std::mem::offset_of!(IoUringParams, sq_off), 40);
     assert_eq!(std::mem::offset_of!(IoUringParams, cq_off), 80);
 }
+
+/// A short demo workload (no root needed).
+#[test]
+fn workload_summary_is_plain_text() {
+    let stats = WorkloadStats {
+        rounds: 3,
+        elapsed: Duration::from_millis(2500),
+        scenarios: vec![
+            ScenarioStats {
+                name: "io_uring_register_buffers",
+                pin_path: PinPath::IoUringRegister,
+                runs: 3,
+                pages: 768,
+                failures: 0,
+                disabled: false,
+                last_error: None,
+            },
+            ScenarioStats {
+                name: "direct_io_read",
+                pin_path: PinPath::DirectIo,
+                runs: 0,
+                pages: 0,
+                failures: 1,
+                disabled: true,
+                last_error: Some("EINVAL".into()),
+            },
+        ],
+    };
+    let text = stats.to_string();
+    assert!(text.starts_with("3 rounds in 2.5 s\n"), "{text}");
+    assert!(text.contains("io_uring_register_buffers") && text.contains("768 pages pinned"), "{text}");
+    assert!(text.contains("1 failed (last: EINVAL), dropped: not supported here"), "{text}");
+    assert!(!text.contains('{') && !text.contains("ScenarioStats"), "{text}");
+}
