@@ -146,6 +146,15 @@ impl<B: UserBuffer> RingState<B> {
         self.registered = false;
         Ok(())
     }
+
+    /// What `cleanup` does with a ring: unregisters the buffer if the
+    /// kernel holds it, then closes the ring and unmaps the buffer (in that
+    /// order: field order). An unregister error is returned, not dropped.
+    pub(super) fn close(mut self, scenario: &'static str) -> Result<(), ScenarioError> {
+        let res = if self.registered { self.unregister(scenario) } else { Ok(()) };
+        drop(self);
+        res
+    }
 }
 
 impl<B: UserBuffer> Drop for RingState<B> {
@@ -278,16 +287,7 @@ impl Scenario for IoUringBuffers {
 
     fn cleanup(&mut self) -> Result<(), ScenarioError> {
         let name = self.name();
-        let Some(mut st) = self.state.take() else {
-            return Ok(());
-        };
-        let res = if st.registered {
-            st.unregister(name)
-        } else {
-            Ok(())
-        };
-        drop(st); // closes the ring
-        res
+        self.state.take().map_or(Ok(()), |st| st.close(name))
     }
 }
 
@@ -384,16 +384,7 @@ impl Scenario for IoUringRefused {
 
     fn cleanup(&mut self) -> Result<(), ScenarioError> {
         let name = self.name();
-        let Some(mut st) = self.state.take() else {
-            return Ok(());
-        };
-        let res = if st.registered {
-            st.unregister(name)
-        } else {
-            Ok(())
-        };
-        drop(st); // closes the ring, then unmaps the buffer
-        res
+        self.state.take().map_or(Ok(()), |st| st.close(name))
     }
 }
 

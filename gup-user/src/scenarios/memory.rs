@@ -29,6 +29,11 @@ pub(super) fn buffer_pages() -> u64 {
     (BUFFER_BYTES / page_size()) as u64
 }
 
+/// The pattern seed of a copy's source side (what the kernel reads).
+pub(super) const SEED_SOURCE: u8 = 0x5a;
+/// The pattern seed of a copy's destination before the copy.
+pub(super) const SEED_DEST: u8 = 0xc3;
+
 /// The byte at `offset` of a buffer filled with `seed`: differs between
 /// neighbouring pages and between seeds, so a wrong page shows up.
 pub(super) fn pattern_byte(seed: u8, offset: usize) -> u8 {
@@ -40,6 +45,15 @@ pub(super) fn first_mismatch(data: &[u8], seed: u8) -> Option<usize> {
     data.iter()
         .enumerate()
         .position(|(i, &b)| b != pattern_byte(seed, i))
+}
+
+/// Checks that the kernel copied the source pattern into `data` (the
+/// destination of `syscall`): a mismatch is [`ScenarioError::Corrupted`].
+pub(super) fn verify_copy(scenario: &'static str, syscall: &'static str, data: &[u8]) -> Result<(), ScenarioError> {
+    match first_mismatch(data, SEED_SOURCE) {
+        Some(offset) => Err(ScenarioError::Corrupted { scenario, syscall, offset }),
+        None => Ok(()),
+    }
 }
 
 /// An anonymous private mapping, unmapped on drop.

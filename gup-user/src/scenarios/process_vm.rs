@@ -15,8 +15,6 @@ pub(super) enum Direction {
     Write,
 }
 
-pub(super) const SEED_SOURCE: u8 = 0x5a;
-pub(super) const SEED_DEST: u8 = 0xc3;
 
 pub(super) struct ProcessVmState {
     /// The `local_iov` side (copied with copy_to/from_user, not pinned).
@@ -179,14 +177,7 @@ impl Scenario for ProcessVm {
             Direction::Read => &st.local,
             Direction::Write => &st.remote,
         };
-        if let Some(offset) = first_mismatch(dest.as_slice(), SEED_SOURCE) {
-            return Err(ScenarioError::Corrupted {
-                scenario: name,
-                syscall,
-                offset,
-            });
-        }
-        Ok(())
+        verify_copy(name, syscall, dest.as_slice())
     }
 
     fn cleanup(&mut self) -> Result<(), ScenarioError> {
