@@ -32,9 +32,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use super::{
-    emulated_direct_io_fs, io_uring_register, io_uring_setup, page_size, sequence, sys_err, Expectation,
-    ExpectedPath, PinPath, Scenario, ScenarioError, ScratchFile, IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS,
-    SEED_SOURCE, SUBSYSTEM_DIRECT_IO, SUBSYSTEM_IO_URING, SUBSYSTEM_PROCESS_VM,
+    emulated_direct_io_fs, io_uring_register, io_uring_setup, page_size, sequence, sys_err, ExpectedPath, PinPath,
+    Scenario, ScenarioError, ScratchFile, Spec, IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS, SEED_SOURCE,
 };
 use crate::vmstat::FollPinDelta;
 
@@ -251,46 +250,35 @@ pub fn scenarios(dir: &std::path::Path, procs: u32) -> Vec<Box<dyn Scenario>> {
 }
 
 impl Scenario for Churn {
-    fn name(&self) -> &'static str {
-        match self.path {
-            ChurnPath::ProcessVm => "churn_process_vm",
-            ChurnPath::IoUring => "churn_io_uring",
-            ChurnPath::DirectIo => "churn_odirect",
-        }
-    }
-
-    fn description(&self) -> &'static str {
-        match self.path {
-            ChurnPath::ProcessVm => "short-lived processes, 32 alive at once, each process_vm_readv of 16 KiB of its own memory",
-            ChurnPath::IoUring => "short-lived processes, 32 alive at once, each io_uring register + unregister of a 16 KiB buffer",
-            ChurnPath::DirectIo => "short-lived processes, 32 alive at once, each one 16 KiB O_DIRECT read",
-        }
-    }
-
-    fn pin_path(&self) -> PinPath {
-        match self.path {
-            ChurnPath::ProcessVm => PinPath::ProcessVm,
-            ChurnPath::IoUring => PinPath::IoUringRegister,
-            ChurnPath::DirectIo => PinPath::DirectIo,
-        }
-    }
-
-    fn pages(&self) -> u64 {
-        self.procs as u64 * (CHILD_BYTES / page_size()) as u64
+    /// One path each, so an inexact total names its path.
+    fn spec(&self) -> Spec {
+        let (name, description, pin_path, path) = match self.path {
+            ChurnPath::ProcessVm => (
+                "churn_process_vm",
+                "short-lived processes, 32 alive at once, each process_vm_readv of 16 KiB of its own memory",
+                PinPath::ProcessVm,
+                ExpectedPath::Slow,
+            ),
+            ChurnPath::IoUring => (
+                "churn_io_uring",
+                "short-lived processes, 32 alive at once, each io_uring register + unregister of a 16 KiB buffer",
+                PinPath::IoUringRegister,
+                ExpectedPath::Any,
+            ),
+            ChurnPath::DirectIo => (
+                "churn_odirect",
+                "short-lived processes, 32 alive at once, each one 16 KiB O_DIRECT read",
+                PinPath::DirectIo,
+                ExpectedPath::Any,
+            ),
+        };
+        let pages = self.procs as u64 * (CHILD_BYTES / page_size()) as u64;
+        Spec::pins(name, description, pin_path, pages, path)
     }
 
     /// Every path pins and unpins within the child's life, io_uring too.
     fn expected_delta(&self) -> FollPinDelta {
         FollPinDelta { acquired: self.pages(), released: self.pages() }
-    }
-
-    fn expectation(&self) -> Expectation {
-        let (path, subsystem, longterm) = match self.path {
-            ChurnPath::ProcessVm => (ExpectedPath::Slow, SUBSYSTEM_PROCESS_VM, false),
-            ChurnPath::IoUring => (ExpectedPath::Any, SUBSYSTEM_IO_URING, true),
-            ChurnPath::DirectIo => (ExpectedPath::Any, SUBSYSTEM_DIRECT_IO, false),
-        };
-        Expectation { path, errno: None, subsystem, longterm }
     }
 
     fn prepare(&mut self) -> Result<(), ScenarioError> {

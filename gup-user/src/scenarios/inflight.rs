@@ -33,8 +33,8 @@ use std::path::PathBuf;
 
 use super::uring::{Sqe, Uring, OP_READ, OP_READ_FIXED};
 use super::{
-    emulated_direct_io_fs, page_size, sequence, sys_err, Expectation, ExpectedPath, Mapping, PinPath, Scenario,
-    ScenarioError, ScratchFile, SEED_DEST, SEED_SOURCE, SUBSYSTEM_DIRECT_IO,
+    emulated_direct_io_fs, page_size, sequence, sys_err, ExpectedPath, Mapping, PinPath, Scenario, ScenarioError,
+    ScratchFile, Spec, SEED_DEST, SEED_SOURCE,
 };
 use crate::vmstat::FollPinDelta;
 
@@ -191,30 +191,22 @@ impl Inflight {
 }
 
 impl Scenario for Inflight {
-    fn name(&self) -> &'static str {
-        match self.kind {
-            Kind::Shared => "inflight_odirect_shared",
-            Kind::FixedPreAttach => "inflight_fixed_pre_attach",
-            Kind::SharedOwners => "inflight_odirect_owners",
-        }
-    }
-
-    fn description(&self) -> &'static str {
-        match self.kind {
-            Kind::Shared => "io_uring O_DIRECT reads, 32 in flight into 4 shared 16 KiB buffers, 16 rounds",
-            Kind::FixedPreAttach => {
-                "16 fixed buffers registered before attach; 16 READ_FIXED + 16 shared-pool reads in flight, 16 rounds; then unregister"
-            }
-            Kind::SharedOwners => "4 processes, 8 io_uring O_DIRECT reads in flight each, into 4 16 KiB buffers they all share, 16 rounds",
-        }
-    }
-
-    fn pin_path(&self) -> PinPath {
-        PinPath::DirectIo
-    }
-
-    fn pages(&self) -> u64 {
-        self.pinned_pages()
+    fn spec(&self) -> Spec {
+        let (name, description) = match self.kind {
+            Kind::Shared => (
+                "inflight_odirect_shared",
+                "io_uring O_DIRECT reads, 32 in flight into 4 shared 16 KiB buffers, 16 rounds",
+            ),
+            Kind::FixedPreAttach => (
+                "inflight_fixed_pre_attach",
+                "16 fixed buffers registered before attach; 16 READ_FIXED + 16 shared-pool reads in flight, 16 rounds; then unregister",
+            ),
+            Kind::SharedOwners => (
+                "inflight_odirect_owners",
+                "4 processes, 8 io_uring O_DIRECT reads in flight each, into 4 16 KiB buffers they all share, 16 rounds",
+            ),
+        };
+        Spec::pins(name, description, PinPath::DirectIo, self.pinned_pages(), ExpectedPath::Any)
     }
 
     fn expected_delta(&self) -> FollPinDelta {
@@ -224,10 +216,6 @@ impl Scenario for Inflight {
             Kind::FixedPreAttach => FIXED_BUFS as u64 * io_pages(),
         };
         FollPinDelta { acquired: pinned, released: pinned + fixed }
-    }
-
-    fn expectation(&self) -> Expectation {
-        Expectation { path: ExpectedPath::Any, errno: None, subsystem: SUBSYSTEM_DIRECT_IO, longterm: false }
     }
 
     fn ledger_must_hold(&self) -> bool {
