@@ -21,6 +21,7 @@ use crate::hostile;
 use crate::i915test;
 use crate::kernels::{self, BootKernel, Flavour};
 use crate::livetest;
+use crate::mmselftests;
 use crate::qemu::{ConsoleEcho, VmOutcome, VmRun};
 use crate::setup::{self, SetupOptions};
 use crate::util;
@@ -46,6 +47,8 @@ pub struct TestOptions {
     pub skip_live: bool,
     /// Skip the canary kernel step ([`crate::canary`]).
     pub skip_canary: bool,
+    /// Skip the kernel's mm selftests ([`crate::mmselftests`]).
+    pub skip_mm_selftests: bool,
 }
 
 /// Huge pages reserved at boot in the kernel steps' VMs (8 MiB).
@@ -542,6 +545,40 @@ fn hostile_step(t: &mut Tally, bin: &std::path::Path) {
     }
 }
 
+/// The mm selftests step ([`mmselftests`]): each check of each program
+/// on each kernel counts in the tally; only an interruption is an error.
+fn mm_step(t: &mut Tally, aliases: &[kernels::KernelAlias], bin: &Path, timeout: Duration) -> Result<()> {
+    let o = mmselftests::MmOptions {
+        kernels: aliases.to_vec(),
+        gupwatch: bin.to_path_buf(),
+        timeout: timeout.max(mmselftests::MIN_TIMEOUT),
+        programs: mmselftests::PROGRAMS.iter().map(|p| p.to_string()).collect(),
+        refresh: false,
+    };
+    match mmselftests::run(&o) {
+        Ok(results) => {
+            for r in &results {
+                for p in &r.programs {
+                    for c in &p.checks {
+                        if c.ok {
+                            t.passed += 1;
+                        } else {
+                            t.failed += 1;
+                            t.failures.push(format!("mm selftests on kernel {}: {}: {}: {}", r.alias, p.program, c.name, c.detail));
+                        }
+                    }
+                }
+                if let Some(e) = &r.error {
+                    t.fail(format!("mm selftests on kernel {}: {e}", r.alias));
+                }
+            }
+        }
+        Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => return Err(e),
+        Err(e) => t.fail(format!("mm selftests: {e:#}")),
+    }
+    Ok(())
+}
+
 /// Runs the whole suite; `Ok(true)` when everything passed.
 pub fn run(o: &TestOptions) -> Result<bool> {
     let aliases: Vec<kernels::KernelAlias> = if o.kernels.is_empty() {
@@ -559,7 +596,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 6 + aliases.len() + 5;
+    let total = 6 + aliases.len() + 6;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -734,7 +771,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
     }
 
     banner(
-        total - 4,
+        total - 5,
         total,
         "canary: experimental's newest kernel, if newer than sid's: gupwatch doctor --json, gupwatch check --json; fails only on a panic or a kernel oops/BUG/WARNING",
     );
@@ -766,7 +803,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
 
     // The i915 hooks, on the generic flavour of the selected kernels.
     banner(
-        total - 3,
+        total - 4,
         total,
         &format!(
             "i915 hooks on the generic kernels ({}): attached at start and when i915 loads later",
@@ -797,6 +834,23 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         }
     } else {
         t.fail("i915: not run, gupwatch did not build".into());
+    }
+
+    banner(
+        total - 3,
+        total,
+        &format!(
+            "the kernel's mm selftests (gup_longterm, cow, hugetlb_dio) on {}: without and under gupwatch run, identical results, exact counts",
+            aliases.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    if o.skip_mm_selftests {
+        println!("SKIPPED (--skip-mm-selftests)");
+        t.skipped.push("mm selftests (--skip-mm-selftests)".into());
+    } else if let Some(bin) = &gupwatch {
+        mm_step(&mut t, &aliases, bin, o.timeout)?;
+    } else {
+        t.fail("mm selftests: not run, gupwatch did not build".into());
     }
 
     // Faults and refusals, the live view through tmux (in the guest and from
