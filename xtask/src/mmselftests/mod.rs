@@ -265,8 +265,9 @@ pub fn render(r: &KernelResult) -> String {
         let secs = |t: &Tap| t.seconds.map(|x| format!("{x:.0} s")).unwrap_or_else(|| "? s".into());
         let figures = match &p.counts {
             Some(c) => format!(
-                "pinned gupwatch {} vmstat {}; unpinned gupwatch {} vmstat {}; pins by subsystem {}{}; untracked {} unbalanced {}",
+                "pinned gupwatch {}{} vmstat {}; unpinned gupwatch {} vmstat {}; pins by subsystem {}{}; untracked {} unbalanced {}",
                 c.pinned,
+                if c.undone > 0 { format!(" ({} undone)", c.undone) } else { String::new() },
                 c.vm_acquired,
                 c.unpinned,
                 c.vm_released,
