@@ -86,7 +86,7 @@ fn is_versioned_source(name: &str) -> bool {
 }
 
 /// The newest (name, version) among `infos` whose name passes `keep`.
-fn newest<'a>(infos: &'a [crate::kernels::PkgInfo], keep: impl Fn(&str) -> bool) -> Option<(&'a str, &'a str)> {
+fn newest(infos: &[crate::kernels::PkgInfo], keep: impl Fn(&str) -> bool) -> Option<(&str, &str)> {
     infos
         .iter()
         .filter(|i| keep(&i.name))
