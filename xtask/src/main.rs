@@ -42,8 +42,9 @@ enum Cmd {
     Vm(VmArgs),
     /// All tests: unit tests, fuzzing, the static build and packages, the
     /// hostile-client test, `gupwatch doctor` and `gupwatch check` on every
-    /// kernel of the matrix, then the canary, i915, faults, live-view and
-    /// Prometheus end-to-end steps; ends with `N passed, N failed`.
+    /// kernel of the matrix, then the canary, i915, the kernel's mm
+    /// selftests, faults, live-view and Prometheus end-to-end steps; ends
+    /// with `N passed, N failed`.
     Test {
         /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
         #[arg(long, value_delimiter = ',')]

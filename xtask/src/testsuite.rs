@@ -1,8 +1,10 @@
 //! `cargo xtask test`: unit tests, the hostile-client test on the host
 //! ([`crate::hostile`]), then `gupwatch check --json` in a VM on
 //! every kernel of the matrix, with a table per kernel, then the i915 hooks
-//! on the generic flavour of those kernels ([`crate::i915test`]) and the
-//! end-to-end Prometheus test, and one closing `N passed, N failed` line.
+//! on the generic flavour of those kernels ([`crate::i915test`]), the
+//! kernel's mm selftests under gupwatch ([`crate::mmselftests`]), the
+//! faults, the live view and the end-to-end Prometheus test, and one
+//! closing `N passed, N failed` line.
 
 use std::path::Path;
 use std::process::Command;
