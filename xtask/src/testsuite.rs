@@ -547,40 +547,6 @@ fn hostile_step(t: &mut Tally, bin: &std::path::Path) {
     }
 }
 
-/// The mm selftests step ([`mmselftests`]): each check of each program
-/// on each kernel counts in the tally; only an interruption is an error.
-fn mm_step(t: &mut Tally, aliases: &[kernels::KernelAlias], bin: &Path, timeout: Duration) -> Result<()> {
-    let o = mmselftests::MmOptions {
-        kernels: aliases.to_vec(),
-        gupwatch: bin.to_path_buf(),
-        timeout: timeout.max(mmselftests::MIN_TIMEOUT),
-        programs: mmselftests::PROGRAMS.iter().map(|p| p.to_string()).collect(),
-        refresh: false,
-    };
-    match mmselftests::run(&o) {
-        Ok(results) => {
-            for r in &results {
-                for p in &r.programs {
-                    for c in &p.checks {
-                        if c.ok {
-                            t.passed += 1;
-                        } else {
-                            t.failed += 1;
-                            t.failures.push(format!("mm selftests on kernel {}: {}: {}: {}", r.alias, p.program, c.name, c.detail));
-                        }
-                    }
-                }
-                if let Some(e) = &r.error {
-                    t.fail(format!("mm selftests on kernel {}: {e}", r.alias));
-                }
-            }
-        }
-        Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => return Err(e),
-        Err(e) => t.fail(format!("mm selftests: {e:#}")),
-    }
-    Ok(())
-}
-
 /// Runs the whole suite; `Ok(true)` when everything passed.
 pub fn run(o: &TestOptions) -> Result<bool> {
     let aliases: Vec<kernels::KernelAlias> = if o.kernels.is_empty() {
@@ -850,7 +816,15 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         println!("SKIPPED (--skip-mm-selftests)");
         t.skipped.push("mm selftests (--skip-mm-selftests)".into());
     } else if let Some(bin) = &gupwatch {
-        mm_step(&mut t, &aliases, bin, o.timeout)?;
+        match mmselftests::suite_step(&aliases, bin, o.timeout) {
+            Ok((passed, failures)) => {
+                t.passed += passed;
+                t.failed += failures.len();
+                t.failures.extend(failures);
+            }
+            Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => return Err(e),
+            Err(e) => t.fail(format!("mm selftests: {e:#}")),
+        }
     } else {
         t.fail("mm selftests: not run, gupwatch did not build".into());
     }

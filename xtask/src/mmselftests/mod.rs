@@ -251,6 +251,34 @@ pub fn run(o: &MmOptions) -> Result<Vec<KernelResult>> {
     Ok(out)
 }
 
+/// The step of `cargo xtask test`: every program on `kernels`; returns
+/// how many checks held and one line per check that did not (or per
+/// kernel that did not run to the end). Only an interruption, or a build
+/// that fails, is an error.
+pub fn suite_step(kernels: &[KernelAlias], gupwatch: &std::path::Path, timeout: Duration) -> Result<(usize, Vec<String>)> {
+    let o = MmOptions {
+        kernels: kernels.to_vec(),
+        gupwatch: gupwatch.to_path_buf(),
+        timeout: timeout.max(MIN_TIMEOUT),
+        programs: PROGRAMS.iter().map(|p| p.to_string()).collect(),
+        refresh: false,
+    };
+    let mut passed = 0;
+    let mut failures = vec![];
+    for r in run(&o)? {
+        passed += r.passed();
+        for p in &r.programs {
+            for c in p.checks.iter().filter(|c| !c.ok) {
+                failures.push(format!("mm selftests on kernel {}: {}: {}: {}", r.alias, p.program, c.name, c.detail));
+            }
+        }
+        if let Some(e) = &r.error {
+            failures.push(format!("mm selftests on kernel {}: {e}", r.alias));
+        }
+    }
+    Ok((passed, failures))
+}
+
 /// One line per program: TAP results without and with gupwatch, gupwatch
 /// against vmstat, the subsystems, the ledger and the times; then each
 /// failed check.
