@@ -167,9 +167,9 @@ enum Cmd {
         /// Programs to run (comma-separated; default all three).
         #[arg(long, value_delimiter = ',', default_value = "gup_longterm,cow,hugetlb_dio")]
         programs: Vec<String>,
-        /// Time limit of each VM, in seconds (at least 1800: cow runs
-        /// twice, for minutes each under TCG).
-        #[arg(long, default_value_t = 1800)]
+        /// Time limit of each VM, in seconds (at least 600; a healthy
+        /// boot takes under two minutes under TCG).
+        #[arg(long, default_value_t = 600)]
         timeout: u64,
         /// Re-resolve the newest linux-source, liburing-dev and
         /// linux-libc-dev from the archive (and rebuild if one changed).
