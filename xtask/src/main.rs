@@ -175,6 +175,11 @@ enum Cmd {
         /// linux-libc-dev from the archive (and rebuild if one changed).
         #[arg(long)]
         refresh: bool,
+        /// Negative control: gupwatch's programs attach but count nothing
+        /// (GUPWATCH_EMPTY_PROGRAMS=1); its count checks must then fail
+        /// wherever a program pinned, and the command exits 1.
+        #[arg(long)]
+        empty_programs: bool,
         /// Use the gupwatch built last instead of building it.
         #[arg(long)]
         no_build: bool,
@@ -423,7 +428,8 @@ fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, refresh: bool, no_build: bool) -> Result<i32> {
+fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, flags: (bool, bool, bool)) -> Result<i32> {
+    let (refresh, no_build, empty_programs) = flags;
     let kernels = names
         .iter()
         .map(|k| {
@@ -435,7 +441,14 @@ fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, refresh: bo
     }
     let gupwatch = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
     let results =
-        mmselftests::run(&mmselftests::MmOptions { kernels, gupwatch, timeout: Duration::from_secs(timeout), programs, refresh })?;
+        mmselftests::run(&mmselftests::MmOptions {
+        kernels,
+        gupwatch,
+        timeout: Duration::from_secs(timeout),
+        programs,
+        refresh,
+        empty_programs,
+    })?;
     let passed: usize = results.iter().map(|r| r.passed()).sum();
     let failed: usize = results.iter().map(|r| r.failed()).sum();
     println!("{passed} passed, {failed} failed");
@@ -558,8 +571,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if t.failed == 0 { 0 } else { 1 })
         }
         Cmd::I915 { kernels, timeout, no_build } => i915_command(&kernels, timeout, no_build),
-        Cmd::MmSelftests { kernels, programs, timeout, refresh, no_build } => {
-            mm_command(&kernels, programs, timeout, refresh, no_build)
+        Cmd::MmSelftests { kernels, programs, timeout, refresh, no_build, empty_programs } => {
+            mm_command(&kernels, programs, timeout, (refresh, no_build, empty_programs))
         }
         Cmd::Canary { timeout, refresh, no_build } => {
             let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };

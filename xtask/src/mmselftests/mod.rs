@@ -58,6 +58,10 @@ pub struct MmOptions {
     pub programs: Vec<String>,
     /// Re-resolve the source packages from the archive.
     pub refresh: bool,
+    /// Negative control: gupwatch's programs attach but return at once
+    /// (`GUPWATCH_EMPTY_PROGRAMS=1`), so its counts stay 0 and the count
+    /// checks must fail wherever the programs pinned.
+    pub empty_programs: bool,
 }
 
 /// One program on one kernel.
@@ -107,10 +111,11 @@ impl KernelResult {
 /// it waits (up to 10 s) until the kernel holds as many pins as before it:
 /// io_uring releases a ring's buffers from a workqueue after the process
 /// exited, and those releases belong to the run.
-pub fn guest_script(programs: &[String]) -> String {
+pub fn guest_script(programs: &[String], empty_programs: bool) -> String {
     let list = programs.join(" ");
+    let control = if empty_programs { "export GUPWATCH_EMPTY_PROGRAMS=1\n" } else { "" };
     format!(
-        r#"sec() {{ echo "@@section $1@@"; }}
+        r#"{control}sec() {{ echo "@@section $1@@"; }}
 up() {{ cut -d' ' -f1 /proc/uptime; }}
 since() {{ awk -v a="$1" -v b="$(up)" 'BEGIN {{ printf "%.2f", b - a }}'; }}
 pins() {{ echo 1 > /proc/sys/vm/stat_refresh 2>/dev/null; grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat; }}
@@ -188,7 +193,7 @@ pub fn run_kernel(alias: KernelAlias, o: &MmOptions, files: &[GuestFile]) -> Ker
             return result;
         }
     };
-    let mut run = VmRun::new(kernel, guest_script(&o.programs));
+    let mut run = VmRun::new(kernel, guest_script(&o.programs, o.empty_programs));
     run.gupwatch = Some(o.gupwatch.clone());
     run.timeout = o.timeout.max(MIN_TIMEOUT);
     run.kernel_args = vec![format!("hugepages={HUGEPAGES}")];
@@ -237,8 +242,11 @@ pub fn run(o: &MmOptions) -> Result<Vec<KernelResult>> {
         files.push(GuestFile { path: format!("{GUEST_DIR}/{name}"), mode: 0o755, data });
     }
     println!(
-        "mm selftests from {} {} (liburing-dev {}), run without and under gupwatch run, hugepages={HUGEPAGES}",
-        tests.manifest.source_package, tests.manifest.source_version, tests.manifest.liburing_version
+        "mm selftests from {} {} (liburing-dev {}), run without and under gupwatch run, hugepages={HUGEPAGES}{}",
+        tests.manifest.source_package,
+        tests.manifest.source_version,
+        tests.manifest.liburing_version,
+        if o.empty_programs { "; NEGATIVE CONTROL: gupwatch's programs count nothing, its count checks must fail" } else { "" }
     );
     let mut out = vec![];
     for a in &o.kernels {
@@ -264,6 +272,7 @@ pub fn suite_step(kernels: &[KernelAlias], gupwatch: &std::path::Path, timeout: 
         timeout: timeout.max(MIN_TIMEOUT),
         programs: PROGRAMS.iter().map(|p| p.to_string()).collect(),
         refresh: false,
+        empty_programs: false,
     };
     let mut passed = 0;
     let mut failures = vec![];
@@ -334,7 +343,9 @@ mod tests {
 
     #[test]
     fn script_runs_each_program_twice() {
-        let s = guest_script(&["cow".into(), "hugetlb_dio".into()]);
+        let s = guest_script(&["cow".into(), "hugetlb_dio".into()], false);
+        assert!(!s.contains("GUPWATCH_EMPTY_PROGRAMS"));
+        assert!(guest_script(&["cow".into()], true).starts_with("export GUPWATCH_EMPTY_PROGRAMS=1\n"));
         assert!(s.contains("for p in cow hugetlb_dio; do"));
         assert_eq!(s.matches("prog $p").count(), 2);
         assert!(s.contains("/opt/mm-selftests/$1"));
