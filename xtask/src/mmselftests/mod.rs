@@ -40,8 +40,8 @@ const PORT: u16 = 10483;
 /// depend on how fragmented memory is by then.
 pub const HUGEPAGES: u32 = 16;
 
-/// A VM's least time limit: a whole boot took 39-94 s under TCG on the
-/// 2-core machine (`cow`, the longest, 12-32 s per pass), so a guest still
+/// A VM's least time limit: a whole boot took 39-111 s under TCG on the
+/// 2-core machine (`cow`, the longest, 8-34 s per pass), so a guest still
 /// running after ten minutes is stuck, not slow.
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(600);
 
