@@ -702,8 +702,9 @@ fn mirror_from_sources(text: &str) -> Option<String> {
 }
 
 /// A private apt state for one suite under `$CACHE/apt/<suite>`: its own
-/// sources list, package lists and archive cache.
-struct AptState {
+/// sources list, package lists and archive cache. Also used to fetch other
+/// packages from the archive the same way (the mm selftests' sources).
+pub(crate) struct AptState {
     suite: String,
     dir: PathBuf,
 }
@@ -714,7 +715,7 @@ static UPDATED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 impl AptState {
-    fn new(cache: &Path, suite: &str) -> AptState {
+    pub(crate) fn new(cache: &Path, suite: &str) -> AptState {
         AptState {
             suite: suite.to_string(),
             dir: cache.join("apt").join(suite),
@@ -738,7 +739,7 @@ impl AptState {
         ]
     }
 
-    fn update(&self) -> Result<()> {
+    pub(crate) fn update(&self) -> Result<()> {
         {
             let guard = UPDATED
                 .lock()
@@ -781,7 +782,7 @@ impl AptState {
         Ok(())
     }
 
-    fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
+    pub(crate) fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
         let out = util::output(
             Command::new("apt-cache")
                 .args(self.opts())
@@ -795,7 +796,7 @@ impl AptState {
             .collect())
     }
 
-    fn show(&self, names: &[String]) -> Result<Vec<PkgInfo>> {
+    pub(crate) fn show(&self, names: &[String]) -> Result<Vec<PkgInfo>> {
         let out = util::output(
             Command::new("apt-cache")
                 .args(self.opts())
@@ -807,7 +808,7 @@ impl AptState {
 
     /// Downloads packages into `dest` (skipping files already there) and
     /// returns their paths.
-    fn download(&self, names: &[String], dest: &Path) -> Result<Vec<PathBuf>> {
+    pub(crate) fn download(&self, names: &[String], dest: &Path) -> Result<Vec<PathBuf>> {
         fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
         let infos = self.show(names)?;
         let mut paths = Vec::new();
@@ -819,12 +820,20 @@ impl AptState {
                 .map(|i| i.version.as_str())
                 .max_by(|a, b| debversion::compare(a, b))
                 .ok_or_else(|| anyhow!("{name} vanished from the package lists"))?;
-            // apt-get download's file naming: ':' of an epoch becomes %3a.
-            let file = dest.join(format!("{name}_{}_amd64.deb", version.replace(':', "%3a")));
-            if !file.is_file() {
-                missing.push(format!("{name}={version}"));
+            // apt-get download's file naming: ':' of an epoch becomes %3a;
+            // the architecture is `all` for packages such as linux-source.
+            let stem = format!("{name}_{}", version.replace(':', "%3a"));
+            let file = ["amd64", "all"]
+                .iter()
+                .map(|arch| dest.join(format!("{stem}_{arch}.deb")))
+                .find(|f| f.is_file());
+            match file {
+                Some(f) => paths.push(f),
+                None => {
+                    missing.push(format!("{name}={version}"));
+                    paths.push(dest.join(format!("{stem}_amd64.deb")));
+                }
             }
-            paths.push(file);
         }
         if !missing.is_empty() {
             say!("setup", "downloading {}", missing.join(" "));
@@ -835,11 +844,15 @@ impl AptState {
                     .args(&missing)
                     .current_dir(dest),
             )
-            .context("downloading kernel packages")?;
+            .context("downloading packages from the Debian archive")?;
         }
-        for p in &paths {
+        for p in paths.iter_mut() {
             if !p.is_file() {
-                bail!("apt-get download did not produce {}", p.display());
+                let all = p.with_file_name(p.file_name().unwrap_or_default().to_string_lossy().replace("_amd64.deb", "_all.deb"));
+                if !all.is_file() {
+                    bail!("apt-get download did not produce {} (nor an _all.deb)", p.display());
+                }
+                *p = all;
             }
         }
         Ok(paths)

@@ -21,6 +21,7 @@ pub mod hostile;
 pub mod initramfs;
 pub mod kernels;
 pub mod livetest;
+pub mod mmselftests;
 pub mod modules;
 pub mod qemu;
 pub mod reducedcheck;

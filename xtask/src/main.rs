@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use xtask::kernels::{self, Flavour};
 use xtask::qemu::{ConsoleEcho, Forward, VmRun};
-use xtask::{bench, binary, canary, demo, e2e, i915test, livetest, say, setup, testsuite, util};
+use xtask::{bench, binary, canary, demo, e2e, i915test, livetest, mmselftests, say, setup, testsuite, util};
 
 #[derive(Parser)]
 #[command(
@@ -42,8 +42,9 @@ enum Cmd {
     Vm(VmArgs),
     /// All tests: unit tests, fuzzing, the static build and packages, the
     /// hostile-client test, `gupwatch doctor` and `gupwatch check` on every
-    /// kernel of the matrix, then the canary, i915, faults, live-view and
-    /// Prometheus end-to-end steps; ends with `N passed, N failed`.
+    /// kernel of the matrix, then the canary, i915, the kernel's mm
+    /// selftests, faults, live-view and Prometheus end-to-end steps; ends
+    /// with `N passed, N failed`.
     Test {
         /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
         #[arg(long, value_delimiter = ',')]
@@ -75,6 +76,9 @@ enum Cmd {
         /// as skipped).
         #[arg(long)]
         skip_canary: bool,
+        /// Skip the kernel's mm selftests (reported as skipped).
+        #[arg(long)]
+        skip_mm_selftests: bool,
     },
     /// The canary (also a step of `test`): Debian experimental's newest
     /// cloud kernel, when newer than sid's, runs `gupwatch doctor --json`
@@ -147,6 +151,35 @@ enum Cmd {
         /// Time limit of each VM, in seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// The kernel's mm selftests gup_longterm, cow and hugetlb_dio, built
+    /// statically from Debian's newest linux-source package, run on each
+    /// kernel without and under `gupwatch run`: identical TAP results,
+    /// gupwatch's totals equal to vmstat's, every pin attributed, nothing
+    /// untracked or unbalanced (also a step of `test`).
+    MmSelftests {
+        /// Kernels to run on (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "6.1,6.12,7.2")]
+        kernels: Vec<String>,
+        /// Programs to run (comma-separated; default all three).
+        #[arg(long, value_delimiter = ',', default_value = "gup_longterm,cow,hugetlb_dio")]
+        programs: Vec<String>,
+        /// Time limit of each VM, in seconds (at least 600; a healthy
+        /// boot takes under two minutes under TCG).
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Re-resolve the newest linux-source, liburing-dev and
+        /// linux-libc-dev from the archive (and rebuild if one changed).
+        #[arg(long)]
+        refresh: bool,
+        /// Negative control: gupwatch's programs attach but count nothing
+        /// (GUPWATCH_EMPTY_PROGRAMS=1); its count checks must then fail
+        /// wherever a program pinned, and the command exits 1.
+        #[arg(long)]
+        empty_programs: bool,
         /// Use the gupwatch built last instead of building it.
         #[arg(long)]
         no_build: bool,
@@ -395,6 +428,33 @@ fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, flags: (bool, bool, bool)) -> Result<i32> {
+    let (refresh, no_build, empty_programs) = flags;
+    let kernels = names
+        .iter()
+        .map(|k| {
+            kernels::alias(k).ok_or_else(|| anyhow::anyhow!("unknown kernel `{k}` (known: {})", kernels::alias_names()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(p) = programs.iter().find(|p| !mmselftests::PROGRAMS.contains(&p.as_str())) {
+        anyhow::bail!("unknown program `{p}` (known: {})", mmselftests::PROGRAMS.join(", "));
+    }
+    let gupwatch = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+    let results =
+        mmselftests::run(&mmselftests::MmOptions {
+        kernels,
+        gupwatch,
+        timeout: Duration::from_secs(timeout),
+        programs,
+        refresh,
+        empty_programs,
+    })?;
+    let passed: usize = results.iter().map(|r| r.passed()).sum();
+    let failed: usize = results.iter().map(|r| r.failed()).sum();
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
 fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -> Result<i32> {
     let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
     let gupwatch = if no_build {
@@ -474,6 +534,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             skip_i915,
             skip_live,
             skip_canary,
+            skip_mm_selftests,
         } => {
             let ok = testsuite::run(&testsuite::TestOptions {
                 kernels,
@@ -485,6 +546,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 skip_i915,
                 skip_live,
                 skip_canary,
+                skip_mm_selftests,
             })?;
             Ok(if ok { 0 } else { 1 })
         }
@@ -509,6 +571,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if t.failed == 0 { 0 } else { 1 })
         }
         Cmd::I915 { kernels, timeout, no_build } => i915_command(&kernels, timeout, no_build),
+        Cmd::MmSelftests { kernels, programs, timeout, refresh, no_build, empty_programs } => {
+            mm_command(&kernels, programs, timeout, (refresh, no_build, empty_programs))
+        }
         Cmd::Canary { timeout, refresh, no_build } => {
             let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
             let r = canary::run(&bin, Duration::from_secs(timeout), refresh)?;

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: unit tests, the hostile-client test on the host
 //! ([`crate::hostile`]), then `gupwatch check --json` in a VM on
 //! every kernel of the matrix, with a table per kernel, then the i915 hooks
-//! on the generic flavour of those kernels ([`crate::i915test`]) and the
-//! end-to-end Prometheus test, and one closing `N passed, N failed` line.
+//! on the generic flavour of those kernels ([`crate::i915test`]), the
+//! kernel's mm selftests under gupwatch ([`crate::mmselftests`]), the
+//! faults, the live view and the end-to-end Prometheus test, and one
+//! closing `N passed, N failed` line.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +23,7 @@ use crate::hostile;
 use crate::i915test;
 use crate::kernels::{self, BootKernel, Flavour};
 use crate::livetest;
+use crate::mmselftests;
 use crate::qemu::{ConsoleEcho, VmOutcome, VmRun};
 use crate::setup::{self, SetupOptions};
 use crate::util;
@@ -46,6 +49,8 @@ pub struct TestOptions {
     pub skip_live: bool,
     /// Skip the canary kernel step ([`crate::canary`]).
     pub skip_canary: bool,
+    /// Skip the kernel's mm selftests ([`crate::mmselftests`]).
+    pub skip_mm_selftests: bool,
 }
 
 /// Huge pages reserved at boot in the kernel steps' VMs (8 MiB).
@@ -559,7 +564,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 6 + aliases.len() + 5;
+    let total = 6 + aliases.len() + 6;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -734,7 +739,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
     }
 
     banner(
-        total - 4,
+        total - 5,
         total,
         "canary: experimental's newest kernel, if newer than sid's: gupwatch doctor --json, gupwatch check --json; fails only on a panic or a kernel oops/BUG/WARNING",
     );
@@ -766,7 +771,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
 
     // The i915 hooks, on the generic flavour of the selected kernels.
     banner(
-        total - 3,
+        total - 4,
         total,
         &format!(
             "i915 hooks on the generic kernels ({}): attached at start and when i915 loads later",
@@ -797,6 +802,31 @@ pub fn run(o: &TestOptions) -> Result<bool> {
         }
     } else {
         t.fail("i915: not run, gupwatch did not build".into());
+    }
+
+    banner(
+        total - 3,
+        total,
+        &format!(
+            "the kernel's mm selftests (gup_longterm, cow, hugetlb_dio) on {}: without and under gupwatch run, identical results, exact counts",
+            aliases.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    if o.skip_mm_selftests {
+        println!("SKIPPED (--skip-mm-selftests)");
+        t.skipped.push("mm selftests (--skip-mm-selftests)".into());
+    } else if let Some(bin) = &gupwatch {
+        match mmselftests::suite_step(&aliases, bin, o.timeout) {
+            Ok((passed, failures)) => {
+                t.passed += passed;
+                t.failed += failures.len();
+                t.failures.extend(failures);
+            }
+            Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => return Err(e),
+            Err(e) => t.fail(format!("mm selftests: {e:#}")),
+        }
+    } else {
+        t.fail("mm selftests: not run, gupwatch did not build".into());
     }
 
     // Faults and refusals, the live view through tmux (in the guest and from
