@@ -1,0 +1,103 @@
+//! The preemptible step of `cargo xtask test`: Debian's 6.12 booted with
+//! `preempt=full`, running the churn and in-flight scenarios.
+//!
+//! 7.2 and later are preemptible by default (and in the kernel steps);
+//! 6.12 is the matrix kernel that is not, and on a preemptible kernel BPF
+//! trampoline programs can be preempted, which is what made the kernel skip
+//! gupwatch's programs under process churn (docs/exactness.md). Booting
+//! 6.12 both ways keeps that difference in the suite.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::kernels::{self, Flavour, KernelAlias};
+use crate::qemu::{ConsoleEcho, VmRun};
+use crate::testsuite::{open_work, parse_report, table};
+use crate::util;
+
+/// The matrix kernel this step boots preemptible.
+pub const KERNEL: &str = "6.12";
+
+/// What the guest runs.
+pub const COMMAND: &str = "gupwatch check --json --only churn_,inflight_";
+
+/// The line the kernel prints at boot once `preempt=full` took.
+const PREEMPT_FULL: &str = "Dynamic Preempt: full";
+
+/// The step's verdicts: passed checks, failures, and scenarios reported
+/// only (open work) with the reason.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Checks that passed.
+    pub passed: usize,
+    /// One line per failed check.
+    pub failures: Vec<String>,
+    /// Failed scenarios of open work, not counted as failures.
+    pub reported_only: Vec<String>,
+}
+
+/// Boots 6.12 with `preempt=full` and judges the churn and in-flight
+/// scenarios; `None` when 6.12 is not among the selected kernels.
+pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Result<Option<Outcome>> {
+    let Some(alias) = aliases.iter().find(|a| a.name == KERNEL) else {
+        return Ok(None);
+    };
+    let cache = util::cache_dir()?;
+    let kernel = kernels::ensure(&cache, *alias, Flavour::Cloud, false)
+        .map(|m| m.boot_kernel(&cache))
+        .with_context(|| format!("fetching kernel {KERNEL}"))?;
+    let mut vm = VmRun::new(kernel, COMMAND.to_string());
+    vm.kernel_args.push("preempt=full".into());
+    vm.gupwatch = Some(gupwatch.to_path_buf());
+    vm.timeout = timeout;
+    vm.echo = ConsoleEcho::None;
+    vm.stream_stdout = false;
+    vm.tag = format!("test {KERNEL} preempt=full");
+    let outcome = vm.run()?;
+    println!(
+        "{KERNEL} preempt=full in {:.0} s ({}), exit status {}; console log: {}",
+        outcome.elapsed.as_secs_f64(),
+        outcome.accel,
+        outcome.status,
+        outcome.console_log.display()
+    );
+    let mut out = Outcome::default();
+    let console = std::fs::read_to_string(&outcome.console_log).unwrap_or_default();
+    if console.contains(PREEMPT_FULL) {
+        out.passed += 1;
+        println!("  PASS  the kernel says \"{PREEMPT_FULL}\"");
+    } else {
+        out.failures.push(format!(
+            "{KERNEL} preempt=full: the console never says \"{PREEMPT_FULL}\", so the kernel did not run preemptible (console log: {})",
+            outcome.console_log.display()
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&outcome.stdout);
+    let report = match parse_report(&stdout) {
+        Ok(r) => r,
+        Err(e) => {
+            out.failures.push(format!(
+                "{KERNEL} preempt=full: gupwatch check exited with status {} and printed no report: {e:#}; console log: {}",
+                outcome.status,
+                outcome.console_log.display()
+            ));
+            return Ok(Some(out));
+        }
+    };
+    print!("{}", table(&report));
+    if report.scenarios.is_empty() {
+        out.failures.push(format!("{KERNEL} preempt=full: the report lists no scenarios"));
+    }
+    for s in &report.scenarios {
+        if s.passed() {
+            out.passed += 1;
+        } else if let Some(why) = open_work(&s.name) {
+            out.reported_only.push(format!("{KERNEL} preempt=full: scenario {} inexact, reported only ({why})", s.name));
+        } else {
+            out.failures.push(format!("{KERNEL} preempt=full: scenario {}", s.name));
+        }
+    }
+    Ok(Some(out))
+}
