@@ -249,6 +249,45 @@ pub struct ApiStats {
     pub longterm_pages: u64,
     /// log2 histogram of call durations; see [`LATENCY_BUCKETS`].
     pub latency_log2: [u64; LATENCY_BUCKETS],
+    /// Pin: `undone_pages` by [`Reverted`] reason (they sum to it).
+    pub reverted: [u64; REVERTED_REASONS],
+}
+
+/// Why a pin call released pins it had taken itself ([`ApiStats::undone_pages`]),
+/// told by how the release was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Reverted {
+    /// `gup_put_folio()` before the slow path started: the lock-free walk
+    /// let go of a page it had grabbed (a LONGTERM pin refused on a
+    /// dirty-tracked file mapping, a page table entry that changed under
+    /// it, a shared anonymous page that must be unshared first).
+    FastWalk = 0,
+    /// Released after the slow path started, in a FOLL_LONGTERM call: the
+    /// pages it found on movable or CMA memory, released to migrate them
+    /// before the call pins again (through `gup_put_folio` or a hooked
+    /// unpin, depending on the kernel; or pins unwound on an error).
+    Migration = 1,
+    /// Released after the slow path started, in a call without
+    /// FOLL_LONGTERM (the slow walk dropping a page it had grabbed).
+    SlowPath = 2,
+}
+
+/// Length of [`ApiStats::reverted`].
+pub const REVERTED_REASONS: usize = 3;
+
+impl Reverted {
+    /// Every reason, in index order.
+    pub const ALL: [Reverted; REVERTED_REASONS] = [Reverted::FastWalk, Reverted::Migration, Reverted::SlowPath];
+
+    /// The `reason` label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reverted::FastWalk => "fast_walk",
+            Reverted::Migration => "migration",
+            Reverted::SlowPath => "slow_path",
+        }
+    }
 }
 
 impl ApiStats {
@@ -271,6 +310,7 @@ impl ApiStats {
         longterm_calls: 0,
         longterm_pages: 0,
         latency_log2: [0; LATENCY_BUCKETS],
+        reverted: [0; REVERTED_REASONS],
     };
 }
 

@@ -41,7 +41,7 @@ use gup_common::{
     irq::{is_inside, record_is_live, ret_slot, IrqEntry, IrqExit, IrqUnpins},
     skipped::{self, Mark, TextRange, UnpinTexts, MARK, UNPIN_TEXTS},
     latency_bucket, Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight,
-    PinOwner, PinRecord, API_COUNT, PIN_OWNERS, SHARED_OWNER, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
+    PinOwner, PinRecord, Reverted, API_COUNT, PIN_OWNERS, SHARED_OWNER, ARG_NONE, ATTRIB_CAPACITY, DIAG_COUNT, ERRNO_CAPACITY,
     EXITED_CAPACITY, INFLIGHT_CAPACITY, PAGES_ARRAY, PAGES_FOLIO, STACK_CAPACITY,
     TRACK_CAPACITY, TRACK_MAX_PER_CALL, UNBALANCED_CAPACITY, I915_OBJECTS_CAPACITY,
 };
@@ -670,7 +670,8 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
         return;
     }
     if api.kind() == ApiKind::Unpin {
-        let outer = live_outer(tid, api as u32, frame).and_then(|o| Api::from_index(o.api));
+        let outer_rec = live_outer(tid, api as u32, frame);
+        let outer = outer_rec.and_then(|o| Api::from_index(o.api));
         if let Some(outer_api) = outer {
             if let Some(rec) = INFLIGHT.get_ptr_mut(&tid) {
                 // SAFETY: this thread's own live record.
@@ -688,6 +689,8 @@ fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             // them (taken by the slow path: LONGTERM migration).
             if let Some(s) = stats(outer_api) {
                 add(&mut s.undone_pages, count);
+                let longterm = outer_rec.is_some_and(|o| o.gup_flags & foll_longterm() != 0);
+                add(&mut s.reverted[reverted_in_slow_path(longterm) as usize], count);
                 add(&mut s.slow_pages, count);
             }
         }
@@ -1525,8 +1528,8 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         }
         return;
     }
-    let mut outer = live_outer(tid, u32::MAX, frame).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start));
-    if let Some((Some(o), _, _)) = outer {
+    let mut outer = live_outer(tid, u32::MAX, frame).map(|r| (Api::from_index(r.api), r.nested_unpin, r.slow_start, r.gup_flags));
+    if let Some((Some(o), _, _, _)) = outer {
         if o.kind() == ApiKind::Unpin {
             // Inside a hooked unpin, which counted these pages at its entry,
             // as long as it has any left to release. One whose releases are
@@ -1542,16 +1545,19 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
         }
     }
     match outer {
-        Some((Some(_), nested, _)) if nested != 0 => return,
+        Some((Some(_), nested, _, _)) if nested != 0 => return,
         // Inside a pin call: a pin taken and dropped again, by the fast
         // walk if the slow path has not started yet.
-        Some((Some(o), _, slow_start)) => {
+        Some((Some(o), _, slow_start, gup_flags)) => {
             if let Some(s) = stats(o) {
                 add(&mut s.undone_pages, refs);
                 if o.has_fast_path() && slow_start == 0 {
                     add(&mut s.fast_pages, refs);
+                    add(&mut s.reverted[Reverted::FastWalk as usize], refs);
                 } else {
                     add(&mut s.slow_pages, refs);
+                    let longterm = gup_flags & foll_longterm() != 0;
+                    add(&mut s.reverted[reverted_in_slow_path(longterm) as usize], refs);
                 }
             }
         }
@@ -1571,6 +1577,20 @@ fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: &A) {
     if let Some(s) = stats(api) {
         add(&mut s.calls, 1);
         add(&mut s.pages, refs);
+    }
+}
+
+/// Why the slow path of a pin call released pins it had taken: in a
+/// FOLL_LONGTERM call, to migrate them (the only reason
+/// `__gup_longterm_locked` gives back what it pinned: pages on movable or
+/// CMA memory, released by `gup_put_folio` or by an unpin, kernel by
+/// kernel); otherwise the slow walk dropping a page.
+#[inline(always)]
+fn reverted_in_slow_path(longterm: bool) -> Reverted {
+    if longterm && foll_longterm() != 0 {
+        Reverted::Migration
+    } else {
+        Reverted::SlowPath
     }
 }
 

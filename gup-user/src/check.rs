@@ -91,6 +91,9 @@ pub struct ScenarioReport {
     /// Pins taken and released again inside the same call (included in
     /// `pinned_pages` and `unpinned_pages`, as the kernel counts them).
     pub undone_pages: u64,
+    /// Those pins by reason (`fast_walk`, `migration`, `slow_path`: see
+    /// [`gup_common::Reverted`]); reasons with none are left out.
+    pub reverted_pages: BTreeMap<&'static str, u64>,
     /// What the scenario should make the kernel do.
     pub expected: Expectation,
     /// The errno the scenario's syscall returned, if it failed.
@@ -317,6 +320,7 @@ fn blank_report(s: &dyn Scenario, pins_expected: bool) -> ScenarioReport {
         caller: None,
         errors: BTreeMap::new(),
         undone_pages: 0,
+        reverted_pages: BTreeMap::new(),
         expected: s.expectation(),
         observed_errno: None,
         expectations_met: false,
@@ -460,6 +464,12 @@ fn run_one(
     report.outstanding_exact = report.outstanding_pages + report.untracked_pins as i64 - report.unbalanced_unpins as i64
         == vm.acquired as i64 - vm.released as i64;
     report.undone_pages = Api::ALL.iter().map(|a| delta.api(*a).undone_pages).sum();
+    for r in gup_common::Reverted::ALL {
+        let n: u64 = Api::ALL.iter().map(|a| delta.api(*a).reverted[r as usize]).sum();
+        if n > 0 {
+            report.reverted_pages.insert(r.name(), n);
+        }
+    }
     report.fast_pages = totals.fast_pages;
     report.slow_pages = totals.slow_pages;
     report.longterm_pages = totals.longterm_pages;
@@ -587,6 +597,11 @@ fn mismatches(r: &ScenarioReport, pins_expected: bool) -> Vec<String> {
         let sub = r.subsystem.map(|s| s.as_str());
         if sub != Some(e.subsystem) {
             out.push(format!("expected subsystem {}, saw {}", e.subsystem, sub.unwrap_or("none")));
+        }
+    }
+    if let Some(reason) = e.reverted {
+        if r.reverted_pages.get(reason.name()).copied().unwrap_or(0) == 0 {
+            out.push(format!("expected pins reverted for {}, saw {:?}", reason.name(), r.reverted_pages));
         }
     }
     if let Some(errno) = e.errno {

@@ -41,6 +41,10 @@ macro_rules! zip_stats {
         for (i, slot) in latency_log2.iter_mut().enumerate() {
             *slot = op(a.latency_log2[i], b.latency_log2[i]);
         }
+        let mut reverted = [0; gup_common::REVERTED_REASONS];
+        for (i, slot) in reverted.iter_mut().enumerate() {
+            *slot = op(a.reverted[i], b.reverted[i]);
+        }
         ApiStats {
             calls: op(a.calls, b.calls),
             pages: op(a.pages, b.pages),
@@ -59,6 +63,7 @@ macro_rules! zip_stats {
             longterm_calls: op(a.longterm_calls, b.longterm_calls),
             longterm_pages: op(a.longterm_pages, b.longterm_pages),
             latency_log2,
+            reverted,
         }
     }};
 }

@@ -53,6 +53,7 @@ mod matrix;
 mod memory;
 mod orphan;
 mod process_vm;
+mod reverted;
 mod spec;
 mod uring;
 mod workload;
@@ -202,6 +203,8 @@ pub fn builtin(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
     let mut all = balanced(scratch_dir);
     all.extend(leaking());
     all.extend(matrix(scratch_dir));
+    all.push(Box::new(reverted::Race { state: None }));
+    all.push(Box::new(reverted::Movable { state: None, in_movable: 0 }));
     all
 }
 

@@ -116,6 +116,10 @@ pub struct Expectation {
     /// ([`ExpectedPath::None`]): whether the pins it releases, or the pin its
     /// failing syscall attempts, are.
     pub longterm: bool,
+    /// A reason the run must show at least one reverted pin for (pins a
+    /// call took and released again before it returned).
+    #[serde(serialize_with = "ser_reverted")]
+    pub reverted: Option<gup_common::Reverted>,
 }
 
 /// [`Expectation::subsystem`] of the `process_vm_readv/writev` scenarios.
@@ -204,6 +208,13 @@ impl Expectation {
     /// The expectation of a syscall that pins through `pin_path`: the
     /// subsystem and LONGTERM are the path's.
     pub fn of(pin_path: PinPath, path: ExpectedPath, errno: Option<i32>) -> Expectation {
-        Expectation { path, errno, subsystem: pin_path.subsystem(), longterm: pin_path.longterm() }
+        Expectation { path, errno, subsystem: pin_path.subsystem(), longterm: pin_path.longterm(), reverted: None }
+    }
+}
+
+fn ser_reverted<S: serde::Serializer>(r: &Option<gup_common::Reverted>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.serialize_some(r.name()),
+        None => s.serialize_none(),
     }
 }
