@@ -24,6 +24,7 @@ pub mod livetest;
 pub mod modules;
 pub mod qemu;
 pub mod reducedcheck;
+pub mod rssguard;
 pub mod setup;
 pub mod stress;
 pub mod testsuite;
