@@ -12,7 +12,7 @@
 //! figure does not depend on host load or TCG speed. The daemon's
 //! allocations at start-up are fixed by the kernel's BTF and kallsyms, the
 //! same for every boot of one kernel image; repeated boots of 6.1, 6.12
-//! and 7.2 each agreed within 0.6 MiB on the peak, which was 20–23.3 MiB
+//! and 7.2 each agreed within 1.2 MiB on the peak, which was 20–23.3 MiB
 //! (docs/architecture.md, "Where the daemon's memory goes", has the
 //! figures and the margin).
 
