@@ -8,7 +8,7 @@
 //!
 //! Format: `include/uapi/linux/btf.h` and Documentation/bpf/btf.rst.
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 /// Errors reading BTF.
 #[derive(Debug, thiserror::Error)]
@@ -54,36 +54,50 @@ impl FuncProto {
     }
 }
 
-/// A struct or union member. Names are offsets into the string table:
-/// a distribution kernel's BTF has some 100,000 members and as many
-/// prototype parameters, and a `String` each made parsing peak at ~45 MiB.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Member {
-    name: u32,
-    type_id: u32,
-    bit_offset: u32,
-}
-
-/// What gupwatch keeps of each type: enough to walk struct members.
-#[derive(Clone, Debug, Default)]
-struct TypeInfo {
-    kind: u32,
-    /// Size for structs/unions, referenced type for typedefs and modifiers.
-    size_or_type: u32,
-    members: Box<[Member]>,
-}
-
 /// The parts of a kernel's BTF that gupwatch looks up by name.
+///
+/// Lean on purpose: it keeps the raw BTF (what the kernel hands out, about
+/// 5 MiB on a distribution kernel) and small sorted indexes into it, and
+/// decodes a type only when a lookup reaches it. A decoded copy of every
+/// type, member and name (a `HashMap<String, _>` per kind) took several
+/// times the file's size, and this parse is the start-up's largest
+/// allocation (docs/architecture.md, "Where the daemon's memory goes").
 #[derive(Clone, Debug, Default)]
 pub struct KernelBtf {
-    /// The string section, which names point into.
-    strings: Box<[u8]>,
-    /// Function name -> its parameters' name offsets.
-    funcs: HashMap<String, Box<[u32]>>,
-    enumerators: HashMap<String, i128>,
-    /// Indexed by type id (0 = void).
-    types: Vec<TypeInfo>,
-    structs: HashMap<String, u32>,
+    /// The whole BTF blob, header included.
+    data: Box<[u8]>,
+    /// Where the type section starts in `data`.
+    types_at: usize,
+    /// Where the string section starts in `data`, and its length.
+    strings_at: usize,
+    strings_len: usize,
+    /// Offset of each type's record in the type section, by type id
+    /// (index 0 stands for void, which has no record).
+    offsets: Box<[u32]>,
+    /// Functions: (name, prototype id, own id), sorted by name; of two
+    /// functions of one name, the first one (as aya and libbpf pick it
+    /// for an fentry program's `attach_btf_id`).
+    funcs: Box<[(u32, u32, u32)]>,
+    /// Enumerators: (name, enum type id, index in it), sorted by name; of
+    /// two of one name, the later one.
+    enumerators: Box<[(u32, u32, u32)]>,
+    /// Named structs: (name, type id), sorted by name; of two of one name,
+    /// the first one.
+    structs: Box<[(u32, u32)]>,
+}
+
+/// One type record's fixed part.
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    name: u32,
+    kind: u32,
+    vlen: usize,
+    /// `kind_flag`: bitfield offsets in structs, signedness in enums.
+    flag: bool,
+    /// Size for structs/unions, referenced type for typedefs and modifiers.
+    size_or_type: u32,
+    /// Where its variable part starts in the type section.
+    body: usize,
 }
 
 impl KernelBtf {
@@ -98,12 +112,19 @@ impl KernelBtf {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&data)
+        Self::from_bytes(data.into_boxed_slice())
     }
 
     /// Parses raw BTF bytes (little-endian, as on x86-64).
     pub fn parse(data: &[u8]) -> Result<KernelBtf, BtfError> {
-        let r = Reader { data };
+        Self::from_bytes(data.into())
+    }
+
+    /// Indexes raw BTF bytes, keeping them. Every record is checked here
+    /// (bounds, kind, the name offsets lookups follow), so that lookups
+    /// can trust what they read.
+    fn from_bytes(data: Box<[u8]>) -> Result<KernelBtf, BtfError> {
+        let r = Reader { data: &data };
         if r.u16(0)? != BTF_MAGIC {
             return Err(BtfError::Malformed("bad magic (big-endian or not BTF)".into()));
         }
@@ -112,145 +133,177 @@ impl KernelBtf {
         let type_len = r.u32(12)? as usize;
         let str_off = r.u32(16)? as usize;
         let str_len = r.u32(20)? as usize;
-        let types = r.slice(hdr_len + type_off, type_len)?;
-        let strings = r.slice(hdr_len + str_off, str_len)?;
-        let name = |off: u32| -> Result<String, BtfError> {
-            let s = strings
-                .get(off as usize..)
-                .ok_or_else(|| BtfError::Malformed(format!("string offset {off} out of range")))?;
-            let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-            Ok(String::from_utf8_lossy(&s[..end]).into_owned())
+        let types_at = hdr_len.saturating_add(type_off);
+        let strings_at = hdr_len.saturating_add(str_off);
+        r.slice(types_at, type_len)?;
+        r.slice(strings_at, str_len)?;
+        let mut btf = KernelBtf { types_at, strings_at, strings_len: str_len, ..KernelBtf::default() };
+        let (offsets, mut funcs, mut enumerators, mut structs) = {
+            let types = r.slice(types_at, type_len)?;
+            Self::index(types, str_len)?
         };
-        let check_name = |off: u32| -> Result<(), BtfError> {
-            if (off as usize) < strings.len() || off == 0 {
+        btf.data = data;
+        // Stable sorts: equal names stay in id order, so "the later one"
+        // and "the first one" above are the last and first of each run.
+        funcs.sort_by(|a, b| btf.str_at(a.0).cmp(btf.str_at(b.0)));
+        funcs.dedup_by(|later, first| btf.str_at(later.0) == btf.str_at(first.0));
+        enumerators.sort_by(|a, b| btf.str_at(a.0).cmp(btf.str_at(b.0)));
+        keep_last(&mut enumerators, |a, b| btf.str_at(a.0) == btf.str_at(b.0));
+        structs.sort_by(|a, b| btf.str_at(a.0).cmp(btf.str_at(b.0)));
+        structs.dedup_by(|later, first| btf.str_at(later.0) == btf.str_at(first.0));
+        btf.offsets = offsets.into_boxed_slice();
+        btf.funcs = funcs.into_boxed_slice();
+        btf.enumerators = enumerators.into_boxed_slice();
+        btf.structs = structs.into_boxed_slice();
+        Ok(btf)
+    }
+
+    /// One pass over the type section: each record's offset, and the
+    /// functions, enumerators and structs to sort.
+    #[allow(clippy::type_complexity)]
+    fn index(
+        types: &[u8],
+        str_len: usize,
+    ) -> Result<(Vec<u32>, Vec<(u32, u32, u32)>, Vec<(u32, u32, u32)>, Vec<(u32, u32)>), BtfError> {
+        // A name that is looked up by: must lie in the table (its end
+        // reads as the empty string).
+        let check_lookup_name = |off: u32| -> Result<(), BtfError> {
+            if off as usize <= str_len {
                 Ok(())
             } else {
                 Err(BtfError::Malformed(format!("string offset {off} out of range")))
             }
         };
-
+        // A member or parameter name, compared while walking.
+        let check_name = |off: u32| -> Result<(), BtfError> {
+            if (off as usize) < str_len || off == 0 {
+                Ok(())
+            } else {
+                Err(BtfError::Malformed(format!("string offset {off} out of range")))
+            }
+        };
         let t = Reader { data: types };
-        // Type ids start at 1; id 0 is void.
-        let mut protos: HashMap<u32, Box<[u32]>> = HashMap::new();
-        let mut funcs: Vec<(String, u32)> = Vec::new();
-        let mut enumerators = HashMap::new();
-        let mut all_types = vec![TypeInfo::default()];
-        let mut structs = HashMap::new();
+        let mut offsets = vec![u32::MAX];
+        let (mut funcs, mut enumerators, mut structs) = (Vec::new(), Vec::new(), Vec::new());
         let mut off = 0usize;
         let mut id = 1u32;
         while off < types.len() {
-            let name_off = t.u32(off)?;
-            let info = t.u32(off + 4)?;
-            let size_or_type = t.u32(off + 8)?;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let body = off + 12;
-            let body_len = match kind {
+            let rec = record(&t, off)?;
+            let body_len = match rec.kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION | KIND_DATASEC => 12 * vlen,
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-                KIND_ENUM64 => 12 * vlen,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC => 12 * rec.vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * rec.vlen,
+                KIND_ENUM64 => 12 * rec.vlen,
                 0..=19 => 0,
                 other => return Err(BtfError::Malformed(format!("unknown kind {other} at type {id}"))),
             };
-            let mut info_entry = TypeInfo { kind, size_or_type, members: Box::default() };
-            if let KIND_STRUCT | KIND_UNION = kind {
-                let bitfields = info >> 31 == 1;
-                let mut members = Vec::with_capacity(vlen);
-                for i in 0..vlen {
-                    let m = body + 12 * i;
-                    let raw = t.u32(m + 8)?;
-                    let name_at = t.u32(m)?;
-                    // Checked now so that lookups can trust every offset.
-                    check_name(name_at)?;
-                    members.push(Member {
-                        name: name_at,
-                        type_id: t.u32(m + 4)?,
-                        bit_offset: if bitfields { raw & 0xff_ffff } else { raw },
-                    });
-                }
-                info_entry.members = members.into_boxed_slice();
-                if kind == KIND_STRUCT {
-                    let n = name(name_off)?;
-                    if !n.is_empty() {
-                        structs.entry(n).or_insert(id);
+            let at = u32::try_from(off).map_err(|_| BtfError::Malformed("type section past 4 GiB".into()))?;
+            offsets.push(at);
+            match rec.kind {
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..rec.vlen {
+                        let m = rec.body + 12 * i;
+                        check_name(t.u32(m)?)?;
+                        t.u32(m + 8)?;
+                    }
+                    if rec.kind == KIND_STRUCT && rec.name != 0 {
+                        check_lookup_name(rec.name)?;
+                        structs.push((rec.name, id));
                     }
                 }
-            }
-            match kind {
-                KIND_FUNC => funcs.push((name(name_off)?, size_or_type)),
+                KIND_FUNC => {
+                    check_lookup_name(rec.name)?;
+                    funcs.push((rec.name, rec.size_or_type, id));
+                }
                 KIND_FUNC_PROTO => {
-                    let mut params = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let at = t.u32(body + 8 * i)?;
-                        check_name(at)?;
-                        params.push(at);
-                    }
-                    protos.insert(id, params.into_boxed_slice());
-                }
-                KIND_ENUM => {
-                    let signed = info >> 31 == 1;
-                    for i in 0..vlen {
-                        let raw = t.u32(body + 8 * i + 4)?;
-                        let v = if signed { raw as i32 as i128 } else { raw as i128 };
-                        enumerators.insert(name(t.u32(body + 8 * i)?)?, v);
+                    for i in 0..rec.vlen {
+                        check_name(t.u32(rec.body + 8 * i)?)?;
                     }
                 }
-                KIND_ENUM64 => {
-                    for i in 0..vlen {
-                        let lo = t.u32(body + 12 * i + 4)? as u64;
-                        let hi = t.u32(body + 12 * i + 8)? as u64;
-                        enumerators.insert(name(t.u32(body + 12 * i)?)?, ((hi << 32) | lo) as i128);
+                KIND_ENUM | KIND_ENUM64 => {
+                    let size = if rec.kind == KIND_ENUM { 8 } else { 12 };
+                    for i in 0..rec.vlen {
+                        let e = rec.body + size * i;
+                        check_lookup_name(t.u32(e)?)?;
+                        t.u32(e + size - 4)?;
+                        enumerators.push((t.u32(e)?, id, i as u32));
                     }
                 }
                 _ => {}
             }
-            all_types.push(info_entry);
-            off = body + body_len;
-            id += 1;
+            off = rec.body + body_len;
+            id = id.checked_add(1).ok_or_else(|| BtfError::Malformed("too many types".into()))?;
         }
-        let funcs = funcs
-            .into_iter()
-            .filter_map(|(n, proto)| protos.get(&proto).map(|p| (n, p.clone())))
-            .collect();
-        drop(protos);
-        Ok(KernelBtf { strings: strings.into(), funcs, enumerators, types: all_types, structs })
+        // Functions whose prototype is no prototype have no parameters to
+        // give: left out, as if BTF did not describe them.
+        funcs.retain(|&(_, proto, _)| {
+            let at = offsets.get(proto as usize).filter(|&&o| o != u32::MAX);
+            at.is_some_and(|&o| record(&t, o as usize).is_ok_and(|r| r.kind == KIND_FUNC_PROTO))
+        });
+        Ok((offsets, funcs, enumerators, structs))
+    }
+
+    fn types(&self) -> Reader<'_> {
+        Reader { data: self.data.get(self.types_at..).unwrap_or_default() }
+    }
+
+    /// The record of type `id` (`None` for void and ids past the end).
+    fn record(&self, id: u32) -> Option<Record> {
+        let at = *self.offsets.get(id as usize).filter(|&&o| o != u32::MAX)?;
+        record(&self.types(), at as usize).ok()
     }
 
     /// The string at `off` (checked at parse time to lie in the table).
     fn str_at(&self, off: u32) -> &[u8] {
-        let s = self.strings.get(off as usize..).unwrap_or_default();
+        let end = self.strings_at.saturating_add(self.strings_len);
+        let s = self.data.get(self.strings_at..end).and_then(|s| s.get(off as usize..)).unwrap_or_default();
         &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    /// Binary search of a name-sorted index.
+    fn find<T: Copy>(&self, index: &[T], name_of: impl Fn(&T) -> u32, name: &str) -> Option<T> {
+        let i = index.binary_search_by(|e| self.str_at(name_of(e)).cmp(name.as_bytes())).ok()?;
+        index.get(i).copied()
     }
 
     /// `sizeof(struct name)`.
     pub fn struct_size(&self, name: &str) -> Option<u32> {
-        self.structs.get(name).and_then(|id| self.types.get(*id as usize)).map(|t| t.size_or_type)
+        let (_, id) = self.find(&self.structs, |e| e.0, name)?;
+        self.record(id).map(|r| r.size_or_type)
     }
 
     /// Byte offset of `member` in `struct name`, looking through anonymous
     /// structs and unions (as C does: `page->compound_head` lives in one).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
-        let id = *self.structs.get(name)?;
+        let (_, id) = self.find(&self.structs, |e| e.0, name)?;
         self.find_member(id, member, 0, 0).map(|bits| bits / 8)
+    }
+
+    /// The members of a struct or union: (name, type id, bit offset).
+    fn members(&self, id: u32) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        let rec = self.record(id).filter(|r| matches!(r.kind, KIND_STRUCT | KIND_UNION));
+        let t = self.types();
+        (0..rec.map_or(0, |r| r.vlen)).filter_map(move |i| {
+            let r = rec?;
+            let m = r.body + 12 * i;
+            let raw = t.u32(m + 8).ok()?;
+            Some((t.u32(m).ok()?, t.u32(m + 4).ok()?, if r.flag { raw & 0xff_ffff } else { raw }))
+        })
     }
 
     fn find_member(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Option<u32> {
         if depth > 8 {
             return None;
         }
-        let t = self.types.get(id as usize)?;
-        for m in t.members.iter() {
-            if self.str_at(m.name) == member.as_bytes() {
-                return base_bits.checked_add(m.bit_offset);
-            }
+        if let Some((_, _, bits)) = self.members(id).find(|(name, _, _)| self.str_at(*name) == member.as_bytes()) {
+            return base_bits.checked_add(bits);
         }
-        for m in t.members.iter().filter(|m| self.str_at(m.name).is_empty()) {
-            let inner = self.strip_modifiers(m.type_id);
+        for (_, type_id, bits) in self.members(id).filter(|(name, _, _)| self.str_at(*name).is_empty()) {
+            let inner = self.strip_modifiers(type_id);
             // Offsets past u32 come only from malformed BTF (found by the
             // btf_parse fuzz target): no such member, rather than overflow.
-            let Some(base) = base_bits.checked_add(m.bit_offset) else { continue };
+            let Some(base) = base_bits.checked_add(bits) else { continue };
             if let Some(found) = self.find_member(inner, member, base, depth + 1) {
                 return Some(found);
             }
@@ -261,7 +314,7 @@ impl KernelBtf {
     /// Follows typedefs and const/volatile/restrict/type-tag to the type.
     fn strip_modifiers(&self, mut id: u32) -> u32 {
         for _ in 0..16 {
-            match self.types.get(id as usize) {
+            match self.record(id) {
                 Some(t) if matches!(t.kind, 8..=11 | 18) => id = t.size_or_type,
                 _ => break,
             }
@@ -269,18 +322,58 @@ impl KernelBtf {
         id
     }
 
+    /// The type id of a function (what an fentry program's
+    /// `attach_btf_id` names), if BTF describes it.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.find(&self.funcs, |e| e.0, name).map(|(_, _, id)| id)
+    }
+
     /// The prototype of a function, if BTF describes it.
     pub fn func(&self, name: &str) -> Option<FuncProto> {
-        let params = self.funcs.get(name)?;
-        Some(FuncProto {
-            params: params.iter().map(|&at| String::from_utf8_lossy(self.str_at(at)).into_owned()).collect(),
-        })
+        let (_, proto, _) = self.find(&self.funcs, |e| e.0, name)?;
+        let rec = self.record(proto)?;
+        let t = self.types();
+        let params = (0..rec.vlen)
+            .map(|i| t.u32(rec.body + 8 * i).map(|at| String::from_utf8_lossy(self.str_at(at)).into_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(FuncProto { params })
     }
 
     /// The value of an enumerator (any enum), if BTF has it.
     pub fn enumerator(&self, name: &str) -> Option<i128> {
-        self.enumerators.get(name).copied()
+        let (_, id, i) = self.find(&self.enumerators, |e| e.0, name)?;
+        let rec = self.record(id)?;
+        let t = self.types();
+        let i = i as usize;
+        if rec.kind == KIND_ENUM64 {
+            let lo = t.u32(rec.body + 12 * i + 4).ok()? as u64;
+            let hi = t.u32(rec.body + 12 * i + 8).ok()? as u64;
+            return Some(((hi << 32) | lo) as i128);
+        }
+        let raw = t.u32(rec.body + 8 * i + 4).ok()?;
+        Some(if rec.flag { raw as i32 as i128 } else { raw as i128 })
     }
+}
+
+/// Reads the fixed part of the type record at `off`.
+fn record(t: &Reader<'_>, off: usize) -> Result<Record, BtfError> {
+    let info = t.u32(off + 4)?;
+    Ok(Record {
+        name: t.u32(off)?,
+        kind: (info >> 24) & 0x1f,
+        vlen: (info & 0xffff) as usize,
+        flag: info >> 31 == 1,
+        size_or_type: t.u32(off + 8)?,
+        body: off + 12,
+    })
+}
+
+/// Keeps the last element of each run of equal ones (`dedup` keeps the first).
+fn keep_last<T: Copy>(v: &mut Vec<T>, same: impl Fn(&T, &T) -> bool) {
+    v.reverse();
+    v.dedup_by(|later, first| same(later, first));
+    v.reverse();
 }
 
 struct Reader<'a> {
@@ -387,6 +480,24 @@ pub(crate) mod tests {
         assert_eq!(f.param_index(&["npages", "nr_pages"]), Some(1));
         assert_eq!(btf.enumerator("FOLL_PIN"), Some(1 << 19));
         assert!(btf.func("pin_user_pages_fast_only").is_none());
+    }
+
+    #[test]
+    fn functions_have_their_type_ids_and_names_resolve_as_before() {
+        let mut b = Builder::new();
+        let long = b.int();
+        let first = b.func("dup", &["a"], long);
+        b.func("dup", &["b", "c"], long);
+        let f = b.func("unpin_user_page", &["page"], long);
+        b.enumeration(&[("E", 1)]);
+        b.enumeration(&[("E", 2)]);
+        let btf = KernelBtf::parse(&b.build()).expect("valid BTF");
+        assert_eq!(btf.func_id("unpin_user_page"), Some(f));
+        assert_eq!(btf.func_id("dup"), Some(first), "the first, as aya picks for fentry");
+        assert_eq!(btf.func("dup").map(|p| p.params), Some(vec!["a".to_string()]));
+        assert_eq!(btf.enumerator("E"), Some(2), "of two enumerators of one name, the later");
+        assert_eq!(btf.func_id("long"), None, "an int is no function");
+        assert_eq!(btf.struct_size("long"), None);
     }
 
     #[test]

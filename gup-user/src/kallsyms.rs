@@ -21,18 +21,13 @@ pub struct Symbol<'a> {
     pub module: Option<&'a str>,
 }
 
-/// Where a name sits in the arena.
+/// One text symbol: 16 bytes, its name in the arena.
 #[derive(Clone, Copy, Debug)]
-struct Name {
+struct Sym {
+    addr: u64,
+    /// Where its name starts in `names`, and its length.
     start: u32,
     len: u16,
-}
-
-/// One symbol, first definition of its name.
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    addr: u64,
-    name: Name,
     /// Index into `modules`, or `NO_MODULE`.
     module: u16,
 }
@@ -43,17 +38,20 @@ const NO_MODULE: u16 = u16::MAX;
 ///
 /// Compact on purpose: a distribution kernel has 100,000+ text symbols and
 /// the daemon keeps them all for symbolization. Names live once in one
-/// arena and the indexes are small fixed-size records: about 8 MiB where a
-/// `HashMap<String, _>` plus a `Vec<(u64, String)>` took 28 MiB.
+/// arena, each symbol is one 16-byte record in address order, and the
+/// name index is 4 bytes a name; `from_proc` reads the file a line at a
+/// time, never whole (it is some 10 MiB of text). See docs/architecture.md,
+/// "Where the daemon's memory goes".
 #[derive(Clone, Debug, Default)]
 pub struct Kallsyms {
     names: String,
     modules: Vec<String>,
-    /// First definition of each name, sorted by name.
-    by_name: Vec<Entry>,
-    /// Every definition with an address, sorted by address, with its
-    /// module (index into `modules`, or `NO_MODULE`).
-    by_addr: Vec<(u64, Name, u16)>,
+    /// Every text symbol, sorted by address; those whose address reads as
+    /// zero (hidden by kptr_restrict) first, in file order.
+    syms: Vec<Sym>,
+    /// Index into `syms` of the first definition of each name (vmlinux
+    /// precedes modules in the file), sorted by name.
+    by_name: Vec<u32>,
 }
 
 /// One symbolized stack frame.
@@ -79,66 +77,107 @@ pub const MAX_SYMBOL_OFFSET: u64 = 1 << 20;
 impl Kallsyms {
     /// Reads the running kernel's symbols.
     pub fn from_proc() -> Result<Kallsyms, KallsymsError> {
-        Ok(Self::parse(&std::fs::read_to_string("/proc/kallsyms")?))
+        let file = std::fs::File::open("/proc/kallsyms")?;
+        Ok(Self::read(std::io::BufReader::new(file))?)
     }
 
     /// Parses kallsyms text. Lines that do not parse are skipped: the file
     /// is the kernel's, and one odd line must not hide the rest.
     pub fn parse(text: &str) -> Kallsyms {
+        // Reading from a slice cannot fail.
+        Self::read(text.as_bytes()).unwrap_or_default()
+    }
+
+    /// Parses kallsyms a line at a time (lines that are not UTF-8 or do not
+    /// parse are skipped, as in [`Kallsyms::parse`]).
+    pub fn read(mut input: impl std::io::BufRead) -> std::io::Result<Kallsyms> {
         let mut k = Kallsyms::default();
-        // (entry, order seen): the first definition wins (vmlinux precedes
-        // modules), so ties in the name sort go to the earliest line.
-        let mut all: Vec<(Entry, u32)> = Vec::new();
-        for line in text.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
-                continue;
-            };
-            if !matches!(kind, "t" | "T" | "w" | "W") || name.len() > u16::MAX as usize {
-                continue;
+        let mut line = Vec::with_capacity(256);
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
             }
-            let Ok(start) = u32::try_from(k.names.len()) else { break };
-            k.names.push_str(name);
-            let name = Name { start, len: name.len() as u16 };
-            let module = match it.next().map(|m| m.trim_start_matches('[').trim_end_matches(']')) {
-                None => NO_MODULE,
-                Some(m) => match k.modules.iter().position(|x| x == m) {
-                    Some(i) => i as u16,
-                    None if k.modules.len() < NO_MODULE as usize => {
-                        k.modules.push(m.to_string());
-                        (k.modules.len() - 1) as u16
-                    }
-                    None => NO_MODULE,
-                },
-            };
-            let addr = u64::from_str_radix(addr, 16).unwrap_or(0);
-            if addr != 0 {
-                k.by_addr.push((addr, name, module));
+            if let Ok(text) = std::str::from_utf8(&line) {
+                if !k.add_line(text) {
+                    break;
+                }
             }
-            all.push((Entry { addr, name, module }, all.len() as u32));
         }
-        let names = &k.names;
-        let text_of = |n: Name| &names[n.start as usize..n.start as usize + n.len as usize];
-        all.sort_by(|(a, ia), (b, ib)| text_of(a.name).cmp(text_of(b.name)).then(ia.cmp(ib)));
-        all.dedup_by(|(later, _), (first, _)| text_of(later.name) == text_of(first.name));
-        k.by_name = all.into_iter().map(|(e, _)| e).collect();
+        k.index();
+        Ok(k)
+    }
+
+    /// Adds one line's symbol if it is text; false once the name arena is
+    /// full (4 GiB of names: nothing real).
+    fn add_line(&mut self, line: &str) -> bool {
+        let mut it = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+            return true;
+        };
+        if !matches!(kind, "t" | "T" | "w" | "W") || name.len() > u16::MAX as usize {
+            return true;
+        }
+        let Ok(start) = u32::try_from(self.names.len()) else { return false };
+        self.names.push_str(name);
+        let module = match it.next().map(|m| m.trim_start_matches('[').trim_end_matches(']')) {
+            None => NO_MODULE,
+            Some(m) => match self.modules.iter().position(|x| x == m) {
+                Some(i) => i as u16,
+                None if self.modules.len() < NO_MODULE as usize => {
+                    self.modules.push(m.to_string());
+                    (self.modules.len() - 1) as u16
+                }
+                None => NO_MODULE,
+            },
+        };
+        let addr = u64::from_str_radix(addr, 16).unwrap_or(0);
+        self.syms.push(Sym { addr, start, len: name.len() as u16, module });
+        true
+    }
+
+    /// Builds the name index over `syms` (still in file order), then puts
+    /// `syms` in address order.
+    fn index(&mut self) {
+        let (names, syms) = (&self.names, &self.syms);
+        let text_of = |s: &Sym| &names[s.start as usize..s.start as usize + s.len as usize];
+        // Stable: of equal names, the earliest line first, and it stays.
+        let mut by_name: Vec<u32> = (0..syms.len() as u32).collect();
+        by_name.sort_by(|&a, &b| text_of(&syms[a as usize]).cmp(text_of(&syms[b as usize])));
+        by_name.dedup_by(|later, first| text_of(&syms[*later as usize]) == text_of(&syms[*first as usize]));
         // Module symbols follow vmlinux's in the file, module by module, in
         // no address order (a module's own symbols are not sorted either):
         // only a sort of the whole table makes the nearest-preceding search
-        // below correct.
-        k.by_addr.sort_unstable_by_key(|(a, _, _)| *a);
-        k.names.shrink_to_fit();
-        k.by_name.shrink_to_fit();
-        k.by_addr.shrink_to_fit();
-        k
+        // below correct. Stable, so hidden (zero) addresses keep file order.
+        let mut order: Vec<u32> = (0..syms.len() as u32).collect();
+        order.sort_by_key(|&i| syms[i as usize].addr);
+        let mut position = vec![0u32; syms.len()];
+        for (p, &i) in order.iter().enumerate() {
+            position[i as usize] = p as u32;
+        }
+        for i in by_name.iter_mut() {
+            *i = position[*i as usize];
+        }
+        drop(position);
+        let sorted: Vec<Sym> = order.iter().map(|&i| syms[i as usize]).collect();
+        self.syms = sorted;
+        self.by_name = by_name;
+        self.names.shrink_to_fit();
+        self.by_name.shrink_to_fit();
     }
 
-    fn text(&self, n: Name) -> &str {
-        &self.names[n.start as usize..n.start as usize + n.len as usize]
+    /// The text symbol of a name-index entry.
+    fn named(&self, i: u32) -> &Sym {
+        // Indexes are built from `syms` and never outlive it.
+        &self.syms[i as usize]
     }
 
-    fn symbol(&self, e: &Entry) -> Symbol<'_> {
-        Symbol { addr: e.addr, module: self.modules.get(e.module as usize).map(String::as_str) }
+    fn name_of(&self, s: &Sym) -> &str {
+        self.text(s.start, s.len)
+    }
+
+    fn symbol(&self, s: &Sym) -> Symbol<'_> {
+        Symbol { addr: s.addr, module: self.modules.get(s.module as usize).map(String::as_str) }
     }
 
     /// A table of text symbols at consecutive made-up addresses, in the
@@ -157,27 +196,32 @@ impl Kallsyms {
     /// Whether addresses were readable (kptr_restrict and the reader's
     /// capabilities decide; without them every address reads as zero).
     pub fn has_addresses(&self) -> bool {
-        !self.by_addr.is_empty()
+        self.syms.last().is_some_and(|s| s.addr != 0)
+    }
+
+    /// Position in `by_name` of this exact name.
+    fn name_index(&self, name: &str) -> Option<usize> {
+        self.by_name.binary_search_by(|&i| self.name_of(self.named(i)).cmp(name)).ok()
     }
 
     /// The symbol with exactly this name.
     pub fn get(&self, name: &str) -> Option<Symbol<'_>> {
-        let i = self.by_name.binary_search_by(|e| self.text(e.name).cmp(name)).ok()?;
-        Some(self.symbol(&self.by_name[i]))
+        let i = self.name_index(name)?;
+        Some(self.symbol(self.named(self.by_name[i])))
     }
 
     /// Whether a function of this name exists, exactly or as a compiler clone
     /// (`name.isra.0`, `name.constprop.0`, ...). Returns the symbol to attach to.
     pub fn find_function(&self, name: &str) -> Option<(&str, Symbol<'_>)> {
-        if let Some(s) = self.get(name) {
-            let i = self.by_name.binary_search_by(|e| self.text(e.name).cmp(name)).ok()?;
-            return Some((self.text(self.by_name[i].name), s));
+        if let Some(i) = self.name_index(name) {
+            let s = self.named(self.by_name[i]);
+            return Some((self.name_of(s), self.symbol(s)));
         }
         // Clones sort right after `name.`: the first of them is the least.
         let prefix = format!("{name}.");
-        let i = self.by_name.partition_point(|e| self.text(e.name) < prefix.as_str());
-        let e = self.by_name.get(i)?;
-        self.text(e.name).starts_with(&prefix).then(|| (self.text(e.name), self.symbol(e)))
+        let i = self.by_name.partition_point(|&i| self.name_of(self.named(i)) < prefix.as_str());
+        let s = self.named(*self.by_name.get(i)?);
+        self.name_of(s).starts_with(&prefix).then(|| (self.name_of(s), self.symbol(s)))
     }
 
     /// The function containing `addr` and the offset into it. `None` when
@@ -190,13 +234,14 @@ impl Kallsyms {
     /// `None` when addresses are hidden, `addr` precedes every symbol, or
     /// it lies more than [`MAX_SYMBOL_OFFSET`] past the nearest symbol.
     pub fn frame(&self, addr: u64) -> Option<Frame<'_>> {
-        let i = self.by_addr.partition_point(|(a, _, _)| *a <= addr);
-        let (base, name, module) = self.by_addr.get(i.checked_sub(1)?)?;
-        let offset = addr - base;
+        let i = self.syms.partition_point(|s| s.addr <= addr);
+        // A hidden address names nothing.
+        let s = self.syms.get(i.checked_sub(1)?).filter(|s| s.addr != 0)?;
+        let offset = addr - s.addr;
         (offset <= MAX_SYMBOL_OFFSET).then(|| Frame {
-            function: self.text(*name),
+            function: self.name_of(s),
             offset,
-            module: self.modules.get(*module as usize).map(String::as_str),
+            module: self.modules.get(s.module as usize).map(String::as_str),
         })
     }
 
@@ -206,17 +251,17 @@ impl Kallsyms {
         if addr == 0 {
             return None;
         }
-        let i = self.by_addr.partition_point(|(a, _, _)| *a <= addr);
-        let (end, _, _) = self.by_addr.get(i)?;
-        Some((addr, *end))
+        let i = self.syms.partition_point(|s| s.addr <= addr);
+        let end = self.syms.get(i)?;
+        Some((addr, end.addr))
     }
 
     /// The span of the core kernel's text (vmlinux, not modules), from its
     /// lowest to just past its highest function address. Modules and BPF
     /// trampolines live outside it.
     pub fn core_text(&self) -> Option<(u64, u64)> {
-        let core = self.by_name.iter().filter(|e| e.module == NO_MODULE && e.addr != 0).map(|e| e.addr);
-        let (lo, hi) = core.fold((u64::MAX, 0), |(lo, hi), a| (lo.min(a), hi.max(a)));
+        let core = self.by_name.iter().map(|&i| self.named(i)).filter(|s| s.module == NO_MODULE && s.addr != 0);
+        let (lo, hi) = core.map(|s| s.addr).fold((u64::MAX, 0), |(lo, hi), a| (lo.min(a), hi.max(a)));
         (lo < hi).then_some((lo, hi + 1))
     }
 
@@ -233,6 +278,12 @@ impl Kallsyms {
     /// True when no text symbol was found.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+}
+
+impl Kallsyms {
+    fn text(&self, start: u32, len: u16) -> &str {
+        &self.names[start as usize..start as usize + len as usize]
     }
 }
 
@@ -299,6 +350,29 @@ garbage
         assert_eq!(k.find_function("x").map(|(n, _)| n), Some("x.constprop.0"), "the least clone name");
         assert!(k.has_module("mod"));
         assert!(Kallsyms::parse("").is_empty());
+    }
+
+    #[test]
+    fn hidden_addresses_name_nothing_but_names_resolve() {
+        let k = Kallsyms::parse("0000000000000000 T b\n0000000000000000 t a\t[m]\n0000000000000000 T b.isra.0\n");
+        assert!(!k.has_addresses());
+        assert_eq!(k.get("a"), Some(Symbol { addr: 0, module: Some("m") }));
+        assert_eq!(k.find_function("b").map(|(n, _)| n), Some("b"));
+        assert_eq!(k.frame(0), None);
+        assert_eq!(k.frame(0x10), None, "a zero address is no symbol to name from");
+        assert_eq!(k.text_range(0x10), None);
+        assert_eq!(k.core_text(), None);
+    }
+
+    #[test]
+    fn reading_skips_lines_that_are_not_text() {
+        let mut bytes = b"ffffffff81000000 T a\n".to_vec();
+        bytes.extend_from_slice(b"ffffffff81000010 T \xff\xfe\n");
+        bytes.extend_from_slice(b"ffffffff81000020 T c");
+        let k = Kallsyms::read(&bytes[..]).expect("a slice reads");
+        assert_eq!(k.len(), 2, "the line that is not UTF-8 is skipped, the unterminated last one kept");
+        assert_eq!(k.symbolize(0xffffffff81000024), Some(("c", 4)));
+        assert_eq!(k.symbolize(0xffffffff81000014), Some(("a", 0x14)));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod kernel;
 pub mod leaks;
 pub mod linkinfo;
 pub mod loader;
+pub mod memstat;
 pub mod metrics;
 pub mod model;
 pub mod modwatch;

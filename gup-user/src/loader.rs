@@ -257,12 +257,12 @@ pub fn load(plan: ProbePlan) -> Result<Probes, LoadError> {
     load_with(plan, LoadOptions::default())
 }
 
-/// Gives the heap's free memory back to the kernel. Start-up parses the
-/// kernel's BTF twice (the plan, then aya's relocations: some 40 MiB of
-/// short-lived allocations each on a distribution kernel) and reads all of
-/// /proc/kallsyms; glibc keeps those pages after they are freed, which left
-/// the daemon at ~77 MiB RSS for good. Measured on this project's host:
-/// 89 MiB -> 31 MiB after resolving a plan.
+/// Gives the heap's free memory back to the kernel. Start-up builds a few
+/// large short-lived structures one after the other (the kernel's BTF and
+/// kallsyms for the plan, aya's own BTF parse, the fentry type ids); glibc
+/// keeps the pages of what was freed unless asked, and every stage's peak
+/// would then stand on the last one's leftovers. See docs/architecture.md,
+/// "Where the daemon's memory goes".
 pub fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it
@@ -315,7 +315,16 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     // at once, so the bench can show what attaching alone costs.
     let empty = std::env::var_os("GUPWATCH_EMPTY_PROGRAMS").is_some_and(|v| v == "1") as u64;
     let object = Object::from_env()?;
-    let mut ebpf = EbpfLoader::new()
+    // aya's loader parses the whole kernel BTF when it is made (about
+    // 20 MiB of heap on a distribution kernel), to relocate CO-RE field
+    // accesses; Rust programs have none (the object's .BTF.ext holds no
+    // core_relo records), so that copy goes at once, before the object is
+    // parsed and the maps created, and never adds to their memory.
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    trim_heap();
+    crate::memstat::note("load: aya's loader made, its BTF dropped");
+    let mut ebpf = loader
         .override_global("HOOK_ARGS", &hook_args, true)
         .override_global("FOLL_LONGTERM", &foll_longterm, true)
         .override_global("FOLL_PIN", &plan.foll_pin(), true)
@@ -333,6 +342,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .map_max_entries("PINS", opts.track_capacity.max(1))
         .load(object.bytes())
         .map_err(map_create_error)?;
+    crate::memstat::note("load: object loaded, maps created");
     if std::env::var_os("GUPWATCH_DEBUG").is_some() {
         let u = plan.unpin_texts();
         eprintln!(
@@ -345,7 +355,8 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         Ok(()) => HookStatus::Attached,
         Err(e) => HookStatus::Failed(format!("tracepoint sched/sched_process_exit: {}", describe(&e, "sched_process_exit"))),
     };
-    let btf = Btf::from_sys_fs().ok();
+    let btf = fentry_btf(&plan);
+    crate::memstat::note("load: BTF ids for fentry");
     // Opened while the start-up capabilities are held: see ModuleTable.
     let mut modules = crate::modwatch::ModuleTable::open();
 
@@ -379,7 +390,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
                     }
                 }
             },
-            (Mechanism::Fentry, None) => Err("fentry planned but kernel BTF could not be loaded".into()),
+            (Mechanism::Fentry, None) => Err("fentry planned but the kernel's BTF gave no type id for it".into()),
             (Mechanism::Kprobe, _) => match attach_kprobe(&mut ebpf, idx, &symbol, with_exit) {
                 Ok(l) => Ok((Mechanism::Kprobe, l)),
                 Err(e) => {
@@ -456,6 +467,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     for h in all_links.iter_mut() {
         h.instance = h.module.as_deref().and_then(|m| look.instance(m));
     }
+    crate::memstat::note("load: hooks attached");
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
     // Logging never costs the probes: without its reader the programs'
     // records are dropped in the kernel, and only the first few are made.
@@ -504,6 +516,42 @@ pub fn attach_order(plan: &ProbePlan) -> Vec<usize> {
     // Stable: plan order within each group.
     order.sort_by_key(|&i| !releases(plan.hooks[i].api.kind()));
     order
+}
+
+/// What aya needs of the kernel's BTF to attach fentry/fexit: the type id
+/// of each function (`FEntry::load` looks it up by name and hands it to
+/// the kernel as `attach_btf_id`). The plan already read those ids from
+/// the kernel's BTF, so instead of a second full parse (`Btf::from_sys_fs`,
+/// some 20 MiB at start-up's peak) this builds a BTF in which each planned
+/// function sits at its own id behind placeholder types: 40 bytes a type
+/// up to the highest id, freed when attaching is done. `None` when no hook
+/// can use fentry.
+fn fentry_btf(plan: &ProbePlan) -> Option<Btf> {
+    btf_with_functions(plan.hooks.iter().filter_map(|h| Some((h.btf_id?, h.symbol.as_deref()?))).collect())
+}
+
+/// A BTF in which each (type id, function name) of `wanted` is a FUNC at
+/// that id, every other id a placeholder; `None` for no function.
+fn btf_with_functions(wanted: Vec<(u32, &str)>) -> Option<Btf> {
+    use aya_obj::btf::{BtfType, Func, FuncLinkage};
+    let mut wanted: Vec<(u32, &str)> = wanted.into_iter().filter(|(id, _)| *id > 0).collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    wanted.sort_unstable();
+    wanted.dedup_by_key(|(id, _)| *id);
+    let mut btf = Btf::new();
+    // Id 0 (void) is there already.
+    let mut next = 1u32;
+    for (id, name) in wanted {
+        while next < id {
+            btf.add_type(BtfType::Unknown);
+            next += 1;
+        }
+        let name_at = btf.add_string(name);
+        next = btf.add_type(BtfType::Func(Func::new(name_at, 0, FuncLinkage::Global))) + 1;
+    }
+    Some(btf)
 }
 
 fn prog_name(prefix: &str, idx: u32) -> String {
@@ -871,6 +919,20 @@ mod map_create_tests {
 #[cfg(test)]
 mod describe_tests {
     use super::*;
+
+    #[test]
+    fn fentry_functions_sit_at_their_kernel_type_ids() {
+        use aya_obj::btf::BtfKind;
+        let btf = btf_with_functions(vec![(90_001, "unpin_user_pages"), (7, "unpin_user_page"), (7, "zz_dup")])
+            .expect("functions wanted");
+        // aya's own lookup, the one FEntry::load makes, finds each id.
+        assert_eq!(btf.id_by_type_name_kind("unpin_user_page", BtfKind::Func).ok(), Some(7));
+        assert_eq!(btf.id_by_type_name_kind("unpin_user_pages", BtfKind::Func).ok(), Some(90_001));
+        assert!(btf.id_by_type_name_kind("zz_dup", BtfKind::Func).is_err(), "one function an id");
+        assert!(btf.id_by_type_name_kind("pin_user_pages", BtfKind::Func).is_err());
+        assert!(btf_with_functions(vec![]).is_none());
+        assert!(btf_with_functions(vec![(0, "void")]).is_none(), "id 0 is void");
+    }
 
     #[test]
     fn recursion_misses_are_read_from_fdinfo() {

@@ -94,6 +94,11 @@ pub struct HookPlan {
     /// cannot be attached.
     #[serde(skip)]
     pub fentry_possible: bool,
+    /// The function's BTF type id, where fentry is possible: what the
+    /// loader hands the kernel to attach fentry/fexit, so that it need not
+    /// parse the kernel's BTF a second time (see `loader::fentry_btf`).
+    #[serde(skip)]
+    pub btf_id: Option<u32>,
     /// Where the function's text lies (kallsyms): the programs tell by it
     /// whether a release counted with no record around it was made inside
     /// this function ([`gup_common::skipped`]).
@@ -588,7 +593,9 @@ impl ProbePlan {
     /// `Auto` with a warning).
     pub fn for_running_kernel() -> Result<ProbePlan, crate::kallsyms::KallsymsError> {
         let btf = crate::btf::KernelBtf::from_sys_fs();
+        crate::memstat::note("plan: BTF parsed");
         let kallsyms = Kallsyms::from_proc()?;
+        crate::memstat::note("plan: kallsyms read");
         let mut plan = Self::resolve(crate::kernel::release(), btf.as_ref().map_err(|e| e.to_string()), &kallsyms);
         let pref = Preference::from_env().unwrap_or_else(|e| {
             tracing::warn!("{e}; using auto");
@@ -691,6 +698,7 @@ impl ProbePlan {
             mechanism: None,
             fentry_possible: false,
             task_kprobe: false,
+            btf_id: None,
             text: TextRange::NONE,
             reason: String::new(),
             status: HookStatus::Planned,
@@ -759,6 +767,7 @@ impl ProbePlan {
         };
         hook.mechanism = Some(mechanism);
         hook.fentry_possible = mechanism == Mechanism::Fentry;
+        hook.btf_id = btf.filter(|_| hook.fentry_possible).and_then(|b| b.func_id(function));
         hook.reason = match choice_reason {
             Some(why) => format!("{why}; {reason}"),
             None => reason,

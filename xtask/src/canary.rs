@@ -375,6 +375,7 @@ mod tests {
             },
             doctor,
             check_stdout,
+            rss: None,
         }
     }
 

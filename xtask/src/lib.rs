@@ -26,6 +26,7 @@ pub mod modules;
 pub mod preemptstep;
 pub mod qemu;
 pub mod reducedcheck;
+pub mod rssguard;
 pub mod setup;
 pub mod stress;
 pub mod testsuite;

@@ -326,11 +326,15 @@ pub fn open_work(scenario: &str) -> Option<&'static str> {
     OPEN_WORK.iter().find(|(prefix, _)| scenario.starts_with(prefix)).map(|(_, why)| *why)
 }
 
-/// The guest command of a kernel's step: `gupwatch doctor --json` between
+/// The guest command of a kernel's step: the daemon's peak memory
+/// ([`crate::rssguard`]) and `gupwatch doctor --json`, each between
 /// markers, then `gupwatch check --json` (whose status is the command's).
-/// One boot for both: a VM boot under TCG costs more than either command.
+/// One boot for all: a VM boot under TCG costs more than any of them.
 pub fn kernel_step_command() -> String {
-    format!("echo '{DOCTOR_BEGIN}'; gupwatch doctor --json; echo \"{DOCTOR_END}$?@@\"; gupwatch check --json")
+    format!(
+        "{}; echo '{DOCTOR_BEGIN}'; gupwatch doctor --json; echo \"{DOCTOR_END}$?@@\"; gupwatch check --json",
+        crate::rssguard::guest_command()
+    )
 }
 
 /// Splits a kernel step's stdout into doctor's JSON with its exit status
@@ -455,6 +459,8 @@ pub struct KernelRun {
     pub doctor: Option<(String, Option<i32>)>,
     /// The rest of the guest's stdout: check's report.
     pub check_stdout: String,
+    /// The daemon's memory ([`crate::rssguard`]), when it was reported.
+    pub rss: Option<crate::rssguard::Reading>,
 }
 
 /// Boots `kernel` and runs [`kernel_step_command`] in it: the step the
@@ -482,8 +488,9 @@ pub fn run_kernel_step(kernel: BootKernel, label: &str, gupwatch: &Path, timeout
         outcome.console_log.display()
     );
     let stdout = String::from_utf8_lossy(&outcome.stdout).into_owned();
+    let (rss, stdout) = crate::rssguard::split(&stdout);
     let (doctor, check_stdout) = split_doctor(&stdout);
-    Ok(KernelRun { outcome, doctor, check_stdout })
+    Ok(KernelRun { outcome, doctor, check_stdout, rss })
 }
 
 /// Totals of the run.
@@ -647,7 +654,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             7 + i,
             total,
             &format!(
-                "kernel {} (Debian {}): gupwatch doctor --json, gupwatch check --json",
+                "kernel {} (Debian {}): gupwatch run peak RSS, gupwatch doctor --json, gupwatch check --json",
                 a.name, a.suite
             ),
         );
@@ -667,7 +674,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
                 continue;
             }
         };
-        let KernelRun { outcome, doctor, check_stdout: stdout } = match run_kernel_step(kernel, a.name, bin, o.timeout) {
+        let KernelRun { outcome, doctor, check_stdout: stdout, rss } = match run_kernel_step(kernel, a.name, bin, o.timeout) {
             Ok(r) => r,
             Err(e) => {
                 if e.downcast_ref::<util::Interrupted>().is_some() {
@@ -678,6 +685,15 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             }
         };
         let uname = parse_report(&stdout).ok().map(|r| r.kernel).filter(|k| k != "?");
+        let (rss_ok, rss_detail) = crate::rssguard::judge(rss.as_ref());
+        let rss_what = format!("gupwatch run peak RSS < {} MiB", crate::rssguard::PEAK_RSS_BOUND_KIB / 1024);
+        println!("  {}  {rss_what:<40} {rss_detail}", if rss_ok { "PASS" } else { "FAIL" });
+        if rss_ok {
+            t.passed += 1;
+        } else {
+            t.failed += 1;
+            t.failures.push(format!("kernel {}: {rss_what}: {rss_detail}", a.name));
+        }
         match &doctor {
             Some((json, status)) => {
                 println!("gupwatch doctor --json:");

@@ -255,6 +255,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates much (memstat.rs says why).
+    gupwatch::memstat::tune_allocator();
     // First, so that any panic is one line naming the command and kernel,
     // then exit status 70 (crash.rs).
     gupwatch::crash::install();
@@ -570,6 +572,7 @@ fn serve(
         metrics::Settings { top_processes: settings.top_processes, ..metrics::Settings::default() },
     );
     collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
+    gupwatch::memstat::note("collector ready (kallsyms read)");
     // Module hooks are followed for as long as gupwatch runs: a module can
     // be unloaded and loaded again at any time, and each load needs fresh
     // kprobes.
@@ -601,6 +604,7 @@ fn serve(
             "eBPF debug logs on: the first events of each diagnostics counter, per CPU"
         );
     }
+    gupwatch::memstat::note("start-up");
     tracing::info!(hooks_attached = attached, url = %format!("{}://{}/metrics", server.scheme(), server.local_addr()?), "serving");
     // Reloads run beside the server, which never waits for them.
     let reloader = {
@@ -787,6 +791,7 @@ fn init_logging(format: LogFormat, level: &str) -> Result<LogHandle> {
 
 fn resolve_plan() -> Result<ProbePlan> {
     let plan = ProbePlan::for_running_kernel().context("cannot resolve the probe plan");
+    gupwatch::memstat::note("plan resolved");
     // The BTF and kallsyms it read are gone: give their pages back before
     // aya parses the BTF again, so the two parses' peaks do not stack.
     loader::trim_heap();
