@@ -1,11 +1,15 @@
 //! The preemptible step of `cargo xtask test`: Debian's 6.12 booted with
-//! `preempt=full`, running the churn and in-flight scenarios.
+//! `preempt=full` and a ZONE_MOVABLE (`movablecore=`), running the churn,
+//! in-flight and reverted-pin scenarios.
 //!
 //! 7.2 and later are preemptible by default (and in the kernel steps);
 //! 6.12 is the matrix kernel that is not, and on a preemptible kernel BPF
 //! trampoline programs can be preempted, which is what made the kernel skip
 //! gupwatch's programs under process churn (docs/exactness.md). Booting
-//! 6.12 both ways keeps that difference in the suite.
+//! 6.12 both ways keeps that difference in the suite. The movable zone
+//! makes every LONGTERM pin of fresh anonymous memory migrate first, so
+//! the same boot runs `io_uring_register_movable` (which needs it) and the
+//! churn of io_uring registrations with thousands of migrations.
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,7 +25,14 @@ use crate::util;
 pub const KERNEL: &str = "6.12";
 
 /// What the guest runs.
-pub const COMMAND: &str = "gupwatch check --json --only churn_,inflight_";
+pub const COMMAND: &str =
+    "gupwatch check --json --only churn_,inflight_,io_uring_register_movable,io_uring_register_race";
+
+/// Scenarios the step must see run (not "not reachable").
+const MUST_RUN: [&str; 2] = ["io_uring_register_movable", "io_uring_register_race"];
+
+/// The ZONE_MOVABLE the guest gets.
+const MOVABLECORE: &str = "movablecore=256M";
 
 /// The line the kernel prints at boot once `preempt=full` took.
 const PREEMPT_FULL: &str = "Dynamic Preempt: full";
@@ -50,11 +61,12 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
         .with_context(|| format!("fetching kernel {KERNEL}"))?;
     let mut vm = VmRun::new(kernel, COMMAND.to_string());
     vm.kernel_args.push("preempt=full".into());
+    vm.kernel_args.push(MOVABLECORE.into());
     vm.gupwatch = Some(gupwatch.to_path_buf());
     vm.timeout = timeout;
     vm.echo = ConsoleEcho::None;
     vm.stream_stdout = false;
-    vm.tag = format!("test {KERNEL} preempt=full");
+    vm.tag = format!("test {KERNEL} preempt=full {MOVABLECORE}");
     let outcome = vm.run()?;
     println!(
         "{KERNEL} preempt=full in {:.0} s ({}), exit status {}; console log: {}",
@@ -89,6 +101,13 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
     print!("{}", table(&report));
     if report.scenarios.is_empty() {
         out.failures.push(format!("{KERNEL} preempt=full: the report lists no scenarios"));
+    }
+    for name in MUST_RUN {
+        if report.scenarios.iter().any(|s| s.name == name) {
+            out.passed += 1;
+        } else {
+            out.failures.push(format!("{KERNEL} preempt=full {MOVABLECORE}: scenario {name} did not run (not reachable?)"));
+        }
     }
     for s in &report.scenarios {
         if s.passed() {

@@ -753,7 +753,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
     banner(
         total - 6,
         total,
-        &format!("kernel {} booted preempt=full: gupwatch check --json --only churn_,inflight_", preemptstep::KERNEL),
+        &format!("kernel {} booted preempt=full movablecore=256M: {}", preemptstep::KERNEL, preemptstep::COMMAND),
     );
     match &gupwatch {
         Some(bin) => match preemptstep::run(&aliases, bin, o.timeout) {

@@ -203,9 +203,13 @@ pub fn builtin(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
     let mut all = balanced(scratch_dir);
     all.extend(leaking());
     all.extend(matrix(scratch_dir));
-    all.push(Box::new(reverted::Race { state: None }));
-    all.push(Box::new(reverted::Movable { state: None, in_movable: 0 }));
+    all.extend(reverted_pins());
     all
+}
+
+/// The scenarios of pins a call takes and releases again ([`reverted`]).
+fn reverted_pins() -> Vec<Box<dyn Scenario>> {
+    vec![Box::new(reverted::Race { state: None }), Box::new(reverted::Movable { state: None, in_movable: 0 })]
 }
 
 /// What `gupwatch check` runs: the [`builtin`] scenarios, then the

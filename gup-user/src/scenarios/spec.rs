@@ -118,7 +118,7 @@ pub struct Expectation {
     pub longterm: bool,
     /// A reason the run must show at least one reverted pin for (pins a
     /// call took and released again before it returned).
-    #[serde(serialize_with = "ser_reverted")]
+    #[serde(serialize_with = "ser_reverted", skip_serializing_if = "Option::is_none")]
     pub reverted: Option<gup_common::Reverted>,
 }
 

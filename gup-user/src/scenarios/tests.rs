@@ -26,7 +26,7 @@ fn matrix_scenarios() {
     names.dedup();
     assert_eq!(names.len(), n, "names are unique");
     let m = matrix(Path::new("/nonexistent"));
-    assert_eq!(all.len(), original(Path::new("/nonexistent")).len() + m.len());
+    assert_eq!(all.len(), original(Path::new("/nonexistent")).len() + m.len() + reverted_pins().len());
     for s in &m {
         let setup = s.reference_setup().expect("every matrix scenario describes its memory");
         assert_eq!(setup.buffer.pages, buffer_pages(), "{}", s.name());
