@@ -24,6 +24,7 @@ pub mod config;
 pub mod crash;
 pub mod doctor;
 pub mod ebpflog;
+pub mod errno;
 pub mod host;
 pub mod i915;
 pub mod http;

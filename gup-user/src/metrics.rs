@@ -632,7 +632,7 @@ impl PromCollector for Exposition {
                     .iter()
                     .filter_map(|((api, errno), n)| {
                         let api = Api::from_index(*api)?;
-                        Some((ErrnoLabels { api: api.symbol(), errno: crate::check::errno_name(*errno) }, *n))
+                        Some((ErrnoLabels { api: api.symbol(), errno: crate::errno::errno_name(*errno) }, *n))
                     })
                     .collect()
             })
@@ -1081,7 +1081,7 @@ pub fn snapshot_json(d: &ScrapeData, top: usize) -> serde_json::Value {
                     Some(ErrnoJson {
                         api: Api::from_index(*api)?.symbol(),
                         errno: *errno,
-                        name: crate::check::errno_name(*errno),
+                        name: crate::errno::errno_name(*errno),
                         calls: *n,
                     })
                 })
