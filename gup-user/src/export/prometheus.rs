@@ -1,13 +1,13 @@
 //! The Prometheus / OpenMetrics exposition of a [`Reading`] (`/metrics`).
 //!
 //! Written through the official `prometheus-client` crate: a fresh registry
-//! per scrape with one custom collector ([`Exposition`]) that writes every
+//! per scrape with one custom collector (`Exposition`) that writes every
 //! family from the reading. The crate escapes label values and HELP text,
 //! and writes both the OpenMetrics 1.0 text format and the Prometheus 0.0.4
 //! text format ([`Format`]).
 //!
 //! Families that differ only in what they count are declared as data
-//! ([`API_FAMILIES`], the [`DiagFamily`] tables), in the spirit of
+//! (`API_FAMILIES`, the `DiagFamily` tables), in the spirit of
 //! ebpf_exporter's metric configs; the rest are written by one function per
 //! section of the exposition, in the order `docs/metrics.md` lists them.
 //!
