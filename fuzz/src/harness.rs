@@ -19,7 +19,11 @@ use gupwatch::{
     attribution::{self, Caller, Subsystem},
     kallsyms::Kallsyms,
     leaks,
-    metrics::{self, Format, PlanSummary, ScrapeData, Settings, TopProcesses},
+    collect::{self, PlanSummary, Reading, Settings, TopProcesses},
+    export::{
+        api,
+        prometheus::{self, Format},
+    },
     model::{self, Snapshot},
     plan::ProbePlan,
     vmstat,
@@ -396,15 +400,15 @@ pub fn config_toml(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // Metrics exposition
 
-/// Scrape data with rows whose `comm` and caller bytes are arbitrary.
-pub fn scrape_data_from(data: &[u8]) -> (ScrapeData, Vec<String>) {
+/// A reading with rows whose `comm` and caller bytes are arbitrary.
+pub fn scrape_data_from(data: &[u8]) -> (Reading, Vec<String>) {
     let (d, comms, _) = scrape_input(data);
     (d, comms)
 }
 
 /// [`scrape_data_from`], and the format the input asks for (flag bit 2:
 /// one format per run keeps the target fast; inputs cover both).
-fn scrape_input(data: &[u8]) -> (ScrapeData, Vec<String>, Format) {
+fn scrape_input(data: &[u8]) -> (Reading, Vec<String>, Format) {
     let mut input = Input::new(data);
     let kernel = input.text(40);
     let mut plan = PlanSummary::from_plan(&ProbePlan::resolve(kernel, Err("fuzz".into()), &Kallsyms::default()));
@@ -451,10 +455,10 @@ fn scrape_input(data: &[u8]) -> (ScrapeData, Vec<String>, Format) {
     let settings = Settings { top_processes: input.u8() as usize % 5 };
     let mut top = TopProcesses::default();
     let format = if flags & 4 == 4 { Format::OpenMetrics } else { Format::Prometheus };
-    (ScrapeData::new(plan, snapshot, vm, rows, &mut top, settings), comms, format)
+    (Reading::new(plan, snapshot, vm, rows, &mut top, settings), comms, format)
 }
 
-/// The exposition of arbitrary scrape data (above all arbitrary `comm`
+/// The exposition of an arbitrary reading (above all arbitrary `comm`
 /// bytes: quotes, backslashes, newlines, invalid UTF-8, empty) parses in
 /// both formats, and every `comm` label value reads back as a name that
 /// went in.
@@ -468,7 +472,7 @@ pub fn metrics_exposition(data: &[u8]) {
         Format::OpenMetrics => Flavor::OpenMetrics,
     };
     {
-        let text = metrics::render(&d, format);
+        let text = prometheus::render(&d, format);
         let exp = match exposition::check(&text, flavor) {
             Ok(e) => e,
             Err(e) => panic!("{flavor:?} exposition does not parse: {e}\n--- text ---\n{text}"),
@@ -477,7 +481,7 @@ pub fn metrics_exposition(data: &[u8]) {
         let mut seen_other = false;
         for s in exp.named(name) {
             let comm = &s.labels.iter().find(|(n, _)| n == "comm").expect("comm label").1;
-            if comm == metrics::OTHER_COMM {
+            if comm == collect::OTHER_COMM {
                 seen_other = true;
             } else {
                 assert!(comms.contains(comm), "comm {comm:?} came out but never went in ({comms:?})");
@@ -492,10 +496,10 @@ pub fn metrics_exposition(data: &[u8]) {
         let k = &build.labels.iter().find(|(n, _)| n == "kernel").expect("kernel label").1;
         assert_eq!(k, &kernel, "the kernel label reads back");
     }
-    let json = metrics::snapshot_json(&d, 5);
+    let json = api::snapshot_json(&d, 5);
     let text = serde_json::to_string(&json).expect("snapshot JSON");
     let _: serde_json::Value = serde_json::from_str(&text).expect("snapshot JSON reads back");
-    let (callers, _) = metrics::callers_json(&d, 50);
+    let (callers, _) = api::callers_json(&d, 50);
     serde_json::to_string(&callers).expect("callers JSON");
 }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     attribution::{self, Subsystem},
+    errno::errno_name,
     kallsyms::Kallsyms,
     loader::Probes,
     model::Snapshot,
@@ -644,25 +645,6 @@ fn dominant(rows: &[attribution::Row]) -> Option<(Subsystem, String)> {
     };
     use gup_common::ApiKind::{Pin, Unpin};
     weight(Pin, false).or_else(|| weight(Unpin, false)).or_else(|| weight(Pin, true))
-}
-
-/// The symbolic name of an errno, for reports.
-pub fn errno_name(errno: u32) -> String {
-    let name = match errno as i32 {
-        libc::EPERM => "EPERM",
-        libc::EINTR => "EINTR",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EINVAL => "EINVAL",
-        libc::ENOSPC => "ENOSPC",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EHWPOISON => "EHWPOISON",
-        512 => "ERESTARTSYS",
-        _ => return format!("errno{errno}"),
-    };
-    name.to_string()
 }
 
 /// Whether a scenario's path pins pages on this kernel.

@@ -158,7 +158,7 @@ impl RunOptions {
     pub fn resolve(cli: &RunOptions, file: &RunOptions) -> RunSettings {
         RunSettings {
             listen: cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| crate::http::DEFAULT_LISTEN.into()),
-            top_processes: cli.top_processes.or(file.top_processes).unwrap_or(crate::metrics::DEFAULT_TOP_PROCESSES),
+            top_processes: cli.top_processes.or(file.top_processes).unwrap_or(crate::collect::DEFAULT_TOP_PROCESSES),
             long_held: Duration::from_secs(
                 cli.long_held.or(file.long_held).unwrap_or(crate::leaks::LeakPolicy::default().long_held.as_secs()),
             ),

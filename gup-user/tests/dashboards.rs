@@ -22,7 +22,8 @@ use std::{
 use gup_common::{Api, ApiKind, Diag, LATENCY_BUCKETS};
 use gupwatch::{
     attribution::{Caller, Row, Subsystem},
-    metrics::{render, Format, HookHealth, PlanSummary, ScrapeData, Settings, TopProcesses},
+    collect::{HookHealth, PlanSummary, Reading, Settings, TopProcesses},
+    export::prometheus::{render, Format},
     model::Snapshot,
     vmstat::FollPinCounters,
 };
@@ -79,7 +80,7 @@ fn full_sample() -> String {
         })
         .collect();
     let mut top = TopProcesses::default();
-    let mut d = ScrapeData::new(
+    let mut d = Reading::new(
         plan,
         Some(s),
         Some(FollPinCounters { acquired: 10, released: 5 }),
@@ -87,7 +88,7 @@ fn full_sample() -> String {
         &mut top,
         Settings::default(),
     );
-    let mut leaks = gupwatch::metrics::LeakMetrics { tracked_outstanding: 5, untracked: 0, ..Default::default() };
+    let mut leaks = gupwatch::collect::LeakMetrics { tracked_outstanding: 5, untracked: 0, ..Default::default() };
     leaks.by_kind.insert("orphaned", (1, 5));
     leaks.by_kind.insert("growth", (0, 0));
     d.leaks = Some(leaks);

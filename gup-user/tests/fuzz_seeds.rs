@@ -83,7 +83,7 @@ fn promtool_accepts_adversarial_comms() {
     let mut checked = 0;
     for (name, data) in seeds("metrics_exposition") {
         let (d, comms) = harness::scrape_data_from(&data);
-        let text = gupwatch::metrics::render(&Arc::new(d), gupwatch::metrics::Format::Prometheus);
+        let text = gupwatch::export::prometheus::render(&Arc::new(d), gupwatch::export::prometheus::Format::Prometheus);
         if let Err(e) = promtool(&text) {
             panic!("promtool rejects the exposition of seed {name} (comms {comms:?}):\n{e}\n--- exposition ---\n{text}");
         }
@@ -99,7 +99,10 @@ fn promtool_accepts_adversarial_comms() {
 #[test]
 fn regression_histogram_bucket_sum_overflow() {
     use gup_common::{Api, LATENCY_BUCKETS};
-    use gupwatch::metrics::{render, Format, PlanSummary, ScrapeData, Settings, TopProcesses};
+    use gupwatch::{
+        collect::{PlanSummary, Reading, Settings, TopProcesses},
+        export::prometheus::{render, Format},
+    };
     let kallsyms = gupwatch::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
     let plan = gupwatch::plan::ProbePlan::resolve("6.12.0".into(), Err("test".into()), &kallsyms);
     let mut plan = PlanSummary::from_plan(&plan);
@@ -109,7 +112,7 @@ fn regression_histogram_bucket_sum_overflow() {
     let mut snap = gupwatch::model::Snapshot::default();
     let s = &mut snap.apis[Api::PinUserPagesFast as usize];
     s.latency_log2 = [u64::MAX / 2; LATENCY_BUCKETS];
-    let d = Arc::new(ScrapeData::new(plan, Some(snap), None, vec![], &mut TopProcesses::default(), Settings::default()));
+    let d = Arc::new(Reading::new(plan, Some(snap), None, vec![], &mut TopProcesses::default(), Settings::default()));
     for (format, flavor) in [(Format::Prometheus, exposition::Flavor::Prometheus), (Format::OpenMetrics, exposition::Flavor::OpenMetrics)] {
         let text = render(&d, format);
         let exp = exposition::check(&text, flavor).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -128,7 +131,13 @@ fn regression_histogram_bucket_sum_overflow() {
 #[test]
 fn regression_outstanding_difference_overflow() {
     use gup_common::Api;
-    use gupwatch::metrics::{render, snapshot_json, Format, PlanSummary, ScrapeData, Settings, TopProcesses};
+    use gupwatch::{
+        collect::{PlanSummary, Reading, Settings, TopProcesses},
+        export::{
+            api::snapshot_json,
+            prometheus::{render, Format},
+        },
+    };
     let kallsyms = gupwatch::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
     let plan = gupwatch::plan::ProbePlan::resolve("6.12.0".into(), Err("test".into()), &kallsyms);
     let mut plan = PlanSummary::from_plan(&plan);
@@ -138,7 +147,7 @@ fn regression_outstanding_difference_overflow() {
     let mut snap = gupwatch::model::Snapshot::default();
     snap.apis[Api::PinUserPagesFast as usize].pages = i64::MAX as u64;
     snap.apis[Api::UnpinUserPages as usize].pages = u64::MAX;
-    let d = Arc::new(ScrapeData::new(plan, Some(snap), None, vec![], &mut TopProcesses::default(), Settings::default()));
+    let d = Arc::new(Reading::new(plan, Some(snap), None, vec![], &mut TopProcesses::default(), Settings::default()));
     let text = render(&d, Format::Prometheus);
     let exp = exposition::check(&text, exposition::Flavor::Prometheus).unwrap();
     assert_eq!(exp.named("gupwatch_outstanding_pages").next().unwrap().value, i64::MIN as f64);

@@ -135,7 +135,7 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// Parses `/api/snapshot` (see `gup-user/src/metrics.rs`,
+    /// Parses `/api/snapshot` (see `gup-user/src/export/api.rs`,
     /// `snapshot_json`). A reduced-mode daemon has no totals: an error, as
     /// the demo then has nothing to show.
     pub fn parse(body: &[u8]) -> Result<Reading> {

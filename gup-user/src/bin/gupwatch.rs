@@ -492,7 +492,7 @@ fn serve(
     config: Option<&std::path::Path>,
     reduced: bool,
 ) -> Result<ExitCode> {
-    use gupwatch::{config::RunOptions, http, leaks::LeakPolicy, metrics};
+    use gupwatch::{collect, config::RunOptions, http, leaks::LeakPolicy};
     let config_path = RunOptions::locate(config);
     let file = match &config_path {
         Some(p) => RunOptions::load(p)?,
@@ -566,10 +566,10 @@ fn serve(
     }
     let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
     let probes = probes.filter(|_| attached > 0);
-    let mut collector = metrics::Collector::new(
+    let mut collector = collect::Collector::new(
         probes,
         &plan,
-        metrics::Settings { top_processes: settings.top_processes, ..metrics::Settings::default() },
+        collect::Settings { top_processes: settings.top_processes, ..collect::Settings::default() },
     );
     collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
     gupwatch::memstat::note("collector ready (kallsyms read)");
@@ -707,7 +707,7 @@ fn reload_config(
     app: &gupwatch::http::App,
     log: &LogHandle,
 ) -> gupwatch::config::RunSettings {
-    use gupwatch::{config::RunOptions, leaks::LeakPolicy, metrics};
+    use gupwatch::{collect, config::RunOptions, leaks::LeakPolicy};
     let Some(path) = RunOptions::locate(explicit) else {
         tracing::info!(default = gupwatch::config::DEFAULT_PATH, "SIGHUP: no configuration file; nothing to reload");
         return current.clone();
@@ -729,7 +729,7 @@ fn reload_config(
         }
     }
     app.update(|c| {
-        c.set_settings(metrics::Settings { top_processes: next.top_processes, ..c.settings() });
+        c.set_settings(collect::Settings { top_processes: next.top_processes, ..c.settings() });
         c.set_leak_policy(LeakPolicy { long_held: next.long_held, ..c.leak_policy().clone() });
     });
     tracing::info!(path = %path.display(), applied = ?plan.applied, "configuration reloaded");
@@ -977,7 +977,7 @@ fn load_unless_reduced(plan: &ProbePlan, opts: loader::LoadOptions, reduced: boo
 }
 
 fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<ExitCode> {
-    use gupwatch::{metrics, tui, tui::source};
+    use gupwatch::{collect, tui, tui::source};
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("the live view needs a terminal on stdout; `gupwatch --plain` (or --count N) prints summary lines");
     }
@@ -1007,7 +1007,7 @@ fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<Exi
             };
             let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
             let probes = probes.filter(|_| attached > 0);
-            let collector = metrics::Collector::new(probes, &plan, metrics::Settings::default());
+            let collector = collect::Collector::new(probes, &plan, collect::Settings::default());
             drop_privileges_for(false, attached == 0);
             (Box::new(source::LocalSource::new(collector)), "local".into(), diagnosis)
         }

@@ -5,7 +5,13 @@
 use std::sync::Mutex;
 
 use super::{Handler, Request, Response};
-use crate::metrics::{self, Collector, Format};
+use crate::{
+    collect::Collector,
+    export::{
+        api,
+        prometheus::{self, Format},
+    },
+};
 
 /// gupwatch's HTTP front end over a [`Collector`].
 pub struct App {
@@ -55,7 +61,10 @@ impl Handler for App {
         match req.path.as_str() {
             "/metrics" => {
                 let format = Format::negotiate(req.header("Accept"));
-                let body = self.collector().scrape(format);
+                // Gathered under the lock, encoded after it: the encoding
+                // needs only the reading.
+                let data = self.collector().gather();
+                let body = prometheus::render(&data, format);
                 Response::new(200, format.content_type(), body)
             }
             "/healthz" => Response::text(200, "ok\n"),
@@ -71,12 +80,11 @@ impl Handler for App {
                 // same reading twice in the growth tracker.
                 let leaks = if flag("leaks") { Some(c.last_leak_report().cloned()) } else { None };
                 drop(c);
-                let mut doc = metrics::snapshot_json(&data, top);
-                if flag("callers") {
-                    let (rows, truncated) = metrics::callers_json(&data, metrics::MAX_JSON_CALLERS);
-                    doc["callers"] = rows;
-                    doc["callers_truncated"] = truncated.into();
-                }
+                let mut doc = if flag("callers") {
+                    api::snapshot_with_callers(&data, top, api::MAX_JSON_CALLERS)
+                } else {
+                    api::snapshot_json(&data, top)
+                };
                 if let Some(report) = leaks {
                     doc["leaks"] = serde_json::to_value(report).unwrap_or_default();
                 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::*;
-use crate::metrics::{self, Collector};
+use crate::collect::{self, Collector};
 
 fn test_config() -> ServerConfig {
     ServerConfig { head_timeout: Duration::from_millis(300), max_renders: 2, ..ServerConfig::default() }
@@ -428,7 +428,7 @@ fn app_routes() {
         "ffffffff81000000 T pin_user_pages_fast\nffffffff81000100 T unpin_user_pages\n",
     );
     let plan = crate::plan::ProbePlan::resolve("6.1.0-<test>".into(), Err("no BTF".into()), &kallsyms);
-    let collector = Collector::new(None, &plan, metrics::Settings::default());
+    let collector = Collector::new(None, &plan, collect::Settings::default());
     let srv = start(test_config(), Arc::new(App::new(collector)));
     let (st, body) = get(srv.addr, "/healthz");
     assert_eq!(st, 200);
@@ -439,7 +439,7 @@ fn app_routes() {
     assert!(body.contains(r#"gupwatch_probe_attached{function="pin_user_pages_fast",mechanism="kprobe"} 0"#), "{body}");
     assert!(body.contains(r#"gupwatch_probe_attached{function="memfd_pin_folios",mechanism="none"} 0"#), "{body}");
     let metrics_text = body.split("\r\n\r\n").nth(1).unwrap();
-    crate::metrics::tests::promtool_check(metrics_text);
+    crate::export::prometheus::tests::promtool_check(metrics_text);
     let (st, body) = raw(
         srv.addr,
         b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",

@@ -174,7 +174,7 @@ impl CallTrace {
             slow: o.slow_returned(),
             transient: o.transient_fast + o.transient_slow,
             fast_stop: o.fast_stop.map(|(i, r)| format!("page {i}: {}", serde_json::to_value(r).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())),
-            slow_error: o.slow_error.as_ref().map(|(i, e, why)| format!("page {i}: {} ({why})", crate::check::errno_name(*e as u32))),
+            slow_error: o.slow_error.as_ref().map(|(i, e, why)| format!("page {i}: {} ({why})", crate::errno::errno_name(*e as u32))),
         }
     }
 }
@@ -448,7 +448,7 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
             p.referenced_pages += c.returned();
         }
         if c.ret < 0 {
-            p.error = Some(format!("{}:{}", c.api.symbol(), crate::check::errno_name((-c.ret) as u32)));
+            p.error = Some(format!("{}:{}", c.api.symbol(), crate::errno::errno_name((-c.ret) as u32)));
         }
         p.calls.push(CallTrace::of(c));
     }
@@ -528,7 +528,7 @@ pub fn compare(p: &Prediction, o: &Observation) -> Vec<String> {
         out.push(format!("error: model {}, kernel {}", fmt_list(&want), fmt_list(&seen)));
     }
     if p.syscall_errno != o.syscall_errno {
-        let name = |e: Option<i32>| e.map_or("success".to_string(), |e| crate::check::errno_name(e as u32));
+        let name = |e: Option<i32>| e.map_or("success".to_string(), |e| crate::errno::errno_name(e as u32));
         out.push(format!("syscall: model {}, kernel {}", name(p.syscall_errno), name(o.syscall_errno)));
     }
     for v in &p.model_violations {
@@ -564,7 +564,7 @@ pub fn explain(p: &Prediction) -> String {
         }
     }
     if let Some(e) = p.syscall_errno {
-        let _ = write!(s, "; syscall fails with {}", crate::check::errno_name(e as u32));
+        let _ = write!(s, "; syscall fails with {}", crate::errno::errno_name(e as u32));
     }
     s
 }

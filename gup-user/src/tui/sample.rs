@@ -1,15 +1,17 @@
 //! One reading of gupwatch's counters, whichever way it arrived: from the
-//! probes of this process ([`Sample::from_scrape`]) or from a daemon's
-//! `/api/snapshot` JSON ([`Sample::from_json`]). The view model only ever
-//! sees [`Sample`]s, so the local and the remote view are the same code.
+//! collector of this process ([`Sample::from_reading`]) or from a daemon's
+//! `/api/snapshot` ([`Sample::from_json`]). Both go through the one
+//! `/api/snapshot` document ([`crate::export::api`]) and the one conversion
+//! below, and the view model only ever sees [`Sample`]s, so the local and
+//! the remote view are the same code.
 //!
 //! Every counter is cumulative since the probes were attached; rates are
 //! the view model's business.
 
-use gup_common::{Api, ApiKind, LATENCY_BUCKETS};
+use gup_common::{Api, LATENCY_BUCKETS};
 use serde::Deserialize;
 
-use crate::{accounted::Accounted, metrics::ScrapeData, model::Totals};
+use crate::{accounted::Accounted, collect::Reading, export::api, model::Totals};
 
 /// Whether the probes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,16 +34,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(kind: ApiKind) -> Option<Kind> {
-        match kind {
-            ApiKind::Pin => Some(Kind::Pin),
-            ApiKind::Get => Some(Kind::Get),
-            ApiKind::Unpin | ApiKind::Undo => Some(Kind::Unpin),
-            // Markers, not counts of their own.
-            ApiKind::SlowPath | ApiKind::I915 => None,
-        }
-    }
-
     fn parse(s: &str) -> Option<Kind> {
         match s {
             "pin" => Some(Kind::Pin),
@@ -160,74 +152,18 @@ pub enum SampleError {
 }
 
 impl Sample {
-    /// A sample from the scrape data of this process's collector.
-    pub fn from_scrape(d: &ScrapeData) -> Sample {
-        let apis = match &d.snapshot {
-            Some(s) => d
-                .plan
-                .hooks
-                .iter()
-                .filter_map(|h| {
-                    let kind = Kind::of(h.api.kind())?;
-                    let a = s.api(h.api);
-                    Some(ApiSample {
-                        api: h.function.to_string(),
-                        kind,
-                        attached: h.attached,
-                        fast_api: h.api.has_fast_path(),
-                        calls: a.calls,
-                        pages: a.pages,
-                        errors: a.errors,
-                        fast_pages: a.fast_pages,
-                        slow_pages: a.slow_pages,
-                        longterm_pages: a.longterm_pages,
-                        latency_log2: a.latency_log2.to_vec(),
-                    })
-                })
-                .collect(),
-            None => vec![],
-        };
-        let rows = d
-            .rows
-            .iter()
-            .filter_map(|r| {
-                let api = Api::from_symbol(r.api)?;
-                Some(RowSample {
-                    tgid: r.tgid,
-                    comm: r.comm.clone(),
-                    api: r.api.to_string(),
-                    kind: Kind::of(api.kind())?,
-                    fast_api: api.has_fast_path(),
-                    caller: r.caller.function.clone(),
-                    subsystem: r.caller.subsystem.as_str().to_string(),
-                    calls: r.calls,
-                    pages: r.pages,
-                    errors: r.errors,
-                    fast_pages: r.fast_pages,
-                    slow_pages: r.slow_pages,
-                    longterm_pages: r.longterm_pages,
-                })
-            })
-            .collect();
-        Sample {
-            version: d.version.clone(),
-            kernel: d.plan.kernel.clone(),
-            mode: if d.snapshot.is_some() { Mode::Full } else { Mode::Reduced },
-            hooks_attached: d.plan.attached(),
-            hooks_present: d.plan.hooks.iter().filter(|h| h.status != "absent").count(),
-            hooks: d
-                .plan
-                .hooks
-                .iter()
-                .map(|h| HookSample { function: h.function.to_string(), status: h.status.to_string(), reason: h.reason.clone() })
-                .collect(),
-            totals: d.snapshot.as_ref().map(|s| s.totals()),
-            kernel_counters: d.vmstat.map(|v| (v.acquired, v.released)),
-            apis,
-            rows,
-            rows_truncated: false,
-            accounted: d.accounted.as_deref().cloned(),
-        }
+    /// A sample from a reading of this process's collector, through the
+    /// document a daemon would send for it (with every attribution row):
+    /// one conversion for both views, and what the local view shows is
+    /// what `/api/snapshot` says.
+    pub fn from_reading(d: &Reading) -> Result<Sample, SampleError> {
+        Sample::from_value(api::snapshot_with_callers(d, 0, usize::MAX))
+    }
+
+    /// A sample from an `/api/snapshot` document already parsed.
+    pub fn from_value(doc: serde_json::Value) -> Result<Sample, SampleError> {
+        let doc: SnapshotDoc = serde_json::from_value(doc)?;
+        Ok(doc.into_sample())
     }
 
     /// A sample from a daemon's `/api/snapshot` document (with
@@ -239,7 +175,7 @@ impl Sample {
     }
 }
 
-// The parts of /api/snapshot the view uses (see metrics::snapshot_json).
+// The parts of /api/snapshot the view uses (written by export::api).
 
 #[derive(Deserialize)]
 struct SnapshotDoc {
@@ -541,26 +477,23 @@ impl Outstanding {
 mod tests {
     use super::*;
 
-    /// The local conversion and the JSON round trip through the daemon's
-    /// document agree on everything the view uses.
+    /// The local view and the remote one (the daemon's HTTP body, as
+    /// text) read the same sample, and it carries what the view uses.
     #[test]
-    fn json_and_scrape_agree() {
-        let data = crate::metrics::tests::sample();
-        let local = Sample::from_scrape(&data);
-        let mut doc = crate::metrics::snapshot_json(&data, 10);
-        let (rows, truncated) = crate::metrics::callers_json(&data, crate::metrics::MAX_JSON_CALLERS);
-        doc["callers"] = rows;
-        doc["callers_truncated"] = truncated.into();
+    fn local_and_remote_agree() {
+        let data = crate::collect::fixture::sample();
+        let local = Sample::from_reading(&data).expect("reads back");
+        let doc = api::snapshot_with_callers(&data, 10, api::MAX_JSON_CALLERS);
         let remote = Sample::from_json(&doc.to_string()).expect("parses");
-        // Row order may differ (the daemon sends the largest first).
-        let sort = |mut s: Sample| {
-            s.rows.sort_by(|a, b| (a.tgid, &a.api, &a.caller).cmp(&(b.tgid, &b.api, &b.caller)));
-            s
-        };
-        assert_eq!(sort(local.clone()), sort(remote));
+        assert_eq!(local, remote);
         assert_eq!(local.mode, Mode::Full);
-        assert!(!local.rows.is_empty());
+        assert_eq!(local.version, data.version);
+        assert_eq!(local.totals, data.snapshot.as_ref().map(|s| s.totals()));
+        assert_eq!(local.kernel_counters, data.vmstat.map(|v| (v.acquired, v.released)));
+        assert_eq!(local.rows.len(), data.rows.len(), "every row travels");
         assert!(local.apis.iter().any(|a| a.latency_log2.iter().sum::<u64>() > 0), "latency travels");
+        let fast = local.apis.iter().find(|a| a.api == "pin_user_pages_fast").expect("pin_user_pages_fast");
+        assert!(fast.fast_api && fast.kind == Kind::Pin && fast.calls == 10);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::sample::{Outstanding, Sample, SampleError};
-use crate::metrics::{Collector, ScrapeData};
+use crate::collect::{Collector, Reading};
 
 /// Why a reading failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +48,13 @@ impl LocalSource {
 impl Source for LocalSource {
     fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<Outstanding>), SourceError> {
         // gather() also analyses the tracking map (for the leak metrics).
-        let data: Arc<ScrapeData> = self.collector.gather();
+        let data: Arc<Reading> = self.collector.gather();
         let outstanding = if with_outstanding {
             self.collector.last_leak_report().and_then(Outstanding::from_report)
         } else {
             None
         };
-        Ok((Sample::from_scrape(&data), outstanding))
+        Ok((Sample::from_reading(&data)?, outstanding))
     }
 }
 
@@ -245,7 +245,7 @@ mod tests {
     fn remote_source_reads_the_daemon() {
         let kallsyms = crate::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
         let plan = crate::plan::ProbePlan::resolve("6.1.0-test".into(), Err("no BTF".into()), &kallsyms);
-        let collector = Collector::new(None, &plan, crate::metrics::Settings::default());
+        let collector = Collector::new(None, &plan, crate::collect::Settings::default());
         let server = crate::http::Server::bind("127.0.0.1:0", crate::http::ServerConfig::default()).unwrap();
         let addr = server.local_addr().unwrap().to_string();
         let stop = Arc::new(AtomicBool::new(false));

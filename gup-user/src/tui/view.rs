@@ -20,7 +20,7 @@ pub const HISTORY_SECS: f64 = 600.0;
 /// pinned or got pages later than this before the report was taken may
 /// hold pages the report does not show.
 ///
-/// [`LEAK_REPORT_MIN_INTERVAL`]: crate::metrics::LEAK_REPORT_MIN_INTERVAL
+/// [`LEAK_REPORT_MIN_INTERVAL`]: crate::collect::LEAK_REPORT_MIN_INTERVAL
 pub const HOLDINGS_LAG_SECS: f64 = 3.0;
 
 /// What the table lists.

@@ -1,0 +1,353 @@
+//! Every family's name, type, labels and values, escaping, both formats,
+//! and promtool's verdict, on the fixture readings.
+
+use std::sync::Arc;
+
+use gup_common::{Api, ApiKind, ATTRIB_CAPACITY, LATENCY_BUCKETS};
+
+use super::*;
+use crate::{
+    collect::{fixture::{plan, sample}, Settings, TopProcesses},
+    export::api::{callers_json, snapshot_json, MAX_JSON_CALLERS},
+    vmstat::FollPinCounters,
+};
+
+/// The sample lines of a family (exact name match before `{` or ` `).
+fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+        .collect()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"));
+    line[series.len() + 1..].trim().parse().unwrap()
+}
+
+#[test]
+fn families_have_help_type_and_prefix() {
+    let text = render(&sample(), Format::Prometheus);
+    for (name, ty) in [
+        ("gupwatch_calls_total", "counter"),
+        ("gupwatch_pages_total", "counter"),
+        ("gupwatch_undone_pin_pages_total", "counter"),
+        ("gupwatch_failed_calls_total", "counter"),
+        ("gupwatch_short_calls_total", "counter"),
+        ("gupwatch_fast_path_pages_total", "counter"),
+        ("gupwatch_slow_path_pages_total", "counter"),
+        ("gupwatch_fast_path_fallback_calls_total", "counter"),
+        ("gupwatch_longterm_pages_total", "counter"),
+        ("gupwatch_call_duration_seconds", "histogram"),
+        ("gupwatch_subsystem_pages_total", "counter"),
+        ("gupwatch_module_pages_total", "counter"),
+        ("gupwatch_process_pages_total", "counter"),
+        ("gupwatch_outstanding_pages", "gauge"),
+        ("gupwatch_kernel_foll_pin_acquired_total", "counter"),
+        ("gupwatch_kernel_foll_pin_released_total", "counter"),
+        ("gupwatch_kernel_outstanding_pins", "gauge"),
+        ("gupwatch_tracked_outstanding_pins", "gauge"),
+        ("gupwatch_untracked_pins_total", "counter"),
+        ("gupwatch_leak_signals", "gauge"),
+        ("gupwatch_leak_pages", "gauge"),
+        ("gupwatch_probe_attached", "gauge"),
+        ("gupwatch_map_entries", "gauge"),
+        ("gupwatch_map_capacity", "gauge"),
+        ("gupwatch_events_dropped_total", "counter"),
+        ("gupwatch_probe_misses_total", "counter"),
+        ("gupwatch_probe_detached_total", "counter"),
+        ("gupwatch_skipped_entries_total", "counter"),
+        ("gupwatch_read_errors_total", "counter"),
+        ("gupwatch_scrape_duration_seconds", "gauge"),
+        ("gupwatch_build_info", "gauge"),
+    ] {
+        assert!(text.contains(&format!("\n# TYPE {name} {ty}\n")), "{name} {ty} missing:\n{text}");
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+    }
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(l.starts_with("gupwatch_"), "unprefixed: {l}");
+    }
+}
+
+#[test]
+fn probe_misses_are_counted_per_function_from_zero() {
+    let text = render(&sample(), Format::Prometheus);
+    assert_eq!(value(&text, r#"gupwatch_probe_misses_total{function="unpin_user_folio"}"#), 3.0);
+    assert_eq!(value(&text, r#"gupwatch_probe_misses_total{function="pin_user_pages_fast"}"#), 0.0);
+    assert_eq!(samples(&text, "gupwatch_probe_misses_total").len(), 2);
+    assert_eq!(value(&text, r#"gupwatch_skipped_entries_total{outcome="counted_at_release"}"#), 256.0);
+}
+
+#[test]
+fn module_hooks_found_dead_are_counted_by_reason() {
+    let text = render(&sample(), Format::Prometheus);
+    assert_eq!(value(&text, r#"gupwatch_probe_detached_total{function="i915_gem_userptr_ioctl",reason="module_unloaded"}"#), 2.0);
+    assert_eq!(value(&text, r#"gupwatch_probe_detached_total{function="i915_gem_userptr_ioctl",reason="kernel_gone"}"#), 0.0);
+    assert_eq!(samples(&text, "gupwatch_probe_detached_total").len(), 2);
+}
+
+#[test]
+fn per_api_values_and_labels() {
+    let text = render(&sample(), Format::Prometheus);
+    assert_eq!(value(&text, r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"}"#), 10.0);
+    assert_eq!(value(&text, r#"gupwatch_pages_total{api="pin_user_pages_fast",kind="pin"}"#), 5120.0);
+    assert_eq!(value(&text, r#"gupwatch_pages_total{api="unpin_user_pages",kind="unpin"}"#), 5000.0);
+    assert_eq!(value(&text, r#"gupwatch_calls_total{api="get_user_pages_fast",kind="get"}"#), 7.0);
+    assert_eq!(value(&text, r#"gupwatch_undone_pin_pages_total{api="pin_user_pages_fast"}"#), 16.0);
+    assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_fast",errno="EFAULT"}"#), 3.0);
+    assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_remote",errno="errno999"}"#), 1.0);
+    assert_eq!(value(&text, r#"gupwatch_short_calls_total{api="pin_user_pages_fast"}"#), 1.0);
+    assert_eq!(value(&text, r#"gupwatch_fast_path_pages_total{api="pin_user_pages_fast"}"#), 4096.0);
+    assert_eq!(value(&text, r#"gupwatch_fast_path_pages_total{api="get_user_pages_fast"}"#), 70.0);
+    assert_eq!(value(&text, r#"gupwatch_slow_path_pages_total{api="pin_user_pages_fast"}"#), 1024.0);
+    assert_eq!(value(&text, r#"gupwatch_fast_path_fallback_calls_total{api="pin_user_pages_fast"}"#), 2.0);
+    assert_eq!(value(&text, r#"gupwatch_longterm_pages_total{api="pin_user_pages_fast"}"#), 512.0);
+    // The absent hook has no per-API series; the slow-path hook is no API.
+    assert!(!text.contains(r#"api="pin_user_pages_fast_only""#));
+    assert!(!text.contains(r#"api="__gup_longterm_locked""#));
+    // Fast-path families only for *_fast APIs; unpin has none of these.
+    assert!(samples(&text, "gupwatch_fast_path_pages_total").iter().all(|l| l.contains("_fast")));
+    assert!(!samples(&text, "gupwatch_slow_path_pages_total").iter().any(|l| l.contains("unpin")));
+    // Every attached GUP hook has a calls series; the slow-path marker
+    // and the i915 lifecycle hooks are not GUP calls.
+    let counted = Api::ALL
+        .iter()
+        .filter(|a| **a != Api::PinUserPagesFastOnly && !matches!(a.kind(), ApiKind::SlowPath | ApiKind::I915))
+        .count();
+    assert_eq!(samples(&text, "gupwatch_calls_total").len(), counted);
+}
+
+#[test]
+fn leak_signals_by_kind() {
+    let text = render(&sample(), Format::Prometheus);
+    assert_eq!(value(&text, r#"gupwatch_leak_pages{kind="orphaned"}"#), 512.0);
+    assert_eq!(value(&text, r#"gupwatch_leak_signals{kind="long_held"}"#), 1.0);
+    assert_eq!(value(&text, "gupwatch_tracked_outstanding_pins"), 768.0);
+    assert_eq!(value(&text, "gupwatch_untracked_pins_total"), 3.0);
+}
+
+
+#[test]
+fn latency_histogram_is_cumulative_in_seconds() {
+    let text = render(&sample(), Format::Prometheus);
+    let b = |le: &str| value(&text, &format!(r#"gupwatch_call_duration_seconds_bucket{{api="pin_user_pages_fast",le="{le}"}}"#));
+    // Bucket 0's bound is 2 ns; bucket 10 (1024..2048 ns) ends at 2048 ns.
+    assert_eq!(b("2e-09"), 0.0);
+    assert_eq!(b("1.024e-06"), 0.0);
+    assert_eq!(b("2.048e-06"), 4.0);
+    assert_eq!(b("8.192e-06"), 9.0);
+    // The last log2 bucket is open-ended: it becomes +Inf, with no 2^40 ns bound.
+    assert_eq!(b("+Inf"), 10.0);
+    assert!(!text.contains(r#"le="1099.511627776""#), "{text}");
+    let buckets = samples(&text, "gupwatch_call_duration_seconds_bucket");
+    assert_eq!(buckets.iter().filter(|l| l.contains(r#"api="pin_user_pages_fast""#)).count(), LATENCY_BUCKETS);
+    assert_eq!(value(&text, r#"gupwatch_call_duration_seconds_count{api="pin_user_pages_fast"}"#), 10.0);
+    assert_eq!(value(&text, r#"gupwatch_call_duration_seconds_sum{api="pin_user_pages_fast"}"#), 0.003);
+    let mut prev = 0.0;
+    for l in buckets.iter().filter(|l| l.contains(r#"api="pin_user_pages_fast""#)) {
+        let v: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(v >= prev, "not cumulative: {l}");
+        prev = v;
+    }
+}
+
+#[test]
+fn outstanding_kernel_and_self_metrics() {
+    let text = render(&sample(), Format::Prometheus);
+    // pinned (5120 + 16 undone) − unpinned 5000.
+    assert_eq!(value(&text, "gupwatch_outstanding_pages"), 136.0);
+    assert_eq!(value(&text, "gupwatch_kernel_foll_pin_acquired_total"), 1_000_000.0);
+    assert_eq!(value(&text, "gupwatch_kernel_foll_pin_released_total"), 999_000.0);
+    assert_eq!(value(&text, "gupwatch_kernel_outstanding_pins"), 1000.0);
+    assert_eq!(value(&text, r#"gupwatch_probe_attached{function="pin_user_pages_fast",mechanism="fentry"}"#), 1.0);
+    assert_eq!(value(&text, r#"gupwatch_probe_attached{function="memfd_pin_folios",mechanism="kprobe"}"#), 1.0);
+    assert_eq!(value(&text, r#"gupwatch_probe_attached{function="pin_user_pages_fast_only",mechanism="none"}"#), 0.0);
+    assert_eq!(samples(&text, "gupwatch_probe_attached").len(), gup_common::API_COUNT);
+    assert_eq!(value(&text, r#"gupwatch_map_entries{map="ATTRIB"}"#), 3.0);
+    assert_eq!(value(&text, r#"gupwatch_map_capacity{map="ATTRIB"}"#), f64::from(ATTRIB_CAPACITY));
+    assert_eq!(value(&text, r#"gupwatch_map_entries{map="ERRNOS"}"#), 2.0);
+    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="inflight_full"}"#), 1.0);
+    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="arg_read_failed"}"#), 0.0);
+    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="attrib_full"}"#), 0.0);
+    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="stack_lost"}"#), 4.0);
+    assert_eq!(value(&text, r#"gupwatch_read_errors_total{source="vmstat"}"#), 2.0);
+    assert_eq!(value(&text, "gupwatch_scrape_duration_seconds"), 0.0015);
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(value(&text, &format!(r#"gupwatch_build_info{{version="{v}",kernel="6.12.0-test"}}"#)), 1.0);
+}
+
+#[test]
+fn subsystems_and_processes() {
+    let text = render(&sample(), Format::Prometheus);
+    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#), 5120.0);
+    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#), 5000.0);
+    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#), 70.0);
+    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="gpu",kind="pin"}"#), 2048.0);
+    assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="pin"}"#), 2048.0);
+    assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="unpin"}"#), 2000.0);
+    // A module outside attribution's table gets no series (bounded label).
+    assert!(!text.contains("mydrv"), "{text}");
+    let (callers, _) = callers_json(&sample(), MAX_JSON_CALLERS);
+    let nv = callers.as_array().and_then(|a| a.iter().find(|c| c["comm"] == "cuda_app")).cloned().unwrap_or_default();
+    assert_eq!((nv["module"].as_str(), nv["subsystem"].as_str()), (Some("nvidia"), Some("gpu")));
+    // Two fio processes merge: no pid label.
+    assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="fio",kind="pin"}"#), 5120.0);
+    assert!(!text.contains("pid="), "{text}");
+    assert!(!text.contains("tgid="), "{text}");
+}
+
+#[test]
+fn comm_label_values_are_escaped() {
+    let text = render(&sample(), Format::Prometheus);
+    // Quote, backslash and newline escaped; the sample stays on one line.
+    assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="qemu \"vm\"\\1\nx",kind="get"}"#), 70.0);
+    // Empty comm is a valid label value.
+    assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="",kind="pin"}"#), 0.0);
+    // Lossy UTF-8 replacement character and other control bytes pass through.
+    assert_eq!(value(&text, "gupwatch_process_pages_total{comm=\"bad\u{fffd}utf8\t\r\",kind=\"pin\"}"), 1.0);
+    let om = render(&sample(), Format::OpenMetrics);
+    assert!(om.contains(r#"gupwatch_process_pages_total{comm="qemu \"vm\"\\1\nx",kind="get"} 70"#), "{om}");
+}
+
+#[test]
+fn reduced_mode_has_vmstat_and_probe_health_only() {
+    let mut p = plan();
+    for h in &mut p.hooks {
+        h.attached = false;
+    }
+    let mut top = TopProcesses::default();
+    let d = Arc::new(Reading::new(
+        p,
+        None,
+        Some(FollPinCounters { acquired: 7, released: 5 }),
+        vec![],
+        &mut top,
+        Settings::default(),
+    ));
+    let text = render(&d, Format::Prometheus);
+    assert!(samples(&text, "gupwatch_calls_total").is_empty());
+    assert!(samples(&text, "gupwatch_outstanding_pages").is_empty());
+    assert!(samples(&text, "gupwatch_process_pages_total").is_empty());
+    assert_eq!(value(&text, "gupwatch_kernel_outstanding_pins"), 2.0);
+    assert!(samples(&text, "gupwatch_probe_attached").iter().all(|l| l.ends_with(" 0")));
+    promtool_check(&text);
+}
+
+/// Accounted holders: per pid and comm for the top N only, the holder
+/// count for all, in both formats.
+#[test]
+fn reduced_mode_names_the_accounted_holders() {
+    use crate::accounted::{Accounted, Holder};
+    let holder = |pid: u32, comm: &str, pinned: u64| Holder {
+        pid,
+        comm: comm.into(),
+        pinned_bytes: pinned,
+        pinned_pages: pinned / 4096,
+        vm_pin_bytes: pinned,
+        locked_bytes: 4096,
+        io_uring_buffers: 1,
+        io_uring_bytes: pinned,
+        io_uring_pages: pinned / 4096,
+    };
+    let mut top = TopProcesses::default();
+    let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2 });
+    d.accounted = Some(Arc::new(Accounted {
+        source: crate::accounted::SOURCE.into(),
+        holders: vec![holder(200, "aa-holder", 1 << 20), holder(7, "qemu \"vm\"", 8192), holder(9, "third", 4096)],
+        processes: 50,
+        fds: 0,
+        unreadable: 0,
+        truncated: false,
+    }));
+    let d = Arc::new(d);
+    let text = render(&d, Format::Prometheus);
+    assert_eq!(value(&text, r#"gupwatch_accounted_pinned_bytes{pid="200",comm="aa-holder"}"#), 1048576.0);
+    assert_eq!(value(&text, r#"gupwatch_accounted_io_uring_buffer_bytes{pid="200",comm="aa-holder"}"#), 1048576.0);
+    assert_eq!(value(&text, r#"gupwatch_accounted_locked_bytes{pid="7",comm="qemu \"vm\""}"#), 4096.0);
+    assert_eq!(samples(&text, "gupwatch_accounted_pinned_bytes").len(), 2, "top 2 only:\n{text}");
+    assert!(!text.contains("third"), "{text}");
+    assert_eq!(value(&text, "gupwatch_accounted_holders"), 3.0);
+    promtool_check(&text);
+    assert!(render(&d, Format::OpenMetrics).contains("# UNIT gupwatch_accounted_pinned_bytes bytes"));
+    let j = snapshot_json(&d, 10);
+    assert_eq!((j["mode"].as_str(), j["accounted"]["source"].as_str()), (Some("reduced"), Some("accounted")));
+    assert_eq!(j["accounted"]["holders"].as_array().map(Vec::len), Some(3), "JSON has every holder");
+    // The live view reads the same document back.
+    let s = crate::tui::sample::Sample::from_json(&j.to_string()).expect("parses");
+    assert_eq!(s.accounted.as_ref().map(|a| a.holders[0].pid), Some(200));
+    assert_eq!(crate::tui::sample::Sample::from_reading(&d).expect("reads back").accounted, s.accounted);
+}
+
+#[test]
+fn openmetrics_format() {
+    let om = render(&sample(), Format::OpenMetrics);
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE gupwatch_calls counter\n"));
+    assert!(om.contains("# TYPE gupwatch_call_duration_seconds histogram\n"));
+    assert!(om.contains("# UNIT gupwatch_call_duration_seconds seconds\n"));
+    assert!(om.contains("# TYPE gupwatch_build info\n"));
+    assert!(om.contains(r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"} 10"#));
+    assert!(om.contains(r#"gupwatch_call_duration_seconds_bucket{le="+Inf",api="pin_user_pages_fast"} 10"#));
+    let prom = render(&sample(), Format::Prometheus);
+    assert!(!prom.contains("# EOF"));
+    // OpenMetrics HELP text may not hold bare quotes or backslashes, and
+    // the encoder does not escape HELP: keep them out of the texts.
+    for l in om.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(!l.contains(['"', '\\']), "{l}");
+    }
+}
+
+#[test]
+fn accept_negotiation() {
+    use Format::*;
+    assert_eq!(Format::negotiate(None), Prometheus);
+    assert_eq!(Format::negotiate(Some("*/*")), Prometheus);
+    assert_eq!(Format::negotiate(Some("text/plain")), Prometheus);
+    assert_eq!(Format::negotiate(Some("application/openmetrics-text")), OpenMetrics);
+    assert_eq!(Format::negotiate(Some("application/openmetrics-text; version=1.0.0; charset=utf-8")), OpenMetrics);
+    // What Prometheus 2.x sends.
+    assert_eq!(
+        Format::negotiate(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )),
+        OpenMetrics
+    );
+    assert_eq!(Format::negotiate(Some("text/plain;q=1, application/openmetrics-text;q=0.2")), Prometheus);
+    assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Prometheus);
+    assert_eq!(OpenMetrics.content_type(), "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert_eq!(Prometheus.content_type(), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/// Runs `promtool check metrics` on an exposition; fails when promtool
+/// is missing (it is a declared dependency: `cargo xtask setup`).
+pub(crate) fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "promtool is not installed ({e}): run `cargo xtask setup` (it installs Debian's prometheus package, which provides /usr/bin/promtool)"
+        ),
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    promtool_check(&render(&sample(), Format::Prometheus));
+}
