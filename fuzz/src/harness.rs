@@ -340,9 +340,8 @@ pub fn map_records(data: &[u8]) {
     let expected: u64 = maps
         .pins
         .iter()
-        .flat_map(|(_, r)| r.owners.iter())
-        .filter(|o| o.count > 0)
-        .fold(0u64, |s, o| s.wrapping_add(o.count as u64));
+        .flat_map(|(_, r)| r.held())
+        .fold(0u64, |s, c| s.wrapping_add(c as u64));
     assert_eq!(report.tracked_outstanding, expected);
     assert_eq!(report2.tracked_outstanding, expected);
     let _ = report.to_table();
