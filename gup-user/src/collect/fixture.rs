@@ -73,6 +73,7 @@ pub(crate) fn sample() -> Arc<Reading> {
     fast.calls = 10;
     fast.pages = 5120;
     fast.undone_pages = 16;
+    fast.reverted = [1, 15, 0];
     fast.fast_pages = 4096;
     fast.slow_pages = 1024;
     fast.fell_back_calls = 2;

@@ -110,6 +110,12 @@ struct ApiLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevertedLabels {
+    api: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrnoLabels {
     api: &'static str,
     errno: String,
@@ -292,6 +298,8 @@ enum ApiSeries {
     PerApi(fn(Api) -> bool, fn(&ApiStats) -> u64),
     /// One per (API, errno) the `ERRNOS` map holds.
     ByErrno,
+    /// One per (pin API, [`Reverted`](gup_common::Reverted) reason).
+    ByReverted,
 }
 
 /// A counter family of what the GUP functions did.
@@ -311,7 +319,7 @@ fn is_pin_or_get(a: Api) -> bool {
 
 /// What the kernel's GUP functions did, in exposition order (the latency
 /// histogram follows them).
-const API_FAMILIES: [ApiFamily; 9] = [
+const API_FAMILIES: [ApiFamily; 10] = [
     ApiFamily {
         name: "gupwatch_calls",
         help: "Calls to a hooked GUP function since gupwatch started (pin: takes FOLL_PIN pins; get: takes FOLL_GET references; unpin: releases pins, nested unpin calls excluded, gup_put_folio only for releases no hooked unpin covers).",
@@ -326,6 +334,11 @@ const API_FAMILIES: [ApiFamily; 9] = [
         name: "gupwatch_undone_pin_pages",
         help: "Pins a pin call took and released again before returning (e.g. before a FOLL_LONGTERM migration); nr_foll_pin_acquired and nr_foll_pin_released count them too.",
         series: ApiSeries::PerApi(is_pin, |s| s.undone_pages),
+    },
+    ApiFamily {
+        name: "gupwatch_reverted_pin_pages",
+        help: "gupwatch_undone_pin_pages_total by reason: fast_walk (the lock-free walk let go of a page it had grabbed: a LONGTERM pin refused on a dirty-tracked file mapping, an entry that changed under it, a page to unshare), migration (released after the slow path started in a FOLL_LONGTERM call: pages on movable or CMA memory migrated before the retry), slow_path (released by the slow path of a call without FOLL_LONGTERM).",
+        series: ApiSeries::ByReverted,
     },
     ApiFamily {
         name: "gupwatch_failed_calls",
@@ -435,6 +448,16 @@ fn gup_calls(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
                 f.name,
                 f.help,
                 apis.iter().filter(|(a, _)| admits(*a)).map(|(a, _)| (ApiLabels { api: a.symbol() }, value(s.api(*a)))),
+            )?,
+            ApiSeries::ByReverted => counters(
+                enc,
+                f.name,
+                f.help,
+                apis.iter().filter(|(a, _)| is_pin(*a)).flat_map(|(a, _)| {
+                    gup_common::Reverted::ALL
+                        .iter()
+                        .map(move |r| (RevertedLabels { api: a.symbol(), reason: r.name() }, s.api(*a).reverted[*r as usize]))
+                }),
             )?,
             ApiSeries::ByErrno => counters(
                 enc,

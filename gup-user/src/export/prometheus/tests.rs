@@ -35,6 +35,7 @@ fn families_have_help_type_and_prefix() {
         ("gupwatch_calls_total", "counter"),
         ("gupwatch_pages_total", "counter"),
         ("gupwatch_undone_pin_pages_total", "counter"),
+        ("gupwatch_reverted_pin_pages_total", "counter"),
         ("gupwatch_failed_calls_total", "counter"),
         ("gupwatch_short_calls_total", "counter"),
         ("gupwatch_fast_path_pages_total", "counter"),
@@ -97,6 +98,9 @@ fn per_api_values_and_labels() {
     assert_eq!(value(&text, r#"gupwatch_pages_total{api="unpin_user_pages",kind="unpin"}"#), 5000.0);
     assert_eq!(value(&text, r#"gupwatch_calls_total{api="get_user_pages_fast",kind="get"}"#), 7.0);
     assert_eq!(value(&text, r#"gupwatch_undone_pin_pages_total{api="pin_user_pages_fast"}"#), 16.0);
+    assert_eq!(value(&text, r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="fast_walk"}"#), 1.0);
+    assert_eq!(value(&text, r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="migration"}"#), 15.0);
+    assert_eq!(value(&text, r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="slow_path"}"#), 0.0);
     assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_fast",errno="EFAULT"}"#), 3.0);
     assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_remote",errno="errno999"}"#), 1.0);
     assert_eq!(value(&text, r#"gupwatch_short_calls_total{api="pin_user_pages_fast"}"#), 1.0);
