@@ -1,0 +1,256 @@
+//! The pin ledger: outstanding pins per folio in `PINS`, with their owners
+//! (`gup_common::PinRecord`), for the leak analysis. A pin call's pages are
+//! walked with `bpf_loop` ([`track_pages`], [`track_one`]) and each folio's
+//! record gains a pin ([`track_pin`], [`place_pin`]); an unpin takes them
+//! back ([`track_unpin`]) and a release that matches no tracked pin is
+//! counted per call site in `UNBALANCED` ([`unbalanced`]). Counts move by
+//! atomic adds only; the totals never depend on the ledger.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_loop};
+use gup_common::{
+    diag_log::{API_NONE, WHY_MAP_FULL, WHY_NONE, WHY_PER_CALL_LIMIT},
+    Diag, PinOwner, PinRecord, PAGES_ARRAY, PIN_OWNERS, SHARED_OWNER, TRACK_MAX_PER_CALL,
+};
+
+use crate::{
+    counters::{add, add32, current_tgid},
+    diag::{diag_add, note},
+    maps::{read_global, PAGE_COMPOUND_HEAD, PINS, STRUCT_PAGE_SIZE, UNBALANCED},
+};
+
+/// What the `bpf_loop` callback needs to walk a call's pages. Read-only
+/// inside the callback: the verifier re-verifies callbacks until their
+/// state converges (since ~6.8), and counters kept here would never let it.
+/// Outcomes go straight to the diagnostics counters instead.
+#[repr(C)]
+pub(crate) struct TrackCtx {
+    /// Array of page/folio pointers, or the first page of a range.
+    base: u64,
+    /// `PAGES_ARRAY` or `PAGES_RANGE`.
+    form: u64,
+    /// 1 to record pins, 0 to release them.
+    pin: u64,
+    /// Unpin call site (return address), for unbalanced unpins.
+    site: u64,
+    /// The owner to record (pins).
+    owner: PinOwner,
+}
+
+pub(crate) const fn track_ctx(base: u64, form: u8, pin: bool, site: u64, owner: PinOwner) -> TrackCtx {
+    TrackCtx { base, form: form as u64, pin: pin as u64, site, owner }
+}
+
+pub(crate) const EMPTY_OWNER: PinOwner = PinOwner {
+    tgid: 0,
+    count: 0,
+    first_ns: 0,
+    stack_id: -1,
+    api: 0,
+    longterm: 0,
+    comm: [0; 16],
+};
+
+static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER; PIN_OWNERS] };
+
+/// Walks `count` pages and records (pin) or releases (unpin) them.
+#[inline(never)]
+pub(crate) fn track_pages(c: &TrackCtx, count: u64) {
+    let n = count.min(TRACK_MAX_PER_CALL as u64);
+    if c.pin == 1 && count > n {
+        diag_add(Diag::PinsUntracked, count - n);
+        note(Diag::PinsUntracked, WHY_PER_CALL_LIMIT, c.owner.api, c.owner.tgid, count - n, 0, n);
+    }
+    // SAFETY: the callback only reads `c`, which outlives the call.
+    unsafe {
+        bpf_loop(n as u32, track_one as *mut c_void, c as *const TrackCtx as *mut c_void, 0);
+    }
+}
+
+#[inline(never)]
+extern "C" fn track_one(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer we gave it: a TrackCtx on
+    // the caller's stack.
+    let c = unsafe { &*(ctx as *const TrackCtx) };
+    let page = if c.form == PAGES_ARRAY as u64 {
+        // SAFETY: probe_read tolerates any address.
+        match unsafe { bpf_probe_read_kernel((c.base + 8 * i as u64) as *const u64) } {
+            Ok(p) => p,
+            Err(_) => return 1,
+        }
+    } else {
+        c.base + i as u64 * read_global(&STRUCT_PAGE_SIZE)
+    };
+    if page == 0 {
+        return 0;
+    }
+    let folio = page_folio(page);
+    if c.pin == 1 {
+        track_pin(folio, c);
+    } else {
+        track_unpin(folio, 1, c.site);
+    }
+    0
+}
+
+/// The folio a page belongs to (`page_folio()`), decoded by
+/// [`gup_common::folio_of`] from the word a tail page keeps for it.
+#[inline(always)]
+fn page_folio(page: u64) -> u64 {
+    let off = read_global(&PAGE_COMPOUND_HEAD);
+    // SAFETY: probe_read tolerates any address.
+    let info = unsafe { bpf_probe_read_kernel((page + off) as *const u64) }.unwrap_or(0);
+    gup_common::folio_of(page, info)
+}
+
+/// Records one pin of `folio`. A pin can land in a record that an unpin on
+/// another CPU has just removed (it released the folio's last tracked pin
+/// between this pin's lookup and its add): the record is re-read after the
+/// add, and if it is no longer the map's, the pin is taken back and placed
+/// once more, in the record that is there now or a fresh one
+/// (`Diag::LedgerReplaced`).
+#[inline(always)]
+fn track_pin(folio: u64, c: &TrackCtx) {
+    if place_pin(folio, c) {
+        diag_add(Diag::LedgerReplaced, 1);
+        // Once more, and no further: a second removal inside this one's
+        // window would need a third CPU releasing the same folio's last pin
+        // twice within a few instructions.
+        let _ = place_pin(folio, c);
+    }
+}
+
+/// Adds one pin to `folio`'s record. Returns true if the record was removed
+/// under it (the pin was taken back and must be placed again).
+///
+/// Not inlined: `track_pin` calls it twice, and one body keeps the bpf_loop
+/// callback small for the verifier (which re-verifies callbacks until their
+/// states converge since ~6.8; a retry loop here kept it from converging).
+#[inline(never)]
+fn place_pin(folio: u64, c: &TrackCtx) -> bool {
+    let mut rec = PINS.get_ptr_mut(&folio);
+    if rec.is_none() {
+        // Insert an empty record and fill it in place: building it here
+        // would cost 96 bytes of the callback's stack (6.1 limits the whole
+        // call chain to 512). BPF_NOEXIST: if another CPU inserted it first,
+        // the lookup finds theirs.
+        if let Err(e) = PINS.insert(&folio, &EMPTY_RECORD, 1) {
+            rec = PINS.get_ptr_mut(&folio);
+            if rec.is_none() {
+                diag_add(Diag::PinsUntracked, 1);
+                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e.into(), folio);
+                return false;
+            }
+        } else {
+            rec = PINS.get_ptr_mut(&folio);
+        }
+    }
+    let Some(ptr) = rec else {
+        diag_add(Diag::PinsUntracked, 1);
+        return false;
+    };
+    // SAFETY: a live map value.
+    let rec = unsafe { &mut *ptr };
+    let cur = c.owner.tgid;
+    // The slot this owner already holds, else the first free one, else the
+    // last, which takes every further owner (see PinRecord).
+    let k = if rec.owners[0].count > 0 && rec.owners[0].tgid == cur {
+        0
+    } else if rec.owners[1].count > 0 && rec.owners[1].tgid == cur {
+        1
+    } else if rec.owners[0].count == 0 {
+        claim(&mut rec.owners[0], &c.owner);
+        0
+    } else if rec.owners[1].count == 0 {
+        claim(&mut rec.owners[1], &c.owner);
+        1
+    } else {
+        if rec.owners[2].count == 0 {
+            claim(&mut rec.owners[2], &c.owner);
+        } else if rec.owners[2].tgid != cur {
+            // Pins of several processes now: no one of them is the owner
+            // (one exiting would make the rest look orphaned).
+            rec.owners[2].tgid = SHARED_OWNER;
+        }
+        2
+    };
+    let Some(o) = rec.owners.get_mut(k) else {
+        return false;
+    };
+    add32(&mut o.count, 1);
+    // The unpin that removes a record checks it empty first, then deletes
+    // it: a pin whose add fell between the two is in a record nobody will
+    // read. Still the map's record after the add means the add counts.
+    let now = PINS.get_ptr_mut(&folio).map_or(0, |p| p as u64);
+    if now != ptr as u64 {
+        add32(&mut o.count, u32::MAX);
+        return true;
+    }
+    diag_add(Diag::PinsTracked, 1);
+    false
+}
+
+/// Writes an owner into a free slot, all but its count: the count moves
+/// only by atomic adds, so two CPUs claiming one slot at once lose no pin
+/// (the slot is then attributed to whichever wrote last).
+#[inline(always)]
+fn claim(slot: &mut PinOwner, owner: &PinOwner) {
+    slot.tgid = owner.tgid;
+    slot.first_ns = owner.first_ns;
+    slot.stack_id = owner.stack_id;
+    slot.api = owner.api;
+    slot.longterm = owner.longterm;
+    slot.comm = owner.comm;
+}
+
+#[inline(always)]
+pub(crate) fn track_unpin(folio: u64, n: u64, site: u64) {
+    let Some(rec) = PINS.get_ptr_mut(&folio) else {
+        unbalanced(site, n);
+        return;
+    };
+    // SAFETY: a live map value.
+    let rec = unsafe { &mut *rec };
+    // Which owner an unpin releases is not known (the kernel does not know
+    // either): the last slot first, then the others.
+    // The counts are read, then taken from by atomic adds: an unpin on
+    // another CPU may take from the same slot in between and drive it below
+    // zero (PinRecord::total keeps the sum right). A slot below zero has
+    // nothing to give.
+    let take2 = n.min(held(rec.owners[2].count));
+    add32(&mut rec.owners[2].count, (take2 as u32).wrapping_neg());
+    let take1 = (n - take2).min(held(rec.owners[1].count));
+    add32(&mut rec.owners[1].count, (take1 as u32).wrapping_neg());
+    let take0 = (n - take2 - take1).min(held(rec.owners[0].count));
+    add32(&mut rec.owners[0].count, (take0 as u32).wrapping_neg());
+    let taken = take0 + take1 + take2;
+    diag_add(Diag::UnpinsMatched, taken);
+    if n > taken {
+        unbalanced(site, n - taken);
+    }
+    if rec.total() == 0 {
+        let _ = PINS.remove(&folio);
+    }
+}
+
+/// A slot's count as pins it can give up: none when below zero.
+#[inline(always)]
+fn held(count: u32) -> u64 {
+    (count as i32).max(0) as u64
+}
+
+/// Counts unpins that matched no tracked pin, per unpin call site.
+#[inline(never)]
+fn unbalanced(site: u64, n: u64) {
+    diag_add(Diag::UnbalancedUnpins, n);
+    note(Diag::UnbalancedUnpins, WHY_NONE, API_NONE, current_tgid(), n, 0, site);
+    if UNBALANCED.get_ptr_mut(&site).is_none() {
+        let zero: u64 = 0;
+        let _ = UNBALANCED.insert(&site, &zero, 1);
+    }
+    if let Some(p) = UNBALANCED.get_ptr_mut(&site) {
+        // SAFETY: hash values live until deleted.
+        add(unsafe { &mut *p }, n);
+    }
+}
