@@ -403,10 +403,15 @@ pub enum Diag {
     /// just removed (it released the folio's last tracked pin at the same
     /// moment), taken back and placed in the folio's current record.
     LedgerReplaced = 13,
+    /// NULL entries in the page arrays of hooked unpins: the kernel skips
+    /// them (its own error paths, `pofs_unpin()` after a failed LONGTERM
+    /// migration, pass arrays whose entries it cleared), so they are not
+    /// counted as releases.
+    UnpinNullEntries = 14,
 }
 
 /// Length of the diagnostics array.
-pub const DIAG_COUNT: usize = 14;
+pub const DIAG_COUNT: usize = 15;
 
 impl Diag {
     /// Every counter, in index order.
@@ -425,6 +430,7 @@ impl Diag {
         Diag::CountedAtExit,
         Diag::UncountedAtExit,
         Diag::LedgerReplaced,
+        Diag::UnpinNullEntries,
     ];
 
     /// The counter with this index, if any.

@@ -24,6 +24,13 @@ pub(crate) fn diag(d: Diag) {
     }
 }
 
+/// This CPU's value of a diagnostics counter.
+#[inline(always)]
+pub(crate) fn diag_value(d: Diag) -> u64 {
+    // SAFETY: a per-CPU array value, read once.
+    DIAG.get_ptr_mut(d as u32).map_or(0, |p| unsafe { core::ptr::read_volatile(p) })
+}
+
 #[inline(always)]
 pub(crate) fn diag_add(d: Diag, v: u64) {
     if let Some(p) = DIAG.get_ptr_mut(d as u32) {

@@ -17,7 +17,7 @@ use gup_common::{
     i915::{enter_replaces, I915Event, I915EventKind},
     irq::{is_inside, record_is_live},
     skipped::MARK,
-    Api, ApiKind, AttribKey, AttribValue, Diag, HookArgs, Inflight, ARG_NONE, PAGES_FOLIO,
+    Api, ApiKind, AttribKey, AttribValue, Diag, HookArgs, Inflight, ARG_NONE, PAGES_ARRAY, PAGES_FOLIO,
 };
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
     diag::{diag, note},
     i915::i915_event,
     irq::{in_task_context, on_irq_unpin, task_kprobe},
-    ledger::{track_ctx, track_pages, track_unpin, EMPTY_OWNER},
+    ledger::{track_ctx, track_pages, track_unpin, walk_unpin, EMPTY_OWNER},
     maps::{foll_longterm, read_global, I915_CUR, INFLIGHT, RETURN_TRAMPOLINE, TRACK_PINS},
     put_folio::{on_put_folio, reverted_in_slow_path},
 };
@@ -109,15 +109,13 @@ pub(crate) fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             // Pins released inside a pin call: real releases, and pins the
             // kernel counted as acquired although the call does not return
             // them (taken by the slow path: LONGTERM migration).
+            let released = count_unpin(ctx, api, &args, a, count, tid, true, return_address(frame, a.trampoline()));
             if let Some(s) = stats(outer_api) {
-                add(&mut s.undone_pages, count);
+                add(&mut s.undone_pages, released);
                 let longterm = outer_rec.is_some_and(|o| o.gup_flags & foll_longterm() != 0);
-                add(&mut s.reverted[reverted_in_slow_path(longterm) as usize], count);
-                add(&mut s.slow_pages, count);
+                add(&mut s.reverted[reverted_in_slow_path(longterm) as usize], released);
+                add(&mut s.slow_pages, released);
             }
-        }
-        if outer.is_some() {
-            count_unpin(ctx, api, &args, a, count, tid, true, return_address(frame, a.trampoline()));
             return;
         }
     }
@@ -220,7 +218,23 @@ pub(crate) fn count_unpin<C: EbpfContext, A: CallArgs>(
     tid: u64,
     inside_pin: bool,
     site: u64,
-) {
+) -> u64 {
+    // The ledger first: its walk of a page array also finds the NULL
+    // entries, which the kernel skips. Inside a pin call (gup.c unpinning
+    // what it must migrate, or unwinding after a failed migration, with
+    // entries it cleared) nothing is tracked, but the array is walked for
+    // them all the same.
+    let track = !inside_pin && read_global(&TRACK_PINS) != 0;
+    let mut count = count;
+    if let Some(base) = a.arg(args.pages_idx) {
+        if args.pages_form == PAGES_ARRAY && (track || inside_pin) {
+            count -= walk_unpin(base, site, count, track);
+        } else if track && args.pages_form == PAGES_FOLIO {
+            track_unpin(base, count, site);
+        } else if track {
+            track_pages(&track_ctx(base, args.pages_form, false, site, EMPTY_OWNER), count);
+        }
+    }
     if let Some(s) = stats(api) {
         add(&mut s.calls, 1);
         add(&mut s.pages, count);
@@ -230,14 +244,5 @@ pub(crate) fn count_unpin<C: EbpfContext, A: CallArgs>(
     }
     let delta = AttribValue { calls: 1, pages: count, ..ZERO_ATTRIB };
     attribute(ctx, &AttribKey { tgid: (tid >> 32) as u32, api: api as u32, site }, &delta);
-    if inside_pin || read_global(&TRACK_PINS) == 0 {
-        return;
-    }
-    if let Some(base) = a.arg(args.pages_idx) {
-        if args.pages_form == PAGES_FOLIO {
-            track_unpin(base, count, site);
-        } else {
-            track_pages(&track_ctx(base, args.pages_form, false, site, EMPTY_OWNER), count);
-        }
-    }
+    count
 }

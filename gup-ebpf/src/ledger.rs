@@ -16,7 +16,7 @@ use gup_common::{
 
 use crate::{
     counters::{add, add32, current_tgid},
-    diag::{diag_add, note},
+    diag::{diag_add, diag_value, note},
     maps::{read_global, PAGE_COMPOUND_HEAD, PINS, STRUCT_PAGE_SIZE, UNBALANCED},
 };
 
@@ -30,12 +30,32 @@ pub(crate) struct TrackCtx {
     base: u64,
     /// `PAGES_ARRAY` or `PAGES_RANGE`.
     form: u64,
-    /// 1 to record pins, 0 to release them.
+    /// 1 to record pins, 0 to release them, [`COUNT_ONLY`] to only count
+    /// an unpin's NULL entries.
     pin: u64,
     /// Unpin call site (return address), for unbalanced unpins.
     site: u64,
     /// The owner to record (pins).
     owner: PinOwner,
+}
+
+/// `TrackCtx::pin` of a walk that only counts NULL entries.
+const COUNT_ONLY: u64 = 2;
+
+/// Walks a hooked unpin's page array, releasing its pages in the ledger
+/// when `track`, and returns how many entries were NULL (not releases: see
+/// `Diag::UnpinNullEntries`). The count is the walk's change to this CPU's
+/// counter: the unpin's entry runs with preemption disabled (a kprobe in a
+/// task, fentry in an interrupt), so nothing else adds to it meanwhile.
+#[inline(never)]
+pub(crate) fn walk_unpin(base: u64, site: u64, count: u64, track: bool) -> u64 {
+    let before = diag_value(Diag::UnpinNullEntries);
+    let mut c = track_ctx(base, PAGES_ARRAY, false, site, EMPTY_OWNER);
+    if !track {
+        c.pin = COUNT_ONLY;
+    }
+    track_pages(&c, count);
+    diag_value(Diag::UnpinNullEntries).wrapping_sub(before).min(count)
 }
 
 pub(crate) const fn track_ctx(base: u64, form: u8, pin: bool, site: u64, owner: PinOwner) -> TrackCtx {
@@ -83,6 +103,12 @@ extern "C" fn track_one(i: u32, ctx: *mut c_void) -> i64 {
         c.base + i as u64 * read_global(&STRUCT_PAGE_SIZE)
     };
     if page == 0 {
+        if c.pin != 1 {
+            diag_add(Diag::UnpinNullEntries, 1);
+        }
+        return 0;
+    }
+    if c.pin == COUNT_ONLY {
         return 0;
     }
     let folio = page_folio(page);

@@ -175,6 +175,7 @@ impl DiagEvent {
             Diag::CountedAtExit => "counted_at_exit",
             Diag::UncountedAtExit => "uncounted_at_exit",
             Diag::LedgerReplaced => "ledger_replaced",
+            Diag::UnpinNullEntries => "unpin_null_entries",
         }
     }
 
@@ -237,7 +238,8 @@ impl DiagEvent {
             | Diag::StaleRecords
             | Diag::CountedAtExit
             | Diag::UncountedAtExit
-            | Diag::LedgerReplaced,
+            | Diag::LedgerReplaced
+            | Diag::UnpinNullEntries,
                 _,
             ) => format!("{} ({who})", self.counter_name()),
         };
