@@ -27,7 +27,7 @@ use crate::{
     i915::i915_event,
     irq::{in_task_context, on_irq_unpin, task_kprobe},
     ledger::{track_ctx, track_pages, track_unpin, walk_unpin, EMPTY_OWNER},
-    maps::{foll_longterm, read_global, I915_CUR, INFLIGHT, RETURN_TRAMPOLINE, TRACK_PINS},
+    maps::{read_global, I915_CUR, INFLIGHT, RETURN_TRAMPOLINE, TRACK_PINS},
     put_folio::{on_put_folio, reverted_in_slow_path},
 };
 
@@ -112,8 +112,8 @@ pub(crate) fn on_entry<C: EbpfContext, A: CallArgs>(api: Api, ctx: &C, a: &A) {
             let released = count_unpin(ctx, api, &args, a, count, tid, true, return_address(frame, a.trampoline()));
             if let Some(s) = stats(outer_api) {
                 add(&mut s.undone_pages, released);
-                let longterm = outer_rec.is_some_and(|o| o.gup_flags & foll_longterm() != 0);
-                add(&mut s.reverted[reverted_in_slow_path(longterm) as usize], released);
+                let gup_flags = outer_rec.map_or(0, |o| o.gup_flags);
+                add(&mut s.reverted[reverted_in_slow_path(gup_flags) as usize], released);
                 add(&mut s.slow_pages, released);
             }
             return;

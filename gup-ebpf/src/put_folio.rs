@@ -74,8 +74,7 @@ pub(crate) fn on_put_folio<A: CallArgs>(tid: u64, api: Api, args: &HookArgs, a: 
                     add(&mut s.reverted[Reverted::FastWalk as usize], refs);
                 } else {
                     add(&mut s.slow_pages, refs);
-                    let longterm = gup_flags & foll_longterm() != 0;
-                    add(&mut s.reverted[reverted_in_slow_path(longterm) as usize], refs);
+                    add(&mut s.reverted[reverted_in_slow_path(gup_flags) as usize], refs);
                 }
             }
         }
@@ -120,8 +119,8 @@ fn consume_covered(tid: u64, refs: u64) -> bool {
 /// CMA memory, released by `gup_put_folio` or by an unpin, kernel by
 /// kernel); otherwise the slow walk dropping a page.
 #[inline(always)]
-pub(crate) fn reverted_in_slow_path(longterm: bool) -> Reverted {
-    if longterm && foll_longterm() != 0 {
+pub(crate) fn reverted_in_slow_path(gup_flags: u64) -> Reverted {
+    if gup_flags & foll_longterm() != 0 {
         Reverted::Migration
     } else {
         Reverted::SlowPath

@@ -209,7 +209,7 @@ pub fn builtin(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
 
 /// The scenarios of pins a call takes and releases again ([`reverted`]).
 fn reverted_pins() -> Vec<Box<dyn Scenario>> {
-    vec![Box::new(reverted::Race { state: None }), Box::new(reverted::Movable { state: None, in_movable: 0 })]
+    vec![Box::new(reverted::Race { state: None }), Box::new(reverted::Movable { state: None })]
 }
 
 /// What `gupwatch check` runs: the [`builtin`] scenarios, then the

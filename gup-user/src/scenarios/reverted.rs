@@ -37,7 +37,7 @@ pub(super) fn movable_zones(zoneinfo: &str) -> Vec<(u64, u64)> {
     for line in zoneinfo.lines() {
         let t = line.trim();
         if t.starts_with("Node ") {
-            in_movable = t.ends_with("zone  Movable") || t.split_whitespace().last() == Some("Movable");
+            in_movable = t.split_whitespace().last() == Some("Movable");
             spanned = 0;
             present = 0;
             continue;
@@ -86,8 +86,6 @@ fn pfns(addr: usize, len: usize) -> io::Result<Vec<Option<u64>>> {
 /// term, releases them, migrates them and pins the copies.
 pub(super) struct Movable {
     pub(super) state: Option<RingState>,
-    /// Pages of the buffer found in ZONE_MOVABLE by `prepare`.
-    pub(super) in_movable: usize,
 }
 
 impl Scenario for Movable {
@@ -116,12 +114,12 @@ impl Scenario for Movable {
         }
         let st = RingState::new(scenario)?;
         let pfns = pfns(st.buf.addr() as usize, st.buf.len).map_err(|e| sys_err(scenario, "read /proc/self/pagemap", e))?;
-        self.in_movable = pfns
+        let in_movable = pfns
             .iter()
             .flatten()
             .filter(|p| zones.iter().any(|(start, spanned)| **p >= *start && **p < start + spanned))
             .count();
-        if self.in_movable == 0 {
+        if in_movable == 0 {
             return Err(unreachable(format!(
                 "none of the buffer's {} pages is in ZONE_MOVABLE (zones {zones:?}; pagemap needs root)",
                 pfns.len()
