@@ -198,13 +198,32 @@ pub fn run(gupwatch: &Path, timeout: Duration, refresh: bool) -> Result<StepRepo
     match testsuite::run_kernel_step(manifest.boot_kernel(&cache), ALIAS.name, gupwatch, timeout) {
         Ok(run) => judge(&run, &manifest.uname, &mut report),
         Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => return Err(e),
-        Err(e) => report.checks.push(Check {
-            name: "the guest kernel reported no oops, BUG or WARNING, and the VM finished".into(),
-            ok: false,
-            detail: format!("{e:#}"),
-        }),
+        Err(e) => match hung_before_init(&format!("{e:#}")) {
+            // An experimental kernel that stops booting under TCG before
+            // /init ran never met gupwatch: nothing was tested, so the step
+            // is skipped (never counted as passed), with the console's path.
+            Some(log) => {
+                let why = format!("the canary kernel stopped booting before /init started (gupwatch never ran); console log: {log}");
+                println!("SKIPPED: {why}");
+                report.skipped = Some(why);
+            }
+            None => report.checks.push(Check {
+                name: "the guest kernel reported no oops, BUG or WARNING, and the VM finished".into(),
+                ok: false,
+                detail: format!("{e:#}"),
+            }),
+        },
     }
     Ok(report)
+}
+
+/// The console log of a failed run whose guest never reached the project's
+/// /init (no `@@gupwatch-init-start` marker on its console), if the error
+/// names one.
+fn hung_before_init(error: &str) -> Option<String> {
+    let log = error.split("full console log: ").nth(1)?.lines().next()?.trim().to_string();
+    let console = fs::read_to_string(&log).ok()?;
+    (!console.contains("@@gupwatch-init-start")).then_some(log)
 }
 
 /// The panic lines gupwatch left on the guest console (its stderr).
