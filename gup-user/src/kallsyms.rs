@@ -262,7 +262,9 @@ impl Kallsyms {
     pub fn core_text(&self) -> Option<(u64, u64)> {
         let core = self.by_name.iter().map(|&i| self.named(i)).filter(|s| s.module == NO_MODULE && s.addr != 0);
         let (lo, hi) = core.map(|s| s.addr).fold((u64::MAX, 0), |(lo, hi), a| (lo.min(a), hi.max(a)));
-        (lo < hi).then_some((lo, hi + 1))
+        // A symbol at the very top of the address space (only a corrupt
+        // table has one) leaves no address "just past" it: no span.
+        if lo < hi { Some((lo, hi.checked_add(1)?)) } else { None }
     }
 
     /// Whether any module symbol of this module is loaded.
@@ -315,6 +317,9 @@ garbage
         let k = Kallsyms::parse(SAMPLE);
         assert_eq!(k.core_text(), Some((0xffffffff815f0530, 0xffffffff815f3de1)));
         assert_eq!(Kallsyms::parse("0000000000000000 T unpin_user_page\n").core_text(), None);
+        // Found by the kallsyms fuzz target: this used to overflow.
+        let top = "ffffffff815f0530 T a\nffffffffffffffff T b\n";
+        assert_eq!(Kallsyms::parse(top).core_text(), None);
     }
 
     #[test]
