@@ -342,6 +342,11 @@ struct VmArgs {
     /// preemptible like 7.2 (7.2 refuses `preempt=voluntary`).
     #[arg(long = "append", value_name = "ARG")]
     append: Vec<String>,
+    /// Boot a q35 machine with QEMU's emulated IOMMU and its PCI test
+    /// device, and load the VFIO modules: what `gupwatch check`'s `vfio_`
+    /// scenarios need.
+    #[arg(long)]
+    vfio: bool,
     /// The command, run with `sh -c` in the guest (after `--`).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -374,6 +379,7 @@ fn vm(a: VmArgs) -> Result<i32> {
     run.deferred_modules = a.deferred_modules;
     run.tmux = a.tmux;
     run.kernel_args = a.append;
+    run.vfio = a.vfio;
     if a.quiet {
         run.echo = ConsoleEcho::None;
     }

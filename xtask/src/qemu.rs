@@ -148,7 +148,14 @@ pub struct VmRun {
     /// ([`ICOUNT_ARGS`]): TCG only (KVM has no such clock), so guest time
     /// is instructions executed and host load does not move it.
     pub icount: bool,
+    /// Give the guest what gupwatch's `vfio_` scenarios need: a q35
+    /// machine with QEMU's emulated IOMMU (`intel_iommu=on`), its PCI test
+    /// device to bind to vfio-pci, and the VFIO modules ([`VFIO_MODULES`]).
+    pub vfio: bool,
 }
+
+/// Modules a [`VmRun::vfio`] guest loads.
+pub const VFIO_MODULES: [&str; 2] = ["vfio_iommu_type1", "vfio_pci"];
 
 /// QEMU's deterministic clock: one guest nanosecond per instruction
 /// (`shift=0`). `sleep=on` keeps QEMU's default for an idle guest (the clock
@@ -200,6 +207,7 @@ impl VmRun {
             kernel_args: Vec::new(),
             files: Vec::new(),
             icount: false,
+            vfio: false,
         }
     }
 }
@@ -452,15 +460,19 @@ impl VmRun {
         let log = Arc::new(Mutex::new(log));
 
         // Modules, resolved against this kernel's tree.
+        let mut extra_modules = self.extra_modules.clone();
+        if self.vfio {
+            extra_modules.extend(VFIO_MODULES.iter().map(|m| m.to_string()));
+        }
         let resolved =
-            modules::resolve_for_guest(self.kernel.modules_dir.as_deref(), &self.extra_modules)
+            modules::resolve_for_guest(self.kernel.modules_dir.as_deref(), &extra_modules)
                 .with_context(|| format!("collecting kernel modules for {}", self.kernel.label))?;
         let deferred = if self.deferred_modules.is_empty() {
             vec![]
         } else {
             modules::resolve_deferred(
                 self.kernel.modules_dir.as_deref(),
-                &self.extra_modules,
+                &extra_modules,
                 &self.deferred_modules,
                 &resolved,
             )
@@ -621,9 +633,15 @@ impl VmRun {
                 _ => c.args(ICOUNT_ARGS),
             };
         }
+        if self.vfio {
+            c.args(["-machine", "q35", "-device", "intel-iommu", "-device", "pci-testdev"]);
+        }
         c.arg("-kernel").arg(&self.kernel.vmlinuz);
         c.arg("-initrd").arg(cpio);
         let mut append = String::from("console=ttyS0 panic=-1 printk.time=1 rdinit=/init");
+        if self.vfio {
+            append.push_str(" intel_iommu=on");
+        }
         for a in &self.kernel_args {
             append.push(' ');
             append.push_str(a);

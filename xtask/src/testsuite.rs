@@ -473,6 +473,9 @@ pub fn run_kernel_step(kernel: BootKernel, label: &str, gupwatch: &Path, timeout
     // caught 7.0's compound_info mask encoding) instead of being
     // reported unreachable.
     run.kernel_args.push(format!("hugepages={HUGEPAGES}"));
+    // QEMU's IOMMU and PCI test device, so the vfio_ scenarios run
+    // (VFIO_IOMMU_MAP_DMA, the classic LONGTERM pinner).
+    run.vfio = true;
     run.gupwatch = Some(gupwatch.to_path_buf());
     run.timeout = timeout;
     run.echo = ConsoleEcho::None;

@@ -22,6 +22,10 @@ pub enum PinPath {
     /// `O_DIRECT` read/write: the block layer pins the user buffer for the
     /// bios (`iov_iter_extract_pages`) and unpins it on completion.
     DirectIo,
+    /// `VFIO_IOMMU_MAP_DMA` (type1): `vfio_iommu_type1` pins the buffer
+    /// with `pin_user_pages_remote` (FOLL_LONGTERM) for as long as the DMA
+    /// mapping lives; the unmap releases it.
+    VfioMapDma,
 }
 
 impl PinPath {
@@ -32,6 +36,7 @@ impl PinPath {
             PinPath::IoUringRegister => "io_uring_register",
             PinPath::IoUringUnregister => "io_uring_unregister",
             PinPath::DirectIo => "direct_io",
+            PinPath::VfioMapDma => "vfio_map_dma",
         }
     }
 
@@ -50,7 +55,7 @@ impl PinPath {
                 acquired: pages,
                 released: pages,
             },
-            PinPath::IoUringRegister => FollPinDelta {
+            PinPath::IoUringRegister | PinPath::VfioMapDma => FollPinDelta {
                 acquired: pages,
                 released: 0,
             },
@@ -128,6 +133,8 @@ pub const SUBSYSTEM_PROCESS_VM: &str = "process_vm";
 pub const SUBSYSTEM_IO_URING: &str = "io_uring";
 /// [`Expectation::subsystem`] of the O_DIRECT scenarios.
 pub const SUBSYSTEM_DIRECT_IO: &str = "direct-io";
+/// [`Expectation::subsystem`] of the VFIO scenarios.
+pub const SUBSYSTEM_VFIO: &str = "vfio";
 
 /// A leak the leak report should show right after a scenario's `run` (see
 /// [`super::Scenario::expected_leak`]).
@@ -149,13 +156,14 @@ impl PinPath {
             PinPath::ProcessVm => SUBSYSTEM_PROCESS_VM,
             PinPath::IoUringRegister | PinPath::IoUringUnregister => SUBSYSTEM_IO_URING,
             PinPath::DirectIo => SUBSYSTEM_DIRECT_IO,
+            PinPath::VfioMapDma => SUBSYSTEM_VFIO,
         }
     }
 
-    /// Whether this path's pins are FOLL_LONGTERM: only io_uring's fixed
-    /// buffers outlive the syscall.
+    /// Whether this path's pins are FOLL_LONGTERM: io_uring's fixed
+    /// buffers and VFIO's DMA maps outlive the syscall.
     pub fn longterm(&self) -> bool {
-        matches!(self, PinPath::IoUringRegister | PinPath::IoUringUnregister)
+        matches!(self, PinPath::IoUringRegister | PinPath::IoUringUnregister | PinPath::VfioMapDma)
     }
 }
 

@@ -154,6 +154,7 @@ fn expectations() {
             PinPath::ProcessVm => SUBSYSTEM_PROCESS_VM,
             PinPath::IoUringRegister | PinPath::IoUringUnregister => SUBSYSTEM_IO_URING,
             PinPath::DirectIo => SUBSYSTEM_DIRECT_IO,
+            PinPath::VfioMapDma => SUBSYSTEM_VFIO,
         };
         assert_eq!(e.subsystem, subsystem, "{}", s.name());
         if e.errno.is_some() {
