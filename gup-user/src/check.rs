@@ -595,6 +595,10 @@ fn mismatches(r: &ScenarioReport, pins_expected: bool) -> Vec<String> {
         if returned > 0 && e.longterm != (r.longterm_pages == returned) {
             out.push(format!("expected LONGTERM={}, {} of {returned} pages were LONGTERM", e.longterm, r.longterm_pages));
         }
+    }
+    // Where the path takes FOLL_GET references instead of pins (direct I/O
+    // before 6.3), they are attributed like pins: same subsystem.
+    if pins_expected || r.referenced_pages > 0 {
         let sub = r.subsystem.map(|s| s.as_str());
         if sub != Some(e.subsystem) {
             out.push(format!("expected subsystem {}, saw {}", e.subsystem, sub.unwrap_or("none")));
@@ -633,7 +637,10 @@ fn mismatches(r: &ScenarioReport, pins_expected: bool) -> Vec<String> {
 }
 
 /// The subsystem and caller behind most pinned pages (or, when nothing was
-/// pinned, most released pages; or, failing that, most calls).
+/// pinned, most FOLL_GET references, which the same rows attribute: direct
+/// I/O before 6.3; then most released pages; or, failing that, most pin
+/// calls). What a run takes names it before what it gives back: a run that
+/// releases pins taken earlier is still about what it took.
 fn dominant(rows: &[attribution::Row]) -> Option<(Subsystem, String)> {
     let kind = |api: &str| Api::ALL.iter().find(|a| a.symbol() == api).map(|a| a.kind());
     let weight = |want: gup_common::ApiKind, by_calls: bool| {
@@ -643,8 +650,8 @@ fn dominant(rows: &[attribution::Row]) -> Option<(Subsystem, String)> {
         }
         by.into_iter().filter(|(_, w)| *w > 0).max_by_key(|(_, w)| *w).map(|(k, _)| k)
     };
-    use gup_common::ApiKind::{Pin, Unpin};
-    weight(Pin, false).or_else(|| weight(Unpin, false)).or_else(|| weight(Pin, true))
+    use gup_common::ApiKind::{Get, Pin, Unpin};
+    weight(Pin, false).or_else(|| weight(Get, false)).or_else(|| weight(Unpin, false)).or_else(|| weight(Pin, true))
 }
 
 /// Whether a scenario's path pins pages on this kernel.
@@ -775,6 +782,46 @@ mod tests {
         r.untracked_pins = 3;
         judge_ledger(&mut r, 0);
         assert!(r.partial && !r.ledger_holds && !r.expectations_met);
+    }
+
+    fn row(api: &'static str, subsystem: Subsystem, function: &str, pages: u64) -> attribution::Row {
+        attribution::Row {
+            tgid: 1,
+            comm: "t".into(),
+            cgroup_id: 0,
+            api,
+            caller: attribution::Caller { function: function.into(), subsystem, module: None },
+            calls: 1,
+            pages,
+            errors: 0,
+            fast_pages: 0,
+            slow_pages: 0,
+            longterm_pages: 0,
+        }
+    }
+
+    #[test]
+    fn references_name_the_subsystem_where_nothing_was_pinned() {
+        // 6.1's direct I/O: FOLL_GET references only.
+        let gets = [row("get_user_pages_fast", Subsystem::DirectIo, "__blkdev_direct_IO_simple", 256)];
+        assert_eq!(dominant(&gets), Some((Subsystem::DirectIo, "__blkdev_direct_IO_simple".into())));
+        // Pins outweigh references whatever their numbers, and references
+        // outweigh releases (inflight_fixed_pre_attach on 6.1: O_DIRECT
+        // reads take references while fixed buffers pinned before attach
+        // are released).
+        let mixed = [gets[0].clone(), row("pin_user_pages_fast", Subsystem::IoUring, "io_pin_pages", 1)];
+        assert_eq!(dominant(&mixed).map(|d| d.0), Some(Subsystem::IoUring));
+        let mixed = [gets[0].clone(), row("unpin_user_pages", Subsystem::IoUring, "io_buffer_unmap", 1024)];
+        assert_eq!(dominant(&mixed).map(|d| d.0), Some(Subsystem::DirectIo));
+        // And the subsystem of references is judged like that of pins.
+        let all = crate::scenarios::builtin(std::path::Path::new("/nonexistent"));
+        let dio = all.iter().find(|s| s.name() == "direct_io_read").map(|s| s.as_ref()).expect("direct_io_read");
+        let mut r = blank_report(dio, false);
+        r.referenced_pages = 256;
+        r.subsystem = Some(Subsystem::ProcessVm);
+        assert!(mismatches(&r, false).iter().any(|m| m.contains("expected subsystem direct-io")));
+        r.subsystem = Some(Subsystem::DirectIo);
+        assert!(mismatches(&r, false).is_empty(), "{:?}", mismatches(&r, false));
     }
 
     #[test]
