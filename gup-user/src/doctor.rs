@@ -242,6 +242,9 @@ pub struct Facts {
     pub fentry: Trial,
     /// kprobe/kretprobe on one GUP function.
     pub kprobe: Trial,
+    /// BPF helpers the programs call that the kernel lacks (the plan's
+    /// `missing_helpers`).
+    pub missing_helpers: Vec<String>,
     /// The whole plan, loaded (`None` without a plan).
     pub hooks: Option<HookFacts>,
     /// `/proc/vmstat`.
@@ -392,6 +395,7 @@ impl Facts {
             tracepoint: Trial::NotTried { why: "no probe plan".into() },
             fentry: Trial::NotTried { why: "no probe plan".into() },
             kprobe: Trial::NotTried { why: "no probe plan".into() },
+            missing_helpers: vec![],
             hooks: None,
             reduced,
             memlock,
@@ -417,6 +421,14 @@ impl Facts {
     }
 
     fn try_mechanisms(&mut self, plan: &ProbePlan) {
+        self.missing_helpers = plan.capabilities.missing_helpers.clone();
+        if !self.missing_helpers.is_empty() {
+            let why = format!("no program can load: the kernel lacks {}", self.missing_helpers.join(", "));
+            self.tracepoint = Trial::NotTried { why: why.clone() };
+            self.fentry = Trial::NotTried { why: why.clone() };
+            self.kprobe = Trial::NotTried { why };
+            return;
+        }
         // Small maps: a trial needs no pin tracking.
         let opts = LoadOptions { track_pins: false, track_capacity: 1, ebpf_log: false };
         let target = TRIAL_TARGETS.iter().copied().find(|a| plan.hook(*a).status != HookStatus::Absent);
@@ -701,6 +713,17 @@ pub fn evaluate(f: &Facts) -> Report {
         }
         Trial::NotTried { why } => push("kprobe", Status::Info, format!("not tried: {why}"), None),
     }
+    if !f.missing_helpers.is_empty() {
+        push(
+            "bpf_helpers",
+            Status::Fail,
+            format!(
+                "this kernel lacks BPF helpers gupwatch's programs call: {}; its verifier would refuse every program, so none is loaded",
+                f.missing_helpers.join(", ")
+            ),
+            Some("gupwatch runs here in the reduced mode (the kernel's FOLL_PIN counters, accounted pins); for the probes, use a newer kernel".into()),
+        );
+    }
     if !f.functions.is_empty() {
         // i915's hooks are its object lifecycle, not GUP entry points.
         let gup: Vec<&FunctionFact> = f.functions.iter().filter(|x| x.kind != "i915").collect();
@@ -889,6 +912,7 @@ mod tests {
             tracepoint: Trial::Works { target: "sched:sched_process_exit".into() },
             fentry: Trial::Works { target: "unpin_user_page".into() },
             kprobe: Trial::Works { target: "unpin_user_page".into() },
+            missing_helpers: vec![],
             hooks: Some(HookFacts { present: 19, attached: 19, fentry: 19, kprobe: 0, ..HookFacts::default() }),
             reduced: ReducedMode { available: true, acquired: Some(10), released: Some(8), error: None },
             memlock: None,
@@ -924,6 +948,28 @@ mod tests {
         assert!(r.findings.iter().all(|f| f.status <= Status::Info), "{:#?}", r.findings);
         assert!(find(&r, "gup_functions").detail.contains("2 of 3 GUP functions"), "i915 hooks are not GUP functions");
         assert!(find(&r, "gup_functions").detail.contains("pin_user_pages_fast_only"));
+    }
+
+    #[test]
+    fn a_kernel_without_the_helpers_is_reduced_and_names_them() {
+        // Debian bullseye's 5.10: the loader refuses before trying.
+        let why = "no program can load: the kernel lacks bpf_loop (Linux 5.17+)".to_string();
+        let f = Facts {
+            missing_helpers: vec!["bpf_loop (Linux 5.17+)".into(), "bpf_get_func_arg (Linux 5.17+)".into()],
+            tracepoint: Trial::NotTried { why: why.clone() },
+            fentry: Trial::NotTried { why: why.clone() },
+            kprobe: Trial::NotTried { why },
+            hooks: Some(HookFacts { present: 14, attached: 0, load_error: Some("this kernel lacks BPF helpers".into()), ..HookFacts::default() }),
+            ..healthy()
+        };
+        let r = evaluate(&f);
+        assert_eq!((r.verdict, r.exit_code), (Verdict::Reduced, 1));
+        let h = find(&r, "bpf_helpers");
+        assert_eq!(h.status, Status::Fail);
+        assert!(h.detail.contains("bpf_loop (Linux 5.17+), bpf_get_func_arg (Linux 5.17+)"), "{}", h.detail);
+        assert!(h.fix.as_deref().is_some_and(|x| x.contains("reduced mode")));
+        // A kernel that has them gets no such finding.
+        assert!(evaluate(&healthy()).findings.iter().all(|f| f.id != "bpf_helpers"));
     }
 
     #[test]

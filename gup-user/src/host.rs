@@ -100,7 +100,12 @@ pub fn diagnose(plan: Option<&ProbePlan>, load_error: Option<&str>) -> Vec<Findi
             check: "BPF object",
             ok: false,
             detail: e.to_string(),
-            fix: Some("run as root; if root already, the kernel or a security policy (seccomp, LSM) refuses bpf(2)".into()),
+            // A kernel too old for the programs is not a privilege problem.
+            fix: Some(if plan.is_some_and(|p| !p.capabilities.missing_helpers.is_empty()) {
+                "none here: the reduced mode is what this kernel allows; use a newer kernel for the probes".into()
+            } else {
+                "run as root; if root already, the kernel or a security policy (seccomp, LSM) refuses bpf(2)".into()
+            }),
         });
     }
     if let Some(plan) = plan {

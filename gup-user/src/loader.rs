@@ -29,6 +29,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUPWATCH_EBPF_OBJE
 /// Errors loading the probes.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The kernel lacks BPF helpers the programs call
+    /// ([`crate::plan::bpf_helpers`]): its verifier would refuse them all.
+    #[error("this kernel lacks BPF helpers gupwatch's programs call: {}. Its verifier would refuse every program, so none is loaded; the reduced mode (the kernel's FOLL_PIN counters) still works. Use a newer kernel for the probes", .0.join(", "))]
+    MissingHelpers(Vec<String>),
     /// The object could not be loaded (map creation or relocation).
     #[error("the kernel refused gupwatch's BPF maps: {0}. Run as root (or with CAP_BPF and CAP_PERFMON); on kernels before 5.11 also raise the locked-memory limit (ulimit -l)")]
     Object(#[from] aya::EbpfError),
@@ -305,6 +309,9 @@ fn map_create_error(e: aya::EbpfError) -> LoadError {
 
 /// [`load`] with options.
 pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadError> {
+    if !plan.capabilities.missing_helpers.is_empty() {
+        return Err(LoadError::MissingHelpers(plan.capabilities.missing_helpers.clone()));
+    }
     raise_memlock_limit();
     let hook_args = plan.hook_args();
     let text_ranges = plan.text_ranges();

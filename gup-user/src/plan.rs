@@ -11,6 +11,8 @@
 //! [`crate::kernel`], and read here only for the FOLL_* values of a kernel
 //! without BTF.
 
+pub mod bpf_helpers;
+
 use std::collections::BTreeMap;
 
 use gup_common::{skipped::{TextRange, UnpinTexts}, Api, ApiKind, HookArgs, API_COUNT, ARG_NONE, PAGES_ARRAY, PAGES_FOLIO, PAGES_RANGE};
@@ -247,6 +249,10 @@ pub struct Capabilities {
     /// (BTF), or the kernel has `io_check_coalesce_buffer` (kallsyms; 6.12
     /// inlines it): both arrived with the coalescing (6.10).
     pub io_uring_coalesces: bool,
+    /// BPF helpers gupwatch's programs call that this kernel lacks
+    /// ([`bpf_helpers`]), as `name (Linux X+)`: when any is, no program
+    /// loads and gupwatch runs in the reduced mode.
+    pub missing_helpers: Vec<String>,
 }
 
 /// The probe plan for the running kernel.
@@ -666,6 +672,7 @@ impl ProbePlan {
             longterm_file_rule,
             longterm_file_rule_reason,
             io_uring_coalesces,
+            missing_helpers: bpf_helpers::missing(btf_ok, kallsyms),
         };
         ProbePlan {
             kernel,

@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod livetest;
 pub mod mmselftests;
 pub mod modules;
+pub mod beyondstep;
 pub mod preemptstep;
 pub mod qemu;
 pub mod reducedcheck;
