@@ -17,78 +17,8 @@ use std::{
 };
 
 use gup_common::{Api, PinRecord};
-use serde::Serialize;
-
 use crate::attribution::{comm_string, Caller, Subsystem};
-
-/// A leak signal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeakKind {
-    /// Held longer than the threshold.
-    LongHeld,
-    /// The owner exited; the pins remain.
-    Orphaned,
-    /// Unpins without a matching pin seen.
-    Unbalanced,
-    /// Outstanding pins of a call site keep rising.
-    Growth,
-}
-
-impl LeakKind {
-    /// The label value used in reports and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeakKind::LongHeld => "long_held",
-            LeakKind::Orphaned => "orphaned",
-            LeakKind::Unbalanced => "unbalanced",
-            LeakKind::Growth => "growth",
-        }
-    }
-}
-
-/// Pins held by one owner from one call site.
-#[derive(Clone, Debug, Serialize)]
-pub struct Holding {
-    /// Owning process.
-    pub owner_tgid: u32,
-    /// Its `comm` at pin time.
-    pub comm: String,
-    /// The API that pinned.
-    pub api: &'static str,
-    /// Who called it.
-    pub caller: Caller,
-    /// Pins held.
-    pub pages: u64,
-    /// Age of the oldest of them.
-    pub oldest_age_secs: f64,
-    /// Any of them FOLL_LONGTERM.
-    pub longterm: bool,
-    /// The owner has exited.
-    pub orphaned: bool,
-    /// Kernel stack id of the call site (for grouping).
-    #[serde(skip)]
-    pub stack_id: i64,
-}
-
-/// One leak signal with what it is about.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Leak {
-    /// Which signal.
-    pub kind: LeakKind,
-    /// Pins concerned.
-    pub pages: u64,
-    /// Owning process (none for unbalanced unpins).
-    pub owner_tgid: Option<u32>,
-    /// Its `comm`.
-    pub comm: Option<String>,
-    /// The call site (pin site, or unpin site for unbalanced).
-    pub caller: String,
-    /// Its subsystem.
-    pub subsystem: Subsystem,
-    /// Age of the oldest pin concerned.
-    pub age_secs: Option<f64>,
-}
+pub use crate::report::{Holding, Leak, LeakKind, LeakReport};
 
 /// Thresholds.
 #[derive(Clone, Debug)]
@@ -152,29 +82,6 @@ pub struct TrackingMaps {
     pub unbalanced: Vec<(u64, u64)>,
 }
 
-/// The report: what is pinned now, and what looks leaked.
-#[derive(Clone, Debug, Serialize)]
-pub struct LeakReport {
-    /// Pins gupwatch tracks as outstanding.
-    pub tracked_outstanding: u64,
-    /// Pins the kernel counts as outstanding (`nr_foll_pin_acquired -
-    /// nr_foll_pin_released`), including those taken before gupwatch started.
-    pub kernel_outstanding: Option<i64>,
-    /// Pins seen but not tracked (the tracking map was full).
-    pub untracked_pins: u64,
-    /// Whether the view is partial (`untracked_pins > 0`).
-    pub partial: bool,
-    /// Outstanding pins by owner and call site, oldest first.
-    pub holdings: Vec<Holding>,
-    /// Leak signals.
-    pub leaks: Vec<Leak>,
-    /// Explanations the reader needs (gap to the kernel's total, partial view).
-    pub notes: Vec<String>,
-    /// i915 userptr objects still holding pinned pages (filled by the
-    /// caller from the object map; empty where i915 is absent).
-    pub i915_objects: Vec<crate::i915::ObjectRow>,
-}
-
 /// Inputs of [`analyze`] besides the maps.
 pub struct Context<'a> {
     /// Now, on the clock the programs use (CLOCK_MONOTONIC, ns).
@@ -215,7 +122,7 @@ pub fn analyze(
             let h = groups.entry(key).or_insert_with(|| Holding {
                 owner_tgid: o.tgid,
                 comm: comm_string(&o.comm),
-                api: Api::from_index(o.api).map_or("unknown", |a| a.symbol()),
+                api: Api::from_index(o.api).map_or("unknown", |a| a.symbol()).to_string(),
                 caller: (cx.caller)(o.stack_id),
                 pages: 0,
                 oldest_age_secs: 0.0,

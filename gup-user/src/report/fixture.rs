@@ -24,7 +24,7 @@ pub(crate) fn leak_report() -> LeakReport {
         holdings: vec![Holding {
             owner_tgid: 100,
             comm: "fio".into(),
-            api: "pin_user_pages_fast",
+            api: "pin_user_pages_fast".into(),
             caller: Caller {
                 function: "io_sqe_buffer_register".into(),
                 subsystem: Subsystem::IoUring,

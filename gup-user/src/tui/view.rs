@@ -1,5 +1,5 @@
 //! The view model: what the live view shows, computed from a stream of
-//! [`Sample`]s (and, every few seconds, an [`Outstanding`] report) without
+//! [`Sample`]s (and, every few seconds, a [`LeakReport`]) without
 //! any terminal. Rates are deltas between the last two samples divided by
 //! the time between them; shares (fast-path hit rate, LONGTERM share) are
 //! over everything since the probes were attached, which keeps them steady
@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use gup_common::LATENCY_BUCKETS;
 
-use super::sample::{Kind, Mode, Outstanding, RowSample, Sample};
+use super::sample::{Kind, Mode, Sample};
+use crate::report::{CallerReport, LeakReport};
 
 /// How much history the sparklines keep, in seconds.
 pub const HISTORY_SECS: f64 = 600.0;
@@ -190,14 +191,14 @@ struct RowRate {
 
 type RowKey = (u32, String, String, String);
 
-fn row_key(r: &RowSample) -> RowKey {
+fn row_key(r: &CallerReport) -> RowKey {
     (r.tgid, r.comm.clone(), r.api.clone(), r.caller.clone())
 }
 
 /// Rows with the same key (one caller reached through several stacks)
 /// summed, so deltas line up between samples.
-fn merged(rows: &[RowSample]) -> HashMap<RowKey, RowSample> {
-    let mut out: HashMap<RowKey, RowSample> = HashMap::new();
+fn merged(rows: &[CallerReport]) -> HashMap<RowKey, CallerReport> {
+    let mut out: HashMap<RowKey, CallerReport> = HashMap::new();
     for r in rows {
         out.entry(row_key(r))
             .and_modify(|m| {
@@ -232,7 +233,7 @@ pub struct ViewModel {
     /// When each pinning attribution row last had calls (sample time), to
     /// tell whether the leak report was read after it.
     last_active: HashMap<RowKey, f64>,
-    outstanding: Option<Outstanding>,
+    outstanding: Option<LeakReport>,
     /// The sample time the leak report came with.
     outstanding_t: f64,
 }
@@ -249,7 +250,7 @@ fn pct(part: u64, whole: u64) -> Option<f64> {
 fn fast_split(s: &Sample) -> (u64, u64) {
     s.apis
         .iter()
-        .filter(|a| a.fast_api && a.kind != Kind::Unpin)
+        .filter(|a| a.fast_api() && a.kind != Kind::Unpin)
         .fold((0, 0), |(f, all), a| (f + a.fast_pages, all + a.fast_pages + a.slow_pages))
 }
 
@@ -339,7 +340,7 @@ impl ViewModel {
     }
 
     /// Takes a fresh leak report (or none: reduced mode, or not read).
-    pub fn set_outstanding(&mut self, o: Option<Outstanding>) {
+    pub fn set_outstanding(&mut self, o: Option<LeakReport>) {
         self.outstanding = o;
         self.outstanding_t = self.latest_t;
     }
@@ -350,7 +351,7 @@ impl ViewModel {
     }
 
     /// The latest leak report.
-    pub fn outstanding(&self) -> Option<&Outstanding> {
+    pub fn outstanding(&self) -> Option<&LeakReport> {
         self.outstanding.as_ref()
     }
 
@@ -465,7 +466,7 @@ impl ViewModel {
             g.pages_rate += rt.pages;
             g.pages += r.pages;
             g.longterm += r.longterm_pages;
-            if r.fast_api {
+            if r.fast_api() {
                 g.fast += r.fast_pages;
                 g.fast_all += r.fast_pages + r.slow_pages;
             }
@@ -476,7 +477,7 @@ impl ViewModel {
                 if g.name.is_empty() {
                     g.tgid = (view == View::Processes).then_some(h.owner_tgid);
                     g.name = if view == View::Processes { h.comm.clone() } else { h.caller.function.clone() };
-                    g.subsystems.insert(h.caller.subsystem.clone(), h.pages);
+                    g.subsystems.insert(h.caller.subsystem.as_str().to_string(), h.pages);
                 }
                 g.tgids.insert(h.owner_tgid);
                 g.counts = true;
@@ -553,20 +554,21 @@ impl ViewModel {
 pub(crate) mod tests {
     use super::*;
     use crate::{
+        attribution::{Caller, Subsystem},
         model::Totals,
-        tui::sample::{ApiSample, CallerSample, HoldingSample, LeakSample},
+        report::{ApiReport, Holding, Leak, LeakKind},
     };
 
-    pub(crate) fn row(tgid: u32, comm: &str, api: &str, caller: &str, subsystem: &str, calls: u64, pages: u64) -> RowSample {
+    pub(crate) fn row(tgid: u32, comm: &str, api: &str, caller: &str, subsystem: &str, calls: u64, pages: u64) -> CallerReport {
         let fast_api = api.ends_with("_fast");
-        RowSample {
+        CallerReport {
             tgid,
             comm: comm.into(),
             api: api.into(),
             kind: if api.starts_with("unpin") { Kind::Unpin } else if api.starts_with("get") { Kind::Get } else { Kind::Pin },
-            fast_api,
             caller: caller.into(),
             subsystem: subsystem.into(),
+            module: None,
             calls,
             pages,
             errors: 0,
@@ -576,22 +578,72 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn api(name: &str, pages: u64, fast: u64, slow: u64) -> ApiSample {
+    pub(crate) fn api(name: &str, pages: u64, fast: u64, slow: u64) -> ApiReport {
         let mut latency_log2 = vec![0; LATENCY_BUCKETS];
         latency_log2[10] = pages / 10;
         latency_log2[12] = pages / 20;
-        ApiSample {
+        ApiReport {
             api: name.into(),
             kind: if name.starts_with("unpin") { Kind::Unpin } else { Kind::Pin },
             attached: true,
-            fast_api: name.ends_with("_fast"),
             calls: pages / 4,
             pages,
+            requested_pages: 0,
             errors: 0,
+            zero_calls: 0,
+            short_calls: 0,
+            undone_pages: 0,
+            untimed_calls: 0,
+            latency_ns_sum: 0,
             fast_pages: fast,
             slow_pages: slow,
+            unsplit_pages: 0,
+            fell_back_calls: 0,
+            longterm_calls: 0,
             longterm_pages: 0,
             latency_log2,
+        }
+    }
+
+    /// `pages` held by a process from a call site, for `age` seconds.
+    pub(crate) fn holding(tgid: u32, comm: &str, caller: &str, subsystem: Subsystem, pages: u64, age: f64) -> Holding {
+        Holding {
+            owner_tgid: tgid,
+            comm: comm.into(),
+            api: "pin_user_pages".into(),
+            caller: Caller { function: caller.into(), subsystem, module: None },
+            pages,
+            oldest_age_secs: age,
+            longterm: true,
+            orphaned: false,
+            stack_id: 0,
+        }
+    }
+
+    /// The long-held signal of a holding.
+    pub(crate) fn long_held(h: &Holding) -> Leak {
+        Leak {
+            kind: LeakKind::LongHeld,
+            pages: h.pages,
+            owner_tgid: Some(h.owner_tgid),
+            comm: Some(h.comm.clone()),
+            caller: h.caller.function.clone(),
+            subsystem: h.caller.subsystem,
+            age_secs: Some(h.oldest_age_secs),
+        }
+    }
+
+    /// A leak report of these holdings and signals.
+    pub(crate) fn report(kernel_outstanding: Option<i64>, holdings: Vec<Holding>, leaks: Vec<Leak>) -> LeakReport {
+        LeakReport {
+            tracked_outstanding: holdings.iter().map(|h| h.pages).sum(),
+            kernel_outstanding,
+            untracked_pins: 0,
+            partial: false,
+            holdings,
+            leaks,
+            notes: vec![],
+            i915_objects: vec![],
         }
     }
 
@@ -663,41 +715,10 @@ pub(crate) mod tests {
         let mut vm = ViewModel::new();
         vm.ingest(sample(1), 0.0);
         vm.ingest(sample(2), 1.0);
-        vm.set_outstanding(Some(Outstanding {
-            tracked_outstanding: 356,
-            kernel_outstanding: Some(400),
-            partial: false,
-            holdings: vec![
-                HoldingSample {
-                    owner_tgid: 100,
-                    comm: "fio".into(),
-                    caller: CallerSample { function: "io_sqe_buffer_register".into(), subsystem: "io_uring".into() },
-                    pages: 256,
-                    oldest_age_secs: 30.0,
-                    longterm: true,
-                    orphaned: false,
-                },
-                HoldingSample {
-                    owner_tgid: 400,
-                    comm: "qemu".into(),
-                    caller: CallerSample { function: "vfio_pin_pages_remote".into(), subsystem: "vfio".into() },
-                    pages: 100,
-                    oldest_age_secs: 3.0,
-                    longterm: true,
-                    orphaned: false,
-                },
-            ],
-            leaks: vec![LeakSample {
-                kind: "long_held".into(),
-                pages: 256,
-                owner_tgid: Some(100),
-                comm: Some("fio".into()),
-                caller: "io_sqe_buffer_register".into(),
-                subsystem: "io_uring".into(),
-                age_secs: Some(30.0),
-            }],
-            notes: vec![],
-        }));
+        let fio = holding(100, "fio", "io_sqe_buffer_register", Subsystem::IoUring, 256, 30.0);
+        let qemu = holding(400, "qemu", "vfio_pin_pages_remote", Subsystem::Vfio, 100, 3.0);
+        let leaks = vec![long_held(&fio)];
+        vm.set_outstanding(Some(report(Some(400), vec![fio, qemu], leaks)));
         let t = vm.table(View::Processes, SortKey::Outstanding, true, "");
         let names: Vec<(&str, Option<u64>)> = t.iter().map(|r| (r.name.as_str(), r.outstanding)).collect();
         assert_eq!(names, [("fio", Some(256)), ("qemu", Some(100)), ("dd", Some(0))], "idle holders are listed");
@@ -718,27 +739,12 @@ pub(crate) mod tests {
         s
     }
 
-    fn held_by(tgid: u32, comm: &str, caller: &str, pages: u64) -> Outstanding {
-        Outstanding {
-            tracked_outstanding: pages,
-            kernel_outstanding: None,
-            partial: false,
-            holdings: vec![HoldingSample {
-                owner_tgid: tgid,
-                comm: comm.into(),
-                caller: CallerSample { function: caller.into(), subsystem: "exec".into() },
-                pages,
-                oldest_age_secs: 1.0,
-                longterm: false,
-                orphaned: false,
-            }],
-            leaks: vec![],
-            notes: vec![],
-        }
+    fn held_by(tgid: u32, comm: &str, caller: &str, pages: u64) -> LeakReport {
+        report(None, vec![Holding { longterm: false, ..holding(tgid, comm, caller, Subsystem::Other, pages, 1.0) }], vec![])
     }
 
-    fn nothing_held() -> Outstanding {
-        Outstanding { holdings: vec![], tracked_outstanding: 0, ..held_by(0, "", "", 0) }
+    fn nothing_held() -> LeakReport {
+        report(None, vec![], vec![])
     }
 
     fn names(v: &VisibleRows) -> Vec<&str> {
