@@ -107,6 +107,31 @@ pub fn analyze(
     policy: &LeakPolicy,
     growth: Option<&mut GrowthTracker>,
 ) -> LeakReport {
+    let (tracked, holdings) = holdings(maps, cx);
+    let mut leaks = held_signals(&holdings, policy);
+    let mut notes = vec![];
+    let (unbalanced, note) = unbalanced_signals(maps, cx);
+    leaks.extend(unbalanced);
+    notes.extend(note);
+    if let Some(g) = growth {
+        leaks.extend(growth_signals(&holdings, g, policy));
+    }
+    notes.extend(gap_notes(tracked, cx));
+    LeakReport {
+        tracked_outstanding: tracked,
+        kernel_outstanding: cx.kernel_outstanding,
+        untracked_pins: cx.untracked_pins,
+        partial: cx.untracked_pins > 0,
+        holdings,
+        leaks,
+        notes,
+        i915_objects: vec![],
+    }
+}
+
+/// The pins tracked (all of them), and the holdings by (owner, stack) of
+/// those taken since `cx.since_ns`, oldest first.
+fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
     // (owner, stack) → holding
     let mut groups: BTreeMap<(u32, i64), Holding> = BTreeMap::new();
     let mut oldest: BTreeMap<(u32, i64), u64> = BTreeMap::new();
@@ -146,9 +171,13 @@ pub fn analyze(
         })
         .collect();
     holdings.sort_by(|a, b| b.oldest_age_secs.total_cmp(&a.oldest_age_secs));
+    (tracked, holdings)
+}
 
+/// The orphaned and long-held signals, one per holding at most.
+fn held_signals(holdings: &[Holding], policy: &LeakPolicy) -> Vec<Leak> {
     let mut leaks = vec![];
-    for h in &holdings {
+    for h in holdings {
         let kind = if h.orphaned {
             Some(LeakKind::Orphaned)
         } else if h.oldest_age_secs >= policy.threshold(h.caller.subsystem).as_secs_f64() {
@@ -168,35 +197,49 @@ pub fn analyze(
             });
         }
     }
-    let mut notes = vec![];
+    leaks
+}
+
+/// The unbalanced signals, one per unpin site, and the note that explains
+/// them.
+fn unbalanced_signals(maps: &TrackingMaps, cx: &Context<'_>) -> (Vec<Leak>, Option<String>) {
     // Sums of map values saturate: they are arbitrary u64s to this code
     // (found by the map_records fuzz target; `Iterator::sum` overflowed).
-    let unbalanced_total = maps.unbalanced.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n));
-    for (site, n) in &maps.unbalanced {
-        let c = (cx.site)(*site);
-        leaks.push(Leak {
-            kind: LeakKind::Unbalanced,
-            pages: *n,
-            owner_tgid: None,
-            comm: None,
-            caller: c.function,
-            subsystem: c.subsystem,
-            age_secs: None,
-        });
+    let total = maps.unbalanced.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n));
+    let leaks = maps
+        .unbalanced
+        .iter()
+        .map(|(site, n)| {
+            let c = (cx.site)(*site);
+            Leak {
+                kind: LeakKind::Unbalanced,
+                pages: *n,
+                owner_tgid: None,
+                comm: None,
+                caller: c.function,
+                subsystem: c.subsystem,
+                age_secs: None,
+            }
+        })
+        .collect();
+    let note = (total > 0).then(|| {
+        format!("{total} unpins matched no pin gupwatch saw; pins taken before gupwatch started are the usual cause")
+    });
+    (leaks, note)
+}
+
+/// The growth signals: (owner, call site) pairs whose holdings rose at
+/// each of the last readings the policy asks for.
+fn growth_signals(holdings: &[Holding], g: &mut GrowthTracker, policy: &LeakPolicy) -> Vec<Leak> {
+    let mut by_site: BTreeMap<(u32, String), u64> = BTreeMap::new();
+    for h in holdings {
+        *by_site.entry((h.owner_tgid, h.caller.function.clone())).or_default() += h.pages;
     }
-    if unbalanced_total > 0 {
-        notes.push(format!(
-            "{unbalanced_total} unpins matched no pin gupwatch saw; pins taken before gupwatch started are the usual cause"
-        ));
-    }
-    if let Some(g) = growth {
-        let mut by_site: BTreeMap<(u32, String), u64> = BTreeMap::new();
-        for h in &holdings {
-            *by_site.entry((h.owner_tgid, h.caller.function.clone())).or_default() += h.pages;
-        }
-        for (tgid, caller, pages) in g.observe(&by_site, policy.growth_readings) {
+    g.observe(&by_site, policy.growth_readings)
+        .into_iter()
+        .map(|(tgid, caller, pages)| {
             let h = holdings.iter().find(|h| h.owner_tgid == tgid && h.caller.function == caller);
-            leaks.push(Leak {
+            Leak {
                 kind: LeakKind::Growth,
                 pages,
                 owner_tgid: Some(tgid),
@@ -204,9 +247,15 @@ pub fn analyze(
                 caller,
                 subsystem: h.map_or(Subsystem::Other, |h| h.caller.subsystem),
                 age_secs: h.map(|h| h.oldest_age_secs),
-            });
-        }
-    }
+            }
+        })
+        .collect()
+}
+
+/// Why the report's count differs from the kernel's, and whether the view
+/// is partial.
+fn gap_notes(tracked: u64, cx: &Context<'_>) -> Vec<String> {
+    let mut notes = vec![];
     if let Some(k) = cx.kernel_outstanding {
         let gap = k.saturating_sub(i64::try_from(tracked).unwrap_or(i64::MAX));
         if gap > 0 {
@@ -221,16 +270,7 @@ pub fn analyze(
             cx.untracked_pins
         ));
     }
-    LeakReport {
-        tracked_outstanding: tracked,
-        kernel_outstanding: cx.kernel_outstanding,
-        untracked_pins: cx.untracked_pins,
-        partial: cx.untracked_pins > 0,
-        holdings,
-        leaks,
-        notes,
-        i915_objects: vec![],
-    }
+    notes
 }
 
 impl LeakReport {
