@@ -422,23 +422,26 @@ impl ViewModel {
     pub fn table(&self, view: View, sort: SortKey, descending: bool, filter: &str) -> Vec<TableRow> {
         let Some(sample) = &self.latest else { return vec![] };
         let filter = filter.to_lowercase();
-        #[derive(Default)]
-        struct Acc {
-            tgid: Option<u32>,
-            name: String,
-            tgids: std::collections::BTreeSet<u32>,
-            subsystems: BTreeMap<String, u64>,
-            calls_rate: f64,
-            pages_rate: f64,
-            pages: u64,
-            fast: u64,
-            fast_all: u64,
-            longterm: u64,
-            outstanding: Option<u64>,
-            last_active: Option<f64>,
-            counts: bool,
-        }
-        let mut groups: BTreeMap<(u32, String), Acc> = BTreeMap::new();
+        let report_t = self.outstanding_t - HOLDINGS_LAG_SECS;
+        let mut rows: Vec<TableRow> = self
+            .groups(sample, view)
+            .into_values()
+            .filter(|g| g.counts)
+            .map(|g| self.table_row(g, report_t))
+            .filter(|r| {
+                filter.is_empty()
+                    || r.name.to_lowercase().contains(&filter)
+                    || r.subsystem.to_lowercase().contains(&filter)
+            })
+            .collect();
+        sort_rows(&mut rows, sort, descending);
+        rows
+    }
+
+    /// The sample's rows and the leak report's holdings, grouped by
+    /// process or by call site.
+    fn groups(&self, sample: &Sample, view: View) -> BTreeMap<(u32, String), Group> {
+        let mut groups: BTreeMap<(u32, String), Group> = BTreeMap::new();
         let key = |tgid: u32, comm: &str, caller: &str| match view {
             View::Processes => (tgid, comm.to_string()),
             View::CallSites => (0, caller.to_string()),
@@ -488,66 +491,79 @@ impl ViewModel {
                 g.outstanding.get_or_insert(0);
             }
         }
-        let report_t = self.outstanding_t - HOLDINGS_LAG_SECS;
-        let mut rows: Vec<TableRow> = groups
-            .into_values()
-            .filter(|g| g.counts)
-            .map(|g| {
-                // Quiet now, but it pinned (FOLL_PIN) after the leak report
-                // was made:
-                // what it holds is not known yet (and a new pin must not
-                // be hidden as idle). Busy rows keep the last report's
-                // count; their rates keep them shown anyway.
-                let quiet = g.calls_rate <= 0.0 && g.pages_rate <= 0.0;
-                let outstanding = if quiet && g.last_active.is_some_and(|a| a >= report_t) { None } else { g.outstanding };
-                let subsystem = g
-                    .subsystems
-                    .iter()
-                    .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                    .map(|(s, _)| s.clone())
-                    .unwrap_or_default();
-                TableRow {
-                    tgid: g.tgid,
-                    name: g.name,
-                    subsystem,
-                    processes: g.tgids.len(),
-                    pins_per_sec: g.calls_rate,
-                    pages_per_sec: g.pages_rate,
-                    total_pages: g.pages,
-                    outstanding,
-                    fast_pct: pct(g.fast, g.fast_all),
-                    longterm_pct: pct(g.longterm, g.pages),
-                    idle: self.rated && is_idle(g.calls_rate, g.pages_rate, outstanding),
-                }
-            })
-            .filter(|r| {
-                filter.is_empty()
-                    || r.name.to_lowercase().contains(&filter)
-                    || r.subsystem.to_lowercase().contains(&filter)
-            })
-            .collect();
-        let num = |r: &TableRow| -> f64 {
-            match sort {
-                SortKey::PinsPerSec => r.pins_per_sec,
-                SortKey::PagesPerSec => r.pages_per_sec,
-                SortKey::Outstanding => r.outstanding.map_or(-1.0, |o| o as f64),
-                SortKey::FastPct => r.fast_pct.unwrap_or(-1.0),
-                SortKey::LongtermPct => r.longterm_pct.unwrap_or(-1.0),
-                SortKey::TotalPages | SortKey::Name => r.total_pages as f64,
-            }
-        };
-        rows.sort_by(|a, b| {
-            let primary = if sort == SortKey::Name { a.name.cmp(&b.name) } else { num(a).total_cmp(&num(b)) };
-            let primary = if descending { primary.reverse() } else { primary };
-            // Ties: the busiest first, then by name and pid, so rows do not
-            // jump around between frames.
-            primary
-                .then(b.total_pages.cmp(&a.total_pages))
-                .then(a.name.cmp(&b.name))
-                .then(a.tgid.cmp(&b.tgid))
-        });
-        rows
+        groups
     }
+
+    /// One group as a table row; `report_t` is the latest time a row can
+    /// have pinned and still be counted in the leak report.
+    fn table_row(&self, g: Group, report_t: f64) -> TableRow {
+        // Quiet now, but it pinned (FOLL_PIN) after the leak report
+        // was made:
+        // what it holds is not known yet (and a new pin must not
+        // be hidden as idle). Busy rows keep the last report's
+        // count; their rates keep them shown anyway.
+        let quiet = g.calls_rate <= 0.0 && g.pages_rate <= 0.0;
+        let outstanding = if quiet && g.last_active.is_some_and(|a| a >= report_t) { None } else { g.outstanding };
+        let subsystem = g
+            .subsystems
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        TableRow {
+            tgid: g.tgid,
+            name: g.name,
+            subsystem,
+            processes: g.tgids.len(),
+            pins_per_sec: g.calls_rate,
+            pages_per_sec: g.pages_rate,
+            total_pages: g.pages,
+            outstanding,
+            fast_pct: pct(g.fast, g.fast_all),
+            longterm_pct: pct(g.longterm, g.pages),
+            idle: self.rated && is_idle(g.calls_rate, g.pages_rate, outstanding),
+        }
+    }
+}
+
+/// One row of the table being summed up: a process or a call site.
+#[derive(Default)]
+struct Group {
+    tgid: Option<u32>,
+    name: String,
+    tgids: std::collections::BTreeSet<u32>,
+    subsystems: BTreeMap<String, u64>,
+    calls_rate: f64,
+    pages_rate: f64,
+    pages: u64,
+    fast: u64,
+    fast_all: u64,
+    longterm: u64,
+    outstanding: Option<u64>,
+    last_active: Option<f64>,
+    /// Whether it takes pins or references (unpin-only rows are not
+    /// listed), or holds pins.
+    counts: bool,
+}
+
+/// Sorts by `sort`; ties: the busiest first, then by name and pid, so rows
+/// do not jump around between frames.
+fn sort_rows(rows: &mut [TableRow], sort: SortKey, descending: bool) {
+    let num = |r: &TableRow| -> f64 {
+        match sort {
+            SortKey::PinsPerSec => r.pins_per_sec,
+            SortKey::PagesPerSec => r.pages_per_sec,
+            SortKey::Outstanding => r.outstanding.map_or(-1.0, |o| o as f64),
+            SortKey::FastPct => r.fast_pct.unwrap_or(-1.0),
+            SortKey::LongtermPct => r.longterm_pct.unwrap_or(-1.0),
+            SortKey::TotalPages | SortKey::Name => r.total_pages as f64,
+        }
+    };
+    rows.sort_by(|a, b| {
+        let primary = if sort == SortKey::Name { a.name.cmp(&b.name) } else { num(a).total_cmp(&num(b)) };
+        let primary = if descending { primary.reverse() } else { primary };
+        primary.then(b.total_pages.cmp(&a.total_pages)).then(a.name.cmp(&b.name)).then(a.tgid.cmp(&b.tgid))
+    });
 }
 
 #[cfg(test)]
