@@ -186,15 +186,7 @@ fn held_signals(holdings: &[Holding], policy: &LeakPolicy) -> Vec<Leak> {
             None
         };
         if let Some(kind) = kind {
-            leaks.push(Leak {
-                kind,
-                pages: h.pages,
-                owner_tgid: Some(h.owner_tgid),
-                comm: Some(h.comm.clone()),
-                caller: h.caller.function.clone(),
-                subsystem: h.caller.subsystem,
-                age_secs: Some(h.oldest_age_secs),
-            });
+            leaks.push(Leak::of_holding(kind, h));
         }
     }
     leaks

@@ -15,7 +15,7 @@ mod leaks;
 mod snapshot;
 
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 #[cfg(test)]
 mod tests;
 

@@ -189,7 +189,7 @@ mod tests {
         render,
         sample::Mode,
         view::{
-            tests::{holding, long_held, report, sample},
+            tests::{holding, report, sample},
             View, ViewModel,
         },
     };
@@ -214,7 +214,7 @@ mod tests {
             vm.ingest(sample(i * 2), i as f64);
         }
         let fio = holding(100, "fio", "io_sqe_buffer_register", crate::attribution::Subsystem::IoUring, 256, 400.0);
-        let leaks = vec![long_held(&fio)];
+        let leaks = vec![crate::report::Leak::of_holding(crate::report::LeakKind::LongHeld, &fio)];
         vm.set_outstanding(Some(report(Some(300), vec![fio], leaks)));
         vm
     }

@@ -73,10 +73,10 @@ pub(crate) fn leak_report() -> LeakReport {
     }
 }
 
-/// A reduced-mode reading (no probes) with the kernel's counters and two
-/// accounted holders.
-pub(crate) fn reduced() -> Arc<Reading> {
-    let holder = |pid: u32, comm: &str, pinned: u64| Holder {
+/// A process holding `pinned` bytes, through VmPin and one io_uring
+/// buffer, and a locked page.
+pub(crate) fn holder(pid: u32, comm: &str, pinned: u64) -> Holder {
+    Holder {
         pid,
         comm: comm.into(),
         pinned_bytes: pinned,
@@ -86,7 +86,12 @@ pub(crate) fn reduced() -> Arc<Reading> {
         io_uring_buffers: 1,
         io_uring_bytes: pinned,
         io_uring_pages: pinned / 4096,
-    };
+    }
+}
+
+/// A reduced-mode reading (no probes) with the kernel's counters and two
+/// accounted holders.
+pub(crate) fn reduced() -> Arc<Reading> {
     let mut d = Reading::new(
         fixture::plan(),
         None,

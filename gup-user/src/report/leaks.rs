@@ -80,6 +80,21 @@ pub struct Leak {
     pub age_secs: Option<f64>,
 }
 
+impl Leak {
+    /// A signal about a holding: its pages, owner, call site and age.
+    pub fn of_holding(kind: LeakKind, h: &Holding) -> Leak {
+        Leak {
+            kind,
+            pages: h.pages,
+            owner_tgid: Some(h.owner_tgid),
+            comm: Some(h.comm.clone()),
+            caller: h.caller.function.clone(),
+            subsystem: h.caller.subsystem,
+            age_secs: Some(h.oldest_age_secs),
+        }
+    }
+}
+
 /// The report: what is pinned now, and what looks leaked. Fields newer
 /// than the first daemons that served it default when read back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

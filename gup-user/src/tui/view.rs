@@ -636,19 +636,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// The long-held signal of a holding.
-    pub(crate) fn long_held(h: &Holding) -> Leak {
-        Leak {
-            kind: LeakKind::LongHeld,
-            pages: h.pages,
-            owner_tgid: Some(h.owner_tgid),
-            comm: Some(h.comm.clone()),
-            caller: h.caller.function.clone(),
-            subsystem: h.caller.subsystem,
-            age_secs: Some(h.oldest_age_secs),
-        }
-    }
-
     /// A leak report of these holdings and signals.
     pub(crate) fn report(kernel_outstanding: Option<i64>, holdings: Vec<Holding>, leaks: Vec<Leak>) -> LeakReport {
         LeakReport {
@@ -733,7 +720,7 @@ pub(crate) mod tests {
         vm.ingest(sample(2), 1.0);
         let fio = holding(100, "fio", "io_sqe_buffer_register", Subsystem::IoUring, 256, 30.0);
         let qemu = holding(400, "qemu", "vfio_pin_pages_remote", Subsystem::Vfio, 100, 3.0);
-        let leaks = vec![long_held(&fio)];
+        let leaks = vec![Leak::of_holding(LeakKind::LongHeld, &fio)];
         vm.set_outstanding(Some(report(Some(400), vec![fio, qemu], leaks)));
         let t = vm.table(View::Processes, SortKey::Outstanding, true, "");
         let names: Vec<(&str, Option<u64>)> = t.iter().map(|r| (r.name.as_str(), r.outstanding)).collect();

@@ -244,18 +244,7 @@ fn reduced_mode_has_vmstat_and_probe_health_only() {
 /// count for all, in both formats.
 #[test]
 fn reduced_mode_names_the_accounted_holders() {
-    use crate::accounted::{Accounted, Holder};
-    let holder = |pid: u32, comm: &str, pinned: u64| Holder {
-        pid,
-        comm: comm.into(),
-        pinned_bytes: pinned,
-        pinned_pages: pinned / 4096,
-        vm_pin_bytes: pinned,
-        locked_bytes: 4096,
-        io_uring_buffers: 1,
-        io_uring_bytes: pinned,
-        io_uring_pages: pinned / 4096,
-    };
+    use crate::{accounted::Accounted, report::fixture::holder};
     let mut top = TopProcesses::default();
     let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2 });
     d.accounted = Some(Arc::new(Accounted {
