@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 
 use gup_common::{Api, AttribKey, AttribValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kallsyms::Kallsyms;
 
 /// A kernel subsystem that pins user memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Subsystem {
     /// io_uring fixed buffers.
@@ -37,7 +37,10 @@ pub enum Subsystem {
     Vfio,
     /// udmabuf / memfd pinning.
     Udmabuf,
-    /// Anything else (the caller symbol still says who).
+    /// Anything else (the caller symbol still says who); also what a
+    /// subsystem read back from a newer gupwatch's report that this one
+    /// does not know becomes.
+    #[serde(other)]
     Other,
 }
 
@@ -168,7 +171,7 @@ fn is_machinery(f: &str) -> bool {
 }
 
 /// The caller and subsystem of one call stack (innermost frame first).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
     /// The first frame outside the GUP machinery, or `unknown`.
     pub function: String,
@@ -177,6 +180,7 @@ pub struct Caller {
     /// The driver module of the stack: the innermost [`DRIVER_MODULES`]
     /// driver frame, else its innermost core-module frame, else the module
     /// of the caller's function (any module), else `None` (vmlinux).
+    #[serde(default)]
     pub module: Option<String>,
 }
 

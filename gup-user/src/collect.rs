@@ -33,7 +33,7 @@ pub(crate) mod fixture;
 mod tests;
 
 pub use reading::{HookHealth, LeakMetrics, PlanSummary, ProcessSeries, ReadErrors, Reading, TopProcesses, OTHER_COMM};
-pub(crate) use reading::{kind_label, row_kind, KINDS};
+pub(crate) use reading::{kind_index, row_kind, KINDS};
 
 /// How many process names get their own series by default.
 pub const DEFAULT_TOP_PROCESSES: usize = 10;

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use gup_common::i915::{I915Event, I915Object};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attribution::comm_string;
 
 /// One userptr object, as reported.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ObjectRow {
     /// Kernel address of the `drm_i915_gem_object`.
     pub object: String,

@@ -17,78 +17,8 @@ use std::{
 };
 
 use gup_common::{Api, PinRecord};
-use serde::Serialize;
-
 use crate::attribution::{comm_string, Caller, Subsystem};
-
-/// A leak signal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeakKind {
-    /// Held longer than the threshold.
-    LongHeld,
-    /// The owner exited; the pins remain.
-    Orphaned,
-    /// Unpins without a matching pin seen.
-    Unbalanced,
-    /// Outstanding pins of a call site keep rising.
-    Growth,
-}
-
-impl LeakKind {
-    /// The label value used in reports and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeakKind::LongHeld => "long_held",
-            LeakKind::Orphaned => "orphaned",
-            LeakKind::Unbalanced => "unbalanced",
-            LeakKind::Growth => "growth",
-        }
-    }
-}
-
-/// Pins held by one owner from one call site.
-#[derive(Clone, Debug, Serialize)]
-pub struct Holding {
-    /// Owning process.
-    pub owner_tgid: u32,
-    /// Its `comm` at pin time.
-    pub comm: String,
-    /// The API that pinned.
-    pub api: &'static str,
-    /// Who called it.
-    pub caller: Caller,
-    /// Pins held.
-    pub pages: u64,
-    /// Age of the oldest of them.
-    pub oldest_age_secs: f64,
-    /// Any of them FOLL_LONGTERM.
-    pub longterm: bool,
-    /// The owner has exited.
-    pub orphaned: bool,
-    /// Kernel stack id of the call site (for grouping).
-    #[serde(skip)]
-    pub stack_id: i64,
-}
-
-/// One leak signal with what it is about.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Leak {
-    /// Which signal.
-    pub kind: LeakKind,
-    /// Pins concerned.
-    pub pages: u64,
-    /// Owning process (none for unbalanced unpins).
-    pub owner_tgid: Option<u32>,
-    /// Its `comm`.
-    pub comm: Option<String>,
-    /// The call site (pin site, or unpin site for unbalanced).
-    pub caller: String,
-    /// Its subsystem.
-    pub subsystem: Subsystem,
-    /// Age of the oldest pin concerned.
-    pub age_secs: Option<f64>,
-}
+pub use crate::report::{Holding, Leak, LeakKind, LeakReport};
 
 /// Thresholds.
 #[derive(Clone, Debug)]
@@ -152,29 +82,6 @@ pub struct TrackingMaps {
     pub unbalanced: Vec<(u64, u64)>,
 }
 
-/// The report: what is pinned now, and what looks leaked.
-#[derive(Clone, Debug, Serialize)]
-pub struct LeakReport {
-    /// Pins gupwatch tracks as outstanding.
-    pub tracked_outstanding: u64,
-    /// Pins the kernel counts as outstanding (`nr_foll_pin_acquired -
-    /// nr_foll_pin_released`), including those taken before gupwatch started.
-    pub kernel_outstanding: Option<i64>,
-    /// Pins seen but not tracked (the tracking map was full).
-    pub untracked_pins: u64,
-    /// Whether the view is partial (`untracked_pins > 0`).
-    pub partial: bool,
-    /// Outstanding pins by owner and call site, oldest first.
-    pub holdings: Vec<Holding>,
-    /// Leak signals.
-    pub leaks: Vec<Leak>,
-    /// Explanations the reader needs (gap to the kernel's total, partial view).
-    pub notes: Vec<String>,
-    /// i915 userptr objects still holding pinned pages (filled by the
-    /// caller from the object map; empty where i915 is absent).
-    pub i915_objects: Vec<crate::i915::ObjectRow>,
-}
-
 /// Inputs of [`analyze`] besides the maps.
 pub struct Context<'a> {
     /// Now, on the clock the programs use (CLOCK_MONOTONIC, ns).
@@ -200,6 +107,31 @@ pub fn analyze(
     policy: &LeakPolicy,
     growth: Option<&mut GrowthTracker>,
 ) -> LeakReport {
+    let (tracked, holdings) = holdings(maps, cx);
+    let mut leaks = held_signals(&holdings, policy);
+    let mut notes = vec![];
+    let (unbalanced, note) = unbalanced_signals(maps, cx);
+    leaks.extend(unbalanced);
+    notes.extend(note);
+    if let Some(g) = growth {
+        leaks.extend(growth_signals(&holdings, g, policy));
+    }
+    notes.extend(gap_notes(tracked, cx));
+    LeakReport {
+        tracked_outstanding: tracked,
+        kernel_outstanding: cx.kernel_outstanding,
+        untracked_pins: cx.untracked_pins,
+        partial: cx.untracked_pins > 0,
+        holdings,
+        leaks,
+        notes,
+        i915_objects: vec![],
+    }
+}
+
+/// The pins tracked (all of them), and the holdings by (owner, stack) of
+/// those taken since `cx.since_ns`, oldest first.
+fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
     // (owner, stack) → holding
     let mut groups: BTreeMap<(u32, i64), Holding> = BTreeMap::new();
     let mut oldest: BTreeMap<(u32, i64), u64> = BTreeMap::new();
@@ -215,7 +147,7 @@ pub fn analyze(
             let h = groups.entry(key).or_insert_with(|| Holding {
                 owner_tgid: o.tgid,
                 comm: comm_string(&o.comm),
-                api: Api::from_index(o.api).map_or("unknown", |a| a.symbol()),
+                api: Api::from_index(o.api).map_or("unknown", |a| a.symbol()).to_string(),
                 caller: (cx.caller)(o.stack_id),
                 pages: 0,
                 oldest_age_secs: 0.0,
@@ -239,9 +171,13 @@ pub fn analyze(
         })
         .collect();
     holdings.sort_by(|a, b| b.oldest_age_secs.total_cmp(&a.oldest_age_secs));
+    (tracked, holdings)
+}
 
+/// The orphaned and long-held signals, one per holding at most.
+fn held_signals(holdings: &[Holding], policy: &LeakPolicy) -> Vec<Leak> {
     let mut leaks = vec![];
-    for h in &holdings {
+    for h in holdings {
         let kind = if h.orphaned {
             Some(LeakKind::Orphaned)
         } else if h.oldest_age_secs >= policy.threshold(h.caller.subsystem).as_secs_f64() {
@@ -250,46 +186,52 @@ pub fn analyze(
             None
         };
         if let Some(kind) = kind {
-            leaks.push(Leak {
-                kind,
-                pages: h.pages,
-                owner_tgid: Some(h.owner_tgid),
-                comm: Some(h.comm.clone()),
-                caller: h.caller.function.clone(),
-                subsystem: h.caller.subsystem,
-                age_secs: Some(h.oldest_age_secs),
-            });
+            leaks.push(Leak::of_holding(kind, h));
         }
     }
-    let mut notes = vec![];
+    leaks
+}
+
+/// The unbalanced signals, one per unpin site, and the note that explains
+/// them.
+fn unbalanced_signals(maps: &TrackingMaps, cx: &Context<'_>) -> (Vec<Leak>, Option<String>) {
     // Sums of map values saturate: they are arbitrary u64s to this code
     // (found by the map_records fuzz target; `Iterator::sum` overflowed).
-    let unbalanced_total = maps.unbalanced.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n));
-    for (site, n) in &maps.unbalanced {
-        let c = (cx.site)(*site);
-        leaks.push(Leak {
-            kind: LeakKind::Unbalanced,
-            pages: *n,
-            owner_tgid: None,
-            comm: None,
-            caller: c.function,
-            subsystem: c.subsystem,
-            age_secs: None,
-        });
+    let total = maps.unbalanced.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n));
+    let leaks = maps
+        .unbalanced
+        .iter()
+        .map(|(site, n)| {
+            let c = (cx.site)(*site);
+            Leak {
+                kind: LeakKind::Unbalanced,
+                pages: *n,
+                owner_tgid: None,
+                comm: None,
+                caller: c.function,
+                subsystem: c.subsystem,
+                age_secs: None,
+            }
+        })
+        .collect();
+    let note = (total > 0).then(|| {
+        format!("{total} unpins matched no pin gupwatch saw; pins taken before gupwatch started are the usual cause")
+    });
+    (leaks, note)
+}
+
+/// The growth signals: (owner, call site) pairs whose holdings rose at
+/// each of the last readings the policy asks for.
+fn growth_signals(holdings: &[Holding], g: &mut GrowthTracker, policy: &LeakPolicy) -> Vec<Leak> {
+    let mut by_site: BTreeMap<(u32, String), u64> = BTreeMap::new();
+    for h in holdings {
+        *by_site.entry((h.owner_tgid, h.caller.function.clone())).or_default() += h.pages;
     }
-    if unbalanced_total > 0 {
-        notes.push(format!(
-            "{unbalanced_total} unpins matched no pin gupwatch saw; pins taken before gupwatch started are the usual cause"
-        ));
-    }
-    if let Some(g) = growth {
-        let mut by_site: BTreeMap<(u32, String), u64> = BTreeMap::new();
-        for h in &holdings {
-            *by_site.entry((h.owner_tgid, h.caller.function.clone())).or_default() += h.pages;
-        }
-        for (tgid, caller, pages) in g.observe(&by_site, policy.growth_readings) {
+    g.observe(&by_site, policy.growth_readings)
+        .into_iter()
+        .map(|(tgid, caller, pages)| {
             let h = holdings.iter().find(|h| h.owner_tgid == tgid && h.caller.function == caller);
-            leaks.push(Leak {
+            Leak {
                 kind: LeakKind::Growth,
                 pages,
                 owner_tgid: Some(tgid),
@@ -297,9 +239,15 @@ pub fn analyze(
                 caller,
                 subsystem: h.map_or(Subsystem::Other, |h| h.caller.subsystem),
                 age_secs: h.map(|h| h.oldest_age_secs),
-            });
-        }
-    }
+            }
+        })
+        .collect()
+}
+
+/// Why the report's count differs from the kernel's, and whether the view
+/// is partial.
+fn gap_notes(tracked: u64, cx: &Context<'_>) -> Vec<String> {
+    let mut notes = vec![];
     if let Some(k) = cx.kernel_outstanding {
         let gap = k.saturating_sub(i64::try_from(tracked).unwrap_or(i64::MAX));
         if gap > 0 {
@@ -314,16 +262,7 @@ pub fn analyze(
             cx.untracked_pins
         ));
     }
-    LeakReport {
-        tracked_outstanding: tracked,
-        kernel_outstanding: cx.kernel_outstanding,
-        untracked_pins: cx.untracked_pins,
-        partial: cx.untracked_pins > 0,
-        holdings,
-        leaks,
-        notes,
-        i915_objects: vec![],
-    }
+    notes
 }
 
 impl LeakReport {

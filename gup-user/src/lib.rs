@@ -42,6 +42,7 @@ pub mod plan;
 pub mod privileges;
 pub mod reader;
 pub mod reference;
+pub mod report;
 pub mod scenarios;
 pub mod stress;
 pub mod tui;

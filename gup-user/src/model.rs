@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use gup_common::{Api, ApiKind, ApiStats, AttribKey, AttribValue, API_COUNT, DIAG_COUNT, LATENCY_BUCKETS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// All in-kernel counters at one moment, summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,8 +78,10 @@ fn diff(a: &ApiStats, b: &ApiStats) -> ApiStats {
     zip_stats!(a, b, u64::wrapping_sub)
 }
 
-/// Totals over all APIs, in the terms of `/proc/vmstat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+/// Totals over all APIs, in the terms of `/proc/vmstat`. Read back (from
+/// `/api/snapshot`), a counter an older daemon does not send is zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Totals {
     /// FOLL_PIN pins taken: what `nr_foll_pin_acquired` counts (pages the
     /// pin calls returned, plus pins they took and released again).

@@ -34,7 +34,7 @@ use ratatui::crossterm::event::{self, Event};
 
 use self::{
     input::{handle_key, Action, UiState},
-    sample::{Outstanding, Sample},
+    sample::Sample,
     source::Source,
     view::ViewModel,
 };
@@ -71,7 +71,7 @@ pub enum TuiError {
 /// One reading sent from the data thread.
 struct Update {
     at: Instant,
-    result: Result<(Sample, Option<Outstanding>), String>,
+    result: Result<(Sample, Option<crate::report::LeakReport>), String>,
     /// Whether the leak report was asked for (so `None` means "none").
     read_outstanding: bool,
 }
@@ -187,8 +187,11 @@ mod tests {
     use super::{
         input::UiState,
         render,
-        sample::{CallerSample, HoldingSample, LeakSample, Mode, Outstanding},
-        view::{tests::sample, View, ViewModel},
+        sample::Mode,
+        view::{
+            tests::{holding, report, sample},
+            View, ViewModel,
+        },
     };
 
     fn screen(vm: &ViewModel, ui: &UiState, w: u16, h: u16) -> String {
@@ -210,30 +213,9 @@ mod tests {
         for i in 1..=30 {
             vm.ingest(sample(i * 2), i as f64);
         }
-        vm.set_outstanding(Some(Outstanding {
-            tracked_outstanding: 256,
-            kernel_outstanding: Some(300),
-            partial: false,
-            holdings: vec![HoldingSample {
-                owner_tgid: 100,
-                comm: "fio".into(),
-                caller: CallerSample { function: "io_sqe_buffer_register".into(), subsystem: "io_uring".into() },
-                pages: 256,
-                oldest_age_secs: 400.0,
-                longterm: true,
-                orphaned: false,
-            }],
-            leaks: vec![LeakSample {
-                kind: "long_held".into(),
-                pages: 256,
-                owner_tgid: Some(100),
-                comm: Some("fio".into()),
-                caller: "io_sqe_buffer_register".into(),
-                subsystem: "io_uring".into(),
-                age_secs: Some(400.0),
-            }],
-            notes: vec![],
-        }));
+        let fio = holding(100, "fio", "io_sqe_buffer_register", crate::attribution::Subsystem::IoUring, 256, 400.0);
+        let leaks = vec![crate::report::Leak::of_holding(crate::report::LeakKind::LongHeld, &fio)];
+        vm.set_outstanding(Some(report(Some(300), vec![fio], leaks)));
         vm
     }
 

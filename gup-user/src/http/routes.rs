@@ -11,6 +11,7 @@ use crate::{
         api,
         prometheus::{self, Format},
     },
+    report,
 };
 
 /// gupwatch's HTTP front end over a [`Collector`].
@@ -85,11 +86,11 @@ impl Handler for App {
                 } else {
                     api::snapshot_json(&data, top)
                 };
-                if let Some(report) = leaks {
-                    doc["leaks"] = serde_json::to_value(report).unwrap_or_default();
+                doc.leaks = leaks;
+                match report::to_sorted_pretty_json(&doc) {
+                    Ok(body) => Response::new(200, "application/json", body + "\n"),
+                    Err(e) => Response::text(500, format!("cannot write the snapshot: {e}\n")),
                 }
-                let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
-                Response::new(200, "application/json", body + "\n")
             }
             "/" => Response::new(200, "text/html; charset=utf-8", self.index()),
             _ => Response::text(404, "not found: try /metrics, /healthz, /api/snapshot or /\n"),

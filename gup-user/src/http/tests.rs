@@ -12,7 +12,10 @@ use std::{
 };
 
 use super::*;
-use crate::collect::{self, Collector};
+use crate::{
+    collect::{self, Collector},
+    report::{Mode, SnapshotReport},
+};
 
 fn test_config() -> ServerConfig {
     ServerConfig { head_timeout: Duration::from_millis(300), max_renders: 2, ..ServerConfig::default() }
@@ -450,16 +453,15 @@ fn app_routes() {
     let (st, body) = get(srv.addr, "/api/snapshot");
     assert_eq!(st, 200);
     assert!(body.contains("Content-Type: application/json\r\n"));
-    let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(json["mode"], "reduced");
-    assert_eq!(json["kernel"], "6.1.0-<test>");
-    assert!(json.get("callers").is_none() && json.get("leaks").is_none(), "extras are opt-in");
+    let doc: SnapshotReport = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(doc.mode, Mode::Reduced);
+    assert_eq!(doc.kernel, "6.1.0-<test>");
+    assert!(doc.callers.is_none() && doc.leaks.is_none(), "extras are opt-in");
     let (st, body) = get(srv.addr, "/api/snapshot?callers=1&leaks=1");
     assert_eq!(st, 200);
-    let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(json["callers"], serde_json::json!([]));
-    assert_eq!(json["callers_truncated"], false);
-    assert!(json["leaks"].is_null(), "no leak report without probes");
+    let doc: SnapshotReport = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!((doc.callers, doc.callers_truncated), (Some(vec![]), Some(false)));
+    assert_eq!(doc.leaks, Some(None), "leaks is there, null: no leak report without probes");
     let (st, body) = get(srv.addr, "/");
     assert_eq!(st, 200);
     assert!(body.contains("text/html"));

@@ -21,6 +21,7 @@ use super::{
     input::UiState,
     view::{visible_rows, SortKey, TableRow, View, ViewModel, VisibleRows},
 };
+use crate::report::LeakKind;
 
 /// Compact count: 9999, 12.3k, 1.23M, 4.56G.
 pub fn human(n: u64) -> String {
@@ -541,16 +542,16 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
                 lines.push(Line::styled("no leak signals", Style::new().fg(Color::Green)));
             }
             for l in &o.leaks {
-                let color = match l.kind.as_str() {
-                    "orphaned" | "growth" => Color::Red,
-                    _ => Color::Yellow,
+                let color = match l.kind {
+                    LeakKind::Orphaned | LeakKind::Growth => Color::Red,
+                    LeakKind::LongHeld | LeakKind::Unbalanced => Color::Yellow,
                 };
                 let who = l.comm.clone().unwrap_or_else(|| l.caller.clone());
                 lines.push(Line::from(vec![
-                    Span::styled(format!("{:<10}", l.kind), Style::new().fg(color).add_modifier(Modifier::BOLD)),
+                    Span::styled(format!("{:<10}", l.kind.as_str()), Style::new().fg(color).add_modifier(Modifier::BOLD)),
                     Span::raw(format!("{:>5}p ", human(l.pages))),
                     Span::raw(who),
-                    Span::styled(format!(" {}", l.subsystem), DIM),
+                    Span::styled(format!(" {}", l.subsystem.as_str()), DIM),
                 ]));
             }
         }

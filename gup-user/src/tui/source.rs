@@ -9,8 +9,11 @@ use std::{
     time::Duration,
 };
 
-use super::sample::{Outstanding, Sample, SampleError};
-use crate::collect::{Collector, Reading};
+use super::sample::{Sample, SampleError};
+use crate::{
+    collect::{Collector, Reading},
+    report::{LeakReport, SnapshotReport},
+};
 
 /// Why a reading failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +32,7 @@ pub trait Source: Send {
     /// Reads the counters, and the leak report too when
     /// `with_outstanding` (every few seconds: it reads the whole tracking
     /// map).
-    fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<Outstanding>), SourceError>;
+    fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<LeakReport>), SourceError>;
 }
 
 /// This process's probes (or none: reduced mode), through the same
@@ -46,15 +49,11 @@ impl LocalSource {
 }
 
 impl Source for LocalSource {
-    fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<Outstanding>), SourceError> {
+    fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<LeakReport>), SourceError> {
         // gather() also analyses the tracking map (for the leak metrics).
         let data: Arc<Reading> = self.collector.gather();
-        let outstanding = if with_outstanding {
-            self.collector.last_leak_report().and_then(Outstanding::from_report)
-        } else {
-            None
-        };
-        Ok((Sample::from_reading(&data)?, outstanding))
+        let outstanding = if with_outstanding { self.collector.last_leak_report().cloned() } else { None };
+        Ok((Sample::from_reading(&data), outstanding))
     }
 }
 
@@ -72,17 +71,13 @@ impl RemoteSource {
 }
 
 impl Source for RemoteSource {
-    fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<Outstanding>), SourceError> {
+    fn read(&mut self, with_outstanding: bool) -> Result<(Sample, Option<LeakReport>), SourceError> {
         let path = if with_outstanding { "/api/snapshot?callers=1&leaks=1" } else { "/api/snapshot?callers=1" };
         let body = http_get(&self.addr, path, self.timeout)?;
-        let sample = Sample::from_json(&body)?;
-        let outstanding = if with_outstanding {
-            let doc: serde_json::Value = serde_json::from_str(&body).map_err(SampleError::from)?;
-            Outstanding::from_value(doc.get("leaks").cloned().unwrap_or_default())?
-        } else {
-            None
-        };
-        Ok((sample, outstanding))
+        let mut doc: SnapshotReport = serde_json::from_str(&body).map_err(SampleError::from)?;
+        // `leaks` is there (maybe null) only when asked for.
+        let outstanding = doc.leaks.take().flatten();
+        Ok((Sample::from_report(doc), outstanding))
     }
 }
 

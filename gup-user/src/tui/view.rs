@@ -1,5 +1,5 @@
 //! The view model: what the live view shows, computed from a stream of
-//! [`Sample`]s (and, every few seconds, an [`Outstanding`] report) without
+//! [`Sample`]s (and, every few seconds, a [`LeakReport`]) without
 //! any terminal. Rates are deltas between the last two samples divided by
 //! the time between them; shares (fast-path hit rate, LONGTERM share) are
 //! over everything since the probes were attached, which keeps them steady
@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use gup_common::LATENCY_BUCKETS;
 
-use super::sample::{Kind, Mode, Outstanding, RowSample, Sample};
+use super::sample::{Kind, Mode, Sample};
+use crate::report::{CallerReport, LeakReport};
 
 /// How much history the sparklines keep, in seconds.
 pub const HISTORY_SECS: f64 = 600.0;
@@ -190,14 +191,14 @@ struct RowRate {
 
 type RowKey = (u32, String, String, String);
 
-fn row_key(r: &RowSample) -> RowKey {
+fn row_key(r: &CallerReport) -> RowKey {
     (r.tgid, r.comm.clone(), r.api.clone(), r.caller.clone())
 }
 
 /// Rows with the same key (one caller reached through several stacks)
 /// summed, so deltas line up between samples.
-fn merged(rows: &[RowSample]) -> HashMap<RowKey, RowSample> {
-    let mut out: HashMap<RowKey, RowSample> = HashMap::new();
+fn merged(rows: &[CallerReport]) -> HashMap<RowKey, CallerReport> {
+    let mut out: HashMap<RowKey, CallerReport> = HashMap::new();
     for r in rows {
         out.entry(row_key(r))
             .and_modify(|m| {
@@ -232,7 +233,7 @@ pub struct ViewModel {
     /// When each pinning attribution row last had calls (sample time), to
     /// tell whether the leak report was read after it.
     last_active: HashMap<RowKey, f64>,
-    outstanding: Option<Outstanding>,
+    outstanding: Option<LeakReport>,
     /// The sample time the leak report came with.
     outstanding_t: f64,
 }
@@ -249,7 +250,7 @@ fn pct(part: u64, whole: u64) -> Option<f64> {
 fn fast_split(s: &Sample) -> (u64, u64) {
     s.apis
         .iter()
-        .filter(|a| a.fast_api && a.kind != Kind::Unpin)
+        .filter(|a| a.fast_api() && a.kind != Kind::Unpin)
         .fold((0, 0), |(f, all), a| (f + a.fast_pages, all + a.fast_pages + a.slow_pages))
 }
 
@@ -339,7 +340,7 @@ impl ViewModel {
     }
 
     /// Takes a fresh leak report (or none: reduced mode, or not read).
-    pub fn set_outstanding(&mut self, o: Option<Outstanding>) {
+    pub fn set_outstanding(&mut self, o: Option<LeakReport>) {
         self.outstanding = o;
         self.outstanding_t = self.latest_t;
     }
@@ -350,7 +351,7 @@ impl ViewModel {
     }
 
     /// The latest leak report.
-    pub fn outstanding(&self) -> Option<&Outstanding> {
+    pub fn outstanding(&self) -> Option<&LeakReport> {
         self.outstanding.as_ref()
     }
 
@@ -421,23 +422,26 @@ impl ViewModel {
     pub fn table(&self, view: View, sort: SortKey, descending: bool, filter: &str) -> Vec<TableRow> {
         let Some(sample) = &self.latest else { return vec![] };
         let filter = filter.to_lowercase();
-        #[derive(Default)]
-        struct Acc {
-            tgid: Option<u32>,
-            name: String,
-            tgids: std::collections::BTreeSet<u32>,
-            subsystems: BTreeMap<String, u64>,
-            calls_rate: f64,
-            pages_rate: f64,
-            pages: u64,
-            fast: u64,
-            fast_all: u64,
-            longterm: u64,
-            outstanding: Option<u64>,
-            last_active: Option<f64>,
-            counts: bool,
-        }
-        let mut groups: BTreeMap<(u32, String), Acc> = BTreeMap::new();
+        let report_t = self.outstanding_t - HOLDINGS_LAG_SECS;
+        let mut rows: Vec<TableRow> = self
+            .groups(sample, view)
+            .into_values()
+            .filter(|g| g.counts)
+            .map(|g| self.table_row(g, report_t))
+            .filter(|r| {
+                filter.is_empty()
+                    || r.name.to_lowercase().contains(&filter)
+                    || r.subsystem.to_lowercase().contains(&filter)
+            })
+            .collect();
+        sort_rows(&mut rows, sort, descending);
+        rows
+    }
+
+    /// The sample's rows and the leak report's holdings, grouped by
+    /// process or by call site.
+    fn groups(&self, sample: &Sample, view: View) -> BTreeMap<(u32, String), Group> {
+        let mut groups: BTreeMap<(u32, String), Group> = BTreeMap::new();
         let key = |tgid: u32, comm: &str, caller: &str| match view {
             View::Processes => (tgid, comm.to_string()),
             View::CallSites => (0, caller.to_string()),
@@ -465,7 +469,7 @@ impl ViewModel {
             g.pages_rate += rt.pages;
             g.pages += r.pages;
             g.longterm += r.longterm_pages;
-            if r.fast_api {
+            if r.fast_api() {
                 g.fast += r.fast_pages;
                 g.fast_all += r.fast_pages + r.slow_pages;
             }
@@ -476,7 +480,7 @@ impl ViewModel {
                 if g.name.is_empty() {
                     g.tgid = (view == View::Processes).then_some(h.owner_tgid);
                     g.name = if view == View::Processes { h.comm.clone() } else { h.caller.function.clone() };
-                    g.subsystems.insert(h.caller.subsystem.clone(), h.pages);
+                    g.subsystems.insert(h.caller.subsystem.as_str().to_string(), h.pages);
                 }
                 g.tgids.insert(h.owner_tgid);
                 g.counts = true;
@@ -487,86 +491,100 @@ impl ViewModel {
                 g.outstanding.get_or_insert(0);
             }
         }
-        let report_t = self.outstanding_t - HOLDINGS_LAG_SECS;
-        let mut rows: Vec<TableRow> = groups
-            .into_values()
-            .filter(|g| g.counts)
-            .map(|g| {
-                // Quiet now, but it pinned (FOLL_PIN) after the leak report
-                // was made:
-                // what it holds is not known yet (and a new pin must not
-                // be hidden as idle). Busy rows keep the last report's
-                // count; their rates keep them shown anyway.
-                let quiet = g.calls_rate <= 0.0 && g.pages_rate <= 0.0;
-                let outstanding = if quiet && g.last_active.is_some_and(|a| a >= report_t) { None } else { g.outstanding };
-                let subsystem = g
-                    .subsystems
-                    .iter()
-                    .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                    .map(|(s, _)| s.clone())
-                    .unwrap_or_default();
-                TableRow {
-                    tgid: g.tgid,
-                    name: g.name,
-                    subsystem,
-                    processes: g.tgids.len(),
-                    pins_per_sec: g.calls_rate,
-                    pages_per_sec: g.pages_rate,
-                    total_pages: g.pages,
-                    outstanding,
-                    fast_pct: pct(g.fast, g.fast_all),
-                    longterm_pct: pct(g.longterm, g.pages),
-                    idle: self.rated && is_idle(g.calls_rate, g.pages_rate, outstanding),
-                }
-            })
-            .filter(|r| {
-                filter.is_empty()
-                    || r.name.to_lowercase().contains(&filter)
-                    || r.subsystem.to_lowercase().contains(&filter)
-            })
-            .collect();
-        let num = |r: &TableRow| -> f64 {
-            match sort {
-                SortKey::PinsPerSec => r.pins_per_sec,
-                SortKey::PagesPerSec => r.pages_per_sec,
-                SortKey::Outstanding => r.outstanding.map_or(-1.0, |o| o as f64),
-                SortKey::FastPct => r.fast_pct.unwrap_or(-1.0),
-                SortKey::LongtermPct => r.longterm_pct.unwrap_or(-1.0),
-                SortKey::TotalPages | SortKey::Name => r.total_pages as f64,
-            }
-        };
-        rows.sort_by(|a, b| {
-            let primary = if sort == SortKey::Name { a.name.cmp(&b.name) } else { num(a).total_cmp(&num(b)) };
-            let primary = if descending { primary.reverse() } else { primary };
-            // Ties: the busiest first, then by name and pid, so rows do not
-            // jump around between frames.
-            primary
-                .then(b.total_pages.cmp(&a.total_pages))
-                .then(a.name.cmp(&b.name))
-                .then(a.tgid.cmp(&b.tgid))
-        });
-        rows
+        groups
     }
+
+    /// One group as a table row; `report_t` is the latest time a row can
+    /// have pinned and still be counted in the leak report.
+    fn table_row(&self, g: Group, report_t: f64) -> TableRow {
+        // Quiet now, but it pinned (FOLL_PIN) after the leak report
+        // was made:
+        // what it holds is not known yet (and a new pin must not
+        // be hidden as idle). Busy rows keep the last report's
+        // count; their rates keep them shown anyway.
+        let quiet = g.calls_rate <= 0.0 && g.pages_rate <= 0.0;
+        let outstanding = if quiet && g.last_active.is_some_and(|a| a >= report_t) { None } else { g.outstanding };
+        let subsystem = g
+            .subsystems
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        TableRow {
+            tgid: g.tgid,
+            name: g.name,
+            subsystem,
+            processes: g.tgids.len(),
+            pins_per_sec: g.calls_rate,
+            pages_per_sec: g.pages_rate,
+            total_pages: g.pages,
+            outstanding,
+            fast_pct: pct(g.fast, g.fast_all),
+            longterm_pct: pct(g.longterm, g.pages),
+            idle: self.rated && is_idle(g.calls_rate, g.pages_rate, outstanding),
+        }
+    }
+}
+
+/// One row of the table being summed up: a process or a call site.
+#[derive(Default)]
+struct Group {
+    tgid: Option<u32>,
+    name: String,
+    tgids: std::collections::BTreeSet<u32>,
+    subsystems: BTreeMap<String, u64>,
+    calls_rate: f64,
+    pages_rate: f64,
+    pages: u64,
+    fast: u64,
+    fast_all: u64,
+    longterm: u64,
+    outstanding: Option<u64>,
+    last_active: Option<f64>,
+    /// Whether it takes pins or references (unpin-only rows are not
+    /// listed), or holds pins.
+    counts: bool,
+}
+
+/// Sorts by `sort`; ties: the busiest first, then by name and pid, so rows
+/// do not jump around between frames.
+fn sort_rows(rows: &mut [TableRow], sort: SortKey, descending: bool) {
+    let num = |r: &TableRow| -> f64 {
+        match sort {
+            SortKey::PinsPerSec => r.pins_per_sec,
+            SortKey::PagesPerSec => r.pages_per_sec,
+            SortKey::Outstanding => r.outstanding.map_or(-1.0, |o| o as f64),
+            SortKey::FastPct => r.fast_pct.unwrap_or(-1.0),
+            SortKey::LongtermPct => r.longterm_pct.unwrap_or(-1.0),
+            SortKey::TotalPages | SortKey::Name => r.total_pages as f64,
+        }
+    };
+    rows.sort_by(|a, b| {
+        let primary = if sort == SortKey::Name { a.name.cmp(&b.name) } else { num(a).total_cmp(&num(b)) };
+        let primary = if descending { primary.reverse() } else { primary };
+        primary.then(b.total_pages.cmp(&a.total_pages)).then(a.name.cmp(&b.name)).then(a.tgid.cmp(&b.tgid))
+    });
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::{
+        attribution::{Caller, Subsystem},
         model::Totals,
-        tui::sample::{ApiSample, CallerSample, HoldingSample, LeakSample},
+        report::{ApiReport, Holding, Leak, LeakKind},
     };
 
-    pub(crate) fn row(tgid: u32, comm: &str, api: &str, caller: &str, subsystem: &str, calls: u64, pages: u64) -> RowSample {
+    pub(crate) fn row(tgid: u32, comm: &str, api: &str, caller: &str, subsystem: &str, calls: u64, pages: u64) -> CallerReport {
         let fast_api = api.ends_with("_fast");
-        RowSample {
+        CallerReport {
             tgid,
             comm: comm.into(),
             api: api.into(),
             kind: if api.starts_with("unpin") { Kind::Unpin } else if api.starts_with("get") { Kind::Get } else { Kind::Pin },
-            fast_api,
             caller: caller.into(),
             subsystem: subsystem.into(),
+            module: None,
             calls,
             pages,
             errors: 0,
@@ -576,22 +594,59 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn api(name: &str, pages: u64, fast: u64, slow: u64) -> ApiSample {
+    pub(crate) fn api(name: &str, pages: u64, fast: u64, slow: u64) -> ApiReport {
         let mut latency_log2 = vec![0; LATENCY_BUCKETS];
         latency_log2[10] = pages / 10;
         latency_log2[12] = pages / 20;
-        ApiSample {
+        ApiReport {
             api: name.into(),
             kind: if name.starts_with("unpin") { Kind::Unpin } else { Kind::Pin },
             attached: true,
-            fast_api: name.ends_with("_fast"),
             calls: pages / 4,
             pages,
+            requested_pages: 0,
             errors: 0,
+            zero_calls: 0,
+            short_calls: 0,
+            undone_pages: 0,
+            untimed_calls: 0,
+            latency_ns_sum: 0,
             fast_pages: fast,
             slow_pages: slow,
+            unsplit_pages: 0,
+            fell_back_calls: 0,
+            longterm_calls: 0,
             longterm_pages: 0,
             latency_log2,
+        }
+    }
+
+    /// `pages` held by a process from a call site, for `age` seconds.
+    pub(crate) fn holding(tgid: u32, comm: &str, caller: &str, subsystem: Subsystem, pages: u64, age: f64) -> Holding {
+        Holding {
+            owner_tgid: tgid,
+            comm: comm.into(),
+            api: "pin_user_pages".into(),
+            caller: Caller { function: caller.into(), subsystem, module: None },
+            pages,
+            oldest_age_secs: age,
+            longterm: true,
+            orphaned: false,
+            stack_id: 0,
+        }
+    }
+
+    /// A leak report of these holdings and signals.
+    pub(crate) fn report(kernel_outstanding: Option<i64>, holdings: Vec<Holding>, leaks: Vec<Leak>) -> LeakReport {
+        LeakReport {
+            tracked_outstanding: holdings.iter().map(|h| h.pages).sum(),
+            kernel_outstanding,
+            untracked_pins: 0,
+            partial: false,
+            holdings,
+            leaks,
+            notes: vec![],
+            i915_objects: vec![],
         }
     }
 
@@ -663,41 +718,10 @@ pub(crate) mod tests {
         let mut vm = ViewModel::new();
         vm.ingest(sample(1), 0.0);
         vm.ingest(sample(2), 1.0);
-        vm.set_outstanding(Some(Outstanding {
-            tracked_outstanding: 356,
-            kernel_outstanding: Some(400),
-            partial: false,
-            holdings: vec![
-                HoldingSample {
-                    owner_tgid: 100,
-                    comm: "fio".into(),
-                    caller: CallerSample { function: "io_sqe_buffer_register".into(), subsystem: "io_uring".into() },
-                    pages: 256,
-                    oldest_age_secs: 30.0,
-                    longterm: true,
-                    orphaned: false,
-                },
-                HoldingSample {
-                    owner_tgid: 400,
-                    comm: "qemu".into(),
-                    caller: CallerSample { function: "vfio_pin_pages_remote".into(), subsystem: "vfio".into() },
-                    pages: 100,
-                    oldest_age_secs: 3.0,
-                    longterm: true,
-                    orphaned: false,
-                },
-            ],
-            leaks: vec![LeakSample {
-                kind: "long_held".into(),
-                pages: 256,
-                owner_tgid: Some(100),
-                comm: Some("fio".into()),
-                caller: "io_sqe_buffer_register".into(),
-                subsystem: "io_uring".into(),
-                age_secs: Some(30.0),
-            }],
-            notes: vec![],
-        }));
+        let fio = holding(100, "fio", "io_sqe_buffer_register", Subsystem::IoUring, 256, 30.0);
+        let qemu = holding(400, "qemu", "vfio_pin_pages_remote", Subsystem::Vfio, 100, 3.0);
+        let leaks = vec![Leak::of_holding(LeakKind::LongHeld, &fio)];
+        vm.set_outstanding(Some(report(Some(400), vec![fio, qemu], leaks)));
         let t = vm.table(View::Processes, SortKey::Outstanding, true, "");
         let names: Vec<(&str, Option<u64>)> = t.iter().map(|r| (r.name.as_str(), r.outstanding)).collect();
         assert_eq!(names, [("fio", Some(256)), ("qemu", Some(100)), ("dd", Some(0))], "idle holders are listed");
@@ -718,27 +742,12 @@ pub(crate) mod tests {
         s
     }
 
-    fn held_by(tgid: u32, comm: &str, caller: &str, pages: u64) -> Outstanding {
-        Outstanding {
-            tracked_outstanding: pages,
-            kernel_outstanding: None,
-            partial: false,
-            holdings: vec![HoldingSample {
-                owner_tgid: tgid,
-                comm: comm.into(),
-                caller: CallerSample { function: caller.into(), subsystem: "exec".into() },
-                pages,
-                oldest_age_secs: 1.0,
-                longterm: false,
-                orphaned: false,
-            }],
-            leaks: vec![],
-            notes: vec![],
-        }
+    fn held_by(tgid: u32, comm: &str, caller: &str, pages: u64) -> LeakReport {
+        report(None, vec![Holding { longterm: false, ..holding(tgid, comm, caller, Subsystem::Other, pages, 1.0) }], vec![])
     }
 
-    fn nothing_held() -> Outstanding {
-        Outstanding { holdings: vec![], tracked_outstanding: 0, ..held_by(0, "", "", 0) }
+    fn nothing_held() -> LeakReport {
+        report(None, vec![], vec![])
     }
 
     fn names(v: &VisibleRows) -> Vec<&str> {

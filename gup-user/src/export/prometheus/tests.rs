@@ -195,8 +195,8 @@ fn subsystems_and_processes() {
     // A module outside attribution's table gets no series (bounded label).
     assert!(!text.contains("mydrv"), "{text}");
     let (callers, _) = callers_json(&sample(), MAX_JSON_CALLERS);
-    let nv = callers.as_array().and_then(|a| a.iter().find(|c| c["comm"] == "cuda_app")).cloned().unwrap_or_default();
-    assert_eq!((nv["module"].as_str(), nv["subsystem"].as_str()), (Some("nvidia"), Some("gpu")));
+    let nv = callers.iter().find(|c| c.comm == "cuda_app").expect("cuda_app's row");
+    assert_eq!((nv.module.as_deref(), nv.subsystem.as_str()), (Some("nvidia"), "gpu"));
     // Two fio processes merge: no pid label.
     assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="fio",kind="pin"}"#), 5120.0);
     assert!(!text.contains("pid="), "{text}");
@@ -244,18 +244,7 @@ fn reduced_mode_has_vmstat_and_probe_health_only() {
 /// count for all, in both formats.
 #[test]
 fn reduced_mode_names_the_accounted_holders() {
-    use crate::accounted::{Accounted, Holder};
-    let holder = |pid: u32, comm: &str, pinned: u64| Holder {
-        pid,
-        comm: comm.into(),
-        pinned_bytes: pinned,
-        pinned_pages: pinned / 4096,
-        vm_pin_bytes: pinned,
-        locked_bytes: 4096,
-        io_uring_buffers: 1,
-        io_uring_bytes: pinned,
-        io_uring_pages: pinned / 4096,
-    };
+    use crate::{accounted::Accounted, report::fixture::holder};
     let mut top = TopProcesses::default();
     let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2 });
     d.accounted = Some(Arc::new(Accounted {
@@ -277,12 +266,13 @@ fn reduced_mode_names_the_accounted_holders() {
     promtool_check(&text);
     assert!(render(&d, Format::OpenMetrics).contains("# UNIT gupwatch_accounted_pinned_bytes bytes"));
     let j = snapshot_json(&d, 10);
-    assert_eq!((j["mode"].as_str(), j["accounted"]["source"].as_str()), (Some("reduced"), Some("accounted")));
-    assert_eq!(j["accounted"]["holders"].as_array().map(Vec::len), Some(3), "JSON has every holder");
+    assert_eq!(j.mode, crate::report::Mode::Reduced);
+    assert_eq!(j.accounted.as_ref().map(|a| (a.source.as_str(), a.holders.len())), Some(("accounted", 3)), "every holder");
     // The live view reads the same document back.
-    let s = crate::tui::sample::Sample::from_json(&j.to_string()).expect("parses");
+    let text = crate::report::to_sorted_pretty_json(&j).expect("writes");
+    let s = crate::tui::sample::Sample::from_json(&text).expect("parses");
     assert_eq!(s.accounted.as_ref().map(|a| a.holders[0].pid), Some(200));
-    assert_eq!(crate::tui::sample::Sample::from_reading(&d).expect("reads back").accounted, s.accounted);
+    assert_eq!(crate::tui::sample::Sample::from_reading(&d).accounted, s.accounted);
 }
 
 #[test]

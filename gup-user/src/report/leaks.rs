@@ -1,0 +1,127 @@
+//! The leak report: what is pinned now and what looks leaked. Built by
+//! [`crate::leaks::analyze`]; printed by `gupwatch leaks --json` (fields in
+//! declaration order) and served under `leaks` in `/api/snapshot?leaks=1`,
+//! which the live view reads back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::attribution::{Caller, Subsystem};
+
+/// A leak signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakKind {
+    /// Held longer than the threshold.
+    LongHeld,
+    /// The owner exited; the pins remain.
+    Orphaned,
+    /// Unpins without a matching pin seen.
+    Unbalanced,
+    /// Outstanding pins of a call site keep rising.
+    Growth,
+}
+
+impl LeakKind {
+    /// The label value used in reports and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakKind::LongHeld => "long_held",
+            LeakKind::Orphaned => "orphaned",
+            LeakKind::Unbalanced => "unbalanced",
+            LeakKind::Growth => "growth",
+        }
+    }
+}
+
+/// Pins held by one owner from one call site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holding {
+    /// Owning process.
+    pub owner_tgid: u32,
+    /// Its `comm` at pin time.
+    pub comm: String,
+    /// The API that pinned.
+    #[serde(default)]
+    pub api: String,
+    /// Who called it.
+    pub caller: Caller,
+    /// Pins held.
+    pub pages: u64,
+    /// Age of the oldest of them.
+    pub oldest_age_secs: f64,
+    /// Any of them FOLL_LONGTERM.
+    #[serde(default)]
+    pub longterm: bool,
+    /// The owner has exited.
+    #[serde(default)]
+    pub orphaned: bool,
+    /// Kernel stack id of the call site (for grouping; not in the
+    /// documents, 0 when read back).
+    #[serde(skip)]
+    pub stack_id: i64,
+}
+
+/// One leak signal with what it is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Leak {
+    /// Which signal.
+    pub kind: LeakKind,
+    /// Pins concerned.
+    pub pages: u64,
+    /// Owning process (none for unbalanced unpins).
+    pub owner_tgid: Option<u32>,
+    /// Its `comm`.
+    pub comm: Option<String>,
+    /// The call site (pin site, or unpin site for unbalanced).
+    pub caller: String,
+    /// Its subsystem.
+    pub subsystem: Subsystem,
+    /// Age of the oldest pin concerned.
+    pub age_secs: Option<f64>,
+}
+
+impl Leak {
+    /// A signal about a holding: its pages, owner, call site and age.
+    pub fn of_holding(kind: LeakKind, h: &Holding) -> Leak {
+        Leak {
+            kind,
+            pages: h.pages,
+            owner_tgid: Some(h.owner_tgid),
+            comm: Some(h.comm.clone()),
+            caller: h.caller.function.clone(),
+            subsystem: h.caller.subsystem,
+            age_secs: Some(h.oldest_age_secs),
+        }
+    }
+}
+
+/// The report: what is pinned now, and what looks leaked. Fields newer
+/// than the first daemons that served it default when read back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeakReport {
+    /// Pins gupwatch tracks as outstanding.
+    pub tracked_outstanding: u64,
+    /// Pins the kernel counts as outstanding (`nr_foll_pin_acquired -
+    /// nr_foll_pin_released`), including those taken before gupwatch started.
+    pub kernel_outstanding: Option<i64>,
+    /// Pins seen but not tracked (the tracking map was full).
+    #[serde(default)]
+    pub untracked_pins: u64,
+    /// Whether the view is partial (`untracked_pins > 0`).
+    #[serde(default)]
+    pub partial: bool,
+    /// Outstanding pins by owner and call site, oldest first.
+    #[serde(default)]
+    pub holdings: Vec<Holding>,
+    /// Leak signals.
+    #[serde(default)]
+    pub leaks: Vec<Leak>,
+    /// Explanations the reader needs (gap to the kernel's total, partial view).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// i915 userptr objects still holding pinned pages (filled by the
+    /// caller from the object map; empty where i915 is absent).
+    #[serde(default)]
+    pub i915_objects: Vec<crate::i915::ObjectRow>,
+}
+
