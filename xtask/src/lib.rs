@@ -19,6 +19,7 @@ pub mod i915test;
 pub mod guesttools;
 pub mod hostile;
 pub mod initramfs;
+pub mod k8s;
 pub mod kernels;
 pub mod livetest;
 pub mod mmselftests;

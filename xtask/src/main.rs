@@ -290,6 +290,15 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// The Kubernetes base (deploy/kubernetes): its files generated from
+    /// dashboards/ are current, `kubectl kustomize` renders it and every
+    /// object validates against a current release's schemas.
+    K8s {
+        /// Write the generated files (the PrometheusRule, the dashboard)
+        /// from dashboards/ first.
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 #[derive(Args)]
@@ -588,6 +597,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if r.failed() == 0 { 0 } else { 1 })
         }
         Cmd::Demo { kernel, no_build } => demo::run(&demo::DemoOptions { kernel, no_build }),
+        Cmd::K8s { write } => xtask::k8s::run(write).map(|o| {
+            println!("{} passed, {} failed", o.passed, o.failures.len());
+            i32::from(!o.failures.is_empty())
+        }),
         Cmd::E2e {
             kernel,
             timeout,
