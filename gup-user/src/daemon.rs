@@ -19,7 +19,7 @@ use crate::{
     leaks::LeakPolicy,
     loader::{self, LoadOptions},
     logging::{self, LogError, LogHandle},
-    session::{self, Session, SessionError},
+    session::{self, Session, SessionError, LOG_TARGET},
     webconfig::{WebConfigError, WebConfigWatcher},
 };
 
@@ -70,12 +70,13 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     let log = logging::init_logging(settings.log_format, &settings.log_level)?;
     let inherited = crate::privileges::close_inherited_fds();
     if !inherited.is_empty() {
-        tracing::info!(fds = ?inherited, "closed descriptors inherited from the parent");
+        tracing::info!(target: LOG_TARGET, fds = ?inherited, "closed descriptors inherited from the parent");
     }
     // Before anything slow: SIGHUP's default action would end the daemon.
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload)).map_err(DaemonError::Sighup)?;
     tracing::info!(
+        target: LOG_TARGET,
         version = env!("CARGO_PKG_VERSION"),
         config = %config_path.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         settings = %settings.describe(),
@@ -93,7 +94,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     let attached = session.attached();
     let mut ebpf_log = session.ebpf_log.take();
     let mut collector = collect::Collector::new(
-        session.probes.take(),
+        session.take_probes(),
         &session.plan,
         collect::Settings { top_processes: settings.top_processes, ..collect::Settings::default() },
     );
@@ -132,7 +133,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     }
     crate::memstat::note("start-up");
     let url = format!("{}://{}/metrics", server.scheme(), server.local_addr().map_err(DaemonError::LocalAddr)?);
-    tracing::info!(hooks_attached = attached, url = %url, "serving");
+    tracing::info!(target: LOG_TARGET, hooks_attached = attached, url = %url, "serving");
     let reloader = Reloader { flags: req.flags, config: config_path, settings, log };
     let reloader = reloader.spawn(Arc::clone(&app), reload, Arc::clone(&stop))?;
     let handler: Arc<dyn http::Handler> = Arc::clone(&app) as Arc<dyn http::Handler>;
@@ -145,7 +146,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     drop(app);
     drop(ebpf_log);
     served?;
-    tracing::info!(hooks_detached = attached, "stopped");
+    tracing::info!(target: LOG_TARGET, hooks_detached = attached, "stopped");
     Ok(())
 }
 
@@ -158,9 +159,9 @@ fn bind(settings: &RunSettings) -> Result<http::Server, DaemonError> {
         Some(p) => {
             let w = WebConfigWatcher::load(p)?;
             let c = w.config();
-            tracing::info!(path = %p.display(), settings = %c.describe(), "web config");
+            tracing::info!(target: LOG_TARGET, path = %p.display(), settings = %c.describe(), "web config");
             for n in &c.notes {
-                tracing::warn!(path = %p.display(), "web config: {n}");
+                tracing::warn!(target: LOG_TARGET, path = %p.display(), "web config: {n}");
             }
             Some(Arc::new(w))
         }
@@ -182,12 +183,13 @@ fn bind(settings: &RunSettings) -> Result<http::Server, DaemonError> {
 /// the kernel refused.
 fn report_start(session: &Session) {
     if session.reduced {
-        tracing::info!("--reduced: no probes loaded; serving /proc/vmstat counters and accounted pins (reduced mode)");
+        tracing::info!(target: LOG_TARGET, "--reduced: no probes loaded; serving /proc/vmstat counters and accounted pins (reduced mode)");
     } else if session.attached() == 0 {
         for f in session.diagnose().iter().filter(|f| !f.ok) {
-            tracing::warn!(check = f.check, detail = %f.detail, fix = f.fix.as_deref().unwrap_or(""), "probe check failed");
+            tracing::warn!(target: LOG_TARGET, check = f.check, detail = %f.detail, fix = f.fix.as_deref().unwrap_or(""), "probe check failed");
         }
         tracing::warn!(
+            target: LOG_TARGET,
             kernel = %session.plan.kernel,
             "this kernel will not run gupwatch's probes: serving the kernel's /proc/vmstat counters and probe health only (reduced mode); `gupwatch doctor` explains"
         );
@@ -215,6 +217,7 @@ fn spawn_late_attacher(app: Arc<http::App>, stop: Arc<AtomicBool>) -> Result<std
         .name("gupwatch-late-attach".into())
         .spawn(move || {
             tracing::info!(
+                target: LOG_TARGET,
                 every_secs = MODULE_LOOK_EVERY.as_secs(),
                 "hooks on modules (i915) follow their module: attached when it loads, detached when it unloads"
             );
@@ -237,6 +240,7 @@ fn spawn_late_attacher(app: Arc<http::App>, stop: Arc<AtomicBool>) -> Result<std
 fn log_module_events(ev: &loader::ModuleEvents) {
     for d in &ev.detached {
         tracing::warn!(
+            target: LOG_TARGET,
             function = d.function,
             module = %d.module,
             reason = d.reason,
@@ -245,6 +249,7 @@ fn log_module_events(ev: &loader::ModuleEvents) {
     }
     for f in &ev.attached {
         tracing::info!(
+            target: LOG_TARGET,
             function = f,
             mechanism = "kprobe",
             attach_ms = ev.attach_time.as_millis() as u64,
@@ -252,7 +257,7 @@ fn log_module_events(ev: &loader::ModuleEvents) {
         );
     }
     for (f, why) in &ev.failed {
-        tracing::warn!(function = f, reason = %why, "module loaded after start: hook not attached");
+        tracing::warn!(target: LOG_TARGET, function = f, reason = %why, "module loaded after start: hook not attached");
     }
 }
 
@@ -294,13 +299,13 @@ impl Reloader {
     fn reload(&self, app: &http::App) -> RunSettings {
         let current = &self.settings;
         let Some(path) = RunOptions::locate(self.config.as_deref()) else {
-            tracing::info!(default = crate::config::DEFAULT_PATH, "SIGHUP: no configuration file; nothing to reload");
+            tracing::info!(target: LOG_TARGET, default = crate::config::DEFAULT_PATH, "SIGHUP: no configuration file; nothing to reload");
             return current.clone();
         };
         let file = match RunOptions::load(&path) {
             Ok(f) => f,
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the settings in force stay");
+                tracing::error!(target: LOG_TARGET, error = %e, "SIGHUP: configuration not reloaded; the settings in force stay");
                 return current.clone();
             }
         };
@@ -309,7 +314,7 @@ impl Reloader {
         let mut next = current.reloaded(&new);
         if next.log_level != current.log_level {
             if let Err(e) = self.log.set_level(&next.log_level) {
-                tracing::error!(error = %format!("{e:#}"), "SIGHUP: log_level not changed");
+                tracing::error!(target: LOG_TARGET, error = %format!("{e:#}"), "SIGHUP: log_level not changed");
                 next.log_level = current.log_level.clone();
             }
         }
@@ -317,9 +322,9 @@ impl Reloader {
             c.set_settings(collect::Settings { top_processes: next.top_processes, ..c.settings() });
             c.set_leak_policy(LeakPolicy { long_held: next.long_held, ..c.leak_policy().clone() });
         });
-        tracing::info!(path = %path.display(), applied = ?plan.applied, "configuration reloaded");
+        tracing::info!(target: LOG_TARGET, path = %path.display(), applied = ?plan.applied, "configuration reloaded");
         if !plan.needs_restart.is_empty() {
-            tracing::warn!(keys = ?plan.needs_restart, "changed in the configuration, but only a restart applies them");
+            tracing::warn!(target: LOG_TARGET, keys = ?plan.needs_restart, "changed in the configuration, but only a restart applies them");
         }
         next
     }

@@ -17,6 +17,11 @@ use crate::{
     plan::{HookStatus, ProbePlan},
 };
 
+/// The target of the start-up's and the daemon's log lines: the one they
+/// had when the binary wrote them, which `--log-level` filters and the
+/// text lines show.
+pub(crate) const LOG_TARGET: &str = "gupwatch";
+
 /// Why the probes could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -41,9 +46,10 @@ pub struct Session {
     /// The plan as the loader left it (each hook's status), or as resolved
     /// when nothing was loaded.
     pub plan: ProbePlan,
-    /// The probes, when at least one hook attached; `None` is the reduced
-    /// mode.
-    pub probes: Option<Probes>,
+    /// The probes as loaded, attached or not: those of which no hook
+    /// attached are let go by [`Session::take_probes`], so that until then
+    /// their descriptors are held as the loader left them.
+    probes: Option<Probes>,
     /// The eBPF side's debug logs, when asked for and a hook attached; not
     /// started yet (a thread started after the privilege drop holds no
     /// capability).
@@ -84,14 +90,7 @@ impl Session {
         let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
         let ebpf_log = probes.as_mut().and_then(Probes::take_ebpf_log).filter(|_| attached > 0);
         let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
-        Session {
-            plan,
-            loaded: probes.is_some(),
-            probes: probes.filter(|_| attached > 0),
-            ebpf_log,
-            reduced,
-            load_error,
-        }
+        Session { plan, loaded: probes.is_some(), probes, ebpf_log, reduced, load_error }
     }
 
     /// Hooks attached.
@@ -99,9 +98,26 @@ impl Session {
         self.probes.as_ref().map_or(0, |p| p.plan.attached())
     }
 
-    /// Whether a hook lives on a module and must follow it.
+    /// The probes, when at least one hook attached; `None` is the reduced
+    /// mode.
+    pub fn probes(&self) -> Option<&Probes> {
+        self.probes.as_ref().filter(|p| p.plan.attached() > 0)
+    }
+
+    /// [`Session::probes`], to change.
+    pub fn probes_mut(&mut self) -> Option<&mut Probes> {
+        self.probes.as_mut().filter(|p| p.plan.attached() > 0)
+    }
+
+    /// Takes the probes when at least one hook attached; else lets the
+    /// loaded ones go (`None`: the reduced mode).
+    pub fn take_probes(&mut self) -> Option<Probes> {
+        self.probes.take().filter(|p| p.plan.attached() > 0)
+    }
+
+    /// Whether an attached hook lives on a module and must follow it.
     pub fn follows_modules(&self) -> bool {
-        self.probes.as_ref().is_some_and(Probes::follows_modules)
+        self.probes().is_some_and(Probes::follows_modules)
     }
 
     /// Why this kernel runs no probes: the checks of [`host::diagnose`].
@@ -135,10 +151,10 @@ pub fn drop_privileges(late_attach: bool, reduced: bool) {
     // `run` logs through tracing; the other modes have no subscriber, and
     // stderr keeps their stdout clean.
     match r {
-        Ok(r) if tracing::dispatcher::has_been_set() => tracing::info!(open_fds = %fds, "{r}"),
+        Ok(r) if tracing::dispatcher::has_been_set() => tracing::info!(target: LOG_TARGET, open_fds = %fds, "{r}"),
         Ok(r) => eprintln!("gupwatch: {r}; open fds: {fds}"),
         Err(e) if tracing::dispatcher::has_been_set() => {
-            tracing::warn!(error = %e, "could not drop capabilities; running with those it has")
+            tracing::warn!(target: LOG_TARGET, error = %e, "could not drop capabilities; running with those it has")
         }
         Err(e) => eprintln!("gupwatch: could not drop capabilities ({e}); running with those it has"),
     }
@@ -149,7 +165,7 @@ pub fn drop_privileges(late_attach: bool, reduced: bool) {
 pub fn warn_failed_hooks(plan: &ProbePlan) {
     for h in plan.failed() {
         if let HookStatus::Failed(why) = &h.status {
-            tracing::warn!(function = h.function, reason = %why, fix = failed_hook_fix(why).trim(), "hook not attached: its calls go uncounted");
+            tracing::warn!(target: LOG_TARGET, function = h.function, reason = %why, fix = failed_hook_fix(why).trim(), "hook not attached: its calls go uncounted");
         }
     }
 }

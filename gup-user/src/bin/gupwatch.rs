@@ -406,7 +406,7 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
     let mut session = Session::require(opts)?;
     session.start_ebpf_log();
-    let Some(probes) = session.probes.as_ref() else {
+    let Some(probes) = session.probes() else {
         eprint!(
             "gupwatch: no GUP hook could be attached, so no pin can be tracked.\n{}",
             host::render(&session.diagnose())
@@ -477,7 +477,7 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32, select:
     let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
     let mut session = Session::require(opts)?;
     session.start_ebpf_log();
-    let Some(probes) = session.probes.as_ref() else {
+    let Some(probes) = session.probes() else {
         eprint!(
             "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
             host::render(&session.diagnose())
@@ -507,11 +507,11 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
     let opts = loader::LoadOptions { ebpf_log: gupwatch::ebpflog::wanted(), ..loader::LoadOptions::default() };
     let mut session = Session::start(opts, reduced)?;
     let late_attach = session.follows_modules();
-    session::drop_privileges(late_attach, session.probes.is_none());
+    session::drop_privileges(late_attach, session.attached() == 0);
     // A thread: started after the drop, so it holds no capability.
     session.start_ebpf_log();
     let mut out = std::io::stdout().lock();
-    let Some(probes) = session.probes.as_mut() else {
+    let Some(probes) = session.probes_mut() else {
         if reduced {
             eprintln!("gupwatch: --reduced: no probes loaded on {}; reduced mode. Ctrl-C to stop.\n", session.plan.kernel);
         } else {
@@ -521,6 +521,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
                 host::render(&session.diagnose())
             );
         }
+        drop(session.take_probes());
         host::run_reduced(interval, count, &stop, &mut out, std::path::Path::new("/proc")).context("reduced mode")?;
         return Ok(ExitCode::SUCCESS);
     };
@@ -549,11 +550,11 @@ fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<Exi
         None => {
             eprintln!("gupwatch: loading probes...");
             let mut session = Session::start(loader::LoadOptions::default(), reduced)?;
+            let attached = session.attached();
             let diagnosis =
-                if session.probes.is_none() && !reduced { session::diagnosis_lines(&session.diagnose()) } else { vec![] };
-            let reduced_mode = session.probes.is_none();
-            let collector = collect::Collector::new(session.probes.take(), &session.plan, collect::Settings::default());
-            session::drop_privileges(false, reduced_mode);
+                if attached == 0 && !reduced { session::diagnosis_lines(&session.diagnose()) } else { vec![] };
+            let collector = collect::Collector::new(session.take_probes(), &session.plan, collect::Settings::default());
+            session::drop_privileges(false, attached == 0);
             (Box::new(source::LocalSource::new(collector)), "local".into(), diagnosis)
         }
     };
