@@ -112,13 +112,13 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     // then this thread drops them too, so the HTTP workers and the reload
     // thread start with none. The reduced mode keeps the one its walk of
     // other processes' descriptors needs.
-    session::drop_privileges(late_attach, attached == 0);
+    session::drop_privileges(&session.plan, late_attach, attached == 0);
     // Installed only now: until here the default action of SIGINT/SIGTERM
     // (exit, which detaches whatever was attached) ends a slow load at once.
     let stop = session::stop_on_signals().map_err(DaemonError::Signals)?;
     let late_attacher = if late_attach {
         let t = spawn_late_attacher(Arc::clone(&app), Arc::clone(&stop))?;
-        session::drop_privileges(false, false);
+        session::drop_privileges(&session.plan, false, false);
         Some(t)
     } else {
         None

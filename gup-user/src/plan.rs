@@ -9,7 +9,8 @@
 //! e.g. 6.1's x86 trampoline takes at most six arguments), so the printed
 //! plan shows the truth. Kernel version strings are parsed only in
 //! [`crate::kernel`], and read here only for the FOLL_* values of a kernel
-//! without BTF.
+//! without BTF and for what gates `bpf()` after start-up ([`BpfGates`],
+//! which the capabilities kept follow; no symbol shows it).
 
 use std::collections::BTreeMap;
 
@@ -19,7 +20,9 @@ use serde::Serialize;
 use crate::{btf::KernelBtf, kallsyms::Kallsyms};
 
 mod foll;
+mod gates;
 mod i915;
+pub use gates::BpfGates;
 pub use foll::{FollFlags, FollSource, FOLL_NAMES};
 pub use i915::{i915_role, resolve_i915, Candidate, CandidateCheck, I915Choice, I915Role};
 
@@ -153,6 +156,10 @@ pub struct Capabilities {
     /// (BTF), or the kernel has `io_check_coalesce_buffer` (kallsyms; 6.12
     /// inlines it): both arrived with the coalescing (6.10).
     pub io_uring_coalesces: bool,
+    /// What gates `bpf()` after start-up, for the capabilities kept
+    /// ([`crate::privileges`]); not part of the printed plan.
+    #[serde(skip)]
+    pub bpf_gates: BpfGates,
 }
 
 /// The probe plan for the running kernel.
@@ -414,6 +421,7 @@ impl ProbePlan {
             longterm_file_rule,
             longterm_file_rule_reason,
             io_uring_coalesces,
+            bpf_gates: BpfGates::for_release(&kernel),
         };
         ProbePlan {
             kernel,

@@ -507,7 +507,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
     let opts = loader::LoadOptions { ebpf_log: gupwatch::ebpflog::wanted(), ..loader::LoadOptions::default() };
     let mut session = Session::start(opts, reduced)?;
     let late_attach = session.follows_modules();
-    session::drop_privileges(late_attach, session.attached() == 0);
+    session::drop_privileges(&session.plan, late_attach, session.attached() == 0);
     // A thread: started after the drop, so it holds no capability.
     session.start_ebpf_log();
     let mut out = std::io::stdout().lock();
@@ -554,7 +554,7 @@ fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<Exi
             let diagnosis =
                 if attached == 0 && !reduced { session::diagnosis_lines(&session.diagnose()) } else { vec![] };
             let collector = collect::Collector::new(session.take_probes(), &session.plan, collect::Settings::default());
-            session::drop_privileges(false, attached == 0);
+            session::drop_privileges(&session.plan, false, attached == 0);
             (Box::new(source::LocalSource::new(collector)), "local".into(), diagnosis)
         }
     };
