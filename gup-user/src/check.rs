@@ -380,6 +380,72 @@ fn run_one(
         let _ = s.cleanup();
         return Ok(report);
     }
+    predict_reference(s, profile, kernel_pins, &mut report);
+    let (snap0, vm0) = quiet_snapshot(probes)?;
+    let misses0: u64 = probes.probe_misses().iter().map(|(_, n)| n).sum();
+    let run_start_ns = leaks::monotonic_ns();
+    let ran = s.run();
+    let (snap1, vm1) = quiet_snapshot(probes)?;
+    // Counters only grow while the programs stay loaded.
+    report.probe_misses = probes.probe_misses().iter().map(|(_, n)| n).sum::<u64>().saturating_sub(misses0);
+    report.observed_errno = s.observed_errno();
+    // Known only after run (the orphaning child's pid).
+    report.expected_leak = s.expected_leak();
+    report.leaks = leak_summaries(probes, kallsyms, run_start_ns);
+    if let Err(e) = s.cleanup() {
+        report.note = format!("cleanup failed: {e}");
+    }
+    // Let asynchronous releases from cleanup finish before the next scenario.
+    vmstat::settle(&settle_options())?;
+    let whole1 = probes.maps.snapshot()?;
+
+    let delta = snap1.since(&snap0);
+    let vm = vm1.delta_since(&vm0)?;
+    record_counts(&mut report, &delta, (&snap0, &snap1), &vm);
+    let rows = attribution::resolve(&delta.attrib, kallsyms, |id| probes.maps.stack(id));
+    if let Some((sub, caller)) = dominant(&rows) {
+        report.subsystem = Some(sub);
+        report.caller = Some(caller);
+    }
+    if let Err(e) = ran {
+        report.error = Some(format!("run: {e}"));
+    }
+    report.exact = report.error.is_none()
+        && report.pinned_pages == report.vmstat_acquired
+        && report.unpinned_pages == report.vmstat_released;
+    report.mismatches = mismatches(&report, kernel_pins);
+    report.expectations_met = report.mismatches.is_empty();
+    // The GUP API's contracts, on the kernel's calls (unpins of pins the
+    // tracking map could not record are not unbalanced, nor are releases of
+    // the pins the scenario took before attach).
+    let (apis, unbalanced) = reference::contracts::live_inputs(&whole1, &whole0);
+    let untracked = whole1.since(&whole0).diag[gup_common::Diag::PinsUntracked as usize];
+    report.contract_violations =
+        reference::contracts::check_live(&apis, unbalanced.saturating_sub(untracked).saturating_sub(pre_pins));
+    judge_ledger(&mut report, pre_pins);
+    // The kernel against the reference model.
+    compare_with_reference(&mut report, probes.plan.splits_fast_path());
+    report.passed = report.exact
+        && report.outstanding_exact
+        && report.expectations_met
+        && (report.ledger_holds || !report.ledger_required)
+        && report.agree
+        && report.contract_violations.is_empty();
+    if !kernel_pins {
+        report.note = format!(
+            "{}; gupwatch saw {} FOLL_GET page references",
+            probes.plan.capabilities.direct_io_reason, report.referenced_pages
+        );
+    } else if report.exact && report.pinned_pages + report.unpinned_pages == 0 && report.expected.path != ExpectedPath::None {
+        report.note = "no pins seen although this path pins on this kernel".into();
+    }
+    Ok(report)
+}
+
+/// Describes the scenario's memory to the reference model before the run
+/// touches it and records the model's prediction; where the scenario's
+/// expectation is the model's, whether pins must be seen follows from it.
+fn predict_reference(s: &dyn Scenario, profile: &KernelProfile, kernel_pins: bool, report: &mut ScenarioReport) {
     // Describe the memory to the model before the run touches it: the
     // scenario's own account, with the pages' presence from pagemap.
     let mut setup = s.reference_setup();
@@ -400,17 +466,11 @@ fn run_one(
     }
     report.reference_setup = setup;
     report.reference = prediction;
-    let (snap0, vm0) = quiet_snapshot(probes)?;
-    let misses0: u64 = probes.probe_misses().iter().map(|(_, n)| n).sum();
-    let run_start_ns = leaks::monotonic_ns();
-    let ran = s.run();
-    let (snap1, vm1) = quiet_snapshot(probes)?;
-    // Counters only grow while the programs stay loaded.
-    report.probe_misses = probes.probe_misses().iter().map(|(_, n)| n).sum::<u64>().saturating_sub(misses0);
-    report.observed_errno = s.observed_errno();
-    // Known only after run (the orphaning child's pid).
-    report.expected_leak = s.expected_leak();
-    // Leaks are judged while the scenario still holds its pins.
+}
+
+/// The leaks the tracking map shows since `run_start_ns` (judged while the
+/// scenario still holds its pins), without the unbalanced unpins.
+fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> Vec<LeakSummary> {
     let caller = |id: i64| -> attribution::Caller {
         let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
         attribution::caller_of(&ips, kallsyms)
@@ -429,22 +489,23 @@ fn run_one(
         &LeakPolicy { long_held: Duration::ZERO, ..LeakPolicy::default() },
         None,
     );
-    report.leaks = leak_report
+    leak_report
         .leaks
         .iter()
         .filter(|l| l.kind != leaks::LeakKind::Unbalanced)
         .map(|l| LeakSummary { kind: l.kind.as_str(), pages: l.pages, owner_tgid: l.owner_tgid, caller: l.caller.clone() })
-        .collect();
-    if let Err(e) = s.cleanup() {
-        report.note = format!("cleanup failed: {e}");
-    }
-    // Let asynchronous releases from cleanup finish before the next scenario.
-    vmstat::settle(&settle_options())?;
-    let whole1 = probes.maps.snapshot()?;
+        .collect()
+}
 
-    let delta = snap1.since(&snap0);
+/// What gupwatch and the kernel counted over the run: pages, calls, the
+/// tracking map's diagnostics, reverted pins, per-API calls and errors.
+fn record_counts(
+    report: &mut ScenarioReport,
+    delta: &Snapshot,
+    (snap0, snap1): (&Snapshot, &Snapshot),
+    vm: &vmstat::FollPinDelta,
+) {
     let totals = delta.totals();
-    let vm = vm1.delta_since(&vm0)?;
     report.pinned_pages = totals.pinned_pages;
     report.unpinned_pages = totals.unpinned_pages;
     report.referenced_pages = totals.referenced_pages;
@@ -455,7 +516,7 @@ fn run_one(
     let tracked = |snap: &Snapshot| {
         snap.diag[gup_common::Diag::PinsTracked as usize] as i64 - snap.diag[gup_common::Diag::UnpinsMatched as usize] as i64
     };
-    report.outstanding_pages = tracked(&snap1) - tracked(&snap0);
+    report.outstanding_pages = tracked(snap1) - tracked(snap0);
     report.untracked_pins = delta.diag[gup_common::Diag::PinsUntracked as usize];
     report.unbalanced_unpins = delta.diag[gup_common::Diag::UnbalancedUnpins as usize];
     report.entries_skipped = delta.diag[gup_common::Diag::EntrySkipped as usize];
@@ -483,28 +544,11 @@ fn run_one(
             report.errors.insert(format!("{}:{}", api.symbol(), errno_name(errno)), n);
         }
     }
-    let rows = attribution::resolve(&delta.attrib, kallsyms, |id| probes.maps.stack(id));
-    if let Some((sub, caller)) = dominant(&rows) {
-        report.subsystem = Some(sub);
-        report.caller = Some(caller);
-    }
-    if let Err(e) = ran {
-        report.error = Some(format!("run: {e}"));
-    }
-    report.exact = report.error.is_none()
-        && report.pinned_pages == report.vmstat_acquired
-        && report.unpinned_pages == report.vmstat_released;
-    report.mismatches = mismatches(&report, kernel_pins);
-    report.expectations_met = report.mismatches.is_empty();
-    // The GUP API's contracts, on the kernel's calls (unpins of pins the
-    // tracking map could not record are not unbalanced, nor are releases of
-    // the pins the scenario took before attach).
-    let (apis, unbalanced) = reference::contracts::live_inputs(&whole1, &whole0);
-    let untracked = whole1.since(&whole0).diag[gup_common::Diag::PinsUntracked as usize];
-    report.contract_violations =
-        reference::contracts::check_live(&apis, unbalanced.saturating_sub(untracked).saturating_sub(pre_pins));
-    judge_ledger(&mut report, pre_pins);
-    // The kernel against the reference model.
+}
+
+/// The kernel against the reference model: the observation from the
+/// report's counts, compared with the prediction.
+fn compare_with_reference(report: &mut ScenarioReport, fast_path_split: bool) {
     match &report.reference {
         _ if report.error.is_some() => {
             report.disagreement = Some("the scenario did not run, so there is nothing to compare".into());
@@ -526,7 +570,7 @@ fn run_one(
                 vmstat_released: report.vmstat_released,
                 errors: report.errors.keys().cloned().collect(),
                 syscall_errno: report.observed_errno,
-                fast_path_split: probes.plan.splits_fast_path(),
+                fast_path_split,
             };
             let diffs = reference::compare(p, &obs);
             report.agree = diffs.is_empty();
@@ -535,21 +579,6 @@ fn run_one(
             }
         }
     }
-    report.passed = report.exact
-        && report.outstanding_exact
-        && report.expectations_met
-        && (report.ledger_holds || !report.ledger_required)
-        && report.agree
-        && report.contract_violations.is_empty();
-    if !kernel_pins {
-        report.note = format!(
-            "{}; gupwatch saw {} FOLL_GET page references",
-            probes.plan.capabilities.direct_io_reason, report.referenced_pages
-        );
-    } else if report.exact && report.pinned_pages + report.unpinned_pages == 0 && report.expected.path != ExpectedPath::None {
-        report.note = "no pins seen although this path pins on this kernel".into();
-    }
-    Ok(report)
 }
 
 /// The ledger's verdict on one run. Pins the scenario took before attach

@@ -9,7 +9,8 @@
 //! e.g. 6.1's x86 trampoline takes at most six arguments), so the printed
 //! plan shows the truth. Kernel version strings are parsed only in
 //! [`crate::kernel`], and read here only for the FOLL_* values of a kernel
-//! without BTF.
+//! without BTF and for what gates `bpf()` after start-up ([`BpfGates`],
+//! which the capabilities kept follow; no symbol shows it).
 
 pub mod bpf_helpers;
 
@@ -19,6 +20,13 @@ use gup_common::{skipped::{TextRange, UnpinTexts}, Api, ApiKind, HookArgs, API_C
 use serde::Serialize;
 
 use crate::{btf::KernelBtf, kallsyms::Kallsyms};
+
+mod foll;
+mod gates;
+mod i915;
+pub use gates::BpfGates;
+pub use foll::{FollFlags, FollSource, FOLL_NAMES};
+pub use i915::{i915_role, resolve_i915, Candidate, CandidateCheck, I915Choice, I915Role};
 
 /// How a hook is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -126,105 +134,6 @@ fn ser_hook_args<S: serde::Serializer>(a: &HookArgs, s: S) -> Result<S::Ok, S::E
     m.serialize(s)
 }
 
-/// Where the FOLL_* values came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FollSource {
-    /// Enumerators in the kernel's BTF (6.3 and later define them as enums).
-    Btf,
-    /// The `#define` values of 5.8–6.2, which BTF cannot carry.
-    DefineTable,
-    /// No BTF on a 6.3+ kernel: the enum values those kernels share
-    /// (unchanged from 6.3 to 7.2; new flags were only appended).
-    EnumTable,
-}
-
-/// The kernel's gup_flags bit values, by name.
-#[derive(Clone, Debug, Serialize)]
-pub struct FollFlags {
-    /// Where they came from.
-    pub source: FollSource,
-    /// Name → bit value.
-    pub values: BTreeMap<&'static str, u64>,
-}
-
-/// FOLL_* names gupwatch decodes.
-pub const FOLL_NAMES: &[&str] = &[
-    "FOLL_WRITE", "FOLL_GET", "FOLL_DUMP", "FOLL_FORCE", "FOLL_NOWAIT", "FOLL_NOFAULT",
-    "FOLL_HWPOISON", "FOLL_ANON", "FOLL_LONGTERM", "FOLL_SPLIT_PMD", "FOLL_PCI_P2PDMA",
-    "FOLL_INTERRUPTIBLE", "FOLL_HONOR_NUMA_FAULT", "FOLL_TOUCH", "FOLL_TRIED", "FOLL_REMOTE",
-    "FOLL_PIN", "FOLL_FAST_ONLY", "FOLL_UNLOCKABLE", "FOLL_MADV_POPULATE", "FOLL_MIGRATION",
-];
-
-/// The FOLL_* `#define`s of 5.8–6.2 (include/linux/mm.h), used only when
-/// BTF has no FOLL_* enumerators.
-const FOLL_DEFINES: &[(&str, u64)] = &[
-    ("FOLL_WRITE", 0x01), ("FOLL_TOUCH", 0x02), ("FOLL_GET", 0x04), ("FOLL_DUMP", 0x08),
-    ("FOLL_FORCE", 0x10), ("FOLL_NOWAIT", 0x20), ("FOLL_NOFAULT", 0x80),
-    ("FOLL_HWPOISON", 0x100), ("FOLL_MIGRATION", 0x400), ("FOLL_TRIED", 0x800),
-    ("FOLL_REMOTE", 0x2000), ("FOLL_ANON", 0x8000), ("FOLL_LONGTERM", 0x10000),
-    ("FOLL_SPLIT_PMD", 0x20000), ("FOLL_PIN", 0x40000), ("FOLL_FAST_ONLY", 0x80000),
-];
-
-/// The FOLL_* enumerators of 6.3 and later (include/linux/mm_types.h and
-/// mm/internal.h), for a 6.3+ kernel without BTF. Identical in the BTF of
-/// Debian's 6.12 and 7.2; the internal flags start at bit 16 so that public
-/// flags added later (FOLL_HONOR_NUMA_FAULT in 6.5) do not move them.
-const FOLL_ENUMS: &[(&str, u64)] = &[
-    ("FOLL_WRITE", 1 << 0), ("FOLL_GET", 1 << 1), ("FOLL_DUMP", 1 << 2), ("FOLL_FORCE", 1 << 3),
-    ("FOLL_NOWAIT", 1 << 4), ("FOLL_NOFAULT", 1 << 5), ("FOLL_HWPOISON", 1 << 6), ("FOLL_ANON", 1 << 7),
-    ("FOLL_LONGTERM", 1 << 8), ("FOLL_SPLIT_PMD", 1 << 9), ("FOLL_PCI_P2PDMA", 1 << 10),
-    ("FOLL_INTERRUPTIBLE", 1 << 11), ("FOLL_HONOR_NUMA_FAULT", 1 << 12), ("FOLL_TOUCH", 1 << 16),
-    ("FOLL_TRIED", 1 << 17), ("FOLL_REMOTE", 1 << 18), ("FOLL_PIN", 1 << 19), ("FOLL_FAST_ONLY", 1 << 20),
-    ("FOLL_UNLOCKABLE", 1 << 21), ("FOLL_MADV_POPULATE", 1 << 22),
-];
-
-impl FollFlags {
-    /// From BTF when it has the enumerators (6.3+); otherwise from the
-    /// table of the kernel's generation: the only place gupwatch reads the
-    /// release number, because without BTF nothing else tells the two
-    /// layouts apart.
-    fn resolve(btf: Option<&KernelBtf>, release: &str) -> FollFlags {
-        if let Some(btf) = btf {
-            if btf.enumerator("FOLL_PIN").is_some() {
-                let values = FOLL_NAMES
-                    .iter()
-                    .filter_map(|n| btf.enumerator(n).map(|v| (*n, v as u64)))
-                    .collect();
-                return FollFlags { source: FollSource::Btf, values };
-            }
-        }
-        // An unreadable release takes the older table: a 5.8-6.2 kernel
-        // is likelier than a 6.3+ one without BTF (every 6.3+ distribution
-        // kernel has BTF).
-        match crate::kernel::release_major_minor(release) {
-            Some(v) if v >= (6, 3) && btf.is_none() => {
-                FollFlags { source: FollSource::EnumTable, values: FOLL_ENUMS.iter().copied().collect() }
-            }
-            _ => FollFlags { source: FollSource::DefineTable, values: FOLL_DEFINES.iter().copied().collect() },
-        }
-    }
-
-    /// The names of the bits set in `flags`, lowest bit first; unknown bits
-    /// are shown in hex.
-    pub fn decode(&self, flags: u64) -> Vec<String> {
-        let mut by_bit: Vec<(&&str, &u64)> = self.values.iter().collect();
-        by_bit.sort_by_key(|(_, v)| **v);
-        let mut rest = flags;
-        let mut out = vec![];
-        for (name, v) in by_bit {
-            if *v != 0 && flags & v == *v {
-                out.push(name.to_string());
-                rest &= !v;
-            }
-        }
-        if rest != 0 {
-            out.push(format!("{rest:#x}"));
-        }
-        out
-    }
-}
-
 /// What a kernel's GUP users do, derived from which functions it has.
 #[derive(Clone, Debug, Serialize)]
 pub struct Capabilities {
@@ -253,6 +162,10 @@ pub struct Capabilities {
     /// ([`bpf_helpers`]), as `name (Linux X+)`: when any is, no program
     /// loads and gupwatch runs in the reduced mode.
     pub missing_helpers: Vec<String>,
+    /// What gates `bpf()` after start-up, for the capabilities kept
+    /// ([`crate::privileges`]); not part of the printed plan.
+    #[serde(skip)]
+    pub bpf_gates: BpfGates,
 }
 
 /// The probe plan for the running kernel.
@@ -315,164 +228,6 @@ impl PageLayout {
             None => PageLayout { compound_head: 8, size: 64, from_btf: false, task_stack, task_stack_size },
         }
     }
-}
-
-/// One function that can play a logical i915 hook.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    /// The i915 function.
-    pub function: &'static str,
-    /// Which kernels have it as a symbol, and what hooking it covers.
-    pub covers: &'static str,
-}
-
-/// A logical i915 hook: what it does, and the functions that can do it on
-/// some kernel, best first. i915's userptr code was rewritten in 5.13 and
-/// its static helpers are inlined or not depending on the build, so a role
-/// is resolved to whichever candidate the running i915 has as a symbol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct I915Role {
-    /// What the hook does.
-    pub role: &'static str,
-    /// Candidates, best first.
-    pub candidates: &'static [Candidate],
-    /// Said when no candidate exists: where the role's events are seen then.
-    pub when_none: &'static str,
-}
-
-const I915_CREATE: I915Role = I915Role {
-    role: "create a userptr object",
-    candidates: &[Candidate {
-        function: "i915_gem_userptr_ioctl",
-        covers: "the DRM_I915_GEM_USERPTR ioctl, in every i915 with userptr objects",
-    }],
-    when_none: "object creation times are then taken from their first pin",
-};
-
-const I915_PIN: I915Role = I915Role {
-    role: "pin the object's pages",
-    candidates: &[
-        Candidate {
-            function: "i915_gem_object_userptr_submit_init",
-            covers: "5.13 and later: pins the pages with pin_user_pages_fast in the submitting thread, and unpins them itself when an mmu-notifier invalidation races it (-EAGAIN)",
-        },
-        Candidate {
-            function: "i915_gem_userptr_get_pages",
-            covers: "before 5.13: pins with pin_user_pages_fast_only in the calling thread and returns -EAGAIN while __i915_gem_userptr_get_pages_worker pins the rest with pin_user_pages_remote in a kworker; the worker's pins are counted per API but not credited to the object (its object is not an argument)",
-        },
-    ],
-    when_none: "pins are still counted per API, but not per object",
-};
-
-const I915_DROP_REF: I915Role = I915Role {
-    role: "unpin the object's pages at their last reference",
-    candidates: &[
-        Candidate {
-            function: "i915_gem_object_userptr_drop_ref",
-            covers: "5.13 and later, where the compiler kept it: every unpin of the object's pages goes through it",
-        },
-        Candidate {
-            function: "i915_gem_userptr_get_pages",
-            covers: "5.13 and later, where i915_gem_object_userptr_drop_ref is static and inlined: its callers are i915_gem_userptr_put_pages (the put-pages hook) and the error path of i915_gem_userptr_get_pages (hooked here), so every unpin still happens inside a hooked call on the object",
-        },
-    ],
-    when_none: "before 5.13 there is no page reference: i915_gem_userptr_put_pages unpins the pages itself, and the put-pages hook credits them",
-};
-
-const I915_PUT_PAGES: I915Role = I915Role {
-    role: "give back the object's pages",
-    candidates: &[Candidate {
-        function: "i915_gem_userptr_put_pages",
-        covers: "the object's put_pages operation in every i915 with userptr objects (a symbol because its address is taken); it unpins directly before 5.13 and through the last page reference since",
-    }],
-    when_none: "unpins outside the pin hook are then counted per API, but not per object",
-};
-
-/// The logical role of an i915 API slot (`None` for the GUP APIs).
-pub fn i915_role(api: Api) -> Option<&'static I915Role> {
-    match api {
-        Api::I915UserptrIoctl => Some(&I915_CREATE),
-        Api::I915UserptrSubmitInit => Some(&I915_PIN),
-        Api::I915UserptrDropRef => Some(&I915_DROP_REF),
-        Api::I915UserptrPutPages => Some(&I915_PUT_PAGES),
-        _ => None,
-    }
-}
-
-/// What became of one candidate of a logical hook.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CandidateCheck {
-    /// The function.
-    pub function: &'static str,
-    /// `chosen`, `not a symbol`, `already hooked as <role>`, or `not
-    /// needed` (an earlier candidate was chosen).
-    pub verdict: String,
-}
-
-/// A logical hook resolved against kallsyms.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct I915Choice {
-    /// Index into the role's candidates, and the symbol to attach to.
-    pub chosen: Option<(usize, String)>,
-    /// Every candidate's verdict.
-    pub checks: Vec<CandidateCheck>,
-    /// Why this one (or why none).
-    pub reason: String,
-    /// None was found because i915 is not loaded (yet).
-    pub module_not_loaded: bool,
-}
-
-/// Resolves a logical i915 hook: the first candidate this kernel has as a
-/// symbol and no other hook already uses. A function is hooked at most
-/// once, because two hooks on one function would count its calls twice
-/// and give its unpins to whichever entry came last. `taken` lists the
-/// functions earlier hooks chose. Pure; unit-tested.
-pub fn resolve_i915(role: &I915Role, kallsyms: &Kallsyms, taken: &[(&str, &str)]) -> I915Choice {
-    let mut checks = Vec::with_capacity(role.candidates.len());
-    let mut chosen: Option<(usize, String)> = None;
-    for (i, c) in role.candidates.iter().enumerate() {
-        let verdict = if chosen.is_some() {
-            "not needed".to_string()
-        } else if let Some((_, by)) = taken.iter().find(|(f, _)| *f == c.function) {
-            format!("already hooked to {by}")
-        } else if let Some((symbol, _)) = kallsyms.find_function(c.function) {
-            chosen = Some((i, symbol.to_string()));
-            "chosen".to_string()
-        } else {
-            "not a symbol".to_string()
-        };
-        checks.push(CandidateCheck { function: c.function, verdict });
-    }
-    let why_not = |upto: usize| -> String {
-        role.candidates[..upto]
-            .iter()
-            .zip(&checks)
-            .map(|(c, k)| match k.verdict.as_str() {
-                "not a symbol" => format!("{} is not a symbol in this i915 (static and inlined, or not built)", c.function),
-                v => format!("{} is {v}", c.function),
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let reason = match &chosen {
-        Some((0, _)) => format!("{}: {} ({})", role.role, role.candidates[0].function, role.candidates[0].covers),
-        Some((i, _)) => format!(
-            "{}: {}, because {}. It covers {}",
-            role.role,
-            role.candidates[*i].function,
-            why_not(*i),
-            role.candidates[*i].covers
-        ),
-        None if !kallsyms.has_module("i915") => "i915 not loaded (attached if the module appears)".to_string(),
-        None => format!(
-            "{}: i915 is loaded but has none of its functions: {}. Missing here, so {}",
-            role.role,
-            why_not(role.candidates.len()),
-            role.when_none
-        ),
-    };
-    let module_not_loaded = chosen.is_none() && !kallsyms.has_module("i915");
-    I915Choice { chosen, checks, reason, module_not_loaded }
 }
 
 /// Parameter names for the page/folio count, in order of preference.
@@ -673,6 +428,7 @@ impl ProbePlan {
             longterm_file_rule_reason,
             io_uring_coalesces,
             missing_helpers: bpf_helpers::missing(btf_ok, kallsyms),
+            bpf_gates: BpfGates::for_release(&kernel),
         };
         ProbePlan {
             kernel,
@@ -917,289 +673,4 @@ fn taken_by(hooks: &[HookPlan]) -> Vec<(&'static str, &'static str)> {
 const RETURN_TRAMPOLINES: [&str; 3] = ["arch_rethook_trampoline", "__kretprobe_trampoline", "kretprobe_trampoline"];
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::btf::tests::Builder;
-
-    fn kallsyms(names: &[&str]) -> Kallsyms {
-        Kallsyms::with_functions(names)
-    }
-
-    /// A 6.1-like kernel: 7-argument pin_user_pages_remote, #define FOLL_*.
-    fn btf_61() -> KernelBtf {
-        let mut b = Builder::new();
-        let long = b.int();
-        b.func("pin_user_pages_remote", &["mm", "start", "nr_pages", "gup_flags", "pages", "vmas", "locked"], long);
-        b.func("pin_user_pages_unlocked", &["start", "nr_pages", "pages", "gup_flags"], long);
-        b.func("unpin_user_page", &["page"], 0);
-        b.func("unpin_user_pages_dirty_lock", &["pages", "npages", "make_dirty"], 0);
-        KernelBtf::parse(&b.build()).expect("valid")
-    }
-
-    #[test]
-    fn arguments_come_from_btf_parameter_names() {
-        let btf = btf_61();
-        let k = kallsyms(&["pin_user_pages_remote", "pin_user_pages_unlocked", "unpin_user_page", "unpin_user_pages_dirty_lock"]);
-        let plan = ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
-        let remote = plan.hook(Api::PinUserPagesRemote);
-        assert_eq!((remote.args.count_idx, remote.args.flags_idx, remote.args.nr_args), (2, 3, 7));
-        assert_eq!(remote.mechanism, Some(Mechanism::Fentry));
-        let unlocked = plan.hook(Api::PinUserPagesUnlocked);
-        assert_eq!((unlocked.args.count_idx, unlocked.args.flags_idx), (1, 3));
-        assert_eq!(plan.hook(Api::UnpinUserPage).args.count_idx, ARG_NONE);
-        assert_eq!(plan.hook(Api::UnpinUserPagesDirtyLock).args.count_idx, 1);
-        assert_eq!(plan.hook(Api::PinUserPagesFastOnly).status, HookStatus::Absent);
-        assert_eq!(plan.hook_args()[Api::PinUserPagesRemote as usize].count_idx, 2);
-    }
-
-    #[test]
-    fn foll_values_come_from_btf_when_it_has_them() {
-        let k = kallsyms(&[]);
-        let legacy = ProbePlan::resolve("6.1".into(), Ok(&btf_61()), &k);
-        assert_eq!(legacy.foll.source, FollSource::DefineTable);
-        assert_eq!(legacy.foll.values["FOLL_PIN"], 0x40000);
-
-        let mut b = Builder::new();
-        b.enumeration(&[("FOLL_WRITE", 1), ("FOLL_LONGTERM", 1 << 8)]);
-        b.enumeration(&[("FOLL_PIN", 1 << 19), ("FOLL_FAST_ONLY", 1 << 20)]);
-        let btf = KernelBtf::parse(&b.build()).expect("valid");
-        let modern = ProbePlan::resolve("6.12".into(), Ok(&btf), &k);
-        assert_eq!(modern.foll.source, FollSource::Btf);
-        assert_eq!(modern.foll.values["FOLL_PIN"], 1 << 19);
-        assert_eq!(modern.foll.decode((1 << 19) | (1 << 8) | 1 | (1 << 30)), ["FOLL_WRITE", "FOLL_LONGTERM", "FOLL_PIN", "0x40000000"]);
-    }
-
-    /// Without BTF, the kernel's generation picks the table: a 6.3+ kernel
-    /// with the 5.8-6.2 values would count LONGTERM and FOLL_PIN releases
-    /// wrongly (seen on 7.2 with /sys/kernel/btf hidden).
-    #[test]
-    fn foll_values_without_btf_follow_the_kernel_generation() {
-        let k = kallsyms(&[]);
-        let old = ProbePlan::resolve("6.1.0-50-cloud-amd64".into(), Err("no BTF".into()), &k);
-        assert_eq!(old.foll.source, FollSource::DefineTable);
-        assert_eq!((old.foll.values["FOLL_PIN"], old.foll.values["FOLL_LONGTERM"]), (0x40000, 0x10000));
-        for r in ["6.3.0", "6.12.117+deb13-cloud-amd64", "7.2.13+deb14-cloud-amd64", "10.0-rc1"] {
-            let new = ProbePlan::resolve(r.into(), Err("no BTF".into()), &k);
-            assert_eq!(new.foll.source, FollSource::EnumTable, "{r}");
-            assert_eq!((new.foll.values["FOLL_PIN"], new.foll.values["FOLL_LONGTERM"]), (1 << 19, 1 << 8), "{r}");
-        }
-        let unknown = ProbePlan::resolve("weird".into(), Err("no BTF".into()), &k);
-        assert_eq!(unknown.foll.source, FollSource::DefineTable);
-        // Experimental's pre-release names: 7.3, so the 6.3+ table.
-        for r in ["7.3-cloud-amd64", "7.3.0-rc7+"] {
-            assert_eq!(ProbePlan::resolve(r.into(), Err("no BTF".into()), &k).foll.source, FollSource::EnumTable, "{r}");
-        }
-        for r in ["", "7", "99999999999.1-huge"] {
-            assert_eq!(ProbePlan::resolve(r.into(), Err("no BTF".into()), &k).foll.source, FollSource::DefineTable, "{r:?}");
-        }
-    }
-
-    #[test]
-    fn function_texts_and_stack_size_come_from_kallsyms() {
-        let btf = btf_61();
-        let k = kallsyms(&["unpin_user_page", "unpin_user_pages_dirty_lock", "next_function"]);
-        let plan = ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
-        let t = plan.text_ranges()[Api::UnpinUserPagesDirtyLock as usize];
-        assert_eq!((t.start, t.end), (0xffffffff81000010, 0xffffffff81000020));
-        assert_eq!(plan.text_ranges()[Api::PinUserPagesFast as usize], TextRange::NONE, "absent");
-        assert_eq!((plan.kernel_text.start, plan.kernel_text.end), (0xffffffff81000000, 0xffffffff81000021));
-        assert_eq!(plan.page_layout.task_stack_size, 16 << 10);
-        let kasan = kallsyms(&["unpin_user_page", "kasan_report"]);
-        assert_eq!(ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &kasan).page_layout.task_stack_size, 32 << 10);
-    }
-
-    #[test]
-    fn without_btf_everything_present_is_a_kprobe() {
-        let k = kallsyms(&["pin_user_pages_fast", "unpin_user_page"]);
-        let plan = ProbePlan::resolve("x".into(), Err("no BTF".into()), &k);
-        let fast = plan.hook(Api::PinUserPagesFast);
-        assert_eq!(fast.mechanism, Some(Mechanism::Kprobe));
-        assert_eq!(fast.args.count_idx, 1);
-        assert!(fast.reason.contains("no kernel BTF"));
-        assert!(!plan.capabilities.direct_io_pins);
-    }
-
-    #[test]
-    fn kprobes_are_preferred_where_the_kernel_has_them() {
-        let btf = btf_61();
-        let k = kallsyms(&["pin_user_pages_remote", "unpin_user_page", "arch_rethook_trampoline"]);
-        let fresh = || ProbePlan::resolve("6.1.0-test".into(), Ok(&btf), &k);
-        let mut auto = fresh();
-        auto.prefer(Preference::Auto, true);
-        let h = auto.hook(Api::PinUserPagesRemote);
-        assert_eq!(h.mechanism, Some(Mechanism::Kprobe));
-        assert!(h.fentry_possible, "fentry stays the fallback");
-        assert!(h.reason.contains("preemption disabled"), "{}", h.reason);
-        // Unpins run in interrupt context too: they stay on fentry.
-        let u = auto.hook(Api::UnpinUserPage);
-        assert_eq!(u.mechanism, Some(Mechanism::Fentry));
-        assert!(u.reason.contains("interrupt context"), "{}", u.reason);
-        let mut all = fresh();
-        all.prefer(Preference::Kprobe, true);
-        assert_eq!(all.hook(Api::UnpinUserPage).mechanism, Some(Mechanism::Kprobe));
-        assert_ne!(auto.return_trampoline, 0, "the kretprobe trampoline comes from kallsyms");
-        let mut no_kprobes = fresh();
-        no_kprobes.prefer(Preference::Auto, false);
-        assert_eq!(no_kprobes.hook(Api::UnpinUserPage).mechanism, Some(Mechanism::Fentry));
-        let mut forced = fresh();
-        forced.prefer(Preference::Fentry, true);
-        assert_eq!(forced.hook(Api::UnpinUserPage).mechanism, Some(Mechanism::Fentry));
-        // Absent functions get no mechanism either way.
-        assert_eq!(forced.hook(Api::PinUserPagesFast).mechanism, None);
-        assert_eq!(auto.hook(Api::PinUserPagesFast).mechanism, None);
-    }
-
-    /// kallsyms lines of module functions (`t name [module]`).
-    fn with_module(vmlinux: &[&str], module: &str, funcs: &[&str]) -> Kallsyms {
-        let mut text: String = vmlinux
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("{:016x} T {n}\n", 0xffffffff81000000u64 + i as u64 * 16))
-            .collect();
-        for (i, f) in funcs.iter().enumerate() {
-            text += &format!("{:016x} t {f}\t[{module}]\n", 0xffffffffc0000000u64 + i as u64 * 16);
-        }
-        Kallsyms::parse(&text)
-    }
-
-    /// The userptr functions of Debian's 6.1, 6.12 and 7.2 i915 (kallsyms in
-    /// the VMs): i915_gem_object_userptr_drop_ref is static and inlined.
-    const I915_DEBIAN: &[&str] = &[
-        "i915_gem_userptr_ioctl",
-        "i915_gem_object_userptr_submit_init",
-        "i915_gem_object_userptr_submit_done",
-        "i915_gem_object_userptr_validate",
-        "i915_gem_userptr_get_pages",
-        "i915_gem_userptr_put_pages",
-        "i915_gem_userptr_release",
-    ];
-
-    fn i915_hooks(plan: &ProbePlan) -> Vec<&HookPlan> {
-        plan.hooks.iter().filter(|h| h.api.kind() == ApiKind::I915).collect()
-    }
-
-    #[test]
-    fn i915_roles_resolve_to_the_functions_debian_builds_have() {
-        let k = with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN);
-        let plan = ProbePlan::resolve("6.12".into(), Ok(&btf_61()), &k);
-        let by = |api| plan.hook(api);
-        assert_eq!(by(Api::I915UserptrIoctl).function, "i915_gem_userptr_ioctl");
-        assert_eq!(by(Api::I915UserptrSubmitInit).function, "i915_gem_object_userptr_submit_init");
-        assert_eq!(by(Api::I915UserptrPutPages).function, "i915_gem_userptr_put_pages");
-        // drop_ref is inlined: its other caller plays the role.
-        let drop = by(Api::I915UserptrDropRef);
-        assert_eq!(drop.function, "i915_gem_userptr_get_pages");
-        assert_eq!(drop.symbol.as_deref(), Some("i915_gem_userptr_get_pages"));
-        assert_eq!(drop.role, Some("unpin the object's pages at their last reference"));
-        assert_eq!(
-            drop.candidates,
-            [
-                CandidateCheck { function: "i915_gem_object_userptr_drop_ref", verdict: "not a symbol".into() },
-                CandidateCheck { function: "i915_gem_userptr_get_pages", verdict: "chosen".into() },
-            ]
-        );
-        assert!(drop.reason.contains("because i915_gem_object_userptr_drop_ref is not a symbol in this i915"), "{}", drop.reason);
-        for h in i915_hooks(&plan) {
-            assert_eq!((h.status.clone(), h.mechanism, h.waits_for_module), (HookStatus::Planned, Some(Mechanism::Kprobe), false), "{}", h.function);
-            assert!(h.reason.ends_with("in module i915: aya cannot put fentry on module functions"), "{}", h.reason);
-        }
-        // Every i915 function is hooked at most once.
-        let mut symbols: Vec<_> = i915_hooks(&plan).iter().filter_map(|h| h.symbol.clone()).collect();
-        symbols.sort();
-        symbols.dedup();
-        assert_eq!(symbols.len(), 4);
-    }
-
-    #[test]
-    fn drop_ref_is_chosen_where_it_is_a_symbol() {
-        let mut funcs = I915_DEBIAN.to_vec();
-        funcs.push("i915_gem_object_userptr_drop_ref");
-        let plan = ProbePlan::resolve("x".into(), Err("no BTF".into()), &with_module(&[], "i915", &funcs));
-        let drop = plan.hook(Api::I915UserptrDropRef);
-        assert_eq!(drop.function, "i915_gem_object_userptr_drop_ref");
-        assert_eq!(drop.candidates[1].verdict, "not needed");
-        assert!(drop.reason.starts_with("unpin the object's pages at their last reference: i915_gem_object_userptr_drop_ref ("), "{}", drop.reason);
-    }
-
-    #[test]
-    fn before_5_13_get_pages_pins_and_no_function_is_hooked_twice() {
-        // 5.10-like i915: no submit_init, no drop_ref; get_pages pins.
-        let k = with_module(&[], "i915", &["i915_gem_userptr_ioctl", "i915_gem_userptr_get_pages", "i915_gem_userptr_put_pages", "__i915_gem_userptr_get_pages_worker"]);
-        let plan = ProbePlan::resolve("5.10".into(), Err("no BTF".into()), &k);
-        let pin = plan.hook(Api::I915UserptrSubmitInit);
-        assert_eq!((pin.function, pin.status.clone()), ("i915_gem_userptr_get_pages", HookStatus::Planned));
-        assert!(pin.reason.contains("i915_gem_object_userptr_submit_init is not a symbol"), "{}", pin.reason);
-        assert!(pin.reason.contains("pin_user_pages_fast_only"), "{}", pin.reason);
-        let drop = plan.hook(Api::I915UserptrDropRef);
-        assert_eq!(drop.status, HookStatus::Absent);
-        assert!(!drop.waits_for_module, "i915 is loaded: nothing to wait for");
-        assert_eq!(drop.candidates[1].verdict, "already hooked to pin the object's pages");
-        assert!(drop.reason.contains("i915 is loaded but has none of its functions"), "{}", drop.reason);
-        assert!(drop.reason.contains("put-pages hook credits them"), "{}", drop.reason);
-        assert_eq!(plan.hook(Api::I915UserptrPutPages).status, HookStatus::Planned);
-    }
-
-    #[test]
-    fn without_i915_its_hooks_wait_then_resolve_late() {
-        let mut plan = ProbePlan::resolve("6.12".into(), Ok(&btf_61()), &kallsyms(&["pin_user_pages_fast"]));
-        for h in i915_hooks(&plan) {
-            assert_eq!((h.status.clone(), h.waits_for_module), (HookStatus::Absent, true));
-            assert_eq!(h.reason, "i915 not loaded (attached if the module appears)");
-        }
-        let fast = plan.hook(Api::PinUserPagesFast).clone();
-        // Still not loaded: nothing found, still waiting.
-        assert!(plan.resolve_late(&kallsyms(&["pin_user_pages_fast"])).is_empty());
-        assert!(plan.hook(Api::I915UserptrIoctl).waits_for_module);
-        // i915 loads.
-        let found = plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
-        assert_eq!(found, [Api::I915UserptrIoctl, Api::I915UserptrSubmitInit, Api::I915UserptrDropRef, Api::I915UserptrPutPages]);
-        assert_eq!(plan.hook(Api::I915UserptrDropRef).function, "i915_gem_userptr_get_pages");
-        for h in i915_hooks(&plan) {
-            assert_eq!((h.status.clone(), h.mechanism, h.waits_for_module), (HookStatus::Planned, Some(Mechanism::Kprobe), false));
-        }
-        // GUP hooks are left alone.
-        assert_eq!((plan.hook(Api::PinUserPagesFast).mechanism, plan.hook(Api::PinUserPagesFast).reason.clone()), (fast.mechanism, fast.reason));
-        // Nothing waits any more: a second look finds nothing new.
-        assert!(plan.resolve_late(&with_module(&[], "i915", I915_DEBIAN)).is_empty());
-    }
-
-    #[test]
-    fn hooks_know_their_module_and_wait_while_it_is_away() {
-        let mut plan = ProbePlan::resolve("6.12".into(), Ok(&btf_61()), &kallsyms(&["pin_user_pages_fast"]));
-        assert_eq!(plan.hook(Api::PinUserPagesFast).module, None, "vmlinux");
-        assert!(i915_hooks(&plan).iter().all(|h| h.module.as_deref() == Some("i915")), "awaited module");
-        plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
-        assert!(i915_hooks(&plan).iter().all(|h| h.module.as_deref() == Some("i915") && h.symbol.is_some()));
-        // Unloaded (the loader marks the hook so), then a look while another
-        // module's symbols are in: it keeps waiting, with the loader's reason.
-        let h = &mut plan.hooks[Api::I915UserptrIoctl as usize];
-        (h.status, h.waits_for_module, h.symbol, h.reason) = (HookStatus::Absent, true, None, "i915 was unloaded".into());
-        assert!(plan.resolve_late(&with_module(&["pin_user_pages_fast"], "nvidia", &["nv_ioctl"])).is_empty());
-        let h = plan.hook(Api::I915UserptrIoctl);
-        assert_eq!((h.waits_for_module, h.module.as_deref(), h.reason.as_str()), (true, Some("i915"), "i915 was unloaded"));
-        // i915 back: resolved afresh.
-        let found = plan.resolve_late(&with_module(&["pin_user_pages_fast"], "i915", I915_DEBIAN));
-        assert_eq!(found, [Api::I915UserptrIoctl]);
-    }
-
-    #[test]
-    fn a_loaded_i915_without_a_role_function_names_what_is_missing() {
-        let k = with_module(&[], "i915", &["i915_gem_userptr_ioctl", "i915_gem_userptr_put_pages"]);
-        let plan = ProbePlan::resolve("x".into(), Err("no BTF".into()), &k);
-        let pin = plan.hook(Api::I915UserptrSubmitInit);
-        assert_eq!((pin.status.clone(), pin.waits_for_module, pin.function), (HookStatus::Absent, false, "i915_gem_object_userptr_submit_init"));
-        assert!(
-            pin.reason.contains("i915_gem_object_userptr_submit_init is not a symbol in this i915")
-                && pin.reason.contains("i915_gem_userptr_get_pages is not a symbol in this i915"),
-            "{}",
-            pin.reason
-        );
-        assert!(pin.reason.ends_with("pins are still counted per API, but not per object"), "{}", pin.reason);
-    }
-
-    #[test]
-    fn direct_io_capability_follows_iov_iter_extract_pages() {
-        let plan = ProbePlan::resolve("x".into(), Err("none".into()), &kallsyms(&["iov_iter_extract_pages"]));
-        assert!(plan.capabilities.direct_io_pins);
-    }
-}
+mod tests;

@@ -83,8 +83,8 @@ pub struct Needs {
     /// Hooks may still be attached later (an i915 hook waits for its
     /// module).
     pub late_attach: bool,
-    /// The running kernel's release (`uname -r`).
-    pub kernel_release: String,
+    /// What gates `bpf()` on the running kernel (from the probe plan).
+    pub gates: crate::plan::BpfGates,
     /// `kernel.perf_event_paranoid` (None: unreadable). Above 2 (Debian's
     /// and Ubuntu's 3) perf_event_open(2), and so a kprobe, needs
     /// CAP_SYS_ADMIN.
@@ -97,12 +97,13 @@ pub struct Needs {
 }
 
 impl Needs {
-    /// The needs on this host: the running kernel and its sysctl.
-    pub fn here(late_attach: bool) -> Needs {
+    /// The needs on this host: the running kernel (as its probe plan
+    /// describes it) and its sysctl.
+    pub fn here(late_attach: bool, plan: &crate::plan::ProbePlan) -> Needs {
         Needs {
             late_attach,
             reads_other_processes: false,
-            kernel_release: crate::kernel::release(),
+            gates: plan.capabilities.bpf_gates,
             perf_event_paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
@@ -115,11 +116,9 @@ impl Needs {
 
 /// The capabilities to keep, each with why. Pure: see the module docs.
 pub fn capabilities_to_keep(needs: &Needs) -> Vec<(u32, &'static str)> {
-    // Unknown version: assume the older rules (keeping more, not less).
-    let v = crate::kernel::release_major_minor(&needs.kernel_release).unwrap_or((0, 0));
-    let has_cap_bpf = v >= (5, 8);
+    let has_cap_bpf = needs.gates.cap_bpf;
     let mut keep = vec![];
-    let restricted_map_access = v < (5, 19) && needs.unprivileged_bpf_disabled != Some(0);
+    let restricted_map_access = needs.gates.map_access_checked && needs.unprivileged_bpf_disabled != Some(0);
     if restricted_map_access {
         keep.push(if has_cap_bpf {
             (CAP_BPF, "reading the BPF maps: before Linux 5.19, kernel.unprivileged_bpf_disabled makes every bpf() call check CAP_BPF")
@@ -397,7 +396,7 @@ mod tests {
     fn needs_paranoid(release: &str, sysctl: Option<u32>, late: bool, paranoid: Option<i32>) -> Vec<u32> {
         capabilities_to_keep(&Needs {
             late_attach: late,
-            kernel_release: release.into(),
+            gates: crate::plan::BpfGates::for_release(release),
             unprivileged_bpf_disabled: sysctl,
             perf_event_paranoid: paranoid,
             reads_other_processes: false,
@@ -452,7 +451,7 @@ mod tests {
             let before = current().unwrap();
             let report = drop_privileges(&Needs {
                 late_attach: false,
-                kernel_release: "6.12.0".into(),
+                gates: crate::plan::BpfGates::for_release("6.12.0"),
                 unprivileged_bpf_disabled: Some(2),
                 perf_event_paranoid: Some(2),
                 reads_other_processes: false,
@@ -484,9 +483,13 @@ mod tests {
 
     #[test]
     fn the_reduced_mode_keeps_ptrace_read_only() {
-        let mut n = Needs::here(false);
-        n.kernel_release = "7.2.13".into();
-        n.unprivileged_bpf_disabled = Some(2);
+        let mut n = Needs {
+            late_attach: false,
+            gates: crate::plan::BpfGates::for_release("7.2.13"),
+            perf_event_paranoid: Some(2),
+            unprivileged_bpf_disabled: Some(2),
+            reads_other_processes: false,
+        };
         assert!(!capabilities_to_keep(&n).iter().any(|(c, _)| *c == CAP_SYS_PTRACE));
         n.reads_other_processes = true;
         assert_eq!(capabilities_to_keep(&n).iter().map(|(c, _)| *c).collect::<Vec<_>>(), [CAP_SYS_PTRACE]);

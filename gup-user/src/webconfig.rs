@@ -200,6 +200,30 @@ impl WebConfig {
                 })?
                 .unwrap_or_default()
         };
+        let mut notes = vec![];
+        let tls = match raw.tls_server_config {
+            None => None,
+            Some(t) => Self::parse_tls(t, base_dir, path, &mut notes)?,
+        };
+        let headers = Self::parse_headers(raw.http_server_config, path, &mut notes)?;
+        let users = raw.basic_auth_users.unwrap_or_default();
+        Self::check_users(&users, path, &mut notes)?;
+        if !users.is_empty() && tls.is_none() {
+            notes.push("basic_auth_users without TLS: passwords cross the network in clear text".into());
+        }
+        Ok(WebConfig { path: path.to_path_buf(), tls, users, headers, notes })
+    }
+
+    /// `tls_server_config`: the certificate and key (a file, relative to
+    /// `base_dir`, or inline), versions and client authentication; refuses
+    /// what rustls cannot honour. `None`: plain HTTP.
+    fn parse_tls(
+        t: RawTls,
+        base_dir: &Path,
+        path: &Path,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<TlsSettings>, WebConfigError> {
+        let err = |message: String| WebConfigError { path: path.to_path_buf(), message };
         let resolve = |p: &str| {
             let p = Path::new(p);
             if p.is_absolute() {
@@ -208,106 +232,110 @@ impl WebConfig {
                 base_dir.join(p)
             }
         };
-        let mut notes = vec![];
-        let tls = match raw.tls_server_config {
-            None => None,
-            Some(t) => {
-                let refuse = |key: &str, why: &str| {
-                    err(format!("tls_server_config.{key} is not supported by gupwatch: {why}; remove it"))
-                };
-                if t.cipher_suites.is_some() {
-                    return Err(refuse("cipher_suites", "rustls offers only its own modern AEAD suites"));
-                }
-                if t.curve_preferences.is_some() {
-                    return Err(refuse("curve_preferences", "rustls chooses among its own safe groups"));
-                }
-                if t.client_allowed_sans.is_some() {
-                    return Err(refuse(
-                        "client_allowed_sans",
-                        "restrict clients with a dedicated client CA (client_ca_file) instead",
-                    ));
-                }
-                let pem = |file: Option<String>, inline: Option<String>, what: &str| -> Result<Option<Pem>, WebConfigError> {
-                    match (file.filter(|f| !f.is_empty()), inline.filter(|i| !i.is_empty())) {
-                        (Some(_), Some(_)) => Err(err(format!(
-                            "tls_server_config has both {what}_file and {what}: give one of them"
-                        ))),
-                        (Some(f), None) => Ok(Some(Pem::File(resolve(&f)))),
-                        (None, Some(i)) => Ok(Some(Pem::Inline(i))),
-                        (None, None) => Ok(None),
-                    }
-                };
-                let cert = pem(t.cert_file, t.cert, "cert")?;
-                let key = pem(t.key_file, t.key, "key")?;
-                let version = |key: &str, v: Option<String>, default: TlsVersion| match v.as_deref() {
-                    None | Some("") => Ok(default),
-                    Some("TLS12") => Ok(TlsVersion::Tls12),
-                    Some("TLS13") => Ok(TlsVersion::Tls13),
-                    Some(old @ ("TLS10" | "TLS11")) => Err(err(format!(
-                        "tls_server_config.{key}: {old} is not offered (rustls speaks TLS 1.2 and 1.3 only); use TLS12 or TLS13"
-                    ))),
-                    Some(other) => Err(err(format!("tls_server_config.{key}: unknown version {other:?}; use TLS12 or TLS13"))),
-                };
-                let min_version = version("min_version", t.min_version, TlsVersion::Tls12)?;
-                let max_version = version("max_version", t.max_version, TlsVersion::Tls13)?;
-                if min_version > max_version {
-                    return Err(err("tls_server_config.min_version is above max_version".into()));
-                }
-                let client_ca_file = t.client_ca_file.filter(|f| !f.is_empty()).map(|f| resolve(&f));
-                let client_auth = match t.client_auth_type.as_deref().unwrap_or("") {
-                    "" | "NoClientCert" => ClientAuth::None,
-                    "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
-                    "RequireAndVerifyClientCert" => ClientAuth::Require,
-                    unverified @ ("RequestClientCert" | "RequireAnyClientCert") => {
-                        return Err(err(format!(
-                            "tls_server_config.client_auth_type {unverified} would accept client certificates without verifying them, which gupwatch refuses; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file"
-                        )))
-                    }
-                    other => {
-                        return Err(err(format!(
-                            "tls_server_config.client_auth_type {other:?} is not one of NoClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
-                        )))
-                    }
-                };
-                match (client_auth, &client_ca_file) {
-                    (ClientAuth::None, Some(_)) => {
-                        return Err(err(
-                            "tls_server_config.client_ca_file is set but client_auth_type is NoClientCert: set client_auth_type to RequireAndVerifyClientCert (or VerifyClientCertIfGiven)".into(),
-                        ))
-                    }
-                    (ClientAuth::VerifyIfGiven | ClientAuth::Require, None) => {
-                        return Err(err(
-                            "tls_server_config.client_auth_type verifies client certificates, which needs client_ca_file (the CA bundle that signed them)".into(),
-                        ))
-                    }
-                    _ => {}
-                }
-                match (cert, key) {
-                    // exporter-toolkit serves plain HTTP when neither is set.
-                    (None, None) => {
-                        notes.push("tls_server_config has no certificate: serving plain HTTP".into());
-                        None
-                    }
-                    (Some(_), None) => {
-                        return Err(err("tls_server_config has a certificate but no key_file (or key)".into()))
-                    }
-                    (None, Some(_)) => {
-                        return Err(err("tls_server_config has a key but no cert_file (or cert)".into()))
-                    }
-                    (Some(cert), Some(key)) => Some(TlsSettings {
-                        cert,
-                        key,
-                        client_auth,
-                        client_ca_file,
-                        min_version,
-                        max_version,
-                        prefer_server_cipher_suites: t.prefer_server_cipher_suites.unwrap_or(true),
-                    }),
-                }
+        let refuse = |key: &str, why: &str| {
+            err(format!("tls_server_config.{key} is not supported by gupwatch: {why}; remove it"))
+        };
+        if t.cipher_suites.is_some() {
+            return Err(refuse("cipher_suites", "rustls offers only its own modern AEAD suites"));
+        }
+        if t.curve_preferences.is_some() {
+            return Err(refuse("curve_preferences", "rustls chooses among its own safe groups"));
+        }
+        if t.client_allowed_sans.is_some() {
+            return Err(refuse(
+                "client_allowed_sans",
+                "restrict clients with a dedicated client CA (client_ca_file) instead",
+            ));
+        }
+        let pem = |file: Option<String>, inline: Option<String>, what: &str| -> Result<Option<Pem>, WebConfigError> {
+            match (file.filter(|f| !f.is_empty()), inline.filter(|i| !i.is_empty())) {
+                (Some(_), Some(_)) => Err(err(format!(
+                    "tls_server_config has both {what}_file and {what}: give one of them"
+                ))),
+                (Some(f), None) => Ok(Some(Pem::File(resolve(&f)))),
+                (None, Some(i)) => Ok(Some(Pem::Inline(i))),
+                (None, None) => Ok(None),
             }
         };
+        let cert = pem(t.cert_file, t.cert, "cert")?;
+        let key = pem(t.key_file, t.key, "key")?;
+        let version = |key: &str, v: Option<String>, default: TlsVersion| match v.as_deref() {
+            None | Some("") => Ok(default),
+            Some("TLS12") => Ok(TlsVersion::Tls12),
+            Some("TLS13") => Ok(TlsVersion::Tls13),
+            Some(old @ ("TLS10" | "TLS11")) => Err(err(format!(
+                "tls_server_config.{key}: {old} is not offered (rustls speaks TLS 1.2 and 1.3 only); use TLS12 or TLS13"
+            ))),
+            Some(other) => Err(err(format!("tls_server_config.{key}: unknown version {other:?}; use TLS12 or TLS13"))),
+        };
+        let min_version = version("min_version", t.min_version, TlsVersion::Tls12)?;
+        let max_version = version("max_version", t.max_version, TlsVersion::Tls13)?;
+        if min_version > max_version {
+            return Err(err("tls_server_config.min_version is above max_version".into()));
+        }
+        let client_ca_file = t.client_ca_file.filter(|f| !f.is_empty()).map(|f| resolve(&f));
+        let client_auth = match t.client_auth_type.as_deref().unwrap_or("") {
+            "" | "NoClientCert" => ClientAuth::None,
+            "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
+            "RequireAndVerifyClientCert" => ClientAuth::Require,
+            unverified @ ("RequestClientCert" | "RequireAnyClientCert") => {
+                return Err(err(format!(
+                    "tls_server_config.client_auth_type {unverified} would accept client certificates without verifying them, which gupwatch refuses; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file"
+                )))
+            }
+            other => {
+                return Err(err(format!(
+                    "tls_server_config.client_auth_type {other:?} is not one of NoClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
+                )))
+            }
+        };
+        match (client_auth, &client_ca_file) {
+            (ClientAuth::None, Some(_)) => {
+                return Err(err(
+                    "tls_server_config.client_ca_file is set but client_auth_type is NoClientCert: set client_auth_type to RequireAndVerifyClientCert (or VerifyClientCertIfGiven)".into(),
+                ))
+            }
+            (ClientAuth::VerifyIfGiven | ClientAuth::Require, None) => {
+                return Err(err(
+                    "tls_server_config.client_auth_type verifies client certificates, which needs client_ca_file (the CA bundle that signed them)".into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(match (cert, key) {
+            // exporter-toolkit serves plain HTTP when neither is set.
+            (None, None) => {
+                notes.push("tls_server_config has no certificate: serving plain HTTP".into());
+                None
+            }
+            (Some(_), None) => {
+                return Err(err("tls_server_config has a certificate but no key_file (or key)".into()))
+            }
+            (None, Some(_)) => {
+                return Err(err("tls_server_config has a key but no cert_file (or cert)".into()))
+            }
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert,
+                key,
+                client_auth,
+                client_ca_file,
+                min_version,
+                max_version,
+                prefer_server_cipher_suites: t.prefer_server_cipher_suites.unwrap_or(true),
+            }),
+        })
+    }
+
+    /// `http_server_config`: the response headers it may set (HTTP/2 is
+    /// noted as ignored).
+    fn parse_headers(
+        http: Option<RawHttp>,
+        path: &Path,
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<(&'static str, String)>, WebConfigError> {
+        let err = |message: String| WebConfigError { path: path.to_path_buf(), message };
         let mut headers = vec![];
-        if let Some(h) = raw.http_server_config {
+        if let Some(h) = http {
             if h.http2 == Some(true) {
                 notes.push("http_server_config.http2 is ignored: gupwatch serves HTTP/1.1".into());
             }
@@ -332,8 +360,14 @@ impl WebConfig {
                 headers.push((*canonical, value));
             }
         }
-        let users = raw.basic_auth_users.unwrap_or_default();
-        for (user, hash) in &users {
+        Ok(headers)
+    }
+
+    /// `basic_auth_users`: names basic auth can carry, bcrypt hashes (a
+    /// slow cost is noted).
+    fn check_users(users: &BTreeMap<String, String>, path: &Path, notes: &mut Vec<String>) -> Result<(), WebConfigError> {
+        let err = |message: String| WebConfigError { path: path.to_path_buf(), message };
+        for (user, hash) in users {
             if user.is_empty() || user.contains(':') || user.chars().any(|c| c.is_control()) {
                 return Err(err(format!(
                     "basic_auth_users: user name {user:?} is empty or has ':' or a control character, which basic auth cannot carry"
@@ -351,10 +385,7 @@ impl WebConfig {
                 ));
             }
         }
-        if !users.is_empty() && tls.is_none() {
-            notes.push("basic_auth_users without TLS: passwords cross the network in clear text".into());
-        }
-        Ok(WebConfig { path: path.to_path_buf(), tls, users, headers, notes })
+        Ok(())
     }
 
     /// Reads and checks a web configuration file.

@@ -1,17 +1,21 @@
 //! The `gupwatch` command line.
 
 use std::{
-    io::Write,
     path::PathBuf,
     process::ExitCode,
     sync::{atomic::AtomicBool, Arc},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use gup_common::{Api, ApiKind};
-use gupwatch::{check, config::LogFormat, host, loader, plan::ProbePlan, scenarios, vmstat};
+use gupwatch::{
+    check,
+    config::LogFormat,
+    host, loader, scenarios,
+    session::{self, Session},
+    vmstat,
+};
 
 /// Watch how this Linux host pins user memory: who calls pin_user_pages*()
 /// and get_user_pages*(), how many pages, and whether the kernel agrees.
@@ -301,11 +305,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
-    }
-    Ok(stop)
+    session::stop_on_signals().context("cannot install signal handler")
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -340,7 +340,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 web_config,
                 max_connections_per_peer: max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             };
-            serve(flags, config.as_deref(), reduced)
+            gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: config.as_deref(), reduced })?;
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Top { connect, reduced }) => top(cli.interval, connect, reduced || cli.reduced),
         Some(Command::Doctor { json }) => doctor(json),
@@ -403,18 +404,15 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     init_env_logging()?;
     let stop = stop_flag()?;
     let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
-    let mut probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
-    let mut ebpf_log = probes.take_ebpf_log();
-    if let Some(l) = ebpf_log.as_mut() {
-        l.start();
-    }
-    if probes.plan.attached() == 0 {
+    let mut session = Session::require(opts)?;
+    session.start_ebpf_log();
+    let Some(probes) = session.probes() else {
         eprint!(
             "gupwatch: no GUP hook could be attached, so no pin can be tracked.\n{}",
-            host::render(&host::diagnose(Some(&probes.plan), None))
+            host::render(&session.diagnose())
         );
         return Ok(ExitCode::from(2));
-    }
+    };
     eprintln!(
         "gupwatch: tracking pins for {} s (pins taken before now are not tracked; Ctrl-C reports early)...",
         duration.as_secs()
@@ -453,368 +451,20 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     Ok(ExitCode::SUCCESS)
 }
 
-/// One warning per hook the kernel has but refused: its calls go uncounted,
-/// and the reason names the fix (and the saved verifier log, if any).
-fn warn_failed_hooks(plan: Option<&gupwatch::plan::ProbePlan>) {
-    for h in plan.into_iter().flat_map(|p| p.failed()) {
-        if let gupwatch::plan::HookStatus::Failed(why) = &h.status {
-            tracing::warn!(function = h.function, reason = %why, fix = failed_hook_fix(why).trim(), "hook not attached: its calls go uncounted");
-        }
-    }
-}
-
-/// [`warn_failed_hooks`] for the commands that write to a terminal.
-fn print_failed_hooks(plan: &gupwatch::plan::ProbePlan) {
-    for h in plan.failed() {
-        if let gupwatch::plan::HookStatus::Failed(why) = &h.status {
-            eprintln!("gupwatch: {} is not hooked, so its calls go uncounted: {why}.{}", h.function, failed_hook_fix(why));
-        }
-    }
-}
-
-/// What to do about a refused hook, from the reason's wording.
-fn failed_hook_fix(why: &str) -> &'static str {
-    if why.contains("verifier refused") {
-        " The verifier refusing gupwatch's own program is a gupwatch bug on this kernel: please report it with the saved verifier log."
-    } else {
-        " `gupwatch doctor` says what this kernel allows."
-    }
-}
-
-/// `gupwatch run`: metrics over HTTP until SIGINT/SIGTERM, then exit 0
-/// with the probes detached (dropping them detaches). Logs through
-/// `tracing`; SIGHUP re-reads the configuration file.
-// `..Default`/`..c.settings()` keep these literals valid if the structs
-// gain fields.
-#[allow(clippy::needless_update)]
-fn serve(
-    flags: gupwatch::config::RunOptions,
-    config: Option<&std::path::Path>,
-    reduced: bool,
-) -> Result<ExitCode> {
-    use gupwatch::{collect, config::RunOptions, http, leaks::LeakPolicy};
-    let config_path = RunOptions::locate(config);
-    let file = match &config_path {
-        Some(p) => RunOptions::load(p)?,
-        None => RunOptions::default(),
-    };
-    let mut settings = RunOptions::resolve(&flags, &file);
-    let log = init_logging(settings.log_format, &settings.log_level)?;
-    let inherited = gupwatch::privileges::close_inherited_fds();
-    if !inherited.is_empty() {
-        tracing::info!(fds = ?inherited, "closed descriptors inherited from the parent");
-    }
-    // Before anything slow: SIGHUP's default action would end the daemon.
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
-        .context("cannot install the SIGHUP handler")?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        config = %config_path.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string()),
-        settings = %settings.describe(),
-        "starting"
-    );
-    let web = match settings.web_config.as_deref() {
-        Some(p) => {
-            let w = gupwatch::webconfig::WebConfigWatcher::load(p)?;
-            let c = w.config();
-            tracing::info!(path = %p.display(), settings = %c.describe(), "web config");
-            for n in &c.notes {
-                tracing::warn!(path = %p.display(), "web config: {n}");
-            }
-            Some(Arc::new(w))
-        }
-        None => None,
-    };
-    // Bind first: a busy port should fail before anything is loaded.
-    let limits = http::ServerConfig {
-        max_connections_per_peer: settings.max_connections_per_peer,
-        ..http::ServerConfig::default()
-    };
-    let server = http::Server::bind(settings.listen.as_str(), limits)
-        .map_err(|e| anyhow::anyhow!(http::explain_bind_error(&settings.listen, &e)))?;
-    let server = match web {
-        Some(w) => server.with_web_config(w),
-        None => server,
-    };
-    let plan = resolve_plan()?;
-    let opts = loader::LoadOptions {
-        track_pins: true,
-        track_capacity: settings.track_capacity,
-        ebpf_log: gupwatch::ebpflog::wanted(),
-    };
-    let (mut probes, load_err) = match load_unless_reduced(&plan, opts, reduced) {
-        Ok(p) => (p, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
-    // Started once this thread has no capabilities left (below).
-    let mut ebpf_log = probes.as_mut().and_then(loader::Probes::take_ebpf_log).filter(|_| attached > 0);
-    if reduced {
-        tracing::info!("--reduced: no probes loaded; serving /proc/vmstat counters and accounted pins (reduced mode)");
-    } else if attached == 0 {
-        for f in host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref()).iter().filter(|f| !f.ok) {
-            tracing::warn!(check = f.check, detail = %f.detail, fix = f.fix.as_deref().unwrap_or(""), "probe check failed");
-        }
-        tracing::warn!(
-            kernel = %plan.kernel,
-            "this kernel will not run gupwatch's probes: serving the kernel's /proc/vmstat counters and probe health only (reduced mode); `gupwatch doctor` explains"
-        );
-    }
-    if attached > 0 {
-        warn_failed_hooks(probes.as_ref().map(|p| &p.plan));
-    }
-    let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
-    let probes = probes.filter(|_| attached > 0);
-    let mut collector = collect::Collector::new(
-        probes,
-        &plan,
-        collect::Settings { top_processes: settings.top_processes, ..collect::Settings::default() },
-    );
-    collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
-    gupwatch::memstat::note("collector ready (kallsyms read)");
-    // Module hooks are followed for as long as gupwatch runs: a module can
-    // be unloaded and loaded again at any time, and each load needs fresh
-    // kprobes.
-    let late_attach = collector.follows_modules();
-    let app = Arc::new(http::App::new(collector));
-    // Loaded, attached, kallsyms read: shed every capability before any
-    // thread starts (capabilities are per thread, and threads inherit
-    // them). While a hook lives on a module (i915), CAP_BPF and
-    // CAP_PERFMON stay for the module thread alone: it starts with them,
-    // then this thread drops them too, so the HTTP workers and the reload
-    // thread start with none. The reduced mode keeps the one its walk of
-    // other processes' descriptors needs.
-    drop_privileges_for(late_attach, attached == 0);
-    // Installed only now: until here the default action of SIGINT/SIGTERM
-    // (exit, which detaches whatever was attached) ends a slow load at once.
-    let stop = stop_flag()?;
-    let late_attacher = if late_attach {
-        let t = spawn_late_attacher(Arc::clone(&app), Arc::clone(&stop))?;
-        drop_privileges(false);
-        Some(t)
-    } else {
-        None
-    };
-    if let Some(l) = ebpf_log.as_mut() {
-        l.start();
-        tracing::debug!(
-            target: "gupwatch::ebpf",
-            first = gup_common::diag_log::FIRST,
-            "eBPF debug logs on: the first events of each diagnostics counter, per CPU"
-        );
-    }
-    gupwatch::memstat::note("start-up");
-    tracing::info!(hooks_attached = attached, url = %format!("{}://{}/metrics", server.scheme(), server.local_addr()?), "serving");
-    // Reloads run beside the server, which never waits for them.
-    let reloader = {
-        let (app, stop) = (Arc::clone(&app), Arc::clone(&stop));
-        std::thread::Builder::new()
-            .name("gupwatch-reload".into())
-            .spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if reload.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                        settings = reload_config(&flags, config_path.as_deref(), &settings, &app, &log);
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            })
-            .context("cannot start the reload thread")?
-    };
-    let handler: Arc<dyn http::Handler> = Arc::clone(&app) as Arc<dyn http::Handler>;
-    let served = server.run(handler, &stop).context("metrics server");
-    let _ = reloader.join();
-    if let Some(t) = late_attacher {
-        let _ = t.join();
-    }
-    // The last reference: the collector and its probes go with it.
-    drop(app);
-    drop(ebpf_log);
-    served?;
-    tracing::info!(hooks_detached = attached, "stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// How often `run` looks at the modules its hooks live on: a look is a
-/// read of `/proc/modules`, a stat per module and the kernel's kprobe list
-/// (kallsyms is read only when a waiting hook's module is live). A hook on
-/// an unloaded module reads as detached at most this long after the
-/// unload, and attaches at most this long after the module is back. A
-/// look costs little (the files are short), so once a second: the
-/// attached gauge is wrong for at most a second.
-const MODULE_LOOK_EVERY: Duration = Duration::from_secs(1);
-
-/// `run`'s module thread: detaches the hooks whose module is unloaded,
-/// attaches those whose module loads (after gupwatch started, or again),
-/// and logs each. It keeps the capabilities attaching needs (CAP_BPF,
-/// CAP_PERFMON) for the life of the daemon, alone of all threads.
-fn spawn_late_attacher(app: Arc<gupwatch::http::App>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
-    use std::sync::atomic::Ordering;
-    std::thread::Builder::new()
-        .name("gupwatch-late-attach".into())
-        .spawn(move || {
-            tracing::info!(
-                every_secs = MODULE_LOOK_EVERY.as_secs(),
-                "hooks on modules (i915) follow their module: attached when it loads, detached when it unloads"
-            );
-            let mut last = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                if last.elapsed() < MODULE_LOOK_EVERY {
-                    continue;
-                }
-                last = Instant::now();
-                let mut ev = Default::default();
-                app.update(|c| ev = c.follow_modules());
-                log_module_events(&ev);
-            }
-        })
-        .context("cannot start the late-attach thread")
-}
-
-/// Logs what one look at the modules changed.
-fn log_module_events(ev: &loader::ModuleEvents) {
-    for d in &ev.detached {
-        tracing::warn!(
-            function = d.function,
-            module = %d.module,
-            reason = d.reason,
-            "module hook dead: detached; attached again when the module loads"
-        );
-    }
-    for f in &ev.attached {
-        tracing::info!(
-            function = f,
-            mechanism = "kprobe",
-            attach_ms = ev.attach_time.as_millis() as u64,
-            "module loaded after start: hook attached"
-        );
-    }
-    for (f, why) in &ev.failed {
-        tracing::warn!(function = f, reason = %why, "module loaded after start: hook not attached");
-    }
-}
-
-/// Re-reads the configuration on SIGHUP and applies what can change live;
-/// returns the settings now in force. A bad file changes nothing.
-// `..Default`/`..c.settings()` keep these literals valid if the structs
-// gain fields.
-#[allow(clippy::needless_update)]
-fn reload_config(
-    flags: &gupwatch::config::RunOptions,
-    explicit: Option<&std::path::Path>,
-    current: &gupwatch::config::RunSettings,
-    app: &gupwatch::http::App,
-    log: &LogHandle,
-) -> gupwatch::config::RunSettings {
-    use gupwatch::{collect, config::RunOptions, leaks::LeakPolicy};
-    let Some(path) = RunOptions::locate(explicit) else {
-        tracing::info!(default = gupwatch::config::DEFAULT_PATH, "SIGHUP: no configuration file; nothing to reload");
-        return current.clone();
-    };
-    let file = match RunOptions::load(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the settings in force stay");
-            return current.clone();
-        }
-    };
-    let new = RunOptions::resolve(flags, &file);
-    let plan = current.reload_plan(&new);
-    let mut next = current.reloaded(&new);
-    if next.log_level != current.log_level {
-        if let Err(e) = log.set_level(&next.log_level) {
-            tracing::error!(error = %format!("{e:#}"), "SIGHUP: log_level not changed");
-            next.log_level = current.log_level.clone();
-        }
-    }
-    app.update(|c| {
-        c.set_settings(collect::Settings { top_processes: next.top_processes, ..c.settings() });
-        c.set_leak_policy(LeakPolicy { long_held: next.long_held, ..c.leak_policy().clone() });
-    });
-    tracing::info!(path = %path.display(), applied = ?plan.applied, "configuration reloaded");
-    if !plan.needs_restart.is_empty() {
-        tracing::warn!(keys = ?plan.needs_restart, "changed in the configuration, but only a restart applies them");
-    }
-    next
-}
-
-/// Changes the running logger's filter (SIGHUP).
-struct LogHandle(tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>);
-
-impl LogHandle {
-    fn set_level(&self, level: &str) -> Result<()> {
-        let filter = gupwatch::args::log_filter(level).map_err(|e| anyhow::anyhow!("bad log filter {level:?}: {e}"))?;
-        self.0.reload(filter).context("cannot change the log filter")
-    }
-}
-
-/// The modes other than `run` log through `tracing` only when
-/// `GUPWATCH_LOG` holds a filter (as `--log-level`: `debug`,
-/// `gupwatch::ebpf=debug`): text lines on stderr. Its use is the eBPF
-/// side's debug logs in `gupwatch check`, `leaks` and the summary mode.
+/// See [`gupwatch::logging::init_env_logging`].
 fn init_env_logging() -> Result<()> {
-    let Some(level) = std::env::var_os("GUPWATCH_LOG") else { return Ok(()) };
-    let level = level.to_string_lossy();
-    let filter =
-        gupwatch::args::log_filter(&level).map_err(|e| anyhow::anyhow!("bad GUPWATCH_LOG {level:?}: {e}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
-}
-
-/// Installs the `tracing` subscriber for `gupwatch run`: text or JSON lines
-/// on stderr (journald takes stderr under systemd and stamps each line, so
-/// text lines carry no time of their own there).
-fn init_logging(format: LogFormat, level: &str) -> Result<LogHandle> {
-    use tracing_subscriber::{fmt, layer::SubscriberExt, reload, util::SubscriberInitExt};
-    let filter = gupwatch::args::log_filter(level).map_err(|e| anyhow::anyhow!("bad --log-level {level:?}: {e}"))?;
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let installed = match format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(false).with_span_list(false).with_writer(std::io::stderr))
-            .try_init(),
-        LogFormat::Text if journald => {
-            registry.with(fmt::layer().without_time().with_ansi(false).with_writer(std::io::stderr)).try_init()
-        }
-        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init(),
-    };
-    installed.context("cannot install the logger")?;
-    Ok(LogHandle(handle))
-}
-
-fn resolve_plan() -> Result<ProbePlan> {
-    let plan = ProbePlan::for_running_kernel().context("cannot resolve the probe plan");
-    gupwatch::memstat::note("plan resolved");
-    // The BTF and kallsyms it read are gone: give their pages back before
-    // aya parses the BTF again, so the two parses' peaks do not stack.
-    loader::trim_heap();
-    plan
+    Ok(gupwatch::logging::init_env_logging()?)
 }
 
 fn probes(json: bool, dry_run: bool) -> Result<ExitCode> {
-    let plan = resolve_plan()?;
-    let plan = if dry_run {
-        plan
-    } else {
-        match loader::load(plan.clone()) {
-            Ok(p) => p.plan,
-            Err(e) => {
-                eprintln!("gupwatch: could not load the probes: {e}\n(showing the plan unattached)");
-                plan
-            }
-        }
-    };
+    let session = Session::start(loader::LoadOptions::default(), dry_run)?;
+    if let Some(e) = session.load_error() {
+        eprintln!("gupwatch: could not load the probes: {e}\n(showing the plan unattached)");
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        println!("{}", serde_json::to_string_pretty(&session.plan)?);
     } else {
-        print!("{}", plan.to_table());
+        print!("{}", session.plan.to_table());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -825,20 +475,17 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32, select:
     // Pins some scenarios must hold before the probes exist.
     selection.before_attach();
     let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
-    let mut probes = loader::load_with(resolve_plan()?, opts).context("cannot load gupwatch's probes")?;
-    let mut ebpf_log = probes.take_ebpf_log();
-    if let Some(l) = ebpf_log.as_mut() {
-        l.start();
-    }
-    if probes.plan.attached() == 0 {
+    let mut session = Session::require(opts)?;
+    session.start_ebpf_log();
+    let Some(probes) = session.probes() else {
         eprint!(
             "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
-            host::render(&host::diagnose(Some(&probes.plan), None))
+            host::render(&session.diagnose())
         );
         return Ok(ExitCode::from(2));
-    }
-    print_failed_hooks(&probes.plan);
-    let report = check::run(&probes, selection)?;
+    };
+    session::print_failed_hooks(&session.plan);
+    let report = check::run(probes, selection)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -857,125 +504,36 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
     init_env_logging()?;
     gupwatch::privileges::close_inherited_fds();
     let stop = stop_flag()?;
-    let plan = resolve_plan()?;
     let opts = loader::LoadOptions { ebpf_log: gupwatch::ebpflog::wanted(), ..loader::LoadOptions::default() };
-    let (mut probes, load_err) = match load_unless_reduced(&plan, opts, reduced) {
-        Ok(p) => (p, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
-    let mut ebpf_log = probes.as_mut().and_then(loader::Probes::take_ebpf_log).filter(|_| attached > 0);
-    let late_attach = attached > 0 && probes.as_ref().is_some_and(loader::Probes::follows_modules);
-    drop_privileges_for(late_attach, attached == 0);
+    let mut session = Session::start(opts, reduced)?;
+    let late_attach = session.follows_modules();
+    session::drop_privileges(&session.plan, late_attach, session.attached() == 0);
     // A thread: started after the drop, so it holds no capability.
-    if let Some(l) = ebpf_log.as_mut() {
-        l.start();
-    }
+    session.start_ebpf_log();
     let mut out = std::io::stdout().lock();
-    if attached == 0 {
+    let Some(probes) = session.probes_mut() else {
         if reduced {
-            eprintln!("gupwatch: --reduced: no probes loaded on {}; reduced mode. Ctrl-C to stop.\n", plan.kernel);
+            eprintln!("gupwatch: --reduced: no probes loaded on {}; reduced mode. Ctrl-C to stop.\n", session.plan.kernel);
         } else {
-            let findings = host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref());
             eprintln!(
                 "gupwatch: this kernel ({}) will not run gupwatch's probes:\n{}\nContinuing in reduced mode. Ctrl-C to stop.\n",
-                plan.kernel,
-                host::render(&findings)
+                session.plan.kernel,
+                host::render(&session.diagnose())
             );
         }
-        drop(probes);
+        drop(session.take_probes());
         host::run_reduced(interval, count, &stop, &mut out, std::path::Path::new("/proc")).context("reduced mode")?;
         return Ok(ExitCode::SUCCESS);
-    }
-    let Some(mut probes) = probes else { unreachable!("attached > 0 implies probes") };
-    let by_mech = |m| probes.plan.hooks.iter().filter(|h| h.status == gupwatch::plan::HookStatus::Attached && h.mechanism == Some(m)).count();
-    writeln!(
-        out,
-        "gupwatch on {}: {} hooks attached ({} fentry/fexit, {} kprobe). Ctrl-C to stop.",
-        probes.plan.kernel,
-        attached,
-        by_mech(gupwatch::plan::Mechanism::Fentry),
-        by_mech(gupwatch::plan::Mechanism::Kprobe)
-    )?;
-    print_failed_hooks(&probes.plan);
-    let first = probes.maps.snapshot()?;
-    let vm_first = vmstat::read(true).ok();
-    let mut prev = first.clone();
-    let mut vm_prev = vm_first;
-    let t0 = Instant::now();
-    let mut printed = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) && count.is_none_or(|c| printed < c) {
-        host::sleep_unless_stopped(interval, &stop);
-        // Module hooks (i915) attach when their module loads and detach
-        // when it unloads; every interval, so either shows within one.
-        if late_attach {
-            let ev = probes.follow_modules();
-            for d in &ev.detached {
-                writeln!(out, "gupwatch: {} detached ({} {}); attached again when it loads", d.function, d.module, d.reason)?;
-            }
-            for f in &ev.attached {
-                writeln!(out, "gupwatch: {f} appeared (module loaded); attached")?;
-            }
-            for (f, why) in &ev.failed {
-                writeln!(out, "gupwatch: {f} not attached: {why}")?;
-            }
-        }
-        let now = probes.maps.snapshot()?;
-        let vm_now = vmstat::read(true).ok();
-        let d = now.since(&prev);
-        let t = d.totals();
-        let mut top: Vec<(Api, u64)> = Api::ALL
-            .iter()
-            .filter(|a| matches!(a.kind(), ApiKind::Pin | ApiKind::Get))
-            .map(|&a| (a, d.api(a).pages))
-            .filter(|(_, p)| *p > 0)
-            .collect();
-        top.sort_by_key(|e| std::cmp::Reverse(e.1));
-        let top: Vec<String> = top.iter().take(3).map(|(a, p)| format!("{} {}", a.symbol(), p)).collect();
-        let kernel = match (vm_now, vm_prev) {
-            (Some(n), Some(p)) => match n.delta_since(&p) {
-                Ok(k) => format!("kernel +{} / -{}", k.acquired, k.released),
-                Err(_) => "kernel n/a".into(),
-            },
-            _ => "kernel n/a".into(),
-        };
-        writeln!(
-            out,
-            "[{:>5.0}s] pinned +{:<6} unpinned +{:<6} refs +{:<6} calls {:<5} errors {:<3} | {} | outstanding since start {:>6} | {}",
-            t0.elapsed().as_secs_f64(),
-            t.pinned_pages,
-            t.unpinned_pages,
-            t.referenced_pages,
-            t.pin_calls + t.get_calls,
-            t.failed_calls,
-            kernel,
-            now.since(&first).totals().pinned_pages as i64 - now.since(&first).totals().unpinned_pages as i64,
-            if top.is_empty() { "-".to_string() } else { top.join(", ") }
-        )?;
-        out.flush()?;
-        prev = now;
-        vm_prev = vm_now;
-        printed += 1;
-    }
-    let total = probes.maps.snapshot()?.since(&first).totals();
-    writeln!(
-        out,
-        "total: {} pages pinned in {} calls, {} unpinned, {} FOLL_GET references; detaching.",
-        total.pinned_pages, total.pin_calls, total.unpinned_pages, total.referenced_pages
-    )?;
+    };
+    gupwatch::summary::write_header(probes, &mut out)?;
+    session::print_failed_hooks(&probes.plan);
+    gupwatch::summary::run(probes, interval, count, &stop, late_attach, &mut out)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `gupwatch top` (and `gupwatch` on a terminal): the live view.
-/// Loads and attaches the probes, or none when the reduced mode was asked
-/// for (`--reduced`).
-fn load_unless_reduced(plan: &ProbePlan, opts: loader::LoadOptions, reduced: bool) -> Result<Option<loader::Probes>> {
-    if reduced {
-        return Ok(None);
-    }
-    Ok(Some(loader::load_with(plan.clone(), opts)?))
-}
-
+/// `gupwatch top` (and `gupwatch` on a terminal): the live view, of this
+/// host's probes (none when the reduced mode was asked for, `--reduced`)
+/// or of a daemon's.
 fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<ExitCode> {
     use gupwatch::{collect, tui, tui::source};
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -991,56 +549,17 @@ fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<Exi
         Some(addr) => (Box::new(source::RemoteSource::new(addr.clone(), Duration::from_secs(5))), addr, vec![]),
         None => {
             eprintln!("gupwatch: loading probes...");
-            let plan = resolve_plan()?;
-            let (probes, load_err) = match load_unless_reduced(&plan, loader::LoadOptions::default(), reduced) {
-                Ok(p) => (p, None),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            let attached = probes.as_ref().map_or(0, |p| p.plan.attached());
-            let diagnosis = if attached == 0 && !reduced {
-                host::render(&host::diagnose(probes.as_ref().map(|p| &p.plan), load_err.as_deref()))
-                    .lines()
-                    .map(String::from)
-                    .collect()
-            } else {
-                vec![]
-            };
-            let plan = probes.as_ref().map_or(plan, |p| p.plan.clone());
-            let probes = probes.filter(|_| attached > 0);
-            let collector = collect::Collector::new(probes, &plan, collect::Settings::default());
-            drop_privileges_for(false, attached == 0);
+            let mut session = Session::start(loader::LoadOptions::default(), reduced)?;
+            let attached = session.attached();
+            let diagnosis =
+                if attached == 0 && !reduced { session::diagnosis_lines(&session.diagnose()) } else { vec![] };
+            let collector = collect::Collector::new(session.take_probes(), &session.plan, collect::Settings::default());
+            session::drop_privileges(&session.plan, false, attached == 0);
             (Box::new(source::LocalSource::new(collector)), "local".into(), diagnosis)
         }
     };
     tui::run(src, tui::Options { interval, source_label, diagnosis }, &stop).context("live view")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Drops the capabilities not needed any more (see privileges.rs) and says
-/// what remains; a failure leaves them as they are, with a warning.
-fn drop_privileges(late_attach: bool) {
-    drop_privileges_for(late_attach, false);
-}
-
-/// [`drop_privileges`], keeping what the reduced mode's walk of other
-/// processes' descriptors needs when `reduced` (see privileges.rs).
-fn drop_privileges_for(late_attach: bool, reduced: bool) {
-    // Start-up is over (the collector has read kallsyms too): what it
-    // freed goes back to the kernel.
-    loader::trim_heap();
-    let needs = gupwatch::privileges::Needs { reads_other_processes: reduced, ..gupwatch::privileges::Needs::here(late_attach) };
-    let r = gupwatch::privileges::drop_privileges(&needs);
-    let fds = gupwatch::privileges::fd_summary();
-    // `run` logs through tracing; the other modes have no subscriber, and
-    // stderr keeps their stdout clean.
-    match r {
-        Ok(r) if tracing::dispatcher::has_been_set() => tracing::info!(open_fds = %fds, "{r}"),
-        Ok(r) => eprintln!("gupwatch: {r}; open fds: {fds}"),
-        Err(e) if tracing::dispatcher::has_been_set() => {
-            tracing::warn!(error = %e, "could not drop capabilities; running with those it has")
-        }
-        Err(e) => eprintln!("gupwatch: could not drop capabilities ({e}); running with those it has"),
-    }
 }
 
 /// `gupwatch doctor`.

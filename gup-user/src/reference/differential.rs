@@ -315,27 +315,6 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
     let mut syscall_errno = None;
     let write = Foll { write: true, longterm: false, force: false };
     let read = Foll::default();
-    let longterm_write = Foll { write: true, longterm: true, force: false };
-
-    let register = |s: &mut AddressSpace, calls: &mut Vec<GupOutcome>, ledger: &mut PinLedger| -> Result<Vec<GotPage>, (i32, Vec<GotPage>)> {
-        let o = gup::gup(s, profile, profile.io_uring_api, BUFFER_VPN, n, longterm_write);
-        let got = o.pages.clone();
-        let ret = o.ret;
-        ledger.took(&got);
-        calls.push(o);
-        if ret < 0 {
-            return Err(((-ret) as i32, vec![]));
-        }
-        if (ret as u64) < n {
-            // Partial: io_uring releases what it got and fails.
-            return Err((libc::EFAULT, got));
-        }
-        if profile.io_uring_checks_file_vmas && !matches!(b.backing, Backing::Anon | Backing::Shmem | Backing::Hugetlb) {
-            // io_pin_pages before 6.5: "don't support file backed memory".
-            return Err((libc::EOPNOTSUPP, got));
-        }
-        Ok(got)
-    };
 
     match setup.syscall {
         Syscall::ProcessVmReadv | Syscall::ProcessVmWritev => {
@@ -352,7 +331,7 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
             }
             calls.iter().for_each(|c| ledger.took(&c.pages));
         }
-        Syscall::IoUringRegister | Syscall::IoUringRegisterThenRelease => match register(&mut s, &mut calls, &mut ledger) {
+        Syscall::IoUringRegister | Syscall::IoUringRegisterThenRelease => match register(&mut s, profile, b, &mut calls, &mut ledger) {
             Ok(got) => {
                 if setup.syscall == Syscall::IoUringRegisterThenRelease {
                     released.extend(got);
@@ -372,34 +351,7 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
             }
         },
         Syscall::IoUringUnregister => {
-            // Registered before the run: pins outside the window.
-            let o = gup::gup(&mut s, profile, profile.io_uring_api, BUFFER_VPN, n, longterm_write);
-            ledger.took(&o.pages);
-            s.vmstat = Default::default();
-            let mut held = o.pages;
-            if profile.io_uring_coalesces {
-                let mut by_folio: std::collections::BTreeMap<FolioId, u64> = Default::default();
-                let mut keep = vec![];
-                for p in held.drain(..) {
-                    if s.folio(p.folio).is_large() {
-                        let c = by_folio.entry(p.folio).or_default();
-                        *c += 1;
-                        if *c > 1 {
-                            let _ = gup::unpin(&mut s, profile, &[p]);
-                            let _ = ledger.released(&[p]);
-                            s.vmstat = Default::default();
-                            continue;
-                        }
-                    }
-                    keep.push(p);
-                }
-                held = keep;
-            }
-            // io_buffer_unmap: unpin_user_folio per buffer page (or folio).
-            for p in &held {
-                folio_releases.push((p.folio, 1));
-            }
-            violations.extend(ledger.released(&held));
+            unregister(&mut s, profile, n, &mut ledger, &mut folio_releases, &mut violations);
         }
         Syscall::DirectIoWrite | Syscall::DirectIoRead => {
             let flags = if setup.syscall == Syscall::DirectIoRead { write } else { read };
@@ -434,7 +386,87 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
     }
 
     let mut p = Prediction { syscall_errno, model_violations: violations, ..Prediction::default() };
-    for c in &calls {
+    tally(&mut p, &s, setup, profile, &calls, &released);
+    p
+}
+
+/// How io_uring pins a registered buffer.
+const LONGTERM_WRITE: Foll = Foll { write: true, longterm: true, force: false };
+
+/// io_uring's buffer registration on the model: one long-term pin of the
+/// whole buffer; a partial pin, or file-backed memory where io_uring
+/// refuses it, fails and hands back what it got for release.
+fn register(
+    s: &mut AddressSpace,
+    profile: &KernelProfile,
+    b: &BufferSpec,
+    calls: &mut Vec<GupOutcome>,
+    ledger: &mut PinLedger,
+) -> Result<Vec<GotPage>, (i32, Vec<GotPage>)> {
+    let n = b.pages;
+    let o = gup::gup(s, profile, profile.io_uring_api, BUFFER_VPN, n, LONGTERM_WRITE);
+    let got = o.pages.clone();
+    let ret = o.ret;
+    ledger.took(&got);
+    calls.push(o);
+    if ret < 0 {
+        return Err(((-ret) as i32, vec![]));
+    }
+    if (ret as u64) < n {
+        // Partial: io_uring releases what it got and fails.
+        return Err((libc::EFAULT, got));
+    }
+    if profile.io_uring_checks_file_vmas && !matches!(b.backing, Backing::Anon | Backing::Shmem | Backing::Hugetlb) {
+        // io_pin_pages before 6.5: "don't support file backed memory".
+        return Err((libc::EOPNOTSUPP, got));
+    }
+    Ok(got)
+}
+
+/// io_uring's unregistration on the model: the buffer was registered
+/// before the run (pins outside the window), and the run releases it.
+fn unregister(
+    s: &mut AddressSpace,
+    profile: &KernelProfile,
+    n: u64,
+    ledger: &mut PinLedger,
+    folio_releases: &mut Vec<(FolioId, u64)>,
+    violations: &mut Vec<Violation>,
+) {
+    // Registered before the run: pins outside the window.
+    let o = gup::gup(s, profile, profile.io_uring_api, BUFFER_VPN, n, LONGTERM_WRITE);
+    ledger.took(&o.pages);
+    s.vmstat = Default::default();
+    let mut held = o.pages;
+    if profile.io_uring_coalesces {
+        let mut by_folio: std::collections::BTreeMap<FolioId, u64> = Default::default();
+        let mut keep = vec![];
+        for p in held.drain(..) {
+            if s.folio(p.folio).is_large() {
+                let c = by_folio.entry(p.folio).or_default();
+                *c += 1;
+                if *c > 1 {
+                    let _ = gup::unpin(s, profile, &[p]);
+                    let _ = ledger.released(&[p]);
+                    s.vmstat = Default::default();
+                    continue;
+                }
+            }
+            keep.push(p);
+        }
+        held = keep;
+    }
+    // io_buffer_unmap: unpin_user_folio per buffer page (or folio).
+    for p in &held {
+        folio_releases.push((p.folio, 1));
+    }
+    violations.extend(ledger.released(&held));
+}
+
+/// The prediction's counts from the model's GUP calls and the caller's
+/// releases.
+fn tally(p: &mut Prediction, s: &AddressSpace, setup: &Setup, profile: &KernelProfile, calls: &[GupOutcome], released: &[GotPage]) {
+    for c in calls {
         let transient = c.transient_fast + c.transient_slow;
         if c.pins() {
             p.pinned_pages += c.returned() + transient;
@@ -453,11 +485,10 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
         p.calls.push(CallTrace::of(c));
     }
     let pin_releases = released.iter().filter(|g| g.pin).count() as u64;
-    let folio_pins: u64 = folio_releases_total(setup, profile, &calls);
+    let folio_pins: u64 = folio_releases_total(setup, profile, calls);
     p.unpinned_pages = p.undone_pages + pin_releases + folio_pins;
     p.vmstat_acquired = s.vmstat.acquired;
     p.vmstat_released = s.vmstat.released;
-    p
 }
 
 /// Pins the unregister path releases (counted per buffer page or folio).

@@ -298,17 +298,32 @@ impl Scenario for Matrix {
     }
 }
 
+/// Makes one matrix scenario: name, description, buffer, syscall, expected
+/// path and errno (see [`matrix`]).
+type MakeMatrix<'a> = dyn Fn(&'static str, &'static str, BufferSpec, reference::Syscall, ExpectedPath, Option<i32>) -> Box<dyn Scenario> + 'a;
+/// Makes a matrix buffer: backing, shared, protection, prefault, shared
+/// with a forked child.
+type MakeBuffer<'a> = dyn Fn(reference::Backing, bool, Prot, Prefault, bool) -> BufferSpec + 'a;
+
 /// The matrix scenarios: every combination of backing, sharing and
 /// permissions that an ordinary syscall can pin, each judged by the
 /// reference model. Direct I/O and ext4 files go in `scratch_dir`.
 pub(super) fn matrix(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
-    use reference::{Backing as B, Syscall as S};
     let pages = buffer_pages();
-    let spec = |backing, shared, prot, prefault, shared_with_child| BufferSpec { pages, backing, shared, prot, prefault, shared_with_child };
-    let rw = Prot::ReadWrite;
-    let m = |name, description, buffer, syscall, path, errno| -> Box<dyn Scenario> {
+    let spec: &MakeBuffer = &|backing, shared, prot, prefault, shared_with_child| BufferSpec { pages, backing, shared, prot, prefault, shared_with_child };
+    let m: &MakeMatrix = &|name, description, buffer, syscall, path, errno| {
         Box::new(Matrix { name, description, buffer, syscall, path, errno, dir: scratch_dir.to_path_buf(), state: None, observed: None })
     };
+    let mut all = io_uring_rows(m, spec);
+    all.extend(process_vm_rows(m, spec));
+    all.extend(direct_io_rows(m, spec));
+    all
+}
+
+/// The io_uring buffer registrations of the matrix.
+fn io_uring_rows(m: &MakeMatrix, spec: &MakeBuffer) -> Vec<Box<dyn Scenario>> {
+    use reference::{Backing as B, Syscall as S};
+    let rw = Prot::ReadWrite;
     let efault = Some(libc::EFAULT);
     vec![
         m(
@@ -375,6 +390,15 @@ pub(super) fn matrix(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
             ExpectedPath::Any,
             None,
         ),
+    ]
+}
+
+/// The process_vm_readv/writev pins of the matrix.
+fn process_vm_rows(m: &MakeMatrix, spec: &MakeBuffer) -> Vec<Box<dyn Scenario>> {
+    use reference::{Backing as B, Syscall as S};
+    let rw = Prot::ReadWrite;
+    let efault = Some(libc::EFAULT);
+    vec![
         m(
             "process_vm_readv_file_shared",
             "process_vm_readv of 1 MiB from an ext4 file mapped MAP_SHARED: short-term read-only pins of page cache pages",
@@ -407,6 +431,14 @@ pub(super) fn matrix(scratch_dir: &Path) -> Vec<Box<dyn Scenario>> {
             ExpectedPath::None,
             efault,
         ),
+    ]
+}
+
+/// The direct I/O pins of the matrix.
+fn direct_io_rows(m: &MakeMatrix, spec: &MakeBuffer) -> Vec<Box<dyn Scenario>> {
+    use reference::{Backing as B, Syscall as S};
+    let rw = Prot::ReadWrite;
+    vec![
         m(
             "direct_io_write_memfd_shared",
             "O_DIRECT pwrite of 1 MiB from a memfd mapped MAP_SHARED: read-only short-term pins of shmem pages on the fast path",
