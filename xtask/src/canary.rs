@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::debversion;
-use crate::kernels::{self, BootKernel, Flavour, KernelAlias, Manifest};
+use crate::vm::kernels::{self, BootKernel, Flavour, KernelAlias, Manifest};
 use crate::say;
 use crate::testsuite::{self, KernelRun};
 use crate::util;
@@ -383,11 +383,11 @@ mod tests {
     fn run_with(stdout: &str, status: i32) -> KernelRun {
         let (doctor, check_stdout) = testsuite::split_doctor(stdout);
         KernelRun {
-            outcome: crate::qemu::VmOutcome {
+            outcome: crate::vm::VmOutcome {
                 status,
                 stdout: stdout.as_bytes().to_vec(),
                 console_log: PathBuf::from("/nonexistent/console.log"),
-                accel: crate::qemu::Accel::Tcg,
+                accel: crate::vm::Accel::Tcg,
                 boot_time: None,
                 elapsed: Duration::ZERO,
                 modules: vec![],

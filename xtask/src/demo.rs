@@ -20,8 +20,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::binary;
 use crate::e2e::{free_port, http_get, release_guest};
-use crate::kernels::{self, Flavour, Manifest};
-use crate::qemu::{ConsoleEcho, Forward, VmOutcome, VmRun};
+use crate::vm::kernels::{self, Flavour, Manifest};
+use crate::vm::{ConsoleEcho, Forward, VmOutcome, VmRun};
 use crate::say;
 use crate::setup::{self, SetupOptions};
 use crate::util;

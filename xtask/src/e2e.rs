@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use crate::kernels::BootKernel;
-use crate::qemu::{ConsoleEcho, Forward, VmOutcome, VmRun};
+use crate::vm::kernels::BootKernel;
+use crate::vm::{ConsoleEcho, Forward, VmOutcome, VmRun};
 use crate::say;
 use crate::util;
 
@@ -739,7 +739,7 @@ cat /tmp/workload.err /tmp/hold.err >&2
 if [ $rel -ne 0 ]; then exit 4; fi
 exit $st
 "#,
-        serve = crate::qemu::serve_and_wait_sh("e2e", GUEST_METRICS_PORT),
+        serve = crate::vm::serve_and_wait_sh("e2e", GUEST_METRICS_PORT),
         release = GUEST_RELEASE_PORT,
         wait = release_wait_s,
     )

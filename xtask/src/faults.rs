@@ -17,9 +17,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::initramfs::GuestFile;
-use crate::kernels::{self, Flavour};
-use crate::qemu::{ConsoleEcho, VmRun};
+use crate::vm::initramfs::GuestFile;
+use crate::vm::kernels::{self, Flavour};
+use crate::vm::{ConsoleEcho, VmRun};
 use crate::testsuite;
 use crate::util;
 

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::kernels::{self, Flavour, KernelAlias};
-use crate::qemu::{ConsoleEcho, VmRun};
+use crate::vm::kernels::{self, Flavour, KernelAlias};
+use crate::vm::{ConsoleEcho, VmRun};
 use crate::{say, util};
 
 /// The port `gupwatch run` listens on in the guest.

@@ -3,7 +3,7 @@
 //! `gupwatch top --connect`.
 //!
 //! One guest boots (the newest kernel of the matrix) with tmux shipped in
-//! its initramfs ([`crate::guesttools`]) and two ports forwarded: the
+//! its initramfs ([`crate::vm::guesttools`]) and two ports forwarded: the
 //! metrics port of a `gupwatch run` daemon, and a release port where the
 //! guest waits for the host (as in [`crate::e2e`]). Two pinning workloads
 //! run under names of their own (symlinks to gupwatch, so their `comm`
@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::e2e::{free_port, http_get, release_guest, Check};
-use crate::kernels::BootKernel;
-use crate::qemu::{ConsoleEcho, Forward, VmOutcome, VmRun};
+use crate::vm::kernels::BootKernel;
+use crate::vm::{ConsoleEcho, Forward, VmOutcome, VmRun};
 use crate::say;
 use crate::util;
 
@@ -597,7 +597,7 @@ pub fn judge(side: &str, source: &str, screens: &BTreeMap<String, String>) -> Ve
 /// workloads, the key presses and captures, then the wait for the host.
 pub fn guest_command(release_wait_s: u64) -> String {
     GUEST_SCRIPT
-        .replace("@SERVE@", &crate::qemu::serve_and_wait_sh("live", GUEST_PORT))
+        .replace("@SERVE@", &crate::vm::serve_and_wait_sh("live", GUEST_PORT))
         .replace("@REDUCED@", &crate::reducedcheck::guest_part())
         .replace("@PORT@", &GUEST_PORT.to_string())
         .replace("@RELEASE@", &GUEST_RELEASE_PORT.to_string())

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use xtask::kernels::{self, Flavour};
-use xtask::qemu::{ConsoleEcho, Forward, VmRun};
+use xtask::vm::kernels::{self, Flavour};
+use xtask::vm::{ConsoleEcho, Forward, VmRun};
 use xtask::{bench, binary, canary, demo, e2e, i915test, livetest, mmselftests, say, setup, testsuite, util};
 
 #[derive(Parser)]

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::kernels::{self, Flavour, KernelAlias};
-use crate::qemu::{ConsoleEcho, VmRun};
+use crate::vm::kernels::{self, Flavour, KernelAlias};
+use crate::vm::{ConsoleEcho, VmRun};
 use crate::testsuite::{open_work, parse_report, table};
 use crate::util;
 

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::{
     binary,
-    kernels::{self, Flavour},
-    qemu::VmRun,
+    vm::kernels::{self, Flavour},
+    vm::VmRun,
     setup::{self, SetupOptions},
     util,
 };

@@ -21,12 +21,12 @@ use crate::faults;
 use crate::fuzz;
 use crate::hostile;
 use crate::i915test;
-use crate::kernels::{self, BootKernel, Flavour};
+use crate::vm::kernels::{self, BootKernel, Flavour};
 use crate::livetest;
 use crate::mmselftests;
 use crate::beyondstep;
 use crate::preemptstep;
-use crate::qemu::{ConsoleEcho, VmOutcome, VmRun};
+use crate::vm::{ConsoleEcho, VmOutcome, VmRun};
 use crate::setup::{self, SetupOptions};
 use crate::util;
 
