@@ -330,8 +330,21 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
         if differ.is_empty() { format!("{attached} of {} attached, the same with and without i915", g1.len()) } else { differ.join("; ") },
     );
 
-    // 5. Late attach in `gupwatch run`: /metrics shows every i915 function
-    // chosen above attached by kprobe, and the log says so.
+    late_attach_checks(s, &w1, &mut checks);
+    caps_checks(s, &mut checks);
+    for (name, ok, detail) in evaluate_cycles(s) {
+        checks.push(Check { name, ok, detail });
+    }
+
+    let chosen = w1.iter().map(|h| format!("{}: {}", h.reason.split(':').next().unwrap_or("?"), h.function)).collect();
+    (checks, chosen)
+}
+
+/// Late attach in `gupwatch run`: /metrics shows every i915 function
+/// chosen (`w1`) attached by kprobe, and the log says so.
+fn late_attach_checks(s: &BTreeMap<String, String>, w1: &[Hook], checks: &mut Vec<Check>) {
+    let mut check = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.to_string(), ok, detail });
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
     let late: Vec<&str> = get("metrics")
         .lines()
         .filter(|l| l.ends_with(" 1") && l.contains("mechanism=\"kprobe\""))
@@ -359,9 +372,13 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
             )
         },
     );
+}
 
-    // 6. Capabilities: while waiting, only the late-attach thread holds
-    // CAP_BPF + CAP_PERFMON; once attached, no thread holds any.
+/// Capabilities: while waiting, only the late-attach thread holds
+/// CAP_BPF + CAP_PERFMON; after the attach only the module thread does.
+fn caps_checks(s: &BTreeMap<String, String>, checks: &mut Vec<Check>) {
+    let mut check = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.to_string(), ok, detail });
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
     let waiting = parse_caps(get("caps-waiting"));
     let holders: Vec<&(String, String)> = waiting.iter().filter(|(_, e)| !e.trim_start_matches('0').is_empty()).collect();
     let paranoid: Option<i32> = get("paranoid").trim().parse().ok();
@@ -382,12 +399,6 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
         left.len() == 1 && left[0].0.starts_with("gupwatch-late") && left[0].1 == expected,
         format!("expected {expected} in gupwatch-late-attach alone; threads: {after:?}"),
     );
-    for (name, ok, detail) in evaluate_cycles(s) {
-        check(&name, ok, detail);
-    }
-
-    let chosen = w1.iter().map(|h| format!("{}: {}", h.reason.split(':').next().unwrap_or("?"), h.function)).collect();
-    (checks, chosen)
 }
 
 /// One unload/load cycle, as the guest printed it.
