@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::vm::kernels::{self, Flavour, KernelAlias};
 use crate::vm::{ConsoleEcho, VmRun};
@@ -204,27 +204,62 @@ struct Hook {
     candidates: Vec<(String, String)>,
 }
 
+/// `gupwatch probes --json` (`gup-user/src/plan.rs`): the fields this test
+/// reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PlanJson {
+    kernel: Option<String>,
+    hooks: Option<Vec<HookJson>>,
+}
+
+/// One hook of [`PlanJson`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HookJson {
+    function: Option<String>,
+    kind: Option<String>,
+    status: Option<StatusJson>,
+    mechanism: Option<String>,
+    reason: Option<String>,
+    waits_for_module: Option<bool>,
+    candidates: Vec<CandidateJson>,
+}
+
+/// `{"state": ...}` of a hook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StatusJson {
+    state: Option<String>,
+}
+
+/// One candidate function of a logical hook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CandidateJson {
+    function: Option<String>,
+    verdict: Option<String>,
+}
+
 fn parse_hooks(json: &str) -> Result<(String, Vec<Hook>)> {
-    let v: Value = serde_json::from_str(json.trim()).context("`gupwatch probes --json` printed no JSON")?;
-    let kernel = v.get("kernel").and_then(Value::as_str).unwrap_or("?").to_string();
-    let s = |h: &Value, k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let v: PlanJson = serde_json::from_str(json.trim()).context("`gupwatch probes --json` printed no JSON")?;
+    let kernel = v.kernel.unwrap_or_else(|| "?".into());
     let hooks = v
-        .get("hooks")
-        .and_then(Value::as_array)
+        .hooks
         .context("the plan has no `hooks`")?
-        .iter()
+        .into_iter()
         .map(|h| Hook {
-            function: s(h, "function"),
-            kind: s(h, "kind"),
-            state: h.get("status").map(|st| s(st, "state")).unwrap_or_default(),
-            mechanism: s(h, "mechanism"),
-            reason: s(h, "reason"),
-            waits: h.get("waits_for_module").and_then(Value::as_bool).unwrap_or(false),
+            function: h.function.unwrap_or_default(),
+            kind: h.kind.unwrap_or_default(),
+            state: h.status.and_then(|st| st.state).unwrap_or_default(),
+            mechanism: h.mechanism.unwrap_or_default(),
+            reason: h.reason.unwrap_or_default(),
+            waits: h.waits_for_module.unwrap_or(false),
             candidates: h
-                .get("candidates")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(|c| (s(c, "function"), s(c, "verdict"))).collect())
-                .unwrap_or_default(),
+                .candidates
+                .into_iter()
+                .map(|c| (c.function.unwrap_or_default(), c.verdict.unwrap_or_default()))
+                .collect(),
         })
         .collect();
     Ok((kernel, hooks))
