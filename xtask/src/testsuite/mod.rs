@@ -94,6 +94,9 @@ pub enum StepOutcome {
     Skipped(String),
 }
 
+/// What a step does.
+type StepFn<'a> = Box<dyn Fn(&mut Suite) -> Result<StepOutcome> + 'a>;
+
 /// One step of the suite: its banner, and what it does.
 struct Step<'a> {
     tier: Tier,
@@ -101,7 +104,7 @@ struct Step<'a> {
     name: String,
     /// The banner's text.
     title: String,
-    run: Box<dyn Fn(&mut Suite) -> Result<StepOutcome> + 'a>,
+    run: StepFn<'a>,
 }
 
 impl<'a> Step<'a> {
