@@ -4,7 +4,8 @@
 //!
 //! Taken from what the steps report today (docs/check.md, "Not reachable"):
 //! every kernel step boots with `hugepages=4`, so `io_uring_register_hugetlb`
-//! runs everywhere; none has a movable zone, so
+//! runs everywhere, and with QEMU's IOMMU and PCI test device, so the
+//! `vfio_` scenarios do; none has a movable zone, so
 //! `io_uring_register_movable` is not reachable there (the preemptible
 //! 6.12 step boots `movablecore=256M` for it); Debian's 6.1 has no
 //! `memfd_secret` (secretmem off). A new scenario, or one that becomes
@@ -13,7 +14,7 @@
 use super::report::{NotReachable, Report};
 
 /// Every scenario of `gupwatch check`, in report order.
-const SCENARIOS: [&str; 37] = [
+const SCENARIOS: [&str; 39] = [
     "process_vm_readv",
     "process_vm_writev",
     "io_uring_register_buffers",
@@ -51,6 +52,8 @@ const SCENARIOS: [&str; 37] = [
     "inflight_odirect_shared",
     "inflight_fixed_pre_attach",
     "inflight_odirect_owners",
+    "vfio_map_dma",
+    "vfio_map_dma_held",
 ];
 
 /// Needs a populated ZONE_MOVABLE (`movablecore=`).
@@ -215,8 +218,8 @@ mod tests {
             assert!(!l.contains(&MOVABLE), "{}", a.name);
             assert!(l.contains(&"io_uring_register_hugetlb"), "{}", a.name);
         }
-        assert_eq!(expected_reachable("6.1").map(|l| l.len()), Some(35));
-        assert_eq!(expected_reachable("7.2").map(|l| l.len()), Some(36));
+        assert_eq!(expected_reachable("6.1").map(|l| l.len()), Some(37));
+        assert_eq!(expected_reachable("7.2").map(|l| l.len()), Some(38));
         assert_eq!(expected_reachable("canary"), None);
         assert!(expected_reachable(PREEMPT_STEP).is_some_and(|l| l.contains(&MOVABLE)));
     }
@@ -226,9 +229,9 @@ mod tests {
         let expected = expected_reachable("7.2").unwrap();
         let r = judge_reachable(&expected, &report(&expected, &[(MOVABLE, "no populated ZONE_MOVABLE")]));
         assert!(r.ok(), "{r:?}");
-        assert_eq!((r.reached, r.expected), (36, 36));
+        assert_eq!((r.reached, r.expected), (38, 38));
         let lines = r.lines();
-        assert_eq!(lines[0], "  PASS  scenarios reached: 36 of 36 expected, 1 not reachable");
+        assert_eq!(lines[0], "  PASS  scenarios reached: 38 of 38 expected, 1 not reachable");
         assert_eq!(lines[1], "        not reachable: io_uring_register_movable (no populated ZONE_MOVABLE)");
         assert_eq!(lines.len(), 2);
     }
@@ -241,7 +244,7 @@ mod tests {
         assert!(!r.ok());
         assert_eq!(r.unreachable.len(), 1);
         assert!(r.problem().contains("expected reachable but not reachable: io_uring_register_hugetlb"), "{}", r.problem());
-        assert!(r.lines()[0].starts_with("  FAIL  scenarios reached: 35 of 36"), "{:?}", r.lines());
+        assert!(r.lines()[0].starts_with("  FAIL  scenarios reached: 37 of 38"), "{:?}", r.lines());
     }
 
     #[test]
