@@ -647,3 +647,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_readme_lists_every_command() {
+        let readme = include_str!("../README.md");
+        for c in Cli::command().get_subcommands() {
+            let row = format!("| `cargo xtask {}", c.get_name());
+            assert!(readme.contains(&row), "xtask/README.md has no row for `cargo xtask {}`", c.get_name());
+        }
+    }
+}
