@@ -215,21 +215,12 @@ pub struct ReducedMode {
     pub released: Option<u64>,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
     use crate::testsuite::report::parse_report;
-
-    const SAMPLE: &str = r#"{"kernel":"6.12.117+deb13-cloud-amd64","scenarios":[
-        {"name":"odirect_read","pinned_pages":256,"unpinned_pages":256,"vmstat_acquired":256,"vmstat_released":256,"exact":true,"pins_expected":true,"note":"","extra":1},
-        {"name":"plain_read","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":0,"vmstat_released":0,"exact":true,"pins_expected":false,"note":"no pins expected"},
-        {"name":"vmsplice","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":4,"vmstat_released":4,"exact":false,"pins_expected":true,"note":"probe missed"},
-        {"name":"silent","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":0,"vmstat_released":0,"exact":true,"pins_expected":true,"note":""},
-        {"name":"leak","pinned_pages":256,"unpinned_pages":0,"vmstat_acquired":256,"vmstat_released":0,"exact":true,"pins_expected":true,"note":"","passed":false,"mismatches":["expected a leak"],"error":null},
-        {"name":"own_pass","pinned_pages":9,"unpinned_pages":9,"vmstat_acquired":9,"vmstat_released":9,"exact":true,"pins_expected":true,"note":"","passed":true,"mismatches":[]}
-    ]}"#;
+    use crate::testsuite::report::tests::SAMPLE;
 
 
     #[test]

@@ -329,10 +329,11 @@ pub fn open_work(scenario: &str) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"{"kernel":"6.12.117+deb13-cloud-amd64","scenarios":[
+    /// A check report with one scenario of each verdict.
+    pub(crate) const SAMPLE: &str = r#"{"kernel":"6.12.117+deb13-cloud-amd64","scenarios":[
         {"name":"odirect_read","pinned_pages":256,"unpinned_pages":256,"vmstat_acquired":256,"vmstat_released":256,"exact":true,"pins_expected":true,"note":"","extra":1},
         {"name":"plain_read","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":0,"vmstat_released":0,"exact":true,"pins_expected":false,"note":"no pins expected"},
         {"name":"vmsplice","pinned_pages":0,"unpinned_pages":0,"vmstat_acquired":4,"vmstat_released":4,"exact":false,"pins_expected":true,"note":"probe missed"},

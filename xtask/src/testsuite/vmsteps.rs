@@ -97,6 +97,21 @@ fn newest_selected(s: &mut Suite, what: &str) -> Option<KernelAlias> {
     None
 }
 
+/// A step turned off by its flag: said on its line and in the summary.
+fn skipped_by_flag(s: &mut Suite, flag: &str, what: &str) -> StepOutcome {
+    println!("SKIPPED ({flag})");
+    s.t.skipped.push(format!("{what} ({flag})"));
+    StepOutcome::Skipped(flag.into())
+}
+
+/// The static gupwatch, or a failure of step `what` when it did not build.
+fn built(s: &mut Suite, what: &str) -> Option<std::path::PathBuf> {
+    if s.gupwatch.is_none() {
+        s.t.fail(format!("{what}: not run, gupwatch did not build"));
+    }
+    s.gupwatch.clone()
+}
+
 fn boot_kernel(a: KernelAlias) -> Result<BootKernel> {
     util::cache_dir().and_then(|c| kernels::ensure(&c, a, Flavour::Cloud, false).map(|m| m.boot_kernel(&c)))
 }
@@ -106,8 +121,7 @@ fn is_interrupt(e: &anyhow::Error) -> bool {
 }
 
 fn preempt_step(s: &mut Suite) -> Result<StepOutcome> {
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail(format!("{} preempt=full: not run, gupwatch did not build", preemptstep::KERNEL));
+    let Some(bin) = built(s, &format!("{} preempt=full", preemptstep::KERNEL)) else {
         return Ok(StepOutcome::Ran);
     };
     match preemptstep::run(&s.aliases, &bin, s.o.timeout) {
@@ -147,12 +161,9 @@ fn beyond_step(s: &mut Suite) -> Result<StepOutcome> {
 
 fn canary_step(s: &mut Suite) -> Result<StepOutcome> {
     if s.o.skip_canary {
-        println!("SKIPPED (--skip-canary)");
-        s.t.skipped.push("canary kernel step (--skip-canary)".into());
-        return Ok(StepOutcome::Skipped("--skip-canary".into()));
+        return Ok(skipped_by_flag(s, "--skip-canary", "canary kernel step"));
     }
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail("canary: not run, gupwatch did not build".into());
+    let Some(bin) = built(s, "canary") else {
         return Ok(StepOutcome::Ran);
     };
     match canary::run(&bin, s.o.timeout, false) {
@@ -179,12 +190,9 @@ fn canary_step(s: &mut Suite) -> Result<StepOutcome> {
 
 fn i915_step(s: &mut Suite) -> Result<StepOutcome> {
     if s.o.skip_i915 {
-        println!("SKIPPED (--skip-i915)");
-        s.t.skipped.push("i915 hook test (--skip-i915)".into());
-        return Ok(StepOutcome::Skipped("--skip-i915".into()));
+        return Ok(skipped_by_flag(s, "--skip-i915", "i915 hook test"));
     }
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail("i915: not run, gupwatch did not build".into());
+    let Some(bin) = built(s, "i915") else {
         return Ok(StepOutcome::Ran);
     };
     let results = i915test::run(&i915test::I915Options {
@@ -210,12 +218,9 @@ fn i915_step(s: &mut Suite) -> Result<StepOutcome> {
 
 fn mm_step(s: &mut Suite) -> Result<StepOutcome> {
     if s.o.skip_mm_selftests {
-        println!("SKIPPED (--skip-mm-selftests)");
-        s.t.skipped.push("mm selftests (--skip-mm-selftests)".into());
-        return Ok(StepOutcome::Skipped("--skip-mm-selftests".into()));
+        return Ok(skipped_by_flag(s, "--skip-mm-selftests", "mm selftests"));
     }
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail("mm selftests: not run, gupwatch did not build".into());
+    let Some(bin) = built(s, "mm selftests") else {
         return Ok(StepOutcome::Ran);
     };
     match mmselftests::suite_step(&s.aliases, &bin, s.o.timeout) {
@@ -234,8 +239,7 @@ fn faults_step(s: &mut Suite) -> Result<StepOutcome> {
     let Some(newest) = newest_selected(s, "faults") else {
         return Ok(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
     };
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail("faults: not run, gupwatch did not build".into());
+    let Some(bin) = built(s, "faults") else {
         return Ok(StepOutcome::Ran);
     };
     match faults::run(newest.name, bin, s.o.timeout) {
@@ -259,15 +263,12 @@ fn faults_step(s: &mut Suite) -> Result<StepOutcome> {
 
 fn live_step(s: &mut Suite) -> Result<StepOutcome> {
     if s.o.skip_live {
-        println!("SKIPPED (--skip-live)");
-        s.t.skipped.push("live-view test (--skip-live)".into());
-        return Ok(StepOutcome::Skipped("--skip-live".into()));
+        return Ok(skipped_by_flag(s, "--skip-live", "live-view test"));
     }
     let Some(newest) = newest_selected(s, "live-view test") else {
         return Ok(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
     };
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail("live view: not run, gupwatch did not build".into());
+    let Some(bin) = built(s, "live view") else {
         return Ok(StepOutcome::Ran);
     };
     let kernel = match boot_kernel(newest) {
@@ -300,16 +301,12 @@ fn live_step(s: &mut Suite) -> Result<StepOutcome> {
 
 fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
     if s.o.skip_e2e {
-        println!("SKIPPED (--skip-e2e)");
-        s.t.skipped
-            .push("end-to-end Prometheus test (--skip-e2e)".into());
-        return Ok(StepOutcome::Skipped("--skip-e2e".into()));
+        return Ok(skipped_by_flag(s, "--skip-e2e", "end-to-end Prometheus test"));
     }
     let Some(newest) = newest_selected(s, "end-to-end Prometheus test") else {
         return Ok(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
     };
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail("end-to-end: not run, gupwatch did not build".into());
+    let Some(bin) = built(s, "end-to-end") else {
         return Ok(StepOutcome::Ran);
     };
     let kernel = match boot_kernel(newest) {
