@@ -2,6 +2,7 @@
 //! (older than the matrix), the canary, the i915 hooks, the mm selftests,
 //! faults, the live view and the end-to-end Prometheus test.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -105,15 +106,30 @@ fn skipped_by_flag(s: &mut Suite, flag: &str, what: &str) -> StepOutcome {
 }
 
 /// The static gupwatch, or a failure of step `what` when it did not build.
-fn built(s: &mut Suite, what: &str) -> Option<std::path::PathBuf> {
+fn built(s: &mut Suite, what: &str) -> Option<PathBuf> {
     if s.gupwatch.is_none() {
         s.t.fail(format!("{what}: not run, gupwatch did not build"));
     }
     s.gupwatch.clone()
 }
 
-fn boot_kernel(a: KernelAlias) -> Result<BootKernel> {
-    util::cache_dir().and_then(|c| kernels::ensure(&c, a, Flavour::Cloud, false).map(|m| m.boot_kernel(&c)))
+/// The newest kernel, fetched, and the static gupwatch, for a step that
+/// runs there (`skipped_as` names it when the kernel is not selected,
+/// `label` in its failures); or how the step ends without them.
+fn newest_with_build(s: &mut Suite, skipped_as: &str, label: &str) -> std::result::Result<(BootKernel, PathBuf), StepOutcome> {
+    let Some(newest) = newest_selected(s, skipped_as) else {
+        return Err(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
+    };
+    let Some(bin) = built(s, label) else {
+        return Err(StepOutcome::Ran);
+    };
+    match util::cache_dir().and_then(|c| kernels::ensure(&c, newest, Flavour::Cloud, false).map(|m| m.boot_kernel(&c))) {
+        Ok(k) => Ok((k, bin)),
+        Err(e) => {
+            s.t.fail(format!("{label}: could not fetch kernel {}: {e:#}", newest.name));
+            Err(StepOutcome::Ran)
+        }
+    }
 }
 
 fn is_interrupt(e: &anyhow::Error) -> bool {
@@ -265,18 +281,9 @@ fn live_step(s: &mut Suite) -> Result<StepOutcome> {
     if s.o.skip_live {
         return Ok(skipped_by_flag(s, "--skip-live", "live-view test"));
     }
-    let Some(newest) = newest_selected(s, "live-view test") else {
-        return Ok(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
-    };
-    let Some(bin) = built(s, "live view") else {
-        return Ok(StepOutcome::Ran);
-    };
-    let kernel = match boot_kernel(newest) {
+    let (kernel, bin) = match newest_with_build(s, "live-view test", "live view") {
         Ok(k) => k,
-        Err(e) => {
-            s.t.fail(format!("live view: could not fetch kernel {}: {e:#}", newest.name));
-            return Ok(StepOutcome::Ran);
-        }
+        Err(outcome) => return Ok(outcome),
     };
     let timeout = s.o.timeout.max(Duration::from_secs(livetest::MIN_TIMEOUT_S));
     match livetest::run(&livetest::LiveOptions { kernel, gupwatch: bin, timeout }) {
@@ -303,21 +310,9 @@ fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
     if s.o.skip_e2e {
         return Ok(skipped_by_flag(s, "--skip-e2e", "end-to-end Prometheus test"));
     }
-    let Some(newest) = newest_selected(s, "end-to-end Prometheus test") else {
-        return Ok(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
-    };
-    let Some(bin) = built(s, "end-to-end") else {
-        return Ok(StepOutcome::Ran);
-    };
-    let kernel = match boot_kernel(newest) {
+    let (kernel, bin) = match newest_with_build(s, "end-to-end Prometheus test", "end-to-end") {
         Ok(k) => k,
-        Err(e) => {
-            s.t.fail(format!(
-                "end-to-end: could not fetch kernel {}: {e:#}",
-                newest.name
-            ));
-            return Ok(StepOutcome::Ran);
-        }
+        Err(outcome) => return Ok(outcome),
     };
     match e2e::run(&e2e::E2eOptions {
         kernel,
