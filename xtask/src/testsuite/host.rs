@@ -124,12 +124,7 @@ fn hostile_step(t: &mut Tally, bin: &std::path::Path) {
             for r in &reports {
                 print!("{}", hostile::render(r));
                 for c in &r.checks {
-                    if c.ok {
-                        t.passed += 1;
-                    } else {
-                        t.failed += 1;
-                        t.failures.push(format!("hostile clients ({}): {}: {}", r.mode.name(), c.name, c.detail));
-                    }
+                    t.count(c.ok, || format!("hostile clients ({}): {}: {}", r.mode.name(), c.name, c.detail));
                 }
             }
         }

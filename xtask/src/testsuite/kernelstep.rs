@@ -115,12 +115,7 @@ fn judge_rss(t: &mut Tally, name: &str, rss: Option<&crate::rssguard::Reading>) 
     let (rss_ok, rss_detail) = crate::rssguard::judge(rss);
     let rss_what = format!("gupwatch run peak RSS < {} MiB", crate::rssguard::PEAK_RSS_BOUND_KIB / 1024);
     println!("  {}  {rss_what:<40} {rss_detail}", if rss_ok { "PASS" } else { "FAIL" });
-    if rss_ok {
-        t.passed += 1;
-    } else {
-        t.failed += 1;
-        t.failures.push(format!("kernel {name}: {rss_what}: {rss_detail}"));
-    }
+    t.count(rss_ok, || format!("kernel {name}: {rss_what}: {rss_detail}"));
 }
 
 /// Doctor's report against what the test VMs must have.
@@ -130,12 +125,7 @@ fn judge_doctor_step(t: &mut Tally, name: &str, run: &KernelRun, uname: Option<&
             println!("gupwatch doctor --json:");
             for c in judge_doctor(json, *status, uname) {
                 println!("  {}  {:<40} {}", if c.ok { "PASS" } else { "FAIL" }, c.what, c.detail);
-                if c.ok {
-                    t.passed += 1;
-                } else {
-                    t.failed += 1;
-                    t.failures.push(format!("kernel {name}: doctor: {}: {}", c.what, c.detail));
-                }
+                t.count(c.ok, || format!("kernel {name}: doctor: {}: {}", c.what, c.detail));
             }
         }
         None => t.fail(format!(

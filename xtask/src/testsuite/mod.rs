@@ -150,6 +150,17 @@ struct Tally {
 }
 
 impl Tally {
+    /// Counts one verdict; a failure is kept for the summary as `failure`
+    /// says it.
+    fn count(&mut self, ok: bool, failure: impl FnOnce() -> String) {
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+            self.failures.push(failure());
+        }
+    }
+
     /// Counts a failure; prints it in full now and keeps a one-line form
     /// (with the console log's path) for the summary.
     fn fail(&mut self, what: String) {

@@ -186,12 +186,7 @@ fn canary_step(s: &mut Suite) -> Result<StepOutcome> {
         Ok(r) => {
             print!("{}", canary::render(&r));
             for c in &r.checks {
-                if c.ok {
-                    s.t.passed += 1;
-                } else {
-                    s.t.failed += 1;
-                    s.t.failures.push(format!("canary on {}: {}: {}", r.kernel.as_deref().unwrap_or("?"), c.name, c.detail));
-                }
+                s.t.count(c.ok, || format!("canary on {}: {}: {}", r.kernel.as_deref().unwrap_or("?"), c.name, c.detail));
             }
             if let Some(why) = &r.skipped {
                 s.t.skipped.push(format!("canary kernel step: {why}"));
@@ -218,12 +213,7 @@ fn i915_step(s: &mut Suite) -> Result<StepOutcome> {
     })?;
     for r in &results {
         for c in &r.checks {
-            if c.ok {
-                s.t.passed += 1;
-            } else {
-                s.t.failed += 1;
-                s.t.failures.push(format!("i915 on kernel {}: {}: {}", r.alias, c.name, c.detail));
-            }
+            s.t.count(c.ok, || format!("i915 on kernel {}: {}: {}", r.alias, c.name, c.detail));
         }
         if let Some(e) = &r.error {
             s.t.fail(format!("i915 on kernel {}: {e}", r.alias));
@@ -292,12 +282,7 @@ fn live_step(s: &mut Suite) -> Result<StepOutcome> {
             print!("{}", livetest::render_screens(&report));
             println!("{}", livetest::timing(&report));
             for c in &report.checks {
-                if c.ok {
-                    s.t.passed += 1;
-                } else {
-                    s.t.failed += 1;
-                    s.t.failures.push(format!("live view: {}", c.name));
-                }
+                s.t.count(c.ok, || format!("live view: {}", c.name));
             }
         }
         Err(e) if is_interrupt(&e) => return Err(e),
@@ -329,13 +314,7 @@ fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
                 report.elapsed.as_secs_f64()
             );
             for c in &report.checks {
-                if c.ok {
-                    s.t.passed += 1;
-                } else {
-                    s.t.failed += 1;
-                    s.t.failures
-                        .push(format!("end-to-end: {}: {}", c.name, c.detail));
-                }
+                s.t.count(c.ok, || format!("end-to-end: {}: {}", c.name, c.detail));
             }
         }
         Err(e) if is_interrupt(&e) => return Err(e),
