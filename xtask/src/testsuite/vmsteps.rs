@@ -159,8 +159,7 @@ fn preempt_step(s: &mut Suite) -> Result<StepOutcome> {
 }
 
 fn beyond_step(s: &mut Suite) -> Result<StepOutcome> {
-    let Some(bin) = s.gupwatch.clone() else {
-        s.t.fail("5.10: not run, gupwatch did not build".into());
+    let Some(bin) = built(s, "5.10") else {
         return Ok(StepOutcome::Ran);
     };
     match beyondstep::run(&bin, s.o.timeout) {
