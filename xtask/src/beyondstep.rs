@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::kernels::{self, Flavour};
-use crate::qemu::{ConsoleEcho, VmRun};
+use crate::vm::kernels::{self, Flavour};
+use crate::vm::{ConsoleEcho, VmRun};
 use crate::util;
 
 /// Between doctor's JSON and what follows it in the guest's stdout.

@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::debversion;
-use crate::kernels::{self, BootKernel, Flavour, KernelAlias, Manifest};
+use crate::vm::kernels::{self, BootKernel, Flavour, KernelAlias, Manifest};
 use crate::say;
-use crate::testsuite::{self, KernelRun};
+use crate::testsuite::{self, DoctorJson, KernelRun};
 use crate::util;
 
 /// The canary's alias (`cargo xtask vm --kernel canary`) and suite.
@@ -279,18 +278,13 @@ fn judge(run: &KernelRun, uname: &str, r: &mut StepReport) {
 
 /// What doctor said, and where it differs from the matrix's expectations.
 fn doctor_notes(json: &str, status: Option<i32>, uname: &str, notes: &mut Vec<String>) {
-    let Ok(v) = serde_json::from_str::<Value>(json) else {
+    let Ok(v) = serde_json::from_str::<DoctorJson>(json) else {
         notes.push(format!("doctor printed no JSON report (exit status {status:?})"));
         return;
     };
-    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("?").to_string();
-    notes.push(format!("doctor: kernel {}, verdict {} (exit {status:?}): {}", s("/kernel"), s("/verdict"), s("/summary")));
-    let kernel_finding = v
-        .get("findings")
-        .and_then(Value::as_array)
-        .and_then(|a| a.iter().find(|f| f.get("id").and_then(Value::as_str) == Some("kernel")))
-        .and_then(|f| f.get("detail"))
-        .and_then(Value::as_str);
+    let s = |x: &Option<String>| x.as_deref().unwrap_or("?").to_string();
+    notes.push(format!("doctor: kernel {}, verdict {} (exit {status:?}): {}", s(&v.kernel), s(&v.verdict), s(&v.summary)));
+    let kernel_finding = v.finding("kernel").and_then(|f| f.detail.as_deref());
     if let Some(k) = kernel_finding {
         notes.push(format!("doctor's kernel finding: {k}"));
     }
@@ -383,11 +377,11 @@ mod tests {
     fn run_with(stdout: &str, status: i32) -> KernelRun {
         let (doctor, check_stdout) = testsuite::split_doctor(stdout);
         KernelRun {
-            outcome: crate::qemu::VmOutcome {
+            outcome: crate::vm::VmOutcome {
                 status,
                 stdout: stdout.as_bytes().to_vec(),
                 console_log: PathBuf::from("/nonexistent/console.log"),
-                accel: crate::qemu::Accel::Tcg,
+                accel: crate::vm::Accel::Tcg,
                 boot_time: None,
                 elapsed: Duration::ZERO,
                 modules: vec![],

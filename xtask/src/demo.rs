@@ -17,11 +17,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
 
 use crate::binary;
 use crate::e2e::{free_port, http_get, release_guest};
-use crate::kernels::{self, Flavour, Manifest};
-use crate::qemu::{ConsoleEcho, Forward, VmOutcome, VmRun};
+use crate::vm::kernels::{self, Flavour, Manifest};
+use crate::vm::{ConsoleEcho, Forward, VmOutcome, VmRun};
 use crate::say;
 use crate::setup::{self, SetupOptions};
 use crate::util;
@@ -139,32 +140,70 @@ impl Reading {
     /// `snapshot_json`). A reduced-mode daemon has no totals: an error, as
     /// the demo then has nothing to show.
     pub fn parse(body: &[u8]) -> Result<Reading> {
-        let v: serde_json::Value = serde_json::from_slice(body).context("/api/snapshot is not JSON")?;
-        let u = |p: &str| v.pointer(p).and_then(|x| x.as_u64());
-        let i = |p: &str| v.pointer(p).and_then(|x| x.as_i64());
+        let v: SnapshotJson = serde_json::from_slice(body).context("/api/snapshot is not JSON")?;
         let need = |x: Option<u64>, what: &str| x.ok_or_else(|| anyhow!("/api/snapshot has no {what}"));
-        if v["mode"] != "full" {
-            bail!("gupwatch runs in reduced mode in the guest (mode {}): no probe attached", v["mode"]);
+        if v.mode.as_deref() != Some("full") {
+            bail!(
+                "gupwatch runs in reduced mode in the guest (mode {}): no probe attached",
+                serde_json::to_string(&v.mode).unwrap_or_default()
+            );
         }
+        let (totals, counters) = (v.totals.unwrap_or_default(), v.kernel_counters.unwrap_or_default());
         Ok(Reading {
-            kernel: v["kernel"].as_str().unwrap_or("?").to_string(),
-            hooks_attached: u("/hooks_attached").unwrap_or(0),
-            pinned: need(u("/totals/pinned_pages"), "totals")?,
-            unpinned: need(u("/totals/unpinned_pages"), "totals")?,
-            acquired: need(u("/kernel_counters/acquired"), "kernel counters")?,
-            released: need(u("/kernel_counters/released"), "kernel counters")?,
-            held: i("/outstanding_pages").unwrap_or(0),
-            kernel_held: i("/kernel_counters/outstanding").unwrap_or(0),
-            processes: v["top_processes"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|p| Some((p["comm"].as_str()?.to_string(), p["pinned_pages"].as_u64()?)))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            kernel: v.kernel.unwrap_or_else(|| "?".into()),
+            hooks_attached: v.hooks_attached.unwrap_or(0),
+            pinned: need(totals.pinned_pages, "totals")?,
+            unpinned: need(totals.unpinned_pages, "totals")?,
+            acquired: need(counters.acquired, "kernel counters")?,
+            released: need(counters.released, "kernel counters")?,
+            held: v.outstanding_pages.unwrap_or(0),
+            kernel_held: counters.outstanding.unwrap_or(0),
+            processes: v
+                .top_processes
+                .into_iter()
+                .filter_map(|p| Some((p.comm?, p.pinned_pages?)))
+                .collect(),
         })
     }
+}
+
+/// `/api/snapshot` (`gup-user/src/export/api.rs`): the fields the demo
+/// reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SnapshotJson {
+    mode: Option<String>,
+    kernel: Option<String>,
+    hooks_attached: Option<u64>,
+    totals: Option<Totals>,
+    kernel_counters: Option<KernelCounters>,
+    outstanding_pages: Option<i64>,
+    top_processes: Vec<TopProcess>,
+}
+
+/// gupwatch's totals since it attached.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Totals {
+    pinned_pages: Option<u64>,
+    unpinned_pages: Option<u64>,
+}
+
+/// The kernel's vmstat counters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct KernelCounters {
+    acquired: Option<u64>,
+    released: Option<u64>,
+    outstanding: Option<i64>,
+}
+
+/// One process of the ranking.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TopProcess {
+    comm: Option<String>,
+    pinned_pages: Option<u64>,
 }
 
 /// Everything the piped demo's report says.

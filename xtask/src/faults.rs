@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde::Deserialize;
 
-use crate::initramfs::GuestFile;
-use crate::kernels::{self, Flavour};
-use crate::qemu::{ConsoleEcho, VmRun};
+use crate::vm::initramfs::GuestFile;
+use crate::vm::kernels::{self, Flavour};
+use crate::vm::{ConsoleEcho, VmRun};
 use crate::testsuite;
 use crate::util;
 
@@ -97,176 +97,222 @@ pub fn split_cases(stdout: &str) -> BTreeMap<String, (String, Option<i32>)> {
     out
 }
 
+/// `RUST_LOG=debug`: the eBPF log names the overflowing tracking map, and only the first few untracked pins.
+fn ebpf_log_debug(text: &str, rc: &Option<i32>) -> Result<String, String> {
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("gupwatch::ebpf")).collect();
+    if *rc != Some(0) || text.contains("panicked") {
+        return Err(format!("exit status {rc:?}: {text}"));
+    }
+    // The first 4 per counter and CPU (the VM has at most a few
+    // CPUs), of the thousands of pins the map refuses.
+    let untracked = lines.iter().filter(|l| l.contains("pins_untracked")).count();
+    match lines.iter().find(|l| l.contains("tracking map PINS refused")) {
+        Some(l) if untracked <= 32 => Ok(format!("{} eBPF log lines, e.g. {}", lines.len(), l.trim())),
+        Some(_) => Err(format!("{untracked} untracked-pin lines: more than the first few")),
+        None => Err(format!("no eBPF log line for the overflowing tracking map: {text}")),
+    }
+}
+
+/// At info level the eBPF log stays quiet.
+fn ebpf_log_info(text: &str, rc: &Option<i32>) -> Result<String, String> {
+    if *rc != Some(0) {
+        return Err(format!("exit status {rc:?}: {text}"));
+    }
+    match text.lines().find(|l| l.contains("gupwatch::ebpf")) {
+        Some(l) => Err(format!("an eBPF log line at info level: {l}")),
+        None => Ok("no eBPF log line at info level".into()),
+    }
+}
+
+/// Without BTF: every core hook attached by kprobe, FOLL_* from the 6.3+ enum table.
+fn probes_without_btf(text: &str, rc: &Option<i32>) -> Result<String, String> {
+    if *rc != Some(0) {
+        return Err(format!("exit status {rc:?}: {text}"));
+    }
+    let v: PlanJson = serde_json::from_str(text.trim()).map_err(|e| format!("not JSON ({e}): {text}"))?;
+    let source = v.foll.source.as_deref().unwrap_or("?");
+    if source != "enum_table" {
+        return Err(format!("FOLL_* values from {source:?}, expected the 6.3+ enum table"));
+    }
+    let hooks = v.hooks.ok_or("no hooks in the plan")?;
+    let core: Vec<&HookJson> = hooks.iter().filter(|h| h.kind.as_deref() != Some("i915")).collect();
+    let state = |h: &HookJson| h.status.state.clone();
+    let attached: Vec<&HookJson> = core.iter().copied().filter(|h| state(h).as_deref() == Some("attached")).collect();
+    if let Some(h) = attached.iter().find(|h| h.mechanism.as_deref() != Some("kprobe")) {
+        return Err(format!("{} attached by {} without BTF", quoted(&h.function), quoted(&h.mechanism)));
+    }
+    let broken: Vec<String> = core
+        .iter()
+        .filter(|h| !matches!(state(h).as_deref(), Some("attached" | "absent")))
+        .map(|h| quoted(&h.function))
+        .collect();
+    if attached.is_empty() || !broken.is_empty() {
+        return Err(format!("{} attached; not attached: {}", attached.len(), broken.join(", ")));
+    }
+    Ok(format!("{} hooks attached by kprobe, FOLL_* from the enum table", attached.len()))
+}
+
+/// Without BTF, `gupwatch check` is exact through kprobes.
+fn check_without_btf(text: &str, rc: &Option<i32>) -> Result<String, String> {
+    let report = testsuite::parse_report(text).map_err(|e| format!("exit status {rc:?}, no report: {e:#}"))?;
+    let failed: Vec<&str> =
+        report.scenarios.iter().filter(|s| !s.passed()).map(|s| s.name.as_str()).collect();
+    if report.scenarios.is_empty() || !failed.is_empty() || *rc != Some(0) {
+        return Err(format!("exit status {rc:?}; failed: {}", failed.join(", ")));
+    }
+    Ok(format!("{} scenarios exact against /proc/vmstat through kprobes", report.scenarios.len()))
+}
+
+/// With corrupt BTF the plan names it and uses kprobes only.
+fn probes_with_corrupt_btf(text: &str, rc: &Option<i32>) -> Result<String, String> {
+    let btf_line = text.lines().find(|l| l.trim_start().starts_with("BTF: unavailable"));
+    match (rc, btf_line) {
+        (Some(0), Some(l)) if text.contains("kprobe/kretprobe") && !text.contains("fentry/fexit") => {
+            Ok(format!("the plan says `{}` and uses kprobes", l.trim()))
+        }
+        _ => Err(format!("exit status {rc:?}; expected a kprobe-only plan naming the bad BTF: {text}")),
+    }
+}
+
+/// A hook every verifier refuses: exit status 1 and one line naming the hook, the verifier's reason and its saved logs.
+fn verifier_refused(text: &str, rc: &Option<i32>) -> Result<String, String> {
+    if *rc != Some(1) {
+        return Err(format!("exit status {rc:?}, expected 1 (a hook's pins uncounted): {text}"));
+    }
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("gupwatch: pin_user_pages_fast is not hooked"))
+        .ok_or_else(|| format!("no line names the refused hook: {text}"))?;
+    let must = [
+        "verifier refused the program",
+        "!read_ok",
+        "(full verifier log: /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-fentry.log)",
+        "(full verifier log: /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-kprobe.log)",
+        "please report it",
+    ];
+    let missing: Vec<&&str> = must.iter().filter(|m| !line.contains(**m)).collect();
+    if !missing.is_empty() {
+        return Err(format!("the line lacks {missing:?}: {line}"));
+    }
+    Ok(line.to_string())
+}
+
+/// Both verifier logs saved, each ending in the refusal.
+fn verifier_log_saved(text: &str, rc: &Option<i32>) -> Result<String, String> {
+    // The register broken differs per program (refusable_object
+    // reads one the program's first instructions did not write).
+    let refusals = (2..=9).map(|r| text.matches(&format!("R{r} !read_ok")).count()).sum::<usize>();
+    if *rc != Some(0) || refusals != 2 {
+        return Err(format!("exit status {rc:?}, {refusals} of 2 logs end in `R<n> !read_ok`: {text}"));
+    }
+    Ok(format!("both logs saved ({} lines), each ending in `R<n> !read_ok`", text.lines().count()))
+}
+
+/// A refusal: exit status `rc_want` and a short message with every
+/// phrase of `must`.
+fn refusal(text: &str, rc: &Option<i32>, rc_want: Option<i32>, must: &[&str]) -> Result<String, String> {
+    if *rc != rc_want {
+        return Err(format!("exit status {rc:?}, expected {rc_want:?}: {text}"));
+    }
+    let missing: Vec<&&str> = must.iter().filter(|m| !text.contains(**m)).collect();
+    if !missing.is_empty() {
+        return Err(format!("the message lacks {missing:?}: {text}"));
+    }
+    if text.contains("panicked") || text.lines().count() > 3 {
+        return Err(format!("not a one-paragraph message: {text}"));
+    }
+    Ok(text.trim().to_string())
+}
+
+/// A case's verdict from its output and exit status.
+type CaseJudge = fn(&str, &Option<i32>) -> Result<String, String>;
+
+/// Every case, in order, with its verdict.
+const CASES: [(&str, CaseJudge); 10] = [
+    ("ebpf_log_debug", ebpf_log_debug),
+    ("ebpf_log_info", ebpf_log_info),
+    ("probes_without_btf", probes_without_btf),
+    ("check_without_btf", check_without_btf),
+    ("probes_with_corrupt_btf", probes_with_corrupt_btf),
+    ("verifier_refused", verifier_refused),
+    ("verifier_log_saved", verifier_log_saved),
+    ("object_unreadable", |text, rc| {
+        refusal(
+            text,
+            rc,
+            Some(2),
+            &["/nonexistent/gupwatch.bpf.o", "GUPWATCH_EBPF_OBJECT", "No such file", "unset GUPWATCH_EBPF_OBJECT"],
+        )
+    }),
+    ("map_too_large", |text, rc| {
+        refusal(text, rc, Some(2), &["refused to create BPF map PINS", "Argument list too long", "lower --track-capacity"])
+    }),
+    ("memory_cgroup_too_small", |text, rc| {
+        refusal(
+            text,
+            rc,
+            Some(2),
+            &["refused to create BPF map", "Cannot allocate memory", "memory cgroup", "--track-capacity"],
+        )
+    }),
+];
+
 /// Judges the cases (pure; unit-tested on recorded output).
 pub fn judge(stdout: &str) -> Vec<Case> {
     let cases = split_cases(stdout);
-    let mut res = Vec::new();
-    let mut push = |name: &str, r: Result<String, String>| {
-        let (ok, detail) = match r {
-            Ok(d) => (true, d),
-            Err(d) => (false, d),
-        };
-        res.push(Case { name: name.into(), ok, detail });
-    };
-    let get = |name: &str| cases.get(name).ok_or_else(|| format!("the guest never ran case {name}"));
-
-    push(
-        "ebpf_log_debug",
-        get("ebpf_log_debug").and_then(|(text, rc)| {
-            let lines: Vec<&str> = text.lines().filter(|l| l.contains("gupwatch::ebpf")).collect();
-            if *rc != Some(0) || text.contains("panicked") {
-                return Err(format!("exit status {rc:?}: {text}"));
-            }
-            // The first 4 per counter and CPU (the VM has at most a few
-            // CPUs), of the thousands of pins the map refuses.
-            let untracked = lines.iter().filter(|l| l.contains("pins_untracked")).count();
-            match lines.iter().find(|l| l.contains("tracking map PINS refused")) {
-                Some(l) if untracked <= 32 => Ok(format!("{} eBPF log lines, e.g. {}", lines.len(), l.trim())),
-                Some(_) => Err(format!("{untracked} untracked-pin lines: more than the first few")),
-                None => Err(format!("no eBPF log line for the overflowing tracking map: {text}")),
-            }
-        }),
-    );
-    push(
-        "ebpf_log_info",
-        get("ebpf_log_info").and_then(|(text, rc)| {
-            if *rc != Some(0) {
-                return Err(format!("exit status {rc:?}: {text}"));
-            }
-            match text.lines().find(|l| l.contains("gupwatch::ebpf")) {
-                Some(l) => Err(format!("an eBPF log line at info level: {l}")),
-                None => Ok("no eBPF log line at info level".into()),
-            }
-        }),
-    );
-    push(
-        "probes_without_btf",
-        get("probes_without_btf").and_then(|(text, rc)| {
-            if *rc != Some(0) {
-                return Err(format!("exit status {rc:?}: {text}"));
-            }
-            let v: Value = serde_json::from_str(text.trim()).map_err(|e| format!("not JSON ({e}): {text}"))?;
-            let source = v["foll"]["source"].as_str().unwrap_or("?");
-            if source != "enum_table" {
-                return Err(format!("FOLL_* values from {source:?}, expected the 6.3+ enum table"));
-            }
-            let hooks = v["hooks"].as_array().ok_or("no hooks in the plan")?;
-            let core: Vec<&Value> = hooks.iter().filter(|h| h["kind"] != "i915").collect();
-            let attached: Vec<&Value> = core.iter().copied().filter(|h| h["status"]["state"] == "attached").collect();
-            if let Some(h) = attached.iter().find(|h| h["mechanism"] != "kprobe") {
-                return Err(format!("{} attached by {} without BTF", h["function"], h["mechanism"]));
-            }
-            let broken: Vec<String> = core
-                .iter()
-                .filter(|h| h["status"]["state"] != "attached" && h["status"]["state"] != "absent")
-                .map(|h| h["function"].to_string())
-                .collect();
-            if attached.is_empty() || !broken.is_empty() {
-                return Err(format!("{} attached; not attached: {}", attached.len(), broken.join(", ")));
-            }
-            Ok(format!("{} hooks attached by kprobe, FOLL_* from the enum table", attached.len()))
-        }),
-    );
-    push(
-        "check_without_btf",
-        get("check_without_btf").and_then(|(text, rc)| {
-            let report = testsuite::parse_report(text).map_err(|e| format!("exit status {rc:?}, no report: {e:#}"))?;
-            let failed: Vec<&str> =
-                report.scenarios.iter().filter(|s| !s.passed()).map(|s| s.name.as_str()).collect();
-            if report.scenarios.is_empty() || !failed.is_empty() || *rc != Some(0) {
-                return Err(format!("exit status {rc:?}; failed: {}", failed.join(", ")));
-            }
-            Ok(format!("{} scenarios exact against /proc/vmstat through kprobes", report.scenarios.len()))
-        }),
-    );
-    let refusal = |name: &str, rc_want: Option<i32>, must: &[&str]| {
-        get(name).and_then(|(text, rc)| {
-            if *rc != rc_want {
-                return Err(format!("exit status {rc:?}, expected {rc_want:?}: {text}"));
-            }
-            let missing: Vec<&&str> = must.iter().filter(|m| !text.contains(**m)).collect();
-            if !missing.is_empty() {
-                return Err(format!("the message lacks {missing:?}: {text}"));
-            }
-            if text.contains("panicked") || text.lines().count() > 3 {
-                return Err(format!("not a one-paragraph message: {text}"));
-            }
-            Ok(text.trim().to_string())
+    CASES
+        .iter()
+        .map(|(name, judge)| {
+            let r = match cases.get(*name) {
+                Some((text, rc)) => judge(text, rc),
+                None => Err(format!("the guest never ran case {name}")),
+            };
+            let (ok, detail) = match r {
+                Ok(d) => (true, d),
+                Err(d) => (false, d),
+            };
+            Case { name: (*name).into(), ok, detail }
         })
-    };
-    push(
-        "probes_with_corrupt_btf",
-        get("probes_with_corrupt_btf").and_then(|(text, rc)| {
-            let btf_line = text.lines().find(|l| l.trim_start().starts_with("BTF: unavailable"));
-            match (rc, btf_line) {
-                (Some(0), Some(l)) if text.contains("kprobe/kretprobe") && !text.contains("fentry/fexit") => {
-                    Ok(format!("the plan says `{}` and uses kprobes", l.trim()))
-                }
-                _ => Err(format!("exit status {rc:?}; expected a kprobe-only plan naming the bad BTF: {text}")),
-            }
-        }),
-    );
-    push(
-        "verifier_refused",
-        get("verifier_refused").and_then(|(text, rc)| {
-            if *rc != Some(1) {
-                return Err(format!("exit status {rc:?}, expected 1 (a hook's pins uncounted): {text}"));
-            }
-            let line = text
-                .lines()
-                .find(|l| l.starts_with("gupwatch: pin_user_pages_fast is not hooked"))
-                .ok_or_else(|| format!("no line names the refused hook: {text}"))?;
-            let must = [
-                "verifier refused the program",
-                "!read_ok",
-                "(full verifier log: /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-fentry.log)",
-                "(full verifier log: /tmp/vlog/gupwatch-verifier-pin_user_pages_fast-kprobe.log)",
-                "please report it",
-            ];
-            let missing: Vec<&&str> = must.iter().filter(|m| !line.contains(**m)).collect();
-            if !missing.is_empty() {
-                return Err(format!("the line lacks {missing:?}: {line}"));
-            }
-            Ok(line.to_string())
-        }),
-    );
-    push(
-        "verifier_log_saved",
-        get("verifier_log_saved").and_then(|(text, rc)| {
-            // The register broken differs per program (refusable_object
-            // reads one the program's first instructions did not write).
-            let refusals = (2..=9).map(|r| text.matches(&format!("R{r} !read_ok")).count()).sum::<usize>();
-            if *rc != Some(0) || refusals != 2 {
-                return Err(format!("exit status {rc:?}, {refusals} of 2 logs end in `R<n> !read_ok`: {text}"));
-            }
-            Ok(format!("both logs saved ({} lines), each ending in `R<n> !read_ok`", text.lines().count()))
-        }),
-    );
-    push(
-        "object_unreadable",
-        refusal(
-            "object_unreadable",
-            Some(2),
-            &["/nonexistent/gupwatch.bpf.o", "GUPWATCH_EBPF_OBJECT", "No such file", "unset GUPWATCH_EBPF_OBJECT"],
-        ),
-    );
-    push(
-        "map_too_large",
-        refusal(
-            "map_too_large",
-            Some(2),
-            &["refused to create BPF map PINS", "Argument list too long", "lower --track-capacity"],
-        ),
-    );
-    push(
-        "memory_cgroup_too_small",
-        refusal(
-            "memory_cgroup_too_small",
-            Some(2),
-            &["refused to create BPF map", "Cannot allocate memory", "memory cgroup", "--track-capacity"],
-        ),
-    );
-    res
+        .collect()
+}
+
+/// `gupwatch probes --json` (`gup-user/src/plan.rs`): the fields the
+/// no-BTF case reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PlanJson {
+    foll: Foll,
+    hooks: Option<Vec<HookJson>>,
+}
+
+/// Where the FOLL_* values came from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Foll {
+    source: Option<String>,
+}
+
+/// One hook of the plan.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HookJson {
+    function: Option<String>,
+    kind: Option<String>,
+    mechanism: Option<String>,
+    status: HookStatus,
+}
+
+/// `{"state": "attached"}`, `{"state": "failed", "detail": "..."}`, ...
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HookStatus {
+    state: Option<String>,
+}
+
+/// A field as JSON shows it (`"name"`, or `null`), as the messages always
+/// quoted them.
+fn quoted(s: &Option<String>) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 /// `r0 = rN` (BPF_ALU64 | BPF_MOV | BPF_X, destination r0, source `src`).

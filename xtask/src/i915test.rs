@@ -29,10 +29,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde::Deserialize;
 
-use crate::kernels::{self, Flavour, KernelAlias};
-use crate::qemu::{ConsoleEcho, VmRun};
+use crate::vm::kernels::{self, Flavour, KernelAlias};
+use crate::vm::{ConsoleEcho, VmRun};
 use crate::{say, util};
 
 /// The port `gupwatch run` listens on in the guest.
@@ -204,27 +204,62 @@ struct Hook {
     candidates: Vec<(String, String)>,
 }
 
+/// `gupwatch probes --json` (`gup-user/src/plan.rs`): the fields this test
+/// reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PlanJson {
+    kernel: Option<String>,
+    hooks: Option<Vec<HookJson>>,
+}
+
+/// One hook of [`PlanJson`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HookJson {
+    function: Option<String>,
+    kind: Option<String>,
+    status: Option<StatusJson>,
+    mechanism: Option<String>,
+    reason: Option<String>,
+    waits_for_module: Option<bool>,
+    candidates: Vec<CandidateJson>,
+}
+
+/// `{"state": ...}` of a hook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StatusJson {
+    state: Option<String>,
+}
+
+/// One candidate function of a logical hook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CandidateJson {
+    function: Option<String>,
+    verdict: Option<String>,
+}
+
 fn parse_hooks(json: &str) -> Result<(String, Vec<Hook>)> {
-    let v: Value = serde_json::from_str(json.trim()).context("`gupwatch probes --json` printed no JSON")?;
-    let kernel = v.get("kernel").and_then(Value::as_str).unwrap_or("?").to_string();
-    let s = |h: &Value, k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let v: PlanJson = serde_json::from_str(json.trim()).context("`gupwatch probes --json` printed no JSON")?;
+    let kernel = v.kernel.unwrap_or_else(|| "?".into());
     let hooks = v
-        .get("hooks")
-        .and_then(Value::as_array)
+        .hooks
         .context("the plan has no `hooks`")?
-        .iter()
+        .into_iter()
         .map(|h| Hook {
-            function: s(h, "function"),
-            kind: s(h, "kind"),
-            state: h.get("status").map(|st| s(st, "state")).unwrap_or_default(),
-            mechanism: s(h, "mechanism"),
-            reason: s(h, "reason"),
-            waits: h.get("waits_for_module").and_then(Value::as_bool).unwrap_or(false),
+            function: h.function.unwrap_or_default(),
+            kind: h.kind.unwrap_or_default(),
+            state: h.status.and_then(|st| st.state).unwrap_or_default(),
+            mechanism: h.mechanism.unwrap_or_default(),
+            reason: h.reason.unwrap_or_default(),
+            waits: h.waits_for_module.unwrap_or(false),
             candidates: h
-                .get("candidates")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(|c| (s(c, "function"), s(c, "verdict"))).collect())
-                .unwrap_or_default(),
+                .candidates
+                .into_iter()
+                .map(|c| (c.function.unwrap_or_default(), c.verdict.unwrap_or_default()))
+                .collect(),
         })
         .collect();
     Ok((kernel, hooks))
@@ -330,8 +365,21 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
         if differ.is_empty() { format!("{attached} of {} attached, the same with and without i915", g1.len()) } else { differ.join("; ") },
     );
 
-    // 5. Late attach in `gupwatch run`: /metrics shows every i915 function
-    // chosen above attached by kprobe, and the log says so.
+    late_attach_checks(s, &w1, &mut checks);
+    caps_checks(s, &mut checks);
+    for (name, ok, detail) in evaluate_cycles(s) {
+        checks.push(Check { name, ok, detail });
+    }
+
+    let chosen = w1.iter().map(|h| format!("{}: {}", h.reason.split(':').next().unwrap_or("?"), h.function)).collect();
+    (checks, chosen)
+}
+
+/// Late attach in `gupwatch run`: /metrics shows every i915 function
+/// chosen (`w1`) attached by kprobe, and the log says so.
+fn late_attach_checks(s: &BTreeMap<String, String>, w1: &[Hook], checks: &mut Vec<Check>) {
+    let mut check = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.to_string(), ok, detail });
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
     let late: Vec<&str> = get("metrics")
         .lines()
         .filter(|l| l.ends_with(" 1") && l.contains("mechanism=\"kprobe\""))
@@ -359,9 +407,13 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
             )
         },
     );
+}
 
-    // 6. Capabilities: while waiting, only the late-attach thread holds
-    // CAP_BPF + CAP_PERFMON; once attached, no thread holds any.
+/// Capabilities: while waiting, only the late-attach thread holds
+/// CAP_BPF + CAP_PERFMON; after the attach only the module thread does.
+fn caps_checks(s: &BTreeMap<String, String>, checks: &mut Vec<Check>) {
+    let mut check = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.to_string(), ok, detail });
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
     let waiting = parse_caps(get("caps-waiting"));
     let holders: Vec<&(String, String)> = waiting.iter().filter(|(_, e)| !e.trim_start_matches('0').is_empty()).collect();
     let paranoid: Option<i32> = get("paranoid").trim().parse().ok();
@@ -382,12 +434,6 @@ pub fn evaluate(s: &BTreeMap<String, String>) -> (Vec<Check>, Vec<String>) {
         left.len() == 1 && left[0].0.starts_with("gupwatch-late") && left[0].1 == expected,
         format!("expected {expected} in gupwatch-late-attach alone; threads: {after:?}"),
     );
-    for (name, ok, detail) in evaluate_cycles(s) {
-        check(&name, ok, detail);
-    }
-
-    let chosen = w1.iter().map(|h| format!("{}: {}", h.reason.split(':').next().unwrap_or("?"), h.function)).collect();
-    (checks, chosen)
 }
 
 /// One unload/load cycle, as the guest printed it.

@@ -6,6 +6,7 @@
 
 pub mod util;
 
+pub mod beyondstep;
 pub mod bench;
 pub mod binary;
 pub mod canary;
@@ -16,19 +17,14 @@ pub mod e2e;
 pub mod faults;
 pub mod fuzz;
 pub mod i915test;
-pub mod guesttools;
 pub mod hostile;
-pub mod initramfs;
 pub mod k8s;
-pub mod kernels;
 pub mod livetest;
 pub mod mmselftests;
-pub mod modules;
-pub mod beyondstep;
 pub mod preemptstep;
-pub mod qemu;
 pub mod reducedcheck;
 pub mod rssguard;
 pub mod setup;
 pub mod stress;
 pub mod testsuite;
+pub mod vm;

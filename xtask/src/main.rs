@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use xtask::kernels::{self, Flavour};
-use xtask::qemu::{ConsoleEcho, Forward, VmRun};
+use xtask::vm::kernels::{self, Flavour};
+use xtask::vm::{ConsoleEcho, Forward, VmRun};
 use xtask::{bench, binary, canary, demo, e2e, i915test, livetest, mmselftests, say, setup, testsuite, util};
 
 #[derive(Parser)]
@@ -657,6 +657,21 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
             }
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_readme_lists_every_command() {
+        let readme = include_str!("../README.md");
+        for c in Cli::command().get_subcommands() {
+            let row = format!("| `cargo xtask {}", c.get_name());
+            assert!(readme.contains(&row), "xtask/README.md has no row for `cargo xtask {}`", c.get_name());
         }
     }
 }

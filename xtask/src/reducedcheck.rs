@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::e2e::Check;
 use crate::livetest::HOLDER;
 
@@ -139,25 +141,66 @@ pub fn judge(caps: &BTreeMap<String, String>) -> Vec<Check> {
         (Some(a), Some(b)) if a < b => &snap[a..=b],
         _ => "",
     };
+    let parsed = serde_json::from_str::<Snapshot>(json);
     let snap_ok = holder_pid(snap).is_some_and(|pid| {
-        serde_json::from_str::<serde_json::Value>(json).is_ok_and(|v| {
-            v["mode"] == "reduced"
-                && v["accounted"]["source"] == "accounted"
-                && v["accounted"]["holders"].as_array().is_some_and(|hs| {
-                    hs.iter().any(|h| {
-                        h["pid"] == pid && h["comm"] == HOLDER && h["io_uring_pages"] == HOLDER_PAGES && h["io_uring_buffers"] == 1
-                    })
+        parsed.as_ref().is_ok_and(|v| {
+            v.mode.as_deref() == Some("reduced")
+                && v.accounted.as_ref().is_some_and(|a| {
+                    a.source == "accounted"
+                        && a.holders.iter().any(|h| {
+                            h.pid == pid && h.comm == HOLDER && h.io_uring_pages == HOLDER_PAGES && h.io_uring_buffers == 1
+                        })
                 })
         })
     });
     out.push(check(
         &format!("run --reduced: /api/snapshot's accounted holders list {HOLDER}"),
         snap_ok,
-        serde_json::from_str::<serde_json::Value>(json)
-            .map(|v| v["accounted"].to_string())
-            .unwrap_or_else(|e| format!("not JSON ({e}): {}", json.chars().take(300).collect::<String>())),
+        match &parsed {
+            Ok(v) => serde_json::to_string(&v.accounted).unwrap_or_default(),
+            Err(e) => format!("not JSON ({e}): {}", json.chars().take(300).collect::<String>()),
+        },
     ));
     out
+}
+
+/// `/api/snapshot` of `gupwatch run --reduced` (`gup-user/src/export/api.rs`):
+/// the fields this step reads.
+#[derive(Debug, Deserialize)]
+struct Snapshot {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    accounted: Option<Accounted>,
+}
+
+/// The accounted holders (`gup-user/src/accounted.rs`). Fields in
+/// alphabetical order, so that the detail shows them as the snapshot's
+/// JSON object did.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Accounted {
+    fds: u64,
+    holders: Vec<Holder>,
+    processes: u32,
+    source: String,
+    truncated: bool,
+    unreadable: u32,
+}
+
+/// One accounted holder.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Holder {
+    comm: String,
+    io_uring_buffers: u32,
+    io_uring_bytes: u64,
+    io_uring_pages: u64,
+    locked_bytes: u64,
+    pid: u32,
+    pinned_bytes: u64,
+    pinned_pages: u64,
+    vm_pin_bytes: u64,
 }
 
 #[cfg(test)]
@@ -188,6 +231,15 @@ mod tests {
         for c in judge(&good()) {
             assert!(c.ok, "{}: {}", c.name, c.detail);
         }
+    }
+
+    #[test]
+    fn the_snapshot_detail_is_the_accounted_object() {
+        let c = judge(&good());
+        let snap = c.iter().find(|c| c.name.contains("/api/snapshot")).unwrap();
+        // As the snapshot's JSON has it, keys in alphabetical order.
+        assert!(snap.detail.starts_with(r#"{"fds":"#), "{}", snap.detail);
+        assert!(snap.detail.contains(r#""comm":"aa-holder","io_uring_buffers":1,"#), "{}", snap.detail);
     }
 
     #[test]

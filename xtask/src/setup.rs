@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::kernels::{self, Flavour};
+use crate::vm::kernels::{self, Flavour};
 use crate::say;
 use crate::util;
 

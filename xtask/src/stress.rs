@@ -11,12 +11,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     binary,
-    kernels::{self, Flavour},
-    qemu::VmRun,
+    vm::kernels::{self, Flavour},
+    vm::VmRun,
     setup::{self, SetupOptions},
     util,
 };
@@ -70,34 +70,12 @@ pub fn run(o: &StressOptions) -> Result<bool> {
         let (verdict, detail) = match vm.run() {
             Ok(out) => {
                 let text = String::from_utf8_lossy(&out.stdout);
-                match text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()) {
+                match text.lines().rev().find_map(|l| serde_json::from_str::<StressJson>(l).ok()) {
                     Some(j) => {
                         let ok = out.status == 0;
-                        // Strings bare (mode churn), the rest as JSON (errors as a list).
-                        let get = |f: &str| {
-                            j.get(f).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).unwrap_or_else(|| "?".into())
-                        };
-                        let mut detail = format!(
-                            "mode {} | cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (unpins without entry, counted at release {}, at exit {}, uncounted {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
-                            get("mode"),
-                            get("cycles"),
-                            get("pins_observed"),
-                            get("kernel_pins"),
-                            get("max_gap"),
-                            get("inexact_intervals"),
-                            get("unexplained_intervals"),
-                            get("probe_misses"),
-                            get("entries_skipped"),
-                            get("entries_counted_at_exit"),
-                            get("entries_uncounted"),
-                            get("stale_records_dropped"),
-                            get("untracked_pins"),
-                            get("leftover_programs"),
-                            get("stale_records_cleared"),
-                            get("errors")
-                        );
-                        for d in j.get("inexact_details").and_then(Value::as_array).into_iter().flatten() {
-                            detail.push_str(&format!("\n        inexact {}", d.as_str().unwrap_or("?")));
+                        let mut detail = j.summary();
+                        for d in &j.inexact_details {
+                            detail.push_str(&format!("\n        inexact {d}"));
                         }
                         (ok, detail)
                     }
@@ -117,4 +95,80 @@ pub fn run(o: &StressOptions) -> Result<bool> {
     let passed = rows.iter().filter(|r| r.1).count();
     println!("{} passed, {} failed", passed, rows.len() - passed);
     Ok(all_ok)
+}
+
+/// The JSON line `gupwatch stress` ends with (`gup-user/src/stress.rs`,
+/// `StressReport`); a field it lacks shows as `?`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StressJson {
+    mode: Option<String>,
+    cycles: Option<u64>,
+    pins_observed: Option<u64>,
+    kernel_pins: Option<u64>,
+    max_gap: Option<u64>,
+    inexact_intervals: Option<u64>,
+    unexplained_intervals: Option<u64>,
+    probe_misses: Option<u64>,
+    entries_skipped: Option<u64>,
+    entries_counted_at_exit: Option<u64>,
+    entries_uncounted: Option<u64>,
+    stale_records_dropped: Option<u64>,
+    untracked_pins: Option<u64>,
+    leftover_programs: Option<Vec<u64>>,
+    stale_records_cleared: Option<u64>,
+    errors: Option<Vec<String>>,
+    inexact_details: Vec<String>,
+}
+
+/// A field as the summary shows it: strings bare, the rest as JSON (errors
+/// as a list), `?` when missing.
+fn shown<T: Serialize>(v: &Option<T>) -> String {
+    match v {
+        Some(x) => serde_json::to_string(x).unwrap_or_else(|_| "?".into()),
+        None => "?".into(),
+    }
+}
+
+impl StressJson {
+    /// The run's one-line summary.
+    fn summary(&self) -> String {
+        format!(
+            "mode {} | cycles {} | pins observed {} (kernel {}) | largest gap {} | inexact intervals {} (unexplained {}) | programs skipped by the kernel {} (unpins without entry, counted at release {}, at exit {}, uncounted {}; stale records dropped {}) | untracked pins {} | leftover programs after SIGKILL {} | stale per-call records cleared {} | kernel-log findings 0 | errors {}",
+            self.mode.as_deref().unwrap_or("?"),
+            shown(&self.cycles),
+            shown(&self.pins_observed),
+            shown(&self.kernel_pins),
+            shown(&self.max_gap),
+            shown(&self.inexact_intervals),
+            shown(&self.unexplained_intervals),
+            shown(&self.probe_misses),
+            shown(&self.entries_skipped),
+            shown(&self.entries_counted_at_exit),
+            shown(&self.entries_uncounted),
+            shown(&self.stale_records_dropped),
+            shown(&self.untracked_pins),
+            shown(&self.leftover_programs),
+            shown(&self.stale_records_cleared),
+            shown(&self.errors)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_shows_strings_bare_and_the_rest_as_json() {
+        let j: StressJson = serde_json::from_str(
+            r#"{"mode":"churn","cycles":3,"pins_observed":10,"leftover_programs":[0,1],"errors":["boom"],"inexact_details":["a"]}"#,
+        )
+        .unwrap();
+        let s = j.summary();
+        assert!(s.starts_with("mode churn | cycles 3 | pins observed 10 (kernel ?)"), "{s}");
+        assert!(s.contains("leftover programs after SIGKILL [0,1]"), "{s}");
+        assert!(s.ends_with("errors [\"boom\"]"), "{s}");
+        assert_eq!(j.inexact_details, ["a"]);
+    }
 }

@@ -53,8 +53,8 @@ pub use summary::{RunSummary, Summary, MAX_SPREAD_PCT};
 
 use crate::binary;
 use crate::e2e::free_port;
-use crate::kernels::{self, BootKernel, Flavour};
-use crate::qemu::{ConsoleEcho, Forward, VmRun};
+use crate::vm::kernels::{self, BootKernel, Flavour};
+use crate::vm::{ConsoleEcho, Forward, VmRun};
 use crate::say;
 use crate::setup::{self, SetupOptions};
 use crate::util;

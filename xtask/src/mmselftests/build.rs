@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::debversion;
-use crate::kernels::AptState;
+use crate::vm::kernels::AptState;
 use crate::say;
 use crate::util;
 
@@ -86,7 +86,7 @@ fn is_versioned_source(name: &str) -> bool {
 }
 
 /// The newest (name, version) among `infos` whose name passes `keep`.
-fn newest(infos: &[crate::kernels::PkgInfo], keep: impl Fn(&str) -> bool) -> Option<(&str, &str)> {
+fn newest(infos: &[crate::vm::kernels::PkgInfo], keep: impl Fn(&str) -> bool) -> Option<(&str, &str)> {
     infos
         .iter()
         .filter(|i| keep(&i.name))
@@ -250,7 +250,7 @@ fn unpack_source_tarball(src: &Path, package: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::PkgInfo;
+    use crate::vm::kernels::PkgInfo;
 
     #[test]
     fn source_package_names() {

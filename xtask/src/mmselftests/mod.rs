@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::i915test::sections;
-use crate::initramfs::GuestFile;
-use crate::kernels::{self, Flavour, KernelAlias};
-use crate::qemu::{serve_and_wait_sh, ConsoleEcho, VmRun};
+use crate::vm::initramfs::GuestFile;
+use crate::vm::kernels::{self, Flavour, KernelAlias};
+use crate::vm::{serve_and_wait_sh, ConsoleEcho, VmRun};
 use crate::{say, util};
 
 pub use build::PROGRAMS;

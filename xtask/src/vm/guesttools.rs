@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::initramfs::GuestFile;
+use crate::vm::initramfs::GuestFile;
 
 /// Terminfo entries shipped with tmux: its default `default-terminal`,
 /// the classic one older configurations name, and the usual outer terminal.

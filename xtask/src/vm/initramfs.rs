@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::modules::Module;
+use crate::vm::modules::Module;
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
@@ -153,7 +153,7 @@ const FALLBACK_APPLETS: &[&str] = &[
 ];
 
 /// A file copied from the host into the guest (tmux and what it needs,
-/// see [`crate::guesttools`]).
+/// see [`crate::vm::guesttools`]).
 #[derive(Debug, Clone)]
 pub struct GuestFile {
     /// Path in the guest, relative to its root.

@@ -1,0 +1,323 @@
+//! The steps in VMs after the matrix kernels': the preemptible kernel, 5.10
+//! (older than the matrix), the canary, the i915 hooks, the mm selftests,
+//! faults, the live view and the end-to-end Prometheus test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Step, StepOutcome, Suite, Tier};
+use crate::beyondstep;
+use crate::canary;
+use crate::e2e;
+use crate::faults;
+use crate::i915test;
+use crate::livetest;
+use crate::mmselftests;
+use crate::preemptstep;
+use crate::util;
+use crate::vm::kernels::{self, BootKernel, Flavour, KernelAlias};
+
+/// The steps, in order; banners name the selected kernels.
+pub(super) fn steps(aliases: &[KernelAlias]) -> Vec<Step<'static>> {
+    let names = aliases.iter().map(|a| a.name).collect::<Vec<_>>().join(", ");
+    let newest = newest().name;
+    vec![
+        Step::new(
+            Tier::Kernel,
+            format!("kernel {} preempt=full", preemptstep::KERNEL),
+            format!("kernel {} booted preempt=full movablecore=256M: {}", preemptstep::KERNEL, preemptstep::COMMAND),
+            preempt_step,
+        ),
+        Step::new(
+            Tier::Kernel,
+            "kernel 5.10",
+            "kernel 5.10 (Debian bullseye, older than the matrix): gupwatch doctor names the missing BPF helpers, gupwatch run serves the reduced mode",
+            beyond_step,
+        ),
+        Step::new(
+            Tier::Kernel,
+            "canary kernel",
+            "canary: experimental's newest kernel, if newer than sid's: gupwatch doctor --json, gupwatch check --json; fails only on a panic or a kernel oops/BUG/WARNING",
+            canary_step,
+        ),
+        // The i915 hooks, on the generic flavour of the selected kernels.
+        Step::new(
+            Tier::Vm,
+            "i915 hooks",
+            format!("i915 hooks on the generic kernels ({names}): attached at start and when i915 loads later"),
+            i915_step,
+        ),
+        Step::new(
+            Tier::Vm,
+            "mm selftests",
+            format!(
+                "the kernel's mm selftests (gup_longterm, cow, hugetlb_dio) on {names}: without and under gupwatch run, identical results, exact counts"
+            ),
+            mm_step,
+        ),
+        // Faults and refusals, the live view through tmux (in the guest and
+        // from the host), and the end-to-end Prometheus test: on the newest
+        // kernel of the matrix only.
+        Step::new(
+            Tier::Vm,
+            "faults",
+            format!("faults on kernel {newest}: no BTF, corrupt BTF, a map too large, a memory cgroup too small, a verifier refusal, a missing eBPF object"),
+            faults_step,
+        ),
+        Step::new(
+            Tier::Vm,
+            "live view",
+            format!("live view: gupwatch top in tmux on kernel {newest}, in the guest and through top --connect from the host"),
+            live_step,
+        ),
+        Step::new(
+            Tier::EndToEnd,
+            "Prometheus end-to-end",
+            format!("end-to-end: gupwatch on kernel {newest} scraped by Prometheus; every dashboard query and rule"),
+            e2e_step,
+        ),
+    ]
+}
+
+/// The newest kernel of the matrix: the one the last steps run on.
+fn newest() -> KernelAlias {
+    kernels::MATRIX[kernels::MATRIX.len() - 1]
+}
+
+/// The newest kernel, when the selection includes it (else the step says
+/// it is skipped, and why).
+fn newest_selected(s: &mut Suite, what: &str) -> Option<KernelAlias> {
+    let newest = newest();
+    if s.aliases.iter().any(|a| a.name == newest.name) {
+        return Some(newest);
+    }
+    println!("SKIPPED: it runs on kernel {} only, which --kernels leaves out", newest.name);
+    s.t.skipped.push(format!("{what} (kernel {} not selected)", newest.name));
+    None
+}
+
+/// A step turned off by its flag: said on its line and in the summary.
+fn skipped_by_flag(s: &mut Suite, flag: &str, what: &str) -> StepOutcome {
+    println!("SKIPPED ({flag})");
+    s.t.skipped.push(format!("{what} ({flag})"));
+    StepOutcome::Skipped(flag.into())
+}
+
+/// The static gupwatch, or a failure of step `what` when it did not build.
+fn built(s: &mut Suite, what: &str) -> Option<PathBuf> {
+    if s.gupwatch.is_none() {
+        s.t.fail(format!("{what}: not run, gupwatch did not build"));
+    }
+    s.gupwatch.clone()
+}
+
+/// The newest kernel, fetched, and the static gupwatch, for a step that
+/// runs there (`skipped_as` names it when the kernel is not selected,
+/// `label` in its failures); or how the step ends without them.
+fn newest_with_build(s: &mut Suite, skipped_as: &str, label: &str) -> std::result::Result<(BootKernel, PathBuf), StepOutcome> {
+    let Some(newest) = newest_selected(s, skipped_as) else {
+        return Err(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
+    };
+    let Some(bin) = built(s, label) else {
+        return Err(StepOutcome::Ran);
+    };
+    match util::cache_dir().and_then(|c| kernels::ensure(&c, newest, Flavour::Cloud, false).map(|m| m.boot_kernel(&c))) {
+        Ok(k) => Ok((k, bin)),
+        Err(e) => {
+            s.t.fail(format!("{label}: could not fetch kernel {}: {e:#}", newest.name));
+            Err(StepOutcome::Ran)
+        }
+    }
+}
+
+fn is_interrupt(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<util::Interrupted>().is_some()
+}
+
+fn preempt_step(s: &mut Suite) -> Result<StepOutcome> {
+    let Some(bin) = built(s, &format!("{} preempt=full", preemptstep::KERNEL)) else {
+        return Ok(StepOutcome::Ran);
+    };
+    match preemptstep::run(&s.aliases, &bin, s.o.timeout) {
+        Ok(Some(r)) => {
+            s.t.passed += r.passed;
+            s.t.failed += r.failures.len();
+            s.t.failures.extend(r.failures);
+            s.t.skipped.extend(r.reported_only);
+        }
+        Ok(None) => {
+            println!("SKIPPED ({} is not among the selected kernels)", preemptstep::KERNEL);
+            s.t.skipped.push(format!("preemptible {} step: kernel not selected", preemptstep::KERNEL));
+            return Ok(StepOutcome::Skipped(format!("kernel {} not selected", preemptstep::KERNEL)));
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("{} preempt=full: {e:#}", preemptstep::KERNEL)),
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn beyond_step(s: &mut Suite) -> Result<StepOutcome> {
+    let Some(bin) = built(s, "5.10") else {
+        return Ok(StepOutcome::Ran);
+    };
+    match beyondstep::run(&bin, s.o.timeout) {
+        Ok(r) => {
+            s.t.passed += r.passed;
+            s.t.failed += r.failures.len();
+            s.t.failures.extend(r.failures);
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("5.10: {e:#}")),
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn canary_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_canary {
+        return Ok(skipped_by_flag(s, "--skip-canary", "canary kernel step"));
+    }
+    let Some(bin) = built(s, "canary") else {
+        return Ok(StepOutcome::Ran);
+    };
+    match canary::run(&bin, s.o.timeout, false) {
+        Ok(r) => {
+            print!("{}", canary::render(&r));
+            for c in &r.checks {
+                s.t.count(c.ok, || format!("canary on {}: {}: {}", r.kernel.as_deref().unwrap_or("?"), c.name, c.detail));
+            }
+            if let Some(why) = &r.skipped {
+                s.t.skipped.push(format!("canary kernel step: {why}"));
+                return Ok(StepOutcome::Skipped(why.clone()));
+            }
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("canary: {e:#}")),
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn i915_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_i915 {
+        return Ok(skipped_by_flag(s, "--skip-i915", "i915 hook test"));
+    }
+    let Some(bin) = built(s, "i915") else {
+        return Ok(StepOutcome::Ran);
+    };
+    let results = i915test::run(&i915test::I915Options {
+        kernels: s.aliases.clone(),
+        gupwatch: bin,
+        timeout: s.o.timeout,
+    })?;
+    for r in &results {
+        for c in &r.checks {
+            s.t.count(c.ok, || format!("i915 on kernel {}: {}: {}", r.alias, c.name, c.detail));
+        }
+        if let Some(e) = &r.error {
+            s.t.fail(format!("i915 on kernel {}: {e}", r.alias));
+        }
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn mm_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_mm_selftests {
+        return Ok(skipped_by_flag(s, "--skip-mm-selftests", "mm selftests"));
+    }
+    let Some(bin) = built(s, "mm selftests") else {
+        return Ok(StepOutcome::Ran);
+    };
+    match mmselftests::suite_step(&s.aliases, &bin, s.o.timeout) {
+        Ok((passed, failures)) => {
+            s.t.passed += passed;
+            s.t.failed += failures.len();
+            s.t.failures.extend(failures);
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("mm selftests: {e:#}")),
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn faults_step(s: &mut Suite) -> Result<StepOutcome> {
+    let Some(newest) = newest_selected(s, "faults") else {
+        return Ok(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
+    };
+    let Some(bin) = built(s, "faults") else {
+        return Ok(StepOutcome::Ran);
+    };
+    match faults::run(newest.name, bin, s.o.timeout) {
+        Ok(cases) => {
+            for c in cases {
+                if c.ok {
+                    println!("  ok    {}: {}", c.name, c.detail);
+                    s.t.passed += 1;
+                } else {
+                    println!("  FAIL  {}: {}", c.name, c.detail);
+                    s.t.failed += 1;
+                    s.t.failures.push(format!("faults: {}: {}", c.name, c.detail));
+                }
+            }
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("faults: {e:#}")),
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn live_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_live {
+        return Ok(skipped_by_flag(s, "--skip-live", "live-view test"));
+    }
+    let (kernel, bin) = match newest_with_build(s, "live-view test", "live view") {
+        Ok(k) => k,
+        Err(outcome) => return Ok(outcome),
+    };
+    let timeout = s.o.timeout.max(Duration::from_secs(livetest::MIN_TIMEOUT_S));
+    match livetest::run(&livetest::LiveOptions { kernel, gupwatch: bin, timeout }) {
+        Ok(report) => {
+            print!("{}", e2e::render(&e2e::E2eReport { checks: report.checks.clone(), notes: vec![], elapsed: report.elapsed }));
+            print!("{}", livetest::render_screens(&report));
+            println!("{}", livetest::timing(&report));
+            for c in &report.checks {
+                s.t.count(c.ok, || format!("live view: {}", c.name));
+            }
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("live view: {e:#}")),
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_e2e {
+        return Ok(skipped_by_flag(s, "--skip-e2e", "end-to-end Prometheus test"));
+    }
+    let (kernel, bin) = match newest_with_build(s, "end-to-end Prometheus test", "end-to-end") {
+        Ok(k) => k,
+        Err(outcome) => return Ok(outcome),
+    };
+    match e2e::run(&e2e::E2eOptions {
+        kernel,
+        gupwatch: bin,
+        timeout: s.o.timeout,
+    }) {
+        Ok(report) => {
+            print!("{}", e2e::render(&report));
+            let failed = report.checks.iter().filter(|c| !c.ok).count();
+            println!(
+                "end-to-end: {} of {} checks passed in {:.0} s",
+                report.checks.len() - failed,
+                report.checks.len(),
+                report.elapsed.as_secs_f64()
+            );
+            for c in &report.checks {
+                s.t.count(c.ok, || format!("end-to-end: {}: {}", c.name, c.detail));
+            }
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("end-to-end: {e:#}")),
+    }
+    Ok(StepOutcome::Ran)
+}
