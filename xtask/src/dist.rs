@@ -33,7 +33,13 @@ pub const DEB_FILES: &[&str] = &[
     "usr/share/zsh/vendor-completions/_gupwatch",
     "usr/share/fish/vendor_completions.d/gupwatch.fish",
     "usr/share/doc/gupwatch/README.md",
+    "usr/share/doc/gupwatch/changelog.Debian.gz",
+    "usr/share/lintian/overrides/gupwatch",
 ];
+
+/// Maintainer scripts the package must carry: cargo-deb's systemd snippets
+/// (daemon-reload, restart on upgrade, stop and clean up on removal).
+pub const DEB_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
 /// What `dist` produced.
 #[derive(Debug, Clone)]
@@ -157,9 +163,13 @@ pub fn verify(d: &Dist) -> Result<()> {
     if !tar_list.lines().any(|l| l.ends_with("/gupwatch")) {
         bail!("{} has no gupwatch binary", d.tarball.display());
     }
+    scripts_present(d)?;
+    lintian(d)?;
     // A real `dpkg -i`, into a private root with an empty package database:
     // it reads the control file as a host would (an empty or malformed
-    // field fails here) and installs every file.
+    // field fails here), installs every file and runs the maintainer
+    // scripts, chrooted into that root with busybox as its /bin/sh (they
+    // find no systemd there and skip what would touch it).
     let tmp = util::target_dir().join("dist").join("root");
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
@@ -169,6 +179,9 @@ pub fn verify(d: &Dist) -> Result<()> {
         fs::create_dir_all(db.join(sub))?;
     }
     fs::write(db.join("status"), "")?;
+    fs::create_dir_all(tmp.join("bin"))?;
+    fs::create_dir_all(tmp.join("dev"))?;
+    fs::copy("/bin/busybox", tmp.join("bin/sh")).context("copying /bin/busybox (busybox-static, from cargo xtask setup) as the private root's /bin/sh")?;
     util::output(
         Command::new("dpkg")
             .arg(format!("--root={}", tmp.display()))
@@ -188,6 +201,16 @@ pub fn verify(d: &Dist) -> Result<()> {
     if has_interpreter(&fs::read(&bin)?)? {
         bail!("the packaged {} is not static", bin.display());
     }
+    // And removal: the scripts run again and the files go.
+    util::output(
+        Command::new("dpkg")
+            .arg(format!("--root={}", tmp.display()))
+            .args(["--force-not-root", "--log=/dev/null", "-r", "gupwatch"]),
+    )
+    .context("dpkg -r of the package from the private root")?;
+    if bin.exists() {
+        bail!("{} is still there after dpkg -r", bin.display());
+    }
     let control = util::output(Command::new("dpkg-deb").args(["--field"]).arg(&d.deb).arg("Depends"))?;
     if !control.trim().is_empty() {
         bail!("the package depends on {:?}; a static binary should need nothing", control.trim());
@@ -199,6 +222,38 @@ pub fn verify(d: &Dist) -> Result<()> {
         tmp.display(),
         v.trim()
     );
+    Ok(())
+}
+
+/// The package's maintainer scripts include every one of [`DEB_SCRIPTS`].
+fn scripts_present(d: &Dist) -> Result<()> {
+    let ctl = util::target_dir().join("dist").join("control");
+    if ctl.exists() {
+        fs::remove_dir_all(&ctl)?;
+    }
+    util::output(Command::new("dpkg-deb").arg("--control").arg(&d.deb).arg(&ctl))?;
+    let missing: Vec<&str> = DEB_SCRIPTS.iter().copied().filter(|s| !ctl.join(s).is_file()).collect();
+    if !missing.is_empty() {
+        bail!("{} has no {} maintainer script(s): cargo-deb's systemd-units did not take", d.deb.display(), missing.join(", "));
+    }
+    Ok(())
+}
+
+/// Debian's own judge of a package: no error (warnings are printed).
+/// `packaging/debian/gupwatch.lintian-overrides` says why its one
+/// override is not an error.
+fn lintian(d: &Dist) -> Result<()> {
+    let out = Command::new("lintian")
+        .args(["--fail-on", "error"])
+        .arg(&d.deb)
+        .output()
+        .context("running lintian (cargo xtask setup installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let tags: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
+    if !out.status.success() {
+        bail!("lintian finds errors in {}:\n{}", d.deb.display(), tags.join("\n"));
+    }
+    say!("dist", "lintian: no errors; {} warning(s){}", tags.len(), if tags.is_empty() { String::new() } else { format!(": {}", tags.join("; ")) });
     Ok(())
 }
 

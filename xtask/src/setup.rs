@@ -23,6 +23,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "tmux",
     // `systemd-analyze verify` of the unit (packaging/verify-unit.sh).
     "systemd",
+    // Debian's checks of the package (`cargo xtask dist`).
+    "lintian",
     // The web-config tests scrape over TLS with curl as a second client.
     "curl",
     // Signs the archive's package lists that the kernel fetch reads.
