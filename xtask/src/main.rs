@@ -346,6 +346,11 @@ struct VmArgs {
     /// UTF-8 locale and terminfo), to drive the live view there.
     #[arg(long)]
     tmux: bool,
+    /// Ship a host program into the guest as /usr/bin/NAME, with the
+    /// shared libraries `ldd` lists (repeatable; a name in PATH or a path),
+    /// to run your own workload next to gupwatch.
+    #[arg(long = "ship", value_name = "PROGRAM")]
+    ship: Vec<String>,
     /// Extra kernel command-line argument (repeatable; GUPWATCH_VM_APPEND
     /// adds more), e.g. `--append preempt=full` to boot Debian's 6.12
     /// preemptible like 7.2 (7.2 refuses `preempt=voluntary`).
@@ -359,6 +364,16 @@ struct VmArgs {
     /// The command, run with `sh -c` in the guest (after `--`).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// The guest's `sh -c` text from the words after `--`: one word is a
+/// script as it stands (`-- 'a; b'`); several are quoted each, so that
+/// `-- bash -c 'echo $BASH_VERSION'` reaches the guest as those three words.
+fn guest_command(words: &[String]) -> String {
+    match words {
+        [one] => one.clone(),
+        _ => words.iter().map(|w| format!("'{}'", w.replace('\'', r"'\''"))).collect::<Vec<_>>().join(" "),
+    }
 }
 
 fn vm(a: VmArgs) -> Result<i32> {
@@ -378,7 +393,7 @@ fn vm(a: VmArgs) -> Result<i32> {
     } else {
         Some(binary::build_static_gupwatch()?)
     };
-    let mut run = VmRun::new(kernel, a.command.join(" "));
+    let mut run = VmRun::new(kernel, guest_command(&a.command));
     run.gupwatch = gupwatch;
     run.timeout = Duration::from_secs(a.timeout);
     run.memory_mib = a.memory;
@@ -387,6 +402,7 @@ fn vm(a: VmArgs) -> Result<i32> {
     run.extra_modules = a.extra_modules;
     run.deferred_modules = a.deferred_modules;
     run.tmux = a.tmux;
+    run.ship = a.ship;
     run.kernel_args = a.append;
     run.vfio = a.vfio;
     if a.quiet {
@@ -663,6 +679,14 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn guest_command_keeps_the_words() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(guest_command(&w(&["gupwatch check; echo $?"])), "gupwatch check; echo $?");
+        assert_eq!(guest_command(&w(&["bash", "-c", "echo $BASH_VERSION"])), "'bash' '-c' 'echo $BASH_VERSION'");
+        assert_eq!(guest_command(&w(&["echo", "it's"])), r"'echo' 'it'\''s'");
+    }
+
     use super::*;
     use clap::CommandFactory;
 

@@ -118,26 +118,68 @@ fn guest_path(host: &Path) -> String {
 /// the terminfo entries of [`TERMINFO_ENTRIES`], and [`ENV_FILE`] setting
 /// `LANG` and `LD_LIBRARY_PATH` for the guest's commands.
 pub fn tmux_bundle() -> Result<Vec<GuestFile>> {
-    let tmux = find_program("tmux")
-        .context("tmux is not installed on this host: run `cargo xtask setup` (installs the Debian package tmux)")?;
-    let mut files = vec![GuestFile {
-        path: "usr/bin/tmux".into(),
-        mode: 0o755,
-        data: read(&tmux)?,
-    }];
-    let ldd = Command::new("ldd")
-        .arg(&tmux)
-        .output()
-        .context("running ldd (libc-bin) to find tmux's shared libraries")?;
-    let text = String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
-    let libs = parse_ldd(&text).with_context(|| format!("resolving the libraries of {}", tmux.display()))?;
-    if !ldd.status.success() && !libs.is_empty() {
-        bail!("ldd {} failed: {}", tmux.display(), text.trim());
-    }
+    bundle(&[], true)
+}
+
+/// Host programs for the guest (`cargo xtask vm --ship`): each (a name
+/// found in PATH, or a path) as `/usr/bin/<its name>` with the libraries
+/// and interpreter `ldd` lists at the paths it gives, plus, with `tmux`,
+/// tmux and what it needs besides ([`tmux_bundle`]); one [`ENV_FILE`] for
+/// them all.
+pub fn bundle(programs: &[String], tmux: bool) -> Result<Vec<GuestFile>> {
+    let mut files = Vec::new();
     let mut lib_dirs: Vec<String> = Vec::new();
+    for p in programs {
+        let path = if p.contains('/') { Some(PathBuf::from(p)) } else { find_program(p) };
+        let path = path.filter(|p| p.is_file()).with_context(|| format!("--ship {p}: no such program on this host (a name in PATH, or a path)"))?;
+        ship_program(&path, &mut files, &mut lib_dirs)?;
+    }
+    if tmux {
+        let path = find_program("tmux")
+            .context("tmux is not installed on this host: run `cargo xtask setup` (installs the Debian package tmux)")?;
+        ship_program(&path, &mut files, &mut lib_dirs)?;
+        tmux_extras(&mut files)?;
+    }
+    let mut vars: Vec<String> = Vec::new();
+    if tmux {
+        vars.extend(["LANG=C.UTF-8".to_string(), "TERMINFO=/usr/share/terminfo".to_string()]);
+    }
+    if !lib_dirs.is_empty() {
+        vars.push(format!("LD_LIBRARY_PATH={}", lib_dirs.join(":")));
+    }
+    let env = if vars.is_empty() { String::new() } else { format!("export {}\n", vars.join(" ")) };
+    files.push(GuestFile {
+        path: ENV_FILE.into(),
+        mode: 0o644,
+        data: env.into_bytes(),
+    });
+    Ok(files)
+}
+
+/// One program as `/usr/bin/<name>` and its shared libraries; their
+/// directories are added to `lib_dirs`.
+fn ship_program(program: &Path, files: &mut Vec<GuestFile>, lib_dirs: &mut Vec<String>) -> Result<()> {
+    let name = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    files.push(GuestFile {
+        path: format!("usr/bin/{name}"),
+        mode: 0o755,
+        data: read(program)?,
+    });
+    let ldd = Command::new("ldd")
+        .arg(program)
+        .output()
+        .with_context(|| format!("running ldd (libc-bin) to find {}'s shared libraries", program.display()))?;
+    let text = String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
+    let libs = parse_ldd(&text).with_context(|| format!("resolving the libraries of {}", program.display()))?;
+    if !ldd.status.success() && !libs.is_empty() {
+        bail!("ldd {} failed: {}", program.display(), text.trim());
+    }
     for lib in &libs {
         // fs::read follows symlinks: the guest gets the file itself at the
         // path the loader asks for.
+        if files.iter().any(|f| f.path == guest_path(lib)) {
+            continue;
+        }
         files.push(GuestFile {
             path: guest_path(lib),
             mode: 0o755,
@@ -150,14 +192,18 @@ pub fn tmux_bundle() -> Result<Vec<GuestFile>> {
             }
         }
     }
+    Ok(())
+}
 
+/// What tmux needs besides its libraries: a UTF-8 locale and terminfo.
+fn tmux_extras(files: &mut Vec<GuestFile>) -> Result<()> {
     // tmux exits with "need UTF-8 locale" without one.
     let locale = LOCALE_DIRS
         .iter()
         .flat_map(|d| UTF8_LOCALES.iter().map(move |l| Path::new(d).join(l)))
         .find(|p| p.is_dir())
         .context("no C.UTF-8 locale in /usr/lib/locale (Debian's libc-bin ships /usr/lib/locale/C.utf8); tmux refuses to start without a UTF-8 locale")?;
-    add_tree(&locale, &mut files)?;
+    add_tree(&locale, files)?;
 
     let dirs = terminfo_dirs();
     for name in TERMINFO_ENTRIES {
@@ -177,20 +223,7 @@ pub fn tmux_bundle() -> Result<Vec<GuestFile>> {
         });
     }
 
-    let env = format!(
-        "export LANG=C.UTF-8 TERMINFO=/usr/share/terminfo{}\n",
-        if lib_dirs.is_empty() {
-            String::new()
-        } else {
-            format!(" LD_LIBRARY_PATH={}", lib_dirs.join(":"))
-        }
-    );
-    files.push(GuestFile {
-        path: ENV_FILE.into(),
-        mode: 0o644,
-        data: env.into_bytes(),
-    });
-    Ok(files)
+    Ok(())
 }
 
 /// Every regular file under `dir`, at the same path in the guest.

@@ -155,8 +155,8 @@ impl VmRun {
             // few seconds after qemu's).
             stall_report_after: self.timeout.as_secs().checked_sub(15).filter(|s| *s >= 15),
         });
-        let mut extra = if self.tmux {
-            guesttools::tmux_bundle().context("shipping tmux into the guest")?
+        let mut extra = if self.tmux || !self.ship.is_empty() {
+            guesttools::bundle(&self.ship, self.tmux).context("shipping host programs into the guest")?
         } else {
             Vec::new()
         };

@@ -134,6 +134,10 @@ pub struct VmRun {
     /// Ship the host's tmux (with its libraries, a UTF-8 locale and
     /// terminfo) as /usr/bin/tmux.
     pub tmux: bool,
+    /// Host programs (names in PATH, or paths) to ship as
+    /// `/usr/bin/<name>` with the shared libraries `ldd` lists
+    /// (`cargo xtask vm --ship`).
+    pub ship: Vec<String>,
     /// Extra kernel command-line arguments (GUPWATCH_VM_APPEND adds more).
     pub kernel_args: Vec<String>,
     /// More files to put into the guest.
@@ -198,6 +202,7 @@ impl VmRun {
             stream_stdout: true,
             tag: "vm".into(),
             tmux: false,
+            ship: Vec::new(),
             kernel_args: Vec::new(),
             files: Vec::new(),
             icount: false,
