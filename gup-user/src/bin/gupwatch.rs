@@ -20,7 +20,7 @@ use gupwatch::{
 /// Watch how this Linux host pins user memory: who calls pin_user_pages*()
 /// and get_user_pages*(), how many pages, and whether the kernel agrees.
 #[derive(Parser, Debug)]
-#[command(name = "gupwatch", version, about, long_about = None, after_help = "\
+#[command(name = "gupwatch", version, about = "gupwatch: live view of how a Linux host pins user memory (pin_user_pages / GUP)", long_about = None, after_help = "\
 Examples:
   sudo gupwatch                 live view on a terminal (q to quit; ? for keys)
   sudo gupwatch --plain         a summary line every second (Ctrl-C to stop)
@@ -39,11 +39,13 @@ Environment:
                                 (to try an eBPF build without rebuilding gupwatch)
   NO_COLOR=1                    no colours in log lines")]
 struct Cli {
-    /// Seconds between summaries.
-    #[arg(short, long, default_value = "1", value_parser = gupwatch::args::parse_interval, global = true)]
+    /// Seconds between summaries (or screen refreshes).
+    // Not global: on `run`, `doctor` and the rest it would be accepted and
+    // mean nothing (`gupwatch run -c 5` never stopped).
+    #[arg(short, long, default_value = "1", value_parser = gupwatch::args::parse_interval)]
     interval: Duration,
     /// Stop after this many summaries.
-    #[arg(short, long, global = true)]
+    #[arg(short, long)]
     count: Option<u64>,
     /// Print summary lines even on a terminal (they are the default when
     /// stdout is not a terminal, or with --count).
@@ -64,6 +66,9 @@ enum Command {
     /// latency and leaks. Of this host's probes, or with --connect of a
     /// `gupwatch run` daemon (its /api/snapshot).
     Top {
+        /// Seconds between screen refreshes.
+        #[arg(short, long, default_value = "1", value_parser = gupwatch::args::parse_interval)]
+        interval: Duration,
         /// A daemon's HOST:PORT (e.g. 127.0.0.1:10483).
         #[arg(long, value_name = "HOST:PORT")]
         connect: Option<String>,
@@ -343,7 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: config.as_deref(), reduced })?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Top { connect, reduced }) => top(cli.interval, connect, reduced || cli.reduced),
+        Some(Command::Top { interval, connect, reduced }) => top(interval, connect, reduced || cli.reduced),
         Some(Command::Doctor { json }) => doctor(json),
         Some(Command::Generate { what }) => generate(what),
         Some(Command::Stress { mode, churn_procs, cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
@@ -669,8 +674,15 @@ mod tests {
         assert_eq!((listen, top_processes, log_format, config), (None, Some(3), Some(LogFormat::Json), None));
         assert!(Cli::try_parse_from(["gupwatch", "run", "--log-format", "xml"]).is_err());
         let cli = Cli::try_parse_from(["gupwatch", "top", "--connect", "127.0.0.1:10483", "-i", "2"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Top { connect: Some(_), .. })));
-        assert_eq!(cli.interval, Duration::from_secs(2));
+        let Some(Command::Top { connect: Some(_), interval, .. }) = cli.command else { panic!() };
+        assert_eq!(interval, Duration::from_secs(2));
+        // -i and -c belong to the summary mode (and -i to top): a
+        // subcommand where they would mean nothing refuses them.
+        for sub in ["run", "doctor", "probes", "check", "leaks"] {
+            assert!(Cli::try_parse_from(["gupwatch", sub, "-c", "5"]).is_err(), "{sub} -c");
+            assert!(Cli::try_parse_from(["gupwatch", sub, "-i", "2"]).is_err(), "{sub} -i");
+        }
+        assert!(Cli::try_parse_from(["gupwatch", "-i", "5", "-c", "12"]).is_ok());
         assert!(Cli::try_parse_from(["gupwatch", "generate", "completions", "zsh"]).is_ok());
         assert!(Cli::try_parse_from(["gupwatch", "doctor", "--json"]).is_ok());
     }
