@@ -157,7 +157,7 @@ impl RunOptions {
     /// Command-line values over file values over defaults.
     pub fn resolve(cli: &RunOptions, file: &RunOptions) -> RunSettings {
         RunSettings {
-            listen: cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| crate::http::DEFAULT_LISTEN.into()),
+            listen: listen_address(&cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| crate::http::DEFAULT_LISTEN.into())),
             top_processes: cli.top_processes.or(file.top_processes).unwrap_or(crate::collect::DEFAULT_TOP_PROCESSES),
             long_held: Duration::from_secs(
                 cli.long_held.or(file.long_held).unwrap_or(crate::leaks::LeakPolicy::default().long_held.as_secs()),
@@ -246,8 +246,28 @@ impl RunSettings {
     }
 }
 
+/// `--listen` as the socket takes it: the Go exporters' `:PORT` (every
+/// address) is `0.0.0.0:PORT`; anything else as given.
+pub fn listen_address(given: &str) -> String {
+    match given.strip_prefix(':') {
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => format!("0.0.0.0:{port}"),
+        _ => given.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn listen_takes_the_go_exporters_form() {
+        assert_eq!(listen_address(":10483"), "0.0.0.0:10483");
+        assert_eq!(listen_address("127.0.0.1:10483"), "127.0.0.1:10483");
+        assert_eq!(listen_address("[::1]:10483"), "[::1]:10483");
+        // Not a port: left for the socket to refuse with its own message.
+        assert_eq!(listen_address(":http"), ":http");
+        assert_eq!(listen_address(":"), ":");
+    }
+
     use super::*;
 
     fn p() -> &'static Path {

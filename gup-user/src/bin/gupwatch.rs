@@ -155,8 +155,9 @@ enum Command {
     /// applies top_processes, long_held and log_level at once (listen,
     /// track_capacity and log_format need a restart).
     Run {
-        /// Address to listen on [default: 127.0.0.1:10483].
-        #[arg(long, value_name = "ADDR")]
+        /// Address to listen on; `:PORT` is every address, as for the Go
+        /// exporters (also --web.listen-address) [default: 127.0.0.1:10483].
+        #[arg(long, value_name = "ADDR", alias = "web.listen-address")]
         listen: Option<String>,
         /// Process names with their own gupwatch_process_pages_total series
         /// (the rest are summed into comm="other") [default: 10].
@@ -181,8 +182,9 @@ enum Command {
         config: Option<PathBuf>,
         /// TLS and basic auth for the endpoint, in the YAML format of
         /// Prometheus' exporter-toolkit (tls_server_config,
-        /// basic_auth_users); re-read when it or its files change.
-        #[arg(long, value_name = "FILE")]
+        /// basic_auth_users); re-read when it or its files change (also
+        /// --web.config.file).
+        #[arg(long, value_name = "FILE", alias = "web.config.file")]
         web_config: Option<PathBuf>,
         /// Connections one client address (IPv6: one /64) may have open at
         /// once; more are closed at once, so one client cannot take the
@@ -683,6 +685,10 @@ mod tests {
             assert!(Cli::try_parse_from(["gupwatch", sub, "-i", "2"]).is_err(), "{sub} -i");
         }
         assert!(Cli::try_parse_from(["gupwatch", "-i", "5", "-c", "12"]).is_ok());
+        // The exporter-toolkit's flag names, as aliases.
+        let cli = Cli::try_parse_from(["gupwatch", "run", "--web.listen-address", ":9", "--web.config.file", "w.yml"]).unwrap();
+        let Some(Command::Run { listen, web_config, .. }) = cli.command else { panic!() };
+        assert_eq!((listen.as_deref(), web_config), (Some(":9"), Some(PathBuf::from("w.yml"))));
         assert!(Cli::try_parse_from(["gupwatch", "generate", "completions", "zsh"]).is_ok());
         assert!(Cli::try_parse_from(["gupwatch", "doctor", "--json"]).is_ok());
     }
