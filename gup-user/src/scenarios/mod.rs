@@ -32,7 +32,8 @@
 //!
 //! One file per family of workloads: `process_vm`,
 //! `io_uring` (fixed buffers, refused memory), `direct_io`, `vfio` (DMA maps
-//! through VFIO's type1 IOMMU), `orphan` (rings
+//! through VFIO's type1 IOMMU), `rdma` (memory regions registered through
+//! uverbs), `orphan` (rings
 //! that outlive the registering process), `matrix` (the reference model's
 //! backing × syscall table), [`churn`] and [`inflight`]; the shared pieces
 //! are `memory` (mappings, scratch files), `error`, `uring` (a raw mmap'd
@@ -54,6 +55,7 @@ mod matrix;
 mod memory;
 mod orphan;
 mod process_vm;
+mod rdma;
 mod reverted;
 mod spec;
 mod uring;
@@ -73,7 +75,7 @@ use self::error::*;
 pub use self::memory::page_size;
 pub use self::spec::{
     Expectation, ExpectedLeak, ExpectedPath, PinPath, Spec, SUBSYSTEM_DIRECT_IO, SUBSYSTEM_IO_URING,
-    SUBSYSTEM_PROCESS_VM, SUBSYSTEM_VFIO,
+    SUBSYSTEM_PROCESS_VM, SUBSYSTEM_RDMA, SUBSYSTEM_VFIO,
 };
 pub use self::workload::{run_workload, ScenarioStats, WorkloadStats};
 #[cfg(test)]
@@ -216,14 +218,16 @@ fn reverted_pins() -> Vec<Box<dyn Scenario>> {
 
 /// What `gupwatch check` runs: the [`builtin`] scenarios, then the
 /// `churn_` family ([`churn`], `churn_procs` short-lived processes each),
-/// the `inflight_` ones ([`inflight`]) and the `vfio_` ones ([`vfio`],
-/// reachable only in a QEMU guest with its test device). Kept apart from [`builtin`], which
+/// the `inflight_` ones ([`inflight`]), the `vfio_` ones ([`vfio`],
+/// reachable only in a QEMU guest with its test device) and the `rdma_`
+/// ones ([`rdma`], reachable with an RDMA device). Kept apart from [`builtin`], which
 /// the demo workload and the benchmark also draw from.
 pub fn for_check(scratch_dir: &Path, churn_procs: u32) -> Vec<Box<dyn Scenario>> {
     let mut all = builtin(scratch_dir);
     all.extend(churn::scenarios(scratch_dir, churn_procs));
     all.extend(inflight::scenarios(scratch_dir));
     all.extend(vfio::scenarios());
+    all.extend(rdma::scenarios());
     all
 }
 
