@@ -113,26 +113,23 @@ fn guest_path(host: &Path) -> String {
     host.to_string_lossy().trim_start_matches('/').to_string()
 }
 
-/// tmux (the host's, from PATH) and everything it needs in the guest: its
-/// libraries and interpreter at the paths `ldd` gives, the C.UTF-8 locale,
-/// the terminfo entries of [`TERMINFO_ENTRIES`], and [`ENV_FILE`] setting
-/// `LANG` and `LD_LIBRARY_PATH` for the guest's commands.
-pub fn tmux_bundle() -> Result<Vec<GuestFile>> {
-    let tmux = find_program("tmux")
-        .context("tmux is not installed on this host: run `cargo xtask setup` (installs the Debian package tmux)")?;
+/// A host program at `guest` (a path relative to the guest's root) with its
+/// shared libraries and interpreter at the paths `ldd` gives; also the
+/// directories of those libraries, for `LD_LIBRARY_PATH`.
+pub fn program_with_libraries(program: &Path, guest: &str) -> Result<(Vec<GuestFile>, Vec<String>)> {
     let mut files = vec![GuestFile {
-        path: "usr/bin/tmux".into(),
+        path: guest.into(),
         mode: 0o755,
-        data: read(&tmux)?,
+        data: read(program)?,
     }];
     let ldd = Command::new("ldd")
-        .arg(&tmux)
+        .arg(program)
         .output()
-        .context("running ldd (libc-bin) to find tmux's shared libraries")?;
+        .with_context(|| format!("running ldd (libc-bin) to find the shared libraries of {}", program.display()))?;
     let text = String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
-    let libs = parse_ldd(&text).with_context(|| format!("resolving the libraries of {}", tmux.display()))?;
+    let libs = parse_ldd(&text).with_context(|| format!("resolving the libraries of {}", program.display()))?;
     if !ldd.status.success() && !libs.is_empty() {
-        bail!("ldd {} failed: {}", tmux.display(), text.trim());
+        bail!("ldd {} failed: {}", program.display(), text.trim());
     }
     let mut lib_dirs: Vec<String> = Vec::new();
     for lib in &libs {
@@ -150,6 +147,17 @@ pub fn tmux_bundle() -> Result<Vec<GuestFile>> {
             }
         }
     }
+    Ok((files, lib_dirs))
+}
+
+/// tmux (the host's, from PATH) and everything it needs in the guest: its
+/// libraries and interpreter at the paths `ldd` gives, the C.UTF-8 locale,
+/// the terminfo entries of [`TERMINFO_ENTRIES`], and [`ENV_FILE`] setting
+/// `LANG` and `LD_LIBRARY_PATH` for the guest's commands.
+pub fn tmux_bundle() -> Result<Vec<GuestFile>> {
+    let tmux = find_program("tmux")
+        .context("tmux is not installed on this host: run `cargo xtask setup` (installs the Debian package tmux)")?;
+    let (mut files, lib_dirs) = program_with_libraries(&tmux, "usr/bin/tmux")?;
 
     // tmux exits with "need UTF-8 locale" without one.
     let locale = LOCALE_DIRS

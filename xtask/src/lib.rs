@@ -25,6 +25,7 @@ pub mod mmselftests;
 pub mod modules;
 pub mod preemptstep;
 pub mod qemu;
+pub mod rdmastep;
 pub mod reducedcheck;
 pub mod rssguard;
 pub mod setup;

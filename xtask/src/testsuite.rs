@@ -26,6 +26,7 @@ use crate::livetest;
 use crate::mmselftests;
 use crate::preemptstep;
 use crate::qemu::{ConsoleEcho, VmOutcome, VmRun};
+use crate::rdmastep;
 use crate::setup::{self, SetupOptions};
 use crate::util;
 
@@ -52,6 +53,8 @@ pub struct TestOptions {
     pub skip_canary: bool,
     /// Skip the kernel's mm selftests ([`crate::mmselftests`]).
     pub skip_mm_selftests: bool,
+    /// Skip the soft-RoCE step ([`crate::rdmastep`]).
+    pub skip_rdma: bool,
 }
 
 /// Huge pages reserved at boot in the kernel steps' VMs (8 MiB).
@@ -570,7 +573,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    let total = 6 + aliases.len() + 7;
+    let total = 6 + aliases.len() + 8;
     let mut t = Tally::default();
     let started = Instant::now();
 
@@ -754,7 +757,7 @@ pub fn run(o: &TestOptions) -> Result<bool> {
     }
 
     banner(
-        total - 6,
+        total - 7,
         total,
         &format!("kernel {} booted preempt=full movablecore=256M: {}", preemptstep::KERNEL, preemptstep::COMMAND),
     );
@@ -774,6 +777,25 @@ pub fn run(o: &TestOptions) -> Result<bool> {
             Err(e) => t.fail(format!("{} preempt=full: {e:#}", preemptstep::KERNEL)),
         },
         None => t.fail(format!("{} preempt=full: not run, gupwatch did not build", preemptstep::KERNEL)),
+    }
+
+    banner(total - 6, total, &rdmastep::describe());
+    if o.skip_rdma {
+        println!("SKIPPED (--skip-rdma)");
+        t.skipped.push("RDMA step (--skip-rdma)".into());
+    } else if let Some(bin) = &gupwatch {
+        match rdmastep::run(&aliases, bin, o.timeout) {
+            Ok(Some(r)) => {
+                t.passed += r.passed;
+                t.failed += r.failures.len();
+                t.failures.extend(r.failures);
+            }
+            Ok(None) => t.skipped.push(format!("RDMA step: none of {} selected", rdmastep::KERNELS.join(", "))),
+            Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => return Err(e),
+            Err(e) => t.fail(format!("RDMA step: {e:#}")),
+        }
+    } else {
+        t.fail("RDMA step: not run, gupwatch did not build".into());
     }
 
     banner(

@@ -1,0 +1,172 @@
+//! The RDMA step of `cargo xtask test`: soft-RoCE on Debian's generic
+//! kernels, running `gupwatch check`'s `rdma_` scenarios (memory regions
+//! registered through uverbs, pinned by `ib_umem_get`).
+//!
+//! `rdma_rxe` is built only in the generic flavour. It needs a network
+//! device to sit on, so the guest gets QEMU's user network (a forwarded
+//! port nobody connects to is what turns it on), and iproute2's `rdma`
+//! from the host, shipped with its libraries, links `rxe0` over `eth0`;
+//! that creates `/dev/infiniband/uverbs0`, which the scenarios open.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::guesttools;
+use crate::kernels::{self, Flavour, KernelAlias};
+use crate::preemptstep::Outcome;
+use crate::qemu::{ConsoleEcho, Forward, VmRun};
+use crate::testsuite::{parse_report, table};
+use crate::util;
+
+/// The kernels of the matrix the step boots (generic flavour), when
+/// selected: a boot takes well under a minute.
+pub const KERNELS: [&str; 3] = ["6.1", "6.12", "7.2"];
+
+/// Modules the guest loads: soft-RoCE and the verbs character devices.
+pub const MODULES: [&str; 2] = ["rdma_rxe", "ib_uverbs"];
+
+/// The crypto API's crc32: before the kernel's CRC rework, rxe asks the
+/// crypto API for "crc32" by name when it links a device, and without this
+/// module `rdma link add` fails with ENOENT (`rxe_newlink: failed to add
+/// eth0`, seen on 6.12). Later kernels have no such module (and need none).
+const CRC32_CRYPTO: &str = "crc32_generic";
+
+/// The scenarios that must run (not "not reachable") and pass.
+pub const MUST_RUN: [&str; 3] = ["rdma_reg_mr", "rdma_reg_mr_held", "rdma_reg_mr_exit"];
+
+/// Where `rdma` goes in the guest.
+const RDMA_GUEST: &str = "usr/bin/rdma";
+
+/// What the guest runs: links the rxe device (its messages to the
+/// console, so stdout stays the report), then the check.
+pub fn command(lib_dirs: &[String]) -> String {
+    format!(
+        "LD_LIBRARY_PATH={} /{RDMA_GUEST} link add rxe0 type rxe netdev eth0 >&2 || echo 'rdma link add failed' >&2; \
+         ls -l /dev/infiniband >&2; gupwatch check --json --only rdma_",
+        lib_dirs.join(":")
+    )
+}
+
+/// One line of the step for humans.
+pub fn describe() -> String {
+    format!(
+        "RDMA: kernels {} (generic) with {} and rxe0 over eth0: gupwatch check --json --only rdma_",
+        KERNELS.join(", "),
+        MODULES.join(" + ")
+    )
+}
+
+/// Boots each selected kernel of [`KERNELS`] and judges the `rdma_`
+/// scenarios; `None` when none is selected.
+pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Result<Option<Outcome>> {
+    let chosen: Vec<&KernelAlias> = aliases.iter().filter(|a| KERNELS.contains(&a.name)).collect();
+    if chosen.is_empty() {
+        return Ok(None);
+    }
+    let rdma = guesttools::find_program("rdma")
+        .context("iproute2's rdma is not installed on this host (Debian package iproute2)")?;
+    let (files, lib_dirs) = guesttools::program_with_libraries(&rdma, RDMA_GUEST)?;
+    let mut out = Outcome::default();
+    for alias in chosen {
+        let cache = util::cache_dir()?;
+        let kernel = kernels::ensure(&cache, *alias, Flavour::Generic, false)
+            .map(|m| m.boot_kernel(&cache))
+            .with_context(|| format!("fetching the generic {} kernel", alias.name))?;
+        let modules = modules(kernel.modules_dir.as_deref());
+        let mut vm = VmRun::new(kernel, command(&lib_dirs));
+        vm.extra_modules = modules;
+        vm.files = files.clone();
+        // Any forward gives the guest its network device (eth0).
+        vm.forwards = vec![Forward { host: crate::e2e::free_port()?, guest: 9 }];
+        vm.gupwatch = Some(gupwatch.to_path_buf());
+        vm.timeout = timeout;
+        vm.echo = ConsoleEcho::None;
+        vm.stream_stdout = false;
+        vm.tag = format!("test {} generic rdma", alias.name);
+        let outcome = vm.run()?;
+        let label = format!("{} generic (soft-RoCE)", alias.name);
+        println!(
+            "{label} in {:.0} s ({}), exit status {}; console log: {}",
+            outcome.elapsed.as_secs_f64(),
+            outcome.accel,
+            outcome.status,
+            outcome.console_log.display()
+        );
+        let stdout = String::from_utf8_lossy(&outcome.stdout);
+        match parse_report(&stdout) {
+            Ok(report) => {
+                print!("{}", table(&report));
+                judge(&label, &report, &mut out);
+            }
+            Err(e) => out.failures.push(format!(
+                "{label}: gupwatch check exited with status {} and printed no report: {e:#}; console log: {}",
+                outcome.status,
+                outcome.console_log.display()
+            )),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// [`MODULES`], and [`CRC32_CRYPTO`] when the kernel's module tree
+/// (`modules.dep`) has it.
+fn modules(tree: Option<&Path>) -> Vec<String> {
+    let mut m: Vec<String> = MODULES.iter().map(|m| m.to_string()).collect();
+    let dep = tree.and_then(|t| std::fs::read_to_string(t.join("modules.dep")).ok()).unwrap_or_default();
+    if has_module(&dep, CRC32_CRYPTO) {
+        m.push(CRC32_CRYPTO.into());
+    }
+    m
+}
+
+/// Whether `modules.dep` text lists the module `name`.
+fn has_module(dep: &str, name: &str) -> bool {
+    dep.lines()
+        .filter_map(|l| l.split(':').next())
+        .filter_map(|path| path.rsplit('/').next())
+        .any(|file| file.split('.').next() == Some(name))
+}
+
+/// Every scenario of [`MUST_RUN`] in the report and passed; any other
+/// scenario in it passed too.
+fn judge(label: &str, report: &crate::testsuite::Report, out: &mut Outcome) {
+    for name in MUST_RUN {
+        match report.scenarios.iter().find(|s| s.name == name) {
+            None => out.failures.push(format!("{label}: scenario {name} did not run (not reachable?)")),
+            Some(s) if s.passed() => out.passed += 1,
+            Some(s) => out.failures.push(format!("{label}: scenario {name}: {}", s.explanation())),
+        }
+    }
+    for s in report.scenarios.iter().filter(|s| !MUST_RUN.contains(&s.name.as_str())) {
+        if s.passed() {
+            out.passed += 1;
+        } else {
+            out.failures.push(format!("{label}: scenario {}: {}", s.name, s.explanation()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_links_rxe_then_checks() {
+        let c = command(&["/lib/x86_64-linux-gnu".into()]);
+        assert!(c.starts_with("LD_LIBRARY_PATH=/lib/x86_64-linux-gnu /usr/bin/rdma link add rxe0 type rxe netdev eth0"), "{c}");
+        assert!(c.ends_with("gupwatch check --json --only rdma_"), "{c}");
+        assert!(describe().contains("rdma_rxe + ib_uverbs"));
+    }
+
+    #[test]
+    fn crc32_only_where_the_tree_has_it() {
+        let old = "kernel/crypto/crc32_generic.ko.xz:\nkernel/drivers/infiniband/sw/rxe/rdma_rxe.ko.xz: kernel/drivers/infiniband/core/ib_core.ko.xz\n";
+        let new = "kernel/crypto/crc32-cryptoapi.ko.xz:\nkernel/crypto/crc32c_generic.ko.xz:\n";
+        assert!(has_module(old, CRC32_CRYPTO));
+        assert!(!has_module(new, CRC32_CRYPTO));
+        assert!(has_module(old, "rdma_rxe"));
+        assert_eq!(modules(None), ["rdma_rxe", "ib_uverbs"]);
+    }
+}
