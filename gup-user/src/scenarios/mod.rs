@@ -36,7 +36,8 @@
 //! uverbs), `orphan` (rings
 //! that outlive the registering process), `matrix` (the reference model's
 //! backing × syscall table), [`churn`] and [`inflight`]; the shared pieces
-//! are `memory` (mappings, scratch files), `error`, `uring` (a raw mmap'd
+//! are `memory` (mappings, scratch files), `registration` (what VFIO and
+//! RDMA share: pin by registering, undo or hold), `error`, `uring` (a raw mmap'd
 //! io_uring for the in-flight reads) and `workload` (the demo loop). This
 //! file holds the [`Scenario`] trait, the registry ([`builtin`],
 //! [`for_check`]) and the harness every family uses: a variant states what
@@ -56,6 +57,7 @@ mod memory;
 mod orphan;
 mod process_vm;
 mod rdma;
+mod registration;
 mod reverted;
 mod spec;
 mod uring;
@@ -69,7 +71,7 @@ mod tests;
 
 // The families share their helpers through this module: each file says
 // `use super::*` and sees the others' `pub(super)` items.
-use self::{direct_io::*, io_uring::*, matrix::*, memory::*, orphan::*, process_vm::*};
+use self::{direct_io::*, io_uring::*, matrix::*, memory::*, orphan::*, process_vm::*, registration::*};
 pub use self::error::ScenarioError;
 use self::error::*;
 pub use self::memory::page_size;

@@ -206,18 +206,9 @@ fn stage_err(scenario: &'static str, (stage, e): (Stage, i32)) -> ScenarioError 
     sys_err(scenario, stage.syscall(), io::Error::from_raw_os_error(e))
 }
 
-/// Which variant of the in-process family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum MrOp {
-    /// Register, then deregister, in `run`.
-    RegDereg,
-    /// Register in `run`; the MR outlives it (a long-held pin),
-    /// deregistered by `cleanup`.
-    Held,
-}
-
 /// A verbs context and PD on the device, the buffer, and the MR if
-/// registered.
+/// registered: REG_MR of 1 MiB of this process's prefaulted memory, and
+/// its DEREG_MR.
 pub(super) struct MrState {
     dev: OwnedFd,
     pd: u32,
@@ -225,12 +216,16 @@ pub(super) struct MrState {
     mr: Option<u32>,
 }
 
-impl MrState {
+impl Registrar for MrState {
     fn open(scenario: &'static str) -> Result<MrState, ScenarioError> {
         let dev = open_uverbs(scenario)?;
         let pd = context_and_pd(dev.as_raw_fd()).map_err(|e| stage_err(scenario, e))?;
         let buf = Mapping::new_prefaulted(scenario, BUFFER_BYTES, SEED_SOURCE)?;
         Ok(MrState { dev, pd, buf, mr: None })
+    }
+
+    fn buffer(&self) -> &Mapping {
+        &self.buf
     }
 
     fn register(&mut self, scenario: &'static str) -> Result<(), ScenarioError> {
@@ -240,7 +235,7 @@ impl MrState {
         Ok(())
     }
 
-    fn deregister(&mut self, scenario: &'static str) -> Result<(), ScenarioError> {
+    fn unregister(&mut self, scenario: &'static str) -> Result<(), ScenarioError> {
         if let Some(mr) = self.mr.take() {
             dereg_mr(self.dev.as_raw_fd(), mr)
                 .map_err(|e| sys_err(scenario, "uverbs DEREG_MR", io::Error::from_raw_os_error(e)))?;
@@ -249,70 +244,23 @@ impl MrState {
     }
 }
 
-/// REG_MR of 1 MiB of this process's prefaulted memory on the first verbs
-/// device, and its DEREG_MR.
-pub(super) struct RdmaMr {
-    pub(super) op: MrOp,
-    pub(super) state: Option<MrState>,
-}
-
-impl Scenario for RdmaMr {
-    fn spec(&self) -> Spec {
-        let (name, description) = match self.op {
-            MrOp::RegDereg => (
-                "rdma_reg_mr",
-                "uverbs REG_MR of 1 MiB (LOCAL_WRITE) on the first RDMA device (soft-RoCE in the VM), then \
-                 DEREG_MR: LONGTERM pins by ib_umem_get (pin_user_pages_fast)",
-            ),
-            MrOp::Held => (
-                "rdma_reg_mr_held",
-                "uverbs REG_MR of 1 MiB kept registered after the run (outstanding LONGTERM pins, a long-held \
-                 leak signal); deregistered at cleanup",
-            ),
-        };
-        Spec::pins(name, description, PinPath::RdmaRegMr, buffer_pages(), ExpectedPath::Fast)
-    }
-
-    fn expected_delta(&self) -> FollPinDelta {
-        let pages = self.pages();
-        let released = if self.op == MrOp::RegDereg { pages } else { 0 };
-        FollPinDelta { acquired: pages, released }
-    }
-
-    fn expected_leak(&self) -> Option<ExpectedLeak> {
-        (self.op == MrOp::Held).then(|| ExpectedLeak {
-            kind: LeakKind::LongHeld.as_str(),
-            pages: self.pages(),
-            owner_tgid: std::process::id(),
-        })
-    }
-
-    fn buffer_range(&self) -> Option<(usize, usize)> {
-        self.state.as_ref().map(|s| (s.buf.addr() as usize, s.buf.len))
-    }
-
-    fn prepare(&mut self) -> Result<(), ScenarioError> {
-        self.cleanup()?;
-        self.state = Some(MrState::open(self.name())?);
-        Ok(())
-    }
-
-    fn run(&mut self) -> Result<(), ScenarioError> {
-        let name = self.name();
-        let st = prepared(&mut self.state, name)?;
-        st.register(name)?;
-        if self.op == MrOp::RegDereg {
-            st.deregister(name)?;
-        }
-        Ok(())
-    }
-
-    fn cleanup(&mut self) -> Result<(), ScenarioError> {
-        match self.state.take() {
-            Some(mut st) => st.deregister(self.name()),
-            None => Ok(()),
-        }
-    }
+/// The in-process variants: registered and deregistered in `run`, or held.
+fn in_process(held: bool) -> Box<dyn Scenario> {
+    let (name, description) = if held {
+        (
+            "rdma_reg_mr_held",
+            "uverbs REG_MR of 1 MiB kept registered after the run (outstanding LONGTERM pins, a long-held \
+             leak signal); deregistered at cleanup",
+        )
+    } else {
+        (
+            "rdma_reg_mr",
+            "uverbs REG_MR of 1 MiB (LOCAL_WRITE) on the first RDMA device (soft-RoCE in the VM), then \
+             DEREG_MR: LONGTERM pins by ib_umem_get (pin_user_pages_fast)",
+        )
+    };
+    let spec = Spec::pins(name, description, PinPath::RdmaRegMr, buffer_pages(), ExpectedPath::Fast);
+    Box::new(Registered::<MrState>::new(spec, held))
 }
 
 /// What the forked child of [`RdmaMrExit`] leaves in the shared report
@@ -436,8 +384,8 @@ impl Scenario for RdmaMrExit {
 /// The family, for `gupwatch check`.
 pub(super) fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
-        Box::new(RdmaMr { op: MrOp::RegDereg, state: None }),
-        Box::new(RdmaMr { op: MrOp::Held, state: None }),
+        in_process(false),
+        in_process(true),
         Box::new(RdmaMrExit { state: None, release_wait: None }),
     ]
 }
