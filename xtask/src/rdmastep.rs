@@ -110,23 +110,24 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
     Ok(Some(out))
 }
 
-/// [`MODULES`], and [`CRC32_CRYPTO`] when the kernel's module tree
-/// (`modules.dep`) has it.
+/// [`MODULES`], and [`CRC32_CRYPTO`] when the kernel's module tree has it
+/// (in `kernel/crypto/`; the cached trees have no `modules.dep`).
 fn modules(tree: Option<&Path>) -> Vec<String> {
     let mut m: Vec<String> = MODULES.iter().map(|m| m.to_string()).collect();
-    let dep = tree.and_then(|t| std::fs::read_to_string(t.join("modules.dep")).ok()).unwrap_or_default();
-    if has_module(&dep, CRC32_CRYPTO) {
+    let crypto: Vec<String> = tree
+        .and_then(|t| std::fs::read_dir(t.join("kernel/crypto")).ok())
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    if has_module(&crypto, CRC32_CRYPTO) {
         m.push(CRC32_CRYPTO.into());
     }
     m
 }
 
-/// Whether `modules.dep` text lists the module `name`.
-fn has_module(dep: &str, name: &str) -> bool {
-    dep.lines()
-        .filter_map(|l| l.split(':').next())
-        .filter_map(|path| path.rsplit('/').next())
-        .any(|file| file.split('.').next() == Some(name))
+/// Whether a directory listing holds the module `name` (`name.ko`,
+/// compressed or not).
+fn has_module(files: &[String], name: &str) -> bool {
+    files.iter().any(|f| f.strip_prefix(name).is_some_and(|rest| rest.starts_with(".ko")))
 }
 
 /// Every scenario of [`MUST_RUN`] in the report and passed; any other
@@ -162,11 +163,15 @@ mod tests {
 
     #[test]
     fn crc32_only_where_the_tree_has_it() {
-        let old = "kernel/crypto/crc32_generic.ko.xz:\nkernel/drivers/infiniband/sw/rxe/rdma_rxe.ko.xz: kernel/drivers/infiniband/core/ib_core.ko.xz\n";
-        let new = "kernel/crypto/crc32-cryptoapi.ko.xz:\nkernel/crypto/crc32c_generic.ko.xz:\n";
-        assert!(has_module(old, CRC32_CRYPTO));
-        assert!(!has_module(new, CRC32_CRYPTO));
-        assert!(has_module(old, "rdma_rxe"));
+        let files = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(has_module(&files(&["crc32c_generic.ko.xz", "crc32_generic.ko.xz"]), CRC32_CRYPTO));
+        assert!(has_module(&files(&["crc32_generic.ko"]), CRC32_CRYPTO));
+        assert!(!has_module(&files(&["crc32-cryptoapi.ko.xz", "crc32c_generic.ko.xz"]), CRC32_CRYPTO));
         assert_eq!(modules(None), ["rdma_rxe", "ib_uverbs"]);
+        let tree = std::env::temp_dir().join(format!("gupwatch-rdmastep-{}", crate::util::nonce()));
+        std::fs::create_dir_all(tree.join("kernel/crypto")).unwrap();
+        std::fs::write(tree.join("kernel/crypto/crc32_generic.ko.xz"), b"").unwrap();
+        assert_eq!(modules(Some(&tree)), ["rdma_rxe", "ib_uverbs", CRC32_CRYPTO]);
+        let _ = std::fs::remove_dir_all(&tree);
     }
 }
