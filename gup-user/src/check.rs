@@ -687,7 +687,11 @@ fn dominant(rows: &[attribution::Row]) -> Option<(Subsystem, String)> {
 fn pins_expected(plan: &ProbePlan, path: PinPath) -> bool {
     match path {
         PinPath::DirectIo => plan.capabilities.direct_io_pins,
-        PinPath::ProcessVm | PinPath::IoUringRegister | PinPath::IoUringUnregister | PinPath::VfioMapDma => true,
+        PinPath::ProcessVm
+        | PinPath::IoUringRegister
+        | PinPath::IoUringUnregister
+        | PinPath::VfioMapDma
+        | PinPath::RdmaRegMr => true,
     }
 }
 

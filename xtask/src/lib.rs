@@ -22,6 +22,7 @@ pub mod k8s;
 pub mod livetest;
 pub mod mmselftests;
 pub mod preemptstep;
+pub mod rdmastep;
 pub mod reducedcheck;
 pub mod rssguard;
 pub mod setup;

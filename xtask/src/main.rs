@@ -79,6 +79,10 @@ enum Cmd {
         /// Skip the kernel's mm selftests (reported as skipped).
         #[arg(long)]
         skip_mm_selftests: bool,
+        /// Skip the soft-RoCE step on the generic kernels (reported as
+        /// skipped).
+        #[arg(long)]
+        skip_rdma: bool,
     },
     /// The canary (also a step of `test`): Debian experimental's newest
     /// cloud kernel, when newer than sid's, runs `gupwatch doctor --json`
@@ -566,6 +570,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             skip_live,
             skip_canary,
             skip_mm_selftests,
+            skip_rdma,
         } => {
             let ok = testsuite::run(&testsuite::TestOptions {
                 kernels,
@@ -578,6 +583,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 skip_live,
                 skip_canary,
                 skip_mm_selftests,
+                skip_rdma,
             })?;
             Ok(if ok { 0 } else { 1 })
         }

@@ -32,10 +32,12 @@
 //!
 //! One file per family of workloads: `process_vm`,
 //! `io_uring` (fixed buffers, refused memory), `direct_io`, `vfio` (DMA maps
-//! through VFIO's type1 IOMMU), `orphan` (rings
+//! through VFIO's type1 IOMMU), `rdma` (memory regions registered through
+//! uverbs), `orphan` (rings
 //! that outlive the registering process), `matrix` (the reference model's
 //! backing × syscall table), [`churn`] and [`inflight`]; the shared pieces
-//! are `memory` (mappings, scratch files), `error`, `uring` (a raw mmap'd
+//! are `memory` (mappings, scratch files), `registration` (what VFIO and
+//! RDMA share: pin by registering, undo or hold), `error`, `uring` (a raw mmap'd
 //! io_uring for the in-flight reads) and `workload` (the demo loop). This
 //! file holds the [`Scenario`] trait, the registry ([`builtin`],
 //! [`for_check`]) and the harness every family uses: a variant states what
@@ -54,6 +56,8 @@ mod matrix;
 mod memory;
 mod orphan;
 mod process_vm;
+mod rdma;
+mod registration;
 mod reverted;
 mod spec;
 mod uring;
@@ -67,13 +71,13 @@ mod tests;
 
 // The families share their helpers through this module: each file says
 // `use super::*` and sees the others' `pub(super)` items.
-use self::{direct_io::*, io_uring::*, matrix::*, memory::*, orphan::*, process_vm::*};
+use self::{direct_io::*, io_uring::*, matrix::*, memory::*, orphan::*, process_vm::*, registration::*};
 pub use self::error::ScenarioError;
 use self::error::*;
 pub use self::memory::page_size;
 pub use self::spec::{
     Expectation, ExpectedLeak, ExpectedPath, PinPath, Spec, SUBSYSTEM_DIRECT_IO, SUBSYSTEM_IO_URING,
-    SUBSYSTEM_PROCESS_VM, SUBSYSTEM_VFIO,
+    SUBSYSTEM_PROCESS_VM, SUBSYSTEM_RDMA, SUBSYSTEM_VFIO,
 };
 pub use self::workload::{run_workload, ScenarioStats, WorkloadStats};
 #[cfg(test)]
@@ -216,14 +220,16 @@ fn reverted_pins() -> Vec<Box<dyn Scenario>> {
 
 /// What `gupwatch check` runs: the [`builtin`] scenarios, then the
 /// `churn_` family ([`churn`], `churn_procs` short-lived processes each),
-/// the `inflight_` ones ([`inflight`]) and the `vfio_` ones ([`vfio`],
-/// reachable only in a QEMU guest with its test device). Kept apart from [`builtin`], which
+/// the `inflight_` ones ([`inflight`]), the `vfio_` ones ([`vfio`],
+/// reachable only in a QEMU guest with its test device) and the `rdma_`
+/// ones ([`rdma`], reachable with an RDMA device). Kept apart from [`builtin`], which
 /// the demo workload and the benchmark also draw from.
 pub fn for_check(scratch_dir: &Path, churn_procs: u32) -> Vec<Box<dyn Scenario>> {
     let mut all = builtin(scratch_dir);
     all.extend(churn::scenarios(scratch_dir, churn_procs));
     all.extend(inflight::scenarios(scratch_dir));
     all.extend(vfio::scenarios());
+    all.extend(rdma::scenarios());
     all
 }
 

@@ -26,6 +26,10 @@ pub enum PinPath {
     /// with `pin_user_pages_remote` (FOLL_LONGTERM) for as long as the DMA
     /// mapping lives; the unmap releases it.
     VfioMapDma,
+    /// uverbs `REG_MR`: `ib_umem_get` (ib_core) pins the memory region
+    /// with `pin_user_pages_fast` (FOLL_LONGTERM) for as long as the MR
+    /// lives; `DEREG_MR` (or closing the verbs file) releases it.
+    RdmaRegMr,
 }
 
 impl PinPath {
@@ -37,6 +41,7 @@ impl PinPath {
             PinPath::IoUringUnregister => "io_uring_unregister",
             PinPath::DirectIo => "direct_io",
             PinPath::VfioMapDma => "vfio_map_dma",
+            PinPath::RdmaRegMr => "rdma_reg_mr",
         }
     }
 
@@ -55,7 +60,7 @@ impl PinPath {
                 acquired: pages,
                 released: pages,
             },
-            PinPath::IoUringRegister | PinPath::VfioMapDma => FollPinDelta {
+            PinPath::IoUringRegister | PinPath::VfioMapDma | PinPath::RdmaRegMr => FollPinDelta {
                 acquired: pages,
                 released: 0,
             },
@@ -135,6 +140,8 @@ pub const SUBSYSTEM_IO_URING: &str = "io_uring";
 pub const SUBSYSTEM_DIRECT_IO: &str = "direct-io";
 /// [`Expectation::subsystem`] of the VFIO scenarios.
 pub const SUBSYSTEM_VFIO: &str = "vfio";
+/// [`Expectation::subsystem`] of the RDMA scenarios.
+pub const SUBSYSTEM_RDMA: &str = "rdma";
 
 /// A leak the leak report should show right after a scenario's `run` (see
 /// [`super::Scenario::expected_leak`]).
@@ -157,13 +164,17 @@ impl PinPath {
             PinPath::IoUringRegister | PinPath::IoUringUnregister => SUBSYSTEM_IO_URING,
             PinPath::DirectIo => SUBSYSTEM_DIRECT_IO,
             PinPath::VfioMapDma => SUBSYSTEM_VFIO,
+            PinPath::RdmaRegMr => SUBSYSTEM_RDMA,
         }
     }
 
     /// Whether this path's pins are FOLL_LONGTERM: io_uring's fixed
-    /// buffers and VFIO's DMA maps outlive the syscall.
+    /// buffers, VFIO's DMA maps and RDMA memory regions outlive the syscall.
     pub fn longterm(&self) -> bool {
-        matches!(self, PinPath::IoUringRegister | PinPath::IoUringUnregister | PinPath::VfioMapDma)
+        matches!(
+            self,
+            PinPath::IoUringRegister | PinPath::IoUringUnregister | PinPath::VfioMapDma | PinPath::RdmaRegMr
+        )
     }
 }
 

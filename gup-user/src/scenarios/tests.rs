@@ -155,6 +155,7 @@ fn expectations() {
             PinPath::IoUringRegister | PinPath::IoUringUnregister => SUBSYSTEM_IO_URING,
             PinPath::DirectIo => SUBSYSTEM_DIRECT_IO,
             PinPath::VfioMapDma => SUBSYSTEM_VFIO,
+            PinPath::RdmaRegMr => SUBSYSTEM_RDMA,
         };
         assert_eq!(e.subsystem, subsystem, "{}", s.name());
         if e.errno.is_some() {

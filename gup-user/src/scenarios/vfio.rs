@@ -70,17 +70,9 @@ struct DmaUnmap {
     size: u64,
 }
 
-/// Which variant of the family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum VfioOp {
-    /// Map, then unmap, in `run`.
-    MapUnmap,
-    /// Map in `run`; the mapping outlives it (a long-held pin), unmapped
-    /// by `cleanup`.
-    Held,
-}
-
-/// A VFIO container with the test device's group in it, and the buffer.
+/// A VFIO container with the test device's group in it, and the buffer:
+/// `VFIO_IOMMU_MAP_DMA` of 1 MiB of this process's memory for QEMU's
+/// pci-testdev, and its unmap.
 pub(super) struct VfioState {
     container: OwnedFd,
     // Kept open: closing the group takes it out of the container.
@@ -89,77 +81,30 @@ pub(super) struct VfioState {
     mapped: bool,
 }
 
-/// `VFIO_IOMMU_MAP_DMA` of 1 MiB of this process's memory for QEMU's
-/// pci-testdev, and its unmap.
-pub(super) struct VfioDma {
-    pub(super) op: VfioOp,
-    pub(super) state: Option<VfioState>,
-}
-
-impl Scenario for VfioDma {
-    fn spec(&self) -> Spec {
-        let pages = (BUFFER_BYTES / 4096) as u64;
-        match self.op {
-            VfioOp::MapUnmap => Spec::pins(
-                "vfio_map_dma",
-                "VFIO_IOMMU_MAP_DMA of 1 MiB for QEMU's pci-testdev (type1 IOMMU, emulated intel-iommu), then \
-                 VFIO_IOMMU_UNMAP_DMA: LONGTERM pins by pin_user_pages_remote, released page by page",
-                PinPath::VfioMapDma,
-                pages,
-                ExpectedPath::Slow,
-            ),
-            VfioOp::Held => Spec::pins(
-                "vfio_map_dma_held",
-                "VFIO_IOMMU_MAP_DMA of 1 MiB for QEMU's pci-testdev, kept mapped after the run (outstanding LONGTERM \
-                 pins, a long-held leak signal); unmapped at cleanup",
-                PinPath::VfioMapDma,
-                pages,
-                ExpectedPath::Slow,
-            ),
-        }
-    }
-
-    fn expected_delta(&self) -> FollPinDelta {
-        let pages = self.pages();
-        let released = if self.op == VfioOp::MapUnmap { pages } else { 0 };
-        FollPinDelta { acquired: pages, released }
-    }
-
-    fn expected_leak(&self) -> Option<ExpectedLeak> {
-        (self.op == VfioOp::Held).then(|| ExpectedLeak {
-            kind: LeakKind::LongHeld.as_str(),
-            pages: self.pages(),
-            owner_tgid: std::process::id(),
-        })
-    }
-
-    fn buffer_range(&self) -> Option<(usize, usize)> {
-        self.state.as_ref().map(|s| (s.buf.addr() as usize, s.buf.len))
-    }
-
-    fn prepare(&mut self) -> Result<(), ScenarioError> {
-        self.cleanup()?;
-        self.state = Some(VfioState::open(self.name())?);
-        Ok(())
-    }
-
-    fn run(&mut self) -> Result<(), ScenarioError> {
-        let name = self.name();
-        let st = prepared(&mut self.state, name)?;
-        st.map(name)?;
-        if self.op == VfioOp::MapUnmap {
-            st.unmap(name)?;
-        }
-        Ok(())
-    }
-
-    fn cleanup(&mut self) -> Result<(), ScenarioError> {
-        let name = self.name();
-        match self.state.take() {
-            Some(mut st) if st.mapped => st.unmap(name),
-            _ => Ok(()),
-        }
-    }
+/// Map, then unmap, in `run`; or map and keep the mapping past `run` (a
+/// long-held pin), unmapped by `cleanup`.
+fn variant(held: bool) -> Box<dyn Scenario> {
+    let pages = (BUFFER_BYTES / 4096) as u64;
+    let spec = if held {
+        Spec::pins(
+            "vfio_map_dma_held",
+            "VFIO_IOMMU_MAP_DMA of 1 MiB for QEMU's pci-testdev, kept mapped after the run (outstanding LONGTERM \
+             pins, a long-held leak signal); unmapped at cleanup",
+            PinPath::VfioMapDma,
+            pages,
+            ExpectedPath::Slow,
+        )
+    } else {
+        Spec::pins(
+            "vfio_map_dma",
+            "VFIO_IOMMU_MAP_DMA of 1 MiB for QEMU's pci-testdev (type1 IOMMU, emulated intel-iommu), then \
+             VFIO_IOMMU_UNMAP_DMA: LONGTERM pins by pin_user_pages_remote, released page by page",
+            PinPath::VfioMapDma,
+            pages,
+            ExpectedPath::Slow,
+        )
+    };
+    Box::new(Registered::<VfioState>::new(spec, held))
 }
 
 /// The PCI address of QEMU's pci-testdev under `devices`
@@ -225,7 +170,7 @@ fn ioctl(fd: &OwnedFd, req: u64, arg: u64) -> io::Result<i64> {
     }
 }
 
-impl VfioState {
+impl Registrar for VfioState {
     /// Binds the test device, puts its group into a fresh type1 container
     /// and pre-faults the buffer.
     fn open(scenario: &'static str) -> Result<VfioState, ScenarioError> {
@@ -256,7 +201,11 @@ impl VfioState {
         Ok(VfioState { container, _group: group, buf, mapped: false })
     }
 
-    fn map(&mut self, scenario: &'static str) -> Result<(), ScenarioError> {
+    fn buffer(&self) -> &Mapping {
+        &self.buf
+    }
+
+    fn register(&mut self, scenario: &'static str) -> Result<(), ScenarioError> {
         let m = DmaMap {
             argsz: std::mem::size_of::<DmaMap>() as u32,
             flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
@@ -270,7 +219,10 @@ impl VfioState {
         Ok(())
     }
 
-    fn unmap(&mut self, scenario: &'static str) -> Result<(), ScenarioError> {
+    fn unregister(&mut self, scenario: &'static str) -> Result<(), ScenarioError> {
+        if !self.mapped {
+            return Ok(());
+        }
         let mut u = DmaUnmap { argsz: std::mem::size_of::<DmaUnmap>() as u32, flags: 0, iova: IOVA, size: self.buf.len as u64 };
         ioctl(&self.container, VFIO_IOMMU_UNMAP_DMA, &mut u as *mut DmaUnmap as u64)
             .map_err(|e| sys_err(scenario, "VFIO_IOMMU_UNMAP_DMA", e))?;
@@ -289,8 +241,8 @@ impl VfioState {
 /// The family, for `gupwatch check`.
 pub(super) fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
-        Box::new(VfioDma { op: VfioOp::MapUnmap, state: None }),
-        Box::new(VfioDma { op: VfioOp::Held, state: None }),
+        variant(false),
+        variant(true),
     ]
 }
 

@@ -8,13 +8,14 @@
 //! `vfio_` scenarios do; none has a movable zone, so
 //! `io_uring_register_movable` is not reachable there (the preemptible
 //! 6.12 step boots `movablecore=256M` for it); Debian's 6.1 has no
-//! `memfd_secret` (secretmem off). A new scenario, or one that becomes
+//! `memfd_secret` (secretmem off); the cloud kernels have no soft-RoCE, so
+//! the `rdma_` scenarios run in the RDMA step on the generic ones. A new scenario, or one that becomes
 //! reachable, changes the count: add it here.
 
 use super::report::{NotReachable, Report};
 
 /// Every scenario of `gupwatch check`, in report order.
-const SCENARIOS: [&str; 39] = [
+const SCENARIOS: [&str; 42] = [
     "process_vm_readv",
     "process_vm_writev",
     "io_uring_register_buffers",
@@ -54,6 +55,9 @@ const SCENARIOS: [&str; 39] = [
     "inflight_odirect_owners",
     "vfio_map_dma",
     "vfio_map_dma_held",
+    "rdma_reg_mr",
+    "rdma_reg_mr_held",
+    "rdma_reg_mr_exit",
 ];
 
 /// Needs a populated ZONE_MOVABLE (`movablecore=`).
@@ -61,11 +65,15 @@ const MOVABLE: &str = "io_uring_register_movable";
 /// Needs `memfd_secret` (secretmem), which Debian's 6.1 leaves off.
 const SECRETMEM: &str = "io_uring_register_secretmem";
 
+/// Need a verbs device: soft-RoCE (`rdma_rxe`) is in Debian's generic
+/// flavour only, which the RDMA step boots ([`crate::rdmastep`]).
+const RDMA: [&str; 3] = ["rdma_reg_mr", "rdma_reg_mr_held", "rdma_reg_mr_exit"];
+
 /// Per matrix kernel step: the scenarios of [`SCENARIOS`] it cannot reach.
 const NOT_REACHED: [(&str, &[&str]); 3] = [
-    ("6.1", &[SECRETMEM, MOVABLE]),
-    ("6.12", &[MOVABLE]),
-    ("7.2", &[MOVABLE]),
+    ("6.1", &[SECRETMEM, MOVABLE, RDMA[0], RDMA[1], RDMA[2]]),
+    ("6.12", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2]]),
+    ("7.2", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2]]),
 ];
 
 /// The step name of the preemptible kernel's step

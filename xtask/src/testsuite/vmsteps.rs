@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use super::{Step, StepOutcome, Suite, Tier};
 use crate::beyondstep;
+use crate::rdmastep;
 use crate::canary;
 use crate::e2e;
 use crate::faults;
@@ -36,6 +37,7 @@ pub(super) fn steps(aliases: &[KernelAlias]) -> Vec<Step<'static>> {
             "kernel 5.10 (Debian bullseye, older than the matrix): gupwatch doctor names the missing BPF helpers, gupwatch run serves the reduced mode",
             beyond_step,
         ),
+        Step::new(Tier::Kernel, "RDMA and VFIO", rdmastep::describe(), rdma_step),
         Step::new(
             Tier::Kernel,
             "canary kernel",
@@ -170,6 +172,30 @@ fn beyond_step(s: &mut Suite) -> Result<StepOutcome> {
         }
         Err(e) if is_interrupt(&e) => return Err(e),
         Err(e) => s.t.fail(format!("5.10: {e:#}")),
+    }
+    Ok(StepOutcome::Ran)
+}
+
+fn rdma_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_rdma {
+        return Ok(skipped_by_flag(s, "--skip-rdma", "RDMA and VFIO step"));
+    }
+    let Some(bin) = built(s, "RDMA step") else {
+        return Ok(StepOutcome::Ran);
+    };
+    match rdmastep::run(&s.aliases, &bin, s.o.timeout) {
+        Ok(Some(r)) => {
+            s.t.passed += r.passed;
+            s.t.failed += r.failures.len();
+            s.t.failures.extend(r.failures);
+        }
+        Ok(None) => {
+            let why = format!("none of {} selected", rdmastep::KERNELS.join(", "));
+            s.t.skipped.push(format!("RDMA and VFIO step: {why}"));
+            return Ok(StepOutcome::Skipped(why));
+        }
+        Err(e) if is_interrupt(&e) => return Err(e),
+        Err(e) => s.t.fail(format!("RDMA step: {e:#}")),
     }
     Ok(StepOutcome::Ran)
 }
