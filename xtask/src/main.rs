@@ -245,40 +245,7 @@ enum Cmd {
     /// Measure what gupwatch costs a pinning workload (throughput ratios,
     /// instructions per probe hit and per program, RSS, CPU) on QEMU's
     /// instruction-counting clock, twice; reports, never asserts.
-    Bench {
-        /// Kernel to boot (alias or image path).
-        #[arg(long, default_value = "7.2")]
-        kernel: String,
-        /// Seconds per measured run.
-        #[arg(long, default_value_t = 3)]
-        seconds: u64,
-        /// Rounds of A (alone) B (attached) C (attached and scraped).
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        /// Use the gupwatch built last instead of building it.
-        #[arg(long)]
-        no_build: bool,
-        /// Measure in host time (KVM when it works, scraped from the host)
-        /// instead of on QEMU's instruction-counting clock.
-        #[arg(long)]
-        wall_clock: bool,
-        /// VM runs, to check that they agree [default: 2, or 1 with
-        /// --wall-clock].
-        #[arg(long)]
-        repeat: Option<u32>,
-        /// Exit with status 1 when two runs disagree by more than 0.5% on a
-        /// ratio (the figures themselves are never judged).
-        #[arg(long)]
-        require_deterministic: bool,
-        /// Do not rewrite docs/bench.md (for trial runs).
-        #[arg(long)]
-        no_docs: bool,
-        /// Run B and C with gupwatch's programs returning at once: what
-        /// the trampolines and kprobes cost by themselves, the floor any
-        /// program on these hooks pays (its own section of docs/bench.md).
-        #[arg(long)]
-        empty_programs: bool,
-    },
+    Bench(bench::BenchOptions),
     /// The main job: gupwatch following a pinning workload in a VM. On a
     /// terminal, the live view until `q`; piped, a short report of
     /// gupwatch's counts beside the kernel's (the console goes to a log).
@@ -407,11 +374,7 @@ fn vm(a: VmArgs) -> Result<i32> {
 
 fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
     let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
-    let gupwatch = if no_build {
-        binary::static_gupwatch_path()
-    } else {
-        binary::build_static_gupwatch()?
-    };
+    let gupwatch = binary::static_gupwatch(no_build)?;
     let report = e2e::run(&e2e::E2eOptions {
         kernel,
         gupwatch,
@@ -429,13 +392,8 @@ fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
 }
 
 fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
-    let kernels = names
-        .iter()
-        .map(|k| {
-            kernels::alias(k).ok_or_else(|| anyhow::anyhow!("unknown kernel `{k}` (known: {})", kernels::alias_names()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let gupwatch = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+    let kernels = names.iter().map(|k| kernels::known_alias(k)).collect::<Result<Vec<_>>>()?;
+    let gupwatch = binary::static_gupwatch(no_build)?;
     let results = i915test::run(&i915test::I915Options { kernels, gupwatch, timeout: Duration::from_secs(timeout) })?;
     let passed: usize = results.iter().map(|r| r.checks.iter().filter(|c| c.ok).count()).sum();
     let failed: usize = results.iter().map(|r| r.checks.iter().filter(|c| !c.ok).count() + r.error.is_some() as usize).sum();
@@ -445,16 +403,11 @@ fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
 
 fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, flags: (bool, bool, bool)) -> Result<i32> {
     let (refresh, no_build, empty_programs) = flags;
-    let kernels = names
-        .iter()
-        .map(|k| {
-            kernels::alias(k).ok_or_else(|| anyhow::anyhow!("unknown kernel `{k}` (known: {})", kernels::alias_names()))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let kernels = names.iter().map(|k| kernels::known_alias(k)).collect::<Result<Vec<_>>>()?;
     if let Some(p) = programs.iter().find(|p| !mmselftests::PROGRAMS.contains(&p.as_str())) {
         anyhow::bail!("unknown program `{p}` (known: {})", mmselftests::PROGRAMS.join(", "));
     }
-    let gupwatch = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+    let gupwatch = binary::static_gupwatch(no_build)?;
     let results =
         mmselftests::run(&mmselftests::MmOptions {
         kernels,
@@ -472,11 +425,7 @@ fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, flags: (boo
 
 fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -> Result<i32> {
     let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
-    let gupwatch = if no_build {
-        binary::static_gupwatch_path()
-    } else {
-        binary::build_static_gupwatch()?
-    };
+    let gupwatch = binary::static_gupwatch(no_build)?;
     let report = livetest::run(&livetest::LiveOptions {
         kernel,
         gupwatch,
@@ -509,8 +458,7 @@ fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -
 fn hostile_command(gupwatch: Option<PathBuf>, no_build: bool, modes: Vec<xtask::hostile::Mode>) -> Result<i32> {
     let gupwatch = match gupwatch {
         Some(p) => p,
-        None if no_build => binary::static_gupwatch_path(),
-        None => binary::build_static_gupwatch()?,
+        None => binary::static_gupwatch(no_build)?,
     };
     let mut opts = xtask::hostile::HostileOptions::new(gupwatch);
     if !modes.is_empty() {
@@ -566,7 +514,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if ok { 0 } else { 1 })
         }
         Cmd::Faults { kernel, no_build } => {
-            let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+            let bin = binary::static_gupwatch(no_build)?;
             let cases = xtask::faults::run(&kernel, bin, Duration::from_secs(300))?;
             let failed = cases.iter().filter(|c| !c.ok).count();
             for c in &cases {
@@ -590,7 +538,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             mm_command(&kernels, programs, timeout, (refresh, no_build, empty_programs))
         }
         Cmd::Canary { timeout, refresh, no_build } => {
-            let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+            let bin = binary::static_gupwatch(no_build)?;
             let r = canary::run(&bin, Duration::from_secs(timeout), refresh)?;
             print!("{}", canary::render(&r));
             // A skip is not a pass, but nothing failed: 0, with SKIPPED printed.
@@ -616,27 +564,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             xtask::stress::run(&xtask::stress::StressOptions { kernels, cycles, kill_rounds, no_build, mode, churn_procs, append })
                 .map(|ok| if ok { 0 } else { 1 })
         }
-        Cmd::Bench {
-            kernel,
-            seconds,
-            rounds,
-            no_build,
-            wall_clock,
-            repeat,
-            require_deterministic,
-            no_docs,
-            empty_programs,
-        } => bench::run(&bench::BenchOptions {
-            kernel,
-            seconds,
-            rounds,
-            no_build,
-            wall_clock,
-            repeat,
-            require_deterministic,
-            no_docs,
-            empty_programs,
-        }),
+        Cmd::Bench(o) => bench::run(&o),
     }
 }
 
