@@ -45,41 +45,7 @@ enum Cmd {
     /// kernel of the matrix, then the canary, i915, the kernel's mm
     /// selftests, faults, live-view and Prometheus end-to-end steps; ends
     /// with `N passed, N failed`.
-    Test {
-        /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
-        #[arg(long, value_delimiter = ',')]
-        kernels: Vec<String>,
-        /// Time limit of each VM, in seconds (a healthy check takes well
-        /// under a minute even under TCG).
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-        /// Skip `cargo test --workspace`.
-        #[arg(long)]
-        skip_unit: bool,
-        /// Skip the set-up checks.
-        #[arg(long)]
-        skip_setup: bool,
-        /// Skip the end-to-end Prometheus test (reported as skipped).
-        #[arg(long)]
-        skip_e2e: bool,
-        /// Seconds each fuzz target runs (0 skips fuzzing, reported as
-        /// skipped).
-        #[arg(long, default_value_t = 10)]
-        fuzz_seconds: u32,
-        /// Skip the i915 hook test (reported as skipped).
-        #[arg(long)]
-        skip_i915: bool,
-        /// Skip the live-view test (reported as skipped).
-        #[arg(long)]
-        skip_live: bool,
-        /// Skip the canary step, experimental's newest kernel (reported
-        /// as skipped).
-        #[arg(long)]
-        skip_canary: bool,
-        /// Skip the kernel's mm selftests (reported as skipped).
-        #[arg(long)]
-        skip_mm_selftests: bool,
-    },
+    Test(testsuite::TestOptions),
     /// The canary (also a step of `test`): Debian experimental's newest
     /// cloud kernel, when newer than sid's, runs `gupwatch doctor --json`
     /// and `gupwatch check --json`; fails only on a gupwatch panic or a
@@ -487,32 +453,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         .map(|_| 0),
         Cmd::Build => binary::build_static_gupwatch().map(|_| 0),
         Cmd::Vm(a) => vm(a),
-        Cmd::Test {
-            kernels,
-            timeout,
-            skip_unit,
-            skip_setup,
-            skip_e2e,
-            fuzz_seconds,
-            skip_i915,
-            skip_live,
-            skip_canary,
-            skip_mm_selftests,
-        } => {
-            let ok = testsuite::run(&testsuite::TestOptions {
-                kernels,
-                timeout: Duration::from_secs(timeout),
-                skip_unit,
-                skip_setup,
-                skip_e2e,
-                fuzz_seconds,
-                skip_i915,
-                skip_live,
-                skip_canary,
-                skip_mm_selftests,
-            })?;
-            Ok(if ok { 0 } else { 1 })
-        }
+        Cmd::Test(o) => testsuite::run(&o).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Faults { kernel, no_build } => {
             let bin = binary::static_gupwatch(no_build)?;
             let cases = xtask::faults::run(&kernel, bin, Duration::from_secs(300))?;
