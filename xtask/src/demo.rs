@@ -297,10 +297,8 @@ fn demo_vm(manifest: &Manifest, cache: &Path, gupwatch: &Path, command: String, 
         Forward { host: HOST_PORT, guest: GUEST_PORT },
         Forward { host: release_port, guest: GUEST_RELEASE_PORT },
     ];
-    run.echo = ConsoleEcho::None;
-    run.stream_stdout = false;
     run.timeout = Duration::from_secs(timeout_s);
-    run.tag = "demo".into();
+    run.captured(ConsoleEcho::None, "demo");
     run
 }
 

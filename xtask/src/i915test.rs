@@ -573,9 +573,7 @@ pub fn run_kernel(alias: KernelAlias, gupwatch: &std::path::Path, timeout: Durat
     // The unload/load cycles take a few minutes under TCG on their own.
     run.timeout = timeout.max(Duration::from_secs(900));
     run.deferred_modules = vec!["i915".into()];
-    run.echo = ConsoleEcho::None;
-    run.stream_stdout = false;
-    run.tag = format!("i915 {}", alias.name);
+    run.captured(ConsoleEcho::None, format!("i915 {}", alias.name));
     match run.run() {
         Ok(outcome) => {
             result.console_log = Some(outcome.console_log.clone());

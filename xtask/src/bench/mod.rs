@@ -209,9 +209,7 @@ fn run_once(o: &BenchOptions, kernel: &BootKernel, gupwatch: &Path, n: u32) -> R
         }];
     }
     run.timeout = Duration::from_secs(timeout);
-    run.echo = ConsoleEcho::AfterInit;
-    run.stream_stdout = false;
-    run.tag = "bench".into();
+    run.captured(ConsoleEcho::AfterInit, "bench");
     say!(
         "bench",
         "run {n}/{}: {} round(s) x 3 modes x {} s per run in one VM ({}; at most {} s)",

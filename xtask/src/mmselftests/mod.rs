@@ -199,9 +199,7 @@ pub fn run_kernel(alias: KernelAlias, o: &MmOptions, files: &[GuestFile]) -> Ker
     run.kernel_args = vec![format!("hugepages={HUGEPAGES}")];
     run.files = files.to_vec();
     // Progress lines of the guest script (stderr) only, not the boot log.
-    run.echo = ConsoleEcho::AfterInit;
-    run.stream_stdout = false;
-    run.tag = format!("mm-selftests {}", alias.name);
+    run.captured(ConsoleEcho::AfterInit, format!("mm-selftests {}", alias.name));
     match run.run() {
         Ok(outcome) => {
             result.console_log = Some(outcome.console_log.clone());
