@@ -338,9 +338,14 @@ fn vm(a: VmArgs) -> Result<i32> {
     Ok(outcome.status)
 }
 
+/// The cloud kernel and the static binary of a one-kernel guest test
+/// (`e2e`, `live-test`).
+fn guest_inputs(kernel: &str, no_build: bool) -> Result<(kernels::BootKernel, PathBuf)> {
+    Ok((kernels::resolve_spec(kernel, Flavour::Cloud, None)?, binary::static_gupwatch(no_build)?))
+}
+
 fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
-    let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
-    let gupwatch = binary::static_gupwatch(no_build)?;
+    let (kernel, gupwatch) = guest_inputs(kernel, no_build)?;
     let report = e2e::run(&e2e::E2eOptions {
         kernel,
         gupwatch,
@@ -390,8 +395,7 @@ fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, flags: (boo
 }
 
 fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -> Result<i32> {
-    let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
-    let gupwatch = binary::static_gupwatch(no_build)?;
+    let (kernel, gupwatch) = guest_inputs(kernel, no_build)?;
     let report = livetest::run(&livetest::LiveOptions {
         kernel,
         gupwatch,

@@ -180,6 +180,23 @@ impl Tally {
         }
     }
 
+    /// Counts a step's passes and its failures (already one line each).
+    fn add(&mut self, passed: usize, failures: Vec<String>) {
+        self.passed += passed;
+        self.failed += failures.len();
+        self.failures.extend(failures);
+    }
+
+    /// A step's own error: an interrupt ends the suite (returned), any
+    /// other fails the step as `what: error`.
+    fn step_error(&mut self, what: &str, e: anyhow::Error) -> Result<()> {
+        if e.downcast_ref::<crate::util::Interrupted>().is_some() {
+            return Err(e);
+        }
+        self.fail(format!("{what}: {e:#}"));
+        Ok(())
+    }
+
     /// Counts a failure; prints it in full now and keeps a one-line form
     /// (with the console log's path) for the summary.
     fn fail(&mut self, what: String) {
