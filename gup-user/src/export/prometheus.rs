@@ -691,27 +691,26 @@ fn accounted_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     let per = |f: fn(&crate::accounted::Holder) -> u64| {
         top.iter().map(move |h| (HolderLabels { pid: h.pid.to_string(), comm: h.comm.clone() }, f(h)))
     };
-    gauges(
-        enc,
-        "gupwatch_accounted_pinned",
-        "Pinned memory the kernel accounts to a process: the larger of VmPin (/proc/PID/status: io_uring buffers, RDMA registrations...) and its io_uring registered buffers (fdinfo), whole pages; accounted, not traced; reduced mode, top holders only.",
-        Some(&Unit::Bytes),
-        per(|h| h.pinned_bytes),
-    )?;
-    gauges(
-        enc,
-        "gupwatch_accounted_locked",
-        "Locked memory the kernel charges to a process (VmLck: mlock, VFIO type1 mappings), for the same holders.",
-        Some(&Unit::Bytes),
-        per(|h| h.locked_bytes),
-    )?;
-    gauges(
-        enc,
-        "gupwatch_accounted_io_uring_buffer",
-        "Bytes of io_uring registered buffers (from /proc/PID/fdinfo of its io_uring descriptors), for the same holders.",
-        Some(&Unit::Bytes),
-        per(|h| h.io_uring_bytes),
-    )?;
+    let families: [(&str, &str, fn(&crate::accounted::Holder) -> u64); 3] = [
+        (
+            "gupwatch_accounted_pinned",
+            "Pinned memory the kernel accounts to a process: the larger of VmPin (/proc/PID/status: io_uring buffers, RDMA registrations...) and its io_uring registered buffers (fdinfo), whole pages; accounted, not traced; reduced mode, top holders only.",
+            |h| h.pinned_bytes,
+        ),
+        (
+            "gupwatch_accounted_locked",
+            "Locked memory the kernel charges to a process (VmLck: mlock, VFIO type1 mappings), for the same holders.",
+            |h| h.locked_bytes,
+        ),
+        (
+            "gupwatch_accounted_io_uring_buffer",
+            "Bytes of io_uring registered buffers (from /proc/PID/fdinfo of its io_uring descriptors), for the same holders.",
+            |h| h.io_uring_bytes,
+        ),
+    ];
+    for (name, help, value) in families {
+        gauges(enc, name, help, Some(&Unit::Bytes), per(value))?;
+    }
     gauge(
         enc,
         "gupwatch_accounted_holders",
