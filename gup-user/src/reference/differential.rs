@@ -327,9 +327,20 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
     let read = Foll::default();
 
     match setup.syscall {
-        Syscall::ProcessVmReadv | Syscall::ProcessVmWritev => {
-            let flags = if setup.syscall == Syscall::ProcessVmWritev { write } else { read };
-            match pin_in_chunks(&mut s, profile, Api::PinUserPagesRemote, BUFFER_VPN, n, PVM_MAX_PAGES, flags, &mut calls) {
+        Syscall::ProcessVmReadv | Syscall::ProcessVmWritev | Syscall::DirectIoWrite | Syscall::DirectIoRead => {
+            // Both pin the buffer a chunk at a time (process_vm_rw's page
+            // array, a bio's vectors); a failing chunk ends the syscall,
+            // which fails only when nothing was pinned.
+            let dio_api = if profile.direct_io_pins { Api::PinUserPagesFast } else { Api::GetUserPagesFast };
+            let (api, chunk, flags) = match setup.syscall {
+                Syscall::ProcessVmWritev => (Api::PinUserPagesRemote, PVM_MAX_PAGES, write),
+                Syscall::ProcessVmReadv => (Api::PinUserPagesRemote, PVM_MAX_PAGES, read),
+                // A read from the file writes into the buffer.
+                Syscall::DirectIoRead => (dio_api, BIO_MAX_VECS, write),
+                // DirectIoWrite, the only one left: the buffer is read.
+                _ => (dio_api, BIO_MAX_VECS, read),
+            };
+            match pin_in_chunks(&mut s, profile, api, BUFFER_VPN, n, chunk, flags, &mut calls) {
                 Ok(got) => released.extend(got),
                 Err(e) => {
                     let got: Vec<GotPage> = calls.iter().flat_map(|c| c.pages.clone()).collect();
@@ -362,21 +373,6 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
         },
         Syscall::IoUringUnregister => {
             unregister(&mut s, profile, n, &mut ledger, &mut folio_releases, &mut violations);
-        }
-        Syscall::DirectIoWrite | Syscall::DirectIoRead => {
-            let flags = if setup.syscall == Syscall::DirectIoRead { write } else { read };
-            let api = if profile.direct_io_pins { Api::PinUserPagesFast } else { Api::GetUserPagesFast };
-            match pin_in_chunks(&mut s, profile, api, BUFFER_VPN, n, BIO_MAX_VECS, flags, &mut calls) {
-                Ok(got) => released.extend(got),
-                Err(e) => {
-                    let got: Vec<GotPage> = calls.iter().flat_map(|c| c.pages.clone()).collect();
-                    released.extend(got.iter().copied());
-                    if got.is_empty() {
-                        syscall_errno = Some(e);
-                    }
-                }
-            }
-            calls.iter().for_each(|c| ledger.took(&c.pages));
         }
     }
     for c in &calls {
