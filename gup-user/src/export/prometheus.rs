@@ -682,16 +682,19 @@ fn diag_counters<L: EncodeLabelSet>(
     counters(enc, f.name, f.help, samples)
 }
 
+/// One per-holder figure of the accounted families.
+type HolderValue = fn(&crate::accounted::Holder) -> u64;
+
 /// The `gupwatch_accounted_*` families: per holder (pid and comm) for the
 /// top [`Settings::top_processes`] holders only, so a host with thousands
 /// of mlocking processes still has a bounded series count; the holder
 /// count says how many there were. Samples only in the reduced mode.
 fn accounted_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     let top = d.accounted.as_deref().map_or(&[][..], |a| &a.holders[..a.holders.len().min(d.processes_limit())]);
-    let per = |f: fn(&crate::accounted::Holder) -> u64| {
+    let per = |f: HolderValue| {
         top.iter().map(move |h| (HolderLabels { pid: h.pid.to_string(), comm: h.comm.clone() }, f(h)))
     };
-    let families: [(&str, &str, fn(&crate::accounted::Holder) -> u64); 3] = [
+    let families: [(&str, &str, HolderValue); 3] = [
         (
             "gupwatch_accounted_pinned",
             "Pinned memory the kernel accounts to a process: the larger of VmPin (/proc/PID/status: io_uring buffers, RDMA registrations...) and its io_uring registered buffers (fdinfo), whole pages; accounted, not traced; reduced mode, top holders only.",
