@@ -28,6 +28,13 @@ fn value(text: &str, series: &str) -> f64 {
     line[series.len() + 1..].trim().parse().unwrap()
 }
 
+/// Each series has its value in the exposition.
+fn assert_values(text: &str, expected: &[(&str, f64)]) {
+    for (series, want) in expected {
+        assert_eq!(value(text, series), *want, "{series}");
+    }
+}
+
 #[test]
 fn families_have_help_type_and_prefix() {
     let text = render(&sample(), Format::Prometheus);
@@ -93,7 +100,7 @@ fn module_hooks_found_dead_are_counted_by_reason() {
 #[test]
 fn per_api_values_and_labels() {
     let text = render(&sample(), Format::Prometheus);
-    for (series, want) in [
+    assert_values(&text, &[
         (r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"}"#, 10.0),
         (r#"gupwatch_pages_total{api="pin_user_pages_fast",kind="pin"}"#, 5120.0),
         (r#"gupwatch_pages_total{api="unpin_user_pages",kind="unpin"}"#, 5000.0),
@@ -110,9 +117,7 @@ fn per_api_values_and_labels() {
         (r#"gupwatch_slow_path_pages_total{api="pin_user_pages_fast"}"#, 1024.0),
         (r#"gupwatch_fast_path_fallback_calls_total{api="pin_user_pages_fast"}"#, 2.0),
         (r#"gupwatch_longterm_pages_total{api="pin_user_pages_fast"}"#, 512.0),
-    ] {
-        assert_eq!(value(&text, series), want, "{series}");
-    }
+    ]);
     // The absent hook has no per-API series; the slow-path hook is no API.
     assert!(!text.contains(r#"api="pin_user_pages_fast_only""#));
     assert!(!text.contains(r#"api="__gup_longterm_locked""#));
@@ -166,7 +171,7 @@ fn latency_histogram_is_cumulative_in_seconds() {
 fn outstanding_kernel_and_self_metrics() {
     let text = render(&sample(), Format::Prometheus);
     // pinned (5120 + 16 undone) − unpinned 5000.
-    for (series, want) in [
+    assert_values(&text, &[
         ("gupwatch_outstanding_pages", 136.0),
         ("gupwatch_kernel_foll_pin_acquired_total", 1_000_000.0),
         ("gupwatch_kernel_foll_pin_released_total", 999_000.0),
@@ -174,11 +179,6 @@ fn outstanding_kernel_and_self_metrics() {
         (r#"gupwatch_probe_attached{function="pin_user_pages_fast",mechanism="fentry"}"#, 1.0),
         (r#"gupwatch_probe_attached{function="memfd_pin_folios",mechanism="kprobe"}"#, 1.0),
         (r#"gupwatch_probe_attached{function="pin_user_pages_fast_only",mechanism="none"}"#, 0.0),
-    ] {
-        assert_eq!(value(&text, series), want, "{series}");
-    }
-    assert_eq!(samples(&text, "gupwatch_probe_attached").len(), gup_common::API_COUNT);
-    for (series, want) in [
         (r#"gupwatch_map_entries{map="ATTRIB"}"#, 3.0),
         (r#"gupwatch_map_capacity{map="ATTRIB"}"#, f64::from(ATTRIB_CAPACITY)),
         (r#"gupwatch_map_entries{map="ERRNOS"}"#, 2.0),
@@ -188,9 +188,8 @@ fn outstanding_kernel_and_self_metrics() {
         (r#"gupwatch_events_dropped_total{reason="stack_lost"}"#, 4.0),
         (r#"gupwatch_read_errors_total{source="vmstat"}"#, 2.0),
         ("gupwatch_scrape_duration_seconds", 0.0015),
-    ] {
-        assert_eq!(value(&text, series), want, "{series}");
-    }
+    ]);
+    assert_eq!(samples(&text, "gupwatch_probe_attached").len(), gup_common::API_COUNT);
     let v = env!("CARGO_PKG_VERSION");
     assert_eq!(value(&text, &format!(r#"gupwatch_build_info{{version="{v}",kernel="6.12.0-test"}}"#)), 1.0);
 }
@@ -198,16 +197,14 @@ fn outstanding_kernel_and_self_metrics() {
 #[test]
 fn subsystems_and_processes() {
     let text = render(&sample(), Format::Prometheus);
-    for (series, want) in [
+    assert_values(&text, &[
         (r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#, 5120.0),
         (r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#, 5000.0),
         (r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#, 70.0),
         (r#"gupwatch_subsystem_pages_total{subsystem="gpu",kind="pin"}"#, 2048.0),
         (r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="pin"}"#, 2048.0),
         (r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="unpin"}"#, 2000.0),
-    ] {
-        assert_eq!(value(&text, series), want, "{series}");
-    }
+    ]);
     // A module outside attribution's table gets no series (bounded label).
     assert!(!text.contains("mydrv"), "{text}");
     let (callers, _) = callers_json(&sample(), MAX_JSON_CALLERS);
