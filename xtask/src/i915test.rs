@@ -613,11 +613,7 @@ pub fn run(o: &I915Options) -> Result<Vec<KernelResult>> {
 
 /// The report of one kernel.
 pub fn render(r: &KernelResult) -> String {
-    let mut s = format!("kernel {} (generic): {:.0} s", r.alias, r.elapsed.as_secs_f64());
-    if let Some(log) = &r.console_log {
-        s += &format!("; console log: {}", log.display());
-    }
-    s.push('\n');
+    let mut s = util::kernel_heading(&format!("{} (generic)", r.alias), r.elapsed, r.console_log.as_deref());
     for c in &r.chosen {
         s += &format!("  hook  {c}\n");
     }
