@@ -624,6 +624,22 @@ pub struct AttribValue {
     pub comm: [u8; 16],
 }
 
+impl AttribValue {
+    /// Nothing counted, no stack captured: the base of a delta or of a
+    /// fresh entry.
+    pub const ZERO: AttribValue = AttribValue {
+        calls: 0,
+        pages: 0,
+        errors: 0,
+        fast_pages: 0,
+        slow_pages: 0,
+        longterm_pages: 0,
+        cgroup_id: 0,
+        stack_id: -1,
+        comm: [0; 16],
+    };
+}
+
 /// Capacity of the in-flight map: threads inside a hooked call at once.
 pub const INFLIGHT_CAPACITY: u32 = 8192;
 

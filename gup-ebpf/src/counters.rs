@@ -65,17 +65,7 @@ pub(crate) fn record_latency(s: &mut ApiStats, start_ns: u64) {
     }
 }
 
-pub(crate) const ZERO_ATTRIB: AttribValue = AttribValue {
-    calls: 0,
-    pages: 0,
-    errors: 0,
-    fast_pages: 0,
-    slow_pages: 0,
-    longterm_pages: 0,
-    cgroup_id: 0,
-    stack_id: -1,
-    comm: [0; 16],
-};
+pub(crate) const ZERO_ATTRIB: AttribValue = AttribValue::ZERO;
 
 /// Adds one call to the attribution map and returns the entry's stack id.
 /// The kernel stack is taken only when the key is new: the site (a return
@@ -85,16 +75,11 @@ pub(crate) fn attribute<C: EbpfContext>(ctx: &C, key: &AttribKey, delta: &Attrib
     let mut v = attrib_entry(key);
     if v.is_none() {
         let fresh = AttribValue {
-            calls: 0,
-            pages: 0,
-            errors: 0,
-            fast_pages: 0,
-            slow_pages: 0,
-            longterm_pages: 0,
             // SAFETY: no preconditions.
             cgroup_id: unsafe { bpf_get_current_cgroup_id() },
             stack_id: stack_id(ctx, key.api),
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            ..ZERO_ATTRIB
         };
         // BPF_NOEXIST: another CPU may have inserted the key meanwhile.
         if let Err(e) = ATTRIB.insert(key, &fresh, 1) {

@@ -461,7 +461,7 @@ fn predict_reference(s: &dyn Scenario, profile: &KernelProfile, kernel_pins: boo
         }
         if report.expected.path == ExpectedPath::Reference {
             // Whether pins must be seen follows from the model here.
-            report.pins_expected = kernel_pins && p.pinned_pages + p.unpinned_pages > 0;
+            report.pins_expected = kernel_pins && p.counts.pinned_pages + p.counts.unpinned_pages > 0;
         }
     }
     report.reference_setup = setup;
@@ -559,15 +559,17 @@ fn compare_with_reference(report: &mut ScenarioReport, fast_path_split: bool) {
         }
         Some(p) => {
             let obs = reference::Observation {
-                pinned_pages: report.pinned_pages,
-                unpinned_pages: report.unpinned_pages,
-                fast_pages: report.fast_pages,
-                slow_pages: report.slow_pages,
-                undone_pages: report.undone_pages,
-                referenced_pages: report.referenced_pages,
-                longterm_pages: report.longterm_pages,
-                vmstat_acquired: report.vmstat_acquired,
-                vmstat_released: report.vmstat_released,
+                counts: reference::PageCounts {
+                    pinned_pages: report.pinned_pages,
+                    unpinned_pages: report.unpinned_pages,
+                    fast_pages: report.fast_pages,
+                    slow_pages: report.slow_pages,
+                    undone_pages: report.undone_pages,
+                    referenced_pages: report.referenced_pages,
+                    longterm_pages: report.longterm_pages,
+                    vmstat_acquired: report.vmstat_acquired,
+                    vmstat_released: report.vmstat_released,
+                },
                 errors: report.errors.keys().cloned().collect(),
                 syscall_errno: report.observed_errno,
                 fast_path_split,

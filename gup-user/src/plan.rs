@@ -284,7 +284,8 @@ fn pages_arg(api: Api) -> (u8, u8) {
     }
 }
 
-fn kind_name(k: ApiKind) -> &'static str {
+/// The kind as the hook-health report and the exporters name it.
+pub(crate) fn kind_name(k: ApiKind) -> &'static str {
     match k {
         ApiKind::Pin => "pin",
         ApiKind::Get => "get",

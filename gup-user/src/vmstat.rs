@@ -336,18 +336,12 @@ where
     let mut last_change = Instant::now();
     loop {
         let now = Instant::now();
-        if now.duration_since(last_change) >= opts.quiet {
+        // Quiet long enough wins over the time limit reached at once.
+        let settled = now.duration_since(last_change) >= opts.quiet;
+        if settled || now.duration_since(start) >= opts.timeout {
             return Ok(Settled {
                 counters: last,
-                settled: true,
-                samples,
-                waited: start.elapsed(),
-            });
-        }
-        if now.duration_since(start) >= opts.timeout {
-            return Ok(Settled {
-                counters: last,
-                settled: false,
+                settled,
                 samples,
                 waited: start.elapsed(),
             });

@@ -92,6 +92,19 @@ fn promtool_accepts_adversarial_comms() {
     assert!(checked >= 8, "only {checked} seeds");
 }
 
+/// A reading of `snap` on a 6.12 plan with only pin_user_pages_fast,
+/// every hook attached: the state the fuzz target's regressions render.
+fn reading_of(snap: gupwatch::model::Snapshot) -> Arc<gupwatch::collect::Reading> {
+    use gupwatch::collect::{PlanSummary, Reading, Settings, TopProcesses};
+    let kallsyms = gupwatch::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
+    let plan = gupwatch::plan::ProbePlan::resolve("6.12.0".into(), Err("test".into()), &kallsyms);
+    let mut plan = PlanSummary::from_plan(&plan);
+    for h in &mut plan.hooks {
+        h.attached = true;
+    }
+    Arc::new(Reading::new(plan, Some(snap), None, vec![], &mut TopProcesses::default(), Settings::default()))
+}
+
 /// The metrics_exposition fuzz target's crash: latency buckets whose sum
 /// passes u64::MAX made the encoder's cumulative sum overflow (a panic in
 /// debug builds, a decreasing bucket in release). Now they saturate, and
@@ -100,19 +113,12 @@ fn promtool_accepts_adversarial_comms() {
 fn regression_histogram_bucket_sum_overflow() {
     use gup_common::{Api, LATENCY_BUCKETS};
     use gupwatch::{
-        collect::{PlanSummary, Reading, Settings, TopProcesses},
         export::prometheus::{render, Format},
     };
-    let kallsyms = gupwatch::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
-    let plan = gupwatch::plan::ProbePlan::resolve("6.12.0".into(), Err("test".into()), &kallsyms);
-    let mut plan = PlanSummary::from_plan(&plan);
-    for h in &mut plan.hooks {
-        h.attached = true;
-    }
     let mut snap = gupwatch::model::Snapshot::default();
     let s = &mut snap.apis[Api::PinUserPagesFast as usize];
     s.latency_log2 = [u64::MAX / 2; LATENCY_BUCKETS];
-    let d = Arc::new(Reading::new(plan, Some(snap), None, vec![], &mut TopProcesses::default(), Settings::default()));
+    let d = reading_of(snap);
     for (format, flavor) in [(Format::Prometheus, exposition::Flavor::Prometheus), (Format::OpenMetrics, exposition::Flavor::OpenMetrics)] {
         let text = render(&d, format);
         let exp = exposition::check(&text, flavor).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -132,22 +138,15 @@ fn regression_histogram_bucket_sum_overflow() {
 fn regression_outstanding_difference_overflow() {
     use gup_common::Api;
     use gupwatch::{
-        collect::{PlanSummary, Reading, Settings, TopProcesses},
         export::{
             api::snapshot_json,
             prometheus::{render, Format},
         },
     };
-    let kallsyms = gupwatch::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
-    let plan = gupwatch::plan::ProbePlan::resolve("6.12.0".into(), Err("test".into()), &kallsyms);
-    let mut plan = PlanSummary::from_plan(&plan);
-    for h in &mut plan.hooks {
-        h.attached = true;
-    }
     let mut snap = gupwatch::model::Snapshot::default();
     snap.apis[Api::PinUserPagesFast as usize].pages = i64::MAX as u64;
     snap.apis[Api::UnpinUserPages as usize].pages = u64::MAX;
-    let d = Arc::new(Reading::new(plan, Some(snap), None, vec![], &mut TopProcesses::default(), Settings::default()));
+    let d = reading_of(snap);
     let text = render(&d, Format::Prometheus);
     let exp = exposition::check(&text, exposition::Flavor::Prometheus).unwrap();
     assert_eq!(exp.named("gupwatch_outstanding_pages").next().unwrap().value, i64::MIN as f64);

@@ -124,9 +124,7 @@ pub fn run(gupwatch: &Path, timeout: Duration) -> Result<Outcome> {
     let mut vm = VmRun::new(kernel, command());
     vm.gupwatch = Some(gupwatch.to_path_buf());
     vm.timeout = timeout;
-    vm.echo = ConsoleEcho::None;
-    vm.stream_stdout = false;
-    vm.tag = format!("test {}", alias.name);
+    vm.captured(ConsoleEcho::None, format!("test {}", alias.name));
     let outcome = vm.run()?;
     println!(
         "{} in {:.0} s ({}), exit status {}; console log: {}",

@@ -24,6 +24,17 @@ pub fn static_gupwatch_path() -> PathBuf {
         .join("gupwatch")
 }
 
+/// The static binary for a guest command: with `--no-build` the one a
+/// previous build left (it may not exist; callers that need it say so),
+/// else built now.
+pub fn static_gupwatch(no_build: bool) -> Result<PathBuf> {
+    if no_build {
+        Ok(static_gupwatch_path())
+    } else {
+        build_static_gupwatch()
+    }
+}
+
 /// `cargo build --release -p gup-user --bin gupwatch` as a static binary;
 /// returns its path.
 pub fn build_static_gupwatch() -> Result<PathBuf> {

@@ -297,10 +297,8 @@ fn demo_vm(manifest: &Manifest, cache: &Path, gupwatch: &Path, command: String, 
         Forward { host: HOST_PORT, guest: GUEST_PORT },
         Forward { host: release_port, guest: GUEST_RELEASE_PORT },
     ];
-    run.echo = ConsoleEcho::None;
-    run.stream_stdout = false;
     run.timeout = Duration::from_secs(timeout_s);
-    run.tag = "demo".into();
+    run.captured(ConsoleEcho::None, "demo");
     run
 }
 
@@ -425,20 +423,10 @@ pub fn run(o: &DemoOptions) -> Result<i32> {
         refresh: false,
         no_kernels: true,
     })?;
-    let alias = kernels::alias(&o.kernel).with_context(|| {
-        format!(
-            "unknown kernel `{}` (known: {})",
-            o.kernel,
-            kernels::alias_names()
-        )
-    })?;
+    let alias = kernels::known_alias(&o.kernel)?;
     let cache = util::cache_dir()?;
     let manifest = kernels::ensure(&cache, alias, Flavour::Cloud, false)?;
-    let gupwatch = if o.no_build {
-        binary::static_gupwatch_path()
-    } else {
-        binary::build_static_gupwatch()?
-    };
+    let gupwatch = binary::static_gupwatch(o.no_build)?;
     if !gupwatch.is_file() {
         anyhow::bail!(
             "{} does not exist: run without --no-build",

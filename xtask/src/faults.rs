@@ -406,9 +406,7 @@ pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Cas
     });
     vm.gupwatch = Some(gupwatch);
     vm.timeout = timeout;
-    vm.echo = ConsoleEcho::None;
-    vm.stream_stdout = false;
-    vm.tag = format!("faults {kernel}");
+    vm.captured(ConsoleEcho::None, format!("faults {kernel}"));
     let out = vm.run()?;
     println!(
         "faults on {kernel}: VM ran {:.0} s; console log: {}",

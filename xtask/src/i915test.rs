@@ -573,9 +573,7 @@ pub fn run_kernel(alias: KernelAlias, gupwatch: &std::path::Path, timeout: Durat
     // The unload/load cycles take a few minutes under TCG on their own.
     run.timeout = timeout.max(Duration::from_secs(900));
     run.deferred_modules = vec!["i915".into()];
-    run.echo = ConsoleEcho::None;
-    run.stream_stdout = false;
-    run.tag = format!("i915 {}", alias.name);
+    run.captured(ConsoleEcho::None, format!("i915 {}", alias.name));
     match run.run() {
         Ok(outcome) => {
             result.console_log = Some(outcome.console_log.clone());
@@ -615,11 +613,7 @@ pub fn run(o: &I915Options) -> Result<Vec<KernelResult>> {
 
 /// The report of one kernel.
 pub fn render(r: &KernelResult) -> String {
-    let mut s = format!("kernel {} (generic): {:.0} s", r.alias, r.elapsed.as_secs_f64());
-    if let Some(log) = &r.console_log {
-        s += &format!("; console log: {}", log.display());
-    }
-    s.push('\n');
+    let mut s = util::kernel_heading(&format!("{} (generic)", r.alias), r.elapsed, r.console_log.as_deref());
     for c in &r.chosen {
         s += &format!("  hook  {c}\n");
     }

@@ -45,45 +45,7 @@ enum Cmd {
     /// kernel of the matrix, then the canary, i915, the kernel's mm
     /// selftests, faults, live-view and Prometheus end-to-end steps; ends
     /// with `N passed, N failed`.
-    Test {
-        /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
-        #[arg(long, value_delimiter = ',')]
-        kernels: Vec<String>,
-        /// Time limit of each VM, in seconds (a healthy check takes well
-        /// under a minute even under TCG).
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-        /// Skip `cargo test --workspace`.
-        #[arg(long)]
-        skip_unit: bool,
-        /// Skip the set-up checks.
-        #[arg(long)]
-        skip_setup: bool,
-        /// Skip the end-to-end Prometheus test (reported as skipped).
-        #[arg(long)]
-        skip_e2e: bool,
-        /// Seconds each fuzz target runs (0 skips fuzzing, reported as
-        /// skipped).
-        #[arg(long, default_value_t = 10)]
-        fuzz_seconds: u32,
-        /// Skip the i915 hook test (reported as skipped).
-        #[arg(long)]
-        skip_i915: bool,
-        /// Skip the live-view test (reported as skipped).
-        #[arg(long)]
-        skip_live: bool,
-        /// Skip the canary step, experimental's newest kernel (reported
-        /// as skipped).
-        #[arg(long)]
-        skip_canary: bool,
-        /// Skip the kernel's mm selftests (reported as skipped).
-        #[arg(long)]
-        skip_mm_selftests: bool,
-        /// Skip the soft-RoCE step on the generic kernels (reported as
-        /// skipped).
-        #[arg(long)]
-        skip_rdma: bool,
-    },
+    Test(testsuite::TestOptions),
     /// The canary (also a step of `test`): Debian experimental's newest
     /// cloud kernel, when newer than sid's, runs `gupwatch doctor --json`
     /// and `gupwatch check --json`; fails only on a gupwatch panic or a
@@ -249,40 +211,7 @@ enum Cmd {
     /// Measure what gupwatch costs a pinning workload (throughput ratios,
     /// instructions per probe hit and per program, RSS, CPU) on QEMU's
     /// instruction-counting clock, twice; reports, never asserts.
-    Bench {
-        /// Kernel to boot (alias or image path).
-        #[arg(long, default_value = "7.2")]
-        kernel: String,
-        /// Seconds per measured run.
-        #[arg(long, default_value_t = 3)]
-        seconds: u64,
-        /// Rounds of A (alone) B (attached) C (attached and scraped).
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        /// Use the gupwatch built last instead of building it.
-        #[arg(long)]
-        no_build: bool,
-        /// Measure in host time (KVM when it works, scraped from the host)
-        /// instead of on QEMU's instruction-counting clock.
-        #[arg(long)]
-        wall_clock: bool,
-        /// VM runs, to check that they agree [default: 2, or 1 with
-        /// --wall-clock].
-        #[arg(long)]
-        repeat: Option<u32>,
-        /// Exit with status 1 when two runs disagree by more than 0.5% on a
-        /// ratio (the figures themselves are never judged).
-        #[arg(long)]
-        require_deterministic: bool,
-        /// Do not rewrite docs/bench.md (for trial runs).
-        #[arg(long)]
-        no_docs: bool,
-        /// Run B and C with gupwatch's programs returning at once: what
-        /// the trampolines and kprobes cost by themselves, the floor any
-        /// program on these hooks pays (its own section of docs/bench.md).
-        #[arg(long)]
-        empty_programs: bool,
-    },
+    Bench(bench::BenchOptions),
     /// The main job: gupwatch following a pinning workload in a VM. On a
     /// terminal, the live view until `q`; piped, a short report of
     /// gupwatch's counts beside the kernel's (the console goes to a log).
@@ -425,13 +354,14 @@ fn vm(a: VmArgs) -> Result<i32> {
     Ok(outcome.status)
 }
 
+/// The cloud kernel and the static binary of a one-kernel guest test
+/// (`e2e`, `live-test`).
+fn guest_inputs(kernel: &str, no_build: bool) -> Result<(kernels::BootKernel, PathBuf)> {
+    Ok((kernels::resolve_spec(kernel, Flavour::Cloud, None)?, binary::static_gupwatch(no_build)?))
+}
+
 fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
-    let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
-    let gupwatch = if no_build {
-        binary::static_gupwatch_path()
-    } else {
-        binary::build_static_gupwatch()?
-    };
+    let (kernel, gupwatch) = guest_inputs(kernel, no_build)?;
     let report = e2e::run(&e2e::E2eOptions {
         kernel,
         gupwatch,
@@ -449,13 +379,8 @@ fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
 }
 
 fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
-    let kernels = names
-        .iter()
-        .map(|k| {
-            kernels::alias(k).ok_or_else(|| anyhow::anyhow!("unknown kernel `{k}` (known: {})", kernels::alias_names()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let gupwatch = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+    let kernels = names.iter().map(|k| kernels::known_alias(k)).collect::<Result<Vec<_>>>()?;
+    let gupwatch = binary::static_gupwatch(no_build)?;
     let results = i915test::run(&i915test::I915Options { kernels, gupwatch, timeout: Duration::from_secs(timeout) })?;
     let passed: usize = results.iter().map(|r| r.checks.iter().filter(|c| c.ok).count()).sum();
     let failed: usize = results.iter().map(|r| r.checks.iter().filter(|c| !c.ok).count() + r.error.is_some() as usize).sum();
@@ -465,16 +390,11 @@ fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
 
 fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, flags: (bool, bool, bool)) -> Result<i32> {
     let (refresh, no_build, empty_programs) = flags;
-    let kernels = names
-        .iter()
-        .map(|k| {
-            kernels::alias(k).ok_or_else(|| anyhow::anyhow!("unknown kernel `{k}` (known: {})", kernels::alias_names()))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let kernels = names.iter().map(|k| kernels::known_alias(k)).collect::<Result<Vec<_>>>()?;
     if let Some(p) = programs.iter().find(|p| !mmselftests::PROGRAMS.contains(&p.as_str())) {
         anyhow::bail!("unknown program `{p}` (known: {})", mmselftests::PROGRAMS.join(", "));
     }
-    let gupwatch = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+    let gupwatch = binary::static_gupwatch(no_build)?;
     let results =
         mmselftests::run(&mmselftests::MmOptions {
         kernels,
@@ -491,12 +411,7 @@ fn mm_command(names: &[String], programs: Vec<String>, timeout: u64, flags: (boo
 }
 
 fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -> Result<i32> {
-    let kernel = kernels::resolve_spec(kernel, Flavour::Cloud, None)?;
-    let gupwatch = if no_build {
-        binary::static_gupwatch_path()
-    } else {
-        binary::build_static_gupwatch()?
-    };
+    let (kernel, gupwatch) = guest_inputs(kernel, no_build)?;
     let report = livetest::run(&livetest::LiveOptions {
         kernel,
         gupwatch,
@@ -529,8 +444,7 @@ fn live_command(kernel: &str, timeout: u64, no_build: bool, all_screens: bool) -
 fn hostile_command(gupwatch: Option<PathBuf>, no_build: bool, modes: Vec<xtask::hostile::Mode>) -> Result<i32> {
     let gupwatch = match gupwatch {
         Some(p) => p,
-        None if no_build => binary::static_gupwatch_path(),
-        None => binary::build_static_gupwatch()?,
+        None => binary::static_gupwatch(no_build)?,
     };
     let mut opts = xtask::hostile::HostileOptions::new(gupwatch);
     if !modes.is_empty() {
@@ -559,36 +473,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         .map(|_| 0),
         Cmd::Build => binary::build_static_gupwatch().map(|_| 0),
         Cmd::Vm(a) => vm(a),
-        Cmd::Test {
-            kernels,
-            timeout,
-            skip_unit,
-            skip_setup,
-            skip_e2e,
-            fuzz_seconds,
-            skip_i915,
-            skip_live,
-            skip_canary,
-            skip_mm_selftests,
-            skip_rdma,
-        } => {
-            let ok = testsuite::run(&testsuite::TestOptions {
-                kernels,
-                timeout: Duration::from_secs(timeout),
-                skip_unit,
-                skip_setup,
-                skip_e2e,
-                fuzz_seconds,
-                skip_i915,
-                skip_live,
-                skip_canary,
-                skip_mm_selftests,
-                skip_rdma,
-            })?;
-            Ok(if ok { 0 } else { 1 })
-        }
+        Cmd::Test(o) => testsuite::run(&o).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Faults { kernel, no_build } => {
-            let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+            let bin = binary::static_gupwatch(no_build)?;
             let cases = xtask::faults::run(&kernel, bin, Duration::from_secs(300))?;
             let failed = cases.iter().filter(|c| !c.ok).count();
             for c in &cases {
@@ -612,7 +499,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             mm_command(&kernels, programs, timeout, (refresh, no_build, empty_programs))
         }
         Cmd::Canary { timeout, refresh, no_build } => {
-            let bin = if no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+            let bin = binary::static_gupwatch(no_build)?;
             let r = canary::run(&bin, Duration::from_secs(timeout), refresh)?;
             print!("{}", canary::render(&r));
             // A skip is not a pass, but nothing failed: 0, with SKIPPED printed.
@@ -638,27 +525,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             xtask::stress::run(&xtask::stress::StressOptions { kernels, cycles, kill_rounds, no_build, mode, churn_procs, append })
                 .map(|ok| if ok { 0 } else { 1 })
         }
-        Cmd::Bench {
-            kernel,
-            seconds,
-            rounds,
-            no_build,
-            wall_clock,
-            repeat,
-            require_deterministic,
-            no_docs,
-            empty_programs,
-        } => bench::run(&bench::BenchOptions {
-            kernel,
-            seconds,
-            rounds,
-            no_build,
-            wall_clock,
-            repeat,
-            require_deterministic,
-            no_docs,
-            empty_programs,
-        }),
+        Cmd::Bench(o) => bench::run(&o),
     }
 }
 

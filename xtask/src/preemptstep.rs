@@ -62,9 +62,7 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
     vm.kernel_args.push(MOVABLECORE.into());
     vm.gupwatch = Some(gupwatch.to_path_buf());
     vm.timeout = timeout;
-    vm.echo = ConsoleEcho::None;
-    vm.stream_stdout = false;
-    vm.tag = format!("test {KERNEL} preempt=full {MOVABLECORE}");
+    vm.captured(ConsoleEcho::None, format!("test {KERNEL} preempt=full {MOVABLECORE}"));
     let outcome = vm.run()?;
     println!(
         "{KERNEL} preempt=full in {:.0} s ({}), exit status {}; console log: {}",

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -44,11 +44,11 @@ pub struct StressOptions {
 pub fn run(o: &StressOptions) -> Result<bool> {
     setup::run(&SetupOptions { refresh: false, no_kernels: false })?;
     let cache = util::cache_dir()?;
-    let gupwatch = if o.no_build { binary::static_gupwatch_path() } else { binary::build_static_gupwatch()? };
+    let gupwatch = binary::static_gupwatch(o.no_build)?;
     let mut all_ok = true;
     let mut rows = vec![];
     for k in &o.kernels {
-        let alias = kernels::alias(k).with_context(|| format!("unknown kernel `{k}` (known: {})", kernels::alias_names()))?;
+        let alias = kernels::known_alias(k)?;
         let manifest = kernels::ensure(&cache, alias, Flavour::Cloud, false)?;
         let cmd = match o.mode.as_str() {
             "churn" => format!(

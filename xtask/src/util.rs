@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
@@ -269,6 +269,17 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+/// The first line of a per-kernel report: `kernel LABEL: N s`, then the
+/// console log's path when there is one.
+pub fn kernel_heading(label: &str, elapsed: Duration, console_log: Option<&Path>) -> String {
+    let mut s = format!("kernel {label}: {:.0} s", elapsed.as_secs_f64());
+    if let Some(log) = console_log {
+        s += &format!("; console log: {}", log.display());
+    }
+    s.push('\n');
+    s
+}
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use gup_common::{Api, ApiKind, AttribKey, AttribValue, Diag, LATENCY_BUCKETS};
+use gup_common::{Api, AttribKey, AttribValue, Diag, LATENCY_BUCKETS};
 
 use super::{HookHealth, LeakMetrics, PlanSummary, Reading, Settings, TopProcesses};
 use crate::{
@@ -16,14 +16,7 @@ pub(crate) fn hook(api: Api, attached: bool, mechanism: &'static str) -> HookHea
     HookHealth {
         api,
         function: api.symbol(),
-        kind: match api.kind() {
-            ApiKind::Pin => "pin",
-            ApiKind::Get => "get",
-            ApiKind::Unpin => "unpin",
-            ApiKind::SlowPath => "slow-path",
-            ApiKind::Undo => "release",
-            ApiKind::I915 => "i915",
-        },
+        kind: crate::plan::kind_name(api.kind()),
         mechanism,
         attached,
         status: if attached { "attached" } else { "absent" },
@@ -96,17 +89,7 @@ pub(crate) fn sample() -> Arc<Reading> {
     s.errnos.insert((Api::PinUserPagesFast as u32, libc::EFAULT as u32), 3);
     s.errnos.insert((Api::PinUserPagesRemote as u32, 999), 1);
     let key = AttribKey { tgid: 1, api: 1, site: 0 };
-    let val = AttribValue {
-        calls: 0,
-        pages: 0,
-        errors: 0,
-        fast_pages: 0,
-        slow_pages: 0,
-        longterm_pages: 0,
-        cgroup_id: 0,
-        stack_id: 0,
-        comm: [0; 16],
-    };
+    let val = AttribValue { stack_id: 0, ..AttribValue::ZERO };
     s.attrib = vec![(key, val); 3];
     let rows = vec![
         row(100, "fio", Api::PinUserPagesFast, 4096, Subsystem::DirectIo),

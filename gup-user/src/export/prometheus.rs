@@ -682,36 +682,38 @@ fn diag_counters<L: EncodeLabelSet>(
     counters(enc, f.name, f.help, samples)
 }
 
+/// One per-holder figure of the accounted families.
+type HolderValue = fn(&crate::accounted::Holder) -> u64;
+
 /// The `gupwatch_accounted_*` families: per holder (pid and comm) for the
 /// top [`Settings::top_processes`] holders only, so a host with thousands
 /// of mlocking processes still has a bounded series count; the holder
 /// count says how many there were. Samples only in the reduced mode.
 fn accounted_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     let top = d.accounted.as_deref().map_or(&[][..], |a| &a.holders[..a.holders.len().min(d.processes_limit())]);
-    let per = |f: fn(&crate::accounted::Holder) -> u64| {
+    let per = |f: HolderValue| {
         top.iter().map(move |h| (HolderLabels { pid: h.pid.to_string(), comm: h.comm.clone() }, f(h)))
     };
-    gauges(
-        enc,
-        "gupwatch_accounted_pinned",
-        "Pinned memory the kernel accounts to a process: the larger of VmPin (/proc/PID/status: io_uring buffers, RDMA registrations...) and its io_uring registered buffers (fdinfo), whole pages; accounted, not traced; reduced mode, top holders only.",
-        Some(&Unit::Bytes),
-        per(|h| h.pinned_bytes),
-    )?;
-    gauges(
-        enc,
-        "gupwatch_accounted_locked",
-        "Locked memory the kernel charges to a process (VmLck: mlock, VFIO type1 mappings), for the same holders.",
-        Some(&Unit::Bytes),
-        per(|h| h.locked_bytes),
-    )?;
-    gauges(
-        enc,
-        "gupwatch_accounted_io_uring_buffer",
-        "Bytes of io_uring registered buffers (from /proc/PID/fdinfo of its io_uring descriptors), for the same holders.",
-        Some(&Unit::Bytes),
-        per(|h| h.io_uring_bytes),
-    )?;
+    let families: [(&str, &str, HolderValue); 3] = [
+        (
+            "gupwatch_accounted_pinned",
+            "Pinned memory the kernel accounts to a process: the larger of VmPin (/proc/PID/status: io_uring buffers, RDMA registrations...) and its io_uring registered buffers (fdinfo), whole pages; accounted, not traced; reduced mode, top holders only.",
+            |h| h.pinned_bytes,
+        ),
+        (
+            "gupwatch_accounted_locked",
+            "Locked memory the kernel charges to a process (VmLck: mlock, VFIO type1 mappings), for the same holders.",
+            |h| h.locked_bytes,
+        ),
+        (
+            "gupwatch_accounted_io_uring_buffer",
+            "Bytes of io_uring registered buffers (from /proc/PID/fdinfo of its io_uring descriptors), for the same holders.",
+            |h| h.io_uring_bytes,
+        ),
+    ];
+    for (name, help, value) in families {
+        gauges(enc, name, help, Some(&Unit::Bytes), per(value))?;
+    }
     gauge(
         enc,
         "gupwatch_accounted_holders",

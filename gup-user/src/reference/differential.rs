@@ -179,10 +179,11 @@ impl CallTrace {
     }
 }
 
-/// What the model says the scenario's run makes the kernel do, in the terms
-/// of a `gupwatch check` scenario report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Prediction {
+/// The page counts of one scenario run, in the terms of a `gupwatch
+/// check` scenario report: what the model predicts and what gupwatch and
+/// `/proc/vmstat` observed are compared field by field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageCounts {
     /// FOLL_PIN pins taken, including those dropped again inside a call
     /// (gupwatch's `pinned_pages`).
     pub pinned_pages: u64,
@@ -202,6 +203,15 @@ pub struct Prediction {
     pub vmstat_acquired: u64,
     /// Change of `nr_foll_pin_released`.
     pub vmstat_released: u64,
+}
+
+/// What the model says the scenario's run makes the kernel do, in the terms
+/// of a `gupwatch check` scenario report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The page counts (in the JSON, at the top level as before).
+    #[serde(flatten)]
+    pub counts: PageCounts,
     /// The failing GUP calls, as `function:ERRNO` (gupwatch's `errors`
     /// keys).
     pub error: Option<String>,
@@ -317,9 +327,20 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
     let read = Foll::default();
 
     match setup.syscall {
-        Syscall::ProcessVmReadv | Syscall::ProcessVmWritev => {
-            let flags = if setup.syscall == Syscall::ProcessVmWritev { write } else { read };
-            match pin_in_chunks(&mut s, profile, Api::PinUserPagesRemote, BUFFER_VPN, n, PVM_MAX_PAGES, flags, &mut calls) {
+        Syscall::ProcessVmReadv | Syscall::ProcessVmWritev | Syscall::DirectIoWrite | Syscall::DirectIoRead => {
+            // Both pin the buffer a chunk at a time (process_vm_rw's page
+            // array, a bio's vectors); a failing chunk ends the syscall,
+            // which fails only when nothing was pinned.
+            let dio_api = if profile.direct_io_pins { Api::PinUserPagesFast } else { Api::GetUserPagesFast };
+            let (api, chunk, flags) = match setup.syscall {
+                Syscall::ProcessVmWritev => (Api::PinUserPagesRemote, PVM_MAX_PAGES, write),
+                Syscall::ProcessVmReadv => (Api::PinUserPagesRemote, PVM_MAX_PAGES, read),
+                // A read from the file writes into the buffer.
+                Syscall::DirectIoRead => (dio_api, BIO_MAX_VECS, write),
+                // DirectIoWrite, the only one left: the buffer is read.
+                _ => (dio_api, BIO_MAX_VECS, read),
+            };
+            match pin_in_chunks(&mut s, profile, api, BUFFER_VPN, n, chunk, flags, &mut calls) {
                 Ok(got) => released.extend(got),
                 Err(e) => {
                     let got: Vec<GotPage> = calls.iter().flat_map(|c| c.pages.clone()).collect();
@@ -352,21 +373,6 @@ pub fn predict(profile: &KernelProfile, setup: &Setup) -> Prediction {
         },
         Syscall::IoUringUnregister => {
             unregister(&mut s, profile, n, &mut ledger, &mut folio_releases, &mut violations);
-        }
-        Syscall::DirectIoWrite | Syscall::DirectIoRead => {
-            let flags = if setup.syscall == Syscall::DirectIoRead { write } else { read };
-            let api = if profile.direct_io_pins { Api::PinUserPagesFast } else { Api::GetUserPagesFast };
-            match pin_in_chunks(&mut s, profile, api, BUFFER_VPN, n, BIO_MAX_VECS, flags, &mut calls) {
-                Ok(got) => released.extend(got),
-                Err(e) => {
-                    let got: Vec<GotPage> = calls.iter().flat_map(|c| c.pages.clone()).collect();
-                    released.extend(got.iter().copied());
-                    if got.is_empty() {
-                        syscall_errno = Some(e);
-                    }
-                }
-            }
-            calls.iter().for_each(|c| ledger.took(&c.pages));
         }
     }
     for c in &calls {
@@ -469,15 +475,15 @@ fn tally(p: &mut Prediction, s: &AddressSpace, setup: &Setup, profile: &KernelPr
     for c in calls {
         let transient = c.transient_fast + c.transient_slow;
         if c.pins() {
-            p.pinned_pages += c.returned() + transient;
-            p.undone_pages += transient;
-            p.fast_pages += c.fast_returned() + c.transient_fast;
-            p.slow_pages += c.slow_returned() + c.transient_slow;
+            p.counts.pinned_pages += c.returned() + transient;
+            p.counts.undone_pages += transient;
+            p.counts.fast_pages += c.fast_returned() + c.transient_fast;
+            p.counts.slow_pages += c.slow_returned() + c.transient_slow;
             if c.flags.longterm {
-                p.longterm_pages += c.returned();
+                p.counts.longterm_pages += c.returned();
             }
         } else {
-            p.referenced_pages += c.returned();
+            p.counts.referenced_pages += c.returned();
         }
         if c.ret < 0 {
             p.error = Some(format!("{}:{}", c.api.symbol(), crate::errno::errno_name((-c.ret) as u32)));
@@ -486,9 +492,9 @@ fn tally(p: &mut Prediction, s: &AddressSpace, setup: &Setup, profile: &KernelPr
     }
     let pin_releases = released.iter().filter(|g| g.pin).count() as u64;
     let folio_pins: u64 = folio_releases_total(setup, profile, calls);
-    p.unpinned_pages = p.undone_pages + pin_releases + folio_pins;
-    p.vmstat_acquired = s.vmstat.acquired;
-    p.vmstat_released = s.vmstat.released;
+    p.counts.unpinned_pages = p.counts.undone_pages + pin_releases + folio_pins;
+    p.counts.vmstat_acquired = s.vmstat.acquired;
+    p.counts.vmstat_released = s.vmstat.released;
 }
 
 /// Pins the unregister path releases (counted per buffer page or folio).
@@ -507,24 +513,8 @@ fn folio_releases_total(setup: &Setup, profile: &KernelProfile, _calls: &[GupOut
 /// What gupwatch and `/proc/vmstat` saw during a scenario's run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
-    /// gupwatch's `pinned_pages`.
-    pub pinned_pages: u64,
-    /// gupwatch's `unpinned_pages`.
-    pub unpinned_pages: u64,
-    /// Fast-path pins.
-    pub fast_pages: u64,
-    /// Slow-path pins.
-    pub slow_pages: u64,
-    /// Pins taken and dropped inside calls.
-    pub undone_pages: u64,
-    /// FOLL_GET references.
-    pub referenced_pages: u64,
-    /// LONGTERM pins.
-    pub longterm_pages: u64,
-    /// `nr_foll_pin_acquired` delta.
-    pub vmstat_acquired: u64,
-    /// `nr_foll_pin_released` delta.
-    pub vmstat_released: u64,
+    /// What gupwatch's counters and `/proc/vmstat` changed by.
+    pub counts: PageCounts,
     /// Failed GUP calls, `function:ERRNO`.
     pub errors: Vec<String>,
     /// The syscall's errno.
@@ -542,17 +532,17 @@ pub fn compare(p: &Prediction, o: &Observation) -> Vec<String> {
             out.push(format!("{what}: model {model}, kernel {kernel}"));
         }
     };
-    num("pinned_pages", p.pinned_pages, o.pinned_pages);
-    num("unpinned_pages", p.unpinned_pages, o.unpinned_pages);
+    num("pinned_pages", p.counts.pinned_pages, o.counts.pinned_pages);
+    num("unpinned_pages", p.counts.unpinned_pages, o.counts.unpinned_pages);
     if o.fast_path_split {
-        num("fast_pages", p.fast_pages, o.fast_pages);
-        num("slow_pages", p.slow_pages, o.slow_pages);
+        num("fast_pages", p.counts.fast_pages, o.counts.fast_pages);
+        num("slow_pages", p.counts.slow_pages, o.counts.slow_pages);
     }
-    num("undone_pages", p.undone_pages, o.undone_pages);
-    num("referenced_pages", p.referenced_pages, o.referenced_pages);
-    num("longterm_pages", p.longterm_pages, o.longterm_pages);
-    num("vmstat_acquired", p.vmstat_acquired, o.vmstat_acquired);
-    num("vmstat_released", p.vmstat_released, o.vmstat_released);
+    num("undone_pages", p.counts.undone_pages, o.counts.undone_pages);
+    num("referenced_pages", p.counts.referenced_pages, o.counts.referenced_pages);
+    num("longterm_pages", p.counts.longterm_pages, o.counts.longterm_pages);
+    num("vmstat_acquired", p.counts.vmstat_acquired, o.counts.vmstat_acquired);
+    num("vmstat_released", p.counts.vmstat_released, o.counts.vmstat_released);
     let seen: Vec<&str> = o.errors.iter().map(String::as_str).collect();
     let want: Vec<&str> = p.error.iter().map(String::as_str).collect();
     if seen != want {
@@ -630,17 +620,17 @@ mod tests {
     fn existing_scenarios_on_612() {
         let p = KernelProfile::modern();
         let pr = predict(&p, &setup(BufferSpec::anon(256, Prefault::Write), Syscall::ProcessVmReadv));
-        assert_eq!((pr.pinned_pages, pr.unpinned_pages, pr.fast_pages, pr.slow_pages), (256, 256, 0, 256));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.unpinned_pages, pr.counts.fast_pages, pr.counts.slow_pages), (256, 256, 0, 256));
         let pr = predict(&p, &setup(BufferSpec::anon(256, Prefault::Write), Syscall::IoUringRegister));
-        assert_eq!((pr.pinned_pages, pr.unpinned_pages, pr.fast_pages, pr.longterm_pages), (256, 0, 256, 256));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.unpinned_pages, pr.counts.fast_pages, pr.counts.longterm_pages), (256, 0, 256, 256));
         let pr = predict(&p, &setup(BufferSpec::anon(256, Prefault::Write), Syscall::IoUringUnregister));
-        assert_eq!((pr.pinned_pages, pr.unpinned_pages, pr.vmstat_released), (0, 256, 256));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.unpinned_pages, pr.counts.vmstat_released), (0, 256, 256));
         let fork = BufferSpec { shared_with_child: true, ..BufferSpec::anon(256, Prefault::Write) };
         let pr = predict(&p, &setup(fork, Syscall::DirectIoWrite));
-        assert_eq!((pr.pinned_pages, pr.unpinned_pages, pr.fast_pages, pr.slow_pages, pr.undone_pages), (257, 257, 1, 256, 1));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.unpinned_pages, pr.counts.fast_pages, pr.counts.slow_pages, pr.counts.undone_pages), (257, 257, 1, 256, 1));
         let none = BufferSpec { prot: Prot::None, ..BufferSpec::anon(256, Prefault::None) };
         let pr = predict(&p, &setup(none, Syscall::IoUringRegister));
-        assert_eq!((pr.pinned_pages, pr.error.as_deref(), pr.syscall_errno), (0, Some("pin_user_pages_fast:EFAULT"), Some(libc::EFAULT)));
+        assert_eq!((pr.counts.pinned_pages, pr.error.as_deref(), pr.syscall_errno), (0, Some("pin_user_pages_fast:EFAULT"), Some(libc::EFAULT)));
         assert!(pr.model_violations.is_empty(), "{:?}", pr.model_violations);
     }
 
@@ -648,24 +638,24 @@ mod tests {
     fn existing_scenarios_on_61() {
         let p = KernelProfile::legacy();
         let pr = predict(&p, &setup(BufferSpec::anon(256, Prefault::Write), Syscall::DirectIoWrite));
-        assert_eq!((pr.pinned_pages, pr.referenced_pages), (0, 256));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.referenced_pages), (0, 256));
         let pr = predict(&p, &setup(BufferSpec::anon(256, Prefault::Write), Syscall::IoUringRegister));
-        assert_eq!((pr.pinned_pages, pr.fast_pages, pr.slow_pages), (256, 0, 256));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.fast_pages, pr.counts.slow_pages), (256, 0, 256));
     }
 
     #[test]
     fn shared_file_longterm_differs_between_kernels() {
         let file = BufferSpec { backing: Backing::File, shared: true, ..BufferSpec::anon(256, Prefault::Write) };
         let pr = predict(&KernelProfile::modern(), &setup(file.clone(), Syscall::IoUringRegister));
-        assert_eq!((pr.pinned_pages, pr.unpinned_pages, pr.fast_pages, pr.syscall_errno), (1, 1, 1, Some(libc::EFAULT)));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.unpinned_pages, pr.counts.fast_pages, pr.syscall_errno), (1, 1, 1, Some(libc::EFAULT)));
         let pr = predict(&KernelProfile::legacy(), &setup(file, Syscall::IoUringRegister));
-        assert_eq!((pr.pinned_pages, pr.unpinned_pages, pr.syscall_errno, pr.error), (256, 256, Some(libc::EOPNOTSUPP), None));
+        assert_eq!((pr.counts.pinned_pages, pr.counts.unpinned_pages, pr.syscall_errno, pr.error), (256, 256, Some(libc::EOPNOTSUPP), None));
     }
 
     #[test]
     fn compare_names_the_fields() {
-        let p = Prediction { pinned_pages: 2, error: Some("pin_user_pages_fast:EFAULT".into()), ..Prediction::default() };
-        let o = Observation { pinned_pages: 1, fast_path_split: true, ..Observation::default() };
+        let p = Prediction { counts: PageCounts { pinned_pages: 2, ..PageCounts::default() }, error: Some("pin_user_pages_fast:EFAULT".into()), ..Prediction::default() };
+        let o = Observation { counts: PageCounts { pinned_pages: 1, ..PageCounts::default() }, fast_path_split: true, ..Observation::default() };
         let d = compare(&p, &o);
         assert_eq!(d, ["pinned_pages: model 2, kernel 1", "error: model pin_user_pages_fast:EFAULT, kernel none"]);
     }

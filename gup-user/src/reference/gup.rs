@@ -527,6 +527,13 @@ mod tests {
     use super::super::space::Backing;
     use super::*;
 
+    /// A space with `pages` of private anonymous memory at 0x1000.
+    fn anon_space(pages: u64, write_fault: bool) -> AddressSpace {
+        let mut s = AddressSpace::new();
+        anon(&mut s, pages, write_fault);
+        s
+    }
+
     fn anon(space: &mut AddressSpace, pages: u64, write_fault: bool) {
         space.map(0x1000, pages, Backing::Anon, false, true, true, None).unwrap();
         if write_fault {
@@ -542,8 +549,7 @@ mod tests {
     #[test]
     fn prefaulted_anon_is_all_fast() {
         let p = KernelProfile::modern();
-        let mut s = AddressSpace::new();
-        anon(&mut s, 256, true);
+        let mut s = anon_space(256, true);
         let o = gup(&mut s, &p, Api::PinUserPagesFast, 0x1000, 256, WRITE_LT);
         assert_eq!((o.ret, o.fast_returned(), o.slow_returned(), o.acquired), (256, 256, 0, 256));
         assert!(!o.slow_path);
@@ -555,8 +561,7 @@ mod tests {
     #[test]
     fn untouched_anon_is_all_slow() {
         let p = KernelProfile::modern();
-        let mut s = AddressSpace::new();
-        anon(&mut s, 256, false);
+        let mut s = anon_space(256, false);
         let o = gup(&mut s, &p, Api::PinUserPagesFast, 0x1000, 256, WRITE_LT);
         assert_eq!((o.ret, o.fast_returned(), o.slow_returned()), (256, 0, 256));
         assert_eq!(o.fast_stop, Some((0, Refusal::NotPresent)));
@@ -565,15 +570,13 @@ mod tests {
     #[test]
     fn read_only_pin_after_fork_costs_one_transient_pin_per_call() {
         let p = KernelProfile::modern();
-        let mut s = AddressSpace::new();
-        anon(&mut s, 256, true);
+        let mut s = anon_space(256, true);
         s.fork();
         let o = gup(&mut s, &p, Api::PinUserPagesFast, 0x1000, 256, READ);
         assert_eq!(o.fast_stop, Some((0, Refusal::MustUnshare)));
         assert_eq!((o.ret, o.transient_fast, o.slow_returned(), o.acquired, o.released), (256, 1, 256, 257, 1));
         // Remote pins have no fast walk: the slow path unshares for free.
-        let mut s = AddressSpace::new();
-        anon(&mut s, 256, true);
+        let mut s = anon_space(256, true);
         s.fork();
         let o = gup(&mut s, &p, Api::PinUserPagesRemote, 0x1000, 256, READ);
         assert_eq!((o.ret, o.transient_fast, o.acquired), (256, 0, 256));
@@ -597,8 +600,7 @@ mod tests {
     #[test]
     fn zero_page_pins_are_returned_but_not_counted() {
         let p = KernelProfile::modern();
-        let mut s = AddressSpace::new();
-        anon(&mut s, 8, false);
+        let mut s = anon_space(8, false);
         let o = gup(&mut s, &p, Api::PinUserPagesRemote, 0x1000, 8, READ);
         assert_eq!((o.ret, o.acquired), (8, 0));
         assert!(o.pages.iter().all(|g| g.folio == s.zero && !g.counted));
@@ -645,8 +647,7 @@ mod tests {
     #[test]
     fn fast_only_never_takes_the_slow_path() {
         let p = KernelProfile::legacy();
-        let mut s = AddressSpace::new();
-        anon(&mut s, 8, false);
+        let mut s = anon_space(8, false);
         s.touch(0x1000, true).unwrap();
         let o = gup(&mut s, &p, Api::PinUserPagesFastOnly, 0x1000, 8, WRITE_LT);
         assert_eq!((o.ret, o.slow_path), (1, false));

@@ -29,7 +29,7 @@ pub mod profile;
 pub mod space;
 
 pub use contracts::Violation;
-pub use differential::{compare, predict, BufferSpec, Captured, Observation, Prediction, Prefault, Prot, Setup, Syscall};
+pub use differential::{compare, predict, BufferSpec, Captured, Observation, PageCounts, Prediction, Prefault, Prot, Setup, Syscall};
 pub use profile::{KernelProfile, Mutation};
 pub use space::Backing;
 

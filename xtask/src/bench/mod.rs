@@ -65,27 +65,41 @@ pub const TARGET_RATIO: f64 = 0.97;
 /// Peak RSS target of the daemon, in KiB (issue 14).
 pub const TARGET_RSS_KIB: u64 = 32 * 1024;
 
-/// Options of `cargo xtask bench`.
-#[derive(Debug, Clone)]
+/// Options of `cargo xtask bench`: the command line itself (the doc
+/// comments are its help text).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// Kernel alias or image path.
+    /// Kernel to boot (alias or image path).
+    #[arg(long, default_value = "7.2")]
     pub kernel: String,
     /// Seconds per measured run.
+    #[arg(long, default_value_t = 3)]
     pub seconds: u64,
-    /// Rounds of A B C.
+    /// Rounds of A (alone) B (attached) C (attached and scraped).
+    #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// Use the gupwatch built last.
+    /// Use the gupwatch built last instead of building it.
+    #[arg(long)]
     pub no_build: bool,
-    /// Host time instead of the instruction-counting clock.
+    /// Measure in host time (KVM when it works, scraped from the host)
+    /// instead of on QEMU's instruction-counting clock.
+    #[arg(long)]
     pub wall_clock: bool,
-    /// VM runs (default: 2 on the counting clock, 1 on the wall clock).
+    /// VM runs, to check that they agree [default: 2, or 1 with
+    /// --wall-clock].
+    #[arg(long)]
     pub repeat: Option<u32>,
-    /// Fail when the runs disagree by more than [`MAX_SPREAD_PCT`].
+    /// Exit with status 1 when two runs disagree by more than 0.5% on a
+    /// ratio (the figures themselves are never judged).
+    #[arg(long)]
     pub require_deterministic: bool,
-    /// Leave docs/bench.md alone.
+    /// Do not rewrite docs/bench.md (for trial runs).
+    #[arg(long)]
     pub no_docs: bool,
-    /// B and C with programs that return at once: what the attach
-    /// mechanisms cost by themselves (never written to docs/bench.md).
+    /// Run B and C with gupwatch's programs returning at once: what
+    /// the trampolines and kprobes cost by themselves, the floor any
+    /// program on these hooks pays (its own section of docs/bench.md).
+    #[arg(long)]
     pub empty_programs: bool,
 }
 
@@ -195,9 +209,7 @@ fn run_once(o: &BenchOptions, kernel: &BootKernel, gupwatch: &Path, n: u32) -> R
         }];
     }
     run.timeout = Duration::from_secs(timeout);
-    run.echo = ConsoleEcho::AfterInit;
-    run.stream_stdout = false;
-    run.tag = "bench".into();
+    run.captured(ConsoleEcho::AfterInit, "bench");
     say!(
         "bench",
         "run {n}/{}: {} round(s) x 3 modes x {} s per run in one VM ({}; at most {} s)",
@@ -343,11 +355,7 @@ pub fn run(o: &BenchOptions) -> Result<i32> {
         no_kernels: true,
     })?;
     let kernel = kernels::resolve_spec(&o.kernel, Flavour::Cloud, None)?;
-    let gupwatch = if o.no_build {
-        binary::static_gupwatch_path()
-    } else {
-        binary::build_static_gupwatch()?
-    };
+    let gupwatch = binary::static_gupwatch(o.no_build)?;
     if !gupwatch.is_file() {
         bail!(
             "{} does not exist: run without --no-build",

@@ -178,30 +178,20 @@ fn rule_checks(
         thread::sleep(Duration::from_secs(SCRAPE_INTERVAL_S));
         rules = fetch_rules(p)?;
     }
-    for name in expected_records {
-        if !rules
-            .iter()
-            .any(|r| r.kind == "recording" && &r.name == name)
-        {
-            checks.push(Check::new(
-                format!("recording rule {name}"),
-                None,
-                false,
-                "in recording.yml but not loaded by Prometheus",
-            ));
-        }
-    }
-    for name in expected_alerts {
-        if !rules
-            .iter()
-            .any(|r| r.kind == "alerting" && &r.name == name)
-        {
-            checks.push(Check::new(
-                format!("alert {name}"),
-                None,
-                false,
-                "in alerts.yml but not loaded by Prometheus",
-            ));
+    // Every rule the files define must be loaded, of its kind.
+    for (kind, label, file, names) in [
+        ("recording", "recording rule", "recording.yml", expected_records),
+        ("alerting", "alert", "alerts.yml", expected_alerts),
+    ] {
+        for name in names {
+            if !rules.iter().any(|r| r.kind == kind && &r.name == name) {
+                checks.push(Check::new(
+                    format!("{label} {name}"),
+                    None,
+                    false,
+                    format!("in {file} but not loaded by Prometheus"),
+                ));
+            }
         }
     }
     for r in &rules {

@@ -53,10 +53,11 @@ pub fn http_get(port: u16, target: &str, timeout: Duration) -> Result<(u16, Vec<
     let mut s = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
+    // One write: `write!` on a socket sends each formatted piece apart.
+    let request = format!(
         "GET {target} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: text/plain, application/json\r\nUser-Agent: gupwatch-xtask\r\n\r\n"
-    )?;
+    );
+    s.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 16384];
     loop {
@@ -144,9 +145,15 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let h = thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            // The request may arrive in pieces: read up to its blank line.
+            let mut req = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            assert!(buf[..n].starts_with(b"GET /x?q=1 HTTP/1.0\r\n"));
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before its request ended");
+                req.extend_from_slice(&buf[..n]);
+            }
+            assert!(req.starts_with(b"GET /x?q=1 HTTP/1.0\r\n"));
             s.write_all(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             )

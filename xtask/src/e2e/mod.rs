@@ -383,9 +383,7 @@ fn start_vm(o: &E2eOptions, ports: &Ports, dir: &Path) -> thread::JoinHandle<Res
             guest: GUEST_RELEASE_PORT,
         },
     ];
-    vm_run.echo = ConsoleEcho::None;
-    vm_run.stream_stdout = false;
-    vm_run.tag = "e2e".into();
+    vm_run.captured(ConsoleEcho::None, "e2e");
     say!(
         "e2e",
         "guest metrics port {GUEST_METRICS_PORT} -> 127.0.0.1:{metrics_port}; release port -> 127.0.0.1:{release_port}; files in {}",

@@ -85,18 +85,10 @@ pub fn stallers(
                 let now = stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
                 stats.peak.fetch_max(now, Ordering::Relaxed);
                 let t0 = Instant::now();
-                let mut sink = [0u8; 256];
-                let ended = tokio::time::timeout(Duration::from_secs(30), async {
-                    // Until the server closes (its 408, then EOF or reset).
-                    while let Ok(n) = io.read(&mut sink).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                // Until the server closes (its 408, then EOF or reset).
+                let ended = until_closed(&mut io, Duration::from_secs(30)).await;
                 stats.connected.fetch_sub(1, Ordering::Relaxed);
-                if ended.is_ok() {
+                if ended {
                     stats.cut.fetch_add(1, Ordering::Relaxed);
                     stats.longest_ms.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
                 } else {
@@ -222,16 +214,8 @@ pub async fn hog(t: &Target, n: usize) -> (usize, usize) {
         let Ok(mut s) = net::connect_from(from, t.addr, None).await else { continue };
         let t0 = Instant::now();
         set.spawn(async move {
-            let mut b = [0u8; 64];
             // Until the daemon closes it (bounded: held ones close at 5 s).
-            let _ = tokio::time::timeout(Duration::from_secs(15), async {
-                while let Ok(n) = s.read(&mut b).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            })
-            .await;
+            until_closed(&mut s, Duration::from_secs(15)).await;
             t0.elapsed() >= Duration::from_millis(2500)
         });
     }
@@ -253,4 +237,19 @@ pub fn quantile_ms(d: &mut [Duration], q: f64) -> f64 {
     d.sort();
     let i = ((d.len() as f64 - 1.0) * q).round() as usize;
     d[i.min(d.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Reads and drops what the peer sends until it closes the connection
+/// (EOF or an error); false when `limit` passed first.
+async fn until_closed<R: tokio::io::AsyncRead + Unpin>(io: &mut R, limit: Duration) -> bool {
+    let mut sink = [0u8; 256];
+    tokio::time::timeout(limit, async {
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
 }

@@ -381,9 +381,7 @@ pub fn run(o: &LiveOptions) -> Result<LiveReport> {
         Forward { host: port, guest: GUEST_PORT },
         Forward { host: release_port, guest: GUEST_RELEASE_PORT },
     ];
-    vm_run.echo = ConsoleEcho::None;
-    vm_run.stream_stdout = false;
-    vm_run.tag = "live".into();
+    vm_run.captured(ConsoleEcho::None, "live");
     say!("live", "guest daemon port {GUEST_PORT} -> 127.0.0.1:{port}; release port -> 127.0.0.1:{release_port}");
     let vm = thread::spawn(move || vm_run.run());
 

@@ -121,27 +121,25 @@ fn each_kind_of_breakage_fails() {
     let fail = |m: BTreeMap<String, String>| -> Vec<String> {
         judge("host", "local", &m).into_iter().filter(|c| !c.ok).map(|c| c.name).collect()
     };
+    // The failures when one screen is replaced by `screen` of the good run.
+    let edited = |name: &str, screen: &dyn Fn(&BTreeMap<String, String>) -> String| {
+        let mut m = screens(SCREEN);
+        let s = screen(&m);
+        m.insert(name.into(), s);
+        fail(m)
+    };
     // gupwatch counting double what the kernel counts.
     let f = fail(screens(&SCREEN.replace("│  3451/s fast", "│  6902/s fast")));
     assert!(f.iter().any(|n| n.contains("vmstat")), "{f:?}");
     // Rows out of order for the sort the title claims.
-    let mut m = screens(SCREEN);
-    let unsorted = m["sort-name"].replace("sort NAME ▲", "sort PINS/s ▼");
-    m.insert("sort-pins".into(), unsorted);
-    let f = fail(m);
+    let f = edited("sort-pins", &|m| m["sort-name"].replace("sort NAME ▲", "sort PINS/s ▼"));
     assert!(f.iter().any(|n| n.contains("rows sorted by PINS/s")), "{f:?}");
     // A sort key that did not change.
-    let mut m = screens(SCREEN);
-    let same = m["initial"].clone();
-    m.insert("sort-name".into(), same);
-    let f = fail(m);
+    let f = edited("sort-name", &|m| m["initial"].clone());
     assert!(f.iter().any(|n| n.contains("title says sort NAME")), "{f:?}");
     assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
     // A filter that does not filter.
-    let mut m = screens(SCREEN);
-    let unfiltered = m["initial"].replace("sort PAGES/s ▼ · 2 rows", "sort PAGES/s ▼ · filter \"zz-pin\" · 2 rows");
-    m.insert("filter".into(), unfiltered);
-    let f = fail(m);
+    let f = edited("filter", &|m| m["initial"].replace("sort PAGES/s ▼ · 2 rows", "sort PAGES/s ▼ · filter \"zz-pin\" · 2 rows"));
     assert!(f.iter().any(|n| n.contains("only rows matching")), "{f:?}");
     // Idle rows not hidden: the first screen lists a shell at 0/s.
     let f = fail(screens(&SCREEN.replace(
@@ -150,38 +148,24 @@ fn each_kind_of_breakage_fails() {
     )));
     assert!(f.iter().any(|n| n.contains("no idle row shown")), "{f:?}");
     // `i` does nothing.
-    let mut m = screens(SCREEN);
-    let same = m["sort-name"].clone();
-    m.insert("show-idle".into(), same);
-    let f = fail(m);
+    let f = edited("show-idle", &|m| m["sort-name"].clone());
     assert!(f.iter().any(|n| n.contains("after `i` the table has more rows")), "{f:?}");
     assert!(f.iter().any(|n| n.contains("after `i` idle rows are on the screen")), "{f:?}");
     // The title does not say idle rows are hidden.
-    let mut m = screens(SCREEN);
-    let silent = m["sort-name"].replace(" · 14 idle hidden (i) ", " ────────────────── ");
-    m.insert("sort-name".into(), silent);
-    let f = fail(m);
+    let f = edited("sort-name", &|m| m["sort-name"].replace(" · 14 idle hidden (i) ", " ────────────────── "));
     assert!(f.iter().any(|n| n.contains("before `i` the title counts")), "{f:?}");
     // `i` again does not hide them.
-    let mut m = screens(SCREEN);
-    m.insert("hide-idle".into(), idle_shown());
-    let f = fail(m);
+    let f = edited("hide-idle", &|_| idle_shown());
     assert!(f.iter().any(|n| n.contains("`i` again hides them")), "{f:?}");
     assert!(f.iter().any(|n| n.contains("no idle row shown")), "{f:?}");
     // By name, the pinner is pushed off the screen, or the holder is
     // not first.
-    let mut m = screens(SCREEN);
-    let no_pinner = m["sort-name"].replace("    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n", "");
-    m.insert("sort-name".into(), no_pinner);
-    let f = fail(m);
+    let f = edited("sort-name", &|m| m["sort-name"].replace("    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n", ""));
     assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
-    let mut m = screens(SCREEN);
-    let late_holder = m["sort-name"].replace(
+    let f = edited("sort-name", &|m| m["sort-name"].replace(
         "    190 aa-holder  ",
         "      7 a-first                   exec             1        1       0     -    -\n    190 aa-holder  ",
-    );
-    m.insert("sort-name".into(), late_holder);
-    let f = fail(m);
+    ));
     assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
     // Raw mode left on, alternate screen still on.
     let mut m = screens(SCREEN);

@@ -199,9 +199,7 @@ pub fn run_kernel(alias: KernelAlias, o: &MmOptions, files: &[GuestFile]) -> Ker
     run.kernel_args = vec![format!("hugepages={HUGEPAGES}")];
     run.files = files.to_vec();
     // Progress lines of the guest script (stderr) only, not the boot log.
-    run.echo = ConsoleEcho::AfterInit;
-    run.stream_stdout = false;
-    run.tag = format!("mm-selftests {}", alias.name);
+    run.captured(ConsoleEcho::AfterInit, format!("mm-selftests {}", alias.name));
     match run.run() {
         Ok(outcome) => {
             result.console_log = Some(outcome.console_log.clone());
@@ -294,11 +292,7 @@ pub fn suite_step(kernels: &[KernelAlias], gupwatch: &std::path::Path, timeout: 
 /// against vmstat, the subsystems, the ledger and the times; then each
 /// failed check.
 pub fn render(r: &KernelResult) -> String {
-    let mut s = format!("kernel {}: {:.0} s", r.alias, r.elapsed.as_secs_f64());
-    if let Some(log) = &r.console_log {
-        s += &format!("; console log: {}", log.display());
-    }
-    s.push('\n');
+    let mut s = util::kernel_heading(r.alias, r.elapsed, r.console_log.as_deref());
     for p in &r.programs {
         let ok = p.checks.iter().all(|c| c.ok);
         let secs = |t: &Tap| t.seconds.map(|x| format!("{x:.0} s")).unwrap_or_else(|| "? s".into());

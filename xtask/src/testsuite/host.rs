@@ -45,13 +45,8 @@ pub(super) fn steps() -> Vec<Step<'static>> {
 
 fn k8s_step(s: &mut Suite) -> Result<StepOutcome> {
     match crate::k8s::run(false) {
-        Ok(o) => {
-            s.t.passed += o.passed;
-            for f in o.failures {
-                s.t.fail(f);
-            }
-        }
-        Err(e) => s.t.fail(format!("k8s: {e:#}")),
+        Ok(o) => s.t.add(o.passed, o.failures),
+        Err(e) => s.t.step_error("k8s", e)?,
     }
     Ok(StepOutcome::Ran)
 }

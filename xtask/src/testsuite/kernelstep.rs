@@ -42,9 +42,7 @@ pub fn run_kernel_step(kernel: BootKernel, label: &str, gupwatch: &Path, timeout
     run.vfio = true;
     run.gupwatch = Some(gupwatch.to_path_buf());
     run.timeout = timeout;
-    run.echo = ConsoleEcho::None;
-    run.stream_stdout = false;
-    run.tag = format!("test {label}");
+    run.captured(ConsoleEcho::None, format!("test {label}"));
     let outcome = run.run()?;
     println!(
         "{label} in {:.0} s ({}, /init after {:.1} s), exit status {}; console log: {}",

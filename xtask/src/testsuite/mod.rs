@@ -25,32 +25,52 @@ pub use expected::{expected_reachable, judge_reachable, Reachability, PREEMPT_ST
 pub use kernelstep::{run_kernel_step, KernelRun};
 pub use report::{open_work, parse_report, table, CheckJson, Ledger, NotReachable, Report, Scenario};
 
-/// Options of `cargo xtask test`.
-#[derive(Debug, Clone)]
+/// Options of `cargo xtask test`: the command line itself (the doc
+/// comments are its help text).
+#[derive(Debug, Clone, clap::Args)]
 pub struct TestOptions {
-    /// Matrix aliases to run (default: all).
+    /// Kernels to run, comma-separated (default: 6.1,6.12,7.2).
+    #[arg(long, value_delimiter = ',')]
     pub kernels: Vec<String>,
-    /// Per-VM time limit.
+    /// Time limit of each VM, in seconds (a healthy check takes well
+    /// under a minute even under TCG).
+    #[arg(long, default_value = "300", value_parser = seconds)]
     pub timeout: Duration,
     /// Skip `cargo test --workspace`.
+    #[arg(long)]
     pub skip_unit: bool,
-    /// Skip `cargo xtask setup`.
+    /// Skip the set-up checks.
+    #[arg(long)]
     pub skip_setup: bool,
-    /// Skip the end-to-end Prometheus test ([`crate::e2e`]).
+    /// Skip the end-to-end Prometheus test (reported as skipped).
+    #[arg(long)]
     pub skip_e2e: bool,
-    /// Seconds per fuzz target ([`crate::fuzz`]); 0 skips fuzzing.
+    /// Seconds each fuzz target runs (0 skips fuzzing, reported as
+    /// skipped).
+    #[arg(long, default_value_t = 10)]
     pub fuzz_seconds: u32,
-    /// Skip the i915 hook test ([`crate::i915test`]).
+    /// Skip the i915 hook test (reported as skipped).
+    #[arg(long)]
     pub skip_i915: bool,
-    /// Skip the live-view test ([`crate::livetest`]).
+    /// Skip the live-view test (reported as skipped).
+    #[arg(long)]
     pub skip_live: bool,
-    /// Skip the canary kernel step ([`crate::canary`]).
+    /// Skip the canary step, experimental's newest kernel (reported
+    /// as skipped).
+    #[arg(long)]
     pub skip_canary: bool,
-    /// Skip the kernel's mm selftests ([`crate::mmselftests`]).
+    /// Skip the kernel's mm selftests (reported as skipped).
+    #[arg(long)]
     pub skip_mm_selftests: bool,
-    /// Skip the soft-RoCE and VFIO step on the generic kernels
-    /// ([`crate::rdmastep`]).
+    /// Skip the soft-RoCE and VFIO step on the generic kernels (reported
+    /// as skipped).
+    #[arg(long)]
     pub skip_rdma: bool,
+}
+
+/// A whole number of seconds, as `--timeout` takes it.
+fn seconds(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_secs)
 }
 
 /// Huge pages reserved at boot in the kernel steps' VMs (8 MiB).
@@ -162,6 +182,23 @@ impl Tally {
             self.failed += 1;
             self.failures.push(failure());
         }
+    }
+
+    /// Counts a step's passes and its failures (already one line each).
+    fn add(&mut self, passed: usize, failures: Vec<String>) {
+        self.passed += passed;
+        self.failed += failures.len();
+        self.failures.extend(failures);
+    }
+
+    /// A step's own error: an interrupt ends the suite (returned), any
+    /// other fails the step as `what: error`.
+    fn step_error(&mut self, what: &str, e: anyhow::Error) -> Result<()> {
+        if e.downcast_ref::<crate::util::Interrupted>().is_some() {
+            return Err(e);
+        }
+        self.fail(format!("{what}: {e:#}"));
+        Ok(())
     }
 
     /// Counts a failure; prints it in full now and keeps a one-line form

@@ -134,19 +134,13 @@ fn newest_with_build(s: &mut Suite, skipped_as: &str, label: &str) -> std::resul
     }
 }
 
-fn is_interrupt(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<util::Interrupted>().is_some()
-}
-
 fn preempt_step(s: &mut Suite) -> Result<StepOutcome> {
     let Some(bin) = built(s, &format!("{} preempt=full", preemptstep::KERNEL)) else {
         return Ok(StepOutcome::Ran);
     };
     match preemptstep::run(&s.aliases, &bin, s.o.timeout) {
         Ok(Some(r)) => {
-            s.t.passed += r.passed;
-            s.t.failed += r.failures.len();
-            s.t.failures.extend(r.failures);
+            s.t.add(r.passed, r.failures);
             s.t.skipped.extend(r.reported_only);
         }
         Ok(None) => {
@@ -154,8 +148,7 @@ fn preempt_step(s: &mut Suite) -> Result<StepOutcome> {
             s.t.skipped.push(format!("preemptible {} step: kernel not selected", preemptstep::KERNEL));
             return Ok(StepOutcome::Skipped(format!("kernel {} not selected", preemptstep::KERNEL)));
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("{} preempt=full: {e:#}", preemptstep::KERNEL)),
+        Err(e) => s.t.step_error(&format!("{} preempt=full", preemptstep::KERNEL), e)?,
     }
     Ok(StepOutcome::Ran)
 }
@@ -166,12 +159,9 @@ fn beyond_step(s: &mut Suite) -> Result<StepOutcome> {
     };
     match beyondstep::run(&bin, s.o.timeout) {
         Ok(r) => {
-            s.t.passed += r.passed;
-            s.t.failed += r.failures.len();
-            s.t.failures.extend(r.failures);
+            s.t.add(r.passed, r.failures);
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("5.10: {e:#}")),
+        Err(e) => s.t.step_error("5.10", e)?,
     }
     Ok(StepOutcome::Ran)
 }
@@ -184,18 +174,13 @@ fn rdma_step(s: &mut Suite) -> Result<StepOutcome> {
         return Ok(StepOutcome::Ran);
     };
     match rdmastep::run(&s.aliases, &bin, s.o.timeout) {
-        Ok(Some(r)) => {
-            s.t.passed += r.passed;
-            s.t.failed += r.failures.len();
-            s.t.failures.extend(r.failures);
-        }
+        Ok(Some(r)) => s.t.add(r.passed, r.failures),
         Ok(None) => {
             let why = format!("none of {} selected", rdmastep::KERNELS.join(", "));
             s.t.skipped.push(format!("RDMA and VFIO step: {why}"));
             return Ok(StepOutcome::Skipped(why));
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("RDMA step: {e:#}")),
+        Err(e) => s.t.step_error("RDMA step", e)?,
     }
     Ok(StepOutcome::Ran)
 }
@@ -218,8 +203,7 @@ fn canary_step(s: &mut Suite) -> Result<StepOutcome> {
                 return Ok(StepOutcome::Skipped(why.clone()));
             }
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("canary: {e:#}")),
+        Err(e) => s.t.step_error("canary", e)?,
     }
     Ok(StepOutcome::Ran)
 }
@@ -256,12 +240,9 @@ fn mm_step(s: &mut Suite) -> Result<StepOutcome> {
     };
     match mmselftests::suite_step(&s.aliases, &bin, s.o.timeout) {
         Ok((passed, failures)) => {
-            s.t.passed += passed;
-            s.t.failed += failures.len();
-            s.t.failures.extend(failures);
+            s.t.add(passed, failures);
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("mm selftests: {e:#}")),
+        Err(e) => s.t.step_error("mm selftests", e)?,
     }
     Ok(StepOutcome::Ran)
 }
@@ -286,8 +267,7 @@ fn faults_step(s: &mut Suite) -> Result<StepOutcome> {
                 }
             }
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("faults: {e:#}")),
+        Err(e) => s.t.step_error("faults", e)?,
     }
     Ok(StepOutcome::Ran)
 }
@@ -310,8 +290,7 @@ fn live_step(s: &mut Suite) -> Result<StepOutcome> {
                 s.t.count(c.ok, || format!("live view: {}", c.name));
             }
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("live view: {e:#}")),
+        Err(e) => s.t.step_error("live view", e)?,
     }
     Ok(StepOutcome::Ran)
 }
@@ -342,8 +321,7 @@ fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
                 s.t.count(c.ok, || format!("end-to-end: {}: {}", c.name, c.detail));
             }
         }
-        Err(e) if is_interrupt(&e) => return Err(e),
-        Err(e) => s.t.fail(format!("end-to-end: {e:#}")),
+        Err(e) => s.t.step_error("end-to-end", e)?,
     }
     Ok(StepOutcome::Ran)
 }

@@ -196,25 +196,13 @@ impl VmRun {
                 stopped.timed_out = true;
                 break kill(child);
             }
-            if serious {
-                let t = *problem_seen_at.get_or_insert_with(Instant::now);
-                if t.elapsed() > PROBLEM_GRACE {
-                    say!(
-                        tag,
-                        "the guest kernel reported a serious problem; stopping qemu"
-                    );
-                    break kill(child);
-                }
+            if serious && grace_over(&mut problem_seen_at, PROBLEM_GRACE) {
+                say!(tag, "the guest kernel reported a serious problem; stopping qemu");
+                break kill(child);
             }
-            if exited {
-                let t = *exit_seen_at.get_or_insert_with(Instant::now);
-                if t.elapsed() > POWEROFF_GRACE {
-                    say!(
-                        tag,
-                        "the guest did not power off after its command ended; stopping qemu"
-                    );
-                    break kill(child);
-                }
+            if exited && grace_over(&mut exit_seen_at, POWEROFF_GRACE) {
+                say!(tag, "the guest did not power off after its command ended; stopping qemu");
+                break kill(child);
             }
             thread::sleep(Duration::from_millis(50));
         };
@@ -447,4 +435,10 @@ fn make_scratch_disk(path: &Path) -> Result<()> {
     )
     .context("formatting the scratch disk (mkfs.ext4 comes with e2fsprogs: `cargo xtask setup`)")?;
     Ok(())
+}
+
+/// Whether `grace` has passed since the condition was first seen (noted
+/// in `seen_at` now, the first time).
+fn grace_over(seen_at: &mut Option<Instant>, grace: Duration) -> bool {
+    seen_at.get_or_insert_with(Instant::now).elapsed() > grace
 }

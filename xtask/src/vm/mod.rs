@@ -209,6 +209,14 @@ impl VmRun {
             vfio: false,
         }
     }
+
+    /// A run whose stdout its caller reads (not streamed to the host's),
+    /// with the console echoed as `echo` says and progress lines tagged.
+    pub fn captured(&mut self, echo: ConsoleEcho, tag: impl Into<String>) {
+        self.echo = echo;
+        self.stream_stdout = false;
+        self.tag = tag.into();
+    }
 }
 
 /// The result of a guest that ran its command to the end.

@@ -28,6 +28,13 @@ fn value(text: &str, series: &str) -> f64 {
     line[series.len() + 1..].trim().parse().unwrap()
 }
 
+/// Each series has its value in the exposition.
+fn assert_values(text: &str, expected: &[(&str, f64)]) {
+    for (series, want) in expected {
+        assert_eq!(value(text, series), *want, "{series}");
+    }
+}
+
 #[test]
 fn families_have_help_type_and_prefix() {
     let text = render(&sample(), Format::Prometheus);
@@ -93,22 +100,24 @@ fn module_hooks_found_dead_are_counted_by_reason() {
 #[test]
 fn per_api_values_and_labels() {
     let text = render(&sample(), Format::Prometheus);
-    assert_eq!(value(&text, r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"}"#), 10.0);
-    assert_eq!(value(&text, r#"gupwatch_pages_total{api="pin_user_pages_fast",kind="pin"}"#), 5120.0);
-    assert_eq!(value(&text, r#"gupwatch_pages_total{api="unpin_user_pages",kind="unpin"}"#), 5000.0);
-    assert_eq!(value(&text, r#"gupwatch_calls_total{api="get_user_pages_fast",kind="get"}"#), 7.0);
-    assert_eq!(value(&text, r#"gupwatch_undone_pin_pages_total{api="pin_user_pages_fast"}"#), 16.0);
-    assert_eq!(value(&text, r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="fast_walk"}"#), 1.0);
-    assert_eq!(value(&text, r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="migration"}"#), 15.0);
-    assert_eq!(value(&text, r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="slow_path"}"#), 0.0);
-    assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_fast",errno="EFAULT"}"#), 3.0);
-    assert_eq!(value(&text, r#"gupwatch_failed_calls_total{api="pin_user_pages_remote",errno="errno999"}"#), 1.0);
-    assert_eq!(value(&text, r#"gupwatch_short_calls_total{api="pin_user_pages_fast"}"#), 1.0);
-    assert_eq!(value(&text, r#"gupwatch_fast_path_pages_total{api="pin_user_pages_fast"}"#), 4096.0);
-    assert_eq!(value(&text, r#"gupwatch_fast_path_pages_total{api="get_user_pages_fast"}"#), 70.0);
-    assert_eq!(value(&text, r#"gupwatch_slow_path_pages_total{api="pin_user_pages_fast"}"#), 1024.0);
-    assert_eq!(value(&text, r#"gupwatch_fast_path_fallback_calls_total{api="pin_user_pages_fast"}"#), 2.0);
-    assert_eq!(value(&text, r#"gupwatch_longterm_pages_total{api="pin_user_pages_fast"}"#), 512.0);
+    assert_values(&text, &[
+        (r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"}"#, 10.0),
+        (r#"gupwatch_pages_total{api="pin_user_pages_fast",kind="pin"}"#, 5120.0),
+        (r#"gupwatch_pages_total{api="unpin_user_pages",kind="unpin"}"#, 5000.0),
+        (r#"gupwatch_calls_total{api="get_user_pages_fast",kind="get"}"#, 7.0),
+        (r#"gupwatch_undone_pin_pages_total{api="pin_user_pages_fast"}"#, 16.0),
+        (r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="fast_walk"}"#, 1.0),
+        (r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="migration"}"#, 15.0),
+        (r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="slow_path"}"#, 0.0),
+        (r#"gupwatch_failed_calls_total{api="pin_user_pages_fast",errno="EFAULT"}"#, 3.0),
+        (r#"gupwatch_failed_calls_total{api="pin_user_pages_remote",errno="errno999"}"#, 1.0),
+        (r#"gupwatch_short_calls_total{api="pin_user_pages_fast"}"#, 1.0),
+        (r#"gupwatch_fast_path_pages_total{api="pin_user_pages_fast"}"#, 4096.0),
+        (r#"gupwatch_fast_path_pages_total{api="get_user_pages_fast"}"#, 70.0),
+        (r#"gupwatch_slow_path_pages_total{api="pin_user_pages_fast"}"#, 1024.0),
+        (r#"gupwatch_fast_path_fallback_calls_total{api="pin_user_pages_fast"}"#, 2.0),
+        (r#"gupwatch_longterm_pages_total{api="pin_user_pages_fast"}"#, 512.0),
+    ]);
     // The absent hook has no per-API series; the slow-path hook is no API.
     assert!(!text.contains(r#"api="pin_user_pages_fast_only""#));
     assert!(!text.contains(r#"api="__gup_longterm_locked""#));
@@ -162,23 +171,25 @@ fn latency_histogram_is_cumulative_in_seconds() {
 fn outstanding_kernel_and_self_metrics() {
     let text = render(&sample(), Format::Prometheus);
     // pinned (5120 + 16 undone) − unpinned 5000.
-    assert_eq!(value(&text, "gupwatch_outstanding_pages"), 136.0);
-    assert_eq!(value(&text, "gupwatch_kernel_foll_pin_acquired_total"), 1_000_000.0);
-    assert_eq!(value(&text, "gupwatch_kernel_foll_pin_released_total"), 999_000.0);
-    assert_eq!(value(&text, "gupwatch_kernel_outstanding_pins"), 1000.0);
-    assert_eq!(value(&text, r#"gupwatch_probe_attached{function="pin_user_pages_fast",mechanism="fentry"}"#), 1.0);
-    assert_eq!(value(&text, r#"gupwatch_probe_attached{function="memfd_pin_folios",mechanism="kprobe"}"#), 1.0);
-    assert_eq!(value(&text, r#"gupwatch_probe_attached{function="pin_user_pages_fast_only",mechanism="none"}"#), 0.0);
+    assert_values(&text, &[
+        ("gupwatch_outstanding_pages", 136.0),
+        ("gupwatch_kernel_foll_pin_acquired_total", 1_000_000.0),
+        ("gupwatch_kernel_foll_pin_released_total", 999_000.0),
+        ("gupwatch_kernel_outstanding_pins", 1000.0),
+        (r#"gupwatch_probe_attached{function="pin_user_pages_fast",mechanism="fentry"}"#, 1.0),
+        (r#"gupwatch_probe_attached{function="memfd_pin_folios",mechanism="kprobe"}"#, 1.0),
+        (r#"gupwatch_probe_attached{function="pin_user_pages_fast_only",mechanism="none"}"#, 0.0),
+        (r#"gupwatch_map_entries{map="ATTRIB"}"#, 3.0),
+        (r#"gupwatch_map_capacity{map="ATTRIB"}"#, f64::from(ATTRIB_CAPACITY)),
+        (r#"gupwatch_map_entries{map="ERRNOS"}"#, 2.0),
+        (r#"gupwatch_events_dropped_total{reason="inflight_full"}"#, 1.0),
+        (r#"gupwatch_events_dropped_total{reason="arg_read_failed"}"#, 0.0),
+        (r#"gupwatch_events_dropped_total{reason="attrib_full"}"#, 0.0),
+        (r#"gupwatch_events_dropped_total{reason="stack_lost"}"#, 4.0),
+        (r#"gupwatch_read_errors_total{source="vmstat"}"#, 2.0),
+        ("gupwatch_scrape_duration_seconds", 0.0015),
+    ]);
     assert_eq!(samples(&text, "gupwatch_probe_attached").len(), gup_common::API_COUNT);
-    assert_eq!(value(&text, r#"gupwatch_map_entries{map="ATTRIB"}"#), 3.0);
-    assert_eq!(value(&text, r#"gupwatch_map_capacity{map="ATTRIB"}"#), f64::from(ATTRIB_CAPACITY));
-    assert_eq!(value(&text, r#"gupwatch_map_entries{map="ERRNOS"}"#), 2.0);
-    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="inflight_full"}"#), 1.0);
-    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="arg_read_failed"}"#), 0.0);
-    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="attrib_full"}"#), 0.0);
-    assert_eq!(value(&text, r#"gupwatch_events_dropped_total{reason="stack_lost"}"#), 4.0);
-    assert_eq!(value(&text, r#"gupwatch_read_errors_total{source="vmstat"}"#), 2.0);
-    assert_eq!(value(&text, "gupwatch_scrape_duration_seconds"), 0.0015);
     let v = env!("CARGO_PKG_VERSION");
     assert_eq!(value(&text, &format!(r#"gupwatch_build_info{{version="{v}",kernel="6.12.0-test"}}"#)), 1.0);
 }
@@ -186,12 +197,14 @@ fn outstanding_kernel_and_self_metrics() {
 #[test]
 fn subsystems_and_processes() {
     let text = render(&sample(), Format::Prometheus);
-    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#), 5120.0);
-    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#), 5000.0);
-    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#), 70.0);
-    assert_eq!(value(&text, r#"gupwatch_subsystem_pages_total{subsystem="gpu",kind="pin"}"#), 2048.0);
-    assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="pin"}"#), 2048.0);
-    assert_eq!(value(&text, r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="unpin"}"#), 2000.0);
+    assert_values(&text, &[
+        (r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#, 5120.0),
+        (r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#, 5000.0),
+        (r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#, 70.0),
+        (r#"gupwatch_subsystem_pages_total{subsystem="gpu",kind="pin"}"#, 2048.0),
+        (r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="pin"}"#, 2048.0),
+        (r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="unpin"}"#, 2000.0),
+    ]);
     // A module outside attribution's table gets no series (bounded label).
     assert!(!text.contains("mydrv"), "{text}");
     let (callers, _) = callers_json(&sample(), MAX_JSON_CALLERS);

@@ -168,13 +168,13 @@ impl AptState {
         Ok(())
     }
 
+    /// `apt-cache SUBCOMMAND ARGS...` on the private state; its stdout.
+    fn apt_cache<S: AsRef<std::ffi::OsStr>>(&self, subcommand: &str, args: &[S]) -> Result<String> {
+        util::output(Command::new("apt-cache").args(self.opts()).arg(subcommand).args(args))
+    }
+
     pub(crate) fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
-        let out = util::output(
-            Command::new("apt-cache")
-                .args(self.opts())
-                .arg("pkgnames")
-                .arg(prefix),
-        )?;
+        let out = self.apt_cache("pkgnames", &[prefix])?;
         Ok(out
             .lines()
             .map(|l| l.trim().to_string())
@@ -183,12 +183,7 @@ impl AptState {
     }
 
     pub(crate) fn show(&self, names: &[String]) -> Result<Vec<PkgInfo>> {
-        let out = util::output(
-            Command::new("apt-cache")
-                .args(self.opts())
-                .arg("show")
-                .args(names),
-        )?;
+        let out = self.apt_cache("show", names)?;
         Ok(parse_stanzas(&out))
     }
 

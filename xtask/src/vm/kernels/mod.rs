@@ -74,6 +74,11 @@ pub fn alias_names() -> String {
     MATRIX.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
 }
 
+/// [`alias`], or the error that names the known ones.
+pub fn known_alias(name: &str) -> Result<KernelAlias> {
+    alias(name).ok_or_else(|| anyhow!("unknown kernel `{name}` (known: {})", alias_names()))
+}
+
 /// Which Debian kernel flavour to boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

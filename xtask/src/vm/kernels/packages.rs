@@ -202,47 +202,26 @@ mod tests {
 
     #[test]
     fn classify_names() {
+        use Flavour::{Cloud, Generic};
         use PkgKind::*;
-        let c = Flavour::Cloud;
-        assert_eq!(
-            classify("linux-image-6.1.0-50-cloud-amd64-unsigned", c),
-            Some((ImageUnsigned, "6.1.0-50".into()))
-        );
-        assert_eq!(
-            classify("linux-image-6.1.0-50-cloud-amd64", c),
-            Some((Image, "6.1.0-50".into()))
-        );
-        assert_eq!(
-            classify("linux-binary-unsigned-7.2.13+deb14-cloud-amd64", c),
-            Some((BinaryUnsigned, "7.2.13+deb14".into()))
-        );
-        assert_eq!(
-            classify("linux-binary-7.2.13+deb14-cloud-amd64", c),
-            Some((Binary, "7.2.13+deb14".into()))
-        );
-        assert_eq!(
-            classify("linux-modules-7.2.13+deb14-cloud-amd64", c),
-            Some((Modules, "7.2.13+deb14".into()))
-        );
-        assert_eq!(
-            classify("linux-base-7.2.13+deb14-cloud-amd64", c),
-            Some((Base, "7.2.13+deb14".into()))
-        );
-        assert_eq!(classify("linux-image-cloud-amd64", c), None);
-        assert_eq!(classify("linux-image-6.1.0-50-cloud-amd64-dbg", c), None);
-        assert_eq!(classify("linux-image-6.1.0-50-rt-amd64", c), None);
-        let g = Flavour::Generic;
-        assert_eq!(
-            classify("linux-image-6.12.117+deb13-amd64-unsigned", g),
-            Some((ImageUnsigned, "6.12.117+deb13".into()))
-        );
-        // Other flavours must not pass as generic ones.
-        assert_eq!(
-            classify("linux-image-6.12.117+deb13-cloud-amd64-unsigned", g),
-            None
-        );
-        assert_eq!(classify("linux-image-6.1.0-50-rt-amd64-unsigned", g), None);
-        assert_eq!(classify("linux-image-6.1.0-50-cloud-amd64", g), None);
+        for (name, flavour, want) in [
+            ("linux-image-6.1.0-50-cloud-amd64-unsigned", Cloud, Some((ImageUnsigned, "6.1.0-50"))),
+            ("linux-image-6.1.0-50-cloud-amd64", Cloud, Some((Image, "6.1.0-50"))),
+            ("linux-binary-unsigned-7.2.13+deb14-cloud-amd64", Cloud, Some((BinaryUnsigned, "7.2.13+deb14"))),
+            ("linux-binary-7.2.13+deb14-cloud-amd64", Cloud, Some((Binary, "7.2.13+deb14"))),
+            ("linux-modules-7.2.13+deb14-cloud-amd64", Cloud, Some((Modules, "7.2.13+deb14"))),
+            ("linux-base-7.2.13+deb14-cloud-amd64", Cloud, Some((Base, "7.2.13+deb14"))),
+            ("linux-image-cloud-amd64", Cloud, None),
+            ("linux-image-6.1.0-50-cloud-amd64-dbg", Cloud, None),
+            ("linux-image-6.1.0-50-rt-amd64", Cloud, None),
+            ("linux-image-6.12.117+deb13-amd64-unsigned", Generic, Some((ImageUnsigned, "6.12.117+deb13"))),
+            // Other flavours must not pass as generic ones.
+            ("linux-image-6.12.117+deb13-cloud-amd64-unsigned", Generic, None),
+            ("linux-image-6.1.0-50-rt-amd64-unsigned", Generic, None),
+            ("linux-image-6.1.0-50-cloud-amd64", Generic, None),
+        ] {
+            assert_eq!(classify(name, flavour), want.map(|(k, v)| (k, v.to_string())), "{name}");
+        }
     }
 
     #[test]
