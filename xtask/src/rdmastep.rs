@@ -75,9 +75,7 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
         vm.forwards = vec![Forward { host: crate::e2e::free_port()?, guest: 9 }];
         vm.gupwatch = Some(gupwatch.to_path_buf());
         vm.timeout = timeout;
-        vm.echo = ConsoleEcho::None;
-        vm.stream_stdout = false;
-        vm.tag = format!("test {} generic rdma", alias.name);
+        vm.captured(ConsoleEcho::None, format!("test {} generic rdma", alias.name));
         let outcome = vm.run()?;
         let label = format!("{} generic (soft-RoCE)", alias.name);
         println!(
