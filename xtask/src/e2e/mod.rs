@@ -46,9 +46,9 @@ mod prometheus;
 pub use dashboard::{dashboard_queries, dashboard_range, grafana_regex_escape, rule_names, substitute, DashQuery, DashQueryKind, Dashboard};
 pub use http::{dechunk, free_port, http_get, url_encode};
 pub use prometheus::{judge_result, QueryData};
+pub(crate) use prometheus::{global_yaml, rule_files_yaml, scrape_job_yaml, Prometheus};
 
 use checks::check_all;
-use prometheus::Prometheus;
 use crate::vm::kernels::BootKernel;
 use crate::vm::{ConsoleEcho, Forward, VmOutcome, VmRun};
 use crate::say;
@@ -61,6 +61,9 @@ pub const GUEST_RELEASE_PORT: u16 = 10484;
 /// The scrape job's name: `alerts.yml` (`up{job="gupwatch"}`) and the sample
 /// `prometheus.yml` use it.
 pub const JOB: &str = "gupwatch";
+/// The `node` label the scrape gives the guest (the dashboard's Node
+/// selector lists it).
+pub const NODE: &str = "e2e";
 /// Scrape and rule-evaluation interval.
 pub const SCRAPE_INTERVAL_S: u64 = 2;
 /// What `$__rate_interval` becomes (Grafana: max(4 × scrape interval, ...)).
@@ -103,7 +106,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         expr: Option<String>,
         ok: bool,
@@ -202,21 +205,34 @@ exit $st
 /// the guest's `nc` answers (a connection made before it listens is closed
 /// by QEMU without data).
 pub fn release_guest(port: u16, vm: &thread::JoinHandle<Result<VmOutcome>>, within: Duration) -> bool {
+    guest_greeting(port, vm, within, "ready").is_some()
+}
+
+/// Connects to a forwarded port until the guest's `nc -l` there greets
+/// with a line starting with `prefix` (which lets the guest go on); the
+/// line, or `None` when `within` passed or the VM ended first.
+pub fn guest_greeting(
+    port: u16,
+    vm: &thread::JoinHandle<Result<VmOutcome>>,
+    within: Duration,
+    prefix: &str,
+) -> Option<String> {
     let t = Instant::now();
-    while t.elapsed() < within && !vm.is_finished() {
+    while t.elapsed() < within && !vm.is_finished() && !util::interrupted() {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-            let mut buf = [0u8; 16];
+            let mut buf = [0u8; 256];
             if let Ok(n) = s.read(&mut buf) {
-                if buf[..n].starts_with(b"ready") {
-                    return true;
+                let line = String::from_utf8_lossy(&buf[..n]);
+                if line.starts_with(prefix) {
+                    return Some(line.trim().to_string());
                 }
             }
         }
         thread::sleep(Duration::from_millis(500));
     }
-    false
+    None
 }
 
 /// Runs the end-to-end test. `Err` means it could not be run at all;

@@ -168,8 +168,15 @@ pub const ICOUNT_ARGS: [&str; 2] = ["-icount", "shift=0,sleep=on"];
 /// run did not start serving` with its stderr and exit 3. The script must
 /// define `up()` (seconds since boot).
 pub fn serve_and_wait_sh(tag: &str, port: u16) -> String {
+    serve_with_args_and_wait_sh(tag, port, "")
+}
+
+/// [`serve_and_wait_sh`] with more arguments for `gupwatch run` (`args`,
+/// shell words, e.g. `--long-held 20`).
+pub fn serve_with_args_and_wait_sh(tag: &str, port: u16, args: &str) -> String {
+    let args = if args.is_empty() { String::new() } else { format!(" {args}") };
     format!(
-        r#"gupwatch run --listen 0.0.0.0:{port} 2>/tmp/run.err &
+        r#"gupwatch run --listen 0.0.0.0:{port}{args} 2>/tmp/run.err &
 RUN=$!
 i=0
 # (busybox 1.35's wget -T crashes: timeout(1) bounds it instead.)
