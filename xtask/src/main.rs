@@ -188,10 +188,10 @@ enum Cmd {
     /// orphaned-pin alert on one node only, at most 500 series a node.
     Fleet {
         /// Time limit of each VM, in seconds.
-        #[arg(long, default_value_t = 900)]
+        #[arg(long, default_value_t = xtask::fleet::DEFAULT_TIMEOUT_S)]
         timeout: u64,
         /// Memory of each guest, in MiB.
-        #[arg(long, default_value_t = 640)]
+        #[arg(long, default_value_t = xtask::fleet::DEFAULT_MEMORY_MIB)]
         memory: u32,
         /// Use the gupwatch built last instead of building it.
         #[arg(long)]

@@ -52,7 +52,53 @@ pub(super) fn check_fleet(s: &mut Servers, nodes: &[Node], dashboard_at: f64) ->
     ));
     checks.extend(dashboard_checks(s, nodes, &dash, &range, dashboard_at));
     checks.extend(alert_checks(s, nodes)?);
+    notes.extend(cost_notes(s));
     Ok((checks, notes))
+}
+
+/// `/api/v1/rules` with each group's last evaluation time.
+#[derive(Debug, Deserialize)]
+struct RuleGroups {
+    #[serde(default)]
+    groups: Vec<RuleGroupTime>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RuleGroupTime {
+    #[serde(default)]
+    name: String,
+    #[serde(default, rename = "evaluationTime")]
+    evaluation_time: f64,
+    #[serde(default)]
+    rules: Vec<serde::de::IgnoredAny>,
+}
+
+/// `/api/v1/status/tsdb`: the head's series count.
+#[derive(Debug, Deserialize)]
+struct TsdbStatus {
+    #[serde(rename = "headStats")]
+    head: HeadStats,
+}
+
+#[derive(Debug, Deserialize)]
+struct HeadStats {
+    #[serde(rename = "numSeries")]
+    series: u64,
+}
+
+/// What the fleet cost the main server: its series and the rule groups'
+/// last evaluation time (the measured figures behind docs/fleet.md).
+fn cost_notes(s: &mut Servers) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(t) = s.main.api::<TsdbStatus>("/api/v1/status/tsdb") {
+        out.push(format!("main Prometheus: {} series in its head (pulled and pushed copies of 3 nodes, rules' output)", t.head.series));
+    }
+    if let Ok(r) = s.main.api::<RuleGroups>("/api/v1/rules") {
+        for g in r.groups {
+            out.push(format!("rule group {}: {} rules, last evaluation {:.2} ms", g.name, g.rules.len(), g.evaluation_time * 1e3));
+        }
+    }
+    out
 }
 
 /// Until the latest sample of every node, pulled and pushed, is newer than
@@ -153,29 +199,44 @@ fn budget_checks(s: &mut Servers, nodes: &[Node]) -> Result<Vec<Check>> {
         .collect())
 }
 
-/// Pushed and pulled copies are told apart by the agent's label.
+/// Pushed and pulled copies are told apart by the agent's label. The main
+/// server's own rule outputs (recorded series, `ALERTS`) computed from the
+/// pushed copy keep its job but aggregate the label away: not scraped
+/// series, so left out.
 fn label_checks(s: &mut Servers) -> Result<Vec<Check>> {
     let (k, v) = PUSH_LABEL;
     let mut out = Vec::new();
-    for (name, expr, want_empty) in [
-        ("pushed series arrived", format!("count by (node) ({{{k}=\"{v}\",job=\"{PUSH_JOB}\"}})"), false),
-        ("every pushed series carries the agent's label", format!("count({{job=\"{PUSH_JOB}\",{k}!=\"{v}\"}})"), true),
-        ("no pulled series carries it", format!("count({{job=\"{PULL_JOB}\",{k}!=\"\"}})"), true),
+    let expr = format!("count by (node) ({{{k}=\"{v}\",job=\"{PUSH_JOB}\"}})");
+    let d = s.main.query(&expr)?;
+    let counts: Vec<String> = d
+        .series()
+        .iter()
+        .map(|x| format!("{} {}", label(&x.metric, "node"), x.value.as_ref().map_or("?", |v| v.1.as_str())))
+        .collect();
+    out.push(Check::new(
+        "remote write: pushed series arrived from every node",
+        Some(expr),
+        d.series().len() == super::NODES.len(),
+        format!("series per node: {}", counts.join(", ")),
+    ));
+    for (name, expr) in [
+        ("every pushed series carries the agent's label", format!("group by (__name__) ({{job=\"{PUSH_JOB}\",{k}!=\"{v}\"}})")),
+        ("no pulled series carries it", format!("group by (__name__) ({{job=\"{PULL_JOB}\",{k}!=\"\"}})")),
     ] {
         let d = s.main.query(&expr)?;
-        let n = d.series().len();
-        let ok = if want_empty { n == 0 } else { n == super::NODES.len() };
-        let detail = if want_empty {
-            format!("{n} series match")
-        } else {
-            let counts: Vec<String> = d
-                .series()
-                .iter()
-                .map(|x| format!("{} {}", label(&x.metric, "node"), x.value.as_ref().map_or("?", |v| v.1.as_str())))
-                .collect();
-            format!("series per node: {}", counts.join(", "))
-        };
-        out.push(Check::new(format!("remote write: {name}"), Some(expr), ok, detail));
+        let names: Vec<String> = d.series().iter().map(|x| label(&x.metric, "__name__")).collect();
+        let (rules, scraped): (Vec<String>, Vec<String>) =
+            names.into_iter().partition(|n| n.contains(':') || n.starts_with("ALERTS"));
+        out.push(Check::new(
+            format!("remote write: {name}"),
+            Some(expr),
+            scraped.is_empty(),
+            if scraped.is_empty() {
+                format!("no scraped series lacks it ({} rule outputs do, as expected)", rules.len())
+            } else {
+                format!("these do: {}", scraped.join(", "))
+            },
+        ));
     }
     Ok(out)
 }

@@ -61,6 +61,11 @@ pub const SERIES_BUDGET: u64 = 500;
 /// `run --long-held` on every node, so a held buffer counts as long-held
 /// within the test.
 const LONG_HELD_S: u64 = 20;
+/// Default time limit of each VM, in seconds (a passing run takes about
+/// two minutes).
+pub const DEFAULT_TIMEOUT_S: u64 = 900;
+/// Default memory of each guest, in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 640;
 /// Longest wait for every guest to serve metrics.
 const SERVE_DEADLINE: Duration = Duration::from_secs(420);
 
