@@ -28,7 +28,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 mod checks;
 
-use crate::e2e::{self, free_port, guest_greeting, http_get, release_guest, Check, E2eReport, Prometheus};
+use crate::e2e::{self, conclude, free_port, guest_check, guest_greeting, http_get, release_guest, Check, E2eReport, Prometheus};
 use crate::say;
 use crate::util;
 use crate::vm::kernels::{self, BootKernel, Flavour};
@@ -173,20 +173,11 @@ echo "vmstat $D"
 ctl "done $D" || echo "fleet: the host never read the deltas" >&2
 ctl ready
 rel=$?
-kill $BG 2>/dev/null
-kill -TERM $RUN
-wait $RUN
-st=$?
-wait
-echo "fleet: released (nc status $rel); gupwatch run exited with status $st" >&2
-if [ $st -ne 0 ]; then cat /tmp/run.err >&2; fi
-cat /tmp/workload.err /tmp/hold.err 2>/dev/null >&2
-if [ $rel -ne 0 ]; then exit 4; fi
-exit $st
-"#,
+{stop}"#,
         ctl = GUEST_CONTROL_PORT,
         serve = crate::vm::serve_with_args_and_wait_sh("fleet", GUEST_METRICS_PORT, &format!("--long-held {LONG_HELD_S}")),
         workload = workload_sh(w, WORKLOAD_S),
+        stop = crate::vm::stop_serving_sh("fleet", "$BG", "/tmp/workload.err /tmp/hold.err"),
     )
 }
 
@@ -308,33 +299,17 @@ pub fn run(o: &FleetOptions) -> Result<E2eReport> {
         let r = n.vm.join().map_err(|_| anyhow!("the VM thread of {} panicked", n.spec.name))?;
         outcomes.push((n.spec.name, r));
     }
-    let (mut checks, mut notes) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            if util::interrupted() {
-                return Err(anyhow!(util::Interrupted));
-            }
-            let mut msg = format!("{e:#}");
-            for (name, r) in &outcomes {
-                if let Err(vm_err) = r {
-                    let _ = write!(msg, "\n  {name}: {vm_err:#}");
-                }
-            }
-            for l in &logs {
-                let _ = write!(msg, "\n  Prometheus log, {l}");
-            }
-            return Err(anyhow!(msg)).context(format!("fleet test (files kept in {})", dir.display()));
-        }
+    let statuses = "3: gupwatch run never served, 4: the host never said go or released it, else gupwatch run's own";
+    let guests = outcomes.iter().map(|(name, r)| guest_check(name, statuses, r)).collect::<Result<Vec<_>>>()?;
+    let troubles = |_: &str| {
+        let mut t: Vec<String> = outcomes
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e:#}")))
+            .collect();
+        t.extend(logs.iter().map(|l| format!("Prometheus log, {l}")));
+        t
     };
-    for (name, r) in outcomes {
-        checks.push(guest_check(name, r)?);
-    }
-    if checks.iter().all(|c| c.ok) {
-        let _ = fs::remove_dir_all(&dir);
-    } else {
-        notes.push(format!("Prometheus configs, data and logs kept in {}", dir.display()));
-    }
-    Ok(E2eReport { checks, notes, elapsed: started.elapsed() })
+    conclude("fleet test", &dir, checked, troubles, guests, started)
 }
 
 /// Waits until every guest serves metrics, then tells each to start its
@@ -386,31 +361,6 @@ fn collect_deltas(nodes: &mut [Node], go_at: f64) -> Result<()> {
         say!("fleet", "{}: {line} ({:.0} s after the go)", n.spec.name, unix_now() - go_at);
     }
     Ok(())
-}
-
-/// A guest's own verdict: the workloads ran and gupwatch exited 0.
-fn guest_check(name: &str, r: Result<VmOutcome>) -> Result<Check> {
-    let what = format!("{name}: workloads ran and gupwatch run exited cleanly");
-    match r {
-        Ok(out) if out.status == 0 => Ok(Check::new(
-            what,
-            None,
-            true,
-            format!("exit status 0 ({}, {:.0} s in all)", out.accel, out.elapsed.as_secs_f64()),
-        )),
-        Ok(out) => Ok(Check::new(
-            what,
-            None,
-            false,
-            format!(
-                "exit status {} (3: gupwatch run never served, 4: the host never said go or released it, else gupwatch run's own); console log: {}",
-                out.status,
-                out.console_log.display()
-            ),
-        )),
-        Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => Err(e),
-        Err(e) => Ok(Check::new(format!("{name}: VM run"), None, false, format!("{e:#}"))),
-    }
 }
 
 #[cfg(test)]

@@ -192,6 +192,27 @@ echo "{tag}: gupwatch run serving ($(up) s after boot)" >&2
     )
 }
 
+/// Guest shell lines that end a run started with [`serve_and_wait_sh`]
+/// once the host released the guest (`$rel`: the release's status): kill
+/// the background `pids` (shell words), stop `gupwatch run` with SIGTERM,
+/// print its stderr if it failed and the `logs` (files), and exit with its
+/// status, or 4 when the release never came.
+pub fn stop_serving_sh(tag: &str, pids: &str, logs: &str) -> String {
+    format!(
+        r#"kill {pids} 2>/dev/null
+kill -TERM $RUN
+wait $RUN
+st=$?
+wait
+echo "{tag}: host released the guest (nc status $rel); gupwatch run exited with status $st ($(up) s after boot)" >&2
+if [ $st -ne 0 ]; then cat /tmp/run.err >&2; fi
+cat {logs} 2>/dev/null >&2
+if [ $rel -ne 0 ]; then exit 4; fi
+exit $st
+"#
+    )
+}
+
 impl VmRun {
     /// A run with the defaults of `cargo xtask vm`.
     pub fn new(kernel: BootKernel, command: impl Into<String>) -> VmRun {
