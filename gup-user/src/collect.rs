@@ -32,7 +32,7 @@ pub(crate) mod fixture;
 #[cfg(test)]
 mod tests;
 
-pub use reading::{HookHealth, LeakMetrics, PlanSummary, ProcessSeries, ReadErrors, Reading, TopProcesses, OTHER_COMM};
+pub use reading::{ErrnoSeries, HookHealth, LeakMetrics, PlanSummary, ProcessSeries, ReadErrors, Reading, TopProcesses, ERRNO_SERIES, OTHER_COMM};
 pub(crate) use reading::{kind_index, row_kind, KINDS};
 
 /// How many process names get their own series by default.

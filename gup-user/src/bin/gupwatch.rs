@@ -259,6 +259,12 @@ enum Command {
         /// it for this many seconds (to see it in `gupwatch leaks`).
         #[arg(long)]
         hold: Option<u64>,
+        /// With --hold: a forked child registers the buffer and exits while
+        /// this process keeps the ring, so the pins outlive their owner
+        /// (orphaned, as `gupwatch leaks` and the GupwatchOrphanedPins alert
+        /// report them) until the hold ends.
+        #[arg(long, requires = "hold")]
+        orphan: bool,
         /// Directory on a filesystem that supports O_DIRECT.
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
         scratch: PathBuf,
@@ -384,20 +390,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&gupwatch::bench::prog_stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Workload { hold: Some(secs), scratch, .. }) => {
+        Some(Command::Workload { hold: Some(secs), orphan, scratch, .. }) => {
             let stop = stop_flag()?;
+            let (name, whose) =
+                if orphan { ("io_uring_orphaned", "an exited child's") } else { ("io_uring_buffers_held", "a") };
             let mut held = scenarios::builtin(&scratch)
                 .into_iter()
-                .find(|s| s.name() == "io_uring_buffers_held")
-                .context("the io_uring_buffers_held scenario is missing")?;
+                .find(|s| s.name() == name)
+                .with_context(|| format!("the {name} scenario is missing"))?;
             held.prepare().context("preparing the io_uring buffer")?;
             held.run().context("registering the io_uring buffer")?;
-            eprintln!("workload: holding a registered 1 MiB io_uring buffer for {secs} s (pid {})", std::process::id());
+            eprintln!(
+                "workload: holding {whose} registered 1 MiB io_uring buffer for {secs} s (pid {})",
+                std::process::id()
+            );
             host::sleep_unless_stopped(Duration::from_secs(secs), &stop);
             held.cleanup().context("unregistering the io_uring buffer")?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Workload { seconds, scratch, hold: None }) => {
+        Some(Command::Workload { seconds, scratch, hold: None, .. }) => {
             let stop = stop_flag()?;
             let stats = scenarios::run_workload(&scratch, Duration::from_secs(seconds), &stop)
                 .context("workload failed")?;

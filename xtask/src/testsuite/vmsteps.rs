@@ -12,6 +12,7 @@ use crate::beyondstep;
 use crate::rdmastep;
 use crate::canary;
 use crate::e2e;
+use crate::fleet;
 use crate::faults;
 use crate::i915test;
 use crate::livetest;
@@ -79,6 +80,12 @@ pub(super) fn steps(aliases: &[KernelAlias]) -> Vec<Step<'static>> {
             "Prometheus end-to-end",
             format!("end-to-end: gupwatch on kernel {newest} scraped by Prometheus; every dashboard query and rule"),
             e2e_step,
+        ),
+        Step::new(
+            Tier::EndToEnd,
+            "fleet",
+            "fleet: 6.1, 6.12 and 7.2 at once under one Prometheus (pull and remote write); per-node totals, dashboard, orphan alert, series budget".to_string(),
+            fleet_step,
         ),
     ]
 }
@@ -308,20 +315,49 @@ fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
         gupwatch: bin,
         timeout: s.o.timeout,
     }) {
-        Ok(report) => {
-            print!("{}", e2e::render(&report));
-            let failed = report.checks.iter().filter(|c| !c.ok).count();
-            println!(
-                "end-to-end: {} of {} checks passed in {:.0} s",
-                report.checks.len() - failed,
-                report.checks.len(),
-                report.elapsed.as_secs_f64()
-            );
-            for c in &report.checks {
-                s.t.count(c.ok, || format!("end-to-end: {}: {}", c.name, c.detail));
-            }
-        }
+        Ok(report) => count_checks(s, "end-to-end", &report),
         Err(e) => s.t.step_error("end-to-end", e)?,
     }
     Ok(StepOutcome::Ran)
+}
+
+fn fleet_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_fleet {
+        return Ok(skipped_by_flag(s, "--skip-fleet", "fleet test"));
+    }
+    let missing: Vec<&str> = fleet::NODES.iter().map(|n| n.kernel).filter(|k| !s.aliases.iter().any(|a| a.name == *k)).collect();
+    if !missing.is_empty() {
+        println!("SKIPPED: it boots every kernel of the matrix, and --kernels leaves out {}", missing.join(", "));
+        s.t.skipped.push(format!("fleet test (kernels {} not selected)", missing.join(", ")));
+        return Ok(StepOutcome::Skipped("kernels not selected".into()));
+    }
+    let Some(bin) = built(s, "fleet") else {
+        return Ok(StepOutcome::Ran);
+    };
+    let o = fleet::FleetOptions {
+        gupwatch: bin,
+        timeout: Duration::from_secs(fleet::DEFAULT_TIMEOUT_S),
+        memory_mib: fleet::DEFAULT_MEMORY_MIB,
+    };
+    match fleet::run(&o) {
+        Ok(report) => count_checks(s, "fleet", &report),
+        Err(e) => s.t.step_error("fleet", e)?,
+    }
+    Ok(StepOutcome::Ran)
+}
+
+/// Prints a report's checks and counts each as a pass or a failure of
+/// step `label`.
+fn count_checks(s: &mut Suite, label: &str, report: &e2e::E2eReport) {
+    print!("{}", e2e::render(report));
+    let failed = report.checks.iter().filter(|c| !c.ok).count();
+    println!(
+        "{label}: {} of {} checks passed in {:.0} s",
+        report.checks.len() - failed,
+        report.checks.len(),
+        report.elapsed.as_secs_f64()
+    );
+    for c in &report.checks {
+        s.t.count(c.ok, || format!("{label}: {}: {}", c.name, c.detail));
+    }
 }

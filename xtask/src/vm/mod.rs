@@ -168,8 +168,15 @@ pub const ICOUNT_ARGS: [&str; 2] = ["-icount", "shift=0,sleep=on"];
 /// run did not start serving` with its stderr and exit 3. The script must
 /// define `up()` (seconds since boot).
 pub fn serve_and_wait_sh(tag: &str, port: u16) -> String {
+    serve_with_args_and_wait_sh(tag, port, "")
+}
+
+/// [`serve_and_wait_sh`] with more arguments for `gupwatch run` (`args`,
+/// shell words, e.g. `--long-held 20`).
+pub fn serve_with_args_and_wait_sh(tag: &str, port: u16, args: &str) -> String {
+    let args = if args.is_empty() { String::new() } else { format!(" {args}") };
     format!(
-        r#"gupwatch run --listen 0.0.0.0:{port} 2>/tmp/run.err &
+        r#"gupwatch run --listen 0.0.0.0:{port}{args} 2>/tmp/run.err &
 RUN=$!
 i=0
 # (busybox 1.35's wget -T crashes: timeout(1) bounds it instead.)
@@ -181,6 +188,27 @@ while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:{port}/healthz 2>/dev/nu
     sleep 0.5
 done
 echo "{tag}: gupwatch run serving ($(up) s after boot)" >&2
+"#
+    )
+}
+
+/// Guest shell lines that end a run started with [`serve_and_wait_sh`]
+/// once the host released the guest (`$rel`: the release's status): kill
+/// the background `pids` (shell words), stop `gupwatch run` with SIGTERM,
+/// print its stderr if it failed and the `logs` (files), and exit with its
+/// status, or 4 when the release never came.
+pub fn stop_serving_sh(tag: &str, pids: &str, logs: &str) -> String {
+    format!(
+        r#"kill {pids} 2>/dev/null
+kill -TERM $RUN
+wait $RUN
+st=$?
+wait
+echo "{tag}: host released the guest (nc status $rel); gupwatch run exited with status $st ($(up) s after boot)" >&2
+if [ $st -ne 0 ]; then cat /tmp/run.err >&2; fi
+cat {logs} 2>/dev/null >&2
+if [ $rel -ne 0 ]; then exit 4; fi
+exit $st
 "#
     )
 }
