@@ -410,14 +410,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u32) -> Result<ExitCode> {
     init_env_logging()?;
     let stop = stop_flag()?;
-    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
-    let mut session = Session::require(opts)?;
-    session.start_ebpf_log();
-    let Some(probes) = session.probes() else {
-        eprint!(
-            "gupwatch: no GUP hook could be attached, so no pin can be tracked.\n{}",
-            host::render(&session.diagnose())
-        );
+    let session = Session::require_tracking(track_capacity)?;
+    let Some(probes) = session.probes_or_explain("no pin can be tracked") else {
         return Ok(ExitCode::from(2));
     };
     eprintln!(
@@ -481,14 +475,8 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32, select:
     let mut selection = check::Selection::new(scratch, select)?;
     // Pins some scenarios must hold before the probes exist.
     selection.before_attach();
-    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
-    let mut session = Session::require(opts)?;
-    session.start_ebpf_log();
-    let Some(probes) = session.probes() else {
-        eprint!(
-            "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
-            host::render(&session.diagnose())
-        );
+    let session = Session::require_tracking(track_capacity)?;
+    let Some(probes) = session.probes_or_explain("there is nothing to check") else {
         return Ok(ExitCode::from(2));
     };
     session::print_failed_hooks(&session.plan);
