@@ -126,6 +126,23 @@ pub fn output(cmd: &mut Command) -> Result<String> {
         .with_context(|| format!("`{}` printed non-UTF-8", display_cmd(cmd)))
 }
 
+/// The trimmed, non-empty lines a command prints on stdout; none when it
+/// cannot start or fails (for asking the host, where a built-in default
+/// stands in for no answer).
+pub fn output_lines(cmd: &mut Command) -> Vec<String> {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs a command capturing its output, only failing if it cannot start.
 pub fn raw_output(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null());
