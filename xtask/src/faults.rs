@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::vm::initramfs::GuestFile;
 use crate::vm::kernels::{self, Flavour};
-use crate::vm::{ConsoleEcho, VmRun};
+use crate::vm::VmRun;
 use crate::testsuite;
 use crate::util;
 
@@ -398,15 +398,12 @@ pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Cas
     let object = built_object();
     let bytes = std::fs::read(&object)
         .with_context(|| format!("reading the eBPF object {} (run `cargo xtask build` first)", object.display()))?;
-    let mut vm = VmRun::new(boot, SCRIPT);
+    let mut vm = VmRun::test_step(boot, SCRIPT, &gupwatch, timeout, format!("faults {kernel}"));
     vm.files.push(GuestFile {
         path: REFUSED_OBJECT_IN_GUEST.into(),
         mode: 0o644,
         data: refusable_object(&bytes, &REFUSED_PROGRAMS)?,
     });
-    vm.gupwatch = Some(gupwatch);
-    vm.timeout = timeout;
-    vm.captured(ConsoleEcho::None, format!("faults {kernel}"));
     let out = vm.run()?;
     println!(
         "faults on {kernel}: VM ran {:.0} s; console log: {}",
