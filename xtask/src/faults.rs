@@ -227,34 +227,32 @@ fn refusal(text: &str, rc: &Option<i32>, rc_want: Option<i32>, must: &[&str]) ->
 /// A case's verdict from its output and exit status.
 type CaseJudge = fn(&str, &Option<i32>) -> Result<String, String>;
 
+/// How a case is judged.
+enum Verdict {
+    /// By its own function.
+    By(CaseJudge),
+    /// A refusal: exit status 2, and the output says all of these.
+    Refused(&'static [&'static str]),
+}
+
 /// Every case, in order, with its verdict.
-const CASES: [(&str, CaseJudge); 10] = [
-    ("ebpf_log_debug", ebpf_log_debug),
-    ("ebpf_log_info", ebpf_log_info),
-    ("probes_without_btf", probes_without_btf),
-    ("check_without_btf", check_without_btf),
-    ("probes_with_corrupt_btf", probes_with_corrupt_btf),
-    ("verifier_refused", verifier_refused),
-    ("verifier_log_saved", verifier_log_saved),
-    ("object_unreadable", |text, rc| {
-        refusal(
-            text,
-            rc,
-            Some(2),
-            &["/nonexistent/gupwatch.bpf.o", "GUPWATCH_EBPF_OBJECT", "No such file", "unset GUPWATCH_EBPF_OBJECT"],
-        )
-    }),
-    ("map_too_large", |text, rc| {
-        refusal(text, rc, Some(2), &["refused to create BPF map PINS", "Argument list too long", "lower --track-capacity"])
-    }),
-    ("memory_cgroup_too_small", |text, rc| {
-        refusal(
-            text,
-            rc,
-            Some(2),
-            &["refused to create BPF map", "Cannot allocate memory", "memory cgroup", "--track-capacity"],
-        )
-    }),
+const CASES: [(&str, Verdict); 10] = [
+    ("ebpf_log_debug", Verdict::By(ebpf_log_debug)),
+    ("ebpf_log_info", Verdict::By(ebpf_log_info)),
+    ("probes_without_btf", Verdict::By(probes_without_btf)),
+    ("check_without_btf", Verdict::By(check_without_btf)),
+    ("probes_with_corrupt_btf", Verdict::By(probes_with_corrupt_btf)),
+    ("verifier_refused", Verdict::By(verifier_refused)),
+    ("verifier_log_saved", Verdict::By(verifier_log_saved)),
+    (
+        "object_unreadable",
+        Verdict::Refused(&["/nonexistent/gupwatch.bpf.o", "GUPWATCH_EBPF_OBJECT", "No such file", "unset GUPWATCH_EBPF_OBJECT"]),
+    ),
+    ("map_too_large", Verdict::Refused(&["refused to create BPF map PINS", "Argument list too long", "lower --track-capacity"])),
+    (
+        "memory_cgroup_too_small",
+        Verdict::Refused(&["refused to create BPF map", "Cannot allocate memory", "memory cgroup", "--track-capacity"]),
+    ),
 ];
 
 /// Judges the cases (pure; unit-tested on recorded output).
@@ -262,10 +260,11 @@ pub fn judge(stdout: &str) -> Vec<Case> {
     let cases = split_cases(stdout);
     CASES
         .iter()
-        .map(|(name, judge)| {
-            let r = match cases.get(*name) {
-                Some((text, rc)) => judge(text, rc),
-                None => Err(format!("the guest never ran case {name}")),
+        .map(|(name, verdict)| {
+            let r = match (cases.get(*name), verdict) {
+                (Some((text, rc)), Verdict::By(judge)) => judge(text, rc),
+                (Some((text, rc)), Verdict::Refused(must)) => refusal(text, rc, Some(2), must),
+                (None, _) => Err(format!("the guest never ran case {name}")),
             };
             let (ok, detail) = match r {
                 Ok(d) => (true, d),
