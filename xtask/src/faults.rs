@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::vm::initramfs::GuestFile;
 use crate::vm::kernels::{self, Flavour};
+use crate::util::Check;
 use crate::vm::VmRun;
 use crate::testsuite;
 use crate::util;
@@ -67,16 +68,6 @@ sh -c 'echo $$ > /sys/fs/cgroup/small/cgroup.procs; exec gupwatch check --track-
 rc $?
 "#;
 
-/// One case's result.
-#[derive(Debug, Clone)]
-pub struct Case {
-    /// Name.
-    pub name: String,
-    /// Whether it behaved.
-    pub ok: bool,
-    /// What was seen (on failure: why).
-    pub detail: String,
-}
 
 /// Splits the guest output into case name → (output, exit status).
 pub fn split_cases(stdout: &str) -> BTreeMap<String, (String, Option<i32>)> {
@@ -256,7 +247,7 @@ const CASES: [(&str, Verdict); 10] = [
 ];
 
 /// Judges the cases (pure; unit-tested on recorded output).
-pub fn judge(stdout: &str) -> Vec<Case> {
+pub fn judge(stdout: &str) -> Vec<Check> {
     let cases = split_cases(stdout);
     CASES
         .iter()
@@ -270,7 +261,7 @@ pub fn judge(stdout: &str) -> Vec<Case> {
                 Ok(d) => (true, d),
                 Err(d) => (false, d),
             };
-            Case { name: (*name).into(), ok, detail }
+            Check { name: (*name).into(), ok, detail }
         })
         .collect()
 }
@@ -390,7 +381,7 @@ fn built_object() -> PathBuf {
 }
 
 /// Boots `kernel` once and runs every case.
-pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Case>> {
+pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Check>> {
     let alias = kernels::alias(kernel).with_context(|| format!("unknown kernel {kernel}"))?;
     let cache = util::cache_dir()?;
     let boot = kernels::ensure(&cache, alias, Flavour::Cloud, false)?.boot_kernel(&cache);

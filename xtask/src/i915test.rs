@@ -61,16 +61,7 @@ pub struct I915Options {
     pub timeout: Duration,
 }
 
-/// One verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Whether it held.
-    pub ok: bool,
-    /// What was seen.
-    pub detail: String,
-}
+pub use crate::util::Check;
 
 /// The result of one kernel.
 #[derive(Debug)]

@@ -97,6 +97,18 @@ pub fn display_cmd(cmd: &Command) -> String {
     s
 }
 
+/// One verdict of a test step (the canary, i915, mm selftests, hostile
+/// clients): what was checked, whether it held, what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
 /// Runs a command with inherited stdio and fails, naming the command, if it
 /// cannot be started or exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<()> {
