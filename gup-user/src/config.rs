@@ -257,18 +257,21 @@ pub fn listen_address(given: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn listen_takes_the_go_exporters_form() {
-        assert_eq!(listen_address(":10483"), "0.0.0.0:10483");
-        assert_eq!(listen_address("127.0.0.1:10483"), "127.0.0.1:10483");
-        assert_eq!(listen_address("[::1]:10483"), "[::1]:10483");
-        // Not a port: left for the socket to refuse with its own message.
-        assert_eq!(listen_address(":http"), ":http");
-        assert_eq!(listen_address(":"), ":");
+        for (given, address) in [
+            (":10483", "0.0.0.0:10483"),
+            ("127.0.0.1:10483", "127.0.0.1:10483"),
+            ("[::1]:10483", "[::1]:10483"),
+            // Not a port: left for the socket to refuse with its own message.
+            (":http", ":http"),
+            (":", ":"),
+        ] {
+            assert_eq!(listen_address(given), address, "{given}");
+        }
     }
-
-    use super::*;
 
     fn p() -> &'static Path {
         Path::new("/etc/gupwatch/gupwatch.toml")

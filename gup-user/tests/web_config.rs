@@ -65,6 +65,15 @@ impl Pki {
         std::fs::write(&p, text).unwrap();
         p
     }
+
+    /// [`Pki::config`]: TLS with this PKI's server certificate, basic auth
+    /// for `prometheus` / `s3cret`, then `more`.
+    fn tls_and_auth_config(&self, more: &str) -> PathBuf {
+        self.config(&format!(
+            "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  prometheus: {}\n{more}",
+            bcrypt_of("s3cret")
+        ))
+    }
 }
 
 fn bcrypt_of(password: &str) -> String {
@@ -159,10 +168,7 @@ fn plain_get(addr: SocketAddr, path: &str) -> String {
 #[test]
 fn tls_and_basic_auth_with_a_rustls_client() {
     let pki = Pki::new();
-    let web = pki.config(&format!(
-        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  prometheus: {}\nhttp_server_config:\n  headers:\n    Strict-Transport-Security: max-age=63072000\n",
-        bcrypt_of("s3cret")
-    ));
+    let web = pki.tls_and_auth_config("http_server_config:\n  headers:\n    Strict-Transport-Security: max-age=63072000\n");
     let srv = serve(&web, ServerConfig::default());
     let cfg = tls_client(&pki, false);
 
@@ -323,10 +329,7 @@ fn certificate_problems_are_explained() {
 #[test]
 fn gupwatch_run_serves_tls_with_auth() {
     let pki = Pki::new();
-    let web = pki.config(&format!(
-        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  prometheus: {}\n",
-        bcrypt_of("s3cret")
-    ));
+    let web = pki.tls_and_auth_config("");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(env!("CARGO_BIN_EXE_gupwatch"))
         .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--web-config"])

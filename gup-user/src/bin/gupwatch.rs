@@ -154,49 +154,7 @@ enum Command {
     /// name with underscores; flags win. SIGHUP re-reads the file and
     /// applies top_processes, long_held and log_level at once (listen,
     /// track_capacity and log_format need a restart).
-    Run {
-        /// Address to listen on; `:PORT` is every address, as for the Go
-        /// exporters (also --web.listen-address) [default: 127.0.0.1:10483].
-        #[arg(long, value_name = "ADDR", alias = "web.listen-address")]
-        listen: Option<String>,
-        /// Process names with their own gupwatch_process_pages_total series
-        /// (the rest are summed into comm="other") [default: 10].
-        #[arg(long, value_name = "N")]
-        top_processes: Option<usize>,
-        /// Pins held longer than this many seconds are long-held in
-        /// /api/snapshot?leaks=1 [default: 300].
-        #[arg(long, value_name = "SECS")]
-        long_held: Option<u64>,
-        /// Capacity of the pin tracking map, in folios [default: 65536].
-        #[arg(long, value_name = "FOLIOS")]
-        track_capacity: Option<u32>,
-        /// Log line format [default: text].
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormat>,
-        /// Log filter: a level (error, warn, info, debug, trace) or tracing
-        /// directives such as gupwatch=debug,warn [default: info].
-        #[arg(long, value_name = "FILTER")]
-        log_level: Option<String>,
-        /// Configuration file (TOML).
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// TLS and basic auth for the endpoint, in the YAML format of
-        /// Prometheus' exporter-toolkit (tls_server_config,
-        /// basic_auth_users); re-read when it or its files change (also
-        /// --web.config.file).
-        #[arg(long, value_name = "FILE", alias = "web.config.file")]
-        web_config: Option<PathBuf>,
-        /// Connections one client address (IPv6: one /64) may have open at
-        /// once; more are closed at once, so one client cannot take the
-        /// whole descriptor budget [default: 256].
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-        max_connections_per_peer: Option<u64>,
-        /// Load no probes: serve the reduced mode (vmstat counters and the
-        /// gupwatch_accounted_* families) as on a kernel that refuses
-        /// tracing programs.
-        #[arg(long)]
-        reduced: bool,
-    },
+    Run(RunArgs),
     /// The in-guest part of `cargo xtask stress`: attach/detach cycles
     /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
     #[command(hide = true)]
@@ -271,6 +229,53 @@ enum Command {
     },
 }
 
+/// `gupwatch run`'s flags.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address to listen on; `:PORT` is every address, as for the Go
+    /// exporters (also --web.listen-address) [default: 127.0.0.1:10483].
+    #[arg(long, value_name = "ADDR", alias = "web.listen-address")]
+    listen: Option<String>,
+    /// Process names with their own gupwatch_process_pages_total series
+    /// (the rest are summed into comm="other") [default: 10].
+    #[arg(long, value_name = "N")]
+    top_processes: Option<usize>,
+    /// Pins held longer than this many seconds are long-held in
+    /// /api/snapshot?leaks=1 [default: 300].
+    #[arg(long, value_name = "SECS")]
+    long_held: Option<u64>,
+    /// Capacity of the pin tracking map, in folios [default: 65536].
+    #[arg(long, value_name = "FOLIOS")]
+    track_capacity: Option<u32>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as gupwatch=debug,warn [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// TLS and basic auth for the endpoint, in the YAML format of
+    /// Prometheus' exporter-toolkit (tls_server_config,
+    /// basic_auth_users); re-read when it or its files change (also
+    /// --web.config.file).
+    #[arg(long, value_name = "FILE", alias = "web.config.file")]
+    web_config: Option<PathBuf>,
+    /// Connections one client address (IPv6: one /64) may have open at
+    /// once; more are closed at once, so one client cannot take the
+    /// whole descriptor budget [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_peer: Option<u64>,
+    /// Load no probes: serve the reduced mode (vmstat counters and the
+    /// gupwatch_accounted_* families) as on a kernel that refuses
+    /// tracing programs.
+    #[arg(long)]
+    reduced: bool,
+}
+
+
 fn main() -> ExitCode {
     // Before anything allocates much (memstat.rs says why).
     gupwatch::memstat::tune_allocator();
@@ -331,29 +336,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
             leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
         }
-        Some(Command::Run {
-            listen,
-            top_processes,
-            long_held,
-            track_capacity,
-            log_format,
-            log_level,
-            config,
-            web_config,
-            max_connections_per_peer,
-            reduced,
-        }) => {
+        Some(Command::Run(a)) => {
             let flags = gupwatch::config::RunOptions {
-                listen,
-                top_processes,
-                long_held,
-                track_capacity,
-                log_format,
-                log_level,
-                web_config,
-                max_connections_per_peer: max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                listen: a.listen,
+                top_processes: a.top_processes,
+                long_held: a.long_held,
+                track_capacity: a.track_capacity,
+                log_format: a.log_format,
+                log_level: a.log_level,
+                web_config: a.web_config,
+                max_connections_per_peer: a.max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             };
-            gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: config.as_deref(), reduced })?;
+            gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: a.config.as_deref(), reduced: a.reduced })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Top { interval, connect, reduced }) => top(interval, connect, reduced || cli.reduced),
@@ -421,14 +415,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u32) -> Result<ExitCode> {
     init_env_logging()?;
     let stop = stop_flag()?;
-    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
-    let mut session = Session::require(opts)?;
-    session.start_ebpf_log();
-    let Some(probes) = session.probes() else {
-        eprint!(
-            "gupwatch: no GUP hook could be attached, so no pin can be tracked.\n{}",
-            host::render(&session.diagnose())
-        );
+    let session = Session::require_tracking(track_capacity)?;
+    let Some(probes) = session.probes_or_explain("no pin can be tracked") else {
         return Ok(ExitCode::from(2));
     };
     eprintln!(
@@ -492,14 +480,8 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32, select:
     let mut selection = check::Selection::new(scratch, select)?;
     // Pins some scenarios must hold before the probes exist.
     selection.before_attach();
-    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
-    let mut session = Session::require(opts)?;
-    session.start_ebpf_log();
-    let Some(probes) = session.probes() else {
-        eprint!(
-            "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
-            host::render(&session.diagnose())
-        );
+    let session = Session::require_tracking(track_capacity)?;
+    let Some(probes) = session.probes_or_explain("there is nothing to check") else {
         return Ok(ExitCode::from(2));
     };
     session::print_failed_hooks(&session.plan);
@@ -683,7 +665,7 @@ mod tests {
     #[test]
     fn run_flags_are_optional_so_the_config_file_can_fill_them() {
         let cli = Cli::try_parse_from(["gupwatch", "run", "--top-processes", "3", "--log-format", "json"]).unwrap();
-        let Some(Command::Run { listen, top_processes, log_format, config, .. }) = cli.command else { panic!() };
+        let Some(Command::Run(RunArgs { listen, top_processes, log_format, config, .. })) = cli.command else { panic!() };
         assert_eq!((listen, top_processes, log_format, config), (None, Some(3), Some(LogFormat::Json), None));
         assert!(Cli::try_parse_from(["gupwatch", "run", "--log-format", "xml"]).is_err());
         let cli = Cli::try_parse_from(["gupwatch", "top", "--connect", "127.0.0.1:10483", "-i", "2"]).unwrap();
@@ -698,7 +680,7 @@ mod tests {
         assert!(Cli::try_parse_from(["gupwatch", "-i", "5", "-c", "12"]).is_ok());
         // The exporter-toolkit's flag names, as aliases.
         let cli = Cli::try_parse_from(["gupwatch", "run", "--web.listen-address", ":9", "--web.config.file", "w.yml"]).unwrap();
-        let Some(Command::Run { listen, web_config, .. }) = cli.command else { panic!() };
+        let Some(Command::Run(RunArgs { listen, web_config, .. })) = cli.command else { panic!() };
         assert_eq!((listen.as_deref(), web_config), (Some(":9"), Some(PathBuf::from("w.yml"))));
         assert!(Cli::try_parse_from(["gupwatch", "generate", "completions", "zsh"]).is_ok());
         assert!(Cli::try_parse_from(["gupwatch", "doctor", "--json"]).is_ok());

@@ -245,6 +245,22 @@ impl VmRun {
         self.stream_stdout = false;
         self.tag = tag.into();
     }
+
+    /// A test step's guest: `gupwatch` installed, the run limited to
+    /// `timeout`, stdout captured, no console echo, progress lines tagged.
+    pub fn test_step(
+        kernel: BootKernel,
+        command: impl Into<String>,
+        gupwatch: &std::path::Path,
+        timeout: Duration,
+        tag: impl Into<String>,
+    ) -> VmRun {
+        let mut run = VmRun::new(kernel, command);
+        run.gupwatch = Some(gupwatch.to_path_buf());
+        run.timeout = timeout;
+        run.captured(ConsoleEcho::None, tag);
+        run
+    }
 }
 
 /// The result of a guest that ran its command to the end.
@@ -264,6 +280,20 @@ pub struct VmOutcome {
     pub elapsed: Duration,
     /// Modules loaded in the guest, in order.
     pub modules: Vec<String>,
+}
+
+impl VmOutcome {
+    /// One line for a step's log: `label`, how long, how, how it ended,
+    /// where the console log is.
+    pub fn summary(&self, label: &str) -> String {
+        format!(
+            "{label} in {:.0} s ({}), exit status {}; console log: {}",
+            self.elapsed.as_secs_f64(),
+            self.accel,
+            self.status,
+            self.console_log.display()
+        )
+    }
 }
 
 #[cfg(test)]
