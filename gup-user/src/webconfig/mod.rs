@@ -15,18 +15,34 @@
 //!   prometheus: $2y$10$...                # bcrypt hash (htpasswd -nBC 10 "" | tr -d ':\n')
 //! ```
 //!
-//! What differs from exporter-toolkit, on purpose:
+//! Every key of the toolkit's format is read. What rustls can honour is
+//! mapped; what it cannot is refused with a message naming the key and
+//! why, never silently ignored, so nobody believes a restriction is in
+//! force when it is not:
 //!
-//! - TLS is rustls (pure Rust, ring provider): TLS 1.2 and 1.3 only, with
-//!   rustls' own cipher suites and groups. `cipher_suites`,
-//!   `curve_preferences`, `client_allowed_sans` and TLS10/TLS11 are refused
-//!   with a message rather than silently ignored, so nobody believes a
-//!   restriction is in force when it is not.
+//! - TLS is rustls (pure Rust, ring provider): TLS 1.2 and 1.3 only
+//!   (TLS10/TLS11 refused). `cipher_suites` takes Go's names: the ECDHE
+//!   AES-GCM and ChaCha20-Poly1305 suites map to rustls' TLS 1.2 suites (in
+//!   the order given, which `prefer_server_cipher_suites` makes the
+//!   server's); CBC, RSA key exchange, 3DES and RC4 (which rustls does not
+//!   implement) are refused; TLS 1.3 names are noted as not configurable,
+//!   as in Go. `curve_preferences` maps `X25519`, `CurveP256` and
+//!   `CurveP384` to rustls' key-exchange groups, in that order of
+//!   preference; `CurveP521` is refused (ring has no P-521).
+//! - `cert`, `key` and `client_ca` may be inline PEM instead of
+//!   `cert_file`, `key_file` and `client_ca_file`.
+//! - `client_allowed_sans`: the client certificate, once verified, must
+//!   carry one of these SANs exactly (DNS, IP, e-mail or URI), as in the
+//!   toolkit; it needs `RequireAndVerifyClientCert`.
 //! - `RequestClientCert` and `RequireAnyClientCert` (accept a client
 //!   certificate without verifying it) are refused: a certificate that is
 //!   not verified proves nothing.
-//! - `http_server_config.http2` is accepted and ignored (the server speaks
-//!   HTTP/1.1); `http_server_config.headers` are added to every response.
+//! - `rate_limit` (`interval`, `burst`): a token bucket over every request,
+//!   as the toolkit's; a request over it gets 429 before its credentials
+//!   are checked.
+//! - `http_server_config.http2` is accepted and noted: the server offers
+//!   only HTTP/1.1 in ALPN, so clients use HTTP/1.1 as with `http2: false`;
+//!   `http_server_config.headers` are added to every response.
 //!
 //! Credentials: passwords are checked with bcrypt, whose comparison is
 //! constant-time. A request naming an unknown user is checked against a
@@ -57,10 +73,12 @@ use rustls::ServerConfig;
 use serde::Deserialize;
 
 mod auth;
+mod ratelimit;
 mod tls;
 mod watch;
 
 pub use auth::{parse_basic_authorization, BasicAuth};
+pub use ratelimit::{RateLimit, RateLimiter};
 pub use watch::WebConfigWatcher;
 
 /// Why a web configuration cannot be used. The message names the file, the
@@ -82,6 +100,7 @@ struct RawConfig {
     tls_server_config: Option<RawTls>,
     http_server_config: Option<RawHttp>,
     basic_auth_users: Option<BTreeMap<String, String>>,
+    rate_limit: Option<ratelimit::RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +112,7 @@ struct RawTls {
     key: Option<String>,
     client_auth_type: Option<String>,
     client_ca_file: Option<String>,
+    client_ca: Option<String>,
     client_allowed_sans: Option<Vec<String>>,
     min_version: Option<String>,
     max_version: Option<String>,
@@ -149,8 +169,15 @@ pub struct TlsSettings {
     pub key: Pem,
     /// Client certificate policy.
     pub client_auth: ClientAuth,
-    /// CA bundle client certificates are verified against.
-    pub client_ca_file: Option<PathBuf>,
+    /// CA bundle client certificates are verified against
+    /// (`client_ca_file`, or inline `client_ca`).
+    pub client_ca: Option<Pem>,
+    /// SANs one of which a client certificate must carry (exact match).
+    pub client_allowed_sans: Option<Vec<String>>,
+    /// TLS 1.2 suites, in the order given (`None`: rustls' own).
+    pub cipher_suites: Option<Vec<rustls::CipherSuite>>,
+    /// Key-exchange groups, in the order given (`None`: rustls' own).
+    pub groups: Option<Vec<rustls::NamedGroup>>,
     /// Lowest version offered.
     pub min_version: TlsVersion,
     /// Highest version offered.
@@ -171,6 +198,8 @@ pub struct WebConfig {
     pub users: BTreeMap<String, String>,
     /// Extra response headers (`http_server_config.headers`).
     pub headers: Vec<(&'static str, String)>,
+    /// `rate_limit`, when on.
+    pub rate_limit: Option<RateLimit>,
     /// Things the operator should know (ignored keys), for the log.
     pub notes: Vec<String>,
 }
@@ -196,7 +225,7 @@ impl WebConfig {
             serde_norway::from_str::<Option<RawConfig>>(text)
                 .map_err(|e| {
                     err(format!(
-                        "{e}. The keys are tls_server_config, http_server_config and basic_auth_users, as in Prometheus' exporter-toolkit"
+                        "{e}. The keys are tls_server_config, http_server_config, basic_auth_users and rate_limit, as in Prometheus' exporter-toolkit"
                     ))
                 })?
                 .unwrap_or_default()
@@ -212,7 +241,11 @@ impl WebConfig {
         if !users.is_empty() && tls.is_none() {
             notes.push("basic_auth_users without TLS: passwords cross the network in clear text".into());
         }
-        Ok(WebConfig { path: path.to_path_buf(), tls, users, headers, notes })
+        let rate_limit = match raw.rate_limit {
+            None => None,
+            Some(r) => ratelimit::parse(r).map_err(err)?,
+        };
+        Ok(WebConfig { path: path.to_path_buf(), tls, users, headers, rate_limit, notes })
     }
 
     /// `tls_server_config`: the certificate and key (a file, relative to
@@ -236,18 +269,14 @@ impl WebConfig {
         let refuse = |key: &str, why: &str| {
             err(format!("tls_server_config.{key} is not supported by gupwatch: {why}; remove it"))
         };
-        if t.cipher_suites.is_some() {
-            return Err(refuse("cipher_suites", "rustls offers only its own modern AEAD suites"));
-        }
-        if t.curve_preferences.is_some() {
-            return Err(refuse("curve_preferences", "rustls chooses among its own safe groups"));
-        }
-        if t.client_allowed_sans.is_some() {
-            return Err(refuse(
-                "client_allowed_sans",
-                "restrict clients with a dedicated client CA (client_ca_file) instead",
-            ));
-        }
+        let cipher_suites = match t.cipher_suites {
+            None => None,
+            Some(names) => Some(tls::cipher_suites(&names, notes).map_err(|why| refuse("cipher_suites", &why))?),
+        };
+        let groups = match t.curve_preferences {
+            None => None,
+            Some(names) => Some(tls::groups(&names).map_err(|why| refuse("curve_preferences", &why))?),
+        };
         let pem = |file: Option<String>, inline: Option<String>, what: &str| -> Result<Option<Pem>, WebConfigError> {
             match (file.filter(|f| !f.is_empty()), inline.filter(|i| !i.is_empty())) {
                 (Some(_), Some(_)) => Err(err(format!(
@@ -274,7 +303,7 @@ impl WebConfig {
         if min_version > max_version {
             return Err(err("tls_server_config.min_version is above max_version".into()));
         }
-        let client_ca_file = t.client_ca_file.filter(|f| !f.is_empty()).map(|f| resolve(&f));
+        let client_ca = pem(t.client_ca_file, t.client_ca, "client_ca")?;
         let client_auth = match t.client_auth_type.as_deref().unwrap_or("") {
             "" | "NoClientCert" => ClientAuth::None,
             "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
@@ -290,18 +319,33 @@ impl WebConfig {
                 )))
             }
         };
-        match (client_auth, &client_ca_file) {
+        match (client_auth, &client_ca) {
             (ClientAuth::None, Some(_)) => {
                 return Err(err(
-                    "tls_server_config.client_ca_file is set but client_auth_type is NoClientCert: set client_auth_type to RequireAndVerifyClientCert (or VerifyClientCertIfGiven)".into(),
+                    "tls_server_config.client_ca_file (or client_ca) is set but client_auth_type is NoClientCert: set client_auth_type to RequireAndVerifyClientCert (or VerifyClientCertIfGiven)".into(),
                 ))
             }
             (ClientAuth::VerifyIfGiven | ClientAuth::Require, None) => {
                 return Err(err(
-                    "tls_server_config.client_auth_type verifies client certificates, which needs client_ca_file (the CA bundle that signed them)".into(),
+                    "tls_server_config.client_auth_type verifies client certificates, which needs client_ca_file or client_ca (the CA bundle that signed them)".into(),
                 ))
             }
             _ => {}
+        }
+        let client_allowed_sans = t.client_allowed_sans.filter(|s| !s.is_empty());
+        if client_allowed_sans.is_some() && client_auth != ClientAuth::Require {
+            return Err(refuse(
+                "client_allowed_sans",
+                "it needs client_auth_type RequireAndVerifyClientCert (without a required certificate there is no SAN to match)",
+            ));
+        }
+        if cipher_suites.is_some() && min_version == TlsVersion::Tls13 {
+            notes.push("tls_server_config.cipher_suites applies to TLS 1.2, which min_version TLS13 turns off".into());
+        } else if cipher_suites.as_ref().is_some_and(Vec::is_empty) {
+            return Err(refuse(
+                "cipher_suites",
+                "it names no TLS 1.2 suite, so TLS 1.2 clients could not connect; name one, or set min_version TLS13",
+            ));
         }
         Ok(match (cert, key) {
             // exporter-toolkit serves plain HTTP when neither is set.
@@ -319,7 +363,10 @@ impl WebConfig {
                 cert,
                 key,
                 client_auth,
-                client_ca_file,
+                client_ca,
+                client_allowed_sans,
+                cipher_suites,
+                groups,
                 min_version,
                 max_version,
                 prefer_server_cipher_suites: t.prefer_server_cipher_suites.unwrap_or(true),
@@ -403,12 +450,11 @@ impl WebConfig {
     pub fn files(&self) -> Vec<PathBuf> {
         let mut v = vec![];
         if let Some(t) = &self.tls {
-            for p in [&t.cert, &t.key] {
+            for p in [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()].into_iter().flatten() {
                 if let Pem::File(f) = p {
                     v.push(f.clone());
                 }
             }
-            v.extend(t.client_ca_file.clone());
         }
         v
     }
@@ -428,7 +474,8 @@ impl WebConfig {
                 }
             ),
         };
-        format!("{tls} basic_auth_users={} extra_headers={}", self.users.len(), self.headers.len())
+        let rate = self.rate_limit.map_or("off".to_string(), |r| format!("{}/{:?}", r.burst, r.interval));
+        format!("{tls} basic_auth_users={} extra_headers={} rate_limit={rate}", self.users.len(), self.headers.len())
     }
 
     /// Reads the certificate, key and client CA, and builds what the server
@@ -440,7 +487,8 @@ impl WebConfig {
             Some(t) => Some(Arc::new(tls::build(t).map_err(err)?)),
         };
         let auth = (!self.users.is_empty()).then(|| BasicAuth::new(self.users.clone()));
-        Ok(Security { tls, auth, headers: self.headers.clone() })
+        let limiter = self.rate_limit.map(RateLimiter::new);
+        Ok(Security { tls, auth, headers: self.headers.clone(), limiter })
     }
 }
 
@@ -459,6 +507,9 @@ pub struct Security {
     tls: Option<Arc<ServerConfig>>,
     auth: Option<BasicAuth>,
     headers: Vec<(&'static str, String)>,
+    /// One bucket for every connection made while this configuration is
+    /// in force (a reload starts a full one).
+    limiter: Option<RateLimiter>,
 }
 
 impl Security {
@@ -495,6 +546,12 @@ impl Security {
     /// Headers added to every response.
     pub fn headers(&self) -> &[(&'static str, String)] {
         &self.headers
+    }
+
+    /// Whether `rate_limit` lets one more request in now (`Err`: the time
+    /// until it would).
+    pub fn admit(&self) -> Result<(), std::time::Duration> {
+        self.limiter.as_ref().map_or(Ok(()), RateLimiter::take)
     }
 }
 

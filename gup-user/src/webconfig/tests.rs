@@ -1,6 +1,7 @@
 //! The web configuration's parsing, refusals and credential checks.
 
 use super::{auth::ct_eq, *};
+use std::time::Duration;
 use base64::Engine as _;
 
 fn parse(text: &str) -> Result<WebConfig, String> {
@@ -20,7 +21,7 @@ fn exporter_toolkit_format() {
     assert_eq!(t.cert, Pem::File("/etc/gupwatch/tls.crt".into()));
     assert_eq!(t.key, Pem::File("/abs/tls.key".into()));
     assert_eq!(t.client_auth, ClientAuth::Require);
-    assert_eq!(t.client_ca_file.as_deref(), Some(Path::new("/etc/gupwatch/ca.crt")));
+    assert_eq!(t.client_ca, Some(Pem::File("/etc/gupwatch/ca.crt".into())));
     assert_eq!((t.min_version, t.max_version), (TlsVersion::Tls13, TlsVersion::Tls13));
     assert_eq!(c.users.len(), 1);
     assert_eq!(c.headers, [("Strict-Transport-Security", "max-age=31536000".to_string())]);
@@ -33,6 +34,61 @@ fn exporter_toolkit_format() {
     assert_eq!(parse("tls_server_config: {}\n").unwrap().tls, None);
 }
 
+/// Every key of the toolkit's web-configuration.md at once, each mapped.
+#[test]
+fn every_exporter_toolkit_key() {
+    let c = parse(&format!(
+        "tls_server_config:
+  cert: |
+    -----BEGIN CERTIFICATE-----
+    inline
+    -----END CERTIFICATE-----
+  key: inline-key
+  client_ca: inline-ca
+  client_auth_type: RequireAndVerifyClientCert
+  client_allowed_sans: [prometheus.example, 10.0.0.1]
+  min_version: TLS12
+  max_version: TLS13
+  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305]
+  prefer_server_cipher_suites: false
+  curve_preferences: [CurveP384, X25519]
+http_server_config:
+  http2: false
+  headers:
+    Content-Security-Policy: default-src 'none'
+    X-Frame-Options: deny
+    X-Content-Type-Options: nosniff
+    X-XSS-Protection: '1; mode=block'
+    Strict-Transport-Security: max-age=31536000
+basic_auth_users:
+  prometheus: {HASH}
+rate_limit:
+  interval: 1m30s
+  burst: 10
+"
+    ))
+    .unwrap();
+    let t = c.tls.as_ref().unwrap();
+    assert!(matches!(&t.cert, Pem::Inline(p) if p.contains("BEGIN CERTIFICATE")));
+    assert_eq!((&t.key, &t.client_ca), (&Pem::Inline("inline-key".into()), &Some(Pem::Inline("inline-ca".into()))));
+    assert_eq!(t.client_allowed_sans, Some(vec!["prometheus.example".to_string(), "10.0.0.1".to_string()]));
+    assert_eq!(
+        t.cipher_suites,
+        Some(vec![
+            rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        ])
+    );
+    assert!(c.notes.iter().any(|n| n.contains("TLS_AES_128_GCM_SHA256") && n.contains("TLS 1.3")), "{:?}", c.notes);
+    assert_eq!(t.groups, Some(vec![rustls::NamedGroup::secp384r1, rustls::NamedGroup::X25519]));
+    assert!(!t.prefer_server_cipher_suites);
+    assert_eq!(c.headers.len(), 4, "X-Content-Type-Options: nosniff is always sent");
+    assert_eq!(c.rate_limit, Some(RateLimit { interval: Duration::from_secs(90), burst: 10 }));
+    assert!(c.describe().contains("rate_limit=10/90s"), "{}", c.describe());
+    // rate_limit with interval 0 is off, as in the toolkit.
+    assert_eq!(parse("rate_limit:\n  interval: 0\n  burst: 0\n").unwrap().rate_limit, None);
+}
+
 #[test]
 fn refusals_name_the_key_and_the_fix() {
     let cases = [
@@ -41,7 +97,18 @@ fn refusals_name_the_key_and_the_fix() {
         ("tls_server_config:\n  key_file: a\n", "no cert_file"),
         ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS10\n", "TLS 1.2 and 1.3 only"),
         ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n  max_version: TLS12\n", "above"),
-        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "cipher_suites"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "names no TLS 1.2 suite"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA]\n", "cipher_suites is not supported by gupwatch: TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA is not implemented by rustls"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_RSA_WITH_AES_128_GCM_SHA256]\n", "RSA key-exchange"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [FAST]\n", "unknown cipher"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [CurveP521]\n", "curve_preferences is not supported by gupwatch: CurveP521: the ring provider"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [P256]\n", "unknown curve"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n", "client_allowed_sans is not supported by gupwatch: it needs client_auth_type RequireAndVerifyClientCert"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: VerifyClientCertIfGiven\n  client_ca: x\n  client_allowed_sans: [x]\n", "RequireAndVerifyClientCert"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca: x\n  client_ca_file: y\n", "both client_ca_file and client_ca"),
+        ("rate_limit:\n  interval: 1s\n", "burst must be at least 1"),
+        ("rate_limit:\n  interval: often\n  burst: 1\n", "rate_limit.interval"),
+        ("rate_limit:\n  every: 1s\n", "unknown field"),
         ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAnyClientCert\n", "without verifying"),
         ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
         ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n", "NoClientCert"),

@@ -18,8 +18,9 @@ use gupwatch::{
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
-/// A CA, a server certificate for localhost/127.0.0.1 and a client
-/// certificate, written as PEM files into a temporary directory.
+/// A CA, a server certificate for localhost/127.0.0.1 and two client
+/// certificates (client.crt without SANs, client-san.crt with the DNS SAN
+/// prometheus.example), written as PEM files into a temporary directory.
 pub struct Pki {
     dir: tempfile::TempDir,
 }
@@ -41,12 +42,16 @@ impl Pki {
         let (srv, srv_key) =
             leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth, "gupwatch");
         let (cli, cli_key) = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "prometheus");
+        // For client_allowed_sans.
+        let (san, san_key) = leaf(vec!["prometheus.example".into()], ExtendedKeyUsagePurpose::ClientAuth, "prometheus");
         let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
         w("ca.crt", &ca.pem());
         w("tls.crt", &srv);
         w("tls.key", &srv_key);
         w("client.crt", &cli);
         w("client.key", &cli_key);
+        w("client-san.crt", &san);
+        w("client-san.key", &san_key);
         Pki { dir }
     }
 
