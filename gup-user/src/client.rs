@@ -393,7 +393,8 @@ mod tests {
             Remote::new(&o).map(|_| ()).map_err(|e| e.to_string())
         };
         assert_eq!(opts(&|_| {}), Ok(()));
-        let cases: [(&dyn Fn(&mut ConnectOptions), &str); 6] = [
+        type Edit<'a> = &'a dyn Fn(&mut ConnectOptions);
+        let cases: [(Edit, &str); 6] = [
             (&|o| o.url = "127.0.0.1:1".into(), ""),
             (&|o| o.tls_cert = Some("c".into()), "go together"),
             (&|o| o.basic_auth_user = Some("prometheus".into()), "never on the command line"),

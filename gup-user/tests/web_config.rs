@@ -28,7 +28,7 @@ fn serve(web: &Path, cfg: ServerConfig) -> Running {
 
 fn tls_client(pki: &Pki, client_cert: bool) -> Arc<rustls::ClientConfig> {
     let provider = rustls::crypto::ring::default_provider();
-    tls_client_with(pki, client_cert.then_some("client"), provider, &rustls::DEFAULT_VERSIONS)
+    tls_client_with(pki, client_cert.then_some("client"), provider, rustls::DEFAULT_VERSIONS)
 }
 
 /// A rustls client trusting the test CA, with `provider`'s suites and
@@ -358,7 +358,7 @@ fn the_rest_of_the_exporter_toolkit_keys() {
     assert!(e.as_ref().is_err_and(|e| e.contains("alert")), "{e:?}");
     // The rate limit (3 per hour): 3 answers, then 429. The handshakes
     // above made no request.
-    let cfg = client(Some("client-san"), all, &rustls::DEFAULT_VERSIONS);
+    let cfg = client(Some("client-san"), all, rustls::DEFAULT_VERSIONS);
     for _ in 0..3 {
         assert_eq!(status(&https_get(srv.addr, Arc::clone(&cfg), "/healthz", None).unwrap()), 200);
     }
