@@ -243,6 +243,15 @@ enum Command {
         /// whole descriptor budget [default: 256].
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_connections_per_peer: Option<u64>,
+        /// Write /proc/sys/vm/stat_refresh before reading /proc/vmstat, at
+        /// most once every SECS seconds (0: at every reading), so the
+        /// kernel's counters are exact. Off by default: the write queues
+        /// work on every CPU, isolated (nohz_full) ones included; without
+        /// it the figures may lag by up to vm.stat_interval (1 s), and
+        /// /api/snapshot's kernel_counters.refreshed_ms_ago says how fresh
+        /// they are.
+        #[arg(long, value_name = "SECS")]
+        vmstat_refresh: Option<u64>,
         /// Load no probes: serve the reduced mode (vmstat counters and the
         /// gupwatch_accounted_* families) as on a kernel that refuses
         /// tracing programs.
@@ -388,6 +397,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             web_config,
             max_connections_per_peer,
+            vmstat_refresh,
             reduced,
         }) => {
             let flags = gupwatch::config::RunOptions {
@@ -399,6 +409,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 log_level,
                 web_config,
                 max_connections_per_peer: max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                vmstat_refresh,
             };
             gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: config.as_deref(), reduced })?;
             Ok(ExitCode::SUCCESS)
