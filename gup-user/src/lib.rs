@@ -23,6 +23,7 @@ pub mod attribution;
 pub mod bench;
 pub mod btf;
 pub mod check;
+pub mod client;
 pub mod collect;
 pub mod config;
 pub mod crash;

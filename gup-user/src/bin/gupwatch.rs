@@ -60,6 +60,53 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// How to reach a `gupwatch run` daemon (`top` and `leaks`), with the
+/// names Prometheus gives the same settings.
+#[derive(clap::Args, Debug)]
+struct ConnectArgs {
+    /// A daemon's URL: HOST:PORT or http://HOST:PORT, https://HOST:PORT
+    /// when its --web-config turns on TLS.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// PEM file of the CA that signed the daemon's certificate (default:
+    /// Mozilla's public roots).
+    #[arg(long, value_name = "FILE", requires = "connect")]
+    tls_ca: Option<PathBuf>,
+    /// PEM file of this client's certificate, for a daemon that verifies
+    /// client certificates (with --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["connect", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["connect", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Basic-auth user; the password comes from --basic-auth-password-file
+    /// or the GUPWATCH_BASIC_AUTH_PASSWORD environment variable, never
+    /// from the command line.
+    #[arg(long, value_name = "USER", requires = "connect")]
+    basic_auth_user: Option<String>,
+    /// File whose first line is the basic-auth password.
+    #[arg(long, value_name = "FILE", requires = "basic_auth_user")]
+    basic_auth_password_file: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The daemon to ask, when --connect was given.
+    fn remote(self) -> Result<Option<(gupwatch::client::Remote, String)>> {
+        let Some(url) = self.connect else { return Ok(None) };
+        let opts = gupwatch::client::ConnectOptions {
+            url: url.clone(),
+            tls_ca: self.tls_ca,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            basic_auth_user: self.basic_auth_user,
+            basic_auth_password_file: self.basic_auth_password_file,
+            password_from_env: std::env::var(gupwatch::client::PASSWORD_ENV).ok(),
+            timeout: Duration::from_secs(5),
+        };
+        Ok(Some((gupwatch::client::Remote::new(&opts)?, url)))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The live view: processes or call sites, rates, fast-path hit rate,
@@ -69,9 +116,8 @@ enum Command {
         /// Seconds between screen refreshes.
         #[arg(short, long, default_value = "1", value_parser = gupwatch::args::parse_interval)]
         interval: Duration,
-        /// A daemon's HOST:PORT (e.g. 127.0.0.1:10483).
-        #[arg(long, value_name = "HOST:PORT")]
-        connect: Option<String>,
+        #[command(flatten)]
+        remote: ConnectArgs,
         /// Load no probes: the reduced mode's screen (kernel counters and
         /// accounted pins per process).
         #[arg(long, conflicts_with = "connect")]
@@ -131,19 +177,25 @@ enum Command {
     /// Report outstanding pins and leak signals: who holds pins, since
     /// when, from which call path, and which look leaked. Pins are tracked
     /// from the moment gupwatch starts, so it watches for a while first.
+    ///
+    /// With --connect, the report of a `gupwatch run` daemon instead (its
+    /// /api/snapshot?leaks=1): every pin it tracked since it started, by
+    /// the daemon's own --long-held; no probes are loaded here.
     Leaks {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Seconds to watch before reporting (Ctrl-C reports early).
-        #[arg(long, default_value = "10")]
+        #[arg(long, default_value = "10", conflicts_with = "connect")]
         duration: u64,
         /// Pins held longer than this many seconds are long-held.
-        #[arg(long, default_value = "300")]
+        #[arg(long, default_value = "300", conflicts_with = "connect")]
         long_held: u64,
         /// Capacity of the tracking map, in folios.
-        #[arg(long, default_value_t = gup_common::TRACK_CAPACITY)]
+        #[arg(long, default_value_t = gup_common::TRACK_CAPACITY, conflicts_with = "connect")]
         track_capacity: u32,
+        #[command(flatten)]
+        remote: ConnectArgs,
     },
     /// Serve Prometheus metrics on /metrics (plus a status page, /healthz
     /// and /api/snapshot) until Ctrl-C or SIGTERM. Without probes, serves
@@ -268,6 +320,15 @@ struct RunArgs {
     /// whole descriptor budget [default: 256].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_peer: Option<u64>,
+    /// Write /proc/sys/vm/stat_refresh before reading /proc/vmstat, at
+    /// most once every SECS seconds (0: at every reading), so the
+    /// kernel's counters are exact. Off by default: the write queues
+    /// work on every CPU, isolated (nohz_full) ones included; without
+    /// it the figures may lag by up to vm.stat_interval (1 s), and
+    /// /api/snapshot's kernel_counters.refreshed_ms_ago says how fresh
+    /// they are.
+    #[arg(long, value_name = "SECS")]
+    vmstat_refresh: Option<u64>,
     /// Load no probes: serve the reduced mode (vmstat counters and the
     /// gupwatch_accounted_* families) as on a kernel that refuses
     /// tracing programs.
@@ -333,9 +394,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Check { json, scratch, track_capacity, only, skip, churn_procs }) => {
             run_check(json, &scratch, track_capacity, &check::CheckOptions { only, skip, churn_procs })
         }
-        Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
-            leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
-        }
+        Some(Command::Leaks { json, duration, long_held, track_capacity, remote }) => match remote.remote()? {
+            Some((remote, _)) => remote_leaks(json, &remote),
+            None => leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity),
+        },
         Some(Command::Run(a)) => {
             let flags = gupwatch::config::RunOptions {
                 listen: a.listen,
@@ -346,11 +408,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 log_level: a.log_level,
                 web_config: a.web_config,
                 max_connections_per_peer: a.max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                vmstat_refresh: a.vmstat_refresh,
             };
             gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: a.config.as_deref(), reduced: a.reduced })?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Top { interval, connect, reduced }) => top(interval, connect, reduced || cli.reduced),
+        Some(Command::Top { interval, remote, reduced }) => top(interval, remote.remote()?, reduced || cli.reduced),
         Some(Command::Doctor { json }) => doctor(json),
         Some(Command::Generate { what }) => generate(what),
         Some(Command::Stress { mode, churn_procs, cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
@@ -410,6 +473,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `gupwatch leaks --connect`: the daemon's report, printed as the local
+/// one is.
+fn remote_leaks(json: bool, remote: &gupwatch::client::Remote) -> Result<ExitCode> {
+    let report = remote.leaks()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u32) -> Result<ExitCode> {
@@ -534,7 +609,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
 /// `gupwatch top` (and `gupwatch` on a terminal): the live view, of this
 /// host's probes (none when the reduced mode was asked for, `--reduced`)
 /// or of a daemon's.
-fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<ExitCode> {
+fn top(interval: Duration, connect: Option<(gupwatch::client::Remote, String)>, reduced: bool) -> Result<ExitCode> {
     use gupwatch::{collect, tui, tui::source};
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("the live view needs a terminal on stdout; `gupwatch --plain` (or --count N) prints summary lines");
@@ -546,7 +621,7 @@ fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<Exi
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
     }
     let (src, source_label, diagnosis): (Box<dyn source::Source>, String, Vec<String>) = match connect {
-        Some(addr) => (Box::new(source::RemoteSource::new(addr.clone(), Duration::from_secs(5))), addr, vec![]),
+        Some((remote, url)) => (Box::new(source::RemoteSource::new(remote)), url, vec![]),
         None => {
             eprintln!("gupwatch: loading probes...");
             let mut session = Session::start(loader::LoadOptions::default(), reduced)?;
@@ -669,7 +744,7 @@ mod tests {
         assert_eq!((listen, top_processes, log_format, config), (None, Some(3), Some(LogFormat::Json), None));
         assert!(Cli::try_parse_from(["gupwatch", "run", "--log-format", "xml"]).is_err());
         let cli = Cli::try_parse_from(["gupwatch", "top", "--connect", "127.0.0.1:10483", "-i", "2"]).unwrap();
-        let Some(Command::Top { connect: Some(_), interval, .. }) = cli.command else { panic!() };
+        let Some(Command::Top { remote: ConnectArgs { connect: Some(_), .. }, interval, .. }) = cli.command else { panic!() };
         assert_eq!(interval, Duration::from_secs(2));
         // -i and -c belong to the summary mode (and -i to top): a
         // subcommand where they would mean nothing refuses them.

@@ -270,6 +270,10 @@ pub struct Reading {
     pub snapshot: Option<Snapshot>,
     /// The kernel's own FOLL_PIN counters, if readable.
     pub vmstat: Option<FollPinCounters>,
+    /// How long ago `/proc/sys/vm/stat_refresh` was last written before
+    /// `vmstat` was read (`None`: never, so `vmstat` lags each CPU's
+    /// pending counts, folded every `vm.stat_interval`, 1 s by default).
+    pub vmstat_refreshed_ago: Option<Duration>,
     /// Resolved attribution rows.
     pub rows: Vec<Row>,
     /// The per-process series (see [`TopProcesses`]).
@@ -314,6 +318,7 @@ impl Reading {
             plan,
             snapshot,
             vmstat,
+            vmstat_refreshed_ago: None,
             rows,
             processes,
             errnos,

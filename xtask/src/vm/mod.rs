@@ -166,7 +166,9 @@ pub const ICOUNT_ARGS: [&str; 2] = ["-icount", "shift=0,sleep=on"];
 /// (`$RUN` is its pid, stderr in /tmp/run.err) and wait until /healthz
 /// answers; if it dies or takes over two minutes, they print `TAG: gupwatch
 /// run did not start serving` with its stderr and exit 3. The script must
-/// define `up()` (seconds since boot).
+/// define `up()` (seconds since boot). The daemon writes `stat_refresh` at
+/// every reading (`--vmstat-refresh 0`, off by default): the steps that use
+/// this compare its `/proc/vmstat` figures with gupwatch's own, exactly.
 pub fn serve_and_wait_sh(tag: &str, port: u16) -> String {
     serve_with_args_and_wait_sh(tag, port, "")
 }
@@ -176,7 +178,7 @@ pub fn serve_and_wait_sh(tag: &str, port: u16) -> String {
 pub fn serve_with_args_and_wait_sh(tag: &str, port: u16, args: &str) -> String {
     let args = if args.is_empty() { String::new() } else { format!(" {args}") };
     format!(
-        r#"gupwatch run --listen 0.0.0.0:{port}{args} 2>/tmp/run.err &
+        r#"gupwatch run --listen 0.0.0.0:{port} --vmstat-refresh 0{args} 2>/tmp/run.err &
 RUN=$!
 i=0
 # (busybox 1.35's wget -T crashes: timeout(1) bounds it instead.)

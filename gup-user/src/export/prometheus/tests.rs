@@ -261,7 +261,7 @@ fn reduced_mode_has_vmstat_and_probe_health_only() {
 fn reduced_mode_names_the_accounted_holders() {
     use crate::{accounted::Accounted, report::fixture::holder};
     let mut top = TopProcesses::default();
-    let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2 });
+    let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2, ..Settings::default() });
     d.accounted = Some(Arc::new(Accounted {
         source: crate::accounted::SOURCE.into(),
         holders: vec![holder(200, "aa-holder", 1 << 20), holder(7, "qemu \"vm\"", 8192), holder(9, "third", 4096)],
