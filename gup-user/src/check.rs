@@ -483,6 +483,7 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> Ve
             caller: &caller,
             site: &|ip| attribution::caller_of(&[ip], kallsyms),
             alive: &leaks::process_alive,
+            holders: &crate::holders::live,
             kernel_outstanding: None,
             untracked_pins: 0,
         },
