@@ -15,7 +15,7 @@
 use super::report::{NotReachable, Report};
 
 /// Every scenario of `gupwatch check`, in report order.
-const SCENARIOS: [&str; 42] = [
+const SCENARIOS: [&str; 44] = [
     "process_vm_readv",
     "process_vm_writev",
     "io_uring_register_buffers",
@@ -31,6 +31,8 @@ const SCENARIOS: [&str; 42] = [
     "io_uring_buffers_held",
     "io_uring_orphaned",
     "io_uring_orphaned_closed",
+    "io_uring_handoff_fork",
+    "io_uring_handoff_daemon",
     "io_uring_register_memfd_shared",
     "io_uring_register_memfd_private",
     "io_uring_register_file_shared",
