@@ -319,8 +319,8 @@ impl LeakReport {
             out += &format!("  note: {n}\n");
         }
         out += &format!(
-            "\n{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  {}\n",
-            "OWNER", "COMM", "CALLER", "SUBSYSTEM", "PAGES", "AGE", "SIGNAL"
+            "\n{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  {:<24} {}\n",
+            "OWNER", "COMM", "CALLER", "SUBSYSTEM", "PAGES", "AGE", "HOLDER", "SIGNAL"
         );
         for h in &self.holdings {
             let signal = self
@@ -329,13 +329,14 @@ impl LeakReport {
                 .find(|l| l.owner_tgid == Some(h.owner_tgid) && l.caller == h.caller.function && l.kind != LeakKind::Unbalanced)
                 .map_or("", |l| l.kind.as_str());
             out += &format!(
-                "{:>7} {:<16} {:<34} {:<11} {:>7} {:>8.1}s  {}{}\n",
+                "{:>7} {:<16} {:<34} {:<11} {:>7} {:>8.1}s  {:<24} {}{}\n",
                 h.owner_tgid,
                 h.comm,
                 h.caller.function,
                 h.caller.subsystem.as_str(),
                 h.pages,
                 h.oldest_age_secs,
+                holder_column(h),
                 signal,
                 if h.longterm { " (longterm)" } else { "" }
             );
@@ -354,6 +355,24 @@ impl LeakReport {
             out += &format!("{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  unbalanced\n", "-", "-", l.caller, l.subsystem.as_str(), l.pages, "-");
         }
         out
+    }
+}
+
+/// The holders as `pid comm`, comma-separated.
+pub fn holder_names(holders: &[ObjectHolder]) -> String {
+    holders.iter().map(|x| format!("{} {}", x.pid, x.comm)).collect::<Vec<_>>().join(", ")
+}
+
+/// Who holds a holding's pins: the owner while it lives ("-"), the live
+/// holders once it has exited, or "none" (the owner's exit left them to
+/// no process).
+fn holder_column(h: &Holding) -> String {
+    if !h.owner_exited {
+        "-".into()
+    } else if h.holders.is_empty() {
+        "none".into()
+    } else {
+        holder_names(&h.holders)
     }
 }
 
