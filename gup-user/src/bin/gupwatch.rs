@@ -259,6 +259,11 @@ enum Command {
         /// it for this many seconds (to see it in `gupwatch leaks`).
         #[arg(long)]
         hold: Option<u64>,
+        /// With --hold: a forked child registers the buffer, forks and
+        /// exits, and its child holds the ring (see the holder in
+        /// `gupwatch leaks`).
+        #[arg(long, requires = "hold")]
+        handoff: bool,
         /// Directory on a filesystem that supports O_DIRECT.
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
         scratch: PathBuf,
@@ -384,12 +389,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&gupwatch::bench::prog_stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Workload { hold: Some(secs), scratch, .. }) => {
+        Some(Command::Workload { hold: Some(secs), handoff, scratch, .. }) => {
             let stop = stop_flag()?;
+            let name = if handoff { "io_uring_handoff_fork" } else { "io_uring_buffers_held" };
             let mut held = scenarios::builtin(&scratch)
                 .into_iter()
-                .find(|s| s.name() == "io_uring_buffers_held")
-                .context("the io_uring_buffers_held scenario is missing")?;
+                .find(|s| s.name() == name)
+                .with_context(|| format!("the {name} scenario is missing"))?;
             held.prepare().context("preparing the io_uring buffer")?;
             held.run().context("registering the io_uring buffer")?;
             eprintln!("workload: holding a registered 1 MiB io_uring buffer for {secs} s (pid {})", std::process::id());
@@ -397,7 +403,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             held.cleanup().context("unregistering the io_uring buffer")?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Workload { seconds, scratch, hold: None }) => {
+        Some(Command::Workload { seconds, scratch, hold: None, .. }) => {
             let stop = stop_flag()?;
             let stats = scenarios::run_workload(&scratch, Duration::from_secs(seconds), &stop)
                 .context("workload failed")?;
