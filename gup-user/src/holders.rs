@@ -22,6 +22,9 @@ use gup_common::object::PinObject;
 
 pub use crate::report::ObjectHolder;
 
+/// The live holders of each object looked up.
+pub type Holders = BTreeMap<PinObject, Vec<ObjectHolder>>;
+
 /// (major, minor, inode) as `stat` and `/proc/<pid>/maps` show them.
 type InodeKey = (u32, u32, u64);
 
@@ -32,7 +35,7 @@ fn key(o: &PinObject) -> InodeKey {
 
 /// The holders of each of `objects` among the processes under `proc_root`
 /// (`/proc`). Objects that identify no file are left out.
-pub fn find(proc_root: &Path, objects: &[PinObject]) -> BTreeMap<PinObject, Vec<ObjectHolder>> {
+pub fn find(proc_root: &Path, objects: &[PinObject]) -> Holders {
     let wanted: BTreeMap<InodeKey, PinObject> =
         objects.iter().filter(|o| o.identifies_file()).map(|o| (key(o), *o)).collect();
     let mut found: BTreeMap<PinObject, BTreeSet<ObjectHolder>> = BTreeMap::new();
@@ -57,7 +60,7 @@ pub fn find(proc_root: &Path, objects: &[PinObject]) -> BTreeMap<PinObject, Vec<
 }
 
 /// [`find`] under this machine's `/proc`: what the leak analysis calls.
-pub fn live(objects: &[PinObject]) -> BTreeMap<PinObject, Vec<ObjectHolder>> {
+pub fn live(objects: &[PinObject]) -> Holders {
     find(Path::new("/proc"), objects)
 }
 

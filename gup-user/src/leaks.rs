@@ -113,7 +113,7 @@ pub struct Context<'a> {
     pub alive: &'a dyn Fn(u32) -> bool,
     /// The live holders of these objects ([`crate::holders::find`]);
     /// called once per analysis, with the objects of exited owners only.
-    pub holders: &'a dyn Fn(&[PinObject]) -> BTreeMap<PinObject, Vec<ObjectHolder>>,
+    pub holders: &'a dyn Fn(&[PinObject]) -> crate::holders::Holders,
     /// The kernel's outstanding total, if readable.
     pub kernel_outstanding: Option<i64>,
     /// Untracked pins so far (from the diagnostics counters).
@@ -402,7 +402,7 @@ mod tests {
     const EMPTY: PinOwner =
         PinOwner { tgid: 0, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16], object: PinObject::NONE };
 
-    fn no_holders(_: &[PinObject]) -> BTreeMap<PinObject, Vec<ObjectHolder>> {
+    fn no_holders(_: &[PinObject]) -> crate::holders::Holders {
         BTreeMap::new()
     }
 
