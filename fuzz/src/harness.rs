@@ -321,12 +321,13 @@ pub fn map_records(data: &[u8]) {
     let site = |ip: u64| Caller { function: format!("site_{:x}", ip % 5), subsystem: Subsystem::Other, module: None };
     let alive = |tgid: u32| alive_mask & (1 << (tgid % 8)) != 0;
     // Objects with an odd inode have a live holder.
-    let holders = |objects: &[gup_common::object::PinObject]| {
-        objects
+    let holders = |objects: &[gup_common::object::PinObject]| gupwatch::holders::Holders {
+        by_object: objects
             .iter()
             .filter(|o| o.ino % 2 == 1)
             .map(|o| (*o, vec![leaks::ObjectHolder { pid: 1, comm: "init".into(), cgroup: String::new() }]))
-            .collect()
+            .collect(),
+        unreadable: objects.len() % 2,
     };
     let cx = leaks::Context {
         now_ns: input.u64(),

@@ -23,7 +23,15 @@ use gup_common::object::PinObject;
 pub use crate::report::ObjectHolder;
 
 /// The live holders of each object looked up.
-pub type Holders = BTreeMap<PinObject, Vec<ObjectHolder>>;
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Holders {
+    /// Object → the processes that hold it.
+    pub by_object: BTreeMap<PinObject, Vec<ObjectHolder>>,
+    /// Processes whose descriptor table could not be read (no
+    /// CAP_SYS_PTRACE for another root process): a holder among them
+    /// goes unnamed.
+    pub unreadable: usize,
+}
 
 /// (major, minor, inode) as `stat` and `/proc/<pid>/maps` show them.
 type InodeKey = (u32, u32, u64);
@@ -39,14 +47,18 @@ pub fn find(proc_root: &Path, objects: &[PinObject]) -> Holders {
     let wanted: BTreeMap<InodeKey, PinObject> =
         objects.iter().filter(|o| o.identifies_file()).map(|o| (key(o), *o)).collect();
     let mut found: BTreeMap<PinObject, BTreeSet<ObjectHolder>> = BTreeMap::new();
+    let mut unreadable = 0;
     if wanted.is_empty() {
-        return BTreeMap::new();
+        return Holders::default();
     }
-    let Ok(dir) = fs::read_dir(proc_root) else { return BTreeMap::new() };
+    let Ok(dir) = fs::read_dir(proc_root) else { return Holders::default() };
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let base = entry.path();
-        let mut hits = fd_hits(&base, &wanted);
+        let Some(mut hits) = fd_hits(&base, &wanted) else {
+            unreadable += 1;
+            continue;
+        };
         hits.extend(map_hits(&base, &wanted));
         if hits.is_empty() {
             continue;
@@ -56,7 +68,7 @@ pub fn find(proc_root: &Path, objects: &[PinObject]) -> Holders {
             found.entry(o).or_default().insert(holder.clone());
         }
     }
-    found.into_iter().map(|(o, h)| (o, h.into_iter().collect())).collect()
+    Holders { by_object: found.into_iter().map(|(o, h)| (o, h.into_iter().collect())).collect(), unreadable }
 }
 
 /// [`find`] under this machine's `/proc`: what the leak analysis calls.
@@ -64,17 +76,24 @@ pub fn live(objects: &[PinObject]) -> Holders {
     find(Path::new("/proc"), objects)
 }
 
-/// The wanted objects among a process's open descriptors.
-fn fd_hits(base: &Path, wanted: &BTreeMap<InodeKey, PinObject>) -> BTreeSet<PinObject> {
-    let Ok(fds) = fs::read_dir(base.join("fd")) else { return BTreeSet::new() };
-    fds.flatten()
+/// The wanted objects among a process's open descriptors; none when the
+/// table may not be read (a process that exited meanwhile has none).
+fn fd_hits(base: &Path, wanted: &BTreeMap<InodeKey, PinObject>) -> Option<BTreeSet<PinObject>> {
+    let fds = match fs::read_dir(base.join("fd")) {
+        Ok(fds) => fds,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return None,
+        Err(_) => return Some(BTreeSet::new()),
+    };
+    let hits = fds
+        .flatten()
         .filter_map(|fd| {
             // stat() follows the magic link to the open file's inode.
             let m = fs::metadata(fd.path()).ok()?;
             let dev = m.dev();
             wanted.get(&(libc::major(dev), libc::minor(dev), m.ino())).copied()
         })
-        .collect()
+        .collect();
+    Some(hits)
 }
 
 /// The wanted objects among a process's mappings.
@@ -136,8 +155,9 @@ mod tests {
         let chr = PinObject { mode: gup_common::object::S_IFCHR, ..obj };
         let found = find(&root, &[obj, chr]);
         let _ = fs::remove_dir_all(&root);
-        let pids: Vec<(u32, &str, &str)> = found[&obj].iter().map(|h| (h.pid, h.comm.as_str(), h.cgroup.as_str())).collect();
+        assert_eq!(found.unreadable, 0);
+        let pids: Vec<(u32, &str, &str)> = found.by_object[&obj].iter().map(|h| (h.pid, h.comm.as_str(), h.cgroup.as_str())).collect();
         assert_eq!(pids, [(10, "child", "/app.slice"), (11, "mapper", "")]);
-        assert!(!found.contains_key(&chr));
+        assert!(!found.by_object.contains_key(&chr));
     }
 }

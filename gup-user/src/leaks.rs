@@ -128,9 +128,14 @@ pub fn analyze(
     growth: Option<&mut GrowthTracker>,
 ) -> LeakReport {
     let (tracked, mut holdings) = holdings(maps, cx);
-    name_holders(&mut holdings, cx, policy);
+    let unreadable = name_holders(&mut holdings, cx, policy);
     let mut leaks = held_signals(&holdings, policy);
     let mut notes = vec![];
+    if unreadable > 0 && holdings.iter().any(|h| h.orphaned) {
+        notes.push(format!(
+            "{unreadable} processes' descriptors could not be read (gupwatch lacks CAP_SYS_PTRACE): a holder among them cannot be named, so pins they hold may show as orphaned"
+        ));
+    }
     let (unbalanced, note) = unbalanced_signals(maps, cx);
     leaks.extend(unbalanced);
     notes.extend(note);
@@ -203,16 +208,18 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
 
 /// Names the live holders of the holdings whose owner exited, and marks
 /// orphaned those nobody holds once the grace period since the exit has
-/// passed (an exit gupwatch did not see counts as long past).
-fn name_holders(holdings: &mut [Holding], cx: &Context<'_>, policy: &LeakPolicy) {
+/// passed (an exit gupwatch did not see counts as long past). Returns how
+/// many processes could not be looked into.
+fn name_holders(holdings: &mut [Holding], cx: &Context<'_>, policy: &LeakPolicy) -> usize {
     let wanted: Vec<PinObject> =
         holdings.iter().filter(|h| h.owner_exited && h.object.identifies_file()).map(|h| h.object).collect();
-    let found = if wanted.is_empty() { BTreeMap::new() } else { (cx.holders)(&wanted) };
+    let found = if wanted.is_empty() { crate::holders::Holders::default() } else { (cx.holders)(&wanted) };
     let grace = u64::try_from(policy.orphan_grace.as_nanos()).unwrap_or(u64::MAX);
     for h in holdings.iter_mut().filter(|h| h.owner_exited) {
-        h.holders = found.get(&h.object).cloned().unwrap_or_default();
+        h.holders = found.by_object.get(&h.object).cloned().unwrap_or_default();
         h.orphaned = h.holders.is_empty() && h.exit_age_ns >= grace;
     }
+    found.unreadable
 }
 
 /// The orphaned and long-held signals, one per holding at most.
@@ -403,7 +410,7 @@ mod tests {
         PinOwner { tgid: 0, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16], object: PinObject::NONE };
 
     fn no_holders(_: &[PinObject]) -> crate::holders::Holders {
-        BTreeMap::new()
+        crate::holders::Holders::default()
     }
 
     fn caller(id: i64) -> Caller {
@@ -525,7 +532,8 @@ mod tests {
         let asked = std::cell::RefCell::new(vec![]);
         let holders = |objects: &[PinObject]| {
             asked.borrow_mut().extend_from_slice(objects);
-            BTreeMap::from([(ring, vec![ObjectHolder { pid: 40, comm: "child".into(), cgroup: "/a".into() }])])
+            let by_object = BTreeMap::from([(ring, vec![ObjectHolder { pid: 40, comm: "child".into(), cgroup: "/a".into() }])]);
+            crate::holders::Holders { by_object, unreadable: 1 }
         };
         let policy = LeakPolicy { long_held: Duration::from_secs(3600), ..Default::default() };
         let at = |now: u64| {
@@ -542,6 +550,7 @@ mod tests {
         let r = at(1_000 + ORPHAN_GRACE.as_nanos() as u64);
         let kinds: Vec<_> = r.leaks.iter().map(|l| (l.kind, l.owner_tgid)).collect();
         assert_eq!(kinds, [(LeakKind::Orphaned, Some(31))]);
+        assert!(r.notes.iter().any(|n| n.contains("CAP_SYS_PTRACE")), "{:?}", r.notes);
         assert_eq!(asked.borrow()[..2], [ring, gone]);
     }
 
