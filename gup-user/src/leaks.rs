@@ -37,8 +37,8 @@ pub struct LeakPolicy {
     pub growth_readings: usize,
     /// How long after its owner's exit pins that no live process holds
     /// are left to their object's teardown before they are orphaned: a
-    /// closed io_uring ring is freed by a kernel worker, a few
-    /// milliseconds later (docs/leaks.md).
+    /// closed io_uring ring is freed later by a kernel worker
+    /// (`io_ring_exit_work`; docs/leaks.md).
     pub orphan_grace: Duration,
 }
 
