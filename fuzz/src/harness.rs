@@ -320,12 +320,22 @@ pub fn map_records(data: &[u8]) {
     };
     let site = |ip: u64| Caller { function: format!("site_{:x}", ip % 5), subsystem: Subsystem::Other, module: None };
     let alive = |tgid: u32| alive_mask & (1 << (tgid % 8)) != 0;
+    // Objects with an odd inode have a live holder.
+    let holders = |objects: &[gup_common::object::PinObject]| gupwatch::holders::Holders {
+        by_object: objects
+            .iter()
+            .filter(|o| o.ino % 2 == 1)
+            .map(|o| (*o, vec![leaks::ObjectHolder { pid: 1, comm: "init".into(), cgroup: String::new() }]))
+            .collect(),
+        unreadable: objects.len() % 2,
+    };
     let cx = leaks::Context {
         now_ns: input.u64(),
         since_ns: if input.u8() & 1 == 1 { input.u64() } else { 0 },
         caller: &caller,
         site: &site,
         alive: &alive,
+        holders: &holders,
         kernel_outstanding: if input.u8() & 1 == 1 { Some(input.u64() as i64) } else { None },
         untracked_pins: input.u64(),
     };
@@ -346,6 +356,10 @@ pub fn map_records(data: &[u8]) {
     assert_eq!(report2.tracked_outstanding, expected);
     let _ = report.to_table();
     serde_json::to_string(&report).expect("the leak report serializes");
+    for h in &report.holdings {
+        assert!(!h.orphaned || h.holders.is_empty(), "a held holding is not orphaned: {h:?}");
+        assert!(!h.orphaned || h.owner_exited, "only an exited owner's pins are orphaned: {h:?}");
+    }
 
     // i915 objects.
     let objects: Vec<(u64, gup_common::i915::I915Object)> =

@@ -9,6 +9,7 @@
 
 pub mod i915;
 pub mod irq;
+pub mod object;
 pub mod skipped;
 
 /// Number of hooked GUP entry points; the length of [`Api::ALL`].
@@ -508,6 +509,9 @@ pub struct PinOwner {
     pub longterm: u32,
     /// `comm` of the pinning task.
     pub comm: [u8; 16],
+    /// The file whose holders keep the pin (LONGTERM pins made by a
+    /// syscall on a descriptor; [`object::PinObject::NONE`] otherwise).
+    pub object: object::PinObject,
 }
 
 /// Owner slots per tracked folio.
@@ -675,6 +679,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PinRecord {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::object::ObjectLayout {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::i915::I915Object {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::irq::IrqUnpins {}
@@ -716,7 +722,7 @@ mod pin_record_tests {
     use super::*;
 
     fn rec(counts: [u32; PIN_OWNERS]) -> PinRecord {
-        let o = PinOwner { tgid: 1, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16] };
+        let o = PinOwner { tgid: 1, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16], object: object::PinObject::NONE };
         let mut r = PinRecord { owners: [o; PIN_OWNERS] };
         for (s, c) in r.owners.iter_mut().zip(counts) {
             s.count = c;

@@ -14,6 +14,7 @@ use aya_ebpf::{
 use gup_common::{
     diag_log::{WHY_BEYOND_ARRAY, WHY_NO_ENTRY, WHY_NO_PAGES_ARRAY},
     i915::{I915Event, I915EventKind},
+    object::PinObject,
     skipped::{self, Mark, MARK, UNPIN_TEXTS},
     Api, ApiKind, ApiStats, AttribKey, AttribValue, Diag, HookArgs, Inflight, PinOwner, ARG_NONE, PAGES_ARRAY,
 };
@@ -26,6 +27,7 @@ use crate::{
     i915::{i915_event, i915_exit},
     irq::{in_task_context, irq_unpin_exit},
     ledger::{track_ctx, track_pages},
+    object::current_object,
     maps::{foll_longterm, kernel_text, read_global, text_range, ERRNOS, INFLIGHT, TRACK_PINS, UNPIN_FUNCTIONS},
 };
 
@@ -208,6 +210,9 @@ fn pin_exit_seen<C: EbpfContext>(api: Api, ctx: &C, s: &mut ApiStats, tid: u64, 
             api: api as u32,
             longterm: (delta.longterm_pages > 0) as u32,
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            // Once per call, and only for LONGTERM pins (registrations):
+            // the object whose holders keep them (user space names them).
+            object: if delta.longterm_pages > 0 { current_object() } else { PinObject::NONE },
         };
         if r.pages_ptr != 0 {
             // Never walk past what the caller's array can hold.

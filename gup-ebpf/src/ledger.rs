@@ -70,6 +70,7 @@ pub(crate) const EMPTY_OWNER: PinOwner = PinOwner {
     api: 0,
     longterm: 0,
     comm: [0; 16],
+    object: gup_common::object::PinObject::NONE,
 };
 
 static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER; PIN_OWNERS] };
@@ -228,6 +229,7 @@ fn claim(slot: &mut PinOwner, owner: &PinOwner) {
     slot.api = owner.api;
     slot.longterm = owner.longterm;
     slot.comm = owner.comm;
+    slot.object = owner.object;
 }
 
 #[inline(always)]

@@ -69,6 +69,7 @@ mod i915;
 mod irq;
 mod ledger;
 mod maps;
+mod object;
 mod put_folio;
 
 use aya_ebpf::{

@@ -15,6 +15,7 @@ use aya_ebpf::{
 use gup_common::{
     i915::I915Object,
     irq::IrqUnpins,
+    object::ObjectLayout,
     skipped::{TextRange, UnpinTexts},
     Api, ApiStats, AttribKey, AttribValue, HookArgs, Inflight, PinRecord, API_COUNT, ATTRIB_CAPACITY, DIAG_COUNT,
     ERRNO_CAPACITY, EXITED_CAPACITY, I915_OBJECTS_CAPACITY, INFLIGHT_CAPACITY, STACK_CAPACITY, TRACK_CAPACITY,
@@ -80,6 +81,11 @@ pub(crate) static TASK_STACK_OFFSET: u64 = 0;
 /// the task stack's length, beyond which an address is on another stack.
 #[no_mangle]
 pub(crate) static TASK_STACK_SIZE: u64 = 16384;
+
+/// Where the file of a syscall's descriptor is (from BTF), for the object
+/// of LONGTERM pins (`object.rs`); `task_files == 0`: lookup off.
+#[no_mangle]
+pub(crate) static OBJECT_LAYOUT: ObjectLayout = ObjectLayout::NONE;
 
 /// 1: track every pin per folio (outstanding pins, leaks); 0: counters only.
 #[no_mangle]

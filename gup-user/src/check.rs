@@ -20,7 +20,7 @@ use crate::{
     plan::ProbePlan,
     leaks::{self, LeakPolicy},
     reference::{self, KernelProfile},
-    scenarios::{Expectation, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
+    scenarios::{Expectation, ExpectedHolder, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
     vmstat::{self, FollPinCounters},
 };
 
@@ -148,6 +148,11 @@ pub struct ScenarioReport {
     pub leaks: Vec<LeakSummary>,
     /// The leak the scenario should cause, if any.
     pub expected_leak: Option<ExpectedLeak>,
+    /// Pins taken during the run whose creator exited and that a live
+    /// process holds (the leak analysis's holders), right after the run.
+    pub held: Vec<HeldSummary>,
+    /// The live process that should hold the pins, if any.
+    pub expected_holder: Option<ExpectedHolder>,
     /// `exact`, `outstanding_exact`, `expectations_met`, `agree`, no
     /// contract broken, and `ledger_holds` where `ledger_required`.
     pub passed: bool,
@@ -199,6 +204,18 @@ pub struct LeakSummary {
     pub owner_tgid: Option<u32>,
     /// Pin call site.
     pub caller: String,
+}
+
+/// Pins held by live processes other than their exited creator, in a
+/// scenario report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HeldSummary {
+    /// The creator.
+    pub owner_tgid: u32,
+    /// Pins held.
+    pub pages: u64,
+    /// Who holds them.
+    pub holders: Vec<leaks::ObjectHolder>,
 }
 
 /// The whole check.
@@ -343,6 +360,8 @@ fn blank_report(s: &dyn Scenario, pins_expected: bool) -> ScenarioReport {
         ledger_replaced: 0,
         leaks: vec![],
         expected_leak: None,
+        held: vec![],
+        expected_holder: None,
         passed: false,
         apis: BTreeMap::new(),
         note: String::new(),
@@ -391,7 +410,8 @@ fn run_one(
     report.observed_errno = s.observed_errno();
     // Known only after run (the orphaning child's pid).
     report.expected_leak = s.expected_leak();
-    report.leaks = leak_summaries(probes, kallsyms, run_start_ns);
+    report.expected_holder = s.expected_holder();
+    (report.leaks, report.held) = leak_summaries(probes, kallsyms, run_start_ns);
     if let Err(e) = s.cleanup() {
         report.note = format!("cleanup failed: {e}");
     }
@@ -469,8 +489,9 @@ fn predict_reference(s: &dyn Scenario, profile: &KernelProfile, kernel_pins: boo
 }
 
 /// The leaks the tracking map shows since `run_start_ns` (judged while the
-/// scenario still holds its pins), without the unbalanced unpins.
-fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> Vec<LeakSummary> {
+/// scenario still holds its pins), without the unbalanced unpins; and the
+/// pins held by a live process other than their exited creator.
+fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (Vec<LeakSummary>, Vec<HeldSummary>) {
     let caller = |id: i64| -> attribution::Caller {
         let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
         attribution::caller_of(&ips, kallsyms)
@@ -483,18 +504,26 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> Ve
             caller: &caller,
             site: &|ip| attribution::caller_of(&[ip], kallsyms),
             alive: &leaks::process_alive,
+            holders: &crate::holders::live,
             kernel_outstanding: None,
             untracked_pins: 0,
         },
         &LeakPolicy { long_held: Duration::ZERO, ..LeakPolicy::default() },
         None,
     );
-    leak_report
+    let held = leak_report
+        .holdings
+        .iter()
+        .filter(|h| !h.holders.is_empty())
+        .map(|h| HeldSummary { owner_tgid: h.owner_tgid, pages: h.pages, holders: h.holders.clone() })
+        .collect();
+    let leaks = leak_report
         .leaks
         .iter()
         .filter(|l| l.kind != leaks::LeakKind::Unbalanced)
         .map(|l| LeakSummary { kind: l.kind.as_str(), pages: l.pages, owner_tgid: l.owner_tgid, caller: l.caller.clone() })
-        .collect()
+        .collect();
+    (leaks, held)
 }
 
 /// What gupwatch and the kernel counted over the run: pages, calls, the
@@ -664,7 +693,34 @@ fn mismatches(r: &ScenarioReport, pins_expected: bool) -> Vec<String> {
         }
         None => {}
     }
+    if let Some(h) = &r.expected_holder {
+        holder_mismatches(r, h, &mut out);
+    }
     out
+}
+
+/// Whether the pins the scenario hands to another process are held by it
+/// (pid and name) and raise no orphaned signal. A partial view cannot
+/// show them.
+fn holder_mismatches(r: &ScenarioReport, want: &ExpectedHolder, out: &mut Vec<String>) {
+    if r.untracked_pins > 0 {
+        return;
+    }
+    let named = r.held.iter().any(|h| {
+        h.owner_tgid == want.owner_tgid
+            && h.pages == want.pages
+            && h.holders.iter().any(|x| x.pid == want.pid && x.comm == want.comm)
+    });
+    if !named {
+        out.push(format!(
+            "expected {} pages of {} held by {} ({}); saw held {:?}",
+            want.pages, want.owner_tgid, want.pid, want.comm, r.held
+        ));
+    }
+    let orphaned = r.leaks.iter().any(|l| l.kind == leaks::LeakKind::Orphaned.as_str() && l.owner_tgid == Some(want.owner_tgid));
+    if orphaned {
+        out.push(format!("pins held by {} were reported orphaned: {:?}", want.pid, r.leaks));
+    }
 }
 
 /// The subsystem and caller behind most pinned pages (or, when nothing was

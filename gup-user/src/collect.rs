@@ -189,6 +189,7 @@ impl Collector {
                 caller: &caller,
                 site: &|ip| attribution::caller_of(&[ip], kallsyms),
                 alive: &leaks::process_alive,
+                holders: &crate::holders::live,
                 kernel_outstanding: data.vmstat.map(|v| v.outstanding()),
                 untracked_pins: untracked,
             },

@@ -4,7 +4,11 @@
 //! name call sites, so every signal is unit-tested without a kernel.
 //!
 //! Signals (a group of pins gets at most one, most specific first):
-//! - *orphaned*: the owning process has exited and its pins are still held;
+//! - *orphaned*: the owning process has exited, no live process holds the
+//!   object behind its pins (the io_uring ring it registered them on), and
+//!   the object's teardown has had [`LeakPolicy::orphan_grace`]; pins whose
+//!   object a live process holds are *held by* it ([`Holding::holders`]),
+//!   not a leak;
 //! - *long-held*: held longer than the threshold (per subsystem if set);
 //! - *unbalanced*: unpins of pins gupwatch never saw taken, per call site
 //!   (usually pins taken before gupwatch started);
@@ -16,9 +20,9 @@ use std::{
     time::Duration,
 };
 
-use gup_common::{Api, PinRecord};
+use gup_common::{object::PinObject, Api, PinRecord};
 use crate::attribution::{comm_string, Caller, Subsystem};
-pub use crate::report::{Holding, Leak, LeakKind, LeakReport};
+pub use crate::report::{ObjectHolder, Holding, Leak, LeakKind, LeakReport};
 
 /// Thresholds.
 #[derive(Clone, Debug)]
@@ -31,11 +35,24 @@ pub struct LeakPolicy {
     /// Readings in a row with rising outstanding pins that make a growth
     /// signal.
     pub growth_readings: usize,
+    /// How long after its owner's exit pins that no live process holds
+    /// are left to their object's teardown before they are orphaned: a
+    /// closed io_uring ring is freed later by a kernel worker
+    /// (`io_ring_exit_work`; docs/leaks.md).
+    pub orphan_grace: Duration,
 }
+
+/// [`LeakPolicy::orphan_grace`] by default.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 
 impl Default for LeakPolicy {
     fn default() -> Self {
-        LeakPolicy { long_held: Duration::from_secs(300), per_subsystem: BTreeMap::new(), growth_readings: 5 }
+        LeakPolicy {
+            long_held: Duration::from_secs(300),
+            per_subsystem: BTreeMap::new(),
+            growth_readings: 5,
+            orphan_grace: ORPHAN_GRACE,
+        }
     }
 }
 
@@ -94,6 +111,9 @@ pub struct Context<'a> {
     pub site: &'a dyn Fn(u64) -> Caller,
     /// Whether a process is still alive (for owners whose exit was missed).
     pub alive: &'a dyn Fn(u32) -> bool,
+    /// The live holders of these objects ([`crate::holders::find`]);
+    /// called once per analysis, with the objects of exited owners only.
+    pub holders: &'a dyn Fn(&[PinObject]) -> crate::holders::Holders,
     /// The kernel's outstanding total, if readable.
     pub kernel_outstanding: Option<i64>,
     /// Untracked pins so far (from the diagnostics counters).
@@ -107,9 +127,15 @@ pub fn analyze(
     policy: &LeakPolicy,
     growth: Option<&mut GrowthTracker>,
 ) -> LeakReport {
-    let (tracked, holdings) = holdings(maps, cx);
+    let (tracked, mut holdings) = holdings(maps, cx);
+    let unreadable = name_holders(&mut holdings, cx, policy);
     let mut leaks = held_signals(&holdings, policy);
     let mut notes = vec![];
+    if unreadable > 0 && holdings.iter().any(|h| h.orphaned) {
+        notes.push(format!(
+            "{unreadable} processes' descriptors could not be read (gupwatch lacks CAP_SYS_PTRACE): a holder among them cannot be named, so pins they hold may show as orphaned"
+        ));
+    }
     let (unbalanced, note) = unbalanced_signals(maps, cx);
     leaks.extend(unbalanced);
     notes.extend(note);
@@ -132,9 +158,9 @@ pub fn analyze(
 /// The pins tracked (all of them), and the holdings by (owner, stack) of
 /// those taken since `cx.since_ns`, oldest first.
 fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
-    // (owner, stack) → holding
-    let mut groups: BTreeMap<(u32, i64), Holding> = BTreeMap::new();
-    let mut oldest: BTreeMap<(u32, i64), u64> = BTreeMap::new();
+    // (owner, stack, object) → holding
+    let mut groups: BTreeMap<(u32, i64, PinObject), Holding> = BTreeMap::new();
+    let mut oldest: BTreeMap<(u32, i64, PinObject), u64> = BTreeMap::new();
     let mut tracked = 0u64;
     for (_folio, rec) in &maps.pins {
         for (o, count) in rec.owners.iter().zip(rec.held()).filter(|(_, c)| *c > 0) {
@@ -142,8 +168,9 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
             if o.first_ns < cx.since_ns {
                 continue;
             }
-            let key = (o.tgid, o.stack_id);
-            let exited_after_pin = maps.exited.get(&o.tgid).is_some_and(|t| *t >= o.first_ns);
+            let key = (o.tgid, o.stack_id, o.object);
+            let exit_ns = maps.exited.get(&o.tgid).copied().filter(|t| *t >= o.first_ns);
+            let exited_after_pin = exit_ns.is_some();
             let h = groups.entry(key).or_insert_with(|| Holding {
                 owner_tgid: o.tgid,
                 comm: comm_string(&o.comm),
@@ -153,8 +180,13 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
                 oldest_age_secs: 0.0,
                 longterm: false,
                 // Pins of several processes (the last slot) have no single
-                // owner whose exit orphans them.
-                orphaned: o.tgid != gup_common::SHARED_OWNER && (exited_after_pin || !(cx.alive)(o.tgid)),
+                // owner whose exit orphans them. Whether exited pins are
+                // orphaned or held: `name_holders`.
+                orphaned: false,
+                owner_exited: o.tgid != gup_common::SHARED_OWNER && (exited_after_pin || !(cx.alive)(o.tgid)),
+                holders: vec![],
+                object: o.object,
+                exit_age_ns: exit_ns.map_or(u64::MAX, |t| cx.now_ns.saturating_sub(t)),
                 stack_id: o.stack_id,
             });
             h.pages += count as u64;
@@ -172,6 +204,22 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
         .collect();
     holdings.sort_by(|a, b| b.oldest_age_secs.total_cmp(&a.oldest_age_secs));
     (tracked, holdings)
+}
+
+/// Names the live holders of the holdings whose owner exited, and marks
+/// orphaned those nobody holds once the grace period since the exit has
+/// passed (an exit gupwatch did not see counts as long past). Returns how
+/// many processes could not be looked into.
+fn name_holders(holdings: &mut [Holding], cx: &Context<'_>, policy: &LeakPolicy) -> usize {
+    let wanted: Vec<PinObject> =
+        holdings.iter().filter(|h| h.owner_exited && h.object.identifies_file()).map(|h| h.object).collect();
+    let found = if wanted.is_empty() { crate::holders::Holders::default() } else { (cx.holders)(&wanted) };
+    let grace = u64::try_from(policy.orphan_grace.as_nanos()).unwrap_or(u64::MAX);
+    for h in holdings.iter_mut().filter(|h| h.owner_exited) {
+        h.holders = found.by_object.get(&h.object).cloned().unwrap_or_default();
+        h.orphaned = h.holders.is_empty() && h.exit_age_ns >= grace;
+    }
+    found.unreadable
 }
 
 /// The orphaned and long-held signals, one per holding at most.
@@ -278,8 +326,8 @@ impl LeakReport {
             out += &format!("  note: {n}\n");
         }
         out += &format!(
-            "\n{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  {}\n",
-            "OWNER", "COMM", "CALLER", "SUBSYSTEM", "PAGES", "AGE", "SIGNAL"
+            "\n{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  {:<24} {}\n",
+            "OWNER", "COMM", "CALLER", "SUBSYSTEM", "PAGES", "AGE", "HOLDER", "SIGNAL"
         );
         for h in &self.holdings {
             let signal = self
@@ -288,13 +336,14 @@ impl LeakReport {
                 .find(|l| l.owner_tgid == Some(h.owner_tgid) && l.caller == h.caller.function && l.kind != LeakKind::Unbalanced)
                 .map_or("", |l| l.kind.as_str());
             out += &format!(
-                "{:>7} {:<16} {:<34} {:<11} {:>7} {:>8.1}s  {}{}\n",
+                "{:>7} {:<16} {:<34} {:<11} {:>7} {:>8.1}s  {:<24} {}{}\n",
                 h.owner_tgid,
                 h.comm,
                 h.caller.function,
                 h.caller.subsystem.as_str(),
                 h.pages,
                 h.oldest_age_secs,
+                holder_column(h),
                 signal,
                 if h.longterm { " (longterm)" } else { "" }
             );
@@ -313,6 +362,24 @@ impl LeakReport {
             out += &format!("{:>7} {:<16} {:<34} {:<11} {:>7} {:>9}  unbalanced\n", "-", "-", l.caller, l.subsystem.as_str(), l.pages, "-");
         }
         out
+    }
+}
+
+/// The holders as `pid comm`, comma-separated.
+pub fn holder_names(holders: &[ObjectHolder]) -> String {
+    holders.iter().map(|x| format!("{} {}", x.pid, x.comm)).collect::<Vec<_>>().join(", ")
+}
+
+/// Who holds a holding's pins: the owner while it lives ("-"), the live
+/// holders once it has exited, or "none" (the owner's exit left them to
+/// no process).
+fn holder_column(h: &Holding) -> String {
+    if !h.owner_exited {
+        "-".into()
+    } else if h.holders.is_empty() {
+        "none".into()
+    } else {
+        holder_names(&h.holders)
     }
 }
 
@@ -337,9 +404,14 @@ mod tests {
     fn owner(tgid: u32, count: u32, first_ns: u64, stack_id: i64) -> PinOwner {
         let mut comm = [0u8; 16];
         comm[..3].copy_from_slice(b"app");
-        PinOwner { tgid, count, first_ns, stack_id, api: Api::PinUserPagesFast as u32, longterm: 1, comm }
+        PinOwner { tgid, count, first_ns, stack_id, api: Api::PinUserPagesFast as u32, longterm: 1, comm, object: PinObject::NONE }
     }
-    const EMPTY: PinOwner = PinOwner { tgid: 0, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16] };
+    const EMPTY: PinOwner =
+        PinOwner { tgid: 0, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16], object: PinObject::NONE };
+
+    fn no_holders(_: &[PinObject]) -> crate::holders::Holders {
+        crate::holders::Holders::default()
+    }
 
     fn caller(id: i64) -> Caller {
         match id {
@@ -356,7 +428,16 @@ mod tests {
     }
 
     fn cx<'a>(now: u64, caller: &'a dyn Fn(i64) -> Caller, alive: &'a dyn Fn(u32) -> bool) -> Context<'a> {
-        Context { now_ns: now, since_ns: 0, caller, site: &site, alive, kernel_outstanding: None, untracked_pins: 0 }
+        Context {
+            now_ns: now,
+            since_ns: 0,
+            caller,
+            site: &site,
+            alive,
+            holders: &no_holders,
+            kernel_outstanding: None,
+            untracked_pins: 0,
+        }
     }
 
     /// The map_records fuzz target's crashes: unbalanced counts summing
@@ -431,6 +512,46 @@ mod tests {
         let shared_row = r.holdings.iter().find(|h| h.owner_tgid == gup_common::SHARED_OWNER).expect("shared row");
         assert!(!shared_row.orphaned);
         assert!(r.holdings.iter().filter(|h| h.owner_tgid != gup_common::SHARED_OWNER).all(|h| h.orphaned));
+    }
+
+    /// An exited owner's ring that a live process holds is held by it; one
+    /// nobody holds is orphaned only once the grace period has passed.
+    #[test]
+    fn held_by_a_live_process_is_not_orphaned_and_grace_delays_orphaned() {
+        let ring = PinObject { ino: 77, dev: 14, mode: 0o600, _pad: 0 };
+        let gone = PinObject { ino: 78, ..ring };
+        let mut a = owner(30, 4, 100, 1);
+        a.object = ring;
+        let mut b = owner(31, 2, 100, 1);
+        b.object = gone;
+        let maps = TrackingMaps {
+            pins: vec![(0x1000, PinRecord { owners: [a, b, EMPTY] })],
+            exited: HashMap::from([(30, 1_000), (31, 1_000)]),
+            ..Default::default()
+        };
+        let asked = std::cell::RefCell::new(vec![]);
+        let holders = |objects: &[PinObject]| {
+            asked.borrow_mut().extend_from_slice(objects);
+            let by_object = BTreeMap::from([(ring, vec![ObjectHolder { pid: 40, comm: "child".into(), cgroup: "/a".into() }])]);
+            crate::holders::Holders { by_object, unreadable: 1 }
+        };
+        let policy = LeakPolicy { long_held: Duration::from_secs(3600), ..Default::default() };
+        let at = |now: u64| {
+            let c = Context { holders: &holders, ..cx(now, &caller, &|_| false) };
+            analyze(&maps, &c, &policy, None)
+        };
+        // Within the grace period: held by 40, the other not yet orphaned.
+        let r = at(1_000 + 1_000_000);
+        let held = r.holdings.iter().find(|h| h.owner_tgid == 30).expect("held row");
+        assert!(held.owner_exited && !held.orphaned);
+        assert_eq!(held.holders, [ObjectHolder { pid: 40, comm: "child".into(), cgroup: "/a".into() }]);
+        assert!(r.leaks.is_empty(), "{:?}", r.leaks);
+        // Past it: the unheld one is orphaned, the held one still is not.
+        let r = at(1_000 + ORPHAN_GRACE.as_nanos() as u64);
+        let kinds: Vec<_> = r.leaks.iter().map(|l| (l.kind, l.owner_tgid)).collect();
+        assert_eq!(kinds, [(LeakKind::Orphaned, Some(31))]);
+        assert!(r.notes.iter().any(|n| n.contains("CAP_SYS_PTRACE")), "{:?}", r.notes);
+        assert_eq!(asked.borrow()[..2], [ring, gone]);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod doctor;
 pub mod ebpflog;
 pub mod errno;
 pub mod export;
+pub mod holders;
 pub mod host;
 pub mod i915;
 pub mod http;

@@ -293,6 +293,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         .override_global("TEXT_RANGES", &text_ranges, true)
         .override_global("KERNEL_TEXT", &plan.kernel_text, true)
         .override_global("UNPIN_FUNCTIONS", &plan.unpin_texts(), true)
+        .override_global("OBJECT_LAYOUT", &plan.object_lookup.layout, true)
         .override_global("TRACK_PINS", &track, true)
         .override_global("LOG_DIAG", &log_diag, true)
         .override_global("EMPTY_PROGRAMS", &empty, true)

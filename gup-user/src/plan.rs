@@ -24,6 +24,9 @@ use crate::{btf::KernelBtf, kallsyms::Kallsyms};
 mod foll;
 mod gates;
 mod i915;
+mod object;
+
+pub use object::ObjectLookup;
 pub use gates::BpfGates;
 pub use foll::{FollFlags, FollSource, FOLL_NAMES};
 pub use i915::{i915_role, resolve_i915, Candidate, CandidateCheck, I915Choice, I915Role};
@@ -194,6 +197,9 @@ pub struct ProbePlan {
     pub kernel_text: TextRange,
     /// The process-exit tracepoint (orphaned-pin detection).
     pub exit_hook: HookStatus,
+    /// How the programs find the file behind a LONGTERM pin, whose
+    /// holders keep the pins alive.
+    pub object_lookup: ObjectLookup,
 }
 
 /// `struct page` facts the tracking programs need, from BTF.
@@ -438,6 +444,7 @@ impl ProbePlan {
             foll,
             capabilities,
             page_layout: PageLayout::resolve(btf_ok, kallsyms),
+            object_lookup: ObjectLookup::resolve(btf_ok, kallsyms),
             return_trampoline: RETURN_TRAMPOLINES
                 .iter()
                 .find_map(|f| kallsyms.get(f))

@@ -13,7 +13,8 @@
 //! | writing `/proc/sys/vm/stat_refresh` (exact vmstat totals) | uid 0 (a DAC check on a root-owned 0200 file), no capability |
 //! | symbolizing stacks | nothing: `/proc/kallsyms` is read once, before the drop |
 //! | the reduced mode's accounted pins: `/proc/<pid>/status` | nothing |
-//! | the reduced mode's accounted pins: `/proc/<pid>/fd` links and `fdinfo` of other processes (io_uring buffers) | CAP_SYS_PTRACE: both need ptrace read access, which the kernel refuses when the target's permitted capabilities are not a subset of the reader's (any root daemon, or a root `gupwatch workload --hold`, measured on Debian 7.2: with no capability left, every io_uring descriptor went unseen). Kept in the reduced mode only, where no probe runs |
+//! | the reduced mode's accounted pins: `/proc/<pid>/fd` links and `fdinfo` of other processes (io_uring buffers) | CAP_SYS_PTRACE: both need ptrace read access, which the kernel refuses when the target's permitted capabilities are not a subset of the reader's (any root daemon, or a root `gupwatch workload --hold`, measured on Debian 7.2: with no capability left, every io_uring descriptor went unseen). Kept in the reduced mode, where no probe runs |
+//! | naming the live holders of pins whose creator exited: `/proc/<pid>/fd` and `/proc/<pid>/maps` of other processes (`holders.rs`) | CAP_SYS_PTRACE, for the same reason (measured on Debian 7.2: without it a ring held by a root child of an exited creator was reported orphaned). Kept in the full mode where the probe plan records the objects behind pins (BTF) |
 //! | reloading the config and the `--web-config` files (certificates) | uid 0 and root-owned files (no CAP_DAC_OVERRIDE) |
 //! | attaching i915 hooks when the module loads later, or again after an unload (`gupwatch run` looks every second, the summary mode every interval) | CAP_BPF (program load) + CAP_PERFMON (kprobe perf event); CAP_SYS_ADMIN instead of CAP_PERFMON where `kernel.perf_event_paranoid` is above 2 (Debian's and Ubuntu's patch lets only CAP_SYS_ADMIN call perf_event_open(2) at 3, their default: measured on Debian 7.2, where CAP_PERFMON alone gets EACCES); CAP_SYS_ADMIN alone before 5.8 |
 //!
@@ -144,7 +145,7 @@ pub fn capabilities_to_keep(needs: &Needs) -> Vec<(u32, &'static str)> {
         }
     }
     if needs.reads_other_processes {
-        keep.push((CAP_SYS_PTRACE, "reading other processes' io_uring descriptors (/proc/PID/fd, fdinfo) for the reduced mode's accounted pins"));
+        keep.push((CAP_SYS_PTRACE, "reading other processes' descriptors (/proc/PID/fd, fdinfo, maps): the reduced mode's accounted pins, the full mode's holders of pins whose creator exited"));
     }
     keep
 }

@@ -21,7 +21,7 @@ mod tests;
 
 use serde::Serialize;
 
-pub use leaks::{Holding, Leak, LeakKind, LeakReport};
+pub use leaks::{Holding, ObjectHolder, Leak, LeakKind, LeakReport};
 pub use snapshot::{
     ApiReport, CallerReport, ErrnoReport, HookReport, Kind, KernelCounters, Mode, ProcessReport, SnapshotReport,
     SubsystemReport,

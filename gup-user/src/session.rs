@@ -164,12 +164,15 @@ impl Session {
 /// Drops the capabilities not needed any more on the kernel `plan`
 /// describes (see privileges.rs) and says what remains; a failure leaves
 /// them as they are, with a warning. The reduced mode keeps what its walk
-/// of other processes' descriptors needs.
+/// of other processes' descriptors needs, and so does the full mode where
+/// the programs record the objects behind pins: the leak analysis looks
+/// for their holders in the same descriptor tables (`holders.rs`).
 pub fn drop_privileges(plan: &ProbePlan, late_attach: bool, reduced: bool) {
     // Start-up is over (the collector has read kallsyms too): what it
     // freed goes back to the kernel.
     loader::trim_heap();
-    let needs = crate::privileges::Needs { reads_other_processes: reduced, ..crate::privileges::Needs::here(late_attach, plan) };
+    let reads_other_processes = reduced || plan.object_lookup.enabled;
+    let needs = crate::privileges::Needs { reads_other_processes, ..crate::privileges::Needs::here(late_attach, plan) };
     let r = crate::privileges::drop_privileges(&needs);
     let fds = crate::privileges::fd_summary();
     // `run` logs through tracing; the other modes have no subscriber, and

@@ -270,11 +270,15 @@ enum Command {
         #[arg(long)]
         hold: Option<u64>,
         /// With --hold: a forked child registers the buffer and exits while
-        /// this process keeps the ring, so the pins outlive their owner
-        /// (orphaned, as `gupwatch leaks` and the GupwatchOrphanedPins alert
-        /// report them) until the hold ends.
-        #[arg(long, requires = "hold")]
+        /// this process keeps the ring, so the pins outlive their owner and
+        /// this process is named as their holder (`gupwatch leaks`).
+        #[arg(long, requires = "hold", conflicts_with = "handoff")]
         orphan: bool,
+        /// With --hold: a forked child registers the buffer, forks and
+        /// exits, and its child holds the ring (see the holder in
+        /// `gupwatch leaks`).
+        #[arg(long, requires = "hold")]
+        handoff: bool,
         /// Directory on a filesystem that supports O_DIRECT.
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
         scratch: PathBuf,
@@ -447,10 +451,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&gupwatch::bench::prog_stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Workload { hold: Some(secs), orphan, scratch, .. }) => {
+        Some(Command::Workload { hold: Some(secs), orphan, handoff, scratch, .. }) => {
             let stop = stop_flag()?;
-            let (name, whose) =
-                if orphan { ("io_uring_orphaned", "an exited child's") } else { ("io_uring_buffers_held", "a") };
+            let (name, whose) = if orphan {
+                ("io_uring_orphaned", "an exited child's")
+            } else if handoff {
+                ("io_uring_handoff_fork", "an exited creator's")
+            } else {
+                ("io_uring_buffers_held", "a")
+            };
             let mut held = scenarios::builtin(&scratch)
                 .into_iter()
                 .find(|s| s.name() == name)
@@ -514,6 +523,7 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
             caller: &caller,
             site: &|ip| gupwatch::attribution::caller_of(&[ip], &kallsyms),
             alive: &gupwatch::leaks::process_alive,
+            holders: &gupwatch::holders::live,
             kernel_outstanding: vmstat::read(true).ok().map(|v| v.outstanding()),
             untracked_pins: snap.diag[gup_common::Diag::PinsUntracked as usize],
         },

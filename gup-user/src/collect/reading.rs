@@ -357,6 +357,8 @@ pub struct LeakMetrics {
     pub untracked: u64,
     /// Per signal kind: (signals, pages).
     pub by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// Pins whose creator exited that a live process holds (not leaks).
+    pub held_by_others: u64,
 }
 
 impl LeakMetrics {
@@ -376,6 +378,7 @@ impl LeakMetrics {
             e.0 += 1;
             e.1 += l.pages;
         }
-        LeakMetrics { tracked_outstanding: r.tracked_outstanding, untracked: r.untracked_pins, by_kind }
+        let held_by_others = r.holdings.iter().filter(|h| !h.holders.is_empty()).map(|h| h.pages).sum();
+        LeakMetrics { tracked_outstanding: r.tracked_outstanding, untracked: r.untracked_pins, by_kind, held_by_others }
     }
 }

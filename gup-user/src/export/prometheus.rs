@@ -596,7 +596,7 @@ fn leak_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     gauges(
         enc,
         "gupwatch_leak_signals",
-        "Leak signals right now, by kind: long_held, orphaned (owner exited), unbalanced (unpins of unseen pins, per call site), growth.",
+        "Leak signals right now, by kind: long_held, orphaned (owner exited and no live process holds the object behind the pins, after a grace period), unbalanced (unpins of unseen pins, per call site), growth.",
         None,
         l.by_kind.iter().map(|(k, (n, _))| (LeakLabels { kind: k }, *n as i64)),
     )?;
@@ -606,6 +606,13 @@ fn leak_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
         "Pins covered by the leak signals of each kind.",
         None,
         l.by_kind.iter().map(|(k, (_, p))| (LeakLabels { kind: k }, *p as i64)),
+    )?;
+    gauge(
+        enc,
+        "gupwatch_held_by_other_process_pages",
+        "Pins whose creator exited, held by a live process that has the object behind them open (an io_uring ring inherited across fork): not a leak; gupwatch leaks names the holder.",
+        None,
+        Some(l.held_by_others as i64),
     )
 }
 

@@ -34,6 +34,10 @@ pub(crate) fn leak_report() -> LeakReport {
             oldest_age_secs: 12.5,
             longterm: true,
             orphaned: true,
+            owner_exited: true,
+            holders: vec![],
+            object: gup_common::object::PinObject::NONE,
+            exit_age_ns: 0,
             stack_id: 7,
         }],
         leaks: vec![

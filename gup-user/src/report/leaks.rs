@@ -52,13 +52,43 @@ pub struct Holding {
     /// Any of them FOLL_LONGTERM.
     #[serde(default)]
     pub longterm: bool,
-    /// The owner has exited.
+    /// Orphaned: the owner has exited and no live process holds the
+    /// object that keeps the pins, past the grace period its teardown gets.
     #[serde(default)]
     pub orphaned: bool,
+    /// The owner (creator) has exited: no process maps the pinned pages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner_exited: bool,
+    /// The live processes that hold the object behind the pins (the
+    /// io_uring ring the creator registered them on): inherited across a
+    /// fork or received over a socket. Looked for only once the owner has
+    /// exited; then the pins are *held by* them, not leaked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<ObjectHolder>,
+    /// The object, for grouping (not in the documents).
+    #[serde(skip)]
+    pub object: gup_common::object::PinObject,
+    /// Nanoseconds since the owner exited (`u64::MAX`: long ago, or an exit
+    /// gupwatch did not see), for the grace period (not in the documents).
+    #[serde(skip)]
+    pub exit_age_ns: u64,
     /// Kernel stack id of the call site (for grouping; not in the
     /// documents, 0 when read back).
     #[serde(skip)]
     pub stack_id: i64,
+}
+
+/// A live process that holds the object behind pins (has its file open, or
+/// mapped).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectHolder {
+    /// The process.
+    pub pid: u32,
+    /// Its `comm` now.
+    pub comm: String,
+    /// Its cgroup (v2 path; empty if unknown).
+    #[serde(default)]
+    pub cgroup: String,
 }
 
 /// One leak signal with what it is about.

@@ -143,7 +143,12 @@ fn all_scenarios_run() {
         let repeatable = !registered
             && !matches!(
                 sc.name(),
-                "io_uring_unregister_buffers" | "direct_io_write_after_fork" | "io_uring_buffers_held" | "io_uring_orphaned"
+                "io_uring_unregister_buffers"
+                    | "direct_io_write_after_fork"
+                    | "io_uring_buffers_held"
+                    | "io_uring_orphaned"
+                    | "io_uring_handoff_fork"
+                    | "io_uring_handoff_daemon"
             );
         if repeatable {
             sc.run().unwrap();

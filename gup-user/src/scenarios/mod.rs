@@ -57,6 +57,7 @@ mod memory;
 mod orphan;
 mod process_vm;
 mod rdma;
+mod handoff;
 mod registration;
 mod reverted;
 mod spec;
@@ -76,7 +77,7 @@ pub use self::error::ScenarioError;
 use self::error::*;
 pub use self::memory::page_size;
 pub use self::spec::{
-    Expectation, ExpectedLeak, ExpectedPath, PinPath, Spec, SUBSYSTEM_DIRECT_IO, SUBSYSTEM_IO_URING,
+    Expectation, ExpectedHolder, ExpectedLeak, ExpectedPath, PinPath, Spec, SUBSYSTEM_DIRECT_IO, SUBSYSTEM_IO_URING,
     SUBSYSTEM_PROCESS_VM, SUBSYSTEM_RDMA, SUBSYSTEM_VFIO,
 };
 pub use self::workload::{run_workload, ScenarioStats, WorkloadStats};
@@ -148,6 +149,11 @@ pub trait Scenario: Send {
     /// knows it only after a successful `run` (`None` before, and again
     /// after the next `prepare`).
     fn expected_leak(&self) -> Option<ExpectedLeak> {
+        None
+    }
+    /// The live process that holds the pins after `run` although their
+    /// creator exited (known only after a successful `run`).
+    fn expected_holder(&self) -> Option<ExpectedHolder> {
         None
     }
     /// The settled change of `nr_foll_pin_acquired`/`nr_foll_pin_released`
@@ -244,6 +250,8 @@ fn leaking() -> Vec<Box<dyn Scenario>> {
         }),
         Box::new(IoUringOrphan::new(false)),
         Box::new(IoUringOrphan::new(true)),
+        Box::new(handoff::IoUringHandoff::new(false)),
+        Box::new(handoff::IoUringHandoff::new(true)),
     ]
 }
 

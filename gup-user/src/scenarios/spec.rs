@@ -32,6 +32,21 @@ pub enum PinPath {
     RdmaRegMr,
 }
 
+/// Pins whose creator exited that a live process holds right after `run`
+/// (see [`super::Scenario::expected_holder`]): the leak analysis must name
+/// it and raise no orphaned signal for them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ExpectedHolder {
+    /// The process that pinned (exited).
+    pub owner_tgid: u32,
+    /// Pins held.
+    pub pages: u64,
+    /// The holder.
+    pub pid: u32,
+    /// Its `comm`.
+    pub comm: String,
+}
+
 impl PinPath {
     /// Stable snake_case name (as serialized).
     pub fn as_str(&self) -> &'static str {

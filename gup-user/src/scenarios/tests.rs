@@ -46,7 +46,7 @@ fn matrix_scenarios() {
 
 /// The builtin scenarios, in order: their names are the report's and
 /// the metrics' keys, so they must not change.
-const BUILTIN_NAMES: [&str; 15] = [
+const BUILTIN_NAMES: [&str; 17] = [
     "process_vm_readv",
     "process_vm_writev",
     "io_uring_register_buffers",
@@ -62,6 +62,8 @@ const BUILTIN_NAMES: [&str; 15] = [
     "io_uring_buffers_held",
     "io_uring_orphaned",
     "io_uring_orphaned_closed",
+    "io_uring_handoff_fork",
+    "io_uring_handoff_daemon",
 ];
 
 #[test]
@@ -109,6 +111,8 @@ fn builtin_names_are_stable_unique_snake_case() {
             IoUringRegister,
             IoUringRegister,
             IoUringRegister,
+            IoUringRegister,
+            IoUringRegister,
         ]
     );
 }
@@ -145,6 +149,8 @@ fn expectations() {
             ("io_uring_buffers_held", P::Any, no, uring, true),
             ("io_uring_orphaned", P::Any, no, uring, true),
             ("io_uring_orphaned_closed", P::Any, no, uring, true),
+            ("io_uring_handoff_fork", P::Any, no, uring, true),
+            ("io_uring_handoff_daemon", P::Any, no, uring, true),
         ]
     );
     // The subsystem agrees with the pin path, and every scenario that
@@ -206,29 +212,29 @@ fn expected_leaks_and_deltas() {
         };
         assert_eq!(s.expected_delta(), delta, "{}", s.name());
     }
-    // The orphan's owner is the child of the last run.
+    // The orphan's child exited; this process holds its ring.
     let mut orphan = IoUringOrphan::new(false);
-    assert_eq!(orphan.expected_leak(), None);
+    assert_eq!((orphan.expected_leak(), orphan.expected_holder()), (None, None));
     orphan.child = Some(4242);
-    assert_eq!(
-        orphan.expected_leak(),
-        Some(ExpectedLeak {
-            kind: "orphaned",
-            pages,
-            owner_tgid: 4242
-        })
-    );
+    let me = orphan.expected_holder().expect("a holder after run");
+    assert_eq!((me.owner_tgid, me.pages, me.pid), (4242, pages, std::process::id()));
+    assert!(!me.comm.is_empty());
+    assert_eq!(orphan.expected_leak(), None);
     let mut closed = IoUringOrphan::new(true);
     closed.child = Some(4242);
-    assert_eq!(closed.expected_leak(), None);
+    assert_eq!((closed.expected_leak(), closed.expected_holder()), (None, None));
+    for s in &all {
+        let forks = matches!(s.name(), "io_uring_handoff_fork" | "io_uring_handoff_daemon");
+        assert!(!forks || s.expected_holder().is_none(), "{}: no holder before run", s.name());
+    }
     assert_eq!(
         LeakKind::LongHeld.as_str(),
         "long_held",
         "ExpectedLeak::kind must match the leak report's labels"
     );
     assert_eq!(
-        serde_json::to_value(orphan.expected_leak().unwrap()).unwrap(),
-        serde_json::json!({"kind": "orphaned", "pages": pages, "owner_tgid": 4242})
+        serde_json::to_value(held).unwrap(),
+        serde_json::json!({"kind": "long_held", "pages": pages, "owner_tgid": std::process::id()})
     );
 }
 

@@ -541,6 +541,16 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
             if o.leaks.is_empty() {
                 lines.push(Line::styled("no leak signals", Style::new().fg(Color::Green)));
             }
+            // Pins whose creator exited, held by a live process: not leaks,
+            // but the answer to "what do I restart".
+            for h in o.holdings.iter().filter(|h| !h.holders.is_empty()) {
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{:<10}", "held by"), Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD)),
+                    Span::raw(format!("{:>5}p ", human(h.pages))),
+                    Span::raw(crate::leaks::holder_names(&h.holders)),
+                    Span::styled(format!(" from {} {}", h.owner_tgid, h.comm), DIM),
+                ]));
+            }
             for l in &o.leaks {
                 let color = match l.kind {
                     LeakKind::Orphaned | LeakKind::Growth => Color::Red,
@@ -613,6 +623,21 @@ fn draw_help(f: &mut Frame, area: Rect) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The leak panel names who holds pins whose creator exited.
+    #[test]
+    fn leak_panel_shows_the_holder() {
+        use crate::tui::view::tests::{holding, report};
+        let mut vm = ViewModel::new();
+        let mut h = holding(169, "handoff", "io_pin_pages", crate::attribution::Subsystem::IoUring, 256, 12.0);
+        h.owner_exited = true;
+        h.holders = vec![crate::report::ObjectHolder { pid: 170, comm: "ring-holder".into(), cgroup: String::new() }];
+        vm.set_outstanding(Some(report(Some(256), vec![h], vec![])));
+        let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(60, 6)).expect("test terminal");
+        term.draw(|f| draw_leaks(f, f.area(), &vm)).expect("draws");
+        let text: String = term.backend().buffer().content().iter().map(|c| c.symbol()).collect();
+        assert!(text.contains("held by     256p 170 ring-holder from 169 handoff"), "{text}");
+    }
 
     #[test]
     fn number_formats() {

@@ -632,6 +632,10 @@ pub(crate) mod tests {
             oldest_age_secs: age,
             longterm: true,
             orphaned: false,
+            owner_exited: false,
+            holders: vec![],
+            object: gup_common::object::PinObject::NONE,
+            exit_age_ns: 0,
             stack_id: 0,
         }
     }

@@ -15,7 +15,7 @@
 use super::report::{NotReachable, Report};
 
 /// Every scenario of `gupwatch check`, in report order.
-const SCENARIOS: [&str; 42] = [
+const SCENARIOS: [&str; 44] = [
     "process_vm_readv",
     "process_vm_writev",
     "io_uring_register_buffers",
@@ -31,6 +31,8 @@ const SCENARIOS: [&str; 42] = [
     "io_uring_buffers_held",
     "io_uring_orphaned",
     "io_uring_orphaned_closed",
+    "io_uring_handoff_fork",
+    "io_uring_handoff_daemon",
     "io_uring_register_memfd_shared",
     "io_uring_register_memfd_private",
     "io_uring_register_file_shared",
@@ -218,8 +220,8 @@ mod tests {
             assert!(!l.contains(&MOVABLE), "{}", a.name);
             assert!(l.contains(&"io_uring_register_hugetlb"), "{}", a.name);
         }
-        assert_eq!(expected_reachable("6.1").map(|l| l.len()), Some(37));
-        assert_eq!(expected_reachable("7.2").map(|l| l.len()), Some(38));
+        assert_eq!(expected_reachable("6.1").map(|l| l.len()), Some(39));
+        assert_eq!(expected_reachable("7.2").map(|l| l.len()), Some(40));
         assert_eq!(expected_reachable("canary"), None);
         let preempt = expected_reachable(PREEMPT_STEP).unwrap();
         assert_eq!(preempt.len(), 8);
@@ -233,9 +235,9 @@ mod tests {
         let expected = expected_reachable("7.2").unwrap();
         let r = judge_reachable(&expected, &report(&expected, &[(MOVABLE, "no populated ZONE_MOVABLE")]));
         assert!(r.ok(), "{r:?}");
-        assert_eq!((r.reached, r.expected), (38, 38));
+        assert_eq!((r.reached, r.expected), (40, 40));
         let lines = r.lines();
-        assert_eq!(lines[0], "  PASS  scenarios reached: 38 of 38 expected, 1 not reachable");
+        assert_eq!(lines[0], "  PASS  scenarios reached: 40 of 40 expected, 1 not reachable");
         assert_eq!(lines[1], "        not reachable: io_uring_register_movable (no populated ZONE_MOVABLE)");
         assert_eq!(lines.len(), 2);
     }
@@ -248,7 +250,7 @@ mod tests {
         assert!(!r.ok());
         assert_eq!(r.unreachable.len(), 1);
         assert!(r.problem().contains("expected reachable but not reachable: io_uring_register_hugetlb"), "{}", r.problem());
-        assert!(r.lines()[0].starts_with("  FAIL  scenarios reached: 37 of 38"), "{:?}", r.lines());
+        assert!(r.lines()[0].starts_with("  FAIL  scenarios reached: 39 of 40"), "{:?}", r.lines());
     }
 
     #[test]

@@ -142,6 +142,7 @@ fn leak_signals_by_kind() {
     assert_eq!(value(&text, r#"gupwatch_leak_signals{kind="long_held"}"#), 1.0);
     assert_eq!(value(&text, "gupwatch_tracked_outstanding_pins"), 768.0);
     assert_eq!(value(&text, "gupwatch_untracked_pins_total"), 3.0);
+    assert_eq!(value(&text, "gupwatch_held_by_other_process_pages"), 256.0);
 }
 
 
