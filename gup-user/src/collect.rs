@@ -85,6 +85,10 @@ pub struct Collector {
     accounted: Option<(Instant, Arc<Accounted>)>,
     /// Where accounted pins are read (`/proc`).
     proc_root: std::path::PathBuf,
+    /// Stacks whose subsystem the programs were told (hold times).
+    classified: std::collections::HashSet<i64>,
+    /// Whether classifying failed once (said once).
+    classify_failed: bool,
 }
 
 impl Collector {
@@ -119,6 +123,8 @@ impl Collector {
             last_leak_at: None,
             accounted: None,
             proc_root: std::path::PathBuf::from("/proc"),
+            classified: Default::default(),
+            classify_failed: false,
         }
     }
 
@@ -271,6 +277,7 @@ impl Collector {
             .map(|p| p.probe_misses().into_iter().map(|(a, n)| (a.symbol(), n)).collect())
             .unwrap_or_default();
         data.probe_detached = self.probes.as_ref().map(Probes::probe_detached).unwrap_or_default();
+        data.hold_times = self.hold_times();
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
         // analysis would feed the growth tracker the same reading twice.
         // It reads the whole tracking map (a syscall per folio), so scrapes
@@ -286,6 +293,43 @@ impl Collector {
         }
         data.gather_duration = t0.elapsed();
         Arc::new(data)
+    }
+
+    /// Classifies the stacks resolved so far for the programs' hold-time
+    /// histograms, then reads and folds them (`crate::holdtime`).
+    fn hold_times(&mut self) -> Vec<crate::report::HoldHistogram> {
+        let Some(p) = self.probes.as_mut() else { return vec![] };
+        let kallsyms = &self.kallsyms;
+        for (id, ips) in &self.stacks {
+            if self.classified.contains(id) {
+                continue;
+            }
+            let s = attribution::caller_of(ips, kallsyms).subsystem;
+            match p.maps.hold.classify(*id, s) {
+                Ok(()) => {
+                    self.classified.insert(*id);
+                }
+                // Unclassified stacks stay in the pending map, which is
+                // folded below: only the cost rises, not the answer.
+                Err(e) => {
+                    if !self.classify_failed {
+                        eprintln!("gupwatch: hold times: cannot classify stack {id}: {e}");
+                        self.classify_failed = true;
+                    }
+                    break;
+                }
+            }
+        }
+        let raw = p.maps.hold.read();
+        let stacks = &self.stacks;
+        let maps = &p.maps;
+        crate::holdtime::fold(&raw, |id| {
+            let ips = match stacks.get(&id) {
+                Some(ips) => ips.clone(),
+                None => maps.stack(id)?,
+            };
+            Some(attribution::caller_of(&ips, kallsyms).subsystem)
+        })
     }
 
     /// The accounted pins, read again when the last reading is older than

@@ -126,6 +126,7 @@ pub fn analyze(
         leaks,
         notes,
         i915_objects: vec![],
+        hold_times: vec![],
     }
 }
 

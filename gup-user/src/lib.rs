@@ -33,6 +33,7 @@ pub mod errno;
 pub mod export;
 pub mod host;
 pub mod i915;
+pub mod holdtime;
 pub mod http;
 pub mod kallsyms;
 pub mod kernel;

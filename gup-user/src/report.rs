@@ -11,6 +11,7 @@
 //! it; the golden tests (`report/tests.rs`) hold the bytes the writers
 //! produce.
 
+mod holds;
 mod leaks;
 mod snapshot;
 
@@ -21,6 +22,7 @@ mod tests;
 
 use serde::Serialize;
 
+pub use holds::{hold_table, short_duration, HoldHistogram};
 pub use leaks::{Holding, Leak, LeakKind, LeakReport};
 pub use snapshot::{
     ApiReport, CallerReport, ErrnoReport, HookReport, Kind, KernelCounters, Mode, ProcessReport, SnapshotReport,

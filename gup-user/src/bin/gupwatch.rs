@@ -450,10 +450,16 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
         .into_iter()
         .filter(|o| o.pinned_pages > 0)
         .collect();
+    // No stack was classified while tracking (nothing gathered), so every
+    // hold is in the pending map, named here by its stack.
+    report.hold_times = gupwatch::holdtime::fold(&probes.maps.hold.read(), |id| {
+        probes.maps.stack(id).map(|ips| gupwatch::attribution::caller_of(&ips, &kallsyms).subsystem)
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_table());
+        print!("{}", gupwatch::report::hold_table(&report.hold_times));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -236,6 +236,9 @@ pub struct Reading {
     /// Per module hook's function and reason, the times it was found dead
     /// ([`crate::loader::Probes::probe_detached`]).
     pub probe_detached: Vec<(&'static str, &'static str, u64)>,
+    /// How long released pins were held, per subsystem and LONGTERM
+    /// (empty without probes or without pin tracking).
+    pub hold_times: Vec<crate::report::HoldHistogram>,
 }
 
 impl Reading {
@@ -263,6 +266,7 @@ impl Reading {
             accounted: None,
             top_processes: settings.top_processes,
             probe_detached: Vec::new(),
+            hold_times: Vec::new(),
         }
     }
 

@@ -70,6 +70,7 @@ pub(crate) fn leak_report() -> LeakReport {
             pin_to_release_secs: None,
             orphaned: false,
         }],
+        hold_times: vec![],
     }
 }
 

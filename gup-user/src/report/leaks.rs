@@ -123,5 +123,10 @@ pub struct LeakReport {
     /// caller from the object map; empty where i915 is absent).
     #[serde(default)]
     pub i915_objects: Vec<crate::i915::ObjectRow>,
+    /// How long the pins released while tracking were held, per
+    /// subsystem and LONGTERM (filled by `gupwatch leaks`; absent from
+    /// `/api/snapshot`, which has its own `hold_times`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold_times: Vec<super::HoldHistogram>,
 }
 
