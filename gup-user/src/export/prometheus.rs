@@ -39,6 +39,7 @@ use crate::{
     model::{Snapshot, Totals},
 };
 
+mod hold;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -420,6 +421,7 @@ impl PromCollector for Exposition {
         who_pinned(&mut enc, d)?;
         outstanding(&mut enc, d)?;
         leak_families(&mut enc, d)?;
+        hold::hold_family(&mut enc, d)?;
         accounted_families(&mut enc, d)?;
         own_health(&mut enc, d)
     }
