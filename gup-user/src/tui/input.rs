@@ -33,6 +33,8 @@ pub struct UiState {
     pub show_idle: bool,
     /// The latency histogram's API (`None`: all).
     pub latency_api: Option<String>,
+    /// The middle panel shows pin hold times instead of call latency.
+    pub hold_times: bool,
     /// Where the data comes from ("local", or the daemon's address).
     pub source: String,
     /// Time between readings.
@@ -58,6 +60,7 @@ impl UiState {
             help: false,
             show_idle: false,
             latency_api: None,
+            hold_times: false,
             source: source.into(),
             interval,
             error: None,
@@ -128,6 +131,7 @@ pub fn handle_key(ui: &mut UiState, key: KeyEvent, vm: &ViewModel) -> Action {
         }
         KeyCode::Char('p') | KeyCode::Char(' ') => ui.paused = !ui.paused,
         KeyCode::Char('i') | KeyCode::Char('I') => ui.show_idle = !ui.show_idle,
+        KeyCode::Char('t') | KeyCode::Char('T') => ui.hold_times = !ui.hold_times,
         KeyCode::Char('?') | KeyCode::Char('h') => ui.help = true,
         KeyCode::Char('a') | KeyCode::Char('A') => {
             let apis = vm.latency_apis();

@@ -21,7 +21,7 @@ use super::{
     input::UiState,
     view::{visible_rows, SortKey, TableRow, View, ViewModel, VisibleRows},
 };
-use crate::report::LeakKind;
+use crate::report::{short_duration, LeakKind};
 
 /// Compact count: 9999, 12.3k, 1.23M, 4.56G.
 pub fn human(n: u64) -> String {
@@ -122,7 +122,11 @@ pub fn draw(f: &mut Frame, vm: &ViewModel, ui: &UiState) {
                 .spacing(1)
                 .areas(bottom);
         draw_sparklines(f, spark, vm);
-        draw_latency(f, latency, vm, ui);
+        if ui.hold_times {
+            draw_hold_times(f, latency, vm);
+        } else {
+            draw_latency(f, latency, vm, ui);
+        }
         draw_leaks(f, leaks, vm);
     }
     draw_footer(f, footer, ui);
@@ -521,6 +525,33 @@ fn draw_latency(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
+/// One line per subsystem and LONGTERM: pages released and the bucket
+/// bounds their median and 99th percentile hold times fall under.
+fn draw_hold_times(f: &mut Frame, area: Rect, vm: &ViewModel) {
+    let block = titled(" Hold times · p50 p99 ");
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let hs = vm.hold_times();
+    if hs.is_empty() {
+        let msg = if vm.full() { "no pins released yet" } else { "needs probes" };
+        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), inner);
+        return;
+    }
+    let q = |h: &crate::report::HoldHistogram, q: f64| h.quantile_upper_seconds(q).map_or("-".into(), short_duration);
+    let lines: Vec<Line> = hs
+        .iter()
+        .map(|h| {
+            Line::from(vec![
+                Span::raw(format!("{:<11}", h.subsystem)),
+                Span::styled(if h.longterm { "LT " } else { "   " }, DIM),
+                Span::raw(format!("≤{:>6} ≤{:>6}", q(h, 0.5), q(h, 0.99))),
+                Span::styled(format!(" {:>6}p", human(h.count)), DIM),
+            ])
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
 fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
     let block = titled(" Outstanding · leaks ");
     let inner = block.inner(area);
@@ -588,6 +619,7 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Line::raw("  /        filter by process, call site or subsystem"),
         Line::raw("  i        show/hide idle rows (no calls, none held)"),
         Line::raw("  a / A    latency histogram: next / previous API"),
+        Line::raw("  t        call latency ⇄ pin hold times (p50, p99)"),
         Line::raw("  p        pause (the data keeps being read)"),
         Line::raw("  q, Ctrl-C quit · ? or Esc closes this"),
         Line::styled("Columns", BOLD),
