@@ -22,6 +22,7 @@ pub mod args;
 pub mod attribution;
 pub mod bench;
 pub mod btf;
+pub mod cgroups;
 pub mod check;
 pub mod collect;
 pub mod config;
