@@ -89,6 +89,10 @@ pub struct Collector {
     classified: std::collections::HashSet<i64>,
     /// Whether classifying failed once (said once).
     classify_failed: bool,
+    /// cgroup ids to paths.
+    cgroup_names: crate::cgroups::CgroupNames,
+    /// Pins per cgroup, made with the leak report.
+    last_cgroups: Vec<crate::cgroups::CgroupPins>,
 }
 
 impl Collector {
@@ -125,6 +129,8 @@ impl Collector {
             proc_root: std::path::PathBuf::from("/proc"),
             classified: Default::default(),
             classify_failed: false,
+            cgroup_names: Default::default(),
+            last_cgroups: Vec::new(),
         }
     }
 
@@ -286,13 +292,28 @@ impl Collector {
         if !fresh {
             self.last_leak_report = self.leak_report(&data);
             self.last_leak_at = Some(std::time::Instant::now());
+            self.last_cgroups = self.cgroup_pins(&data);
         }
+        data.cgroups = self.last_cgroups.clone();
         data.leaks = self.last_leak_report.as_ref().map(LeakMetrics::from_report);
         if self.probes.is_none() {
             data.accounted = Some(self.accounted());
         }
         data.gather_duration = t0.elapsed();
         Arc::new(data)
+    }
+
+    /// Pins held now per cgroup, from the leak report's holdings and the
+    /// cgroup of each owner's pin calls.
+    fn cgroup_pins(&mut self, data: &Reading) -> Vec<crate::cgroups::CgroupPins> {
+        let (Some(report), Some(snap)) = (&self.last_leak_report, &data.snapshot) else { return vec![] };
+        let of = crate::cgroups::cgroup_of_processes(&snap.attrib);
+        crate::cgroups::pinned_by_cgroup(
+            report.holdings.iter().map(|h| (h.owner_tgid, h.pages)),
+            &of,
+            &mut self.cgroup_names,
+            crate::cgroups::DEFAULT_TOP_CGROUPS,
+        )
     }
 
     /// Classifies the stacks resolved so far for the programs' hold-time

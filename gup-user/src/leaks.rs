@@ -127,6 +127,7 @@ pub fn analyze(
         notes,
         i915_objects: vec![],
         hold_times: vec![],
+        cgroups: vec![],
     }
 }
 

@@ -455,11 +455,18 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     report.hold_times = gupwatch::holdtime::fold(&probes.maps.hold.read(), |id| {
         probes.maps.stack(id).map(|ips| gupwatch::attribution::caller_of(&ips, &kallsyms).subsystem)
     });
+    report.cgroups = gupwatch::cgroups::pinned_by_cgroup(
+        report.holdings.iter().map(|h| (h.owner_tgid, h.pages)),
+        &gupwatch::cgroups::cgroup_of_processes(&snap.attrib),
+        &mut gupwatch::cgroups::CgroupNames::default(),
+        gupwatch::cgroups::DEFAULT_TOP_CGROUPS,
+    );
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_table());
         print!("{}", gupwatch::report::hold_table(&report.hold_times));
+        print!("{}", gupwatch::cgroups::cgroup_table(&report.cgroups));
     }
     Ok(ExitCode::SUCCESS)
 }

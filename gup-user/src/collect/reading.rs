@@ -239,6 +239,9 @@ pub struct Reading {
     /// How long released pins were held, per subsystem and LONGTERM
     /// (empty without probes or without pin tracking).
     pub hold_times: Vec<crate::report::HoldHistogram>,
+    /// Pins held now per cgroup: the top ones, then `other` and
+    /// `unknown` (empty without pin tracking).
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
 }
 
 impl Reading {
@@ -267,6 +270,7 @@ impl Reading {
             top_processes: settings.top_processes,
             probe_detached: Vec::new(),
             hold_times: Vec::new(),
+            cgroups: Vec::new(),
         }
     }
 

@@ -69,6 +69,7 @@ fn leak_metrics_list_every_kind() {
             age_secs: None,
         }],
         hold_times: vec![],
+        cgroups: vec![],
         notes: vec![],
         i915_objects: vec![],
     };

@@ -71,6 +71,7 @@ pub(crate) fn leak_report() -> LeakReport {
             orphaned: false,
         }],
         hold_times: vec![],
+        cgroups: vec![],
     }
 }
 

@@ -128,5 +128,9 @@ pub struct LeakReport {
     /// `/api/snapshot`, which has its own `hold_times`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hold_times: Vec<super::HoldHistogram>,
+    /// Pins held now per cgroup (filled by `gupwatch leaks`; absent from
+    /// `/api/snapshot`, which has its own `cgroups`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
 }
 

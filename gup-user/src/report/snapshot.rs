@@ -298,6 +298,10 @@ pub struct SnapshotReport {
     /// absent while none was released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hold_times: Vec<super::HoldHistogram>,
+    /// Pins held now per cgroup (top ones, `other`, `unknown`); absent
+    /// while none is held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
     /// `callers=1`: the attribution rows, largest first (absent
     /// otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
