@@ -101,6 +101,10 @@ fn full_sample() -> String {
         sum_seconds: 8e-5,
         buckets,
     }];
+    d.cgroups = vec![gupwatch::cgroups::CgroupPins {
+        cgroup: gupwatch::cgroups::parse_path("/system.slice/fio.service"),
+        pages: 5,
+    }];
     render(&Arc::new(d), Format::Prometheus)
 }
 

@@ -39,6 +39,7 @@ use crate::{
     model::{Snapshot, Totals},
 };
 
+mod cgroups;
 mod hold;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -422,6 +423,7 @@ impl PromCollector for Exposition {
         outstanding(&mut enc, d)?;
         leak_families(&mut enc, d)?;
         hold::hold_family(&mut enc, d)?;
+        cgroups::cgroup_family(&mut enc, d)?;
         accounted_families(&mut enc, d)?;
         own_health(&mut enc, d)
     }
