@@ -251,6 +251,27 @@ mod tests {
         assert!(s.lines().all(|l| l.chars().count() == 80));
     }
 
+    /// `t` turns the middle panel to hold times, then to pins per cgroup.
+    #[test]
+    fn hold_times_and_cgroup_panels() {
+        let vm = busy();
+        let mut ui = UiState::new("local", std::time::Duration::from_secs(1));
+        use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+        let t = KeyEvent::new(KeyCode::Char('t'), KeyModifiers::NONE);
+        super::input::handle_key(&mut ui, t, &vm);
+        let s = screen(&vm, &ui, 120, 30);
+        assert!(s.contains("Hold times · p50 p99"), "{s}");
+        // 2400 pages released in the bucket that ends at 16 µs (2^14 ns).
+        let line = s.lines().find(|l| l.contains("direct-io  ") && l.contains("≤")).expect("hold line");
+        assert!(line.contains("≤  16µs ≤  16µs   2400p"), "{line}");
+        super::input::handle_key(&mut ui, t, &vm);
+        let s = screen(&vm, &ui, 120, 30);
+        assert!(s.contains("Pins held · by cgroup"), "{s}");
+        assert!(s.contains("6000p fio.service"), "{s}");
+        super::input::handle_key(&mut ui, t, &vm);
+        assert!(screen(&vm, &ui, 120, 30).contains("Latency · all APIs"));
+    }
+
     #[test]
     fn call_sites_help_and_filter() {
         let vm = busy();

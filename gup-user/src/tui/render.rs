@@ -18,7 +18,7 @@ use ratatui::{
 };
 
 use super::{
-    input::UiState,
+    input::{Panel, UiState},
     view::{visible_rows, SortKey, TableRow, View, ViewModel, VisibleRows},
 };
 use crate::report::{short_duration, LeakKind};
@@ -122,10 +122,10 @@ pub fn draw(f: &mut Frame, vm: &ViewModel, ui: &UiState) {
                 .spacing(1)
                 .areas(bottom);
         draw_sparklines(f, spark, vm);
-        if ui.hold_times {
-            draw_hold_times(f, latency, vm);
-        } else {
-            draw_latency(f, latency, vm, ui);
+        match ui.panel {
+            Panel::Latency => draw_latency(f, latency, vm, ui),
+            Panel::HoldTimes => draw_hold_times(f, latency, vm),
+            Panel::Cgroups => draw_cgroups(f, latency, vm),
         }
         draw_leaks(f, leaks, vm);
     }
@@ -552,6 +552,35 @@ fn draw_hold_times(f: &mut Frame, area: Rect, vm: &ViewModel) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
+/// Pins held per cgroup: pages, then the unit, pod or container when the
+/// path has one (more telling than a long path), else the path.
+fn draw_cgroups(f: &mut Frame, area: Rect, vm: &ViewModel) {
+    let block = titled(" Pins held · by cgroup ");
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let cs = vm.cgroups();
+    if cs.is_empty() {
+        let msg = if vm.full() { "no pins held" } else { "needs probes" };
+        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), inner);
+        return;
+    }
+    let lines: Vec<Line> = cs
+        .iter()
+        .map(|c| {
+            let g = &c.cgroup;
+            let name = match (&g.pod_uid, &g.container_id, &g.unit) {
+                (Some(p), Some(id), _) => format!("pod {} ctr {}", &p[..8.min(p.len())], &id[..12.min(id.len())]),
+                (Some(p), None, _) => format!("pod {p}"),
+                (None, Some(id), _) => format!("ctr {}", &id[..12.min(id.len())]),
+                (None, None, Some(u)) => u.clone(),
+                (None, None, None) => g.path.clone(),
+            };
+            Line::from(vec![Span::raw(format!("{:>7}p ", human(c.pages))), Span::raw(name)])
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
 fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
     let block = titled(" Outstanding · leaks ");
     let inner = block.inner(area);
@@ -619,7 +648,7 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Line::raw("  /        filter by process, call site or subsystem"),
         Line::raw("  i        show/hide idle rows (no calls, none held)"),
         Line::raw("  a / A    latency histogram: next / previous API"),
-        Line::raw("  t        call latency ⇄ pin hold times (p50, p99)"),
+        Line::raw("  t        middle panel: latency → hold times → cgroups"),
         Line::raw("  p        pause (the data keeps being read)"),
         Line::raw("  q, Ctrl-C quit · ? or Esc closes this"),
         Line::styled("Columns", BOLD),

@@ -50,6 +50,8 @@ pub struct Sample {
     pub accounted: Option<Accounted>,
     /// How long released pins were held, per subsystem and LONGTERM.
     pub hold_times: Vec<HoldHistogram>,
+    /// Pins held now per cgroup.
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
 }
 
 /// Why a JSON document could not be read as a sample.
@@ -101,6 +103,7 @@ impl Sample {
             rows_truncated: doc.callers_truncated.unwrap_or(false),
             accounted: doc.accounted,
             hold_times: doc.hold_times,
+            cgroups: doc.cgroups,
         }
     }
 }

@@ -405,6 +405,11 @@ impl ViewModel {
         self.latest.as_ref().map_or(&[], |s| s.hold_times.as_slice())
     }
 
+    /// Pins held per cgroup in the latest sample.
+    pub fn cgroups(&self) -> &[crate::cgroups::CgroupPins] {
+        self.latest.as_ref().map_or(&[], |s| s.cgroups.as_slice())
+    }
+
     /// The call-latency histogram of one API, or of all.
     pub fn latency(&self, api: Option<&str>) -> [u64; LATENCY_BUCKETS] {
         let mut out = [0; LATENCY_BUCKETS];
@@ -654,6 +659,7 @@ pub(crate) mod tests {
             notes: vec![],
             i915_objects: vec![],
             hold_times: vec![],
+            cgroups: vec![],
         }
     }
 
@@ -691,6 +697,10 @@ pub(crate) mod tests {
             rows_truncated: false,
             accounted: None,
             hold_times: vec![hold("direct-io", false, 40 * step)],
+            cgroups: vec![crate::cgroups::CgroupPins {
+                cgroup: crate::cgroups::parse_path("/system.slice/fio.service"),
+                pages: 100 * step,
+            }],
         }
     }
 
