@@ -219,24 +219,33 @@ impl EncodeMetric for ConstHistogram {
 /// bound is `2^(i+1)` ns; the last bucket also takes everything longer, so
 /// its bound is `+Inf`.
 fn latency_histogram(s: &ApiStats) -> ConstHistogram {
-    // The encoder sums the buckets into cumulative counts. Counts whose sum
-    // passes u64::MAX (only from wrapped or corrupt counters) saturate
-    // there: unchecked, the sum overflowed (a panic in debug builds, a
-    // decreasing cumulative bucket in release; found by the
-    // metrics_exposition fuzz target).
-    let mut total = 0u64;
-    let buckets = s
-        .latency_log2
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let le = if i + 1 == LATENCY_BUCKETS { f64::INFINITY } else { (1u64 << (i + 1)) as f64 / 1e9 };
-            let n = (*n).min(u64::MAX - total);
-            total += n;
-            (le, n)
-        })
-        .collect();
-    ConstHistogram { sum: s.latency_ns_sum as f64 / 1e9, count: total, buckets }
+    let bounds = s.latency_log2.iter().enumerate().map(|(i, n)| {
+        let le = if i + 1 == LATENCY_BUCKETS { f64::INFINITY } else { (1u64 << (i + 1)) as f64 / 1e9 };
+        (le, *n)
+    });
+    ConstHistogram::new(s.latency_ns_sum as f64 / 1e9, bounds)
+}
+
+impl ConstHistogram {
+    /// A histogram of (upper bound, count in that bucket alone) pairs.
+    ///
+    /// The encoder sums the buckets into cumulative counts. Counts whose
+    /// sum passes u64::MAX (only from wrapped or corrupt counters) saturate
+    /// there: unchecked, the sum overflowed (a panic in debug builds, a
+    /// decreasing cumulative bucket in release; found by the
+    /// metrics_exposition fuzz target).
+    fn new(sum: f64, buckets: impl IntoIterator<Item = (f64, u64)>) -> ConstHistogram {
+        let mut total = 0u64;
+        let buckets = buckets
+            .into_iter()
+            .map(|(le, n)| {
+                let n = n.min(u64::MAX - total);
+                total += n;
+                (le, n)
+            })
+            .collect();
+        ConstHistogram { sum, count: total, buckets }
+    }
 }
 
 fn counters<L: EncodeLabelSet>(

@@ -525,18 +525,27 @@ fn draw_latency(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
+/// Draws a titled panel and returns its inside, or says why it is empty
+/// (nothing yet, or no probes) and returns `None`.
+fn panel(f: &mut Frame, area: Rect, title: &str, vm: &ViewModel, empty: bool, nothing: &str) -> Option<Rect> {
+    let block = titled(title);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    if empty {
+        let msg = if vm.full() { nothing } else { "needs probes" };
+        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), inner);
+        return None;
+    }
+    Some(inner)
+}
+
 /// One line per subsystem and LONGTERM: pages released and the bucket
 /// bounds their median and 99th percentile hold times fall under.
 fn draw_hold_times(f: &mut Frame, area: Rect, vm: &ViewModel) {
-    let block = titled(" Hold times · p50 p99 ");
-    let inner = block.inner(area);
-    f.render_widget(block, area);
     let hs = vm.hold_times();
-    if hs.is_empty() {
-        let msg = if vm.full() { "no pins released yet" } else { "needs probes" };
-        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), inner);
+    let Some(inner) = panel(f, area, " Hold times · p50 p99 ", vm, hs.is_empty(), "no pins released yet") else {
         return;
-    }
+    };
     let q = |h: &crate::report::HoldHistogram, q: f64| h.quantile_upper_seconds(q).map_or("-".into(), short_duration);
     let lines: Vec<Line> = hs
         .iter()
@@ -555,15 +564,10 @@ fn draw_hold_times(f: &mut Frame, area: Rect, vm: &ViewModel) {
 /// Pins held per cgroup: pages, then the unit, pod or container when the
 /// path has one (more telling than a long path), else the path.
 fn draw_cgroups(f: &mut Frame, area: Rect, vm: &ViewModel) {
-    let block = titled(" Pins held · by cgroup ");
-    let inner = block.inner(area);
-    f.render_widget(block, area);
     let cs = vm.cgroups();
-    if cs.is_empty() {
-        let msg = if vm.full() { "no pins held" } else { "needs probes" };
-        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), inner);
+    let Some(inner) = panel(f, area, " Pins held · by cgroup ", vm, cs.is_empty(), "no pins held") else {
         return;
-    }
+    };
     let lines: Vec<Line> = cs
         .iter()
         .map(|c| {

@@ -37,21 +37,11 @@ pub(super) fn hold_family(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Resu
     Ok(())
 }
 
-/// The kernel's buckets with their upper bounds in seconds; counts that
-/// would pass u64::MAX in sum saturate (as the latency histogram's).
+/// The kernel's buckets with their upper bounds in seconds.
 fn histogram(h: &HoldHistogram) -> ConstHistogram {
-    let mut total = 0u64;
-    let buckets = h
-        .buckets
-        .iter()
-        .enumerate()
-        .map(|(b, n)| {
-            let n = (*n).min(u64::MAX - total);
-            total += n;
-            (HoldHistogram::upper_seconds(b).unwrap_or(f64::INFINITY), n)
-        })
-        .collect();
-    ConstHistogram { sum: h.sum_seconds, count: total, buckets }
+    let bounds =
+        h.buckets.iter().enumerate().map(|(b, n)| (HoldHistogram::upper_seconds(b).unwrap_or(f64::INFINITY), *n));
+    ConstHistogram::new(h.sum_seconds, bounds)
 }
 
 #[cfg(test)]
