@@ -128,6 +128,7 @@ pub fn analyze(
         i915_objects: vec![],
         hold_times: vec![],
         cgroups: vec![],
+        held_before_start: vec![],
     }
 }
 

@@ -21,6 +21,7 @@ pub mod accounted;
 pub mod args;
 pub mod attribution;
 pub mod bench;
+pub mod beforestart;
 pub mod btf;
 pub mod cgroups;
 pub mod check;

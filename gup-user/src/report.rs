@@ -11,6 +11,7 @@
 //! it; the golden tests (`report/tests.rs`) hold the bytes the writers
 //! produce.
 
+mod before;
 mod holds;
 mod leaks;
 mod snapshot;
@@ -22,6 +23,7 @@ mod tests;
 
 use serde::Serialize;
 
+pub use before::{HeldBeforeStart, HELD_BEFORE_START};
 pub use holds::{hold_table, short_duration, HoldHistogram};
 pub use leaks::{Holding, Leak, LeakKind, LeakReport};
 pub use snapshot::{

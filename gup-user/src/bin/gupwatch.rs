@@ -411,6 +411,10 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     init_env_logging()?;
     let stop = stop_flag()?;
     let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
+    // What is pinned already, read before the probes attach: whatever is
+    // pinned after is tracked (gupwatch::beforestart).
+    let proc_root = std::path::Path::new("/proc");
+    let before = gupwatch::beforestart::Inventory::take(proc_root);
     let mut session = Session::require(opts)?;
     session.start_ebpf_log();
     let Some(probes) = session.probes() else {
@@ -461,10 +465,19 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
         &mut gupwatch::cgroups::CgroupNames::default(),
         gupwatch::cgroups::DEFAULT_TOP_CGROUPS,
     );
+    report.held_before_start = before.still_held(&gupwatch::beforestart::Inventory::take(proc_root));
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_table());
+        print!(
+            "{}",
+            gupwatch::beforestart::before_table(
+                &report.held_before_start,
+                report.tracked_outstanding,
+                report.kernel_outstanding
+            )
+        );
         print!("{}", gupwatch::report::hold_table(&report.hold_times));
         print!("{}", gupwatch::cgroups::cgroup_table(&report.cgroups));
     }

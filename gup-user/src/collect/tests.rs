@@ -70,6 +70,7 @@ fn leak_metrics_list_every_kind() {
         }],
         hold_times: vec![],
         cgroups: vec![],
+        held_before_start: vec![],
         notes: vec![],
         i915_objects: vec![],
     };

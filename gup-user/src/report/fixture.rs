@@ -72,6 +72,7 @@ pub(crate) fn leak_report() -> LeakReport {
         }],
         hold_times: vec![],
         cgroups: vec![],
+        held_before_start: vec![],
     }
 }
 

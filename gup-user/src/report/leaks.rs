@@ -132,5 +132,10 @@ pub struct LeakReport {
     /// `/api/snapshot`, which has its own `cgroups`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<crate::cgroups::CgroupPins>,
+    /// Pins held since before gupwatch started, as the kernel shows them
+    /// (filled by `gupwatch leaks`): with `tracked_outstanding`, what
+    /// `kernel_outstanding` counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_before_start: Vec<super::HeldBeforeStart>,
 }
 

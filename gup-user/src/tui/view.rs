@@ -660,6 +660,7 @@ pub(crate) mod tests {
             i915_objects: vec![],
             hold_times: vec![],
             cgroups: vec![],
+            held_before_start: vec![],
         }
     }
 
