@@ -23,9 +23,11 @@ use crate::{
 };
 
 /// The io_uring buffers each process holds now, by pid: (comm, pages,
-/// buffers).
+/// buffers); and whether some descriptors could not be read (the daemon
+/// reads again after dropping its capabilities, and other root processes'
+/// fdinfo then needs CAP_SYS_PTRACE).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Inventory(HashMap<u32, (String, u64, u32)>);
+pub struct Inventory(HashMap<u32, (String, u64, u32)>, bool);
 
 impl Inventory {
     /// Reads every process's io_uring buffers under `proc_root`.
@@ -41,29 +43,44 @@ impl Inventory {
                 .filter(|h| h.io_uring_pages > 0)
                 .map(|h| (h.pid, (h.comm.clone(), h.io_uring_pages, h.io_uring_buffers)))
                 .collect(),
+            a.unreadable > 0,
         )
     }
 
     /// What was held at `self` (before attach) and is still held at
-    /// `now`: per process, the smaller of the two, largest first.
-    pub fn still_held(&self, now: &Inventory) -> Vec<HeldBeforeStart> {
+    /// `now`: per process, the smaller of the two, largest first. A
+    /// process `now` could not read (see [`Inventory`]) keeps its first
+    /// figure, and then the total is cut to `gap`, the pins the kernel
+    /// counts outstanding beyond those tracked: released buffers leave it.
+    pub fn still_held(&self, now: &Inventory, gap: Option<u64>) -> Vec<HeldBeforeStart> {
         let mut out: Vec<HeldBeforeStart> = self
             .0
             .iter()
             .filter_map(|(pid, (comm, pages, bufs))| {
-                let (_, p2, b2) = now.0.get(pid)?;
-                let pages = (*pages).min(*p2);
+                let (_, p2, b2) = match now.0.get(pid) {
+                    Some(e) => e.clone(),
+                    None if now.1 => (String::new(), *pages, *bufs),
+                    None => return None,
+                };
+                let pages = (*pages).min(p2);
                 (pages > 0).then(|| HeldBeforeStart {
                     kind: HELD_BEFORE_START.into(),
                     source: "io_uring".into(),
                     owner_tgid: *pid,
                     comm: comm.clone(),
                     pages,
-                    buffers: (*bufs).min(*b2),
+                    buffers: (*bufs).min(b2),
                 })
             })
             .collect();
         out.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.owner_tgid.cmp(&b.owner_tgid)));
+        if let (true, Some(mut left)) = (now.1, gap) {
+            out.retain_mut(|h| {
+                h.pages = h.pages.min(left);
+                left -= h.pages;
+                h.pages > 0
+            });
+        }
         out
     }
 }
@@ -87,7 +104,7 @@ mod tests {
     use super::*;
 
     fn inv(entries: &[(u32, u64, u32)]) -> Inventory {
-        Inventory(entries.iter().map(|(p, pages, b)| (*p, (format!("p{p}"), *pages, *b))).collect())
+        Inventory(entries.iter().map(|(p, pages, b)| (*p, (format!("p{p}"), *pages, *b))).collect(), false)
     }
 
     #[test]
@@ -96,11 +113,23 @@ mod tests {
         // after attach (tracked, not inventoried).
         let before = inv(&[(1, 256, 1), (2, 512, 2), (3, 64, 1)]);
         let after = inv(&[(1, 256, 1), (2, 256, 1), (4, 128, 1)]);
-        let held = before.still_held(&after);
+        let held = before.still_held(&after, Some(0));
         let got: Vec<(u32, u64, u32, &str)> =
             held.iter().map(|h| (h.owner_tgid, h.pages, h.buffers, h.kind.as_str())).collect();
         assert_eq!(got, vec![(1, 256, 1, HELD_BEFORE_START), (2, 256, 1, HELD_BEFORE_START)]);
         let t = before_table(&held, 10, Some(522));
         assert!(t.contains("tracked 10 + before start 512 = 522, kernel outstanding 522"), "{t}");
+    }
+
+    #[test]
+    fn unreadable_processes_keep_their_figure_within_the_kernels_gap() {
+        let before = inv(&[(1, 256, 1), (2, 512, 2)]);
+        let mut after = inv(&[]);
+        after.1 = true;
+        let pages = |gap| before.still_held(&after, gap).iter().map(|h| (h.owner_tgid, h.pages)).collect::<Vec<_>>();
+        assert_eq!(pages(None), vec![(2, 512), (1, 256)]);
+        // Pid 1 released its buffer: the kernel's gap says 512 are left.
+        assert_eq!(pages(Some(512)), vec![(2, 512)]);
+        assert_eq!(pages(Some(600)), vec![(2, 512), (1, 88)]);
     }
 }

@@ -93,6 +93,9 @@ pub struct Collector {
     cgroup_names: crate::cgroups::CgroupNames,
     /// Pins per cgroup, made with the leak report.
     last_cgroups: Vec<crate::cgroups::CgroupPins>,
+    /// What the kernel showed pinned when the collector was made over
+    /// attached probes (`crate::beforestart`).
+    before_start: Option<crate::beforestart::Inventory>,
 }
 
 impl Collector {
@@ -112,6 +115,9 @@ impl Collector {
         } else {
             Kallsyms::default()
         };
+        // Read right after the probes attached: a buffer registered in
+        // between would be counted both here and in the tracking map.
+        let before_start = probes.as_ref().map(|_| crate::beforestart::Inventory::take(std::path::Path::new("/proc")));
         Collector {
             probes,
             plan,
@@ -131,6 +137,7 @@ impl Collector {
             classify_failed: false,
             cgroup_names: Default::default(),
             last_cgroups: Vec::new(),
+            before_start,
         }
     }
 
@@ -182,7 +189,8 @@ impl Collector {
             c
         };
         let untracked = data.snapshot.as_ref().map_or(0, |s| s.diag[Diag::PinsUntracked as usize]);
-        Some(leaks::analyze(
+
+        let mut report = leaks::analyze(
             &tracking,
             &leaks::Context {
                 now_ns: leaks::monotonic_ns(),
@@ -195,7 +203,16 @@ impl Collector {
             },
             &self.leak_policy,
             Some(&mut self.growth),
-        ))
+        );
+        // The kernel's outstanding pins beyond those tracked bound what can
+        // still be held from before.
+        let gap = report.kernel_outstanding.map(|k| (k.max(0) as u64).saturating_sub(report.tracked_outstanding));
+        report.held_before_start = self
+            .before_start
+            .as_ref()
+            .map(|b| b.still_held(&crate::beforestart::Inventory::take(&self.proc_root), gap))
+            .unwrap_or_default();
+        Some(report)
     }
 
     /// The plan summary.

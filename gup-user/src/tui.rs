@@ -215,7 +215,16 @@ mod tests {
         }
         let fio = holding(100, "fio", "io_sqe_buffer_register", crate::attribution::Subsystem::IoUring, 256, 400.0);
         let leaks = vec![crate::report::Leak::of_holding(crate::report::LeakKind::LongHeld, &fio)];
-        vm.set_outstanding(Some(report(Some(300), vec![fio], leaks)));
+        let mut r = report(Some(300), vec![fio], leaks);
+        r.held_before_start = vec![crate::report::HeldBeforeStart {
+            kind: crate::report::HELD_BEFORE_START.into(),
+            source: "io_uring".into(),
+            owner_tgid: 90,
+            comm: "old".into(),
+            pages: 44,
+            buffers: 1,
+        }];
+        vm.set_outstanding(Some(r));
         vm
     }
 
@@ -241,6 +250,7 @@ mod tests {
             "Latency · all APIs",
             "long_held",
             "held 256 · kernel 300",
+            "+44 held before start",
             "q quit",
         ] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");

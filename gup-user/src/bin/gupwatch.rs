@@ -465,7 +465,8 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
         &mut gupwatch::cgroups::CgroupNames::default(),
         gupwatch::cgroups::DEFAULT_TOP_CGROUPS,
     );
-    report.held_before_start = before.still_held(&gupwatch::beforestart::Inventory::take(proc_root));
+    let gap = report.kernel_outstanding.map(|k| (k.max(0) as u64).saturating_sub(report.tracked_outstanding));
+    report.held_before_start = before.still_held(&gupwatch::beforestart::Inventory::take(proc_root), gap);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

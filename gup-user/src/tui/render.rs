@@ -602,6 +602,10 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
                 ),
                 Span::styled(if o.partial { " PARTIAL" } else { "" }, Style::new().fg(Color::Yellow)),
             ]));
+            let before: u64 = o.held_before_start.iter().map(|h| h.pages).sum();
+            if before > 0 {
+                lines.push(Line::styled(format!("+{} held before start", human(before)), DIM));
+            }
             if o.leaks.is_empty() {
                 lines.push(Line::styled("no leak signals", Style::new().fg(Color::Green)));
             }
