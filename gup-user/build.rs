@@ -11,6 +11,9 @@ use std::{
     process::Command,
 };
 
+#[path = "../gup-ebpf/verified.rs"]
+mod verified;
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.parent().expect("gup-user sits in the workspace root");
@@ -21,6 +24,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", dir.join("Cargo.toml").display());
     }
     println!("cargo:rerun-if-env-changed=GUPWATCH_EBPF_OBJECT");
+    println!("cargo:rerun-if-changed={}", ebpf_dir.join("verified.rs").display());
 
     // A pre-built object (e.g. from a packager's separate eBPF build).
     if let Some(obj) = env::var_os("GUPWATCH_EBPF_OBJECT") {
@@ -29,6 +33,7 @@ fn main() {
     }
 
     let target_dir = root.join("target").join("bpf");
+    warn_unverified_toolchain();
     match build_ebpf(&ebpf_dir, &target_dir) {
         Ok(obj) => println!("cargo:rustc-env=GUPWATCH_EBPF_OBJECT={}", obj.display()),
         Err(e) => {
@@ -79,3 +84,17 @@ fn build_ebpf(ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     }
     Ok(obj)
 }
+
+/// A `cargo:warning` per difference from the toolchain the eBPF build was
+/// verified with (gup-ebpf/verified.rs); never a failure.
+fn warn_unverified_toolchain() {
+    let output = |cmd: &mut Command| {
+        cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let Some(vv) = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"])) else { return };
+    let linker = output(Command::new("bpf-linker").arg("--version"));
+    for d in verified::differences(&vv, linker.as_deref()) {
+        println!("cargo:warning=gup-ebpf: {d}");
+    }
+}
+

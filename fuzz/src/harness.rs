@@ -451,7 +451,7 @@ fn scrape_input(data: &[u8]) -> (Reading, Vec<String>, Format) {
             }
         })
         .collect();
-    let settings = Settings { top_processes: input.u8() as usize % 5 };
+    let settings = Settings { top_processes: input.u8() as usize % 5, ..Settings::default() };
     let mut top = TopProcesses::default();
     let format = if flags & 4 == 4 { Format::OpenMetrics } else { Format::Prometheus };
     (Reading::new(plan, snapshot, vm, rows, &mut top, settings), comms, format)

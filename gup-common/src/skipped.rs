@@ -71,10 +71,8 @@ impl UnpinTexts {
     /// From the functions' texts (the first [`UNPIN_TEXTS`] non-empty).
     pub fn new(texts: impl IntoIterator<Item = TextRange>) -> UnpinTexts {
         let mut out = UnpinTexts::NONE;
-        let mut n = 0;
-        for t in texts.into_iter().filter(|t| t.start < t.end).take(UNPIN_TEXTS) {
+        for (n, t) in texts.into_iter().filter(|t| t.start < t.end).take(UNPIN_TEXTS).enumerate() {
             out.texts[n] = t;
-            n += 1;
             out.span.start = if out.span.end == 0 { t.start } else { out.span.start.min(t.start) };
             out.span.end = out.span.end.max(t.end);
         }

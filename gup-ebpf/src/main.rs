@@ -87,51 +87,47 @@ use crate::{
     maps::{read_global, EMPTY_PROGRAMS, EXITED},
 };
 
+/// What every hook program does around its work: nothing at all while
+/// `EMPTY_PROGRAMS` is set (to measure what attaching costs by itself),
+/// else `work`, then the debug notes it left.
+#[inline(always)]
+fn around(ctx: *mut core::ffi::c_void, work: impl FnOnce()) {
+    if read_global(&EMPTY_PROGRAMS) != 0 {
+        return;
+    }
+    work();
+    log_notes(ctx);
+}
+
 macro_rules! hooks {
     ($($api:ident: $fe:ident, $fx:ident, $kp:ident, $kr:ident;)*) => {$(
         #[fentry]
         pub fn $fe(ctx: FEntryContext) -> i32 {
-            if read_global(&EMPTY_PROGRAMS) != 0 {
-                return 0;
-            }
-            on_entry(Api::$api, &ctx, &Trampoline(ctx.as_ptr()));
-            log_notes(ctx.as_ptr());
+            around(ctx.as_ptr(), || on_entry(Api::$api, &ctx, &Trampoline(ctx.as_ptr())));
             0
         }
 
         #[fexit]
         pub fn $fx(ctx: FExitContext) -> i32 {
-            if read_global(&EMPTY_PROGRAMS) != 0 {
-                return 0;
-            }
-            on_exit(Api::$api, &ctx, &Trampoline(ctx.as_ptr()));
-            log_notes(ctx.as_ptr());
+            around(ctx.as_ptr(), || on_exit(Api::$api, &ctx, &Trampoline(ctx.as_ptr())));
             0
         }
 
         #[kprobe]
         pub fn $kp(ctx: ProbeContext) -> u32 {
-            if read_global(&EMPTY_PROGRAMS) != 0 {
-                return 0;
-            }
-            match Regs::read(ctx.regs) {
+            around(ctx.as_ptr(), || match Regs::read(ctx.regs) {
                 Ok(regs) => on_entry(Api::$api, &ctx, &regs),
                 Err(e) => arg_read_failed(Api::$api, e),
-            }
-            log_notes(ctx.as_ptr());
+            });
             0
         }
 
         #[kretprobe]
         pub fn $kr(ctx: RetProbeContext) -> u32 {
-            if read_global(&EMPTY_PROGRAMS) != 0 {
-                return 0;
-            }
-            match Regs::read(ctx.regs) {
+            around(ctx.as_ptr(), || match Regs::read(ctx.regs) {
                 Ok(regs) => on_exit(Api::$api, &ctx, &regs),
                 Err(e) => arg_read_failed(Api::$api, e),
-            }
-            log_notes(ctx.as_ptr());
+            });
             0
         }
     )*};

@@ -346,39 +346,43 @@ mod tests {
     }
 
     #[test]
-    fn caller_skips_gup_and_bpf_frames() {
-        let c = classify(&[
-            "bpf_prog_abc_fe_3",
-            "bpf_trampoline_6442",
-            "pin_user_pages_remote",
-            "process_vm_rw_core",
-            "process_vm_rw",
-            "__x64_sys_process_vm_readv",
-            "do_syscall_64",
-        ]);
-        assert_eq!(c.function, "process_vm_rw_core");
-        assert_eq!(c.subsystem, Subsystem::ProcessVm);
-    }
-
-    #[test]
-    fn direct_io_caller_is_the_bio_layer() {
-        let c = classify(&[
-            "pin_user_pages_fast",
-            "iov_iter_extract_pages",
-            "bio_iov_iter_get_pages",
-            "iomap_dio_bio_iter",
-            "__iomap_dio_rw",
-            "ext4_file_write_iter",
-        ]);
-        assert_eq!(c.function, "bio_iov_iter_get_pages");
-        assert_eq!(c.subsystem, Subsystem::DirectIo);
-    }
-
-    #[test]
-    fn unknown_callers_keep_their_symbol() {
-        let c = classify(&["pin_user_pages", "my_driver_map_user", "my_driver_ioctl"]);
-        assert_eq!(c.function, "my_driver_map_user");
-        assert_eq!(c.subsystem, Subsystem::Other);
+    fn the_caller_is_the_first_frame_outside_gup_and_bpf() {
+        let stacks: [(&[&str], &str, Subsystem); 3] = [
+            // GUP and BPF frames are skipped.
+            (
+                &[
+                    "bpf_prog_abc_fe_3",
+                    "bpf_trampoline_6442",
+                    "pin_user_pages_remote",
+                    "process_vm_rw_core",
+                    "process_vm_rw",
+                    "__x64_sys_process_vm_readv",
+                    "do_syscall_64",
+                ],
+                "process_vm_rw_core",
+                Subsystem::ProcessVm,
+            ),
+            // Direct I/O's caller is the bio layer.
+            (
+                &[
+                    "pin_user_pages_fast",
+                    "iov_iter_extract_pages",
+                    "bio_iov_iter_get_pages",
+                    "iomap_dio_bio_iter",
+                    "__iomap_dio_rw",
+                    "ext4_file_write_iter",
+                ],
+                "bio_iov_iter_get_pages",
+                Subsystem::DirectIo,
+            ),
+            // Unknown callers keep their symbol.
+            (&["pin_user_pages", "my_driver_map_user", "my_driver_ioctl"], "my_driver_map_user", Subsystem::Other),
+        ];
+        for (stack, function, subsystem) in stacks {
+            let c = classify(stack);
+            assert_eq!(c.function, function, "{stack:?}");
+            assert_eq!(c.subsystem, subsystem, "{stack:?}");
+        }
         assert_eq!(classify(&[]).function, "unknown");
     }
 

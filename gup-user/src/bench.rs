@@ -230,10 +230,14 @@ mod tests {
 
     #[test]
     fn hooks_are_named_from_program_names() {
-        assert_eq!(hook_of("fe_1"), "fentry pin_user_pages_fast");
-        assert_eq!(hook_of("kr_3"), "kretprobe pin_user_pages_remote");
-        assert_eq!(hook_of("sched_process_exit"), "sched_process_exit");
-        assert_eq!(hook_of("fe_999"), "fe_999");
-        assert_eq!(hook_of("xx_1"), "xx_1");
+        for (program, hook) in [
+            ("fe_1", "fentry pin_user_pages_fast"),
+            ("kr_3", "kretprobe pin_user_pages_remote"),
+            ("sched_process_exit", "sched_process_exit"),
+            ("fe_999", "fe_999"),
+            ("xx_1", "xx_1"),
+        ] {
+            assert_eq!(hook_of(program), hook, "{program}");
+        }
     }
 }

@@ -32,7 +32,7 @@ pub(crate) mod fixture;
 #[cfg(test)]
 mod tests;
 
-pub use reading::{HookHealth, LeakMetrics, PlanSummary, ProcessSeries, ReadErrors, Reading, TopProcesses, OTHER_COMM};
+pub use reading::{ErrnoSeries, HookHealth, LeakMetrics, PlanSummary, ProcessSeries, ReadErrors, Reading, TopProcesses, ERRNO_SERIES, OTHER_COMM};
 pub(crate) use reading::{kind_index, row_kind, KINDS};
 
 /// How many process names get their own series by default.
@@ -43,11 +43,18 @@ pub const DEFAULT_TOP_PROCESSES: usize = 10;
 pub struct Settings {
     /// Process names with their own `gupwatch_process_pages_total` series.
     pub top_processes: usize,
+    /// Write `/proc/sys/vm/stat_refresh` before reading `/proc/vmstat`, at
+    /// most once per this interval (`ZERO`: every reading), so the
+    /// kernel's counters are exact; `None`: never. The write queues work
+    /// on every CPU, the isolated (nohz_full) ones too, so `gupwatch run`
+    /// leaves it off unless asked (`--vmstat-refresh`); the live view and
+    /// the summary, run by hand, refresh at every reading.
+    pub vmstat_refresh: Option<Duration>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { top_processes: DEFAULT_TOP_PROCESSES }
+        Settings { top_processes: DEFAULT_TOP_PROCESSES, vmstat_refresh: Some(Duration::ZERO) }
     }
 }
 
@@ -75,7 +82,10 @@ pub struct Collector {
     stacks: HashMap<i64, Vec<u64>>,
     top: TopProcesses,
     read_errors: ReadErrors,
+    /// False once a `stat_refresh` write failed (not root): not tried again.
     vmstat_refresh: bool,
+    /// When `stat_refresh` was last written.
+    last_refresh: Option<Instant>,
     leak_policy: LeakPolicy,
     growth: GrowthTracker,
     last_leak_report: Option<LeakReport>,
@@ -127,6 +137,7 @@ impl Collector {
             top: TopProcesses::default(),
             read_errors: ReadErrors::default(),
             vmstat_refresh: true,
+            last_refresh: None,
             leak_policy: LeakPolicy::default(),
             growth: GrowthTracker::default(),
             last_leak_report: None,
@@ -294,6 +305,7 @@ impl Collector {
         };
         let mut data = Reading::new(self.plan.clone(), snapshot, vmstat, rows, &mut self.top, self.settings);
         data.read_errors = self.read_errors;
+        data.vmstat_refreshed_ago = self.last_refresh.map(|t| t.elapsed());
         data.probe_misses = self
             .probes
             .as_ref()
@@ -391,9 +403,13 @@ impl Collector {
     }
 
     fn read_vmstat(&mut self) -> Option<FollPinCounters> {
-        if self.vmstat_refresh {
+        let due = self.settings.vmstat_refresh.is_some_and(|min| self.last_refresh.is_none_or(|t| t.elapsed() >= min));
+        if self.vmstat_refresh && due {
             match vmstat::read(true) {
-                Ok(c) => return Some(c),
+                Ok(c) => {
+                    self.last_refresh = Some(Instant::now());
+                    return Some(c);
+                }
                 Err(e) if e.is_refresh_failure() => {
                     eprintln!("gupwatch: {e}");
                     self.vmstat_refresh = false;

@@ -68,6 +68,9 @@ pub struct RunOptions {
     pub web_config: Option<PathBuf>,
     /// Connections one client address may have open at once.
     pub max_connections_per_peer: Option<usize>,
+    /// Write `/proc/sys/vm/stat_refresh` at most once per this many
+    /// seconds (0: at every reading); absent: never.
+    pub vmstat_refresh: Option<u64>,
 }
 
 /// The settings `run` uses, every one decided.
@@ -89,6 +92,8 @@ pub struct RunSettings {
     pub web_config: Option<PathBuf>,
     /// Connections one client address may have open at once.
     pub max_connections_per_peer: usize,
+    /// Least time between `stat_refresh` writes; `None`: never.
+    pub vmstat_refresh: Option<Duration>,
 }
 
 /// Why the configuration could not be used.
@@ -170,6 +175,7 @@ impl RunOptions {
                 .max_connections_per_peer
                 .or(file.max_connections_per_peer)
                 .unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS_PER_PEER),
+            vmstat_refresh: cli.vmstat_refresh.or(file.vmstat_refresh).map(Duration::from_secs),
         }
     }
 }
@@ -196,6 +202,9 @@ impl RunSettings {
         }
         if self.log_level != new.log_level {
             p.applied.push(format!("log_level: {} -> {}", self.log_level, new.log_level));
+        }
+        if self.vmstat_refresh != new.vmstat_refresh {
+            p.applied.push(format!("vmstat_refresh: {} -> {}", refresh_name(self.vmstat_refresh), refresh_name(new.vmstat_refresh)));
         }
         // The socket is bound, the maps are created and the subscriber is
         // installed once, at start.
@@ -226,6 +235,7 @@ impl RunSettings {
             top_processes: new.top_processes,
             long_held: new.long_held,
             log_level: new.log_level.clone(),
+            vmstat_refresh: new.vmstat_refresh,
             ..self.clone()
         }
     }
@@ -233,7 +243,7 @@ impl RunSettings {
     /// For logs: `key=value ...`.
     pub fn describe(&self) -> String {
         format!(
-            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={} web_config={} max_connections_per_peer={}",
+            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={} web_config={} max_connections_per_peer={} vmstat_refresh={}",
             self.listen,
             self.top_processes,
             self.long_held.as_secs(),
@@ -241,9 +251,14 @@ impl RunSettings {
             self.log_format.as_str(),
             self.log_level,
             self.web_config.as_ref().map_or_else(|| "none".into(), |p| p.display().to_string()),
-            self.max_connections_per_peer
+            self.max_connections_per_peer,
+            refresh_name(self.vmstat_refresh)
         )
     }
+}
+
+fn refresh_name(r: Option<Duration>) -> String {
+    r.map_or("off".into(), |d| format!("{}s", d.as_secs()))
 }
 
 /// `--listen` as the socket takes it: the Go exporters' `:PORT` (every
@@ -257,18 +272,21 @@ pub fn listen_address(given: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn listen_takes_the_go_exporters_form() {
-        assert_eq!(listen_address(":10483"), "0.0.0.0:10483");
-        assert_eq!(listen_address("127.0.0.1:10483"), "127.0.0.1:10483");
-        assert_eq!(listen_address("[::1]:10483"), "[::1]:10483");
-        // Not a port: left for the socket to refuse with its own message.
-        assert_eq!(listen_address(":http"), ":http");
-        assert_eq!(listen_address(":"), ":");
+        for (given, address) in [
+            (":10483", "0.0.0.0:10483"),
+            ("127.0.0.1:10483", "127.0.0.1:10483"),
+            ("[::1]:10483", "[::1]:10483"),
+            // Not a port: left for the socket to refuse with its own message.
+            (":http", ":http"),
+            (":", ":"),
+        ] {
+            assert_eq!(listen_address(given), address, "{given}");
+        }
     }
-
-    use super::*;
 
     fn p() -> &'static Path {
         Path::new("/etc/gupwatch/gupwatch.toml")
@@ -277,7 +295,7 @@ mod tests {
     #[test]
     fn every_key_parses() {
         let o = RunOptions::parse(
-            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\nweb_config = \"/etc/gupwatch/web.yml\"\nmax_connections_per_peer = 64\n",
+            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\nweb_config = \"/etc/gupwatch/web.yml\"\nmax_connections_per_peer = 64\nvmstat_refresh = 10\n",
             p(),
         )
         .unwrap();
@@ -292,8 +310,16 @@ mod tests {
                 log_level: Some("gupwatch=debug,warn".into()),
                 web_config: Some("/etc/gupwatch/web.yml".into()),
                 max_connections_per_peer: Some(64),
+                vmstat_refresh: Some(10),
             }
         );
+        // Off unless asked for; then applied live.
+        let off = RunOptions::resolve(&RunOptions::default(), &RunOptions::default());
+        assert_eq!(off.vmstat_refresh, None);
+        let on = RunOptions::resolve(&RunOptions::default(), &o);
+        assert_eq!(on.vmstat_refresh, Some(Duration::from_secs(10)));
+        assert!(off.reload_plan(&on).applied.contains(&"vmstat_refresh: off -> 10s".to_string()));
+        assert_eq!(off.reloaded(&on).vmstat_refresh, Some(Duration::from_secs(10)));
         assert_eq!(RunOptions::parse("", p()).unwrap(), RunOptions::default());
         // The example in the packaging directory is valid.
         let example = include_str!("../../packaging/gupwatch.toml");

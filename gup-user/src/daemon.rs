@@ -96,7 +96,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     let mut collector = collect::Collector::new(
         session.take_probes(),
         &session.plan,
-        collect::Settings { top_processes: settings.top_processes, ..collect::Settings::default() },
+        collect::Settings { top_processes: settings.top_processes, vmstat_refresh: settings.vmstat_refresh },
     );
     collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
     crate::memstat::note("collector ready (kallsyms read)");
@@ -319,7 +319,7 @@ impl Reloader {
             }
         }
         app.update(|c| {
-            c.set_settings(collect::Settings { top_processes: next.top_processes, ..c.settings() });
+            c.set_settings(collect::Settings { top_processes: next.top_processes, vmstat_refresh: next.vmstat_refresh });
             c.set_leak_policy(LeakPolicy { long_held: next.long_held, ..c.leak_policy().clone() });
         });
         tracing::info!(target: LOG_TARGET, path = %path.display(), applied = ?plan.applied, "configuration reloaded");

@@ -27,6 +27,19 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
+impl Finding {
+    /// A check that holds or not: `detail` says which (`[holds, not]`),
+    /// `fix` is offered when it does not.
+    fn yes_or_no(check: &'static str, ok: bool, detail: [&str; 2], fix: &str) -> Finding {
+        Finding {
+            check,
+            ok,
+            detail: detail[usize::from(!ok)].into(),
+            fix: (!ok).then(|| fix.into()),
+        }
+    }
+}
+
 /// A kernel build option as the kernel reports it (`/proc/config.gz`, else
 /// `/boot/config-<release>`): `Some(true)` set, `Some(false)` not set,
 /// `None` unknown.
@@ -61,19 +74,18 @@ pub fn diagnose(plan: Option<&ProbePlan>, load_error: Option<&str>) -> Vec<Findi
     let mut out = vec![];
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    out.push(Finding {
-        check: "privileges",
-        ok: root,
-        detail: if root { "running as root".into() } else { "not running as root".into() },
-        fix: (!root).then(|| "run with sudo, or grant CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before 5.8)".into()),
-    });
-    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-    out.push(Finding {
-        check: "kernel BTF",
-        ok: btf,
-        detail: if btf { "/sys/kernel/btf/vmlinux present".into() } else { "/sys/kernel/btf/vmlinux missing".into() },
-        fix: (!btf).then(|| "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (fentry needs it; kprobes still work without)".into()),
-    });
+    out.push(Finding::yes_or_no(
+        "privileges",
+        root,
+        ["running as root", "not running as root"],
+        "run with sudo, or grant CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before 5.8)",
+    ));
+    out.push(Finding::yes_or_no(
+        "kernel BTF",
+        Path::new("/sys/kernel/btf/vmlinux").exists(),
+        ["/sys/kernel/btf/vmlinux present", "/sys/kernel/btf/vmlinux missing"],
+        "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (fentry needs it; kprobes still work without)",
+    ));
     let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
     let kprobes_cfg = kernel_config("CONFIG_KPROBES");
     out.push(Finding {

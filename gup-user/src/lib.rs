@@ -25,6 +25,7 @@ pub mod beforestart;
 pub mod btf;
 pub mod cgroups;
 pub mod check;
+pub mod client;
 pub mod collect;
 pub mod config;
 pub mod crash;

@@ -82,6 +82,16 @@ impl Session {
         Ok(Session::from_load(plan, Ok(Some(probes)), false))
     }
 
+    /// [`Session::require`] with every pin tracked in a map of
+    /// `track_capacity` folios (`check`, `leaks`), the eBPF log reader
+    /// started.
+    pub fn require_tracking(track_capacity: u32) -> Result<Session, SessionError> {
+        let opts = LoadOptions { track_pins: true, track_capacity, ebpf_log: crate::ebpflog::wanted() };
+        let mut session = Session::require(opts)?;
+        session.start_ebpf_log();
+        Ok(session)
+    }
+
     fn from_load(plan: ProbePlan, loaded: Result<Option<Probes>, LoadError>, reduced: bool) -> Session {
         let (mut probes, load_error) = match loaded {
             Ok(p) => (p, None),
@@ -102,6 +112,19 @@ impl Session {
     /// mode.
     pub fn probes(&self) -> Option<&Probes> {
         self.probes.as_ref().filter(|p| p.plan.attached() > 0)
+    }
+
+    /// [`Session::probes`]; when none attached, says so on stderr ("no GUP
+    /// hook could be attached, so `consequence`") with the diagnosis.
+    pub fn probes_or_explain(&self, consequence: &str) -> Option<&Probes> {
+        let probes = self.probes();
+        if probes.is_none() {
+            eprint!(
+                "gupwatch: no GUP hook could be attached, so {consequence}.\n{}",
+                host::render(&self.diagnose())
+            );
+        }
+        probes
     }
 
     /// [`Session::probes`], to change.

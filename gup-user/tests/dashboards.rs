@@ -191,7 +191,10 @@ fn panels_have_units_descriptions_and_the_templated_datasource() {
         for t in p["targets"].as_array().unwrap() {
             assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
             let e = t["expr"].as_str().unwrap();
-            assert!(e.contains(r#"job=~"$job""#) && e.contains(r#"instance=~"$instance""#), "{title}: {e}");
+            assert!(
+                e.contains(r#"job=~"$job""#) && e.contains(r#"instance=~"$instance""#) && e.contains(r#"node=~"$node""#),
+                "{title}: {e}"
+            );
         }
     }
     let vars = d["templating"]["list"].as_array().unwrap();
@@ -200,9 +203,12 @@ fn panels_have_units_descriptions_and_the_templated_datasource() {
     assert_eq!(var("datasource")["query"], "prometheus");
     assert_eq!(var("job")["type"], "query");
     assert_eq!(var("instance")["type"], "query");
+    // The node selector matches series without a node label too.
+    assert_eq!(var("node")["type"], "query");
+    assert_eq!(var("node")["allValue"], ".*");
     // The panels the brief asks for are there.
     let titles: Vec<&str> = panels.iter().map(|p| p["title"].as_str().unwrap()).collect();
-    for want in ["Pin rate", "Fast-path hit rate", "Outstanding pins: gupwatch vs kernel", "GUP call latency", "Pages by subsystem", "Top processes by pinned pages", "Failures by errno", "Probe health"] {
+    for want in ["Pin rate", "Fast-path hit rate", "Outstanding pins: gupwatch vs kernel", "GUP call latency", "Pages by subsystem", "Top processes by pinned pages", "Failures by errno", "Probe health", "Pinned pages by node", "Top subsystems across the fleet", "Long-held and orphaned pins by node"] {
         assert!(titles.contains(&want), "no panel {want}: {titles:?}");
     }
     let all = exprs(&d).join("\n");
@@ -231,7 +237,8 @@ fn dashboard_queries_parse_as_promql() {
             .replace("$__rate_interval", "1m")
             .replace("$__range", "1h")
             .replace("$job", ".+")
-            .replace("$instance", ".+");
+            .replace("$instance", ".+")
+            .replace("$node", ".*");
         assert!(!e.contains('$'), "unsubstituted variable in {e}");
         rules += &format!("      - record: dashboard_query_{i}\n        expr: {}\n", serde_json::to_string(&e).unwrap());
     }

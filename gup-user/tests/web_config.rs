@@ -5,113 +5,69 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
+mod common;
+
 use base64::Engine as _;
+use common::{bcrypt_of, Pki, Running};
 use gupwatch::{
-    http::{Handler, Request, Response, Server, ServerConfig},
+    http::{Request, Response, ServerConfig},
     webconfig::WebConfigWatcher,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 
-/// A CA, a server certificate for localhost/127.0.0.1 and a client
-/// certificate, written as PEM files into a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "gupwatch test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(names).unwrap();
-            p.extended_key_usages = vec![usage];
-            p.distinguished_name.push(DnType::CommonName, cn);
-            (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
-        };
-        let (srv, srv_key) =
-            leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth, "gupwatch");
-        let (cli, cli_key) = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "prometheus");
-        let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-        w("ca.crt", &ca.pem());
-        w("tls.crt", &srv);
-        w("tls.key", &srv_key);
-        w("client.crt", &cli);
-        w("client.key", &cli_key);
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes a web config (relative file names resolve against its dir).
-    fn config(&self, text: &str) -> PathBuf {
-        let p = self.path("web.yml");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-fn bcrypt_of(password: &str) -> String {
-    bcrypt::hash(password, 4).unwrap()
-}
-
-struct Running {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
 fn serve(web: &Path, cfg: ServerConfig) -> Running {
-    let watcher = Arc::new(WebConfigWatcher::load(web).unwrap());
-    let server = Server::bind("127.0.0.1:0", cfg).unwrap().with_web_config(watcher);
-    let addr = server.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    let handler: Arc<dyn Handler> = Arc::new(|req: &Request| Response::text(200, format!("hello {}\n", req.path)));
-    let thread = Some(thread::spawn(move || server.run(handler, &s).unwrap()));
-    Running { addr, stop, thread }
+    common::serve(web, cfg, Arc::new(|req: &Request| Response::text(200, format!("hello {}\n", req.path))))
 }
 
 fn tls_client(pki: &Pki, client_cert: bool) -> Arc<rustls::ClientConfig> {
+    let provider = rustls::crypto::ring::default_provider();
+    tls_client_with(pki, client_cert.then_some("client"), provider, rustls::DEFAULT_VERSIONS)
+}
+
+/// A rustls client trusting the test CA, with `provider`'s suites and
+/// groups, these versions and the client certificate `NAME.crt`, if any.
+fn tls_client_with(
+    pki: &Pki,
+    client_cert: Option<&str>,
+    provider: rustls::crypto::CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(pki.path("ca.crt")).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
-    Arc::new(if client_cert {
-        let chain: Vec<_> = CertificateDer::pem_file_iter(pki.path("client.crt")).unwrap().map(Result::unwrap).collect();
-        b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(pki.path("client.key")).unwrap()).unwrap()
-    } else {
-        b.with_no_client_auth()
+    Arc::new(match client_cert {
+        Some(name) => {
+            let chain: Vec<_> =
+                CertificateDer::pem_file_iter(pki.path(&format!("{name}.crt"))).unwrap().map(Result::unwrap).collect();
+            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(pki.path(&format!("{name}.key"))).unwrap()).unwrap()
+        }
+        None => b.with_no_client_auth(),
     })
+}
+
+/// The suite and group a handshake with `cfg` settles on, or its error.
+fn negotiated(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Result<(rustls::CipherSuite, rustls::NamedGroup), String> {
+    let mut conn = rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).map_err(|e| e.to_string())?;
+    let mut sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    let suite = conn.negotiated_cipher_suite().map(|s| s.suite()).ok_or("no suite")?;
+    let group = conn.negotiated_key_exchange_group().map(|g| g.name()).ok_or("no group")?;
+    Ok((suite, group))
 }
 
 /// GET over TLS; returns the whole response, or the error.
@@ -359,4 +315,54 @@ fn gupwatch_run_serves_tls_with_auth() {
     assert_eq!(plain.map(|r| status(&r)).ok(), Some(400));
     assert!(log.contains("https://"), "the log names the https URL: {log}");
     assert!(out.status.success(), "{log}");
+}
+
+/// cipher_suites, curve_preferences, inline PEM, client_allowed_sans and
+/// rate_limit, with a real rustls client: each does what the toolkit's does.
+#[test]
+fn the_rest_of_the_exporter_toolkit_keys() {
+    use rustls::{crypto::ring::cipher_suite, crypto::ring::kx_group, CipherSuite, NamedGroup};
+    let pki = Pki::new();
+    let indent = |name: &str| std::fs::read_to_string(pki.path(name)).unwrap().replace('\n', "\n    ");
+    // Inline certificate, key and client CA; two TLS 1.2 suites and one
+    // group; a client certificate with the SAN prometheus.example.
+    let web = pki.config(&format!(
+        "tls_server_config:\n  cert: |\n    {}\n  key: |\n    {}\n  client_ca: |\n    {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans: [prometheus.example]\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305]\n  curve_preferences: [CurveP384]\nrate_limit:\n  interval: 1h\n  burst: 3\n",
+        indent("tls.crt"),
+        indent("tls.key"),
+        indent("ca.crt")
+    ));
+    let srv = serve(&web, ServerConfig::default());
+    let client = |cert: Option<&str>, suites: Vec<rustls::SupportedCipherSuite>, versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let mut p = rustls::crypto::ring::default_provider();
+        p.cipher_suites = suites;
+        p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+        tls_client_with(&pki, cert, p, versions)
+    };
+    let tls12 = &[&rustls::version::TLS12][..];
+    let all = rustls::crypto::ring::ALL_CIPHER_SUITES.to_vec();
+    // A TLS 1.2 client offering everything gets the server's first suite
+    // (prefer_server_cipher_suites defaults to true) and the only group.
+    assert_eq!(
+        negotiated(srv.addr, client(Some("client-san"), all.clone(), tls12)),
+        Ok((CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, NamedGroup::secp384r1))
+    );
+    // One offering only a suite left out fails the handshake.
+    assert!(negotiated(srv.addr, client(Some("client-san"), vec![cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], tls12)).is_err());
+    // TLS 1.3 suites are not restricted (as in Go).
+    let tls13 = &[&rustls::version::TLS13][..];
+    assert_eq!(negotiated(srv.addr, client(Some("client-san"), all.clone(), tls13)).map(|n| n.1), Ok(NamedGroup::secp384r1));
+    // A verified certificate without the allowed SAN is refused (TLS 1.3
+    // tells the client on its first read).
+    let e = https_get(srv.addr, client(Some("client"), all.clone(), tls13), "/healthz", None);
+    assert!(e.as_ref().is_err_and(|e| e.contains("alert")), "{e:?}");
+    // The rate limit (3 per hour): 3 answers, then 429. The handshakes
+    // above made no request.
+    let cfg = client(Some("client-san"), all, rustls::DEFAULT_VERSIONS);
+    for _ in 0..3 {
+        assert_eq!(status(&https_get(srv.addr, Arc::clone(&cfg), "/healthz", None).unwrap()), 200);
+    }
+    let r = https_get(srv.addr, cfg, "/healthz", None).unwrap();
+    assert_eq!(status(&r), 429, "{r}");
+    assert!(r.contains("rate_limit") && r.to_ascii_lowercase().contains("retry-after: "), "{r}");
 }

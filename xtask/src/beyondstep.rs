@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::vm::kernels::{self, Flavour};
-use crate::vm::{ConsoleEcho, VmRun};
+use crate::vm::VmRun;
 use crate::util;
 
 /// Between doctor's JSON and what follows it in the guest's stdout.
@@ -121,19 +121,8 @@ pub fn run(gupwatch: &Path, timeout: Duration) -> Result<Outcome> {
     let kernel = kernels::ensure(&cache, alias, Flavour::Cloud, false)
         .map(|m| m.boot_kernel(&cache))
         .with_context(|| format!("fetching kernel {}", alias.name))?;
-    let mut vm = VmRun::new(kernel, command());
-    vm.gupwatch = Some(gupwatch.to_path_buf());
-    vm.timeout = timeout;
-    vm.captured(ConsoleEcho::None, format!("test {}", alias.name));
-    let outcome = vm.run()?;
-    println!(
-        "{} in {:.0} s ({}), exit status {}; console log: {}",
-        alias.name,
-        outcome.elapsed.as_secs_f64(),
-        outcome.accel,
-        outcome.status,
-        outcome.console_log.display()
-    );
+    let outcome = VmRun::test_step(kernel, command(), gupwatch, timeout, format!("test {}", alias.name)).run()?;
+    println!("{}", outcome.summary(alias.name));
     Ok(judge(&String::from_utf8_lossy(&outcome.stdout)))
 }
 

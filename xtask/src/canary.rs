@@ -144,16 +144,7 @@ pub fn boot_kernel() -> Result<BootKernel> {
     }
 }
 
-/// One verdict of the canary step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    /// What must hold.
-    pub name: String,
-    /// Whether it does.
-    pub ok: bool,
-    /// What was seen.
-    pub detail: String,
-}
+pub use crate::util::Check;
 
 /// What the canary step found.
 #[derive(Debug, Clone, Default)]

@@ -43,7 +43,7 @@ pub const GUEST_RELEASE_PORT: u16 = 10484;
 /// Then it waits for the host.
 pub fn live_command(release_wait_s: u64) -> String {
     format!(
-        r#"gupwatch run --listen 0.0.0.0:{GUEST_PORT} 2>/tmp/run.err &
+        r#"gupwatch run --listen 0.0.0.0:{GUEST_PORT} --vmstat-refresh 0 2>/tmp/run.err &
 RUN=$!
 # The workloads start once the probes are attached, so the held buffer's
 # pin is seen. (busybox 1.35's wget -T crashes: timeout(1) bounds it.)
@@ -82,7 +82,7 @@ pub const REPORT_WORKLOAD_S: u64 = 30;
 /// stderr, like the console, goes to the log only.
 pub fn report_command(workload_s: u64, wait_s: u64) -> String {
     format!(
-        r#"gupwatch run --listen 0.0.0.0:{GUEST_PORT} >/dev/null 2>/tmp/run.err &
+        r#"gupwatch run --listen 0.0.0.0:{GUEST_PORT} --vmstat-refresh 0 >/dev/null 2>/tmp/run.err &
 RUN=$!
 i=0
 while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:{GUEST_PORT}/healthz 2>/dev/null; do

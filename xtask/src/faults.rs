@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use crate::vm::initramfs::GuestFile;
 use crate::vm::kernels::{self, Flavour};
-use crate::vm::{ConsoleEcho, VmRun};
+use crate::util::Check;
+use crate::vm::VmRun;
 use crate::testsuite;
 use crate::util;
 
@@ -67,16 +68,6 @@ sh -c 'echo $$ > /sys/fs/cgroup/small/cgroup.procs; exec gupwatch check --track-
 rc $?
 "#;
 
-/// One case's result.
-#[derive(Debug, Clone)]
-pub struct Case {
-    /// Name.
-    pub name: String,
-    /// Whether it behaved.
-    pub ok: bool,
-    /// What was seen (on failure: why).
-    pub detail: String,
-}
 
 /// Splits the guest output into case name → (output, exit status).
 pub fn split_cases(stdout: &str) -> BTreeMap<String, (String, Option<i32>)> {
@@ -227,51 +218,50 @@ fn refusal(text: &str, rc: &Option<i32>, rc_want: Option<i32>, must: &[&str]) ->
 /// A case's verdict from its output and exit status.
 type CaseJudge = fn(&str, &Option<i32>) -> Result<String, String>;
 
+/// How a case is judged.
+enum Verdict {
+    /// By its own function.
+    By(CaseJudge),
+    /// A refusal: exit status 2, and the output says all of these.
+    Refused(&'static [&'static str]),
+}
+
 /// Every case, in order, with its verdict.
-const CASES: [(&str, CaseJudge); 10] = [
-    ("ebpf_log_debug", ebpf_log_debug),
-    ("ebpf_log_info", ebpf_log_info),
-    ("probes_without_btf", probes_without_btf),
-    ("check_without_btf", check_without_btf),
-    ("probes_with_corrupt_btf", probes_with_corrupt_btf),
-    ("verifier_refused", verifier_refused),
-    ("verifier_log_saved", verifier_log_saved),
-    ("object_unreadable", |text, rc| {
-        refusal(
-            text,
-            rc,
-            Some(2),
-            &["/nonexistent/gupwatch.bpf.o", "GUPWATCH_EBPF_OBJECT", "No such file", "unset GUPWATCH_EBPF_OBJECT"],
-        )
-    }),
-    ("map_too_large", |text, rc| {
-        refusal(text, rc, Some(2), &["refused to create BPF map PINS", "Argument list too long", "lower --track-capacity"])
-    }),
-    ("memory_cgroup_too_small", |text, rc| {
-        refusal(
-            text,
-            rc,
-            Some(2),
-            &["refused to create BPF map", "Cannot allocate memory", "memory cgroup", "--track-capacity"],
-        )
-    }),
+const CASES: [(&str, Verdict); 10] = [
+    ("ebpf_log_debug", Verdict::By(ebpf_log_debug)),
+    ("ebpf_log_info", Verdict::By(ebpf_log_info)),
+    ("probes_without_btf", Verdict::By(probes_without_btf)),
+    ("check_without_btf", Verdict::By(check_without_btf)),
+    ("probes_with_corrupt_btf", Verdict::By(probes_with_corrupt_btf)),
+    ("verifier_refused", Verdict::By(verifier_refused)),
+    ("verifier_log_saved", Verdict::By(verifier_log_saved)),
+    (
+        "object_unreadable",
+        Verdict::Refused(&["/nonexistent/gupwatch.bpf.o", "GUPWATCH_EBPF_OBJECT", "No such file", "unset GUPWATCH_EBPF_OBJECT"]),
+    ),
+    ("map_too_large", Verdict::Refused(&["refused to create BPF map PINS", "Argument list too long", "lower --track-capacity"])),
+    (
+        "memory_cgroup_too_small",
+        Verdict::Refused(&["refused to create BPF map", "Cannot allocate memory", "memory cgroup", "--track-capacity"]),
+    ),
 ];
 
 /// Judges the cases (pure; unit-tested on recorded output).
-pub fn judge(stdout: &str) -> Vec<Case> {
+pub fn judge(stdout: &str) -> Vec<Check> {
     let cases = split_cases(stdout);
     CASES
         .iter()
-        .map(|(name, judge)| {
-            let r = match cases.get(*name) {
-                Some((text, rc)) => judge(text, rc),
-                None => Err(format!("the guest never ran case {name}")),
+        .map(|(name, verdict)| {
+            let r = match (cases.get(*name), verdict) {
+                (Some((text, rc)), Verdict::By(judge)) => judge(text, rc),
+                (Some((text, rc)), Verdict::Refused(must)) => refusal(text, rc, Some(2), must),
+                (None, _) => Err(format!("the guest never ran case {name}")),
             };
             let (ok, detail) = match r {
                 Ok(d) => (true, d),
                 Err(d) => (false, d),
             };
-            Case { name: (*name).into(), ok, detail }
+            Check { name: (*name).into(), ok, detail }
         })
         .collect()
 }
@@ -391,22 +381,19 @@ fn built_object() -> PathBuf {
 }
 
 /// Boots `kernel` once and runs every case.
-pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Case>> {
+pub fn run(kernel: &str, gupwatch: PathBuf, timeout: Duration) -> Result<Vec<Check>> {
     let alias = kernels::alias(kernel).with_context(|| format!("unknown kernel {kernel}"))?;
     let cache = util::cache_dir()?;
     let boot = kernels::ensure(&cache, alias, Flavour::Cloud, false)?.boot_kernel(&cache);
     let object = built_object();
     let bytes = std::fs::read(&object)
         .with_context(|| format!("reading the eBPF object {} (run `cargo xtask build` first)", object.display()))?;
-    let mut vm = VmRun::new(boot, SCRIPT);
+    let mut vm = VmRun::test_step(boot, SCRIPT, &gupwatch, timeout, format!("faults {kernel}"));
     vm.files.push(GuestFile {
         path: REFUSED_OBJECT_IN_GUEST.into(),
         mode: 0o644,
         data: refusable_object(&bytes, &REFUSED_PROGRAMS)?,
     });
-    vm.gupwatch = Some(gupwatch);
-    vm.timeout = timeout;
-    vm.captured(ConsoleEcho::None, format!("faults {kernel}"));
     let out = vm.run()?;
     println!(
         "faults on {kernel}: VM ran {:.0} s; console log: {}",

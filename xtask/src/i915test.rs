@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::vm::kernels::{self, Flavour, KernelAlias};
-use crate::vm::{ConsoleEcho, VmRun};
+use crate::vm::VmRun;
 use crate::{say, util};
 
 /// The port `gupwatch run` listens on in the guest.
@@ -61,16 +61,7 @@ pub struct I915Options {
     pub timeout: Duration,
 }
 
-/// One verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Whether it held.
-    pub ok: bool,
-    /// What was seen.
-    pub detail: String,
-}
+pub use crate::util::Check;
 
 /// The result of one kernel.
 #[derive(Debug)]
@@ -568,12 +559,10 @@ pub fn run_kernel(alias: KernelAlias, gupwatch: &std::path::Path, timeout: Durat
             return result;
         }
     };
-    let mut run = VmRun::new(kernel, guest_script());
-    run.gupwatch = Some(gupwatch.to_path_buf());
     // The unload/load cycles take a few minutes under TCG on their own.
-    run.timeout = timeout.max(Duration::from_secs(900));
+    let timeout = timeout.max(Duration::from_secs(900));
+    let mut run = VmRun::test_step(kernel, guest_script(), gupwatch, timeout, format!("i915 {}", alias.name));
     run.deferred_modules = vec!["i915".into()];
-    run.captured(ConsoleEcho::None, format!("i915 {}", alias.name));
     match run.run() {
         Ok(outcome) => {
             result.console_log = Some(outcome.console_log.clone());

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod dist;
 pub mod e2e;
 pub mod faults;
+pub mod fleet;
 pub mod fuzz;
 pub mod i915test;
 pub mod hostile;

@@ -181,6 +181,22 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// One Prometheus over many nodes: three VMs at once (6.1, 6.12, 7.2),
+    /// each with `gupwatch run` and its own workload, pulled by one
+    /// Prometheus and pushed to it by a second in agent mode; per-node
+    /// totals against each guest's vmstat, the dashboard per node, the
+    /// orphaned-pin alert on one node only, at most 500 series a node.
+    Fleet {
+        /// Time limit of each VM, in seconds.
+        #[arg(long, default_value_t = xtask::fleet::DEFAULT_TIMEOUT_S)]
+        timeout: u64,
+        /// Memory of each guest, in MiB.
+        #[arg(long, default_value_t = xtask::fleet::DEFAULT_MEMORY_MIB)]
+        memory: u32,
+        /// Use the gupwatch built last instead of building it.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// The stress and fault suite on real kernels: attach/detach cycles
     /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
     Stress {
@@ -360,14 +376,18 @@ fn guest_inputs(kernel: &str, no_build: bool) -> Result<(kernels::BootKernel, Pa
     Ok((kernels::resolve_spec(kernel, Flavour::Cloud, None)?, binary::static_gupwatch(no_build)?))
 }
 
-fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
-    let (kernel, gupwatch) = guest_inputs(kernel, no_build)?;
-    let report = e2e::run(&e2e::E2eOptions {
-        kernel,
-        gupwatch,
+fn fleet_command(timeout: u64, memory: u32, no_build: bool) -> Result<i32> {
+    let report = xtask::fleet::run(&xtask::fleet::FleetOptions {
+        gupwatch: binary::static_gupwatch(no_build)?,
         timeout: Duration::from_secs(timeout),
+        memory_mib: memory,
     })?;
-    print!("{}", e2e::render(&report));
+    print_checks(&report)
+}
+
+/// Prints a report's checks and its `N passed, N failed` line; 1 if any failed.
+fn print_checks(report: &e2e::E2eReport) -> Result<i32> {
+    print!("{}", e2e::render(report));
     let failed = report.checks.iter().filter(|c| !c.ok).count();
     println!(
         "{} passed, {} failed ({:.0} s)",
@@ -376,6 +396,16 @@ fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
         report.elapsed.as_secs_f64()
     );
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+fn e2e_command(kernel: &str, timeout: u64, no_build: bool) -> Result<i32> {
+    let (kernel, gupwatch) = guest_inputs(kernel, no_build)?;
+    let report = e2e::run(&e2e::E2eOptions {
+        kernel,
+        gupwatch,
+        timeout: Duration::from_secs(timeout),
+    })?;
+    print_checks(&report)
 }
 
 fn i915_command(names: &[String], timeout: u64, no_build: bool) -> Result<i32> {
@@ -515,6 +545,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             timeout,
             no_build,
         } => e2e_command(&kernel, timeout, no_build),
+        Cmd::Fleet { timeout, memory, no_build } => fleet_command(timeout, memory, no_build),
         Cmd::LiveTest {
             kernel,
             timeout,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::vm::kernels::{self, Flavour, KernelAlias};
-use crate::vm::{ConsoleEcho, VmRun};
+use crate::vm::VmRun;
 use crate::testsuite::{expected_reachable, judge_reachable, open_work, parse_report, table, PREEMPT_STEP};
 use crate::util;
 
@@ -57,20 +57,11 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
     let kernel = kernels::ensure(&cache, *alias, Flavour::Cloud, false)
         .map(|m| m.boot_kernel(&cache))
         .with_context(|| format!("fetching kernel {KERNEL}"))?;
-    let mut vm = VmRun::new(kernel, COMMAND.to_string());
+    let mut vm = VmRun::test_step(kernel, COMMAND, gupwatch, timeout, format!("test {KERNEL} preempt=full {MOVABLECORE}"));
     vm.kernel_args.push("preempt=full".into());
     vm.kernel_args.push(MOVABLECORE.into());
-    vm.gupwatch = Some(gupwatch.to_path_buf());
-    vm.timeout = timeout;
-    vm.captured(ConsoleEcho::None, format!("test {KERNEL} preempt=full {MOVABLECORE}"));
     let outcome = vm.run()?;
-    println!(
-        "{KERNEL} preempt=full in {:.0} s ({}), exit status {}; console log: {}",
-        outcome.elapsed.as_secs_f64(),
-        outcome.accel,
-        outcome.status,
-        outcome.console_log.display()
-    );
+    println!("{}", outcome.summary(&format!("{KERNEL} preempt=full")));
     let mut out = Outcome::default();
     let console = std::fs::read_to_string(&outcome.console_log).unwrap_or_default();
     if console.contains(PREEMPT_FULL) {

@@ -19,7 +19,7 @@ use crate::preemptstep::Outcome;
 use crate::testsuite::{parse_report, table};
 use crate::util;
 use crate::vm::kernels::{self, Flavour, KernelAlias};
-use crate::vm::{ConsoleEcho, Forward, VmRun};
+use crate::vm::{Forward, VmRun};
 
 /// The kernels of the matrix the step boots (generic flavour), when
 /// selected: a boot takes well under a minute.
@@ -66,25 +66,16 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
             .map(|m| m.boot_kernel(&cache))
             .with_context(|| format!("fetching the generic {} kernel", alias.name))?;
         let modules = modules(kernel.modules_dir.as_deref());
-        let mut vm = VmRun::new(kernel, COMMAND);
+        let mut vm = VmRun::test_step(kernel, COMMAND, gupwatch, timeout, format!("test {} generic rdma", alias.name));
         vm.extra_modules = modules;
         // iproute2's rdma (Debian's iproute2 is on every host that has ip).
         vm.ship = vec!["rdma".into()];
         vm.vfio = true;
         // Any forward gives the guest its network device (eth0).
         vm.forwards = vec![Forward { host: crate::e2e::free_port()?, guest: 9 }];
-        vm.gupwatch = Some(gupwatch.to_path_buf());
-        vm.timeout = timeout;
-        vm.captured(ConsoleEcho::None, format!("test {} generic rdma", alias.name));
         let outcome = vm.run()?;
         let label = format!("{} generic (soft-RoCE)", alias.name);
-        println!(
-            "{label} in {:.0} s ({}), exit status {}; console log: {}",
-            outcome.elapsed.as_secs_f64(),
-            outcome.accel,
-            outcome.status,
-            outcome.console_log.display()
-        );
+        println!("{}", outcome.summary(&label));
         let stdout = String::from_utf8_lossy(&outcome.stdout);
         match parse_report(&stdout) {
             Ok(report) => {

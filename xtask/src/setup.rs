@@ -192,38 +192,64 @@ pub fn pick_libllvm(names: &[String], major: u32) -> Option<String> {
     hits.last().map(|s| s.to_string())
 }
 
+/// The record of the toolchain the eBPF build was verified with, shared
+/// with gup-user/build.rs.
+#[path = "../../gup-ebpf/verified.rs"]
+pub mod verified;
+
+/// Says (a warning, never a failure: no toolchain can be downloaded on
+/// some machines) where this machine's nightly and bpf-linker differ from
+/// the verified ones.
+fn warn_unverified_toolchain() {
+    let Ok(vv) = util::output(Command::new("rustc").args(["+nightly", "-vV"])) else { return };
+    let diffs = verified::differences(&vv, bpf_linker_version().as_deref());
+    if diffs.is_empty() {
+        say!("setup", "toolchain: the verified one ({}, bpf-linker {})", verified::NIGHTLY, verified::BPF_LINKER);
+    }
+    for d in diffs {
+        say!("setup", "WARNING: {d}");
+    }
+}
+
+/// Whether `bpf-linker --version` names the pinned release.
+fn is_pinned(version: &str) -> bool {
+    version.trim().trim_start_matches("bpf-linker").trim() == verified::BPF_LINKER
+}
+
 fn ensure_bpf_linker() -> Result<()> {
     // The prefix is refreshed first: an installed bpf-linker that stopped
     // running because its libLLVM link is missing comes back without a rebuild.
     let prefix = llvm_prefix()?;
-    if let Some(v) = bpf_linker_version() {
+    let found = bpf_linker_version();
+    if let Some(v) = found.as_deref().filter(|v| is_pinned(v)) {
         say!("setup", "bpf-linker: {v}");
+        warn_unverified_toolchain();
         return Ok(());
     }
     let major = prefix.major;
     let installed = cargo_bin_dir().is_some_and(|d| d.join("bpf-linker").is_file());
     say!(
         "setup",
-        "building bpf-linker against the nightly toolchain's LLVM {major} (LLVM_PREFIX={}); takes a few minutes",
-        prefix.dir.display()
+        "building bpf-linker {} against the nightly toolchain's LLVM {major} (LLVM_PREFIX={}){}; takes a few minutes",
+        verified::BPF_LINKER,
+        prefix.dir.display(),
+        found.as_deref().map(|v| format!(", replacing {v}")).unwrap_or_default()
     );
     let mut cmd = Command::new(util::cargo());
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--no-default-features",
-        "--features",
-    ])
-    .arg(format!("llvm-{major}"))
-    .env("LLVM_PREFIX", &prefix.dir);
+    // Pinned: a new bpf-linker release can change the object it emits.
+    cmd.args(["install", "bpf-linker", "--version", verified::BPF_LINKER, "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix.dir);
     if installed {
-        // There is one, but it does not run (built against another LLVM).
+        // There is one, but another release, or one that does not run
+        // (built against another LLVM).
         cmd.arg("--force");
     }
     util::run(&mut cmd).context("installing bpf-linker (needs crates.io and a C++ compiler)")?;
     match bpf_linker_version() {
         Some(v) => {
             say!("setup", "bpf-linker: {v}");
+            warn_unverified_toolchain();
             Ok(())
         }
         None => bail!(
@@ -363,5 +389,19 @@ mod tests {
             pick_libllvm(&old, 19).as_deref(),
             Some("libLLVM-19-rust-1.84.0-nightly.so")
         );
+    }
+
+    #[test]
+    fn toolchain_differences_are_named() {
+        let vv = |rustc: &str, llvm: &str| format!("{rustc}\nbinary: rustc\nLLVM version: {llvm}\n");
+        let same = vv(verified::NIGHTLY, verified::LLVM);
+        let linker = format!("bpf-linker {}", verified::BPF_LINKER);
+        assert_eq!(verified::differences(&same, Some(&linker)), Vec::<String>::new());
+        assert!(is_pinned(&linker) && !is_pinned("bpf-linker 0.9.15"));
+        let d = verified::differences(&vv("rustc 1.99.0-nightly (0123456 2026-11-30)", "23.0.0"), Some("bpf-linker 0.9.15\n"));
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].contains("1.99.0-nightly") && d[0].contains(verified::NIGHTLY), "{}", d[0]);
+        assert!(d[1].contains("23.0.0"), "{}", d[1]);
+        assert!(d[2].contains("0.9.15") && d[2].contains("--version"), "{}", d[2]);
     }
 }

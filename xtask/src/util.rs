@@ -97,6 +97,18 @@ pub fn display_cmd(cmd: &Command) -> String {
     s
 }
 
+/// One verdict of a test step (the canary, i915, mm selftests, hostile
+/// clients): what was checked, whether it held, what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
 /// Runs a command with inherited stdio and fails, naming the command, if it
 /// cannot be started or exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -124,6 +136,23 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     }
     String::from_utf8(out.stdout)
         .with_context(|| format!("`{}` printed non-UTF-8", display_cmd(cmd)))
+}
+
+/// The trimmed, non-empty lines a command prints on stdout; none when it
+/// cannot start or fails (for asking the host, where a built-in default
+/// stands in for no answer).
+pub fn output_lines(cmd: &mut Command) -> Vec<String> {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs a command capturing its output, only failing if it cannot start.

@@ -60,6 +60,53 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// How to reach a `gupwatch run` daemon (`top` and `leaks`), with the
+/// names Prometheus gives the same settings.
+#[derive(clap::Args, Debug)]
+struct ConnectArgs {
+    /// A daemon's URL: HOST:PORT or http://HOST:PORT, https://HOST:PORT
+    /// when its --web-config turns on TLS.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// PEM file of the CA that signed the daemon's certificate (default:
+    /// Mozilla's public roots).
+    #[arg(long, value_name = "FILE", requires = "connect")]
+    tls_ca: Option<PathBuf>,
+    /// PEM file of this client's certificate, for a daemon that verifies
+    /// client certificates (with --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["connect", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["connect", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Basic-auth user; the password comes from --basic-auth-password-file
+    /// or the GUPWATCH_BASIC_AUTH_PASSWORD environment variable, never
+    /// from the command line.
+    #[arg(long, value_name = "USER", requires = "connect")]
+    basic_auth_user: Option<String>,
+    /// File whose first line is the basic-auth password.
+    #[arg(long, value_name = "FILE", requires = "basic_auth_user")]
+    basic_auth_password_file: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The daemon to ask, when --connect was given.
+    fn remote(self) -> Result<Option<(gupwatch::client::Remote, String)>> {
+        let Some(url) = self.connect else { return Ok(None) };
+        let opts = gupwatch::client::ConnectOptions {
+            url: url.clone(),
+            tls_ca: self.tls_ca,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            basic_auth_user: self.basic_auth_user,
+            basic_auth_password_file: self.basic_auth_password_file,
+            password_from_env: std::env::var(gupwatch::client::PASSWORD_ENV).ok(),
+            timeout: Duration::from_secs(5),
+        };
+        Ok(Some((gupwatch::client::Remote::new(&opts)?, url)))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The live view: processes or call sites, rates, fast-path hit rate,
@@ -69,9 +116,8 @@ enum Command {
         /// Seconds between screen refreshes.
         #[arg(short, long, default_value = "1", value_parser = gupwatch::args::parse_interval)]
         interval: Duration,
-        /// A daemon's HOST:PORT (e.g. 127.0.0.1:10483).
-        #[arg(long, value_name = "HOST:PORT")]
-        connect: Option<String>,
+        #[command(flatten)]
+        remote: ConnectArgs,
         /// Load no probes: the reduced mode's screen (kernel counters and
         /// accounted pins per process).
         #[arg(long, conflicts_with = "connect")]
@@ -131,19 +177,25 @@ enum Command {
     /// Report outstanding pins and leak signals: who holds pins, since
     /// when, from which call path, and which look leaked. Pins are tracked
     /// from the moment gupwatch starts, so it watches for a while first.
+    ///
+    /// With --connect, the report of a `gupwatch run` daemon instead (its
+    /// /api/snapshot?leaks=1): every pin it tracked since it started, by
+    /// the daemon's own --long-held; no probes are loaded here.
     Leaks {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Seconds to watch before reporting (Ctrl-C reports early).
-        #[arg(long, default_value = "10")]
+        #[arg(long, default_value = "10", conflicts_with = "connect")]
         duration: u64,
         /// Pins held longer than this many seconds are long-held.
-        #[arg(long, default_value = "300")]
+        #[arg(long, default_value = "300", conflicts_with = "connect")]
         long_held: u64,
         /// Capacity of the tracking map, in folios.
-        #[arg(long, default_value_t = gup_common::TRACK_CAPACITY)]
+        #[arg(long, default_value_t = gup_common::TRACK_CAPACITY, conflicts_with = "connect")]
         track_capacity: u32,
+        #[command(flatten)]
+        remote: ConnectArgs,
     },
     /// Serve Prometheus metrics on /metrics (plus a status page, /healthz
     /// and /api/snapshot) until Ctrl-C or SIGTERM. Without probes, serves
@@ -154,49 +206,7 @@ enum Command {
     /// name with underscores; flags win. SIGHUP re-reads the file and
     /// applies top_processes, long_held and log_level at once (listen,
     /// track_capacity and log_format need a restart).
-    Run {
-        /// Address to listen on; `:PORT` is every address, as for the Go
-        /// exporters (also --web.listen-address) [default: 127.0.0.1:10483].
-        #[arg(long, value_name = "ADDR", alias = "web.listen-address")]
-        listen: Option<String>,
-        /// Process names with their own gupwatch_process_pages_total series
-        /// (the rest are summed into comm="other") [default: 10].
-        #[arg(long, value_name = "N")]
-        top_processes: Option<usize>,
-        /// Pins held longer than this many seconds are long-held in
-        /// /api/snapshot?leaks=1 [default: 300].
-        #[arg(long, value_name = "SECS")]
-        long_held: Option<u64>,
-        /// Capacity of the pin tracking map, in folios [default: 65536].
-        #[arg(long, value_name = "FOLIOS")]
-        track_capacity: Option<u32>,
-        /// Log line format [default: text].
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormat>,
-        /// Log filter: a level (error, warn, info, debug, trace) or tracing
-        /// directives such as gupwatch=debug,warn [default: info].
-        #[arg(long, value_name = "FILTER")]
-        log_level: Option<String>,
-        /// Configuration file (TOML).
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// TLS and basic auth for the endpoint, in the YAML format of
-        /// Prometheus' exporter-toolkit (tls_server_config,
-        /// basic_auth_users); re-read when it or its files change (also
-        /// --web.config.file).
-        #[arg(long, value_name = "FILE", alias = "web.config.file")]
-        web_config: Option<PathBuf>,
-        /// Connections one client address (IPv6: one /64) may have open at
-        /// once; more are closed at once, so one client cannot take the
-        /// whole descriptor budget [default: 256].
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-        max_connections_per_peer: Option<u64>,
-        /// Load no probes: serve the reduced mode (vmstat counters and the
-        /// gupwatch_accounted_* families) as on a kernel that refuses
-        /// tracing programs.
-        #[arg(long)]
-        reduced: bool,
-    },
+    Run(RunArgs),
     /// The in-guest part of `cargo xtask stress`: attach/detach cycles
     /// under a pin storm, SIGKILL rounds, an overflowing tracking map.
     #[command(hide = true)]
@@ -259,11 +269,73 @@ enum Command {
         /// it for this many seconds (to see it in `gupwatch leaks`).
         #[arg(long)]
         hold: Option<u64>,
+        /// With --hold: a forked child registers the buffer and exits while
+        /// this process keeps the ring, so the pins outlive their owner
+        /// (orphaned, as `gupwatch leaks` and the GupwatchOrphanedPins alert
+        /// report them) until the hold ends.
+        #[arg(long, requires = "hold")]
+        orphan: bool,
         /// Directory on a filesystem that supports O_DIRECT.
         #[arg(long, env = "GUPWATCH_SCRATCH", default_value = ".")]
         scratch: PathBuf,
     },
 }
+
+/// `gupwatch run`'s flags.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address to listen on; `:PORT` is every address, as for the Go
+    /// exporters (also --web.listen-address) [default: 127.0.0.1:10483].
+    #[arg(long, value_name = "ADDR", alias = "web.listen-address")]
+    listen: Option<String>,
+    /// Process names with their own gupwatch_process_pages_total series
+    /// (the rest are summed into comm="other") [default: 10].
+    #[arg(long, value_name = "N")]
+    top_processes: Option<usize>,
+    /// Pins held longer than this many seconds are long-held in
+    /// /api/snapshot?leaks=1 [default: 300].
+    #[arg(long, value_name = "SECS")]
+    long_held: Option<u64>,
+    /// Capacity of the pin tracking map, in folios [default: 65536].
+    #[arg(long, value_name = "FOLIOS")]
+    track_capacity: Option<u32>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as gupwatch=debug,warn [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// TLS and basic auth for the endpoint, in the YAML format of
+    /// Prometheus' exporter-toolkit (tls_server_config,
+    /// basic_auth_users); re-read when it or its files change (also
+    /// --web.config.file).
+    #[arg(long, value_name = "FILE", alias = "web.config.file")]
+    web_config: Option<PathBuf>,
+    /// Connections one client address (IPv6: one /64) may have open at
+    /// once; more are closed at once, so one client cannot take the
+    /// whole descriptor budget [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_peer: Option<u64>,
+    /// Write /proc/sys/vm/stat_refresh before reading /proc/vmstat, at
+    /// most once every SECS seconds (0: at every reading), so the
+    /// kernel's counters are exact. Off by default: the write queues
+    /// work on every CPU, isolated (nohz_full) ones included; without
+    /// it the figures may lag by up to vm.stat_interval (1 s), and
+    /// /api/snapshot's kernel_counters.refreshed_ms_ago says how fresh
+    /// they are.
+    #[arg(long, value_name = "SECS")]
+    vmstat_refresh: Option<u64>,
+    /// Load no probes: serve the reduced mode (vmstat counters and the
+    /// gupwatch_accounted_* families) as on a kernel that refuses
+    /// tracing programs.
+    #[arg(long)]
+    reduced: bool,
+}
+
 
 fn main() -> ExitCode {
     // Before anything allocates much (memstat.rs says why).
@@ -322,35 +394,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Check { json, scratch, track_capacity, only, skip, churn_procs }) => {
             run_check(json, &scratch, track_capacity, &check::CheckOptions { only, skip, churn_procs })
         }
-        Some(Command::Leaks { json, duration, long_held, track_capacity }) => {
-            leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity)
-        }
-        Some(Command::Run {
-            listen,
-            top_processes,
-            long_held,
-            track_capacity,
-            log_format,
-            log_level,
-            config,
-            web_config,
-            max_connections_per_peer,
-            reduced,
-        }) => {
+        Some(Command::Leaks { json, duration, long_held, track_capacity, remote }) => match remote.remote()? {
+            Some((remote, _)) => remote_leaks(json, &remote),
+            None => leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity),
+        },
+        Some(Command::Run(a)) => {
             let flags = gupwatch::config::RunOptions {
-                listen,
-                top_processes,
-                long_held,
-                track_capacity,
-                log_format,
-                log_level,
-                web_config,
-                max_connections_per_peer: max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                listen: a.listen,
+                top_processes: a.top_processes,
+                long_held: a.long_held,
+                track_capacity: a.track_capacity,
+                log_format: a.log_format,
+                log_level: a.log_level,
+                web_config: a.web_config,
+                max_connections_per_peer: a.max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                vmstat_refresh: a.vmstat_refresh,
             };
-            gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: config.as_deref(), reduced })?;
+            gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: a.config.as_deref(), reduced: a.reduced })?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Top { interval, connect, reduced }) => top(interval, connect, reduced || cli.reduced),
+        Some(Command::Top { interval, remote, reduced }) => top(interval, remote.remote()?, reduced || cli.reduced),
         Some(Command::Doctor { json }) => doctor(json),
         Some(Command::Generate { what }) => generate(what),
         Some(Command::Stress { mode, churn_procs, cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
@@ -384,20 +447,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&gupwatch::bench::prog_stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Workload { hold: Some(secs), scratch, .. }) => {
+        Some(Command::Workload { hold: Some(secs), orphan, scratch, .. }) => {
             let stop = stop_flag()?;
+            let (name, whose) =
+                if orphan { ("io_uring_orphaned", "an exited child's") } else { ("io_uring_buffers_held", "a") };
             let mut held = scenarios::builtin(&scratch)
                 .into_iter()
-                .find(|s| s.name() == "io_uring_buffers_held")
-                .context("the io_uring_buffers_held scenario is missing")?;
+                .find(|s| s.name() == name)
+                .with_context(|| format!("the {name} scenario is missing"))?;
             held.prepare().context("preparing the io_uring buffer")?;
             held.run().context("registering the io_uring buffer")?;
-            eprintln!("workload: holding a registered 1 MiB io_uring buffer for {secs} s (pid {})", std::process::id());
+            eprintln!(
+                "workload: holding {whose} registered 1 MiB io_uring buffer for {secs} s (pid {})",
+                std::process::id()
+            );
             host::sleep_unless_stopped(Duration::from_secs(secs), &stop);
             held.cleanup().context("unregistering the io_uring buffer")?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Workload { seconds, scratch, hold: None }) => {
+        Some(Command::Workload { seconds, scratch, hold: None, .. }) => {
             let stop = stop_flag()?;
             let stats = scenarios::run_workload(&scratch, Duration::from_secs(seconds), &stop)
                 .context("workload failed")?;
@@ -407,21 +475,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `gupwatch leaks --connect`: the daemon's report, printed as the local
+/// one is.
+fn remote_leaks(json: bool, remote: &gupwatch::client::Remote) -> Result<ExitCode> {
+    let report = remote.leaks()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u32) -> Result<ExitCode> {
     init_env_logging()?;
     let stop = stop_flag()?;
-    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
     // What is pinned already, read before the probes attach: whatever is
     // pinned after is tracked (gupwatch::beforestart).
     let proc_root = std::path::Path::new("/proc");
     let before = gupwatch::beforestart::Inventory::take(proc_root);
-    let mut session = Session::require(opts)?;
-    session.start_ebpf_log();
-    let Some(probes) = session.probes() else {
-        eprint!(
-            "gupwatch: no GUP hook could be attached, so no pin can be tracked.\n{}",
-            host::render(&session.diagnose())
-        );
+    let session = Session::require_tracking(track_capacity)?;
+    let Some(probes) = session.probes_or_explain("no pin can be tracked") else {
         return Ok(ExitCode::from(2));
     };
     eprintln!(
@@ -508,14 +582,8 @@ fn run_check(json: bool, scratch: &std::path::Path, track_capacity: u32, select:
     let mut selection = check::Selection::new(scratch, select)?;
     // Pins some scenarios must hold before the probes exist.
     selection.before_attach();
-    let opts = loader::LoadOptions { track_pins: true, track_capacity, ebpf_log: gupwatch::ebpflog::wanted() };
-    let mut session = Session::require(opts)?;
-    session.start_ebpf_log();
-    let Some(probes) = session.probes() else {
-        eprint!(
-            "gupwatch: no GUP hook could be attached, so there is nothing to check.\n{}",
-            host::render(&session.diagnose())
-        );
+    let session = Session::require_tracking(track_capacity)?;
+    let Some(probes) = session.probes_or_explain("there is nothing to check") else {
         return Ok(ExitCode::from(2));
     };
     session::print_failed_hooks(&session.plan);
@@ -568,7 +636,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
 /// `gupwatch top` (and `gupwatch` on a terminal): the live view, of this
 /// host's probes (none when the reduced mode was asked for, `--reduced`)
 /// or of a daemon's.
-fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<ExitCode> {
+fn top(interval: Duration, connect: Option<(gupwatch::client::Remote, String)>, reduced: bool) -> Result<ExitCode> {
     use gupwatch::{collect, tui, tui::source};
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("the live view needs a terminal on stdout; `gupwatch --plain` (or --count N) prints summary lines");
@@ -580,7 +648,7 @@ fn top(interval: Duration, connect: Option<String>, reduced: bool) -> Result<Exi
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
     }
     let (src, source_label, diagnosis): (Box<dyn source::Source>, String, Vec<String>) = match connect {
-        Some(addr) => (Box::new(source::RemoteSource::new(addr.clone(), Duration::from_secs(5))), addr, vec![]),
+        Some((remote, url)) => (Box::new(source::RemoteSource::new(remote)), url, vec![]),
         None => {
             eprintln!("gupwatch: loading probes...");
             let mut session = Session::start(loader::LoadOptions::default(), reduced)?;
@@ -699,11 +767,11 @@ mod tests {
     #[test]
     fn run_flags_are_optional_so_the_config_file_can_fill_them() {
         let cli = Cli::try_parse_from(["gupwatch", "run", "--top-processes", "3", "--log-format", "json"]).unwrap();
-        let Some(Command::Run { listen, top_processes, log_format, config, .. }) = cli.command else { panic!() };
+        let Some(Command::Run(RunArgs { listen, top_processes, log_format, config, .. })) = cli.command else { panic!() };
         assert_eq!((listen, top_processes, log_format, config), (None, Some(3), Some(LogFormat::Json), None));
         assert!(Cli::try_parse_from(["gupwatch", "run", "--log-format", "xml"]).is_err());
         let cli = Cli::try_parse_from(["gupwatch", "top", "--connect", "127.0.0.1:10483", "-i", "2"]).unwrap();
-        let Some(Command::Top { connect: Some(_), interval, .. }) = cli.command else { panic!() };
+        let Some(Command::Top { remote: ConnectArgs { connect: Some(_), .. }, interval, .. }) = cli.command else { panic!() };
         assert_eq!(interval, Duration::from_secs(2));
         // -i and -c belong to the summary mode (and -i to top): a
         // subcommand where they would mean nothing refuses them.
@@ -714,7 +782,7 @@ mod tests {
         assert!(Cli::try_parse_from(["gupwatch", "-i", "5", "-c", "12"]).is_ok());
         // The exporter-toolkit's flag names, as aliases.
         let cli = Cli::try_parse_from(["gupwatch", "run", "--web.listen-address", ":9", "--web.config.file", "w.yml"]).unwrap();
-        let Some(Command::Run { listen, web_config, .. }) = cli.command else { panic!() };
+        let Some(Command::Run(RunArgs { listen, web_config, .. })) = cli.command else { panic!() };
         assert_eq!((listen.as_deref(), web_config), (Some(":9"), Some(PathBuf::from("w.yml"))));
         assert!(Cli::try_parse_from(["gupwatch", "generate", "completions", "zsh"]).is_ok());
         assert!(Cli::try_parse_from(["gupwatch", "doctor", "--json"]).is_ok());

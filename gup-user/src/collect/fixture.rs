@@ -113,6 +113,7 @@ pub(crate) fn sample() -> Arc<Reading> {
     );
     d.gather_duration = Duration::from_micros(1500);
     d.read_errors.vmstat = 2;
+    d.vmstat_refreshed_ago = Some(Duration::from_millis(250));
     let mut leaks = LeakMetrics { tracked_outstanding: 768, untracked: 3, ..Default::default() };
     leaks.by_kind.insert("long_held", (1, 256));
     leaks.by_kind.insert("orphaned", (2, 512));

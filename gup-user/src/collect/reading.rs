@@ -133,62 +133,119 @@ pub(crate) fn row_kind(row: &Row) -> Option<usize> {
     Api::from_symbol(row.api).and_then(|a| kind_index(a.kind()))
 }
 
-/// The top-N selection of `gupwatch_process_pages_total`, kept across
-/// scrapes so that the `other` series stays a true counter.
+/// The top-N selections of the exposition, kept across scrapes so that
+/// each `other` series stays a true counter: the process names of
+/// `gupwatch_process_pages_total` and the (API, errno) pairs of
+/// `gupwatch_failed_calls_total` (the part of the metrics budget a
+/// workload can grow; docs/fleet.md).
 ///
-/// The top N names are re-ranked every scrape by cumulative pinned pages
-/// (then all pages, then name). Membership can change; a stateless "sum of
-/// the rest" would then drop whenever a name is promoted, which `rate()`
-/// reads as a counter reset (a huge false spike). Instead `other` only ever
-/// adds the pages that processes outside the top N gained since the last
-/// scrape, so it never decreases and its rate is the rate of the rest.
+/// The top N keys are re-ranked every scrape. Membership can change; a
+/// stateless "sum of the rest" would then drop whenever a key is promoted,
+/// which `rate()` reads as a counter reset (a huge false spike). Instead
+/// `other` only ever adds what keys outside the top N gained since the
+/// last scrape, so it never decreases and its rate is the rate of the rest.
 /// A process really named `other` is always folded into `other`.
 #[derive(Debug, Default)]
 pub struct TopProcesses {
-    last: HashMap<String, [u64; 3]>,
-    other: [u64; 3],
+    comms: TopN<String, 3>,
+    errnos: TopN<(u32, u32), 1>,
+}
+
+/// (API, errno) pairs of `gupwatch_failed_calls_total` with their own
+/// series; the rest are summed into `api="other", errno="other"`.
+pub const ERRNO_SERIES: usize = 10;
+
+/// One top-N selection of [`TopProcesses`]: the last cumulative counts of
+/// every key and the running `other` sum.
+#[derive(Debug)]
+struct TopN<K, const W: usize> {
+    last: HashMap<K, [u64; W]>,
+    other: [u64; W],
+}
+
+impl<K, const W: usize> Default for TopN<K, W> {
+    fn default() -> Self {
+        TopN { last: HashMap::new(), other: [0; W] }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash, const W: usize> TopN<K, W> {
+    /// Keeps the first `n` of `ranked` (every key but the excluded ones,
+    /// best first); adds every other key's growth to `other`. Returns the
+    /// kept keys and the `other` sums.
+    fn update(&mut self, now: HashMap<K, [u64; W]>, mut ranked: Vec<(K, [u64; W])>, n: usize) -> (Vec<(K, [u64; W])>, [u64; W]) {
+        ranked.truncate(n);
+        for (key, counts) in &now {
+            if ranked.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            let before = self.last.get(key).copied().unwrap_or([0; W]);
+            for k in 0..W {
+                self.other[k] = self.other[k].wrapping_add(counts[k].saturating_sub(before[k]));
+            }
+        }
+        self.last = now;
+        (ranked, self.other)
+    }
 }
 
 impl TopProcesses {
     /// The series for this scrape: the top `n` names (every kind), then
     /// `other` (every kind).
     pub fn update(&mut self, rows: &[Row], n: usize) -> Vec<ProcessSeries> {
-        let mut by_comm: HashMap<&str, [u64; 3]> = HashMap::new();
+        let mut by_comm: HashMap<String, [u64; 3]> = HashMap::new();
         for r in rows {
             if let Some(k) = row_kind(r) {
-                let e = by_comm.entry(r.comm.as_str()).or_default();
+                let e = by_comm.entry(r.comm.clone()).or_default();
                 e[k] = e[k].wrapping_add(r.pages);
             }
         }
-        let mut ranked: Vec<(&str, [u64; 3])> =
-            by_comm.iter().filter(|(c, _)| **c != OTHER_COMM).map(|(c, v)| (*c, *v)).collect();
+        let mut ranked: Vec<(String, [u64; 3])> =
+            by_comm.iter().filter(|(c, _)| c.as_str() != OTHER_COMM).map(|(c, v)| (c.clone(), *v)).collect();
         ranked.sort_by(|a, b| {
             let total = |v: &[u64; 3]| v.iter().fold(0u64, |s, x| s.saturating_add(*x));
-            b.1[0].cmp(&a.1[0]).then(total(&b.1).cmp(&total(&a.1))).then(a.0.cmp(b.0))
+            b.1[0].cmp(&a.1[0]).then(total(&b.1).cmp(&total(&a.1))).then(a.0.cmp(&b.0))
         });
-        ranked.truncate(n);
-        let kept: std::collections::HashSet<&str> = ranked.iter().map(|(c, _)| *c).collect();
-        for (comm, now) in &by_comm {
-            if kept.contains(comm) {
-                continue;
-            }
-            let before = self.last.get(*comm).copied().unwrap_or_default();
-            for k in 0..3 {
-                self.other[k] = self.other[k].wrapping_add(now[k].saturating_sub(before[k]));
-            }
-        }
-        self.last = by_comm.iter().map(|(c, v)| (c.to_string(), *v)).collect();
-        let mut out = Vec::with_capacity(3 * (ranked.len() + 1));
-        for (comm, v) in &ranked {
+        let (kept, other) = self.comms.update(by_comm, ranked, n);
+        let mut out = Vec::with_capacity(3 * (kept.len() + 1));
+        for (comm, v) in kept.iter().map(|(c, v)| (c.as_str(), v)).chain([(OTHER_COMM, &other)]) {
             for (kind, pages) in KINDS.iter().zip(v) {
                 out.push(ProcessSeries { comm: comm.to_string(), kind, pages: *pages });
             }
         }
-        for (kind, pages) in KINDS.iter().zip(self.other) {
-            out.push(ProcessSeries { comm: OTHER_COMM.into(), kind, pages });
+        out
+    }
+
+    /// The `gupwatch_failed_calls_total` series for this scrape: the `n`
+    /// (API, errno) pairs with the most failed calls, then their `other`
+    /// (present once any pair is left out).
+    pub fn update_errnos(&mut self, errnos: &BTreeMap<(u32, u32), u64>, n: usize) -> Vec<ErrnoSeries> {
+        let now: HashMap<(u32, u32), [u64; 1]> = errnos.iter().map(|(k, v)| (*k, [*v])).collect();
+        let mut ranked: Vec<((u32, u32), [u64; 1])> = errnos.iter().map(|(k, v)| (*k, [*v])).collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let (kept, [other]) = self.errnos.update(now, ranked, n);
+        let mut out: Vec<ErrnoSeries> = kept
+            .into_iter()
+            .filter_map(|((api, errno), [calls])| {
+                Some(ErrnoSeries { api: Api::from_index(api)?.symbol(), errno: crate::errno::errno_name(errno), calls })
+            })
+            .collect();
+        if other > 0 || errnos.len() > n {
+            out.push(ErrnoSeries { api: OTHER_COMM, errno: OTHER_COMM.to_string(), calls: other });
         }
         out
     }
+}
+
+/// One `gupwatch_failed_calls_total` series.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrnoSeries {
+    /// The API's symbol, or [`OTHER_COMM`] for the sum of the rest.
+    pub api: &'static str,
+    /// The errno's name, or [`OTHER_COMM`].
+    pub errno: String,
+    /// Failed calls.
+    pub calls: u64,
 }
 
 /// Failures to read a data source, by source.
@@ -213,10 +270,16 @@ pub struct Reading {
     pub snapshot: Option<Snapshot>,
     /// The kernel's own FOLL_PIN counters, if readable.
     pub vmstat: Option<FollPinCounters>,
+    /// How long ago `/proc/sys/vm/stat_refresh` was last written before
+    /// `vmstat` was read (`None`: never, so `vmstat` lags each CPU's
+    /// pending counts, folded every `vm.stat_interval`, 1 s by default).
+    pub vmstat_refreshed_ago: Option<Duration>,
     /// Resolved attribution rows.
     pub rows: Vec<Row>,
     /// The per-process series (see [`TopProcesses`]).
     pub processes: Vec<ProcessSeries>,
+    /// The failed-call series by API and errno (see [`TopProcesses`]).
+    pub errnos: Vec<ErrnoSeries>,
     /// Time taken to gather this data (map reads, vmstat, symbolization).
     pub gather_duration: Duration,
     /// Read failures since start.
@@ -255,13 +318,16 @@ impl Reading {
         settings: Settings,
     ) -> Reading {
         let processes = if snapshot.is_some() { top.update(&rows, settings.top_processes) } else { vec![] };
+        let errnos = snapshot.as_ref().map(|s| top.update_errnos(&s.errnos, ERRNO_SERIES)).unwrap_or_default();
         Reading {
             version: env!("CARGO_PKG_VERSION").to_string(),
             plan,
             snapshot,
             vmstat,
+            vmstat_refreshed_ago: None,
             rows,
             processes,
+            errnos,
             gather_duration: Duration::ZERO,
             read_errors: ReadErrors::default(),
             leaks: None,

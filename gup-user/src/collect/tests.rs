@@ -100,3 +100,33 @@ fn reduced_collector_reads_accounted_pins() {
     assert_eq!(pinned(&first), Some(vec![(42, 64 << 10)]));
     assert_eq!(pinned(&second), pinned(&first), "reused within the interval");
 }
+
+/// `stat_refresh` is written only when asked for, and at most once per
+/// interval; the reading says how long ago.
+#[test]
+fn vmstat_refresh_is_opt_in_and_rate_limited() {
+    let plan = crate::plan::ProbePlan::resolve(
+        "6.1.0-test".into(),
+        Err("no BTF".into()),
+        &crate::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n"),
+    );
+    let settings = |r| Settings { vmstat_refresh: r, ..Settings::default() };
+    let mut c = Collector::new(None, &plan, settings(None));
+    for _ in 0..2 {
+        assert_eq!(c.gather().vmstat_refreshed_ago, None, "never written when not asked for");
+    }
+    c.set_settings(settings(Some(Duration::from_secs(3600))));
+    let first = c.gather().vmstat_refreshed_ago;
+    if std::fs::OpenOptions::new().write(true).open(crate::vmstat::STAT_REFRESH_PATH).is_err() {
+        // Not root (or no such file): the write is refused and not tried again.
+        assert_eq!(first, None);
+        return;
+    }
+    let first = first.expect("written at the first reading");
+    std::thread::sleep(Duration::from_millis(30));
+    let second = c.gather().vmstat_refreshed_ago.expect("still known");
+    assert!(second >= first + Duration::from_millis(30), "not written again within the interval: {first:?} then {second:?}");
+    c.set_settings(settings(Some(Duration::ZERO)));
+    let third = c.gather().vmstat_refreshed_ago.expect("written");
+    assert!(third < second, "ZERO writes at every reading: {third:?} after {second:?}");
+}

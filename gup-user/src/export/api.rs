@@ -164,6 +164,7 @@ pub fn snapshot_json(d: &Reading, top: usize) -> SnapshotReport {
             acquired: v.acquired,
             released: v.released,
             outstanding: v.outstanding(),
+            refreshed_ms_ago: d.vmstat_refreshed_ago.map(|a| a.as_millis().try_into().unwrap_or(u64::MAX)),
         }),
         apis: api_counters(d),
         errnos: snap.map(errnos).unwrap_or_default(),

@@ -15,10 +15,13 @@
 //! `_total`, durations are in seconds, and page counts are in pages (the
 //! kernel's unit; there is no base unit for pages).
 //!
-//! Cardinality: per-API families have one series per hooked kernel function
-//! (at most 18, ×40 buckets for the latency histogram); per-process families
-//! have no pid label and keep only the top N process names (by pinned
-//! pages, [`Settings::top_processes`]), the rest summed into `comm="other"`.
+//! Cardinality (the budget, at most 500 series a node at default settings,
+//! is worked out in docs/fleet.md and pinned by a test): per-API families
+//! have one series per hooked kernel function (at most 19, ×8 buckets for
+//! the latency histogram); per-process families have no pid label and keep
+//! only the top N process names (by pinned pages,
+//! [`Settings::top_processes`]), the rest summed into `comm="other"`; failed
+//! calls keep the top 10 (API, errno) pairs, the rest summed likewise.
 //!
 //! [`Settings::top_processes`]: crate::collect::Settings::top_processes
 
@@ -35,7 +38,6 @@ use prometheus_client::{
 use crate::{
     attribution,
     collect::{row_kind, Reading, KINDS},
-    errno::errno_name,
     model::{Snapshot, Totals},
 };
 
@@ -214,16 +216,42 @@ impl EncodeMetric for ConstHistogram {
     }
 }
 
+/// Upper bounds of the exported latency buckets, as powers of two
+/// nanoseconds (1.02 µs, 8.19 µs, 65.5 µs, 524 µs, 4.19 ms, 33.6 ms,
+/// 268 ms), then `+Inf`: every third bound of the kernel's log2 histogram,
+/// so each cumulative count is exact, and 8 buckets per API instead of
+/// 40 keep a node under its series budget (docs/fleet.md). The full log2
+/// histogram is in `/api/snapshot` and the live view.
+const LATENCY_BOUNDS_LOG2: [u32; 7] = [10, 13, 16, 19, 22, 25, 28];
+
 /// The latency histogram of one API in seconds: bucket `i` of the kernel's
-/// log2 nanosecond histogram holds `2^i <= d < 2^(i+1)` ns, so its upper
-/// bound is `2^(i+1)` ns; the last bucket also takes everything longer, so
-/// its bound is `+Inf`.
+/// log2 nanosecond histogram holds `2^i <= d < 2^(i+1)` ns, so it counts
+/// under the first exported bound of at least `2^(i+1)` ns; the last
+/// kernel bucket also takes everything longer, so only `+Inf` holds it.
 fn latency_histogram(s: &ApiStats) -> ConstHistogram {
-    let bounds = s.latency_log2.iter().enumerate().map(|(i, n)| {
-        let le = if i + 1 == LATENCY_BUCKETS { f64::INFINITY } else { (1u64 << (i + 1)) as f64 / 1e9 };
-        (le, *n)
-    });
-    ConstHistogram::new(s.latency_ns_sum as f64 / 1e9, bounds)
+    // The encoder sums the buckets into cumulative counts. Counts whose sum
+    // passes u64::MAX (only from wrapped or corrupt counters) saturate
+    // there: unchecked, the sum overflowed (a panic in debug builds, a
+    // decreasing cumulative bucket in release; found by the
+    // metrics_exposition fuzz target).
+    let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_LOG2
+        .iter()
+        .map(|b| ((1u64 << b) as f64 / 1e9, 0))
+        .chain([(f64::INFINITY, 0)])
+        .collect();
+    let mut total = 0u64;
+    for (i, n) in s.latency_log2.iter().enumerate() {
+        let upper = i as u32 + 1;
+        let slot = if i + 1 == LATENCY_BUCKETS {
+            LATENCY_BOUNDS_LOG2.len()
+        } else {
+            LATENCY_BOUNDS_LOG2.iter().position(|b| upper <= *b).unwrap_or(LATENCY_BOUNDS_LOG2.len())
+        };
+        let n = (*n).min(u64::MAX - total);
+        total += n;
+        buckets[slot].1 += n;
+    }
+    ConstHistogram { sum: s.latency_ns_sum as f64 / 1e9, count: total, buckets }
 }
 
 impl ConstHistogram {
@@ -307,7 +335,7 @@ enum ApiSeries {
     ByKind(fn(&ApiStats) -> u64),
     /// One per counted API the predicate admits, labelled `api`.
     PerApi(fn(Api) -> bool, fn(&ApiStats) -> u64),
-    /// One per (API, errno) the `ERRNOS` map holds.
+    /// One per (API, errno) of the top [`ERRNO_SERIES`](crate::collect::ERRNO_SERIES), then the rest summed.
     ByErrno,
     /// One per (pin API, [`Reverted`](gup_common::Reverted) reason).
     ByReverted,
@@ -353,7 +381,7 @@ const API_FAMILIES: [ApiFamily; 10] = [
     },
     ApiFamily {
         name: "gupwatch_failed_calls",
-        help: "Pin/get calls that returned a negative errno, by API and errno name.",
+        help: "Pin/get calls that returned a negative errno, by API and errno name; the 10 pairs with the most calls, the rest summed into api and errno other.",
         series: ApiSeries::ByErrno,
     },
     ApiFamily {
@@ -476,10 +504,7 @@ fn gup_calls(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
                 enc,
                 f.name,
                 f.help,
-                s.errnos.iter().filter_map(|((api, errno), n)| {
-                    let api = Api::from_index(*api)?;
-                    Some((ErrnoLabels { api: api.symbol(), errno: errno_name(*errno) }, *n))
-                }),
+                d.errnos.iter().map(|e| (ErrnoLabels { api: e.api, errno: e.errno.clone() }, e.calls)),
             )?,
         }
     }

@@ -109,7 +109,7 @@ impl Limits {
     }
 
     /// Admits a new connection from `peer`, or says why not.
-    pub fn admit_connection(self: &Arc<Self>, peer: PeerKey) -> Result<ConnectionGuard, Refusal> {
+    pub fn admit_connection(self: &Arc<Self>, peer: PeerKey) -> Result<Admitted, Refusal> {
         let mut st = self.state();
         if st.open >= self.max_connections {
             return Err(Refusal::Full);
@@ -123,19 +123,19 @@ impl Limits {
         }
         counts.connections += 1;
         st.open += 1;
-        Ok(ConnectionGuard { limits: Arc::clone(self), peer })
+        Ok(Admitted { limits: Arc::clone(self), peer, connection: true })
     }
 
     /// Admits a request of `peer` to wait for (or take) a render slot;
     /// `None` when that client already has its share waiting or running.
-    pub fn admit_request(self: &Arc<Self>, peer: PeerKey) -> Option<RequestGuard> {
+    pub fn admit_request(self: &Arc<Self>, peer: PeerKey) -> Option<Admitted> {
         let mut st = self.state();
         let counts = st.peers.entry(peer).or_default();
         if counts.requests >= self.max_requests_per_peer {
             return None;
         }
         counts.requests += 1;
-        Some(RequestGuard { limits: Arc::clone(self), peer })
+        Some(Admitted { limits: Arc::clone(self), peer, connection: false })
     }
 
     /// Connections open now.
@@ -161,29 +161,18 @@ impl Limits {
     }
 }
 
-/// One open connection in the counts, until dropped.
+/// One open connection (in the total and its client's count) or one
+/// admitted request (in its client's count), until dropped.
 #[derive(Debug)]
-pub struct ConnectionGuard {
+pub struct Admitted {
     limits: Arc<Limits>,
     peer: PeerKey,
+    connection: bool,
 }
 
-impl Drop for ConnectionGuard {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.limits.release(self.peer, true);
-    }
-}
-
-/// One admitted request in its client's count, until dropped.
-#[derive(Debug)]
-pub struct RequestGuard {
-    limits: Arc<Limits>,
-    peer: PeerKey,
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.limits.release(self.peer, false);
+        self.limits.release(self.peer, self.connection);
     }
 }
 

@@ -74,6 +74,13 @@ async fn answer(request: Request, conn: &Connection) -> Response {
     if !request.path.starts_with('/') {
         return Response::text(400, "request target must be a path\n");
     }
+    // `rate_limit` first, as the toolkit does: a flood is turned away
+    // before it costs a bcrypt check.
+    if let Some(Err(wait)) = conn.security.as_ref().map(|s| s.admit()) {
+        let mut r = Response::text(429, "Too Many Requests (rate_limit in the web config)\n");
+        r.headers.push(("Retry-After", wait.as_secs().max(1).to_string()));
+        return r;
+    }
     // What needs neither bcrypt nor the collector is answered at once,
     // on this thread: refusals, 404s and /healthz cannot be shed.
     let quick = conn.security.as_ref().map_or(Some(true), |s| s.authorize_quick(request.header("authorization")));

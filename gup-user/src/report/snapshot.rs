@@ -145,6 +145,12 @@ pub struct KernelCounters {
     /// Their difference.
     #[serde(default)]
     pub outstanding: i64,
+    /// Milliseconds between the last `/proc/sys/vm/stat_refresh` and this
+    /// reading; `null`: not refreshed (`gupwatch run` without
+    /// `--vmstat-refresh`), so the figures may lag each CPU's pending
+    /// counts by up to `vm.stat_interval` (1 s by default).
+    #[serde(default)]
+    pub refreshed_ms_ago: Option<u64>,
 }
 
 /// One process (by pid) with its pages by kind.

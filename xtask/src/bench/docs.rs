@@ -218,10 +218,14 @@ mod tests {
 
     #[test]
     fn series_keys() {
-        assert_eq!(series("7.2.13+deb14-cloud-amd64"), "7.2");
-        assert_eq!(series("6.1.0-50-cloud-amd64"), "6.1");
-        assert_eq!(series("6.12.117+deb13-cloud-amd64"), "6.12");
-        assert_eq!(series("weird"), "weird");
+        for (release, key) in [
+            ("7.2.13+deb14-cloud-amd64", "7.2"),
+            ("6.1.0-50-cloud-amd64", "6.1"),
+            ("6.12.117+deb13-cloud-amd64", "6.12"),
+            ("weird", "weird"),
+        ] {
+            assert_eq!(series(release), key, "{release}");
+        }
     }
 
     #[test]

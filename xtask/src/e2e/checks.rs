@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::dashboard::{dashboard_queries, dashboard_range, grafana_regex_escape, substitute, DashQueryKind, Dashboard};
 use super::http::{http_get, url_encode};
 use super::prometheus::{judge_result, Prometheus, RuleState, RulesData};
-use super::{Check, DATA_DEADLINE, HTTP_TIMEOUT, JOB, MIN_SCRAPES, PROBE_ALERTS, RATE_INTERVAL, RETRIES, RETRY_PAUSE, SCRAPE_INTERVAL_S};
+use super::{Check, DATA_DEADLINE, HTTP_TIMEOUT, JOB, MIN_SCRAPES, NODE, PROBE_ALERTS, RATE_INTERVAL, RETRIES, RETRY_PAUSE, SCRAPE_INTERVAL_S};
 use crate::vm::VmOutcome;
 use crate::say;
 use crate::util;
@@ -111,13 +111,14 @@ fn dashboard_checks(
     let vars: Vec<(&str, &str)> = vec![
         ("job", JOB),
         ("instance", &instance_re),
+        ("node", NODE),
         ("__rate_interval", RATE_INTERVAL),
         ("__interval", "2s"),
         ("__range", &range),
         ("datasource", "prometheus"),
     ];
     notes.push(format!(
-        "dashboard variables: $job={JOB}, $instance={instance_re}, $__rate_interval={RATE_INTERVAL}, $__interval=2s, $__range={range} (the dashboard's default range)"
+        "dashboard variables: $job={JOB}, $instance={instance_re}, $node={NODE}, $__rate_interval={RATE_INTERVAL}, $__interval=2s, $__range={range} (the dashboard's default range)"
     ));
     for q in dashboard_queries(dash) {
         interrupted_check()?;
@@ -275,6 +276,7 @@ fn expected_label(label: &str, instance: &str) -> Option<String> {
     match label {
         "job" => Some(JOB.to_string()),
         "instance" => Some(instance.to_string()),
+        "node" => Some(NODE.to_string()),
         _ => None,
     }
 }

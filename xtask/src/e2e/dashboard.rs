@@ -309,6 +309,7 @@ mod tests {
         vec![
             ("job", "gupwatch"),
             ("instance", "127\\\\.0\\\\.0\\\\.1:9"),
+            ("node", ".*"),
             ("__rate_interval", "10s"),
             ("__range", "1h"),
         ]

@@ -46,9 +46,9 @@ mod prometheus;
 pub use dashboard::{dashboard_queries, dashboard_range, grafana_regex_escape, rule_names, substitute, DashQuery, DashQueryKind, Dashboard};
 pub use http::{dechunk, free_port, http_get, url_encode};
 pub use prometheus::{judge_result, QueryData};
+pub(crate) use prometheus::{global_yaml, rule_files_yaml, scrape_job_yaml, Prometheus};
 
 use checks::check_all;
-use prometheus::Prometheus;
 use crate::vm::kernels::BootKernel;
 use crate::vm::{ConsoleEcho, Forward, VmOutcome, VmRun};
 use crate::say;
@@ -61,6 +61,9 @@ pub const GUEST_RELEASE_PORT: u16 = 10484;
 /// The scrape job's name: `alerts.yml` (`up{job="gupwatch"}`) and the sample
 /// `prometheus.yml` use it.
 pub const JOB: &str = "gupwatch";
+/// The `node` label the scrape gives the guest (the dashboard's Node
+/// selector lists it).
+pub const NODE: &str = "e2e";
 /// Scrape and rule-evaluation interval.
 pub const SCRAPE_INTERVAL_S: u64 = 2;
 /// What `$__rate_interval` becomes (Grafana: max(4 × scrape interval, ...)).
@@ -103,7 +106,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         expr: Option<String>,
         ok: bool,
@@ -181,18 +184,9 @@ W3=$!
 echo "e2e: workloads started; waiting for the host (at most {wait} s)" >&2
 echo ready | timeout {wait} nc -l -p {release} >/dev/null 2>&1
 rel=$?
-kill $W1 $W2 $W3 2>/dev/null
-kill -TERM $RUN
-wait $RUN
-st=$?
-wait
-echo "e2e: host released the guest (nc status $rel); gupwatch run exited with status $st ($(up) s after boot)" >&2
-if [ $st -ne 0 ]; then cat /tmp/run.err >&2; fi
-cat /tmp/workload.err /tmp/hold.err >&2
-if [ $rel -ne 0 ]; then exit 4; fi
-exit $st
-"#,
+{stop}"#,
         serve = crate::vm::serve_and_wait_sh("e2e", GUEST_METRICS_PORT),
+        stop = crate::vm::stop_serving_sh("e2e", "$W1 $W2 $W3", "/tmp/workload.err /tmp/hold.err"),
         release = GUEST_RELEASE_PORT,
         wait = release_wait_s,
     )
@@ -202,21 +196,34 @@ exit $st
 /// the guest's `nc` answers (a connection made before it listens is closed
 /// by QEMU without data).
 pub fn release_guest(port: u16, vm: &thread::JoinHandle<Result<VmOutcome>>, within: Duration) -> bool {
+    guest_greeting(port, vm, within, "ready").is_some()
+}
+
+/// Connects to a forwarded port until the guest's `nc -l` there greets
+/// with a line starting with `prefix` (which lets the guest go on); the
+/// line, or `None` when `within` passed or the VM ended first.
+pub fn guest_greeting(
+    port: u16,
+    vm: &thread::JoinHandle<Result<VmOutcome>>,
+    within: Duration,
+    prefix: &str,
+) -> Option<String> {
     let t = Instant::now();
-    while t.elapsed() < within && !vm.is_finished() {
+    while t.elapsed() < within && !vm.is_finished() && !util::interrupted() {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-            let mut buf = [0u8; 16];
+            let mut buf = [0u8; 256];
             if let Ok(n) = s.read(&mut buf) {
-                if buf[..n].starts_with(b"ready") {
-                    return true;
+                let line = String::from_utf8_lossy(&buf[..n]);
+                if line.starts_with(prefix) {
+                    return Some(line.trim().to_string());
                 }
             }
         }
         thread::sleep(Duration::from_millis(500));
     }
-    false
+    None
 }
 
 /// Runs the end-to-end test. `Err` means it could not be run at all;
@@ -279,41 +286,25 @@ pub fn run(o: &E2eOptions) -> Result<E2eReport> {
         );
     }
     let vm_result = vm.join().map_err(|_| anyhow!("the VM thread panicked"))?;
-
-    let (mut checks, mut notes) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            if util::interrupted() {
-                return Err(anyhow!(util::Interrupted));
-            }
-            let mut msg = format!("{e:#}");
-            if let Err(vm_err) = &vm_result {
-                msg.push_str(&format!("\n  the VM: {vm_err:#}"));
-            }
-            if !prom_tail.is_empty() && !msg.contains("log ends") {
-                msg.push_str(&format!(
-                    "\n  Prometheus log ({}):\n{prom_tail}",
-                    prom_log.as_deref().unwrap_or(Path::new("?")).display()
-                ));
-            }
-            return Err(anyhow!(msg))
-                .context(format!("end-to-end test (files kept in {})", dir.display()));
+    let guest = guest_check(
+        "guest",
+        "3: gupwatch run never served, 4: the host never released the guest, else gupwatch run's own",
+        &vm_result,
+    )?;
+    let troubles = |msg: &str| {
+        let mut t = Vec::new();
+        if let Err(vm_err) = &vm_result {
+            t.push(format!("the VM: {vm_err:#}"));
         }
+        if !prom_tail.is_empty() && !msg.contains("log ends") {
+            t.push(format!(
+                "Prometheus log ({}):\n{prom_tail}",
+                prom_log.as_deref().unwrap_or(Path::new("?")).display()
+            ));
+        }
+        t
     };
-    checks.push(guest_check(vm_result)?);
-    if checks.iter().all(|c| c.ok) {
-        let _ = fs::remove_dir_all(&dir);
-    } else {
-        notes.push(format!(
-            "Prometheus config, data and log kept in {}",
-            dir.display()
-        ));
-    }
-    Ok(E2eReport {
-        checks,
-        notes,
-        elapsed: started.elapsed(),
-    })
+    conclude("end-to-end test", &dir, checked, troubles, vec![guest], started)
 }
 
 /// What the test checks against: the dashboard and the rules the rule
@@ -392,33 +383,63 @@ fn start_vm(o: &E2eOptions, ports: &Ports, dir: &Path) -> thread::JoinHandle<Res
     thread::spawn(move || vm_run.run())
 }
 
-/// The guest's own verdict: the workloads ran and gupwatch exited 0.
-fn guest_check(vm_result: Result<VmOutcome>) -> Result<Check> {
+/// A guest's own verdict, as check `who: workloads ran and gupwatch run
+/// exited cleanly`: its exit status 0 (`statuses` says what the others
+/// mean). `Err` only when the run was interrupted.
+pub(crate) fn guest_check(who: &str, statuses: &str, vm_result: &Result<VmOutcome>) -> Result<Check> {
+    let what = format!("{who}: workloads ran and gupwatch run exited cleanly");
     match vm_result {
-        Ok(out) => {
-            let ok = out.status == 0;
-            Ok(Check::new(
-                "guest: workloads ran and gupwatch run exited cleanly",
-                None,
-                ok,
-                if ok {
-                    format!("exit status 0 ({}, {:.0} s in all)", out.accel, out.elapsed.as_secs_f64())
-                } else {
-                    format!(
-                        "exit status {} (3: gupwatch run never served, 4: the host never released the guest, else gupwatch run's own); console log: {}",
-                        out.status,
-                        out.console_log.display()
-                    )
-                },
-            ))
-        }
-        Err(e) => {
-            if e.downcast_ref::<util::Interrupted>().is_some() {
-                return Err(e);
-            }
-            Ok(Check::new("guest: VM run", None, false, format!("{e:#}")))
-        }
+        Ok(out) if out.status == 0 => Ok(Check::new(
+            what,
+            None,
+            true,
+            format!("exit status 0 ({}, {:.0} s in all)", out.accel, out.elapsed.as_secs_f64()),
+        )),
+        Ok(out) => Ok(Check::new(
+            what,
+            None,
+            false,
+            format!("exit status {} ({statuses}); console log: {}", out.status, out.console_log.display()),
+        )),
+        Err(e) if e.downcast_ref::<util::Interrupted>().is_some() => Err(anyhow!(util::Interrupted)),
+        Err(e) => Ok(Check::new(format!("{who}: VM run"), None, false, format!("{e:#}"))),
     }
+}
+
+/// The end of a run that booted guests beside Prometheus servers. When
+/// the checks could not be made: one error with `troubles` (given the
+/// error's text, so as not to repeat it), naming the kept files. Otherwise
+/// the checks and the guests' verdicts, with the work directory removed
+/// when every check passed and kept (and said) when not.
+pub(crate) fn conclude(
+    what: &str,
+    dir: &Path,
+    checked: Result<(Vec<Check>, Vec<String>)>,
+    troubles: impl FnOnce(&str) -> Vec<String>,
+    guests: Vec<Check>,
+    started: Instant,
+) -> Result<E2eReport> {
+    let (mut checks, mut notes) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            if util::interrupted() {
+                return Err(anyhow!(util::Interrupted));
+            }
+            let mut msg = format!("{e:#}");
+            for t in troubles(&msg) {
+                msg.push_str("\n  ");
+                msg.push_str(&t);
+            }
+            return Err(anyhow!(msg)).context(format!("{what} (files kept in {})", dir.display()));
+        }
+    };
+    checks.extend(guests);
+    if checks.iter().all(|c| c.ok) {
+        let _ = fs::remove_dir_all(dir);
+    } else {
+        notes.push(format!("Prometheus configuration, data and log kept in {}", dir.display()));
+    }
+    Ok(E2eReport { checks, notes, elapsed: started.elapsed() })
 }
 
 #[cfg(test)]

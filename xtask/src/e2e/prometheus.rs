@@ -13,15 +13,55 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::http::{http_get, url_encode};
-use super::{HTTP_TIMEOUT, JOB, SCRAPE_INTERVAL_S};
+use super::{HTTP_TIMEOUT, JOB, NODE, SCRAPE_INTERVAL_S};
 use crate::say;
 use crate::util;
 
 /// A Prometheus server on the host's loopback; killed when dropped.
-pub(super) struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     port: u16,
-    pub(super) log: PathBuf,
+    pub(crate) log: PathBuf,
+}
+
+/// The `global:` section: scrape and evaluation every `interval_s`, and
+/// these external labels.
+pub(crate) fn global_yaml(interval_s: u64, external: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "global:\n  scrape_interval: {i}s\n  scrape_timeout: {i}s\n  evaluation_interval: {i}s\n",
+        i = interval_s
+    );
+    if !external.is_empty() {
+        y.push_str("  external_labels:\n");
+        for (k, v) in external {
+            let _ = writeln!(y, "    {k}: \"{v}\"");
+        }
+    }
+    y
+}
+
+/// The `rule_files:` section (empty without rule files).
+pub(crate) fn rule_files_yaml(rule_files: &[PathBuf]) -> String {
+    let mut y = String::new();
+    if !rule_files.is_empty() {
+        y.push_str("rule_files:\n");
+    }
+    for r in rule_files {
+        let _ = writeln!(y, "  - \"{}\"", r.display());
+    }
+    y
+}
+
+/// One item of `scrape_configs:`: job `job` scraping `/metrics` of each
+/// (address, node name) target, the node name as label `node`.
+pub(crate) fn scrape_job_yaml(job: &str, interval_s: u64, targets: &[(String, String)]) -> String {
+    let mut y = format!(
+        "  - job_name: {job}\n    scrape_interval: {interval_s}s\n    metrics_path: /metrics\n    static_configs:\n"
+    );
+    for (addr, node) in targets {
+        let _ = writeln!(y, "      - targets: [\"{addr}\"]\n        labels:\n          node: \"{node}\"");
+    }
+    y
 }
 
 impl Drop for Prometheus {
@@ -45,44 +85,51 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
+    /// The end-to-end test's server: one scrape job of gupwatch on
+    /// `target_port` (with a `node` label, as the Kubernetes monitor's
+    /// relabelling gives one), and the rule files.
     pub(super) fn start(
         dir: &Path,
         port: u16,
         target_port: u16,
         rule_files: &[PathBuf],
     ) -> Result<Prometheus> {
-        let config = dir.join("prometheus.yml");
-        let mut yml = format!(
-            "# Written by `cargo xtask test` (end-to-end step).\n\
-             global:\n  scrape_interval: {i}s\n  scrape_timeout: {i}s\n  evaluation_interval: {i}s\n\
-             rule_files:\n"
-            ,
-            i = SCRAPE_INTERVAL_S
+        let yml = format!(
+            "# Written by `cargo xtask test` (end-to-end step).\n{}{}scrape_configs:\n{}",
+            global_yaml(SCRAPE_INTERVAL_S, &[]),
+            rule_files_yaml(rule_files),
+            scrape_job_yaml(JOB, SCRAPE_INTERVAL_S, &[(format!("127.0.0.1:{target_port}"), NODE.to_string())]),
         );
-        for r in rule_files {
-            let _ = writeln!(yml, "  - \"{}\"", r.display());
-        }
-        let _ = write!(
-            yml,
-            "scrape_configs:\n  - job_name: {JOB}\n    metrics_path: /metrics\n    static_configs:\n      - targets: [\"127.0.0.1:{target_port}\"]\n"
-        );
-        fs::write(&config, yml).with_context(|| format!("writing {}", config.display()))?;
-        let log = dir.join("prometheus.log");
+        Prometheus::launch(dir, "prometheus", port, &yml, &[])
+    }
+
+    /// Starts Debian's `prometheus` with this configuration on
+    /// 127.0.0.1:`port`, its files named `name` in `dir` (`name.yml`, the
+    /// data folder `name-data`, `name.log`), plus `extra` arguments; waits
+    /// until it is ready.
+    pub(crate) fn launch(dir: &Path, name: &str, port: u16, config: &str, extra: &[&str]) -> Result<Prometheus> {
+        let config_path = dir.join(format!("{name}.yml"));
+        fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
+        let log = dir.join(format!("{name}.log"));
         let log_file =
             fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let data = dir.join(format!("{name}-data"));
+        let agent = extra.contains(&"--enable-feature=agent");
         let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", config.display()))
+        cmd.arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
+                "--storage.{}.path={}",
+                if agent { "agent" } else { "tsdb" },
+                data.display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         say!(
-            "e2e",
-            "starting Prometheus on 127.0.0.1:{port}: {}",
+            "prometheus",
+            "starting {name} on 127.0.0.1:{port}: {}",
             util::display_cmd(&cmd)
         );
         let child = cmd.spawn().context(
@@ -93,7 +140,7 @@ impl Prometheus {
         Ok(p)
     }
 
-    pub(super) fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..]
@@ -119,7 +166,7 @@ impl Prometheus {
     }
 
     /// GET an API path; the `data` member of a successful answer.
-    pub(super) fn api<T: DeserializeOwned>(&mut self, target: &str) -> Result<T> {
+    pub(crate) fn api<T: DeserializeOwned>(&mut self, target: &str) -> Result<T> {
         if let Ok(Some(st)) = self.child.try_wait() {
             bail!(
                 "Prometheus exited ({st}); its log ends:\n{}",
@@ -141,12 +188,17 @@ impl Prometheus {
         Ok(ok.data)
     }
 
-    pub(super) fn query(&mut self, expr: &str) -> Result<QueryData> {
+    pub(crate) fn query(&mut self, expr: &str) -> Result<QueryData> {
         self.api(&format!("/api/v1/query?query={}", url_encode(expr)))
     }
 
+    /// A query evaluated at `time` (Unix seconds) rather than now.
+    pub(crate) fn query_at(&mut self, expr: &str, time: f64) -> Result<QueryData> {
+        self.api(&format!("/api/v1/query?query={}&time={time:.3}", url_encode(expr)))
+    }
+
     /// The value of a query that returns one sample (0 if none).
-    pub(super) fn scalar(&mut self, expr: &str) -> Result<f64> {
+    pub(crate) fn scalar(&mut self, expr: &str) -> Result<f64> {
         let d = self.query(expr)?;
         Ok(d.series()
             .first()
@@ -198,6 +250,9 @@ pub enum QueryResult {
 /// One series of a vector (`value`) or a matrix (`values`).
 #[derive(Debug, Deserialize)]
 pub struct Series {
+    /// Its labels.
+    #[serde(default)]
+    pub metric: std::collections::BTreeMap<String, String>,
     /// Its sample, in a vector.
     #[serde(default)]
     pub value: Option<Sample>,

@@ -106,16 +106,7 @@ impl Mode {
     }
 }
 
-/// One verdict.
-#[derive(Clone, Debug)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Passed?
-    pub ok: bool,
-    /// The numbers.
-    pub detail: String,
-}
+pub use crate::util::Check;
 
 fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
     Check { name: name.into(), ok, detail: detail.into() }

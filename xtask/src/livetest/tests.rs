@@ -116,6 +116,13 @@ fn a_good_run_passes() {
     assert!(checks.len() >= 15);
 }
 
+/// Each of `names` is among the failed checks `f`.
+fn fails_as(f: &[String], names: &[&str]) {
+    for name in names {
+        assert!(f.iter().any(|n| n.contains(name)), "{name}: {f:?}");
+    }
+}
+
 #[test]
 fn each_kind_of_breakage_fails() {
     let fail = |m: BTreeMap<String, String>| -> Vec<String> {
@@ -130,50 +137,46 @@ fn each_kind_of_breakage_fails() {
     };
     // gupwatch counting double what the kernel counts.
     let f = fail(screens(&SCREEN.replace("│  3451/s fast", "│  6902/s fast")));
-    assert!(f.iter().any(|n| n.contains("vmstat")), "{f:?}");
+    fails_as(&f, &["vmstat"]);
     // Rows out of order for the sort the title claims.
     let f = edited("sort-pins", &|m| m["sort-name"].replace("sort NAME ▲", "sort PINS/s ▼"));
-    assert!(f.iter().any(|n| n.contains("rows sorted by PINS/s")), "{f:?}");
+    fails_as(&f, &["rows sorted by PINS/s"]);
     // A sort key that did not change.
     let f = edited("sort-name", &|m| m["initial"].clone());
-    assert!(f.iter().any(|n| n.contains("title says sort NAME")), "{f:?}");
-    assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
+    fails_as(&f, &["title says sort NAME", "rows sorted by name"]);
     // A filter that does not filter.
     let f = edited("filter", &|m| m["initial"].replace("sort PAGES/s ▼ · 2 rows", "sort PAGES/s ▼ · filter \"zz-pin\" · 2 rows"));
-    assert!(f.iter().any(|n| n.contains("only rows matching")), "{f:?}");
+    fails_as(&f, &["only rows matching"]);
     // Idle rows not hidden: the first screen lists a shell at 0/s.
     let f = fail(screens(&SCREEN.replace(
         "    190 aa-holder                 io_uring         0        0     256     -  100\n\n",
         "    190 aa-holder                 io_uring         0        0     256     -  100\n     95 sh                        exec             0        0       0     -    -\n",
     )));
-    assert!(f.iter().any(|n| n.contains("no idle row shown")), "{f:?}");
+    fails_as(&f, &["no idle row shown"]);
     // `i` does nothing.
     let f = edited("show-idle", &|m| m["sort-name"].clone());
-    assert!(f.iter().any(|n| n.contains("after `i` the table has more rows")), "{f:?}");
-    assert!(f.iter().any(|n| n.contains("after `i` idle rows are on the screen")), "{f:?}");
+    fails_as(&f, &["after `i` the table has more rows", "after `i` idle rows are on the screen"]);
     // The title does not say idle rows are hidden.
     let f = edited("sort-name", &|m| m["sort-name"].replace(" · 14 idle hidden (i) ", " ────────────────── "));
-    assert!(f.iter().any(|n| n.contains("before `i` the title counts")), "{f:?}");
+    fails_as(&f, &["before `i` the title counts"]);
     // `i` again does not hide them.
     let f = edited("hide-idle", &|_| idle_shown());
-    assert!(f.iter().any(|n| n.contains("`i` again hides them")), "{f:?}");
-    assert!(f.iter().any(|n| n.contains("no idle row shown")), "{f:?}");
+    fails_as(&f, &["`i` again hides them", "no idle row shown"]);
     // By name, the pinner is pushed off the screen, or the holder is
     // not first.
     let f = edited("sort-name", &|m| m["sort-name"].replace("    187 zz-pinner                 process_vm      13     3449   15.9k    67   33\n", ""));
-    assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
+    fails_as(&f, &["rows sorted by name"]);
     let f = edited("sort-name", &|m| m["sort-name"].replace(
         "    190 aa-holder  ",
         "      7 a-first                   exec             1        1       0     -    -\n    190 aa-holder  ",
     ));
-    assert!(f.iter().any(|n| n.contains("rows sorted by name")), "{f:?}");
+    fails_as(&f, &["rows sorted by name"]);
     // Raw mode left on, alternate screen still on.
     let mut m = screens(SCREEN);
     m.insert("quit".into(), "RESTORED:0\nisig -icanon iexten -echo\n".into());
     m.insert("quit-state".into(), "alternate_on=1 cursor_flag=0 pane_dead=0\n".into());
     let f = fail(m);
-    assert!(f.iter().any(|n| n.contains("q: the tty is cooked")), "{f:?}");
-    assert!(f.iter().any(|n| n.contains("q: alternate screen left")), "{f:?}");
+    fails_as(&f, &["q: the tty is cooked", "q: alternate screen left"]);
     // The failure quotes the screen.
     let mut m = screens(SCREEN);
     m.insert("filter".into(), "garbage\n".into());

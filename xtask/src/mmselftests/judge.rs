@@ -312,16 +312,7 @@ pub fn counts(vm0: &str, vm1: &str, m0: &str, m1: &str) -> Result<Counts, String
     })
 }
 
-/// One verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Whether it held.
-    pub ok: bool,
-    /// What was seen.
-    pub detail: String,
-}
+pub use crate::util::Check;
 
 /// What a program must be seen doing, so that exact counts mean something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use super::report::{open_work, parse_report, table, Report};
 use super::{Step, StepOutcome, Suite, Tally, Tier, HUGEPAGES};
 use crate::util;
 use crate::vm::kernels::{self, BootKernel, Flavour, KernelAlias};
-use crate::vm::{ConsoleEcho, VmOutcome, VmRun};
+use crate::vm::{VmOutcome, VmRun};
 
 /// What one kernel step's VM gave back.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub struct KernelRun {
 /// when the guest kernel reports an oops, BUG, WARNING, lockup or panic,
 /// or the VM never reports the command's status.
 pub fn run_kernel_step(kernel: BootKernel, label: &str, gupwatch: &Path, timeout: Duration) -> Result<KernelRun> {
-    let mut run = VmRun::new(kernel, kernel_step_command());
+    let mut run = VmRun::test_step(kernel, kernel_step_command(), gupwatch, timeout, format!("test {label}"));
     // A few 2 MiB huge pages, so io_uring_register_hugetlb runs (it
     // caught 7.0's compound_info mask encoding) instead of being
     // reported unreachable.
@@ -40,9 +40,6 @@ pub fn run_kernel_step(kernel: BootKernel, label: &str, gupwatch: &Path, timeout
     // QEMU's IOMMU and PCI test device, so the vfio_ scenarios run
     // (VFIO_IOMMU_MAP_DMA, the classic LONGTERM pinner).
     run.vfio = true;
-    run.gupwatch = Some(gupwatch.to_path_buf());
-    run.timeout = timeout;
-    run.captured(ConsoleEcho::None, format!("test {label}"));
     let outcome = run.run()?;
     println!(
         "{label} in {:.0} s ({}, /init after {:.1} s), exit status {}; console log: {}",

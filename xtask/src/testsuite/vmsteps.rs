@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Step, StepOutcome, Suite, Tier};
+use super::{Step, StepOutcome, Suite, TestOptions, Tier};
 use crate::beyondstep;
 use crate::rdmastep;
 use crate::canary;
 use crate::e2e;
+use crate::fleet;
 use crate::faults;
 use crate::i915test;
 use crate::livetest;
@@ -80,6 +81,12 @@ pub(super) fn steps(aliases: &[KernelAlias]) -> Vec<Step<'static>> {
             format!("end-to-end: gupwatch on kernel {newest} scraped by Prometheus; every dashboard query and rule"),
             e2e_step,
         ),
+        Step::new(
+            Tier::EndToEnd,
+            "fleet",
+            "fleet: 6.1, 6.12 and 7.2 at once under one Prometheus (pull and remote write); per-node totals, dashboard, orphan alert, series budget".to_string(),
+            fleet_step,
+        ),
     ]
 }
 
@@ -115,10 +122,36 @@ fn built(s: &mut Suite, what: &str) -> Option<PathBuf> {
     s.gupwatch.clone()
 }
 
+/// The static gupwatch for a step its flag (`skip` reads it) can turn
+/// off: `what` names the step when skipped, `label` in its failures; or
+/// how the step ends without it.
+fn unless_skipped(
+    s: &mut Suite,
+    skip: fn(&TestOptions) -> bool,
+    flag: &str,
+    what: &str,
+    label: &str,
+) -> std::result::Result<PathBuf, StepOutcome> {
+    if skip(s.o) {
+        return Err(skipped_by_flag(s, flag, what));
+    }
+    built(s, label).ok_or(StepOutcome::Ran)
+}
+
 /// The newest kernel, fetched, and the static gupwatch, for a step that
-/// runs there (`skipped_as` names it when the kernel is not selected,
-/// `label` in its failures); or how the step ends without them.
-fn newest_with_build(s: &mut Suite, skipped_as: &str, label: &str) -> std::result::Result<(BootKernel, PathBuf), StepOutcome> {
+/// runs there and that its flag (`skip` reads it) can turn off
+/// (`skipped_as` names it when skipped, `label` in its failures); or how
+/// the step ends without them.
+fn newest_with_build(
+    s: &mut Suite,
+    skip: fn(&TestOptions) -> bool,
+    flag: &str,
+    skipped_as: &str,
+    label: &str,
+) -> std::result::Result<(BootKernel, PathBuf), StepOutcome> {
+    if skip(s.o) {
+        return Err(skipped_by_flag(s, flag, skipped_as));
+    }
     let Some(newest) = newest_selected(s, skipped_as) else {
         return Err(StepOutcome::Skipped(format!("kernel {} not selected", newest().name)));
     };
@@ -167,11 +200,9 @@ fn beyond_step(s: &mut Suite) -> Result<StepOutcome> {
 }
 
 fn rdma_step(s: &mut Suite) -> Result<StepOutcome> {
-    if s.o.skip_rdma {
-        return Ok(skipped_by_flag(s, "--skip-rdma", "RDMA and VFIO step"));
-    }
-    let Some(bin) = built(s, "RDMA step") else {
-        return Ok(StepOutcome::Ran);
+    let bin = match unless_skipped(s, |o| o.skip_rdma, "--skip-rdma", "RDMA and VFIO step", "RDMA step") {
+        Ok(b) => b,
+        Err(outcome) => return Ok(outcome),
     };
     match rdmastep::run(&s.aliases, &bin, s.o.timeout) {
         Ok(Some(r)) => s.t.add(r.passed, r.failures),
@@ -186,11 +217,9 @@ fn rdma_step(s: &mut Suite) -> Result<StepOutcome> {
 }
 
 fn canary_step(s: &mut Suite) -> Result<StepOutcome> {
-    if s.o.skip_canary {
-        return Ok(skipped_by_flag(s, "--skip-canary", "canary kernel step"));
-    }
-    let Some(bin) = built(s, "canary") else {
-        return Ok(StepOutcome::Ran);
+    let bin = match unless_skipped(s, |o| o.skip_canary, "--skip-canary", "canary kernel step", "canary") {
+        Ok(b) => b,
+        Err(outcome) => return Ok(outcome),
     };
     match canary::run(&bin, s.o.timeout, false) {
         Ok(r) => {
@@ -209,11 +238,9 @@ fn canary_step(s: &mut Suite) -> Result<StepOutcome> {
 }
 
 fn i915_step(s: &mut Suite) -> Result<StepOutcome> {
-    if s.o.skip_i915 {
-        return Ok(skipped_by_flag(s, "--skip-i915", "i915 hook test"));
-    }
-    let Some(bin) = built(s, "i915") else {
-        return Ok(StepOutcome::Ran);
+    let bin = match unless_skipped(s, |o| o.skip_i915, "--skip-i915", "i915 hook test", "i915") {
+        Ok(b) => b,
+        Err(outcome) => return Ok(outcome),
     };
     let results = i915test::run(&i915test::I915Options {
         kernels: s.aliases.clone(),
@@ -232,11 +259,9 @@ fn i915_step(s: &mut Suite) -> Result<StepOutcome> {
 }
 
 fn mm_step(s: &mut Suite) -> Result<StepOutcome> {
-    if s.o.skip_mm_selftests {
-        return Ok(skipped_by_flag(s, "--skip-mm-selftests", "mm selftests"));
-    }
-    let Some(bin) = built(s, "mm selftests") else {
-        return Ok(StepOutcome::Ran);
+    let bin = match unless_skipped(s, |o| o.skip_mm_selftests, "--skip-mm-selftests", "mm selftests", "mm selftests") {
+        Ok(b) => b,
+        Err(outcome) => return Ok(outcome),
     };
     match mmselftests::suite_step(&s.aliases, &bin, s.o.timeout) {
         Ok((passed, failures)) => {
@@ -273,10 +298,7 @@ fn faults_step(s: &mut Suite) -> Result<StepOutcome> {
 }
 
 fn live_step(s: &mut Suite) -> Result<StepOutcome> {
-    if s.o.skip_live {
-        return Ok(skipped_by_flag(s, "--skip-live", "live-view test"));
-    }
-    let (kernel, bin) = match newest_with_build(s, "live-view test", "live view") {
+    let (kernel, bin) = match newest_with_build(s, |o| o.skip_live, "--skip-live", "live-view test", "live view") {
         Ok(k) => k,
         Err(outcome) => return Ok(outcome),
     };
@@ -296,10 +318,13 @@ fn live_step(s: &mut Suite) -> Result<StepOutcome> {
 }
 
 fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
-    if s.o.skip_e2e {
-        return Ok(skipped_by_flag(s, "--skip-e2e", "end-to-end Prometheus test"));
-    }
-    let (kernel, bin) = match newest_with_build(s, "end-to-end Prometheus test", "end-to-end") {
+    let (kernel, bin) = match newest_with_build(
+        s,
+        |o| o.skip_e2e,
+        "--skip-e2e",
+        "end-to-end Prometheus test",
+        "end-to-end",
+    ) {
         Ok(k) => k,
         Err(outcome) => return Ok(outcome),
     };
@@ -308,20 +333,49 @@ fn e2e_step(s: &mut Suite) -> Result<StepOutcome> {
         gupwatch: bin,
         timeout: s.o.timeout,
     }) {
-        Ok(report) => {
-            print!("{}", e2e::render(&report));
-            let failed = report.checks.iter().filter(|c| !c.ok).count();
-            println!(
-                "end-to-end: {} of {} checks passed in {:.0} s",
-                report.checks.len() - failed,
-                report.checks.len(),
-                report.elapsed.as_secs_f64()
-            );
-            for c in &report.checks {
-                s.t.count(c.ok, || format!("end-to-end: {}: {}", c.name, c.detail));
-            }
-        }
+        Ok(report) => count_checks(s, "end-to-end", &report),
         Err(e) => s.t.step_error("end-to-end", e)?,
     }
     Ok(StepOutcome::Ran)
+}
+
+fn fleet_step(s: &mut Suite) -> Result<StepOutcome> {
+    if s.o.skip_fleet {
+        return Ok(skipped_by_flag(s, "--skip-fleet", "fleet test"));
+    }
+    let missing: Vec<&str> = fleet::NODES.iter().map(|n| n.kernel).filter(|k| !s.aliases.iter().any(|a| a.name == *k)).collect();
+    if !missing.is_empty() {
+        println!("SKIPPED: it boots every kernel of the matrix, and --kernels leaves out {}", missing.join(", "));
+        s.t.skipped.push(format!("fleet test (kernels {} not selected)", missing.join(", ")));
+        return Ok(StepOutcome::Skipped("kernels not selected".into()));
+    }
+    let Some(bin) = built(s, "fleet") else {
+        return Ok(StepOutcome::Ran);
+    };
+    let o = fleet::FleetOptions {
+        gupwatch: bin,
+        timeout: Duration::from_secs(fleet::DEFAULT_TIMEOUT_S),
+        memory_mib: fleet::DEFAULT_MEMORY_MIB,
+    };
+    match fleet::run(&o) {
+        Ok(report) => count_checks(s, "fleet", &report),
+        Err(e) => s.t.step_error("fleet", e)?,
+    }
+    Ok(StepOutcome::Ran)
+}
+
+/// Prints a report's checks and counts each as a pass or a failure of
+/// step `label`.
+fn count_checks(s: &mut Suite, label: &str, report: &e2e::E2eReport) {
+    print!("{}", e2e::render(report));
+    let failed = report.checks.iter().filter(|c| !c.ok).count();
+    println!(
+        "{label}: {} of {} checks passed in {:.0} s",
+        report.checks.len() - failed,
+        report.checks.len(),
+        report.elapsed.as_secs_f64()
+    );
+    for c in &report.checks {
+        s.t.count(c.ok, || format!("{label}: {}: {}", c.name, c.detail));
+    }
 }

@@ -75,20 +75,11 @@ pub fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
 
 /// The terminfo directories ncurses searches on this host.
 fn terminfo_dirs() -> Vec<PathBuf> {
-    let asked = Command::new("infocmp")
-        .arg("-D")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|l| l.starts_with('/'))
-                .map(PathBuf::from)
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let asked: Vec<PathBuf> = crate::util::output_lines(Command::new("infocmp").arg("-D"))
+        .into_iter()
+        .filter(|l| l.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
     if asked.is_empty() {
         DEFAULT_TERMINFO_DIRS.iter().map(PathBuf::from).collect()
     } else {

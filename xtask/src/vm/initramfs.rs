@@ -240,26 +240,21 @@ pub fn write(contents: &Contents, out: &Path) -> Result<()> {
         let data = fs::read(g).with_context(|| format!("reading {}", g.display()))?;
         w.file("bin/gupwatch", 0o755, &data).map_err(io)?;
     }
-    let mut order = String::new();
-    for m in contents.modules {
-        let name = format!("{}.ko", m.name);
-        w.file(&format!("lib/modules/{name}"), 0o644, &m.data)
-            .map_err(io)?;
-        order.push_str(&name);
-        order.push('\n');
+    // Loaded at boot, in order; shipped for `gupwatch-load-deferred`.
+    for (modules, list) in [
+        (contents.modules, "etc/gupwatch/modules"),
+        (contents.deferred, "etc/gupwatch/modules.deferred"),
+    ] {
+        let mut names = String::new();
+        for m in modules {
+            let name = format!("{}.ko", m.name);
+            w.file(&format!("lib/modules/{name}"), 0o644, &m.data)
+                .map_err(io)?;
+            names.push_str(&name);
+            names.push('\n');
+        }
+        w.file(list, 0o644, names.as_bytes()).map_err(io)?;
     }
-    w.file("etc/gupwatch/modules", 0o644, order.as_bytes())
-        .map_err(io)?;
-    let mut later = String::new();
-    for m in contents.deferred {
-        let name = format!("{}.ko", m.name);
-        w.file(&format!("lib/modules/{name}"), 0o644, &m.data)
-            .map_err(io)?;
-        later.push_str(&name);
-        later.push('\n');
-    }
-    w.file("etc/gupwatch/modules.deferred", 0o644, later.as_bytes())
-        .map_err(io)?;
     w.file("bin/gupwatch-load-deferred", 0o755, LOAD_DEFERRED.as_bytes())
         .map_err(io)?;
     w.file("etc/gupwatch/command", 0o644, contents.command.as_bytes())
@@ -286,19 +281,7 @@ pub fn write(contents: &Contents, out: &Path) -> Result<()> {
 }
 
 fn busybox_applets(busybox: &Path) -> Vec<String> {
-    let listed = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let listed = crate::util::output_lines(Command::new(busybox).arg("--list"));
     if listed.is_empty() {
         FALLBACK_APPLETS.iter().map(|s| s.to_string()).collect()
     } else {

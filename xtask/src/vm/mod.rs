@@ -166,10 +166,19 @@ pub const ICOUNT_ARGS: [&str; 2] = ["-icount", "shift=0,sleep=on"];
 /// (`$RUN` is its pid, stderr in /tmp/run.err) and wait until /healthz
 /// answers; if it dies or takes over two minutes, they print `TAG: gupwatch
 /// run did not start serving` with its stderr and exit 3. The script must
-/// define `up()` (seconds since boot).
+/// define `up()` (seconds since boot). The daemon writes `stat_refresh` at
+/// every reading (`--vmstat-refresh 0`, off by default): the steps that use
+/// this compare its `/proc/vmstat` figures with gupwatch's own, exactly.
 pub fn serve_and_wait_sh(tag: &str, port: u16) -> String {
+    serve_with_args_and_wait_sh(tag, port, "")
+}
+
+/// [`serve_and_wait_sh`] with more arguments for `gupwatch run` (`args`,
+/// shell words, e.g. `--long-held 20`).
+pub fn serve_with_args_and_wait_sh(tag: &str, port: u16, args: &str) -> String {
+    let args = if args.is_empty() { String::new() } else { format!(" {args}") };
     format!(
-        r#"gupwatch run --listen 0.0.0.0:{port} 2>/tmp/run.err &
+        r#"gupwatch run --listen 0.0.0.0:{port} --vmstat-refresh 0{args} 2>/tmp/run.err &
 RUN=$!
 i=0
 # (busybox 1.35's wget -T crashes: timeout(1) bounds it instead.)
@@ -181,6 +190,27 @@ while ! timeout 5 wget -q -O /dev/null http://127.0.0.1:{port}/healthz 2>/dev/nu
     sleep 0.5
 done
 echo "{tag}: gupwatch run serving ($(up) s after boot)" >&2
+"#
+    )
+}
+
+/// Guest shell lines that end a run started with [`serve_and_wait_sh`]
+/// once the host released the guest (`$rel`: the release's status): kill
+/// the background `pids` (shell words), stop `gupwatch run` with SIGTERM,
+/// print its stderr if it failed and the `logs` (files), and exit with its
+/// status, or 4 when the release never came.
+pub fn stop_serving_sh(tag: &str, pids: &str, logs: &str) -> String {
+    format!(
+        r#"kill {pids} 2>/dev/null
+kill -TERM $RUN
+wait $RUN
+st=$?
+wait
+echo "{tag}: host released the guest (nc status $rel); gupwatch run exited with status $st ($(up) s after boot)" >&2
+if [ $st -ne 0 ]; then cat /tmp/run.err >&2; fi
+cat {logs} 2>/dev/null >&2
+if [ $rel -ne 0 ]; then exit 4; fi
+exit $st
 "#
     )
 }
@@ -217,6 +247,22 @@ impl VmRun {
         self.stream_stdout = false;
         self.tag = tag.into();
     }
+
+    /// A test step's guest: `gupwatch` installed, the run limited to
+    /// `timeout`, stdout captured, no console echo, progress lines tagged.
+    pub fn test_step(
+        kernel: BootKernel,
+        command: impl Into<String>,
+        gupwatch: &std::path::Path,
+        timeout: Duration,
+        tag: impl Into<String>,
+    ) -> VmRun {
+        let mut run = VmRun::new(kernel, command);
+        run.gupwatch = Some(gupwatch.to_path_buf());
+        run.timeout = timeout;
+        run.captured(ConsoleEcho::None, tag);
+        run
+    }
 }
 
 /// The result of a guest that ran its command to the end.
@@ -236,6 +282,20 @@ pub struct VmOutcome {
     pub elapsed: Duration,
     /// Modules loaded in the guest, in order.
     pub modules: Vec<String>,
+}
+
+impl VmOutcome {
+    /// One line for a step's log: `label`, how long, how, how it ended,
+    /// where the console log is.
+    pub fn summary(&self, label: &str) -> String {
+        format!(
+            "{label} in {:.0} s ({}), exit status {}; console log: {}",
+            self.elapsed.as_secs_f64(),
+            self.accel,
+            self.status,
+            self.console_log.display()
+        )
+    }
 }
 
 #[cfg(test)]

@@ -37,11 +37,33 @@ pub(super) fn hold_family(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Resu
     Ok(())
 }
 
-/// The kernel's buckets with their upper bounds in seconds.
+/// Upper bounds of the exported buckets, as powers of two nanoseconds:
+/// 1 µs, 8 µs, 65 µs, 524 µs, 4.2 ms, 34 ms, 268 ms (every third, as the
+/// call latency's), then 1.07 s (the weak-pin threshold's bucket), 4.3 s,
+/// 34 s, 275 s (next to the 300 s long-held default), 37 min, 4.9 h, and
+/// `+Inf`: 14 buckets, so each series stays at 16 lines and a node under
+/// its series budget (docs/fleet.md). Each is a bound of the kernel's log2
+/// histogram, so every cumulative count is exact; the full histogram is in
+/// `/api/snapshot`, `gupwatch leaks` and the live view.
+pub(super) const HOLD_BOUNDS_LOG2: [u32; 13] = [10, 13, 16, 19, 22, 25, 28, 30, 32, 35, 38, 41, 44];
+
+/// The kernel's buckets summed into the exported ones: kernel bucket `b`
+/// ends at `2^(10 + b)` ns (the last at `+Inf`) and counts under the first
+/// exported bound at least that.
 fn histogram(h: &HoldHistogram) -> ConstHistogram {
-    let bounds =
-        h.buckets.iter().enumerate().map(|(b, n)| (HoldHistogram::upper_seconds(b).unwrap_or(f64::INFINITY), *n));
-    ConstHistogram::new(h.sum_seconds, bounds)
+    let mut out: Vec<(f64, u64)> =
+        HOLD_BOUNDS_LOG2.iter().map(|b| ((1u64 << b) as f64 / 1e9, 0)).chain([(f64::INFINITY, 0)]).collect();
+    for (b, n) in h.buckets.iter().enumerate() {
+        let slot = match HoldHistogram::upper_seconds(b) {
+            None => HOLD_BOUNDS_LOG2.len(),
+            Some(_) => {
+                let upper = gup_common::hold::HOLD_MIN_SHIFT + b as u32;
+                HOLD_BOUNDS_LOG2.iter().position(|x| upper <= *x).unwrap_or(HOLD_BOUNDS_LOG2.len())
+            }
+        };
+        out[slot].1 = out[slot].1.saturating_add(*n);
+    }
+    ConstHistogram::new(h.sum_seconds, out)
 }
 
 #[cfg(test)]
@@ -67,15 +89,29 @@ mod tests {
         assert!(lines.contains(&format!("gupwatch_pin_hold_seconds_sum{{{labels}}} 2.5").as_str()), "{lines:#?}");
         assert!(lines.contains(&format!("gupwatch_pin_hold_seconds_count{{{labels}}} 5").as_str()), "{lines:#?}");
         let buckets: Vec<&&str> = lines.iter().filter(|l| l.contains("_bucket")).collect();
-        assert_eq!(buckets.len(), HOLD_BUCKETS);
-        assert!(buckets[0].ends_with(" 2") && buckets[19].ends_with(" 2") && buckets[20].ends_with(" 5"), "{buckets:#?}");
-        // The dashboard's ">= 1 s" panel names this bound.
-        assert!(buckets[20].contains(r#"le="1.073741824""#), "{}", buckets[20]);
-        assert!(buckets[HOLD_BUCKETS - 1].contains(r#"le="+Inf""#) && buckets[HOLD_BUCKETS - 1].ends_with(" 5"));
+        assert_eq!(buckets.len(), HOLD_BOUNDS_LOG2.len() + 1);
+        // Kernel bucket 20 ends at 2^30 ns: the exported bound 7 (1.07 s),
+        // which the dashboard's ">= 1 s" panel names.
+        assert!(buckets[0].ends_with(" 2") && buckets[6].ends_with(" 2") && buckets[7].ends_with(" 5"), "{buckets:#?}");
+        assert!(buckets[7].contains(r#"le="1.073741824""#), "{}", buckets[7]);
+        let last = buckets[HOLD_BOUNDS_LOG2.len()];
+        assert!(last.contains(r#"le="+Inf""#) && last.ends_with(" 5"));
         // Without tracking (reduced mode) there is no family at all.
         let mut none = (*crate::collect::fixture::sample()).clone();
         none.leaks = None;
         assert!(!render(&Arc::new(none), Format::Prometheus).contains("gupwatch_pin_hold"));
+    }
+
+    #[test]
+    fn exported_bounds_are_kernel_bounds_and_every_page_counts() {
+        let mut buckets = vec![1; HOLD_BUCKETS];
+        buckets[HOLD_BUCKETS - 1] = 7;
+        let h = HoldHistogram { subsystem: "x".into(), longterm: false, count: 0, sum_seconds: 0.0, buckets };
+        let c = histogram(&h);
+        assert_eq!(c.count, (HOLD_BUCKETS as u64 - 1) + 7);
+        // 1 µs holds kernel bucket 0 only; 8 µs kernel buckets 1..=3.
+        assert_eq!((c.buckets[0].1, c.buckets[1].1), (1, 3));
+        assert!(HOLD_BOUNDS_LOG2.iter().all(|b| (10..=44).contains(b)));
     }
 
     #[test]
@@ -85,10 +121,10 @@ mod tests {
         buckets[HOLD_BUCKETS - 1] = u64::MAX;
         let h = HoldHistogram { subsystem: "io_uring".into(), longterm: true, count: 0, sum_seconds: 1.5, buckets };
         let c = histogram(&h);
-        assert_eq!(c.buckets.len(), HOLD_BUCKETS);
+        assert_eq!(c.buckets.len(), HOLD_BOUNDS_LOG2.len() + 1);
         assert_eq!(c.buckets[0], (1024e-9, 3));
-        assert_eq!(c.buckets[1].0, 2048e-9);
-        assert_eq!(c.buckets[HOLD_BUCKETS - 1], (f64::INFINITY, u64::MAX - 3));
+        assert_eq!(c.buckets[1].0, 8192e-9);
+        assert_eq!(c.buckets[HOLD_BOUNDS_LOG2.len()], (f64::INFINITY, u64::MAX - 3));
         assert_eq!(c.count, u64::MAX);
         assert_eq!(c.sum, 1.5);
     }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use gup_common::{Api, ApiKind, ATTRIB_CAPACITY, LATENCY_BUCKETS};
 
+use crate::attribution::Subsystem;
+
 use super::*;
 use crate::{
     collect::{fixture::{plan, sample}, Settings, TopProcesses},
@@ -147,16 +149,16 @@ fn leak_signals_by_kind() {
 fn latency_histogram_is_cumulative_in_seconds() {
     let text = render(&sample(), Format::Prometheus);
     let b = |le: &str| value(&text, &format!(r#"gupwatch_call_duration_seconds_bucket{{api="pin_user_pages_fast",le="{le}"}}"#));
-    // Bucket 0's bound is 2 ns; bucket 10 (1024..2048 ns) ends at 2048 ns.
-    assert_eq!(b("2e-09"), 0.0);
+    // Kernel bucket 10 (1024..2048 ns) and 12 (4096..8192 ns) both end
+    // at or under the 2^13 ns bound; nothing is under 2^10 ns.
     assert_eq!(b("1.024e-06"), 0.0);
-    assert_eq!(b("2.048e-06"), 4.0);
     assert_eq!(b("8.192e-06"), 9.0);
-    // The last log2 bucket is open-ended: it becomes +Inf, with no 2^40 ns bound.
+    assert_eq!(b("0.268435456"), 9.0);
+    // The last log2 bucket is open-ended: only +Inf holds it.
     assert_eq!(b("+Inf"), 10.0);
-    assert!(!text.contains(r#"le="1099.511627776""#), "{text}");
+    assert!(!text.contains(r#"le="2.048e-06""#), "{text}");
     let buckets = samples(&text, "gupwatch_call_duration_seconds_bucket");
-    assert_eq!(buckets.iter().filter(|l| l.contains(r#"api="pin_user_pages_fast""#)).count(), LATENCY_BUCKETS);
+    assert_eq!(buckets.iter().filter(|l| l.contains(r#"api="pin_user_pages_fast""#)).count(), LATENCY_BOUNDS_LOG2.len() + 1);
     assert_eq!(value(&text, r#"gupwatch_call_duration_seconds_count{api="pin_user_pages_fast"}"#), 10.0);
     assert_eq!(value(&text, r#"gupwatch_call_duration_seconds_sum{api="pin_user_pages_fast"}"#), 0.003);
     let mut prev = 0.0;
@@ -259,7 +261,7 @@ fn reduced_mode_has_vmstat_and_probe_health_only() {
 fn reduced_mode_names_the_accounted_holders() {
     use crate::{accounted::Accounted, report::fixture::holder};
     let mut top = TopProcesses::default();
-    let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2 });
+    let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2, ..Settings::default() });
     d.accounted = Some(Arc::new(Accounted {
         source: crate::accounted::SOURCE.into(),
         holders: vec![holder(200, "aa-holder", 1 << 20), holder(7, "qemu \"vm\"", 8192), holder(9, "third", 4096)],
@@ -357,4 +359,90 @@ pub(crate) fn promtool_check(text: &str) {
 #[test]
 fn promtool_accepts_the_exposition() {
     promtool_check(&render(&sample(), Format::Prometheus));
+}
+
+/// The cardinality budget (docs/fleet.md): at default settings a node
+/// exports at most 500 series whatever its workload. The worst reading:
+/// every hook attached and busy in every latency bucket, 50 processes,
+/// 60 (API, errno) pairs, every subsystem and kind, three driver modules
+/// of the table, every leak kind, misses on every hook and every module
+/// hook detached for every reason.
+#[test]
+fn one_node_stays_within_the_series_budget() {
+    use crate::collect::{fixture::{hook, row, with_module}, ERRNO_SERIES, OTHER_COMM};
+    let mut p = plan();
+    p.hooks = Api::ALL.iter().map(|&a| hook(a, true, "kprobe")).collect();
+    let mut snap = crate::model::Snapshot::default();
+    for a in Api::ALL {
+        let st = &mut snap.apis[a as usize];
+        st.calls = 1;
+        st.latency_log2 = [1; LATENCY_BUCKETS];
+    }
+    for (i, a) in Api::ALL.iter().filter(|a| matches!(a.kind(), ApiKind::Pin | ApiKind::Get)).enumerate() {
+        for errno in 1..=6u32 {
+            snap.errnos.insert((*a as u32, errno), (i as u64 + 1) * u64::from(errno));
+        }
+    }
+    let subsystems = [
+        Subsystem::IoUring, Subsystem::DirectIo, Subsystem::ProcessVm, Subsystem::I915, Subsystem::Gpu,
+        Subsystem::Rdma, Subsystem::Vfio, Subsystem::Udmabuf, Subsystem::Other,
+    ];
+    let mut rows = Vec::new();
+    for i in 0..50u32 {
+        let sub = subsystems[i as usize % subsystems.len()];
+        for api in [Api::PinUserPagesFast, Api::GetUserPagesRemote, Api::UnpinUserPages] {
+            rows.push(row(i, &format!("proc{i}"), api, u64::from(i) + 1, sub));
+        }
+    }
+    for m in ["nvidia", "mlx5_ib", "vfio_iommu_type1"] {
+        for api in [Api::PinUserPages, Api::UnpinUserPage] {
+            rows.push(with_module(row(9, "drv", api, 1, Subsystem::Other), m));
+        }
+    }
+    let mut top = TopProcesses::default();
+    let mut d = Reading::new(p, Some(snap), Some(FollPinCounters { acquired: 9, released: 1 }), rows, &mut top, Settings::default());
+    d.leaks = Some(crate::collect::LeakMetrics::default());
+    if let Some(l) = d.leaks.as_mut() {
+        for k in ["long_held", "orphaned", "unbalanced", "growth"] {
+            l.by_kind.insert(k, (1, 256));
+        }
+    }
+    d.probe_misses = Api::ALL.iter().map(|a| (a.symbol(), 1)).collect();
+    d.probe_detached = Api::ALL
+        .iter()
+        .filter(|a| a.kind() == ApiKind::I915)
+        .flat_map(|a| ["module_unloaded", "module_reloaded", "kernel_gone"].map(|r| (a.symbol(), r, 1)))
+        .collect();
+    let text = render(&Arc::new(d), Format::Prometheus);
+    let series = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    eprintln!("worst-case node: {series} series, {} bytes", text.len());
+    assert!(series <= 500, "{series} series, over the budget of 500:\n{text}");
+    let failed = samples(&text, "gupwatch_failed_calls_total");
+    assert_eq!(failed.len(), ERRNO_SERIES + 1, "{failed:?}");
+    assert!(failed.iter().any(|l| l.contains(&format!(r#"api="{OTHER_COMM}",errno="{OTHER_COMM}""#))), "{failed:?}");
+    assert_eq!(samples(&text, "gupwatch_process_pages_total").len(), 3 * (Settings::default().top_processes + 1));
+    promtool_check(&text);
+}
+
+/// Failed calls beyond the top pairs go to one `other` series, which
+/// never decreases when the ranking changes.
+#[test]
+fn failed_calls_keep_the_top_pairs_and_sum_the_rest() {
+    let mut top = TopProcesses::default();
+    let mut e = std::collections::BTreeMap::new();
+    for errno in 1..=12u32 {
+        e.insert((Api::PinUserPagesFast as u32, errno), u64::from(errno));
+    }
+    let s = top.update_errnos(&e, 10);
+    let other = |s: &[crate::collect::ErrnoSeries]| s.iter().find(|x| x.api == "other").map(|x| x.calls);
+    assert_eq!(s.len(), 11);
+    assert_eq!(other(&s), Some(1 + 2));
+    // errno 1 overtakes everything: it is promoted, errno 3 demoted; other
+    // gains only what the pairs outside the top grew by (errno 2: +0).
+    e.insert((Api::PinUserPagesFast as u32, 1), 100);
+    let s = top.update_errnos(&e, 10);
+    assert_eq!(other(&s), Some(3));
+    assert!(s.iter().any(|x| x.errno == "EPERM" && x.calls == 100), "{s:?}");
+    // No failure at all: no series.
+    assert!(TopProcesses::default().update_errnos(&Default::default(), 10).is_empty());
 }
