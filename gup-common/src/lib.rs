@@ -7,6 +7,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod hold;
 pub mod i915;
 pub mod irq;
 pub mod object;
@@ -680,6 +681,8 @@ mod pod {
     unsafe impl aya::Pod for super::PinRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::object::ObjectLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::hold::HoldHist {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::i915::I915Object {}
     // SAFETY: as above.

@@ -10,14 +10,15 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_loop};
 use gup_common::{
+    hold::{hold_bucket, hold_index, pending_key, HoldHist, HOLD_CLASSES, HOLD_CLASS_NO_STACK, HOLD_CLASS_PENDING},
     diag_log::{API_NONE, WHY_MAP_FULL, WHY_NONE, WHY_PER_CALL_LIMIT},
     Diag, PinOwner, PinRecord, PAGES_ARRAY, PIN_OWNERS, SHARED_OWNER, TRACK_MAX_PER_CALL,
 };
 
 use crate::{
-    counters::{add, add32, current_tgid},
+    counters::{add, add32, current_tgid, now},
     diag::{diag_add, diag_value, note},
-    maps::{read_global, PAGE_COMPOUND_HEAD, PINS, STRUCT_PAGE_SIZE, UNBALANCED},
+    maps::{read_global, HOLD, HOLD_PENDING, PAGE_COMPOUND_HEAD, PINS, STACK_CLASS, STRUCT_PAGE_SIZE, UNBALANCED},
 };
 
 /// What the `bpf_loop` callback needs to walk a call's pages. Read-only
@@ -72,6 +73,8 @@ pub(crate) const EMPTY_OWNER: PinOwner = PinOwner {
     comm: [0; 16],
     object: gup_common::object::PinObject::NONE,
 };
+
+static ZERO_HOLD: HoldHist = HoldHist::ZERO;
 
 static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER; PIN_OWNERS] };
 
@@ -254,12 +257,87 @@ pub(crate) fn track_unpin(folio: u64, n: u64, site: u64) {
     add32(&mut rec.owners[0].count, (take0 as u32).wrapping_neg());
     let taken = take0 + take1 + take2;
     diag_add(Diag::UnpinsMatched, taken);
+    if taken > 0 {
+        let t = now();
+        if take2 > 0 {
+            let o = &rec.owners[2];
+            record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take2);
+        }
+        if take1 > 0 {
+            let o = &rec.owners[1];
+            record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take1);
+        }
+        if take0 > 0 {
+            let o = &rec.owners[0];
+            record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take0);
+        }
+    }
     if n > taken {
         unbalanced(site, n - taken);
     }
     if rec.total() == 0 {
         let _ = PINS.remove(&folio);
     }
+}
+
+/// Adds `n` pages held `ns` to the hold-time histogram of their stack's
+/// subsystem class (`gup_common::hold`): an array slot once user space has
+/// classified the stack, the pending hash before.
+///
+/// The hold is measured from the owner slot's first pin still held, so a
+/// folio an owner pins again before releasing the first pin counts the
+/// later pin's hold from the first one; the shared last slot times every
+/// further owner's pins from the first of them.
+#[inline(never)]
+fn record_hold(ns: u64, stack_id: i64, longterm: u32, n: u64) {
+    let lt = longterm != 0;
+    let class = if stack_id < 0 {
+        HOLD_CLASS_NO_STACK
+    } else {
+        STACK_CLASS.get(stack_id as u32).copied().unwrap_or(HOLD_CLASS_NO_STACK)
+    };
+    if class == HOLD_CLASS_PENDING {
+        if add_hold_pending(pending_key(stack_id, lt), ns, n) {
+            return;
+        }
+        add_hold(hold_index(HOLD_CLASS_NO_STACK, lt), ns, n);
+    } else if class < HOLD_CLASSES {
+        add_hold(hold_index(class, lt), ns, n);
+    }
+}
+
+#[inline(always)]
+fn add_hold(index: u32, ns: u64, n: u64) {
+    if let Some(h) = HOLD.get_ptr_mut(index) {
+        // SAFETY: per-CPU array values live as long as the map.
+        bump(unsafe { &mut *h }, ns, n);
+    }
+}
+
+/// Returns false when the pending map is full.
+#[inline(always)]
+fn add_hold_pending(key: u64, ns: u64, n: u64) -> bool {
+    if HOLD_PENDING.get_ptr_mut(&key).is_none() {
+        // From a static, not the stack: 296 bytes of the 512 the whole
+        // call chain has on 6.1.
+        let _ = HOLD_PENDING.insert(&key, &ZERO_HOLD, 1);
+    }
+    match HOLD_PENDING.get_ptr_mut(&key) {
+        // SAFETY: hash values live until deleted.
+        Some(h) => {
+            bump(unsafe { &mut *h }, ns, n);
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn bump(h: &mut HoldHist, ns: u64, n: u64) {
+    if let Some(b) = h.buckets.get_mut(hold_bucket(ns)) {
+        add(b, n);
+    }
+    add(&mut h.sum_ns, ns.wrapping_mul(n));
 }
 
 /// A slot's count as pins it can give up: none when below zero.

@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, StackTrace},
 };
 use gup_common::{
+    hold::{HoldHist, HOLD_CLASSES, HOLD_PENDING_CAPACITY},
     i915::I915Object,
     irq::IrqUnpins,
     object::ObjectLayout,
@@ -175,6 +176,22 @@ pub(crate) static PINS: HashMap<u64, PinRecord> = HashMap::with_max_entries(TRAC
 /// address): reported once per site.
 #[map]
 pub(crate) static UNBALANCED: HashMap<u64, u64> = HashMap::with_max_entries(UNBALANCED_CAPACITY, 0);
+
+/// Each kernel stack's subsystem class for the hold-time histograms
+/// (`gup_common::hold`), indexed by stack id; written by user space once
+/// it has symbolized the stack, 0 (pending) until then.
+#[map]
+pub(crate) static STACK_CLASS: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(STACK_CAPACITY, 0);
+
+/// Hold times of released pins per (subsystem class, LONGTERM): see
+/// `gup_common::hold::hold_index`.
+#[map]
+pub(crate) static HOLD: PerCpuArray<HoldHist> = PerCpuArray::with_max_entries(HOLD_CLASSES * 2, 0);
+
+/// Hold times of released pins whose stack was not yet classified, per
+/// `gup_common::hold::pending_key` (stack id, LONGTERM).
+#[map]
+pub(crate) static HOLD_PENDING: HashMap<u64, HoldHist> = HashMap::with_max_entries(HOLD_PENDING_CAPACITY, 0);
 
 /// Processes that exited, with the time: pins they still own are orphaned.
 #[map]

@@ -95,6 +95,17 @@ pub struct Collector {
     accounted: Option<(Instant, Arc<Accounted>)>,
     /// Where accounted pins are read (`/proc`).
     proc_root: std::path::PathBuf,
+    /// Stacks whose subsystem the programs were told (hold times).
+    classified: std::collections::HashSet<i64>,
+    /// Whether classifying failed once (said once).
+    classify_failed: bool,
+    /// cgroup ids to paths.
+    cgroup_names: crate::cgroups::CgroupNames,
+    /// Pins per cgroup, made with the leak report.
+    last_cgroups: Vec<crate::cgroups::CgroupPins>,
+    /// What the kernel showed pinned when the collector was made over
+    /// attached probes (`crate::beforestart`).
+    before_start: Option<crate::beforestart::Inventory>,
 }
 
 impl Collector {
@@ -114,6 +125,9 @@ impl Collector {
         } else {
             Kallsyms::default()
         };
+        // Read right after the probes attached: a buffer registered in
+        // between would be counted both here and in the tracking map.
+        let before_start = probes.as_ref().map(|_| crate::beforestart::Inventory::take(std::path::Path::new("/proc")));
         Collector {
             probes,
             plan,
@@ -130,6 +144,11 @@ impl Collector {
             last_leak_at: None,
             accounted: None,
             proc_root: std::path::PathBuf::from("/proc"),
+            classified: Default::default(),
+            classify_failed: false,
+            cgroup_names: Default::default(),
+            last_cgroups: Vec::new(),
+            before_start,
         }
     }
 
@@ -181,7 +200,8 @@ impl Collector {
             c
         };
         let untracked = data.snapshot.as_ref().map_or(0, |s| s.diag[Diag::PinsUntracked as usize]);
-        Some(leaks::analyze(
+
+        let mut report = leaks::analyze(
             &tracking,
             &leaks::Context {
                 now_ns: leaks::monotonic_ns(),
@@ -195,7 +215,16 @@ impl Collector {
             },
             &self.leak_policy,
             Some(&mut self.growth),
-        ))
+        );
+        // The kernel's outstanding pins beyond those tracked bound what can
+        // still be held from before.
+        let gap = report.kernel_outstanding.map(|k| (k.max(0) as u64).saturating_sub(report.tracked_outstanding));
+        report.held_before_start = self
+            .before_start
+            .as_ref()
+            .map(|b| b.still_held(&crate::beforestart::Inventory::take(&self.proc_root), gap))
+            .unwrap_or_default();
+        Some(report)
     }
 
     /// The plan summary.
@@ -284,6 +313,7 @@ impl Collector {
             .map(|p| p.probe_misses().into_iter().map(|(a, n)| (a.symbol(), n)).collect())
             .unwrap_or_default();
         data.probe_detached = self.probes.as_ref().map(Probes::probe_detached).unwrap_or_default();
+        data.hold_times = self.hold_times();
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
         // analysis would feed the growth tracker the same reading twice.
         // It reads the whole tracking map (a syscall per folio), so scrapes
@@ -292,13 +322,65 @@ impl Collector {
         if !fresh {
             self.last_leak_report = self.leak_report(&data);
             self.last_leak_at = Some(std::time::Instant::now());
+            self.last_cgroups = self.cgroup_pins(&data);
         }
+        data.cgroups = self.last_cgroups.clone();
         data.leaks = self.last_leak_report.as_ref().map(LeakMetrics::from_report);
         if self.probes.is_none() {
             data.accounted = Some(self.accounted());
         }
         data.gather_duration = t0.elapsed();
         Arc::new(data)
+    }
+
+    /// Pins held now per cgroup, from the leak report's holdings and the
+    /// cgroup of each owner's pin calls.
+    fn cgroup_pins(&mut self, data: &Reading) -> Vec<crate::cgroups::CgroupPins> {
+        let (Some(report), Some(snap)) = (&self.last_leak_report, &data.snapshot) else { return vec![] };
+        let of = crate::cgroups::cgroup_of_processes(&snap.attrib);
+        crate::cgroups::pinned_by_cgroup(
+            report.holdings.iter().map(|h| (h.owner_tgid, h.pages)),
+            &of,
+            &mut self.cgroup_names,
+            crate::cgroups::DEFAULT_TOP_CGROUPS,
+        )
+    }
+
+    /// Classifies the stacks resolved so far for the programs' hold-time
+    /// histograms, then reads and folds them (`crate::holdtime`).
+    fn hold_times(&mut self) -> Vec<crate::report::HoldHistogram> {
+        let Some(p) = self.probes.as_mut() else { return vec![] };
+        let kallsyms = &self.kallsyms;
+        for (id, ips) in &self.stacks {
+            if self.classified.contains(id) {
+                continue;
+            }
+            let s = attribution::caller_of(ips, kallsyms).subsystem;
+            match p.maps.hold.classify(*id, s) {
+                Ok(()) => {
+                    self.classified.insert(*id);
+                }
+                // Unclassified stacks stay in the pending map, which is
+                // folded below: only the cost rises, not the answer.
+                Err(e) => {
+                    if !self.classify_failed {
+                        eprintln!("gupwatch: hold times: cannot classify stack {id}: {e}");
+                        self.classify_failed = true;
+                    }
+                    break;
+                }
+            }
+        }
+        let raw = p.maps.hold.read();
+        let stacks = &self.stacks;
+        let maps = &p.maps;
+        crate::holdtime::fold(&raw, |id| {
+            let ips = match stacks.get(&id) {
+                Some(ips) => ips.clone(),
+                None => maps.stack(id)?,
+            };
+            Some(attribution::caller_of(&ips, kallsyms).subsystem)
+        })
     }
 
     /// The accounted pins, read again when the last reading is older than

@@ -152,6 +152,9 @@ pub fn analyze(
         leaks,
         notes,
         i915_objects: vec![],
+        hold_times: vec![],
+        cgroups: vec![],
+        held_before_start: vec![],
     }
 }
 

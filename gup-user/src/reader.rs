@@ -30,6 +30,8 @@ pub struct StatsMaps {
     exited: HashMap<MapData, u32, u64>,
     unbalanced: HashMap<MapData, u64, u64>,
     i915: HashMap<MapData, u64, gup_common::i915::I915Object>,
+    /// The hold-time histograms and the stack classes they need.
+    pub hold: crate::holdtime::HoldMaps,
 }
 
 impl StatsMaps {
@@ -45,7 +47,8 @@ impl StatsMaps {
         let exited = HashMap::try_from(get("EXITED")?).map_err(|e| e.to_string())?;
         let unbalanced = HashMap::try_from(get("UNBALANCED")?).map_err(|e| e.to_string())?;
         let i915 = HashMap::try_from(get("I915_OBJECTS")?).map_err(|e| e.to_string())?;
-        Ok(StatsMaps { api_stats, diag, attrib, stacks, errnos, pins, exited, unbalanced, i915 })
+        let hold = crate::holdtime::HoldMaps::take(ebpf)?;
+        Ok(StatsMaps { api_stats, diag, attrib, stacks, errnos, pins, exited, unbalanced, i915, hold })
     }
 
     /// Reads the i915 userptr objects, by address.

@@ -11,6 +11,8 @@
 //! it; the golden tests (`report/tests.rs`) hold the bytes the writers
 //! produce.
 
+mod before;
+mod holds;
 mod leaks;
 mod snapshot;
 
@@ -21,6 +23,8 @@ mod tests;
 
 use serde::Serialize;
 
+pub use before::{HeldBeforeStart, HELD_BEFORE_START};
+pub use holds::{hold_table, short_duration, HoldHistogram};
 pub use leaks::{Holding, ObjectHolder, Leak, LeakKind, LeakReport};
 pub use snapshot::{
     ApiReport, CallerReport, ErrnoReport, HookReport, Kind, KernelCounters, Mode, ProcessReport, SnapshotReport,

@@ -215,7 +215,16 @@ mod tests {
         }
         let fio = holding(100, "fio", "io_sqe_buffer_register", crate::attribution::Subsystem::IoUring, 256, 400.0);
         let leaks = vec![crate::report::Leak::of_holding(crate::report::LeakKind::LongHeld, &fio)];
-        vm.set_outstanding(Some(report(Some(300), vec![fio], leaks)));
+        let mut r = report(Some(300), vec![fio], leaks);
+        r.held_before_start = vec![crate::report::HeldBeforeStart {
+            kind: crate::report::HELD_BEFORE_START.into(),
+            source: "io_uring".into(),
+            owner_tgid: 90,
+            comm: "old".into(),
+            pages: 44,
+            buffers: 1,
+        }];
+        vm.set_outstanding(Some(r));
         vm
     }
 
@@ -241,6 +250,7 @@ mod tests {
             "Latency · all APIs",
             "long_held",
             "held 256 · kernel 300",
+            "+44 held before start",
             "q quit",
         ] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
@@ -249,6 +259,27 @@ mod tests {
         let fio = s.lines().find(|l| l.contains(" fio ")).expect("fio row");
         assert!(fio.contains(" 200 ") && fio.contains(" 256 "), "{fio}");
         assert!(s.lines().all(|l| l.chars().count() == 80));
+    }
+
+    /// `t` turns the middle panel to hold times, then to pins per cgroup.
+    #[test]
+    fn hold_times_and_cgroup_panels() {
+        let vm = busy();
+        let mut ui = UiState::new("local", std::time::Duration::from_secs(1));
+        use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+        let t = KeyEvent::new(KeyCode::Char('t'), KeyModifiers::NONE);
+        super::input::handle_key(&mut ui, t, &vm);
+        let s = screen(&vm, &ui, 120, 30);
+        assert!(s.contains("Hold times · p50 p99"), "{s}");
+        // 2400 pages released in the bucket that ends at 16 µs (2^14 ns).
+        let line = s.lines().find(|l| l.contains("direct-io  ") && l.contains("≤")).expect("hold line");
+        assert!(line.contains("≤  16µs ≤  16µs   2400p"), "{line}");
+        super::input::handle_key(&mut ui, t, &vm);
+        let s = screen(&vm, &ui, 120, 30);
+        assert!(s.contains("Pins held · by cgroup"), "{s}");
+        assert!(s.contains("6000p fio.service"), "{s}");
+        super::input::handle_key(&mut ui, t, &vm);
+        assert!(screen(&vm, &ui, 120, 30).contains("Latency · all APIs"));
     }
 
     #[test]

@@ -92,6 +92,19 @@ fn full_sample() -> String {
     leaks.by_kind.insert("orphaned", (1, 5));
     leaks.by_kind.insert("growth", (0, 0));
     d.leaks = Some(leaks);
+    let mut buckets = vec![0; gup_common::hold::HOLD_BUCKETS];
+    buckets[4] = 8;
+    d.hold_times = vec![gupwatch::report::HoldHistogram {
+        subsystem: "direct-io".into(),
+        longterm: false,
+        count: 8,
+        sum_seconds: 8e-5,
+        buckets,
+    }];
+    d.cgroups = vec![gupwatch::cgroups::CgroupPins {
+        cgroup: gupwatch::cgroups::parse_path("/system.slice/fio.service"),
+        pages: 5,
+    }];
     render(&Arc::new(d), Format::Prometheus)
 }
 

@@ -499,6 +499,10 @@ fn remote_leaks(json: bool, remote: &gupwatch::client::Remote) -> Result<ExitCod
 fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u32) -> Result<ExitCode> {
     init_env_logging()?;
     let stop = stop_flag()?;
+    // What is pinned already, read before the probes attach: whatever is
+    // pinned after is tracked (gupwatch::beforestart).
+    let proc_root = std::path::Path::new("/proc");
+    let before = gupwatch::beforestart::Inventory::take(proc_root);
     let session = Session::require_tracking(track_capacity)?;
     let Some(probes) = session.probes_or_explain("no pin can be tracked") else {
         return Ok(ExitCode::from(2));
@@ -534,10 +538,33 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
         .into_iter()
         .filter(|o| o.pinned_pages > 0)
         .collect();
+    // No stack was classified while tracking (nothing gathered), so every
+    // hold is in the pending map, named here by its stack.
+    report.hold_times = gupwatch::holdtime::fold(&probes.maps.hold.read(), |id| {
+        probes.maps.stack(id).map(|ips| gupwatch::attribution::caller_of(&ips, &kallsyms).subsystem)
+    });
+    report.cgroups = gupwatch::cgroups::pinned_by_cgroup(
+        report.holdings.iter().map(|h| (h.owner_tgid, h.pages)),
+        &gupwatch::cgroups::cgroup_of_processes(&snap.attrib),
+        &mut gupwatch::cgroups::CgroupNames::default(),
+        gupwatch::cgroups::DEFAULT_TOP_CGROUPS,
+    );
+    let gap = report.kernel_outstanding.map(|k| (k.max(0) as u64).saturating_sub(report.tracked_outstanding));
+    report.held_before_start = before.still_held(&gupwatch::beforestart::Inventory::take(proc_root), gap);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_table());
+        print!(
+            "{}",
+            gupwatch::beforestart::before_table(
+                &report.held_before_start,
+                report.tracked_outstanding,
+                report.kernel_outstanding
+            )
+        );
+        print!("{}", gupwatch::report::hold_table(&report.hold_times));
+        print!("{}", gupwatch::cgroups::cgroup_table(&report.cgroups));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -299,6 +299,12 @@ pub struct Reading {
     /// Per module hook's function and reason, the times it was found dead
     /// ([`crate::loader::Probes::probe_detached`]).
     pub probe_detached: Vec<(&'static str, &'static str, u64)>,
+    /// How long released pins were held, per subsystem and LONGTERM
+    /// (empty without probes or without pin tracking).
+    pub hold_times: Vec<crate::report::HoldHistogram>,
+    /// Pins held now per cgroup: the top ones, then `other` and
+    /// `unknown` (empty without pin tracking).
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
 }
 
 impl Reading {
@@ -329,6 +335,8 @@ impl Reading {
             accounted: None,
             top_processes: settings.top_processes,
             probe_detached: Vec::new(),
+            hold_times: Vec::new(),
+            cgroups: Vec::new(),
         }
     }
 

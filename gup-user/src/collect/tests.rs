@@ -68,6 +68,9 @@ fn leak_metrics_list_every_kind() {
             subsystem: crate::attribution::Subsystem::Other,
             age_secs: None,
         }],
+        hold_times: vec![],
+        cgroups: vec![],
+        held_before_start: vec![],
         notes: vec![],
         i915_objects: vec![],
     };

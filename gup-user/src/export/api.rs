@@ -174,6 +174,8 @@ pub fn snapshot_json(d: &Reading, top: usize) -> SnapshotReport {
         hooks: d.plan.hooks.iter().map(hook).collect(),
         scrape_duration_seconds: d.gather_duration.as_secs_f64(),
         accounted: d.accounted.as_deref().cloned(),
+        hold_times: d.hold_times.clone(),
+        cgroups: d.cgroups.clone(),
         callers: None,
         callers_truncated: None,
         leaks: None,

@@ -41,6 +41,8 @@ use crate::{
     model::{Snapshot, Totals},
 };
 
+mod cgroups;
+mod hold;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -252,6 +254,28 @@ fn latency_histogram(s: &ApiStats) -> ConstHistogram {
     ConstHistogram { sum: s.latency_ns_sum as f64 / 1e9, count: total, buckets }
 }
 
+impl ConstHistogram {
+    /// A histogram of (upper bound, count in that bucket alone) pairs.
+    ///
+    /// The encoder sums the buckets into cumulative counts. Counts whose
+    /// sum passes u64::MAX (only from wrapped or corrupt counters) saturate
+    /// there: unchecked, the sum overflowed (a panic in debug builds, a
+    /// decreasing cumulative bucket in release; found by the
+    /// metrics_exposition fuzz target).
+    fn new(sum: f64, buckets: impl IntoIterator<Item = (f64, u64)>) -> ConstHistogram {
+        let mut total = 0u64;
+        let buckets = buckets
+            .into_iter()
+            .map(|(le, n)| {
+                let n = n.min(u64::MAX - total);
+                total += n;
+                (le, n)
+            })
+            .collect();
+        ConstHistogram { sum, count: total, buckets }
+    }
+}
+
 fn counters<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -435,6 +459,8 @@ impl PromCollector for Exposition {
         who_pinned(&mut enc, d)?;
         outstanding(&mut enc, d)?;
         leak_families(&mut enc, d)?;
+        hold::hold_family(&mut enc, d)?;
+        cgroups::cgroup_family(&mut enc, d)?;
         accounted_families(&mut enc, d)?;
         own_health(&mut enc, d)
     }

@@ -74,6 +74,9 @@ pub(crate) fn leak_report() -> LeakReport {
             pin_to_release_secs: None,
             orphaned: false,
         }],
+        hold_times: vec![],
+        cgroups: vec![],
+        held_before_start: vec![],
     }
 }
 

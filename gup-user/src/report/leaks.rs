@@ -153,5 +153,19 @@ pub struct LeakReport {
     /// caller from the object map; empty where i915 is absent).
     #[serde(default)]
     pub i915_objects: Vec<crate::i915::ObjectRow>,
+    /// How long the pins released while tracking were held, per
+    /// subsystem and LONGTERM (filled by `gupwatch leaks`; absent from
+    /// `/api/snapshot`, which has its own `hold_times`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold_times: Vec<super::HoldHistogram>,
+    /// Pins held now per cgroup (filled by `gupwatch leaks`; absent from
+    /// `/api/snapshot`, which has its own `cgroups`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
+    /// Pins held since before gupwatch started, as the kernel shows them
+    /// (filled by `gupwatch leaks`): with `tracked_outstanding`, what
+    /// `kernel_outstanding` counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_before_start: Vec<super::HeldBeforeStart>,
 }
 

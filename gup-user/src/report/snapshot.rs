@@ -300,6 +300,14 @@ pub struct SnapshotReport {
     /// Reduced mode: who holds pinned memory, as the kernel accounts it.
     #[serde(default)]
     pub accounted: Option<Accounted>,
+    /// How long released pins were held, per subsystem and LONGTERM;
+    /// absent while none was released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold_times: Vec<super::HoldHistogram>,
+    /// Pins held now per cgroup (top ones, `other`, `unknown`); absent
+    /// while none is held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
     /// `callers=1`: the attribution rows, largest first (absent
     /// otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,8 @@ pub struct UiState {
     pub show_idle: bool,
     /// The latency histogram's API (`None`: all).
     pub latency_api: Option<String>,
+    /// What the middle panel shows.
+    pub panel: Panel,
     /// Where the data comes from ("local", or the daemon's address).
     pub source: String,
     /// Time between readings.
@@ -58,10 +60,33 @@ impl UiState {
             help: false,
             show_idle: false,
             latency_api: None,
+            panel: Panel::Latency,
             source: source.into(),
             interval,
             error: None,
             diagnosis: vec![],
+        }
+    }
+}
+
+/// The middle panel of the bottom row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Panel {
+    /// Call latency of one API or all.
+    Latency,
+    /// Pin hold times per subsystem and LONGTERM.
+    HoldTimes,
+    /// Pins held per cgroup.
+    Cgroups,
+}
+
+impl Panel {
+    /// The panel `t` switches to.
+    pub fn next(self) -> Panel {
+        match self {
+            Panel::Latency => Panel::HoldTimes,
+            Panel::HoldTimes => Panel::Cgroups,
+            Panel::Cgroups => Panel::Latency,
         }
     }
 }
@@ -128,6 +153,7 @@ pub fn handle_key(ui: &mut UiState, key: KeyEvent, vm: &ViewModel) -> Action {
         }
         KeyCode::Char('p') | KeyCode::Char(' ') => ui.paused = !ui.paused,
         KeyCode::Char('i') | KeyCode::Char('I') => ui.show_idle = !ui.show_idle,
+        KeyCode::Char('t') | KeyCode::Char('T') => ui.panel = ui.panel.next(),
         KeyCode::Char('?') | KeyCode::Char('h') => ui.help = true,
         KeyCode::Char('a') | KeyCode::Char('A') => {
             let apis = vm.latency_apis();

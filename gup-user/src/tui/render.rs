@@ -18,10 +18,10 @@ use ratatui::{
 };
 
 use super::{
-    input::UiState,
+    input::{Panel, UiState},
     view::{visible_rows, SortKey, TableRow, View, ViewModel, VisibleRows},
 };
-use crate::report::LeakKind;
+use crate::report::{short_duration, LeakKind};
 
 /// Compact count: 9999, 12.3k, 1.23M, 4.56G.
 pub fn human(n: u64) -> String {
@@ -122,7 +122,11 @@ pub fn draw(f: &mut Frame, vm: &ViewModel, ui: &UiState) {
                 .spacing(1)
                 .areas(bottom);
         draw_sparklines(f, spark, vm);
-        draw_latency(f, latency, vm, ui);
+        match ui.panel {
+            Panel::Latency => draw_latency(f, latency, vm, ui),
+            Panel::HoldTimes => draw_hold_times(f, latency, vm),
+            Panel::Cgroups => draw_cgroups(f, latency, vm),
+        }
         draw_leaks(f, leaks, vm);
     }
     draw_footer(f, footer, ui);
@@ -521,6 +525,66 @@ fn draw_latency(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
+/// Draws a titled panel and returns its inside, or says why it is empty
+/// (nothing yet, or no probes) and returns `None`.
+fn panel(f: &mut Frame, area: Rect, title: &str, vm: &ViewModel, empty: bool, nothing: &str) -> Option<Rect> {
+    let block = titled(title);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    if empty {
+        let msg = if vm.full() { nothing } else { "needs probes" };
+        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), inner);
+        return None;
+    }
+    Some(inner)
+}
+
+/// One line per subsystem and LONGTERM: pages released and the bucket
+/// bounds their median and 99th percentile hold times fall under.
+fn draw_hold_times(f: &mut Frame, area: Rect, vm: &ViewModel) {
+    let hs = vm.hold_times();
+    let Some(inner) = panel(f, area, " Hold times · p50 p99 ", vm, hs.is_empty(), "no pins released yet") else {
+        return;
+    };
+    let q = |h: &crate::report::HoldHistogram, q: f64| h.quantile_upper_seconds(q).map_or("-".into(), short_duration);
+    let lines: Vec<Line> = hs
+        .iter()
+        .map(|h| {
+            Line::from(vec![
+                Span::raw(format!("{:<11}", h.subsystem)),
+                Span::styled(if h.longterm { "LT " } else { "   " }, DIM),
+                Span::raw(format!("≤{:>6} ≤{:>6}", q(h, 0.5), q(h, 0.99))),
+                Span::styled(format!(" {:>6}p", human(h.count)), DIM),
+            ])
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+/// Pins held per cgroup: pages, then the unit, pod or container when the
+/// path has one (more telling than a long path), else the path.
+fn draw_cgroups(f: &mut Frame, area: Rect, vm: &ViewModel) {
+    let cs = vm.cgroups();
+    let Some(inner) = panel(f, area, " Pins held · by cgroup ", vm, cs.is_empty(), "no pins held") else {
+        return;
+    };
+    let lines: Vec<Line> = cs
+        .iter()
+        .map(|c| {
+            let g = &c.cgroup;
+            let name = match (&g.pod_uid, &g.container_id, &g.unit) {
+                (Some(p), Some(id), _) => format!("pod {} ctr {}", &p[..8.min(p.len())], &id[..12.min(id.len())]),
+                (Some(p), None, _) => format!("pod {p}"),
+                (None, Some(id), _) => format!("ctr {}", &id[..12.min(id.len())]),
+                (None, None, Some(u)) => u.clone(),
+                (None, None, None) => g.path.clone(),
+            };
+            Line::from(vec![Span::raw(format!("{:>7}p ", human(c.pages))), Span::raw(name)])
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
 fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
     let block = titled(" Outstanding · leaks ");
     let inner = block.inner(area);
@@ -538,6 +602,10 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
                 ),
                 Span::styled(if o.partial { " PARTIAL" } else { "" }, Style::new().fg(Color::Yellow)),
             ]));
+            let before: u64 = o.held_before_start.iter().map(|h| h.pages).sum();
+            if before > 0 {
+                lines.push(Line::styled(format!("+{} held before start", human(before)), DIM));
+            }
             if o.leaks.is_empty() {
                 lines.push(Line::styled("no leak signals", Style::new().fg(Color::Green)));
             }
@@ -598,6 +666,7 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Line::raw("  /        filter by process, call site or subsystem"),
         Line::raw("  i        show/hide idle rows (no calls, none held)"),
         Line::raw("  a / A    latency histogram: next / previous API"),
+        Line::raw("  t        middle panel: latency → hold times → cgroups"),
         Line::raw("  p        pause (the data keeps being read)"),
         Line::raw("  q, Ctrl-C quit · ? or Esc closes this"),
         Line::styled("Columns", BOLD),

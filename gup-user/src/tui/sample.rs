@@ -16,11 +16,11 @@ use crate::{
     collect::Reading,
     export::api,
     model::Totals,
-    report::{ApiReport, CallerReport, HookReport, SnapshotReport},
+    report::{ApiReport, CallerReport, HoldHistogram, HookReport, SnapshotReport},
 };
 
 /// One reading.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     /// gupwatch's version (the daemon's, for a remote view).
     pub version: String,
@@ -48,6 +48,10 @@ pub struct Sample {
     pub rows_truncated: bool,
     /// Reduced mode: pinned memory as the kernel accounts it per process.
     pub accounted: Option<Accounted>,
+    /// How long released pins were held, per subsystem and LONGTERM.
+    pub hold_times: Vec<HoldHistogram>,
+    /// Pins held now per cgroup.
+    pub cgroups: Vec<crate::cgroups::CgroupPins>,
 }
 
 /// Why a JSON document could not be read as a sample.
@@ -98,6 +102,8 @@ impl Sample {
             rows: doc.callers.unwrap_or_default(),
             rows_truncated: doc.callers_truncated.unwrap_or(false),
             accounted: doc.accounted,
+            hold_times: doc.hold_times,
+            cgroups: doc.cgroups,
         }
     }
 }

@@ -400,6 +400,17 @@ impl ViewModel {
     }
 
     /// The log2 latency buckets since start of one API, or of every API.
+    /// The hold-time histograms of the latest sample.
+    pub fn hold_times(&self) -> &[crate::report::HoldHistogram] {
+        self.latest.as_ref().map_or(&[], |s| s.hold_times.as_slice())
+    }
+
+    /// Pins held per cgroup in the latest sample.
+    pub fn cgroups(&self) -> &[crate::cgroups::CgroupPins] {
+        self.latest.as_ref().map_or(&[], |s| s.cgroups.as_slice())
+    }
+
+    /// The call-latency histogram of one API, or of all.
     pub fn latency(&self, api: Option<&str>) -> [u64; LATENCY_BUCKETS] {
         let mut out = [0; LATENCY_BUCKETS];
         for a in self.latest.iter().flat_map(|s| s.apis.iter()).filter(|a| api.is_none_or(|x| x == a.api)) {
@@ -651,7 +662,18 @@ pub(crate) mod tests {
             leaks,
             notes: vec![],
             i915_objects: vec![],
+            hold_times: vec![],
+            cgroups: vec![],
+            held_before_start: vec![],
         }
+    }
+
+    /// A hold-time histogram of `pages` released in the bucket that ends
+    /// at 2^14 ns (16 µs).
+    pub(crate) fn hold(subsystem: &str, longterm: bool, pages: u64) -> crate::report::HoldHistogram {
+        let mut buckets = vec![0; gup_common::hold::HOLD_BUCKETS];
+        buckets[4] = pages;
+        crate::report::HoldHistogram { subsystem: subsystem.into(), longterm, count: pages, sum_seconds: pages as f64 * 10e-6, buckets }
     }
 
     /// A full-mode sample after `step` rounds of a workload: fio pins
@@ -679,6 +701,11 @@ pub(crate) mod tests {
             ],
             rows_truncated: false,
             accounted: None,
+            hold_times: vec![hold("direct-io", false, 40 * step)],
+            cgroups: vec![crate::cgroups::CgroupPins {
+                cgroup: crate::cgroups::parse_path("/system.slice/fio.service"),
+                pages: 100 * step,
+            }],
         }
     }
 
