@@ -304,34 +304,7 @@ impl WebConfig {
             return Err(err("tls_server_config.min_version is above max_version".into()));
         }
         let client_ca = pem(t.client_ca_file, t.client_ca, "client_ca")?;
-        let client_auth = match t.client_auth_type.as_deref().unwrap_or("") {
-            "" | "NoClientCert" => ClientAuth::None,
-            "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
-            "RequireAndVerifyClientCert" => ClientAuth::Require,
-            unverified @ ("RequestClientCert" | "RequireAnyClientCert") => {
-                return Err(err(format!(
-                    "tls_server_config.client_auth_type {unverified} would accept client certificates without verifying them, which gupwatch refuses; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file"
-                )))
-            }
-            other => {
-                return Err(err(format!(
-                    "tls_server_config.client_auth_type {other:?} is not one of NoClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
-                )))
-            }
-        };
-        match (client_auth, &client_ca) {
-            (ClientAuth::None, Some(_)) => {
-                return Err(err(
-                    "tls_server_config.client_ca_file (or client_ca) is set but client_auth_type is NoClientCert: set client_auth_type to RequireAndVerifyClientCert (or VerifyClientCertIfGiven)".into(),
-                ))
-            }
-            (ClientAuth::VerifyIfGiven | ClientAuth::Require, None) => {
-                return Err(err(
-                    "tls_server_config.client_auth_type verifies client certificates, which needs client_ca_file or client_ca (the CA bundle that signed them)".into(),
-                ))
-            }
-            _ => {}
-        }
+        let client_auth = client_auth(t.client_auth_type.as_deref(), client_ca.is_some()).map_err(err)?;
         let client_allowed_sans = t.client_allowed_sans.filter(|s| !s.is_empty());
         if client_allowed_sans.is_some() && client_auth != ClientAuth::Require {
             return Err(refuse(
@@ -557,6 +530,41 @@ impl Security {
 
 /// The `WWW-Authenticate` challenge sent with 401.
 pub const CHALLENGE: &str = "Basic realm=\"gupwatch\", charset=\"UTF-8\"";
+
+
+/// `client_auth_type`, checked against whether a client CA is given:
+/// gupwatch never accepts a client certificate it does not verify.
+fn client_auth(kind: Option<&str>, has_ca: bool) -> Result<ClientAuth, String> {
+    let auth = match kind.unwrap_or("") {
+        "" | "NoClientCert" => ClientAuth::None,
+        "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
+        "RequireAndVerifyClientCert" => ClientAuth::Require,
+        unverified @ ("RequestClientCert" | "RequireAnyClientCert") => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {unverified} would accept client certificates without verifying them, which gupwatch refuses; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {other:?} is not one of NoClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
+            ))
+        }
+    };
+    match (auth, has_ca) {
+        (ClientAuth::None, true) => {
+            return Err(
+                "tls_server_config.client_ca_file (or client_ca) is set but client_auth_type is NoClientCert: set client_auth_type to RequireAndVerifyClientCert (or VerifyClientCertIfGiven)".into(),
+            )
+        }
+        (ClientAuth::VerifyIfGiven | ClientAuth::Require, false) => {
+            return Err(
+                "tls_server_config.client_auth_type verifies client certificates, which needs client_ca_file or client_ca (the CA bundle that signed them)".into(),
+            )
+        }
+        _ => {}
+    }
+    Ok(auth)
+}
 
 #[cfg(test)]
 mod tests;
