@@ -4,8 +4,11 @@
 //!   OpenMetrics).
 //! * [`api`]: the JSON documents of `/api/snapshot`, which the live view
 //!   reads too.
+//! * [`process`]: the standard `process_*` self-metrics, part of the
+//!   exposition.
 //!
 //! The HTTP server that serves them is [`crate::http`].
 
 pub mod api;
+pub mod process;
 pub mod prometheus;

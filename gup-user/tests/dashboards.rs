@@ -282,3 +282,52 @@ fn kind_labels_cover_every_counted_api() {
         assert!(text.contains(&format!("gupwatch_calls_total{{api=\"{}\",kind=", a.symbol())), "{a:?}");
     }
 }
+
+/// The GitHub anchor of a Markdown heading: lower case, punctuation but
+/// `-` and `_` dropped, spaces to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_to_its_runbook_section() {
+    let alerts = read("prometheus/alerts.yml");
+    let runbook = std::fs::read_to_string(dashboards().join("../docs/alerts.md")).unwrap();
+    let anchors: BTreeSet<String> = runbook.lines().filter_map(|l| l.strip_prefix("## ")).map(anchor).collect();
+    // The workspace's `repository`, where the docs are published.
+    let manifest = std::fs::read_to_string(dashboards().join("../Cargo.toml")).unwrap();
+    let repo = manifest.lines().find_map(|l| l.strip_prefix("repository = ")).expect("workspace repository").trim_matches('"');
+    let base = format!("{repo}/blob/main/docs/alerts.md#");
+    // Each rule's text runs from its `- alert:` line to the next one.
+    let mut rules = alerts.split("- alert: ").skip(1).peekable();
+    assert!(rules.peek().is_some(), "no alert in alerts.yml");
+    for rule in rules {
+        let name = rule.lines().next().unwrap_or("").trim();
+        let url = rule
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runbook_url: "))
+            .unwrap_or_else(|| panic!("{name} has no runbook_url"))
+            .trim_matches('"');
+        let frag = url.strip_prefix(&base).unwrap_or_else(|| panic!("{name}: {url} is not under {base}"));
+        assert_eq!(frag, name.to_lowercase(), "{name}: its anchor should be its own section");
+        assert!(anchors.contains(frag), "{name}: docs/alerts.md has no section #{frag} (have {anchors:?})");
+    }
+}
+
+#[test]
+fn aggregations_keep_target_labels() {
+    // `by (...)` would drop cluster, node, namespace and every other target
+    // label from the alert; `without (...)` names what it drops.
+    for l in read("prometheus/alerts.yml").lines().filter(|l| !l.trim_start().starts_with('#')) {
+        assert!(!l.contains(" by ("), "aggregation drops target labels: {l}");
+    }
+}

@@ -247,6 +247,10 @@ enum Cmd {
         /// from dashboards/ first.
         #[arg(long)]
         write: bool,
+        /// Label matchers selecting gupwatch's scrape job, in place of
+        /// job="gupwatch" in the generated PrometheusRule.
+        #[arg(long, default_value = xtask::k8s::DEFAULT_JOB_SELECTOR)]
+        job_selector: String,
     },
 }
 
@@ -536,7 +540,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if r.failed() == 0 { 0 } else { 1 })
         }
         Cmd::Demo { kernel, no_build } => demo::run(&demo::DemoOptions { kernel, no_build }),
-        Cmd::K8s { write } => xtask::k8s::run(write).map(|o| {
+        Cmd::K8s { write, job_selector } => xtask::k8s::run(write, &job_selector).map(|o| {
             println!("{} passed, {} failed", o.passed, o.failures.len());
             i32::from(!o.failures.is_empty())
         }),

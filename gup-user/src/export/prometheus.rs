@@ -772,6 +772,7 @@ fn accounted_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
 pub fn render(data: &Arc<Reading>, format: Format) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Exposition(Arc::clone(data))));
+    registry.register_collector(Box::new(super::process::Process));
     let mut out = String::with_capacity(64 * 1024);
     let r = match format {
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),

@@ -45,6 +45,7 @@
 //! `/api/snapshot` (JSON), anything else 404.
 
 mod flights;
+mod gzip;
 mod io;
 mod limits;
 mod respond;
@@ -194,6 +195,12 @@ pub trait Handler: Send + Sync + 'static {
     /// format. `None`: each renders its own.
     fn coalesce(&self, _req: &Request) -> Option<String> {
         None
+    }
+
+    /// Whether the answer to `req` is sent gzip-encoded to clients whose
+    /// `Accept-Encoding` allows it (with `Vary: Accept-Encoding`).
+    fn compresses(&self, _req: &Request) -> bool {
+        false
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     flights::{self, Flights, Role},
+    gzip,
     limits::{Limits, PeerKey},
     Handler, Request, Response, ServerConfig,
 };
@@ -57,7 +58,14 @@ pub fn service(
         // is refused. hyper closes the connection instead of reading it.
         let (parts, _body) = req.into_parts();
         let request = Request::from_parts(&parts.method, &parts.uri, &parts.headers);
+        // Decided per request, after the shared render: scrapers that
+        // share one render may differ in what they accept.
+        let gzip = conn.shared.handler.compresses(&request).then(|| gzip::accepts_gzip(request.header("accept-encoding")));
         let resp = answer(request, &conn).await;
+        let resp = match gzip {
+            Some(accepted) => gzip::negotiate(resp, accepted),
+            None => resp,
+        };
         Ok(to_hyper(resp, conn.security.as_deref()))
     })
 }

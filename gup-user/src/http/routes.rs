@@ -58,6 +58,11 @@ impl Handler for App {
         (req.path == "/metrics").then(|| format!("/metrics {}", Format::negotiate(req.header("Accept")).content_type()))
     }
 
+    /// Scrapes: large, repetitive text, and every scraper offers gzip.
+    fn compresses(&self, req: &Request) -> bool {
+        req.path == "/metrics"
+    }
+
     fn handle(&self, req: &Request) -> Response {
         match req.path.as_str() {
             "/metrics" => {

@@ -59,12 +59,18 @@ fn echo() -> Arc<dyn Handler> {
 /// Reads one response (head, then `Content-Length` bytes of body unless
 /// `head_only`); "" when the server closed first.
 fn read_response(s: &mut TcpStream, head_only: bool) -> String {
+    let (head, body) = read_response_bytes(s, head_only);
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// [`read_response`] with the body as bytes (gzip is not text).
+fn read_response_bytes(s: &mut TcpStream, head_only: bool) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         match s.read(&mut byte) {
             Ok(1) => buf.push(byte[0]),
-            _ => return String::from_utf8_lossy(&buf).into_owned(),
+            _ => return (String::from_utf8_lossy(&buf).into_owned(), vec![]),
         }
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
@@ -75,7 +81,7 @@ fn read_response(s: &mut TcpStream, head_only: bool) -> String {
     assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "{head}");
     let mut body = vec![0u8; if head_only { 0 } else { len }];
     s.read_exact(&mut body).unwrap();
-    head + &String::from_utf8_lossy(&body)
+    (head, body)
 }
 
 /// Sends raw bytes on a new connection, returns (status, head+body).
@@ -450,6 +456,7 @@ fn app_routes() {
     assert_eq!(st, 200);
     assert!(body.contains("Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"));
     assert!(body.ends_with("# EOF\n"));
+    metrics_gzip(srv.addr);
     let (st, body) = get(srv.addr, "/api/snapshot");
     assert_eq!(st, 200);
     assert!(body.contains("Content-Type: application/json\r\n"));
@@ -476,6 +483,33 @@ fn app_routes() {
     let (_, body) = get(srv.addr, "/healthz");
     let head = body.split("\r\n\r\n").next().unwrap();
     assert!(io::BufReader::new(head.as_bytes()).lines().all(|l| !l.unwrap().contains('\r')));
+}
+
+/// `/metrics` gzip-encoded when the client accepts gzip, plain when not,
+/// `Vary: Accept-Encoding` on both; the decoded body is the plain one.
+fn metrics_gzip(addr: SocketAddr) {
+    let fetch = |accept_encoding: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept_encoding}\r\n").as_bytes()).unwrap();
+        read_response_bytes(&mut s, false)
+    };
+    let (plain_head, plain) = fetch("");
+    let (zhead, zbody) = fetch("Accept-Encoding: gzip\r\n");
+    let (refused_head, _) = fetch("Accept-Encoding: gzip;q=0, identity\r\n");
+    let [plain_head, zhead, refused_head] = [plain_head, zhead, refused_head].map(|h| h.to_ascii_lowercase());
+    for h in [&plain_head, &zhead, &refused_head] {
+        assert!(status(h) == 200 && h.contains("\r\nvary: accept-encoding\r\n"), "{h}");
+    }
+    assert!(zhead.contains("\r\ncontent-encoding: gzip\r\n"), "{zhead}");
+    assert!(!plain_head.contains("content-encoding") && !refused_head.contains("content-encoding"), "{plain_head}");
+    let mut decoded = String::new();
+    flate2::read::GzDecoder::new(&zbody[..]).read_to_string(&mut decoded).unwrap();
+    assert!(zbody.len() < plain.len() && decoded.contains("gupwatch_probe_attached{"), "{} vs {}", zbody.len(), plain.len());
+    // Two renders a moment apart differ only in values that change on
+    // their own (scrape duration, vmstat): the families are the same.
+    let names = |t: &str| t.lines().filter(|l| l.starts_with("# TYPE")).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(names(&decoded), names(&String::from_utf8(plain).unwrap()));
 }
 
 /// What every connection's task costs from the accept on, before its

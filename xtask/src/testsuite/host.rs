@@ -44,7 +44,7 @@ pub(super) fn steps() -> Vec<Step<'static>> {
 }
 
 fn k8s_step(s: &mut Suite) -> Result<StepOutcome> {
-    match crate::k8s::run(false) {
+    match crate::k8s::run(false, crate::k8s::DEFAULT_JOB_SELECTOR) {
         Ok(o) => s.t.add(o.passed, o.failures),
         Err(e) => s.t.step_error("k8s", e)?,
     }

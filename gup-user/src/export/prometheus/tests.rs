@@ -73,12 +73,19 @@ fn families_have_help_type_and_prefix() {
         ("gupwatch_read_errors_total", "counter"),
         ("gupwatch_scrape_duration_seconds", "gauge"),
         ("gupwatch_build_info", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
     ] {
         assert!(text.contains(&format!("\n# TYPE {name} {ty}\n")), "{name} {ty} missing:\n{text}");
         assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
     }
     for l in text.lines().filter(|l| !l.starts_with('#')) {
-        assert!(l.starts_with("gupwatch_"), "unprefixed: {l}");
+        // process_*: the client libraries' standard self-metrics.
+        assert!(l.starts_with("gupwatch_") || l.starts_with("process_"), "unprefixed: {l}");
     }
 }
 
