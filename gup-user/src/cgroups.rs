@@ -185,8 +185,9 @@ pub const OTHER_CGROUP: &str = "other";
 pub const UNKNOWN_CGROUP: &str = "unknown";
 
 /// How many cgroups get their own series and line by default: with
-/// [`OTHER_CGROUP`] and [`UNKNOWN_CGROUP`], at most 12 series.
-pub const DEFAULT_TOP_CGROUPS: usize = 10;
+/// [`OTHER_CGROUP`] and [`UNKNOWN_CGROUP`], at most 7 series, which the
+/// node's series budget leaves room for (docs/fleet.md).
+pub const DEFAULT_TOP_CGROUPS: usize = 5;
 
 /// The pins per cgroup as a table for `gupwatch leaks`.
 pub fn cgroup_table(cs: &[CgroupPins]) -> String {

@@ -415,6 +415,26 @@ fn one_node_stays_within_the_series_budget() {
             l.by_kind.insert(k, (1, 256));
         }
     }
+    // Every subsystem released short and LONGTERM pins in every bucket; the
+    // collector hands over its top cgroups plus other and unknown.
+    d.hold_times = subsystems
+        .iter()
+        .flat_map(|s| [false, true].map(|longterm| crate::report::HoldHistogram {
+            subsystem: s.as_str().to_string(),
+            longterm,
+            count: 1,
+            sum_seconds: 1.0,
+            buckets: vec![1; gup_common::hold::HOLD_BUCKETS],
+        }))
+        .collect();
+    d.cgroups = (0..crate::cgroups::DEFAULT_TOP_CGROUPS)
+        .map(|i| format!("/kubepods.slice/pod{i}"))
+        .chain([crate::cgroups::OTHER_CGROUP.into(), crate::cgroups::UNKNOWN_CGROUP.into()])
+        .map(|path| crate::cgroups::CgroupPins {
+            cgroup: crate::cgroups::CgroupInfo { path, unit: Some("u".into()), pod_uid: Some("p".into()), container_id: Some("c".into()) },
+            pages: 1,
+        })
+        .collect();
     d.probe_misses = Api::ALL.iter().map(|a| (a.symbol(), 1)).collect();
     d.probe_detached = Api::ALL
         .iter()
@@ -429,6 +449,8 @@ fn one_node_stays_within_the_series_budget() {
     assert_eq!(failed.len(), ERRNO_SERIES + 1, "{failed:?}");
     assert!(failed.iter().any(|l| l.contains(&format!(r#"api="{OTHER_COMM}",errno="{OTHER_COMM}""#))), "{failed:?}");
     assert_eq!(samples(&text, "gupwatch_process_pages_total").len(), 3 * (Settings::default().top_processes + 1));
+    assert_eq!(samples(&text, "gupwatch_pin_hold_seconds_count").len(), 2, "one series per LONGTERM and short");
+    assert_eq!(samples(&text, "gupwatch_cgroup_pinned_pages").len(), crate::cgroups::DEFAULT_TOP_CGROUPS + 2);
     promtool_check(&text);
 }
 
