@@ -3,8 +3,8 @@
 //! Three guests boot at once, one per kernel of the matrix (6.1, 6.12,
 //! 7.2), one vCPU each, every one running `gupwatch run` and a different
 //! workload ([`NODES`]): the mixed pinning loop; a held io_uring buffer
-//! with failing GUP calls; and an orphaned pin (a child registered the
-//! buffer and exited, the parent keeps the ring) beside the loop. On the
+//! with failing GUP calls; and a buffer that outlived its creator (a child
+//! registered it and exited, the parent keeps the ring) beside the loop. On the
 //! host, the end-to-end test's pieces: Debian's Prometheus 2.42 pulls
 //! every node (job `gupwatch`, the node's name as label `node`, the rule
 //! files loaded, remote-write receiver on), and a second Prometheus in
@@ -78,9 +78,10 @@ pub enum Workload {
     /// One registered io_uring buffer held (`workload --hold`), and a GUP
     /// call that fails with EFAULT every few seconds.
     HeldAndFailing,
-    /// An orphaned io_uring buffer (`workload --hold --orphan`) beside the
-    /// mixed loop.
-    OrphanAndMix,
+    /// An io_uring buffer whose creator exited while this process keeps the
+    /// ring (`workload --hold --orphan`), beside the mixed loop: held, not
+    /// orphaned.
+    HandoffAndMix,
 }
 
 /// One node of the fleet.
@@ -98,7 +99,7 @@ pub struct NodeSpec {
 pub const NODES: [NodeSpec; 3] = [
     NodeSpec { kernel: "6.1", name: "node-6-1", workload: Workload::Mix },
     NodeSpec { kernel: "6.12", name: "node-6-12", workload: Workload::HeldAndFailing },
-    NodeSpec { kernel: "7.2", name: "node-7-2", workload: Workload::OrphanAndMix },
+    NodeSpec { kernel: "7.2", name: "node-7-2", workload: Workload::HandoffAndMix },
 ];
 
 /// Options of `cargo xtask fleet`.
@@ -138,7 +139,7 @@ fn workload_sh(w: Workload, secs: u64) -> String {
     };
     match w {
         Workload::Mix => mix,
-        Workload::OrphanAndMix => format!("{}{mix}", hold(" --orphan")),
+        Workload::HandoffAndMix => format!("{}{mix}", hold(" --orphan")),
         // Reading this shell's [vvar] mapping (VM_IO | VM_PFNMAP) through
         // /proc/PID/mem makes get_user_pages_remote() fail with EFAULT.
         Workload::HeldAndFailing => format!(
@@ -234,7 +235,7 @@ pub(crate) struct Servers {
 
 fn start_servers(dir: &std::path::Path, nodes: &[Node]) -> Result<Servers> {
     let root = util::workspace_root().join("dashboards/prometheus");
-    // Expressions as shipped, `for:` shortened so the orphan alert fires.
+    // Expressions as shipped, `for:` shortened so a false orphan alert fires.
     let rules = [root.join("recording.yml"), rules::write_fast_alerts(&root.join("alerts.yml"), dir)?];
     let targets: Vec<(String, String)> = nodes.iter().map(|n| (n.instance(), n.spec.name.to_string())).collect();
     let (main_port, agent_port) = (free_port()?, free_port()?);
@@ -381,7 +382,7 @@ mod tests {
         let kernels: Vec<&str> = NODES.iter().map(|n| n.kernel).collect();
         assert_eq!(kernels, ["6.1", "6.12", "7.2"]);
         let orphans = NODES.iter().filter(|n| guest_command(n.workload, 60).contains("--orphan")).count();
-        assert_eq!(orphans, 1, "exactly one node holds an orphaned pin");
+        assert_eq!(orphans, 1, "exactly one node holds an exited creator's buffer");
         let c = guest_command(Workload::HeldAndFailing, 60);
         assert!(c.contains("--long-held 20") && c.contains("nc -l -p 10484") && c.contains("stat_refresh"), "{c}");
         assert!(c.contains("--hold 3600 --scratch") && c.contains("vvar"), "{c}");
