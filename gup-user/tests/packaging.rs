@@ -35,7 +35,7 @@ fn the_unit_grants_attach_and_drop_capabilities() {
         .expect("the unit sets a bounding set")
         .split_whitespace()
         .collect();
-    for need in ["CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SETPCAP"] {
+    for need in ["CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SETPCAP", "CAP_SYS_PTRACE"] {
         assert!(caps.contains(&need), "{need} missing from {caps:?}");
     }
     assert!(unit.contains("\nNoNewPrivileges=yes"), "no_new_privs");
