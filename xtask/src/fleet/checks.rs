@@ -17,6 +17,8 @@ use crate::util;
 const PINNED: &str = "sum by (node) (gupwatch_pages_total{kind=\"pin\",SEL}) + sum by (node) (gupwatch_undone_pin_pages_total{SEL})";
 /// gupwatch's unpinned pages as `nr_foll_pin_released` counts them.
 const UNPINNED: &str = "sum by (node) (gupwatch_pages_total{kind=\"unpin\",SEL})";
+/// Runs of gupwatch's programs the kernel skipped, per node.
+const MISSES: &str = "sum by (node) (gupwatch_probe_misses_total{SEL})";
 /// The alert that must not fire where a live process holds the pins.
 const ORPHAN_ALERT: &str = "GupwatchOrphanedPins";
 /// Pins whose creator exited, held by a live process.
@@ -152,23 +154,55 @@ fn per_node(s: &mut Servers, expr: &str) -> Result<BTreeMap<String, f64>> {
 fn totals_checks(s: &mut Servers, nodes: &[Node], job: &str, sel: &str) -> Result<Vec<Check>> {
     let pinned_q = PINNED.replace("SEL", sel);
     let unpinned_q = UNPINNED.replace("SEL", sel);
+    let misses_q = MISSES.replace("SEL", sel);
     let pinned = per_node(s, &pinned_q)?;
     let unpinned = per_node(s, &unpinned_q)?;
+    let misses = per_node(s, &misses_q)?;
     let mut out = Vec::new();
     for n in nodes {
         let (a, r) = n.vmstat.unwrap_or((0, 0));
         let p = pinned.get(n.spec.name).copied();
         let u = unpinned.get(n.spec.name).copied();
-        let ok = n.vmstat.is_some() && p == Some(a as f64) && u == Some(r as f64);
+        let missed = misses.get(n.spec.name).copied().unwrap_or(0.0);
+        let verdict = n.vmstat.map(|_| totals_verdict((p, u), (a as f64, r as f64), missed));
         let show = |v: Option<f64>| v.map_or("none".to_string(), |v| format!("{v:.0}"));
+        let mut detail = format!("pinned {} vs acquired {a}, unpinned {} vs released {r}", show(p), show(u));
+        if verdict == Some(Totals::ShortByReportedMisses) {
+            detail += &format!("; short, and gupwatch reported {missed:.0} program runs the kernel skipped (gupwatch_probe_misses_total)");
+        }
         out.push(Check::new(
-            format!("{} ({}): {job} totals = vmstat deltas", n.spec.name, n.spec.kernel),
-            Some(format!("{pinned_q}\n        query: {unpinned_q}")),
-            ok,
-            format!("pinned {} vs acquired {a}, unpinned {} vs released {r}", show(p), show(u)),
+            format!("{} ({}): {job} totals = vmstat deltas, or short by reported probe misses", n.spec.name, n.spec.kernel),
+            Some(format!("{pinned_q}\n        query: {unpinned_q}\n        query: {misses_q}")),
+            verdict.is_some_and(|v| v != Totals::Wrong),
+            detail,
         ));
     }
     Ok(out)
+}
+
+/// How a node's totals compare with its vmstat deltas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Totals {
+    /// Both equal.
+    Exact,
+    /// gupwatch counted less, and said so: the kernel skipped some of its
+    /// program runs and `gupwatch_probe_misses_total` counts them
+    /// (docs/exactness.md, "Skipped on a busy one-CPU preemptible
+    /// guest"). Never more than vmstat.
+    ShortByReportedMisses,
+    /// Anything else: more than the kernel, or less with no miss reported.
+    Wrong,
+}
+
+fn totals_verdict(got: (Option<f64>, Option<f64>), kernel: (f64, f64), misses: f64) -> Totals {
+    let (Some(p), Some(u)) = got else { return Totals::Wrong };
+    if (p, u) == kernel {
+        Totals::Exact
+    } else if p <= kernel.0 && u <= kernel.1 && misses > 0.0 {
+        Totals::ShortByReportedMisses
+    } else {
+        Totals::Wrong
+    }
 }
 
 /// No node exported more than the budget in any scrape.
@@ -423,6 +457,17 @@ pub fn alert_expr(yaml: &str, alert: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_are_exact_or_short_by_misses_gupwatch_reported() {
+        let k = (512.0, 256.0);
+        assert_eq!(totals_verdict((Some(512.0), Some(256.0)), k, 0.0), Totals::Exact);
+        assert_eq!(totals_verdict((Some(256.0), Some(256.0)), k, 2.0), Totals::ShortByReportedMisses);
+        // Short with no miss reported, more than the kernel, or no series.
+        assert_eq!(totals_verdict((Some(256.0), Some(256.0)), k, 0.0), Totals::Wrong);
+        assert_eq!(totals_verdict((Some(768.0), Some(256.0)), k, 2.0), Totals::Wrong);
+        assert_eq!(totals_verdict((None, Some(256.0)), k, 0.0), Totals::Wrong);
+    }
 
     #[test]
     fn finds_the_orphan_alert_expression() {
