@@ -41,7 +41,7 @@ pub const DEFAULT_TOP_PROCESSES: usize = 10;
 /// Collector settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Process names with their own `gupwatch_process_pages_total` series.
+    /// Process names with their own `gupwatch_process_*_pages_total` series.
     pub top_processes: usize,
     /// Write `/proc/sys/vm/stat_refresh` before reading `/proc/vmstat`, at
     /// most once per this interval (`ZERO`: every reading), so the

@@ -292,7 +292,7 @@ struct RunArgs {
     /// exporters (also --web.listen-address) [default: 127.0.0.1:10483].
     #[arg(long, value_name = "ADDR", alias = "web.listen-address")]
     listen: Option<String>,
-    /// Process names with their own gupwatch_process_pages_total series
+    /// Process names with their own gupwatch_process_*_pages_total series
     /// (the rest are summed into comm="other") [default: 10].
     #[arg(long, value_name = "N")]
     top_processes: Option<usize>,

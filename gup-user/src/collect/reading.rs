@@ -97,7 +97,7 @@ impl PlanSummary {
     }
 }
 
-/// One `gupwatch_process_pages_total` series.
+/// One series of the `gupwatch_process_*_pages_total` family of its kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProcessSeries {
     /// Process name, or [`OTHER_COMM`].
@@ -135,7 +135,7 @@ pub(crate) fn row_kind(row: &Row) -> Option<usize> {
 
 /// The top-N selections of the exposition, kept across scrapes so that
 /// each `other` series stays a true counter: the process names of
-/// `gupwatch_process_pages_total` and the (API, errno) pairs of
+/// `gupwatch_process_*_pages_total` and the (API, errno) pairs of
 /// `gupwatch_failed_calls_total` (the part of the metrics budget a
 /// workload can grow; docs/fleet.md).
 ///
