@@ -313,6 +313,8 @@ impl Collector {
             .map(|p| p.probe_misses().into_iter().map(|(a, n)| (a.symbol(), n)).collect())
             .unwrap_or_default();
         data.probe_detached = self.probes.as_ref().map(Probes::probe_detached).unwrap_or_default();
+        data.bpf_stats_enabled = crate::bpfstats::enabled();
+        data.bpf_programs = self.probes.as_ref().map(Probes::program_runs).unwrap_or_default();
         data.hold_times = self.hold_times();
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
         // analysis would feed the growth tracker the same reading twice.

@@ -305,6 +305,11 @@ pub struct Reading {
     /// Pins held now per cgroup: the top ones, then `other` and
     /// `unknown` (empty without pin tracking).
     pub cgroups: Vec<crate::cgroups::CgroupPins>,
+    /// Whether the kernel counts BPF program runs ([`crate::bpfstats`]).
+    pub bpf_stats_enabled: bool,
+    /// Run statistics of gupwatch's attached programs (empty without
+    /// probes).
+    pub bpf_programs: Vec<crate::loader::ProgramRuns>,
 }
 
 impl Reading {
@@ -337,6 +342,8 @@ impl Reading {
             probe_detached: Vec::new(),
             hold_times: Vec::new(),
             cgroups: Vec::new(),
+            bpf_stats_enabled: false,
+            bpf_programs: Vec::new(),
         }
     }
 

@@ -41,6 +41,7 @@ use crate::{
     model::{Snapshot, Totals},
 };
 
+mod bpfprog;
 mod cgroups;
 mod hold;
 #[cfg(test)]
@@ -475,7 +476,8 @@ impl PromCollector for Exposition {
         hold::hold_family(&mut enc, d)?;
         cgroups::cgroup_family(&mut enc, d)?;
         accounted_families(&mut enc, d)?;
-        own_health(&mut enc, d)
+        own_health(&mut enc, d)?;
+        bpfprog::program_families(&mut enc, d)
     }
 }
 
@@ -627,6 +629,13 @@ fn outstanding(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
         "Pins held right now according to the kernel (nr_foll_pin_acquired - nr_foll_pin_released).",
         None,
         d.vmstat.map(|v| v.outstanding()),
+    )?;
+    gauge(
+        enc,
+        "gupwatch_kernel_counters_age",
+        "How long before this reading /proc/sys/vm/stat_refresh folded every CPU's pending counts into the nr_foll_pin_* counters read (gupwatch run --vmstat-refresh); no sample when it was never written, and then the counters lag by up to vm.stat_interval (1 s by default).",
+        Some(&Unit::Seconds),
+        d.vmstat.and(d.vmstat_refreshed_ago).map(|a| a.as_secs_f64()),
     )
 }
 

@@ -387,6 +387,20 @@ pub(crate) fn promtool_check(text: &str) {
     );
 }
 
+/// The age of the vmstat figures: from the last stat_refresh write, and
+/// no sample when it was never written (their lag is then unknown).
+#[test]
+fn kernel_counters_age_is_the_last_refresh() {
+    let text = render(&sample(), Format::Prometheus);
+    assert!(text.contains("# TYPE gupwatch_kernel_counters_age_seconds gauge"), "{text}");
+    assert_eq!(value(&text, "gupwatch_kernel_counters_age_seconds"), 0.25);
+    let mut d = (*sample()).clone();
+    d.vmstat_refreshed_ago = None;
+    let text = render(&Arc::new(d), Format::Prometheus);
+    assert!(samples(&text, "gupwatch_kernel_counters_age_seconds").is_empty(), "{text}");
+    assert!(text.contains("# TYPE gupwatch_kernel_counters_age_seconds gauge"), "listed even without a sample");
+}
+
 #[test]
 fn promtool_accepts_the_exposition() {
     promtool_check(&render(&sample(), Format::Prometheus));
@@ -432,6 +446,13 @@ fn one_node_stays_within_the_series_budget() {
     }
     let mut top = TopProcesses::default();
     let mut d = Reading::new(p, Some(snap), Some(FollPinCounters { acquired: 9, released: 1 }), rows, &mut top, Settings::default());
+    d.vmstat_refreshed_ago = Some(std::time::Duration::from_millis(3));
+    // BPF run statistics are off by default (opt-in, --bpf-stats): the
+    // per-program families have no samples then, whatever is attached.
+    d.bpf_programs = Api::ALL
+        .iter()
+        .flat_map(|a| ["fe", "fx", "kp"].map(|p| crate::loader::ProgramRuns { program: format!("{p}_{}", *a as u32), runs: 1, run_time_ns: 1 }))
+        .collect();
     d.leaks = Some(crate::collect::LeakMetrics::default());
     if let Some(l) = d.leaks.as_mut() {
         for k in ["long_held", "orphaned", "unbalanced", "growth"] {
@@ -476,6 +497,8 @@ fn one_node_stays_within_the_series_budget() {
         assert_eq!(n, Settings::default().top_processes + 1, "{kind}");
     }
     assert_eq!(samples(&text, "gupwatch_pin_hold_seconds_count").len(), 2, "one series per LONGTERM and short");
+    assert_eq!(samples(&text, "gupwatch_kernel_counters_age_seconds").len(), 1);
+    assert!(samples(&text, "gupwatch_bpf_program_runs_total").is_empty());
     assert_eq!(samples(&text, "gupwatch_cgroup_pinned_pages").len(), crate::cgroups::DEFAULT_TOP_CGROUPS + 2);
     promtool_check(&text);
 }
