@@ -20,6 +20,8 @@
 //! * every alerting rule must be healthy, and the probe alerts
 //!   (`GupwatchNoProbesAttached`, `GupwatchProbesDetached`) inactive while the
 //!   probes are attached;
+//! * gupwatch runs with `--bpf-stats`: `gupwatch_bpf_stats_enabled` must be
+//!   1, and the pin programs' run count and run time above 0;
 //! * `/metrics`, fetched once through the forward, must pass
 //!   `promtool check metrics`.
 //!
