@@ -490,9 +490,10 @@ pub fn metrics_exposition(data: &[u8]) {
             Ok(e) => e,
             Err(e) => panic!("{flavor:?} exposition does not parse: {e}\n--- text ---\n{text}"),
         };
-        let name = "gupwatch_process_pages_total";
+        // Every kind's family keeps the same top process names.
         let mut seen_other = false;
-        for s in exp.named(name) {
+        let families = ["gupwatch_process_pinned_pages_total", "gupwatch_process_referenced_pages_total", "gupwatch_process_unpinned_pages_total"];
+        for s in families.iter().flat_map(|name| exp.named(name)) {
             let comm = &s.labels.iter().find(|(n, _)| n == "comm").expect("comm label").1;
             if comm == collect::OTHER_COMM {
                 seen_other = true;

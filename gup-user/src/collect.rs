@@ -41,7 +41,7 @@ pub const DEFAULT_TOP_PROCESSES: usize = 10;
 /// Collector settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Process names with their own `gupwatch_process_pages_total` series.
+    /// Process names with their own `gupwatch_process_*_pages_total` series.
     pub top_processes: usize,
     /// Write `/proc/sys/vm/stat_refresh` before reading `/proc/vmstat`, at
     /// most once per this interval (`ZERO`: every reading), so the
@@ -313,6 +313,8 @@ impl Collector {
             .map(|p| p.probe_misses().into_iter().map(|(a, n)| (a.symbol(), n)).collect())
             .unwrap_or_default();
         data.probe_detached = self.probes.as_ref().map(Probes::probe_detached).unwrap_or_default();
+        data.bpf_stats_enabled = crate::bpfstats::enabled();
+        data.bpf_programs = self.probes.as_ref().map(Probes::program_runs).unwrap_or_default();
         data.hold_times = self.hold_times();
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
         // analysis would feed the growth tracker the same reading twice.

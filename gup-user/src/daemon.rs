@@ -55,6 +55,8 @@ pub struct RunRequest<'a> {
     pub flags: RunOptions,
     pub config: Option<&'a Path>,
     pub reduced: bool,
+    /// Keep BPF run statistics on while the daemon runs ([`crate::bpfstats`]).
+    pub bpf_stats: bool,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -104,6 +106,10 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     // be unloaded and loaded again at any time, and each load needs fresh
     // kprobes.
     let late_attach = collector.follows_modules();
+    // Before the capabilities go: BPF_ENABLE_STATS needs CAP_SYS_ADMIN.
+    // Kept until run returns; a refusal leaves the daemon running with
+    // gupwatch_bpf_stats_enabled at 0, which says so.
+    let _bpf_stats = req.bpf_stats.then(enable_bpf_stats).flatten();
     let app = Arc::new(http::App::new(collector));
     // Loaded, attached, kallsyms read: shed every capability before any
     // thread starts (capabilities are per thread, and threads inherit
@@ -327,5 +333,20 @@ impl Reloader {
             tracing::warn!(target: LOG_TARGET, keys = ?plan.needs_restart, "changed in the configuration, but only a restart applies them");
         }
         next
+    }
+}
+
+/// `--bpf-stats`: statistics on, or a warning saying why not.
+fn enable_bpf_stats() -> Option<crate::bpfstats::StatsGuard> {
+    match crate::bpfstats::enable() {
+        Ok(g) => {
+            tracing::info!(target: LOG_TARGET, "BPF run statistics on (--bpf-stats) until gupwatch exits");
+            Some(g)
+        }
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(target: LOG_TARGET, error = %e, cause, "--bpf-stats: run statistics stay off");
+            None
+        }
     }
 }

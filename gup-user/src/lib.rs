@@ -22,6 +22,7 @@ pub mod args;
 pub mod attribution;
 pub mod bench;
 pub mod beforestart;
+pub mod bpfstats;
 pub mod btf;
 pub mod cgroups;
 pub mod check;

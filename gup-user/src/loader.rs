@@ -145,6 +145,17 @@ pub struct Probes {
     detached: Vec<(&'static str, &'static str, u64)>,
 }
 
+/// One attached program's run statistics ([`Probes::program_runs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramRuns {
+    /// The program's name in the eBPF object (`fe_3`, `sched_process_exit`).
+    pub program: String,
+    /// Runs counted while statistics were on.
+    pub runs: u64,
+    /// Time spent in it while statistics were on, in nanoseconds.
+    pub run_time_ns: u64,
+}
+
 /// The kernel links of one attached hook.
 enum Links {
     /// Entry, exit, and the kprobe that counts the entries of task-context
@@ -436,6 +447,46 @@ impl Probes {
             }
         }
         out
+    }
+
+    /// Run statistics of each of gupwatch's attached programs, from its
+    /// fdinfo (`run_cnt`, `run_time_ns`: what `BPF_OBJ_GET_INFO_BY_FD`
+    /// returns, readable without capabilities, so after the daemon shed
+    /// them). The kernel moves them only while statistics are on
+    /// ([`crate::bpfstats`]). The names are the eBPF object's, so the set
+    /// is bounded by it: entry and exit programs of every attached hook,
+    /// the task kprobe beside an fentry hook, and the exit tracepoint.
+    pub fn program_runs(&self) -> Vec<ProgramRuns> {
+        let mut names: Vec<String> = Vec::new();
+        for h in &self.links {
+            match &h.links {
+                Some(Links::Fentry(_, fx, kp)) => {
+                    names.push(prog_name("fe", h.idx));
+                    names.extend(fx.as_ref().map(|_| prog_name("fx", h.idx)));
+                    names.extend(kp.as_ref().map(|_| prog_name("kp", h.idx)));
+                }
+                Some(Links::Kprobe(_, kr)) => {
+                    names.push(prog_name("kp", h.idx));
+                    names.extend(kr.as_ref().map(|_| prog_name("kr", h.idx)));
+                }
+                None => {}
+            }
+        }
+        if self.plan.exit_hook == HookStatus::Attached {
+            names.push("sched_process_exit".into());
+        }
+        names
+            .into_iter()
+            .filter_map(|program| {
+                let fd = self._ebpf.program(&program)?.fd().ok()?.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                Some(ProgramRuns {
+                    runs: fdinfo_field(&info, "run_cnt:")?,
+                    run_time_ns: fdinfo_field(&info, "run_time_ns:")?,
+                    program,
+                })
+            })
+            .collect()
     }
 
     /// Empties the maps that hold one record per call in progress

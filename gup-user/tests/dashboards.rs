@@ -146,7 +146,7 @@ fn names_in(text: &str) -> BTreeSet<String> {
 fn every_referenced_metric_is_emitted() {
     let emitted = emitted();
     // Sanity: the families the dashboard is built on are there.
-    for n in ["gupwatch_calls_total", "gupwatch_call_duration_seconds_bucket", "gupwatch_process_pages_total"] {
+    for n in ["gupwatch_calls_total", "gupwatch_call_duration_seconds_bucket", "gupwatch_process_pinned_pages_total"] {
         assert!(emitted.contains(n), "{n} not in {emitted:?}");
     }
     for file in [
@@ -212,7 +212,7 @@ fn panels_have_units_descriptions_and_the_templated_datasource() {
         assert!(titles.contains(&want), "no panel {want}: {titles:?}");
     }
     let all = exprs(&d).join("\n");
-    for family in ["fast_path_fallback_calls_total", "kernel_outstanding_pins", "outstanding_pages", "failed_calls_total", "subsystem_pages_total", "process_pages_total", "probe_attached", "call_duration_seconds_bucket"] {
+    for family in ["fast_path_fallback_calls_total", "kernel_outstanding_pins", "outstanding_pages", "failed_calls_total", "subsystem_pinned_pages_total", "subsystem_referenced_pages_total", "subsystem_unpinned_pages_total", "process_pinned_pages_total", "pinned_pages_total", "referenced_pages_total", "unpinned_pages_total", "probe_attached", "call_duration_seconds_bucket"] {
         assert!(all.contains(family), "the dashboard never shows {family}");
     }
 }
@@ -273,13 +273,19 @@ fn sample_scrape_target_is_the_default_listen_address() {
 }
 
 #[test]
-fn kind_labels_cover_every_counted_api() {
-    // The dashboard filters on kind="pin"/"unpin"/"get"; every GUP API must
-    // map to one of them (the slow-path marker and the i915 lifecycle hooks
-    // are not GUP calls).
+fn every_counted_api_has_its_pages_in_exactly_one_family() {
+    // The dashboard shows pinned, referenced and unpinned pages from three
+    // families; every GUP API must be in exactly one of them (the slow-path
+    // marker and the i915 lifecycle hooks are not GUP calls), or its pages
+    // would be missing from the panels or counted twice.
     let text = full_sample();
     for a in Api::ALL.iter().filter(|a| !matches!(a.kind(), ApiKind::SlowPath | ApiKind::I915)) {
         assert!(text.contains(&format!("gupwatch_calls_total{{api=\"{}\",kind=", a.symbol())), "{a:?}");
+        let families = ["pinned", "referenced", "unpinned"]
+            .iter()
+            .filter(|f| text.contains(&format!("gupwatch_{f}_pages_total{{api=\"{}\"}}", a.symbol())))
+            .count();
+        assert_eq!(families, 1, "{a:?}");
     }
 }
 

@@ -292,7 +292,7 @@ struct RunArgs {
     /// exporters (also --web.listen-address) [default: 127.0.0.1:10483].
     #[arg(long, value_name = "ADDR", alias = "web.listen-address")]
     listen: Option<String>,
-    /// Process names with their own gupwatch_process_pages_total series
+    /// Process names with their own gupwatch_process_*_pages_total series
     /// (the rest are summed into comm="other") [default: 10].
     #[arg(long, value_name = "N")]
     top_processes: Option<usize>,
@@ -338,6 +338,14 @@ struct RunArgs {
     /// tracing programs.
     #[arg(long)]
     reduced: bool,
+    /// Have the kernel count runs and run time of BPF programs
+    /// (BPF_ENABLE_STATS) for as long as the daemon runs, exported as
+    /// gupwatch_bpf_program_runs_total and
+    /// gupwatch_bpf_program_run_seconds_total per attached program. Off
+    /// by default: while on, every BPF program of the host costs two
+    /// clock reads more per run.
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 
@@ -414,7 +422,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_connections_per_peer: a.max_connections_per_peer.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 vmstat_refresh: a.vmstat_refresh,
             };
-            gupwatch::daemon::run(gupwatch::daemon::RunRequest { flags, config: a.config.as_deref(), reduced: a.reduced })?;
+            gupwatch::daemon::run(gupwatch::daemon::RunRequest {
+                flags,
+                config: a.config.as_deref(),
+                reduced: a.reduced,
+                bpf_stats: a.bpf_stats,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Top { interval, remote, reduced }) => top(interval, remote.remote()?, reduced || cli.reduced),

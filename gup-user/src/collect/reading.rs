@@ -97,7 +97,7 @@ impl PlanSummary {
     }
 }
 
-/// One `gupwatch_process_pages_total` series.
+/// One series of the `gupwatch_process_*_pages_total` family of its kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProcessSeries {
     /// Process name, or [`OTHER_COMM`].
@@ -135,7 +135,7 @@ pub(crate) fn row_kind(row: &Row) -> Option<usize> {
 
 /// The top-N selections of the exposition, kept across scrapes so that
 /// each `other` series stays a true counter: the process names of
-/// `gupwatch_process_pages_total` and the (API, errno) pairs of
+/// `gupwatch_process_*_pages_total` and the (API, errno) pairs of
 /// `gupwatch_failed_calls_total` (the part of the metrics budget a
 /// workload can grow; docs/fleet.md).
 ///
@@ -305,6 +305,11 @@ pub struct Reading {
     /// Pins held now per cgroup: the top ones, then `other` and
     /// `unknown` (empty without pin tracking).
     pub cgroups: Vec<crate::cgroups::CgroupPins>,
+    /// Whether the kernel counts BPF program runs ([`crate::bpfstats`]).
+    pub bpf_stats_enabled: bool,
+    /// Run statistics of gupwatch's attached programs (empty without
+    /// probes).
+    pub bpf_programs: Vec<crate::loader::ProgramRuns>,
 }
 
 impl Reading {
@@ -337,6 +342,8 @@ impl Reading {
             probe_detached: Vec::new(),
             hold_times: Vec::new(),
             cgroups: Vec::new(),
+            bpf_stats_enabled: false,
+            bpf_programs: Vec::new(),
         }
     }
 

@@ -41,6 +41,7 @@ use crate::{
     model::{Snapshot, Totals},
 };
 
+mod bpfprog;
 mod cgroups;
 mod hold;
 #[cfg(test)]
@@ -128,7 +129,6 @@ struct ErrnoLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubsystemLabels {
     subsystem: &'static str,
-    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,13 +141,11 @@ struct HolderLabels {
 struct ModuleLabels {
     module: &'static str,
     subsystem: &'static str,
-    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessLabels {
     comm: String,
-    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -331,8 +329,14 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: Option<u6
 
 /// Which series a family of the GUP-call section has, and their values.
 enum ApiSeries {
-    /// One per counted API, labelled `api` and `kind`.
+    /// One per counted API, labelled `api` and `kind`: only for calls,
+    /// where the sum over every kind (all hooked calls) still means
+    /// something.
     ByKind(fn(&ApiStats) -> u64),
+    /// One per counted API of one kind (a [`KINDS`] value), labelled `api`:
+    /// acquired and released pages are separate families, so that summing
+    /// a family over its labels never adds acquires to releases.
+    OfKind(&'static str, fn(&ApiStats) -> u64),
     /// One per counted API the predicate admits, labelled `api`.
     PerApi(fn(Api) -> bool, fn(&ApiStats) -> u64),
     /// One per (API, errno) of the top [`ERRNO_SERIES`](crate::collect::ERRNO_SERIES), then the rest summed.
@@ -358,16 +362,26 @@ fn is_pin_or_get(a: Api) -> bool {
 
 /// What the kernel's GUP functions did, in exposition order (the latency
 /// histogram follows them).
-const API_FAMILIES: [ApiFamily; 10] = [
+const API_FAMILIES: [ApiFamily; 12] = [
     ApiFamily {
         name: "gupwatch_calls",
         help: "Calls to a hooked GUP function since gupwatch started (pin: takes FOLL_PIN pins; get: takes FOLL_GET references; unpin: releases pins, nested unpin calls excluded, gup_put_folio only for releases no hooked unpin covers).",
         series: ApiSeries::ByKind(|s| s.calls),
     },
     ApiFamily {
-        name: "gupwatch_pages",
-        help: "Pages the calls returned (pin/get; folio pins for memfd_pin_folios) or released (unpin), since gupwatch started.",
-        series: ApiSeries::ByKind(|s| s.pages),
+        name: "gupwatch_pinned_pages",
+        help: "FOLL_PIN pins the pin calls took and kept (pages; folio pins for memfd_pin_folios), since gupwatch started; pins undone inside the call are in gupwatch_undone_pin_pages_total.",
+        series: ApiSeries::OfKind("pin", |s| s.pages),
+    },
+    ApiFamily {
+        name: "gupwatch_referenced_pages",
+        help: "FOLL_GET page references the get calls took, since gupwatch started.",
+        series: ApiSeries::OfKind("get", |s| s.pages),
+    },
+    ApiFamily {
+        name: "gupwatch_unpinned_pages",
+        help: "FOLL_PIN pins released, by the hooked release function that counted them (nested unpin calls excluded, gup_put_folio only for releases no hooked unpin covers), since gupwatch started.",
+        series: ApiSeries::OfKind("unpin", |s| s.pages),
     },
     ApiFamily {
         name: "gupwatch_undone_pin_pages",
@@ -462,7 +476,8 @@ impl PromCollector for Exposition {
         hold::hold_family(&mut enc, d)?;
         cgroups::cgroup_family(&mut enc, d)?;
         accounted_families(&mut enc, d)?;
-        own_health(&mut enc, d)
+        own_health(&mut enc, d)?;
+        bpfprog::program_families(&mut enc, d)
     }
 }
 
@@ -483,6 +498,12 @@ fn gup_calls(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
                 f.name,
                 f.help,
                 apis.iter().map(|(a, k)| (ApiKindLabels { api: a.symbol(), kind: k }, value(s.api(*a)))),
+            )?,
+            ApiSeries::OfKind(kind, value) => counters(
+                enc,
+                f.name,
+                f.help,
+                apis.iter().filter(|(_, k)| *k == kind).map(|(a, _)| (ApiLabels { api: a.symbol() }, value(s.api(*a)))),
             )?,
             ApiSeries::PerApi(admits, value) => counters(
                 enc,
@@ -523,44 +544,59 @@ fn gup_calls(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     Ok(())
 }
 
-/// Who pinned: by subsystem, by known driver module, by process name.
+/// What the per-kind families of a [`KINDS`] index count: the word in
+/// their names (`gupwatch_subsystem_pinned_pages_total`, ...) and in their
+/// HELP text.
+const KIND_FAMILIES: [(&str, &str); 3] = [
+    ("pinned", "FOLL_PIN pins taken (pages)"),
+    ("referenced", "FOLL_GET page references taken"),
+    ("unpinned", "FOLL_PIN pins released (pages)"),
+];
+
+/// Who pinned: by subsystem, by known driver module, by process name; one
+/// family per kind each ([`KIND_FAMILIES`]), listed even when empty.
 fn who_pinned(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
-    let mut subsystems: BTreeMap<(&'static str, usize), u64> = BTreeMap::new();
-    for r in &d.rows {
-        if let Some(k) = row_kind(r) {
-            let e = subsystems.entry((r.caller.subsystem.as_str(), k)).or_default();
-            *e = e.wrapping_add(r.pages);
-        }
-    }
-    counters(
-        enc,
-        "gupwatch_subsystem_pages",
-        "Pages pinned, referenced or released, by the kernel subsystem found in the call stack.",
-        subsystems.into_iter().map(|((subsystem, k), v)| (SubsystemLabels { subsystem, kind: KINDS[k] }, v)),
-    )?;
+    let mut subsystems: BTreeMap<(usize, &'static str), u64> = BTreeMap::new();
     // Only modules of attribution's table get a series: the label's
     // values are that table's strings, so at most one series per row
     // and kind whatever modules a host loads.
-    let mut modules: BTreeMap<(&'static str, &'static str, usize), u64> = BTreeMap::new();
+    let mut modules: BTreeMap<(usize, &'static str, &'static str), u64> = BTreeMap::new();
     for r in &d.rows {
-        let known = r.caller.module.as_deref().and_then(attribution::of_module);
-        if let (Some(k), Some((module, _, _))) = (row_kind(r), known) {
-            let e = modules.entry((module, r.caller.subsystem.as_str(), k)).or_default();
+        let Some(k) = row_kind(r) else { continue };
+        let e = subsystems.entry((k, r.caller.subsystem.as_str())).or_default();
+        *e = e.wrapping_add(r.pages);
+        if let Some((module, _, _)) = r.caller.module.as_deref().and_then(attribution::of_module) {
+            let e = modules.entry((k, module, r.caller.subsystem.as_str())).or_default();
             *e = e.wrapping_add(r.pages);
         }
     }
-    counters(
-        enc,
-        "gupwatch_module_pages",
-        "Pages pinned, referenced or released from call stacks through a known driver module (GPU, RDMA, VFIO; the table in attribution.rs), by module, the subsystem it gave, and kind.",
-        modules.into_iter().map(|((module, subsystem, k), v)| (ModuleLabels { module, subsystem, kind: KINDS[k] }, v)),
-    )?;
-    counters(
-        enc,
-        "gupwatch_process_pages",
-        "Pages pinned, referenced or released, by process name (comm); only the top processes by pinned pages, the rest summed into comm other.",
-        d.processes.iter().map(|p| (ProcessLabels { comm: p.comm.clone(), kind: p.kind }, p.pages)),
-    )
+    for (k, (word, what)) in KIND_FAMILIES.iter().enumerate() {
+        counters(
+            enc,
+            &format!("gupwatch_subsystem_{word}_pages"),
+            &format!("{what}, by the kernel subsystem found in the call stack."),
+            subsystems.range((k, "")..(k + 1, "")).map(|((_, subsystem), v)| (SubsystemLabels { subsystem }, *v)),
+        )?;
+    }
+    for (k, (word, what)) in KIND_FAMILIES.iter().enumerate() {
+        counters(
+            enc,
+            &format!("gupwatch_module_{word}_pages"),
+            &format!("{what} from call stacks through a known driver module (GPU, RDMA, VFIO; the table in attribution.rs), by module and the subsystem it gave."),
+            modules
+                .range((k, "", "")..(k + 1, "", ""))
+                .map(|((_, module, subsystem), v)| (ModuleLabels { module, subsystem }, *v)),
+        )?;
+    }
+    for (k, (word, what)) in KIND_FAMILIES.iter().enumerate() {
+        counters(
+            enc,
+            &format!("gupwatch_process_{word}_pages"),
+            &format!("{what}, by process name (comm); only the top processes by pinned pages, the rest summed into comm other."),
+            d.processes.iter().filter(|p| p.kind == KINDS[k]).map(|p| (ProcessLabels { comm: p.comm.clone() }, p.pages)),
+        )?;
+    }
+    Ok(())
 }
 
 /// Outstanding pins: gupwatch's view and the kernel's.
@@ -593,6 +629,13 @@ fn outstanding(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
         "Pins held right now according to the kernel (nr_foll_pin_acquired - nr_foll_pin_released).",
         None,
         d.vmstat.map(|v| v.outstanding()),
+    )?;
+    gauge(
+        enc,
+        "gupwatch_kernel_counters_age",
+        "How long before this reading /proc/sys/vm/stat_refresh folded every CPU's pending counts into the nr_foll_pin_* counters read (gupwatch run --vmstat-refresh); no sample when it was never written, and then the counters lag by up to vm.stat_interval (1 s by default).",
+        Some(&Unit::Seconds),
+        d.vmstat.and(d.vmstat_refreshed_ago).map(|a| a.as_secs_f64()),
     )
 }
 

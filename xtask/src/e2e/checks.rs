@@ -44,6 +44,7 @@ pub(super) fn check_all(
     let mut pending: Pending = Vec::new();
     dashboard_checks(p, dash, metrics_port, &mut checks, &mut pending, &mut notes)?;
     rule_checks(p, expected_records, expected_alerts, &mut checks, &mut pending)?;
+    bpf_stats_checks(p, &mut checks, &mut pending);
     retry_pending(p, &mut checks, pending)?;
 
     // 5. The exposition itself, through the forward.
@@ -158,6 +159,29 @@ fn dashboard_checks(
         checks.push(c);
     }
     Ok(())
+}
+
+/// The guest runs `gupwatch run --bpf-stats`: the kernel counts its
+/// programs' runs, and the pin programs (entry of a pin API, fentry or
+/// kprobe) ran under the workload. Checked through Prometheus, as a
+/// dashboard would ask.
+fn bpf_stats_checks(p: &mut Prometheus, checks: &mut Vec<Check>, pending: &mut Pending) {
+    for (name, expr) in [
+        ("BPF run statistics on (--bpf-stats)", format!(r#"gupwatch_bpf_stats_enabled{{job="{JOB}"}} == 1"#)),
+        (
+            "BPF pin programs ran (runs and run time > 0)",
+            format!(
+                r#"sum(gupwatch_bpf_program_runs_total{{job="{JOB}",hook=~"(fentry|kprobe) pin_user_pages.*"}}) > 0 and sum(gupwatch_bpf_program_run_seconds_total{{job="{JOB}",hook=~"(fentry|kprobe) pin_user_pages.*"}}) > 0"#
+            ),
+        ),
+    ] {
+        let probe = Probe::Expr(expr);
+        let c = probe.eval(p, name);
+        if !c.ok {
+            pending.push((checks.len(), probe));
+        }
+        checks.push(c);
+    }
 }
 
 /// Rules: health and state from /api/v1/rules; recorded series; the

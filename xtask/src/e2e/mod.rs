@@ -20,6 +20,8 @@
 //! * every alerting rule must be healthy, and the probe alerts
 //!   (`GupwatchNoProbesAttached`, `GupwatchProbesDetached`) inactive while the
 //!   probes are attached;
+//! * gupwatch runs with `--bpf-stats`: `gupwatch_bpf_stats_enabled` must be
+//!   1, and the pin programs' run count and run time above 0;
 //! * `/metrics`, fetched once through the forward, must pass
 //!   `promtool check metrics`.
 //!
@@ -185,7 +187,8 @@ echo "e2e: workloads started; waiting for the host (at most {wait} s)" >&2
 echo ready | timeout {wait} nc -l -p {release} >/dev/null 2>&1
 rel=$?
 {stop}"#,
-        serve = crate::vm::serve_and_wait_sh("e2e", GUEST_METRICS_PORT),
+        // --bpf-stats: the per-program run counts are checked too.
+        serve = crate::vm::serve_with_args_and_wait_sh("e2e", GUEST_METRICS_PORT, "--bpf-stats"),
         stop = crate::vm::stop_serving_sh("e2e", "$W1 $W2 $W3", "/tmp/workload.err /tmp/hold.err"),
         release = GUEST_RELEASE_PORT,
         wait = release_wait_s,

@@ -14,9 +14,9 @@ use crate::util;
 
 /// gupwatch's pinned pages as `nr_foll_pin_acquired` counts them, per node
 /// (`SEL` is the job's selector).
-const PINNED: &str = "sum by (node) (gupwatch_pages_total{kind=\"pin\",SEL}) + sum by (node) (gupwatch_undone_pin_pages_total{SEL})";
+const PINNED: &str = "sum by (node) (gupwatch_pinned_pages_total{SEL}) + sum by (node) (gupwatch_undone_pin_pages_total{SEL})";
 /// gupwatch's unpinned pages as `nr_foll_pin_released` counts them.
-const UNPINNED: &str = "sum by (node) (gupwatch_pages_total{kind=\"unpin\",SEL})";
+const UNPINNED: &str = "sum by (node) (gupwatch_unpinned_pages_total{SEL})";
 /// Runs of gupwatch's programs the kernel skipped, per node.
 const MISSES: &str = "sum by (node) (gupwatch_probe_misses_total{SEL})";
 /// The alert that must not fire where a live process holds the pins.

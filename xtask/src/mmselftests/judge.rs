@@ -224,15 +224,16 @@ pub struct Counts {
     pub vm_acquired: i64,
     /// `nr_foll_pin_released` delta.
     pub vm_released: i64,
-    /// gupwatch's pins: `pages_total{kind="pin"}` + `undone_pin_pages_total`.
+    /// gupwatch's pins: `pinned_pages_total` + `undone_pin_pages_total`.
     pub pinned: i64,
     /// Of which undone (taken and released inside the pin call).
     pub undone: i64,
-    /// `pages_total{kind="unpin"}`.
+    /// `unpinned_pages_total`.
     pub unpinned: i64,
-    /// `subsystem_pages_total` deltas by (subsystem, kind), pin and unpin.
+    /// `subsystem_pinned_pages_total` and `subsystem_unpinned_pages_total`
+    /// deltas by (subsystem, kind), kind `pin` or `unpin`.
     pub subsystems: BTreeMap<(String, String), i64>,
-    /// `subsystem_pages_total{subsystem="direct-io",kind="get"}` delta:
+    /// `subsystem_referenced_pages_total{subsystem="direct-io"}` delta:
     /// references (FOLL_GET) direct I/O took, which vmstat does not count.
     pub dio_gets: i64,
     /// `events_dropped_total{reason="attrib_full"}` delta.
@@ -284,15 +285,14 @@ pub fn counts(vm0: &str, vm1: &str, m0: &str, m1: &str) -> Result<Counts, String
     let delta = |name: &str, filter: &[(&str, &str)]| -> i64 {
         (sum(&s1, name, filter).unwrap_or(0.0) - sum(&s0, name, filter).unwrap_or(0.0)).round() as i64
     };
-    let pages = delta("gupwatch_pages_total", &[("kind", "pin")]);
+    let pages = delta("gupwatch_pinned_pages_total", &[]);
     let undone = delta("gupwatch_undone_pin_pages_total", &[]);
     let mut subsystems = BTreeMap::new();
-    for s in s1.iter().chain(&s0).filter(|s| s.name == "gupwatch_subsystem_pages_total") {
-        let (Some(sub), Some(kind)) = (s.labels.get("subsystem"), s.labels.get("kind")) else { continue };
-        if kind == "get" {
-            continue;
+    for (family, kind) in [("gupwatch_subsystem_pinned_pages_total", "pin"), ("gupwatch_subsystem_unpinned_pages_total", "unpin")] {
+        for s in s1.iter().chain(&s0).filter(|s| s.name == family) {
+            let Some(sub) = s.labels.get("subsystem") else { continue };
+            subsystems.entry((sub.clone(), kind.to_string())).or_insert_with(|| delta(family, &[("subsystem", sub)]));
         }
-        subsystems.entry((sub.clone(), kind.clone())).or_insert_with(|| delta("gupwatch_subsystem_pages_total", &[("subsystem", sub), ("kind", kind)]));
     }
     let end = |name: &str, filter: &[(&str, &str)]| sum(&s1, name, filter).map(|v| v.round() as i64);
     Ok(Counts {
@@ -300,9 +300,9 @@ pub fn counts(vm0: &str, vm1: &str, m0: &str, m1: &str) -> Result<Counts, String
         vm_released: r1 - r0,
         pinned: pages + undone,
         undone,
-        unpinned: delta("gupwatch_pages_total", &[("kind", "unpin")]),
+        unpinned: delta("gupwatch_unpinned_pages_total", &[]),
         subsystems,
-        dio_gets: delta("gupwatch_subsystem_pages_total", &[("subsystem", "direct-io"), ("kind", "get")]),
+        dio_gets: delta("gupwatch_subsystem_referenced_pages_total", &[("subsystem", "direct-io")]),
         attrib_dropped: delta("gupwatch_events_dropped_total", &[("reason", "attrib_full")]),
         untracked: end("gupwatch_untracked_pins_total", &[]),
         // The family lists only kinds that have signals; present but
@@ -428,21 +428,21 @@ mod tests {
         assert_eq!(tap_differences(&a, &c).len(), 2);
     }
 
-    const M0: &str = "# TYPE gupwatch_pages_total counter\n\
-gupwatch_pages_total{api=\"pin_user_pages_fast\",kind=\"pin\"} 10\n\
-gupwatch_pages_total{api=\"unpin_user_pages\",kind=\"unpin\"} 10\n\
-gupwatch_subsystem_pages_total{subsystem=\"io_uring\",kind=\"pin\"} 10\n\
-gupwatch_subsystem_pages_total{subsystem=\"io_uring\",kind=\"unpin\"} 10\n\
+    const M0: &str = "# TYPE gupwatch_pinned_pages_total counter\n\
+gupwatch_pinned_pages_total{api=\"pin_user_pages_fast\"} 10\n\
+gupwatch_unpinned_pages_total{api=\"unpin_user_pages\"} 10\n\
+gupwatch_subsystem_pinned_pages_total{subsystem=\"io_uring\"} 10\n\
+gupwatch_subsystem_unpinned_pages_total{subsystem=\"io_uring\"} 10\n\
 gupwatch_untracked_pins_total 0\n";
-    const M1: &str = "gupwatch_pages_total{api=\"pin_user_pages_fast\",kind=\"pin\"} 60\n\
-gupwatch_pages_total{api=\"pin_user_pages\",kind=\"pin\"} 4\n\
-gupwatch_pages_total{api=\"get_user_pages\",kind=\"get\"} 99\n\
-gupwatch_pages_total{api=\"unpin_user_pages\",kind=\"unpin\"} 65\n\
+    const M1: &str = "gupwatch_pinned_pages_total{api=\"pin_user_pages_fast\"} 60\n\
+gupwatch_pinned_pages_total{api=\"pin_user_pages\"} 4\n\
+gupwatch_referenced_pages_total{api=\"get_user_pages\"} 99\n\
+gupwatch_unpinned_pages_total{api=\"unpin_user_pages\"} 65\n\
 gupwatch_undone_pin_pages_total{api=\"pin_user_pages_fast\"} 1\n\
-gupwatch_subsystem_pages_total{subsystem=\"io_uring\",kind=\"pin\"} 60\n\
-gupwatch_subsystem_pages_total{subsystem=\"direct-io\",kind=\"pin\"} 4\n\
-gupwatch_subsystem_pages_total{subsystem=\"io_uring\",kind=\"unpin\"} 64\n\
-gupwatch_subsystem_pages_total{subsystem=\"process_vm\",kind=\"get\"} 99\n\
+gupwatch_subsystem_pinned_pages_total{subsystem=\"io_uring\"} 60\n\
+gupwatch_subsystem_pinned_pages_total{subsystem=\"direct-io\"} 4\n\
+gupwatch_subsystem_unpinned_pages_total{subsystem=\"io_uring\"} 64\n\
+gupwatch_subsystem_referenced_pages_total{subsystem=\"process_vm\"} 99\n\
 gupwatch_untracked_pins_total 0\n\
 gupwatch_leak_pages{kind=\"long_held\"} 3\n";
 
@@ -469,7 +469,7 @@ gupwatch_leak_pages{kind=\"long_held\"} 3\n";
 
     #[test]
     fn direct_io_references_count_only_for_direct_io() {
-        let refs = "gupwatch_subsystem_pages_total{subsystem=\"direct-io\",kind=\"get\"} 13\ngupwatch_untracked_pins_total 0\n";
+        let refs = "gupwatch_subsystem_referenced_pages_total{subsystem=\"direct-io\"} 13\ngupwatch_untracked_pins_total 0\n";
         let z = "nr_foll_pin_acquired 7\nnr_foll_pin_released 7\n";
         let c = counts(z, z, "gupwatch_untracked_pins_total 0\n", refs).unwrap();
         assert_eq!((c.vm_acquired, c.dio_gets), (0, 13));

@@ -347,10 +347,10 @@ mod tests {
 
     #[test]
     fn evaluates_sections() {
-        let m = "gupwatch_pages_total{api=\"pin_user_pages_fast\",kind=\"pin\"} 8\n\
-gupwatch_pages_total{api=\"unpin_user_pages\",kind=\"unpin\"} 8\n\
-gupwatch_subsystem_pages_total{subsystem=\"direct-io\",kind=\"pin\"} 8\n\
-gupwatch_subsystem_pages_total{subsystem=\"direct-io\",kind=\"unpin\"} 8\n\
+        let m = "gupwatch_pinned_pages_total{api=\"pin_user_pages_fast\"} 8\n\
+gupwatch_unpinned_pages_total{api=\"unpin_user_pages\"} 8\n\
+gupwatch_subsystem_pinned_pages_total{subsystem=\"direct-io\"} 8\n\
+gupwatch_subsystem_unpinned_pages_total{subsystem=\"direct-io\"} 8\n\
 gupwatch_untracked_pins_total 0\n";
         let tap = "1..1\nok 1 dio\n@@exit 0\n@@seconds 1.0\n";
         let out = format!(

@@ -42,7 +42,9 @@ fn families_have_help_type_and_prefix() {
     let text = render(&sample(), Format::Prometheus);
     for (name, ty) in [
         ("gupwatch_calls_total", "counter"),
-        ("gupwatch_pages_total", "counter"),
+        ("gupwatch_pinned_pages_total", "counter"),
+        ("gupwatch_referenced_pages_total", "counter"),
+        ("gupwatch_unpinned_pages_total", "counter"),
         ("gupwatch_undone_pin_pages_total", "counter"),
         ("gupwatch_reverted_pin_pages_total", "counter"),
         ("gupwatch_failed_calls_total", "counter"),
@@ -52,9 +54,15 @@ fn families_have_help_type_and_prefix() {
         ("gupwatch_fast_path_fallback_calls_total", "counter"),
         ("gupwatch_longterm_pages_total", "counter"),
         ("gupwatch_call_duration_seconds", "histogram"),
-        ("gupwatch_subsystem_pages_total", "counter"),
-        ("gupwatch_module_pages_total", "counter"),
-        ("gupwatch_process_pages_total", "counter"),
+        ("gupwatch_subsystem_pinned_pages_total", "counter"),
+        ("gupwatch_subsystem_referenced_pages_total", "counter"),
+        ("gupwatch_subsystem_unpinned_pages_total", "counter"),
+        ("gupwatch_module_pinned_pages_total", "counter"),
+        ("gupwatch_module_referenced_pages_total", "counter"),
+        ("gupwatch_module_unpinned_pages_total", "counter"),
+        ("gupwatch_process_pinned_pages_total", "counter"),
+        ("gupwatch_process_referenced_pages_total", "counter"),
+        ("gupwatch_process_unpinned_pages_total", "counter"),
         ("gupwatch_outstanding_pages", "gauge"),
         ("gupwatch_kernel_foll_pin_acquired_total", "counter"),
         ("gupwatch_kernel_foll_pin_released_total", "counter"),
@@ -111,8 +119,9 @@ fn per_api_values_and_labels() {
     let text = render(&sample(), Format::Prometheus);
     assert_values(&text, &[
         (r#"gupwatch_calls_total{api="pin_user_pages_fast",kind="pin"}"#, 10.0),
-        (r#"gupwatch_pages_total{api="pin_user_pages_fast",kind="pin"}"#, 5120.0),
-        (r#"gupwatch_pages_total{api="unpin_user_pages",kind="unpin"}"#, 5000.0),
+        (r#"gupwatch_pinned_pages_total{api="pin_user_pages_fast"}"#, 5120.0),
+        (r#"gupwatch_unpinned_pages_total{api="unpin_user_pages"}"#, 5000.0),
+        (r#"gupwatch_referenced_pages_total{api="get_user_pages_fast"}"#, 70.0),
         (r#"gupwatch_calls_total{api="get_user_pages_fast",kind="get"}"#, 7.0),
         (r#"gupwatch_undone_pin_pages_total{api="pin_user_pages_fast"}"#, 16.0),
         (r#"gupwatch_reverted_pin_pages_total{api="pin_user_pages_fast",reason="fast_walk"}"#, 1.0),
@@ -140,6 +149,17 @@ fn per_api_values_and_labels() {
         .filter(|a| **a != Api::PinUserPagesFastOnly && !matches!(a.kind(), ApiKind::SlowPath | ApiKind::I915))
         .count();
     assert_eq!(samples(&text, "gupwatch_calls_total").len(), counted);
+    // Acquires and releases never share a family: each API's pages are in
+    // the family of its kind alone, so the three together have one series
+    // per counted API and none of them has a kind label.
+    let of = |f: &str| samples(&text, f);
+    let (pinned, referenced, unpinned) =
+        (of("gupwatch_pinned_pages_total"), of("gupwatch_referenced_pages_total"), of("gupwatch_unpinned_pages_total"));
+    assert_eq!(pinned.len() + referenced.len() + unpinned.len(), counted);
+    assert!(pinned.iter().chain(&referenced).chain(&unpinned).all(|l| !l.contains("kind=")));
+    assert!(pinned.iter().all(|l| l.contains(r#"api="pin_"#) || l.contains("memfd_pin_folios")), "{pinned:?}");
+    assert!(unpinned.iter().all(|l| !l.contains(r#"api="pin_"#) && !l.contains(r#"api="get_"#)), "{unpinned:?}");
+    assert!(referenced.iter().all(|l| l.contains("get_user_pages")), "{referenced:?}");
 }
 
 #[test]
@@ -208,20 +228,23 @@ fn outstanding_kernel_and_self_metrics() {
 fn subsystems_and_processes() {
     let text = render(&sample(), Format::Prometheus);
     assert_values(&text, &[
-        (r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="pin"}"#, 5120.0),
-        (r#"gupwatch_subsystem_pages_total{subsystem="direct-io",kind="unpin"}"#, 5000.0),
-        (r#"gupwatch_subsystem_pages_total{subsystem="vfio",kind="get"}"#, 70.0),
-        (r#"gupwatch_subsystem_pages_total{subsystem="gpu",kind="pin"}"#, 2048.0),
-        (r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="pin"}"#, 2048.0),
-        (r#"gupwatch_module_pages_total{module="nvidia",subsystem="gpu",kind="unpin"}"#, 2000.0),
+        (r#"gupwatch_subsystem_pinned_pages_total{subsystem="direct-io"}"#, 5120.0),
+        (r#"gupwatch_subsystem_unpinned_pages_total{subsystem="direct-io"}"#, 5000.0),
+        (r#"gupwatch_subsystem_referenced_pages_total{subsystem="vfio"}"#, 70.0),
+        (r#"gupwatch_subsystem_pinned_pages_total{subsystem="gpu"}"#, 2048.0),
+        (r#"gupwatch_module_pinned_pages_total{module="nvidia",subsystem="gpu"}"#, 2048.0),
+        (r#"gupwatch_module_unpinned_pages_total{module="nvidia",subsystem="gpu"}"#, 2000.0),
     ]);
+    // A subsystem appears only in the families of the kinds it did.
+    assert!(!text.contains(r#"gupwatch_subsystem_referenced_pages_total{subsystem="direct-io"}"#), "{text}");
+    assert!(!text.contains(r#"gupwatch_module_referenced_pages_total{"#), "{text}");
     // A module outside attribution's table gets no series (bounded label).
     assert!(!text.contains("mydrv"), "{text}");
     let (callers, _) = callers_json(&sample(), MAX_JSON_CALLERS);
     let nv = callers.iter().find(|c| c.comm == "cuda_app").expect("cuda_app's row");
     assert_eq!((nv.module.as_deref(), nv.subsystem.as_str()), (Some("nvidia"), "gpu"));
     // Two fio processes merge: no pid label.
-    assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="fio",kind="pin"}"#), 5120.0);
+    assert_eq!(value(&text, r#"gupwatch_process_pinned_pages_total{comm="fio"}"#), 5120.0);
     assert!(!text.contains("pid="), "{text}");
     assert!(!text.contains("tgid="), "{text}");
 }
@@ -230,13 +253,13 @@ fn subsystems_and_processes() {
 fn comm_label_values_are_escaped() {
     let text = render(&sample(), Format::Prometheus);
     // Quote, backslash and newline escaped; the sample stays on one line.
-    assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="qemu \"vm\"\\1\nx",kind="get"}"#), 70.0);
+    assert_eq!(value(&text, r#"gupwatch_process_referenced_pages_total{comm="qemu \"vm\"\\1\nx"}"#), 70.0);
     // Empty comm is a valid label value.
-    assert_eq!(value(&text, r#"gupwatch_process_pages_total{comm="",kind="pin"}"#), 0.0);
+    assert_eq!(value(&text, r#"gupwatch_process_pinned_pages_total{comm=""}"#), 0.0);
     // Lossy UTF-8 replacement character and other control bytes pass through.
-    assert_eq!(value(&text, "gupwatch_process_pages_total{comm=\"bad\u{fffd}utf8\t\r\",kind=\"pin\"}"), 1.0);
+    assert_eq!(value(&text, "gupwatch_process_pinned_pages_total{comm=\"bad\u{fffd}utf8\t\r\"}"), 1.0);
     let om = render(&sample(), Format::OpenMetrics);
-    assert!(om.contains(r#"gupwatch_process_pages_total{comm="qemu \"vm\"\\1\nx",kind="get"} 70"#), "{om}");
+    assert!(om.contains(r#"gupwatch_process_referenced_pages_total{comm="qemu \"vm\"\\1\nx"} 70"#), "{om}");
 }
 
 #[test]
@@ -257,7 +280,7 @@ fn reduced_mode_has_vmstat_and_probe_health_only() {
     let text = render(&d, Format::Prometheus);
     assert!(samples(&text, "gupwatch_calls_total").is_empty());
     assert!(samples(&text, "gupwatch_outstanding_pages").is_empty());
-    assert!(samples(&text, "gupwatch_process_pages_total").is_empty());
+    assert!(samples(&text, "gupwatch_process_pinned_pages_total").is_empty());
     assert_eq!(value(&text, "gupwatch_kernel_outstanding_pins"), 2.0);
     assert!(samples(&text, "gupwatch_probe_attached").iter().all(|l| l.ends_with(" 0")));
     promtool_check(&text);
@@ -364,6 +387,20 @@ pub(crate) fn promtool_check(text: &str) {
     );
 }
 
+/// The age of the vmstat figures: from the last stat_refresh write, and
+/// no sample when it was never written (their lag is then unknown).
+#[test]
+fn kernel_counters_age_is_the_last_refresh() {
+    let text = render(&sample(), Format::Prometheus);
+    assert!(text.contains("# TYPE gupwatch_kernel_counters_age_seconds gauge"), "{text}");
+    assert_eq!(value(&text, "gupwatch_kernel_counters_age_seconds"), 0.25);
+    let mut d = (*sample()).clone();
+    d.vmstat_refreshed_ago = None;
+    let text = render(&Arc::new(d), Format::Prometheus);
+    assert!(samples(&text, "gupwatch_kernel_counters_age_seconds").is_empty(), "{text}");
+    assert!(text.contains("# TYPE gupwatch_kernel_counters_age_seconds gauge"), "listed even without a sample");
+}
+
 #[test]
 fn promtool_accepts_the_exposition() {
     promtool_check(&render(&sample(), Format::Prometheus));
@@ -409,6 +446,13 @@ fn one_node_stays_within_the_series_budget() {
     }
     let mut top = TopProcesses::default();
     let mut d = Reading::new(p, Some(snap), Some(FollPinCounters { acquired: 9, released: 1 }), rows, &mut top, Settings::default());
+    d.vmstat_refreshed_ago = Some(std::time::Duration::from_millis(3));
+    // BPF run statistics are off by default (opt-in, --bpf-stats): the
+    // per-program families have no samples then, whatever is attached.
+    d.bpf_programs = Api::ALL
+        .iter()
+        .flat_map(|a| ["fe", "fx", "kp"].map(|p| crate::loader::ProgramRuns { program: format!("{p}_{}", *a as u32), runs: 1, run_time_ns: 1 }))
+        .collect();
     d.leaks = Some(crate::collect::LeakMetrics::default());
     if let Some(l) = d.leaks.as_mut() {
         for k in ["long_held", "orphaned", "unbalanced", "growth"] {
@@ -448,8 +492,13 @@ fn one_node_stays_within_the_series_budget() {
     let failed = samples(&text, "gupwatch_failed_calls_total");
     assert_eq!(failed.len(), ERRNO_SERIES + 1, "{failed:?}");
     assert!(failed.iter().any(|l| l.contains(&format!(r#"api="{OTHER_COMM}",errno="{OTHER_COMM}""#))), "{failed:?}");
-    assert_eq!(samples(&text, "gupwatch_process_pages_total").len(), 3 * (Settings::default().top_processes + 1));
+    for kind in ["pinned", "referenced", "unpinned"] {
+        let n = samples(&text, &format!("gupwatch_process_{kind}_pages_total")).len();
+        assert_eq!(n, Settings::default().top_processes + 1, "{kind}");
+    }
     assert_eq!(samples(&text, "gupwatch_pin_hold_seconds_count").len(), 2, "one series per LONGTERM and short");
+    assert_eq!(samples(&text, "gupwatch_kernel_counters_age_seconds").len(), 1);
+    assert!(samples(&text, "gupwatch_bpf_program_runs_total").is_empty());
     assert_eq!(samples(&text, "gupwatch_cgroup_pinned_pages").len(), crate::cgroups::DEFAULT_TOP_CGROUPS + 2);
     promtool_check(&text);
 }
