@@ -15,12 +15,12 @@ use std::{
 use crate::{
     collect,
     config::{ConfigError, RunOptions, RunSettings},
-    http,
-    leaks::LeakPolicy,
-    loader::{self, LoadOptions},
+    export::http,
+    model::leaks::LeakPolicy,
+    probes::loader::{self, LoadOptions},
     logging::{self, LogError, LogHandle},
     session::{self, Session, SessionError, LOG_TARGET},
-    webconfig::{WebConfigError, WebConfigWatcher},
+    export::webconfig::{WebConfigError, WebConfigWatcher},
 };
 
 /// Why the daemon could not start, or stopped with an error.
@@ -68,7 +68,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     };
     let settings = RunOptions::resolve(&req.flags, &file);
     let log = logging::init_logging(settings.log_format, &settings.log_level)?;
-    let inherited = crate::privileges::close_inherited_fds();
+    let inherited = crate::kernel::privileges::close_inherited_fds();
     if !inherited.is_empty() {
         tracing::info!(target: LOG_TARGET, fds = ?inherited, "closed descriptors inherited from the parent");
     }
@@ -87,7 +87,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     let opts = LoadOptions {
         track_pins: true,
         track_capacity: settings.track_capacity,
-        ebpf_log: crate::ebpflog::wanted(),
+        ebpf_log: crate::probes::ebpflog::wanted(),
     };
     let mut session = Session::start(opts, req.reduced)?;
     report_start(&session);
