@@ -16,17 +16,17 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use gup_common::{Api, ApiStats, AttribKey, AttribValue, PinRecord, API_COUNT, DIAG_COUNT};
 use gupwatch::{
-    attribution::{self, Caller, Subsystem},
-    kallsyms::Kallsyms,
-    leaks,
+    model::attribution::{self, Caller, Subsystem},
+    kernel::kallsyms::Kallsyms,
+    model::leaks,
     collect::{self, PlanSummary, Reading, Settings, TopProcesses},
     export::{
         api,
         prometheus::{self, Format},
     },
-    model::{self, Snapshot},
-    plan::ProbePlan,
-    vmstat,
+    model::counters::{self, Snapshot},
+    kernel::plan::ProbePlan,
+    kernel::vmstat,
 };
 
 use crate::exposition::{self, Flavor};
@@ -136,7 +136,7 @@ fn kallsyms_fixture() -> Kallsyms {
 /// `btf::KernelBtf::parse` on arbitrary bytes, then the probe plan built
 /// from whatever it accepted (the plan is the parser's only consumer).
 pub fn btf_parse(data: &[u8]) {
-    let Ok(btf) = gupwatch::btf::KernelBtf::parse(data) else { return };
+    let Ok(btf) = gupwatch::kernel::btf::KernelBtf::parse(data) else { return };
     for f in ["pin_user_pages_fast", "pin_user_pages_remote", "unpin_user_pages", "gup_put_folio", ""] {
         if let Some(p) = btf.func(f) {
             let _ = p.param_index(&["pages", "nr_pages", "gup_flags"]);
@@ -180,7 +180,7 @@ pub fn kallsyms(data: &[u8]) {
     }
     for a in addrs {
         if let Some((name, off)) = k.symbolize(a) {
-            assert!(off <= a && off <= gupwatch::kallsyms::MAX_SYMBOL_OFFSET, "offset {off} beyond address {a:#x}");
+            assert!(off <= a && off <= gupwatch::kernel::kallsyms::MAX_SYMBOL_OFFSET, "offset {off} beyond address {a:#x}");
             assert!(k.get(name).is_some(), "symbolize gave {name}, which get() does not know");
         }
     }
@@ -194,25 +194,25 @@ pub fn kallsyms(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // Kernel version strings
 
-/// Every kernel version parser (gup-user/src/kernel.rs) on the same text:
+/// Every kernel version parser (gup-user/src/kernel/version.rs) on the same text:
 /// an error or a version, never a panic (issue 21: a version string aya
 /// 0.13 could not parse crashed gupwatch). A version that parses prints
 /// and orders without panicking, and a release string's version comes
 /// back from its own display.
 pub fn kernel_version(data: &[u8]) {
-    use gupwatch::kernel;
+    use gupwatch::kernel::version;
     let text = String::from_utf8_lossy(data);
     let parsed = [
-        kernel::parse_release(&text).ok(),
-        kernel::parse_debian_version(&text).ok(),
-        kernel::parse_uname_version(&text).ok().map(|(_, v)| v),
-        kernel::parse_version_signature(&text).ok().map(|(_, v)| v),
+        version::parse_release(&text).ok(),
+        version::parse_debian_version(&text).ok(),
+        version::parse_uname_version(&text).ok().map(|(_, v)| v),
+        version::parse_version_signature(&text).ok().map(|(_, v)| v),
     ];
     for v in parsed.into_iter().flatten() {
         let _ = (v.at_least(6, 3), v.is_prerelease(), v.cmp(&v));
-        assert_eq!(kernel::parse_release(&v.to_string()), Ok(v), "{v} round-trips");
+        assert_eq!(version::parse_release(&v.to_string()), Ok(v), "{v} round-trips");
     }
-    let k = kernel::RunningKernel::from_strings(&text, Some(&text), Some(&text));
+    let k = version::RunningKernel::from_strings(&text, Some(&text), Some(&text));
     let _ = (k.version(), k.describe(), k.assess());
 }
 
@@ -224,10 +224,10 @@ pub fn kernel_version(data: &[u8]) {
 /// fdinfo), which read the same kind of kernel text.
 pub fn vmstat_parse(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok(s) = gupwatch::accounted::parse_status(&text) {
+    if let Ok(s) = gupwatch::model::accounted::parse_status(&text) {
         assert!(s.pinned_bytes % 1024 == 0 && s.locked_bytes % 1024 == 0);
     }
-    if let Ok(Some(b)) = gupwatch::accounted::parse_uring_fdinfo(data, 4096) {
+    if let Ok(Some(b)) = gupwatch::model::accounted::parse_uring_fdinfo(data, 4096) {
         assert!(b.bytes == 0 || b.pages > 0 || b.listed == 0, "{b:?}");
     }
     let (a, b) = text.split_once("\n---\n").unwrap_or((&text, ""));
@@ -260,7 +260,7 @@ fn snapshot_from(input: &mut Input<'_>) -> Snapshot {
         let api = input.u8() as usize % API_COUNT;
         for _ in 0..ncpu {
             let per_cpu: ApiStats = input.pod();
-            model::accumulate(&mut s.apis[api], &per_cpu);
+            counters::accumulate(&mut s.apis[api], &per_cpu);
         }
     }
     for d in s.diag.iter_mut() {
@@ -321,7 +321,7 @@ pub fn map_records(data: &[u8]) {
     let site = |ip: u64| Caller { function: format!("site_{:x}", ip % 5), subsystem: Subsystem::Other, module: None };
     let alive = |tgid: u32| alive_mask & (1 << (tgid % 8)) != 0;
     // Objects with an odd inode have a live holder.
-    let holders = |objects: &[gup_common::object::PinObject]| gupwatch::holders::Holders {
+    let holders = |objects: &[gup_common::object::PinObject]| gupwatch::model::holders::Holders {
         by_object: objects
             .iter()
             .filter(|o| o.ino % 2 == 1)
@@ -364,7 +364,7 @@ pub fn map_records(data: &[u8]) {
     // i915 objects.
     let objects: Vec<(u64, gup_common::i915::I915Object)> =
         (0..input.u8() % 4).map(|_| (input.u64(), input.pod())).collect();
-    let rows = gupwatch::i915::rows(&objects, &exited);
+    let rows = gupwatch::model::i915::rows(&objects, &exited);
     assert_eq!(rows.len(), objects.len());
     serde_json::to_string(&rows).expect("i915 rows serialize");
 }
@@ -523,13 +523,13 @@ pub fn metrics_exposition(data: &[u8]) {
 /// `--web-config` files (YAML), and the `Authorization` header parser.
 pub fn web_config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    match gupwatch::webconfig::WebConfig::parse(&text, Path::new("/etc/gupwatch")) {
+    match gupwatch::export::webconfig::WebConfig::parse(&text, Path::new("/etc/gupwatch")) {
         Ok(c) => {
             let _ = c.describe();
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }
-    if let Some((user, pass)) = gupwatch::webconfig::parse_basic_authorization(&text) {
+    if let Some((user, pass)) = gupwatch::export::webconfig::parse_basic_authorization(&text) {
         assert!(!user.contains(':'), "user {user:?} contains the separator");
         let _ = pass;
     }
@@ -538,11 +538,11 @@ pub fn web_config(data: &[u8]) {
 /// The HTTP request-head parser (what every client reaches first) and
 /// content negotiation.
 pub fn http_request(data: &[u8]) {
-    if let Ok(req) = gupwatch::http::parse_request_head(data) {
+    if let Ok(req) = gupwatch::export::http::parse_request_head(data) {
         assert!(req.path.starts_with('/'), "path {:?}", req.path);
         let _ = Format::negotiate(req.header("accept"));
         if let Some(h) = req.header("authorization") {
-            let _ = gupwatch::webconfig::parse_basic_authorization(h);
+            let _ = gupwatch::export::webconfig::parse_basic_authorization(h);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! gupwatch's own health: the per-CPU `DIAG` counters ([`Diag`]) and, when
 //! user space runs at debug level (`LOG_DIAG`), the first few events of
 //! each counter with their details, noted where they happen and logged
-//! through aya-log at the end of the program (`gup-user/src/ebpflog.rs`).
+//! through aya-log at the end of the program (`gup-user/src/probes/ebpflog.rs`).
 
 use core::ffi::c_void;
 

@@ -1,7 +1,7 @@
 //! Everything the programs share with user space, by name: the read-only
 //! globals the loader writes before load (`#[no_mangle]`, found by symbol
 //! name) and every map (`#[map]`, found by map name). Renaming any of them
-//! breaks `gup-user/src/loader.rs` and `reader.rs`.
+//! breaks `gup-user/src/probes/loader.rs` and `reader.rs`.
 //!
 //! The globals are read-only after load, so the verifier treats them as
 //! constants and removes branches they turn off. They are read through

@@ -5,6 +5,12 @@
 //! settle (some kernels unpin asynchronously: io_uring teardown, direct I/O
 //! completion) before each snapshot, and gupwatch's counters are read
 //! between two identical vmstat readings so both describe the same moment.
+//!
+//! The self-tests live here, beside the data path they test: [`scenarios`]
+//! (the built-in workloads that pin through ordinary syscalls),
+//! [`mod@reference`] (a model of GUP to check the kernel against), [`stress`]
+//! (`gupwatch stress`, the in-guest half of `cargo xtask stress`) and
+//! [`mod@bench`] (`gupwatch bench-workload`).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -12,19 +18,23 @@ use gup_common::Api;
 use serde::Serialize;
 
 use crate::{
-    attribution::{self, Subsystem},
-    errno::errno_name,
-    kallsyms::Kallsyms,
-    loader::Probes,
-    model::Snapshot,
-    plan::ProbePlan,
-    leaks::{self, LeakPolicy},
-    reference::{self, KernelProfile},
-    scenarios::{Expectation, ExpectedHolder, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
-    vmstat::{self, FollPinCounters},
+    model::attribution::{self, Subsystem},
+    kernel::errno::errno_name,
+    kernel::kallsyms::Kallsyms,
+    probes::loader::Probes,
+    model::counters::Snapshot,
+    kernel::plan::ProbePlan,
+    model::leaks::{self, LeakPolicy},
+    check::reference::KernelProfile,
+    check::scenarios::{Expectation, ExpectedHolder, ExpectedLeak, ExpectedPath, PinPath, Scenario, ScenarioError},
+    kernel::vmstat::{self, FollPinCounters},
 };
 
 mod select;
+pub mod bench;
+pub mod reference;
+pub mod scenarios;
+pub mod stress;
 
 pub use select::{CheckOptions, NoMatch, PreAttach, Selection};
 
@@ -36,7 +46,7 @@ pub enum CheckError {
     Vmstat(#[from] vmstat::VmstatError),
     /// gupwatch's maps could not be read.
     #[error(transparent)]
-    Read(#[from] crate::reader::ReadError),
+    Read(#[from] crate::probes::reader::ReadError),
     /// The counters never held still long enough to measure.
     #[error("/proc/vmstat's nr_foll_pin_* counters kept moving for {0:?}: something else on this machine is pinning pages, so an exact comparison is impossible. Run the check on a quiet machine or in a VM (`cargo xtask vm -- gupwatch check`)")]
     Noisy(Duration),
@@ -504,7 +514,7 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (V
             caller: &caller,
             site: &|ip| attribution::caller_of(&[ip], kallsyms),
             alive: &leaks::process_alive,
-            holders: &crate::holders::live,
+            holders: &crate::model::holders::live,
             kernel_outstanding: None,
             untracked_pins: 0,
         },
@@ -841,7 +851,7 @@ impl CheckReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenarios::inflight;
+    use crate::check::scenarios::inflight;
 
     fn inflight_report() -> ScenarioReport {
         let all = inflight::scenarios(std::path::Path::new("/nonexistent"));
@@ -905,7 +915,7 @@ mod tests {
         let mixed = [gets[0].clone(), row("unpin_user_pages", Subsystem::IoUring, "io_buffer_unmap", 1024)];
         assert_eq!(dominant(&mixed).map(|d| d.0), Some(Subsystem::DirectIo));
         // And the subsystem of references is judged like that of pins.
-        let all = crate::scenarios::builtin(std::path::Path::new("/nonexistent"));
+        let all = crate::check::scenarios::builtin(std::path::Path::new("/nonexistent"));
         let dio = all.iter().find(|s| s.name() == "direct_io_read").map(|s| s.as_ref()).expect("direct_io_read");
         let mut r = blank_report(dio, false);
         r.referenced_pages = 256;
@@ -917,7 +927,7 @@ mod tests {
 
     #[test]
     fn a_scenario_that_does_not_require_the_ledger_reports_it_without_failing() {
-        let all = crate::scenarios::builtin(std::path::Path::new("/nonexistent"));
+        let all = crate::check::scenarios::builtin(std::path::Path::new("/nonexistent"));
         let mut r = blank_report(all[0].as_ref(), true);
         r.expectations_met = true;
         r.untracked_pins = 5;

@@ -1,7 +1,7 @@
 //! Collection: one [`Reading`] of every data source, on demand.
 //!
 //! A pin's way to the outputs: the probes count into `API_STATS`,
-//! [`crate::reader`] sums the CPUs into a [`crate::model::Snapshot`], and
+//! [`crate::probes::reader`] sums the CPUs into a [`crate::model::counters::Snapshot`], and
 //! [`Collector::gather`] adds `/proc/vmstat`, the resolved attribution rows,
 //! the top processes, the probes' miss counts and the leak report. Every
 //! front end reads that [`Reading`]: `/metrics` ([`crate::export::prometheus`]),
@@ -17,13 +17,13 @@ use std::{
 use gup_common::Diag;
 
 use crate::{
-    accounted::Accounted,
-    attribution::{self, Caller},
-    kallsyms::Kallsyms,
-    leaks::{self, GrowthTracker, LeakPolicy, LeakReport},
-    loader::Probes,
-    plan::ProbePlan,
-    vmstat::{self, FollPinCounters},
+    model::accounted::Accounted,
+    model::attribution::{self, Caller},
+    kernel::kallsyms::Kallsyms,
+    model::leaks::{self, GrowthTracker, LeakPolicy, LeakReport},
+    probes::loader::Probes,
+    kernel::plan::ProbePlan,
+    kernel::vmstat::{self, FollPinCounters},
 };
 
 mod reading;
@@ -100,12 +100,12 @@ pub struct Collector {
     /// Whether classifying failed once (said once).
     classify_failed: bool,
     /// cgroup ids to paths.
-    cgroup_names: crate::cgroups::CgroupNames,
+    cgroup_names: crate::model::cgroups::CgroupNames,
     /// Pins per cgroup, made with the leak report.
-    last_cgroups: Vec<crate::cgroups::CgroupPins>,
+    last_cgroups: Vec<crate::model::cgroups::CgroupPins>,
     /// What the kernel showed pinned when the collector was made over
-    /// attached probes (`crate::beforestart`).
-    before_start: Option<crate::beforestart::Inventory>,
+    /// attached probes (`crate::model::beforestart`).
+    before_start: Option<crate::model::beforestart::Inventory>,
 }
 
 impl Collector {
@@ -127,7 +127,7 @@ impl Collector {
         };
         // Read right after the probes attached: a buffer registered in
         // between would be counted both here and in the tracking map.
-        let before_start = probes.as_ref().map(|_| crate::beforestart::Inventory::take(std::path::Path::new("/proc")));
+        let before_start = probes.as_ref().map(|_| crate::model::beforestart::Inventory::take(std::path::Path::new("/proc")));
         Collector {
             probes,
             plan,
@@ -209,7 +209,7 @@ impl Collector {
                 caller: &caller,
                 site: &|ip| attribution::caller_of(&[ip], kallsyms),
                 alive: &leaks::process_alive,
-                holders: &crate::holders::live,
+                holders: &crate::model::holders::live,
                 kernel_outstanding: data.vmstat.map(|v| v.outstanding()),
                 untracked_pins: untracked,
             },
@@ -222,7 +222,7 @@ impl Collector {
         report.held_before_start = self
             .before_start
             .as_ref()
-            .map(|b| b.still_held(&crate::beforestart::Inventory::take(&self.proc_root), gap))
+            .map(|b| b.still_held(&crate::model::beforestart::Inventory::take(&self.proc_root), gap))
             .unwrap_or_default();
         Some(report)
     }
@@ -256,7 +256,7 @@ impl Collector {
     /// Detaches the hooks whose module went away, attaches those whose
     /// module is (back) in, and refreshes the plan the metrics and
     /// `/api/snapshot` show; see [`Probes::follow_modules`].
-    pub fn follow_modules(&mut self) -> crate::loader::ModuleEvents {
+    pub fn follow_modules(&mut self) -> crate::probes::loader::ModuleEvents {
         let Some(p) = self.probes.as_mut() else { return Default::default() };
         let mut ev = p.follow_modules();
         if ev.is_empty() {
@@ -313,7 +313,7 @@ impl Collector {
             .map(|p| p.probe_misses().into_iter().map(|(a, n)| (a.symbol(), n)).collect())
             .unwrap_or_default();
         data.probe_detached = self.probes.as_ref().map(Probes::probe_detached).unwrap_or_default();
-        data.bpf_stats_enabled = crate::bpfstats::enabled();
+        data.bpf_stats_enabled = crate::probes::bpfstats::enabled();
         data.bpf_programs = self.probes.as_ref().map(Probes::program_runs).unwrap_or_default();
         data.hold_times = self.hold_times();
         // Kept whole for /api/snapshot?leaks=1 and the live view: a second
@@ -337,19 +337,19 @@ impl Collector {
 
     /// Pins held now per cgroup, from the leak report's holdings and the
     /// cgroup of each owner's pin calls.
-    fn cgroup_pins(&mut self, data: &Reading) -> Vec<crate::cgroups::CgroupPins> {
+    fn cgroup_pins(&mut self, data: &Reading) -> Vec<crate::model::cgroups::CgroupPins> {
         let (Some(report), Some(snap)) = (&self.last_leak_report, &data.snapshot) else { return vec![] };
-        let of = crate::cgroups::cgroup_of_processes(&snap.attrib);
-        crate::cgroups::pinned_by_cgroup(
+        let of = crate::model::cgroups::cgroup_of_processes(&snap.attrib);
+        crate::model::cgroups::pinned_by_cgroup(
             report.holdings.iter().map(|h| (h.owner_tgid, h.pages)),
             &of,
             &mut self.cgroup_names,
-            crate::cgroups::DEFAULT_TOP_CGROUPS,
+            crate::model::cgroups::DEFAULT_TOP_CGROUPS,
         )
     }
 
     /// Classifies the stacks resolved so far for the programs' hold-time
-    /// histograms, then reads and folds them (`crate::holdtime`).
+    /// histograms, then reads and folds them (`crate::model::holdtime`).
     fn hold_times(&mut self) -> Vec<crate::report::HoldHistogram> {
         let Some(p) = self.probes.as_mut() else { return vec![] };
         let kallsyms = &self.kallsyms;
@@ -376,7 +376,7 @@ impl Collector {
         let raw = p.maps.hold.read();
         let stacks = &self.stacks;
         let maps = &p.maps;
-        crate::holdtime::fold(&raw, |id| {
+        crate::model::holdtime::fold(&raw, |id| {
             let ips = match stacks.get(&id) {
                 Some(ips) => ips.clone(),
                 None => maps.stack(id)?,
@@ -392,7 +392,7 @@ impl Collector {
         match &self.accounted {
             Some((at, a)) if at.elapsed() < ACCOUNTED_MIN_INTERVAL => Arc::clone(a),
             _ => {
-                let a = Arc::new(crate::accounted::scan(&self.proc_root));
+                let a = Arc::new(crate::model::accounted::scan(&self.proc_root));
                 self.accounted = Some((Instant::now(), Arc::clone(&a)));
                 a
             }

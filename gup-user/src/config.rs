@@ -162,10 +162,10 @@ impl RunOptions {
     /// Command-line values over file values over defaults.
     pub fn resolve(cli: &RunOptions, file: &RunOptions) -> RunSettings {
         RunSettings {
-            listen: listen_address(&cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| crate::http::DEFAULT_LISTEN.into())),
+            listen: listen_address(&cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| crate::export::http::DEFAULT_LISTEN.into())),
             top_processes: cli.top_processes.or(file.top_processes).unwrap_or(crate::collect::DEFAULT_TOP_PROCESSES),
             long_held: Duration::from_secs(
-                cli.long_held.or(file.long_held).unwrap_or(crate::leaks::LeakPolicy::default().long_held.as_secs()),
+                cli.long_held.or(file.long_held).unwrap_or(crate::model::leaks::LeakPolicy::default().long_held.as_secs()),
             ),
             track_capacity: cli.track_capacity.or(file.track_capacity).unwrap_or(gup_common::TRACK_CAPACITY),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
@@ -174,7 +174,7 @@ impl RunOptions {
             max_connections_per_peer: cli
                 .max_connections_per_peer
                 .or(file.max_connections_per_peer)
-                .unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS_PER_PEER),
+                .unwrap_or(crate::export::http::DEFAULT_MAX_CONNECTIONS_PER_PEER),
             vmstat_refresh: cli.vmstat_refresh.or(file.vmstat_refresh).map(Duration::from_secs),
         }
     }
@@ -364,7 +364,7 @@ mod tests {
         let file = RunOptions { web_config: Some("/b.yml".into()), ..Default::default() };
         assert_eq!(RunOptions::resolve(&cli, &file).web_config, Some("/a.yml".into()));
         assert_eq!(RunOptions::resolve(&RunOptions::default(), &file).web_config, Some("/b.yml".into()));
-        assert_eq!(RunOptions::resolve(&RunOptions::default(), &RunOptions::default()).listen, crate::http::DEFAULT_LISTEN);
+        assert_eq!(RunOptions::resolve(&RunOptions::default(), &RunOptions::default()).listen, crate::export::http::DEFAULT_LISTEN);
     }
 
     #[test]

@@ -15,12 +15,12 @@ use std::{
 use crate::{
     collect,
     config::{ConfigError, RunOptions, RunSettings},
-    http,
-    leaks::LeakPolicy,
-    loader::{self, LoadOptions},
+    export::http,
+    model::leaks::LeakPolicy,
+    probes::loader::{self, LoadOptions},
     logging::{self, LogError, LogHandle},
     session::{self, Session, SessionError, LOG_TARGET},
-    webconfig::{WebConfigError, WebConfigWatcher},
+    export::webconfig::{WebConfigError, WebConfigWatcher},
 };
 
 /// Why the daemon could not start, or stopped with an error.
@@ -55,7 +55,7 @@ pub struct RunRequest<'a> {
     pub flags: RunOptions,
     pub config: Option<&'a Path>,
     pub reduced: bool,
-    /// Keep BPF run statistics on while the daemon runs ([`crate::bpfstats`]).
+    /// Keep BPF run statistics on while the daemon runs ([`crate::probes::bpfstats`]).
     pub bpf_stats: bool,
 }
 
@@ -70,7 +70,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     };
     let settings = RunOptions::resolve(&req.flags, &file);
     let log = logging::init_logging(settings.log_format, &settings.log_level)?;
-    let inherited = crate::privileges::close_inherited_fds();
+    let inherited = crate::kernel::privileges::close_inherited_fds();
     if !inherited.is_empty() {
         tracing::info!(target: LOG_TARGET, fds = ?inherited, "closed descriptors inherited from the parent");
     }
@@ -89,7 +89,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
     let opts = LoadOptions {
         track_pins: true,
         track_capacity: settings.track_capacity,
-        ebpf_log: crate::ebpflog::wanted(),
+        ebpf_log: crate::probes::ebpflog::wanted(),
     };
     let mut session = Session::start(opts, req.reduced)?;
     report_start(&session);
@@ -337,8 +337,8 @@ impl Reloader {
 }
 
 /// `--bpf-stats`: statistics on, or a warning saying why not.
-fn enable_bpf_stats() -> Option<crate::bpfstats::StatsGuard> {
-    match crate::bpfstats::enable() {
+fn enable_bpf_stats() -> Option<crate::probes::bpfstats::StatsGuard> {
+    match crate::probes::bpfstats::enable() {
         Ok(g) => {
             tracing::info!(target: LOG_TARGET, "BPF run statistics on (--bpf-stats) until gupwatch exits");
             Some(g)

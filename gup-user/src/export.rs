@@ -6,9 +6,14 @@
 //!   reads too.
 //! * [`process`]: the standard `process_*` self-metrics, part of the
 //!   exposition.
-//!
-//! The HTTP server that serves them is [`crate::http`].
+//! * [`http`]: the HTTP server that serves them, with TLS and basic auth
+//!   configured by [`webconfig`].
+//! * [`client`]: the other end of the wire: `top --connect` and
+//!   `leaks --connect` read a daemon's `/api/snapshot` through it.
 
 pub mod api;
 pub mod process;
 pub mod prometheus;
+pub mod client;
+pub mod http;
+pub mod webconfig;

@@ -5,7 +5,7 @@
 //!   ([`CallerReport`]) and its `leaks=1` report; written by
 //!   [`crate::export::api`], read by the live view (`top --connect`).
 //! * [`LeakReport`]: `gupwatch leaks --json`, and `leaks` in the snapshot;
-//!   built by [`crate::leaks::analyze`].
+//!   built by [`crate::model::leaks::analyze`].
 //!
 //! A field added to a document is added here once, and every reader sees
 //! it; the golden tests (`report/tests.rs`) hold the bytes the writers

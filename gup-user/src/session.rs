@@ -10,11 +10,11 @@
 //! the commands that mean nothing without probes).
 
 use crate::{
-    ebpflog::EbpfLog,
-    host::{self, Finding},
-    kallsyms::KallsymsError,
-    loader::{self, LoadError, LoadOptions, Probes},
-    plan::{HookStatus, ProbePlan},
+    probes::ebpflog::EbpfLog,
+    diagnose::host::{self, Finding},
+    kernel::kallsyms::KallsymsError,
+    probes::loader::{self, LoadError, LoadOptions, Probes},
+    kernel::plan::{HookStatus, ProbePlan},
 };
 
 /// The target of the start-up's and the daemon's log lines: the one they
@@ -86,7 +86,7 @@ impl Session {
     /// `track_capacity` folios (`check`, `leaks`), the eBPF log reader
     /// started.
     pub fn require_tracking(track_capacity: u32) -> Result<Session, SessionError> {
-        let opts = LoadOptions { track_pins: true, track_capacity, ebpf_log: crate::ebpflog::wanted() };
+        let opts = LoadOptions { track_pins: true, track_capacity, ebpf_log: crate::probes::ebpflog::wanted() };
         let mut session = Session::require(opts)?;
         session.start_ebpf_log();
         Ok(session)
@@ -172,9 +172,9 @@ pub fn drop_privileges(plan: &ProbePlan, late_attach: bool, reduced: bool) {
     // freed goes back to the kernel.
     loader::trim_heap();
     let reads_other_processes = reduced || plan.object_lookup.enabled;
-    let needs = crate::privileges::Needs { reads_other_processes, ..crate::privileges::Needs::here(late_attach, plan) };
-    let r = crate::privileges::drop_privileges(&needs);
-    let fds = crate::privileges::fd_summary();
+    let needs = crate::kernel::privileges::Needs { reads_other_processes, ..crate::kernel::privileges::Needs::here(late_attach, plan) };
+    let r = crate::kernel::privileges::drop_privileges(&needs);
+    let fds = crate::kernel::privileges::fd_summary();
     // `run` logs through tracing; the other modes have no subscriber, and
     // stderr keeps their stdout clean.
     match r {

@@ -11,12 +11,12 @@ use std::{
 use gup_common::{Api, ApiKind};
 
 use crate::{
-    host,
-    loader::Probes,
-    model::Snapshot,
-    plan::{HookStatus, Mechanism},
-    reader::ReadError,
-    vmstat,
+    diagnose::host,
+    probes::loader::Probes,
+    model::counters::Snapshot,
+    kernel::plan::{HookStatus, Mechanism},
+    probes::reader::ReadError,
+    kernel::vmstat,
 };
 
 /// Why the summary lines stopped.

@@ -213,7 +213,7 @@ mod tests {
         for i in 1..=30 {
             vm.ingest(sample(i * 2), i as f64);
         }
-        let fio = holding(100, "fio", "io_sqe_buffer_register", crate::attribution::Subsystem::IoUring, 256, 400.0);
+        let fio = holding(100, "fio", "io_sqe_buffer_register", crate::model::attribution::Subsystem::IoUring, 256, 400.0);
         let leaks = vec![crate::report::Leak::of_holding(crate::report::LeakKind::LongHeld, &fio)];
         let mut r = report(Some(300), vec![fio], leaks);
         r.held_before_start = vec![crate::report::HeldBeforeStart {
@@ -346,9 +346,9 @@ mod tests {
             rows: vec![],
             hooks_attached: 0,
             kernel_counters: Some((acq, acq - 10)),
-            accounted: Some(crate::accounted::Accounted {
-                source: crate::accounted::SOURCE.into(),
-                holders: vec![crate::accounted::Holder {
+            accounted: Some(crate::model::accounted::Accounted {
+                source: crate::model::accounted::SOURCE.into(),
+                holders: vec![crate::model::accounted::Holder {
                     pid: 201,
                     comm: "aa-holder".into(),
                     pinned_bytes: 1 << 20,

@@ -21,11 +21,11 @@ use std::{
 
 use gup_common::{Api, ApiKind, Diag, LATENCY_BUCKETS};
 use gupwatch::{
-    attribution::{Caller, Row, Subsystem},
+    model::attribution::{Caller, Row, Subsystem},
     collect::{HookHealth, PlanSummary, Reading, Settings, TopProcesses},
     export::prometheus::{render, Format},
-    model::Snapshot,
-    vmstat::FollPinCounters,
+    model::counters::Snapshot,
+    kernel::vmstat::FollPinCounters,
 };
 
 fn dashboards() -> PathBuf {
@@ -101,8 +101,8 @@ fn full_sample() -> String {
         sum_seconds: 8e-5,
         buckets,
     }];
-    d.cgroups = vec![gupwatch::cgroups::CgroupPins {
-        cgroup: gupwatch::cgroups::parse_path("/system.slice/fio.service"),
+    d.cgroups = vec![gupwatch::model::cgroups::CgroupPins {
+        cgroup: gupwatch::model::cgroups::parse_path("/system.slice/fio.service"),
         pages: 5,
     }];
     render(&Arc::new(d), Format::Prometheus)
@@ -269,7 +269,7 @@ fn prometheus_rules_check_and_unit_tests_pass() {
 
 #[test]
 fn sample_scrape_target_is_the_default_listen_address() {
-    assert!(read("prometheus/prometheus.yml").contains(&format!("\"{}\"", gupwatch::http::DEFAULT_LISTEN)));
+    assert!(read("prometheus/prometheus.yml").contains(&format!("\"{}\"", gupwatch::export::http::DEFAULT_LISTEN)));
 }
 
 #[test]

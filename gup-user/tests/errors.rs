@@ -222,7 +222,7 @@ fn missing_functions_are_absent_not_fatal() {
 
 #[test]
 fn locked_memory_message() {
-    let e = gupwatch::loader::LoadError::Object(aya::EbpfError::NoBTF).to_string();
+    let e = gupwatch::probes::loader::LoadError::Object(aya::EbpfError::NoBTF).to_string();
     contains_all(&e, &["Run as root", "CAP_BPF", "ulimit -l"]);
 }
 

@@ -94,10 +94,10 @@ fn promtool_accepts_adversarial_comms() {
 
 /// A reading of `snap` on a 6.12 plan with only pin_user_pages_fast,
 /// every hook attached: the state the fuzz target's regressions render.
-fn reading_of(snap: gupwatch::model::Snapshot) -> Arc<gupwatch::collect::Reading> {
+fn reading_of(snap: gupwatch::model::counters::Snapshot) -> Arc<gupwatch::collect::Reading> {
     use gupwatch::collect::{PlanSummary, Reading, Settings, TopProcesses};
-    let kallsyms = gupwatch::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
-    let plan = gupwatch::plan::ProbePlan::resolve("6.12.0".into(), Err("test".into()), &kallsyms);
+    let kallsyms = gupwatch::kernel::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
+    let plan = gupwatch::kernel::plan::ProbePlan::resolve("6.12.0".into(), Err("test".into()), &kallsyms);
     let mut plan = PlanSummary::from_plan(&plan);
     for h in &mut plan.hooks {
         h.attached = true;
@@ -115,7 +115,7 @@ fn regression_histogram_bucket_sum_overflow() {
     use gupwatch::{
         export::prometheus::{render, Format},
     };
-    let mut snap = gupwatch::model::Snapshot::default();
+    let mut snap = gupwatch::model::counters::Snapshot::default();
     let s = &mut snap.apis[Api::PinUserPagesFast as usize];
     s.latency_log2 = [u64::MAX / 2; LATENCY_BUCKETS];
     let d = reading_of(snap);
@@ -143,7 +143,7 @@ fn regression_outstanding_difference_overflow() {
             prometheus::{render, Format},
         },
     };
-    let mut snap = gupwatch::model::Snapshot::default();
+    let mut snap = gupwatch::model::counters::Snapshot::default();
     snap.apis[Api::PinUserPagesFast as usize].pages = i64::MAX as u64;
     snap.apis[Api::UnpinUserPages as usize].pages = u64::MAX;
     let d = reading_of(snap);

@@ -1,5 +1,5 @@
 //! A panic of the real binary, made on purpose with the hidden test trigger
-//! (`GUPWATCH_TEST_PANIC=1`, see gup-user/src/crash.rs): one line on
+//! (`GUPWATCH_TEST_PANIC=1`, see gup-user/src/diagnose/crash.rs): one line on
 //! stderr naming the command, the kernel and `gupwatch doctor`, exit status
 //! 70, and a backtrace only when RUST_BACKTRACE asks for one.
 
@@ -20,7 +20,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn a_panic_is_one_line_and_exit_70() {
-    let release = gupwatch::kernel::release();
+    let release = gupwatch::kernel::version::release();
     for (args, command) in [(&["doctor"][..], "`gupwatch doctor`"), (&["check", "--json"][..], "`gupwatch check`")] {
         for rust_backtrace in [None, Some("0")] {
             let o = gupwatch(args, rust_backtrace);

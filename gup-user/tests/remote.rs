@@ -16,11 +16,11 @@ mod common;
 
 use common::{bcrypt_of, Pki, Running};
 use gupwatch::{
-    client::{ClientError, ConnectOptions, Remote, PASSWORD_ENV},
+    export::client::{ClientError, ConnectOptions, Remote, PASSWORD_ENV},
     collect::{Collector, Settings},
-    http::{App, Handler, Request, Response, ServerConfig},
-    kallsyms::Kallsyms,
-    plan::ProbePlan,
+    export::http::{App, Handler, Request, Response, ServerConfig},
+    kernel::kallsyms::Kallsyms,
+    kernel::plan::ProbePlan,
     report::LeakReport,
     tui::source::{RemoteSource, Source},
 };

@@ -17,8 +17,8 @@ mod common;
 use base64::Engine as _;
 use common::{bcrypt_of, Pki, Running};
 use gupwatch::{
-    http::{Request, Response, ServerConfig},
-    webconfig::WebConfigWatcher,
+    export::http::{Request, Response, ServerConfig},
+    export::webconfig::WebConfigWatcher,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 

@@ -266,7 +266,7 @@ pub fn judge(stdout: &str) -> Vec<Check> {
         .collect()
 }
 
-/// `gupwatch probes --json` (`gup-user/src/plan.rs`): the fields the
+/// `gupwatch probes --json` (`gup-user/src/kernel/plan.rs`): the fields the
 /// no-BTF case reads.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

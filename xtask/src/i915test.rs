@@ -195,7 +195,7 @@ struct Hook {
     candidates: Vec<(String, String)>,
 }
 
-/// `gupwatch probes --json` (`gup-user/src/plan.rs`): the fields this test
+/// `gupwatch probes --json` (`gup-user/src/kernel/plan.rs`): the fields this test
 /// reads.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

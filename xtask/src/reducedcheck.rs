@@ -174,7 +174,7 @@ struct Snapshot {
     accounted: Option<Accounted>,
 }
 
-/// The accounted holders (`gup-user/src/accounted.rs`). Fields in
+/// The accounted holders (`gup-user/src/model/accounted.rs`). Fields in
 /// alphabetical order, so that the detail shows them as the snapshot's
 /// JSON object did.
 #[derive(Debug, Default, Serialize, Deserialize)]

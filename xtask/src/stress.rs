@@ -97,7 +97,7 @@ pub fn run(o: &StressOptions) -> Result<bool> {
     Ok(all_ok)
 }
 
-/// The JSON line `gupwatch stress` ends with (`gup-user/src/stress.rs`,
+/// The JSON line `gupwatch stress` ends with (`gup-user/src/check/stress.rs`,
 /// `StressReport`); a field it lacks shows as `?`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

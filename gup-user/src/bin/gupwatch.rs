@@ -12,9 +12,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use gupwatch::{
     check,
     config::LogFormat,
-    host, loader, scenarios,
+    diagnose::host, probes::loader, check::scenarios,
     session::{self, Session},
-    vmstat,
+    kernel::vmstat,
 };
 
 /// Watch how this Linux host pins user memory: who calls pin_user_pages*()
@@ -91,19 +91,19 @@ struct ConnectArgs {
 
 impl ConnectArgs {
     /// The daemon to ask, when --connect was given.
-    fn remote(self) -> Result<Option<(gupwatch::client::Remote, String)>> {
+    fn remote(self) -> Result<Option<(gupwatch::export::client::Remote, String)>> {
         let Some(url) = self.connect else { return Ok(None) };
-        let opts = gupwatch::client::ConnectOptions {
+        let opts = gupwatch::export::client::ConnectOptions {
             url: url.clone(),
             tls_ca: self.tls_ca,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             basic_auth_user: self.basic_auth_user,
             basic_auth_password_file: self.basic_auth_password_file,
-            password_from_env: std::env::var(gupwatch::client::PASSWORD_ENV).ok(),
+            password_from_env: std::env::var(gupwatch::export::client::PASSWORD_ENV).ok(),
             timeout: Duration::from_secs(5),
         };
-        Ok(Some((gupwatch::client::Remote::new(&opts)?, url)))
+        Ok(Some((gupwatch::export::client::Remote::new(&opts)?, url)))
     }
 }
 
@@ -215,7 +215,7 @@ enum Command {
         /// flags); churn: the churn_ scenarios, one exact interval per
         /// cycle (uses --cycles, --churn-procs and --scratch only).
         #[arg(long, value_enum, default_value_t)]
-        mode: gupwatch::stress::StressMode,
+        mode: gupwatch::check::stress::StressMode,
         /// Short-lived processes per churn cycle.
         #[arg(long, default_value = "500")]
         churn_procs: u32,
@@ -244,7 +244,7 @@ enum Command {
     BenchWorkload {
         /// The operation.
         #[arg(long, value_enum)]
-        kind: gupwatch::bench::BenchKind,
+        kind: gupwatch::check::bench::BenchKind,
         /// How long to run.
         #[arg(long, default_value = "5", value_parser = gupwatch::args::parse_run_seconds)]
         seconds: f64,
@@ -354,14 +354,14 @@ fn main() -> ExitCode {
     gupwatch::memstat::tune_allocator();
     // First, so that any panic is one line naming the command and kernel,
     // then exit status 70 (crash.rs).
-    gupwatch::crash::install();
+    gupwatch::diagnose::crash::install();
     let matches = Cli::command().get_matches();
-    gupwatch::crash::set_command(matches.subcommand_name());
+    gupwatch::diagnose::crash::set_command(matches.subcommand_name());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Caught here rather than exiting in the hook: unwinding runs the
     // destructors that detach probes and restore the terminal.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        gupwatch::crash::test_trigger();
+        gupwatch::diagnose::crash::test_trigger();
         run(cli)
     }));
     // Errors are printed with their causes on one screen, never as a
@@ -373,7 +373,7 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         // The hook has printed the report.
-        Err(_) => ExitCode::from(gupwatch::crash::EX_SOFTWARE),
+        Err(_) => ExitCode::from(gupwatch::diagnose::crash::EX_SOFTWARE),
     }
 }
 
@@ -434,7 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Doctor { json }) => doctor(json),
         Some(Command::Generate { what }) => generate(what),
         Some(Command::Stress { mode, churn_procs, cycles, storm_procs, window_ms, kill_rounds, track_capacity, scratch }) => {
-            let r = gupwatch::stress::run(&gupwatch::stress::StressOptions {
+            let r = gupwatch::check::stress::run(&gupwatch::check::stress::StressOptions {
                 mode,
                 churn_procs,
                 cycles,
@@ -449,7 +449,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::BenchWorkload { kind, seconds, scratch, device }) => {
             let stop = stop_flag()?;
-            let r = gupwatch::bench::run(
+            let r = gupwatch::check::bench::run(
                 kind,
                 &scratch,
                 device.as_deref(),
@@ -461,7 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::BenchBpfStats) => {
-            println!("{}", serde_json::to_string(&gupwatch::bench::prog_stats()?)?);
+            println!("{}", serde_json::to_string(&gupwatch::check::bench::prog_stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Workload { hold: Some(secs), orphan, handoff, scratch, .. }) => {
@@ -499,7 +499,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// `gupwatch leaks --connect`: the daemon's report, printed as the local
 /// one is.
-fn remote_leaks(json: bool, remote: &gupwatch::client::Remote) -> Result<ExitCode> {
+fn remote_leaks(json: bool, remote: &gupwatch::export::client::Remote) -> Result<ExitCode> {
     let report = remote.leaks()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -513,9 +513,9 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     init_env_logging()?;
     let stop = stop_flag()?;
     // What is pinned already, read before the probes attach: whatever is
-    // pinned after is tracked (gupwatch::beforestart).
+    // pinned after is tracked (gupwatch::model::beforestart).
     let proc_root = std::path::Path::new("/proc");
-    let before = gupwatch::beforestart::Inventory::take(proc_root);
+    let before = gupwatch::model::beforestart::Inventory::take(proc_root);
     let session = Session::require_tracking(track_capacity)?;
     let Some(probes) = session.probes_or_explain("no pin can be tracked") else {
         return Ok(ExitCode::from(2));
@@ -525,59 +525,59 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
         duration.as_secs()
     );
     host::sleep_unless_stopped(duration, &stop);
-    let kallsyms = gupwatch::kallsyms::Kallsyms::from_proc().unwrap_or_default();
+    let kallsyms = gupwatch::kernel::kallsyms::Kallsyms::from_proc().unwrap_or_default();
     let caller = |id: i64| {
         let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
-        gupwatch::attribution::caller_of(&ips, &kallsyms)
+        gupwatch::model::attribution::caller_of(&ips, &kallsyms)
     };
     let snap = probes.maps.snapshot()?;
     let tracking = probes.maps.tracking();
-    let mut report = gupwatch::leaks::analyze(
+    let mut report = gupwatch::model::leaks::analyze(
         &tracking,
-        &gupwatch::leaks::Context {
-            now_ns: gupwatch::leaks::monotonic_ns(),
+        &gupwatch::model::leaks::Context {
+            now_ns: gupwatch::model::leaks::monotonic_ns(),
             since_ns: 0,
             caller: &caller,
-            site: &|ip| gupwatch::attribution::caller_of(&[ip], &kallsyms),
-            alive: &gupwatch::leaks::process_alive,
-            holders: &gupwatch::holders::live,
+            site: &|ip| gupwatch::model::attribution::caller_of(&[ip], &kallsyms),
+            alive: &gupwatch::model::leaks::process_alive,
+            holders: &gupwatch::model::holders::live,
             kernel_outstanding: vmstat::read(true).ok().map(|v| v.outstanding()),
             untracked_pins: snap.diag[gup_common::Diag::PinsUntracked as usize],
         },
-        &gupwatch::leaks::LeakPolicy { long_held, ..Default::default() },
+        &gupwatch::model::leaks::LeakPolicy { long_held, ..Default::default() },
         None,
     );
-    report.i915_objects = gupwatch::i915::rows(&probes.maps.i915_objects(), &tracking.exited)
+    report.i915_objects = gupwatch::model::i915::rows(&probes.maps.i915_objects(), &tracking.exited)
         .into_iter()
         .filter(|o| o.pinned_pages > 0)
         .collect();
     // No stack was classified while tracking (nothing gathered), so every
     // hold is in the pending map, named here by its stack.
-    report.hold_times = gupwatch::holdtime::fold(&probes.maps.hold.read(), |id| {
-        probes.maps.stack(id).map(|ips| gupwatch::attribution::caller_of(&ips, &kallsyms).subsystem)
+    report.hold_times = gupwatch::model::holdtime::fold(&probes.maps.hold.read(), |id| {
+        probes.maps.stack(id).map(|ips| gupwatch::model::attribution::caller_of(&ips, &kallsyms).subsystem)
     });
-    report.cgroups = gupwatch::cgroups::pinned_by_cgroup(
+    report.cgroups = gupwatch::model::cgroups::pinned_by_cgroup(
         report.holdings.iter().map(|h| (h.owner_tgid, h.pages)),
-        &gupwatch::cgroups::cgroup_of_processes(&snap.attrib),
-        &mut gupwatch::cgroups::CgroupNames::default(),
-        gupwatch::cgroups::DEFAULT_TOP_CGROUPS,
+        &gupwatch::model::cgroups::cgroup_of_processes(&snap.attrib),
+        &mut gupwatch::model::cgroups::CgroupNames::default(),
+        gupwatch::model::cgroups::DEFAULT_TOP_CGROUPS,
     );
     let gap = report.kernel_outstanding.map(|k| (k.max(0) as u64).saturating_sub(report.tracked_outstanding));
-    report.held_before_start = before.still_held(&gupwatch::beforestart::Inventory::take(proc_root), gap);
+    report.held_before_start = before.still_held(&gupwatch::model::beforestart::Inventory::take(proc_root), gap);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_table());
         print!(
             "{}",
-            gupwatch::beforestart::before_table(
+            gupwatch::model::beforestart::before_table(
                 &report.held_before_start,
                 report.tracked_outstanding,
                 report.kernel_outstanding
             )
         );
         print!("{}", gupwatch::report::hold_table(&report.hold_times));
-        print!("{}", gupwatch::cgroups::cgroup_table(&report.cgroups));
+        print!("{}", gupwatch::model::cgroups::cgroup_table(&report.cgroups));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -627,9 +627,9 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
         return top(interval, None, reduced);
     }
     init_env_logging()?;
-    gupwatch::privileges::close_inherited_fds();
+    gupwatch::kernel::privileges::close_inherited_fds();
     let stop = stop_flag()?;
-    let opts = loader::LoadOptions { ebpf_log: gupwatch::ebpflog::wanted(), ..loader::LoadOptions::default() };
+    let opts = loader::LoadOptions { ebpf_log: gupwatch::probes::ebpflog::wanted(), ..loader::LoadOptions::default() };
     let mut session = Session::start(opts, reduced)?;
     let late_attach = session.follows_modules();
     session::drop_privileges(&session.plan, late_attach, session.attached() == 0);
@@ -659,7 +659,7 @@ fn watch(interval: Duration, count: Option<u64>, plain: bool, reduced: bool) -> 
 /// `gupwatch top` (and `gupwatch` on a terminal): the live view, of this
 /// host's probes (none when the reduced mode was asked for, `--reduced`)
 /// or of a daemon's.
-fn top(interval: Duration, connect: Option<(gupwatch::client::Remote, String)>, reduced: bool) -> Result<ExitCode> {
+fn top(interval: Duration, connect: Option<(gupwatch::export::client::Remote, String)>, reduced: bool) -> Result<ExitCode> {
     use gupwatch::{collect, tui, tui::source};
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("the live view needs a terminal on stdout; `gupwatch --plain` (or --count N) prints summary lines");
@@ -689,7 +689,7 @@ fn top(interval: Duration, connect: Option<(gupwatch::client::Remote, String)>, 
 
 /// `gupwatch doctor`.
 fn doctor(json: bool) -> Result<ExitCode> {
-    let report = gupwatch::doctor::evaluate(&gupwatch::doctor::Facts::gather());
+    let report = gupwatch::diagnose::doctor::evaluate(&gupwatch::diagnose::doctor::Facts::gather());
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

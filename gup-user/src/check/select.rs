@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::scenarios::{self, Scenario};
-use crate::vmstat;
+use crate::check::scenarios::{self, Scenario};
+use crate::kernel::vmstat;
 
 /// Options of `gupwatch check` that choose and size the scenarios.
 #[derive(Clone, Debug)]

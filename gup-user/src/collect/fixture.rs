@@ -7,16 +7,16 @@ use gup_common::{Api, AttribKey, AttribValue, Diag, LATENCY_BUCKETS};
 
 use super::{HookHealth, LeakMetrics, PlanSummary, Reading, Settings, TopProcesses};
 use crate::{
-    attribution::{Caller, Row, Subsystem},
-    model::Snapshot,
-    vmstat::FollPinCounters,
+    model::attribution::{Caller, Row, Subsystem},
+    model::counters::Snapshot,
+    kernel::vmstat::FollPinCounters,
 };
 
 pub(crate) fn hook(api: Api, attached: bool, mechanism: &'static str) -> HookHealth {
     HookHealth {
         api,
         function: api.symbol(),
-        kind: crate::plan::kind_name(api.kind()),
+        kind: crate::kernel::plan::kind_name(api.kind()),
         mechanism,
         attached,
         status: if attached { "attached" } else { "absent" },

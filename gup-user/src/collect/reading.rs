@@ -16,12 +16,12 @@ use serde::Serialize;
 
 use super::Settings;
 use crate::{
-    accounted::Accounted,
-    attribution::Row,
-    leaks::{self, LeakReport},
-    model::Snapshot,
-    plan::{HookStatus, Mechanism, ProbePlan},
-    vmstat::FollPinCounters,
+    model::accounted::Accounted,
+    model::attribution::Row,
+    model::leaks::{self, LeakReport},
+    model::counters::Snapshot,
+    kernel::plan::{HookStatus, Mechanism, ProbePlan},
+    kernel::vmstat::FollPinCounters,
 };
 
 /// The `comm` label of the series that sums every process outside the top N.
@@ -227,7 +227,7 @@ impl TopProcesses {
         let mut out: Vec<ErrnoSeries> = kept
             .into_iter()
             .filter_map(|((api, errno), [calls])| {
-                Some(ErrnoSeries { api: Api::from_index(api)?.symbol(), errno: crate::errno::errno_name(errno), calls })
+                Some(ErrnoSeries { api: Api::from_index(api)?.symbol(), errno: crate::kernel::errno::errno_name(errno), calls })
             })
             .collect();
         if other > 0 || errnos.len() > n {
@@ -287,7 +287,7 @@ pub struct Reading {
     /// Leak signals; `None` without probes.
     pub leaks: Option<LeakMetrics>,
     /// Per attached hook's function, the calls the kernel ran without
-    /// gupwatch's program ([`crate::loader::Probes::probe_misses`]).
+    /// gupwatch's program ([`crate::probes::loader::Probes::probe_misses`]).
     pub probe_misses: Vec<(&'static str, u64)>,
     /// Pinned memory as the kernel accounts it per process (reduced mode
     /// only: with probes the traced view says more, and the /proc walk
@@ -297,19 +297,19 @@ pub struct Reading {
     /// ([`Settings::top_processes`]).
     pub top_processes: usize,
     /// Per module hook's function and reason, the times it was found dead
-    /// ([`crate::loader::Probes::probe_detached`]).
+    /// ([`crate::probes::loader::Probes::probe_detached`]).
     pub probe_detached: Vec<(&'static str, &'static str, u64)>,
     /// How long released pins were held, per subsystem and LONGTERM
     /// (empty without probes or without pin tracking).
     pub hold_times: Vec<crate::report::HoldHistogram>,
     /// Pins held now per cgroup: the top ones, then `other` and
     /// `unknown` (empty without pin tracking).
-    pub cgroups: Vec<crate::cgroups::CgroupPins>,
-    /// Whether the kernel counts BPF program runs ([`crate::bpfstats`]).
+    pub cgroups: Vec<crate::model::cgroups::CgroupPins>,
+    /// Whether the kernel counts BPF program runs ([`crate::probes::bpfstats`]).
     pub bpf_stats_enabled: bool,
     /// Run statistics of gupwatch's attached programs (empty without
     /// probes).
-    pub bpf_programs: Vec<crate::loader::ProgramRuns>,
+    pub bpf_programs: Vec<crate::probes::loader::ProgramRuns>,
 }
 
 impl Reading {

@@ -6,8 +6,8 @@ use gup_common::Api;
 use super::fixture::row;
 use super::*;
 use crate::{
-    attribution::{Row, Subsystem},
-    leaks::{self, LeakReport},
+    model::attribution::{Row, Subsystem},
+    model::leaks::{self, LeakReport},
 };
 
 #[test]
@@ -65,7 +65,7 @@ fn leak_metrics_list_every_kind() {
             owner_tgid: Some(1),
             comm: None,
             caller: "x".into(),
-            subsystem: crate::attribution::Subsystem::Other,
+            subsystem: crate::model::attribution::Subsystem::Other,
             age_secs: None,
         }],
         hold_times: vec![],
@@ -105,10 +105,10 @@ fn reduced_collector_reads_accounted_pins() {
 /// interval; the reading says how long ago.
 #[test]
 fn vmstat_refresh_is_opt_in_and_rate_limited() {
-    let plan = crate::plan::ProbePlan::resolve(
+    let plan = crate::kernel::plan::ProbePlan::resolve(
         "6.1.0-test".into(),
         Err("no BTF".into()),
-        &crate::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n"),
+        &crate::kernel::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n"),
     );
     let settings = |r| Settings { vmstat_refresh: r, ..Settings::default() };
     let mut c = Collector::new(None, &plan, settings(None));
@@ -117,7 +117,7 @@ fn vmstat_refresh_is_opt_in_and_rate_limited() {
     }
     c.set_settings(settings(Some(Duration::from_secs(3600))));
     let first = c.gather().vmstat_refreshed_ago;
-    if std::fs::OpenOptions::new().write(true).open(crate::vmstat::STAT_REFRESH_PATH).is_err() {
+    if std::fs::OpenOptions::new().write(true).open(crate::kernel::vmstat::STAT_REFRESH_PATH).is_err() {
         // Not root (or no such file): the write is refused and not tried again.
         assert_eq!(first, None);
         return;

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use gup_common::{Api, Diag};
 
 use crate::{
-    attribution::Row,
+    model::attribution::Row,
     collect::{kind_index, row_kind, HookHealth, Reading},
-    errno::errno_name,
-    model::Snapshot,
+    kernel::errno::errno_name,
+    model::counters::Snapshot,
     report::{
         ApiReport, CallerReport, ErrnoReport, HookReport, KernelCounters, Kind, Mode, ProcessReport, SnapshotReport,
         SubsystemReport,

@@ -36,9 +36,9 @@ use prometheus_client::{
 };
 
 use crate::{
-    attribution,
+    model::attribution,
     collect::{row_kind, Reading, KINDS},
-    model::{Snapshot, Totals},
+    model::counters::{Snapshot, Totals},
 };
 
 mod bpfprog;
@@ -771,7 +771,7 @@ fn diag_counters<L: EncodeLabelSet>(
 }
 
 /// One per-holder figure of the accounted families.
-type HolderValue = fn(&crate::accounted::Holder) -> u64;
+type HolderValue = fn(&crate::model::accounted::Holder) -> u64;
 
 /// The `gupwatch_accounted_*` families: per holder (pid and comm) for the
 /// top [`Settings::top_processes`] holders only, so a host with thousands

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use crate::{
-    accounted::{Accounted, Holder},
-    attribution::{Caller, Subsystem},
+    model::accounted::{Accounted, Holder},
+    model::attribution::{Caller, Subsystem},
     collect::{fixture, Reading, Settings, TopProcesses},
-    i915::ObjectRow,
-    leaks::{Holding, Leak, LeakKind, LeakReport},
-    vmstat::FollPinCounters,
+    model::i915::ObjectRow,
+    model::leaks::{Holding, Leak, LeakKind, LeakReport},
+    kernel::vmstat::FollPinCounters,
 };
 
 /// A leak report with a holding, a signal of each shape (with and without
@@ -108,7 +108,7 @@ pub(crate) fn reduced() -> Arc<Reading> {
         Settings::default(),
     );
     d.accounted = Some(Arc::new(Accounted {
-        source: crate::accounted::SOURCE.into(),
+        source: crate::model::accounted::SOURCE.into(),
         holders: vec![holder(200, "aa-holder", 1 << 20), holder(7, "qemu \"vm\"", 8192)],
         processes: 50,
         fds: 12,

@@ -3,7 +3,7 @@
 
 use super::{fixture, *};
 use crate::{
-    attribution::Subsystem,
+    model::attribution::Subsystem,
     collect::fixture::sample,
     export::api::{snapshot_json, snapshot_with_callers, MAX_JSON_CALLERS},
 };

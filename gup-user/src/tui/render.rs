@@ -367,8 +367,8 @@ fn draw_reduced(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
 }
 
 /// The holders of accounted pinned memory (reduced mode).
-fn draw_accounted(f: &mut Frame, area: Rect, a: &crate::accounted::Accounted) {
-    use crate::accounted::human_bytes;
+fn draw_accounted(f: &mut Frame, area: Rect, a: &crate::model::accounted::Accounted) {
+    use crate::model::accounted::human_bytes;
     let title = format!(
         " Accounted pinned memory · kernel charges, not traced · {} holders{} ",
         a.holders.len(),
@@ -615,7 +615,7 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
                 lines.push(Line::from(vec![
                     Span::styled(format!("{:<10}", "held by"), Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD)),
                     Span::raw(format!("{:>5}p ", human(h.pages))),
-                    Span::raw(crate::leaks::holder_names(&h.holders)),
+                    Span::raw(crate::model::leaks::holder_names(&h.holders)),
                     Span::styled(format!(" from {} {}", h.owner_tgid, h.comm), DIM),
                 ]));
             }
@@ -698,7 +698,7 @@ mod tests {
     fn leak_panel_shows_the_holder() {
         use crate::tui::view::tests::{holding, report};
         let mut vm = ViewModel::new();
-        let mut h = holding(169, "handoff", "io_pin_pages", crate::attribution::Subsystem::IoUring, 256, 12.0);
+        let mut h = holding(169, "handoff", "io_pin_pages", crate::model::attribution::Subsystem::IoUring, 256, 12.0);
         h.owner_exited = true;
         h.holders = vec![crate::report::ObjectHolder { pid: 170, comm: "ring-holder".into(), cgroup: String::new() }];
         vm.set_outstanding(Some(report(Some(256), vec![h], vec![])));

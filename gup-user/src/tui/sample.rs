@@ -12,10 +12,10 @@ use gup_common::LATENCY_BUCKETS;
 
 pub use crate::report::{Kind, Mode};
 use crate::{
-    accounted::Accounted,
+    model::accounted::Accounted,
     collect::Reading,
     export::api,
-    model::Totals,
+    model::counters::Totals,
     report::{ApiReport, CallerReport, HoldHistogram, HookReport, SnapshotReport},
 };
 
@@ -51,7 +51,7 @@ pub struct Sample {
     /// How long released pins were held, per subsystem and LONGTERM.
     pub hold_times: Vec<HoldHistogram>,
     /// Pins held now per cgroup.
-    pub cgroups: Vec<crate::cgroups::CgroupPins>,
+    pub cgroups: Vec<crate::model::cgroups::CgroupPins>,
 }
 
 /// Why a JSON document could not be read as a sample.

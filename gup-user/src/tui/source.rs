@@ -1,13 +1,13 @@
 //! Where the live view's readings come from: this process's own probes
 //! ([`LocalSource`]) or a `gupwatch run` daemon's `/api/snapshot`
-//! ([`RemoteSource`], through [`crate::client`]: TLS and basic auth as the
+//! ([`RemoteSource`], through [`crate::export::client`]: TLS and basic auth as the
 //! daemon's web config wants).
 
 use std::sync::Arc;
 
 use super::sample::{Sample, SampleError};
 use crate::{
-    client::{ClientError, Remote},
+    export::client::{ClientError, Remote},
     collect::{Collector, Reading},
     report::{LeakReport, SnapshotReport},
 };
@@ -78,7 +78,7 @@ impl Source for RemoteSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ConnectOptions;
+    use crate::export::client::ConnectOptions;
     use std::{
         sync::atomic::{AtomicBool, Ordering},
         time::Duration,
@@ -92,14 +92,14 @@ mod tests {
     /// reduced-mode collector (no privileges needed).
     #[test]
     fn remote_source_reads_the_daemon() {
-        let kallsyms = crate::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
-        let plan = crate::plan::ProbePlan::resolve("6.1.0-test".into(), Err("no BTF".into()), &kallsyms);
+        let kallsyms = crate::kernel::kallsyms::Kallsyms::parse("ffffffff81000000 T pin_user_pages_fast\n");
+        let plan = crate::kernel::plan::ProbePlan::resolve("6.1.0-test".into(), Err("no BTF".into()), &kallsyms);
         let collector = Collector::new(None, &plan, crate::collect::Settings::default());
-        let server = crate::http::Server::bind("127.0.0.1:0", crate::http::ServerConfig::default()).unwrap();
+        let server = crate::export::http::Server::bind("127.0.0.1:0", crate::export::http::ServerConfig::default()).unwrap();
         let addr = server.local_addr().unwrap().to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
-        let t = std::thread::spawn(move || server.run(Arc::new(crate::http::App::new(collector)), &s));
+        let t = std::thread::spawn(move || server.run(Arc::new(crate::export::http::App::new(collector)), &s));
         let mut src = RemoteSource::new(remote(&addr, 5));
         let (sample, outstanding) = src.read(true).expect("reads");
         assert_eq!(sample.kernel, "6.1.0-test");

@@ -406,7 +406,7 @@ impl ViewModel {
     }
 
     /// Pins held per cgroup in the latest sample.
-    pub fn cgroups(&self) -> &[crate::cgroups::CgroupPins] {
+    pub fn cgroups(&self) -> &[crate::model::cgroups::CgroupPins] {
         self.latest.as_ref().map_or(&[], |s| s.cgroups.as_slice())
     }
 
@@ -581,8 +581,8 @@ fn sort_rows(rows: &mut [TableRow], sort: SortKey, descending: bool) {
 pub(crate) mod tests {
     use super::*;
     use crate::{
-        attribution::{Caller, Subsystem},
-        model::Totals,
+        model::attribution::{Caller, Subsystem},
+        model::counters::Totals,
         report::{ApiReport, Holding, Leak, LeakKind},
     };
 
@@ -702,8 +702,8 @@ pub(crate) mod tests {
             rows_truncated: false,
             accounted: None,
             hold_times: vec![hold("direct-io", false, 40 * step)],
-            cgroups: vec![crate::cgroups::CgroupPins {
-                cgroup: crate::cgroups::parse_path("/system.slice/fio.service"),
+            cgroups: vec![crate::model::cgroups::CgroupPins {
+                cgroup: crate::model::cgroups::parse_path("/system.slice/fio.service"),
                 pages: 100 * step,
             }],
         }

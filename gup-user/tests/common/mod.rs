@@ -12,8 +12,8 @@ use std::{
 };
 
 use gupwatch::{
-    http::{Handler, Server, ServerConfig},
-    webconfig::WebConfigWatcher,
+    export::http::{Handler, Server, ServerConfig},
+    export::webconfig::WebConfigWatcher,
 };
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};

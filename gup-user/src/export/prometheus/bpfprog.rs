@@ -1,6 +1,6 @@
 //! gupwatch's own BPF programs: whether the kernel counts their runs, and
 //! per attached program its runs and the time spent in it
-//! ([`crate::bpfstats`], `gupwatch run --bpf-stats`).
+//! ([`crate::probes::bpfstats`], `gupwatch run --bpf-stats`).
 //!
 //! The per-program families have samples only while statistics are on:
 //! off, the kernel leaves the counters at zero, and their series (two per
@@ -29,7 +29,7 @@ fn hook(program: &str) -> String {
     if program == "sched_process_exit" {
         return "tracepoint sched/sched_process_exit".into();
     }
-    crate::bench::hook_of(program)
+    crate::check::bench::hook_of(program)
 }
 
 pub(super) fn program_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
@@ -41,7 +41,7 @@ pub(super) fn program_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt:
         Some(i64::from(d.bpf_stats_enabled)),
     )?;
     let programs = if d.bpf_stats_enabled { &d.bpf_programs[..] } else { &[] };
-    let labels = |p: &crate::loader::ProgramRuns| ProgramLabels { program: p.program.clone(), hook: hook(&p.program) };
+    let labels = |p: &crate::probes::loader::ProgramRuns| ProgramLabels { program: p.program.clone(), hook: hook(&p.program) };
     let mut m = enc.encode_descriptor(
         "gupwatch_bpf_program_run",
         "Time the kernel spent running each of gupwatch's attached BPF programs while run statistics were on (run_time_ns of the program's info); samples only while gupwatch_bpf_stats_enabled is 1.",
@@ -69,7 +69,7 @@ mod tests {
 
     use crate::{
         export::prometheus::{render, tests::promtool_check, Format},
-        loader::ProgramRuns,
+        probes::loader::ProgramRuns,
     };
 
     fn with_programs(enabled: bool) -> String {

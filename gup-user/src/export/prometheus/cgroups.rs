@@ -1,5 +1,5 @@
 //! `gupwatch_cgroup_pinned_pages`: pins held now per cgroup, bounded to
-//! the top cgroups plus `other` and `unknown` ([`crate::cgroups`]).
+//! the top cgroups plus `other` and `unknown` ([`crate::model::cgroups`]).
 
 use std::fmt;
 
@@ -43,7 +43,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::{
-        cgroups::{parse_path, CgroupPins},
+        model::cgroups::{parse_path, CgroupPins},
         export::prometheus::{render, Format},
     };
 

@@ -1,5 +1,5 @@
 //! `gupwatch_pin_hold_seconds`: how long released pins were held, a
-//! histogram per LONGTERM and short pins ([`crate::holdtime`]). The
+//! histogram per LONGTERM and short pins ([`crate::model::holdtime`]). The
 //! per-subsystem histograms stay in `/api/snapshot`, `gupwatch leaks` and
 //! the live view: one series per subsystem would take a node past its
 //! series budget (docs/fleet.md).

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use gup_common::{Api, ApiKind, ATTRIB_CAPACITY, LATENCY_BUCKETS};
 
-use crate::attribution::Subsystem;
+use crate::model::attribution::Subsystem;
 
 use super::*;
 use crate::{
     collect::{fixture::{plan, sample}, Settings, TopProcesses},
     export::api::{callers_json, snapshot_json, MAX_JSON_CALLERS},
-    vmstat::FollPinCounters,
+    kernel::vmstat::FollPinCounters,
 };
 
 /// The sample lines of a family (exact name match before `{` or ` `).
@@ -290,11 +290,11 @@ fn reduced_mode_has_vmstat_and_probe_health_only() {
 /// count for all, in both formats.
 #[test]
 fn reduced_mode_names_the_accounted_holders() {
-    use crate::{accounted::Accounted, report::fixture::holder};
+    use crate::{model::accounted::Accounted, report::fixture::holder};
     let mut top = TopProcesses::default();
     let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2, ..Settings::default() });
     d.accounted = Some(Arc::new(Accounted {
-        source: crate::accounted::SOURCE.into(),
+        source: crate::model::accounted::SOURCE.into(),
         holders: vec![holder(200, "aa-holder", 1 << 20), holder(7, "qemu \"vm\"", 8192), holder(9, "third", 4096)],
         processes: 50,
         fds: 0,
@@ -417,7 +417,7 @@ fn one_node_stays_within_the_series_budget() {
     use crate::collect::{fixture::{hook, row, with_module}, ERRNO_SERIES, OTHER_COMM};
     let mut p = plan();
     p.hooks = Api::ALL.iter().map(|&a| hook(a, true, "kprobe")).collect();
-    let mut snap = crate::model::Snapshot::default();
+    let mut snap = crate::model::counters::Snapshot::default();
     for a in Api::ALL {
         let st = &mut snap.apis[a as usize];
         st.calls = 1;
@@ -451,7 +451,7 @@ fn one_node_stays_within_the_series_budget() {
     // per-program families have no samples then, whatever is attached.
     d.bpf_programs = Api::ALL
         .iter()
-        .flat_map(|a| ["fe", "fx", "kp"].map(|p| crate::loader::ProgramRuns { program: format!("{p}_{}", *a as u32), runs: 1, run_time_ns: 1 }))
+        .flat_map(|a| ["fe", "fx", "kp"].map(|p| crate::probes::loader::ProgramRuns { program: format!("{p}_{}", *a as u32), runs: 1, run_time_ns: 1 }))
         .collect();
     d.leaks = Some(crate::collect::LeakMetrics::default());
     if let Some(l) = d.leaks.as_mut() {
@@ -471,11 +471,11 @@ fn one_node_stays_within_the_series_budget() {
             buckets: vec![1; gup_common::hold::HOLD_BUCKETS],
         }))
         .collect();
-    d.cgroups = (0..crate::cgroups::DEFAULT_TOP_CGROUPS)
+    d.cgroups = (0..crate::model::cgroups::DEFAULT_TOP_CGROUPS)
         .map(|i| format!("/kubepods.slice/pod{i}"))
-        .chain([crate::cgroups::OTHER_CGROUP.into(), crate::cgroups::UNKNOWN_CGROUP.into()])
-        .map(|path| crate::cgroups::CgroupPins {
-            cgroup: crate::cgroups::CgroupInfo { path, unit: Some("u".into()), pod_uid: Some("p".into()), container_id: Some("c".into()) },
+        .chain([crate::model::cgroups::OTHER_CGROUP.into(), crate::model::cgroups::UNKNOWN_CGROUP.into()])
+        .map(|path| crate::model::cgroups::CgroupPins {
+            cgroup: crate::model::cgroups::CgroupInfo { path, unit: Some("u".into()), pod_uid: Some("p".into()), container_id: Some("c".into()) },
             pages: 1,
         })
         .collect();
@@ -499,7 +499,7 @@ fn one_node_stays_within_the_series_budget() {
     assert_eq!(samples(&text, "gupwatch_pin_hold_seconds_count").len(), 2, "one series per LONGTERM and short");
     assert_eq!(samples(&text, "gupwatch_kernel_counters_age_seconds").len(), 1);
     assert!(samples(&text, "gupwatch_bpf_program_runs_total").is_empty());
-    assert_eq!(samples(&text, "gupwatch_cgroup_pinned_pages").len(), crate::cgroups::DEFAULT_TOP_CGROUPS + 2);
+    assert_eq!(samples(&text, "gupwatch_cgroup_pinned_pages").len(), crate::model::cgroups::DEFAULT_TOP_CGROUPS + 2);
     promtool_check(&text);
 }
 
