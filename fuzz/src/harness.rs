@@ -329,7 +329,21 @@ pub fn map_records(data: &[u8]) {
             .collect(),
         unreadable: objects.len() % 2,
     };
+    // Arbitrary folio keys against an arbitrary vmemmap and zones: the
+    // PFN arithmetic must neither overflow nor divide by zero.
+    let placement = gupwatch::kernel::placement::Placement {
+        vmemmap_base: input.u64(),
+        page_struct_size: input.u8() as u64,
+        zones: (0..input.u8() % 4)
+            .map(|i| gupwatch::kernel::placement::ZoneRange {
+                name: if i % 2 == 0 { "Movable".into() } else { "Normal".into() },
+                start_pfn: input.u64(),
+                spanned: input.u64(),
+            })
+            .collect(),
+    };
     let cx = leaks::Context {
+        placement: (input.u8() & 1 == 1).then_some(&placement),
         now_ns: input.u64(),
         since_ns: if input.u8() & 1 == 1 { input.u64() } else { 0 },
         caller: &caller,

@@ -214,6 +214,9 @@ pub struct LeakSummary {
     pub owner_tgid: Option<u32>,
     /// Pin call site.
     pub caller: String,
+    /// The zone of the pages (`Movable` for `weak_pin`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// Pins held by live processes other than their exited creator, in a
@@ -506,6 +509,8 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (V
         let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
         attribution::caller_of(&ips, kallsyms)
     };
+    let layout = &probes.plan.page_layout;
+    let placement = crate::kernel::placement::Placement::read(layout.vmemmap_base, layout.size);
     let leak_report = leaks::analyze(
         &probes.maps.tracking(),
         &leaks::Context {
@@ -517,6 +522,7 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (V
             holders: &crate::model::holders::live,
             kernel_outstanding: None,
             untracked_pins: 0,
+            placement: placement.as_ref(),
         },
         &LeakPolicy { long_held: Duration::ZERO, ..LeakPolicy::default() },
         None,
@@ -531,7 +537,13 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (V
         .leaks
         .iter()
         .filter(|l| l.kind != leaks::LeakKind::Unbalanced)
-        .map(|l| LeakSummary { kind: l.kind.as_str(), pages: l.pages, owner_tgid: l.owner_tgid, caller: l.caller.clone() })
+        .map(|l| LeakSummary {
+            kind: l.kind.as_str(),
+            pages: l.pages,
+            owner_tgid: l.owner_tgid,
+            caller: l.caller.clone(),
+            zone: l.zone.clone(),
+        })
         .collect();
     (leaks, held)
 }
@@ -782,7 +794,7 @@ impl CheckReport {
                     r.contract_violations.iter().map(|v| format!("{}: {}", v.contract, v.detail)).collect::<Vec<_>>().join("; ")
                 ),
                 None => {
-                    let leaks: Vec<String> = r.leaks.iter().map(|l| format!("{} {}p", l.kind, l.pages)).collect();
+                    let leaks: Vec<String> = r.leaks.iter().map(|l| format!("{} {}p{}", l.kind, l.pages, l.zone.as_ref().map_or(String::new(), |z| format!(" {z}")))).collect();
                     if leaks.is_empty() { r.note.clone() } else { format!("leaks: {} {}", leaks.join(", "), r.note) }
                 }
             };

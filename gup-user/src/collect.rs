@@ -200,6 +200,8 @@ impl Collector {
             c
         };
         let untracked = data.snapshot.as_ref().map_or(0, |s| s.diag[Diag::PinsUntracked as usize]);
+        let layout = &p.plan.page_layout;
+        let placement = crate::kernel::placement::Placement::read(layout.vmemmap_base, layout.size);
 
         let mut report = leaks::analyze(
             &tracking,
@@ -212,6 +214,7 @@ impl Collector {
                 holders: &crate::model::holders::live,
                 kernel_outstanding: data.vmstat.map(|v| v.outstanding()),
                 untracked_pins: untracked,
+                placement: placement.as_ref(),
             },
             &self.leak_policy,
             Some(&mut self.growth),

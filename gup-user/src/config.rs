@@ -7,6 +7,7 @@
 //! listen = "127.0.0.1:10483"   # restart needed
 //! top_processes = 10           # live
 //! long_held = 300              # seconds; live
+//! weak_pin = 1                 # seconds; live
 //! track_capacity = 65536       # folios; restart needed
 //! log_format = "text"          # or "json"; restart needed
 //! log_level = "info"           # tracing filter, e.g. "gupwatch=debug,info"; live
@@ -58,6 +59,9 @@ pub struct RunOptions {
     pub top_processes: Option<usize>,
     /// Pins held longer than this many seconds are long-held.
     pub long_held: Option<u64>,
+    /// Short-term pins on ZONE_MOVABLE pages held longer than this many
+    /// seconds are weak pins.
+    pub weak_pin: Option<u64>,
     /// Capacity of the pin tracking map, in folios.
     pub track_capacity: Option<u32>,
     /// Log line format.
@@ -82,6 +86,8 @@ pub struct RunSettings {
     pub top_processes: usize,
     /// Long-held threshold.
     pub long_held: Duration,
+    /// Weak-pin threshold.
+    pub weak_pin: Duration,
     /// Tracking map capacity.
     pub track_capacity: u32,
     /// Log line format.
@@ -167,6 +173,9 @@ impl RunOptions {
             long_held: Duration::from_secs(
                 cli.long_held.or(file.long_held).unwrap_or(crate::model::leaks::LeakPolicy::default().long_held.as_secs()),
             ),
+            weak_pin: Duration::from_secs(
+                cli.weak_pin.or(file.weak_pin).unwrap_or(crate::model::leaks::WEAK_PIN.as_secs()),
+            ),
             track_capacity: cli.track_capacity.or(file.track_capacity).unwrap_or(gup_common::TRACK_CAPACITY),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             log_level: cli.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into()),
@@ -199,6 +208,9 @@ impl RunSettings {
         }
         if self.long_held != new.long_held {
             p.applied.push(format!("long_held: {}s -> {}s", self.long_held.as_secs(), new.long_held.as_secs()));
+        }
+        if self.weak_pin != new.weak_pin {
+            p.applied.push(format!("weak_pin: {}s -> {}s", self.weak_pin.as_secs(), new.weak_pin.as_secs()));
         }
         if self.log_level != new.log_level {
             p.applied.push(format!("log_level: {} -> {}", self.log_level, new.log_level));
@@ -234,6 +246,7 @@ impl RunSettings {
         RunSettings {
             top_processes: new.top_processes,
             long_held: new.long_held,
+            weak_pin: new.weak_pin,
             log_level: new.log_level.clone(),
             vmstat_refresh: new.vmstat_refresh,
             ..self.clone()
@@ -243,10 +256,11 @@ impl RunSettings {
     /// For logs: `key=value ...`.
     pub fn describe(&self) -> String {
         format!(
-            "listen={} top_processes={} long_held={}s track_capacity={} log_format={} log_level={} web_config={} max_connections_per_peer={} vmstat_refresh={}",
+            "listen={} top_processes={} long_held={}s weak_pin={}s track_capacity={} log_format={} log_level={} web_config={} max_connections_per_peer={} vmstat_refresh={}",
             self.listen,
             self.top_processes,
             self.long_held.as_secs(),
+            self.weak_pin.as_secs(),
             self.track_capacity,
             self.log_format.as_str(),
             self.log_level,
@@ -295,7 +309,7 @@ mod tests {
     #[test]
     fn every_key_parses() {
         let o = RunOptions::parse(
-            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\nweb_config = \"/etc/gupwatch/web.yml\"\nmax_connections_per_peer = 64\nvmstat_refresh = 10\n",
+            "listen = \"0.0.0.0:9000\"\ntop_processes = 3\nlong_held = 60\nweak_pin = 2\ntrack_capacity = 1024\nlog_format = \"json\"\nlog_level = \"gupwatch=debug,warn\"\nweb_config = \"/etc/gupwatch/web.yml\"\nmax_connections_per_peer = 64\nvmstat_refresh = 10\n",
             p(),
         )
         .unwrap();
@@ -305,6 +319,7 @@ mod tests {
                 listen: Some("0.0.0.0:9000".into()),
                 top_processes: Some(3),
                 long_held: Some(60),
+                weak_pin: Some(2),
                 track_capacity: Some(1024),
                 log_format: Some(LogFormat::Json),
                 log_level: Some("gupwatch=debug,warn".into()),
@@ -351,6 +366,7 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:1");
         assert_eq!(s.top_processes, 7);
         assert_eq!(s.long_held, Duration::from_secs(300));
+        assert_eq!(s.weak_pin, Duration::from_secs(1));
         assert_eq!(s.track_capacity, gup_common::TRACK_CAPACITY);
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_level, "debug");

@@ -100,7 +100,7 @@ pub fn run(req: RunRequest<'_>) -> Result<(), DaemonError> {
         &session.plan,
         collect::Settings { top_processes: settings.top_processes, vmstat_refresh: settings.vmstat_refresh },
     );
-    collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, ..LeakPolicy::default() });
+    collector.set_leak_policy(LeakPolicy { long_held: settings.long_held, weak_pin: settings.weak_pin, ..LeakPolicy::default() });
     crate::memstat::note("collector ready (kallsyms read)");
     // Module hooks are followed for as long as gupwatch runs: a module can
     // be unloaded and loaded again at any time, and each load needs fresh
@@ -326,7 +326,7 @@ impl Reloader {
         }
         app.update(|c| {
             c.set_settings(collect::Settings { top_processes: next.top_processes, vmstat_refresh: next.vmstat_refresh });
-            c.set_leak_policy(LeakPolicy { long_held: next.long_held, ..c.leak_policy().clone() });
+            c.set_leak_policy(LeakPolicy { long_held: next.long_held, weak_pin: next.weak_pin, ..c.leak_policy().clone() });
         });
         tracing::info!(target: LOG_TARGET, path = %path.display(), applied = ?plan.applied, "configuration reloaded");
         if !plan.needs_restart.is_empty() {

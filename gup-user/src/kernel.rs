@@ -17,10 +17,13 @@
 //! * [`vmstat`]: the kernel's own counters, `nr_foll_pin_acquired` and
 //!   `nr_foll_pin_released`.
 //! * [`errno`]: the kernel's errno names.
+//! * [`placement`]: which zone a pinned folio lies in (`vmemmap_base`
+//!   from `/proc/kcore`, zone ranges from `/proc/zoneinfo`).
 
 pub mod btf;
 pub mod errno;
 pub mod kallsyms;
+pub mod placement;
 pub mod plan;
 pub mod privileges;
 pub mod version;

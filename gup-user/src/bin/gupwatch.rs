@@ -191,6 +191,10 @@ enum Command {
         /// Pins held longer than this many seconds are long-held.
         #[arg(long, default_value = "300", conflicts_with = "connect")]
         long_held: u64,
+        /// Pins without FOLL_LONGTERM on ZONE_MOVABLE pages held longer
+        /// than this many seconds are weak pins (they block migration).
+        #[arg(long, default_value = "1", conflicts_with = "connect")]
+        weak_pin: u64,
         /// Capacity of the tracking map, in folios.
         #[arg(long, default_value_t = gup_common::TRACK_CAPACITY, conflicts_with = "connect")]
         track_capacity: u32,
@@ -300,6 +304,10 @@ struct RunArgs {
     /// /api/snapshot?leaks=1 [default: 300].
     #[arg(long, value_name = "SECS")]
     long_held: Option<u64>,
+    /// Pins without FOLL_LONGTERM on ZONE_MOVABLE pages held longer than
+    /// this many seconds are weak pins in /api/snapshot?leaks=1 [default: 1].
+    #[arg(long, value_name = "SECS")]
+    weak_pin: Option<u64>,
     /// Capacity of the pin tracking map, in folios [default: 65536].
     #[arg(long, value_name = "FOLIOS")]
     track_capacity: Option<u32>,
@@ -406,15 +414,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Check { json, scratch, track_capacity, only, skip, churn_procs }) => {
             run_check(json, &scratch, track_capacity, &check::CheckOptions { only, skip, churn_procs })
         }
-        Some(Command::Leaks { json, duration, long_held, track_capacity, remote }) => match remote.remote()? {
+        Some(Command::Leaks { json, duration, long_held, weak_pin, track_capacity, remote }) => match remote.remote()? {
             Some((remote, _)) => remote_leaks(json, &remote),
-            None => leaks(json, Duration::from_secs(duration), Duration::from_secs(long_held), track_capacity),
+            None => leaks(json, Duration::from_secs(duration), (Duration::from_secs(long_held), Duration::from_secs(weak_pin)), track_capacity),
         },
         Some(Command::Run(a)) => {
             let flags = gupwatch::config::RunOptions {
                 listen: a.listen,
                 top_processes: a.top_processes,
                 long_held: a.long_held,
+                weak_pin: a.weak_pin,
                 track_capacity: a.track_capacity,
                 log_format: a.log_format,
                 log_level: a.log_level,
@@ -509,7 +518,9 @@ fn remote_leaks(json: bool, remote: &gupwatch::export::client::Remote) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
-fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u32) -> Result<ExitCode> {
+/// `thresholds`: the long-held and weak-pin thresholds.
+fn leaks(json: bool, duration: Duration, thresholds: (Duration, Duration), track_capacity: u32) -> Result<ExitCode> {
+    let (long_held, weak_pin) = thresholds;
     init_env_logging()?;
     let stop = stop_flag()?;
     // What is pinned already, read before the probes attach: whatever is
@@ -532,6 +543,8 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
     };
     let snap = probes.maps.snapshot()?;
     let tracking = probes.maps.tracking();
+    let layout = &probes.plan.page_layout;
+    let placement = gupwatch::kernel::placement::Placement::read(layout.vmemmap_base, layout.size);
     let mut report = gupwatch::model::leaks::analyze(
         &tracking,
         &gupwatch::model::leaks::Context {
@@ -543,8 +556,9 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
             holders: &gupwatch::model::holders::live,
             kernel_outstanding: vmstat::read(true).ok().map(|v| v.outstanding()),
             untracked_pins: snap.diag[gup_common::Diag::PinsUntracked as usize],
+            placement: placement.as_ref(),
         },
-        &gupwatch::model::leaks::LeakPolicy { long_held, ..Default::default() },
+        &gupwatch::model::leaks::LeakPolicy { long_held, weak_pin, ..Default::default() },
         None,
     );
     report.i915_objects = gupwatch::model::i915::rows(&probes.maps.i915_objects(), &tracking.exited)

@@ -384,6 +384,7 @@ impl LeakMetrics {
             leaks::LeakKind::Orphaned,
             leaks::LeakKind::Unbalanced,
             leaks::LeakKind::Growth,
+            leaks::LeakKind::WeakPin,
         ]
         .iter()
         .map(|k| (k.as_str(), (0, 0)))

@@ -67,6 +67,7 @@ fn leak_metrics_list_every_kind() {
             caller: "x".into(),
             subsystem: crate::model::attribution::Subsystem::Other,
             age_secs: None,
+            zone: None,
         }],
         hold_times: vec![],
         cgroups: vec![],
@@ -75,7 +76,8 @@ fn leak_metrics_list_every_kind() {
         i915_objects: vec![],
     };
     let m = LeakMetrics::from_report(&report);
-    assert_eq!(m.by_kind.len(), 4, "every kind is always present");
+    assert_eq!(m.by_kind.len(), 5, "every kind is always present");
+    assert_eq!(m.by_kind["weak_pin"], (0, 0));
     assert_eq!(m.by_kind["growth"], (1, 9));
     assert_eq!(m.by_kind["orphaned"], (0, 0));
 }

@@ -665,7 +665,7 @@ fn leak_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     gauges(
         enc,
         "gupwatch_leak_signals",
-        "Leak signals right now, by kind: long_held, orphaned (owner exited and no live process holds the object behind the pins, after a grace period), unbalanced (unpins of unseen pins, per call site), growth.",
+        "Leak signals right now, by kind: long_held, orphaned (owner exited and no live process holds the object behind the pins, after a grace period), unbalanced (unpins of unseen pins, per call site), growth, weak_pin (pins without FOLL_LONGTERM held on ZONE_MOVABLE pages past the weak-pin threshold).",
         None,
         l.by_kind.iter().map(|(k, (n, _))| (LeakLabels { kind: k }, *n as i64)),
     )?;

@@ -218,6 +218,12 @@ pub struct PageLayout {
     /// The task stack's length (`THREAD_SIZE`): 32 KiB when kallsyms shows
     /// KASAN, else 16 KiB (x86-64).
     pub task_stack_size: u64,
+    /// `vmemmap_base`, the `struct page` of PFN 0, to place a tracked folio
+    /// in its zone ([`crate::kernel::placement`]); 0 when unreadable (no
+    /// `/proc/kcore`, addresses hidden). A kernel address: kept out of the
+    /// serialized plan.
+    #[serde(skip)]
+    pub vmemmap_base: u64,
 }
 
 impl PageLayout {
@@ -230,8 +236,8 @@ impl PageLayout {
         let found = btf.and_then(|b| Some((head(b)?, b.struct_size("page")?)));
         let task_stack = btf.and_then(|b| b.member_offset("task_struct", "stack")).unwrap_or(0) as u64;
         match found {
-            Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true, task_stack, task_stack_size },
-            None => PageLayout { compound_head: 8, size: 64, from_btf: false, task_stack, task_stack_size },
+            Some((off, size)) => PageLayout { compound_head: off as u64, size: size as u64, from_btf: true, task_stack, task_stack_size, vmemmap_base: 0 },
+            None => PageLayout { compound_head: 8, size: 64, from_btf: false, task_stack, task_stack_size, vmemmap_base: 0 },
         }
     }
 }
@@ -365,6 +371,12 @@ impl ProbePlan {
         let kallsyms = Kallsyms::from_proc()?;
         crate::memstat::note("plan: kallsyms read");
         let mut plan = Self::resolve(crate::kernel::version::release(), btf.as_ref().map_err(|e| e.to_string()), &kallsyms);
+        // Read here, once, not in `resolve`: it reads kernel memory, which
+        // the plan's tests cannot fake. Without it leaks show no zone.
+        plan.page_layout.vmemmap_base = crate::kernel::placement::read_vmemmap_base().unwrap_or_else(|e| {
+            tracing::info!("pinned pages' zones unknown: {e}");
+            0
+        });
         let pref = Preference::from_env().unwrap_or_else(|e| {
             tracing::warn!("{e}; using auto");
             Preference::Auto

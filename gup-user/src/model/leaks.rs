@@ -9,6 +9,11 @@
 //!   the object's teardown has had [`LeakPolicy::orphan_grace`]; pins whose
 //!   object a live process holds are *held by* it ([`Holding::holders`]),
 //!   not a leak;
+//! - *weak_pin*: pins without FOLL_LONGTERM on ZONE_MOVABLE pages held
+//!   longer than [`LeakPolicy::weak_pin`]: they keep the pages from
+//!   migrating (memory hot-unplug, compaction) where a LONGTERM pin would
+//!   have moved them out of the zone first. Needs the zones
+//!   ([`Context::placement`]);
 //! - *long-held*: held longer than the threshold (per subsystem if set);
 //! - *unbalanced*: unpins of pins gupwatch never saw taken, per call site
 //!   (usually pins taken before gupwatch started);
@@ -40,7 +45,15 @@ pub struct LeakPolicy {
     /// closed io_uring ring is freed later by a kernel worker
     /// (`io_ring_exit_work`; docs/leaks.md).
     pub orphan_grace: Duration,
+    /// Pins without FOLL_LONGTERM on ZONE_MOVABLE pages held longer than
+    /// this are a `weak_pin` signal.
+    pub weak_pin: Duration,
 }
+
+/// [`LeakPolicy::weak_pin`] by default: an O_DIRECT or process_vm pin
+/// lasts microseconds to milliseconds; one held a second is stuck I/O or
+/// a driver keeping a short-term pin.
+pub const WEAK_PIN: Duration = Duration::from_secs(1);
 
 /// [`LeakPolicy::orphan_grace`] by default.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
@@ -52,6 +65,7 @@ impl Default for LeakPolicy {
             per_subsystem: BTreeMap::new(),
             growth_readings: 5,
             orphan_grace: ORPHAN_GRACE,
+            weak_pin: WEAK_PIN,
         }
     }
 }
@@ -118,6 +132,9 @@ pub struct Context<'a> {
     pub kernel_outstanding: Option<i64>,
     /// Untracked pins so far (from the diagnostics counters).
     pub untracked_pins: u64,
+    /// Which zone a folio lies in; `None` leaves zones unknown (and no
+    /// `weak_pin` signal).
+    pub placement: Option<&'a crate::kernel::placement::Placement>,
 }
 
 /// Builds the report.
@@ -165,7 +182,8 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
     let mut groups: BTreeMap<(u32, i64, PinObject), Holding> = BTreeMap::new();
     let mut oldest: BTreeMap<(u32, i64, PinObject), u64> = BTreeMap::new();
     let mut tracked = 0u64;
-    for (_folio, rec) in &maps.pins {
+    for (folio, rec) in &maps.pins {
+        let zone = cx.placement.and_then(|p| p.zone_of(*folio));
         for (o, count) in rec.owners.iter().zip(rec.held()).filter(|(_, c)| *c > 0) {
             tracked += count as u64;
             if o.first_ns < cx.since_ns {
@@ -188,11 +206,15 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
                 orphaned: false,
                 owner_exited: o.tgid != gup_common::SHARED_OWNER && (exited_after_pin || !(cx.alive)(o.tgid)),
                 holders: vec![],
+                zones: BTreeMap::new(),
                 object: o.object,
                 exit_age_ns: exit_ns.map_or(u64::MAX, |t| cx.now_ns.saturating_sub(t)),
                 stack_id: o.stack_id,
             });
             h.pages += count as u64;
+            if let Some(z) = zone {
+                *h.zones.entry(z.to_string()).or_default() += count as u64;
+            }
             h.longterm |= o.longterm != 0;
             let first = oldest.entry(key).or_insert(o.first_ns);
             *first = (*first).min(o.first_ns);
@@ -225,10 +247,22 @@ fn name_holders(holdings: &mut [Holding], cx: &Context<'_>, policy: &LeakPolicy)
     found.unreadable
 }
 
-/// The orphaned and long-held signals, one per holding at most.
+/// The orphaned, weak-pin and long-held signals, one per holding at most.
 fn held_signals(holdings: &[Holding], policy: &LeakPolicy) -> Vec<Leak> {
     let mut leaks = vec![];
     for h in holdings {
+        let movable = h.zones.get(crate::kernel::placement::MOVABLE).copied().unwrap_or(0);
+        if !h.orphaned && !h.longterm && movable > 0 && h.oldest_age_secs >= policy.weak_pin.as_secs_f64() {
+            // Only the pages in ZONE_MOVABLE are the problem; the age is
+            // the holding's oldest (the ledger keeps one first-pin time
+            // per owner and folio, not per page).
+            leaks.push(Leak {
+                pages: movable,
+                zone: Some(crate::kernel::placement::MOVABLE.to_string()),
+                ..Leak::of_holding(LeakKind::WeakPin, h)
+            });
+            continue;
+        }
         let kind = if h.orphaned {
             Some(LeakKind::Orphaned)
         } else if h.oldest_age_secs >= policy.threshold(h.caller.subsystem).as_secs_f64() {
@@ -262,6 +296,7 @@ fn unbalanced_signals(maps: &TrackingMaps, cx: &Context<'_>) -> (Vec<Leak>, Opti
                 caller: c.function,
                 subsystem: c.subsystem,
                 age_secs: None,
+                zone: None,
             }
         })
         .collect();
@@ -290,6 +325,7 @@ fn growth_signals(holdings: &[Holding], g: &mut GrowthTracker, policy: &LeakPoli
                 caller,
                 subsystem: h.map_or(Subsystem::Other, |h| h.caller.subsystem),
                 age_secs: h.map(|h| h.oldest_age_secs),
+                zone: None,
             }
         })
         .collect()
@@ -339,7 +375,7 @@ impl LeakReport {
                 .find(|l| l.owner_tgid == Some(h.owner_tgid) && l.caller == h.caller.function && l.kind != LeakKind::Unbalanced)
                 .map_or("", |l| l.kind.as_str());
             out += &format!(
-                "{:>7} {:<16} {:<34} {:<11} {:>7} {:>8.1}s  {:<24} {}{}\n",
+                "{:>7} {:<16} {:<34} {:<11} {:>7} {:>8.1}s  {:<24} {}{}{}\n",
                 h.owner_tgid,
                 h.comm,
                 h.caller.function,
@@ -348,7 +384,8 @@ impl LeakReport {
                 h.oldest_age_secs,
                 holder_column(h),
                 signal,
-                if h.longterm { " (longterm)" } else { "" }
+                if h.longterm { " (longterm)" } else { "" },
+                h.zones.iter().map(|(z, n)| format!(" {z}:{n}")).collect::<String>()
             );
         }
         for o in &self.i915_objects {
@@ -440,7 +477,53 @@ mod tests {
             holders: &no_holders,
             kernel_outstanding: None,
             untracked_pins: 0,
+            placement: None,
         }
+    }
+
+    /// A short-term pin held 2 s on a movable page is a weak pin; the same
+    /// on a Normal page, a LONGTERM pin on a movable page, or a short one
+    /// younger than the threshold is not.
+    #[test]
+    fn weak_pins_are_short_term_pins_held_on_movable_pages() {
+        use crate::kernel::placement::{Placement, ZoneRange};
+        let base = 0xffff_ea00_0000_0000u64;
+        let zone = |name: &str, start_pfn| ZoneRange { name: name.into(), start_pfn, spanned: 100 };
+        let place = Placement { vmemmap_base: base, page_struct_size: 64, zones: vec![zone("Normal", 0), zone("Movable", 100)] };
+        let folio = |pfn: u64| base + pfn * 64;
+        let short = |tgid, count, first_ns| PinOwner { longterm: 0, ..owner(tgid, count, first_ns, 2) };
+        let maps = TrackingMaps {
+            pins: vec![
+                // tgid 10: 3 pages in Movable, 1 in Normal, for 2 s.
+                (folio(150), PinRecord { owners: [short(10, 2, 0), EMPTY, EMPTY] }),
+                (folio(151), PinRecord { owners: [short(10, 1, 0), EMPTY, EMPTY] }),
+                (folio(5), PinRecord { owners: [short(10, 1, 0), EMPTY, EMPTY] }),
+                // tgid 20: Normal only.
+                (folio(6), PinRecord { owners: [short(20, 4, 0), EMPTY, EMPTY] }),
+                // tgid 30: LONGTERM on Movable.
+                (folio(152), PinRecord { owners: [owner(30, 8, 0, 1), EMPTY, EMPTY] }),
+                // tgid 40: short on Movable, 0.5 s.
+                (folio(153), PinRecord { owners: [short(40, 1, 1_500_000_000), EMPTY, EMPTY] }),
+            ],
+            ..Default::default()
+        };
+        let c = Context { placement: Some(&place), ..cx(2_000_000_000, &caller, &|_| true) };
+        let r = analyze(&maps, &c, &LeakPolicy::default(), None);
+        let weak: Vec<_> = r.leaks.iter().filter(|l| l.kind == LeakKind::WeakPin).collect();
+        assert_eq!(weak.len(), 1, "{:?}", r.leaks);
+        assert_eq!((weak[0].owner_tgid, weak[0].pages, weak[0].zone.as_deref()), (Some(10), 3, Some("Movable")));
+        let h10 = r.holdings.iter().find(|h| h.owner_tgid == 10).expect("holding of 10");
+        assert_eq!(h10.zones, BTreeMap::from([("Movable".to_string(), 3), ("Normal".to_string(), 1)]));
+        let h30 = r.holdings.iter().find(|h| h.owner_tgid == 30).expect("holding of 30");
+        assert_eq!(h30.zones, BTreeMap::from([("Movable".to_string(), 8)]));
+        // Without zones nothing is placed and nothing is weak.
+        let r = analyze(&maps, &cx(2_000_000_000, &caller, &|_| true), &LeakPolicy::default(), None);
+        assert!(r.leaks.is_empty() && r.holdings.iter().all(|h| h.zones.is_empty()), "{:?}", r.leaks);
+        // A long-held signal on a LONGTERM holding names its dominant zone.
+        let policy = LeakPolicy { long_held: Duration::from_secs(1), ..Default::default() };
+        let r = analyze(&maps, &c, &policy, None);
+        let lh = r.leaks.iter().find(|l| l.owner_tgid == Some(30)).expect("long-held of 30");
+        assert_eq!((lh.kind, lh.zone.as_deref()), (LeakKind::LongHeld, Some("Movable")));
     }
 
     /// The map_records fuzz target's crashes: unbalanced counts summing

@@ -36,6 +36,7 @@ pub(crate) fn leak_report() -> LeakReport {
             orphaned: true,
             owner_exited: true,
             holders: vec![],
+            zones: Default::default(),
             object: gup_common::object::PinObject::NONE,
             exit_age_ns: 0,
             stack_id: 7,
@@ -49,6 +50,7 @@ pub(crate) fn leak_report() -> LeakReport {
                 caller: "io_sqe_buffer_register".into(),
                 subsystem: Subsystem::IoUring,
                 age_secs: Some(12.5),
+                zone: None,
             },
             Leak {
                 kind: LeakKind::Unbalanced,
@@ -58,6 +60,7 @@ pub(crate) fn leak_report() -> LeakReport {
                 caller: "bio_release_pages".into(),
                 subsystem: Subsystem::DirectIo,
                 age_secs: None,
+                zone: None,
             },
         ],
         notes: vec!["3 pins were not tracked (the tracking map was full)".into()],

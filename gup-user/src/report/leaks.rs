@@ -3,6 +3,8 @@
 //! declaration order) and served under `leaks` in `/api/snapshot?leaks=1`,
 //! which the live view reads back.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::attribution::{Caller, Subsystem};
@@ -19,6 +21,10 @@ pub enum LeakKind {
     Unbalanced,
     /// Outstanding pins of a call site keep rising.
     Growth,
+    /// Pins without FOLL_LONGTERM on ZONE_MOVABLE pages held longer than
+    /// the weak-pin threshold: they block migration and memory hot-unplug
+    /// (a LONGTERM pin would have migrated the pages out first).
+    WeakPin,
 }
 
 impl LeakKind {
@@ -29,6 +35,7 @@ impl LeakKind {
             LeakKind::Orphaned => "orphaned",
             LeakKind::Unbalanced => "unbalanced",
             LeakKind::Growth => "growth",
+            LeakKind::WeakPin => "weak_pin",
         }
     }
 }
@@ -65,6 +72,10 @@ pub struct Holding {
     /// exited; then the pins are *held by* them, not leaked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<ObjectHolder>,
+    /// Pages per zone (`/proc/zoneinfo` names: `DMA32`, `Normal`,
+    /// `Movable`, ...); empty when zones are unknown (no `/proc/kcore`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<String, u64>,
     /// The object, for grouping (not in the documents).
     #[serde(skip)]
     pub object: gup_common::object::PinObject,
@@ -108,6 +119,11 @@ pub struct Leak {
     pub subsystem: Subsystem,
     /// Age of the oldest pin concerned.
     pub age_secs: Option<f64>,
+    /// The zone of the pages concerned: `Movable` for `weak_pin`, else the
+    /// zone holding most of the holding's pages (none when unknown or not
+    /// about a holding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 impl Leak {
@@ -121,6 +137,7 @@ impl Leak {
             caller: h.caller.function.clone(),
             subsystem: h.caller.subsystem,
             age_secs: Some(h.oldest_age_secs),
+            zone: h.zones.iter().max_by_key(|(_, n)| **n).map(|(z, _)| z.clone()),
         }
     }
 }

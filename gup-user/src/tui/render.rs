@@ -622,7 +622,7 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
             for l in &o.leaks {
                 let color = match l.kind {
                     LeakKind::Orphaned | LeakKind::Growth => Color::Red,
-                    LeakKind::LongHeld | LeakKind::Unbalanced => Color::Yellow,
+                    LeakKind::LongHeld | LeakKind::Unbalanced | LeakKind::WeakPin => Color::Yellow,
                 };
                 let who = l.comm.clone().unwrap_or_else(|| l.caller.clone());
                 lines.push(Line::from(vec![
@@ -630,6 +630,7 @@ fn draw_leaks(f: &mut Frame, area: Rect, vm: &ViewModel) {
                     Span::raw(format!("{:>5}p ", human(l.pages))),
                     Span::raw(who),
                     Span::styled(format!(" {}", l.subsystem.as_str()), DIM),
+                    Span::styled(l.zone.as_ref().map_or(String::new(), |z| format!(" zone {z}")), DIM),
                 ]));
             }
         }

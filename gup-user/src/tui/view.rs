@@ -645,6 +645,7 @@ pub(crate) mod tests {
             orphaned: false,
             owner_exited: false,
             holders: vec![],
+            zones: Default::default(),
             object: gup_common::object::PinObject::NONE,
             exit_age_ns: 0,
             stack_id: 0,

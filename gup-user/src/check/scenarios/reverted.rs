@@ -28,43 +28,12 @@ const RACE_ROUNDS: u32 = 400;
 /// What to boot with so [`Movable`] runs.
 const MOVABLE_HINT: &str = "boot with movablecore=256M (in the VM: --append movablecore=256M)";
 
-/// PFN ranges of the ZONE_MOVABLE zones in `/proc/zoneinfo`, as
-/// `(start_pfn, spanned)`; empty where the kernel has no populated one.
-pub(super) fn movable_zones(zoneinfo: &str) -> Vec<(u64, u64)> {
-    let mut out = vec![];
-    let mut in_movable = false;
-    let (mut spanned, mut present) = (0u64, 0u64);
-    for line in zoneinfo.lines() {
-        let t = line.trim();
-        if t.starts_with("Node ") {
-            in_movable = t.split_whitespace().last() == Some("Movable");
-            spanned = 0;
-            present = 0;
-            continue;
-        }
-        if !in_movable {
-            continue;
-        }
-        let mut w = t.split_whitespace();
-        match (w.next(), w.next()) {
-            (Some("spanned"), Some(n)) => spanned = n.parse().unwrap_or(0),
-            (Some("present"), Some(n)) => present = n.parse().unwrap_or(0),
-            (Some("start_pfn:"), Some(n)) => {
-                if present > 0 {
-                    out.push((n.parse().unwrap_or(0), spanned));
-                }
-                in_movable = false;
-            }
-            _ => {}
-        }
-    }
-    out
-}
+pub(super) use crate::kernel::placement::movable_zones;
 
 /// The page frame number backing each page of `[addr, addr + len)`, from
 /// `/proc/self/pagemap` (root only: others read zeroes). `None` for a page
 /// not present.
-fn pfns(addr: usize, len: usize) -> io::Result<Vec<Option<u64>>> {
+pub(super) fn pfns(addr: usize, len: usize) -> io::Result<Vec<Option<u64>>> {
     use std::os::unix::fs::FileExt;
     let page = page_size();
     let f = std::fs::File::open("/proc/self/pagemap")?;

@@ -558,12 +558,3 @@ fn workload_summary_is_plain_text() {
     assert!(text.contains("1 failed (last: EINVAL), dropped: not supported here"), "{text}");
     assert!(!text.contains('{') && !text.contains("ScenarioStats"), "{text}");
 }
-
-#[test]
-fn movable_zones_are_read_from_zoneinfo() {
-    let zoneinfo = "Node 0, zone   Normal\n  pages free     1000\n        spanned  65536\n        present  65536\n        managed  60000\n  start_pfn:           1048576\nNode 0, zone  Movable\n  pages free     65000\n        spanned  65536\n        present  65536\n        managed  65536\n  node_unreclaimable:  0\n  start_pfn:           1114112\nNode 0, zone   Device\n  pages free     0\n        spanned  0\n        present  0\n";
-    assert_eq!(super::reverted::movable_zones(zoneinfo), vec![(1114112, 65536)]);
-    // Booted without movablecore=: the zone is listed, empty, with no start.
-    let empty = "Node 0, zone  Movable\n  pages free     0\n        spanned  0\n        present  0\n        managed  0\n        protection: (0, 0, 0, 0, 0)\n";
-    assert!(super::reverted::movable_zones(empty).is_empty());
-}

@@ -455,7 +455,7 @@ fn one_node_stays_within_the_series_budget() {
         .collect();
     d.leaks = Some(crate::collect::LeakMetrics::default());
     if let Some(l) = d.leaks.as_mut() {
-        for k in ["long_held", "orphaned", "unbalanced", "growth"] {
+        for k in ["long_held", "orphaned", "unbalanced", "growth", "weak_pin"] {
             l.by_kind.insert(k, (1, 256));
         }
     }
