@@ -9,7 +9,8 @@
 //! 6.12 both ways keeps that difference in the suite. The movable zone
 //! makes every LONGTERM pin of fresh anonymous memory migrate first, so
 //! the same boot runs `io_uring_register_movable` (which needs it) and the
-//! churn of io_uring registrations with thousands of migrations.
+//! churn of io_uring registrations with thousands of migrations, and
+//! `weak_pin_odirect_movable` (with `null_blk` loaded for its slow device).
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub const KERNEL: &str = "6.12";
 
 /// What the guest runs.
 pub const COMMAND: &str =
-    "gupwatch check --json --only churn_,inflight_,io_uring_register_movable,io_uring_register_race";
+    "gupwatch check --json --only churn_,inflight_,io_uring_register_movable,io_uring_register_race,weak_pin_";
 
 
 /// The ZONE_MOVABLE the guest gets.
@@ -60,6 +61,8 @@ pub fn run(aliases: &[KernelAlias], gupwatch: &Path, timeout: Duration) -> Resul
     let mut vm = VmRun::test_step(kernel, COMMAND, gupwatch, timeout, format!("test {KERNEL} preempt=full {MOVABLECORE}"));
     vm.kernel_args.push("preempt=full".into());
     vm.kernel_args.push(MOVABLECORE.into());
+    // The slow device `weak_pin_odirect_movable` creates through configfs.
+    vm.extra_modules.push("null_blk".into());
     let outcome = vm.run()?;
     println!("{}", outcome.summary(&format!("{KERNEL} preempt=full")));
     let mut out = Outcome::default();

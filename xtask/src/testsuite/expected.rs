@@ -15,7 +15,7 @@
 use super::report::{NotReachable, Report};
 
 /// Every scenario of `gupwatch check`, in report order.
-const SCENARIOS: [&str; 44] = [
+const SCENARIOS: [&str; 45] = [
     "process_vm_readv",
     "process_vm_writev",
     "io_uring_register_buffers",
@@ -60,10 +60,14 @@ const SCENARIOS: [&str; 44] = [
     "rdma_reg_mr",
     "rdma_reg_mr_held",
     "rdma_reg_mr_exit",
+    "weak_pin_odirect_movable",
 ];
 
 /// Needs a populated ZONE_MOVABLE (`movablecore=`).
 const MOVABLE: &str = "io_uring_register_movable";
+/// Needs a populated ZONE_MOVABLE and `null_blk` (a slow device), which
+/// only the preemptible step has.
+const WEAK_PIN: &str = "weak_pin_odirect_movable";
 /// Needs `memfd_secret` (secretmem), which Debian's 6.1 leaves off.
 const SECRETMEM: &str = "io_uring_register_secretmem";
 
@@ -73,9 +77,9 @@ const RDMA: [&str; 3] = ["rdma_reg_mr", "rdma_reg_mr_held", "rdma_reg_mr_exit"];
 
 /// Per matrix kernel step: the scenarios of [`SCENARIOS`] it cannot reach.
 const NOT_REACHED: [(&str, &[&str]); 3] = [
-    ("6.1", &[SECRETMEM, MOVABLE, RDMA[0], RDMA[1], RDMA[2]]),
-    ("6.12", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2]]),
-    ("7.2", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2]]),
+    ("6.1", &[SECRETMEM, MOVABLE, RDMA[0], RDMA[1], RDMA[2], WEAK_PIN]),
+    ("6.12", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2], WEAK_PIN]),
+    ("7.2", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2], WEAK_PIN]),
 ];
 
 /// The step name of the preemptible kernel's step
@@ -84,7 +88,7 @@ pub const PREEMPT_STEP: &str = "6.12 preempt=full movablecore";
 
 /// What that step selects (`--only` in [`crate::preemptstep::COMMAND`]),
 /// by name prefix; all of it reachable there.
-const PREEMPT_ONLY: [&str; 4] = ["churn_", "inflight_", "io_uring_register_movable", "io_uring_register_race"];
+const PREEMPT_ONLY: [&str; 5] = ["churn_", "inflight_", "io_uring_register_movable", "io_uring_register_race", "weak_pin_"];
 
 /// The scenarios a step (a matrix kernel's name, or [`PREEMPT_STEP`]) must
 /// reach; `None` for a step without a list (the canary's kernel is not
@@ -217,15 +221,15 @@ mod tests {
     fn every_matrix_kernel_has_a_list() {
         for a in crate::vm::kernels::MATRIX {
             let l = expected_reachable(a.name).unwrap_or_else(|| panic!("no list for {}", a.name));
-            assert!(!l.contains(&MOVABLE), "{}", a.name);
+            assert!(!l.contains(&MOVABLE) && !l.contains(&WEAK_PIN), "{}", a.name);
             assert!(l.contains(&"io_uring_register_hugetlb"), "{}", a.name);
         }
         assert_eq!(expected_reachable("6.1").map(|l| l.len()), Some(39));
         assert_eq!(expected_reachable("7.2").map(|l| l.len()), Some(40));
         assert_eq!(expected_reachable("canary"), None);
         let preempt = expected_reachable(PREEMPT_STEP).unwrap();
-        assert_eq!(preempt.len(), 8);
-        assert!(preempt.contains(&MOVABLE));
+        assert_eq!(preempt.len(), 9);
+        assert!(preempt.contains(&MOVABLE) && preempt.contains(&WEAK_PIN));
         let only = PREEMPT_ONLY.join(",");
         assert!(crate::preemptstep::COMMAND.ends_with(&format!("--only {only}")), "the list follows the step's --only");
     }

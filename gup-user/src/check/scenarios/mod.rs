@@ -55,6 +55,7 @@ mod io_uring;
 mod matrix;
 mod memory;
 mod orphan;
+mod placement;
 mod process_vm;
 mod rdma;
 mod handoff;
@@ -227,15 +228,18 @@ fn reverted_pins() -> Vec<Box<dyn Scenario>> {
 /// What `gupwatch check` runs: the [`builtin`] scenarios, then the
 /// `churn_` family ([`churn`], `churn_procs` short-lived processes each),
 /// the `inflight_` ones ([`inflight`]), the `vfio_` ones ([`vfio`],
-/// reachable only in a QEMU guest with its test device) and the `rdma_`
-/// ones ([`rdma`], reachable with an RDMA device). Kept apart from [`builtin`], which
-/// the demo workload and the benchmark also draw from.
+/// reachable only in a QEMU guest with its test device), the `rdma_`
+/// ones ([`rdma`], reachable with an RDMA device) and the `weak_pin_` one
+/// ([`placement`], reachable with `movablecore=` and `null_blk`). Kept
+/// apart from [`builtin`], which the demo workload and the benchmark also
+/// draw from.
 pub fn for_check(scratch_dir: &Path, churn_procs: u32) -> Vec<Box<dyn Scenario>> {
     let mut all = builtin(scratch_dir);
     all.extend(churn::scenarios(scratch_dir, churn_procs));
     all.extend(inflight::scenarios(scratch_dir));
     all.extend(vfio::scenarios());
     all.extend(rdma::scenarios());
+    all.extend(placement::scenarios());
     all
 }
 
