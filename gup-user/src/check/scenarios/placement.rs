@@ -34,7 +34,8 @@ const NAME: &str = "weak_pin_odirect_movable";
 /// Bytes of the read: 16 pages, one bio.
 const IO_BYTES: usize = 64 << 10;
 
-/// How long the device takes to complete a request.
+/// How long the device takes to complete a request: under null_blk's
+/// request timeout (5 s; a read delayed 8 s fails with ETIMEDOUT).
 const COMPLETION: Duration = Duration::from_secs(4);
 
 /// How long `run` lets the read stay in flight before it returns: past the
