@@ -66,5 +66,5 @@ fn lookup() -> Option<PinObject> {
     let sb = read_u64(inode + layout!(inode_sb))?;
     // SAFETY: probe_read tolerates any address.
     let dev = unsafe { bpf_probe_read_kernel((sb + layout!(sb_dev)) as *const u32) }.ok()?;
-    (file != 0 && ino != 0).then_some(PinObject { ino, dev, mode, _pad: 0 })
+    (file != 0 && ino != 0).then_some(PinObject { ino, file, dev, mode, _pad: 0 })
 }

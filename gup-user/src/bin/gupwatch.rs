@@ -527,7 +527,7 @@ fn leaks(json: bool, duration: Duration, long_held: Duration, track_capacity: u3
             caller: &caller,
             site: &|ip| gupwatch::attribution::caller_of(&[ip], &kallsyms),
             alive: &gupwatch::leaks::process_alive,
-            holders: &gupwatch::holders::live,
+            holders: &|o| probes.holders(o),
             kernel_outstanding: vmstat::read(true).ok().map(|v| v.outstanding()),
             untracked_pins: snap.diag[gup_common::Diag::PinsUntracked as usize],
         },
