@@ -27,13 +27,14 @@ pub const S_IFCHR: u16 = 0o020000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(C)]
 pub struct PinObject {
-    /// `inode->i_ino` of the file.
+    /// `inode->i_ino` of the file; for a character device, whose inode
+    /// every opener shares, the `struct file` itself instead (a kernel
+    /// address): the one open file that holds the pins, found among live
+    /// descriptors by the holder iterator ([`PinObject::file`]). Kept in
+    /// this one field so a pin's record does not grow: on 6.1 the pin
+    /// programs' combined stack is at the verifier's 512-byte limit. Used
+    /// only inside gupwatch, never exported.
     pub ino: u64,
-    /// The `struct file` itself (a kernel address): the one open file a
-    /// character device's shared inode cannot name, found among live
-    /// descriptors by the holder iterator. Used only inside gupwatch, never
-    /// exported (it would leak a kernel address).
-    pub file: u64,
     /// `inode->i_sb->s_dev`, the kernel's encoding (`MAJOR << 20 | MINOR`).
     pub dev: u32,
     /// `inode->i_mode`.
@@ -44,7 +45,7 @@ pub struct PinObject {
 
 impl PinObject {
     /// No object known.
-    pub const NONE: PinObject = PinObject { ino: 0, file: 0, dev: 0, mode: 0, _pad: 0 };
+    pub const NONE: PinObject = PinObject { ino: 0, dev: 0, mode: 0, _pad: 0 };
 
     /// Whether an object was recorded.
     pub fn is_known(&self) -> bool {
@@ -61,7 +62,16 @@ impl PinObject {
     /// iterator, `gup-ebpf/src/holder_iter.rs`): a character device, whose
     /// inode names no one open file, with its file recorded.
     pub fn needs_file_lookup(&self) -> bool {
-        self.is_known() && !self.identifies_file() && self.file != 0
+        self.is_known() && !self.identifies_file()
+    }
+
+    /// The `struct file` of a character-device object (0 for others).
+    pub fn file(&self) -> u64 {
+        if self.needs_file_lookup() {
+            self.ino
+        } else {
+            0
+        }
     }
 
     /// The device as (major, minor), from the kernel's encoding.
@@ -163,11 +173,12 @@ mod tests {
 
     #[test]
     fn character_devices_do_not_identify_a_file() {
-        let ring = PinObject { ino: 42, file: 0xffff_8880_0000_1000, dev: 14, mode: 0o600, _pad: 0 };
-        assert!(ring.identifies_file() && !ring.needs_file_lookup());
-        let uverbs = PinObject { ino: 7, file: 0xffff_8880_0000_2000, dev: 5, mode: S_IFCHR | 0o666, _pad: 0 };
+        let ring = PinObject { ino: 42, dev: 14, mode: 0o600, _pad: 0 };
+        assert!(ring.identifies_file() && !ring.needs_file_lookup() && ring.file() == 0);
+        let uverbs = PinObject { ino: 0xffff_8880_0000_2000, dev: 5, mode: S_IFCHR | 0o666, _pad: 0 };
         assert!(uverbs.is_known() && !uverbs.identifies_file() && uverbs.needs_file_lookup());
-        assert!(!PinObject { file: 0, ..uverbs }.needs_file_lookup());
+        assert_eq!(uverbs.file(), 0xffff_8880_0000_2000);
+        assert!(!PinObject { ino: 0, ..uverbs }.needs_file_lookup());
         assert!(!PinObject::NONE.identifies_file());
         assert_eq!(PinObject { dev: (231 << 20) | 192, ..ring }.major_minor(), (231, 192));
     }

@@ -98,7 +98,7 @@ pub fn live(objects: &[PinObject]) -> Holders {
 /// none), run once and only when such an object is asked about.
 pub fn live_with(objects: &[PinObject], iter: Result<&std::sync::Mutex<HolderIter>, &str>) -> Holders {
     let mut holders = find(Path::new("/proc"), objects);
-    let files: BTreeSet<u64> = objects.iter().filter(|o| o.needs_file_lookup()).map(|o| o.file).collect();
+    let files: BTreeSet<u64> = objects.iter().filter(|o| o.needs_file_lookup()).map(|o| o.file()).collect();
     if files.is_empty() {
         return holders;
     }
@@ -124,7 +124,7 @@ fn add_file_holders(holders: &mut Holders, objects: &[PinObject], records: &[Hol
     let mut seen: BTreeMap<u32, ObjectHolder> = BTreeMap::new();
     for r in records {
         let holder = seen.entry(r.tgid).or_insert_with(|| holder_at(r.tgid, &proc_root.join(r.tgid.to_string())));
-        for o in objects.iter().filter(|o| o.needs_file_lookup() && o.file == r.file) {
+        for o in objects.iter().filter(|o| o.needs_file_lookup() && o.file() == r.file) {
             found.entry(*o).or_default().insert(holder.clone());
         }
     }
@@ -208,7 +208,7 @@ mod tests {
         fs::write(root.join("11/maps"), line).unwrap();
         fs::write(root.join("11/comm"), "mapper\n").unwrap();
         let dev = (libc::major(m.dev()) << 20) | libc::minor(m.dev());
-        let obj = PinObject { ino: m.ino(), file: 0, dev, mode: 0o100644, _pad: 0 };
+        let obj = PinObject { ino: m.ino(), dev, mode: 0o100644, _pad: 0 };
         let chr = PinObject { mode: gup_common::object::S_IFCHR, ..obj };
         let found = find(&root, &[obj, chr]);
         let _ = fs::remove_dir_all(&root);
@@ -229,12 +229,12 @@ mod tests {
         fs::write(root.join("20/comm"), "verbs-child\n").unwrap();
         fs::write(root.join("20/cgroup"), "0::/rdma.slice\n").unwrap();
         let mode = gup_common::object::S_IFCHR | 0o666;
-        let held = PinObject { ino: 9, file: 0xffff_8880_0000_1000, dev: 5, mode, _pad: 0 };
-        let other = PinObject { file: 0xffff_8880_0000_2000, ..held };
+        let held = PinObject { ino: 0xffff_8880_0000_1000, dev: 5, mode, _pad: 0 };
+        let other = PinObject { ino: 0xffff_8880_0000_2000, ..held };
         let records = [
-            HolderRecord { tgid: 20, fd: 3, file: held.file },
-            HolderRecord { tgid: 20, fd: 9, file: held.file },
-            HolderRecord { tgid: 21, fd: 4, file: held.file },
+            HolderRecord { tgid: 20, fd: 3, file: held.file() },
+            HolderRecord { tgid: 20, fd: 9, file: held.file() },
+            HolderRecord { tgid: 21, fd: 4, file: held.file() },
             HolderRecord { tgid: 22, fd: 4, file: 0xffff_8880_0000_3000 },
         ];
         let mut h = Holders::default();
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn no_iterator_says_why_for_character_devices_only() {
-        let chr = PinObject { ino: 9, file: 0xffff_8880_0000_1000, dev: 5, mode: gup_common::object::S_IFCHR, _pad: 0 };
+        let chr = PinObject { ino: 0xffff_8880_0000_1000, dev: 5, mode: gup_common::object::S_IFCHR, _pad: 0 };
         assert_eq!(live_with(&[chr], Err("refused")).file_lookup_failed.as_deref(), Some("refused"));
         let ring = PinObject { mode: 0o600, ..chr };
         assert_eq!(live_with(&[ring], Err("refused")).file_lookup_failed, None);

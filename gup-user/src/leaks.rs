@@ -530,7 +530,7 @@ mod tests {
     /// nobody holds is orphaned only once the grace period has passed.
     #[test]
     fn held_by_a_live_process_is_not_orphaned_and_grace_delays_orphaned() {
-        let ring = PinObject { ino: 77, file: 0, dev: 14, mode: 0o600, _pad: 0 };
+        let ring = PinObject { ino: 77, dev: 14, mode: 0o600, _pad: 0 };
         let gone = PinObject { ino: 78, ..ring };
         let mut a = owner(30, 4, 100, 1);
         a.object = ring;
@@ -572,8 +572,8 @@ mod tests {
     #[test]
     fn character_device_objects_are_looked_up_by_file() {
         let mode = gup_common::object::S_IFCHR | 0o666;
-        let ctx_a = PinObject { ino: 9, file: 0xffff_8880_0000_1000, dev: 5, mode, _pad: 0 };
-        let ctx_b = PinObject { file: 0xffff_8880_0000_2000, ..ctx_a };
+        let ctx_a = PinObject { ino: 0xffff_8880_0000_1000, dev: 5, mode, _pad: 0 };
+        let ctx_b = PinObject { ino: 0xffff_8880_0000_2000, ..ctx_a };
         let mut a = owner(30, 4, 100, 1);
         a.object = ctx_a;
         let mut b = owner(31, 2, 100, 1);
