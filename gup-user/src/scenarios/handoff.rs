@@ -15,6 +15,10 @@
 //! who open it, so the holder is found by the open file itself (the
 //! task-file iterator, `holders/iter.rs`).
 //!
+//! `vfio_handoff_fork` does it with a VFIO container: the creator maps
+//! its buffer for QEMU's test device and forks; the child keeps the
+//! container (`/dev/vfio/vfio`, another shared inode).
+//!
 //! `rdma_orphan_in_flight` is the true orphan: the creator sends its verbs
 //! descriptor over a Unix socket (`SCM_RIGHTS`) that nobody reads from,
 //! closes its own and exits. The open file lives on in the socket's queue,
@@ -38,6 +42,13 @@ const VERBS_HOLDER_COMM_C: &[u8] = b"verbs-holder\0";
 /// A report's stage when the RDMA creator failed: this plus its
 /// [`super::rdma::Stage`].
 const RDMA_STAGE_BASE: u32 = 100;
+/// A report's stage when the VFIO creator failed: this plus the index of
+/// its step in [`super::vfio::RAW_STEPS`].
+const VFIO_STAGE_BASE: u32 = 200;
+/// The holder's `comm` in `vfio_handoff_fork`.
+pub const VFIO_HOLDER_COMM: &str = "vfio-holder";
+/// The same, NUL-terminated, for `prctl`.
+const VFIO_HOLDER_COMM_C: &[u8] = b"vfio-holder\0";
 /// How long `run` waits for the holder's report after the creator exited.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,6 +97,8 @@ pub(super) enum HandoffKind {
     /// An RDMA verbs context with a memory region, into an `SCM_RIGHTS`
     /// message nobody receives.
     RdmaInFlight,
+    /// A VFIO container with a DMA mapping, to its child.
+    VfioFork,
 }
 
 impl HandoffKind {
@@ -101,18 +114,21 @@ pub(super) struct IoUringHandoff {
     state: Option<HandoffState>,
     /// (creator, holder) of the last successful run.
     pids: Option<(u32, u32)>,
+    /// [`HandoffKind::VfioFork`]: the IOMMU group's device path
+    /// (NUL-terminated), found in `prepare`.
+    vfio_group: [u8; 32],
 }
 
 impl IoUringHandoff {
     pub(super) fn new(kind: HandoffKind) -> Self {
-        IoUringHandoff { kind, state: None, pids: None }
+        IoUringHandoff { kind, state: None, pids: None, vfio_group: [0; 32] }
     }
 
     fn holder_comm(&self) -> &'static str {
-        if self.kind == HandoffKind::RdmaFork {
-            VERBS_HOLDER_COMM
-        } else {
-            HOLDER_COMM
+        match self.kind {
+            HandoffKind::RdmaFork | HandoffKind::RdmaInFlight => VERBS_HOLDER_COMM,
+            HandoffKind::VfioFork => VFIO_HOLDER_COMM,
+            HandoffKind::RingFork | HandoffKind::RingDaemon => HOLDER_COMM,
         }
     }
 }
@@ -167,12 +183,21 @@ unsafe fn send_report(tx: libc::c_int, report: &HolderReport) {
 ///
 /// Only in the forked creator, right after the fork: `iov` is its own copy
 /// of a mapping nothing else touches.
-unsafe fn creator(iov: libc::iovec, fds: ChildFds, kind: HandoffKind) -> ! {
+unsafe fn creator(iov: libc::iovec, fds: ChildFds, kind: HandoffKind, vfio_group: &[u8; 32]) -> ! {
     let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
     // Only the parent may end the holder's wait.
     libc::close(fds.control_tx);
     std::ptr::write_bytes(iov.iov_base.cast::<u8>(), SEED_SOURCE, iov.iov_len);
     let mut report = HolderReport::default();
+    if kind == HandoffKind::VfioFork {
+        if let Err((step, e)) = super::vfio::map_raw(vfio_group, iov.iov_base as u64, iov.iov_len as u64) {
+            report.stage = VFIO_STAGE_BASE + step;
+            report.errno = e;
+            send_report(fds.report_tx, &report);
+            libc::_exit(0);
+        }
+        hand_on(fds, kind)
+    }
     if kind.rdma() {
         let fd = match super::rdma::register_raw(iov.iov_base as u64, iov.iov_len as u64) {
             Ok(fd) => fd,
@@ -292,7 +317,12 @@ unsafe fn hand_on(fds: ChildFds, kind: HandoffKind) -> ! {
                 libc::_exit(0);
             }
         }
-        holder(fds, if kind == HandoffKind::RdmaFork { VERBS_HOLDER_COMM_C } else { HOLDER_COMM_C })
+        let comm = match kind {
+            HandoffKind::RdmaFork | HandoffKind::RdmaInFlight => VERBS_HOLDER_COMM_C,
+            HandoffKind::VfioFork => VFIO_HOLDER_COMM_C,
+            HandoffKind::RingFork | HandoffKind::RingDaemon => HOLDER_COMM_C,
+        };
+        holder(fds, comm)
     }
     // The creator exits with the object open in its child only.
     libc::_exit(0)
@@ -337,6 +367,10 @@ fn await_report(scenario: &'static str, rx: &OwnedFd) -> Result<HolderReport, Sc
         CHILD_REGISTER_FAILED => Err(sys_err(scenario, REGISTER, errno)),
         CHILD_FORK_FAILED => Err(sys_err(scenario, "clone", errno)),
         CHILD_SEND_FAILED => Err(sys_err(scenario, "sendmsg(SCM_RIGHTS)", errno)),
+        s if s >= VFIO_STAGE_BASE => match super::vfio::RAW_STEPS.get((s - VFIO_STAGE_BASE) as usize) {
+            Some(step) => Err(sys_err(scenario, step, errno)),
+            None => Err(sys_err(scenario, "read", io::Error::other(format!("a bad report {report:?}")))),
+        },
         s if s > RDMA_STAGE_BASE => match super::rdma::Stage::from_u32(s - RDMA_STAGE_BASE) {
             Some(stage) => Err(super::rdma::stage_err(scenario, (stage, report.errno))),
             None => Err(sys_err(scenario, "read", io::Error::other(format!("a bad report {report:?}")))),
@@ -347,7 +381,7 @@ fn await_report(scenario: &'static str, rx: &OwnedFd) -> Result<HolderReport, Sc
 
 impl Scenario for IoUringHandoff {
     fn reference_setup(&self) -> Option<reference::Setup> {
-        if self.kind.rdma() {
+        if self.kind.rdma() || self.kind == HandoffKind::VfioFork {
             return None;
         }
         Some(reference::Setup {
@@ -358,6 +392,17 @@ impl Scenario for IoUringHandoff {
     }
 
     fn spec(&self) -> Spec {
+        if self.kind == HandoffKind::VfioFork {
+            return Spec::pins(
+                "vfio_handoff_fork",
+                "a forked creator maps 1 MiB for QEMU's pci-testdev on a VFIO container of its own, \
+                 forks and exits; its child keeps the container: the pins are held by the child (found \
+                 by the open file, /dev/vfio/vfio's inode being shared), not orphaned",
+                PinPath::VfioMapDma,
+                buffer_pages(),
+                ExpectedPath::Slow,
+            );
+        }
         if self.kind == HandoffKind::RdmaInFlight {
             return Spec::pins(
                 "rdma_orphan_in_flight",
@@ -421,7 +466,9 @@ impl Scenario for IoUringHandoff {
         self.state = None;
         self.pids = None;
         let name = self.name();
-        if self.kind.rdma() {
+        if self.kind == HandoffKind::VfioFork {
+            self.vfio_group = super::vfio::group_path(name)?;
+        } else if self.kind.rdma() {
             super::rdma::check_reachable(name)?;
         } else {
             drop(io_uring_setup(IO_URING_ENTRIES).map_err(|e| sys_err(name, "io_uring_setup", e))?);
@@ -439,6 +486,7 @@ impl Scenario for IoUringHandoff {
     fn run(&mut self) -> Result<(), ScenarioError> {
         let name = self.name();
         let kind = self.kind;
+        let vfio_group = self.vfio_group;
         let st = prepared(&mut self.state, name)?;
         let Some(control_tx) = &st.control_tx else {
             return Err(sequence(name, "run", "twice without prepare() (the holder still runs)"));
@@ -461,7 +509,7 @@ impl Scenario for IoUringHandoff {
         }
         if pid == 0 {
             // SAFETY: we are the forked creator.
-            unsafe { creator(iov, fds, kind) }
+            unsafe { creator(iov, fds, kind, &vfio_group) }
         }
         wait_for_child(name, pid as libc::pid_t)?;
         let report = await_report(name, &st.report_rx)?;
