@@ -20,7 +20,7 @@ use std::{
 
 use gup_common::object::PinObject;
 
-pub use crate::report::ObjectHolder;
+use gup_report::ObjectHolder;
 
 /// The live holders of each object looked up.
 #[derive(Clone, Debug, Default, PartialEq)]
