@@ -7,6 +7,9 @@
 //! * [`LeakReport`]: `gupwatch leaks --json`, and `leaks` in the snapshot;
 //!   built by gup-user's `model::leaks::analyze`.
 //!
+//! * [`doctor::Report`]: `gupwatch doctor --json`, in its own module
+//!   (its `Report`, `Status` and `Finding` are doctor's words).
+//!
 //! With them the plain records they embed ([`Caller`], [`Subsystem`],
 //! [`Totals`], [`Accounted`], [`CgroupPins`], [`ObjectRow`]). This crate
 //! needs neither aya nor the eBPF object, so xtask, which cannot build
@@ -20,6 +23,7 @@ mod attribution;
 mod before;
 mod cgroups;
 mod counters;
+pub mod doctor;
 mod holds;
 mod i915;
 mod leaks;
