@@ -33,7 +33,6 @@ use std::{
 
 use gup_report::{Accounted, Holder};
 
-
 /// Most bytes read from one `/proc/PID/status` (it is about 1.5 KiB).
 const MAX_STATUS_BYTES: u64 = 64 << 10;
 /// Most bytes read from one io_uring fdinfo: a ring with thousands of

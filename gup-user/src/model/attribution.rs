@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 
 use gup_common::{Api, AttribKey, AttribValue};
 use gup_report::{Caller, Subsystem};
-
 use serde::Serialize;
 
 use crate::kernel::kallsyms::Kallsyms;
