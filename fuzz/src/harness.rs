@@ -15,10 +15,11 @@
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use gup_common::{Api, ApiStats, AttribKey, AttribValue, PinRecord, API_COUNT, DIAG_COUNT};
+use gup_report::{Caller, Subsystem};
 use gupwatch::{
-    model::attribution::{self, Caller, Subsystem},
+    model::attribution,
     kernel::kallsyms::Kallsyms,
-    model::leaks,
+    model::leaks::{self, LeakTable},
     collect::{self, PlanSummary, Reading, Settings, TopProcesses},
     export::{
         api,
@@ -325,7 +326,7 @@ pub fn map_records(data: &[u8]) {
         by_object: objects
             .iter()
             .filter(|o| o.ino % 2 == 1)
-            .map(|o| (*o, vec![leaks::ObjectHolder { pid: 1, comm: "init".into(), cgroup: String::new() }]))
+            .map(|o| (*o, vec![gup_report::ObjectHolder { pid: 1, comm: "init".into(), cgroup: String::new() }]))
             .collect(),
         unreadable: objects.len() % 2,
         // Some readings without the holder iterator (its refusal note).

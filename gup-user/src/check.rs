@@ -17,8 +17,10 @@ use std::{collections::BTreeMap, time::Duration};
 use gup_common::Api;
 use serde::Serialize;
 
+use gup_report::Subsystem;
+
 use crate::{
-    model::attribution::{self, Subsystem},
+    model::attribution,
     kernel::errno::errno_name,
     kernel::kallsyms::Kallsyms,
     probes::loader::Probes,
@@ -228,7 +230,7 @@ pub struct HeldSummary {
     /// Pins held.
     pub pages: u64,
     /// Who holds them.
-    pub holders: Vec<leaks::ObjectHolder>,
+    pub holders: Vec<gup_report::ObjectHolder>,
 }
 
 /// The whole check.
@@ -505,7 +507,7 @@ fn predict_reference(s: &dyn Scenario, profile: &KernelProfile, kernel_pins: boo
 /// scenario still holds its pins), without the unbalanced unpins; and the
 /// pins held by a live process other than their exited creator.
 fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (Vec<LeakSummary>, Vec<HeldSummary>) {
-    let caller = |id: i64| -> attribution::Caller {
+    let caller = |id: i64| -> gup_report::Caller {
         let ips = if id >= 0 { probes.maps.stack(id).unwrap_or_default() } else { vec![] };
         attribution::caller_of(&ips, kallsyms)
     };
@@ -536,7 +538,7 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (V
     let leaks = leak_report
         .leaks
         .iter()
-        .filter(|l| l.kind != leaks::LeakKind::Unbalanced)
+        .filter(|l| l.kind != gup_report::LeakKind::Unbalanced)
         .map(|l| LeakSummary {
             kind: l.kind.as_str(),
             pages: l.pages,
@@ -739,7 +741,7 @@ fn holder_mismatches(r: &ScenarioReport, want: &ExpectedHolder, out: &mut Vec<St
             want.pages, want.owner_tgid, want.pid, want.comm, r.held
         ));
     }
-    let orphaned = r.leaks.iter().any(|l| l.kind == leaks::LeakKind::Orphaned.as_str() && l.owner_tgid == Some(want.owner_tgid));
+    let orphaned = r.leaks.iter().any(|l| l.kind == gup_report::LeakKind::Orphaned.as_str() && l.owner_tgid == Some(want.owner_tgid));
     if orphaned {
         out.push(format!("pins held by {} were reported orphaned: {:?}", want.pid, r.leaks));
     }
@@ -903,7 +905,7 @@ mod tests {
             comm: "t".into(),
             cgroup_id: 0,
             api,
-            caller: attribution::Caller { function: function.into(), subsystem, module: None },
+            caller: gup_report::Caller { function: function.into(), subsystem, module: None },
             calls: 1,
             pages,
             errors: 0,

@@ -16,11 +16,12 @@ use std::{
 
 use gup_common::Diag;
 
+use gup_report::{Accounted, Caller, LeakReport};
+
 use crate::{
-    model::accounted::Accounted,
-    model::attribution::{self, Caller},
+    model::attribution,
     kernel::kallsyms::Kallsyms,
-    model::leaks::{self, GrowthTracker, LeakPolicy, LeakReport},
+    model::leaks::{self, GrowthTracker, LeakPolicy},
     probes::loader::Probes,
     kernel::plan::ProbePlan,
     kernel::vmstat::{self, FollPinCounters},
@@ -102,7 +103,7 @@ pub struct Collector {
     /// cgroup ids to paths.
     cgroup_names: crate::model::cgroups::CgroupNames,
     /// Pins per cgroup, made with the leak report.
-    last_cgroups: Vec<crate::model::cgroups::CgroupPins>,
+    last_cgroups: Vec<gup_report::CgroupPins>,
     /// What the kernel showed pinned when the collector was made over
     /// attached probes (`crate::model::beforestart`).
     before_start: Option<crate::model::beforestart::Inventory>,
@@ -340,7 +341,7 @@ impl Collector {
 
     /// Pins held now per cgroup, from the leak report's holdings and the
     /// cgroup of each owner's pin calls.
-    fn cgroup_pins(&mut self, data: &Reading) -> Vec<crate::model::cgroups::CgroupPins> {
+    fn cgroup_pins(&mut self, data: &Reading) -> Vec<gup_report::CgroupPins> {
         let (Some(report), Some(snap)) = (&self.last_leak_report, &data.snapshot) else { return vec![] };
         let of = crate::model::cgroups::cgroup_of_processes(&snap.attrib);
         crate::model::cgroups::pinned_by_cgroup(
@@ -353,7 +354,7 @@ impl Collector {
 
     /// Classifies the stacks resolved so far for the programs' hold-time
     /// histograms, then reads and folds them (`crate::model::holdtime`).
-    fn hold_times(&mut self) -> Vec<crate::report::HoldHistogram> {
+    fn hold_times(&mut self) -> Vec<gup_report::HoldHistogram> {
         let Some(p) = self.probes.as_mut() else { return vec![] };
         let kallsyms = &self.kallsyms;
         for (id, ips) in &self.stacks {

@@ -14,7 +14,8 @@
 //!    times, outstanding pins and leak signals.
 //! 4. [`collect`]: one reading of every source, on demand.
 //! 5. [`export`]: the reading written out: `/metrics`, `/api/snapshot`,
-//!    and the HTTP server; [`report`] holds the JSON documents' types.
+//!    and the HTTP server; the JSON documents' types are the `gup-report`
+//!    crate ([`gup_report`]), which xtask reads them with too.
 //!
 //! The front ends read that path: [`tui`] (the live view), [`summary`],
 //! [`daemon`] (`gupwatch run`, configured by [`config`]), and the
@@ -30,12 +31,13 @@ pub mod config;
 pub mod daemon;
 pub mod diagnose;
 pub mod export;
+#[cfg(test)]
+mod golden;
 pub mod kernel;
 pub mod logging;
 pub mod memstat;
 pub mod model;
 pub mod probes;
-pub mod report;
 pub mod session;
 pub mod summary;
 pub mod tui;

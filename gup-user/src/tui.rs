@@ -71,7 +71,7 @@ pub enum TuiError {
 /// One reading sent from the data thread.
 struct Update {
     at: Instant,
-    result: Result<(Sample, Option<crate::report::LeakReport>), String>,
+    result: Result<(Sample, Option<gup_report::LeakReport>), String>,
     /// Whether the leak report was asked for (so `None` means "none").
     read_outstanding: bool,
 }
@@ -213,11 +213,11 @@ mod tests {
         for i in 1..=30 {
             vm.ingest(sample(i * 2), i as f64);
         }
-        let fio = holding(100, "fio", "io_sqe_buffer_register", crate::model::attribution::Subsystem::IoUring, 256, 400.0);
-        let leaks = vec![crate::report::Leak::of_holding(crate::report::LeakKind::LongHeld, &fio)];
+        let fio = holding(100, "fio", "io_sqe_buffer_register", gup_report::Subsystem::IoUring, 256, 400.0);
+        let leaks = vec![gup_report::Leak::of_holding(gup_report::LeakKind::LongHeld, &fio)];
         let mut r = report(Some(300), vec![fio], leaks);
-        r.held_before_start = vec![crate::report::HeldBeforeStart {
-            kind: crate::report::HELD_BEFORE_START.into(),
+        r.held_before_start = vec![gup_report::HeldBeforeStart {
+            kind: gup_report::HELD_BEFORE_START.into(),
             source: "io_uring".into(),
             owner_tgid: 90,
             comm: "old".into(),
@@ -346,9 +346,9 @@ mod tests {
             rows: vec![],
             hooks_attached: 0,
             kernel_counters: Some((acq, acq - 10)),
-            accounted: Some(crate::model::accounted::Accounted {
+            accounted: Some(gup_report::Accounted {
                 source: crate::model::accounted::SOURCE.into(),
-                holders: vec![crate::model::accounted::Holder {
+                holders: vec![gup_report::Holder {
                     pid: 201,
                     comm: "aa-holder".into(),
                     pinned_bytes: 1 << 20,

@@ -20,8 +20,9 @@ use std::{
 };
 
 use gup_common::{Api, ApiKind, Diag, LATENCY_BUCKETS};
+use gup_report::{Caller, Subsystem};
 use gupwatch::{
-    model::attribution::{Caller, Row, Subsystem},
+    model::attribution::Row,
     collect::{HookHealth, PlanSummary, Reading, Settings, TopProcesses},
     export::prometheus::{render, Format},
     model::counters::Snapshot,
@@ -94,14 +95,14 @@ fn full_sample() -> String {
     d.leaks = Some(leaks);
     let mut buckets = vec![0; gup_common::hold::HOLD_BUCKETS];
     buckets[4] = 8;
-    d.hold_times = vec![gupwatch::report::HoldHistogram {
+    d.hold_times = vec![gup_report::HoldHistogram {
         subsystem: "direct-io".into(),
         longterm: false,
         count: 8,
         sum_seconds: 8e-5,
         buckets,
     }];
-    d.cgroups = vec![gupwatch::model::cgroups::CgroupPins {
+    d.cgroups = vec![gup_report::CgroupPins {
         cgroup: gupwatch::model::cgroups::parse_path("/system.slice/fio.service"),
         pages: 5,
     }];

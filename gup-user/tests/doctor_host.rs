@@ -15,24 +15,29 @@ use std::{
     process::{Command, Stdio},
 };
 
-use serde_json::Value;
+use gup_report::doctor::{Finding, Report, Status, Trial, Verdict};
 
-fn doctor() -> (Value, i32) {
+fn doctor() -> (Report, i32) {
     let out = Command::new(env!("CARGO_BIN_EXE_gupwatch"))
         .args(["doctor", "--json"])
         .stdin(Stdio::null())
         .output()
         .expect("running gupwatch doctor");
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}):\n{text}"));
+    let v: Report = serde_json::from_str(&text).unwrap_or_else(|e| panic!("doctor --json is not its document ({e}):\n{text}"));
     (v, out.status.code().expect("exit status"))
 }
 
-fn finding<'a>(v: &'a Value, id: &str) -> &'a Value {
-    v["findings"]
-        .as_array()
-        .and_then(|a| a.iter().find(|f| f["id"] == id))
-        .unwrap_or_else(|| panic!("no finding {id} in {v:#}"))
+fn finding<'a>(v: &'a Report, id: &str) -> &'a Finding {
+    v.findings.iter().find(|f| f.id == id).unwrap_or_else(|| panic!("no finding {id} in {v:#?}"))
+}
+
+/// The kernel's error of a refused trial.
+fn refusal(t: &Trial) -> Option<&str> {
+    match t {
+        Trial::Fails { error, .. } => Some(error),
+        _ => None,
+    }
 }
 
 fn euid() -> Option<u32> {
@@ -44,76 +49,72 @@ fn euid() -> Option<u32> {
 #[test]
 fn doctor_on_this_host_gives_correct_verdicts() {
     let (v, code) = doctor();
-    let report = format!("{v:#}");
-    println!("doctor on this host: verdict {} — {}", v["verdict"], v["summary"]);
-    assert_eq!(i64::from(code), v["exit_code"].as_i64().unwrap_or(-1), "the process status is the report's\n{report}");
-    let expected_code = match v["verdict"].as_str() {
-        Some("full") => 0,
-        Some("partial") | Some("reduced") => 1,
-        Some("cannot_run") => 2,
-        other => panic!("unknown verdict {other:?}"),
+    let report = format!("{v:#?}");
+    println!("doctor on this host: verdict {:?} — {}", v.verdict, v.summary);
+    assert_eq!(i64::from(code), i64::from(v.exit_code), "the process status is the report's\n{report}");
+    let expected_code = match v.verdict {
+        Verdict::Full => 0,
+        Verdict::Partial | Verdict::Reduced => 1,
+        Verdict::CannotRun => 2,
     };
     assert_eq!(code, expected_code, "{report}");
-    assert_eq!(v["kernel"], std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim(), "uname -r");
+    assert_eq!(v.kernel, std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim(), "uname -r");
 
     // Each mechanism: the finding agrees with the trial, and a refusal is
     // explained with the kernel's own error and a fix.
     let mut works = vec![];
-    for m in ["fentry", "kprobe"] {
-        let trial = &v["mechanisms"][m];
+    for (m, trial) in [("fentry", &v.mechanisms.fentry), ("kprobe", &v.mechanisms.kprobe)] {
         let f = finding(&v, m);
-        match trial["result"].as_str() {
-            Some("works") => {
-                assert_eq!(f["status"], "ok", "{m}: works but not ok\n{report}");
+        match trial {
+            Trial::Works { .. } => {
+                assert_eq!(f.status, Status::Ok, "{m}: works but not ok\n{report}");
                 works.push(m);
             }
-            Some("fails") => {
-                assert!(f["status"] == "fail" || f["status"] == "warn", "{m}: failed but {}\n{report}", f["status"]);
-                let error = trial["error"].as_str().unwrap_or_default();
+            Trial::Fails { error, .. } => {
+                assert!(matches!(f.status, Status::Fail | Status::Warn), "{m}: failed but {:?}\n{report}", f.status);
                 assert!(!error.is_empty(), "{m}: a refusal without the kernel's error\n{report}");
-                assert!(f["detail"].as_str().unwrap_or_default().contains(error), "{m}: the detail must quote the error\n{report}");
-                assert!(f["fix"].as_str().is_some_and(|x| x.len() > 20), "{m}: a refusal needs a fix\n{report}");
+                assert!(f.detail.contains(error.as_str()), "{m}: the detail must quote the error\n{report}");
+                assert!(f.fix.as_ref().is_some_and(|x| x.len() > 20), "{m}: a refusal needs a fix\n{report}");
             }
-            other => assert_eq!(other, Some("not_tried"), "{m}\n{report}"),
+            Trial::NotTried { .. } => {}
         }
     }
 
     // Independent facts.
     if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         // No kprobe PMU: kprobes cannot work, and doctor must say why.
-        assert_eq!(v["mechanisms"]["kprobe"]["result"], "fails", "{report}");
-        let detail = finding(&v, "kprobe")["detail"].as_str().unwrap_or_default();
+        assert!(matches!(v.mechanisms.kprobe, Trial::Fails { .. }), "{report}");
+        let detail = &finding(&v, "kprobe").detail;
         assert!(detail.contains("CONFIG_KPROBES"), "kprobe detail must name CONFIG_KPROBES: {detail}");
-        assert!(finding(&v, "kprobe")["fix"].as_str().unwrap_or_default().contains("CONFIG_KPROBES=y"), "{report}");
+        assert!(finding(&v, "kprobe").fix.as_deref().unwrap_or_default().contains("CONFIG_KPROBES=y"), "{report}");
     }
-    if v["mechanisms"]["fentry"]["error"].as_str().is_some_and(|e| e.contains("Operation not permitted")) {
+    if refusal(&v.mechanisms.fentry).is_some_and(|e| e.contains("Operation not permitted")) {
         // EPERM with the capabilities held is a policy, not a missing
         // privilege: the fix must say so rather than "use sudo".
-        assert_eq!(finding(&v, "privileges")["status"], "ok", "{report}");
-        let fix = finding(&v, "fentry")["fix"].as_str().unwrap_or_default();
+        assert_eq!(finding(&v, "privileges").status, Status::Ok, "{report}");
+        let fix = finding(&v, "fentry").fix.as_deref().unwrap_or_default();
         assert!(fix.contains("refuses BPF tracing programs"), "{fix}");
     }
     if euid() == Some(0) {
-        assert!(finding(&v, "privileges")["detail"].as_str().unwrap_or_default().starts_with("running as root"), "{report}");
+        assert!(finding(&v, "privileges").detail.starts_with("running as root"), "{report}");
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("tracefs")) {
-        assert_ne!(v["mechanisms"]["tracepoint"]["result"], "works", "{report}");
-        assert!(finding(&v, "tracepoint")["detail"].as_str().unwrap_or_default().contains("tracefs is not mounted"), "{report}");
+        assert!(!v.mechanisms.tracepoint.works(), "{report}");
+        assert!(finding(&v, "tracepoint").detail.contains("tracefs is not mounted"), "{report}");
     }
     let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
     let has_counters = vmstat.contains("nr_foll_pin_acquired ");
-    assert_eq!(v["reduced_mode"]["available"], has_counters, "{report}");
-    assert_eq!(finding(&v, "vmstat")["status"], if has_counters { "ok" } else { "fail" }, "{report}");
+    assert_eq!(v.reduced_mode.available, has_counters, "{report}");
+    assert_eq!(finding(&v, "vmstat").status, if has_counters { Status::Ok } else { Status::Fail }, "{report}");
 
     // What the mechanisms allow decides the verdict.
-    let attached = v["hooks"]["attached"].as_u64().unwrap_or(0);
-    if works.is_empty() && v["mechanisms"]["fentry"]["result"] == "fails" && v["mechanisms"]["kprobe"]["result"] == "fails" {
+    let attached = v.hooks.as_ref().map_or(0, |h| h.attached);
+    if works.is_empty() && refusal(&v.mechanisms.fentry).is_some() && refusal(&v.mechanisms.kprobe).is_some() {
         assert_eq!(attached, 0, "{report}");
-        assert_eq!(v["verdict"], if has_counters { "reduced" } else { "cannot_run" }, "{report}");
-        assert_eq!(finding(&v, "probe_plan")["status"], "fail", "{report}");
-        let summary = v["summary"].as_str().unwrap_or_default();
-        assert!(summary.contains("fentry") && summary.contains("kprobe"), "the summary names both refusals: {summary}");
+        assert_eq!(v.verdict, if has_counters { Verdict::Reduced } else { Verdict::CannotRun }, "{report}");
+        assert_eq!(finding(&v, "probe_plan").status, Status::Fail, "{report}");
+        assert!(v.summary.contains("fentry") && v.summary.contains("kprobe"), "the summary names both refusals: {}", v.summary);
     } else if !works.is_empty() {
         assert!(attached > 0, "a working mechanism attaches hooks\n{report}");
     }

@@ -15,13 +15,14 @@ use std::{
 mod common;
 
 use common::{bcrypt_of, Pki, Running};
+use gup_report::LeakReport;
+use gupwatch::model::leaks::LeakTable;
 use gupwatch::{
     export::client::{ClientError, ConnectOptions, Remote, PASSWORD_ENV},
     collect::{Collector, Settings},
     export::http::{App, Handler, Request, Response, ServerConfig},
     kernel::kallsyms::Kallsyms,
     kernel::plan::ProbePlan,
-    report::LeakReport,
     tui::source::{RemoteSource, Source},
 };
 

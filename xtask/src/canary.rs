@@ -19,12 +19,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use gup_report::doctor::Report;
 use serde::{Deserialize, Serialize};
 
 use crate::debversion;
 use crate::vm::kernels::{self, BootKernel, Flavour, KernelAlias, Manifest};
 use crate::say;
-use crate::testsuite::{self, DoctorJson, KernelRun};
+use crate::testsuite::{self, KernelRun};
 use crate::util;
 
 /// The canary's alias (`cargo xtask vm --kernel canary`) and suite.
@@ -269,13 +270,12 @@ fn judge(run: &KernelRun, uname: &str, r: &mut StepReport) {
 
 /// What doctor said, and where it differs from the matrix's expectations.
 fn doctor_notes(json: &str, status: Option<i32>, uname: &str, notes: &mut Vec<String>) {
-    let Ok(v) = serde_json::from_str::<DoctorJson>(json) else {
+    let Ok(v) = serde_json::from_str::<Report>(json) else {
         notes.push(format!("doctor printed no JSON report (exit status {status:?})"));
         return;
     };
-    let s = |x: &Option<String>| x.as_deref().unwrap_or("?").to_string();
-    notes.push(format!("doctor: kernel {}, verdict {} (exit {status:?}): {}", s(&v.kernel), s(&v.verdict), s(&v.summary)));
-    let kernel_finding = v.finding("kernel").and_then(|f| f.detail.as_deref());
+    notes.push(format!("doctor: kernel {}, verdict {} (exit {status:?}): {}", v.kernel, testsuite::word(&v.verdict), v.summary));
+    let kernel_finding = v.finding("kernel").map(|f| f.detail.as_str());
     if let Some(k) = kernel_finding {
         notes.push(format!("doctor's kernel finding: {k}"));
     }
@@ -389,7 +389,11 @@ mod tests {
 
     #[test]
     fn panics_fail_differences_are_reported() {
-        let doctor = r#"{"kernel":"7.3-cloud-amd64","verdict":"partial","exit_code":1,"summary":"s","findings":[{"id":"kernel","status":"info","detail":"Linux 7.3-rc7"}]}"#;
+        let doctor = r#"{"schema":1,"gupwatch_version":"0.1.0","kernel":"7.3-cloud-amd64","verdict":"partial","exit_code":1,"summary":"s",
+            "findings":[{"id":"kernel","status":"info","detail":"Linux 7.3-rc7","fix":null}],
+            "mechanisms":{"tracepoint":{"result":"works","target":"sched_process_exit"},"fentry":{"result":"works","target":"unpin_user_page"},
+                "kprobe":{"result":"not_tried","why":"fentry works"}},
+            "hooks":null,"reduced_mode":{"available":true,"acquired":1,"released":1,"error":null}}"#;
         let good = format!("{}\n{doctor}\n{}1@@\n{CHECK}\n", testsuite::DOCTOR_BEGIN, testsuite::DOCTOR_END);
         let mut r = StepReport::default();
         judge(&run_with(&good, 1), "7.3-cloud-amd64", &mut r);

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
+use gup_report::{Mode, SnapshotReport};
 
 use crate::binary;
 use crate::e2e::{free_port, http_get, release_guest};
@@ -136,74 +136,28 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// Parses `/api/snapshot` (see `gup-user/src/export/api.rs`,
-    /// `snapshot_json`). A reduced-mode daemon has no totals: an error, as
-    /// the demo then has nothing to show.
+    /// Parses `/api/snapshot` (gup-report's `SnapshotReport`, written by
+    /// `gup-user/src/export/api.rs`). A reduced-mode daemon has no totals:
+    /// an error, as the demo then has nothing to show.
     pub fn parse(body: &[u8]) -> Result<Reading> {
-        let v: SnapshotJson = serde_json::from_slice(body).context("/api/snapshot is not JSON")?;
-        let need = |x: Option<u64>, what: &str| x.ok_or_else(|| anyhow!("/api/snapshot has no {what}"));
-        if v.mode.as_deref() != Some("full") {
-            bail!(
-                "gupwatch runs in reduced mode in the guest (mode {}): no probe attached",
-                serde_json::to_string(&v.mode).unwrap_or_default()
-            );
+        let v: SnapshotReport = serde_json::from_slice(body).context("/api/snapshot is not a snapshot document")?;
+        if v.mode != Mode::Full {
+            bail!("gupwatch runs in reduced mode in the guest: no probe attached");
         }
-        let (totals, counters) = (v.totals.unwrap_or_default(), v.kernel_counters.unwrap_or_default());
+        let totals = v.totals.ok_or_else(|| anyhow!("/api/snapshot has no totals"))?;
+        let counters = v.kernel_counters.ok_or_else(|| anyhow!("/api/snapshot has no kernel counters"))?;
         Ok(Reading {
-            kernel: v.kernel.unwrap_or_else(|| "?".into()),
-            hooks_attached: v.hooks_attached.unwrap_or(0),
-            pinned: need(totals.pinned_pages, "totals")?,
-            unpinned: need(totals.unpinned_pages, "totals")?,
-            acquired: need(counters.acquired, "kernel counters")?,
-            released: need(counters.released, "kernel counters")?,
+            kernel: v.kernel,
+            hooks_attached: u64::try_from(v.hooks_attached).unwrap_or(u64::MAX),
+            pinned: totals.pinned_pages,
+            unpinned: totals.unpinned_pages,
+            acquired: counters.acquired,
+            released: counters.released,
             held: v.outstanding_pages.unwrap_or(0),
-            kernel_held: counters.outstanding.unwrap_or(0),
-            processes: v
-                .top_processes
-                .into_iter()
-                .filter_map(|p| Some((p.comm?, p.pinned_pages?)))
-                .collect(),
+            kernel_held: counters.outstanding,
+            processes: v.top_processes.into_iter().map(|p| (p.comm, p.pinned_pages)).collect(),
         })
     }
-}
-
-/// `/api/snapshot` (`gup-user/src/export/api.rs`): the fields the demo
-/// reads.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SnapshotJson {
-    mode: Option<String>,
-    kernel: Option<String>,
-    hooks_attached: Option<u64>,
-    totals: Option<Totals>,
-    kernel_counters: Option<KernelCounters>,
-    outstanding_pages: Option<i64>,
-    top_processes: Vec<TopProcess>,
-}
-
-/// gupwatch's totals since it attached.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Totals {
-    pinned_pages: Option<u64>,
-    unpinned_pages: Option<u64>,
-}
-
-/// The kernel's vmstat counters.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct KernelCounters {
-    acquired: Option<u64>,
-    released: Option<u64>,
-    outstanding: Option<i64>,
-}
-
-/// One process of the ranking.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct TopProcess {
-    comm: Option<String>,
-    pinned_pages: Option<u64>,
 }
 
 /// Everything the piped demo's report says.
@@ -540,7 +494,8 @@ mod tests {
         let body = br#"{"kernel":"7.2","mode":"full","hooks_attached":19,
             "totals":{"pinned_pages":300,"unpinned_pages":44},"outstanding_pages":256,
             "kernel_counters":{"acquired":310,"released":54,"outstanding":256},
-            "top_processes":[{"comm":"pin-holder","pinned_pages":256}]}"#;
+            "top_processes":[{"tgid":42,"comm":"pin-holder","pinned_pages":256,"referenced_pages":0,
+                "unpinned_pages":0,"calls":1,"errors":0}]}"#;
         let r = Reading::parse(body).unwrap();
         assert_eq!((r.pinned, r.unpinned, r.acquired, r.released, r.held), (300, 44, 310, 54, 256));
         assert_eq!(r.processes, vec![("pin-holder".to_string(), 256)]);

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use gup_report::{Mode, SnapshotReport};
 
 use crate::e2e::Check;
 use crate::livetest::HOLDER;
@@ -141,10 +141,10 @@ pub fn judge(caps: &BTreeMap<String, String>) -> Vec<Check> {
         (Some(a), Some(b)) if a < b => &snap[a..=b],
         _ => "",
     };
-    let parsed = serde_json::from_str::<Snapshot>(json);
+    let parsed = serde_json::from_str::<SnapshotReport>(json);
     let snap_ok = holder_pid(snap).is_some_and(|pid| {
         parsed.as_ref().is_ok_and(|v| {
-            v.mode.as_deref() == Some("reduced")
+            v.mode == Mode::Reduced
                 && v.accounted.as_ref().is_some_and(|a| {
                     a.source == "accounted"
                         && a.holders.iter().any(|h| {
@@ -157,50 +157,13 @@ pub fn judge(caps: &BTreeMap<String, String>) -> Vec<Check> {
         &format!("run --reduced: /api/snapshot's accounted holders list {HOLDER}"),
         snap_ok,
         match &parsed {
-            Ok(v) => serde_json::to_string(&v.accounted).unwrap_or_default(),
+            // Through a Value, whose maps sort their keys: the detail shows
+            // the fields as the snapshot's JSON object does.
+            Ok(v) => serde_json::to_value(&v.accounted).map(|v| v.to_string()).unwrap_or_default(),
             Err(e) => format!("not JSON ({e}): {}", json.chars().take(300).collect::<String>()),
         },
     ));
     out
-}
-
-/// `/api/snapshot` of `gupwatch run --reduced` (`gup-user/src/export/api.rs`):
-/// the fields this step reads.
-#[derive(Debug, Deserialize)]
-struct Snapshot {
-    #[serde(default)]
-    mode: Option<String>,
-    #[serde(default)]
-    accounted: Option<Accounted>,
-}
-
-/// The accounted holders (`gup-user/src/model/accounted.rs`). Fields in
-/// alphabetical order, so that the detail shows them as the snapshot's
-/// JSON object did.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct Accounted {
-    fds: u64,
-    holders: Vec<Holder>,
-    processes: u32,
-    source: String,
-    truncated: bool,
-    unreadable: u32,
-}
-
-/// One accounted holder.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct Holder {
-    comm: String,
-    io_uring_buffers: u32,
-    io_uring_bytes: u64,
-    io_uring_pages: u64,
-    locked_bytes: u64,
-    pid: u32,
-    pinned_bytes: u64,
-    pinned_pages: u64,
-    vm_pin_bytes: u64,
 }
 
 #[cfg(test)]
@@ -215,7 +178,7 @@ mod tests {
         let metrics = "holder-pid 200\ngupwatch_accounted_pinned_bytes{pid=\"200\",comm=\"aa-holder\"} 1048576\n\
                        gupwatch_accounted_io_uring_buffer_bytes{pid=\"200\",comm=\"aa-holder\"} 1048576\n";
         // Pretty-printed, as the daemon sends it.
-        let doc = serde_json::json!({"mode": "reduced", "accounted": {"source": "accounted", "holders": [{"pid": 200, "comm": "aa-holder",
+        let doc = serde_json::json!({"kernel": "6.1.0-test", "mode": "reduced", "accounted": {"source": "accounted", "holders": [{"pid": 200, "comm": "aa-holder",
             "pinned_bytes": 1048576, "pinned_pages": 256, "vm_pin_bytes": 0, "locked_bytes": 0, "io_uring_buffers": 1,
             "io_uring_bytes": 1048576, "io_uring_pages": 256}]}});
         let snap = format!("holder-pid 200\n{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default());

@@ -15,6 +15,7 @@ use gupwatch::{
     diagnose::host, probes::loader, check::scenarios,
     session::{self, Session},
     kernel::vmstat,
+    model::leaks::LeakTable,
 };
 
 /// Watch how this Linux host pins user memory: who calls pin_user_pages*()
@@ -590,7 +591,7 @@ fn leaks(json: bool, duration: Duration, thresholds: (Duration, Duration), track
                 report.kernel_outstanding
             )
         );
-        print!("{}", gupwatch::report::hold_table(&report.hold_times));
+        print!("{}", gup_report::hold_table(&report.hold_times));
         print!("{}", gupwatch::model::cgroups::cgroup_table(&report.cgroups));
     }
     Ok(ExitCode::SUCCESS)

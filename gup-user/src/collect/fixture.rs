@@ -6,8 +6,10 @@ use std::{sync::Arc, time::Duration};
 use gup_common::{Api, AttribKey, AttribValue, Diag, LATENCY_BUCKETS};
 
 use super::{HookHealth, LeakMetrics, PlanSummary, Reading, Settings, TopProcesses};
+use gup_report::{Caller, Subsystem};
+
 use crate::{
-    model::attribution::{Caller, Row, Subsystem},
+    model::attribution::Row,
     model::counters::Snapshot,
     kernel::vmstat::FollPinCounters,
 };

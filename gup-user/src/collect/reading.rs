@@ -15,10 +15,10 @@ use gup_common::{Api, ApiKind};
 use serde::Serialize;
 
 use super::Settings;
+use gup_report::{Accounted, LeakReport};
+
 use crate::{
-    model::accounted::Accounted,
     model::attribution::Row,
-    model::leaks::{self, LeakReport},
     model::counters::Snapshot,
     kernel::plan::{HookStatus, Mechanism, ProbePlan},
     kernel::vmstat::FollPinCounters,
@@ -301,10 +301,10 @@ pub struct Reading {
     pub probe_detached: Vec<(&'static str, &'static str, u64)>,
     /// How long released pins were held, per subsystem and LONGTERM
     /// (empty without probes or without pin tracking).
-    pub hold_times: Vec<crate::report::HoldHistogram>,
+    pub hold_times: Vec<gup_report::HoldHistogram>,
     /// Pins held now per cgroup: the top ones, then `other` and
     /// `unknown` (empty without pin tracking).
-    pub cgroups: Vec<crate::model::cgroups::CgroupPins>,
+    pub cgroups: Vec<gup_report::CgroupPins>,
     /// Whether the kernel counts BPF program runs ([`crate::probes::bpfstats`]).
     pub bpf_stats_enabled: bool,
     /// Run statistics of gupwatch's attached programs (empty without
@@ -380,11 +380,11 @@ impl LeakMetrics {
     /// Summarises a leak report.
     pub fn from_report(r: &LeakReport) -> LeakMetrics {
         let mut by_kind: BTreeMap<&'static str, (u64, u64)> = [
-            leaks::LeakKind::LongHeld,
-            leaks::LeakKind::Orphaned,
-            leaks::LeakKind::Unbalanced,
-            leaks::LeakKind::Growth,
-            leaks::LeakKind::WeakPin,
+            gup_report::LeakKind::LongHeld,
+            gup_report::LeakKind::Orphaned,
+            gup_report::LeakKind::Unbalanced,
+            gup_report::LeakKind::Growth,
+            gup_report::LeakKind::WeakPin,
         ]
         .iter()
         .map(|k| (k.as_str(), (0, 0)))

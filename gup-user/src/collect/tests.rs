@@ -5,9 +5,10 @@ use gup_common::Api;
 
 use super::fixture::row;
 use super::*;
+use gup_report::{LeakReport, Subsystem};
+
 use crate::{
-    model::attribution::{Row, Subsystem},
-    model::leaks::{self, LeakReport},
+    model::attribution::Row,
 };
 
 #[test]
@@ -59,13 +60,13 @@ fn leak_metrics_list_every_kind() {
         untracked_pins: 0,
         partial: false,
         holdings: vec![],
-        leaks: vec![leaks::Leak {
-            kind: leaks::LeakKind::Growth,
+        leaks: vec![gup_report::Leak {
+            kind: gup_report::LeakKind::Growth,
             pages: 9,
             owner_tgid: Some(1),
             comm: None,
             caller: "x".into(),
-            subsystem: crate::model::attribution::Subsystem::Other,
+            subsystem: gup_report::Subsystem::Other,
             age_secs: None,
             zone: None,
         }],

@@ -19,7 +19,8 @@
 //!
 //! # JSON (`gupwatch doctor --json`), schema 1
 //!
-//! Fields are only ever added; a change of meaning bumps `schema`.
+//! Fields are only ever added; a change of meaning bumps `schema`. The
+//! document's types are [`gup_report::doctor`], which the readers parse.
 //!
 //! ```text
 //! {
@@ -53,6 +54,7 @@
 //!       | { "result": "not_tried", "why": "..." }
 //! ```
 
+use gup_report::doctor::{FailedHook, Finding, HookFacts, Mechanisms, ReducedMode, Report, Status, Trial, Verdict, SCHEMA};
 use serde::Serialize;
 
 mod checks;
@@ -61,92 +63,6 @@ mod facts;
 mod tests;
 
 pub use facts::parse_cap_eff;
-
-/// Version of the JSON document; bumped only when a field changes meaning.
-pub const SCHEMA: u32 = 1;
-
-/// How a finding stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Fine.
-    Ok,
-    /// Worth knowing; changes nothing.
-    Info,
-    /// gupwatch runs, with less.
-    Warn,
-    /// Something gupwatch needs is missing.
-    Fail,
-}
-
-/// One check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    /// Stable identifier: `privileges`, `kernel_btf`, `lockdown`, `bpf_jit`,
-    /// `kallsyms`, `tracepoint`, `fentry`, `kprobe`, `gup_functions`,
-    /// `i915`, `vmstat`, `memlock`, `probe_plan`, `kernel`.
-    pub id: &'static str,
-    /// How it stands.
-    pub status: Status,
-    /// What was found.
-    pub detail: String,
-    /// What would fix it (none when fine).
-    pub fix: Option<String>,
-}
-
-/// What `gupwatch` can do here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Every GUP function the kernel has is hooked.
-    Full,
-    /// Some hooks attached, some did not.
-    Partial,
-    /// No hook; the kernel's `/proc/vmstat` counters only.
-    Reduced,
-    /// Neither.
-    CannotRun,
-}
-
-impl Verdict {
-    /// The exit status of `gupwatch doctor`.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Verdict::Full => 0,
-            Verdict::Partial | Verdict::Reduced => 1,
-            Verdict::CannotRun => 2,
-        }
-    }
-}
-
-/// The result of trying one attach mechanism.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Trial {
-    /// Loaded and attached.
-    Works {
-        /// What it was attached to.
-        target: String,
-    },
-    /// Refused.
-    Fails {
-        /// What it was attached to.
-        target: String,
-        /// The kernel's answer.
-        error: String,
-    },
-    /// Not tried.
-    NotTried {
-        /// Why not.
-        why: String,
-    },
-}
-
-impl Trial {
-    fn works(&self) -> bool {
-        matches!(self, Trial::Works { .. })
-    }
-}
 
 /// One GUP function of the plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -157,47 +73,6 @@ pub struct FunctionFact {
     pub present: bool,
     /// pin, get, unpin, ... (the plan's kind).
     pub kind: &'static str,
-}
-
-/// The whole plan, loaded.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct HookFacts {
-    /// Functions the kernel has.
-    pub present: usize,
-    /// Attached.
-    pub attached: usize,
-    /// Attached with fentry/fexit.
-    pub fentry: usize,
-    /// Attached with kprobe/kretprobe.
-    pub kprobe: usize,
-    /// Present but not attached, with the loader's reason.
-    pub failed: Vec<FailedHook>,
-    /// Functions this kernel does not have.
-    pub absent: Vec<&'static str>,
-    /// Why the BPF object could not be loaded at all.
-    pub load_error: Option<String>,
-}
-
-/// A hook that did not attach.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FailedHook {
-    /// Kernel function.
-    pub function: &'static str,
-    /// The loader's reason.
-    pub error: String,
-}
-
-/// What the reduced mode has.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ReducedMode {
-    /// `/proc/vmstat` has `nr_foll_pin_*`.
-    pub available: bool,
-    /// `nr_foll_pin_acquired`.
-    pub acquired: Option<u64>,
-    /// `nr_foll_pin_released`.
-    pub released: Option<u64>,
-    /// Why not.
-    pub error: Option<String>,
 }
 
 /// Everything gathered from the host.
@@ -251,42 +126,6 @@ pub struct Facts {
     pub memlock: Option<(u64, u64)>,
 }
 
-/// The report.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    /// [`SCHEMA`].
-    pub schema: u32,
-    /// This gupwatch.
-    pub gupwatch_version: &'static str,
-    /// `uname -r`.
-    pub kernel: String,
-    /// What gupwatch can do here.
-    pub verdict: Verdict,
-    /// `gupwatch doctor`'s exit status.
-    pub exit_code: u8,
-    /// One sentence.
-    pub summary: String,
-    /// Every check, in a fixed order.
-    pub findings: Vec<Finding>,
-    /// The mechanism trials.
-    pub mechanisms: Mechanisms,
-    /// The whole plan, loaded.
-    pub hooks: Option<HookFacts>,
-    /// What works without probes.
-    pub reduced_mode: ReducedMode,
-}
-
-/// The mechanism trials.
-#[derive(Clone, Debug, Serialize)]
-pub struct Mechanisms {
-    /// Tracepoint programs.
-    pub tracepoint: Trial,
-    /// fentry/fexit (BPF trampolines).
-    pub fentry: Trial,
-    /// kprobe/kretprobe.
-    pub kprobe: Trial,
-}
-
 /// Turns facts into findings and a verdict (pure): one check per concern,
 /// in the fixed order of the JSON's `findings`.
 pub fn evaluate(f: &Facts) -> Report {
@@ -312,7 +151,7 @@ pub fn evaluate(f: &Facts) -> Report {
     let summary = checks::summary(f, verdict, &out);
     Report {
         schema: SCHEMA,
-        gupwatch_version: env!("CARGO_PKG_VERSION"),
+        gupwatch_version: env!("CARGO_PKG_VERSION").into(),
         kernel: f.kernel.clone(),
         verdict,
         exit_code: verdict.exit_code(),
@@ -323,35 +162,3 @@ pub fn evaluate(f: &Facts) -> Report {
         reduced_mode: f.reduced.clone(),
     }
 }
-
-impl Report {
-    /// A human-readable report.
-    pub fn to_text(&self) -> String {
-        let mut s = format!("gupwatch doctor on kernel {}\n\n", self.kernel);
-        for f in &self.findings {
-            let tag = match f.status {
-                Status::Ok => " ok ",
-                Status::Info => "info",
-                Status::Warn => "warn",
-                Status::Fail => "FAIL",
-            };
-            s += &format!("  [{tag}] {:<14} {}\n", f.id, f.detail);
-            if let Some(fix) = &f.fix {
-                s += &format!("         {:<14} fix: {fix}\n", "");
-            }
-        }
-        s += &format!(
-            "\nverdict: {} (exit {}): {}\n",
-            match self.verdict {
-                Verdict::Full => "FULL",
-                Verdict::Partial => "PARTIAL",
-                Verdict::Reduced => "REDUCED",
-                Verdict::CannotRun => "CANNOT RUN",
-            },
-            self.exit_code,
-            self.summary
-        );
-        s
-    }
-}
-

@@ -1,5 +1,5 @@
 //! The JSON API: the `/api/snapshot` document (with the opt-in
-//! `callers=1` rows) made from a [`Reading`], as [`crate::report`] types.
+//! `callers=1` rows) made from a [`Reading`], as [`gup_report`] types.
 //!
 //! The live view reads these same documents, from a daemon
 //! (`gupwatch top --connect`) and from its own collector alike
@@ -14,10 +14,10 @@ use crate::{
     collect::{kind_index, row_kind, HookHealth, Reading},
     kernel::errno::errno_name,
     model::counters::Snapshot,
-    report::{
-        ApiReport, CallerReport, ErrnoReport, HookReport, KernelCounters, Kind, Mode, ProcessReport, SnapshotReport,
-        SubsystemReport,
-    },
+};
+use gup_report::{
+    ApiReport, CallerReport, ErrnoReport, HookReport, KernelCounters, Kind, Mode, ProcessReport, SnapshotReport,
+    SubsystemReport,
 };
 
 #[cfg(test)]

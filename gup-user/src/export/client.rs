@@ -15,7 +15,7 @@ use std::{
 
 use base64::Engine as _;
 
-use crate::report::{LeakReport, SnapshotReport};
+use gup_report::{LeakReport, SnapshotReport};
 
 /// Largest response body accepted (a snapshot with every caller row is a
 /// few MiB at most).

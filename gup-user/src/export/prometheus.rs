@@ -35,10 +35,12 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use gup_report::Totals;
+
 use crate::{
     model::attribution,
     collect::{row_kind, Reading, KINDS},
-    model::counters::{Snapshot, Totals},
+    model::counters::Snapshot,
 };
 
 mod bpfprog;
@@ -771,7 +773,7 @@ fn diag_counters<L: EncodeLabelSet>(
 }
 
 /// One per-holder figure of the accounted families.
-type HolderValue = fn(&crate::model::accounted::Holder) -> u64;
+type HolderValue = fn(&gup_report::Holder) -> u64;
 
 /// The `gupwatch_accounted_*` families: per holder (pid and comm) for the
 /// top [`Settings::top_processes`] holders only, so a host with thousands

@@ -31,7 +31,7 @@ use std::{
     path::Path,
 };
 
-use serde::{Deserialize, Serialize};
+use gup_report::{Accounted, Holder};
 
 /// Most bytes read from one `/proc/PID/status` (it is about 1.5 KiB).
 const MAX_STATUS_BYTES: u64 = 64 << 10;
@@ -242,58 +242,6 @@ pub fn parse_uring_fdinfo(r: impl Read, page_size: u64) -> Result<Option<UringBu
         }
     }
     Ok(out)
-}
-
-/// One process holding accounted pinned or locked memory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    /// Process id.
-    pub pid: u32,
-    /// Its name (`Name:` of status).
-    pub comm: String,
-    /// Pinned pages: the larger of `VmPin` and its io_uring buffers' pages
-    /// (a buffer is not always charged to VmPin; see the module docs).
-    pub pinned_pages: u64,
-    /// `pinned_pages` in bytes.
-    pub pinned_bytes: u64,
-    /// `VmPin`, in bytes.
-    pub vm_pin_bytes: u64,
-    /// `VmLck`, in bytes.
-    pub locked_bytes: u64,
-    /// io_uring registered buffers over all its rings.
-    #[serde(default)]
-    pub io_uring_buffers: u32,
-    /// Their bytes.
-    #[serde(default)]
-    pub io_uring_bytes: u64,
-    /// The pages they span.
-    #[serde(default)]
-    pub io_uring_pages: u64,
-}
-
-/// One reading of accounted pins over every process.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Accounted {
-    /// Always `accounted`: these are the kernel's per-process charges,
-    /// not traced pin calls.
-    #[serde(default)]
-    pub source: String,
-    /// Holders (non-zero VmPin, VmLck or io_uring buffers), largest
-    /// `VmPin` first, at most [`MAX_HOLDERS`].
-    pub holders: Vec<Holder>,
-    /// Processes whose status was read.
-    #[serde(default)]
-    pub processes: u32,
-    /// Files that could not be read or parsed (processes that exited
-    /// while being read are not counted: they simply hold nothing now).
-    #[serde(default)]
-    pub unreadable: u32,
-    /// Descriptors looked at.
-    #[serde(default)]
-    pub fds: u64,
-    /// Whether holders or descriptors were left out (the bounds above).
-    #[serde(default)]
-    pub truncated: bool,
 }
 
 /// The value of [`Accounted::source`].

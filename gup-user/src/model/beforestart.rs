@@ -17,10 +17,9 @@
 
 use std::{collections::HashMap, path::Path};
 
-use crate::{
-    model::accounted::{scan, Accounted},
-    report::{HeldBeforeStart, HELD_BEFORE_START},
-};
+use gup_report::{Accounted, HeldBeforeStart, HELD_BEFORE_START};
+
+use crate::model::accounted::scan;
 
 /// The io_uring buffers each process holds now, by pid: (comm, pages,
 /// buffers); and whether some descriptors could not be read (the daemon

@@ -24,7 +24,7 @@ use std::{
 
 use gup_common::object::{HolderRecord, PinObject};
 
-pub use crate::report::ObjectHolder;
+use gup_report::ObjectHolder;
 pub use iter::HolderIter;
 
 /// The live holders of each object looked up.

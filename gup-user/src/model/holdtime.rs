@@ -14,7 +14,7 @@ use gup_common::hold::{
     hold_index, pending_parts, HoldHist, HOLD_BUCKETS, HOLD_CLASSES, HOLD_CLASS_FIRST, HOLD_CLASS_NO_STACK,
 };
 
-use crate::{model::attribution::Subsystem, report::HoldHistogram};
+use gup_report::{HoldHistogram, Subsystem};
 
 /// Every subsystem with a class, in class order (class =
 /// `HOLD_CLASS_FIRST` + index).

@@ -4,36 +4,9 @@
 use std::collections::HashMap;
 
 use gup_common::i915::{I915Event, I915Object};
-use serde::{Deserialize, Serialize};
+use gup_report::ObjectRow;
 
 use crate::model::attribution::comm_string;
-
-/// One userptr object, as reported.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ObjectRow {
-    /// Kernel address of the `drm_i915_gem_object`.
-    pub object: String,
-    /// Owning process.
-    pub owner_tgid: u32,
-    /// Its `comm`.
-    pub comm: String,
-    /// Pages pinned now.
-    pub pinned_pages: u64,
-    /// Pages pinned over its life.
-    pub total_pinned: u64,
-    /// Pin attempts, and how many returned -EAGAIN (mmu-notifier races).
-    pub attempts: u64,
-    /// -EAGAIN results.
-    pub eagain: u64,
-    /// Short pins.
-    pub short_pins: u64,
-    /// Creation to first pin, in seconds.
-    pub create_to_pin_secs: Option<f64>,
-    /// First pin to last release, in seconds.
-    pub pin_to_release_secs: Option<f64>,
-    /// The owner exited while pages were still pinned.
-    pub orphaned: bool,
-}
 
 /// Builds the rows, marking objects whose owner exited (per `exited`,
 /// tgid → exit time) with pages still pinned.

@@ -26,8 +26,9 @@ use std::{
 };
 
 use gup_common::{object::PinObject, Api, PinRecord};
-use crate::model::attribution::{comm_string, Caller, Subsystem};
-pub use crate::report::{ObjectHolder, Holding, Leak, LeakKind, LeakReport};
+use gup_report::{Caller, Holding, Leak, LeakKind, LeakReport, ObjectHolder, Subsystem};
+
+use crate::model::attribution::comm_string;
 
 /// Thresholds.
 #[derive(Clone, Debug)]
@@ -361,9 +362,15 @@ fn gap_notes(tracked: u64, cx: &Context<'_>) -> Vec<String> {
     notes
 }
 
-impl LeakReport {
+/// The leak report as `gupwatch leaks` prints it. A trait because the
+/// report is gup-report's type; the table is gup-user's output.
+pub trait LeakTable {
     /// A human-readable table.
-    pub fn to_table(&self) -> String {
+    fn to_table(&self) -> String;
+}
+
+impl LeakTable for LeakReport {
+    fn to_table(&self) -> String {
         let mut out = format!(
             "outstanding pins: {} tracked by gupwatch, {} counted by the kernel{}\n",
             self.tracked_outstanding,

@@ -21,7 +21,7 @@ use super::{
     input::{Panel, UiState},
     view::{visible_rows, SortKey, TableRow, View, ViewModel, VisibleRows},
 };
-use crate::report::{short_duration, LeakKind};
+use gup_report::{short_duration, LeakKind};
 
 /// Compact count: 9999, 12.3k, 1.23M, 4.56G.
 pub fn human(n: u64) -> String {
@@ -367,7 +367,7 @@ fn draw_reduced(f: &mut Frame, area: Rect, vm: &ViewModel, ui: &UiState) {
 }
 
 /// The holders of accounted pinned memory (reduced mode).
-fn draw_accounted(f: &mut Frame, area: Rect, a: &crate::model::accounted::Accounted) {
+fn draw_accounted(f: &mut Frame, area: Rect, a: &gup_report::Accounted) {
     use crate::model::accounted::human_bytes;
     let title = format!(
         " Accounted pinned memory · kernel charges, not traced · {} holders{} ",
@@ -546,7 +546,7 @@ fn draw_hold_times(f: &mut Frame, area: Rect, vm: &ViewModel) {
     let Some(inner) = panel(f, area, " Hold times · p50 p99 ", vm, hs.is_empty(), "no pins released yet") else {
         return;
     };
-    let q = |h: &crate::report::HoldHistogram, q: f64| h.quantile_upper_seconds(q).map_or("-".into(), short_duration);
+    let q = |h: &gup_report::HoldHistogram, q: f64| h.quantile_upper_seconds(q).map_or("-".into(), short_duration);
     let lines: Vec<Line> = hs
         .iter()
         .map(|h| {
@@ -699,9 +699,9 @@ mod tests {
     fn leak_panel_shows_the_holder() {
         use crate::tui::view::tests::{holding, report};
         let mut vm = ViewModel::new();
-        let mut h = holding(169, "handoff", "io_pin_pages", crate::model::attribution::Subsystem::IoUring, 256, 12.0);
+        let mut h = holding(169, "handoff", "io_pin_pages", gup_report::Subsystem::IoUring, 256, 12.0);
         h.owner_exited = true;
-        h.holders = vec![crate::report::ObjectHolder { pid: 170, comm: "ring-holder".into(), cgroup: String::new() }];
+        h.holders = vec![gup_report::ObjectHolder { pid: 170, comm: "ring-holder".into(), cgroup: String::new() }];
         vm.set_outstanding(Some(report(Some(256), vec![h], vec![])));
         let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(60, 6)).expect("test terminal");
         term.draw(|f| draw_leaks(f, f.area(), &vm)).expect("draws");

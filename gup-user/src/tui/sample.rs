@@ -10,14 +10,10 @@
 
 use gup_common::LATENCY_BUCKETS;
 
-pub use crate::report::{Kind, Mode};
-use crate::{
-    model::accounted::Accounted,
-    collect::Reading,
-    export::api,
-    model::counters::Totals,
-    report::{ApiReport, CallerReport, HoldHistogram, HookReport, SnapshotReport},
-};
+pub use gup_report::{Kind, Mode};
+use gup_report::{Accounted, ApiReport, CallerReport, HoldHistogram, HookReport, SnapshotReport, Totals};
+
+use crate::{collect::Reading, export::api};
 
 /// One reading.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +47,7 @@ pub struct Sample {
     /// How long released pins were held, per subsystem and LONGTERM.
     pub hold_times: Vec<HoldHistogram>,
     /// Pins held now per cgroup.
-    pub cgroups: Vec<crate::model::cgroups::CgroupPins>,
+    pub cgroups: Vec<gup_report::CgroupPins>,
 }
 
 /// Why a JSON document could not be read as a sample.
@@ -119,7 +115,7 @@ mod tests {
         let data = crate::collect::fixture::sample();
         let local = Sample::from_reading(&data);
         let doc = api::snapshot_with_callers(&data, 10, api::MAX_JSON_CALLERS);
-        let remote = Sample::from_json(&crate::report::to_sorted_pretty_json(&doc).expect("writes")).expect("parses");
+        let remote = Sample::from_json(&gup_report::to_sorted_pretty_json(&doc).expect("writes")).expect("parses");
         assert_eq!(local, remote);
         assert_eq!(local.mode, Mode::Full);
         assert_eq!(local.version, data.version);

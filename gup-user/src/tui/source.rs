@@ -9,8 +9,8 @@ use super::sample::{Sample, SampleError};
 use crate::{
     export::client::{ClientError, Remote},
     collect::{Collector, Reading},
-    report::{LeakReport, SnapshotReport},
 };
+use gup_report::{LeakReport, SnapshotReport};
 
 /// Why a reading failed.
 #[derive(Debug, thiserror::Error)]

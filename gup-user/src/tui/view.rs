@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use gup_common::LATENCY_BUCKETS;
 
 use super::sample::{Kind, Mode, Sample};
-use crate::report::{CallerReport, LeakReport};
+use gup_report::{CallerReport, LeakReport};
 
 /// How much history the sparklines keep, in seconds.
 pub const HISTORY_SECS: f64 = 600.0;
@@ -401,12 +401,12 @@ impl ViewModel {
 
     /// The log2 latency buckets since start of one API, or of every API.
     /// The hold-time histograms of the latest sample.
-    pub fn hold_times(&self) -> &[crate::report::HoldHistogram] {
+    pub fn hold_times(&self) -> &[gup_report::HoldHistogram] {
         self.latest.as_ref().map_or(&[], |s| s.hold_times.as_slice())
     }
 
     /// Pins held per cgroup in the latest sample.
-    pub fn cgroups(&self) -> &[crate::model::cgroups::CgroupPins] {
+    pub fn cgroups(&self) -> &[gup_report::CgroupPins] {
         self.latest.as_ref().map_or(&[], |s| s.cgroups.as_slice())
     }
 
@@ -580,11 +580,7 @@ fn sort_rows(rows: &mut [TableRow], sort: SortKey, descending: bool) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{
-        model::attribution::{Caller, Subsystem},
-        model::counters::Totals,
-        report::{ApiReport, Holding, Leak, LeakKind},
-    };
+    use gup_report::{ApiReport, Caller, Holding, Leak, LeakKind, Subsystem, Totals};
 
     pub(crate) fn row(tgid: u32, comm: &str, api: &str, caller: &str, subsystem: &str, calls: u64, pages: u64) -> CallerReport {
         let fast_api = api.ends_with("_fast");
@@ -671,10 +667,10 @@ pub(crate) mod tests {
 
     /// A hold-time histogram of `pages` released in the bucket that ends
     /// at 2^14 ns (16 µs).
-    pub(crate) fn hold(subsystem: &str, longterm: bool, pages: u64) -> crate::report::HoldHistogram {
+    pub(crate) fn hold(subsystem: &str, longterm: bool, pages: u64) -> gup_report::HoldHistogram {
         let mut buckets = vec![0; gup_common::hold::HOLD_BUCKETS];
         buckets[4] = pages;
-        crate::report::HoldHistogram { subsystem: subsystem.into(), longterm, count: pages, sum_seconds: pages as f64 * 10e-6, buckets }
+        gup_report::HoldHistogram { subsystem: subsystem.into(), longterm, count: pages, sum_seconds: pages as f64 * 10e-6, buckets }
     }
 
     /// A full-mode sample after `step` rounds of a workload: fio pins
@@ -703,7 +699,7 @@ pub(crate) mod tests {
             rows_truncated: false,
             accounted: None,
             hold_times: vec![hold("direct-io", false, 40 * step)],
-            cgroups: vec![crate::model::cgroups::CgroupPins {
+            cgroups: vec![gup_report::CgroupPins {
                 cgroup: crate::model::cgroups::parse_path("/system.slice/fio.service"),
                 pages: 100 * step,
             }],

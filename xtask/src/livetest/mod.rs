@@ -36,6 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use gup_report::SnapshotReport;
 
 mod judge;
 mod screen;
@@ -279,6 +280,12 @@ impl Drop for Tmux {
     }
 }
 
+/// Whether a snapshot names a process, among the top processes or the
+/// attribution rows (the places the live view shows it).
+fn lists(doc: &SnapshotReport, comm: &str) -> bool {
+    doc.top_processes.iter().any(|p| p.comm == comm) || doc.callers.iter().flatten().any(|c| c.comm == comm)
+}
+
 /// Waits until the daemon's snapshot lists both workloads.
 fn wait_for_workloads(port: u16, vm: &thread::JoinHandle<Result<VmOutcome>>, started: Instant) -> Result<()> {
     loop {
@@ -292,8 +299,9 @@ fn wait_for_workloads(port: u16, vm: &thread::JoinHandle<Result<VmOutcome>>, sta
             bail!("the daemon did not list {PINNER} and {HOLDER} within {} s of the VM's start", DAEMON_DEADLINE.as_secs());
         }
         if let Ok((200, body)) = http_get(port, "/api/snapshot?callers=1", Duration::from_secs(10)) {
-            let body = String::from_utf8_lossy(&body);
-            if body.contains(&format!("\"{PINNER}\"")) && body.contains(&format!("\"{HOLDER}\"")) {
+            // A document that does not parse yet is retried like a refused
+            // connection: the deadline above bounds the wait.
+            if serde_json::from_slice::<SnapshotReport>(&body).is_ok_and(|doc| lists(&doc, PINNER) && lists(&doc, HOLDER)) {
                 return Ok(());
             }
         }

@@ -1,7 +1,7 @@
 //! `gupwatch doctor --json` in a kernel step: kept apart from check's
 //! output by markers, and judged against what the test VMs must have.
 
-use serde::Deserialize;
+use gup_report::doctor::{Report, Status, Trial, Verdict};
 
 /// Marker lines around `gupwatch doctor --json` in the guest's stdout, so
 /// that its JSON and `gupwatch check --json`'s stay apart.
@@ -77,7 +77,7 @@ pub const DOCTOR_OK_IN_VMS: &[&str] = &[
 pub fn judge_doctor(json: &str, status: Option<i32>, uname: Option<&str>) -> Vec<DoctorCheck> {
     let mut out = vec![];
     let mut push = |what: String, ok: bool, detail: String| out.push(DoctorCheck { what, ok, detail });
-    let v: DoctorJson = match serde_json::from_str(json) {
+    let v: Report = match serde_json::from_str(json) {
         Ok(v) => v,
         Err(e) => {
             let head: String = json.chars().take(300).collect();
@@ -85,40 +85,38 @@ pub fn judge_doctor(json: &str, status: Option<i32>, uname: Option<&str>) -> Vec
             return out;
         }
     };
-    let s = |x: &Option<String>| x.as_deref().unwrap_or("?").to_string();
     push(
         "verdict full, exit status 0".into(),
-        s(&v.verdict) == "full" && v.exit_code == Some(0) && status == Some(0),
-        format!("verdict {}, exit_code {:?}, process status {status:?}: {}", s(&v.verdict), v.exit_code, s(&v.summary)),
+        v.verdict == Verdict::Full && v.exit_code == 0 && status == Some(0),
+        format!("verdict {}, exit_code {}, process status {status:?}: {}", word(&v.verdict), v.exit_code, v.summary),
     );
     if let Some(u) = uname {
-        push(format!("kernel is {u}"), s(&v.kernel) == u, format!("doctor says {}", s(&v.kernel)));
+        push(format!("kernel is {u}"), v.kernel == u, format!("doctor says {}", v.kernel));
     }
     for id in DOCTOR_OK_IN_VMS {
-        let (status, detail) = match v.finding(id) {
-            Some(f) => (s(&f.status), f.detail.clone().unwrap_or_default()),
-            None => ("missing".into(), "no such finding".into()),
+        let (ok, status, detail) = match v.finding(id) {
+            Some(f) => (f.status == Status::Ok, word(&f.status), f.detail.clone()),
+            None => (false, "missing".into(), "no such finding".into()),
         };
-        push(format!("{id} ok"), status == "ok", format!("{status}: {detail}"));
+        push(format!("{id} ok"), ok, format!("{status}: {detail}"));
     }
-    let i915 = v.finding("i915").and_then(|f| f.detail.as_deref()).unwrap_or("");
+    let i915 = v.finding("i915").map_or("", |f| f.detail.as_str());
     push("i915 reported not loaded".into(), i915.starts_with("i915 not loaded"), i915.to_string());
-    for m in ["tracepoint", "fentry", "kprobe"] {
-        let mech = v.mechanisms.get(m);
-        let r = mech.map_or_else(|| "?".to_string(), |x| s(&x.result));
+    let m = &v.mechanisms;
+    for (name, trial) in [("tracepoint", &m.tracepoint), ("fentry", &m.fentry), ("kprobe", &m.kprobe)] {
+        let (target, error) = match trial {
+            Trial::Works { target } => (target.as_str(), ""),
+            Trial::Fails { target, error } => (target.as_str(), error.as_str()),
+            Trial::NotTried { why } => ("?", why.as_str()),
+        };
         push(
-            format!("{m} tried and works"),
-            r == "works",
-            format!(
-                "{r} on {} {}",
-                mech.map_or_else(|| "?".to_string(), |x| s(&x.target)),
-                mech.and_then(|x| x.error.as_deref()).unwrap_or("")
-            ),
+            format!("{name} tried and works"),
+            trial.works(),
+            format!("{} on {target} {error}", serde_json::to_value(trial).ok().and_then(|t| t["result"].as_str().map(String::from)).unwrap_or_default()),
         );
     }
     let hooks = v.hooks.unwrap_or_default();
-    let (present, attached) = (hooks.present.unwrap_or(0), hooks.attached.unwrap_or(0));
-    let failed = hooks.failed.as_ref().map_or(usize::MAX, Vec::len);
+    let (present, attached, failed) = (hooks.present, hooks.attached, hooks.failed.len());
     // Quoted, the way doctor wrote it.
     let load_error = hooks.load_error.map(|e| serde_json::to_string(&e).unwrap_or(e));
     push(
@@ -126,93 +124,18 @@ pub fn judge_doctor(json: &str, status: Option<i32>, uname: Option<&str>) -> Vec
         present > 0 && attached == present && failed == 0 && load_error.is_none(),
         format!("{attached} of {present} attached, {failed} failed, load error {load_error:?}"),
     );
-    let reduced = v.reduced_mode.unwrap_or_default();
+    let reduced = v.reduced_mode;
     push(
         "reduced mode available (vmstat counters)".into(),
-        reduced.available == Some(true),
+        reduced.available,
         format!("acquired {:?} released {:?}", reduced.acquired, reduced.released),
     );
     out
 }
 
-/// `gupwatch doctor --json` (schema 1, `gup-user/src/doctor`): the fields
-/// the suite and the canary read.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct DoctorJson {
-    /// `full`, `partial`, ...
-    pub verdict: Option<String>,
-    /// The exit status doctor chose.
-    pub exit_code: Option<u64>,
-    /// One line for people.
-    pub summary: Option<String>,
-    /// `uname -r`.
-    pub kernel: Option<String>,
-    /// One per check.
-    pub findings: Vec<Finding>,
-    /// Each attach mechanism, tried.
-    pub mechanisms: std::collections::BTreeMap<String, Mechanism>,
-    /// The GUP functions' hooks.
-    pub hooks: Option<Hooks>,
-    /// The vmstat counters of reduced mode.
-    pub reduced_mode: Option<ReducedMode>,
-}
-
-impl DoctorJson {
-    /// The finding with this id.
-    pub fn finding(&self, id: &str) -> Option<&Finding> {
-        self.findings.iter().find(|f| f.id.as_deref() == Some(id))
-    }
-}
-
-/// One finding of doctor.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Finding {
-    /// `privileges`, `kernel_btf`, ...
-    pub id: Option<String>,
-    /// `ok`, `warn`, `fail`, `info`.
-    pub status: Option<String>,
-    /// What was found.
-    pub detail: Option<String>,
-}
-
-/// One attach mechanism as doctor tried it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Mechanism {
-    /// `works`, `fails`, ...
-    pub result: Option<String>,
-    /// What it attached to.
-    pub target: Option<String>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-/// Doctor's hooks section.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Hooks {
-    /// GUP functions the kernel has.
-    pub present: Option<u64>,
-    /// Of those, attached.
-    pub attached: Option<u64>,
-    /// Those that failed to attach.
-    pub failed: Option<Vec<serde::de::IgnoredAny>>,
-    /// Why the eBPF object did not load, if it did not.
-    pub load_error: Option<String>,
-}
-
-/// Doctor's reduced-mode section.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ReducedMode {
-    /// The vmstat counters are readable.
-    pub available: Option<bool>,
-    /// `nr_foll_pin_acquired`.
-    pub acquired: Option<u64>,
-    /// `nr_foll_pin_released`.
-    pub released: Option<u64>,
+/// A unit variant as the document spells it (`full`, `cannot_run`, `ok`).
+pub fn word<T: serde::Serialize>(x: &T) -> String {
+    serde_json::to_value(x).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -245,7 +168,7 @@ mod tests {
         let mut findings: Vec<Value> = DOCTOR_OK_IN_VMS.iter().map(|id| ok(id)).collect();
         findings.push(serde_json::json!({"id": "i915", "status": "info", "detail": "i915 not loaded: its hooks attach if the module appears", "fix": null}));
         serde_json::json!({
-            "schema": 1, "kernel": "7.2.0-1-cloud-amd64", "verdict": "full", "exit_code": 0, "summary": "s",
+            "schema": 1, "gupwatch_version": "0.1.0", "kernel": "7.2.0-1-cloud-amd64", "verdict": "full", "exit_code": 0, "summary": "s",
             "findings": findings,
             "mechanisms": {
                 "tracepoint": {"result": "works", "target": "sched_process_exit"},

@@ -20,7 +20,7 @@ mod kernelstep;
 mod report;
 mod vmsteps;
 
-pub use doctor::{judge_doctor, kernel_step_command, split_doctor, DoctorCheck, DoctorJson, DOCTOR_BEGIN, DOCTOR_END, DOCTOR_OK_IN_VMS};
+pub use doctor::{judge_doctor, kernel_step_command, split_doctor, word, DoctorCheck, DOCTOR_BEGIN, DOCTOR_END, DOCTOR_OK_IN_VMS};
 pub use expected::{expected_reachable, judge_reachable, Reachability, PREEMPT_STEP};
 pub use kernelstep::{run_kernel_step, KernelRun};
 pub use report::{open_work, parse_report, table, CheckJson, Ledger, NotReachable, Report, Scenario};

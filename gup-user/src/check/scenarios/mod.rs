@@ -85,7 +85,7 @@ pub use self::workload::{run_workload, ScenarioStats, WorkloadStats};
 #[cfg(test)]
 use self::workload::*;
 
-use crate::model::leaks::LeakKind;
+use gup_report::LeakKind;
 use crate::check::reference::{self, BufferSpec, Prefault, Prot};
 use crate::kernel::vmstat::FollPinDelta;
 

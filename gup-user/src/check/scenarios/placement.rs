@@ -27,7 +27,7 @@ use std::time::Duration;
 use super::reverted::{movable_zones, pfns};
 use super::*;
 use crate::kernel::vmstat::FollPinDelta;
-use crate::model::leaks::LeakKind;
+use gup_report::LeakKind;
 
 const NAME: &str = "weak_pin_odirect_movable";
 

@@ -162,7 +162,7 @@ pub const SUBSYSTEM_RDMA: &str = "rdma";
 /// [`super::Scenario::expected_leak`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ExpectedLeak {
-    /// "long_held" or "orphaned" ([`crate::model::leaks::LeakKind::as_str`]).
+    /// "long_held" or "orphaned" ([`gup_report::LeakKind::as_str`]).
     pub kind: &'static str,
     /// Pins the leak must cover.
     pub pages: u64,

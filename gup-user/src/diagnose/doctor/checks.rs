@@ -7,7 +7,7 @@ use super::{
 };
 
 fn finding(id: &'static str, status: Status, detail: String, fix: Option<String>) -> Finding {
-    Finding { id, status, detail, fix }
+    Finding { id: id.into(), status, detail, fix }
 }
 
 /// Privileges: what the kernel checks is the effective capability set,
@@ -291,8 +291,8 @@ pub(super) fn probe_plan(f: &Facts, verdict: Verdict) -> Finding {
             let mut by_error: Vec<(&str, Vec<&str>)> = vec![];
             for x in &h.failed {
                 match by_error.iter_mut().find(|(e, _)| *e == x.error) {
-                    Some((_, fns)) => fns.push(x.function),
-                    None => by_error.push((&x.error, vec![x.function])),
+                    Some((_, fns)) => fns.push(&x.function),
+                    None => by_error.push((&x.error, vec![&x.function])),
                 }
             }
             for (error, fns) in by_error.iter().take(3) {
@@ -330,7 +330,7 @@ pub(super) fn kernel(f: &Facts) -> Finding {
 /// The report's one sentence, naming the failed checks when gupwatch runs
 /// with less.
 pub(super) fn summary(f: &Facts, verdict: Verdict, findings: &[Finding]) -> String {
-    let reasons: Vec<&str> = findings.iter().filter(|x| x.status == Status::Fail).map(|x| x.id).collect();
+    let reasons: Vec<&str> = findings.iter().filter(|x| x.status == Status::Fail).map(|x| x.id.as_str()).collect();
     match verdict {
         Verdict::Full => format!("gupwatch can run fully here: every GUP function this kernel has is hooked ({} hooks)", f.hooks.as_ref().map_or(0, |h| h.attached)),
         Verdict::Partial => {

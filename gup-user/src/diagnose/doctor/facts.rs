@@ -220,8 +220,8 @@ fn exit_hook_trial(status: &HookStatus) -> Trial {
 }
 
 fn load_whole_plan(plan: ProbePlan) -> HookFacts {
-    let absent: Vec<&'static str> =
-        plan.hooks.iter().filter(|h| h.status == HookStatus::Absent).map(|h| h.function).collect();
+    let absent: Vec<String> =
+        plan.hooks.iter().filter(|h| h.status == HookStatus::Absent).map(|h| h.function.to_string()).collect();
     let present = plan.hooks.len() - absent.len();
     match loader::load(plan) {
         Ok(p) => {
@@ -242,7 +242,7 @@ fn load_whole_plan(plan: ProbePlan) -> HookFacts {
                     .hooks
                     .iter()
                     .filter_map(|h| match &h.status {
-                        HookStatus::Failed(e) => Some(FailedHook { function: h.function, error: e.clone() }),
+                        HookStatus::Failed(e) => Some(FailedHook { function: h.function.into(), error: e.clone() }),
                         _ => None,
                     })
                     .collect(),

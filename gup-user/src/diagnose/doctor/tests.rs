@@ -46,7 +46,7 @@ fn no_tracing() -> Facts {
         hooks: Some(HookFacts {
             present: 19,
             attached: 0,
-            failed: vec![FailedHook { function: "pin_user_pages", error: format!("fentry: {eperm}; kprobe: no PMU") }],
+            failed: vec![FailedHook { function: "pin_user_pages".into(), error: format!("fentry: {eperm}; kprobe: no PMU") }],
             ..HookFacts::default()
         }),
         ..healthy()
@@ -152,7 +152,7 @@ fn partial_unprivileged_and_cannot_run() {
         hooks: Some(HookFacts {
             present: 19,
             attached: 17,
-            failed: vec![FailedHook { function: "a", error: "e".into() }, FailedHook { function: "b", error: "e".into() }],
+            failed: vec![FailedHook { function: "a".into(), error: "e".into() }, FailedHook { function: "b".into(), error: "e".into() }],
             ..HookFacts::default()
         }),
         ..healthy()

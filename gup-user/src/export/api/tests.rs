@@ -1,5 +1,5 @@
 //! The `/api/snapshot` document on the fixture reading (its bytes: the
-//! golden tests of [`crate::report`]).
+//! golden tests of the `gup_report` types, `crate::golden`).
 
 use super::*;
 use crate::collect::fixture::sample;

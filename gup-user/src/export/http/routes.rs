@@ -11,7 +11,6 @@ use crate::{
         api,
         prometheus::{self, Format},
     },
-    report,
 };
 
 /// gupwatch's HTTP front end over a [`Collector`].
@@ -92,7 +91,7 @@ impl Handler for App {
                     api::snapshot_json(&data, top)
                 };
                 doc.leaks = leaks;
-                match report::to_sorted_pretty_json(&doc) {
+                match gup_report::to_sorted_pretty_json(&doc) {
                     Ok(body) => Response::new(200, "application/json", body + "\n"),
                     Err(e) => Response::text(500, format!("cannot write the snapshot: {e}\n")),
                 }

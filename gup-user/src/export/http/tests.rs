@@ -14,8 +14,8 @@ use std::{
 use super::*;
 use crate::{
     collect::{self, Collector},
-    report::{Mode, SnapshotReport},
 };
+use gup_report::{Mode, SnapshotReport};
 
 fn test_config() -> ServerConfig {
     ServerConfig { head_timeout: Duration::from_millis(300), max_renders: 2, ..ServerConfig::default() }

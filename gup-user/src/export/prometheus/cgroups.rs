@@ -42,8 +42,10 @@ pub(super) fn cgroup_family(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Re
 mod tests {
     use std::sync::Arc;
 
+    use gup_report::CgroupPins;
+
     use crate::{
-        model::cgroups::{parse_path, CgroupPins},
+        model::cgroups::parse_path,
         export::prometheus::{render, Format},
     };
 

@@ -13,7 +13,9 @@ use prometheus_client::{
 };
 
 use super::ConstHistogram;
-use crate::{collect::Reading, report::HoldHistogram};
+use gup_report::HoldHistogram;
+
+use crate::collect::Reading;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HoldLabels {

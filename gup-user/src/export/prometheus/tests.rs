@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use gup_common::{Api, ApiKind, ATTRIB_CAPACITY, LATENCY_BUCKETS};
 
-use crate::model::attribution::Subsystem;
+use gup_report::Subsystem;
 
 use super::*;
 use crate::{
@@ -290,7 +290,8 @@ fn reduced_mode_has_vmstat_and_probe_health_only() {
 /// count for all, in both formats.
 #[test]
 fn reduced_mode_names_the_accounted_holders() {
-    use crate::{model::accounted::Accounted, report::fixture::holder};
+    use crate::golden::fixture::holder;
+    use gup_report::Accounted;
     let mut top = TopProcesses::default();
     let mut d = Reading::new(plan(), None, None, vec![], &mut top, Settings { top_processes: 2, ..Settings::default() });
     d.accounted = Some(Arc::new(Accounted {
@@ -312,10 +313,10 @@ fn reduced_mode_names_the_accounted_holders() {
     promtool_check(&text);
     assert!(render(&d, Format::OpenMetrics).contains("# UNIT gupwatch_accounted_pinned_bytes bytes"));
     let j = snapshot_json(&d, 10);
-    assert_eq!(j.mode, crate::report::Mode::Reduced);
+    assert_eq!(j.mode, gup_report::Mode::Reduced);
     assert_eq!(j.accounted.as_ref().map(|a| (a.source.as_str(), a.holders.len())), Some(("accounted", 3)), "every holder");
     // The live view reads the same document back.
-    let text = crate::report::to_sorted_pretty_json(&j).expect("writes");
+    let text = gup_report::to_sorted_pretty_json(&j).expect("writes");
     let s = crate::tui::sample::Sample::from_json(&text).expect("parses");
     assert_eq!(s.accounted.as_ref().map(|a| a.holders[0].pid), Some(200));
     assert_eq!(crate::tui::sample::Sample::from_reading(&d).accounted, s.accounted);
@@ -463,7 +464,7 @@ fn one_node_stays_within_the_series_budget() {
     // collector hands over its top cgroups plus other and unknown.
     d.hold_times = subsystems
         .iter()
-        .flat_map(|s| [false, true].map(|longterm| crate::report::HoldHistogram {
+        .flat_map(|s| [false, true].map(|longterm| gup_report::HoldHistogram {
             subsystem: s.as_str().to_string(),
             longterm,
             count: 1,
@@ -473,9 +474,9 @@ fn one_node_stays_within_the_series_budget() {
         .collect();
     d.cgroups = (0..crate::model::cgroups::DEFAULT_TOP_CGROUPS)
         .map(|i| format!("/kubepods.slice/pod{i}"))
-        .chain([crate::model::cgroups::OTHER_CGROUP.into(), crate::model::cgroups::UNKNOWN_CGROUP.into()])
-        .map(|path| crate::model::cgroups::CgroupPins {
-            cgroup: crate::model::cgroups::CgroupInfo { path, unit: Some("u".into()), pod_uid: Some("p".into()), container_id: Some("c".into()) },
+        .chain([gup_report::OTHER_CGROUP.into(), gup_report::UNKNOWN_CGROUP.into()])
+        .map(|path| gup_report::CgroupPins {
+            cgroup: gup_report::CgroupInfo { path, unit: Some("u".into()), pod_uid: Some("p".into()), container_id: Some("c".into()) },
             pages: 1,
         })
         .collect();

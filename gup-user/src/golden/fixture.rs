@@ -4,12 +4,10 @@
 
 use std::sync::Arc;
 
+use gup_report::{Accounted, Caller, Holder, Holding, Leak, LeakKind, LeakReport, ObjectRow, Subsystem};
+
 use crate::{
-    model::accounted::{Accounted, Holder},
-    model::attribution::{Caller, Subsystem},
     collect::{fixture, Reading, Settings, TopProcesses},
-    model::i915::ObjectRow,
-    model::leaks::{Holding, Leak, LeakKind, LeakReport},
     kernel::vmstat::FollPinCounters,
 };
 

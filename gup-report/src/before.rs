@@ -1,6 +1,6 @@
 //! Pins taken before gupwatch started and still held: what the kernel
 //! shows of them, so a restarted daemon is not blind to them. Built by
-//! [`crate::model::beforestart`]; printed by `gupwatch leaks`.
+//! gup-user's `model::beforestart`; printed by `gupwatch leaks`.
 
 use serde::{Deserialize, Serialize};
 

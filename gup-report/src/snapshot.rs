@@ -1,5 +1,5 @@
-//! The `/api/snapshot` document: written by [`crate::export::api`] from a
-//! reading, read by the live view ([`crate::tui::sample`]) from a daemon.
+//! The `/api/snapshot` document: written by gup-user's `export::api` from a
+//! reading, read by the live view (gup-user's `tui::sample`) and xtask.
 //!
 //! Deserializing is lenient where the writer grew: fields a daemon of an
 //! older version does not send default (`#[serde(default)]`), unknown
@@ -11,7 +11,7 @@ use gup_common::Api;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::LeakReport;
-use crate::{model::accounted::Accounted, model::counters::Totals};
+use crate::{Accounted, CgroupPins, Totals};
 
 /// Whether the probes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +222,7 @@ pub struct CallerReport {
     /// The subsystem found in the stack, in the metrics' spelling.
     pub subsystem: String,
     /// The driver module of the stack
-    /// ([`Caller::module`](crate::model::attribution::Caller::module)), or null.
+    /// ([`Caller::module`](crate::Caller::module)), or null.
     #[serde(default)]
     pub module: Option<String>,
     /// Calls.
@@ -307,7 +307,7 @@ pub struct SnapshotReport {
     /// Pins held now per cgroup (top ones, `other`, `unknown`); absent
     /// while none is held.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cgroups: Vec<crate::model::cgroups::CgroupPins>,
+    pub cgroups: Vec<CgroupPins>,
     /// `callers=1`: the attribution rows, largest first (absent
     /// otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]

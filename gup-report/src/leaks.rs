@@ -1,5 +1,5 @@
 //! The leak report: what is pinned now and what looks leaked. Built by
-//! [`crate::model::leaks::analyze`]; printed by `gupwatch leaks --json` (fields in
+//! gup-user's `model::leaks::analyze`; printed by `gupwatch leaks --json` (fields in
 //! declaration order) and served under `leaks` in `/api/snapshot?leaks=1`,
 //! which the live view reads back.
 
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::attribution::{Caller, Subsystem};
+use crate::{CgroupPins, ObjectRow, Caller, Subsystem};
 
 /// A leak signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -169,7 +169,7 @@ pub struct LeakReport {
     /// i915 userptr objects still holding pinned pages (filled by the
     /// caller from the object map; empty where i915 is absent).
     #[serde(default)]
-    pub i915_objects: Vec<crate::model::i915::ObjectRow>,
+    pub i915_objects: Vec<ObjectRow>,
     /// How long the pins released while tracking were held, per
     /// subsystem and LONGTERM (filled by `gupwatch leaks`; absent from
     /// `/api/snapshot`, which has its own `hold_times`).
@@ -178,7 +178,7 @@ pub struct LeakReport {
     /// Pins held now per cgroup (filled by `gupwatch leaks`; absent from
     /// `/api/snapshot`, which has its own `cgroups`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cgroups: Vec<crate::model::cgroups::CgroupPins>,
+    pub cgroups: Vec<CgroupPins>,
     /// Pins held since before gupwatch started, as the kernel shows them
     /// (filled by `gupwatch leaks`): with `tracked_outstanding`, what
     /// `kernel_outstanding` counts.

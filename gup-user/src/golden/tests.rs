@@ -1,12 +1,11 @@
 //! The documents byte for byte (golden files written by the code that
 //! served them before these types existed), and back.
 
-use super::{fixture, *};
-use crate::{
-    model::attribution::Subsystem,
-    collect::fixture::sample,
-    export::api::{snapshot_json, snapshot_with_callers, MAX_JSON_CALLERS},
-};
+use gup_report::*;
+
+use super::fixture;
+use crate::export::api::{snapshot_json, snapshot_with_callers, MAX_JSON_CALLERS};
+use crate::collect::fixture::sample;
 
 /// The body `/api/snapshot` sends for a document.
 fn body(doc: &SnapshotReport) -> String {
@@ -25,15 +24,15 @@ fn reduced() -> SnapshotReport {
 
 #[test]
 fn snapshot_is_byte_identical_to_the_golden_file() {
-    assert_eq!(body(&full()), include_str!("golden/snapshot_full.json"));
-    assert_eq!(body(&reduced()), include_str!("golden/snapshot_reduced.json"));
+    assert_eq!(body(&full()), include_str!("snapshot_full.json"));
+    assert_eq!(body(&reduced()), include_str!("snapshot_reduced.json"));
 }
 
 #[test]
 fn leaks_json_is_byte_identical_to_the_golden_file() {
     // As `gupwatch leaks --json` prints it: fields in declaration order.
     let text = serde_json::to_string_pretty(&fixture::leak_report()).expect("writes") + "\n";
-    assert_eq!(text, include_str!("golden/leaks.json"));
+    assert_eq!(text, include_str!("leaks.json"));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Hold-time histograms: how long pins were held, from pin to unpin, per
-//! subsystem and LONGTERM. Built by [`crate::model::holdtime::fold`]; served in
+//! subsystem and LONGTERM. Built by gup-user's `model::holdtime::fold`; served in
 //! `/api/snapshot` (`hold_times`), printed by `gupwatch leaks` and written
 //! to `/metrics` as `gupwatch_pin_hold_seconds`.
 
