@@ -43,9 +43,7 @@
 //! - [`args`]: reading arguments, return value, frame and return address;
 //! - [`entry`], [`exit`], [`put_folio`], [`irq`]: the hooks' logic;
 //! - [`counters`]: `API_STATS` and `ATTRIB`; [`ledger`]: `PINS`;
-//!   [`i915`]: i915 userptr objects; [`diag`]: gupwatch's own health;
-//! - [`holder_iter`]: the task-file iterator that finds who holds an
-//!   object's open file.
+//!   [`i915`]: i915 userptr objects; [`diag`]: gupwatch's own health.
 //!
 //! # Verifier shape
 //!
@@ -67,7 +65,6 @@ mod counters;
 mod diag;
 mod entry;
 mod exit;
-mod holder_iter;
 mod i915;
 mod irq;
 mod ledger;

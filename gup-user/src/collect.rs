@@ -212,7 +212,7 @@ impl Collector {
                 caller: &caller,
                 site: &|ip| attribution::caller_of(&[ip], kallsyms),
                 alive: &leaks::process_alive,
-                holders: &|o| p.holders(o),
+                holders: &crate::model::holders::live,
                 kernel_outstanding: data.vmstat.map(|v| v.outstanding()),
                 untracked_pins: untracked,
                 placement: placement.as_ref(),
