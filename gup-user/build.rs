@@ -48,9 +48,13 @@ fn main() {
 }
 
 fn build_ebpf(ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    // eBPF ISA v3 (Linux 5.12+; gupwatch needs 5.17+ for bpf_loop anyway):
+    // the pin ledger's fetch-add and compare-and-swap (ledger.rs) exist only
+    // there. rustc passes its target CPU to bpf-linker as `--cpu`.
     let rustflags = [
         "--cfg=bpf_target_arch=\"x86_64\"",
         "-Cdebuginfo=2",
+        "-Ctarget-cpu=v3",
         "-Clink-arg=--btf",
     ]
     .join("\x1f");

@@ -473,6 +473,9 @@ pub mod diag_log {
     pub const WHY_PER_CALL_LIMIT: u32 = 6;
     /// A function argument could not be read; `key` is its index.
     pub const WHY_ARG: u32 = 7;
+    /// A pin found the folio's record closed by its last unpin, and the
+    /// closed record was still the map's when it looked again.
+    pub const WHY_LEDGER_CLOSED: u32 = 8;
 }
 
 /// Default capacity of the pin tracking map (folios); user space may set
@@ -533,14 +536,46 @@ pub const SHARED_OWNER: u32 = 0;
 /// Counts change only by atomic adds, so pins and unpins of one folio on
 /// several CPUs at once never lose one; a slot can go below zero for a
 /// while ([`PinRecord::total`], [`PinRecord::held`]).
+///
+/// `refs` decides when the record may be deleted (docs/exactness.md, "The
+/// ledger's remove protocol"): a pin takes a reference (fetch-add) before it
+/// adds to a slot, an unpin gives back what it took from the slots after
+/// taking it, and only the unpin that brings `refs` to zero may close the
+/// record, by compare-and-swap of 0 to [`PinRecord::CLOSED`], and delete
+/// it. A pin that finds the record closed ([`PinRecord::is_closed`]) puts
+/// its reference back and places itself in a fresh record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct PinRecord {
     /// The owners; a slot with `count == 0` is free.
     pub owners: [PinOwner; PIN_OWNERS],
+    /// Pins held plus pins being placed; [`PinRecord::CLOSED`] once an
+    /// unpin has claimed the record for deletion.
+    pub refs: u32,
+    /// Keeps the record 8-aligned with no implicit padding (`aya::Pod`).
+    pub pad: u32,
 }
 
 impl PinRecord {
+    /// `refs` of a record its last unpin has closed for deletion. Pins that
+    /// arrive after the close add to it and take their add back, so a
+    /// closed record reads between `CLOSED` and a little above it; a record
+    /// over-released by unbalanced unpins wraps below zero, above `i32::MAX`
+    /// as a `u32`, and is not closed.
+    pub const CLOSED: u32 = 1 << 30;
+
+    /// A record with these owners, no pin being placed, open.
+    pub const fn of(owners: [PinOwner; PIN_OWNERS]) -> PinRecord {
+        PinRecord { owners, refs: 0, pad: 0 }
+    }
+
+    /// Whether `refs` (as a pin's fetch-add returned it) says the record
+    /// is closed: the pin arrived after the record's last unpin claimed it.
+    #[inline(always)]
+    pub const fn is_closed(refs: u32) -> bool {
+        refs >= Self::CLOSED && refs <= i32::MAX as u32
+    }
+
     /// Pins held on the folio in all: the slots' sum. Unpins on several CPUs
     /// at once choose the slot to take from on reads another CPU may just
     /// have changed, so one slot can drop below zero (read as `i32`) while
@@ -726,7 +761,7 @@ mod pin_record_tests {
 
     fn rec(counts: [u32; PIN_OWNERS]) -> PinRecord {
         let o = PinOwner { tgid: 1, count: 0, first_ns: 0, stack_id: -1, api: 0, longterm: 0, comm: [0; 16], object: object::PinObject::NONE };
-        let mut r = PinRecord { owners: [o; PIN_OWNERS] };
+        let mut r = PinRecord::of([o; PIN_OWNERS]);
         for (s, c) in r.owners.iter_mut().zip(counts) {
             s.count = c;
         }
@@ -749,6 +784,28 @@ mod pin_record_tests {
         assert_eq!(r.held(), [2, 0, 0]);
         let r = rec([0u32.wrapping_sub(1), 2, 4]);
         assert_eq!(r.held(), [0, 2, 3]);
+    }
+
+    #[test]
+    fn closed_is_the_close_plus_late_pins_never_an_over_release() {
+        assert!(!PinRecord::is_closed(0));
+        assert!(!PinRecord::is_closed(5));
+        assert!(PinRecord::is_closed(PinRecord::CLOSED));
+        // Late pins add to a closed record before they see it closed.
+        assert!(PinRecord::is_closed(PinRecord::CLOSED + 3));
+        // Two unpins that matched one pin leave `refs` below zero: open,
+        // so pins still land there.
+        assert!(!PinRecord::is_closed(1u32.wrapping_sub(2)));
+        assert!(!PinRecord::is_closed(0u32.wrapping_sub(PinRecord::CLOSED)));
+    }
+
+    #[test]
+    fn the_record_is_8_aligned_without_implicit_padding() {
+        // Map values are copied as plain bytes (aya::Pod); `refs` is the
+        // target of 32-bit atomics.
+        assert_eq!(core::mem::align_of::<PinRecord>(), 8);
+        assert_eq!(core::mem::size_of::<PinRecord>(), PIN_OWNERS * core::mem::size_of::<PinOwner>() + 8);
+        assert_eq!(core::mem::offset_of!(PinRecord, refs) % 4, 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use core::{
     ffi::c_void,
-    intrinsics::{atomic_xadd, AtomicOrdering},
+    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
 };
 
 use aya_ebpf::{
@@ -36,6 +36,23 @@ pub(crate) fn add(counter: &mut u64, v: u64) {
 pub(crate) fn add32(counter: &mut u32, v: u32) {
     // SAFETY: map values are 4-aligned; as `add`, for several CPUs at once.
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, v) };
+}
+
+/// Adds `v` and returns the value before: a BPF fetch-add (ISA v3, Linux
+/// 5.12+; gup-user/build.rs builds for `-C target-cpu=v3`). Fully ordered,
+/// as the kernel's fetch atomics are.
+#[inline(always)]
+pub(crate) fn fetch_add32(counter: &mut u32, v: u32) -> u32 {
+    // SAFETY: map values are 4-aligned.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(counter, v) }
+}
+
+/// Replaces `old` with `new` if the word holds `old`; true if it did. A BPF
+/// cmpxchg (ISA v3, as [`fetch_add32`]).
+#[inline(always)]
+pub(crate) fn cas32(word: &mut u32, old: u32, new: u32) -> bool {
+    // SAFETY: map values are 4-aligned.
+    unsafe { atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(word, old, new) }.1
 }
 
 #[inline(always)]

@@ -11,12 +11,12 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_loop};
 use gup_common::{
     hold::{hold_bucket, hold_index, pending_key, HoldHist, HOLD_CLASSES, HOLD_CLASS_NO_STACK, HOLD_CLASS_PENDING},
-    diag_log::{API_NONE, WHY_MAP_FULL, WHY_NONE, WHY_PER_CALL_LIMIT},
+    diag_log::{API_NONE, WHY_LEDGER_CLOSED, WHY_MAP_FULL, WHY_NONE, WHY_PER_CALL_LIMIT},
     Diag, PinOwner, PinRecord, PAGES_ARRAY, PIN_OWNERS, SHARED_OWNER, TRACK_MAX_PER_CALL,
 };
 
 use crate::{
-    counters::{add, add32, current_tgid, now},
+    counters::{add, add32, cas32, current_tgid, fetch_add32, now},
     diag::{diag_add, diag_value, note},
     maps::{read_global, HOLD, HOLD_PENDING, PAGE_COMPOUND_HEAD, PINS, STACK_CLASS, STRUCT_PAGE_SIZE, UNBALANCED},
 };
@@ -76,7 +76,7 @@ pub(crate) const EMPTY_OWNER: PinOwner = PinOwner {
 
 static ZERO_HOLD: HoldHist = HoldHist::ZERO;
 
-static EMPTY_RECORD: PinRecord = PinRecord { owners: [EMPTY_OWNER; PIN_OWNERS] };
+static EMPTY_RECORD: PinRecord = PinRecord::of([EMPTY_OWNER; PIN_OWNERS]);
 
 /// Walks `count` pages and records (pin) or releases (unpin) them.
 #[inline(never)]
@@ -134,37 +134,43 @@ fn page_folio(page: u64) -> u64 {
     gup_common::folio_of(page, info)
 }
 
-/// Records one pin of `folio`. A pin can land in a record that an unpin on
-/// another CPU has just removed (it released the folio's last tracked pin
-/// between this pin's lookup and its add): the record is re-read after the
-/// add, and if it is no longer the map's, the pin is taken back and placed
-/// once more, in the record that is there now or a fresh one
-/// (`Diag::LedgerReplaced`).
+/// Records one pin of `folio`. The record it finds can be closed under it:
+/// the folio's last tracked pin was released on another CPU at the same
+/// moment, and that unpin is deleting the record (`PinRecord::refs`). The
+/// pin is then placed again, in the fresh record that follows
+/// (`Diag::LedgerReplaced`). Until the closing unpin's delete lands, a
+/// lookup still finds the closed record: after three tries the pin is
+/// counted untracked (visible, with `WHY_LEDGER_CLOSED`), never lost
+/// silently.
 #[inline(always)]
 fn track_pin(folio: u64, c: &TrackCtx) {
-    if place_pin(folio, c) {
-        diag_add(Diag::LedgerReplaced, 1);
-        // Once more, and no further: a second removal inside this one's
-        // window would need a third CPU releasing the same folio's last pin
-        // twice within a few instructions.
-        let _ = place_pin(folio, c);
+    if !place_pin(folio, c) {
+        return;
     }
+    diag_add(Diag::LedgerReplaced, 1);
+    // Unrolled, not a loop: a retry loop in the bpf_loop callback kept the
+    // verifier (which re-verifies callbacks until their states converge,
+    // since ~6.8) from converging.
+    if !place_pin(folio, c) || !place_pin(folio, c) {
+        return;
+    }
+    diag_add(Diag::PinsUntracked, 1);
+    note(Diag::PinsUntracked, WHY_LEDGER_CLOSED, c.owner.api, c.owner.tgid, 1, 0, folio);
 }
 
-/// Adds one pin to `folio`'s record. Returns true if the record was removed
-/// under it (the pin was taken back and must be placed again).
+/// Adds one pin to `folio`'s record. Returns true if the pin must be placed
+/// again: the record was closed for deletion, or is no longer the map's.
 ///
-/// Not inlined: `track_pin` calls it twice, and one body keeps the bpf_loop
-/// callback small for the verifier (which re-verifies callbacks until their
-/// states converge since ~6.8; a retry loop here kept it from converging).
+/// Not inlined: `track_pin` calls it several times, and one body keeps the
+/// bpf_loop callback small for the verifier.
 #[inline(never)]
 fn place_pin(folio: u64, c: &TrackCtx) -> bool {
     let mut rec = PINS.get_ptr_mut(&folio);
     if rec.is_none() {
         // Insert an empty record and fill it in place: building it here
-        // would cost 96 bytes of the callback's stack (6.1 limits the whole
-        // call chain to 512). BPF_NOEXIST: if another CPU inserted it first,
-        // the lookup finds theirs.
+        // would cost the callback's stack (6.1 limits the whole call chain
+        // to 512 bytes). BPF_NOEXIST: if another CPU inserted it first, the
+        // lookup finds theirs.
         if let Err(e) = PINS.insert(&folio, &EMPTY_RECORD, 1) {
             rec = PINS.get_ptr_mut(&folio);
             if rec.is_none() {
@@ -182,6 +188,21 @@ fn place_pin(folio: u64, c: &TrackCtx) -> bool {
     };
     // SAFETY: a live map value.
     let rec = unsafe { &mut *ptr };
+    // The reference first, the slot after: while it is held, no unpin can
+    // close the record (its compare-and-swap needs `refs` at zero).
+    if PinRecord::is_closed(fetch_add32(&mut rec.refs, 1)) {
+        add32(&mut rec.refs, u32::MAX);
+        return true;
+    }
+    // Still the map's record with the reference taken: then it stays so
+    // until this pin's unpin. The reference alone cannot tell: the map's
+    // elements are preallocated and reused at once, so between the lookup
+    // and the add the record can have been closed, deleted and its memory
+    // handed to another folio's fresh record (whose `refs` reads open).
+    if PINS.get_ptr_mut(&folio).map_or(0, |p| p as u64) != ptr as u64 {
+        add32(&mut rec.refs, u32::MAX);
+        return true;
+    }
     let cur = c.owner.tgid;
     // The slot this owner already holds, else the first free one, else the
     // last, which takes every further owner (see PinRecord).
@@ -206,17 +227,11 @@ fn place_pin(folio: u64, c: &TrackCtx) -> bool {
         2
     };
     let Some(o) = rec.owners.get_mut(k) else {
+        // Unreachable (k < PIN_OWNERS); give the reference back.
+        add32(&mut rec.refs, u32::MAX);
         return false;
     };
     add32(&mut o.count, 1);
-    // The unpin that removes a record checks it empty first, then deletes
-    // it: a pin whose add fell between the two is in a record nobody will
-    // read. Still the map's record after the add means the add counts.
-    let now = PINS.get_ptr_mut(&folio).map_or(0, |p| p as u64);
-    if now != ptr as u64 {
-        add32(&mut o.count, u32::MAX);
-        return true;
-    }
     diag_add(Diag::PinsTracked, 1);
     false
 }
@@ -275,8 +290,16 @@ pub(crate) fn track_unpin(folio: u64, n: u64, site: u64) {
     if n > taken {
         unbalanced(site, n - taken);
     }
-    if rec.total() == 0 {
-        let _ = PINS.remove(&folio);
+    // Give back the references of the pins taken, after taking them from
+    // the slots (so `refs` never reads below what the slots hold). Only the
+    // unpin that brings `refs` to zero may delete the record, and only by
+    // closing it first: a pin on another CPU that took a reference in
+    // between makes the compare-and-swap fail and keeps the record.
+    if taken > 0 {
+        let t = taken as u32;
+        if fetch_add32(&mut rec.refs, t.wrapping_neg()) == t && cas32(&mut rec.refs, 0, PinRecord::CLOSED) {
+            let _ = PINS.remove(&folio);
+        }
     }
 }
 

@@ -502,15 +502,15 @@ mod tests {
         let maps = TrackingMaps {
             pins: vec![
                 // tgid 10: 3 pages in Movable, 1 in Normal, for 2 s.
-                (folio(150), PinRecord { owners: [short(10, 2, 0), EMPTY, EMPTY] }),
-                (folio(151), PinRecord { owners: [short(10, 1, 0), EMPTY, EMPTY] }),
-                (folio(5), PinRecord { owners: [short(10, 1, 0), EMPTY, EMPTY] }),
+                (folio(150), PinRecord::of([short(10, 2, 0), EMPTY, EMPTY])),
+                (folio(151), PinRecord::of([short(10, 1, 0), EMPTY, EMPTY])),
+                (folio(5), PinRecord::of([short(10, 1, 0), EMPTY, EMPTY])),
                 // tgid 20: Normal only.
-                (folio(6), PinRecord { owners: [short(20, 4, 0), EMPTY, EMPTY] }),
+                (folio(6), PinRecord::of([short(20, 4, 0), EMPTY, EMPTY])),
                 // tgid 30: LONGTERM on Movable.
-                (folio(152), PinRecord { owners: [owner(30, 8, 0, 1), EMPTY, EMPTY] }),
+                (folio(152), PinRecord::of([owner(30, 8, 0, 1), EMPTY, EMPTY])),
                 // tgid 40: short on Movable, 0.5 s.
-                (folio(153), PinRecord { owners: [short(40, 1, 1_500_000_000), EMPTY, EMPTY] }),
+                (folio(153), PinRecord::of([short(40, 1, 1_500_000_000), EMPTY, EMPTY])),
             ],
             ..Default::default()
         };
@@ -538,7 +538,7 @@ mod tests {
     #[test]
     fn extreme_map_values_do_not_overflow() {
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [owner(7, 3, 10, 1), EMPTY, EMPTY] })],
+            pins: vec![(0x1000, PinRecord::of([owner(7, 3, 10, 1), EMPTY, EMPTY]))],
             exited: HashMap::new(),
             unbalanced: vec![(1, u64::MAX), (2, u64::MAX)],
         };
@@ -557,8 +557,8 @@ mod tests {
     fn groups_by_owner_and_site_oldest_first() {
         let maps = TrackingMaps {
             pins: vec![
-                (0x1000, PinRecord { owners: [owner(10, 1, 5_000_000_000, 1), EMPTY, EMPTY] }),
-                (0x2000, PinRecord { owners: [owner(10, 2, 1_000_000_000, 1), owner(11, 1, 9_000_000_000, 2), EMPTY] }),
+                (0x1000, PinRecord::of([owner(10, 1, 5_000_000_000, 1), EMPTY, EMPTY])),
+                (0x2000, PinRecord::of([owner(10, 2, 1_000_000_000, 1), owner(11, 1, 9_000_000_000, 2), EMPTY])),
             ],
             ..Default::default()
         };
@@ -574,9 +574,9 @@ mod tests {
     fn long_held_orphaned_and_per_subsystem_thresholds() {
         let maps = TrackingMaps {
             pins: vec![
-                (0x1000, PinRecord { owners: [owner(10, 256, 0, 1), EMPTY, EMPTY] }),
-                (0x2000, PinRecord { owners: [owner(20, 8, 0, 2), EMPTY, EMPTY] }),
-                (0x3000, PinRecord { owners: [owner(30, 4, 100, 2), EMPTY, EMPTY] }),
+                (0x1000, PinRecord::of([owner(10, 256, 0, 1), EMPTY, EMPTY])),
+                (0x2000, PinRecord::of([owner(20, 8, 0, 2), EMPTY, EMPTY])),
+                (0x3000, PinRecord::of([owner(30, 4, 100, 2), EMPTY, EMPTY])),
             ],
             exited: HashMap::from([(30, 200)]),
             ..Default::default()
@@ -595,7 +595,7 @@ mod tests {
     fn pins_shared_by_several_processes_are_never_orphaned() {
         let shared = owner(gup_common::SHARED_OWNER, 6, 500, 1);
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [owner(30, 1, 500, 1), owner(31, 1, 500, 1), shared] })],
+            pins: vec![(0x1000, PinRecord::of([owner(30, 1, 500, 1), owner(31, 1, 500, 1), shared]))],
             ..Default::default()
         };
         // Every process looks dead: the two single owners are orphaned,
@@ -618,7 +618,7 @@ mod tests {
         let mut b = owner(31, 2, 100, 1);
         b.object = gone;
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [a, b, EMPTY] })],
+            pins: vec![(0x1000, PinRecord::of([a, b, EMPTY]))],
             exited: HashMap::from([(30, 1_000), (31, 1_000)]),
             ..Default::default()
         };
@@ -650,7 +650,7 @@ mod tests {
     #[test]
     fn exit_before_pin_is_not_orphaned_but_a_dead_pid_is() {
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [owner(30, 1, 500, 1), EMPTY, EMPTY] })],
+            pins: vec![(0x1000, PinRecord::of([owner(30, 1, 500, 1), EMPTY, EMPTY]))],
             exited: HashMap::from([(30, 100)]), // an earlier process with the same pid
             ..Default::default()
         };
@@ -675,7 +675,7 @@ mod tests {
         let mut g = GrowthTracker::default();
         let mut signals = vec![];
         for (i, n) in [1u32, 2, 3, 4, 4, 5].into_iter().enumerate() {
-            let maps = TrackingMaps { pins: vec![(0x1000, PinRecord { owners: [owner(10, n, 0, 1), EMPTY, EMPTY] })], ..Default::default() };
+            let maps = TrackingMaps { pins: vec![(0x1000, PinRecord::of([owner(10, n, 0, 1), EMPTY, EMPTY]))], ..Default::default() };
             let r = analyze(&maps, &cx(i as u64, &caller, &|_| true), &policy, Some(&mut g));
             signals.push(r.leaks.iter().any(|l| l.kind == LeakKind::Growth));
         }
@@ -685,7 +685,7 @@ mod tests {
     #[test]
     fn since_filters_old_pins_and_notes_explain_gaps() {
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [owner(10, 2, 100, 1), owner(11, 3, 900, 1), EMPTY] })],
+            pins: vec![(0x1000, PinRecord::of([owner(10, 2, 100, 1), owner(11, 3, 900, 1), EMPTY]))],
             ..Default::default()
         };
         let c = Context { since_ns: 500, kernel_outstanding: Some(10), untracked_pins: 7, ..cx(1000, &caller, &|_| true) };

@@ -224,6 +224,10 @@ impl DiagEvent {
                 "{} pages beyond the {} walked per call: not tracked ({who})",
                 self.n, self.key
             ),
+            (Diag::PinsUntracked, diag_log::WHY_LEDGER_CLOSED) => format!(
+                "folio {:#x}: its record was closed by its last unpin and still in the map after three tries: pin not tracked ({who})",
+                self.key
+            ),
             (Diag::PinsUntracked, _) => format!("{} pins not tracked ({who})", self.n),
             (Diag::UnbalancedUnpins, _) => format!(
                 "{} pages unpinned that were never seen pinned (taken before gupwatch started, or not tracked), unpin stack id {} ({who})",
