@@ -329,6 +329,8 @@ pub fn map_records(data: &[u8]) {
             .map(|o| (*o, vec![gup_report::ObjectHolder { pid: 1, comm: "init".into(), cgroup: String::new() }]))
             .collect(),
         unreadable: objects.len() % 2,
+        // Some readings without the holder iterator (its refusal note).
+        file_lookup_failed: (objects.len() % 3 == 0).then(|| "refused".to_string()),
     };
     // Arbitrary folio keys against an arbitrary vmemmap and zones: the
     // PFN arithmetic must neither overflow nor divide by zero.

@@ -43,7 +43,9 @@
 //! - [`args`]: reading arguments, return value, frame and return address;
 //! - [`entry`], [`exit`], [`put_folio`], [`irq`]: the hooks' logic;
 //! - [`counters`]: `API_STATS` and `ATTRIB`; [`ledger`]: `PINS`;
-//!   [`i915`]: i915 userptr objects; [`diag`]: gupwatch's own health.
+//!   [`i915`]: i915 userptr objects; [`diag`]: gupwatch's own health;
+//! - [`holder_iter`]: the task-file iterator that finds who holds an
+//!   object's open file.
 //!
 //! # Verifier shape
 //!
@@ -65,6 +67,7 @@ mod counters;
 mod diag;
 mod entry;
 mod exit;
+mod holder_iter;
 mod i915;
 mod irq;
 mod ledger;

@@ -16,7 +16,7 @@ use gup_common::{
     hold::{HoldHist, HOLD_CLASSES, HOLD_PENDING_CAPACITY},
     i915::I915Object,
     irq::IrqUnpins,
-    object::ObjectLayout,
+    object::{ObjectLayout, HOLDER_FILES_CAPACITY},
     skipped::{TextRange, UnpinTexts},
     Api, ApiStats, AttribKey, AttribValue, HookArgs, Inflight, PinRecord, API_COUNT, ATTRIB_CAPACITY, DIAG_COUNT,
     ERRNO_CAPACITY, EXITED_CAPACITY, I915_OBJECTS_CAPACITY, INFLIGHT_CAPACITY, STACK_CAPACITY, TRACK_CAPACITY,
@@ -196,6 +196,12 @@ pub(crate) static HOLD_PENDING: HashMap<u64, HoldHist> = HashMap::with_max_entri
 /// Processes that exited, with the time: pins they still own are orphaned.
 #[map]
 pub(crate) static EXITED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(EXITED_CAPACITY, 0);
+
+/// The open files (`struct file` addresses) whose live descriptors the
+/// holder iterator reports (`holder_iter.rs`); filled by user space before
+/// each run, at most [`HOLDER_FILES_CAPACITY`].
+#[map]
+pub(crate) static HOLDER_FILES: HashMap<u64, u8> = HashMap::with_max_entries(HOLDER_FILES_CAPACITY, 0);
 
 /// i915 userptr objects by address.
 #[map]

@@ -5,7 +5,7 @@
 //! (`OBJECT_LAYOUT`), and any unreadable step gives no object.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use gup_common::object::{PinObject, OBJECT_SYSCALLS};
+use gup_common::object::{PinObject, OBJECT_SYSCALLS, S_IFCHR, S_IFMT};
 
 use crate::maps::{read_global, OBJECT_LAYOUT, TASK_STACK_OFFSET, TASK_STACK_SIZE};
 
@@ -66,5 +66,8 @@ fn lookup() -> Option<PinObject> {
     let sb = read_u64(inode + layout!(inode_sb))?;
     // SAFETY: probe_read tolerates any address.
     let dev = unsafe { bpf_probe_read_kernel((sb + layout!(sb_dev)) as *const u32) }.ok()?;
+    // A character device's inode is shared by every opener: the open file
+    // itself names the object (`PinObject::ino`).
+    let ino = if mode & S_IFMT == S_IFCHR { file } else { ino };
     (file != 0 && ino != 0).then_some(PinObject { ino, dev, mode, _pad: 0 })
 }

@@ -521,7 +521,7 @@ fn leak_summaries(probes: &Probes, kallsyms: &Kallsyms, run_start_ns: u64) -> (V
             caller: &caller,
             site: &|ip| attribution::caller_of(&[ip], kallsyms),
             alive: &leaks::process_alive,
-            holders: &crate::model::holders::live,
+            holders: &|o| probes.holders(o),
             kernel_outstanding: None,
             untracked_pins: 0,
             placement: placement.as_ref(),

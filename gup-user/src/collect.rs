@@ -212,7 +212,7 @@ impl Collector {
                 caller: &caller,
                 site: &|ip| attribution::caller_of(&[ip], kallsyms),
                 alive: &leaks::process_alive,
-                holders: &crate::model::holders::live,
+                holders: &|o| p.holders(o),
                 kernel_outstanding: data.vmstat.map(|v| v.outstanding()),
                 untracked_pins: untracked,
                 placement: placement.as_ref(),

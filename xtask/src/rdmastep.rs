@@ -35,7 +35,16 @@ pub const MODULES: [&str; 2] = ["rdma_rxe", "ib_uverbs"];
 const CRC32_CRYPTO: &str = "crc32_generic";
 
 /// The scenarios that must run (not "not reachable") and pass.
-pub const MUST_RUN: [&str; 5] = ["rdma_reg_mr", "rdma_reg_mr_held", "rdma_reg_mr_exit", "vfio_map_dma", "vfio_map_dma_held"];
+pub const MUST_RUN: [&str; 8] = [
+    "rdma_reg_mr",
+    "rdma_reg_mr_held",
+    "rdma_reg_mr_exit",
+    "rdma_handoff_fork",
+    "rdma_orphan_in_flight",
+    "vfio_map_dma",
+    "vfio_map_dma_held",
+    "vfio_handoff_fork",
+];
 
 /// What the guest runs: links the rxe device with the host's `rdma`
 /// (shipped with its libraries; its messages to the console, so stdout

@@ -554,7 +554,7 @@ fn leaks(json: bool, duration: Duration, thresholds: (Duration, Duration), track
             caller: &caller,
             site: &|ip| gupwatch::model::attribution::caller_of(&[ip], &kallsyms),
             alive: &gupwatch::model::leaks::process_alive,
-            holders: &gupwatch::model::holders::live,
+            holders: &|o| probes.holders(o),
             kernel_outstanding: vmstat::read(true).ok().map(|v| v.outstanding()),
             untracked_pins: snap.diag[gup_common::Diag::PinsUntracked as usize],
             placement: placement.as_ref(),

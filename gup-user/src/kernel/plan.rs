@@ -24,7 +24,7 @@ use crate::{kernel::btf::KernelBtf, kernel::kallsyms::Kallsyms};
 mod foll;
 mod gates;
 mod i915;
-mod object;
+pub mod object;
 
 pub use object::ObjectLookup;
 pub use gates::BpfGates;
@@ -200,6 +200,9 @@ pub struct ProbePlan {
     /// How the programs find the file behind a LONGTERM pin, whose
     /// holders keep the pins alive.
     pub object_lookup: ObjectLookup,
+    /// The task-file iterator that names the live holders of RDMA and
+    /// VFIO contexts (`holders/iter.rs`): attached, or why not.
+    pub holder_iter: HookStatus,
 }
 
 /// `struct page` facts the tracking programs need, from BTF.
@@ -463,6 +466,7 @@ impl ProbePlan {
                 .map_or(0, |s| s.addr),
             kernel_text: kallsyms.core_text().map_or(TextRange::NONE, |(start, end)| TextRange { start, end }),
             exit_hook: HookStatus::Planned,
+            holder_iter: HookStatus::Planned,
         }
     }
 
@@ -655,6 +659,15 @@ impl ProbePlan {
             self.foll.values.get("FOLL_PIN").copied().unwrap_or(0),
             self.foll.values.get("FOLL_LONGTERM").copied().unwrap_or(0),
             self.capabilities.direct_io_reason,
+        );
+        out.truncate(out.len() - 1);
+        out += &format!(
+            "  holder iterator (iter/task_file; names who holds RDMA and VFIO contexts): {}\n\n",
+            match &self.holder_iter {
+                HookStatus::Attached => "loaded".to_string(),
+                HookStatus::Failed(e) => format!("unavailable ({e}): such pins whose creator exited read as orphaned"),
+                HookStatus::Planned | HookStatus::Absent => "not loaded".to_string(),
+            }
         );
         out += &format!("  {:<36} {:<6} {:<17} {:<9} {}\n", "FUNCTION", "KIND", "MECHANISM", "STATUS", "WHY");
         for h in &self.hooks {

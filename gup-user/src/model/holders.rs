@@ -8,8 +8,12 @@
 //! Objects are named by inode (device and number). Every io_uring ring has
 //! an inode of its own (`anon_inode_getfile_secure()`/
 //! `anon_inode_create_getfile()` make one per ring on 6.1 to 7.2); a
-//! character device's inode is shared by all who open it, so those are
-//! not looked up ([`PinObject::identifies_file`]).
+//! character device's inode is shared by all who open it
+//! ([`PinObject::identifies_file`]), so those objects are found by their
+//! `struct file` with the kernel's task-file iterator ([`iter`]), where the
+//! kernel allows it.
+
+pub mod iter;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,9 +22,10 @@ use std::{
     path::Path,
 };
 
-use gup_common::object::PinObject;
+use gup_common::object::{HolderRecord, PinObject};
 
 use gup_report::ObjectHolder;
+pub use iter::HolderIter;
 
 /// The live holders of each object looked up.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -31,6 +36,9 @@ pub struct Holders {
     /// CAP_SYS_PTRACE for another root process): a holder among them
     /// goes unnamed.
     pub unreadable: usize,
+    /// Why character-device objects' holders could not be looked for (no
+    /// holder iterator, or its run failed): their pins read as orphaned.
+    pub file_lookup_failed: Option<String>,
 }
 
 /// (major, minor, inode) as `stat` and `/proc/<pid>/maps` show them.
@@ -63,17 +71,66 @@ pub fn find(proc_root: &Path, objects: &[PinObject]) -> Holders {
         if hits.is_empty() {
             continue;
         }
-        let holder = ObjectHolder { pid, comm: read_trimmed(&base.join("comm")), cgroup: cgroup_of(&base) };
+        let holder = holder_at(pid, &base);
         for o in hits {
             found.entry(o).or_default().insert(holder.clone());
         }
     }
-    Holders { by_object: found.into_iter().map(|(o, h)| (o, h.into_iter().collect())).collect(), unreadable }
+    Holders {
+        by_object: found.into_iter().map(|(o, h)| (o, h.into_iter().collect())).collect(),
+        unreadable,
+        file_lookup_failed: None,
+    }
 }
 
-/// [`find`] under this machine's `/proc`: what the leak analysis calls.
+fn holder_at(pid: u32, base: &Path) -> ObjectHolder {
+    ObjectHolder { pid, comm: read_trimmed(&base.join("comm")), cgroup: cgroup_of(base) }
+}
+
+/// [`find`] under this machine's `/proc`, for inode-named objects only
+/// (no holder iterator).
 pub fn live(objects: &[PinObject]) -> Holders {
-    find(Path::new("/proc"), objects)
+    live_with(objects, Err("no probes loaded"))
+}
+
+/// The live holders of `objects`: inode-named ones from `/proc`, character
+/// devices by their open file through `iter` (or the reason there is
+/// none), run once and only when such an object is asked about.
+pub fn live_with(objects: &[PinObject], iter: Result<&std::sync::Mutex<HolderIter>, &str>) -> Holders {
+    let mut holders = find(Path::new("/proc"), objects);
+    let files: BTreeSet<u64> = objects.iter().filter(|o| o.needs_file_lookup()).map(|o| o.file()).collect();
+    if files.is_empty() {
+        return holders;
+    }
+    let files: Vec<u64> = files.into_iter().collect();
+    let run = match iter {
+        Ok(m) => match m.lock() {
+            Ok(mut it) => it.run(&files).map_err(|e| e.to_string()),
+            Err(_) => Err("the holder iterator's lock is poisoned".to_string()),
+        },
+        Err(why) => Err(why.to_string()),
+    };
+    match run {
+        Ok(records) => add_file_holders(&mut holders, objects, &records, Path::new("/proc")),
+        Err(why) => holders.file_lookup_failed = Some(why),
+    }
+    holders
+}
+
+/// Adds the holders the iterator found (one record per descriptor) to the
+/// character-device objects whose file they have open.
+fn add_file_holders(holders: &mut Holders, objects: &[PinObject], records: &[HolderRecord], proc_root: &Path) {
+    let mut found: BTreeMap<PinObject, BTreeSet<ObjectHolder>> = BTreeMap::new();
+    let mut seen: BTreeMap<u32, ObjectHolder> = BTreeMap::new();
+    for r in records {
+        let holder = seen.entry(r.tgid).or_insert_with(|| holder_at(r.tgid, &proc_root.join(r.tgid.to_string())));
+        for o in objects.iter().filter(|o| o.needs_file_lookup() && o.file() == r.file) {
+            found.entry(*o).or_default().insert(holder.clone());
+        }
+    }
+    for (o, h) in found {
+        holders.by_object.insert(o, h.into_iter().collect());
+    }
 }
 
 /// The wanted objects among a process's open descriptors; none when the
@@ -159,5 +216,40 @@ mod tests {
         let pids: Vec<(u32, &str, &str)> = found.by_object[&obj].iter().map(|h| (h.pid, h.comm.as_str(), h.cgroup.as_str())).collect();
         assert_eq!(pids, [(10, "child", "/app.slice"), (11, "mapper", "")]);
         assert!(!found.by_object.contains_key(&chr));
+    }
+
+    /// The iterator's records name the holders of character-device objects
+    /// by their open file: two processes with the same file (a fork) both
+    /// hold it; another open file of the same device is held by nobody.
+    #[test]
+    fn iterator_records_name_file_holders() {
+        let root = std::env::temp_dir().join(format!("gupwatch-fileholders-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("20")).unwrap();
+        fs::write(root.join("20/comm"), "verbs-child\n").unwrap();
+        fs::write(root.join("20/cgroup"), "0::/rdma.slice\n").unwrap();
+        let mode = gup_common::object::S_IFCHR | 0o666;
+        let held = PinObject { ino: 0xffff_8880_0000_1000, dev: 5, mode, _pad: 0 };
+        let other = PinObject { ino: 0xffff_8880_0000_2000, ..held };
+        let records = [
+            HolderRecord { tgid: 20, fd: 3, file: held.file() },
+            HolderRecord { tgid: 20, fd: 9, file: held.file() },
+            HolderRecord { tgid: 21, fd: 4, file: held.file() },
+            HolderRecord { tgid: 22, fd: 4, file: 0xffff_8880_0000_3000 },
+        ];
+        let mut h = Holders::default();
+        add_file_holders(&mut h, &[held, other], &records, &root);
+        let _ = fs::remove_dir_all(&root);
+        let names: Vec<(u32, &str, &str)> = h.by_object[&held].iter().map(|x| (x.pid, x.comm.as_str(), x.cgroup.as_str())).collect();
+        assert_eq!(names, [(20, "verbs-child", "/rdma.slice"), (21, "", "")]);
+        assert!(!h.by_object.contains_key(&other));
+    }
+
+    #[test]
+    fn no_iterator_says_why_for_character_devices_only() {
+        let chr = PinObject { ino: 0xffff_8880_0000_1000, dev: 5, mode: gup_common::object::S_IFCHR, _pad: 0 };
+        assert_eq!(live_with(&[chr], Err("refused")).file_lookup_failed.as_deref(), Some("refused"));
+        let ring = PinObject { mode: 0o600, ..chr };
+        assert_eq!(live_with(&[ring], Err("refused")).file_lookup_failed, None);
     }
 }

@@ -146,9 +146,14 @@ pub fn analyze(
     growth: Option<&mut GrowthTracker>,
 ) -> LeakReport {
     let (tracked, mut holdings) = holdings(maps, cx);
-    let unreadable = name_holders(&mut holdings, cx, policy);
+    let (unreadable, file_lookup_failed) = name_holders(&mut holdings, cx, policy);
     let mut leaks = held_signals(&holdings, policy);
     let mut notes = vec![];
+    if let Some(why) = file_lookup_failed.filter(|_| holdings.iter().any(|h| h.orphaned && h.object.needs_file_lookup())) {
+        notes.push(format!(
+            "the holders of RDMA and VFIO contexts could not be looked for ({why}): their pins show as orphaned once their creator exited, even where another process still holds the context"
+        ));
+    }
     if unreadable > 0 && holdings.iter().any(|h| h.orphaned) {
         notes.push(format!(
             "{unreadable} processes' descriptors could not be read (gupwatch lacks CAP_SYS_PTRACE): a holder among them cannot be named, so pins they hold may show as orphaned"
@@ -235,17 +240,21 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
 /// Names the live holders of the holdings whose owner exited, and marks
 /// orphaned those nobody holds once the grace period since the exit has
 /// passed (an exit gupwatch did not see counts as long past). Returns how
-/// many processes could not be looked into.
-fn name_holders(holdings: &mut [Holding], cx: &Context<'_>, policy: &LeakPolicy) -> usize {
-    let wanted: Vec<PinObject> =
-        holdings.iter().filter(|h| h.owner_exited && h.object.identifies_file()).map(|h| h.object).collect();
+/// many processes could not be looked into, and why character-device
+/// objects could not be looked for, if so.
+fn name_holders(holdings: &mut [Holding], cx: &Context<'_>, policy: &LeakPolicy) -> (usize, Option<String>) {
+    let wanted: Vec<PinObject> = holdings
+        .iter()
+        .filter(|h| h.owner_exited && (h.object.identifies_file() || h.object.needs_file_lookup()))
+        .map(|h| h.object)
+        .collect();
     let found = if wanted.is_empty() { crate::model::holders::Holders::default() } else { (cx.holders)(&wanted) };
     let grace = u64::try_from(policy.orphan_grace.as_nanos()).unwrap_or(u64::MAX);
     for h in holdings.iter_mut().filter(|h| h.owner_exited) {
         h.holders = found.by_object.get(&h.object).cloned().unwrap_or_default();
         h.orphaned = h.holders.is_empty() && h.exit_age_ns >= grace;
     }
-    found.unreadable
+    (found.unreadable, found.file_lookup_failed)
 }
 
 /// The orphaned, weak-pin and long-held signals, one per holding at most.
@@ -626,7 +635,7 @@ mod tests {
         let holders = |objects: &[PinObject]| {
             asked.borrow_mut().extend_from_slice(objects);
             let by_object = BTreeMap::from([(ring, vec![ObjectHolder { pid: 40, comm: "child".into(), cgroup: "/a".into() }])]);
-            crate::model::holders::Holders { by_object, unreadable: 1 }
+            crate::model::holders::Holders { by_object, unreadable: 1, ..Default::default() }
         };
         let policy = LeakPolicy { long_held: Duration::from_secs(3600), ..Default::default() };
         let at = |now: u64| {
@@ -645,6 +654,39 @@ mod tests {
         assert_eq!(kinds, [(LeakKind::Orphaned, Some(31))]);
         assert!(r.notes.iter().any(|n| n.contains("CAP_SYS_PTRACE")), "{:?}", r.notes);
         assert_eq!(asked.borrow()[..2], [ring, gone]);
+    }
+
+    /// RDMA contexts share their device's inode: they are asked about by
+    /// their open file, held where the iterator found a holder, and
+    /// orphaned with a note saying why when it could not run.
+    #[test]
+    fn character_device_objects_are_looked_up_by_file() {
+        let mode = gup_common::object::S_IFCHR | 0o666;
+        let ctx_a = PinObject { ino: 0xffff_8880_0000_1000, dev: 5, mode, _pad: 0 };
+        let ctx_b = PinObject { ino: 0xffff_8880_0000_2000, ..ctx_a };
+        let mut a = owner(30, 4, 100, 1);
+        a.object = ctx_a;
+        let mut b = owner(31, 2, 100, 1);
+        b.object = ctx_b;
+        let maps = TrackingMaps {
+            pins: vec![(0x1000, PinRecord { owners: [a, b, EMPTY] })],
+            exited: HashMap::from([(30, 1_000), (31, 1_000)]),
+            ..Default::default()
+        };
+        let policy = LeakPolicy { long_held: Duration::from_secs(3600), ..Default::default() };
+        let later = 1_000 + ORPHAN_GRACE.as_nanos() as u64;
+        let found = |_: &[PinObject]| {
+            let by_object = BTreeMap::from([(ctx_a, vec![ObjectHolder { pid: 41, comm: "verbs-child".into(), cgroup: String::new() }])]);
+            crate::model::holders::Holders { by_object, ..Default::default() }
+        };
+        let r = analyze(&maps, &Context { holders: &found, ..cx(later, &caller, &|_| false) }, &policy, None);
+        let kinds: Vec<_> = r.leaks.iter().map(|l| (l.kind, l.owner_tgid)).collect();
+        assert_eq!(kinds, [(LeakKind::Orphaned, Some(31))]);
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        let refused = |_: &[PinObject]| crate::model::holders::Holders { file_lookup_failed: Some("EINVAL".into()), ..Default::default() };
+        let r = analyze(&maps, &Context { holders: &refused, ..cx(later, &caller, &|_| false) }, &policy, None);
+        assert_eq!(r.leaks.len(), 2);
+        assert!(r.notes.iter().any(|n| n.contains("RDMA and VFIO") && n.contains("EINVAL")), "{:?}", r.notes);
     }
 
     #[test]

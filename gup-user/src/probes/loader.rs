@@ -25,7 +25,8 @@ use attach::{
     attach_exit_tracepoint, attach_hook, attach_kprobe, detach, detach_links, fentry_btf, has_exit, kprobe_links,
     prog_name, reattach,
 };
-use explain::{describe, fdinfo_field, recursion_misses};
+pub(crate) use explain::describe;
+use explain::{fdinfo_field, recursion_misses};
 pub use follow::{Detach, ModuleEvents};
 
 /// The eBPF object built from `gup-ebpf` by the build script.
@@ -143,6 +144,9 @@ pub struct Probes {
     /// Hooks found dead, by function and reason, since start
     /// (`gupwatch_probe_detached_total`).
     detached: Vec<(&'static str, &'static str, u64)>,
+    /// The task-file iterator that names the holders of character-device
+    /// objects ([`crate::model::holders::iter`]), or why the kernel has none.
+    pub holder_iter: Result<std::sync::Mutex<crate::model::holders::HolderIter>, String>,
 }
 
 /// One attached program's run statistics ([`Probes::program_runs`]).
@@ -341,6 +345,20 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
     }
     crate::memstat::note("load: hooks attached");
     let maps = StatsMaps::take(&mut ebpf).map_err(LoadError::Map)?;
+    // Optional: without it RDMA and VFIO pins whose creator exited cannot
+    // be told held from orphaned, and the leak report says so.
+    let holder_iter = crate::model::holders::HolderIter::load(&mut ebpf, btf.as_ref())
+        .map(std::sync::Mutex::new)
+        .map_err(|e| e.to_string());
+    plan.holder_iter = match &holder_iter {
+        Ok(_) => HookStatus::Attached,
+        Err(e) => HookStatus::Failed(e.clone()),
+    };
+    if debug {
+        if let Err(e) = &holder_iter {
+            eprintln!("gupwatch: no holder iterator: {e}");
+        }
+    }
     // Logging never costs the probes: without its reader the programs'
     // records are dropped in the kernel, and only the first few are made.
     let ebpf_log = if opts.ebpf_log {
@@ -364,6 +382,7 @@ pub fn load_with(mut plan: ProbePlan, opts: LoadOptions) -> Result<Probes, LoadE
         ebpf_log,
         modules,
         detached: vec![],
+        holder_iter,
     })
 }
 
@@ -377,6 +396,12 @@ fn raise_memlock_limit() {
 }
 
 impl Probes {
+    /// The live holders of `objects` ([`crate::model::holders::live_with`]), with
+    /// this load's holder iterator: what the leak analysis calls.
+    pub fn holders(&self, objects: &[gup_common::object::PinObject]) -> crate::model::holders::Holders {
+        crate::model::holders::live_with(objects, self.holder_iter.as_ref().map_err(String::as_str))
+    }
+
     /// The eBPF side's debug log reader ([`LoadOptions::ebpf_log`]), for
     /// the caller to [`start`](crate::probes::ebpflog::EbpfLog::start) once it has
     /// dropped its capabilities, and to keep while the probes run.

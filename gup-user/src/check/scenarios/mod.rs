@@ -254,8 +254,8 @@ fn leaking() -> Vec<Box<dyn Scenario>> {
         }),
         Box::new(IoUringOrphan::new(false)),
         Box::new(IoUringOrphan::new(true)),
-        Box::new(handoff::IoUringHandoff::new(false)),
-        Box::new(handoff::IoUringHandoff::new(true)),
+        Box::new(handoff::IoUringHandoff::new(handoff::HandoffKind::RingFork)),
+        Box::new(handoff::IoUringHandoff::new(handoff::HandoffKind::RingDaemon)),
     ]
 }
 

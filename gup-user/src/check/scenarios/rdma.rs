@@ -107,7 +107,7 @@ struct DeregMr {
 /// The stage of a registration that failed (what the forked child reports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-enum Stage {
+pub(super) enum Stage {
     Open = 1,
     GetContext = 2,
     AllocPd = 3,
@@ -124,7 +124,7 @@ impl Stage {
         }
     }
 
-    fn from_u32(v: u32) -> Option<Stage> {
+    pub(super) fn from_u32(v: u32) -> Option<Stage> {
         [Stage::Open, Stage::GetContext, Stage::AllocPd, Stage::RegMr].into_iter().find(|s| *s as u32 == v)
     }
 }
@@ -202,7 +202,7 @@ fn open_uverbs(scenario: &'static str) -> Result<OwnedFd, ScenarioError> {
     Ok(f.into())
 }
 
-fn stage_err(scenario: &'static str, (stage, e): (Stage, i32)) -> ScenarioError {
+pub(super) fn stage_err(scenario: &'static str, (stage, e): (Stage, i32)) -> ScenarioError {
     sys_err(scenario, stage.syscall(), io::Error::from_raw_os_error(e))
 }
 
@@ -296,6 +296,33 @@ unsafe fn registering_child(buf: *mut u8, len: usize, report: *mut ChildOutcome)
     libc::_exit(0)
 }
 
+/// Opens the device, makes a context and PD, and registers `len` bytes at
+/// `addr`, leaving the descriptor open and returning it (the forked
+/// creator of `rdma_handoff_fork` hands it to its child, that of
+/// `rdma_orphan_in_flight` sends it into a socket).
+///
+/// # Safety
+///
+/// Only in a forked child: raw calls, no allocation; `addr` is its own
+/// faulted-in memory of `len` bytes.
+pub(super) unsafe fn register_raw(addr: u64, len: u64) -> Result<libc::c_int, (Stage, i32)> {
+    let fd = libc::open(UVERBS_C.as_ptr().cast(), libc::O_RDWR);
+    if fd < 0 {
+        return Err((Stage::Open, errno()));
+    }
+    let pd = context_and_pd(fd)?;
+    reg_mr(fd, pd, addr, len).map_err(|e| (Stage::RegMr, e))?;
+    Ok(fd)
+}
+
+/// Whether this process can open a verbs context (so a machine without
+/// one fails in `prepare`, not in `run`).
+pub(super) fn check_reachable(scenario: &'static str) -> Result<(), ScenarioError> {
+    let dev = open_uverbs(scenario)?;
+    context_and_pd(dev.as_raw_fd()).map_err(|e| stage_err(scenario, e))?;
+    Ok(())
+}
+
 /// The child's buffer (never touched here) and the page it reports in.
 pub(super) struct ExitState {
     buf: Mapping,
@@ -387,6 +414,8 @@ pub(super) fn scenarios() -> Vec<Box<dyn Scenario>> {
         in_process(false),
         in_process(true),
         Box::new(RdmaMrExit { state: None, release_wait: None }),
+        Box::new(super::handoff::IoUringHandoff::new(super::handoff::HandoffKind::RdmaFork)),
+        Box::new(super::handoff::IoUringHandoff::new(super::handoff::HandoffKind::RdmaInFlight)),
     ]
 }
 

@@ -238,11 +238,73 @@ impl Registrar for VfioState {
     }
 }
 
+/// The steps of [`map_raw`], for its failure report.
+pub(super) const RAW_STEPS: [&str; 5] =
+    ["open(/dev/vfio/vfio)", "open(/dev/vfio/GROUP)", "VFIO_GROUP_SET_CONTAINER", "VFIO_SET_IOMMU", "VFIO_IOMMU_MAP_DMA"];
+
+/// For `vfio_handoff_fork`: binds the test device and checks the
+/// container's API, and returns the group's path, NUL-terminated, for the
+/// forked creator's raw `open` (the group is not kept open here: it may
+/// be open in one process at a time).
+pub(super) fn group_path(scenario: &'static str) -> Result<[u8; 32], ScenarioError> {
+    let unreachable = |reason: String| ScenarioError::NotReachable { scenario, reason };
+    let addr = find_testdev(Path::new("/sys/bus/pci/devices"))
+        .ok_or_else(|| unreachable(format!("no QEMU pci-testdev (1b36:0005) on this machine: {HINT}")))?;
+    let group_no = bind(scenario, &addr)?;
+    let container = open_rw(scenario, "/dev/vfio/vfio")?;
+    if ioctl(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1V2_IOMMU).unwrap_or(0) != 1 {
+        return Err(unreachable("the kernel's VFIO has no type1v2 IOMMU (vfio_iommu_type1 not loaded?)".into()));
+    }
+    let mut path = [0u8; 32];
+    let text = format!("/dev/vfio/{group_no}");
+    path[..text.len()].copy_from_slice(text.as_bytes());
+    Ok(path)
+}
+
+/// Opens a container and the group at `group` (a NUL-terminated path),
+/// puts the group into it with a type1v2 IOMMU and maps `len` bytes at
+/// `addr`: the pins. Both descriptors stay open (inherited by the
+/// creator's child). On failure, the index into [`RAW_STEPS`] and errno.
+///
+/// # Safety
+///
+/// Only in a forked child: raw calls, no allocation; `addr` is its own
+/// faulted-in memory of `len` bytes.
+pub(super) unsafe fn map_raw(group: &[u8; 32], addr: u64, len: u64) -> Result<(), (u32, i32)> {
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    let container = libc::open(c"/dev/vfio/vfio".as_ptr(), libc::O_RDWR);
+    if container < 0 {
+        return Err((0, errno()));
+    }
+    let group = libc::open(group.as_ptr().cast(), libc::O_RDWR);
+    if group < 0 {
+        return Err((1, errno()));
+    }
+    if libc::ioctl(group, VFIO_GROUP_SET_CONTAINER as _, &container as *const i32) < 0 {
+        return Err((2, errno()));
+    }
+    if libc::ioctl(container, VFIO_SET_IOMMU as _, VFIO_TYPE1V2_IOMMU) < 0 {
+        return Err((3, errno()));
+    }
+    let m = DmaMap {
+        argsz: std::mem::size_of::<DmaMap>() as u32,
+        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: addr,
+        iova: IOVA,
+        size: len,
+    };
+    if libc::ioctl(container, VFIO_IOMMU_MAP_DMA as _, &m as *const DmaMap) < 0 {
+        return Err((4, errno()));
+    }
+    Ok(())
+}
+
 /// The family, for `gupwatch check`.
 pub(super) fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
         variant(false),
         variant(true),
+        Box::new(super::handoff::IoUringHandoff::new(super::handoff::HandoffKind::VfioFork)),
     ]
 }
 

@@ -12,6 +12,9 @@ use crate::{kernel::btf::KernelBtf, kernel::kallsyms::Kallsyms};
 /// FRED frame), whether the CPU uses FRED or not; else 0 on x86-64.
 const FRED_SYMBOLS: &[&str] = &["asm_fred_entrypoint_user", "fred_entry_from_user"];
 
+/// The kernel function a `task_file` iterator program attaches to.
+pub const TASK_FILE_ITER: &str = "bpf_iter_task_file";
+
 /// The object lookup as planned.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct ObjectLookup {
@@ -23,13 +26,19 @@ pub struct ObjectLookup {
     pub enabled: bool,
     /// Whether the kernel has FRED's 16 bytes above the saved registers.
     pub fred_padding: bool,
+    /// The BTF id of `bpf_iter_task_file`, which the holder iterator
+    /// attaches to (`holderiter.rs`); none without BTF or the iterator
+    /// (5.8+), and then character-device objects have no holders named.
+    #[serde(skip)]
+    pub task_file_iter_btf_id: Option<u32>,
 }
 
 impl ObjectLookup {
     pub(super) fn resolve(btf: Option<&KernelBtf>, kallsyms: &Kallsyms) -> ObjectLookup {
         let fred_padding = FRED_SYMBOLS.iter().any(|s| kallsyms.get(s).is_some());
         let layout = btf.and_then(|b| layout(b, if fred_padding { 16 } else { 0 }));
-        ObjectLookup { layout: layout.unwrap_or(ObjectLayout::NONE), enabled: layout.is_some(), fred_padding }
+        let task_file_iter_btf_id = btf.and_then(|b| b.func_id(TASK_FILE_ITER)).filter(|_| layout.is_some());
+        ObjectLookup { layout: layout.unwrap_or(ObjectLayout::NONE), enabled: layout.is_some(), fred_padding, task_file_iter_btf_id }
     }
 }
 
@@ -48,5 +57,6 @@ fn layout(b: &KernelBtf, padding: u64) -> Option<ObjectLayout> {
         inode_mode: m("inode", "i_mode")?,
         inode_sb: m("inode", "i_sb")?,
         sb_dev: m("super_block", "s_dev")?,
+        task_tgid: m("task_struct", "tgid")?,
     })
 }

@@ -233,12 +233,16 @@ pub fn attach_order(plan: &ProbePlan) -> Vec<usize> {
 /// up to the highest id, freed when attaching is done. `None` when no hook
 /// can use fentry.
 pub(super) fn fentry_btf(plan: &ProbePlan) -> Option<Btf> {
-    btf_with_functions(plan.hooks.iter().filter_map(|h| Some((h.btf_id?, h.symbol.as_deref()?))).collect())
+    let mut wanted: Vec<(u32, &str)> = plan.hooks.iter().filter_map(|h| Some((h.btf_id?, h.symbol.as_deref()?))).collect();
+    // The holder iterator's target too: one BTF of placeholders for all,
+    // rather than a second one as large beside it.
+    wanted.extend(plan.object_lookup.task_file_iter_btf_id.map(|id| (id, crate::kernel::plan::object::TASK_FILE_ITER)));
+    btf_with_functions(wanted)
 }
 
 /// A BTF in which each (type id, function name) of `wanted` is a FUNC at
 /// that id, every other id a placeholder; `None` for no function.
-pub(super) fn btf_with_functions(wanted: Vec<(u32, &str)>) -> Option<Btf> {
+pub(crate) fn btf_with_functions(wanted: Vec<(u32, &str)>) -> Option<Btf> {
     use aya_obj::btf::{BtfType, Func, FuncLinkage};
     let mut wanted: Vec<(u32, &str)> = wanted.into_iter().filter(|(id, _)| *id > 0).collect();
     if wanted.is_empty() {

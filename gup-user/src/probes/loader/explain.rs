@@ -5,7 +5,7 @@ use aya::programs::ProgramError;
 
 /// One line for an attach error, with the verifier log's last lines when
 /// the verifier said no. The whole log is saved to a file the line names.
-pub(super) fn describe(e: &ProgramError, what: &str) -> String {
+pub(crate) fn describe(e: &ProgramError, what: &str) -> String {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
