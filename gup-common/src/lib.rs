@@ -401,9 +401,9 @@ pub enum Diag {
     /// cannot read their arguments at exit: whatever was not counted
     /// inside them is lost (`gupwatch_skipped_entries_total`).
     UncountedAtExit = 12,
-    /// Pins that landed in a tracking record an unpin on another CPU had
-    /// just removed (it released the folio's last tracked pin at the same
-    /// moment), taken back and placed in the folio's current record.
+    /// Pins that found their folio's tracking record closed by an unpin on
+    /// another CPU (it released the folio's last tracked pin at the same
+    /// moment), or no longer the map's, and were placed again.
     LedgerReplaced = 13,
     /// NULL entries in the page arrays of hooked unpins: the kernel skips
     /// them (its own error paths, `pofs_unpin()` after a failed LONGTERM
@@ -755,6 +755,21 @@ pub fn folio_of(page: u64, info: u64) -> u64 {
     }
 }
 
+/// The ledger key of a folio's spill record: where its pins go while its
+/// own record is closed and waiting for its delete (docs/exactness.md, "The
+/// ledger's remove protocol"). A `struct page` is 8-aligned, so bit 0 of
+/// the folio pointer is free to tell the two apart.
+#[inline(always)]
+pub const fn spill_key(folio: u64) -> u64 {
+    folio | 1
+}
+
+/// The folio a ledger key stands for: its own record or its spill record.
+#[inline(always)]
+pub const fn key_folio(key: u64) -> u64 {
+    key & !1
+}
+
 #[cfg(test)]
 mod pin_record_tests {
     use super::*;
@@ -797,6 +812,16 @@ mod pin_record_tests {
         // so pins still land there.
         assert!(!PinRecord::is_closed(1u32.wrapping_sub(2)));
         assert!(!PinRecord::is_closed(0u32.wrapping_sub(PinRecord::CLOSED)));
+    }
+
+    #[test]
+    fn a_spill_key_names_its_folio_and_never_another_folio() {
+        let folio = 0xffff_ea00_0408_0040u64;
+        assert_ne!(spill_key(folio), folio);
+        assert_eq!(key_folio(spill_key(folio)), folio);
+        assert_eq!(key_folio(folio), folio);
+        // The next struct page is 64 bytes on: no spill key is a folio.
+        assert_ne!(spill_key(folio), folio + 64);
     }
 
     #[test]

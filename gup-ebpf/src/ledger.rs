@@ -12,7 +12,7 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_loop};
 use gup_common::{
     hold::{hold_bucket, hold_index, pending_key, HoldHist, HOLD_CLASSES, HOLD_CLASS_NO_STACK, HOLD_CLASS_PENDING},
     diag_log::{API_NONE, WHY_LEDGER_CLOSED, WHY_MAP_FULL, WHY_NONE, WHY_PER_CALL_LIMIT},
-    Diag, PinOwner, PinRecord, PAGES_ARRAY, PIN_OWNERS, SHARED_OWNER, TRACK_MAX_PER_CALL,
+    spill_key, Diag, PinOwner, PinRecord, PAGES_ARRAY, PIN_OWNERS, SHARED_OWNER, TRACK_MAX_PER_CALL,
 };
 
 use crate::{
@@ -137,11 +137,12 @@ fn page_folio(page: u64) -> u64 {
 /// Records one pin of `folio`. The record it finds can be closed under it:
 /// the folio's last tracked pin was released on another CPU at the same
 /// moment, and that unpin is deleting the record (`PinRecord::refs`). The
-/// pin is then placed again, in the fresh record that follows
-/// (`Diag::LedgerReplaced`). Until the closing unpin's delete lands, a
-/// lookup still finds the closed record: after three tries the pin is
-/// counted untracked (visible, with `WHY_LEDGER_CLOSED`), never lost
-/// silently.
+/// pin is then placed again (`Diag::LedgerReplaced`): in the fresh record
+/// that follows, or, while the closing unpin's delete has not landed (its
+/// CPU interrupted, preempted, or a vCPU its host has descheduled), in the
+/// folio's spill record (`gup_common::spill_key`), which unpins look in
+/// after the folio's own. Only a spill record closed at the same moment
+/// too leaves the pin untracked (visible, with `WHY_LEDGER_CLOSED`).
 #[inline(always)]
 fn track_pin(folio: u64, c: &TrackCtx) {
     if !place_pin(folio, c) {
@@ -151,35 +152,36 @@ fn track_pin(folio: u64, c: &TrackCtx) {
     // Unrolled, not a loop: a retry loop in the bpf_loop callback kept the
     // verifier (which re-verifies callbacks until their states converge,
     // since ~6.8) from converging.
-    if !place_pin(folio, c) || !place_pin(folio, c) {
+    if !place_pin(folio, c) || !place_pin(spill_key(folio), c) {
         return;
     }
     diag_add(Diag::PinsUntracked, 1);
     note(Diag::PinsUntracked, WHY_LEDGER_CLOSED, c.owner.api, c.owner.tgid, 1, 0, folio);
 }
 
-/// Adds one pin to `folio`'s record. Returns true if the pin must be placed
-/// again: the record was closed for deletion, or is no longer the map's.
+/// Adds one pin to the record at `key` (a folio, or its spill key).
+/// Returns true if the pin must be placed again: the record was closed for
+/// deletion, or is no longer the map's.
 ///
 /// Not inlined: `track_pin` calls it several times, and one body keeps the
 /// bpf_loop callback small for the verifier.
 #[inline(never)]
-fn place_pin(folio: u64, c: &TrackCtx) -> bool {
-    let mut rec = PINS.get_ptr_mut(&folio);
+fn place_pin(key: u64, c: &TrackCtx) -> bool {
+    let mut rec = PINS.get_ptr_mut(&key);
     if rec.is_none() {
         // Insert an empty record and fill it in place: building it here
         // would cost the callback's stack (6.1 limits the whole call chain
         // to 512 bytes). BPF_NOEXIST: if another CPU inserted it first, the
         // lookup finds theirs.
-        if let Err(e) = PINS.insert(&folio, &EMPTY_RECORD, 1) {
-            rec = PINS.get_ptr_mut(&folio);
+        if let Err(e) = PINS.insert(&key, &EMPTY_RECORD, 1) {
+            rec = PINS.get_ptr_mut(&key);
             if rec.is_none() {
                 diag_add(Diag::PinsUntracked, 1);
-                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e.into(), folio);
+                note(Diag::PinsUntracked, WHY_MAP_FULL, c.owner.api, c.owner.tgid, 1, e.into(), key);
                 return false;
             }
         } else {
-            rec = PINS.get_ptr_mut(&folio);
+            rec = PINS.get_ptr_mut(&key);
         }
     }
     let Some(ptr) = rec else {
@@ -199,7 +201,7 @@ fn place_pin(folio: u64, c: &TrackCtx) -> bool {
     // elements are preallocated and reused at once, so between the lookup
     // and the add the record can have been closed, deleted and its memory
     // handed to another folio's fresh record (whose `refs` reads open).
-    if PINS.get_ptr_mut(&folio).map_or(0, |p| p as u64) != ptr as u64 {
+    if PINS.get_ptr_mut(&key).map_or(0, |p| p as u64) != ptr as u64 {
         add32(&mut rec.refs, u32::MAX);
         return true;
     }
@@ -250,11 +252,27 @@ fn claim(slot: &mut PinOwner, owner: &PinOwner) {
     slot.object = owner.object;
 }
 
+/// Releases `n` pins of `folio`: from its record, then from its spill
+/// record (pins placed while the record was closed), the rest unbalanced.
 #[inline(always)]
 pub(crate) fn track_unpin(folio: u64, n: u64, site: u64) {
-    let Some(rec) = PINS.get_ptr_mut(&folio) else {
-        unbalanced(site, n);
-        return;
+    let mut taken = release(folio, n);
+    if taken < n {
+        taken += release(spill_key(folio), n - taken);
+    }
+    diag_add(Diag::UnpinsMatched, taken);
+    if n > taken {
+        unbalanced(site, n - taken);
+    }
+}
+
+/// Takes up to `n` pins from the record at `key` and returns how many it
+/// took; deletes the record when they were its last (`PinRecord::refs`).
+/// Not inlined: `track_unpin` calls it twice.
+#[inline(never)]
+fn release(key: u64, n: u64) -> u64 {
+    let Some(rec) = PINS.get_ptr_mut(&key) else {
+        return 0;
     };
     // SAFETY: a live map value.
     let rec = unsafe { &mut *rec };
@@ -271,36 +289,32 @@ pub(crate) fn track_unpin(folio: u64, n: u64, site: u64) {
     let take0 = (n - take2 - take1).min(held(rec.owners[0].count));
     add32(&mut rec.owners[0].count, (take0 as u32).wrapping_neg());
     let taken = take0 + take1 + take2;
-    diag_add(Diag::UnpinsMatched, taken);
-    if taken > 0 {
-        let t = now();
-        if take2 > 0 {
-            let o = &rec.owners[2];
-            record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take2);
-        }
-        if take1 > 0 {
-            let o = &rec.owners[1];
-            record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take1);
-        }
-        if take0 > 0 {
-            let o = &rec.owners[0];
-            record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take0);
-        }
+    if taken == 0 {
+        return 0;
     }
-    if n > taken {
-        unbalanced(site, n - taken);
+    let t = now();
+    if take2 > 0 {
+        let o = &rec.owners[2];
+        record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take2);
+    }
+    if take1 > 0 {
+        let o = &rec.owners[1];
+        record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take1);
+    }
+    if take0 > 0 {
+        let o = &rec.owners[0];
+        record_hold(t.saturating_sub(o.first_ns), o.stack_id, o.longterm, take0);
     }
     // Give back the references of the pins taken, after taking them from
     // the slots (so `refs` never reads below what the slots hold). Only the
     // unpin that brings `refs` to zero may delete the record, and only by
     // closing it first: a pin on another CPU that took a reference in
     // between makes the compare-and-swap fail and keeps the record.
-    if taken > 0 {
-        let t = taken as u32;
-        if fetch_add32(&mut rec.refs, t.wrapping_neg()) == t && cas32(&mut rec.refs, 0, PinRecord::CLOSED) {
-            let _ = PINS.remove(&folio);
-        }
+    let k = taken as u32;
+    if fetch_add32(&mut rec.refs, k.wrapping_neg()) == k && cas32(&mut rec.refs, 0, PinRecord::CLOSED) {
+        let _ = PINS.remove(&key);
     }
+    taken
 }
 
 /// Adds `n` pages held `ns` to the hold-time histogram of their stack's

@@ -655,13 +655,13 @@ fn leak_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     counter(
         enc,
         "gupwatch_untracked_pins",
-        "Pins the tracking map could not record (full): totals stay exact, the outstanding view is partial.",
+        "Pins the tracking map could not record (map full, beyond the per-call walk, or a folio record still being deleted after three tries): totals stay exact, the outstanding view is partial.",
         Some(l.untracked),
     )?;
     counter(
         enc,
         "gupwatch_ledger_replaced_pins",
-        "Pins that landed in a tracking record an unpin on another CPU removed at the same moment (it released the folio's last tracked pin), and were placed again in the folio's current record. Nothing is lost; a high rate means folios pinned and released concurrently by many CPUs.",
+        "Pins that found their folio's tracking record closed by an unpin on another CPU at the same moment (it released the folio's last tracked pin), and were placed again in a fresh record. Nothing is lost; a high rate means folios pinned and released concurrently by many CPUs.",
         d.snapshot.as_ref().map(|s| diag(s, Diag::LedgerReplaced)),
     )?;
     gauges(

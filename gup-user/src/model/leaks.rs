@@ -189,7 +189,8 @@ fn holdings(maps: &TrackingMaps, cx: &Context<'_>) -> (u64, Vec<Holding>) {
     let mut oldest: BTreeMap<(u32, i64, PinObject), u64> = BTreeMap::new();
     let mut tracked = 0u64;
     for (folio, rec) in &maps.pins {
-        let zone = cx.placement.and_then(|p| p.zone_of(*folio));
+        // A spill record's key is its folio's with bit 0 set.
+        let zone = cx.placement.and_then(|p| p.zone_of(gup_common::key_folio(*folio)));
         for (o, count) in rec.owners.iter().zip(rec.held()).filter(|(_, c)| *c > 0) {
             tracked += count as u64;
             if o.first_ns < cx.since_ns {
@@ -669,7 +670,7 @@ mod tests {
         let mut b = owner(31, 2, 100, 1);
         b.object = ctx_b;
         let maps = TrackingMaps {
-            pins: vec![(0x1000, PinRecord { owners: [a, b, EMPTY] })],
+            pins: vec![(0x1000, PinRecord::of([a, b, EMPTY]))],
             exited: HashMap::from([(30, 1_000), (31, 1_000)]),
             ..Default::default()
         };
