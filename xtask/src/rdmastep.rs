@@ -35,11 +35,12 @@ pub const MODULES: [&str; 2] = ["rdma_rxe", "ib_uverbs"];
 const CRC32_CRYPTO: &str = "crc32_generic";
 
 /// The scenarios that must run (not "not reachable") and pass.
-pub const MUST_RUN: [&str; 8] = [
+pub const MUST_RUN: [&str; 9] = [
     "rdma_reg_mr",
     "rdma_reg_mr_held",
     "rdma_reg_mr_exit",
     "rdma_handoff_fork",
+    "rdma_handoff_pass",
     "rdma_orphan_in_flight",
     "vfio_map_dma",
     "vfio_map_dma_held",

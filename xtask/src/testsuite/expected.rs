@@ -15,7 +15,7 @@
 use super::report::{NotReachable, Report};
 
 /// Every scenario of `gupwatch check`, in report order.
-const SCENARIOS: [&str; 48] = [
+const SCENARIOS: [&str; 49] = [
     "process_vm_readv",
     "process_vm_writev",
     "io_uring_register_buffers",
@@ -63,6 +63,7 @@ const SCENARIOS: [&str; 48] = [
     "rdma_reg_mr_exit",
     "weak_pin_odirect_movable",
     "rdma_handoff_fork",
+    "rdma_handoff_pass",
     "rdma_orphan_in_flight",
 ];
 
@@ -76,13 +77,13 @@ const SECRETMEM: &str = "io_uring_register_secretmem";
 
 /// Need a verbs device: soft-RoCE (`rdma_rxe`) is in Debian's generic
 /// flavour only, which the RDMA step boots ([`crate::rdmastep`]).
-const RDMA: [&str; 5] = ["rdma_reg_mr", "rdma_reg_mr_held", "rdma_reg_mr_exit", "rdma_handoff_fork", "rdma_orphan_in_flight"];
+const RDMA: [&str; 6] = ["rdma_reg_mr", "rdma_reg_mr_held", "rdma_reg_mr_exit", "rdma_handoff_fork", "rdma_handoff_pass", "rdma_orphan_in_flight"];
 
 /// Per matrix kernel step: the scenarios of [`SCENARIOS`] it cannot reach.
 const NOT_REACHED: [(&str, &[&str]); 3] = [
-    ("6.1", &[SECRETMEM, MOVABLE, RDMA[0], RDMA[1], RDMA[2], RDMA[3], RDMA[4], WEAK_PIN]),
-    ("6.12", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2], RDMA[3], RDMA[4], WEAK_PIN]),
-    ("7.2", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2], RDMA[3], RDMA[4], WEAK_PIN]),
+    ("6.1", &[SECRETMEM, MOVABLE, RDMA[0], RDMA[1], RDMA[2], RDMA[3], RDMA[4], RDMA[5], WEAK_PIN]),
+    ("6.12", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2], RDMA[3], RDMA[4], RDMA[5], WEAK_PIN]),
+    ("7.2", &[MOVABLE, RDMA[0], RDMA[1], RDMA[2], RDMA[3], RDMA[4], RDMA[5], WEAK_PIN]),
 ];
 
 /// The step name of the preemptible kernel's step

@@ -15,6 +15,11 @@
 //! who open it, so the holder is found by the open file itself (the
 //! task-file iterator, `holders/iter.rs`).
 //!
+//! `rdma_handoff_pass` passes the verbs descriptor instead: a receiver
+//! that never inherited it (a sibling of the creator) takes it from a Unix
+//! socket (`SCM_RIGHTS`) before the creator closes its own and exits, as
+//! libvirt hands descriptors to QEMU. The receiver holds the pins.
+//!
 //! `vfio_handoff_fork` does it with a VFIO container: the creator maps
 //! its buffer for QEMU's test device and forks; the child keeps the
 //! container (`/dev/vfio/vfio`, another shared inode).
@@ -56,6 +61,8 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const CHILD_FORK_FAILED: u32 = 3;
 /// Sending the verbs descriptor over the socket failed.
 const CHILD_SEND_FAILED: u32 = 4;
+/// The receiver got no descriptor from the socket.
+const CHILD_RECV_FAILED: u32 = 5;
 
 /// What the creator (on failure) or the holder (once it holds the ring)
 /// writes to the report pipe.
@@ -75,9 +82,12 @@ struct HandoffState {
     /// Write end of the holder's control pipe: closing it lets the holder
     /// exit (it waits for end of file). Dropped first (field order).
     control_tx: Option<OwnedFd>,
-    /// The socket pair whose queue holds the in-flight verbs descriptor
-    /// (`rdma_orphan_in_flight`): closing it releases the pins.
+    /// The socket pair the verbs descriptor goes through: its queue holds
+    /// it in flight (`rdma_orphan_in_flight`: closing it releases the
+    /// pins), or the receiver takes it (`rdma_handoff_pass`).
     sockets: Option<(OwnedFd, OwnedFd)>,
+    /// `rdma_handoff_pass`: the receiver, a child of ours to reap.
+    receiver: Option<libc::pid_t>,
     control_rx: OwnedFd,
     report_rx: OwnedFd,
     report_tx: OwnedFd,
@@ -97,13 +107,21 @@ pub(super) enum HandoffKind {
     /// An RDMA verbs context with a memory region, into an `SCM_RIGHTS`
     /// message nobody receives.
     RdmaInFlight,
+    /// An RDMA verbs context with a memory region, over `SCM_RIGHTS` to a
+    /// receiver that did not inherit it.
+    RdmaPass,
     /// A VFIO container with a DMA mapping, to its child.
     VfioFork,
 }
 
 impl HandoffKind {
     fn rdma(self) -> bool {
-        matches!(self, HandoffKind::RdmaFork | HandoffKind::RdmaInFlight)
+        matches!(self, HandoffKind::RdmaFork | HandoffKind::RdmaInFlight | HandoffKind::RdmaPass)
+    }
+
+    /// Whether the descriptor goes through a socket pair.
+    fn sends(self) -> bool {
+        matches!(self, HandoffKind::RdmaInFlight | HandoffKind::RdmaPass)
     }
 }
 
@@ -126,7 +144,7 @@ impl IoUringHandoff {
 
     fn holder_comm(&self) -> &'static str {
         match self.kind {
-            HandoffKind::RdmaFork | HandoffKind::RdmaInFlight => VERBS_HOLDER_COMM,
+            HandoffKind::RdmaFork | HandoffKind::RdmaInFlight | HandoffKind::RdmaPass => VERBS_HOLDER_COMM,
             HandoffKind::VfioFork => VFIO_HOLDER_COMM,
             HandoffKind::RingFork | HandoffKind::RingDaemon => HOLDER_COMM,
         }
@@ -182,6 +200,8 @@ struct ChildFds {
     control_tx: libc::c_int,
     /// The sending end of the socket pair (-1: none).
     sock_tx: libc::c_int,
+    /// The receiving end of the socket pair (-1: none).
+    sock_rx: libc::c_int,
 }
 
 /// Raw `fork` (clone with SIGCHLD): see [`spawn_registering_child`] for
@@ -228,8 +248,8 @@ unsafe fn creator(iov: libc::iovec, fds: ChildFds, kind: HandoffKind, vfio_group
                 libc::_exit(0);
             }
         };
-        if kind == HandoffKind::RdmaInFlight {
-            send_away(fds, fd)
+        if kind.sends() {
+            send_away(fds, fd, kind == HandoffKind::RdmaInFlight)
         }
         hand_on(fds, kind)
     }
@@ -251,25 +271,85 @@ unsafe fn creator(iov: libc::iovec, fds: ChildFds, kind: HandoffKind, vfio_group
     hand_on(fds, kind)
 }
 
-/// `rdma_orphan_in_flight`'s creator: sends `fd` over the socket (nobody
-/// will receive it), closes its own, reports and exits: no process has the
-/// verbs file open any more.
+/// The creator of `rdma_orphan_in_flight` and `rdma_handoff_pass`: sends
+/// `fd` over the socket, closes its own and exits. In flight (nobody will
+/// receive it) it reports itself, and no process has the verbs file open
+/// any more; passed, the receiver reports once it has it.
 ///
 /// # Safety
 ///
 /// As [`creator`]: raw calls only, values on the stack.
-unsafe fn send_away(fds: ChildFds, fd: libc::c_int) -> ! {
+unsafe fn send_away(fds: ChildFds, fd: libc::c_int, in_flight: bool) -> ! {
     let mut report = HolderReport::default();
     if let Err(e) = send_fd(fds.sock_tx, fd) {
         report.stage = CHILD_SEND_FAILED;
         report.errno = e;
-    } else {
+    } else if in_flight {
         report.stage = CHILD_DONE;
         report.holder = libc::syscall(libc::SYS_getpid) as i32;
+    } else {
+        libc::close(fd);
+        libc::_exit(0)
     }
     libc::close(fd);
     send_report(fds.report_tx, &report);
     libc::_exit(0)
+}
+
+/// `rdma_handoff_pass`'s receiver, forked by the checker before the
+/// creator (so it inherits no verbs descriptor): takes the descriptor from
+/// the socket and holds it as [`holder`] does.
+///
+/// # Safety
+///
+/// Only in the forked receiver: raw calls only, values on the stack.
+unsafe fn receiver(fds: ChildFds) -> ! {
+    // Only the parent may end the wait; the socket's sending end is the
+    // creator's (and the parent's, which closes it on cleanup).
+    libc::close(fds.control_tx);
+    libc::close(fds.sock_tx);
+    match recv_fd(fds.sock_rx) {
+        Ok(_fd) => holder(fds, VERBS_HOLDER_COMM_C),
+        Err(e) => {
+            let report = HolderReport { stage: CHILD_RECV_FAILED, errno: e, holder: 0 };
+            send_report(fds.report_tx, &report);
+            libc::_exit(0)
+        }
+    }
+}
+
+/// `recvmsg` of one byte with one descriptor attached; the descriptor, or
+/// the errno (`EBADMSG` for a message without one, `ENODATA` at end of
+/// file). Raw calls only.
+///
+/// # Safety
+///
+/// `sock` is an open socket of the caller.
+unsafe fn recv_fd(sock: libc::c_int) -> Result<libc::c_int, i32> {
+    let mut byte = 0u8;
+    let mut iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
+    let mut cmsg: FdMessage = std::mem::zeroed();
+    let mut msg: libc::msghdr = std::mem::zeroed();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&mut cmsg as *mut FdMessage).cast();
+    msg.msg_controllen = std::mem::size_of::<FdMessage>();
+    loop {
+        match libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) {
+            1 => break,
+            0 => return Err(libc::ENODATA),
+            _ => {
+                let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+                if e != libc::EINTR {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() || cmsg.hdr.cmsg_level != libc::SOL_SOCKET || cmsg.hdr.cmsg_type != libc::SCM_RIGHTS {
+        return Err(libc::EBADMSG);
+    }
+    Ok(cmsg.fd)
 }
 
 /// A control message carrying one descriptor (`CMSG_SPACE(sizeof(int))`).
@@ -338,7 +418,7 @@ unsafe fn hand_on(fds: ChildFds, kind: HandoffKind) -> ! {
             }
         }
         let comm = match kind {
-            HandoffKind::RdmaFork | HandoffKind::RdmaInFlight => VERBS_HOLDER_COMM_C,
+            HandoffKind::RdmaFork | HandoffKind::RdmaInFlight | HandoffKind::RdmaPass => VERBS_HOLDER_COMM_C,
             HandoffKind::VfioFork => VFIO_HOLDER_COMM_C,
             HandoffKind::RingFork | HandoffKind::RingDaemon => HOLDER_COMM_C,
         };
@@ -387,6 +467,7 @@ fn await_report(scenario: &'static str, rx: &OwnedFd) -> Result<HolderReport, Sc
         CHILD_REGISTER_FAILED => Err(sys_err(scenario, REGISTER, errno)),
         CHILD_FORK_FAILED => Err(sys_err(scenario, "clone", errno)),
         CHILD_SEND_FAILED => Err(sys_err(scenario, "sendmsg(SCM_RIGHTS)", errno)),
+        CHILD_RECV_FAILED => Err(sys_err(scenario, "recvmsg(SCM_RIGHTS)", errno)),
         s if s >= VFIO_STAGE_BASE => match super::vfio::RAW_STEPS.get((s - VFIO_STAGE_BASE) as usize) {
             Some(step) => Err(sys_err(scenario, step, errno)),
             None => Err(sys_err(scenario, "read", io::Error::other(format!("a bad report {report:?}")))),
@@ -429,6 +510,17 @@ impl Scenario for IoUringHandoff {
                 "a forked creator registers a 1 MiB RDMA MR, sends its verbs descriptor over a Unix \
                  socket nobody reads, closes its own and exits: no process holds the context, so the \
                  pins are orphaned after the grace period; closing the socket releases them",
+                PinPath::RdmaRegMr,
+                buffer_pages(),
+                ExpectedPath::Fast,
+            );
+        }
+        if self.kind == HandoffKind::RdmaPass {
+            return Spec::pins(
+                "rdma_handoff_pass",
+                "a forked creator registers a 1 MiB RDMA MR, passes its verbs descriptor over a Unix \
+                 socket (SCM_RIGHTS) to a sibling that never inherited it, closes its own and exits: \
+                 the pins are held by the receiver, not orphaned",
                 PinPath::RdmaRegMr,
                 buffer_pages(),
                 ExpectedPath::Fast,
@@ -498,8 +590,8 @@ impl Scenario for IoUringHandoff {
         let (report_rx, report_tx) = pipe(name, libc::O_CLOEXEC | libc::O_NONBLOCK)?;
         // Blocking: the holder sleeps in read() until the write end closes.
         let (control_rx, control_tx) = pipe(name, libc::O_CLOEXEC)?;
-        let sockets = if self.kind == HandoffKind::RdmaInFlight { Some(socket_pair(name)?) } else { None };
-        self.state = Some(HandoffState { control_tx: Some(control_tx), sockets, control_rx, report_rx, report_tx, buf });
+        let sockets = if self.kind.sends() { Some(socket_pair(name)?) } else { None };
+        self.state = Some(HandoffState { control_tx: Some(control_tx), sockets, receiver: None, control_rx, report_rx, report_tx, buf });
         Ok(())
     }
 
@@ -520,7 +612,20 @@ impl Scenario for IoUringHandoff {
             control_rx: st.control_rx.as_raw_fd(),
             control_tx: control_tx.as_raw_fd(),
             sock_tx: st.sockets.as_ref().map_or(-1, |(tx, _)| tx.as_raw_fd()),
+            sock_rx: st.sockets.as_ref().map_or(-1, |(_, rx)| rx.as_raw_fd()),
         };
+        if kind == HandoffKind::RdmaPass {
+            // SAFETY: as below; the receiver makes raw syscalls only.
+            let pid = unsafe { raw_fork() };
+            if pid < 0 {
+                return Err(sys_err(name, "clone", io::Error::last_os_error()));
+            }
+            if pid == 0 {
+                // SAFETY: we are the forked receiver.
+                unsafe { receiver(fds) }
+            }
+            st.receiver = Some(pid as libc::pid_t);
+        }
         let iov = st.buf.iovec();
         // SAFETY: as in spawn_registering_child: the child makes raw
         // syscalls with values on its stack only and never returns.
@@ -553,7 +658,11 @@ impl Scenario for IoUringHandoff {
         }
         let baseline = PinBaseline::read(name);
         drop(st.control_tx.take());
+        let receiver = st.receiver.take();
         drop(st);
+        if let Some(pid) = receiver {
+            wait_for_child(name, pid)?;
+        }
         baseline?.wait_for_release(name, "the holder's exit closing the ring or verbs context", buffer_pages())?;
         Ok(())
     }

@@ -415,6 +415,7 @@ pub(super) fn scenarios() -> Vec<Box<dyn Scenario>> {
         in_process(true),
         Box::new(RdmaMrExit { state: None, release_wait: None }),
         Box::new(super::handoff::IoUringHandoff::new(super::handoff::HandoffKind::RdmaFork)),
+        Box::new(super::handoff::IoUringHandoff::new(super::handoff::HandoffKind::RdmaPass)),
         Box::new(super::handoff::IoUringHandoff::new(super::handoff::HandoffKind::RdmaInFlight)),
     ]
 }
