@@ -90,6 +90,15 @@ impl Trial {
     pub fn works(&self) -> bool {
         matches!(self, Trial::Works { .. })
     }
+
+    /// The document's `result` tag: `works`, `fails` or `not_tried`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Trial::Works { .. } => "works",
+            Trial::Fails { .. } => "fails",
+            Trial::NotTried { .. } => "not_tried",
+        }
+    }
 }
 
 /// The whole plan, loaded.
@@ -202,5 +211,22 @@ impl Report {
             self.summary
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trial;
+
+    #[test]
+    fn result_names_the_serialized_tag() {
+        for t in [
+            Trial::Works { target: "a".into() },
+            Trial::Fails { target: "a".into(), error: "EPERM".into() },
+            Trial::NotTried { why: "b".into() },
+        ] {
+            let doc = serde_json::to_string(&t).expect("serializes");
+            assert!(doc.contains(&format!("\"result\":\"{}\"", t.result())), "{doc}");
+        }
     }
 }

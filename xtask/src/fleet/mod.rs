@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 
 mod checks;
+mod holders;
 mod rules;
 
 use crate::e2e::{self, conclude, free_port, guest_check, guest_greeting, http_get, release_guest, Check, E2eReport, Prometheus};
@@ -78,9 +79,9 @@ pub enum Workload {
     /// One registered io_uring buffer held (`workload --hold`), and a GUP
     /// call that fails with EFAULT every few seconds.
     HeldAndFailing,
-    /// An io_uring buffer whose creator exited while this process keeps the
-    /// ring (`workload --hold --orphan`), beside the mixed loop: held, not
-    /// orphaned.
+    /// An io_uring buffer whose creator exited while its child keeps the
+    /// ring (`workload --hold --handoff`: the holder is `ring-holder`),
+    /// beside the mixed loop: held, not orphaned.
     HandoffAndMix,
 }
 
@@ -139,7 +140,7 @@ fn workload_sh(w: Workload, secs: u64) -> String {
     };
     match w {
         Workload::Mix => mix,
-        Workload::HandoffAndMix => format!("{}{mix}", hold(" --orphan")),
+        Workload::HandoffAndMix => format!("{}{mix}", hold(" --handoff")),
         // Reading this shell's [vvar] mapping (VM_IO | VM_PFNMAP) through
         // /proc/PID/mem makes get_user_pages_remote() fail with EFAULT.
         Workload::HeldAndFailing => format!(
@@ -283,7 +284,9 @@ pub fn run(o: &FleetOptions) -> Result<E2eReport> {
         let s = servers.as_mut().expect("just set");
         let go_at = start_workloads(&nodes, started)?;
         collect_deltas(&mut nodes, go_at)?;
-        checks::check_fleet(s, &nodes, go_at + DASHBOARD_AT_S as f64)
+        let (mut checks, notes) = checks::check_fleet(s, &nodes, go_at + DASHBOARD_AT_S as f64)?;
+        checks.extend(holders::holder_checks(&nodes, &o.gupwatch));
+        Ok((checks, notes))
     })();
 
     // Clean-up on every path: release the guests, stop both servers, reap the VMs.
@@ -381,7 +384,7 @@ mod tests {
     fn each_node_runs_its_own_workload() {
         let kernels: Vec<&str> = NODES.iter().map(|n| n.kernel).collect();
         assert_eq!(kernels, ["6.1", "6.12", "7.2"]);
-        let orphans = NODES.iter().filter(|n| guest_command(n.workload, 60).contains("--orphan")).count();
+        let orphans = NODES.iter().filter(|n| guest_command(n.workload, 60).contains("--handoff")).count();
         assert_eq!(orphans, 1, "exactly one node holds an exited creator's buffer");
         let c = guest_command(Workload::HeldAndFailing, 60);
         assert!(c.contains("--long-held 20") && c.contains("nc -l -p 10484") && c.contains("stat_refresh"), "{c}");

@@ -112,7 +112,7 @@ pub fn judge_doctor(json: &str, status: Option<i32>, uname: Option<&str>) -> Vec
         push(
             format!("{name} tried and works"),
             trial.works(),
-            format!("{} on {target} {error}", serde_json::to_value(trial).ok().and_then(|t| t["result"].as_str().map(String::from)).unwrap_or_default()),
+            format!("{} on {target} {error}", trial.result()),
         );
     }
     let hooks = v.hooks.unwrap_or_default();
