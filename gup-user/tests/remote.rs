@@ -15,7 +15,7 @@ use std::{
 mod common;
 
 use common::{bcrypt_of, Pki, Running};
-use gup_report::LeakReport;
+use gup_report::{LeakReport, SnapshotReport};
 use gupwatch::model::leaks::LeakTable;
 use gupwatch::{
     export::client::{ClientError, ConnectOptions, Remote, PASSWORD_ENV},
@@ -62,9 +62,9 @@ impl Handler for WithLeaks {
         if req.path == "/api/snapshot" {
             *self.snapshots.lock().unwrap() += 1;
             if req.query.as_deref().unwrap_or("").contains("leaks=1") {
-                let mut doc: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-                assert!(doc["leaks"].is_null(), "the reduced mode has no report of its own");
-                doc["leaks"] = serde_json::to_value(report()).unwrap();
+                let mut doc: SnapshotReport = serde_json::from_slice(&resp.body).unwrap();
+                assert!(matches!(doc.leaks, None | Some(None)), "the reduced mode has no report of its own");
+                doc.leaks = Some(Some(report()));
                 resp.body = serde_json::to_vec(&doc).unwrap();
             }
         }
