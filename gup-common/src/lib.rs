@@ -473,8 +473,8 @@ pub mod diag_log {
     pub const WHY_PER_CALL_LIMIT: u32 = 6;
     /// A function argument could not be read; `key` is its index.
     pub const WHY_ARG: u32 = 7;
-    /// A pin found the folio's record closed by its last unpin, and the
-    /// closed record was still the map's when it looked again.
+    /// A pin found the folio's record closed by its last unpin twice, and
+    /// then its spill record closed too (both being deleted).
     pub const WHY_LEDGER_CLOSED: u32 = 8;
 }
 

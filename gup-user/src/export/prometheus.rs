@@ -655,7 +655,7 @@ fn leak_families(enc: &mut DescriptorEncoder, d: &Reading) -> fmt::Result {
     counter(
         enc,
         "gupwatch_untracked_pins",
-        "Pins the tracking map could not record (map full, beyond the per-call walk, or a folio record still being deleted after three tries): totals stay exact, the outstanding view is partial.",
+        "Pins the tracking map could not record (map full, beyond the per-call walk, or a folio whose record and spill record were both being deleted): totals stay exact, the outstanding view is partial.",
         Some(l.untracked),
     )?;
     counter(

@@ -225,7 +225,7 @@ impl DiagEvent {
                 self.n, self.key
             ),
             (Diag::PinsUntracked, diag_log::WHY_LEDGER_CLOSED) => format!(
-                "folio {:#x}: its record was closed by its last unpin and still in the map after three tries: pin not tracked ({who})",
+                "folio {:#x}: its record and its spill record were both being deleted by their last unpins: pin not tracked ({who})",
                 self.key
             ),
             (Diag::PinsUntracked, _) => format!("{} pins not tracked ({who})", self.n),
